@@ -1,0 +1,20 @@
+#!/bin/sh
+# install-deps.sh installs the Debian packages that building, testing and
+# the demo need, and only those that are missing. Run as root (or with sudo
+# available); it is idempotent.
+set -eu
+
+# Packages: gcc for the race detector (cgo), make and git for the build.
+want="ca-certificates git make gcc libc6-dev"
+
+missing=""
+for p in $want; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "install-deps: installing$missing" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,192 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// Protocol versions this build speaks. The hello carries the agent's range;
+// the relay picks the highest version both support.
+const (
+	ProtocolMin uint16 = 1
+	ProtocolMax uint16 = 1
+)
+
+// MaxFrameSize is the hard upper bound of one encoded frame, on both sides.
+// Readers must refuse larger messages before reading them whole.
+const MaxFrameSize = 1 << 20
+
+// Decoder limits. They bound the work and memory a hostile frame can cost.
+const (
+	maxNesting  = 16
+	maxElements = 4096
+)
+
+// Type says what a frame's body is.
+type Type uint8
+
+// Message types. Zero is not a valid type, so a frame without one fails.
+const (
+	TypeHello      Type = 1 // agent → relay, first frame on a connection
+	TypeHelloAck   Type = 2 // relay → agent, answer to Hello
+	TypeHeartbeat  Type = 3 // both ways; the relay echoes the agent's
+	TypeError      Type = 4 // both ways; says why before a close
+	TypeNodeStatus Type = 5 // agent → relay, durable (carries Seq)
+	TypeAck        Type = 6 // relay → agent, acknowledges Frame.Ack
+)
+
+var typeNames = map[Type]string{
+	TypeHello:      "hello",
+	TypeHelloAck:   "hello-ack",
+	TypeHeartbeat:  "heartbeat",
+	TypeError:      "error",
+	TypeNodeStatus: "node-status",
+	TypeAck:        "ack",
+}
+
+func (t Type) String() string {
+	if n, ok := typeNames[t]; ok {
+		return n
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Known reports whether this build understands t.
+func (t Type) Known() bool { _, ok := typeNames[t]; return ok }
+
+// Frame is the envelope of every message.
+type Frame struct {
+	Type Type `cbor:"1,keyasint"`
+	// Seq numbers durable upstream reports; the relay acks it after the
+	// API write succeeded.
+	Seq uint64 `cbor:"2,keyasint,omitempty"`
+	// Ack is the highest Seq the relay has made durable (TypeAck).
+	Ack  uint64          `cbor:"3,keyasint,omitempty"`
+	Body cbor.RawMessage `cbor:"4,keyasint,omitempty"`
+}
+
+// Body is implemented by every message body. Validate reports a missing or
+// out-of-range field, so handlers can use a decoded body without checks.
+type Body interface {
+	Validate() error
+}
+
+// Errors returned by Decode. Callers match them with errors.Is.
+var (
+	ErrTooLarge  = errors.New("frame too large")
+	ErrMalformed = errors.New("malformed frame")
+	ErrInvalid   = errors.New("invalid message")
+)
+
+var (
+	encMode cbor.EncMode
+	decMode cbor.DecMode
+)
+
+func init() {
+	var err error
+	encMode, err = cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+	decMode, err = cbor.DecOptions{
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		IndefLength:      cbor.IndefLengthForbidden,
+		TagsMd:           cbor.TagsForbidden,
+		MaxNestedLevels:  maxNesting,
+		MaxArrayElements: maxElements,
+		MaxMapPairs:      maxElements,
+		UTF8:             cbor.UTF8RejectInvalid,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// Encode builds one frame of type t carrying body (nil for none) and
+// returns its bytes. It fails if the frame would exceed MaxFrameSize.
+func Encode(t Type, seq uint64, body Body) ([]byte, error) {
+	f := Frame{Type: t, Seq: seq}
+	if body != nil && !isNil(body) {
+		if err := body.Validate(); err != nil {
+			return nil, fmt.Errorf("encode %s: %w", t, err)
+		}
+		b, err := encMode.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s: %w", t, err)
+		}
+		f.Body = b
+	}
+	return EncodeFrame(f)
+}
+
+// EncodeFrame encodes a complete frame, enforcing MaxFrameSize.
+func EncodeFrame(f Frame) ([]byte, error) {
+	b, err := encMode.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", f.Type, err)
+	}
+	if len(b) > MaxFrameSize {
+		return nil, fmt.Errorf("encode %s: %d bytes: %w (limit %d)", f.Type, len(b), ErrTooLarge, MaxFrameSize)
+	}
+	return b, nil
+}
+
+// Decode parses one frame. It does not decode the body; use Frame.Decode.
+func Decode(b []byte) (Frame, error) {
+	var f Frame
+	if len(b) > MaxFrameSize {
+		return f, fmt.Errorf("%d bytes: %w (limit %d)", len(b), ErrTooLarge, MaxFrameSize)
+	}
+	if err := decMode.Unmarshal(b, &f); err != nil {
+		return Frame{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if f.Type == 0 {
+		return Frame{}, fmt.Errorf("%w: no message type", ErrInvalid)
+	}
+	if len(f.Body) > 0 {
+		if err := decMode.Wellformed(f.Body); err != nil {
+			return Frame{}, fmt.Errorf("%w: body: %v", ErrMalformed, err)
+		}
+	}
+	return f, nil
+}
+
+// DecodeBody decodes the frame's body into v and validates it. A frame
+// without a body decodes as v's zero value, which then must validate.
+func (f Frame) DecodeBody(v Body) error {
+	if len(f.Body) > 0 {
+		if err := decMode.Unmarshal(f.Body, v); err != nil {
+			return fmt.Errorf("%w: %s body: %v", ErrMalformed, f.Type, err)
+		}
+	}
+	if err := v.Validate(); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalid, f.Type, err)
+	}
+	return nil
+}
+
+func isNil(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
+// Negotiate picks the highest protocol version in both [min, max] and this
+// build's range.
+func Negotiate(min, max uint16) (uint16, bool) {
+	hi := max
+	if hi > ProtocolMax {
+		hi = ProtocolMax
+	}
+	lo := min
+	if lo < ProtocolMin {
+		lo = ProtocolMin
+	}
+	if lo > hi {
+		return 0, false
+	}
+	return hi, true
+}

@@ -1,0 +1,245 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func sampleHello() *Hello {
+	return &Hello{
+		MinVersion:   ProtocolMin,
+		MaxVersion:   ProtocolMax,
+		AgentVersion: "v0.1.0",
+		Node: NodeInfo{
+			Arch: "arm64", OS: "linux", OSImage: "Debian GNU/Linux 12 (bookworm)",
+			KernelVersion: "6.1.0-rpi7-rpi-v8", Board: "rpi4", Hostname: "gw-1",
+			Addresses:   []Address{{Type: "InternalIP", Address: "192.0.2.10"}, {Type: "Hostname", Address: "gw-1"}},
+			Capacity:    Resources{CPUMillis: 4000, MemoryBytes: 4 << 30, Pods: 110, EphemeralStorage: 32 << 30},
+			Allocatable: Resources{CPUMillis: 3900, MemoryBytes: 4<<30 - 64<<20, Pods: 110, EphemeralStorage: 32 << 30},
+			MachineID:   "0123456789abcdef0123456789abcdef", BootID: "5b7c1c0e-6f0b-4a4e-9d0a-1f2e3d4c5b6a",
+		},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		typ  Type
+		seq  uint64
+		body Body
+		out  Body
+	}{
+		{"hello", TypeHello, 0, sampleHello(), &Hello{}},
+		{"hello-ack", TypeHelloAck, 0, &HelloAck{Version: 1, NodeName: "gw-1", HeartbeatSeconds: 10, RelayVersion: "v0.1.0"}, &HelloAck{}},
+		{"heartbeat", TypeHeartbeat, 0, nil, &Heartbeat{}},
+		{"error", TypeError, 0, &Error{Code: CodeMalformed, Reason: "bad", Fatal: true}, &Error{}},
+		{"node-status", TypeNodeStatus, 42, &NodeStatus{Node: sampleHello().Node, Conditions: []Condition{{Type: "Ready", Status: "True"}}}, &NodeStatus{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := Encode(tt.typ, tt.seq, tt.body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Type != tt.typ || f.Seq != tt.seq {
+				t.Fatalf("got type %v seq %d, want %v %d", f.Type, f.Seq, tt.typ, tt.seq)
+			}
+			if err := f.DecodeBody(tt.out); err != nil {
+				t.Fatal(err)
+			}
+			if tt.body != nil {
+				again, err := Encode(tt.typ, tt.seq, tt.out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(again, b) {
+					t.Fatalf("re-encoding differs:\n%x\n%x", again, b)
+				}
+			}
+		})
+	}
+}
+
+func TestHeartbeatIsTiny(t *testing.T) {
+	b, err := Encode(TypeHeartbeat, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 3 {
+		t.Fatalf("heartbeat is %d bytes (%x), want 3", len(b), b)
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	a, _ := Encode(TypeHello, 0, sampleHello())
+	for i := 0; i < 20; i++ {
+		b, _ := Encode(TypeHello, 0, sampleHello())
+		if !bytes.Equal(a, b) {
+			t.Fatal("encoding is not deterministic")
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	hb, _ := Encode(TypeHeartbeat, 0, nil)
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, ErrMalformed},
+		{"garbage", []byte("GET / HTTP/1.1\r\n"), ErrMalformed},
+		{"truncated", hb[:2], ErrMalformed},
+		{"trailing bytes", append(append([]byte{}, hb...), 0x00), ErrMalformed},
+		{"not a map", []byte{0x83, 0x01, 0x02, 0x03}, ErrMalformed},
+		{"no type", []byte{0xa1, 0x02, 0x05}, ErrInvalid},
+		{"oversized", make([]byte, MaxFrameSize+1), ErrTooLarge},
+		// A byte string declaring 2^32 bytes in a 10-byte frame: must fail
+		// without allocating what it declares (CVE-2026-62370 class).
+		{"declared huge body", []byte{0xa2, 0x01, 0x01, 0x04, 0x5a, 0xff, 0xff, 0xff, 0xff, 0x00}, ErrMalformed},
+		{"declared huge array", []byte{0xa2, 0x01, 0x01, 0x04, 0x9b, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, ErrMalformed},
+		{"indefinite length", []byte{0xbf, 0x01, 0x03, 0xff}, ErrMalformed},
+		{"duplicate key", []byte{0xa2, 0x01, 0x03, 0x01, 0x03}, ErrMalformed},
+		{"tag", []byte{0xc1, 0xa1, 0x01, 0x03}, ErrMalformed},
+		{"body not cbor", []byte{0xa2, 0x01, 0x01, 0x04, 0xff}, ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Decode(tt.in)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Decode = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDeepNestingRejected(t *testing.T) {
+	// {1: 1, 4: [[[[...]]]]} 100 levels deep.
+	body := append(bytes.Repeat([]byte{0x81}, 100), 0x00)
+	f := append([]byte{0xa2, 0x01, 0x01, 0x04}, body...)
+	fr, err := Decode(f)
+	if err == nil {
+		err = fr.DecodeBody(&Hello{})
+	}
+	if err == nil {
+		t.Fatal("100-level nesting accepted")
+	}
+}
+
+// A message that leaves out a field a handler needs must fail validation
+// rather than reach the handler (CVE-2022-31076 class).
+func TestMissingFieldsRejected(t *testing.T) {
+	full := sampleHello()
+	tests := []struct {
+		name   string
+		mutate func(h *Hello)
+		want   string
+	}{
+		{"no version", func(h *Hello) { h.MinVersion, h.MaxVersion = 0, 0 }, "version range"},
+		{"inverted range", func(h *Hello) { h.MinVersion, h.MaxVersion = 3, 2 }, "version range"},
+		{"no node", func(h *Hello) { h.Node = NodeInfo{} }, "arch missing"},
+		{"no board", func(h *Hello) { h.Node.Board = "" }, "board missing"},
+		{"no capacity", func(h *Hello) { h.Node.Capacity = Resources{} }, "capacity"},
+		{"no agent version", func(h *Hello) { h.AgentVersion = "" }, "agentVersion missing"},
+		{"long hostname", func(h *Hello) { h.Node.Hostname = strings.Repeat("a", 300) }, "hostname"},
+		{"too many addresses", func(h *Hello) { h.Node.Addresses = make([]Address, 17) }, "addresses"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := *full
+			h.Node.Addresses = append([]Address(nil), full.Node.Addresses...)
+			tt.mutate(&h)
+			// Encode the invalid body by hand: Encode itself refuses it.
+			raw, err := encMode.Marshal(&h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := EncodeFrame(Frame{Type: TypeHello, Body: raw})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = f.DecodeBody(&Hello{})
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DecodeBody = %v, want ErrInvalid mentioning %q", err, tt.want)
+			}
+			if _, err := Encode(TypeHello, 0, &h); err == nil {
+				t.Fatal("Encode accepted an invalid body")
+			}
+		})
+	}
+}
+
+func TestBodyOfWrongTypeRejected(t *testing.T) {
+	b, _ := Encode(TypeError, 0, &Error{Code: CodeInternal, Reason: "x"})
+	f, _ := Decode(b)
+	if err := f.DecodeBody(&Hello{}); err == nil {
+		t.Fatal("an error body decoded as a valid hello")
+	}
+}
+
+func TestNegotiate(t *testing.T) {
+	tests := []struct {
+		min, max uint16
+		want     uint16
+		ok       bool
+	}{
+		{1, 1, 1, true},
+		{1, 9, ProtocolMax, true},
+		{0, 1, 1, true},
+		{2, 9, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := Negotiate(tt.min, tt.max)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("Negotiate(%d, %d) = %d, %v; want %d, %v", tt.min, tt.max, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestParseToken(t *testing.T) {
+	tests := []struct {
+		in     string
+		id, sc string
+		ok     bool
+	}{
+		{"abcdef.0123456789abcdef", "abcdef", "0123456789abcdef", true},
+		{"ABCDEF.0123456789abcdef", "", "", false},
+		{"abcdef0123456789abcdef", "", "", false},
+		{"abcde.0123456789abcdefg", "", "", false},
+		{"abcdef.0123456789abcde!", "", "", false},
+		{"", "", "", false},
+	}
+	for _, tt := range tests {
+		id, sc, err := ParseToken(tt.in)
+		if (err == nil) != tt.ok || id != tt.id || sc != tt.sc {
+			t.Errorf("ParseToken(%q) = %q, %q, %v", tt.in, id, sc, err)
+		}
+	}
+}
+
+func TestCASignature(t *testing.T) {
+	ca := []byte("-----BEGIN CERTIFICATE-----\n...")
+	sig := CASignature("0123456789abcdef", ca)
+	if !CheckCASignature("0123456789abcdef", ca, sig) {
+		t.Fatal("own signature rejected")
+	}
+	if CheckCASignature("0123456789abcdeX", ca, sig) {
+		t.Fatal("signature accepted with the wrong secret")
+	}
+	if CheckCASignature("0123456789abcdef", append(ca, 'x'), sig) {
+		t.Fatal("signature accepted for another CA")
+	}
+	if CheckCASignature("0123456789abcdef", ca, "zz") {
+		t.Fatal("non-hex signature accepted")
+	}
+}

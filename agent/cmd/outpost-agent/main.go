@@ -1,0 +1,323 @@
+// Command outpost-agent is the Outpost edge agent: it joins a gateway to a
+// Kubernetes cluster through an Outpost relay and keeps it connected.
+//
+//	outpost-agent join --server https://HOST:PORT --token ID.SECRET
+//	outpost-agent run
+//	outpost-agent version
+//
+// Every failure is one line on stderr, starting "outpost-agent: " and
+// saying what to do, and a non-zero exit status: the agent is run by init
+// systems and by people at a serial console, and both read one line.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"outpost.dev/agent/config"
+	"outpost.dev/agent/join"
+	"outpost.dev/agent/link"
+	"outpost.dev/agent/nodeinfo"
+	"outpost.dev/agent/store"
+	"outpost.dev/wire"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+const usage = `usage: outpost-agent <command> [flags]
+
+commands:
+  join      join this gateway to a cluster (once)
+  run       run the agent
+  version   print the version
+
+"outpost-agent <command> -h" lists a command's flags.
+`
+
+// usageError is a mistake on the command line; it exits 2, as flag does.
+type usageError struct{ error }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout, stderr)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "outpost-agent: %s\n", oneLine(err.Error()))
+		return 2
+	default:
+		fmt.Fprintf(stderr, "outpost-agent: %s\n", oneLine(err.Error()))
+		return 1
+	}
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{errors.New(`no command: use join, run or version (see "outpost-agent help")`)}
+	}
+	switch args[0] {
+	case "join":
+		return cmdJoin(args[1:], stdout, stderr)
+	case "run":
+		return cmdRun(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "outpost-agent %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return nil
+	case "help", "-h", "--help", "-help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Errorf(`unknown command %q: use join, run or version`, args[0])}
+}
+
+// common are the flags join and run share; each is applied over the
+// config file only when given, so the file's value stands otherwise.
+type common struct {
+	fs                                     *flag.FlagSet
+	stdout                                 io.Writer
+	configPath, server, stateDir, logLevel string
+}
+
+func newFlags(name string, stdout io.Writer) *common {
+	c := &common{fs: flag.NewFlagSet(name, flag.ContinueOnError), stdout: stdout}
+	// flag prints usage on every error; errors are one line from run, and
+	// help is printed by parse.
+	c.fs.SetOutput(io.Discard)
+	c.fs.Usage = func() {}
+	c.fs.StringVar(&c.configPath, "config", config.DefaultPath, "config file (need not exist)")
+	c.fs.StringVar(&c.server, "server", "", "relay URL, https://HOST:PORT (default: server in the config file)")
+	c.fs.StringVar(&c.stateDir, "state-dir", "", "state directory (default: stateDir in the config file, else "+config.DefaultStateDir+")")
+	c.fs.StringVar(&c.logLevel, "log-level", "", "debug, info, warn or error (default: logLevel in the config file, else info)")
+	return c
+}
+
+func (c *common) parse(args []string) error {
+	if err := c.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(c.stdout, "usage: outpost-agent %s [flags]\n\nflags:\n", c.fs.Name())
+			c.fs.SetOutput(c.stdout)
+			c.fs.PrintDefaults()
+			return err
+		}
+		return usageError{fmt.Errorf("%s: %v (see \"outpost-agent %s -h\")", c.fs.Name(), err, c.fs.Name())}
+	}
+	if c.fs.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q (flags take the form --name value)", c.fs.Name(), c.fs.Arg(0))}
+	}
+	return nil
+}
+
+// load reads the config file and applies the flags that were given.
+func (c *common) load(apply func(name string, cfg *config.Config)) (config.Config, error) {
+	explicit := false
+	c.fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, err := config.Load(c.configPath, explicit)
+	if err != nil {
+		return cfg, err
+	}
+	c.fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "server":
+			cfg.Server = c.server
+		case "state-dir":
+			cfg.StateDir = c.stateDir
+		case "log-level":
+			cfg.LogLevel = c.logLevel
+		default:
+			if apply != nil {
+				apply(f.Name, &cfg)
+			}
+		}
+	})
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("%s: %w", c.fs.Name(), err)
+	}
+	return cfg, nil
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	i, _ := config.ParseLogLevel(level) // validated by load
+	lv := []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn, slog.LevelError}[i]
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+func cmdJoin(args []string, stdout, stderr io.Writer) error {
+	c := newFlags("join", stdout)
+	var token, nodeName, caFile, caHash string
+	var force bool
+	c.fs.StringVar(&token, "token", "", `bootstrap token ID.SECRET (create one with "outpost-relay token create")`)
+	c.fs.StringVar(&nodeName, "node-name", "", "node name (default: nodeName in the config file, else the lowercased hostname)")
+	c.fs.StringVar(&caFile, "ca-file", "", "PEM file with the relay's CA; without it the CA is fetched and checked with the token")
+	c.fs.StringVar(&caHash, "ca-cert-hash", "", "pin the relay CA: sha256:<hex of its SubjectPublicKeyInfo>, as kubeadm prints it")
+	c.fs.BoolVar(&force, "force", false, "replace an existing identity")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	cfg, err := c.load(func(name string, cfg *config.Config) {
+		if name == "node-name" {
+			cfg.NodeName = nodeName
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.Server == "" {
+		return usageError{fmt.Errorf("join: no relay URL: pass --server https://HOST:PORT or set server in %s", c.configPath)}
+	}
+	if token == "" {
+		return usageError{errors.New(`join: no token: pass --token ID.SECRET (create one with "outpost-relay token create")`)}
+	}
+	if cfg.NodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("join: cannot read the hostname (%v): pass --node-name", err)
+		}
+		cfg.NodeName = strings.ToLower(h)
+	}
+	if err := config.CheckNodeName(cfg.NodeName); err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	var caPEM []byte
+	if caFile != "" {
+		if caPEM, err = readSmall(caFile); err != nil {
+			return fmt.Errorf("join: --ca-file: %w", err)
+		}
+	}
+	var pins []string
+	if caHash != "" {
+		pins = strings.Split(caHash, ",")
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+
+	st, err := store.Open(cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	defer st.Close()
+	if old, err := st.LoadIdentity(); err == nil && !force {
+		return fmt.Errorf("join: already joined as %s to %s: pass --force to replace this identity", old.NodeName, old.Server)
+	} else if err != nil && !errors.Is(err, store.ErrNotJoined) {
+		return fmt.Errorf("join: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	id, err := join.Join(ctx, join.Options{
+		Server: cfg.Server, Token: token, NodeName: cfg.NodeName,
+		CAPEM: caPEM, CACertHashes: pins, Log: log,
+	})
+	if err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
+	if err := st.SaveIdentity(id); err != nil {
+		return fmt.Errorf("join: saving identity in %s: %w", cfg.StateDir, err)
+	}
+	fmt.Fprintf(stdout, "joined %s as node %s; start the agent with \"outpost-agent run\"\n", id.Server, id.NodeName)
+	return nil
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) error {
+	c := newFlags("run", stdout)
+	var board string
+	c.fs.StringVar(&board, "board", "", "board name (default: board in the config file, else detected from /proc/device-tree/model, else sim)")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	cfg, err := c.load(func(name string, cfg *config.Config) {
+		if name == "board" {
+			cfg.Board = board
+		}
+	})
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, cfg.LogLevel)
+	// GOMEMLIMIT in the environment wins, as the Go runtime documents.
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
+	if cfg.Board == "" {
+		cfg.Board = detectBoard(os.DirFS("/"))
+	}
+
+	st, err := store.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	id, err := st.LoadIdentity()
+	if errors.Is(err, store.ErrNotJoined) {
+		return fmt.Errorf(`not joined: run "outpost-agent join --server URL --token TOKEN" first (state dir %s)`, cfg.StateDir)
+	}
+	if err != nil {
+		return err
+	}
+	server := cfg.Server
+	if server == "" {
+		server = id.Server
+	}
+	if server == "" {
+		return fmt.Errorf("no relay URL: set server in %s or pass --server", c.configPath)
+	}
+
+	readNode := func() (wire.NodeInfo, error) {
+		return nodeinfo.Read(nodeinfo.Options{
+			Board: cfg.Board, StateDir: cfg.StateDir, MaxPods: cfg.MaxPods,
+			ReservedCPUMillis: cfg.ReservedCPUMillis, ReservedMemory: cfg.ReservedMemory,
+		})
+	}
+	// Read once now: a machine the agent cannot describe fails at start,
+	// not quietly on every connect.
+	if _, err := readNode(); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info("starting", "version", version, "node", id.NodeName, "board", cfg.Board,
+		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
+	lk := link.New(link.Config{
+		Server: server, NodeName: id.NodeName,
+		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
+		AgentVersion: version, NodeInfo: readNode, Log: log,
+	})
+	if err := lk.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("stopped", "node", id.NodeName)
+	return nil
+}
+
+func readSmall(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	const limit = 1 << 20
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err == nil && len(b) > limit {
+		return nil, fmt.Errorf("%s is over 1 MiB: is it a PEM file?", path)
+	}
+	return b, err
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -1,0 +1,316 @@
+// Package config loads the agent's configuration file, merges it with
+// defaults and command-line flags, and validates the result.
+//
+// The file is optional: an agent joined with flags runs without one. Every
+// field has a default, and unknown fields are errors, so a typo in a
+// gateway's config is reported at start instead of being silently ignored.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Default locations and limits.
+const (
+	DefaultPath     = "/etc/outpost/agent.yaml"
+	DefaultStateDir = "/var/lib/outpost"
+	DefaultLogLevel = "info"
+	DefaultMaxPods  = 110
+
+	// DefaultMemoryLimit keeps the agent well under its 30 MB budget with
+	// room for the garbage collector to work before the kernel steps in.
+	DefaultMemoryLimit = 24 << 20
+	// DefaultReservedCPUMillis and DefaultReservedMemory are held back from
+	// the node's capacity for the agent, containerd and the OS, the way a
+	// kubelet's system-reserved is.
+	DefaultReservedCPUMillis = 100
+	DefaultReservedMemory    = 64 << 20
+
+	// minMemoryLimit is below what the agent needs to run at all; a smaller
+	// value is a unit mistake ("24M" meant as MiB is fine, "24k" is not).
+	minMemoryLimit = 8 << 20
+	maxMaxPods     = 1000
+	maxFileSize    = 64 << 10
+)
+
+// Config is the agent's effective configuration.
+type Config struct {
+	// Server is the relay's URL, https://HOST:PORT.
+	Server string
+	// NodeName is the name to join as; only join uses it.
+	NodeName string
+	StateDir string
+	// Board names the board definition; empty means detect.
+	Board    string
+	LogLevel string
+	// MemoryLimit is the Go runtime's soft memory limit in bytes.
+	MemoryLimit int64
+	MaxPods     int
+	// ReservedCPUMillis and ReservedMemory are subtracted from capacity to
+	// give allocatable.
+	ReservedCPUMillis int64
+	ReservedMemory    int64
+}
+
+// Default returns the configuration used when nothing is set.
+func Default() Config {
+	return Config{
+		StateDir:          DefaultStateDir,
+		LogLevel:          DefaultLogLevel,
+		MemoryLimit:       DefaultMemoryLimit,
+		MaxPods:           DefaultMaxPods,
+		ReservedCPUMillis: DefaultReservedCPUMillis,
+		ReservedMemory:    DefaultReservedMemory,
+	}
+}
+
+// file is the YAML shape. Quantities stay strings here so the file can
+// say "24MiB" and "100m" the way Kubernetes users write them.
+type file struct {
+	Server      string    `yaml:"server"`
+	NodeName    string    `yaml:"nodeName"`
+	StateDir    string    `yaml:"stateDir"`
+	Board       string    `yaml:"board"`
+	LogLevel    string    `yaml:"logLevel"`
+	MemoryLimit string    `yaml:"memoryLimit"`
+	MaxPods     *int      `yaml:"maxPods"`
+	Reserved    *reserved `yaml:"reserved"`
+}
+
+type reserved struct {
+	CPU    string `yaml:"cpu"`
+	Memory string `yaml:"memory"`
+}
+
+// Fields lists the file's top-level fields, for error messages and docs.
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved"}
+
+// Load reads the file at path over the defaults. A missing file is not an
+// error unless required, since the default path is tried on every start.
+func Load(path string, required bool) (Config, error) {
+	cfg := Default()
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			if !required {
+				return cfg, nil
+			}
+			return cfg, fmt.Errorf("config %s does not exist: check --config", path)
+		}
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	// Bounded so a wrong path (a log file, a device) cannot eat the budget.
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	if len(b) > maxFileSize {
+		return cfg, fmt.Errorf("config %s: larger than %d KiB: is this the right file?", path, maxFileSize>>10)
+	}
+	if err := cfg.parse(b); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found`)
+
+// parse applies a YAML document to cfg.
+func (cfg *Config) parse(b []byte) error {
+	var f file
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file sets nothing
+		}
+		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("line %s: unknown field %q (known: %s; reserved takes cpu and memory)",
+				m[1], m[2], strings.Join(Fields, ", "))
+		}
+		return errors.New(oneLine(err.Error()))
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.Server, f.Server)
+	set(&cfg.NodeName, f.NodeName)
+	set(&cfg.StateDir, f.StateDir)
+	set(&cfg.Board, f.Board)
+	set(&cfg.LogLevel, f.LogLevel)
+	if f.MemoryLimit != "" {
+		n, err := ParseBytes(f.MemoryLimit)
+		if err != nil {
+			return fmt.Errorf("memoryLimit: %w", err)
+		}
+		cfg.MemoryLimit = n
+	}
+	if f.MaxPods != nil {
+		cfg.MaxPods = *f.MaxPods
+	}
+	if f.Reserved != nil {
+		if f.Reserved.CPU != "" {
+			n, err := ParseCPU(f.Reserved.CPU)
+			if err != nil {
+				return fmt.Errorf("reserved.cpu: %w", err)
+			}
+			cfg.ReservedCPUMillis = n
+		}
+		if f.Reserved.Memory != "" {
+			n, err := ParseBytes(f.Reserved.Memory)
+			if err != nil {
+				return fmt.Errorf("reserved.memory: %w", err)
+			}
+			cfg.ReservedMemory = n
+		}
+	}
+	return nil
+}
+
+// Validate reports the first field that cannot work, saying how to fix it.
+func (cfg Config) Validate() error {
+	if cfg.Server != "" {
+		if err := CheckServer(cfg.Server); err != nil {
+			return err
+		}
+	}
+	if cfg.NodeName != "" {
+		if err := CheckNodeName(cfg.NodeName); err != nil {
+			return err
+		}
+	}
+	if cfg.StateDir == "" || !strings.HasPrefix(cfg.StateDir, "/") {
+		return fmt.Errorf("stateDir %q must be an absolute path", cfg.StateDir)
+	}
+	if _, err := ParseLogLevel(cfg.LogLevel); err != nil {
+		return err
+	}
+	if cfg.MemoryLimit < minMemoryLimit {
+		return fmt.Errorf("memoryLimit %d bytes is below the %d MiB the agent needs: write it like \"24MiB\"", cfg.MemoryLimit, minMemoryLimit>>20)
+	}
+	if cfg.MaxPods < 0 || cfg.MaxPods > maxMaxPods {
+		return fmt.Errorf("maxPods %d out of range [0, %d]", cfg.MaxPods, maxMaxPods)
+	}
+	if cfg.ReservedCPUMillis < 0 || cfg.ReservedMemory < 0 {
+		return errors.New("reserved cpu and memory must not be negative")
+	}
+	if len(cfg.Board) > 64 {
+		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)
+	}
+	return nil
+}
+
+// CheckServer accepts an https URL with a host and nothing after it.
+func CheckServer(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("server %q must look like https://HOST:PORT", s)
+	}
+	return nil
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// CheckNodeName accepts a DNS-1123 subdomain, as Kubernetes requires of
+// Node names.
+func CheckNodeName(name string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("node name %q is not a valid Kubernetes node name (%s): pass --node-name with lowercase letters, digits, '-' and '.'", name, why)
+	}
+	if name == "" {
+		return bad("empty")
+	}
+	if len(name) > 253 {
+		return bad("longer than 253 characters")
+	}
+	for _, l := range strings.Split(name, ".") {
+		if len(l) > 63 {
+			return bad("a label is longer than 63 characters")
+		}
+		if !dnsLabel.MatchString(l) {
+			return bad("each dot-separated part must start and end with a letter or digit")
+		}
+	}
+	return nil
+}
+
+// LogLevels are the accepted logLevel values.
+var LogLevels = []string{"debug", "info", "warn", "error"}
+
+// ParseLogLevel maps a logLevel name to its index in LogLevels.
+func ParseLogLevel(s string) (int, error) {
+	for i, l := range LogLevels {
+		if strings.EqualFold(s, l) {
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("logLevel %q is not one of %s", s, strings.Join(LogLevels, ", "))
+}
+
+var byteSuffixes = []struct {
+	s string
+	n int64
+}{
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"B", 1}, {"", 1},
+}
+
+// ParseBytes parses a whole number of bytes with an optional unit:
+// Kubernetes' Ki/Mi/Gi and k/M/G, or the same with a B ("24MiB", "64MB").
+func ParseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return r < '0' || r > '9' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], s[i:]
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || num == "" {
+		return 0, fmt.Errorf("%q is not a size like 24MiB, 64Mi or 1G", s)
+	}
+	for _, suf := range byteSuffixes {
+		if unit == suf.s {
+			if n > (1<<62)/suf.n {
+				return 0, fmt.Errorf("%q is too large", s)
+			}
+			return n * suf.n, nil
+		}
+	}
+	return 0, fmt.Errorf("%q has unknown unit %q: use Ki, Mi, Gi (or KiB, MiB, GiB), k, M, G", s, unit)
+}
+
+// ParseCPU parses a CPU amount in millicores: "100m", "0.5" or "2".
+func ParseCPU(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	if m, ok := strings.CutSuffix(s, "m"); ok {
+		n, err := strconv.ParseInt(m, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%q is not a CPU amount like 100m or 0.5", s)
+		}
+		return n, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f >= 0 && f <= 1<<20) { // also refuses NaN
+		return 0, fmt.Errorf("%q is not a CPU amount like 100m or 0.5", s)
+	}
+	return int64(f*1000 + 0.5), nil
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

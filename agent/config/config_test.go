@@ -1,0 +1,182 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoad(t *testing.T) {
+	def := Default()
+	tests := []struct {
+		name    string
+		yaml    string // "-" means no file
+		want    func(c *Config)
+		wantErr string
+	}{
+		{name: "absent file gives defaults", yaml: "-", want: func(c *Config) {}},
+		{name: "empty file gives defaults", yaml: "", want: func(c *Config) {}},
+		{name: "comment only", yaml: "# nothing\n", want: func(c *Config) {}},
+		{
+			name: "every field",
+			yaml: `server: https://relay.example:8443
+nodeName: gw-01
+stateDir: /data/outpost
+board: rpi4
+logLevel: debug
+memoryLimit: 20MiB
+maxPods: 16
+reserved:
+  cpu: 250m
+  memory: 128Mi
+`,
+			want: func(c *Config) {
+				c.Server = "https://relay.example:8443"
+				c.NodeName = "gw-01"
+				c.StateDir = "/data/outpost"
+				c.Board = "rpi4"
+				c.LogLevel = "debug"
+				c.MemoryLimit = 20 << 20
+				c.MaxPods = 16
+				c.ReservedCPUMillis = 250
+				c.ReservedMemory = 128 << 20
+			},
+		},
+		{
+			name: "reserved partly set keeps the other default",
+			yaml: "reserved:\n  cpu: \"0.5\"\n",
+			want: func(c *Config) { c.ReservedCPUMillis = 500 },
+		},
+		{name: "maxPods zero is allowed", yaml: "maxPods: 0\n", want: func(c *Config) { c.MaxPods = 0 }},
+		{name: "unknown field named", yaml: "server: https://a:1\nmemorylimit: 1Gi\n", wantErr: `line 2: unknown field "memorylimit"`},
+		{name: "unknown nested field named", yaml: "reserved:\n  disk: 1Gi\n", wantErr: `unknown field "disk"`},
+		{name: "bad memory unit", yaml: "memoryLimit: 24 MiBs\n", wantErr: "memoryLimit:"},
+		{name: "bad cpu", yaml: "reserved:\n  cpu: lots\n", wantErr: "reserved.cpu:"},
+		{name: "wrong type", yaml: "maxPods: many\n", wantErr: "line 1: cannot unmarshal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "agent.yaml")
+			if tt.yaml != "-" {
+				if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := Load(path, false)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want containing %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "\n") {
+					t.Errorf("error spans lines: %q", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := def
+			tt.want(&want)
+			if got != want {
+				t.Errorf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadRequiredMissing(t *testing.T) {
+	if _, err := Load(filepath.Join(t.TempDir(), "nope.yaml"), true); err == nil {
+		t.Fatal("missing required file loaded")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mod     func(c *Config)
+		wantErr string
+	}{
+		{name: "defaults", mod: func(c *Config) {}},
+		{name: "server ok", mod: func(c *Config) { c.Server = "https://10.0.0.1:8443" }},
+		{name: "server http", mod: func(c *Config) { c.Server = "http://10.0.0.1:8443" }, wantErr: "https://HOST:PORT"},
+		{name: "server path", mod: func(c *Config) { c.Server = "https://relay/x" }, wantErr: "https://HOST:PORT"},
+		{name: "node name upper", mod: func(c *Config) { c.NodeName = "GW-1" }, wantErr: "not a valid Kubernetes node name"},
+		{name: "node name dotted", mod: func(c *Config) { c.NodeName = "gw-1.site-a" }},
+		{name: "node name trailing dash", mod: func(c *Config) { c.NodeName = "gw-" }, wantErr: "node name"},
+		{name: "relative state dir", mod: func(c *Config) { c.StateDir = "state" }, wantErr: "absolute"},
+		{name: "log level", mod: func(c *Config) { c.LogLevel = "verbose" }, wantErr: "logLevel"},
+		{name: "log level case", mod: func(c *Config) { c.LogLevel = "DEBUG" }},
+		{name: "memory too small", mod: func(c *Config) { c.MemoryLimit = 24 << 10 }, wantErr: "memoryLimit"},
+		{name: "max pods", mod: func(c *Config) { c.MaxPods = 5000 }, wantErr: "maxPods"},
+		{name: "reserved negative", mod: func(c *Config) { c.ReservedMemory = -1 }, wantErr: "reserved"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			tt.mod(&c)
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"24MiB", 24 << 20, true},
+		{"24Mi", 24 << 20, true},
+		{"64M", 64e6, true},
+		{"1G", 1e9, true},
+		{"1Gi", 1 << 30, true},
+		{"512", 512, true},
+		{"512B", 512, true},
+		{" 2KiB ", 2048, true},
+		{"", 0, false},
+		{"MiB", 0, false},
+		{"1.5Gi", 0, false},
+		{"-1Mi", 0, false},
+		{"10XB", 0, false},
+		{"99999999999999999Ti", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseBytes(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestParseCPU(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"100m", 100, true},
+		{"0.5", 500, true},
+		{"2", 2000, true},
+		{"0.1", 100, true},
+		{"m", 0, false},
+		{"-1", 0, false},
+		{"NaN", 0, false},
+		{"1c", 0, false},
+	}
+	for _, tt := range tests {
+		got, err := ParseCPU(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseCPU(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}

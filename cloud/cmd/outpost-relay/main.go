@@ -1,0 +1,263 @@
+// Command outpost-relay is the cloud end of Outpost: it serves edge agents
+// over WebSocket, joins new nodes, and writes their Nodes and Leases.
+//
+//	outpost-relay serve [flags]         run the relay
+//	outpost-relay token create [flags]  create a bootstrap token; prints id.secret
+//	outpost-relay version               print the version
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/relay"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// servingCertValidity is the lifetime of the minted serving certificate.
+// It is re-minted at every start, so it only has to outlive one run.
+const servingCertValidity = 365 * 24 * time.Hour
+
+const usage = `usage:
+  outpost-relay serve [flags]         run the relay
+  outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
+  outpost-relay version               print the version
+Run a subcommand with -h for its flags.`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "outpost-relay: "+oneLine(err.Error()))
+		}
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, usage)
+		return errors.New("no subcommand given")
+	}
+	switch args[0] {
+	case "serve":
+		return serve(args[1:], stderr)
+	case "token":
+		if len(args) < 2 || args[1] != "create" {
+			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT]`)
+		}
+		return tokenCreate(args[2:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, usage)
+		return nil
+	default:
+		fmt.Fprintln(stderr, usage)
+		return fmt.Errorf("unknown subcommand %q", args[0])
+	}
+}
+
+func serve(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	hostname, _ := os.Hostname()
+	defAdvertise := "127.0.0.1"
+	if hostname != "" {
+		defAdvertise = hostname + ",127.0.0.1"
+	}
+	var (
+		kubeconfig   = fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster config)")
+		listen       = fs.String("listen", ":8443", "address to serve HTTPS on")
+		advertise    = fs.String("advertise-address", defAdvertise, "comma-separated host names and IPs agents use to reach the relay (serving certificate SANs)")
+		namespace    = fs.String("namespace", "outpost-system", "namespace of the relay CA Secret")
+		certFile     = fs.String("tls-cert-file", "", "serving certificate (PEM); default: minted from the relay CA")
+		keyFile      = fs.String("tls-key-file", "", "serving key (PEM), with --tls-cert-file")
+		heartbeat    = fs.Duration("heartbeat-interval", relay.DefaultHeartbeatInterval, "agent heartbeat interval, sent to agents; a connection silent for 3 intervals is closed")
+		leaseDur     = fs.Duration("lease-duration", relay.DefaultLeaseDuration, "node Lease duration; renewed every quarter of it")
+		certValidity = fs.Duration("node-cert-validity", 8760*time.Hour, "lifetime of node certificates issued at join")
+		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		qps          = fs.Float64("kube-api-qps", 200, "API server requests per second (every connected node renews its Lease every lease-duration/4)")
+		burst        = fs.Int("kube-api-burst", 400, "API server request burst")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if (*certFile == "") != (*keyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg, err := restConfig(*kubeconfig, true)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = float32(*qps), *burst
+	cfg.UserAgent = "outpost-relay/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ca, err := pki.LoadOrCreate(startCtx, client.CoreV1().Secrets(*namespace), *namespace)
+	cancel()
+	if err != nil {
+		return err
+	}
+
+	var cert tls.Certificate
+	if *certFile != "" {
+		cert, err = tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			return fmt.Errorf("serving certificate: %w", err)
+		}
+	} else {
+		hosts := splitList(*advertise)
+		cert, err = ca.ServingCert(hosts, servingCertValidity)
+		if err != nil {
+			return err
+		}
+		log.Info("minted serving certificate from the relay CA", "hosts", strings.Join(hosts, ","))
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := relay.New(relay.Config{
+		Client:            client,
+		CA:                ca,
+		HeartbeatInterval: *heartbeat,
+		LeaseDuration:     *leaseDur,
+		NodeCertValidity:  *certValidity,
+		Version:           version,
+		Log:               log,
+		Registry:          reg,
+	})
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           srv,
+		TLSConfig:         srv.TLSConfig(cert),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *listen, err)
+	}
+	log.Info("relay serving", "version", version, "listen", ln.Addr().String(), "namespace", *namespace,
+		"heartbeat", *heartbeat, "lease_duration", *leaseDur)
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		srv.Close()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down; agents will reconnect, nodes stay Ready if they do so in time")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(shutCtx)
+	return srv.Close()
+}
+
+func tokenCreate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("token create", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
+		ttl         = fs.Duration("ttl", 24*time.Hour, "how long the token may be used to join")
+		description = fs.String("description", "", "what the token is for, stored with it")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("token create: unexpected arguments %q", fs.Args())
+	}
+	cfg, err := restConfig(*kubeconfig, false)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace), *ttl, *description, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+// restConfig loads client configuration: the named kubeconfig, else
+// in-cluster when inCluster, else the usual kubectl rules.
+func restConfig(kubeconfig string, inCluster bool) (*rest.Config, error) {
+	if kubeconfig == "" && inCluster {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}

@@ -1,0 +1,196 @@
+// Package join serves the two HTTP endpoints a new edge node uses once, to
+// turn a kubeadm-style bootstrap token into a client certificate:
+//
+//   - wire.PathJoinCA hands out the relay CA signed with the token's
+//     secret, so an agent that knows only its token can trust the relay
+//     (the kubeadm cluster-info idea);
+//   - wire.PathJoin exchanges the token and a CSR for a node certificate.
+//
+// Tokens are the Secrets `kubeadm token create` and `outpost-relay token
+// create` write in kube-system. Every refusal is a wire.JoinError whose
+// reason says what to do next.
+package join
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/wire"
+)
+
+// NodeGetter reads Nodes. client-go's CoreV1().Nodes() satisfies it.
+type NodeGetter interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
+}
+
+// Config is what the join handlers need.
+type Config struct {
+	Secrets SecretGetter // Secrets in kube-system
+	Nodes   NodeGetter
+	CA      *pki.CA
+	// NodeCertValidity is how long an issued node certificate lasts.
+	NodeCertValidity time.Duration
+	Log              *slog.Logger
+	// Registerer receives the join attempt counter; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Handler serves wire.PathJoinCA and wire.PathJoin.
+type Handler struct {
+	cfg      Config
+	attempts *prometheus.CounterVec
+	mux      *http.ServeMux
+}
+
+// New builds the join handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.CA == nil {
+		return nil, errors.New("join: Secrets, Nodes and CA are required")
+	}
+	if cfg.NodeCertValidity <= 0 {
+		return nil, errors.New("join: NodeCertValidity must be positive")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &Handler{
+		cfg: cfg,
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_join_attempts_total",
+			Help: "Join and join-CA requests, by result.",
+		}, []string{"endpoint", "result"}),
+		mux: http.NewServeMux(),
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(h.attempts); err != nil {
+			return nil, fmt.Errorf("join: register metrics: %w", err)
+		}
+	}
+	h.mux.HandleFunc("GET "+wire.PathJoinCA, h.serveCA)
+	h.mux.HandleFunc("POST "+wire.PathJoin, h.serveJoin)
+	return h, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func (h *Handler) serveCA(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("token-id")
+	log := h.cfg.Log.With("remote", r.RemoteAddr, "token", id)
+	if _, _, err := wire.ParseToken(id + ".0000000000000000"); err != nil {
+		h.fail(w, log, "ca", http.StatusBadRequest, ResultBadToken,
+			"token-id must be the 6 characters before the dot of a bootstrap token (a-z, 0-9)")
+		return
+	}
+	sec, terr := lookupToken(r.Context(), h.cfg.Secrets, id, h.cfg.Now())
+	if terr != nil {
+		h.fail(w, log, "ca", terr.Status, terr.Result, terr.Reason)
+		return
+	}
+	h.attempts.WithLabelValues("ca", ResultOK).Inc()
+	writeJSON(w, http.StatusOK, wire.JoinCA{
+		CA:        string(h.cfg.CA.CertPEM),
+		Signature: wire.CASignature(string(sec.Data[keyTokenSecret]), h.cfg.CA.CertPEM),
+	})
+}
+
+func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
+	log := h.cfg.Log.With("remote", r.RemoteAddr)
+	bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		h.fail(w, log, "join", http.StatusUnauthorized, ResultBadToken,
+			`no bootstrap token: send "Authorization: Bearer ID.SECRET"; `+createHint)
+		return
+	}
+	id, secret, err := wire.ParseToken(strings.TrimSpace(bearer))
+	if err != nil {
+		h.fail(w, log, "join", http.StatusUnauthorized, ResultBadToken, err.Error())
+		return
+	}
+	log = log.With("token", id)
+	if terr := ValidateToken(r.Context(), h.cfg.Secrets, id, secret, h.cfg.Now()); terr != nil {
+		h.fail(w, log, "join", terr.Status, terr.Result, terr.Reason)
+		return
+	}
+
+	var req wire.JoinRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, wire.MaxJoinBody))
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			h.fail(w, log, "join", http.StatusRequestEntityTooLarge, ResultBadRequest,
+				fmt.Sprintf("join request larger than %d bytes", wire.MaxJoinBody))
+			return
+		}
+		h.fail(w, log, "join", http.StatusBadRequest, ResultBadRequest, "join request is not JSON: "+err.Error())
+		return
+	}
+	log = log.With("node", req.NodeName)
+	if err := nodes.CheckName(req.NodeName); err != nil {
+		h.fail(w, log, "join", http.StatusBadRequest, ResultBadRequest, err.Error())
+		return
+	}
+	csr, err := pki.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		h.fail(w, log, "join", http.StatusBadRequest, ResultBadCSR, err.Error())
+		return
+	}
+	existing, err := h.cfg.Nodes.Get(r.Context(), req.NodeName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		log.Error("join: read node", "err", err)
+		h.fail(w, log, "join", http.StatusServiceUnavailable, ResultInternal,
+			"relay cannot read nodes from the API server; try again later")
+		return
+	case !nodes.IsEdge(existing):
+		h.fail(w, log, "join", http.StatusConflict, ResultNameConflict,
+			fmt.Sprintf("node %q already exists and is not an Outpost edge node (no %s label): choose another node name",
+				req.NodeName, nodes.EdgeRoleLabel))
+		return
+	}
+	cert, err := h.cfg.CA.SignNode(csr.PublicKey, req.NodeName, h.cfg.NodeCertValidity)
+	if err != nil {
+		log.Error("join: sign", "err", err)
+		h.fail(w, log, "join", http.StatusInternalServerError, ResultInternal, "relay could not sign the certificate; try again later")
+		return
+	}
+	h.attempts.WithLabelValues("join", ResultOK).Inc()
+	log.Info("node joined", "expires", cert.NotAfter.Format(time.RFC3339))
+	writeJSON(w, http.StatusOK, wire.JoinResponse{
+		NodeName:    req.NodeName,
+		Certificate: string(pki.EncodeCert(cert)),
+		CA:          string(h.cfg.CA.CertPEM),
+	})
+}
+
+func (h *Handler) fail(w http.ResponseWriter, log *slog.Logger, endpoint string, status int, result, reason string) {
+	h.attempts.WithLabelValues(endpoint, result).Inc()
+	log.Warn("join refused", "endpoint", endpoint, "status", status, "result", result, "reason", reason)
+	writeJSON(w, status, wire.JoinError{Reason: reason})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,322 @@
+package join
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/wire"
+)
+
+// secretMap is an in-memory kube-system.
+type secretMap map[string]*corev1.Secret
+
+func (m secretMap) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Secret, error) {
+	if s, ok := m[name]; ok {
+		return s.DeepCopy(), nil
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, name)
+}
+
+func (m secretMap) Create(_ context.Context, s *corev1.Secret, _ metav1.CreateOptions) (*corev1.Secret, error) {
+	if _, ok := m[s.Name]; ok {
+		return nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "secrets"}, s.Name)
+	}
+	m[s.Name] = s.DeepCopy()
+	return s, nil
+}
+
+type nodeMap map[string]*corev1.Node
+
+func (m nodeMap) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Node, error) {
+	if n, ok := m[name]; ok {
+		return n.DeepCopy(), nil
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "nodes"}, name)
+}
+
+var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func tokenSecret(id, secret string, mod func(*corev1.Secret)) *corev1.Secret {
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: TokenPrefix + id, Namespace: TokenNamespace},
+		Type:       TokenSecretType,
+		Data: map[string][]byte{
+			keyTokenID:     []byte(id),
+			keyTokenSecret: []byte(secret),
+			keyExpiration:  []byte(now.Add(time.Hour).Format(time.RFC3339)),
+			keyUsageAuth:   []byte("true"),
+		},
+	}
+	if mod != nil {
+		mod(s)
+	}
+	return s
+}
+
+func TestValidateToken(t *testing.T) {
+	const id, secret = "abcdef", "0123456789abcdef"
+	for _, tc := range []struct {
+		name       string
+		stored     *corev1.Secret // nil: no secret
+		present    string         // secret presented
+		wantResult string         // "" for valid
+		wantReason string
+		wantStatus int
+	}{
+		{"valid", tokenSecret(id, secret, nil), secret, "", "", 0},
+		{"valid without expiration", tokenSecret(id, secret, func(s *corev1.Secret) { delete(s.Data, keyExpiration) }), secret, "", "", 0},
+		{"wrong secret", tokenSecret(id, secret, nil), "ffffffffffffffff", ResultTokenRejected, "token rejected", 401},
+		{"wrong secret on expired token says nothing more", tokenSecret(id, secret, func(s *corev1.Secret) {
+			s.Data[keyExpiration] = []byte(now.Add(-time.Hour).Format(time.RFC3339))
+		}), "ffffffffffffffff", ResultTokenRejected, "token rejected", 401},
+		{"not found", nil, secret, ResultTokenNotFound, "token abcdef not found", 401},
+		{"expired", tokenSecret(id, secret, func(s *corev1.Secret) {
+			s.Data[keyExpiration] = []byte(now.Add(-2 * time.Hour).Format(time.RFC3339))
+		}), secret, ResultTokenExpired, `token abcdef expired 2h0m0s ago: create a new one with "outpost-relay token create"`, 403},
+		{"expires exactly now", tokenSecret(id, secret, func(s *corev1.Secret) {
+			s.Data[keyExpiration] = []byte(now.Format(time.RFC3339))
+		}), secret, ResultTokenExpired, "expired", 403},
+		{"missing usage", tokenSecret(id, secret, func(s *corev1.Secret) { delete(s.Data, keyUsageAuth) }), secret, ResultTokenInvalid, "not marked for authentication", 403},
+		{"usage false", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyUsageAuth] = []byte("false") }), secret, ResultTokenInvalid, "not marked for authentication", 403},
+		{"wrong type", tokenSecret(id, secret, func(s *corev1.Secret) { s.Type = corev1.SecretTypeOpaque }), secret, ResultTokenInvalid, `type "Opaque"`, 403},
+		{"id mismatch", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyTokenID] = []byte("zzzzzz") }), secret, ResultTokenInvalid, "holds token-id", 403},
+		{"malformed expiration", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyExpiration] = []byte("tomorrow") }), secret, ResultTokenInvalid, "unreadable expiration", 403},
+		{"empty stored secret", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyTokenSecret] = nil }), "", ResultTokenRejected, "token rejected", 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := secretMap{}
+			if tc.stored != nil {
+				m[tc.stored.Name] = tc.stored
+			}
+			terr := ValidateToken(context.Background(), m, id, tc.present, now)
+			if tc.wantResult == "" {
+				if terr != nil {
+					t.Fatalf("valid token refused: %v", terr)
+				}
+				return
+			}
+			if terr == nil {
+				t.Fatal("token accepted")
+			}
+			if terr.Result != tc.wantResult || terr.Status != tc.wantStatus || !strings.Contains(terr.Reason, tc.wantReason) {
+				t.Fatalf("got %d %s %q, want %d %s containing %q", terr.Status, terr.Result, terr.Reason, tc.wantStatus, tc.wantResult, tc.wantReason)
+			}
+			if tc.wantResult == ResultTokenRejected && terr.Reason != "token rejected" {
+				t.Fatalf("wrong secret leaks %q", terr.Reason)
+			}
+		})
+	}
+}
+
+func TestMalformedTokens(t *testing.T) {
+	for _, tok := range []string{"", "abcdef", "abcdef.0123456789abcde", "ABCDEF.0123456789abcdef", "abcdef-0123456789abcdef", "abcde.f0123456789abcdef", "abcdef.0123456789abcdef\n"} {
+		if _, _, err := wire.ParseToken(tok); err == nil {
+			t.Errorf("ParseToken(%q) accepted", tok)
+		}
+	}
+}
+
+func TestCreateTokenRoundTrip(t *testing.T) {
+	m := secretMap{}
+	tok, err := CreateToken(context.Background(), m, time.Hour, "gateway 7", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, secret, err := wire.ParseToken(tok)
+	if err != nil {
+		t.Fatalf("created token %q does not parse: %v", tok, err)
+	}
+	sec := m[TokenPrefix+id]
+	if sec == nil || sec.Type != TokenSecretType || string(sec.Data[keyDescription]) != "gateway 7" ||
+		string(sec.Data[keyExpiration]) != now.Add(time.Hour).Format(time.RFC3339) {
+		t.Fatalf("secret %+v", sec)
+	}
+	if terr := ValidateToken(context.Background(), m, id, secret, now); terr != nil {
+		t.Fatalf("created token does not validate: %v", terr)
+	}
+	if terr := ValidateToken(context.Background(), m, id, secret, now.Add(2*time.Hour)); terr == nil || terr.Result != ResultTokenExpired {
+		t.Fatalf("token valid after its ttl: %v", terr)
+	}
+}
+
+type fixture struct {
+	h       *Handler
+	ca      *pki.CA
+	secrets secretMap
+	nodes   nodeMap
+	srv     *httptest.Server
+}
+
+const goodToken = "abcdef.0123456789abcdef"
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ca, err := pki.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{ca: ca, secrets: secretMap{}, nodes: nodeMap{}}
+	f.secrets[TokenPrefix+"abcdef"] = tokenSecret("abcdef", "0123456789abcdef", nil)
+	f.h, err = New(Config{Secrets: f.secrets, Nodes: f.nodes, CA: ca, NodeCertValidity: time.Hour, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv = httptest.NewServer(f.h)
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fixture) join(t *testing.T, token string, body []byte) (int, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", f.srv.URL+wire.PathJoin, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	return resp.StatusCode, buf.Bytes()
+}
+
+func csr(t *testing.T) (string, *ecdsa.PrivateKey) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key
+}
+
+func body(name, csr string) []byte {
+	b, _ := json.Marshal(wire.JoinRequest{NodeName: name, CSR: csr})
+	return b
+}
+
+func TestJoin(t *testing.T) {
+	f := newFixture(t)
+	c, key := csr(t)
+	status, b := f.join(t, goodToken, body("gw-1", c))
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, b)
+	}
+	var resp wire.JoinResponse
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode([]byte(resp.Certificate))
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Subject.CommonName != "gw-1" || !key.PublicKey.Equal(cert.PublicKey) || resp.CA != string(f.ca.CertPEM) {
+		t.Fatalf("certificate %v", cert.Subject)
+	}
+}
+
+func TestJoinRefusals(t *testing.T) {
+	f := newFixture(t)
+	f.nodes["worker-1"] = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-1"}}
+	f.nodes["gw-old"] = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gw-old", Labels: map[string]string{nodes.EdgeRoleLabel: ""}}}
+	c, _ := csr(t)
+	for _, tc := range []struct {
+		name   string
+		token  string
+		body   []byte
+		status int
+		reason string
+	}{
+		{"no token", "", body("gw-1", c), 401, "Authorization: Bearer"},
+		{"malformed token", "abc.def", body("gw-1", c), 401, "bootstrap token must look like"},
+		{"unknown token", "zzzzzz.0123456789abcdef", body("gw-1", c), 401, "token zzzzzz not found"},
+		{"wrong secret", "abcdef.ffffffffffffffff", body("gw-1", c), 401, "token rejected"},
+		{"not json", goodToken, []byte("{"), 400, "not JSON"},
+		{"too big", goodToken, bytes.Repeat([]byte(" "), wire.MaxJoinBody+10), 413, "larger than"},
+		{"bad name", goodToken, body("GW_1", c), 400, "not valid"},
+		{"long name", goodToken, body(strings.Repeat("a", 64), c), 400, "at most 63"},
+		{"bad csr", goodToken, body("gw-1", "nope"), 400, "not PEM"},
+		{"kubelet node", goodToken, body("worker-1", c), 409, "not an Outpost edge node"},
+		{"rejoin edge node", goodToken, body("gw-old", c), 200, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, b := f.join(t, tc.token, tc.body)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d: %s", status, tc.status, b)
+			}
+			if tc.reason == "" {
+				return
+			}
+			var je wire.JoinError
+			if err := json.Unmarshal(b, &je); err != nil || !strings.Contains(je.Reason, tc.reason) {
+				t.Fatalf("reason %q (%v), want containing %q", je.Reason, err, tc.reason)
+			}
+		})
+	}
+}
+
+func TestJoinCA(t *testing.T) {
+	f := newFixture(t)
+	f.secrets[TokenPrefix+"expird"] = tokenSecret("expird", "0123456789abcdef", func(s *corev1.Secret) {
+		s.Data[keyExpiration] = []byte(now.Add(-time.Minute).Format(time.RFC3339))
+	})
+	get := func(q string) (int, []byte) {
+		resp, err := http.Get(f.srv.URL + wire.PathJoinCA + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var buf bytes.Buffer
+		buf.ReadFrom(resp.Body)
+		return resp.StatusCode, buf.Bytes()
+	}
+	status, b := get("?token-id=abcdef")
+	if status != 200 {
+		t.Fatalf("status %d: %s", status, b)
+	}
+	var jc wire.JoinCA
+	if err := json.Unmarshal(b, &jc); err != nil {
+		t.Fatal(err)
+	}
+	if jc.CA != string(f.ca.CertPEM) || !wire.CheckCASignature("0123456789abcdef", []byte(jc.CA), jc.Signature) {
+		t.Fatal("CA signature does not check with the token secret")
+	}
+	for q, want := range map[string]int{"": 400, "?token-id=ABC": 400, "?token-id=zzzzzz": 401, "?token-id=expird": 403} {
+		if status, b := get(q); status != want {
+			t.Errorf("%q: status %d, want %d: %s", q, status, want, b)
+		}
+	}
+}
+
+func Example() {
+	// The relay mounts the join handler next to its WebSocket endpoint;
+	// in tests it can run alone.
+	ca, _ := pki.Generate(time.Now())
+	h, _ := New(Config{Secrets: secretMap{}, Nodes: nodeMap{}, CA: ca, NodeCertValidity: 365 * 24 * time.Hour})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, _ := http.Get(srv.URL + wire.PathJoinCA + "?token-id=abcdef")
+	fmt.Println(resp.StatusCode)
+	// Output: 401
+}

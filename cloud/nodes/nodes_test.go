@@ -1,0 +1,224 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"outpost.dev/wire"
+)
+
+func report() *Report {
+	res := wire.Resources{CPUMillis: 1500, MemoryBytes: 512 << 20, Pods: 16, EphemeralStorage: 4 << 30}
+	return &Report{
+		AgentVersion: "v0.2.0",
+		Info: wire.NodeInfo{
+			Arch: "riscv64", OS: "linux", Board: "visionfive2", OSImage: "Debian 12", KernelVersion: "6.6",
+			Addresses: []wire.Address{
+				{Type: "InternalIP", Address: "192.168.1.5"},
+				{Type: "InternalIP", Address: "192.168.1.5"}, // duplicate
+				{Type: "Bogus", Address: "x"},
+			},
+			Capacity: res, Allocatable: res, MachineID: "mid", BootID: "bid", ContainerRuntime: "containerd://1.6.20",
+		},
+	}
+}
+
+func TestStatusTranslation(t *testing.T) {
+	now := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	st := Status(now, "gw-1", report(), nil)
+	if q := st.Capacity[corev1.ResourceCPU]; q.MilliValue() != 1500 {
+		t.Errorf("cpu %s", q.String())
+	}
+	if q := st.Allocatable[corev1.ResourceMemory]; q.Cmp(*resource.NewQuantity(512<<20, resource.BinarySI)) != 0 {
+		t.Errorf("memory %s", q.String())
+	}
+	if q := st.Capacity[corev1.ResourceEphemeralStorage]; q.Value() != 4<<30 {
+		t.Errorf("ephemeral-storage %s", q.String())
+	}
+	if st.NodeInfo.KubeletVersion != "v0.2.0" || st.NodeInfo.Architecture != "riscv64" || st.NodeInfo.KubeProxyVersion != "" ||
+		st.NodeInfo.ContainerRuntimeVersion != "containerd://1.6.20" || st.NodeInfo.BootID != "bid" {
+		t.Errorf("nodeInfo %+v", st.NodeInfo)
+	}
+	want := []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.5"}, {Type: corev1.NodeHostName, Address: "gw-1"}}
+	if len(st.Addresses) != 2 || st.Addresses[0] != want[0] || st.Addresses[1] != want[1] {
+		t.Errorf("addresses %v, want %v", st.Addresses, want)
+	}
+	got := map[corev1.NodeConditionType]corev1.NodeCondition{}
+	for _, c := range st.Conditions {
+		got[c.Type] = c
+		if !c.LastHeartbeatTime.Equal(&now) {
+			t.Errorf("%s heartbeat %v", c.Type, c.LastHeartbeatTime)
+		}
+	}
+	if r := got[corev1.NodeReady]; r.Status != corev1.ConditionTrue || r.Reason != ReasonReady || r.Message != MessageReady {
+		t.Errorf("Ready %+v", r)
+	}
+	for _, p := range []corev1.NodeConditionType{corev1.NodeMemoryPressure, corev1.NodeDiskPressure, corev1.NodePIDPressure} {
+		if got[p].Status != corev1.ConditionFalse {
+			t.Errorf("%s %+v", p, got[p])
+		}
+	}
+
+	// An hour later, with the agent reporting disk pressure: Ready keeps its
+	// transition time, DiskPressure gets a new one.
+	later := metav1.NewTime(now.Add(time.Hour))
+	rep := report()
+	rep.Conditions = []wire.Condition{{Type: "DiskPressure", Status: "True", Reason: "Full"}, {Type: "SensorBus", Status: "False"}}
+	st2 := Status(later, "gw-1", rep, &st)
+	got = map[corev1.NodeConditionType]corev1.NodeCondition{}
+	for _, c := range st2.Conditions {
+		got[c.Type] = c
+	}
+	if r := got[corev1.NodeReady]; !r.LastTransitionTime.Equal(&now) || !r.LastHeartbeatTime.Equal(&later) {
+		t.Errorf("Ready times %+v", r)
+	}
+	if d := got[corev1.NodeDiskPressure]; d.Status != corev1.ConditionTrue || !d.LastTransitionTime.Equal(&later) {
+		t.Errorf("DiskPressure %+v", d)
+	}
+	if _, ok := got["SensorBus"]; !ok || len(st2.Conditions) != 5 {
+		t.Errorf("conditions %v", st2.Conditions)
+	}
+}
+
+func TestUnknownBecomesReady(t *testing.T) {
+	// What the node lifecycle controller leaves after the grace period.
+	prev := corev1.NodeStatus{Conditions: []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionUnknown, Reason: "NodeStatusUnknown",
+		LastTransitionTime: metav1.NewTime(time.Unix(100, 0)),
+	}}}
+	now := metav1.NewTime(time.Unix(1000, 0))
+	st := Status(now, "gw", report(), &prev)
+	if st.Conditions[0].Status != corev1.ConditionTrue || !st.Conditions[0].LastTransitionTime.Equal(&now) {
+		t.Fatalf("Ready %+v", st.Conditions[0])
+	}
+}
+
+func TestCheckNameAndInfo(t *testing.T) {
+	for name, ok := range map[string]bool{"gw-1": true, "gw.site-a": true, "": false, "GW": false, "a_b": false, string(make([]byte, 64)): false} {
+		if err := CheckName(name); (err == nil) != ok {
+			t.Errorf("CheckName(%q) = %v", name, err)
+		}
+	}
+	i := report().Info
+	if err := CheckInfo(&i); err != nil {
+		t.Fatal(err)
+	}
+	i.Board = "-bad-"
+	if err := CheckInfo(&i); err == nil {
+		t.Fatal("invalid label value accepted")
+	}
+}
+
+func newWriter(t *testing.T) (*Writer, *fake.Clientset) {
+	client := fake.NewClientset()
+	w, err := NewWriter(WriterConfig{Client: client, LeaseDuration: 40 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, client
+}
+
+func TestApplyAndLease(t *testing.T) {
+	ctx := context.Background()
+	w, client := newWriter(t)
+	n, err := w.Apply(ctx, "gw-1", report(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels[EdgeRoleLabel] != "" || !IsEdge(n) || n.Labels[BoardLabel] != "visionfive2" || n.Labels[corev1.LabelHostname] != "gw-1" {
+		t.Fatalf("labels %v", n.Labels)
+	}
+	// An admin's own label survives; a changed board is written.
+	n.Labels["team"] = "plant-3"
+	n, err = client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := report()
+	rep.Info.Board = "rpi4"
+	n2, err := w.Apply(ctx, "gw-1", rep, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n2.Labels["team"] != "plant-3" || n2.Labels[BoardLabel] != "rpi4" {
+		t.Fatalf("labels %v", n2.Labels)
+	}
+	// A stale cached node (conflict) falls back to a fresh read.
+	if _, err := w.Apply(ctx, "gw-1", rep, n); err != nil {
+		t.Fatalf("apply with a stale cache: %v", err)
+	}
+
+	l, err := w.RenewLease(ctx, n2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *l.Spec.HolderIdentity != "gw-1" || *l.Spec.LeaseDurationSeconds != 40 || len(l.OwnerReferences) != 1 ||
+		l.OwnerReferences[0].Kind != "Node" || l.OwnerReferences[0].UID != n2.UID {
+		t.Fatalf("lease %+v", l)
+	}
+	first := l.Spec.RenewTime.Time
+	time.Sleep(2 * time.Millisecond)
+	l2, err := w.RenewLease(ctx, n2, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l2.Spec.RenewTime.After(first) {
+		t.Fatal("renew time did not advance")
+	}
+}
+
+func TestApplyRefusesKubeletNode(t *testing.T) {
+	w, client := newWriter(t)
+	client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker"}}, metav1.CreateOptions{})
+	if _, err := w.Apply(context.Background(), "worker", report(), nil); !errors.Is(err, ErrNotEdge) {
+		t.Fatalf("err = %v, want ErrNotEdge", err)
+	}
+}
+
+func TestSessionAcksAfterWrite(t *testing.T) {
+	w, client := newWriter(t)
+	acks := make(chan uint64, 10)
+	s := w.Start(context.Background(), SessionConfig{Name: "gw-1", OnAck: func(seq uint64) { acks <- seq }})
+	defer s.Stop()
+	s.Report(0, *report())
+	s.Report(5, *report())
+	select {
+	case seq := <-acks:
+		if seq != 5 {
+			t.Fatalf("ack %d", seq)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ack")
+	}
+	if _, err := client.CoreV1().Nodes().Get(context.Background(), "gw-1", metav1.GetOptions{}); err != nil {
+		t.Fatal("acked before the node was written")
+	}
+}
+
+// FuzzReport feeds arbitrary node-status bodies through decoding, the
+// relay's checks and the translation into a Node status: nothing an agent
+// sends may panic the relay.
+func FuzzReport(f *testing.F) {
+	b, _ := cbor.Marshal(wire.NodeStatus{Node: report().Info, Conditions: []wire.Condition{{Type: "Ready", Status: "False"}}})
+	f.Add(b)
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fr := wire.Frame{Type: wire.TypeNodeStatus, Seq: 1, Body: body}
+		var st wire.NodeStatus
+		if fr.DecodeBody(&st) != nil || CheckInfo(&st.Node) != nil {
+			return
+		}
+		rep := &Report{AgentVersion: "v", Info: st.Node, Conditions: st.Conditions}
+		s := Status(metav1.Now(), "gw", rep, nil)
+		Status(metav1.Now(), "gw", rep, &s)
+		Labels("gw", &st.Node)
+	})
+}

@@ -1,0 +1,237 @@
+package nodes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+)
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	Client kubernetes.Interface
+	// LeaseDuration is written into each Lease; the Lease is renewed every
+	// quarter of it, as the kubelet does.
+	LeaseDuration time.Duration
+	Log           *slog.Logger
+	// Registerer receives the API write failure counter; nil registers
+	// nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Writer writes edge Nodes and their Leases. It holds no per-node state;
+// Sessions do.
+type Writer struct {
+	cfg      WriterConfig
+	failures *prometheus.CounterVec
+}
+
+// NewWriter builds a Writer.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("nodes: Client is required")
+	}
+	if cfg.LeaseDuration < 4*time.Millisecond {
+		return nil, fmt.Errorf("nodes: lease duration %s is too short", cfg.LeaseDuration)
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	w := &Writer{
+		cfg: cfg,
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_api_write_failures_total",
+			Help: "Failed writes to the Kubernetes API server, by object.",
+		}, []string{"object"}),
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(w.failures); err != nil {
+			return nil, fmt.Errorf("nodes: register metrics: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// Apply creates or updates Node name from rep: the relay's labels, and the
+// whole status with Ready=True and a fresh heartbeat. The status is written
+// every time, since after the node lifecycle controller marked a node
+// Unknown only a status write with Ready=True makes it Ready again.
+//
+// cached, if not nil, is the Node as last written; using it saves a read,
+// and a conflict falls back to a fresh one. A Node of that name that is not
+// an edge node yields ErrNotEdge.
+func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
+	api := w.cfg.Client.CoreV1().Nodes()
+	var out *corev1.Node
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		now := metav1.NewTime(w.cfg.Now())
+		cur := cached
+		cached = nil
+		if cur == nil {
+			got, err := api.Get(ctx, name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				n := &corev1.Node{
+					ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
+					Status:     Status(now, name, rep, nil),
+				}
+				created, err := api.Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
+				if apierrors.IsAlreadyExists(err) {
+					// Another relay replica created it meanwhile: read it again.
+					return apierrors.NewConflict(schema.GroupResource{Resource: "nodes"}, name, err)
+				}
+				if err != nil {
+					w.failures.WithLabelValues("node").Inc()
+					return err
+				}
+				// The API server keeps the status given on create.
+				out = created
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			cur = got
+		}
+		if !IsEdge(cur) {
+			return ErrNotEdge
+		}
+		want := Labels(name, &rep.Info)
+		if !hasLabels(cur.Labels, want) {
+			upd := cur.DeepCopy()
+			if upd.Labels == nil {
+				upd.Labels = map[string]string{}
+			}
+			maps.Copy(upd.Labels, want)
+			res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+			if err != nil {
+				if !apierrors.IsConflict(err) {
+					w.failures.WithLabelValues("node").Inc()
+				}
+				return err
+			}
+			cur = res
+		}
+		upd := cur.DeepCopy()
+		upd.Status = Status(now, name, rep, &cur.Status)
+		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		if err != nil {
+			if !apierrors.IsConflict(err) {
+				w.failures.WithLabelValues("node_status").Inc()
+			}
+			return err
+		}
+		out = res
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotEdge) {
+			return nil, fmt.Errorf("node %q: %w (no %s label): the relay will not take it over", name, ErrNotEdge, EdgeRoleLabel)
+		}
+		return nil, fmt.Errorf("write node %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// FieldManager names the relay in managedFields.
+const FieldManager = "outpost-relay"
+
+func hasLabels(have, want map[string]string) bool {
+	for k, v := range want {
+		if hv, ok := have[k]; !ok || hv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// RenewLease renews the Lease of node, creating it (owned by the Node, as
+// the kubelet does, so it goes when the Node goes) if it is missing.
+// cached, if not nil, is the Lease as last written.
+func (w *Writer) RenewLease(ctx context.Context, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	api := w.cfg.Client.CoordinationV1().Leases(LeaseNamespace)
+	secs := int32(w.cfg.LeaseDuration / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
+	var out *coordinationv1.Lease
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		now := metav1.NewMicroTime(w.cfg.Now())
+		cur := cached
+		cached = nil
+		if cur == nil {
+			got, err := api.Get(ctx, node.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				l := &coordinationv1.Lease{
+					ObjectMeta: metav1.ObjectMeta{Name: node.Name, Namespace: LeaseNamespace, OwnerReferences: []metav1.OwnerReference{owner}},
+					Spec: coordinationv1.LeaseSpec{
+						HolderIdentity:       &node.Name,
+						LeaseDurationSeconds: &secs,
+						RenewTime:            &now,
+					},
+				}
+				created, err := api.Create(ctx, l, metav1.CreateOptions{FieldManager: FieldManager})
+				if apierrors.IsAlreadyExists(err) {
+					return apierrors.NewConflict(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, node.Name, err)
+				}
+				if err != nil {
+					w.failures.WithLabelValues("lease").Inc()
+					return err
+				}
+				out = created
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			cur = got
+		}
+		upd := cur.DeepCopy()
+		upd.Spec.HolderIdentity = &node.Name
+		upd.Spec.LeaseDurationSeconds = &secs
+		upd.Spec.RenewTime = &now
+		if !ownedBy(upd, node) {
+			// A Lease left from an earlier Node of the same name: own it
+			// anew so it is collected with this one.
+			upd.OwnerReferences = []metav1.OwnerReference{owner}
+		}
+		res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		if err != nil {
+			if !apierrors.IsConflict(err) {
+				w.failures.WithLabelValues("lease").Inc()
+			}
+			return err
+		}
+		out = res
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
+	}
+	return out, nil
+}
+
+func ownedBy(l *coordinationv1.Lease, node *corev1.Node) bool {
+	for _, o := range l.OwnerReferences {
+		if o.Kind == "Node" && o.Name == node.Name && o.UID == node.UID {
+			return true
+		}
+	}
+	return false
+}

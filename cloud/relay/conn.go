@@ -1,0 +1,377 @@
+package relay
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/wire"
+)
+
+// WebSocket close codes the relay uses beyond the standard ones.
+const (
+	websocketGoingAway = websocket.StatusGoingAway
+	// CloseReplaced closes a connection when the same node connected again.
+	CloseReplaced websocket.StatusCode = 4001
+	// CloseForbidden closes a connection whose node the relay will not
+	// write (a Node of that name that is not an edge node).
+	CloseForbidden websocket.StatusCode = 4003
+)
+
+// writeTimeout bounds one frame write; a peer that does not read is dead.
+const writeTimeout = 10 * time.Second
+
+// closeGrace bounds a close handshake. Without it a peer that declared a
+// huge message and went quiet would hold the closing goroutine forever:
+// the library drains the rest of the message before it sees a close reply.
+const closeGrace = 2 * time.Second
+
+// hijackRecorder keeps the network connection the WebSocket library hijacks,
+// so the relay can put a deadline on the close handshake.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, rw, err
+}
+
+// conn is one agent connection.
+type conn struct {
+	s        *Server
+	ws       *websocket.Conn
+	netConn  net.Conn
+	node     string
+	log      *slog.Logger
+	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+	once     sync.Once
+}
+
+// nodeFromTLS returns the node name of a request's verified client
+// certificate, or an HTTP status and reason to refuse it with. The name
+// comes from the certificate only, never from a message.
+func nodeFromTLS(r *http.Request) (string, int, string) {
+	if r.TLS == nil {
+		return "", http.StatusBadRequest, "connect over TLS with a node certificate"
+	}
+	if len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return "", http.StatusUnauthorized, "a node client certificate signed by the relay CA is required: join first"
+	}
+	cert := r.TLS.VerifiedChains[0][0]
+	if !slices.Contains(cert.Subject.Organization, pki.NodesGroup) {
+		return "", http.StatusForbidden, "client certificate is not a node certificate (organization " + pki.NodesGroup + " missing)"
+	}
+	if err := nodes.CheckName(cert.Subject.CommonName); err != nil {
+		return "", http.StatusForbidden, "client certificate: " + err.Error()
+	}
+	return cert.Subject.CommonName, 0, ""
+}
+
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
+	name, status, reason := nodeFromTLS(r)
+	if status != 0 {
+		s.log.Warn("connect refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+		http.Error(w, reason, status)
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, "relay shutting down; reconnect", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	log := s.log.With("node", name, "remote", r.RemoteAddr)
+	hj := &hijackRecorder{ResponseWriter: w}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		log.Warn("websocket upgrade failed", "err", err) // Accept answered the request
+		return
+	}
+	// The library refuses a message past this before buffering it; read
+	// below stops at the same bound so it can say why first.
+	ws.SetReadLimit(wire.MaxFrameSize)
+	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, log: log}
+	c.lastSeen.Store(time.Now().UnixNano())
+	c.serve()
+}
+
+// serve runs the connection until it ends. Nothing an agent sends can take
+// the relay down: protocol errors close this connection only, and a panic
+// (a relay bug) is recovered and logged here.
+func (c *conn) serve() {
+	defer c.ws.CloseNow()
+	defer func() {
+		if r := recover(); r != nil {
+			c.s.metrics.panics.Inc()
+			c.log.Error("connection handler panicked; closing this connection", "panic", r, "stack", string(debug.Stack()))
+			c.close(websocket.StatusInternalError, "relay internal error")
+		}
+	}()
+
+	f, ok := c.read(c.s.cfg.HelloTimeout, "hello")
+	if !ok {
+		return
+	}
+	if f.Type != wire.TypeHello {
+		c.fatal(wire.CodeProtocol, fmt.Sprintf("first frame must be hello, got %s", f.Type), websocket.StatusPolicyViolation)
+		return
+	}
+	var h wire.Hello
+	if err := f.DecodeBody(&h); err != nil {
+		c.fatalDecode(err)
+		return
+	}
+	if err := nodes.CheckInfo(&h.Node); err != nil {
+		c.fatal(wire.CodeInvalid, "hello: "+err.Error(), websocket.StatusPolicyViolation)
+		return
+	}
+	version, ok := wire.Negotiate(h.MinVersion, h.MaxVersion)
+	if !ok {
+		c.fatal(wire.CodeVersion, fmt.Sprintf("no common protocol version: agent speaks %d-%d, relay %d-%d; upgrade the older side",
+			h.MinVersion, h.MaxVersion, wire.ProtocolMin, wire.ProtocolMax), websocket.StatusPolicyViolation)
+		return
+	}
+
+	old, ok := c.s.register(c)
+	if !ok {
+		c.close(websocketGoingAway, "relay shutting down")
+		return
+	}
+	defer c.s.unregister(c)
+	if old != nil {
+		c.log.Info("node connected again; closing its previous connection")
+		go old.close(CloseReplaced, "replaced by a newer connection of the same node")
+	}
+
+	hb := c.s.cfg.HeartbeatInterval
+	silent := 3 * hb
+	sess := c.s.nodes.Start(c.s.ctx, nodes.SessionConfig{
+		Name:    c.node,
+		OnAck:   c.sendAck,
+		OnFatal: c.onWriteFatal,
+		Alive:   func() bool { return time.Since(time.Unix(0, c.lastSeen.Load())) < silent },
+		Log:     c.log,
+	})
+	defer sess.Stop()
+	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
+
+	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
+		Version:          version,
+		NodeName:         c.node,
+		HeartbeatSeconds: uint32(hb / time.Second),
+		RelayVersion:     c.s.cfg.Version,
+	}) {
+		return
+	}
+	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
+
+	for {
+		f, ok := c.read(silent, "frame")
+		if !ok {
+			return
+		}
+		switch f.Type {
+		case wire.TypeHeartbeat:
+			if err := f.DecodeBody(&wire.Heartbeat{}); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			if !c.send(wire.TypeHeartbeat, nil) {
+				return
+			}
+		case wire.TypeNodeStatus:
+			var st wire.NodeStatus
+			if err := f.DecodeBody(&st); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			if f.Seq == 0 {
+				c.fatal(wire.CodeInvalid, "node-status without a seq: durable reports are numbered from 1", websocket.StatusPolicyViolation)
+				return
+			}
+			if err := nodes.CheckInfo(&st.Node); err != nil {
+				c.fatal(wire.CodeInvalid, "node-status: "+err.Error(), websocket.StatusPolicyViolation)
+				return
+			}
+			// Acked by the session once the API write succeeded.
+			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions})
+		case wire.TypeError:
+			var e wire.Error
+			if err := f.DecodeBody(&e); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			c.s.metrics.errors.WithLabelValues("in", codeLabel(e.Code)).Inc()
+			c.log.Warn("agent reported an error", "code", e.Code, "reason", e.Reason, "fatal", e.Fatal)
+			if e.Fatal {
+				c.close(websocket.StatusNormalClosure, "agent reported a fatal error")
+				return
+			}
+		case wire.TypeHello:
+			c.fatal(wire.CodeProtocol, "hello after hello: a connection has one hello", websocket.StatusPolicyViolation)
+			return
+		case wire.TypeHelloAck, wire.TypeAck:
+			c.fatal(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents", f.Type), websocket.StatusPolicyViolation)
+			return
+		default:
+			// A newer agent may send types this relay does not know yet;
+			// say so and carry on.
+			c.sendError(wire.CodeUnknownType, fmt.Sprintf("frame %s is unknown to this relay (protocol %d); ignored", f.Type, version), false)
+		}
+	}
+}
+
+// read reads one frame within timeout. On any failure it has already
+// answered, closed and logged; the caller just returns.
+func (c *conn) read(timeout time.Duration, what string) (wire.Frame, bool) {
+	ctx, cancel := context.WithTimeout(c.s.ctx, timeout)
+	defer cancel()
+	typ, r, err := c.ws.Reader(ctx)
+	if err != nil {
+		c.readFailed(ctx, err, timeout, what)
+		return wire.Frame{}, false
+	}
+	if typ != websocket.MessageBinary {
+		c.fatal(wire.CodeMalformed, "text message refused: frames are binary CBOR messages", websocket.StatusUnsupportedData)
+		return wire.Frame{}, false
+	}
+	// Read one byte past the limit to tell "too large" apart; the library
+	// never buffers more than that, whatever length the peer declared.
+	b, err := io.ReadAll(io.LimitReader(r, wire.MaxFrameSize+1))
+	if err != nil {
+		c.readFailed(ctx, err, timeout, what)
+		return wire.Frame{}, false
+	}
+	if len(b) > wire.MaxFrameSize {
+		c.fatal(wire.CodeTooLarge, fmt.Sprintf("frame larger than %d bytes", wire.MaxFrameSize), websocket.StatusMessageTooBig)
+		return wire.Frame{}, false
+	}
+	c.lastSeen.Store(time.Now().UnixNano())
+	f, err := wire.Decode(b)
+	if err != nil {
+		c.s.metrics.frame("in", 0, len(b))
+		c.fatalDecode(err)
+		return wire.Frame{}, false
+	}
+	c.s.metrics.frame("in", f.Type, len(b))
+	return f, true
+}
+
+func (c *conn) readFailed(ctx context.Context, err error, timeout time.Duration, what string) {
+	switch {
+	case c.s.ctx.Err() != nil:
+		// Relay shutting down; Close said goodbye.
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		c.log.Warn("agent silent; closing", "waited_for", what, "timeout", timeout)
+	case websocket.CloseStatus(err) != -1:
+		c.log.Info("agent disconnected", "status", websocket.CloseStatus(err), "err", err)
+	case errors.Is(err, websocket.ErrMessageTooBig):
+		c.log.Warn("frame too large; closed", "err", err)
+	default:
+		c.log.Info("connection ended", "err", err)
+	}
+}
+
+// fatalDecode answers a frame that did not decode or validate.
+func (c *conn) fatalDecode(err error) {
+	switch {
+	case errors.Is(err, wire.ErrTooLarge):
+		c.fatal(wire.CodeTooLarge, err.Error(), websocket.StatusMessageTooBig)
+	case errors.Is(err, wire.ErrInvalid):
+		c.fatal(wire.CodeInvalid, err.Error(), websocket.StatusInvalidFramePayloadData)
+	default:
+		c.fatal(wire.CodeMalformed, err.Error(), websocket.StatusInvalidFramePayloadData)
+	}
+}
+
+// fatal tells the agent why, logs it, and closes this connection.
+func (c *conn) fatal(code wire.ErrorCode, reason string, status websocket.StatusCode) {
+	c.log.Warn("closing connection: bad frame from agent", "code", codeLabel(code), "reason", reason)
+	c.sendError(code, reason, true)
+	c.close(status, reason)
+}
+
+func (c *conn) sendError(code wire.ErrorCode, reason string, fatal bool) bool {
+	c.s.metrics.errors.WithLabelValues("out", codeLabel(code)).Inc()
+	return c.send(wire.TypeError, &wire.Error{Code: code, Reason: truncate(reason, 1024), Fatal: fatal})
+}
+
+// onWriteFatal is called by the node session when the Node can never be
+// written for this connection.
+func (c *conn) onWriteFatal(err error) {
+	c.sendError(wire.CodeForbidden, err.Error(), true)
+	go c.close(CloseForbidden, "node cannot be written")
+}
+
+// sendAck acknowledges seq; the node session calls it after the API write.
+func (c *conn) sendAck(seq uint64) {
+	b, err := wire.EncodeFrame(wire.Frame{Type: wire.TypeAck, Ack: seq})
+	if err != nil {
+		c.log.Error("encode ack", "err", err)
+		return
+	}
+	c.write(wire.TypeAck, b)
+}
+
+func (c *conn) send(t wire.Type, body wire.Body) bool {
+	b, err := wire.Encode(t, 0, body)
+	if err != nil {
+		c.log.Error("encode frame", "type", t, "err", err)
+		return false
+	}
+	return c.write(t, b)
+}
+
+// write sends one frame. The library serializes concurrent writers (the
+// read loop and the node session).
+func (c *conn) write(t wire.Type, b []byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	if err := c.ws.Write(ctx, websocket.MessageBinary, b); err != nil {
+		return false
+	}
+	c.s.metrics.frame("out", t, len(b))
+	return true
+}
+
+// close closes the WebSocket once with status and reason.
+func (c *conn) close(status websocket.StatusCode, reason string) {
+	c.once.Do(func() {
+		if c.netConn != nil {
+			_ = c.netConn.SetDeadline(time.Now().Add(closeGrace))
+		}
+		_ = c.ws.Close(status, truncate(reason, 120)) // close reasons are limited to 123 bytes
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	// Cut on a rune boundary so the reason stays valid UTF-8.
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}

@@ -1,0 +1,81 @@
+package relay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"outpost.dev/wire"
+)
+
+// metrics are the relay's own Prometheus collectors. The join and nodes
+// packages register theirs (join attempts, API write failures) in the same
+// registry.
+type metrics struct {
+	connected prometheus.Gauge
+	frames    *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	errors    *prometheus.CounterVec
+	panics    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_relay_connected_agents",
+			Help: "Agents connected to this relay replica (after a successful hello).",
+		}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_frames_total",
+			Help: "Protocol frames, by direction (in, out) and type.",
+		}, []string{"direction", "type"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_frame_bytes_total",
+			Help: "Protocol frame bytes, by direction (in, out) and type.",
+		}, []string{"direction", "type"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_errors_total",
+			Help: "Error frames, by direction (out: sent to an agent, in: from an agent) and code.",
+		}, []string{"direction", "code"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_relay_connection_panics_total",
+			Help: "Connections closed because their handler panicked (a bug).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// typeLabel bounds the label values to the known types.
+func typeLabel(t wire.Type) string {
+	if !t.Known() {
+		return "unknown"
+	}
+	return t.String()
+}
+
+var codeNames = map[wire.ErrorCode]string{
+	wire.CodeMalformed:   "malformed",
+	wire.CodeTooLarge:    "too_large",
+	wire.CodeVersion:     "version",
+	wire.CodeForbidden:   "forbidden",
+	wire.CodeUnknownType: "unknown_type",
+	wire.CodeProtocol:    "protocol",
+	wire.CodeInternal:    "internal",
+	wire.CodeInvalid:     "invalid",
+}
+
+func codeLabel(c wire.ErrorCode) string {
+	if n, ok := codeNames[c]; ok {
+		return n
+	}
+	return "other"
+}
+
+func (m *metrics) frame(dir string, t wire.Type, n int) {
+	l := typeLabel(t)
+	m.frames.WithLabelValues(dir, l).Inc()
+	m.bytes.WithLabelValues(dir, l).Add(float64(n))
+}

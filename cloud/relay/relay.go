@@ -1,0 +1,268 @@
+// Package relay is the cloud end of the Outpost link: an HTTPS server that
+// accepts agent WebSocket connections on wire.PathConnect, serves the join
+// endpoints, and reports its health and metrics.
+//
+// The relay is stateless. A node's identity is the common name of its
+// client certificate, verified against the relay CA; everything it knows
+// about a node comes from the node's hello and the API server, so any
+// replica can serve any agent and a restart loses nothing.
+//
+// To run one in-process (tests, benchmarks):
+//
+//	srv, _ := relay.New(relay.Config{Client: client, CA: ca, Log: log})
+//	hs := httptest.NewUnstartedServer(srv)
+//	hs.TLS = srv.TLSConfig(servingCert)
+//	hs.StartTLS()
+//	defer srv.Close() // closes agent connections; then hs.Close()
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+
+	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/wire"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultLeaseDuration     = 40 * time.Second
+	DefaultNodeCertValidity  = 365 * 24 * time.Hour
+	DefaultHelloTimeout      = 10 * time.Second
+	// readyCacheFor is how long a /readyz answer is reused, so probes
+	// from many sources cost the API server one request per period.
+	readyCacheFor = 5 * time.Second
+)
+
+// Config is everything a relay needs. Client, CA and Log are required.
+type Config struct {
+	Client kubernetes.Interface
+	CA     *pki.CA
+	// HeartbeatInterval is sent to agents in the HelloAck; a connection
+	// silent for three intervals is closed.
+	HeartbeatInterval time.Duration
+	// LeaseDuration is written into node Leases, renewed every quarter.
+	LeaseDuration time.Duration
+	// NodeCertValidity is the lifetime of certificates issued at join.
+	NodeCertValidity time.Duration
+	// HelloTimeout bounds the wait for an agent's first frame.
+	HelloTimeout time.Duration
+	// Version is this relay's version, sent in the HelloAck.
+	Version string
+	Log     *slog.Logger
+	// Registry receives all relay metrics and is served on /metrics. Nil
+	// means a new private registry.
+	Registry *prometheus.Registry
+	// APICheck reports whether the API server is reachable, for /readyz.
+	// Nil means asking the API server for its version.
+	APICheck func(ctx context.Context) error
+}
+
+// Server is a relay. It is an http.Handler serving every relay endpoint;
+// serve it over TLS with TLSConfig.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	nodes   *nodes.Writer
+	metrics *metrics
+
+	ctx    context.Context // ends when the relay closes; parent of every connection
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // connection goroutines
+
+	mu     sync.Mutex
+	conns  map[string]*conn // by node name: one connection per node
+	closed bool
+
+	readyMu  sync.Mutex
+	readyAt  time.Time
+	readyErr error
+}
+
+// New builds a relay from cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Client == nil || cfg.CA == nil || cfg.Log == nil {
+		return nil, errors.New("relay: Client, CA and Log are required")
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if cfg.HeartbeatInterval < time.Second || cfg.HeartbeatInterval > time.Hour {
+		return nil, fmt.Errorf("relay: heartbeat interval %s must be between 1s and 1h (it is sent in whole seconds)", cfg.HeartbeatInterval)
+	}
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = DefaultLeaseDuration
+	}
+	if cfg.NodeCertValidity <= 0 {
+		cfg.NodeCertValidity = DefaultNodeCertValidity
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.APICheck == nil {
+		disc := cfg.Client.Discovery()
+		cfg.APICheck = func(ctx context.Context) error {
+			done := make(chan error, 1)
+			go func() { _, err := disc.ServerVersion(); done <- err }()
+			select {
+			case err := <-done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	m, err := newMetrics(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("relay: register metrics: %w", err)
+	}
+	w, err := nodes.NewWriter(nodes.WriterConfig{
+		Client:        cfg.Client,
+		LeaseDuration: cfg.LeaseDuration,
+		Log:           cfg.Log,
+		Registerer:    cfg.Registry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	jh, err := join.New(join.Config{
+		Secrets:          cfg.Client.CoreV1().Secrets(join.TokenNamespace),
+		Nodes:            cfg.Client.CoreV1().Nodes(),
+		CA:               cfg.CA,
+		NodeCertValidity: cfg.NodeCertValidity,
+		Log:              cfg.Log,
+		Registerer:       cfg.Registry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Log,
+		mux:     http.NewServeMux(),
+		nodes:   w,
+		metrics: m,
+		ctx:     ctx,
+		cancel:  cancel,
+		conns:   map[string]*conn{},
+	}
+	s.mux.Handle(wire.PathJoinCA, jh)
+	s.mux.Handle(wire.PathJoin, jh)
+	s.mux.HandleFunc("GET "+wire.PathConnect, s.serveConnect)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /readyz", s.serveReady)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	return s, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// TLSConfig returns the server TLS configuration: serving certificate
+// cert, and client certificates verified against the relay CA when given.
+// They are optional at the TLS layer because the join endpoints serve nodes
+// that have no certificate yet; wire.PathConnect requires one.
+func (s *Server) TLSConfig(cert tls.Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    s.cfg.CA.Pool(),
+		NextProtos:   []string{"http/1.1"}, // WebSocket upgrades need HTTP/1.1
+	}
+}
+
+// Connected returns the number of agents connected now.
+func (s *Server) Connected() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Close closes every agent connection with "going away", so agents
+// reconnect (to another replica), and waits for their goroutines. It writes
+// nothing to the API server: nodes stay Ready if their agents come back
+// before the node lifecycle controller's grace period ends. Close the
+// http.Server (or listener) too; hijacked WebSocket connections are not its
+// to close.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	var closing sync.WaitGroup
+	for _, c := range conns {
+		closing.Go(func() { c.close(websocketGoingAway, "relay shutting down") })
+	}
+	closing.Wait()
+	s.cancel() // connections still in their hello end here
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	s.readyMu.Lock()
+	if time.Since(s.readyAt) > readyCacheFor {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		s.readyErr = s.cfg.APICheck(ctx)
+		cancel()
+		s.readyAt = time.Now()
+	}
+	err := s.readyErr
+	s.readyMu.Unlock()
+	if err != nil {
+		http.Error(w, "API server unreachable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// register makes c the connection of its node, returning the one it
+// replaces, if any.
+func (s *Server) register(c *conn) (old *conn, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, false
+	}
+	old = s.conns[c.node]
+	s.conns[c.node] = c
+	if old == nil {
+		s.metrics.connected.Inc()
+	}
+	return old, true
+}
+
+// unregister forgets c unless a newer connection replaced it already.
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[c.node] == c {
+		delete(s.conns, c.node)
+		s.metrics.connected.Dec()
+	}
+}

@@ -1,0 +1,238 @@
+package e2e
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/test/stack"
+)
+
+var (
+	agentsOnce sync.Once
+	agentsErr  error
+	agents     = map[string]*stack.Agent{}
+)
+
+// twoAgents joins and starts edge-a and edge-b once for the package, as
+// two separate processes with their own state directories.
+func twoAgents(t *testing.T) (a, b *stack.Agent) {
+	t.Helper()
+	needStack(t)
+	agentsOnce.Do(func() {
+		ctx := ctxFor(t, 2*time.Minute)
+		for _, name := range []string{"edge-a", "edge-b"} {
+			ag, err := st.Join(ctx, relay, name)
+			if err != nil {
+				agentsErr = err
+				return
+			}
+			if err := ag.Start(); err != nil {
+				agentsErr = err
+				return
+			}
+			agents[name] = ag
+		}
+	})
+	if agentsErr != nil {
+		t.Fatal(agentsErr)
+	}
+	ctx := ctxFor(t, 2*time.Minute)
+	for _, name := range []string{"edge-a", "edge-b"} {
+		ag := agents[name]
+		if ag.Proc.Exited() {
+			if err := ag.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.WaitNodeReady(ctx, name, true, 90*time.Second); err != nil {
+			t.Fatalf("%v\nagent log:\n%s", err, ag.Proc.LogTail(30))
+		}
+	}
+	return agents["edge-a"], agents["edge-b"]
+}
+
+func TestAgentsJoinAndBecomeReady(t *testing.T) {
+	twoAgents(t)
+	ctx := ctxFor(t, time.Minute)
+	for _, name := range []string{"edge-a", "edge-b"} {
+		n, err := st.CP.Client().CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantLabels := map[string]string{
+			"node-role.kubernetes.io/edge": "",
+			"kubernetes.io/arch":           runtime.GOARCH,
+			"kubernetes.io/os":             "linux",
+			"kubernetes.io/hostname":       name,
+			"outpost.dev/board":            "sim",
+		}
+		for k, v := range wantLabels {
+			if got, ok := n.Labels[k]; !ok || got != v {
+				t.Errorf("%s: label %s = %q (present %v), want %q", name, k, got, ok, v)
+			}
+		}
+		info := n.Status.NodeInfo
+		if info.Architecture != runtime.GOARCH || info.OperatingSystem != "linux" {
+			t.Errorf("%s: nodeInfo arch/os = %s/%s", name, info.Architecture, info.OperatingSystem)
+		}
+		if info.KubeletVersion != "v0.1.0-test" {
+			t.Errorf("%s: version %q, want the agent's v0.1.0-test", name, info.KubeletVersion)
+		}
+		if info.OSImage == "" || info.KernelVersion == "" {
+			t.Errorf("%s: OS image %q, kernel %q: want both", name, info.OSImage, info.KernelVersion)
+		}
+		cpu := n.Status.Capacity[corev1.ResourceCPU]
+		if cpu.MilliValue() <= 0 || cpu.MilliValue() > int64(runtime.NumCPU())*1000 {
+			t.Errorf("%s: cpu capacity %s, machine has %d CPUs", name, cpu.String(), runtime.NumCPU())
+		}
+		mem := n.Status.Capacity[corev1.ResourceMemory]
+		if mem.Value() < 64<<20 {
+			t.Errorf("%s: memory capacity %s", name, mem.String())
+		}
+		alloc := n.Status.Allocatable[corev1.ResourceMemory]
+		if alloc.Value() <= 0 || alloc.Value() > mem.Value() {
+			t.Errorf("%s: allocatable memory %s of capacity %s", name, alloc.String(), mem.String())
+		}
+		if pods := n.Status.Capacity[corev1.ResourcePods]; pods.Value() <= 0 {
+			t.Errorf("%s: pods capacity %s", name, pods.String())
+		}
+		lease, err := st.CP.Client().CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s: lease: %v", name, err)
+		}
+		if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != name {
+			t.Errorf("%s: lease holder %v", name, lease.Spec.HolderIdentity)
+		}
+	}
+	out, err := st.CP.Kubectl(ctx, "get", "nodes", "-o", "wide")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kubectl get nodes -o wide:\n%s", out)
+	for _, name := range []string{"edge-a", "edge-b"} {
+		line := lineWith(out, name)
+		for _, want := range []string{"Ready", "edge", "v0.1.0-test"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("kubectl line for %s lacks %q: %q", name, want, line)
+			}
+		}
+		if strings.Contains(line, "NotReady") {
+			t.Errorf("%s is NotReady: %q", name, line)
+		}
+	}
+}
+
+func TestKilledAgentGoesUnknownThenBackWithoutRejoin(t *testing.T) {
+	_, b := twoAgents(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	if err := b.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// The node lifecycle controller marks it once the grace period passes.
+	if err := st.WaitNodeReady(ctx, "edge-b", false, gracePeriod+45*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := st.NodeReady(ctx, "edge-b"); s != corev1.ConditionUnknown {
+		t.Errorf("killed agent's node Ready = %q, want Unknown", s)
+	}
+	if s, _ := st.NodeReady(ctx, "edge-a"); s != corev1.ConditionTrue {
+		t.Errorf("the other node went %q while edge-b was down", s)
+	}
+	// Restart from the state directory alone: no token, no join.
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.WaitNodeReady(ctx, "edge-b", true, 60*time.Second); err != nil {
+		t.Fatalf("%v\n%s", err, b.Proc.LogTail(30))
+	}
+}
+
+func TestRelayRestartKeepsNodesReady(t *testing.T) {
+	twoAgents(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	before := leaseRenewTimes(t, ctx)
+
+	// Watch Ready throughout the restart and a while after.
+	stop := make(chan struct{})
+	bad := make(chan string, 16)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			for _, name := range []string{"edge-a", "edge-b"} {
+				if s, err := st.NodeReady(ctx, name); err == nil && s != corev1.ConditionTrue {
+					select {
+					case bad <- name + " went " + string(s):
+					default:
+					}
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+	}()
+	if err := relay.Stop(); err != nil {
+		t.Logf("relay stop: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	if err := relay.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The agents must reconnect by themselves: their leases move again.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		after := leaseRenewTimes(t, ctx)
+		if after["edge-a"].After(before["edge-a"].Add(3*time.Second)) &&
+			after["edge-b"].After(before["edge-b"].Add(3*time.Second)) &&
+			after["edge-a"].After(time.Now().Add(-2*leaseDuration)) &&
+			after["edge-b"].After(time.Now().Add(-2*leaseDuration)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leases not renewed after the relay restart: before %v, after %v", before, after)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(gracePeriod / 2)
+	close(stop)
+	wg.Wait()
+	close(bad)
+	for b := range bad {
+		t.Errorf("during the relay restart: %s", b)
+	}
+}
+
+func leaseRenewTimes(t *testing.T, ctx context.Context) map[string]time.Time {
+	t.Helper()
+	m := map[string]time.Time{}
+	for _, name := range []string{"edge-a", "edge-b"} {
+		l, err := st.CP.Client().CoordinationV1().Leases("kube-node-lease").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Spec.RenewTime != nil {
+			m[name] = l.Spec.RenewTime.Time
+		}
+	}
+	return m
+}
+
+func lineWith(out, word string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == word {
+			return l
+		}
+	}
+	return ""
+}

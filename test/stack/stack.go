@@ -1,0 +1,237 @@
+// Package stack runs Outpost's own processes, the relay and agents, against
+// a control plane from the harness package, the way an operator would: the
+// relay with the least-privilege RBAC from cloud/deploy, agents joined with
+// bootstrap tokens. End-to-end tests, benchmarks and `make demo` share it.
+package stack
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/test/harness"
+)
+
+// RelayNamespace and RelayServiceAccount are those of cloud/deploy/rbac.yaml.
+const (
+	RelayNamespace      = "outpost-system"
+	RelayServiceAccount = "outpost-relay"
+)
+
+// Options configures Start. The zero value works.
+type Options struct {
+	// Dir holds everything; a temporary directory if "".
+	Dir string
+	Log *slog.Logger
+	// BinDir holds outpost-agent and outpost-relay; "" builds them.
+	BinDir string
+	// ControlPlane is passed to harness.StartControlPlane (Dir and Log are
+	// filled in).
+	ControlPlane harness.Options
+	// HeartbeatInterval and LeaseDuration are passed to the relay; zero
+	// keeps its defaults.
+	HeartbeatInterval time.Duration
+	LeaseDuration     time.Duration
+}
+
+// Stack is a running control plane plus Outpost's processes on it.
+type Stack struct {
+	Dir    string
+	BinDir string
+	CP     *harness.ControlPlane
+	// RelayKubeconfig authenticates as the relay's ServiceAccount, so the
+	// relay runs with exactly the RBAC it ships with.
+	RelayKubeconfig string
+
+	opts      Options
+	log       *slog.Logger
+	removeDir bool
+	relays    []*Relay
+	agents    []*Agent
+}
+
+// Start starts a control plane, installs the relay's RBAC and mints its
+// credentials. It starts no relay: call StartRelay.
+func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
+	s := &Stack{opts: opts, Dir: opts.Dir, log: opts.Log}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.Dir == "" {
+		if s.Dir, err = os.MkdirTemp("", "outpost-stack-"); err != nil {
+			return nil, err
+		}
+		s.removeDir = true
+	}
+	defer func() {
+		if err != nil {
+			s.Stop()
+		}
+	}()
+	s.BinDir = opts.BinDir
+	if s.BinDir == "" {
+		if s.BinDir, err = BuildBinaries(ctx, filepath.Join(s.Dir, "bin"), s.log); err != nil {
+			return nil, err
+		}
+	}
+	cpo := opts.ControlPlane
+	cpo.Dir = filepath.Join(s.Dir, "controlplane")
+	cpo.Log = s.log
+	if s.CP, err = harness.StartControlPlane(ctx, cpo); err != nil {
+		return nil, err
+	}
+	if err := s.installRBAC(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// BuildBinaries builds outpost-agent and outpost-relay into dir, unless
+// OUTPOST_BIN_DIR names a directory that already holds them.
+func BuildBinaries(ctx context.Context, dir string, log *slog.Logger) (string, error) {
+	if d := os.Getenv("OUTPOST_BIN_DIR"); d != "" {
+		return d, nil
+	}
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	for name, pkg := range map[string]string{
+		"outpost-agent": "./agent/cmd/outpost-agent",
+		"outpost-relay": "./cloud/cmd/outpost-relay",
+	} {
+		log.Info("building", "binary", name)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name),
+			"-ldflags", "-X main.version=v0.1.0-test", pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return dir, nil
+}
+
+// installRBAC applies cloud/deploy/rbac.yaml and writes a kubeconfig for
+// the relay's ServiceAccount with a token from the TokenRequest API.
+func (s *Stack) installRBAC(ctx context.Context) error {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return err
+	}
+	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(root, "cloud", "deploy", "rbac.yaml")); err != nil {
+		return fmt.Errorf("apply relay RBAC: %v\n%s", err, out)
+	}
+	var tok *authv1.TokenRequest
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		exp := int64(24 * 3600)
+		tok, err = s.CP.Client().CoreV1().ServiceAccounts(RelayNamespace).CreateToken(ctx, RelayServiceAccount,
+			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("token for the relay's service account: %w", err)
+	}
+	ca, err := os.ReadFile(s.CP.PKI.CACert)
+	if err != nil {
+		return err
+	}
+	s.RelayKubeconfig = filepath.Join(s.Dir, "relay.kubeconfig")
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: outpost-relay
+  user:
+    token: %s
+contexts:
+- name: relay
+  context: {cluster: local, user: outpost-relay}
+current-context: relay
+`, s.CP.APIServerURL, base64.StdEncoding.EncodeToString(ca), tok.Status.Token)
+	return os.WriteFile(s.RelayKubeconfig, []byte(kc), 0o600)
+}
+
+// CreateToken creates a bootstrap token with outpost-relay token create, as
+// an administrator would, and returns it.
+func (s *Stack) CreateToken(ctx context.Context, ttl time.Duration) (string, error) {
+	out, err := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-relay"), "token", "create",
+		"--kubeconfig", s.CP.Kubeconfig, "--ttl", ttl.String()).Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		return "", fmt.Errorf("outpost-relay token create: %v: %s", err, msg)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// Stop stops every agent and relay, then the control plane.
+func (s *Stack) Stop() {
+	for _, a := range s.agents {
+		a.Stop()
+	}
+	for _, r := range s.relays {
+		r.Stop()
+	}
+	if s.CP != nil {
+		s.CP.Stop()
+	}
+	if s.removeDir {
+		os.RemoveAll(s.Dir)
+	}
+}
+
+// NodeReady reports the node's Ready condition status ("" if absent).
+func (s *Stack) NodeReady(ctx context.Context, name string) (corev1.ConditionStatus, error) {
+	n, err := s.CP.Client().CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status, nil
+		}
+	}
+	return "", nil
+}
+
+// WaitNodeReady waits until the node's Ready condition is (want) or is not
+// (!want) True.
+func (s *Stack) WaitNodeReady(ctx context.Context, name string, want bool, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last corev1.ConditionStatus
+	var lastErr error
+	for {
+		st, err := s.NodeReady(ctx, name)
+		last, lastErr = st, err
+		if err == nil && (st == corev1.ConditionTrue) == want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: Ready is %q (err %v), wanted true=%v after %v", name, last, lastErr, want, timeout)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

@@ -12,7 +12,7 @@ TESTFLAGS  ?=
 
 export CGO_ENABLED := 0
 
-.PHONY: all build agent relay test test-unit test-e2e demo cross lint vet fmt fuzz \
+.PHONY: install-deps all build agent relay test test-unit test-e2e demo cross lint vet fmt fuzz \
 	bench bench-wire bench-relay bench-agent controlplane deps clean
 
 all: build
@@ -25,11 +25,14 @@ agent:
 relay:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/outpost-relay ./cloud/cmd/outpost-relay
 
+install-deps: ## Install the Debian packages builds and tests need (only the missing ones).
+	@./build/install-deps.sh
+
 controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control plane.
 	@./build/controlplane/build.sh >/dev/null
 
 # The race detector needs cgo; everything we ship is built without it.
-test: controlplane lint ## Every test, end-to-end ones included, against real components.
+test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components.
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m $(TESTFLAGS) ./...
 
 test-unit: ## Tests that need no control plane.
@@ -38,8 +41,9 @@ test-unit: ## Tests that need no control plane.
 test-e2e: controlplane
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m -v $(TESTFLAGS) ./test/...
 
-demo: controlplane build ## Local control plane, relay and one agent on the sim board. Ctrl-C stops all.
-	$(GO) run ./test/cmd/outpost-demo --bin $(BIN)
+demo: install-deps controlplane build ## Local control plane, relay and one agent on the sim board. Ctrl-C stops all.
+	$(GO) build -o $(BIN)/outpost-demo ./test/cmd/outpost-demo
+	$(BIN)/outpost-demo --bin $(BIN)
 
 cross: ## Static, stripped, reproducible agents for every gateway architecture, with SHA-256 sums.
 	@mkdir -p $(BIN)/cross

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ import (
 	"github.com/coder/websocket"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
@@ -39,6 +41,9 @@ import (
 const helperEnv = "OUTPOST_BENCH_AGENT_HELPER"
 
 func TestMain(m *testing.M) {
+	// client-go's throttling notices would break the benchmark output.
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
 	if os.Getenv(helperEnv) != "" {
 		if err := runAgents(); err != nil {
 			fmt.Fprintln(os.Stderr, "agents:", err)
@@ -131,6 +136,12 @@ func BenchmarkRelayMemory(b *testing.B) {
 		}
 		time.Sleep(5 * time.Second)
 		after := measure()
+		if p := os.Getenv("OUTPOST_BENCH_HEAPPROFILE"); p != "" {
+			if f, err := os.Create(p); err == nil {
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}
 		per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) / 1024 }
 		b.ReportMetric(per(after.heap, before.heap), "heap-KiB/agent")
 		b.ReportMetric(per(after.stack, before.stack), "stack-KiB/agent")

@@ -14,6 +14,7 @@ func FuzzDecode(f *testing.F) {
 		{TypeHeartbeat, nil},
 		{TypeError, &Error{Code: CodeMalformed, Reason: "x"}},
 		{TypeNodeStatus, &NodeStatus{Node: sampleHello().Node}},
+		{TypeSync, sampleSync()},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -27,7 +28,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}}
+		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

@@ -20,6 +20,9 @@ type Hello struct {
 	MaxVersion   uint16   `cbor:"2,keyasint"`
 	AgentVersion string   `cbor:"3,keyasint"`
 	Node         NodeInfo `cbor:"4,keyasint"`
+	// Objects are the downstream objects the agent holds, with their
+	// versions: the relay answers with what differs.
+	Objects []ObjectVersion `cbor:"5,keyasint,omitempty"`
 }
 
 // Validate implements Body.
@@ -29,6 +32,14 @@ func (h *Hello) Validate() error {
 	}
 	if err := checkText("hello: agentVersion", h.AgentVersion, maxNameLen, true); err != nil {
 		return err
+	}
+	if len(h.Objects) > maxObjects {
+		return fmt.Errorf("hello: %d object versions (limit %d)", len(h.Objects), maxObjects)
+	}
+	for i := range h.Objects {
+		if err := h.Objects[i].Validate(); err != nil {
+			return err
+		}
 	}
 	return h.Node.Validate()
 }

@@ -36,6 +36,7 @@ const (
 	TypeError      Type = 4 // both ways; says why before a close
 	TypeNodeStatus Type = 5 // agent → relay, durable (carries Seq)
 	TypeAck        Type = 6 // relay → agent, acknowledges Frame.Ack
+	TypeSync       Type = 7 // relay → agent, downstream objects
 )
 
 var typeNames = map[Type]string{
@@ -45,6 +46,7 @@ var typeNames = map[Type]string{
 	TypeError:      "error",
 	TypeNodeStatus: "node-status",
 	TypeAck:        "ack",
+	TypeSync:       "sync",
 }
 
 func (t Type) String() string {

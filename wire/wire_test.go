@@ -35,6 +35,7 @@ func TestRoundTrip(t *testing.T) {
 		{"hello-ack", TypeHelloAck, 0, &HelloAck{Version: 1, NodeName: "gw-1", HeartbeatSeconds: 10, RelayVersion: "v0.1.0"}, &HelloAck{}},
 		{"heartbeat", TypeHeartbeat, 0, nil, &Heartbeat{}},
 		{"error", TypeError, 0, &Error{Code: CodeMalformed, Reason: "bad", Fatal: true}, &Error{}},
+		{"sync", TypeSync, 0, sampleSync(), &Sync{}},
 		{"node-status", TypeNodeStatus, 42, &NodeStatus{Node: sampleHello().Node, Conditions: []Condition{{Type: "Ready", Status: "True"}}}, &NodeStatus{}},
 	}
 	for _, tt := range tests {
@@ -241,5 +242,59 @@ func TestCASignature(t *testing.T) {
 	}
 	if CheckCASignature("0123456789abcdef", ca, "zz") {
 		t.Fatal("non-hex signature accepted")
+	}
+}
+
+func sampleSync() *Sync {
+	uid := int64(1000)
+	return &Sync{
+		Initial: true, Complete: true,
+		Upserts: []Object{
+			{Kind: KindPod, UID: "6f1c", Namespace: "default", Name: "web-1", Version: "123", Pod: &Pod{
+				RestartPolicy: "Always", TerminationGracePeriodSeconds: 30,
+				Containers: []Container{{
+					Name: "web", Image: "registry.local/busybox:1", Command: []string{"httpd", "-f"},
+					Env: []EnvVar{{Name: "A", Value: "1"}, {Name: "POD", From: &EnvSource{Field: "metadata.name"}},
+						{Name: "PW", From: &EnvSource{Secret: &KeyRef{Name: "s", Key: "pw"}}}},
+					Mounts:      []VolumeMount{{Name: "cfg", MountPath: "/etc/cfg", ReadOnly: true}},
+					MemoryBytes: 64 << 20, CPUMillis: 250, RunAsUser: &uid,
+					LivenessProbe: &Probe{HTTPGet: &HTTPGet{Path: "/", Port: 80}, PeriodSeconds: 10},
+				}},
+				Volumes: []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
+			}},
+			{Kind: KindConfigMap, UID: "7a2d", Namespace: "default", Name: "cfg", Version: "99",
+				ConfigMap: &ConfigMap{Data: map[string]string{"a.conf": "x=1"}}},
+		},
+		Deletes: []ObjectRef{{Kind: KindPod, UID: "0ld"}},
+	}
+}
+
+func TestSyncRejectsInconsistentObjects(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(s *Sync)
+	}{
+		{"pod kind with configmap body", func(s *Sync) { s.Upserts[0].Pod, s.Upserts[0].ConfigMap = nil, &ConfigMap{} }},
+		{"two bodies", func(s *Sync) { s.Upserts[1].Secret = &Secret{} }},
+		{"no containers", func(s *Sync) { s.Upserts[0].Pod.Containers = nil }},
+		{"bad restart policy", func(s *Sync) { s.Upserts[0].Pod.RestartPolicy = "Sometimes" }},
+		{"no image", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Image = "" }},
+		{"env with two sources", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].Env[2].From.Field = "metadata.name"
+		}},
+		{"probe without handler", func(s *Sync) { s.Upserts[0].Pod.Containers[0].LivenessProbe.HTTPGet = nil }},
+		{"volume without source", func(s *Sync) { s.Upserts[0].Pod.Volumes[0].ConfigMap = nil }},
+		{"complete without initial", func(s *Sync) { s.Initial = false }},
+		{"delete without uid", func(s *Sync) { s.Deletes[0].UID = "" }},
+		{"no uid", func(s *Sync) { s.Upserts[1].UID = "" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := sampleSync()
+			tt.mutate(s)
+			if err := s.Validate(); err == nil {
+				t.Fatal("accepted")
+			}
+		})
 	}
 }

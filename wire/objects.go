@@ -1,0 +1,515 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Downstream objects. The relay translates Kubernetes objects bound to a
+// node into these small types, so the agent never links Kubernetes code; a
+// pod using a field that has no place here is refused by the relay with a
+// status naming the field, never sent half-understood.
+
+// Kind says what an Object is.
+type Kind uint8
+
+// Object kinds.
+const (
+	KindPod       Kind = 1
+	KindConfigMap Kind = 2
+	KindSecret    Kind = 3
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindPod:
+		return "pod"
+	case KindConfigMap:
+		return "configmap"
+	case KindSecret:
+		return "secret"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Limits on downstream objects, beyond the frame size.
+const (
+	maxObjects    = 1024 // per Sync frame, and versions per Hello
+	maxContainers = 64
+	maxItems      = 256 // env vars, mounts, volumes, args, probe headers
+	maxValueLen   = 64 << 10
+)
+
+// ObjectVersion names an object the agent holds and the version it holds,
+// so the relay can send only what differs (in the Hello).
+type ObjectVersion struct {
+	Kind    Kind   `cbor:"1,keyasint"`
+	UID     string `cbor:"2,keyasint"`
+	Version string `cbor:"3,keyasint"`
+}
+
+// Validate reports a missing field.
+func (v *ObjectVersion) Validate() error {
+	if v.Kind < KindPod || v.Kind > KindSecret {
+		return fmt.Errorf("object version: unknown kind %d", v.Kind)
+	}
+	if err := checkText("object version: uid", v.UID, 128, true); err != nil {
+		return err
+	}
+	return checkText("object version: version", v.Version, 64, true)
+}
+
+// ObjectRef names an object by kind and UID.
+type ObjectRef struct {
+	Kind Kind   `cbor:"1,keyasint"`
+	UID  string `cbor:"2,keyasint"`
+}
+
+// Sync carries downstream changes (TypeSync). After a hello the relay sends
+// the objects whose version differs from the hello's, and explicit deletes
+// for the ones the agent holds that are gone, in one or more frames with
+// Initial set, the last also with Complete; then deltas follow as they
+// happen.
+type Sync struct {
+	Upserts  []Object    `cbor:"1,keyasint,omitempty"`
+	Deletes  []ObjectRef `cbor:"2,keyasint,omitempty"`
+	Initial  bool        `cbor:"3,keyasint,omitempty"`
+	Complete bool        `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate implements Body.
+func (s *Sync) Validate() error {
+	if len(s.Upserts)+len(s.Deletes) > maxObjects {
+		return fmt.Errorf("sync: %d objects (limit %d)", len(s.Upserts)+len(s.Deletes), maxObjects)
+	}
+	for i := range s.Upserts {
+		if err := s.Upserts[i].Validate(); err != nil {
+			return err
+		}
+	}
+	for _, d := range s.Deletes {
+		if d.Kind < KindPod || d.Kind > KindSecret {
+			return fmt.Errorf("sync: delete of unknown kind %d", d.Kind)
+		}
+		if err := checkText("sync: delete uid", d.UID, 128, true); err != nil {
+			return err
+		}
+	}
+	if s.Complete && !s.Initial {
+		return errors.New("sync: complete without initial")
+	}
+	return nil
+}
+
+// Object is one downstream object; exactly the body matching Kind is set.
+type Object struct {
+	Kind      Kind       `cbor:"1,keyasint"`
+	UID       string     `cbor:"2,keyasint"`
+	Namespace string     `cbor:"3,keyasint"`
+	Name      string     `cbor:"4,keyasint"`
+	Version   string     `cbor:"5,keyasint"`
+	Pod       *Pod       `cbor:"6,keyasint,omitempty"`
+	ConfigMap *ConfigMap `cbor:"7,keyasint,omitempty"`
+	Secret    *Secret    `cbor:"8,keyasint,omitempty"`
+}
+
+// Validate reports a missing or inconsistent field.
+func (o *Object) Validate() error {
+	for _, f := range []struct {
+		what, v string
+		max     int
+	}{{"uid", o.UID, 128}, {"namespace", o.Namespace, 63}, {"name", o.Name, maxNameLen}, {"version", o.Version, 64}} {
+		if err := checkText("object: "+f.what, f.v, f.max, true); err != nil {
+			return err
+		}
+	}
+	bodies := 0
+	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil} {
+		if set {
+			bodies++
+		}
+	}
+	if bodies != 1 {
+		return fmt.Errorf("object %s/%s: %d bodies, want exactly one", o.Namespace, o.Name, bodies)
+	}
+	switch {
+	case o.Kind == KindPod && o.Pod != nil:
+		return o.Pod.Validate()
+	case o.Kind == KindConfigMap && o.ConfigMap != nil:
+		return o.ConfigMap.Validate()
+	case o.Kind == KindSecret && o.Secret != nil:
+		return o.Secret.Validate()
+	}
+	return fmt.Errorf("object %s/%s: body does not match kind %s", o.Namespace, o.Name, o.Kind)
+}
+
+// Pod is the part of a Kubernetes pod the agent acts on.
+type Pod struct {
+	Containers     []Container `cbor:"1,keyasint"`
+	InitContainers []Container `cbor:"2,keyasint,omitempty"`
+	Volumes        []Volume    `cbor:"3,keyasint,omitempty"`
+	// RestartPolicy is Always, OnFailure or Never.
+	RestartPolicy                 string   `cbor:"4,keyasint"`
+	TerminationGracePeriodSeconds int64    `cbor:"5,keyasint,omitempty"`
+	HostNetwork                   bool     `cbor:"6,keyasint,omitempty"`
+	ImagePullSecrets              []string `cbor:"7,keyasint,omitempty"`
+	ServiceAccountName            string   `cbor:"8,keyasint,omitempty"`
+	// Deleting is set once the pod has a deletion timestamp: stop its
+	// containers within DeletionGracePeriodSeconds, then report.
+	Deleting                   bool   `cbor:"9,keyasint,omitempty"`
+	DeletionGracePeriodSeconds int64  `cbor:"10,keyasint,omitempty"`
+	Hostname                   string `cbor:"11,keyasint,omitempty"`
+}
+
+// Validate reports a missing or out-of-range field.
+func (p *Pod) Validate() error {
+	if len(p.Containers) == 0 {
+		return errors.New("pod: no containers")
+	}
+	if len(p.Containers)+len(p.InitContainers) > maxContainers {
+		return fmt.Errorf("pod: %d containers (limit %d)", len(p.Containers)+len(p.InitContainers), maxContainers)
+	}
+	switch p.RestartPolicy {
+	case "Always", "OnFailure", "Never":
+	default:
+		return fmt.Errorf("pod: restartPolicy %q is not Always, OnFailure or Never", p.RestartPolicy)
+	}
+	if p.TerminationGracePeriodSeconds < 0 || p.DeletionGracePeriodSeconds < 0 {
+		return errors.New("pod: negative grace period")
+	}
+	for _, cs := range [][]Container{p.InitContainers, p.Containers} {
+		for i := range cs {
+			if err := cs[i].Validate(); err != nil {
+				return err
+			}
+		}
+	}
+	if len(p.Volumes) > maxItems || len(p.ImagePullSecrets) > maxItems {
+		return errors.New("pod: too many volumes or pull secrets")
+	}
+	for i := range p.Volumes {
+		if err := p.Volumes[i].Validate(); err != nil {
+			return err
+		}
+	}
+	return checkText("pod: hostname", p.Hostname, 63, false)
+}
+
+// Container is one container of a pod.
+type Container struct {
+	Name       string        `cbor:"1,keyasint"`
+	Image      string        `cbor:"2,keyasint"`
+	Command    []string      `cbor:"3,keyasint,omitempty"`
+	Args       []string      `cbor:"4,keyasint,omitempty"`
+	Env        []EnvVar      `cbor:"5,keyasint,omitempty"`
+	WorkingDir string        `cbor:"6,keyasint,omitempty"`
+	Mounts     []VolumeMount `cbor:"7,keyasint,omitempty"`
+	// Limits are resources.limits; zero means none.
+	CPUMillis   int64 `cbor:"8,keyasint,omitempty"`
+	MemoryBytes int64 `cbor:"9,keyasint,omitempty"`
+	Privileged  bool  `cbor:"10,keyasint,omitempty"`
+	// CapAdd and CapDrop are capability names without the CAP_ prefix.
+	CapAdd          []string `cbor:"11,keyasint,omitempty"`
+	CapDrop         []string `cbor:"12,keyasint,omitempty"`
+	LivenessProbe   *Probe   `cbor:"13,keyasint,omitempty"`
+	ReadinessProbe  *Probe   `cbor:"14,keyasint,omitempty"`
+	StartupProbe    *Probe   `cbor:"15,keyasint,omitempty"`
+	ImagePullPolicy string   `cbor:"16,keyasint,omitempty"` // Always, IfNotPresent, Never
+	RunAsUser       *int64   `cbor:"17,keyasint,omitempty"`
+	RunAsGroup      *int64   `cbor:"18,keyasint,omitempty"`
+}
+
+// Validate reports a missing or out-of-range field.
+func (c *Container) Validate() error {
+	if err := checkText("container: name", c.Name, 63, true); err != nil {
+		return err
+	}
+	if err := checkText("container "+c.Name+": image", c.Image, 512, true); err != nil {
+		return err
+	}
+	if len(c.Command)+len(c.Args) > maxItems || len(c.Env) > maxItems || len(c.Mounts) > maxItems ||
+		len(c.CapAdd)+len(c.CapDrop) > 64 {
+		return fmt.Errorf("container %s: too many command words, env vars, mounts or capabilities", c.Name)
+	}
+	for _, s := range append(append([]string{}, c.Command...), c.Args...) {
+		if err := checkText("container "+c.Name+": argument", s, maxValueLen, false); err != nil {
+			return err
+		}
+	}
+	for i := range c.Env {
+		if err := c.Env[i].Validate(); err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
+		}
+	}
+	for _, m := range c.Mounts {
+		if m.Name == "" || m.MountPath == "" || len(m.MountPath) > 4096 || len(m.SubPath) > 4096 {
+			return fmt.Errorf("container %s: volume mount needs a name and a path", c.Name)
+		}
+	}
+	if c.CPUMillis < 0 || c.MemoryBytes < 0 {
+		return fmt.Errorf("container %s: negative limit", c.Name)
+	}
+	for _, p := range []*Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+		if p != nil {
+			if err := p.Validate(); err != nil {
+				return fmt.Errorf("container %s: %w", c.Name, err)
+			}
+		}
+	}
+	return checkText("container "+c.Name+": workingDir", c.WorkingDir, 4096, false)
+}
+
+// EnvVar is an environment variable: a value, or where to take it from.
+type EnvVar struct {
+	Name  string     `cbor:"1,keyasint"`
+	Value string     `cbor:"2,keyasint,omitempty"`
+	From  *EnvSource `cbor:"3,keyasint,omitempty"`
+}
+
+// Validate reports a missing name or a source without a reference.
+func (e *EnvVar) Validate() error {
+	if err := checkText("env: name", e.Name, 256, true); err != nil {
+		return err
+	}
+	if err := checkText("env "+e.Name, e.Value, maxValueLen, false); err != nil {
+		return err
+	}
+	if e.From != nil {
+		n := 0
+		for _, set := range []bool{e.From.ConfigMap != nil, e.From.Secret != nil, e.From.Field != ""} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return fmt.Errorf("env %s: valueFrom needs exactly one source", e.Name)
+		}
+		for _, r := range []*KeyRef{e.From.ConfigMap, e.From.Secret} {
+			if r != nil && (r.Name == "" || r.Key == "") {
+				return fmt.Errorf("env %s: valueFrom needs a name and a key", e.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// EnvSource is valueFrom: one of a ConfigMap key, a Secret key, or a field
+// path of the downward API (metadata.name, metadata.namespace, metadata.uid,
+// spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP).
+type EnvSource struct {
+	ConfigMap *KeyRef `cbor:"1,keyasint,omitempty"`
+	Secret    *KeyRef `cbor:"2,keyasint,omitempty"`
+	Field     string  `cbor:"3,keyasint,omitempty"`
+}
+
+// KeyRef is a key of a ConfigMap or Secret in the pod's namespace.
+type KeyRef struct {
+	Name     string `cbor:"1,keyasint"`
+	Key      string `cbor:"2,keyasint"`
+	Optional bool   `cbor:"3,keyasint,omitempty"`
+}
+
+// VolumeMount mounts a pod volume into a container.
+type VolumeMount struct {
+	Name      string `cbor:"1,keyasint"`
+	MountPath string `cbor:"2,keyasint"`
+	ReadOnly  bool   `cbor:"3,keyasint,omitempty"`
+	SubPath   string `cbor:"4,keyasint,omitempty"`
+}
+
+// Volume is a pod volume; exactly one source is set.
+type Volume struct {
+	Name      string       `cbor:"1,keyasint"`
+	EmptyDir  *EmptyDir    `cbor:"2,keyasint,omitempty"`
+	HostPath  *HostPath    `cbor:"3,keyasint,omitempty"`
+	ConfigMap *FilesVolume `cbor:"4,keyasint,omitempty"`
+	Secret    *FilesVolume `cbor:"5,keyasint,omitempty"`
+	Projected *Projected   `cbor:"6,keyasint,omitempty"`
+}
+
+// Validate reports a volume without exactly one source.
+func (v *Volume) Validate() error {
+	if err := checkText("volume: name", v.Name, 63, true); err != nil {
+		return err
+	}
+	n := 0
+	for _, set := range []bool{v.EmptyDir != nil, v.HostPath != nil, v.ConfigMap != nil, v.Secret != nil, v.Projected != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("volume %s: %d sources, want exactly one", v.Name, n)
+	}
+	if v.HostPath != nil && (v.HostPath.Path == "" || len(v.HostPath.Path) > 4096) {
+		return fmt.Errorf("volume %s: hostPath needs a path", v.Name)
+	}
+	for _, f := range []*FilesVolume{v.ConfigMap, v.Secret} {
+		if f != nil && (f.Name == "" || len(f.Items) > maxItems) {
+			return fmt.Errorf("volume %s: needs a name and at most %d items", v.Name, maxItems)
+		}
+	}
+	if p := v.Projected; p != nil {
+		if len(p.Sources) == 0 || len(p.Sources) > maxItems {
+			return fmt.Errorf("volume %s: projected needs 1 to %d sources", v.Name, maxItems)
+		}
+		for i := range p.Sources {
+			if err := p.Sources[i].Validate(); err != nil {
+				return fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Projected combines several sources into one directory, as the API server
+// does for the default service-account volume (kube-api-access-*).
+type Projected struct {
+	Sources     []ProjectedSource `cbor:"1,keyasint"`
+	DefaultMode int32             `cbor:"2,keyasint,omitempty"`
+}
+
+// ProjectedSource is one source of a projected volume; exactly one is set.
+type ProjectedSource struct {
+	ConfigMap *FilesVolume `cbor:"1,keyasint,omitempty"`
+	Secret    *FilesVolume `cbor:"2,keyasint,omitempty"`
+	// DownwardAPI files hold a field of the pod (see EnvSource.Field).
+	DownwardAPI         []FieldFile  `cbor:"3,keyasint,omitempty"`
+	ServiceAccountToken *TokenSource `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate reports a source that is not exactly one kind.
+func (s *ProjectedSource) Validate() error {
+	n := 0
+	for _, set := range []bool{s.ConfigMap != nil, s.Secret != nil, len(s.DownwardAPI) > 0, s.ServiceAccountToken != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("projected source: %d kinds, want exactly one", n)
+	}
+	if len(s.DownwardAPI) > maxItems {
+		return errors.New("projected source: too many downward API files")
+	}
+	for _, f := range []*FilesVolume{s.ConfigMap, s.Secret} {
+		if f != nil && (f.Name == "" || len(f.Items) > maxItems) {
+			return errors.New("projected source: needs a name and bounded items")
+		}
+	}
+	if t := s.ServiceAccountToken; t != nil && t.Path == "" {
+		return errors.New("projected source: token needs a path")
+	}
+	return nil
+}
+
+// FieldFile is a downward API file: Path holds the pod field Field.
+type FieldFile struct {
+	Path  string `cbor:"1,keyasint"`
+	Field string `cbor:"2,keyasint"`
+	Mode  int32  `cbor:"3,keyasint,omitempty"`
+}
+
+// TokenSource asks for a bound service-account token at Path.
+type TokenSource struct {
+	Path              string `cbor:"1,keyasint"`
+	Audience          string `cbor:"2,keyasint,omitempty"`
+	ExpirationSeconds int64  `cbor:"3,keyasint,omitempty"`
+}
+
+// EmptyDir is a scratch directory that lives as long as the pod.
+type EmptyDir struct {
+	Memory    bool  `cbor:"1,keyasint,omitempty"` // medium: Memory (tmpfs)
+	SizeLimit int64 `cbor:"2,keyasint,omitempty"`
+}
+
+// HostPath is a path on the gateway.
+type HostPath struct {
+	Path string `cbor:"1,keyasint"`
+	Type string `cbor:"2,keyasint,omitempty"`
+}
+
+// FilesVolume projects a ConfigMap or Secret as files.
+type FilesVolume struct {
+	Name        string      `cbor:"1,keyasint"`
+	Items       []KeyToPath `cbor:"2,keyasint,omitempty"`
+	DefaultMode int32       `cbor:"3,keyasint,omitempty"`
+	Optional    bool        `cbor:"4,keyasint,omitempty"`
+}
+
+// KeyToPath maps a key to a relative file path.
+type KeyToPath struct {
+	Key  string `cbor:"1,keyasint"`
+	Path string `cbor:"2,keyasint"`
+	Mode int32  `cbor:"3,keyasint,omitempty"`
+}
+
+// Probe is a liveness, readiness or startup probe: exactly one of Exec,
+// HTTPGet and TCPPort.
+type Probe struct {
+	Exec                []string `cbor:"1,keyasint,omitempty"`
+	HTTPGet             *HTTPGet `cbor:"2,keyasint,omitempty"`
+	TCPPort             int32    `cbor:"3,keyasint,omitempty"`
+	InitialDelaySeconds int32    `cbor:"4,keyasint,omitempty"`
+	PeriodSeconds       int32    `cbor:"5,keyasint,omitempty"`
+	TimeoutSeconds      int32    `cbor:"6,keyasint,omitempty"`
+	SuccessThreshold    int32    `cbor:"7,keyasint,omitempty"`
+	FailureThreshold    int32    `cbor:"8,keyasint,omitempty"`
+}
+
+// Validate reports a probe without exactly one handler.
+func (p *Probe) Validate() error {
+	n := 0
+	for _, set := range []bool{len(p.Exec) > 0, p.HTTPGet != nil, p.TCPPort != 0} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("probe: %d handlers, want exactly one of exec, httpGet, tcpSocket", n)
+	}
+	if p.TCPPort < 0 || p.TCPPort > 65535 || (p.HTTPGet != nil && (p.HTTPGet.Port <= 0 || p.HTTPGet.Port > 65535)) {
+		return errors.New("probe: port out of range")
+	}
+	if len(p.Exec) > maxItems || (p.HTTPGet != nil && len(p.HTTPGet.Headers) > maxItems) {
+		return errors.New("probe: too many exec words or headers")
+	}
+	return nil
+}
+
+// HTTPGet is an HTTP probe.
+type HTTPGet struct {
+	Path    string      `cbor:"1,keyasint,omitempty"`
+	Port    int32       `cbor:"2,keyasint"`
+	Host    string      `cbor:"3,keyasint,omitempty"`
+	HTTPS   bool        `cbor:"4,keyasint,omitempty"`
+	Headers [][2]string `cbor:"5,keyasint,omitempty"`
+}
+
+// ConfigMap is a ConfigMap's data.
+type ConfigMap struct {
+	Data   map[string]string `cbor:"1,keyasint,omitempty"`
+	Binary map[string][]byte `cbor:"2,keyasint,omitempty"`
+}
+
+// Validate bounds the key count; the frame size bounds the rest.
+func (c *ConfigMap) Validate() error {
+	if len(c.Data)+len(c.Binary) > maxElements {
+		return errors.New("configmap: too many keys")
+	}
+	return nil
+}
+
+// Secret is a Secret's data.
+type Secret struct {
+	Data map[string][]byte `cbor:"1,keyasint,omitempty"`
+	Type string            `cbor:"2,keyasint,omitempty"`
+}
+
+// Validate bounds the key count; the frame size bounds the rest.
+func (s *Secret) Validate() error {
+	if len(s.Data) > maxElements {
+		return errors.New("secret: too many keys")
+	}
+	return nil
+}

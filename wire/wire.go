@@ -192,3 +192,27 @@ func Negotiate(min, max uint16) (uint16, bool) {
 	}
 	return hi, true
 }
+
+// Marshal encodes a body on its own, deterministically, for storage (the
+// agent keeps what it was sent in this form).
+func Marshal(v Body) ([]byte, error) {
+	if err := v.Validate(); err != nil {
+		return nil, err
+	}
+	return encMode.Marshal(v)
+}
+
+// Unmarshal decodes what Marshal encoded, with the same limits and
+// validation as a frame body.
+func Unmarshal(b []byte, v Body) error {
+	if len(b) > MaxFrameSize {
+		return fmt.Errorf("%d bytes: %w (limit %d)", len(b), ErrTooLarge, MaxFrameSize)
+	}
+	if err := decMode.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := v.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}

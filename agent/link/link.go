@@ -52,6 +52,10 @@ type Config struct {
 	// NodeInfo is called before each hello, so addresses and capacity are
 	// fresh on every connection.
 	NodeInfo func() (wire.NodeInfo, error)
+	// Objects, if set, is called before each hello: the downstream
+	// objects the agent holds and their versions, so the relay sends only
+	// what differs.
+	Objects func() ([]wire.ObjectVersion, error)
 	// Log receives connect and disconnect lines; nil discards them.
 	Log *slog.Logger
 
@@ -275,9 +279,15 @@ func (l *Link) hello(ctx context.Context, conn *websocket.Conn) (wire.HelloAck, 
 	if err != nil {
 		return ack, fmt.Errorf("reading node info: %w", err)
 	}
+	var held []wire.ObjectVersion
+	if l.cfg.Objects != nil {
+		if held, err = l.cfg.Objects(); err != nil {
+			return ack, fmt.Errorf("reading held objects: %w", err)
+		}
+	}
 	b, err := wire.Encode(wire.TypeHello, 0, &wire.Hello{
 		MinVersion: wire.ProtocolMin, MaxVersion: wire.ProtocolMax,
-		AgentVersion: l.cfg.AgentVersion, Node: ni,
+		AgentVersion: l.cfg.AgentVersion, Node: ni, Objects: held,
 	})
 	if err != nil {
 		return ack, err

@@ -41,7 +41,7 @@ var (
 	keySchema      = []byte("schema")
 
 	// buckets are created by Open. Later kinds of state add theirs here.
-	buckets = [][]byte{bucketMeta, bucketIdentity}
+	buckets = [][]byte{bucketMeta, bucketIdentity, bucketObjects}
 )
 
 // ErrInUse is returned by Open when another process holds the state dir.

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"outpost.dev/agent/config"
+	"outpost.dev/agent/desired"
 	"outpost.dev/agent/join"
 	"outpost.dev/agent/link"
 	"outpost.dev/agent/nodeinfo"
@@ -294,10 +295,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	log.Info("starting", "version", version, "node", id.NodeName, "board", cfg.Board,
 		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
+	applier := desired.New(st, log)
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		AgentVersion: version, NodeInfo: readNode, Log: log,
+		Objects: st.ObjectVersions,
+		Handler: func(f wire.Frame) {
+			if !applier.Handle(f) {
+				log.Debug("frame from relay ignored", "type", f.Type)
+			}
+		},
 	})
 	if err := lk.Run(ctx); err != nil {
 		return err

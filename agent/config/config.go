@@ -36,6 +36,9 @@ const (
 	// kubelet's system-reserved is.
 	DefaultReservedCPUMillis = 100
 	DefaultReservedMemory    = 64 << 20
+	// DefaultOutboxMaxBytes bounds the reports queued while the relay is
+	// unreachable: hours of status changes for a gateway's pods and twins.
+	DefaultOutboxMaxBytes = 8 << 20
 
 	// minMemoryLimit is below what the agent needs to run at all; a smaller
 	// value is a unit mistake ("24M" meant as MiB is fine, "24k" is not).
@@ -61,6 +64,8 @@ type Config struct {
 	// give allocatable.
 	ReservedCPUMillis int64
 	ReservedMemory    int64
+	// OutboxMaxBytes bounds the durable queue of reports to the relay.
+	OutboxMaxBytes int64
 }
 
 // Default returns the configuration used when nothing is set.
@@ -70,6 +75,7 @@ func Default() Config {
 		LogLevel:          DefaultLogLevel,
 		MemoryLimit:       DefaultMemoryLimit,
 		MaxPods:           DefaultMaxPods,
+		OutboxMaxBytes:    DefaultOutboxMaxBytes,
 		ReservedCPUMillis: DefaultReservedCPUMillis,
 		ReservedMemory:    DefaultReservedMemory,
 	}
@@ -85,6 +91,7 @@ type file struct {
 	LogLevel    string    `yaml:"logLevel"`
 	MemoryLimit string    `yaml:"memoryLimit"`
 	MaxPods     *int      `yaml:"maxPods"`
+	OutboxMax   string    `yaml:"outboxMaxBytes"`
 	Reserved    *reserved `yaml:"reserved"`
 }
 
@@ -94,7 +101,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -159,6 +166,13 @@ func (cfg *Config) parse(b []byte) error {
 		}
 		cfg.MemoryLimit = n
 	}
+	if f.OutboxMax != "" {
+		n, err := ParseBytes(f.OutboxMax)
+		if err != nil {
+			return fmt.Errorf("outboxMaxBytes: %w", err)
+		}
+		cfg.OutboxMaxBytes = n
+	}
 	if f.MaxPods != nil {
 		cfg.MaxPods = *f.MaxPods
 	}
@@ -198,6 +212,9 @@ func (cfg Config) Validate() error {
 	}
 	if _, err := ParseLogLevel(cfg.LogLevel); err != nil {
 		return err
+	}
+	if cfg.OutboxMaxBytes < 64<<10 || cfg.OutboxMaxBytes > 1<<30 {
+		return fmt.Errorf("outboxMaxBytes %d is outside 64KiB..1GiB: write it like \"8MiB\"", cfg.OutboxMaxBytes)
 	}
 	if cfg.MemoryLimit < minMemoryLimit {
 		return fmt.Errorf("memoryLimit %d bytes is below the %d MiB the agent needs: write it like \"24MiB\"", cfg.MemoryLimit, minMemoryLimit>>20)

@@ -110,3 +110,7 @@ func (s *Store) Close() error {
 	_ = os.Remove(filepath.Join(s.dir, pidFileName))
 	return s.db.Close()
 }
+
+// Bolt returns the database, for packages that own buckets of their own
+// (the outbox) and keep to them.
+func (s *Store) Bolt() *bolt.DB { return s.db }

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -30,6 +31,7 @@ import (
 	"outpost.dev/agent/join"
 	"outpost.dev/agent/link"
 	"outpost.dev/agent/nodeinfo"
+	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/store"
 	"outpost.dev/wire"
 )
@@ -295,23 +297,69 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	log.Info("starting", "version", version, "node", id.NodeName, "board", cfg.Board,
 		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
+	ob, err := outbox.Open(st.Bolt(), outbox.Limits{MaxBytes: int(cfg.OutboxMaxBytes)})
+	if err != nil {
+		return err
+	}
 	applier := desired.New(st, log)
+	var sender *outbox.Sender
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		AgentVersion: version, NodeInfo: readNode, Log: log,
-		Objects: st.ObjectVersions,
+		Objects:   st.ObjectVersions,
+		OnConnect: func(wire.HelloAck) { sender.Connected() },
 		Handler: func(f wire.Frame) {
-			if !applier.Handle(f) {
+			switch {
+			case f.Type == wire.TypeAck:
+				sender.Acked(f.Ack)
+			case applier.Handle(f):
+			default:
 				log.Debug("frame from relay ignored", "type", f.Type)
 			}
 		},
 	})
+	sender = outbox.NewSender(ob, lk, log)
+	go sender.Run(ctx)
+	go reportNodeStatus(ctx, ob, readNode, log)
 	if err := lk.Run(ctx); err != nil {
 		return err
 	}
 	log.Info("stopped", "node", id.NodeName)
 	return nil
+}
+
+// nodeStatusEvery is how often the agent looks for changed node facts
+// (addresses, capacity); only a change is reported.
+const nodeStatusEvery = 30 * time.Second
+
+// reportNodeStatus queues a node status report through the outbox when the
+// node's facts change while connected or not; the hello carries them on
+// every connect anyway.
+func reportNodeStatus(ctx context.Context, ob *outbox.Outbox, read func() (wire.NodeInfo, error), log *slog.Logger) {
+	last, _ := read()
+	t := time.NewTicker(nodeStatusEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ni, err := read()
+		if err != nil {
+			log.Warn("reading node facts", "err", err)
+			continue
+		}
+		if reflect.DeepEqual(ni, last) {
+			continue
+		}
+		if _, err := ob.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni}); err != nil {
+			log.Error("node status not queued", "err", err)
+			continue
+		}
+		last = ni
+	}
 }
 
 func readSmall(path string) ([]byte, error) {

@@ -15,6 +15,9 @@ func FuzzDecode(f *testing.F) {
 		{TypeError, &Error{Code: CodeMalformed, Reason: "x"}},
 		{TypeNodeStatus, &NodeStatus{Node: sampleHello().Node}},
 		{TypeSync, sampleSync()},
+		{TypePodStatus, samplePodStatus()},
+		{TypeStreamOpen, &StreamOpen{ID: 1, Namespace: "ns", Pod: "p", Follow: true, TailLines: 10}},
+		{TypeStreamData, &StreamData{ID: 1, Data: []byte("hello\n")}},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -28,7 +31,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}}
+		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

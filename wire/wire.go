@@ -37,6 +37,10 @@ const (
 	TypeNodeStatus Type = 5 // agent → relay, durable (carries Seq)
 	TypeAck        Type = 6 // relay → agent, acknowledges Frame.Ack
 	TypeSync       Type = 7 // relay → agent, downstream objects
+	TypePodStatus  Type = 8 // agent → relay, durable (carries Seq)
+	TypeStreamOpen Type = 9 // relay → agent, opens a log stream
+	TypeStreamData Type = 10
+	TypeStreamAck  Type = 11
 )
 
 var typeNames = map[Type]string{
@@ -47,6 +51,10 @@ var typeNames = map[Type]string{
 	TypeNodeStatus: "node-status",
 	TypeAck:        "ack",
 	TypeSync:       "sync",
+	TypePodStatus:  "pod-status",
+	TypeStreamOpen: "stream-open",
+	TypeStreamData: "stream-data",
+	TypeStreamAck:  "stream-ack",
 }
 
 func (t Type) String() string {

@@ -36,6 +36,10 @@ func TestRoundTrip(t *testing.T) {
 		{"heartbeat", TypeHeartbeat, 0, nil, &Heartbeat{}},
 		{"error", TypeError, 0, &Error{Code: CodeMalformed, Reason: "bad", Fatal: true}, &Error{}},
 		{"sync", TypeSync, 0, sampleSync(), &Sync{}},
+		{"pod-status", TypePodStatus, 9, samplePodStatus(), &PodStatus{}},
+		{"stream-open", TypeStreamOpen, 0, &StreamOpen{ID: 3, Namespace: "ns", Pod: "p", Container: "c", Follow: true, TailLines: -1}, &StreamOpen{}},
+		{"stream-data", TypeStreamData, 0, &StreamData{ID: 3, Data: []byte("line\n"), EOF: true}, &StreamData{}},
+		{"stream-ack", TypeStreamAck, 0, &StreamAck{ID: 3, Consumed: 4096}, &StreamAck{}},
 		{"node-status", TypeNodeStatus, 42, &NodeStatus{Node: sampleHello().Node, Conditions: []Condition{{Type: "Ready", Status: "True"}}}, &NodeStatus{}},
 	}
 	for _, tt := range tests {
@@ -296,5 +300,38 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+func samplePodStatus() *PodStatus {
+	return &PodStatus{
+		UID: "6f1c", Namespace: "default", Name: "web-1", Phase: "Running", PodIP: "192.0.2.10", HostIP: "192.0.2.10",
+		StartTime:  1764100000,
+		Conditions: []Condition{{Type: "Ready", Status: "True"}, {Type: "ContainersReady", Status: "True"}},
+		Containers: []ContainerStatus{{
+			Name: "web", Image: "registry.local/busybox:1", ImageID: "registry.local/busybox@sha256:abc",
+			ContainerID: "containerd://0123", Ready: true, Started: true, RestartCount: 2,
+			State:     ContainerState{Kind: StateRunning, StartedAt: 1764100001000},
+			LastState: ContainerState{Kind: StateTerminated, Reason: "Error", ExitCode: 1, FinishedAt: 1764100000500},
+		}},
+	}
+}
+
+func TestPodStatusRejects(t *testing.T) {
+	for name, mutate := range map[string]func(*PodStatus){
+		"no uid":             func(s *PodStatus) { s.UID = "" },
+		"bad phase":          func(s *PodStatus) { s.Phase = "Sleeping" },
+		"state without kind": func(s *PodStatus) { s.Containers[0].State = ContainerState{} },
+		"unknown state kind": func(s *PodStatus) { s.Containers[0].LastState.Kind = 9 },
+		"negative restarts":  func(s *PodStatus) { s.Containers[0].RestartCount = -1 },
+	} {
+		s := samplePodStatus()
+		mutate(s)
+		if s.Validate() == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if (&StreamData{ID: 1, Data: make([]byte, MaxStreamChunk+1)}).Validate() == nil {
+		t.Error("oversized stream chunk accepted")
 	}
 }

@@ -1,0 +1,5 @@
+//go:build !hal_no_ads1115
+
+package all
+
+import _ "outpost.dev/hal/ads1115"

@@ -1,0 +1,5 @@
+//go:build !hal_no_bme280
+
+package all
+
+import _ "outpost.dev/hal/bme280"

@@ -1,0 +1,5 @@
+//go:build !hal_no_ds18b20
+
+package all
+
+import _ "outpost.dev/hal/ds18b20"

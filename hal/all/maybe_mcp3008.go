@@ -1,0 +1,5 @@
+//go:build !hal_no_mcp3008
+
+package all
+
+import _ "outpost.dev/hal/mcp3008"

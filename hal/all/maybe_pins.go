@@ -1,0 +1,5 @@
+//go:build !hal_no_pins
+
+package all
+
+import _ "outpost.dev/hal/pins"

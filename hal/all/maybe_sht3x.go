@@ -1,0 +1,5 @@
+//go:build !hal_no_sht3x
+
+package all
+
+import _ "outpost.dev/hal/sht3x"

@@ -16,6 +16,7 @@ func FuzzDecode(f *testing.F) {
 		{TypeNodeStatus, &NodeStatus{Node: sampleHello().Node}},
 		{TypeSync, sampleSync()},
 		{TypePodStatus, samplePodStatus()},
+		{TypeTwinReport, sampleTwin()},
 		{TypeStreamOpen, &StreamOpen{ID: 1, Namespace: "ns", Pod: "p", Follow: true, TailLines: 10}},
 		{TypeStreamData, &StreamData{ID: 1, Data: []byte("hello\n")}},
 	} {
@@ -31,7 +32,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}}
+		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

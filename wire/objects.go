@@ -18,6 +18,7 @@ const (
 	KindPod       Kind = 1
 	KindConfigMap Kind = 2
 	KindSecret    Kind = 3
+	KindDevice    Kind = 4
 )
 
 func (k Kind) String() string {
@@ -28,6 +29,8 @@ func (k Kind) String() string {
 		return "configmap"
 	case KindSecret:
 		return "secret"
+	case KindDevice:
+		return "device"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -50,7 +53,7 @@ type ObjectVersion struct {
 
 // Validate reports a missing field.
 func (v *ObjectVersion) Validate() error {
-	if v.Kind < KindPod || v.Kind > KindSecret {
+	if v.Kind < KindPod || v.Kind > KindDevice {
 		return fmt.Errorf("object version: unknown kind %d", v.Kind)
 	}
 	if err := checkText("object version: uid", v.UID, 128, true); err != nil {
@@ -88,7 +91,7 @@ func (s *Sync) Validate() error {
 		}
 	}
 	for _, d := range s.Deletes {
-		if d.Kind < KindPod || d.Kind > KindSecret {
+		if d.Kind < KindPod || d.Kind > KindDevice {
 			return fmt.Errorf("sync: delete of unknown kind %d", d.Kind)
 		}
 		if err := checkText("sync: delete uid", d.UID, 128, true); err != nil {
@@ -111,6 +114,7 @@ type Object struct {
 	Pod       *Pod       `cbor:"6,keyasint,omitempty"`
 	ConfigMap *ConfigMap `cbor:"7,keyasint,omitempty"`
 	Secret    *Secret    `cbor:"8,keyasint,omitempty"`
+	Device    *Device    `cbor:"9,keyasint,omitempty"`
 }
 
 // Validate reports a missing or inconsistent field.
@@ -124,7 +128,7 @@ func (o *Object) Validate() error {
 		}
 	}
 	bodies := 0
-	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil} {
+	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil, o.Device != nil} {
 		if set {
 			bodies++
 		}
@@ -139,6 +143,8 @@ func (o *Object) Validate() error {
 		return o.ConfigMap.Validate()
 	case o.Kind == KindSecret && o.Secret != nil:
 		return o.Secret.Validate()
+	case o.Kind == KindDevice && o.Device != nil:
+		return o.Device.Validate()
 	}
 	return fmt.Errorf("object %s/%s: body does not match kind %s", o.Namespace, o.Name, o.Kind)
 }

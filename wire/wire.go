@@ -41,6 +41,7 @@ const (
 	TypeStreamOpen Type = 9 // relay → agent, opens a log stream
 	TypeStreamData Type = 10
 	TypeStreamAck  Type = 11
+	TypeTwinReport Type = 12 // agent → relay, durable (carries Seq)
 )
 
 var typeNames = map[Type]string{
@@ -55,6 +56,7 @@ var typeNames = map[Type]string{
 	TypeStreamOpen: "stream-open",
 	TypeStreamData: "stream-data",
 	TypeStreamAck:  "stream-ack",
+	TypeTwinReport: "twin-report",
 }
 
 func (t Type) String() string {

@@ -4,8 +4,9 @@
 # available); it is idempotent.
 set -eu
 
-# Packages: gcc for the race detector (cgo), make and git for the build.
-want="ca-certificates git make gcc libc6-dev"
+# Packages: gcc for the race detector (cgo), make and git for the build;
+# containerd, runc and busybox-static (test images) for the pod tests.
+want="ca-certificates git make gcc libc6-dev containerd runc busybox-static"
 
 missing=""
 for p in $want; do

@@ -15,6 +15,11 @@
 // same way: each child in its own process group, with its own log file,
 // killed if the test process dies.
 //
+// StartContainerd runs Debian's containerd (with runc) by hand with its own
+// root, state and socket under a temporary directory, and StartRegistry an
+// in-process OCI registry on loopback, into which BuildBusyboxImage pushes
+// test images made from Debian's busybox-static.
+//
 // The package is Linux-only in practice: children are tied to the parent
 // with PR_SET_PDEATHSIG.
 package harness

@@ -1,0 +1,289 @@
+package containerd_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/test/harness"
+)
+
+// env is a real containerd (Debian's, with runc) and a loopback registry
+// serving the busybox test images.
+type env struct {
+	ctrd   *harness.Containerd
+	reg    *harness.Registry
+	images []harness.BusyboxImage
+	rt     *containerd.Runtime
+	logs   string
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	for _, err := range []error{harness.ContainerdMissing(), harness.BusyboxMissing()} {
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("CI=true: %v", err)
+			}
+			t.Skip(err)
+		}
+	}
+	ctx := t.Context()
+	reg, err := harness.StartRegistry(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Stop() })
+	imgs, err := reg.BuildBusyboxImage(ctx, "test/busybox", "1", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "rt-") // short: the socket path must fit in 107 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c, err := harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(dir, "c")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("containerd Stop: %v", err)
+		}
+	})
+	rt, err := containerd.New(ctx, containerd.Config{
+		Address:    c.Address,
+		Registries: map[string]containerd.Registry{reg.Host: {PlainHTTP: true}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return &env{ctrd: c, reg: reg, images: imgs, rt: rt, logs: filepath.Join(dir, "logs")}
+}
+
+func (e *env) run(t *testing.T, ctx context.Context, sp containerd.Spec) {
+	t.Helper()
+	if sp.LogPath == "" {
+		sp.LogPath = filepath.Join(e.logs, sp.ID+".log")
+	}
+	if err := e.rt.Create(ctx, sp); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rt.Start(ctx, sp.ID); err != nil {
+		t.Fatalf("%v\n%s", err, e.ctrd.LogTail(20))
+	}
+}
+
+func (e *env) waitExit(t *testing.T, ctx context.Context, id string) *containerd.Status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := e.rt.Status(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State == containerd.StateExited {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still %s after 30s", id, st.State)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) readLog(t *testing.T, id string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.logs, id+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestRuntime(t *testing.T) {
+	e := start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+
+	var mu sync.Mutex
+	var progress []containerd.Progress
+	img, err := e.rt.Pull(ctx, e.images[0].Ref, func(p containerd.Progress) {
+		mu.Lock()
+		progress = append(progress, p)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Digest != e.images[0].Digest {
+		t.Errorf("pulled digest %s, registry has %s", img.Digest, e.images[0].Digest)
+	}
+	kinds := map[string]bool{}
+	for _, p := range progress {
+		if p.Completed {
+			kinds[p.Kind] = true
+		}
+	}
+	for _, k := range []string{"layer", "config", "manifest", "unpack"} {
+		if !kinds[k] {
+			t.Errorf("no completed %q in progress reports %+v", k, progress)
+		}
+	}
+	// A second pull finds everything present.
+	if _, err := e.rt.Pull(ctx, e.images[0].Ref, nil); err != nil {
+		t.Fatalf("second pull: %v", err)
+	}
+	if out, err := e.ctrd.Ctr(ctx, "-n", "outpost", "images", "ls", "-q"); err != nil || !strings.Contains(out, e.images[0].Ref) {
+		t.Errorf("ctr images ls: %q, %v; want %s", out, err, e.images[0].Ref)
+	}
+
+	t.Run("echo", func(t *testing.T) {
+		e.run(t, ctx, containerd.Spec{ID: "echo", Image: img.Name,
+			Command: []string{"sh", "-c"}, Args: []string{"echo hello; echo image=$OUTPOST_TEST_IMAGE x=$X; pwd; echo oops >&2"},
+			Env: []string{"X=42"}, WorkingDir: "/tmp"})
+		st := e.waitExit(t, ctx, "echo")
+		if st.ExitCode != 0 {
+			t.Errorf("exit code %d, want 0", st.ExitCode)
+		}
+		if st.StartedAt.IsZero() || st.ExitedAt.Before(st.StartedAt) || st.CreatedAt.IsZero() {
+			t.Errorf("timestamps: created %v started %v exited %v", st.CreatedAt, st.StartedAt, st.ExitedAt)
+		}
+		got := e.readLog(t, "echo")
+		for _, want := range []string{"hello\n", "image=1 x=42\n", "/tmp\n", "oops\n"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("log %q lacks %q", got, want)
+			}
+		}
+	})
+
+	t.Run("exit1", func(t *testing.T) {
+		e.run(t, ctx, containerd.Spec{ID: "exit1", Image: img.Name, Command: []string{"sh", "-c", "exit 1"}})
+		if st := e.waitExit(t, ctx, "exit1"); st.ExitCode != 1 {
+			t.Errorf("exit code %d, want 1", st.ExitCode)
+		}
+	})
+
+	t.Run("graceful stop", func(t *testing.T) {
+		e.run(t, ctx, containerd.Spec{ID: "trapper", Image: img.Name, MemoryLimit: 64 << 20, CPUMillis: 500,
+			Command: []string{"sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"}})
+		waitLog(t, e, "trapper", "ready")
+		if b, err := os.ReadFile("/sys/fs/cgroup/memory/outpost/trapper/memory.limit_in_bytes"); err == nil {
+			if strings.TrimSpace(string(b)) != "67108864" {
+				t.Errorf("memory limit %s, want 67108864", b)
+			}
+		}
+		begin := time.Now()
+		if err := e.rt.Stop(ctx, "trapper", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(begin); d > 5*time.Second {
+			t.Errorf("stop took %s: SIGTERM was not honoured", d)
+		}
+		st, _ := e.rt.Status(ctx, "trapper")
+		if st.State != containerd.StateExited || st.ExitCode != 0 {
+			t.Errorf("after stop: %+v, want exited 0", st)
+		}
+		if !strings.Contains(e.readLog(t, "trapper"), "got TERM") {
+			t.Error("the container did not see SIGTERM")
+		}
+	})
+
+	t.Run("kill after grace", func(t *testing.T) {
+		// sleep as PID 1 has no SIGTERM handler, so the kernel ignores TERM.
+		e.run(t, ctx, containerd.Spec{ID: "sleeper", Image: img.Name, Command: []string{"sleep", "600"}})
+		begin := time.Now()
+		if err := e.rt.Stop(ctx, "sleeper", 500*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(begin); d < 500*time.Millisecond {
+			t.Errorf("stopped after %s, before the grace period", d)
+		}
+		st, _ := e.rt.Status(ctx, "sleeper")
+		if st.State != containerd.StateExited || st.ExitCode != 137 {
+			t.Errorf("after SIGKILL: %+v, want exited 137", st)
+		}
+	})
+
+	t.Run("list and delete", func(t *testing.T) {
+		// A container Outpost did not create, in the same namespace.
+		if _, err := e.ctrd.Ctr(ctx, "-n", "outpost", "containers", "create", img.Name, "foreign", "true"); err != nil {
+			t.Fatal(err)
+		}
+		cs, err := e.rt.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		managed := map[string]bool{}
+		for _, c := range cs {
+			managed[c.ID] = c.Managed()
+		}
+		for _, id := range []string{"echo", "exit1", "trapper", "sleeper"} {
+			if !managed[id] {
+				t.Errorf("%s not listed as managed: %+v", id, cs)
+			}
+		}
+		if m, ok := managed["foreign"]; !ok || m {
+			t.Errorf("foreign container: listed %v, managed %v; want listed, not managed", ok, m)
+		}
+		e.run(t, ctx, containerd.Spec{ID: "running", Image: img.Name, Command: []string{"sleep", "600"}})
+		if err := e.rt.Delete(ctx, "running"); err == nil {
+			t.Error("Delete of a running container succeeded; want an error saying to stop it")
+		}
+		if err := e.rt.Stop(ctx, "running", 100*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if c.Managed() {
+				if err := e.rt.Delete(ctx, c.ID); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		if err := e.rt.Delete(ctx, "running"); err != nil {
+			t.Error(err)
+		}
+		if _, err := e.rt.Status(ctx, "echo"); !errors.Is(err, containerd.ErrNotFound) {
+			t.Errorf("Status after Delete: %v, want ErrNotFound", err)
+		}
+		// containerd itself, asked with ctr, has nothing of them left.
+		out, _ := e.ctrd.Ctr(ctx, "-n", "outpost", "containers", "ls", "-q")
+		if strings.TrimSpace(out) != "foreign" {
+			t.Errorf("containers left: %q, want only foreign", out)
+		}
+		out, _ = e.ctrd.Ctr(ctx, "-n", "outpost", "tasks", "ls", "-q")
+		if strings.TrimSpace(out) != "" {
+			t.Errorf("tasks left: %q", out)
+		}
+		out, _ = e.ctrd.Ctr(ctx, "-n", "outpost", "snapshots", "ls")
+		for _, id := range []string{"echo", "exit1", "trapper", "sleeper", "running"} {
+			for _, line := range strings.Split(out, "\n") {
+				if f := strings.Fields(line); len(f) > 0 && f[0] == id {
+					t.Errorf("snapshot %s left: %s", id, line)
+				}
+			}
+		}
+		if s := e.ctrd.Shims(); len(s) > 0 {
+			t.Errorf("shims still running after every task was deleted: %v", s)
+		}
+	})
+}
+
+func waitLog(t *testing.T, e *env, id, want string) {
+	t.Helper()
+	for range 200 {
+		if b, _ := os.ReadFile(filepath.Join(e.logs, id+".log")); strings.Contains(string(b), want) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never logged %q", id, want)
+}

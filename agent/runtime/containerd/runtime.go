@@ -1,0 +1,146 @@
+package containerd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// DefaultNamespace is the containerd namespace Outpost's containers live in.
+const DefaultNamespace = "outpost"
+
+// Labels Outpost puts on what it creates.
+const (
+	// LabelManaged is "true" on every container this package creates; a
+	// reconciler leaves containers without it alone.
+	LabelManaged = "dev.outpost.managed"
+	// labelStartedAt records when the task was started (RFC 3339).
+	labelStartedAt = "dev.outpost.started-at"
+	// labelLogPath records the task's log file.
+	labelLogPath = "dev.outpost.log-path"
+)
+
+// Snapshotter is the snapshotter images are unpacked with.
+const Snapshotter = "overlayfs"
+
+// runcRuntime is the shim containers run under.
+const runcRuntime = "io.containerd.runc.v2"
+
+// Config configures a Runtime.
+type Config struct {
+	// Address is containerd's gRPC socket; default /run/containerd/containerd.sock.
+	Address string
+	// Namespace is the containerd namespace; default DefaultNamespace.
+	Namespace string
+	// Registries holds per-registry settings, keyed by host[:port] as it
+	// appears in image references ("127.0.0.1:5000", "registry.local").
+	Registries map[string]Registry
+	// Log receives progress; nil discards it.
+	Log *slog.Logger
+}
+
+// Registry is how to reach one registry.
+type Registry struct {
+	// PlainHTTP allows plain HTTP instead of HTTPS; for registries on
+	// loopback or a trusted local network only.
+	PlainHTTP bool
+	// Username and Password authenticate (basic, or exchanged for a
+	// bearer token when the registry asks for one).
+	Username, Password string
+}
+
+// Runtime runs containers in one containerd namespace. It is safe for
+// concurrent use.
+type Runtime struct {
+	c    *conn
+	cfg  Config
+	log  *slog.Logger
+	http *http.Client // for registries
+}
+
+// New returns a Runtime for the containerd at cfg.Address and creates its
+// namespace if needed. It fails if containerd does not answer.
+func New(ctx context.Context, cfg Config) (*Runtime, error) {
+	if cfg.Address == "" {
+		cfg.Address = "/run/containerd/containerd.sock"
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = DefaultNamespace
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Runtime{
+		c:    newConn(cfg.Address, cfg.Namespace),
+		cfg:  cfg,
+		log:  log,
+		http: &http.Client{Timeout: 0},
+	}
+	v, err := r.Version(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("containerd at %s does not answer (is it running, and is this its grpc.address?): %w", cfg.Address, err)
+	}
+	log.Info("containerd connected", "address", cfg.Address, "version", v, "namespace", cfg.Namespace)
+	_, err = r.c.unary(ctx, "containerd.services.namespaces.v1.Namespaces/Create",
+		enc(nil).msg(1, enc(nil).str(1, cfg.Namespace)))
+	if err != nil && !errors.Is(err, ErrAlreadyExists) {
+		return nil, fmt.Errorf("create containerd namespace %s: %w", cfg.Namespace, err)
+	}
+	return r, nil
+}
+
+// Close releases idle connections.
+func (r *Runtime) Close() error {
+	r.c.http.CloseIdleConnections()
+	r.http.CloseIdleConnections()
+	return nil
+}
+
+// Version returns containerd's version.
+func (r *Runtime) Version(ctx context.Context) (string, error) {
+	b, err := r.c.unary(ctx, "containerd.services.version.v1.Version/Version", nil)
+	if err != nil {
+		return "", err
+	}
+	var v string
+	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
+		if num == 1 {
+			v = string(d)
+		}
+	})
+	return v, err
+}
+
+// lease creates a containerd lease that expires by itself after ttl (in
+// case the agent dies before deleting it) and returns a context using it
+// and a function that deletes it.
+func (r *Runtime) lease(ctx context.Context, ttl time.Duration) (context.Context, func(), error) {
+	id := "outpost-" + randomID()
+	_, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Create", enc(nil).str(1, id).
+		labels(3, map[string]string{"containerd.io/gc.expire": time.Now().Add(ttl).UTC().Format(time.RFC3339)}))
+	if err != nil {
+		return nil, nil, fmt.Errorf("create lease: %w", err)
+	}
+	done := func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if _, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Delete", enc(nil).str(1, id)); err != nil {
+			r.log.Warn("delete containerd lease", "lease", id, "err", err)
+		}
+	}
+	return withLease(ctx, id), done, nil
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,275 @@
+package containerd
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Spec is what Outpost asks of one container. It is Outpost's own type,
+// translated from a pod by the agent; nothing here is a Kubernetes type.
+type Spec struct {
+	// ID names the container in containerd; unique in the namespace.
+	ID string
+	// Image is a reference pulled with Pull.
+	Image string
+	// Command replaces the image's entrypoint; Args its cmd (as in a pod).
+	Command, Args []string
+	// Env is added to the image's environment, "NAME=value"; later wins.
+	Env []string
+	// WorkingDir overrides the image's working directory.
+	WorkingDir string
+	// Mounts are bind mounts from the host.
+	Mounts []Mount
+	// MemoryLimit in bytes; 0 is unlimited.
+	MemoryLimit int64
+	// CPUMillis limits CPU time (1000 is one core); 0 is unlimited.
+	CPUMillis int64
+	// HostNetwork shares the host's network namespace.
+	HostNetwork bool
+	// Privileged gives all capabilities and devices and drops the masked
+	// and read-only paths.
+	Privileged bool
+	// LogPath receives the container's stdout and stderr (appended).
+	LogPath string
+	// Labels are added to the container's labels (LabelManaged is set).
+	Labels map[string]string
+}
+
+// Mount is a bind mount of a host path into the container.
+type Mount struct {
+	HostPath, ContainerPath string
+	ReadOnly                bool
+}
+
+// specOpt changes an OCI runtime spec; the spec is built by composing
+// them, in the spirit of containerd's oci.SpecOpts (which this package
+// does not import: pkg/oci alone adds 2.2 MB to the agent, see
+// docs/containerd.md).
+type specOpt func(*specs.Spec) error
+
+// defaultCaps are the capabilities containers get unless privileged
+// (containerd's and Docker's default set).
+var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
+
+// allCaps is what a privileged container gets.
+var allCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+	"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+	"CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+	"CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+	"CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ"}
+
+// withDefaults is the base spec: the namespaces, mounts and masked paths
+// containerd's oci.WithDefaultSpec gives a Linux container.
+func withDefaults(namespace, id string) specOpt {
+	return func(s *specs.Spec) error {
+		caps := append([]string(nil), defaultCaps...)
+		*s = specs.Spec{
+			Version:  specs.Version,
+			Root:     &specs.Root{Path: "rootfs"},
+			Hostname: id,
+			Process: &specs.Process{
+				Cwd:             "/",
+				Env:             []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+				NoNewPrivileges: true,
+				Capabilities:    &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps},
+				Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+			},
+			Mounts: []specs.Mount{
+				{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+				{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+				{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
+				{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
+				{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
+				{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+				{Destination: "/run", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			},
+			Linux: &specs.Linux{
+				CgroupsPath: "/" + namespace + "/" + id,
+				MaskedPaths: []string{"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+					"/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"},
+				ReadonlyPaths: []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
+				Resources:     &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
+				Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+					{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace}},
+			},
+		}
+		return nil
+	}
+}
+
+// withImageConfig applies the image's environment, working directory, user
+// (numeric uid[:gid] only) and entrypoint+cmd.
+func withImageConfig(c ImageConfig) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.Env = mergeEnv(s.Process.Env, c.Env)
+		if c.WorkingDir != "" {
+			s.Process.Cwd = c.WorkingDir
+		}
+		s.Process.Args = append(append([]string(nil), c.Entrypoint...), c.Cmd...)
+		if c.User != "" {
+			var uid, gid uint32
+			if _, err := fmt.Sscanf(strings.Replace(c.User, ":", " ", 1)+" 0", "%d %d", &uid, &gid); err != nil {
+				return fmt.Errorf("image user %q: only numeric uid[:gid] is supported", c.User)
+			}
+			s.Process.User = specs.User{UID: uid, GID: gid}
+		}
+		return nil
+	}
+}
+
+// withCommand applies a pod-style command and args over the image's
+// entrypoint and cmd: command replaces both, args replaces cmd.
+func withCommand(c ImageConfig, command, args []string) specOpt {
+	return func(s *specs.Spec) error {
+		switch {
+		case len(command) > 0:
+			s.Process.Args = append(append([]string(nil), command...), args...)
+		case len(args) > 0:
+			s.Process.Args = append(append([]string(nil), c.Entrypoint...), args...)
+		}
+		if len(s.Process.Args) == 0 {
+			return fmt.Errorf("no command: the image has no entrypoint or cmd and the container gives none")
+		}
+		return nil
+	}
+}
+
+func withEnv(env []string) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.Env = mergeEnv(s.Process.Env, env)
+		return nil
+	}
+}
+
+func withWorkingDir(dir string) specOpt {
+	return func(s *specs.Spec) error {
+		if dir != "" {
+			if !filepath.IsAbs(dir) {
+				return fmt.Errorf("workingDir %q is not an absolute path", dir)
+			}
+			s.Process.Cwd = dir
+		}
+		return nil
+	}
+}
+
+func withMounts(ms []Mount) specOpt {
+	return func(s *specs.Spec) error {
+		for _, m := range ms {
+			if !filepath.IsAbs(m.HostPath) || !filepath.IsAbs(m.ContainerPath) {
+				return fmt.Errorf("mount %s:%s: both paths must be absolute", m.HostPath, m.ContainerPath)
+			}
+			opts := []string{"rbind", "rprivate"}
+			if m.ReadOnly {
+				opts = append(opts, "ro")
+			}
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: m.ContainerPath, Type: "bind", Source: m.HostPath, Options: opts})
+		}
+		return nil
+	}
+}
+
+func withMemoryLimit(bytes int64) specOpt {
+	return func(s *specs.Spec) error {
+		if bytes > 0 {
+			s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &bytes}
+		}
+		return nil
+	}
+}
+
+// withCPULimit sets a CFS quota of millis/1000 cores per 100 ms period.
+func withCPULimit(millis int64) specOpt {
+	return func(s *specs.Spec) error {
+		if millis > 0 {
+			period := uint64(100000)
+			quota := millis * 100
+			s.Linux.Resources.CPU = &specs.LinuxCPU{Period: &period, Quota: &quota}
+		}
+		return nil
+	}
+}
+
+func withHostNetwork(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		if !on {
+			return nil
+		}
+		var ns []specs.LinuxNamespace
+		for _, n := range s.Linux.Namespaces {
+			if n.Type != specs.NetworkNamespace {
+				ns = append(ns, n)
+			}
+		}
+		s.Linux.Namespaces = ns
+		for _, f := range []string{"/etc/hosts", "/etc/resolv.conf"} {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: f, Type: "bind", Source: f, Options: []string{"rbind", "ro"}})
+		}
+		return nil
+	}
+}
+
+func withPrivileged(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		if !on {
+			return nil
+		}
+		caps := append([]string(nil), allCaps...)
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps}
+		s.Process.NoNewPrivileges = false
+		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+		for i, m := range s.Mounts {
+			if m.Destination == "/sys" {
+				s.Mounts[i].Options = []string{"nosuid", "noexec", "nodev"}
+			}
+		}
+		return nil
+	}
+}
+
+// mergeEnv appends add to base; a later NAME= replaces an earlier one.
+func mergeEnv(base, add []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range add {
+		name, _, _ := strings.Cut(kv, "=")
+		replaced := false
+		for i, o := range out {
+			if n, _, _ := strings.Cut(o, "="); n == name {
+				out[i], replaced = kv, true
+				break
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// buildSpec composes the OCI spec of a container.
+func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) {
+	var s specs.Spec
+	for _, o := range []specOpt{
+		withDefaults(namespace, sp.ID),
+		withImageConfig(img),
+		withCommand(img, sp.Command, sp.Args),
+		withEnv(sp.Env),
+		withWorkingDir(sp.WorkingDir),
+		withMounts(sp.Mounts),
+		withMemoryLimit(sp.MemoryLimit),
+		withCPULimit(sp.CPUMillis),
+		withHostNetwork(sp.HostNetwork),
+		withPrivileged(sp.Privileged),
+	} {
+		if err := o(&s); err != nil {
+			return nil, fmt.Errorf("container %s: %w", sp.ID, err)
+		}
+	}
+	return &s, nil
+}

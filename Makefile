@@ -57,6 +57,25 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 	done
 	@cd $(BIN)/cross && sha256sum outpost-agent-* > SHA256SUMS && echo "wrote $(BIN)/cross/SHA256SUMS"
 
+.PHONY: size package image image-boot
+BOARD      ?=
+RELAY      ?=
+TOKEN      ?=
+
+size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical.
+	$(GO) test -count=1 -v -run 'TestSizeBudget|TestReproducible' ./build/cross/
+
+package: ## A .deb per gateway architecture into bin/packages, built without root, with SHA-256 sums.
+	$(GO) run ./build/package -out $(BIN)/packages -version $(VERSION)
+
+image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https://HOST:PORT TOKEN=ID.SECRET
+	@./build/install-deps.sh image
+	$(GO) run ./build/image -board '$(BOARD)' -relay '$(RELAY)' -token '$(TOKEN)' -version $(VERSION) -out $(BIN)/images
+
+image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to the agent's first line.
+	@./build/install-deps.sh image
+	$(GO) test -tags qemu -count=1 -v -timeout 15m -run TestBootQEMU ./build/image/
+
 vet:
 	$(GO) vet ./...
 

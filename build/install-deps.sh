@@ -5,8 +5,13 @@
 set -eu
 
 # Packages: gcc for the race detector (cgo), make and git for the build;
-# containerd, runc and busybox-static (test images) for the pod tests.
-want="ca-certificates git make gcc libc6-dev containerd runc busybox-static"
+# containerd, runc and busybox-static (test images) for the pod tests;
+# systemd (systemd-analyze), e2fsprogs and fdisk for the package and image
+# tests. `install-deps.sh image` adds what make image and image-boot need.
+want="ca-certificates git make gcc libc6-dev containerd runc busybox-static systemd e2fsprogs fdisk"
+if [ "${1:-}" = image ]; then
+	want="$want mtools apt debian-archive-keyring dpkg qemu-system-arm"
+fi
 
 missing=""
 for p in $want; do

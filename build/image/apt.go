@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// apt fetches Debian packages of a foreign architecture with apt-get run
+// against a private configuration and state under the cache directory: no
+// root, no "dpkg --add-architecture", nothing changed on this machine, and
+// nothing installed or run from the packages (dpkg-deb -x only).
+type apt struct {
+	dir    string // state, lists and downloaded .debs, per suite and arch
+	arch   string
+	config string
+	log    func(format string, args ...any)
+}
+
+func newApt(cache, mirror, securityMirror, suite, arch string, log func(string, ...any)) (*apt, error) {
+	dir := filepath.Join(cache, "apt", suite+"-"+arch)
+	for _, d := range []string{"lists/partial", "archives/partial", "etc/sources.list.d", "etc/preferences.d", "debs"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	keyring := "/usr/share/keyrings/debian-archive-keyring.gpg"
+	if _, err := os.Stat(keyring); err != nil {
+		return nil, fmt.Errorf("%s is missing: install Debian's debian-archive-keyring package", keyring)
+	}
+	comps := "main non-free-firmware"
+	sources := fmt.Sprintf("deb [signed-by=%[1]s] %[2]s %[3]s %[4]s\ndeb [signed-by=%[1]s] %[2]s %[3]s-updates %[4]s\n", keyring, mirror, suite, comps)
+	if securityMirror != "" {
+		sources += fmt.Sprintf("deb [signed-by=%s] %s %s-security %s\n", keyring, securityMirror, suite, comps)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc/sources.list"), []byte(sources), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "status"), nil, 0o644); err != nil {
+		return nil, err
+	}
+	user := "root"
+	if os.Getuid() != 0 {
+		user = "" // apt only drops privileges when it has them
+	}
+	conf := fmt.Sprintf(`APT::Architecture "%[2]s";
+APT::Architectures { "%[2]s"; };
+APT::Install-Recommends "false";
+Dir::State "%[1]s";
+Dir::State::lists "%[1]s/lists";
+Dir::State::status "%[1]s/status";
+Dir::Cache "%[1]s";
+Dir::Cache::archives "%[1]s/archives";
+Dir::Etc::SourceList "%[1]s/etc/sources.list";
+Dir::Etc::SourceParts "%[1]s/etc/sources.list.d";
+Dir::Etc::Preferences "%[1]s/etc/preferences";
+Dir::Etc::PreferencesParts "%[1]s/etc/preferences.d";
+Acquire::Languages "none";
+`, dir, arch)
+	if user != "" {
+		conf += fmt.Sprintf("APT::Sandbox::User %q;\n", user)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "apt.conf"), []byte(conf), 0o644); err != nil {
+		return nil, err
+	}
+	return &apt{dir: dir, arch: arch, config: filepath.Join(dir, "apt.conf"), log: log}, nil
+}
+
+func (a *apt) cmd(dir string, name string, args ...string) ([]byte, error) {
+	if _, err := exec.LookPath(name); err != nil {
+		return nil, fmt.Errorf("%s is missing: install Debian's apt package", name)
+	}
+	c := exec.Command(name, args...)
+	c.Dir = dir
+	c.Env = append(os.Environ(), "APT_CONFIG="+a.config, "LC_ALL=C")
+	var stderr bytes.Buffer
+	c.Stderr = &stderr
+	out, err := c.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return out, nil
+}
+
+// update refreshes the package lists (about 13 MB for arm64).
+func (a *apt) update() error {
+	_, err := a.cmd(a.dir, "apt-get", "-q", "update")
+	return err
+}
+
+// resolve returns the packages and versions that names need, following
+// Depends and Pre-Depends; noDeps names are taken alone.
+func (a *apt) resolve(names, noDeps []string) (map[string]string, error) {
+	set := map[string]bool{}
+	if len(names) > 0 {
+		out, err := a.cmd(a.dir, "apt-cache", append([]string{"depends", "--recurse", "--no-recommends", "--no-suggests",
+			"--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances"}, names...)...)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if l != "" && !strings.HasPrefix(l, " ") && !strings.HasPrefix(l, "<") {
+				set[strings.TrimSuffix(l, ":"+a.arch)] = true
+			}
+		}
+	}
+	for _, n := range noDeps {
+		set[n] = true
+	}
+	pkgs := map[string]string{}
+	for n := range set {
+		out, err := a.cmd(a.dir, "apt-cache", "policy", n)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Candidate: "); ok && v != "(none)" {
+				pkgs[n] = v
+			}
+		}
+		if pkgs[n] == "" {
+			return nil, fmt.Errorf("Debian has no %s package %q in the configured suites", a.arch, n)
+		}
+	}
+	return pkgs, nil
+}
+
+// download fetches each package=version into the cache unless it is
+// there already, and returns the .deb paths, sorted.
+func (a *apt) download(pkgs map[string]string) ([]string, error) {
+	debs := filepath.Join(a.dir, "debs")
+	var want []string
+	var paths []string
+	for n, v := range pkgs {
+		matches, _ := filepath.Glob(filepath.Join(debs, n+"_*"))
+		found := ""
+		for _, m := range matches {
+			if out, err := exec.Command("dpkg-deb", "--field", m, "Version").Output(); err == nil && strings.TrimSpace(string(out)) == v {
+				found = m
+			}
+		}
+		if found != "" {
+			paths = append(paths, found)
+		} else {
+			want = append(want, n+"="+v)
+		}
+	}
+	if len(want) > 0 {
+		sort.Strings(want)
+		a.log("downloading %d Debian %s packages: %s", len(want), a.arch, strings.Join(want, " "))
+		if _, err := a.cmd(debs, "apt-get", append([]string{"-q", "download"}, want...)...); err != nil {
+			return nil, err
+		}
+		return a.download(pkgs)
+	}
+	sort.Strings(paths)
+	return paths, nil
+}

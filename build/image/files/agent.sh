@@ -1,0 +1,31 @@
+#!/bin/sh
+# Run by init, restarted when it exits: join once with the first-boot
+# token, then run the agent. Its log goes to the console.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+token=/etc/outpost/join-token
+i=0
+while [ ! -S /run/containerd/containerd.sock ] && [ $i -lt 30 ]; do
+	sleep 1
+	i=$((i + 1))
+done
+if [ -S /run/containerd/containerd.sock ]; then
+	echo "outpost: containerd is up"
+else
+	echo "outpost: containerd did not start in 30 s: see /var/log/containerd.log"
+fi
+if [ -s "$token" ]; then
+	if out=$(outpost-agent join --token "$(cat "$token")" 2>&1); then
+		echo "$out"
+		rm -f "$token"
+		sync
+	else
+		echo "$out"
+		case "$out" in
+		*"already joined"*) rm -f "$token" ;;
+		*) sleep 10; exit 1 ;;
+		esac
+	fi
+fi
+outpost-agent run
+# Do not spin when the agent fails at start.
+sleep 5

@@ -7,8 +7,9 @@ set -eu
 # Packages: gcc for the race detector (cgo), make and git for the build;
 # containerd, runc and busybox-static (test images) for the pod tests;
 # systemd (systemd-analyze), e2fsprogs and fdisk for the package and image
-# tests. `install-deps.sh image` adds what make image and image-boot need.
-want="ca-certificates git make gcc libc6-dev containerd runc busybox-static systemd e2fsprogs fdisk"
+# tests; mosquitto and mosquitto-clients for the MQTT interop tests.
+# `install-deps.sh image` adds what make image and image-boot need.
+want="ca-certificates git make gcc libc6-dev containerd runc busybox-static systemd e2fsprogs fdisk mosquitto mosquitto-clients"
 if [ "${1:-}" = image ]; then
 	want="$want mtools apt debian-archive-keyring dpkg qemu-system-arm"
 fi

@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -39,11 +41,17 @@ const (
 	// DefaultOutboxMaxBytes bounds the reports queued while the relay is
 	// unreachable: hours of status changes for a gateway's pods and twins.
 	DefaultOutboxMaxBytes = 8 << 20
+	// DefaultMaxDevices bounds the Devices one gateway serves.
+	DefaultMaxDevices = 256
+	// DefaultMQTTListen keeps the embedded broker on loopback.
+	DefaultMQTTListen     = "127.0.0.1:1883"
+	DefaultMQTTMaxClients = 32
 
 	// minMemoryLimit is below what the agent needs to run at all; a smaller
 	// value is a unit mistake ("24M" meant as MiB is fine, "24k" is not).
 	minMemoryLimit = 8 << 20
 	maxMaxPods     = 1000
+	maxMaxDevices  = 4096
 	maxFileSize    = 64 << 10
 )
 
@@ -66,6 +74,35 @@ type Config struct {
 	ReservedMemory    int64
 	// OutboxMaxBytes bounds the durable queue of reports to the relay.
 	OutboxMaxBytes int64
+	// MaxDevices bounds the Devices (sensors, actuators) the agent serves.
+	MaxDevices int
+	// MQTT is where device twins are published on the gateway.
+	MQTT MQTT
+}
+
+// MQTT configures the agent's MQTT side: the embedded broker (default) or
+// an external broker (URL set).
+type MQTT struct {
+	// Enabled turns MQTT off entirely when false; twins still reach the
+	// cluster through the relay.
+	Enabled bool
+	// Listen is the embedded broker's address, loopback by default.
+	Listen string
+	// Username and Password: required of clients by the embedded broker,
+	// sent to an external one.
+	Username, Password string
+	// CertFile and KeyFile make the embedded broker speak TLS.
+	CertFile, KeyFile string
+	// URL is an external broker (tcp://HOST:1883, ssl://HOST:8883);
+	// CAFile the PEM CA of its certificate.
+	URL, CAFile string
+	// DesiredWrites is "allow" or "deny": whether apps may write desired
+	// values on the desired topics.
+	DesiredWrites string
+	// KubeEdge also speaks KubeEdge's $hw/events/device/… twin topics.
+	KubeEdge bool
+	// MaxClients bounds the embedded broker's clients.
+	MaxClients int
 }
 
 // Default returns the configuration used when nothing is set.
@@ -78,6 +115,13 @@ func Default() Config {
 		OutboxMaxBytes:    DefaultOutboxMaxBytes,
 		ReservedCPUMillis: DefaultReservedCPUMillis,
 		ReservedMemory:    DefaultReservedMemory,
+		MaxDevices:        DefaultMaxDevices,
+		MQTT: MQTT{
+			Enabled:       true,
+			Listen:        DefaultMQTTListen,
+			DesiredWrites: "allow",
+			MaxClients:    DefaultMQTTMaxClients,
+		},
 	}
 }
 
@@ -93,7 +137,26 @@ type file struct {
 	MaxPods     *int      `yaml:"maxPods"`
 	OutboxMax   string    `yaml:"outboxMaxBytes"`
 	Reserved    *reserved `yaml:"reserved"`
+	MaxDevices  *int      `yaml:"maxDevices"`
+	MQTT        *mqttFile `yaml:"mqtt"`
 }
+
+type mqttFile struct {
+	Enabled       *bool  `yaml:"enabled"`
+	Listen        string `yaml:"listen"`
+	Username      string `yaml:"username"`
+	Password      string `yaml:"password"`
+	CertFile      string `yaml:"certFile"`
+	KeyFile       string `yaml:"keyFile"`
+	URL           string `yaml:"url"`
+	CAFile        string `yaml:"caFile"`
+	DesiredWrites string `yaml:"desiredWrites"`
+	KubeEdge      *bool  `yaml:"kubeEdge"`
+	MaxClients    *int   `yaml:"maxClients"`
+}
+
+// MQTTFields lists the fields of mqtt, for error messages and docs.
+var MQTTFields = []string{"enabled", "listen", "username", "password", "certFile", "keyFile", "url", "caFile", "desiredWrites", "kubeEdge", "maxClients"}
 
 type reserved struct {
 	CPU    string `yaml:"cpu"`
@@ -101,7 +164,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -144,8 +207,8 @@ func (cfg *Config) parse(b []byte) error {
 			return nil // an empty file sets nothing
 		}
 		if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
-			return fmt.Errorf("line %s: unknown field %q (known: %s; reserved takes cpu and memory)",
-				m[1], m[2], strings.Join(Fields, ", "))
+			return fmt.Errorf("line %s: unknown field %q (known: %s; reserved takes cpu and memory; mqtt takes %s)",
+				m[1], m[2], strings.Join(Fields, ", "), strings.Join(MQTTFields, ", "))
 		}
 		return errors.New(oneLine(err.Error()))
 	}
@@ -175,6 +238,28 @@ func (cfg *Config) parse(b []byte) error {
 	}
 	if f.MaxPods != nil {
 		cfg.MaxPods = *f.MaxPods
+	}
+	if f.MaxDevices != nil {
+		cfg.MaxDevices = *f.MaxDevices
+	}
+	if m := f.MQTT; m != nil {
+		if m.Enabled != nil {
+			cfg.MQTT.Enabled = *m.Enabled
+		}
+		if m.KubeEdge != nil {
+			cfg.MQTT.KubeEdge = *m.KubeEdge
+		}
+		if m.MaxClients != nil {
+			cfg.MQTT.MaxClients = *m.MaxClients
+		}
+		set(&cfg.MQTT.Listen, m.Listen)
+		set(&cfg.MQTT.Username, m.Username)
+		set(&cfg.MQTT.Password, m.Password)
+		set(&cfg.MQTT.CertFile, m.CertFile)
+		set(&cfg.MQTT.KeyFile, m.KeyFile)
+		set(&cfg.MQTT.URL, m.URL)
+		set(&cfg.MQTT.CAFile, m.CAFile)
+		set(&cfg.MQTT.DesiredWrites, m.DesiredWrites)
 	}
 	if f.Reserved != nil {
 		if f.Reserved.CPU != "" {
@@ -225,8 +310,51 @@ func (cfg Config) Validate() error {
 	if cfg.ReservedCPUMillis < 0 || cfg.ReservedMemory < 0 {
 		return errors.New("reserved cpu and memory must not be negative")
 	}
+	if cfg.MaxDevices < 0 || cfg.MaxDevices > maxMaxDevices {
+		return fmt.Errorf("maxDevices %d out of range [0, %d]", cfg.MaxDevices, maxMaxDevices)
+	}
+	if err := cfg.MQTT.validate(); err != nil {
+		return err
+	}
 	if len(cfg.Board) > 64 {
 		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)
+	}
+	return nil
+}
+
+func (m MQTT) validate() error {
+	if !m.Enabled {
+		return nil
+	}
+	switch m.DesiredWrites {
+	case "allow", "deny":
+	default:
+		return fmt.Errorf("mqtt.desiredWrites %q is not allow or deny", m.DesiredWrites)
+	}
+	if m.MaxClients < 1 || m.MaxClients > 1024 {
+		return fmt.Errorf("mqtt.maxClients %d out of range [1, 1024]", m.MaxClients)
+	}
+	if (m.Username == "") != (m.Password == "") {
+		return errors.New("mqtt: username and password go together")
+	}
+	if m.URL != "" {
+		if m.CertFile != "" || m.KeyFile != "" {
+			return errors.New("mqtt: certFile and keyFile are for the embedded broker; with url set, give the external broker's CA in caFile")
+		}
+		u, err := url.Parse(m.URL)
+		if err != nil || u.Host == "" || u.Port() == "" || !slices.Contains([]string{"tcp", "mqtt", "ssl", "tls", "mqtts", "tcps"}, u.Scheme) {
+			return fmt.Errorf("mqtt.url %q must look like tcp://HOST:1883 or ssl://HOST:8883", m.URL)
+		}
+		return nil
+	}
+	if m.CAFile != "" {
+		return errors.New("mqtt.caFile is for an external broker (mqtt.url)")
+	}
+	if (m.CertFile == "") != (m.KeyFile == "") {
+		return errors.New("mqtt: certFile and keyFile go together")
+	}
+	if _, _, err := net.SplitHostPort(m.Listen); err != nil {
+		return fmt.Errorf("mqtt.listen %q is not HOST:PORT (like %s)", m.Listen, DefaultMQTTListen)
 	}
 	return nil
 }

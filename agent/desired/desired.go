@@ -7,6 +7,7 @@ package desired
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,9 +18,11 @@ import (
 // Applier applies sync frames. Handle is meant to be the link's frame
 // handler (or called from it).
 type Applier struct {
-	store   *store.Store
-	log     *slog.Logger
-	changes chan struct{}
+	store *store.Store
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	subs []chan struct{}
 
 	lastSync atomic.Int64 // unix nanoseconds of the last complete resync
 	failures atomic.Int64
@@ -30,13 +33,31 @@ func New(st *store.Store, log *slog.Logger) *Applier {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Applier{store: st, log: log, changes: make(chan struct{}, 1)}
+	return &Applier{store: st, log: log}
 }
 
-// Changes receives a value after a sync changed the store. Signals
-// coalesce: a loop that wakes reads the whole desired state from the
-// store, so a missed signal loses nothing (level-triggered).
-func (a *Applier) Changes() <-chan struct{} { return a.changes }
+// Changes returns a new channel that receives a value after a sync changed
+// the store; every caller (the pod loop, the twin loop) gets its own.
+// Signals coalesce: a loop that wakes reads the whole desired state from
+// the store, so a missed signal loses nothing (level-triggered).
+func (a *Applier) Changes() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	a.mu.Lock()
+	a.subs = append(a.subs, ch)
+	a.mu.Unlock()
+	return ch
+}
+
+func (a *Applier) notify() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ch := range a.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
 
 // LastSync is when the last resync after a hello completed (zero: never
 // since start).
@@ -78,10 +99,7 @@ func (a *Applier) Handle(f wire.Frame) bool {
 		a.log.Debug("desired state changed", "kind", c.Kind, "uid", c.UID)
 	}
 	if len(changed) > 0 {
-		select {
-		case a.changes <- struct{}{}:
-		default:
-		}
+		a.notify()
 	}
 	if sy.Initial && sy.Complete {
 		a.log.Info("resynced with relay", "changed", len(changed))

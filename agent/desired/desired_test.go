@@ -27,16 +27,19 @@ func TestHandle(t *testing.T) {
 	}
 	defer st.Close()
 	a := New(st, nil)
+	changes, other := a.Changes(), a.Changes()
 	p := wire.Object{Kind: wire.KindPod, UID: "u1", Namespace: "ns", Name: "p", Version: "3",
 		Pod: &wire.Pod{RestartPolicy: "Never", Containers: []wire.Container{{Name: "c", Image: "i"}}}}
 
 	if !a.Handle(frame(t, &wire.Sync{Initial: true, Complete: true, Upserts: []wire.Object{p}})) {
 		t.Fatal("sync frame not handled")
 	}
-	select {
-	case <-a.Changes():
-	default:
-		t.Fatal("no change signal after a new pod")
+	for _, ch := range []<-chan struct{}{changes, other} {
+		select {
+		case <-ch:
+		default:
+			t.Fatal("a subscriber got no change signal after a new pod")
+		}
 	}
 	if a.LastSync().IsZero() {
 		t.Fatal("complete resync not recorded")
@@ -47,7 +50,7 @@ func TestHandle(t *testing.T) {
 	// The same version again: stored already, no signal.
 	a.Handle(frame(t, &wire.Sync{Upserts: []wire.Object{p}}))
 	select {
-	case <-a.Changes():
+	case <-changes:
 		t.Fatal("signal without a change")
 	default:
 	}

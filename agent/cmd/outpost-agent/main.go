@@ -30,9 +30,14 @@ import (
 	"outpost.dev/agent/desired"
 	"outpost.dev/agent/join"
 	"outpost.dev/agent/link"
+	"outpost.dev/agent/mqtt"
+	_ "outpost.dev/agent/mqtt/condregister" // embedded broker, KubeEdge topics unless tagged out
 	"outpost.dev/agent/nodeinfo"
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/store"
+	"outpost.dev/agent/twins"
+	"outpost.dev/boards"
+	_ "outpost.dev/hal/all" // every driver unless tagged out (hal_no_<driver>)
 	"outpost.dev/wire"
 )
 
@@ -258,7 +263,17 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 	}
 	if cfg.Board == "" {
-		cfg.Board = detectBoard(os.DirFS("/"))
+		cfg.Board = "sim"
+		root := os.DirFS("/")
+		if b, err := boards.Detect(root); err == nil {
+			cfg.Board = b.Name
+		} else if detectBoard(root) != "sim" {
+			log.Warn("board not recognised; devices run on the simulator until board is set in the config", "err", err)
+		}
+	}
+	brd, err := boards.Lookup(cfg.Board)
+	if err != nil {
+		return fmt.Errorf("board: %w: set board in the config or pass --board", err)
 	}
 
 	st, err := store.Open(cfg.StateDir)
@@ -322,11 +337,76 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	sender = outbox.NewSender(ob, lk, log)
 	go sender.Run(ctx)
 	go reportNodeStatus(ctx, ob, readNode, log)
+
+	stopTwins, err := startTwins(ctx, cfg, id.NodeName, brd, st, applier, ob, log)
+	if err != nil {
+		return err
+	}
+	defer stopTwins()
 	if err := lk.Run(ctx); err != nil {
 		return err
 	}
 	log.Info("stopped", "node", id.NodeName)
 	return nil
+}
+
+// startTwins starts the device twins loop on the board's buses and, unless
+// turned off, the MQTT side (embedded broker or external broker). The
+// returned func waits for the loop to close its devices and disconnects.
+func startTwins(ctx context.Context, cfg config.Config, node string, board *boards.Board,
+	st *store.Store, applier *desired.Applier, ob *outbox.Outbox, log *slog.Logger) (stop func(), err error) {
+	tcfg := twins.Config{
+		Source: st, Changes: applier.Changes(), Buses: board.Open(), Outbox: ob,
+		Log: log.With("component", "twins"), MaxDevices: cfg.MaxDevices,
+	}
+	var conn mqtt.Conn
+	var bridge *mqtt.Bridge
+	if m := cfg.MQTT; m.Enabled {
+		mlog := log.With("component", "mqtt")
+		conn, err = mqtt.Open(mqtt.Config{
+			Node: node, Listen: m.Listen, Username: m.Username, Password: m.Password,
+			CertFile: m.CertFile, KeyFile: m.KeyFile, URL: m.URL, CAFile: m.CAFile,
+			MaxClients: m.MaxClients, Log: mlog,
+		})
+		if err != nil {
+			// The cluster link and the twins matter more than local MQTT:
+			// say so once and run without it.
+			log.Error("MQTT is off for this run; devices are still served and reported to the cluster", "err", err)
+		}
+	}
+	if conn != nil {
+		m, mlog := cfg.MQTT, log.With("component", "mqtt")
+		var dialects []string
+		if m.KubeEdge {
+			dialects = append(dialects, "kubeedge")
+		}
+		bridge, err = mqtt.NewBridge(conn, mqtt.BridgeConfig{
+			Node: node, Writes: mqtt.Policy(m.DesiredWrites), Dialects: dialects, Log: mlog,
+		})
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		tcfg.Publisher = bridge
+	}
+	loop := twins.New(tcfg)
+	if bridge != nil {
+		if err := bridge.Start(ctx, loop); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		loop.Run(ctx)
+	}()
+	return func() {
+		<-done
+		if conn != nil {
+			conn.Close()
+		}
+	}, nil
 }
 
 // nodeStatusEvery is how often the agent looks for changed node facts

@@ -87,10 +87,11 @@ func TestFailuresAreOneLine(t *testing.T) {
 	}
 }
 
-// emptyConfig keeps tests away from the machine's /etc/outpost/agent.yaml.
+// emptyConfig keeps tests away from the machine's /etc/outpost/agent.yaml,
+// and the embedded MQTT broker off the machine's port 1883.
 func emptyConfig(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "empty.yaml")
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
+	if err := os.WriteFile(p, []byte("mqtt:\n  listen: 127.0.0.1:0\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return p

@@ -1,0 +1,191 @@
+// Package broker is the agent's embedded MQTT broker (mochi-mqtt), bound
+// to loopback by default, with optional username/password and TLS. It
+// registers itself with outpost.dev/agent/mqtt when linked; build with the
+// tag outpost_no_broker to leave it out.
+//
+// Everything it holds is bounded: clients, pending writes and in-flight
+// messages per client, packet size, session lifetime, and retained
+// messages published by apps. Apps may publish under outpost/ only on the
+// desired topics; the reported and status topics are the agent's.
+package broker
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"outpost.dev/agent/mqtt"
+)
+
+func init() { mqtt.RegisterBroker(Start) }
+
+// Limits of the embedded broker.
+const (
+	DefaultMaxClients = 32
+	maxPending        = 256      // queued writes per client
+	maxInflight       = 256      // QoS>0 messages in flight per client
+	maxPacket         = 64 << 10 // bytes
+	maxSession        = 3600     // seconds a disconnected session is kept
+	// MaxAppRetained bounds retained messages: beyond it, messages from
+	// apps are delivered but not retained.
+	MaxAppRetained = 4096
+)
+
+// Conn is the agent's inline connection to the embedded broker.
+type Conn struct {
+	s      *mochi.Server
+	node   string
+	subID  atomic.Int64
+	closed sync.Once
+}
+
+// Start starts the broker on cfg.Listen and returns the agent's inline
+// connection to it.
+func Start(cfg mqtt.Config) (mqtt.Conn, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = mqtt.DefaultListen
+	}
+	caps := mochi.NewDefaultServerCapabilities()
+	caps.MaximumClients = int64(cfg.MaxClients)
+	if caps.MaximumClients <= 0 {
+		caps.MaximumClients = DefaultMaxClients
+	}
+	caps.MaximumClientWritesPending = maxPending
+	caps.MaximumInflight = maxInflight
+	caps.ReceiveMaximum = maxInflight
+	caps.MaximumPacketSize = maxPacket
+	caps.MaximumSessionExpiryInterval = maxSession
+	caps.MaximumMessageExpiryInterval = maxSession
+	caps.TopicAliasMaximum = 64
+	s := mochi.New(&mochi.Options{
+		InlineClient: true,
+		Capabilities: caps,
+		// mochi logs every connection at info; the agent's log keeps
+		// warnings and errors from it.
+		Logger:                 slog.New(warnOnly{cfg.Log.Handler()}),
+		SysTopicResendInterval: 60,
+	})
+	g := &guard{s: s, user: cfg.Username, pass: cfg.Password, log: cfg.Log}
+	if err := s.AddHook(g, nil); err != nil {
+		return nil, err
+	}
+	lc := listeners.Config{Type: listeners.TypeTCP, ID: "outpost", Address: cfg.Listen}
+	if cfg.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt: certFile/keyFile: %w", err)
+		}
+		lc.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	l := listeners.NewTCP(lc)
+	if err := s.AddListener(l); err != nil {
+		return nil, fmt.Errorf("mqtt: embedded broker cannot listen on %s (%w): set mqtt.listen to a free address, or mqtt.enabled: false", cfg.Listen, err)
+	}
+	if err := s.Serve(); err != nil {
+		return nil, err
+	}
+	cfg.Log.Info("MQTT broker listening", "addr", l.Address(), "tls", lc.TLSConfig != nil, "auth", cfg.Username != "")
+	return &Conn{s: s, node: cfg.Node}, nil
+}
+
+// Addr returns the address the broker listens on (useful with port 0).
+func (c *Conn) Addr() string {
+	if l, ok := c.s.Listeners.Get("outpost"); ok {
+		return l.Address()
+	}
+	return ""
+}
+
+// Publish implements mqtt.Conn.
+func (c *Conn) Publish(topic string, payload []byte, retain bool) error {
+	return c.s.Publish(topic, payload, retain, 0)
+}
+
+// Subscribe implements mqtt.Conn.
+func (c *Conn) Subscribe(filter string, h mqtt.Handler) error {
+	id := int(c.subID.Add(1))
+	return c.s.Subscribe(filter, id, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		h(pk.TopicName, pk.Payload)
+	})
+}
+
+// OnConnect implements mqtt.Conn: the inline client is always connected.
+func (c *Conn) OnConnect(fn func()) { go fn() }
+
+// Close implements mqtt.Conn.
+func (c *Conn) Close() error {
+	var err error
+	c.closed.Do(func() {
+		c.s.Publish(mqtt.StatusTopic(c.node), []byte("offline"), true, 0)
+		err = c.s.Close()
+	})
+	return err
+}
+
+// guard authenticates clients and keeps apps off the agent's topics.
+type guard struct {
+	mochi.HookBase
+	s          *mochi.Server
+	user, pass string
+	log        *slog.Logger
+	warned     atomic.Bool
+}
+
+func (g *guard) ID() string { return "outpost-guard" }
+
+func (g *guard) Provides(b byte) bool {
+	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish}, []byte{b})
+}
+
+func (g *guard) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
+	if g.user == "" {
+		return true
+	}
+	u := subtle.ConstantTimeCompare(pk.Connect.Username, []byte(g.user))
+	p := subtle.ConstantTimeCompare(pk.Connect.Password, []byte(g.pass))
+	return u&p == 1
+}
+
+// OnACLCheck lets apps publish under outpost/ only on desired topics
+// (outpost/<node>/devices/<ns>/<name>/desired[/<prop>]).
+func (g *guard) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
+	if !write || cl.Net.Inline || !strings.HasPrefix(topic, "outpost/") {
+		return true
+	}
+	p := strings.Split(topic, "/")
+	return len(p) >= 6 && len(p) <= 7 && p[2] == "devices" && p[5] == "desired"
+}
+
+func (g *guard) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && len(pk.Payload) > 0 && g.s.Topics.Retained.Len() >= MaxAppRetained {
+		pk.FixedHeader.Retain = false
+		if g.warned.CompareAndSwap(false, true) {
+			g.log.Warn("MQTT broker holds the most retained messages it keeps; further retained messages from apps are delivered but not retained",
+				"limit", MaxAppRetained, "client", cl.ID, "topic", pk.TopicName)
+		}
+	}
+	return pk, nil
+}
+
+// warnOnly passes records at warning level and above.
+type warnOnly struct{ slog.Handler }
+
+func (w warnOnly) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && w.Handler.Enabled(ctx, l)
+}
+
+func (w warnOnly) WithAttrs(a []slog.Attr) slog.Handler { return warnOnly{w.Handler.WithAttrs(a)} }
+func (w warnOnly) WithGroup(n string) slog.Handler      { return warnOnly{w.Handler.WithGroup(n)} }

@@ -1,0 +1,532 @@
+package mqtt_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"outpost.dev/agent/mqtt"
+	"outpost.dev/agent/mqtt/broker"
+	_ "outpost.dev/agent/mqtt/kubeedge"
+	"outpost.dev/agent/outbox"
+	"outpost.dev/agent/store"
+	"outpost.dev/agent/twins"
+	_ "outpost.dev/hal/all"
+	"outpost.dev/hal/sim"
+	"outpost.dev/wire"
+)
+
+const node = "gw1"
+
+// agent is the agent's twins and MQTT side on the sim board, with the real
+// store and outbox.
+type agent struct {
+	st     *store.Store
+	ob     *outbox.Outbox
+	sim    *sim.Sim
+	loop   *twins.Loop
+	bridge *mqtt.Bridge
+	conn   mqtt.Conn
+	ver    int
+}
+
+func startAgent(t testing.TB, conn mqtt.Conn, bcfg mqtt.BridgeConfig) *agent {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, err := outbox.Open(st.Bolt(), outbox.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := make(chan struct{}, 1)
+	a := &agent{st: st, ob: ob, sim: sim.New(nil), conn: conn}
+	bcfg.Node = node
+	a.bridge, err = mqtt.NewBridge(conn, bcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.loop = twins.New(twins.Config{Source: st, Changes: changes, Buses: a.sim, Outbox: ob, Publisher: a.bridge, Resync: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := a.bridge.Start(ctx, a.loop); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); a.loop.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		conn.Close()
+		st.Close()
+	})
+	return a
+}
+
+// put stores a Device the way a relay sync does.
+func (a *agent) put(t testing.TB, name string, d *wire.Device) {
+	t.Helper()
+	a.ver++
+	_, err := a.st.ApplySync(&wire.Sync{Upserts: []wire.Object{{
+		Kind: wire.KindDevice, UID: "uid-" + name, Namespace: "default", Name: name,
+		Version: strconv.Itoa(a.ver), Device: d,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func embedded(t testing.TB) (mqtt.Conn, string) {
+	t.Helper()
+	c, err := mqtt.Open(mqtt.Config{Node: node, Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, c.(*broker.Conn).Addr()
+}
+
+// client is an app on the gateway: a paho client.
+type client struct {
+	c    paho.Client
+	mu   sync.Mutex
+	msgs map[string][][]byte
+}
+
+func dial(t testing.TB, addr string) *client {
+	t.Helper()
+	cl := &client{msgs: map[string][][]byte{}}
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(fmt.Sprintf("app-%d", time.Now().UnixNano())).
+		SetConnectTimeout(5 * time.Second)
+	cl.c = paho.NewClient(o)
+	if tok := cl.c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("paho connect to %s: %v", addr, tok.Error())
+	}
+	t.Cleanup(func() { cl.c.Disconnect(100) })
+	return cl
+}
+
+func (cl *client) sub(t testing.TB, filter string) {
+	t.Helper()
+	tok := cl.c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+		cl.mu.Lock()
+		cl.msgs[m.Topic()] = append(cl.msgs[m.Topic()], bytes.Clone(m.Payload()))
+		cl.mu.Unlock()
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+}
+
+func (cl *client) pub(t testing.TB, topic, payload string) {
+	t.Helper()
+	if tok := cl.c.Publish(topic, 1, false, payload); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+// last returns the last message on topic.
+func (cl *client) last(topic string) ([]byte, bool) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	m := cl.msgs[topic]
+	if len(m) == 0 {
+		return nil, false
+	}
+	return m[len(m)-1], true
+}
+
+func (cl *client) count(topic string) int {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return len(cl.msgs[topic])
+}
+
+func eventually(t testing.TB, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func topic(name, suffix string) string {
+	return "outpost/" + node + "/devices/default/" + name + "/" + suffix
+}
+
+type reading struct {
+	Value any    `json:"value"`
+	Unit  string `json:"unit"`
+	At    string `json:"at"`
+}
+
+func checkReported(t testing.TB, payload []byte) map[string]reading {
+	t.Helper()
+	var m map[string]reading
+	if err := json.Unmarshal(payload, &m); err != nil {
+		t.Fatalf("reported is not JSON: %v: %s", err, payload)
+	}
+	temp, ok := m["temperature"].Value.(float64)
+	if !ok || temp < 19 || temp > 23 || m["temperature"].Unit == "" {
+		t.Fatalf("reported temperature %+v, want about 21 with a unit: %s", m["temperature"], payload)
+	}
+	if _, err := time.Parse(time.RFC3339Nano, m["temperature"].At); err != nil {
+		t.Fatalf("at: %v", err)
+	}
+	for _, p := range []string{"humidity", "pressure"} {
+		if _, ok := m[p].Value.(float64); !ok {
+			t.Fatalf("reported lacks %s: %s", p, payload)
+		}
+	}
+	return m
+}
+
+func bme(poll int64) *wire.Device {
+	d := &wire.Device{Driver: "bme280", Bus: "I2C1", Address: 0x76}
+	if poll > 0 {
+		for _, p := range []string{"temperature", "humidity", "pressure"} {
+			d.Properties = append(d.Properties, wire.DeviceProperty{Name: p, PollMillis: poll})
+		}
+	}
+	return d
+}
+
+func TestEmbeddedBrokerPublishesToPaho(t *testing.T) {
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{})
+	app := dial(t, addr)
+	app.sub(t, "outpost/"+node+"/#")
+	a.put(t, "air", bme(0))
+
+	eventually(t, "reported JSON", func() bool { _, ok := app.last(topic("air", "reported")); return ok })
+	b, _ := app.last(topic("air", "reported"))
+	checkReported(t, b)
+	eventually(t, "per-property topic", func() bool { _, ok := app.last(topic("air", "reported/temperature")); return ok })
+	b, _ = app.last(topic("air", "reported/temperature"))
+	if f, err := strconv.ParseFloat(string(b), 64); err != nil || f < 19 || f > 23 {
+		t.Fatalf("reported/temperature = %q", b)
+	}
+	eventually(t, "device status", func() bool { _, ok := app.last(topic("air", "status")); return ok })
+	b, _ = app.last(topic("air", "status"))
+	if !strings.Contains(string(b), `"connected":true`) {
+		t.Errorf("status = %s", b)
+	}
+	if b, ok := app.last("outpost/" + node + "/status"); !ok || string(b) != "online" {
+		t.Errorf("node status = %q %v", b, ok)
+	}
+	// The same readings went upstream through the outbox.
+	es, err := a.ob.Pending(0, 10)
+	if err != nil || len(es) == 0 || es[0].Key != "device/default/air" || es[0].Type != wire.TypeTwinReport {
+		t.Fatalf("outbox: %v %+v", err, es)
+	}
+	// A new subscriber gets the retained state at once.
+	late := dial(t, addr)
+	late.sub(t, topic("air", "reported"))
+	eventually(t, "retained reported", func() bool { _, ok := late.last(topic("air", "reported")); return ok })
+
+	// Apps may not publish on the agent's reported topics.
+	app.pub(t, topic("air", "reported/temperature"), "99")
+	time.Sleep(100 * time.Millisecond)
+	if b, _ := late.last(topic("air", "reported")); strings.Contains(string(b), "99") {
+		t.Fatal("an app overwrote reported state")
+	}
+}
+
+func TestDesiredOverMQTT(t *testing.T) {
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{})
+	app := dial(t, addr)
+	app.sub(t, topic("lamp", "#"))
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO17"})
+	eventually(t, "lamp off", func() bool { b, _ := app.last(topic("lamp", "reported/on")); return string(b) == "false" })
+
+	app.pub(t, topic("lamp", "desired/on"), "true")
+	eventually(t, "sim pin high", func() bool { return a.sim.Pins["GPIO17"].Read() == true })
+	eventually(t, "reported on", func() bool { b, _ := app.last(topic("lamp", "reported/on")); return string(b) == "true" })
+
+	app.pub(t, topic("lamp", "desired"), `{"on": false}`)
+	eventually(t, "sim pin low", func() bool { return a.sim.Pins["GPIO17"].Read() == false })
+	app.pub(t, topic("lamp", "desired/on"), `{"value": 1}`)
+	eventually(t, "sim pin high again", func() bool { return a.sim.Pins["GPIO17"].Read() == true })
+	if s := a.bridge.Stats(); s.Accepted != 3 || s.Rejected != 0 {
+		t.Errorf("stats %+v, want 3 accepted", s)
+	}
+}
+
+func TestGarbageOnDesiredIsRejected(t *testing.T) {
+	conn, addr := embedded(t)
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	a := startAgent(t, conn, mqtt.BridgeConfig{Log: slog.New(slog.NewTextHandler(logs, nil))})
+	app := dial(t, addr)
+	app.sub(t, topic("+", "errors"))
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO4"})
+	a.put(t, "air", bme(0))
+	eventually(t, "devices up", func() bool { return a.loop.Stats().Connected == 2 })
+
+	cases := []struct{ topic, payload, want string }{
+		{topic("lamp", "desired/on"), "abc", "not a number"},
+		{topic("lamp", "desired/on"), `"true"`, "not a number"},
+		{topic("lamp", "desired/on"), "7", "takes true or false"},
+		{topic("lamp", "desired"), "{not json", "JSON object"},
+		{topic("lamp", "desired/brightness"), "1", "unknown property"},
+		{topic("air", "desired/temperature"), "25", "read-only"},
+		{topic("ghost", "desired/on"), "true", "no such device"},
+	}
+	for _, c := range cases {
+		app.pub(t, c.topic, c.payload)
+	}
+	eventually(t, "all rejected", func() bool { return a.bridge.Stats().Rejected == int64(len(cases)) })
+	eventually(t, "reasons published", func() bool {
+		return app.count(topic("lamp", "errors"))+app.count(topic("air", "errors"))+app.count(topic("ghost", "errors")) == len(cases)
+	})
+	var all []string
+	for _, d := range []string{"lamp", "air", "ghost"} {
+		app.mu.Lock()
+		for _, m := range app.msgs[topic(d, "errors")] {
+			all = append(all, string(m))
+		}
+		app.mu.Unlock()
+	}
+	joined := strings.Join(all, "\n")
+	for _, c := range cases {
+		if !strings.Contains(joined, c.want) {
+			t.Errorf("no error saying %q for %s %q in:\n%s", c.want, c.topic, c.payload, joined)
+		}
+	}
+	if a.sim.Pins["GPIO4"].Read() {
+		t.Error("garbage switched the lamp on")
+	}
+	if !strings.Contains(logs.String(), "MQTT message refused") {
+		t.Errorf("refusals not logged: %s", logs.String())
+	}
+}
+
+func TestDenyPolicy(t *testing.T) {
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{Writes: mqtt.DenyWrites})
+	app := dial(t, addr)
+	app.sub(t, topic("lamp", "errors"))
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO6"})
+	eventually(t, "lamp up", func() bool { return a.loop.Stats().Connected == 1 })
+	app.pub(t, topic("lamp", "desired/on"), "true")
+	eventually(t, "refusal", func() bool { b, _ := app.last(topic("lamp", "errors")); return strings.Contains(string(b), "disabled") })
+	if a.sim.Pins["GPIO6"].Read() {
+		t.Fatal("deny policy let a write through")
+	}
+}
+
+func TestEmbeddedBrokerAuth(t *testing.T) {
+	c, err := mqtt.Open(mqtt.Config{Node: node, Listen: "127.0.0.1:0", Username: "app", Password: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := c.(*broker.Conn).Addr()
+	for _, pw := range []string{"", "wrong"} {
+		o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("x").SetUsername("app").SetPassword(pw)
+		cl := paho.NewClient(o)
+		tok := cl.Connect()
+		tok.WaitTimeout(5 * time.Second)
+		if tok.Error() == nil {
+			cl.Disconnect(0)
+			t.Fatalf("connected with password %q", pw)
+		}
+	}
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("y").SetUsername("app").SetPassword("s3cret")
+	cl := paho.NewClient(o)
+	if tok := cl.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("right password refused: %v", tok.Error())
+	}
+	cl.Disconnect(0)
+}
+
+func TestKubeEdgeTopics(t *testing.T) {
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{Dialects: []string{"kubeedge"}})
+	app := dial(t, addr)
+	app.sub(t, "$hw/events/device/#")
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO9"})
+	eventually(t, "twin document", func() bool { _, ok := app.last("$hw/events/device/lamp/twin/update/document"); return ok })
+	b, _ := app.last("$hw/events/device/lamp/twin/update/document")
+	var doc struct {
+		Twin map[string]struct {
+			Current struct {
+				Actual struct{ Value string } `json:"actual"`
+			} `json:"current"`
+		} `json:"twin"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil || doc.Twin["on"].Current.Actual.Value != "false" {
+		t.Fatalf("document %s: %v", b, err)
+	}
+	app.pub(t, "$hw/events/device/lamp/twin/update", `{"event_id":"e1","twin":{"on":{"expected":{"value":"true"}}}}`)
+	eventually(t, "sim pin high", func() bool { return a.sim.Pins["GPIO9"].Read() == true })
+	eventually(t, "update result", func() bool {
+		b, _ := app.last("$hw/events/device/lamp/twin/update/result")
+		return strings.Contains(string(b), `"e1"`) && strings.Contains(string(b), `"actual":{"value":"true"`)
+	})
+	app.pub(t, "$hw/events/device/lamp/twin/get", `{"event_id":"g1"}`)
+	eventually(t, "get result", func() bool {
+		b, _ := app.last("$hw/events/device/lamp/twin/get/result")
+		return strings.Contains(string(b), `"g1"`)
+	})
+	app.pub(t, "$hw/events/device/lamp/twin/update", `{"twin":{"on":{"expected":{"value":"maybe"}}}}`)
+	eventually(t, "garbage rejected", func() bool { return a.bridge.Stats().Rejected == 1 })
+}
+
+// needTool finds a Debian tool; under CI=true a missing one fails the test
+// (build/install-deps.sh installs it), elsewhere it skips.
+func needTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not found: install the Debian package %s (make install-deps)", name, pkg)
+	}
+	t.Skipf("%s not found: install the Debian package %s", name, pkg)
+	return ""
+}
+
+func TestMosquittoSubSeesRetainedReported(t *testing.T) {
+	sub := needTool(t, "mosquitto_sub", "mosquitto-clients")
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{})
+	a.put(t, "air", bme(0))
+	eventually(t, "first report", func() bool { return a.loop.Stats().Reports > 0 })
+	time.Sleep(50 * time.Millisecond)
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command(sub, "-h", host, "-p", port, "-t", topic("air", "reported"), "-C", "1", "-W", "10").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_sub: %v: %s", err, out)
+	}
+	checkReported(t, bytes.TrimSpace(out))
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startMosquitto runs Debian's mosquitto on a free loopback port.
+func startMosquitto(t testing.TB) string {
+	bin := needTool(t, "mosquitto", "mosquitto")
+	port := freePort(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
+	cmd := exec.Command(bin, "-c", conf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	eventually(t, "mosquitto listening", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr
+}
+
+func TestExternalMosquitto(t *testing.T) {
+	addr := startMosquitto(t)
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: "tcp://" + addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := dial(t, addr)
+	app.sub(t, "outpost/"+node+"/#")
+	a := startAgent(t, conn, mqtt.BridgeConfig{})
+	a.put(t, "air", bme(0))
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO17"})
+	eventually(t, "reported via mosquitto", func() bool { _, ok := app.last(topic("air", "reported")); return ok })
+	b, _ := app.last(topic("air", "reported"))
+	checkReported(t, b)
+	eventually(t, "node online", func() bool { b, _ := app.last("outpost/" + node + "/status"); return string(b) == "online" })
+	eventually(t, "lamp reported", func() bool { b, _ := app.last(topic("lamp", "reported/on")); return string(b) == "false" })
+	app.pub(t, topic("lamp", "desired/on"), "true")
+	eventually(t, "sim pin high", func() bool { return a.sim.Pins["GPIO17"].Read() == true })
+	eventually(t, "reported on", func() bool { b, _ := app.last(topic("lamp", "reported/on")); return string(b) == "true" })
+	app.pub(t, topic("lamp", "desired/on"), "nonsense")
+	eventually(t, "garbage rejected", func() bool { return a.bridge.Stats().Rejected == 1 })
+	conn.Close()
+	eventually(t, "node offline", func() bool { b, _ := app.last("outpost/" + node + "/status"); return string(b) == "offline" })
+}
+
+// A broker that is down is one log line, not one per attempt; the agent
+// connects when it comes up and publishes the state it has.
+func TestExternalBrokerDownThenUp(t *testing.T) {
+	bin := needTool(t, "mosquitto", "mosquitto")
+	port := freePort(t)
+	var logs syncWriter
+	var buf bytes.Buffer
+	logs.w = &buf
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: fmt.Sprintf("tcp://127.0.0.1:%d", port), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, conn, mqtt.BridgeConfig{Log: log})
+	a.put(t, "air", bme(0))
+	time.Sleep(3500 * time.Millisecond) // attempts at 0, 1, 3 s
+	if n := strings.Count(logs.String(), "MQTT broker unreachable"); n != 1 {
+		t.Fatalf("%d 'unreachable' lines in 3.5 s, want 1:\n%s", n, logs.String())
+	}
+	if a.loop.Stats().Reports == 0 {
+		t.Fatal("twins stopped while the broker was down")
+	}
+
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
+	cmd := exec.Command(bin, "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	eventually(t, "connected", func() bool { return strings.Contains(logs.String(), "MQTT broker connected") })
+	app := dial(t, fmt.Sprintf("127.0.0.1:%d", port))
+	app.sub(t, topic("air", "reported"))
+	eventually(t, "state republished", func() bool { _, ok := app.last(topic("air", "reported")); return ok })
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func (s *syncWriter) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.String()
+}

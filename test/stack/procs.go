@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -100,6 +101,10 @@ func (r *Relay) Stop() error {
 type Agent struct {
 	Name     string
 	StateDir string
+	// Config is the agent's config file, written by Start; MQTTAddr is its
+	// embedded broker's address (each agent gets its own loopback port).
+	Config   string
+	MQTTAddr string
 	Proc     *harness.Process
 	s        *Stack
 	runArgs  []string
@@ -155,7 +160,19 @@ func (a *Agent) Start(extra ...string) error {
 	if extra != nil {
 		a.runArgs = extra
 	}
-	args := append([]string{"run", "--state-dir", a.StateDir, "--board", "sim", "--log-level", "debug"}, a.runArgs...)
+	if a.Config == "" {
+		port, err := harness.FreePort()
+		if err != nil {
+			return err
+		}
+		a.MQTTAddr = "127.0.0.1:" + strconv.Itoa(port)
+		a.Config = filepath.Join(a.s.Dir, "agents", a.Name+".yaml")
+		cfg := "# written by test/stack\nmqtt:\n  listen: " + a.MQTTAddr + "\n"
+		if err := os.WriteFile(a.Config, []byte(cfg), 0o644); err != nil {
+			return err
+		}
+	}
+	args := append([]string{"run", "--config", a.Config, "--state-dir", a.StateDir, "--board", "sim", "--log-level", "debug"}, a.runArgs...)
 	cmd := exec.Command(filepath.Join(a.s.BinDir, "outpost-agent"), args...)
 	p, err := harness.StartProcess("agent-"+a.Name, cmd, filepath.Join(a.s.Dir, "logs", "agent-"+a.Name+".log"))
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/pods"
 	"outpost.dev/wire"
 )
 
@@ -185,6 +186,17 @@ func (c *conn) serve() {
 		return
 	}
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
+
+	// Downstream: the pods bound to this node, from the versions the agent
+	// holds. Its own goroutine writes the frames, so this loop keeps reading.
+	psync := pods.Start(c.s.ctx, pods.Config{
+		Client: c.s.cfg.Client,
+		Node:   c.node,
+		Held:   h.Objects,
+		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
+		Log:    c.log,
+	})
+	defer psync.Stop()
 
 	for {
 		f, ok := c.read(silent, "frame")

@@ -173,7 +173,19 @@ func send(t *testing.T, c *websocket.Conn, b []byte) {
 	}
 }
 
+// recv reads the next frame, skipping pod sync frames (the relay sends an
+// initial one after every hello; TestInitialPodSync checks it).
 func recv(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
+	t.Helper()
+	for {
+		f, err := recvAny(t, c)
+		if err != nil || f.Type != wire.TypeSync {
+			return f, err
+		}
+	}
+}
+
+func recvAny(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

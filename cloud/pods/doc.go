@@ -1,0 +1,33 @@
+// Package pods keeps each connected agent in step with the pods bound to
+// its node, translated into the agent's own small types (wire.Pod,
+// wire.ConfigMap, wire.Secret).
+//
+// Per connection, a Session watches the pods with the field selector
+// spec.nodeName=<node>, exactly as a kubelet does, so the relay never
+// holds another node's pods, plus one watch per ConfigMap and Secret those
+// pods reference (by name, as the kubelet's watch-based managers do). A
+// reference is watched while some pod of the node uses it and dropped when
+// none does; the agent is never sent an object no pod of its node
+// references.
+//
+// The sync is level-based. After the hello, whose object versions seed
+// what the agent holds, the session sends the objects that differ and
+// explicit deletes for the ones that are gone, in TypeSync frames marked
+// Initial (the last also Complete), then deltas as the watches report
+// changes. Every pass recomputes the whole wanted set from the watch caches
+// and diffs it against what was sent, so a coalesced or missed event is
+// repaired by the next one. Nothing survives the connection: a new one,
+// on any replica, starts from the hello again.
+//
+// A pod using a field the agent cannot honour (Translate names it by its
+// path) is never sent: its Ready condition says why (reason
+// UnsupportedField, or ObjectTooLarge when it or a referenced object
+// cannot fit in a frame) and an event is recorded, once per change of the
+// pod, judged from the pod's own condition so relay restarts do not write
+// again.
+//
+// Pods with a deletion timestamp are sent with Deleting set; the pod
+// disappears (and the agent gets a delete) once something deletes it with
+// grace 0. Like a kubelet, that is the agent's status path's job once its
+// containers have stopped; this package does not do it.
+package pods

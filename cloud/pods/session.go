@@ -1,0 +1,580 @@
+package pods
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/wire"
+)
+
+// Condition reasons written on pods the relay refuses to send.
+const (
+	ReasonUnsupported = "UnsupportedField"
+	ReasonTooLarge    = "ObjectTooLarge"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultRefSyncTimeout = 10 * time.Second
+	statusRetry           = 5 * time.Second
+	pollEvery             = 50 * time.Millisecond
+	nodeWaitMax           = 2 * time.Second
+	apiTimeout            = 10 * time.Second
+)
+
+// Config configures the pod sync of one agent connection.
+type Config struct {
+	Client kubernetes.Interface
+	// Node is the node name, from the client certificate.
+	Node string
+	// Held are the object versions of the agent's hello.
+	Held []wire.ObjectVersion
+	// Send writes one encoded TypeSync frame to the agent, within a
+	// bounded time; false means the connection is gone.
+	Send func(frame []byte) bool
+	Log  *slog.Logger
+	// RefSyncTimeout bounds how long the initial sync waits for the
+	// ConfigMaps and Secrets its pods reference (a watch that cannot list,
+	// for one); zero means DefaultRefSyncTimeout.
+	RefSyncTimeout time.Duration
+	// Component is the event source component; "" means outpost-relay.
+	Component string
+}
+
+// Session keeps one agent in step with the pods bound to its node and the
+// ConfigMaps and Secrets they reference. All its state lives on one
+// goroutine plus one watch per object kind and name, and is rebuilt from
+// the hello and the API server on every connection.
+type Session struct {
+	cfg    Config
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start begins the sync for cfg.Node. Call it after the HelloAck was
+// written, and Stop when the connection ends.
+func Start(ctx context.Context, cfg Config) *Session {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RefSyncTimeout <= 0 {
+		cfg.RefSyncTimeout = DefaultRefSyncTimeout
+	}
+	if cfg.Component == "" {
+		cfg.Component = "outpost-relay"
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Session{cfg: cfg, cancel: cancel, done: make(chan struct{})}
+	go s.run(ctx)
+	return s
+}
+
+// Stop ends the session and waits until every goroutine it started has
+// returned.
+func (s *Session) Stop() {
+	s.cancel()
+	<-s.done
+}
+
+// Done is closed when the session has ended (Stop, or the connection
+// failed a write).
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// watcher is one informer of the session.
+type watcher struct {
+	store   cache.Store
+	ctl     cache.Controller
+	cancel  context.CancelFunc
+	started time.Time
+}
+
+// ready reports whether w has listed, or has tried for longer than
+// patience (a watch that cannot list must not hold pods back forever).
+func (w *watcher) ready(patience time.Duration) bool {
+	return w.ctl.HasSynced() || time.Since(w.started) > patience
+}
+
+// translated caches the translation of one object version.
+type translated struct {
+	version string
+	obj     wire.Object
+	size    int
+	err     error
+}
+
+type state struct {
+	s     *Session
+	ctx   context.Context
+	wg    sync.WaitGroup
+	wake  chan struct{}
+	pods  *watcher
+	refs  map[Ref]*watcher
+	cache map[types.UID]*translated
+	sent  Versions
+	// reported is the pod version whose refusal was written, so a pass
+	// does not read the condition again until the pod changes.
+	reported map[types.UID]string
+	retryAt  time.Time
+	// initialSent is set once the initial sync has been written.
+	initialSent bool
+}
+
+func (s *Session) run(ctx context.Context) {
+	st := &state{
+		s: s, ctx: ctx,
+		wake:     make(chan struct{}, 1),
+		refs:     map[Ref]*watcher{},
+		cache:    map[types.UID]*translated{},
+		sent:     HeldVersions(s.cfg.Held),
+		reported: map[types.UID]string{},
+	}
+	defer close(s.done)
+	defer st.wg.Wait()
+	defer s.cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.Log.Error("pod sync panicked; this connection gets no more pod updates", "panic", r)
+		}
+	}()
+
+	if !st.waitEdgeNode() {
+		return
+	}
+	st.pods = st.watch(&corev1.Pod{}, podListWatch(s.cfg.Client, s.cfg.Node))
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		poll := true
+		if st.pods.ctl.HasSynced() {
+			var ok bool
+			if ok, poll = st.pass(); !ok {
+				return // the connection is gone
+			}
+		}
+		wait := time.Hour
+		if poll {
+			wait = pollEvery
+		}
+		if !st.retryAt.IsZero() {
+			wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-st.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// waitEdgeNode waits until the node exists and is an edge node, so pods of
+// a node the relay does not own are never sent (the node session closes
+// such a connection).
+func (st *state) waitEdgeNode() bool {
+	wait := 100 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+		n, err := st.s.cfg.Client.CoreV1().Nodes().Get(ctx, st.s.cfg.Node, metav1.GetOptions{})
+		cancel()
+		switch {
+		case st.ctx.Err() != nil:
+			return false
+		case err == nil && nodes.IsEdge(n):
+			return true
+		case err == nil:
+			st.s.cfg.Log.Warn("node is not an edge node; sending it no pods")
+		case !apierrors.IsNotFound(err):
+			st.s.cfg.Log.Warn("reading node before the pod sync", "err", err)
+		}
+		select {
+		case <-st.ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, nodeWaitMax)
+	}
+}
+
+func (st *state) notify() {
+	select {
+	case st.wake <- struct{}{}:
+	default:
+	}
+}
+
+// watch starts an informer whose events wake the session loop.
+func (st *state) watch(obj runtime.Object, lw cache.ListerWatcher) *watcher {
+	ctx, cancel := context.WithCancel(st.ctx)
+	store, ctl := cache.NewInformerWithOptions(cache.InformerOptions{
+		ListerWatcher: lw,
+		ObjectType:    obj,
+		Transform:     dropManagedFields,
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { st.notify() },
+			UpdateFunc: func(any, any) { st.notify() },
+			DeleteFunc: func(any) { st.notify() },
+		},
+	})
+	st.wg.Go(func() { ctl.RunWithContext(ctx) })
+	return &watcher{store: store, ctl: ctl, cancel: cancel, started: time.Now()}
+}
+
+// dropManagedFields keeps the watch caches to what translation reads.
+func dropManagedFields(o any) (any, error) {
+	if m, ok := o.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return o, nil
+}
+
+func podListWatch(c kubernetes.Interface, node string) cache.ListerWatcher {
+	sel := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return c.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return c.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
+		},
+	}, c)
+}
+
+// refListWatch watches one ConfigMap or Secret by name, as the kubelet's
+// watch-based ConfigMap and Secret managers do.
+func refListWatch(c kubernetes.Interface, r Ref) (runtime.Object, cache.ListerWatcher) {
+	sel := fields.OneTermEqualSelector("metadata.name", r.Name).String()
+	if r.Kind == wire.KindConfigMap {
+		api := c.CoreV1().ConfigMaps(r.Namespace)
+		return &corev1.ConfigMap{}, cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.FieldSelector = sel
+				return api.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.FieldSelector = sel
+				return api.Watch(ctx, o)
+			},
+		}, c)
+	}
+	api := c.CoreV1().Secrets(r.Namespace)
+	return &corev1.Secret{}, cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return api.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return api.Watch(ctx, o)
+		},
+	}, c)
+}
+
+// refused is a pod the agent does not get, and why.
+type refused struct {
+	pod    *corev1.Pod
+	reason string
+	err    error
+}
+
+// pass compares what the agent should hold with what it holds and sends
+// the difference. It returns ok=false when the connection is gone, and
+// poll=true when something waits for referenced objects to be listed: the
+// initial sync, or a new pod (so the agent gets a pod's ConfigMaps and
+// Secrets no later than the pod).
+func (st *state) pass() (ok, poll bool) {
+	node := st.s.cfg.Node
+	initial := !st.initialSent
+	patience := st.s.cfg.RefSyncTimeout
+	var podList []*corev1.Pod
+	for _, o := range st.pods.store.List() {
+		p := o.(*corev1.Pod)
+		// The field selector already says so; checked again because the
+		// relay must never send another node's pod.
+		if p.Spec.NodeName != node || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		podList = append(podList, p)
+	}
+	sort.Slice(podList, func(i, j int) bool {
+		if podList[i].Namespace != podList[j].Namespace {
+			return podList[i].Namespace < podList[j].Namespace
+		}
+		return podList[i].Name < podList[j].Name
+	})
+
+	// Translate pods, collect their references.
+	type candidate struct {
+		pod  *corev1.Pod
+		obj  *translated
+		refs []Ref
+	}
+	var (
+		cands   []candidate
+		refuse  []refused
+		wanted  = map[Ref]bool{}
+		liveUID = map[types.UID]bool{}
+	)
+	for _, p := range podList {
+		liveUID[p.UID] = true
+		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) })
+		if t.err != nil {
+			reason := ReasonUnsupported
+			if errors.Is(t.err, ErrObjectTooLarge) {
+				reason = ReasonTooLarge
+			}
+			refuse = append(refuse, refused{p, reason, t.err})
+			continue
+		}
+		c := candidate{pod: p, obj: t, refs: Refs(p)}
+		for _, r := range c.refs {
+			wanted[r] = true
+		}
+		cands = append(cands, c)
+	}
+
+	// Watch what is referenced; stop watching what no longer is.
+	for r, w := range st.refs {
+		if !wanted[r] {
+			w.cancel()
+			delete(st.refs, r)
+		}
+	}
+	synced := true
+	for r := range wanted {
+		w := st.refs[r]
+		if w == nil {
+			obj, lw := refListWatch(st.s.cfg.Client, r)
+			w = st.watch(obj, lw)
+			st.refs[r] = w
+		}
+		if !w.ready(patience) {
+			synced = false
+		}
+	}
+	if initial && !synced {
+		return true, true
+	}
+
+	// Look the references up; a pod whose reference cannot travel is
+	// refused too.
+	refObjs := map[Ref]*translated{}
+	for r := range wanted {
+		if t := st.lookupRef(r); t != nil {
+			liveUID[types.UID(t.obj.UID)] = true
+			refObjs[r] = t
+		}
+	}
+	var want []wire.Object
+	included := map[Ref]bool{}
+	for _, c := range cands {
+		if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(c.pod.UID)}]; !held && !st.refsReady(c.refs, patience) {
+			poll = true // a new pod waits for its references to be listed
+			continue
+		}
+		var tooLarge error
+		for _, r := range c.refs {
+			if t := refObjs[r]; t != nil && t.err != nil {
+				tooLarge = t.err
+				break
+			}
+		}
+		if tooLarge != nil {
+			refuse = append(refuse, refused{c.pod, ReasonTooLarge, tooLarge})
+			continue
+		}
+		want = append(want, c.obj.obj)
+		for _, r := range c.refs {
+			if t := refObjs[r]; t != nil && !included[r] {
+				included[r] = true
+				want = append(want, t.obj)
+			}
+		}
+	}
+	for uid := range st.cache {
+		if !liveUID[uid] {
+			delete(st.cache, uid)
+		}
+	}
+
+	ups, dels := Diff(st.sent, want)
+	if initial || len(ups)+len(dels) > 0 {
+		frames, err := Frames(ups, dels, initial)
+		if err != nil {
+			st.s.cfg.Log.Error("building sync frames", "err", err)
+		} else {
+			for _, f := range frames {
+				if !st.s.cfg.Send(f) {
+					return false, false
+				}
+			}
+			for _, d := range dels {
+				delete(st.sent, d)
+			}
+			for _, u := range ups {
+				st.sent[wire.ObjectRef{Kind: u.Kind, UID: u.UID}] = u.Version
+			}
+			if initial {
+				st.initialSent = true
+				st.s.cfg.Log.Info("pods synced", "upserts", len(ups), "deletes", len(dels), "frames", len(frames))
+			}
+		}
+	}
+
+	st.report(refuse, liveUID)
+	return true, poll
+}
+
+func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
+	for _, r := range refs {
+		if w := st.refs[r]; w == nil || !w.ready(patience) {
+			return false
+		}
+	}
+	return true
+}
+
+// translate returns the cached translation of uid at version, or makes it.
+func (st *state) translate(uid types.UID, version string, f func() (wire.Object, error)) *translated {
+	if t := st.cache[uid]; t != nil && t.version == version {
+		return t
+	}
+	t := &translated{version: version}
+	t.obj, t.err = f()
+	if t.err == nil {
+		t.size, t.err = ObjectSize(&t.obj)
+	}
+	st.cache[uid] = t
+	return t
+}
+
+// lookupRef returns the translated object r names, or nil if it does not
+// exist (or has not been listed yet).
+func (st *state) lookupRef(r Ref) *translated {
+	w := st.refs[r]
+	if w == nil {
+		return nil
+	}
+	o, ok, _ := w.store.GetByKey(r.Namespace + "/" + r.Name)
+	if !ok {
+		return nil
+	}
+	switch v := o.(type) {
+	case *corev1.ConfigMap:
+		return st.translate(v.UID, v.ResourceVersion, func() (wire.Object, error) { return ConfigMapObject(v), nil })
+	case *corev1.Secret:
+		return st.translate(v.UID, v.ResourceVersion, func() (wire.Object, error) { return SecretObject(v), nil })
+	}
+	return nil
+}
+
+// report writes the refusal of each pod to its status and as an event,
+// once: a pod whose Ready condition already says so is left alone, so
+// neither a relay restart nor the pod's own update causes another write.
+func (st *state) report(refuse []refused, live map[types.UID]bool) {
+	for uid := range st.reported {
+		if !live[uid] {
+			delete(st.reported, uid)
+		}
+	}
+	now := time.Now()
+	if now.Before(st.retryAt) {
+		return
+	}
+	st.retryAt = time.Time{}
+	for _, r := range refuse {
+		p := r.pod
+		if st.reported[p.UID] == p.ResourceVersion {
+			continue
+		}
+		msg := r.err.Error()
+		if hasCondition(p, r.reason, msg) {
+			st.reported[p.UID] = p.ResourceVersion
+			continue
+		}
+		if err := st.writeRefusal(p, r.reason, msg); err != nil {
+			if st.ctx.Err() != nil {
+				return
+			}
+			st.s.cfg.Log.Warn("writing the status of a refused pod failed; will retry", "pod", p.Namespace+"/"+p.Name, "err", err)
+			st.retryAt = now.Add(statusRetry)
+			return
+		}
+		st.s.cfg.Log.Info("pod refused", "pod", p.Namespace+"/"+p.Name, "reason", r.reason, "message", msg)
+	}
+}
+
+func hasCondition(p *corev1.Pod, reason, msg string) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionFalse && c.Reason == reason && c.Message == msg
+		}
+	}
+	return false
+}
+
+// writeRefusal patches the pod's Ready condition (the pod stays Pending) and
+// records an event.
+func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
+	ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+	defer cancel()
+	now := metav1.Now()
+	patch, err := json.Marshal(map[string]any{
+		// The uid is a precondition: never write a newer pod of the same name.
+		"metadata": map[string]any{"uid": p.UID},
+		"status": map[string]any{"conditions": []corev1.PodCondition{{
+			Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: reason, Message: msg, LastTransitionTime: now,
+		}}},
+	})
+	if err != nil {
+		return err
+	}
+	pods := st.s.cfg.Client.CoreV1().Pods(p.Namespace)
+	np, err := pods.Patch(ctx, p.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return nil // gone or replaced: the watch brings what is there now
+	}
+	if err != nil {
+		return fmt.Errorf("patch status: %w", err)
+	}
+	st.reported[p.UID] = np.ResourceVersion
+	_, err = st.s.cfg.Client.CoreV1().Events(p.Namespace).Create(ctx, &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: p.Name + ".", Namespace: p.Namespace},
+		InvolvedObject: corev1.ObjectReference{
+			APIVersion: "v1", Kind: "Pod", Namespace: p.Namespace, Name: p.Name, UID: p.UID, ResourceVersion: np.ResourceVersion,
+		},
+		Reason: reason, Message: msg, Type: corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: st.s.cfg.Component, Host: st.s.cfg.Node},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+	}, metav1.CreateOptions{})
+	if err != nil {
+		// The condition is what matters; the event is a courtesy.
+		st.s.cfg.Log.Warn("recording an event for a refused pod", "pod", p.Namespace+"/"+p.Name, "err", err)
+	}
+	return nil
+}

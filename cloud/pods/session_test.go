@@ -1,0 +1,244 @@
+package pods
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"outpost.dev/cloud/nodes"
+	"outpost.dev/wire"
+)
+
+func edgeNode(name string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{nodes.EdgeRoleLabel: ""}}}
+}
+
+func testPod(name, node, rv string, mod func(*corev1.Pod)) *corev1.Pod {
+	p := defaulted()
+	p.Name, p.UID, p.ResourceVersion, p.Spec.NodeName = name, types.UID("uid-"+name), rv, node
+	if mod != nil {
+		mod(p)
+	}
+	return p
+}
+
+func withRefs(cm, secret string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: cm}}}})
+		p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "PW", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: secret}, Key: "pw"}}}}
+	}
+}
+
+type recorder struct{ frames chan wire.Sync }
+
+func (r *recorder) send(b []byte) bool {
+	f, err := wire.Decode(b)
+	if err != nil {
+		panic(err)
+	}
+	var s wire.Sync
+	if err := f.DecodeBody(&s); err != nil {
+		panic(err)
+	}
+	r.frames <- s
+	return true
+}
+
+func (r *recorder) next(t *testing.T) wire.Sync {
+	t.Helper()
+	select {
+	case s := <-r.frames:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sync frame within 10s")
+	}
+	return wire.Sync{}
+}
+
+func (r *recorder) quiet(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case s := <-r.frames:
+		t.Fatalf("unexpected frame %s", summary(s))
+	case <-time.After(d):
+	}
+}
+
+func summary(s wire.Sync) []string {
+	var out []string
+	for _, u := range s.Upserts {
+		d := ""
+		if u.Pod != nil && u.Pod.Deleting {
+			d = "(deleting)"
+		}
+		out = append(out, "+"+u.Kind.String()+"/"+u.Name+"@"+u.Version+d)
+	}
+	for _, d := range s.Deletes {
+		out = append(out, "-"+d.Kind.String()+"/"+d.UID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func equal(a []string, b ...string) bool {
+	sort.Strings(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestSessionSync(t *testing.T) {
+	ctx := context.Background()
+	before := runtime.NumGoroutine()
+
+	client := fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("web", "edge-1", "10", withRefs("cfg", "sec")),
+		testPod("kept", "edge-1", "11", nil),
+		testPod("other", "edge-2", "12", withRefs("cfg", "other-sec")),
+		testPod("pvc", "edge-1", "13", func(p *corev1.Pod) {
+			p.Spec.Volumes = append([]corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}}}, p.Spec.Volumes...)
+		}),
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg", Namespace: "default", UID: "uid-cfg", ResourceVersion: "20"}, Data: map[string]string{"a": "1"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec", Namespace: "default", UID: "uid-sec", ResourceVersion: "21"}, Data: map[string][]byte{"pw": []byte("x")}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "unrelated", Namespace: "default", UID: "uid-unrelated", ResourceVersion: "22"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other-sec", Namespace: "default", UID: "uid-other-sec", ResourceVersion: "23"}},
+	)
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{
+		Client: client, Node: "edge-1", Send: rec.send,
+		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		Held: []wire.ObjectVersion{
+			{Kind: wire.KindPod, UID: "uid-kept", Version: "11"}, // in step
+			{Kind: wire.KindPod, UID: "uid-gone", Version: "3"},  // deleted while offline
+		},
+	})
+
+	first := rec.next(t)
+	if !first.Initial || !first.Complete {
+		t.Fatalf("first frame: initial %v complete %v", first.Initial, first.Complete)
+	}
+	if got := summary(first); !equal(got, "+pod/web@10", "+configmap/cfg@20", "+secret/sec@21", "-pod/uid-gone") {
+		t.Fatalf("initial sync %v", got)
+	}
+	t.Logf("goroutines for one session with 1 pod watch and 2 reference watches (fake client): %d", runtime.NumGoroutine()-before)
+
+	// The refused pod's status says why, once.
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "pvc", metav1.GetOptions{})
+		return hasCondition(p, ReasonUnsupported, "spec.volumes[0].persistentVolumeClaim is not supported on edge nodes: "+
+			"edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+	})
+	waitFor(t, func() bool {
+		evs, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		return len(evs.Items) == 1 && evs.Items[0].Reason == ReasonUnsupported && evs.Items[0].InvolvedObject.Name == "pvc"
+	})
+
+	// A ConfigMap update is a delta.
+	cm, _ := client.CoreV1().ConfigMaps("default").Get(ctx, "cfg", metav1.GetOptions{})
+	cm.Data["a"], cm.ResourceVersion = "2", "30"
+	if _, err := client.CoreV1().ConfigMaps("default").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d := rec.next(t)
+	if d.Initial || !equal(summary(d), "+configmap/cfg@30") || d.Upserts[0].ConfigMap.Data["a"] != "2" {
+		t.Fatalf("delta %v initial %v", summary(d), d.Initial)
+	}
+
+	// Deleting: sent with Deleting; gone: deleted with its references.
+	p, _ := client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
+	now := metav1.Now()
+	p.DeletionTimestamp, p.DeletionGracePeriodSeconds, p.ResourceVersion = &now, ptr(int64(30)), "31"
+	if _, err := client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.next(t); !equal(summary(d), "+pod/web@31(deleting)") || d.Upserts[0].Pod.DeletionGracePeriodSeconds != 30 {
+		t.Fatalf("delta %v", summary(d))
+	}
+	if err := client.CoreV1().Pods("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.next(t); !equal(summary(d), "-pod/uid-web", "-configmap/uid-cfg", "-secret/uid-sec") {
+		t.Fatalf("delta %v", summary(d))
+	}
+	rec.quiet(t, 300*time.Millisecond)
+
+	s.Stop()
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+}
+
+func TestSessionIgnoresNonEdgeNode(t *testing.T) {
+	client := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker"}},
+		testPod("web", "worker", "1", nil),
+	)
+	rec := &recorder{frames: make(chan wire.Sync, 4)}
+	s := Start(context.Background(), Config{Client: client, Node: "worker", Send: rec.send})
+	rec.quiet(t, 500*time.Millisecond)
+	s.Stop()
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(b))
+	return len(b), nil
+}
+
+// TestSessionTooLarge: a pod whose ConfigMap cannot fit in a frame is not
+// sent; its status says why; other pods are.
+func TestSessionTooLarge(t *testing.T) {
+	ctx := context.Background()
+	big := strings.Repeat("x", wire.MaxFrameSize)
+	client := fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("big", "edge-1", "1", withRefs("huge", "sec")),
+		testPod("small", "edge-1", "2", nil),
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "huge", Namespace: "default", UID: "uid-huge", ResourceVersion: "3"}, Data: map[string]string{"a": big}},
+	)
+	rec := &recorder{frames: make(chan wire.Sync, 4)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send})
+	defer s.Stop()
+	if got := summary(rec.next(t)); !equal(got, "+pod/small@2") {
+		t.Fatalf("initial sync %v", got)
+	}
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "big", metav1.GetOptions{})
+		for _, c := range p.Status.Conditions {
+			if c.Reason == ReasonTooLarge && strings.Contains(c.Message, "configmap default/huge") {
+				return true
+			}
+		}
+		return false
+	})
+}

@@ -1,0 +1,677 @@
+package pods
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"outpost.dev/wire"
+)
+
+// UnsupportedError says which field of a pod has no place on an edge node.
+// Path is the field's JSON path in the pod, as kubectl explain spells it.
+type UnsupportedError struct {
+	Path string
+	// Hint says what to do instead; may be empty.
+	Hint string
+}
+
+func (e *UnsupportedError) Error() string {
+	s := e.Path + " is not supported on edge nodes"
+	if e.Hint != "" {
+		s += ": " + e.Hint
+	}
+	return s
+}
+
+func unsupported(path, hint string) error { return &UnsupportedError{Path: path, Hint: hint} }
+
+// envFields are the downward API field paths the agent resolves (see
+// wire.EnvSource).
+var envFields = map[string]bool{
+	"metadata.name": true, "metadata.namespace": true, "metadata.uid": true,
+	"spec.nodeName": true, "spec.serviceAccountName": true,
+	"status.podIP": true, "status.hostIP": true,
+}
+
+// Translate turns a pod as the API server returns it into the agent's pod
+// type. It fails on the first field the agent cannot honour, with an
+// *UnsupportedError naming it. Fields that only matter to the scheduler or
+// the API server (affinity, tolerations, priority, schedulerName,
+// nodeSelector, readiness gates...) and the defaults the API server sets on
+// every pod are accepted and not carried.
+func Translate(p *corev1.Pod) (*wire.Pod, error) {
+	s := &p.Spec
+	if len(s.EphemeralContainers) > 0 {
+		return nil, unsupported("spec.ephemeralContainers", "kubectl debug needs a kubelet")
+	}
+	if s.ActiveDeadlineSeconds != nil {
+		return nil, unsupported("spec.activeDeadlineSeconds", "")
+	}
+	switch s.DNSPolicy {
+	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault:
+		// Edge nodes have no cluster DNS: every policy resolves like Default.
+	default:
+		return nil, unsupported("spec.dnsPolicy: "+string(s.DNSPolicy), "use ClusterFirst or Default")
+	}
+	if s.DNSConfig != nil {
+		return nil, unsupported("spec.dnsConfig", "")
+	}
+	if s.HostPID {
+		return nil, unsupported("spec.hostPID", "")
+	}
+	if s.HostIPC {
+		return nil, unsupported("spec.hostIPC", "")
+	}
+	if isTrue(s.ShareProcessNamespace) {
+		return nil, unsupported("spec.shareProcessNamespace", "")
+	}
+	if len(s.HostAliases) > 0 {
+		return nil, unsupported("spec.hostAliases", "")
+	}
+	if s.RuntimeClassName != nil && *s.RuntimeClassName != "" {
+		return nil, unsupported("spec.runtimeClassName", "edge nodes run one runtime (runc)")
+	}
+	if isTrue(s.SetHostnameAsFQDN) {
+		return nil, unsupported("spec.setHostnameAsFQDN", "")
+	}
+	if s.OS != nil && s.OS.Name != corev1.Linux {
+		return nil, unsupported("spec.os.name: "+string(s.OS.Name), "edge nodes run Linux")
+	}
+	if s.HostUsers != nil && !*s.HostUsers {
+		return nil, unsupported("spec.hostUsers", "user namespaces are not available; remove the field")
+	}
+	if len(s.ResourceClaims) > 0 {
+		return nil, unsupported("spec.resourceClaims", "")
+	}
+	if s.Resources != nil && (len(s.Resources.Limits) > 0 || len(s.Resources.Requests) > 0 || len(s.Resources.Claims) > 0) {
+		return nil, unsupported("spec.resources", "set resources per container")
+	}
+
+	out := &wire.Pod{
+		RestartPolicy:      string(s.RestartPolicy),
+		HostNetwork:        s.HostNetwork,
+		ServiceAccountName: s.ServiceAccountName,
+		Hostname:           s.Hostname,
+	}
+	if out.RestartPolicy == "" {
+		out.RestartPolicy = string(corev1.RestartPolicyAlways)
+	}
+	if s.HostnameOverride != nil && *s.HostnameOverride != "" {
+		out.Hostname = *s.HostnameOverride
+	}
+	if s.TerminationGracePeriodSeconds != nil {
+		out.TerminationGracePeriodSeconds = *s.TerminationGracePeriodSeconds
+	}
+	if p.DeletionTimestamp != nil {
+		out.Deleting = true
+		if p.DeletionGracePeriodSeconds != nil {
+			out.DeletionGracePeriodSeconds = *p.DeletionGracePeriodSeconds
+		}
+	}
+	for _, r := range s.ImagePullSecrets {
+		if r.Name != "" {
+			out.ImagePullSecrets = append(out.ImagePullSecrets, r.Name)
+		}
+	}
+
+	var podUser, podGroup *int64
+	podNonRoot := false
+	if sc := s.SecurityContext; sc != nil {
+		switch {
+		case sc.SELinuxOptions != nil:
+			return nil, unsupported("spec.securityContext.seLinuxOptions", "")
+		case sc.WindowsOptions != nil:
+			return nil, unsupported("spec.securityContext.windowsOptions", "")
+		case len(sc.SupplementalGroups) > 0:
+			return nil, unsupported("spec.securityContext.supplementalGroups", "")
+		case sc.SupplementalGroupsPolicy != nil:
+			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy", "")
+		case sc.FSGroup != nil:
+			return nil, unsupported("spec.securityContext.fsGroup", "")
+		case sc.FSGroupChangePolicy != nil:
+			return nil, unsupported("spec.securityContext.fsGroupChangePolicy", "")
+		case len(sc.Sysctls) > 0:
+			return nil, unsupported("spec.securityContext.sysctls", "")
+		case sc.SELinuxChangePolicy != nil:
+			return nil, unsupported("spec.securityContext.seLinuxChangePolicy", "")
+		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
+			return nil, unsupported("spec.securityContext.appArmorProfile", "")
+		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
+			return nil, unsupported("spec.securityContext.seccompProfile", "containers run without a seccomp filter on edge nodes")
+		}
+		podUser, podGroup, podNonRoot = sc.RunAsUser, sc.RunAsGroup, isTrue(sc.RunAsNonRoot)
+	}
+
+	volumes := map[string]bool{}
+	if len(s.Volumes) > 0 {
+		out.Volumes = make([]wire.Volume, 0, len(s.Volumes))
+	}
+	for i := range s.Volumes {
+		v, err := translateVolume(fmt.Sprintf("spec.volumes[%d]", i), &s.Volumes[i])
+		if err != nil {
+			return nil, err
+		}
+		volumes[v.Name] = true
+		out.Volumes = append(out.Volumes, v)
+	}
+	for i := range s.InitContainers {
+		c := &s.InitContainers[i]
+		path := fmt.Sprintf("spec.initContainers[%d]", i)
+		if c.RestartPolicy != nil {
+			return nil, unsupported(path+".restartPolicy", "sidecar containers are not supported; make it a regular container")
+		}
+		wc, err := translateContainer(path, c, s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		if err != nil {
+			return nil, err
+		}
+		out.InitContainers = append(out.InitContainers, wc)
+	}
+	for i := range s.Containers {
+		path := fmt.Sprintf("spec.containers[%d]", i)
+		if s.Containers[i].RestartPolicy != nil {
+			return nil, unsupported(path+".restartPolicy", "use spec.restartPolicy")
+		}
+		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		if err != nil {
+			return nil, err
+		}
+		out.Containers = append(out.Containers, wc)
+	}
+	if err := out.Validate(); err != nil {
+		return nil, unsupported("spec", err.Error())
+	}
+	return out, nil
+}
+
+func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, podUser, podGroup *int64, podNonRoot bool) (wire.Container, error) {
+	out := wire.Container{
+		Name:            c.Name,
+		Image:           c.Image,
+		Command:         c.Command,
+		Args:            c.Args,
+		WorkingDir:      c.WorkingDir,
+		ImagePullPolicy: string(c.ImagePullPolicy),
+		RunAsUser:       podUser,
+		RunAsGroup:      podGroup,
+	}
+	switch {
+	case c.Stdin:
+		return out, unsupported(path+".stdin", "there is no attach on edge nodes")
+	case c.StdinOnce:
+		return out, unsupported(path+".stdinOnce", "")
+	case c.TTY:
+		return out, unsupported(path+".tty", "")
+	case c.Lifecycle != nil:
+		return out, unsupported(path+".lifecycle", "postStart and preStop hooks do not run on edge nodes; handle SIGTERM in the process")
+	case len(c.VolumeDevices) > 0:
+		return out, unsupported(path+".volumeDevices", "use a hostPath volume for the device")
+	case len(c.RestartPolicyRules) > 0:
+		return out, unsupported(path+".restartPolicyRules", "")
+	case len(c.EnvFrom) > 0:
+		return out, unsupported(path+".envFrom", "list the variables under env with valueFrom.configMapKeyRef or secretKeyRef")
+	}
+	for i, p := range c.Ports {
+		pp := fmt.Sprintf("%s.ports[%d]", path, i)
+		if p.HostIP != "" {
+			return out, unsupported(pp+".hostIP", "")
+		}
+		// With hostNetwork the API server sets hostPort to containerPort:
+		// that is what the container does anyway.
+		if p.HostPort != 0 && !(hostNetwork && p.HostPort == p.ContainerPort) {
+			return out, unsupported(pp+".hostPort", "edge nodes have no CNI port mapping; use hostNetwork: true")
+		}
+	}
+
+	for i := range c.Env {
+		e := &c.Env[i]
+		ep := fmt.Sprintf("%s.env[%d]", path, i)
+		we := wire.EnvVar{Name: e.Name, Value: e.Value}
+		if f := e.ValueFrom; f != nil {
+			ep += ".valueFrom"
+			switch {
+			case f.ConfigMapKeyRef != nil:
+				r := f.ConfigMapKeyRef
+				we.From = &wire.EnvSource{ConfigMap: &wire.KeyRef{Name: r.Name, Key: r.Key, Optional: isTrue(r.Optional)}}
+			case f.SecretKeyRef != nil:
+				r := f.SecretKeyRef
+				we.From = &wire.EnvSource{Secret: &wire.KeyRef{Name: r.Name, Key: r.Key, Optional: isTrue(r.Optional)}}
+			case f.FieldRef != nil:
+				if !envFields[f.FieldRef.FieldPath] {
+					return out, unsupported(ep+".fieldRef.fieldPath: "+f.FieldRef.FieldPath, "supported: "+fieldList())
+				}
+				we.From = &wire.EnvSource{Field: f.FieldRef.FieldPath}
+			case f.ResourceFieldRef != nil:
+				return out, unsupported(ep+".resourceFieldRef", "")
+			case f.FileKeyRef != nil:
+				return out, unsupported(ep+".fileKeyRef", "")
+			default:
+				return out, unsupported(ep, "set one of configMapKeyRef, secretKeyRef or fieldRef")
+			}
+		}
+		out.Env = append(out.Env, we)
+	}
+
+	r := &c.Resources
+	if len(r.Claims) > 0 {
+		return out, unsupported(path+".resources.claims", "")
+	}
+	for name, q := range r.Limits {
+		switch name {
+		case corev1.ResourceCPU:
+			out.CPUMillis = q.MilliValue()
+		case corev1.ResourceMemory:
+			out.MemoryBytes = q.Value()
+		default:
+			return out, unsupported(path+".resources.limits."+string(name), "edge nodes enforce cpu and memory limits only")
+		}
+	}
+	// Requests only matter to the scheduler.
+
+	for i, m := range c.VolumeMounts {
+		mp := fmt.Sprintf("%s.volumeMounts[%d]", path, i)
+		switch {
+		case m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone:
+			return out, unsupported(mp+".mountPropagation", "")
+		case m.SubPathExpr != "":
+			return out, unsupported(mp+".subPathExpr", "use subPath")
+		case m.RecursiveReadOnly != nil && *m.RecursiveReadOnly != corev1.RecursiveReadOnlyDisabled:
+			return out, unsupported(mp+".recursiveReadOnly", "")
+		case len(m.BindMountOptions) > 0:
+			return out, unsupported(mp+".bindMountOptions", "")
+		case !volumes[m.Name]:
+			return out, unsupported(mp+".name: "+m.Name, "no volume of that name")
+		}
+		out.Mounts = append(out.Mounts, wire.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, SubPath: m.SubPath})
+	}
+
+	var err error
+	if out.LivenessProbe, err = translateProbe(path+".livenessProbe", c.LivenessProbe, c.Ports); err != nil {
+		return out, err
+	}
+	if out.ReadinessProbe, err = translateProbe(path+".readinessProbe", c.ReadinessProbe, c.Ports); err != nil {
+		return out, err
+	}
+	if out.StartupProbe, err = translateProbe(path+".startupProbe", c.StartupProbe, c.Ports); err != nil {
+		return out, err
+	}
+
+	nonRoot := podNonRoot
+	if sc := c.SecurityContext; sc != nil {
+		sp := path + ".securityContext"
+		switch {
+		case sc.SELinuxOptions != nil:
+			return out, unsupported(sp+".seLinuxOptions", "")
+		case sc.WindowsOptions != nil:
+			return out, unsupported(sp+".windowsOptions", "")
+		case isTrue(sc.ReadOnlyRootFilesystem):
+			return out, unsupported(sp+".readOnlyRootFilesystem", "")
+		case sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation && !isTrue(sc.Privileged):
+			return out, unsupported(sp+".allowPrivilegeEscalation: false", "no_new_privs is not set on edge nodes; remove the field")
+		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount:
+			return out, unsupported(sp+".procMount", "")
+		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
+			return out, unsupported(sp+".appArmorProfile", "")
+		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
+			return out, unsupported(sp+".seccompProfile", "containers run without a seccomp filter on edge nodes")
+		}
+		out.Privileged = isTrue(sc.Privileged)
+		if sc.Capabilities != nil {
+			for _, c := range sc.Capabilities.Add {
+				out.CapAdd = append(out.CapAdd, strings.TrimPrefix(string(c), "CAP_"))
+			}
+			for _, c := range sc.Capabilities.Drop {
+				out.CapDrop = append(out.CapDrop, strings.TrimPrefix(string(c), "CAP_"))
+			}
+		}
+		if sc.RunAsUser != nil {
+			out.RunAsUser = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			out.RunAsGroup = sc.RunAsGroup
+		}
+		if sc.RunAsNonRoot != nil {
+			nonRoot = *sc.RunAsNonRoot
+		}
+	}
+	// The kubelet checks runAsNonRoot against the image's user; the relay
+	// cannot see the image, so it needs an explicit non-root runAsUser.
+	if nonRoot && (out.RunAsUser == nil || *out.RunAsUser == 0) {
+		return out, unsupported(path+".securityContext.runAsNonRoot without a non-zero runAsUser", "set runAsUser too")
+	}
+	return out, nil
+}
+
+func translateProbe(path string, p *corev1.Probe, ports []corev1.ContainerPort) (*wire.Probe, error) {
+	if p == nil {
+		return nil, nil
+	}
+	out := &wire.Probe{
+		InitialDelaySeconds: p.InitialDelaySeconds,
+		PeriodSeconds:       p.PeriodSeconds,
+		TimeoutSeconds:      p.TimeoutSeconds,
+		SuccessThreshold:    p.SuccessThreshold,
+		FailureThreshold:    p.FailureThreshold,
+	}
+	if p.TerminationGracePeriodSeconds != nil {
+		return nil, unsupported(path+".terminationGracePeriodSeconds", "use spec.terminationGracePeriodSeconds")
+	}
+	switch {
+	case p.Exec != nil:
+		if len(p.Exec.Command) == 0 {
+			return nil, unsupported(path+".exec.command (empty)", "")
+		}
+		out.Exec = p.Exec.Command
+	case p.HTTPGet != nil:
+		h := p.HTTPGet
+		if h.Protocol != nil {
+			return nil, unsupported(path+".httpGet.protocol", "")
+		}
+		port, err := resolvePort(path+".httpGet.port", h.Port.IntValue(), h.Port.String(), h.Port.Type == intstr.String, ports)
+		if err != nil {
+			return nil, err
+		}
+		out.HTTPGet = &wire.HTTPGet{Path: h.Path, Port: port, Host: h.Host, HTTPS: h.Scheme == corev1.URISchemeHTTPS}
+		for _, hd := range h.HTTPHeaders {
+			out.HTTPGet.Headers = append(out.HTTPGet.Headers, [2]string{hd.Name, hd.Value})
+		}
+	case p.TCPSocket != nil:
+		if p.TCPSocket.Host != "" {
+			return nil, unsupported(path+".tcpSocket.host", "")
+		}
+		port, err := resolvePort(path+".tcpSocket.port", p.TCPSocket.Port.IntValue(), p.TCPSocket.Port.String(), p.TCPSocket.Port.Type == intstr.String, ports)
+		if err != nil {
+			return nil, err
+		}
+		out.TCPPort = port
+	case p.GRPC != nil:
+		return nil, unsupported(path+".grpc", "use exec, httpGet or tcpSocket")
+	default:
+		return nil, unsupported(path, "set exec, httpGet or tcpSocket")
+	}
+	return out, nil
+}
+
+// resolvePort returns a probe's port number, looking a named port up in the
+// container's ports as the kubelet does.
+func resolvePort(path string, n int, name string, named bool, ports []corev1.ContainerPort) (int32, error) {
+	if !named {
+		if n <= 0 || n > 65535 {
+			return 0, unsupported(path+": "+strconv.Itoa(n), "a port is 1 to 65535")
+		}
+		return int32(n), nil
+	}
+	for _, p := range ports {
+		if p.Name == name {
+			return p.ContainerPort, nil
+		}
+	}
+	return 0, unsupported(path+": "+name, "no container port of that name")
+}
+
+func translateVolume(path string, v *corev1.Volume) (wire.Volume, error) {
+	out := wire.Volume{Name: v.Name}
+	vs := &v.VolumeSource
+	switch {
+	case vs.EmptyDir != nil:
+		e := vs.EmptyDir
+		switch e.Medium {
+		case corev1.StorageMediumDefault:
+		case corev1.StorageMediumMemory:
+			out.EmptyDir = &wire.EmptyDir{Memory: true}
+		default:
+			return out, unsupported(path+".emptyDir.medium: "+string(e.Medium), "use \"\" or Memory")
+		}
+		if e.Mode != nil {
+			return out, unsupported(path+".emptyDir.mode", "")
+		}
+		if out.EmptyDir == nil {
+			out.EmptyDir = &wire.EmptyDir{}
+		}
+		if e.SizeLimit != nil {
+			out.EmptyDir.SizeLimit = e.SizeLimit.Value()
+		}
+	case vs.HostPath != nil:
+		out.HostPath = &wire.HostPath{Path: vs.HostPath.Path}
+		if vs.HostPath.Type != nil {
+			out.HostPath.Type = string(*vs.HostPath.Type)
+		}
+	case vs.ConfigMap != nil:
+		c := vs.ConfigMap
+		if c.DefaultUser != nil {
+			return out, unsupported(path+".configMap.defaultUser", "")
+		}
+		items := translateItems(c.Items)
+		out.ConfigMap = &wire.FilesVolume{Name: c.Name, Items: items, DefaultMode: deref32(c.DefaultMode), Optional: isTrue(c.Optional)}
+	case vs.Secret != nil:
+		c := vs.Secret
+		if c.DefaultUser != nil {
+			return out, unsupported(path+".secret.defaultUser", "")
+		}
+		items := translateItems(c.Items)
+		out.Secret = &wire.FilesVolume{Name: c.SecretName, Items: items, DefaultMode: deref32(c.DefaultMode), Optional: isTrue(c.Optional)}
+	case vs.DownwardAPI != nil:
+		files, err := translateFieldFiles(path+".downwardAPI", vs.DownwardAPI.Items)
+		if err != nil {
+			return out, err
+		}
+		out.Projected = &wire.Projected{Sources: []wire.ProjectedSource{{DownwardAPI: files}}, DefaultMode: deref32(vs.DownwardAPI.DefaultMode)}
+	case vs.Projected != nil:
+		pr := vs.Projected
+		if pr.DefaultUser != nil {
+			return out, unsupported(path+".projected.defaultUser", "")
+		}
+		out.Projected = &wire.Projected{DefaultMode: deref32(pr.DefaultMode)}
+		for i := range pr.Sources {
+			src := &pr.Sources[i]
+			sp := fmt.Sprintf("%s.projected.sources[%d]", path, i)
+			var ws wire.ProjectedSource
+			switch {
+			case src.ConfigMap != nil:
+				items := translateItems(src.ConfigMap.Items)
+				ws.ConfigMap = &wire.FilesVolume{Name: src.ConfigMap.Name, Items: items, Optional: isTrue(src.ConfigMap.Optional)}
+			case src.Secret != nil:
+				items := translateItems(src.Secret.Items)
+				ws.Secret = &wire.FilesVolume{Name: src.Secret.Name, Items: items, Optional: isTrue(src.Secret.Optional)}
+			case src.DownwardAPI != nil:
+				files, err := translateFieldFiles(sp+".downwardAPI", src.DownwardAPI.Items)
+				if err != nil {
+					return out, err
+				}
+				ws.DownwardAPI = files
+			case src.ServiceAccountToken != nil:
+				t := src.ServiceAccountToken
+				if t.User != nil {
+					return out, unsupported(sp+".serviceAccountToken.user", "")
+				}
+				ws.ServiceAccountToken = &wire.TokenSource{Path: t.Path, Audience: t.Audience}
+				if t.ExpirationSeconds != nil {
+					ws.ServiceAccountToken.ExpirationSeconds = *t.ExpirationSeconds
+				}
+			case src.ClusterTrustBundle != nil:
+				return out, unsupported(sp+".clusterTrustBundle", "")
+			case src.PodCertificate != nil:
+				return out, unsupported(sp+".podCertificate", "")
+			default:
+				return out, unsupported(sp, "set configMap, secret, downwardAPI or serviceAccountToken")
+			}
+			out.Projected.Sources = append(out.Projected.Sources, ws)
+		}
+	default:
+		return out, unsupported(path+"."+volumeSourceName(vs), "edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+	}
+	if err := out.Validate(); err != nil {
+		return out, unsupported(path, err.Error())
+	}
+	return out, nil
+}
+
+// volumeSourceName names the source a volume uses, as its JSON field.
+func volumeSourceName(vs *corev1.VolumeSource) string {
+	for _, s := range []struct {
+		name string
+		set  bool
+	}{
+		{"persistentVolumeClaim", vs.PersistentVolumeClaim != nil},
+		{"ephemeral", vs.Ephemeral != nil},
+		{"csi", vs.CSI != nil},
+		{"image", vs.Image != nil},
+		{"nfs", vs.NFS != nil},
+		{"iscsi", vs.ISCSI != nil},
+		{"gitRepo", vs.GitRepo != nil},
+		{"fc", vs.FC != nil},
+		{"cephfs", vs.CephFS != nil},
+		{"rbd", vs.RBD != nil},
+		{"flexVolume", vs.FlexVolume != nil},
+		{"glusterfs", vs.Glusterfs != nil},
+		{"gcePersistentDisk", vs.GCEPersistentDisk != nil},
+		{"awsElasticBlockStore", vs.AWSElasticBlockStore != nil},
+		{"azureDisk", vs.AzureDisk != nil},
+		{"azureFile", vs.AzureFile != nil},
+		{"cinder", vs.Cinder != nil},
+		{"vsphereVolume", vs.VsphereVolume != nil},
+		{"portworxVolume", vs.PortworxVolume != nil},
+		{"scaleIO", vs.ScaleIO != nil},
+		{"storageos", vs.StorageOS != nil},
+		{"quobyte", vs.Quobyte != nil},
+		{"flocker", vs.Flocker != nil},
+		{"photonPersistentDisk", vs.PhotonPersistentDisk != nil},
+	} {
+		if s.set {
+			return s.name
+		}
+	}
+	return "(unknown source)"
+}
+
+func translateItems(items []corev1.KeyToPath) []wire.KeyToPath {
+	var out []wire.KeyToPath
+	for _, it := range items {
+		out = append(out, wire.KeyToPath{Key: it.Key, Path: it.Path, Mode: deref32(it.Mode)})
+	}
+	return out
+}
+
+func translateFieldFiles(path string, items []corev1.DownwardAPIVolumeFile) ([]wire.FieldFile, error) {
+	var out []wire.FieldFile
+	for i, it := range items {
+		ip := fmt.Sprintf("%s.items[%d]", path, i)
+		switch {
+		case it.ResourceFieldRef != nil:
+			return nil, unsupported(ip+".resourceFieldRef", "")
+		case it.User != nil:
+			return nil, unsupported(ip+".user", "")
+		case it.FieldRef == nil:
+			return nil, unsupported(ip, "set fieldRef")
+		case !envFields[it.FieldRef.FieldPath]:
+			return nil, unsupported(ip+".fieldRef.fieldPath: "+it.FieldRef.FieldPath, "supported: "+fieldList())
+		}
+		out = append(out, wire.FieldFile{Path: it.Path, Field: it.FieldRef.FieldPath, Mode: deref32(it.Mode)})
+	}
+	return out, nil
+}
+
+func fieldList() string {
+	l := make([]string, 0, len(envFields))
+	for f := range envFields {
+		l = append(l, f)
+	}
+	sort.Strings(l)
+	return strings.Join(l, ", ")
+}
+
+func isTrue(b *bool) bool { return b != nil && *b }
+
+func deref32(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// ConfigMapObject turns a ConfigMap into a downstream object.
+func ConfigMapObject(cm *corev1.ConfigMap) wire.Object {
+	return wire.Object{
+		Kind: wire.KindConfigMap, UID: string(cm.UID), Namespace: cm.Namespace, Name: cm.Name, Version: cm.ResourceVersion,
+		ConfigMap: &wire.ConfigMap{Data: cm.Data, Binary: cm.BinaryData},
+	}
+}
+
+// SecretObject turns a Secret into a downstream object.
+func SecretObject(s *corev1.Secret) wire.Object {
+	return wire.Object{
+		Kind: wire.KindSecret, UID: string(s.UID), Namespace: s.Namespace, Name: s.Name, Version: s.ResourceVersion,
+		Secret: &wire.Secret{Data: s.Data, Type: string(s.Type)},
+	}
+}
+
+// PodObject translates a pod into a downstream object.
+func PodObject(p *corev1.Pod) (wire.Object, error) {
+	wp, err := Translate(p)
+	if err != nil {
+		return wire.Object{}, err
+	}
+	return wire.Object{Kind: wire.KindPod, UID: string(p.UID), Namespace: p.Namespace, Name: p.Name, Version: p.ResourceVersion, Pod: wp}, nil
+}
+
+// Ref names a ConfigMap or Secret in a pod's namespace.
+type Ref struct {
+	Kind      wire.Kind // KindConfigMap or KindSecret
+	Namespace string
+	Name      string
+}
+
+// Refs returns the ConfigMaps and Secrets a pod references: env valueFrom,
+// volumes, projected sources and imagePullSecrets, without duplicates.
+func Refs(p *corev1.Pod) []Ref {
+	seen := map[Ref]bool{}
+	var out []Ref
+	add := func(k wire.Kind, name string) {
+		r := Ref{Kind: k, Namespace: p.Namespace, Name: name}
+		if name != "" && !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	for _, r := range p.Spec.ImagePullSecrets {
+		add(wire.KindSecret, r.Name)
+	}
+	for i := range p.Spec.Volumes {
+		vs := &p.Spec.Volumes[i].VolumeSource
+		if vs.ConfigMap != nil {
+			add(wire.KindConfigMap, vs.ConfigMap.Name)
+		}
+		if vs.Secret != nil {
+			add(wire.KindSecret, vs.Secret.SecretName)
+		}
+		if vs.Projected != nil {
+			for _, s := range vs.Projected.Sources {
+				if s.ConfigMap != nil {
+					add(wire.KindConfigMap, s.ConfigMap.Name)
+				}
+				if s.Secret != nil {
+					add(wire.KindSecret, s.Secret.Name)
+				}
+			}
+		}
+	}
+	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for i := range cs {
+			for _, e := range cs[i].Env {
+				if f := e.ValueFrom; f != nil {
+					if f.ConfigMapKeyRef != nil {
+						add(wire.KindConfigMap, f.ConfigMapKeyRef.Name)
+					}
+					if f.SecretKeyRef != nil {
+						add(wire.KindSecret, f.SecretKeyRef.Name)
+					}
+				}
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,318 @@
+package pods
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"outpost.dev/wire"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+// defaulted is a pod the way the API server returns a minimal one: every
+// default it sets is here, including the kube-api-access volume.
+func defaulted() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default", UID: "uid-1", ResourceVersion: "42"},
+		Spec: corev1.PodSpec{
+			Volumes: []corev1.Volume{{
+				Name: "kube-api-access-abcde",
+				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+					DefaultMode: ptr(int32(420)),
+					Sources: []corev1.VolumeProjection{
+						{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{ExpirationSeconds: ptr(int64(3607)), Path: "token"}},
+						{ConfigMap: &corev1.ConfigMapProjection{LocalObjectReference: corev1.LocalObjectReference{Name: "kube-root-ca.crt"},
+							Items: []corev1.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}},
+						{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{
+							Path: "namespace", FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.namespace"}}}}},
+					},
+				}},
+			}},
+			Containers: []corev1.Container{{
+				Name: "app", Image: "registry.local/busybox:1",
+				Ports:                    []corev1.ContainerPort{{ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
+				TerminationMessagePath:   "/dev/termination-log",
+				TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+				ImagePullPolicy:          corev1.PullIfNotPresent,
+				VolumeMounts:             []corev1.VolumeMount{{Name: "kube-api-access-abcde", ReadOnly: true, MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}},
+			}},
+			RestartPolicy:                 corev1.RestartPolicyAlways,
+			TerminationGracePeriodSeconds: ptr(int64(30)),
+			DNSPolicy:                     corev1.DNSClusterFirst,
+			ServiceAccountName:            "default",
+			DeprecatedServiceAccount:      "default",
+			NodeName:                      "edge-1",
+			SecurityContext:               &corev1.PodSecurityContext{},
+			SchedulerName:                 "default-scheduler",
+			Tolerations: []corev1.Toleration{
+				{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr(int64(300))},
+				{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr(int64(300))},
+			},
+			Priority:           ptr(int32(0)),
+			EnableServiceLinks: ptr(true),
+			PreemptionPolicy:   ptr(corev1.PreemptLowerPriority),
+		},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, QOSClass: corev1.PodQOSBestEffort},
+	}
+}
+
+func defaultedWire() *wire.Pod {
+	return &wire.Pod{
+		Volumes: []wire.Volume{{Name: "kube-api-access-abcde", Projected: &wire.Projected{DefaultMode: 420, Sources: []wire.ProjectedSource{
+			{ServiceAccountToken: &wire.TokenSource{Path: "token", ExpirationSeconds: 3607}},
+			{ConfigMap: &wire.FilesVolume{Name: "kube-root-ca.crt", Items: []wire.KeyToPath{{Key: "ca.crt", Path: "ca.crt"}}}},
+			{DownwardAPI: []wire.FieldFile{{Path: "namespace", Field: "metadata.namespace"}}},
+		}}}},
+		Containers: []wire.Container{{
+			Name: "app", Image: "registry.local/busybox:1", ImagePullPolicy: "IfNotPresent",
+			Mounts: []wire.VolumeMount{{Name: "kube-api-access-abcde", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true}},
+		}},
+		RestartPolicy:                 "Always",
+		TerminationGracePeriodSeconds: 30,
+		ServiceAccountName:            "default",
+	}
+}
+
+func TestTranslateSupported(t *testing.T) {
+	tests := []struct {
+		name string
+		mod  func(p *corev1.Pod)
+		want func(w *wire.Pod)
+	}{
+		{"defaults as the API server sets them", func(*corev1.Pod) {}, func(*wire.Pod) {}},
+		{"command, args, env, workingDir, limits", func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.Command, c.Args, c.WorkingDir = []string{"/bin/sh", "-c"}, []string{"echo hi"}, "/work"
+			c.Env = []corev1.EnvVar{
+				{Name: "PLAIN", Value: "v"},
+				{Name: "FROM_CM", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}, Key: "k"}}},
+				{Name: "FROM_SECRET", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "sec"}, Key: "pw", Optional: ptr(true)}}},
+				{Name: "NODE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "spec.nodeName"}}},
+			}
+			c.Resources = corev1.ResourceRequirements{
+				Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")},
+			}
+		}, func(w *wire.Pod) {
+			c := &w.Containers[0]
+			c.Command, c.Args, c.WorkingDir = []string{"/bin/sh", "-c"}, []string{"echo hi"}, "/work"
+			c.Env = []wire.EnvVar{
+				{Name: "PLAIN", Value: "v"},
+				{Name: "FROM_CM", From: &wire.EnvSource{ConfigMap: &wire.KeyRef{Name: "cfg", Key: "k"}}},
+				{Name: "FROM_SECRET", From: &wire.EnvSource{Secret: &wire.KeyRef{Name: "sec", Key: "pw", Optional: true}}},
+				{Name: "NODE", From: &wire.EnvSource{Field: "spec.nodeName"}},
+			}
+			c.CPUMillis, c.MemoryBytes = 250, 64<<20
+		}},
+		{"volumes", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes,
+				corev1.Volume{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: ptr(resource.MustParse("1Mi"))}}},
+				corev1.Volume{Name: "dev", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/dev/i2c-1", Type: ptr(corev1.HostPathCharDev)}}},
+				corev1.Volume{Name: "cfg", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}, DefaultMode: ptr(int32(0o644)), Items: []corev1.KeyToPath{{Key: "a", Path: "b", Mode: ptr(int32(0o600))}}}}},
+				corev1.Volume{Name: "sec", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "sec", Optional: ptr(true)}}},
+				corev1.Volume{Name: "info", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{
+					{Path: "name", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}}}},
+			)
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "cfg", MountPath: "/etc/cfg", SubPath: "a"})
+		}, func(w *wire.Pod) {
+			w.Volumes = append(w.Volumes,
+				wire.Volume{Name: "scratch", EmptyDir: &wire.EmptyDir{Memory: true, SizeLimit: 1 << 20}},
+				wire.Volume{Name: "dev", HostPath: &wire.HostPath{Path: "/dev/i2c-1", Type: "CharDevice"}},
+				wire.Volume{Name: "cfg", ConfigMap: &wire.FilesVolume{Name: "cfg", DefaultMode: 0o644, Items: []wire.KeyToPath{{Key: "a", Path: "b", Mode: 0o600}}}},
+				wire.Volume{Name: "sec", Secret: &wire.FilesVolume{Name: "sec", Optional: true}},
+				wire.Volume{Name: "info", Projected: &wire.Projected{Sources: []wire.ProjectedSource{{DownwardAPI: []wire.FieldFile{{Path: "name", Field: "metadata.name"}}}}}},
+			)
+			w.Containers[0].Mounts = append(w.Containers[0].Mounts, wire.VolumeMount{Name: "cfg", MountPath: "/etc/cfg", SubPath: "a"})
+		}},
+		{"probes with a named port", func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.Ports[0].Name = "http"
+			c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: "/healthz", Port: intstr.FromString("http"), Scheme: corev1.URISchemeHTTP, HTTPHeaders: []corev1.HTTPHeader{{Name: "X", Value: "y"}}}},
+				PeriodSeconds: 10, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 3}
+			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
+			c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		}, func(w *wire.Pod) {
+			c := &w.Containers[0]
+			c.LivenessProbe = &wire.Probe{HTTPGet: &wire.HTTPGet{Path: "/healthz", Port: 8080, Headers: [][2]string{{"X", "y"}}},
+				PeriodSeconds: 10, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 3}
+			c.ReadinessProbe = &wire.Probe{TCPPort: 8080}
+			c.StartupProbe = &wire.Probe{Exec: []string{"true"}}
+		}},
+		{"hostNetwork with the defaulted hostPort, privileged, capabilities, users", func(p *corev1.Pod) {
+			p.Spec.HostNetwork = true
+			p.Spec.Containers[0].Ports[0].HostPort = 8080
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptr(int64(1000)), RunAsNonRoot: ptr(true)}
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{
+				Privileged: ptr(true), RunAsGroup: ptr(int64(20)),
+				Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"CAP_MKNOD"}},
+			}
+		}, func(w *wire.Pod) {
+			w.HostNetwork = true
+			c := &w.Containers[0]
+			c.Privileged, c.RunAsUser, c.RunAsGroup = true, ptr(int64(1000)), ptr(int64(20))
+			c.CapAdd, c.CapDrop = []string{"NET_ADMIN"}, []string{"MKNOD"}
+		}},
+		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
+			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+			p.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+			p.Spec.Hostname = "h"
+			now := metav1.Now()
+			p.DeletionTimestamp, p.DeletionGracePeriodSeconds = &now, ptr(int64(30))
+			// Scheduling-only fields are accepted and not carried.
+			p.Spec.NodeSelector = map[string]string{"node-role.kubernetes.io/edge": ""}
+			p.Spec.Affinity = &corev1.Affinity{}
+			p.Spec.PriorityClassName = "x"
+			p.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: "x"}}
+		}, func(w *wire.Pod) {
+			w.InitContainers = []wire.Container{{Name: "init", Image: "busybox", ImagePullPolicy: "Always"}}
+			w.ImagePullSecrets = []string{"regcred"}
+			w.RestartPolicy = "OnFailure"
+			w.Hostname = "h"
+			w.Deleting, w.DeletionGracePeriodSeconds = true, 30
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := defaulted()
+			tt.mod(p)
+			want := defaultedWire()
+			tt.want(want)
+			got, err := Translate(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestTranslateUnsupported(t *testing.T) {
+	c0 := func(f func(c *corev1.Container)) func(p *corev1.Pod) {
+		return func(p *corev1.Pod) { f(&p.Spec.Containers[0]) }
+	}
+	vol := func(vs corev1.VolumeSource) func(p *corev1.Pod) {
+		return func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "v", VolumeSource: vs})
+		}
+	}
+	tests := []struct {
+		mod  func(p *corev1.Pod)
+		path string
+	}{
+		{vol(corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}), "spec.volumes[1].persistentVolumeClaim"},
+		{vol(corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: "x"}}), "spec.volumes[1].csi"},
+		{vol(corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}), "spec.volumes[1].ephemeral"},
+		{vol(corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}}), "spec.volumes[1].emptyDir.medium: HugePages"},
+		{vol(corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{Path: "x"}}}}}), "spec.volumes[1].projected.sources[0].clusterTrustBundle"},
+		{vol(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{Path: "l", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}}), "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath: metadata.labels"},
+		{c0(func(c *corev1.Container) { c.Stdin = true }), "spec.containers[0].stdin"},
+		{c0(func(c *corev1.Container) { c.TTY = true }), "spec.containers[0].tty"},
+		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{} }), "spec.containers[0].lifecycle"},
+		{c0(func(c *corev1.Container) { c.Ports[0].HostPort = 80 }), "spec.containers[0].ports[0].hostPort"},
+		{c0(func(c *corev1.Container) { c.VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/x"}} }), "spec.containers[0].volumeDevices"},
+		{c0(func(c *corev1.Container) {
+			c.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}}
+		}), "spec.containers[0].envFrom"},
+		{c0(func(c *corev1.Container) {
+			c.Env = []corev1.EnvVar{{Name: "a", Value: "b"}, {Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}}}
+		}), "spec.containers[0].env[1].valueFrom.resourceFieldRef"},
+		{c0(func(c *corev1.Container) {
+			c.Env = []corev1.EnvVar{{Name: "L", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['x']"}}}}
+		}), "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: metadata.labels['x']"},
+		{c0(func(c *corev1.Container) {
+			c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9000}}}
+		}), "spec.containers[0].livenessProbe.grpc"},
+		{c0(func(c *corev1.Container) { c.Resources.Claims = []corev1.ResourceClaim{{Name: "gpu"}} }), "spec.containers[0].resources.claims"},
+		{c0(func(c *corev1.Container) {
+			c.Resources.Limits = corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}
+		}), "spec.containers[0].resources.limits.nvidia.com/gpu"},
+		{c0(func(c *corev1.Container) {
+			c.SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(true)}
+		}), "spec.containers[0].securityContext.readOnlyRootFilesystem"},
+		{c0(func(c *corev1.Container) { c.SecurityContext = &corev1.SecurityContext{RunAsNonRoot: ptr(true)} }), "spec.containers[0].securityContext.runAsNonRoot without a non-zero runAsUser"},
+		{c0(func(c *corev1.Container) { c.VolumeMounts[0].Name = "nope" }), "spec.containers[0].volumeMounts[0].name: nope"},
+		{func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}
+		}, "spec.initContainers[0].restartPolicy"},
+		{func(p *corev1.Pod) { p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{}} }, "spec.ephemeralContainers"},
+		{func(p *corev1.Pod) { p.Spec.RuntimeClassName = ptr("kata") }, "spec.runtimeClassName"},
+		{func(p *corev1.Pod) { p.Spec.ShareProcessNamespace = ptr(true) }, "spec.shareProcessNamespace"},
+		{func(p *corev1.Pod) { p.Spec.HostPID = true }, "spec.hostPID"},
+		{func(p *corev1.Pod) { p.Spec.HostIPC = true }, "spec.hostIPC"},
+		{func(p *corev1.Pod) { p.Spec.HostAliases = []corev1.HostAlias{{IP: "1.2.3.4"}} }, "spec.hostAliases"},
+		{func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSNone }, "spec.dnsPolicy: None"},
+		{func(p *corev1.Pod) { p.Spec.ActiveDeadlineSeconds = ptr(int64(5)) }, "spec.activeDeadlineSeconds"},
+		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
+		{func(p *corev1.Pod) { p.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "a", Value: "b"}} }, "spec.securityContext.sysctls"},
+		{func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+		}, "spec.securityContext.seccompProfile"},
+		{func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, "spec.os.name: windows"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			p := defaulted()
+			tt.mod(p)
+			_, err := Translate(p)
+			var ue *UnsupportedError
+			if !errors.As(err, &ue) {
+				t.Fatalf("err = %v, want an UnsupportedError", err)
+			}
+			if ue.Path != tt.path {
+				t.Errorf("path = %q, want %q", ue.Path, tt.path)
+			}
+			if !strings.HasPrefix(err.Error(), tt.path+" is not supported on edge nodes") {
+				t.Errorf("message %q does not start with the path", err)
+			}
+		})
+	}
+}
+
+// TestFieldsReviewed fails when k8s.io/api grows a pod or container field:
+// decide whether Translate supports, ignores or refuses it, then add it
+// here.
+func TestFieldsReviewed(t *testing.T) {
+	for typ, known := range map[reflect.Type]string{
+		reflect.TypeFor[corev1.PodSpec](): "Volumes InitContainers Containers EphemeralContainers RestartPolicy TerminationGracePeriodSeconds " +
+			"ActiveDeadlineSeconds DNSPolicy NodeSelector ServiceAccountName DeprecatedServiceAccount AutomountServiceAccountToken " +
+			"NodeName HostNetwork HostPID HostIPC ShareProcessNamespace SecurityContext ImagePullSecrets Hostname Subdomain Affinity " +
+			"SchedulerName Tolerations HostAliases PriorityClassName Priority DNSConfig ReadinessGates RuntimeClassName EnableServiceLinks " +
+			"PreemptionPolicy Overhead TopologySpreadConstraints SetHostnameAsFQDN OS HostUsers SchedulingGates ResourceClaims Resources " +
+			"HostnameOverride SchedulingGroup EvictionResponders",
+		reflect.TypeFor[corev1.Container](): "Name Image Command Args WorkingDir Ports EnvFrom Env Resources ResizePolicy RestartPolicy " +
+			"RestartPolicyRules VolumeMounts VolumeDevices LivenessProbe ReadinessProbe StartupProbe Lifecycle TerminationMessagePath " +
+			"TerminationMessagePolicy ImagePullPolicy SecurityContext Stdin StdinOnce TTY",
+		reflect.TypeFor[corev1.SecurityContext](): "Capabilities Privileged SELinuxOptions WindowsOptions RunAsUser RunAsGroup RunAsNonRoot " +
+			"ReadOnlyRootFilesystem AllowPrivilegeEscalation ProcMount SeccompProfile AppArmorProfile",
+		reflect.TypeFor[corev1.PodSecurityContext](): "SELinuxOptions WindowsOptions RunAsUser RunAsGroup RunAsNonRoot SupplementalGroups " +
+			"SupplementalGroupsPolicy FSGroup Sysctls FSGroupChangePolicy SeccompProfile AppArmorProfile SELinuxChangePolicy",
+		reflect.TypeFor[corev1.VolumeMount]():      "Name ReadOnly RecursiveReadOnly MountPath SubPath MountPropagation SubPathExpr BindMountOptions",
+		reflect.TypeFor[corev1.VolumeProjection](): "Secret DownwardAPI ConfigMap ServiceAccountToken ClusterTrustBundle PodCertificate",
+		reflect.TypeFor[corev1.EnvVarSource]():     "FieldRef ResourceFieldRef ConfigMapKeyRef SecretKeyRef FileKeyRef",
+		reflect.TypeFor[corev1.ProbeHandler]():     "Exec HTTPGet TCPSocket GRPC",
+	} {
+		k := map[string]bool{}
+		for _, f := range strings.Fields(known) {
+			k[f] = true
+		}
+		for i := range typ.NumField() {
+			if f := typ.Field(i); !k[f.Name] {
+				t.Errorf("%s.%s is new: review it in Translate and list it here", typ.Name(), f.Name)
+			}
+		}
+	}
+}

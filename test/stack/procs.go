@@ -168,6 +168,10 @@ func (a *Agent) Start(extra ...string) error {
 		a.MQTTAddr = "127.0.0.1:" + strconv.Itoa(port)
 		a.Config = filepath.Join(a.s.Dir, "agents", a.Name+".yaml")
 		cfg := "# written by test/stack\nmqtt:\n  listen: " + a.MQTTAddr + "\n"
+		if c := a.s.Containerd; c != nil {
+			cfg += "containerd:\n  address: " + c.Address + "\n  namespace: outpost-" + a.Name +
+				"\n  registries:\n    \"" + a.s.Registry.Host + "\": {plainHTTP: true}\n"
+		}
 		if err := os.WriteFile(a.Config, []byte(cfg), 0o644); err != nil {
 			return err
 		}

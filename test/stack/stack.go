@@ -42,6 +42,10 @@ type Options struct {
 	// keeps its defaults.
 	HeartbeatInterval time.Duration
 	LeaseDuration     time.Duration
+	// Containerd starts a containerd (Debian's, with runc) and an OCI
+	// registry on loopback holding test/busybox:1 and :2, and points every
+	// agent at them, each agent in its own containerd namespace.
+	Containerd bool
 }
 
 // Stack is a running control plane plus Outpost's processes on it.
@@ -52,6 +56,11 @@ type Stack struct {
 	// RelayKubeconfig authenticates as the relay's ServiceAccount, so the
 	// relay runs with exactly the RBAC it ships with.
 	RelayKubeconfig string
+
+	// Containerd, Registry and Images are set with Options.Containerd.
+	Containerd *harness.Containerd
+	Registry   *harness.Registry
+	Images     []harness.BusyboxImage
 
 	opts      Options
 	log       *slog.Logger
@@ -92,6 +101,17 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	if err := s.installRBAC(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Containerd {
+		if s.Containerd, err = harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(s.Dir, "containerd"), Log: s.log}); err != nil {
+			return nil, err
+		}
+		if s.Registry, err = harness.StartRegistry(ctx, nil); err != nil {
+			return nil, err
+		}
+		if s.Images, err = s.Registry.BuildBusyboxImage(ctx, "test/busybox", "1", "2"); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -192,6 +212,14 @@ func (s *Stack) Stop() {
 	}
 	for _, r := range s.relays {
 		r.Stop()
+	}
+	if s.Containerd != nil {
+		if err := s.Containerd.Stop(); err != nil {
+			s.log.Warn("containerd stop", "err", err)
+		}
+	}
+	if s.Registry != nil {
+		s.Registry.Stop()
 	}
 	if s.CP != nil {
 		s.CP.Stop()

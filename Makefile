@@ -57,10 +57,12 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 	done
 	@cd $(BIN)/cross && sha256sum outpost-agent-* > SHA256SUMS && echo "wrote $(BIN)/cross/SHA256SUMS"
 
-.PHONY: size package image image-boot
+.PHONY: size package image image-boot image-join bench-mem
 BOARD      ?=
 RELAY      ?=
 TOKEN      ?=
+BENCH_IDLE ?= 180s
+BENCH_RUNS ?= 1
 
 size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical.
 	$(GO) test -count=1 -v -run 'TestSizeBudget|TestReproducible' ./build/cross/
@@ -75,6 +77,17 @@ image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https:/
 image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to the agent's first line.
 	@./build/install-deps.sh image
 	$(GO) test -tags qemu -count=1 -v -timeout 15m -run TestBootQEMU ./build/image/
+
+image-join: controlplane ## Boot the qemu-arm64 image; its agent joins a relay on the host and must be Ready in kubectl get nodes.
+	@./build/install-deps.sh image
+	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu \
+		$(GO) test -tags qemu -count=1 -v -timeout 20m -run TestJoinQEMU ./test/qemu/
+
+bench-mem: controlplane ## Agent PSS/RSS inside the qemu-arm64 guest, idle and connected: bin/bench-mem.json, docs/benchmarks.md; fails over build/budget-mem.json.
+	@./build/install-deps.sh image
+	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_BENCH_IDLE=$(BENCH_IDLE) OUTPOST_BENCH_RUNS=$(BENCH_RUNS) \
+		OUTPOST_BENCH_JSON=$(CURDIR)/$(BIN)/bench-mem.json OUTPOST_BENCH_DOC=$(CURDIR)/docs/benchmarks.md \
+		$(GO) test -tags qemu -count=1 -v -timeout 20m -run TestBenchMem ./test/qemu/
 
 vet:
 	$(GO) vet ./...

@@ -15,6 +15,9 @@ type board struct {
 	debArch     string
 	// console is the kernel's console= arguments.
 	console string
+	// agentBoard is the agent's board (boards/) written to the
+	// first-boot config; "" means name.
+	agentBoard string
 	// rootModules reach the root file system from the initramfs; they and
 	// runModules (taken when the kernel has them) go into the root too.
 	rootModules, runModules []string
@@ -38,7 +41,9 @@ var boards = map[string]board{
 	"qemu-arm64": {
 		name: "qemu-arm64", about: "qemu-system-aarch64 -M virt, disk on virtio-blk: for tests and benchmarks",
 		arch: "linux-arm64", debArch: "arm64",
-		console:     "console=ttyAMA0",
+		console: "console=ttyAMA0",
+		// A QEMU virt machine has no sensor buses: its devices are simulated.
+		agentBoard:  "sim",
 		rootModules: []string{"virtio_pci", "virtio_mmio", "virtio_blk", "ext4"},
 		runModules:  []string{"virtio_net", "virtio_rng", "overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
 	},

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	agentboards "outpost.dev/boards"
 )
 
 func TestMBRBytes(t *testing.T) {
@@ -156,6 +158,9 @@ func TestModulesDepAndOrder(t *testing.T) {
 		{name: "jbd2", path: "kernel/fs/jbd2/jbd2.ko"},
 		{name: "mbcache", path: "kernel/fs/mbcache.ko"},
 		{name: "crc32c_generic", path: "kernel/crypto/crc32c_generic.ko"},
+		{name: "bridge", path: "kernel/net/bridge/bridge.ko", depends: []string{"llc", "stp"}},
+		{name: "stp", path: "kernel/net/802/stp.ko", depends: []string{"llc"}},
+		{name: "llc", path: "kernel/net/llc/llc.ko"},
 	} {
 		ms.byName[m.name] = m
 	}
@@ -171,8 +176,13 @@ func TestModulesDepAndOrder(t *testing.T) {
 		t.Errorf("load order %q", got)
 	}
 	dep := ms.modulesDep(order)
-	if !strings.Contains(dep, "kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko\n") || !strings.Contains(dep, "kernel/fs/jbd2/jbd2.ko:\n") {
+	if !strings.Contains(dep, "kernel/fs/ext4/ext4.ko: kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n") || !strings.Contains(dep, "kernel/fs/jbd2/jbd2.ko:\n") {
 		t.Errorf("modules.dep:\n%s", dep)
+	}
+	// modprobe loads from the end of the line: llc before stp before bridge.
+	br, _ := ms.closure([]string{"bridge"}, nil)
+	if dep := ms.modulesDep(br); !strings.Contains(dep, "kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n") {
+		t.Errorf("modules.dep for bridge:\n%s", dep)
 	}
 	if _, err := ms.closure([]string{"nosuch"}, map[string]bool{"virtio_blk": true}); err == nil {
 		t.Error("a missing module was not an error")
@@ -217,5 +227,20 @@ func TestExt4Repeatable(t *testing.T) {
 	}
 	if !bytes.Equal(sums[0], sums[1]) {
 		t.Error("the same tree gave two different ext4 images")
+	}
+}
+
+// TestAgentBoards: the board each image writes into the first-boot config
+// must be one the agent knows, or outpost-agent run exits at start.
+func TestAgentBoards(t *testing.T) {
+	for _, name := range boardNames() {
+		b := boards[name]
+		ab := b.agentBoard
+		if ab == "" {
+			ab = b.name
+		}
+		if _, err := agentboards.Lookup(ab); err != nil {
+			t.Errorf("image board %s writes board: %s, which the agent does not know: %v", name, ab, err)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -157,20 +158,24 @@ func (ms *modules) closure(want []string, builtin map[string]bool) ([]*module, e
 func (ms *modules) modulesDep(chosen []*module) string {
 	var lines []string
 	for _, m := range chosen {
-		var deps []string
+		// modprobe loads a line's dependencies from the last to the
+		// first, so each must come before what it depends on: the
+		// reverse of a post-order walk (bridge: stp llc, not llc stp).
+		var load []string
 		seen := map[string]bool{}
 		var walk func(*module)
 		walk = func(x *module) {
 			for _, d := range x.depends {
 				if dm := ms.lookup(d); dm != nil && !seen[dm.name] {
 					seen[dm.name] = true
-					deps = append(deps, dm.path)
 					walk(dm)
+					load = append(load, dm.path)
 				}
 			}
 		}
 		walk(m)
-		lines = append(lines, strings.TrimSpace(m.path+": "+strings.Join(deps, " ")))
+		slices.Reverse(load)
+		lines = append(lines, strings.TrimSpace(m.path+": "+strings.Join(load, " ")))
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n") + "\n"

@@ -410,7 +410,11 @@ func layout(o *options, root string) error {
 	} else {
 		cfg += "# No relay URL was given to make image: set server here.\n#server: https://relay.example.com:8443\n"
 	}
-	cfg += "board: " + o.board.name + "\n"
+	agentBoard := o.board.agentBoard
+	if agentBoard == "" {
+		agentBoard = o.board.name
+	}
+	cfg += "board: " + agentBoard + "\n"
 	type file struct {
 		path string
 		mode fs.FileMode
@@ -424,6 +428,7 @@ func layout(o *options, root string) error {
 		{"rcS", "etc/init.d/rcS", 0o755}, {"inittab", "etc/inittab", 0o644},
 		{"agent.sh", "etc/outpost/agent.sh", 0o755}, {"containerd.sh", "etc/outpost/containerd.sh", 0o755},
 		{"udhcpc.script", "etc/outpost/udhcpc.script", 0o755}, {"containerd.toml", "etc/containerd/config.toml", 0o644},
+		{"memreport.sh", "etc/outpost/memreport.sh", 0o755},
 	} {
 		b, err := render(f.src, map[string]any{"Epoch": o.epoch.Unix()})
 		if err != nil {

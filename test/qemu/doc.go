@@ -1,0 +1,10 @@
+// Package qemu boots the gateway image (build/image) in qemu-system and
+// runs it against a real control plane and relay on the host, through
+// QEMU's user network: the guest reaches the host's loopback at 10.0.2.2.
+//
+// The tests are slow (an emulated arm64 machine) and need Debian's
+// packages for the image, so they run only with the qemu build tag:
+//
+//	make image-join   # boots, joins, and shows Ready in kubectl get nodes
+//	make bench-mem    # the agent's memory inside the guest, against build/budget-mem.json
+package qemu

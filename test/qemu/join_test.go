@@ -1,0 +1,56 @@
+//go:build qemu
+
+package qemu
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// TestJoinQEMU boots the qemu-arm64 image in qemu-system-aarch64; its
+// agent joins a relay on the host with the token baked into the image and
+// its node must show Ready, arch arm64, in kubectl get nodes of the test
+// control plane.
+func TestJoinQEMU(t *testing.T) {
+	g := bootGateway(t, gatewayOptions{})
+	ctx := context.Background()
+	out, err := g.St.CP.Kubectl(ctx, "get", "nodes", "-o", "wide", "-L", "kubernetes.io/arch")
+	if err != nil {
+		t.Fatalf("kubectl get nodes: %v\n%s", err, out)
+	}
+	t.Logf("kubectl get nodes -o wide -L kubernetes.io/arch\n%s", out)
+	rows := strings.Split(strings.TrimSpace(out), "\n")
+	head := strings.Fields(rows[0])
+	col := func(name string) int {
+		for i, h := range head {
+			if h == name {
+				return i
+			}
+		}
+		t.Fatalf("no %s column in %q", name, rows[0])
+		return -1
+	}
+	status, arch := col("STATUS"), col("ARCH")
+	found := false
+	for _, r := range rows[1:] {
+		f := strings.Fields(r)
+		if len(f) == 0 || f[0] != g.Node {
+			continue
+		}
+		found = true
+		// The arch label is the last column; OS-IMAGE has spaces in it.
+		if f[status] != "Ready" || f[len(f)-1] != "arm64" || arch != len(head)-1 {
+			t.Errorf("node %s: STATUS %q, ARCH %q; want Ready, arm64", g.Node, f[status], f[len(f)-1])
+		}
+	}
+	if !found {
+		t.Fatalf("node %s is not in kubectl get nodes", g.Node)
+	}
+	out, err = g.St.CP.Kubectl(ctx, "get", "node", g.Node, "-o", "jsonpath={.status.nodeInfo.architecture} {.status.nodeInfo.kernelVersion}")
+	if err != nil || !strings.HasPrefix(out, "arm64 ") {
+		t.Errorf("node %s: nodeInfo architecture and kernel %q (%v), want arm64 and the guest's kernel", g.Node, out, err)
+	}
+	t.Logf("boot to Ready: %.1fs (emulated; join at %.1fs); image built in %.1fs",
+		g.Ready.Sub(g.Start).Seconds(), g.Joined.Sub(g.Start).Seconds(), g.ImageBuild.Seconds())
+}

@@ -78,7 +78,34 @@ type Config struct {
 	MaxDevices int
 	// MQTT is where device twins are published on the gateway.
 	MQTT MQTT
+	// Containerd is how pods reach containerd and registries.
+	Containerd Containerd
 }
+
+// Containerd configures the pod runtime.
+type Containerd struct {
+	// Address is containerd's gRPC socket.
+	Address string
+	// Namespace is the containerd namespace the agent's containers live in.
+	Namespace string
+	// Registries holds per-registry settings by host[:port] as written in
+	// image references.
+	Registries map[string]Registry
+}
+
+// Registry is how to reach one registry.
+type Registry struct {
+	// PlainHTTP allows HTTP instead of HTTPS (loopback or trusted LAN only).
+	PlainHTTP bool   `yaml:"plainHTTP"`
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+}
+
+// Default containerd settings.
+const (
+	DefaultContainerdAddress   = "/run/containerd/containerd.sock"
+	DefaultContainerdNamespace = "outpost"
+)
 
 // MQTT configures the agent's MQTT side: the embedded broker (default) or
 // an external broker (URL set).
@@ -116,6 +143,7 @@ func Default() Config {
 		ReservedCPUMillis: DefaultReservedCPUMillis,
 		ReservedMemory:    DefaultReservedMemory,
 		MaxDevices:        DefaultMaxDevices,
+		Containerd:        Containerd{Address: DefaultContainerdAddress, Namespace: DefaultContainerdNamespace},
 		MQTT: MQTT{
 			Enabled:       true,
 			Listen:        DefaultMQTTListen,
@@ -139,6 +167,11 @@ type file struct {
 	Reserved    *reserved `yaml:"reserved"`
 	MaxDevices  *int      `yaml:"maxDevices"`
 	MQTT        *mqttFile `yaml:"mqtt"`
+	Containerd  *struct {
+		Address    string              `yaml:"address"`
+		Namespace  string              `yaml:"namespace"`
+		Registries map[string]Registry `yaml:"registries"`
+	} `yaml:"containerd"`
 }
 
 type mqttFile struct {
@@ -164,7 +197,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -261,6 +294,13 @@ func (cfg *Config) parse(b []byte) error {
 		set(&cfg.MQTT.CAFile, m.CAFile)
 		set(&cfg.MQTT.DesiredWrites, m.DesiredWrites)
 	}
+	if c := f.Containerd; c != nil {
+		set(&cfg.Containerd.Address, c.Address)
+		set(&cfg.Containerd.Namespace, c.Namespace)
+		if c.Registries != nil {
+			cfg.Containerd.Registries = c.Registries
+		}
+	}
 	if f.Reserved != nil {
 		if f.Reserved.CPU != "" {
 			n, err := ParseCPU(f.Reserved.CPU)
@@ -315,6 +355,20 @@ func (cfg Config) Validate() error {
 	}
 	if err := cfg.MQTT.validate(); err != nil {
 		return err
+	}
+	if a := cfg.Containerd.Address; !strings.HasPrefix(a, "/") {
+		return fmt.Errorf("containerd.address %q must be the absolute path of containerd's socket (like %s)", a, DefaultContainerdAddress)
+	}
+	if !dnsLabel.MatchString(cfg.Containerd.Namespace) {
+		return fmt.Errorf("containerd.namespace %q must be lowercase letters, digits and '-'", cfg.Containerd.Namespace)
+	}
+	for host, r := range cfg.Containerd.Registries {
+		if host == "" || strings.ContainsAny(host, "/ ") {
+			return fmt.Errorf("containerd.registries: %q is not a registry host[:port]", host)
+		}
+		if (r.Username == "") != (r.Password == "") {
+			return fmt.Errorf("containerd.registries.%s: username and password go together", host)
+		}
 	}
 	if len(cfg.Board) > 64 {
 		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)

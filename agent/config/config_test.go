@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -48,6 +49,11 @@ reserved:
 			yaml: "reserved:\n  cpu: \"0.5\"\n",
 			want: func(c *Config) { c.ReservedCPUMillis = 500 },
 		},
+		{name: "containerd and registries", yaml: "containerd:\n  address: /tmp/c.sock\n  registries:\n    127.0.0.1:5000: {plainHTTP: true}\n    reg.local: {username: u, password: p}\n",
+			want: func(c *Config) {
+				c.Containerd.Address = "/tmp/c.sock"
+				c.Containerd.Registries = map[string]Registry{"127.0.0.1:5000": {PlainHTTP: true}, "reg.local": {Username: "u", Password: "p"}}
+			}},
 		{name: "maxPods zero is allowed", yaml: "maxPods: 0\n", want: func(c *Config) { c.MaxPods = 0 }},
 		{name: "unknown field named", yaml: "server: https://a:1\nmemorylimit: 1Gi\n", wantErr: `line 2: unknown field "memorylimit"`},
 		{name: "unknown nested field named", yaml: "reserved:\n  disk: 1Gi\n", wantErr: `unknown field "disk"`},
@@ -78,7 +84,7 @@ reserved:
 			}
 			want := def
 			tt.want(&want)
-			if got != want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("got  %+v\nwant %+v", got, want)
 			}
 		})
@@ -110,6 +116,10 @@ func TestValidate(t *testing.T) {
 		{name: "memory too small", mod: func(c *Config) { c.MemoryLimit = 24 << 10 }, wantErr: "memoryLimit"},
 		{name: "max pods", mod: func(c *Config) { c.MaxPods = 5000 }, wantErr: "maxPods"},
 		{name: "reserved negative", mod: func(c *Config) { c.ReservedMemory = -1 }, wantErr: "reserved"},
+		{name: "containerd relative socket", mod: func(c *Config) { c.Containerd.Address = "c.sock" }, wantErr: "containerd.address"},
+		{name: "registry half credentials", mod: func(c *Config) {
+			c.Containerd.Registries = map[string]Registry{"r.local": {Username: "u"}}
+		}, wantErr: "username and password go together"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -263,6 +263,8 @@ func TestDesiredOverMQTT(t *testing.T) {
 	eventually(t, "sim pin low", func() bool { return a.sim.Pins["GPIO17"].Read() == false })
 	app.pub(t, topic("lamp", "desired/on"), `{"value": 1}`)
 	eventually(t, "sim pin high again", func() bool { return a.sim.Pins["GPIO17"].Read() == true })
+	// The bridge counts a write after the device took it.
+	eventually(t, "3 accepted", func() bool { return a.bridge.Stats().Accepted == 3 })
 	if s := a.bridge.Stats(); s.Accepted != 3 || s.Rejected != 0 {
 		t.Errorf("stats %+v, want 3 accepted", s)
 	}

@@ -223,3 +223,24 @@ func addresses(name string, info *wire.NodeInfo) []corev1.NodeAddress {
 	}
 	return out
 }
+
+// PointKubelet makes st say that the node's kubelet API is at address and
+// port: the relay replica that holds the agent's connection serves it. The
+// address goes first among the InternalIPs, so the API server (with
+// --kubelet-preferred-address-types starting with InternalIP, as kubeadm
+// and k3s set it) dials the relay; the agent's own addresses follow. An
+// empty address or a zero port changes nothing.
+func PointKubelet(st *corev1.NodeStatus, address string, port int32) {
+	if address == "" || port == 0 {
+		return
+	}
+	relay := corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: address}
+	out := []corev1.NodeAddress{relay}
+	for _, a := range st.Addresses {
+		if a != relay {
+			out = append(out, a)
+		}
+	}
+	st.Addresses = out
+	st.DaemonEndpoints.KubeletEndpoint.Port = port
+}

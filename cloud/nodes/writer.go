@@ -30,6 +30,12 @@ type WriterConfig struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// KubeletAddress and KubeletPort, if set, are where the API server
+	// reaches the kubelet API this relay replica serves for its agents
+	// (kubectl logs): every Node written gets KubeletAddress as its first
+	// InternalIP and KubeletPort as its kubelet endpoint port.
+	KubeletAddress string
+	KubeletPort    int32
 }
 
 // Writer writes edge Nodes and their Leases. It holds no per-node state;
@@ -90,6 +96,7 @@ func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *co
 					ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
 					Status:     Status(now, name, rep, nil),
 				}
+				PointKubelet(&n.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
 				created, err := api.Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
 				if apierrors.IsAlreadyExists(err) {
 					// Another relay replica created it meanwhile: read it again.
@@ -129,6 +136,7 @@ func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *co
 		}
 		upd := cur.DeepCopy()
 		upd.Status = Status(now, name, rep, &cur.Status)
+		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
 		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
 			if !apierrors.IsConflict(err) {

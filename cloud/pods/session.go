@@ -56,6 +56,21 @@ type Config struct {
 	RefSyncTimeout time.Duration
 	// Component is the event source component; "" means outpost-relay.
 	Component string
+	// Extra, if set, adds more objects of the node (its Devices) to the
+	// same sync: one initial sync, one Complete, one set of deltas.
+	Extra Extra
+}
+
+// Extra is another source of objects for the agent, watched by its owner.
+type Extra interface {
+	// Synced reports whether the source has listed; the initial sync
+	// waits for it (at most RefSyncTimeout).
+	Synced() bool
+	// Changed receives a value when Objects may have changed.
+	Changed() <-chan struct{}
+	// Objects returns every object the agent should hold, translated and
+	// checked to be bound to the node.
+	Objects() []wire.Object
 }
 
 // Session keeps one agent in step with the pods bound to its node and the
@@ -158,6 +173,10 @@ func (s *Session) run(ctx context.Context) {
 		return
 	}
 	st.pods = st.watch(&corev1.Pod{}, podListWatch(s.cfg.Client, s.cfg.Node))
+	var extraChanged <-chan struct{}
+	if s.cfg.Extra != nil {
+		extraChanged = s.cfg.Extra.Changed()
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -180,6 +199,7 @@ func (s *Session) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-st.wake:
+		case <-extraChanged:
 		case <-timer.C:
 		}
 		if !timer.Stop() {
@@ -243,10 +263,18 @@ func (st *state) watch(obj runtime.Object, lw cache.ListerWatcher) *watcher {
 	return &watcher{store: store, ctl: ctl, cancel: cancel, started: time.Now()}
 }
 
-// dropManagedFields keeps the watch caches to what translation reads.
+// dropManagedFields keeps the watch caches to what translation reads. It
+// strips a copy: an object handed to the informer may be shared with its
+// source (client-go's fake clientset does), and must not change under it.
 func dropManagedFields(o any) (any, error) {
-	if m, ok := o.(metav1.Object); ok {
-		m.SetManagedFields(nil)
+	m, ok := o.(metav1.Object)
+	if !ok || len(m.GetManagedFields()) == 0 {
+		return o, nil
+	}
+	if ro, ok := o.(runtime.Object); ok {
+		c := ro.DeepCopyObject()
+		c.(metav1.Object).SetManagedFields(nil)
+		return c, nil
 	}
 	return o, nil
 }
@@ -377,6 +405,9 @@ func (st *state) pass() (ok, poll bool) {
 			synced = false
 		}
 	}
+	if extra := st.s.cfg.Extra; extra != nil && !extra.Synced() && time.Since(st.pods.started) < patience {
+		synced = false
+	}
 	if initial && !synced {
 		return true, true
 	}
@@ -415,6 +446,9 @@ func (st *state) pass() (ok, poll bool) {
 				want = append(want, t.obj)
 			}
 		}
+	}
+	if st.s.cfg.Extra != nil {
+		want = append(want, st.s.cfg.Extra.Objects()...)
 	}
 	for uid := range st.cache {
 		if !liveUID[uid] {

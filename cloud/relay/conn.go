@@ -20,6 +20,7 @@ import (
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pods"
+	"outpost.dev/cloud/podstatus"
 	"outpost.dev/wire"
 )
 
@@ -63,6 +64,13 @@ type conn struct {
 	log      *slog.Logger
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
 	once     sync.Once
+	// acks turns the writers' "durable" into cumulative acks; every
+	// durable report type goes through it (see acks).
+	acks *acks
+	// streams are the log streams open on this connection; streamsDone
+	// is closed when the connection ends.
+	streams     streamSet
+	streamsDone chan struct{}
 }
 
 // nodeFromTLS returns the node name of a request's verified client
@@ -112,7 +120,9 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// The library refuses a message past this before buffering it; read
 	// below stops at the same bound so it can say why first.
 	ws.SetReadLimit(wire.MaxFrameSize)
-	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, log: log}
+	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, log: log,
+		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{})}
+	c.acks = newAcks(c.sendAck)
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.serve()
 }
@@ -122,6 +132,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 // (a relay bug) is recovered and logged here.
 func (c *conn) serve() {
 	defer c.ws.CloseNow()
+	defer close(c.streamsDone)
 	defer func() {
 		if r := recover(); r != nil {
 			c.s.metrics.panics.Inc()
@@ -169,14 +180,15 @@ func (c *conn) serve() {
 	silent := 3 * hb
 	sess := c.s.nodes.Start(c.s.ctx, nodes.SessionConfig{
 		Name:    c.node,
-		OnAck:   c.sendAck,
+		OnAck:   func(seq uint64) { c.acks.doneUpTo(wire.TypeNodeStatus, seq) },
 		OnFatal: c.onWriteFatal,
 		Alive:   func() bool { return time.Since(time.Unix(0, c.lastSeen.Load())) < silent },
 		Log:     c.log,
 	})
 	defer sess.Stop()
-	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
 
+	// The hello-ack goes first: anything the node session says (a refusal
+	// to write the Node) must come after it on the wire.
 	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
 		Version:          version,
 		NodeName:         c.node,
@@ -185,18 +197,26 @@ func (c *conn) serve() {
 	}) {
 		return
 	}
+	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
 
 	// Downstream: the pods bound to this node, from the versions the agent
 	// holds. Its own goroutine writes the frames, so this loop keeps reading.
+	// The node's Devices travel in the same sync; twin reports about them
+	// are written back as their status.
+	twinReports, nodeDevices, stopDevices := c.startDevices()
+	defer stopDevices()
 	psync := pods.Start(c.s.ctx, pods.Config{
 		Client: c.s.cfg.Client,
 		Node:   c.node,
 		Held:   h.Objects,
 		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
 		Log:    c.log,
+		Extra:  nodeDevices,
 	})
 	defer psync.Stop()
+	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Done: c.acks.done, Log: c.log})
+	defer pstatus.Stop()
 
 	for {
 		f, ok := c.read(silent, "frame")
@@ -227,7 +247,45 @@ func (c *conn) serve() {
 				return
 			}
 			// Acked by the session once the API write succeeded.
+			c.acks.received(f.Type, f.Seq)
 			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions})
+		case wire.TypePodStatus:
+			var st wire.PodStatus
+			if err := f.DecodeBody(&st); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			if f.Seq == 0 {
+				c.fatal(wire.CodeInvalid, "pod-status without a seq: durable reports are numbered from 1", websocket.StatusPolicyViolation)
+				return
+			}
+			// Acked once written, or dropped for good (another node's
+			// pod, a stale UID); waits here while the queue is full.
+			c.acks.received(f.Type, f.Seq)
+			if !pstatus.Report(f.Seq, &st) {
+				return
+			}
+		case wire.TypeTwinReport:
+			var r wire.TwinReport
+			if err := f.DecodeBody(&r); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			if f.Seq == 0 {
+				c.fatal(wire.CodeInvalid, "twin-report without a seq: durable reports are numbered from 1", websocket.StatusPolicyViolation)
+				return
+			}
+			// Acked once the Device status is written, or dropped for good
+			// (no such Device on this node); waits while the queue is full.
+			c.acks.received(f.Type, f.Seq)
+			twinReports.report(f.Seq, &r)
+		case wire.TypeStreamData:
+			var d wire.StreamData
+			if err := f.DecodeBody(&d); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			c.streams.deliver(d)
 		case wire.TypeError:
 			var e wire.Error
 			if err := f.DecodeBody(&e); err != nil {
@@ -336,7 +394,10 @@ func (c *conn) onWriteFatal(err error) {
 	go c.close(CloseForbidden, "node cannot be written")
 }
 
-// sendAck acknowledges seq; the node session calls it after the API write.
+// sendAck sends the cumulative ack seq. Writers do not call it: they
+// report to c.acks (received when a durable frame arrives, done when it is
+// written), which acks only up to below the oldest report still pending,
+// whatever its type.
 func (c *conn) sendAck(seq uint64) {
 	b, err := wire.EncodeFrame(wire.Frame{Type: wire.TypeAck, Ack: seq})
 	if err != nil {

@@ -15,6 +15,7 @@ type metrics struct {
 	bytes     *prometheus.CounterVec
 	errors    *prometheus.CounterVec
 	panics    prometheus.Counter
+	streams   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,8 +40,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "outpost_relay_connection_panics_total",
 			Help: "Connections closed because their handler panicked (a bug).",
 		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_relay_log_streams",
+			Help: "kubectl logs streams open through this relay replica.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics} {
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -28,11 +28,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/join"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/podstatus"
 	"outpost.dev/wire"
 )
 
@@ -69,16 +72,49 @@ type Config struct {
 	// APICheck reports whether the API server is reachable, for /readyz.
 	// Nil means asking the API server for its version.
 	APICheck func(ctx context.Context) error
+
+	// PodStatusQPS and PodStatusBurst bound the pod status writes of all
+	// agents together; zero means podstatus.DefaultQPS and DefaultBurst.
+	PodStatusQPS   float32
+	PodStatusBurst int
+
+	// KubeletAddress and KubeletPort say where the API server reaches
+	// this replica's kubelet API (KubeletHandler): they are written into
+	// the Node of each agent connected here, as its first InternalIP and
+	// status.daemonEndpoints.kubeletEndpoint.Port. Empty and 0 leave the
+	// Node's addresses as the agent reports them.
+	KubeletAddress string
+	KubeletPort    int32
+	// KubeletClientNames and KubeletClientGroups are the client
+	// certificate common names and organizations the kubelet API accepts
+	// (the API server's --kubelet-client-certificate). Both nil means
+	// DefaultKubeletClientName only.
+	KubeletClientNames  []string
+	KubeletClientGroups []string
+	// MaxStreamsPerNode bounds the concurrent log streams of one agent;
+	// zero means DefaultMaxStreamsPerNode.
+	MaxStreamsPerNode int
+
+	// Dynamic reads Devices and writes their status (cloud/devices); nil
+	// turns the Device API off (agents get no Devices, twin reports are
+	// acked and dropped). Install the CRD first (devices.EnsureCRD).
+	Dynamic dynamic.Interface
+	// DeviceStatus bounds the Device status writes of all agents together
+	// (token bucket, queue of Devices waiting); zero fields take the
+	// devices package's defaults.
+	DeviceStatus devices.WriterConfig
 }
 
 // Server is a relay. It is an http.Handler serving every relay endpoint;
 // serve it over TLS with TLSConfig.
 type Server struct {
-	cfg     Config
-	log     *slog.Logger
-	mux     *http.ServeMux
-	nodes   *nodes.Writer
-	metrics *metrics
+	cfg       Config
+	log       *slog.Logger
+	mux       *http.ServeMux
+	nodes     *nodes.Writer
+	podStatus *podstatus.Writer
+	devices   *devices.Writer // nil without Config.Dynamic
+	metrics   *metrics
 
 	ctx    context.Context // ends when the relay closes; parent of every connection
 	cancel context.CancelFunc
@@ -119,6 +155,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
+	if cfg.KubeletClientNames == nil && cfg.KubeletClientGroups == nil {
+		cfg.KubeletClientNames = []string{DefaultKubeletClientName}
+	}
+	if cfg.MaxStreamsPerNode <= 0 {
+		cfg.MaxStreamsPerNode = DefaultMaxStreamsPerNode
+	}
 	if cfg.APICheck == nil {
 		disc := cfg.Client.Discovery()
 		cfg.APICheck = func(ctx context.Context) error {
@@ -137,10 +179,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("relay: register metrics: %w", err)
 	}
 	w, err := nodes.NewWriter(nodes.WriterConfig{
-		Client:        cfg.Client,
-		LeaseDuration: cfg.LeaseDuration,
-		Log:           cfg.Log,
-		Registerer:    cfg.Registry,
+		Client:         cfg.Client,
+		LeaseDuration:  cfg.LeaseDuration,
+		Log:            cfg.Log,
+		Registerer:     cfg.Registry,
+		KubeletAddress: cfg.KubeletAddress,
+		KubeletPort:    cfg.KubeletPort,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ps, err := podstatus.NewWriter(podstatus.WriterConfig{
+		Client: cfg.Client, QPS: cfg.PodStatusQPS, Burst: cfg.PodStatusBurst,
+		Log: cfg.Log, Registerer: cfg.Registry,
 	})
 	if err != nil {
 		return nil, err
@@ -156,16 +207,26 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	var dw *devices.Writer
+	if cfg.Dynamic != nil {
+		dc := cfg.DeviceStatus
+		dc.Dynamic, dc.Log, dc.Registerer = cfg.Dynamic, cfg.Log, cfg.Registry
+		if dw, err = devices.NewWriter(dc); err != nil {
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Log,
-		mux:     http.NewServeMux(),
-		nodes:   w,
-		metrics: m,
-		ctx:     ctx,
-		cancel:  cancel,
-		conns:   map[string]*conn{},
+		cfg:       cfg,
+		log:       cfg.Log,
+		mux:       http.NewServeMux(),
+		nodes:     w,
+		podStatus: ps,
+		devices:   dw,
+		metrics:   m,
+		ctx:       ctx,
+		cancel:    cancel,
+		conns:     map[string]*conn{},
 	}
 	s.mux.Handle(wire.PathJoinCA, jh)
 	s.mux.Handle(wire.PathJoin, jh)
@@ -221,6 +282,9 @@ func (s *Server) Close() error {
 	closing.Wait()
 	s.cancel() // connections still in their hello end here
 	s.wg.Wait()
+	if s.devices != nil {
+		s.devices.Close()
+	}
 	return nil
 }
 

@@ -379,3 +379,37 @@ func (c *Containerd) cleanupDir() {
 		_ = os.RemoveAll(c.Dir)
 	}
 }
+
+// StopDaemon stops the containerd process alone, as when its service is
+// restarted on a real machine: shims and containers keep running. Start it
+// again with StartDaemon; Stop still cleans up everything.
+func (c *Containerd) StopDaemon() error {
+	return c.proc.Stop(10 * time.Second)
+}
+
+// StartDaemon starts containerd again after StopDaemon, with the same
+// config, root and state, and returns once its socket answers.
+func (c *Containerd) StartDaemon(ctx context.Context) error {
+	if !c.proc.Exited() {
+		return errors.New("containerd is running: StopDaemon first")
+	}
+	cmd := exec.Command("containerd", "--config", c.Config)
+	cmd.Dir = c.Dir
+	p, err := StartProcess("containerd", cmd, filepath.Join(c.Dir, "containerd.log"))
+	if err != nil {
+		return err
+	}
+	c.proc = p
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p.Exited() {
+			return exitedEarly(p)
+		}
+		if err := c.ping(ctx); err == nil {
+			return nil
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("containerd did not answer again within 30s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

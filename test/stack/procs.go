@@ -20,9 +20,12 @@ import (
 type Relay struct {
 	// Addr is 127.0.0.1:port; URL is https://Addr.
 	Addr, URL string
-	Proc      *harness.Process
-	s         *Stack
-	args      []string
+	// KubeletAddr is where the relay serves the kubelet API of its edge
+	// nodes (127.0.0.1:port), which the API server dials for kubectl logs.
+	KubeletAddr string
+	Proc        *harness.Process
+	s           *Stack
+	args        []string
 }
 
 // StartRelay starts a relay on a free loopback port with the relay's own
@@ -34,8 +37,16 @@ func (s *Stack) StartRelay(ctx context.Context, extra ...string) (*Relay, error)
 	}
 	r := &Relay{s: s, Addr: "127.0.0.1:" + strconv.Itoa(port)}
 	r.URL = "https://" + r.Addr
+	// The kubelet API for edge nodes (kubectl logs), as the API server
+	// reaches it: its kubelet client certificate is from the cluster CA.
+	kport, err := harness.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	r.KubeletAddr = "127.0.0.1:" + strconv.Itoa(kport)
 	r.args = []string{"serve", "--kubeconfig", s.RelayKubeconfig, "--listen", r.Addr,
-		"--advertise-address", "127.0.0.1,localhost", "--namespace", RelayNamespace, "--log-level", "debug"}
+		"--advertise-address", "127.0.0.1,localhost", "--namespace", RelayNamespace, "--log-level", "debug",
+		"--kubelet-listen", r.KubeletAddr, "--kubelet-advertise-address", "127.0.0.1", "--kubelet-client-ca", s.CP.PKI.CACert}
 	if s.opts.HeartbeatInterval > 0 {
 		r.args = append(r.args, "--heartbeat-interval", s.opts.HeartbeatInterval.String())
 	}
@@ -105,9 +116,13 @@ type Agent struct {
 	// embedded broker's address (each agent gets its own loopback port).
 	Config   string
 	MQTTAddr string
-	Proc     *harness.Process
-	s        *Stack
-	runArgs  []string
+	// MQTTConfig, if set before the first Start, is more YAML for the
+	// config's mqtt: block, one setting a line (url: tcp://HOST:PORT for
+	// an external broker).
+	MQTTConfig string
+	Proc       *harness.Process
+	s          *Stack
+	runArgs    []string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -168,6 +183,11 @@ func (a *Agent) Start(extra ...string) error {
 		a.MQTTAddr = "127.0.0.1:" + strconv.Itoa(port)
 		a.Config = filepath.Join(a.s.Dir, "agents", a.Name+".yaml")
 		cfg := "# written by test/stack\nmqtt:\n  listen: " + a.MQTTAddr + "\n"
+		for _, l := range strings.Split(strings.TrimSpace(a.MQTTConfig), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				cfg += "  " + l + "\n"
+			}
+		}
 		if c := a.s.Containerd; c != nil {
 			cfg += "containerd:\n  address: " + c.Address + "\n  namespace: outpost-" + a.Name +
 				"\n  registries:\n    \"" + a.s.Registry.Host + "\": {plainHTTP: true}\n"

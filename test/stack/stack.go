@@ -95,6 +95,10 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	cpo := opts.ControlPlane
 	cpo.Dir = filepath.Join(s.Dir, "controlplane")
+	// As kubeadm and k3s set it: the API server dials a node's InternalIP
+	// first, which the relay sets to its own kubelet API for edge nodes.
+	// Prepended, so a caller's own value wins.
+	cpo.ExtraAPIServerFlags = append([]string{"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname"}, cpo.ExtraAPIServerFlags...)
 	cpo.Log = s.log
 	if s.CP, err = harness.StartControlPlane(ctx, cpo); err != nil {
 		return nil, err

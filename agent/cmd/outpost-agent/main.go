@@ -30,6 +30,7 @@ import (
 	"outpost.dev/agent/desired"
 	"outpost.dev/agent/join"
 	"outpost.dev/agent/link"
+	"outpost.dev/agent/logs"
 	"outpost.dev/agent/mqtt"
 	_ "outpost.dev/agent/mqtt/condregister" // embedded broker, KubeEdge topics unless tagged out
 	"outpost.dev/agent/nodeinfo"
@@ -78,6 +79,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 func dispatch(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{errors.New(`no command: use join, run or version (see "outpost-agent help")`)}
+	}
+	if isLoggerCall(args) {
+		return cmdLogger(args)
 	}
 	switch args[0] {
 	case "join":
@@ -318,16 +322,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	applier := desired.New(st, log)
 	var sender *outbox.Sender
+	var logsrv *logs.Server // kubectl logs; set before the link runs
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		AgentVersion: version, NodeInfo: readNode, Log: log,
-		Objects:   st.ObjectVersions,
-		OnConnect: func(wire.HelloAck) { sender.Connected() },
+		Objects:      st.ObjectVersions,
+		OnConnect:    func(wire.HelloAck) { sender.Connected() },
+		OnDisconnect: func(error) { logsrv.Disconnected() },
 		Handler: func(f wire.Frame) {
 			switch {
 			case f.Type == wire.TypeAck:
 				sender.Acked(f.Ack)
+			case logsrv.Handle(f):
 			case applier.Handle(f):
 			default:
 				log.Debug("frame from relay ignored", "type", f.Type)
@@ -343,6 +350,11 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopTwins()
+	podRec, waitPods := startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, log)
+	defer waitPods()
+	logsrv = logs.New(logs.Config{Paths: podRec, Send: lk.Send, Log: log.With("component", "logs")})
+	defer logsrv.Wait()
+	defer logsrv.Disconnected()
 	if err := lk.Run(ctx); err != nil {
 		return err
 	}

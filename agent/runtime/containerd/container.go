@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -47,6 +48,13 @@ func (r *Runtime) Create(ctx context.Context, sp Spec) error {
 	}
 	labels[LabelManaged] = "true"
 	labels[labelLogPath] = sp.LogPath
+	if sp.LogBinary != "" {
+		u, err := logURI(sp)
+		if err != nil {
+			return err
+		}
+		labels[labelLogURI] = u
+	}
 
 	ctx, done, err := r.lease(ctx, 10*time.Minute)
 	if err != nil {
@@ -84,7 +92,10 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	logURI := "file://" + info.Labels[labelLogPath]
+	logURI := info.Labels[labelLogURI]
+	if logURI == "" {
+		logURI = "file://" + info.Labels[labelLogPath]
+	}
 	req := enc(nil).str(1, id)
 	for _, m := range mounts {
 		req = req.msg(3, m.enc())
@@ -108,6 +119,21 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		r.log.Warn("record container start time", "container", id, "err", err)
 	}
 	return nil
+}
+
+// logURI is the binary:// stdio URI of a container with a binary logger.
+func logURI(sp Spec) (string, error) {
+	if !filepath.IsAbs(sp.LogBinary) {
+		return "", fmt.Errorf("container %s: LogBinary %q must be an absolute path", sp.ID, sp.LogBinary)
+	}
+	q := url.Values{"logger": {sp.LogPath}}
+	for k, v := range sp.LogArgs {
+		if k == "logger" {
+			return "", fmt.Errorf("container %s: LogArgs may not set logger", sp.ID)
+		}
+		q.Set(k, v)
+	}
+	return (&url.URL{Scheme: "binary", Path: sp.LogBinary, RawQuery: q.Encode()}).String(), nil
 }
 
 // State is a container's state.

@@ -22,6 +22,7 @@ type env struct {
 	images []harness.BusyboxImage
 	rt     *containerd.Runtime
 	logs   string
+	ns     string
 }
 
 func start(t *testing.T) *env {
@@ -58,15 +59,20 @@ func start(t *testing.T) *env {
 			t.Errorf("containerd Stop: %v", err)
 		}
 	})
+	// A namespace of its own: runc keeps its state under
+	// /run/containerd/runc/<namespace> for every containerd on the machine,
+	// so concurrent runs with fixed container IDs would collide there.
+	ns := "outpost-test-" + filepath.Base(dir)[3:]
 	rt, err := containerd.New(ctx, containerd.Config{
 		Address:    c.Address,
+		Namespace:  ns,
 		Registries: map[string]containerd.Registry{reg.Host: {PlainHTTP: true}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rt.Close() })
-	return &env{ctrd: c, reg: reg, images: imgs, rt: rt, logs: filepath.Join(dir, "logs")}
+	return &env{ctrd: c, reg: reg, images: imgs, rt: rt, logs: filepath.Join(dir, "logs"), ns: ns}
 }
 
 func (e *env) run(t *testing.T, ctx context.Context, sp containerd.Spec) {
@@ -142,7 +148,7 @@ func TestRuntime(t *testing.T) {
 	if _, err := e.rt.Pull(ctx, e.images[0].Ref, nil); err != nil {
 		t.Fatalf("second pull: %v", err)
 	}
-	if out, err := e.ctrd.Ctr(ctx, "-n", "outpost", "images", "ls", "-q"); err != nil || !strings.Contains(out, e.images[0].Ref) {
+	if out, err := e.ctrd.Ctr(ctx, "-n", e.ns, "images", "ls", "-q"); err != nil || !strings.Contains(out, e.images[0].Ref) {
 		t.Errorf("ctr images ls: %q, %v; want %s", out, err, e.images[0].Ref)
 	}
 
@@ -157,11 +163,10 @@ func TestRuntime(t *testing.T) {
 		if st.StartedAt.IsZero() || st.ExitedAt.Before(st.StartedAt) || st.CreatedAt.IsZero() {
 			t.Errorf("timestamps: created %v started %v exited %v", st.CreatedAt, st.StartedAt, st.ExitedAt)
 		}
-		got := e.readLog(t, "echo")
+		// The shim copies stdout and stderr on their own; the last bytes can
+		// land just after the exit is reported.
 		for _, want := range []string{"hello\n", "image=1 x=42\n", "/tmp\n", "oops\n"} {
-			if !strings.Contains(got, want) {
-				t.Errorf("log %q lacks %q", got, want)
-			}
+			waitLog(t, e, "echo", want)
 		}
 	})
 
@@ -176,7 +181,14 @@ func TestRuntime(t *testing.T) {
 		e.run(t, ctx, containerd.Spec{ID: "trapper", Image: img.Name, MemoryLimit: 64 << 20, CPUMillis: 500,
 			Command: []string{"sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done"}})
 		waitLog(t, e, "trapper", "ready")
-		if b, err := os.ReadFile("/sys/fs/cgroup/memory/outpost/trapper/memory.limit_in_bytes"); err == nil {
+		tasks, err := e.rt.Tasks(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tk, ok := tasks["trapper"]; !ok || tk.State != containerd.StateRunning || tk.Pid == 0 {
+			t.Errorf("Tasks()[trapper] = %+v, %v; all: %+v", tk, ok, tasks)
+		}
+		if b, err := os.ReadFile("/sys/fs/cgroup/memory/" + e.ns + "/trapper/memory.limit_in_bytes"); err == nil {
 			if strings.TrimSpace(string(b)) != "67108864" {
 				t.Errorf("memory limit %s, want 67108864", b)
 			}
@@ -194,6 +206,53 @@ func TestRuntime(t *testing.T) {
 		}
 		if !strings.Contains(e.readLog(t, "trapper"), "got TERM") {
 			t.Error("the container did not see SIGTERM")
+		}
+	})
+
+	t.Run("exec, capabilities and reap", func(t *testing.T) {
+		e.run(t, ctx, containerd.Spec{ID: "caps", Image: img.Name, Command: []string{"sleep", "600"},
+			CapDrop: []string{"ALL"}, CapAdd: []string{"NET_ADMIN"}})
+		// CAP_NET_ADMIN is bit 12: the effective set is exactly 0x1000.
+		code, err := e.rt.Exec(ctx, "caps", []string{"sh", "-c", "grep -q 'CapEff:.0000000000001000' /proc/1/status"}, 5*time.Second)
+		if err != nil || code != 0 {
+			t.Errorf("exec capability check: code %d, %v", code, err)
+		}
+		if code, err := e.rt.Exec(ctx, "caps", []string{"sh", "-c", "exit 3"}, 5*time.Second); err != nil || code != 3 {
+			t.Errorf("exec exit 3: code %d, %v", code, err)
+		}
+		if _, err := e.rt.Exec(ctx, "caps", []string{"sleep", "10"}, 200*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("exec past its timeout: %v, want DeadlineExceeded", err)
+		}
+		if err := e.rt.Stop(ctx, "caps", 100*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		tasks, err := e.rt.Tasks(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk := tasks["caps"]
+		if tk.State != containerd.StateExited || tk.ExitCode != 137 || tk.ExitedAt.IsZero() {
+			t.Fatalf("task after stop: %+v", tk)
+		}
+		if err := e.rt.Reap(ctx, "caps", tk); err != nil {
+			t.Fatal(err)
+		}
+		if tasks, _ := e.rt.Tasks(ctx); tasks["caps"].ID != "" {
+			t.Errorf("task still there after Reap: %+v", tasks["caps"])
+		}
+		cs, err := e.rt.ListLabeled(ctx, containerd.LabelManaged, "true")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if c.ID == "caps" {
+				if code, at, ok := c.Exit(); !ok || code != 137 || !at.Equal(tk.ExitedAt) || c.StartedAt().IsZero() {
+					t.Errorf("recorded exit %d %v %v, started %v", code, at, ok, c.StartedAt())
+				}
+			}
+		}
+		if err := e.rt.Delete(ctx, "caps"); err != nil {
+			t.Error(err)
 		}
 	})
 
@@ -215,7 +274,7 @@ func TestRuntime(t *testing.T) {
 
 	t.Run("list and delete", func(t *testing.T) {
 		// A container Outpost did not create, in the same namespace.
-		if _, err := e.ctrd.Ctr(ctx, "-n", "outpost", "containers", "create", img.Name, "foreign", "true"); err != nil {
+		if _, err := e.ctrd.Ctr(ctx, "-n", e.ns, "containers", "create", img.Name, "foreign", "true"); err != nil {
 			t.Fatal(err)
 		}
 		cs, err := e.rt.List(ctx)
@@ -255,15 +314,15 @@ func TestRuntime(t *testing.T) {
 			t.Errorf("Status after Delete: %v, want ErrNotFound", err)
 		}
 		// containerd itself, asked with ctr, has nothing of them left.
-		out, _ := e.ctrd.Ctr(ctx, "-n", "outpost", "containers", "ls", "-q")
+		out, _ := e.ctrd.Ctr(ctx, "-n", e.ns, "containers", "ls", "-q")
 		if strings.TrimSpace(out) != "foreign" {
 			t.Errorf("containers left: %q, want only foreign", out)
 		}
-		out, _ = e.ctrd.Ctr(ctx, "-n", "outpost", "tasks", "ls", "-q")
+		out, _ = e.ctrd.Ctr(ctx, "-n", e.ns, "tasks", "ls", "-q")
 		if strings.TrimSpace(out) != "" {
 			t.Errorf("tasks left: %q", out)
 		}
-		out, _ = e.ctrd.Ctr(ctx, "-n", "outpost", "snapshots", "ls")
+		out, _ = e.ctrd.Ctr(ctx, "-n", e.ns, "snapshots", "ls")
 		for _, id := range []string{"echo", "exit1", "trapper", "sleeper", "running"} {
 			for _, line := range strings.Split(out, "\n") {
 				if f := strings.Fields(line); len(f) > 0 && f[0] == id {

@@ -27,6 +27,10 @@ import (
 var (
 	ErrNotFound      = errors.New("not found")
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrUnavailable wraps a failure to reach containerd at all (socket
+	// missing, connection refused or reset): containerd is down or
+	// restarting, as opposed to refusing a request.
+	ErrUnavailable = errors.New("containerd unavailable")
 )
 
 // grpcCodes names the gRPC status codes containerd returns.
@@ -115,7 +119,10 @@ func (c *conn) stream(ctx context.Context, method string, body io.Reader, each f
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("containerd %s on %s: %w", method, c.address, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("containerd %s on %s: %w", method, c.address, err)
+		}
+		return fmt.Errorf("containerd %s on %s: %w: %w", method, c.address, ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

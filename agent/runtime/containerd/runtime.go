@@ -25,6 +25,8 @@ const (
 	labelStartedAt = "dev.outpost.started-at"
 	// labelLogPath records the task's log file.
 	labelLogPath = "dev.outpost.log-path"
+	// labelLogURI records the stdio URI of a container with a binary logger.
+	labelLogURI = "dev.outpost.log-uri"
 )
 
 // Snapshotter is the snapshotter images are unpacked with.

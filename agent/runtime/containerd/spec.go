@@ -3,6 +3,7 @@ package containerd
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -34,8 +35,33 @@ type Spec struct {
 	Privileged bool
 	// LogPath receives the container's stdout and stderr (appended).
 	LogPath string
+	// LogBinary, if set, is a containerd binary logger: the shim starts
+	// it with the container's stdout on fd 3, stderr on fd 4 and a ready
+	// pipe on fd 5, as "LogBinary logger LogPath [key value]…" (the pairs
+	// from LogArgs; containerd passes them in no fixed order). Without it
+	// the shim appends raw output to LogPath.
+	LogBinary string
+	LogArgs   map[string]string
+	// CapAdd and CapDrop change the default capability set; names with or
+	// without the CAP_ prefix, "ALL" in CapDrop drops every default.
+	CapAdd, CapDrop []string
+	// User, if set, overrides the image's user (runAsUser/runAsGroup).
+	User *User
+	// NetNS is the path of a network namespace to join (a pod's, shared by
+	// its containers); empty gives the container a new one with only
+	// loopback. Ignored with HostNetwork.
+	NetNS string
+	// Hostname is the UTS hostname; default ID.
+	Hostname string
 	// Labels are added to the container's labels (LabelManaged is set).
 	Labels map[string]string
+}
+
+// User is a numeric user and group.
+type User struct {
+	UID uint32
+	// GID, if nil, is the image's group (or 0).
+	GID *uint32
 }
 
 // Mount is a bind mount of a host path into the container.
@@ -233,6 +259,86 @@ func withPrivileged(on bool) specOpt {
 	}
 }
 
+// withCapabilities adds and drops capabilities from the default set, as a
+// pod's securityContext.capabilities does.
+func withCapabilities(add, drop []string) specOpt {
+	norm := func(c string) string {
+		c = strings.ToUpper(c)
+		if c != "ALL" && !strings.HasPrefix(c, "CAP_") {
+			c = "CAP_" + c
+		}
+		return c
+	}
+	return func(s *specs.Spec) error {
+		if len(add) == 0 && len(drop) == 0 {
+			return nil
+		}
+		caps := s.Process.Capabilities.Bounding
+		for _, d := range drop {
+			d = norm(d)
+			if d == "ALL" {
+				caps = nil
+				continue
+			}
+			caps = slices.DeleteFunc(slices.Clone(caps), func(c string) bool { return c == d })
+		}
+		for _, a := range add {
+			a = norm(a)
+			if a == "ALL" {
+				caps = append([]string(nil), allCaps...)
+				continue
+			}
+			if !slices.Contains(allCaps, a) {
+				return fmt.Errorf("unknown capability %q", a)
+			}
+			if !slices.Contains(caps, a) {
+				caps = append(caps, a)
+			}
+		}
+		caps = slices.Clip(caps)
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps}
+		return nil
+	}
+}
+
+func withUser(u *User) specOpt {
+	return func(s *specs.Spec) error {
+		if u != nil {
+			s.Process.User.UID = u.UID
+			if u.GID != nil {
+				s.Process.User.GID = *u.GID
+			}
+		}
+		return nil
+	}
+}
+
+func withNetNS(path string, hostNetwork bool) specOpt {
+	return func(s *specs.Spec) error {
+		if path == "" || hostNetwork {
+			return nil
+		}
+		if !filepath.IsAbs(path) {
+			return fmt.Errorf("network namespace %q is not an absolute path", path)
+		}
+		for i, n := range s.Linux.Namespaces {
+			if n.Type == specs.NetworkNamespace {
+				s.Linux.Namespaces[i].Path = path
+			}
+		}
+		return nil
+	}
+}
+
+func withHostname(h string) specOpt {
+	return func(s *specs.Spec) error {
+		if h != "" {
+			s.Hostname = h
+		}
+		return nil
+	}
+}
+
 // mergeEnv appends add to base; a later NAME= replaces an earlier one.
 func mergeEnv(base, add []string) []string {
 	out := append([]string(nil), base...)
@@ -265,6 +371,10 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withMemoryLimit(sp.MemoryLimit),
 		withCPULimit(sp.CPUMillis),
 		withHostNetwork(sp.HostNetwork),
+		withCapabilities(sp.CapAdd, sp.CapDrop),
+		withUser(sp.User),
+		withNetNS(sp.NetNS, sp.HostNetwork),
+		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),
 	} {
 		if err := o(&s); err != nil {

@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,12 +25,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/join"
 	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
 )
 
@@ -101,6 +105,20 @@ func serve(args []string, stderr io.Writer) error {
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		qps          = fs.Float64("kube-api-qps", 200, "API server requests per second (every connected node renews its Lease every lease-duration/4)")
 		burst        = fs.Int("kube-api-burst", 400, "API server request burst")
+		devQPS       = fs.Float64("device-status-qps", devices.DefaultQPS, "Device status writes per second, all agents together (reports coalesce per Device while they wait)")
+		devBurst     = fs.Int("device-status-burst", devices.DefaultBurst, "Device status write burst")
+		devQueue     = fs.Int("device-status-queue", devices.DefaultMaxQueue, "Devices whose report may wait for a status write; agents reporting beyond it are slowed down")
+		noCRD        = fs.Bool("no-install-crd", false, "do not install or update the Device CRD at start (apply cloud/deploy/devices-crd.yaml yourself)")
+		psQPS        = fs.Float64("pod-status-qps", podstatus.DefaultQPS, "pod status reports written per second, all agents together (each is a read and a write)")
+		psBurst      = fs.Int("pod-status-burst", podstatus.DefaultBurst, "pod status report burst")
+
+		kubeletListen    = fs.String("kubelet-listen", "", "address to serve the kubelet API for edge nodes on (kubectl logs), e.g. :10250; empty: off")
+		kubeletAdvertise = fs.String("kubelet-advertise-address", "", "IP the API server reaches this replica's --kubelet-listen on; written into each connected edge Node as its first InternalIP (default: the first IP in --advertise-address)")
+		kubeletClientCA  = fs.String("kubelet-client-ca", "", "PEM file with the CA that signed the API server's kubelet client certificate (kube-apiserver --kubelet-client-certificate); required with --kubelet-listen")
+		kubeletNames     = fs.String("kubelet-client-names", relay.DefaultKubeletClientName, "comma-separated client certificate common names the kubelet API accepts")
+		kubeletGroups    = fs.String("kubelet-client-groups", "", "comma-separated client certificate organizations the kubelet API accepts too, e.g. system:masters (k3s)")
+		kubeletCert      = fs.String("kubelet-tls-cert-file", "", "kubelet API serving certificate (PEM); default: minted from the relay CA for the kubelet advertise address")
+		kubeletKey       = fs.String("kubelet-tls-key-file", "", "kubelet API serving key (PEM), with --kubelet-tls-cert-file")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -114,6 +132,45 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	if (*kubeletCert == "") != (*kubeletKey == "") {
+		return errors.New("--kubelet-tls-cert-file and --kubelet-tls-key-file go together")
+	}
+	var (
+		kubeletLn   net.Listener
+		kubeletCAs  *x509.CertPool
+		kubeletAddr string
+		kubeletPort int
+	)
+	if *kubeletListen != "" {
+		if *kubeletClientCA == "" {
+			return errors.New("--kubelet-listen needs --kubelet-client-ca: the kubelet API serves only the API server, identified by its client certificate")
+		}
+		pem, err := os.ReadFile(*kubeletClientCA)
+		if err != nil {
+			return fmt.Errorf("--kubelet-client-ca: %w", err)
+		}
+		kubeletCAs = x509.NewCertPool()
+		if !kubeletCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--kubelet-client-ca %s: no PEM certificate in it", *kubeletClientCA)
+		}
+		kubeletAddr = *kubeletAdvertise
+		if kubeletAddr == "" {
+			for _, h := range splitList(*advertise) {
+				if net.ParseIP(h) != nil {
+					kubeletAddr = h
+					break
+				}
+			}
+		}
+		if net.ParseIP(kubeletAddr) == nil {
+			return fmt.Errorf("--kubelet-advertise-address %q: give the IP the API server reaches this replica at (Nodes carry it as InternalIP)", kubeletAddr)
+		}
+		if kubeletLn, err = net.Listen("tcp", *kubeletListen); err != nil {
+			return fmt.Errorf("listen on --kubelet-listen %s: %w", *kubeletListen, err)
+		}
+		defer kubeletLn.Close()
+		kubeletPort = kubeletLn.Addr().(*net.TCPAddr).Port
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
@@ -130,6 +187,23 @@ func serve(args []string, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	// Device status writes have their own token bucket (--device-status-qps);
+	// this client's limiter only has to leave room for it.
+	dcfg := rest.CopyConfig(cfg)
+	dcfg.QPS, dcfg.Burst = float32(*qps+*devQPS), *burst+*devBurst
+	dyn, err := dynamic.NewForConfig(dcfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	if !*noCRD {
+		crdCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := devices.EnsureCRD(crdCtx, dyn, log)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	ca, err := pki.LoadOrCreate(startCtx, client.CoreV1().Secrets(*namespace), *namespace)
@@ -156,14 +230,22 @@ func serve(args []string, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := relay.New(relay.Config{
-		Client:            client,
-		CA:                ca,
-		HeartbeatInterval: *heartbeat,
-		LeaseDuration:     *leaseDur,
-		NodeCertValidity:  *certValidity,
-		Version:           version,
-		Log:               log,
-		Registry:          reg,
+		Client:              client,
+		CA:                  ca,
+		HeartbeatInterval:   *heartbeat,
+		LeaseDuration:       *leaseDur,
+		NodeCertValidity:    *certValidity,
+		Version:             version,
+		Log:                 log,
+		Registry:            reg,
+		Dynamic:             dyn,
+		DeviceStatus:        devices.WriterConfig{QPS: *devQPS, Burst: *devBurst, MaxQueue: *devQueue},
+		PodStatusQPS:        float32(*psQPS),
+		PodStatusBurst:      *psBurst,
+		KubeletAddress:      kubeletAddr,
+		KubeletPort:         int32(kubeletPort),
+		KubeletClientNames:  splitList(*kubeletNames),
+		KubeletClientGroups: splitList(*kubeletGroups),
 	})
 	if err != nil {
 		return err
@@ -182,8 +264,29 @@ func serve(args []string, stderr io.Writer) error {
 	log.Info("relay serving", "version", version, "listen", ln.Addr().String(), "namespace", *namespace,
 		"heartbeat", *heartbeat, "lease_duration", *leaseDur)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	var ks *http.Server
+	if kubeletLn != nil {
+		var kcert tls.Certificate
+		if *kubeletCert != "" {
+			if kcert, err = tls.LoadX509KeyPair(*kubeletCert, *kubeletKey); err != nil {
+				return fmt.Errorf("kubelet serving certificate: %w", err)
+			}
+		} else if kcert, err = ca.ServingCert(append([]string{kubeletAddr}, splitList(*advertise)...), servingCertValidity); err != nil {
+			return err
+		}
+		ks = &http.Server{
+			Handler:           srv.KubeletHandler(),
+			TLSConfig:         relay.KubeletTLSConfig(kcert, kubeletCAs),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+			BaseContext:       func(net.Listener) context.Context { return ctx },
+		}
+		log.Info("kubelet API serving for edge nodes", "listen", kubeletLn.Addr().String(), "advertise", kubeletAddr,
+			"client_names", *kubeletNames, "client_groups", *kubeletGroups)
+		go func() { errc <- ks.ServeTLS(kubeletLn, "", "") }()
+	}
 	select {
 	case err := <-errc:
 		srv.Close()
@@ -194,6 +297,10 @@ func serve(args []string, stderr io.Writer) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(shutCtx)
+	if ks != nil {
+		// Log streams end with their agent connections, closed next.
+		_ = ks.Close()
+	}
 	return srv.Close()
 }
 

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"outpost.dev/agent/config"
+	"outpost.dev/agent/crilog"
+	"outpost.dev/agent/desired"
+	"outpost.dev/agent/outbox"
+	"outpost.dev/agent/pods"
+	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/agent/store"
+	"outpost.dev/wire"
+)
+
+// startPods runs the pod reconciler (which also finds log files for
+// kubectl logs); the returned func waits for it to stop (containers keep
+// running).
+func startPods(ctx context.Context, cfg config.Config, node string, st *store.Store, applier *desired.Applier,
+	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), log *slog.Logger) (rec *pods.Reconciler, wait func()) {
+	regs := map[string]containerd.Registry{}
+	for host, r := range cfg.Containerd.Registries {
+		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password}
+	}
+	// The containers' logger: outpost-logger next to the agent if it is
+	// installed (0.7 MB PSS per container), else the agent itself in its
+	// logger mode (1.8 MB); docs/containerd.md has the measurements.
+	self, err := os.Executable()
+	if err != nil {
+		log.Warn("pods: cannot find the agent binary for the container logger; logs are raw files", "err", err)
+		self = ""
+	} else if l := filepath.Join(filepath.Dir(self), "outpost-logger"); isExecutable(l) {
+		self = l
+	}
+	rec = pods.New(pods.Config{
+		Source: st, Changes: applier.Changes(), Outbox: ob,
+		Runtime:  containerd.Config{Address: cfg.Containerd.Address, Namespace: cfg.Containerd.Namespace, Registries: regs},
+		NodeName: node, NodeInfo: readNode, StateDir: cfg.StateDir, LogBinary: self,
+		MaxPods: cfg.MaxPods, Log: log.With("component", "pods"),
+	})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := rec.Run(ctx); err != nil {
+			log.Error("pods: reconciler stopped", "err", err)
+		}
+	}()
+	return rec, func() { <-done }
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
+}
+
+// isLoggerCall reports whether containerd's shim started this binary as a
+// container's logger: binary:///…/outpost-agent?logger=PATH&max-size=N
+// arrives as key/value pairs in no fixed order.
+func isLoggerCall(args []string) bool {
+	if len(args)%2 != 0 {
+		return false
+	}
+	for i := 0; i < len(args); i += 2 {
+		if args[i] == "logger" {
+			return true
+		}
+	}
+	return false
+}
+
+// cmdLogger is "outpost-agent logger PATH [max-size BYTES] [max-files N]":
+// the container's stdout on fd 3 and stderr on fd 4 are written to PATH
+// in the CRI log format, rotated by size (see agent/crilog).
+func cmdLogger(args []string) error {
+	var path string
+	var maxSize int64
+	var maxFiles int
+	for i := 0; i < len(args); i += 2 {
+		k, v := args[i], args[i+1]
+		var err error
+		switch k {
+		case "logger":
+			path = v
+		case "max-size":
+			maxSize, err = strconv.ParseInt(v, 10, 64)
+		case "max-files":
+			maxFiles, err = strconv.Atoi(v)
+		default:
+			err = errors.New("unknown option")
+		}
+		if err != nil {
+			return usageError{fmt.Errorf("logger: %s %q: %v", k, v, err)}
+		}
+	}
+	return crilog.Run(path, maxSize, maxFiles)
+}

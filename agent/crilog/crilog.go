@@ -1,0 +1,195 @@
+// Package crilog owns container log files in the CRI log format, the one
+// kubelets and `kubectl logs` expect:
+//
+//	2026-11-25T21:05:00.123456789Z stdout F a whole line
+//	2026-11-25T21:05:00.223456789Z stderr P the first part of a long line…
+//
+// Run is the writer: it is what "outpost-agent logger" runs as containerd's
+// binary logger, one small process per container, started and owned by the
+// container's shim, so a container's output never depends on the agent
+// being up (docs/containerd.md measures the choice). It rotates the file by
+// size and keeps a bounded number of rotated files.
+//
+// Stream is the reader: the current (or previous) log of a container with
+// kubectl's tail, since, limit and follow semantics, across rotations.
+package crilog
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Defaults for rotation.
+const (
+	DefaultMaxSize  = 4 << 20
+	DefaultMaxFiles = 3 // the current file and two rotated ones
+	// maxLine is the longest line written as one record; longer lines are
+	// split into P (partial) records, as containerd's CRI plugin does.
+	maxLine = 16 << 10
+)
+
+// Writer appends CRI log records to a file and rotates it: when the file
+// would exceed MaxSize it becomes path.1 (path.1 becomes path.2, …) and
+// at most MaxFiles files are kept. Safe for concurrent use by the stdout
+// and stderr copiers.
+type Writer struct {
+	Path     string
+	MaxSize  int64
+	MaxFiles int
+	now      func() time.Time
+
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+	buf  []byte
+}
+
+// OpenWriter opens (appends to) path.
+func OpenWriter(path string, maxSize int64, maxFiles int) (*Writer, error) {
+	if maxSize <= 0 {
+		maxSize = DefaultMaxSize
+	}
+	if maxFiles < 1 {
+		maxFiles = DefaultMaxFiles
+	}
+	w := &Writer{Path: path, MaxSize: maxSize, MaxFiles: maxFiles, now: time.Now}
+	if err := w.open(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *Writer) open() error {
+	f, err := os.OpenFile(w.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	w.f, w.size = f, st.Size()
+	return nil
+}
+
+// Record writes one record: stream is "stdout" or "stderr"; partial says
+// the line continues in the next record.
+func (w *Writer) Record(stream string, line []byte, partial bool) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	tag := " F "
+	if partial {
+		tag = " P "
+	}
+	b := w.now().UTC().AppendFormat(w.buf[:0], time.RFC3339Nano)
+	b = append(b, ' ')
+	b = append(b, stream...)
+	b = append(b, tag...)
+	b = append(b, line...)
+	b = append(b, '\n')
+	w.buf = b
+	if w.size > 0 && w.size+int64(len(b)) > w.MaxSize {
+		if err := w.rotate(); err != nil {
+			return err
+		}
+	}
+	n, err := w.f.Write(b)
+	w.size += int64(n)
+	return err
+}
+
+func (w *Writer) rotate() error {
+	w.f.Close()
+	if w.MaxFiles == 1 {
+		_ = os.Remove(w.Path)
+	} else {
+		_ = os.Remove(w.Path + "." + strconv.Itoa(w.MaxFiles-1))
+		for i := w.MaxFiles - 2; i >= 1; i-- {
+			_ = os.Rename(w.Path+"."+strconv.Itoa(i), w.Path+"."+strconv.Itoa(i+1))
+		}
+		if err := os.Rename(w.Path, w.Path+".1"); err != nil {
+			return err
+		}
+	}
+	return w.open()
+}
+
+// Close closes the file.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.f.Close()
+}
+
+// Copy reads r line by line and writes each as a record of stream until
+// r ends. A last line without a newline is written whole.
+func (w *Writer) Copy(stream string, r io.Reader) error {
+	br := bufio.NewReaderSize(r, maxLine)
+	for {
+		line, err := br.ReadSlice('\n')
+		switch {
+		case err == nil:
+			if werr := w.Record(stream, line[:len(line)-1], false); werr != nil {
+				return werr
+			}
+		case errors.Is(err, bufio.ErrBufferFull):
+			if werr := w.Record(stream, line, true); werr != nil {
+				return werr
+			}
+		default:
+			if len(line) > 0 {
+				if werr := w.Record(stream, line, false); werr != nil {
+					return werr
+				}
+			}
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// Run is containerd's binary logger protocol: the container's stdout is
+// fd 3, its stderr fd 4, and closing fd 5 tells the shim the logger is
+// ready. It copies both streams into the rotated file at path until both
+// end (the container exited), which is also how it finishes after the
+// shim's SIGTERM.
+func Run(path string, maxSize int64, maxFiles int) error {
+	stdout, stderr, ready := os.NewFile(3, "stdout"), os.NewFile(4, "stderr"), os.NewFile(5, "ready")
+	if stdout == nil || stderr == nil || ready == nil {
+		return errors.New("logger: fds 3, 4 and 5 are not open: containerd's shim starts this (binary:// log URI), not a person")
+	}
+	w, err := OpenWriter(path, maxSize, maxFiles)
+	ready.Close() // even on error: the shim must not wait for us
+	if err != nil {
+		// Drain so the container never blocks on a full pipe.
+		go io.Copy(io.Discard, stdout)
+		_, _ = io.Copy(io.Discard, stderr)
+		return fmt.Errorf("logger: %w", err)
+	}
+	defer w.Close()
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, s := range []struct {
+		name string
+		f    *os.File
+	}{{"stdout", stdout}, {"stderr", stderr}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i] = w.Copy(s.name, s.f); errs[i] != nil {
+				_, _ = io.Copy(io.Discard, s.f) // keep draining: never block the container
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,100 @@
+package crilog
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestWriteRotateRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "0.log")
+	w, err := OpenWriter(path, 200, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	w.now = func() time.Time { clock = clock.Add(time.Second); return clock }
+	var in strings.Builder
+	for i := range 20 {
+		in.WriteString(strings.Repeat("x", i) + "\n")
+	}
+	long := strings.Repeat("L", maxLine+10)
+	in.WriteString(long + "\nno newline")
+	if err := w.Copy("stdout", strings.NewReader(in.String())); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	files := Files(path)
+	if len(files) != 3 {
+		t.Fatalf("files %v, want 3 (rotation keeps max-files)", files)
+	}
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+			if p := strings.SplitN(line, " ", 4); len(p) != 4 || p[1] != "stdout" || (p[2] != "F" && p[2] != "P") {
+				t.Fatalf("not a CRI record: %q", line)
+			}
+		}
+	}
+	read := func(o Options) string {
+		var b bytes.Buffer
+		if err := Stream(context.Background(), path, o, &b); err != nil {
+			t.Fatal(err)
+		}
+		return b.String()
+	}
+	all := read(Options{Tail: -1})
+	if !strings.HasSuffix(all, long+"\nno newline\n") {
+		t.Errorf("partial records not joined: ...%q", all[max(0, len(all)-40):])
+	}
+	if got := read(Options{Tail: 1}); got != "no newline\n" {
+		t.Errorf("tail 1 = %q", got)
+	}
+	if got := read(Options{Tail: 2, Timestamps: true}); !strings.HasPrefix(got, "2026-11-25T") || strings.Count(got, "\n") != 2 {
+		t.Errorf("tail 2 with timestamps = %.80q", got)
+	}
+	if got := read(Options{Tail: -1, LimitBytes: 5}); len(got) != 5 {
+		t.Errorf("limit 5 = %q", got)
+	}
+	if got := read(Options{Tail: -1, Since: clock}); got != "no newline\n" {
+		t.Errorf("since the last record = %q", got)
+	}
+}
+
+func TestFollowAcrossRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "0.log")
+	w, err := OpenWriter(path, 120, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var out bytes.Buffer
+	var finished atomic.Bool
+	go func() {
+		defer close(done)
+		_ = Stream(context.Background(), path, Options{Tail: -1, Follow: true, Poll: 5 * time.Millisecond,
+			Done: finished.Load}, &out)
+	}()
+	for i := range 10 {
+		_ = w.Record("stderr", []byte("line-"+string(rune('a'+i))), false)
+		time.Sleep(20 * time.Millisecond)
+	}
+	w.Close()
+	time.Sleep(50 * time.Millisecond)
+	finished.Store(true)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("follow did not end after Done")
+	}
+	for i := range 10 {
+		if want := "line-" + string(rune('a'+i)) + "\n"; !strings.Contains(out.String(), want) {
+			t.Errorf("followed output lacks %q: %q", want, out.String())
+		}
+	}
+}

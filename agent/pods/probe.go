@@ -1,0 +1,176 @@
+package pods
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/wire"
+)
+
+// probeState is the probes' view of one running container.
+type probeState struct {
+	started, ready bool
+	next           [3]time.Time
+	fails, succ    [3]int32
+}
+
+const (
+	startupProbe = iota
+	livenessProbe
+	readinessProbe
+)
+
+var probeNames = [3]string{"Startup", "Liveness", "Readiness"}
+
+// probe runs the container's due probes and acts on them: a failed
+// startup or liveness probe stops the container (the restart policy then
+// applies), readiness sets Ready. It returns when a probe is next due.
+func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Object, c *wire.Container, x *rec) time.Time {
+	ps := w.probes[x.c.ID]
+	if ps == nil {
+		ps = &probeState{started: c.StartupProbe == nil, ready: c.ReadinessProbe == nil}
+		w.probes[x.c.ID] = ps
+	}
+	var next time.Time
+	for kind, p := range [3]*wire.Probe{c.StartupProbe, c.LivenessProbe, c.ReadinessProbe} {
+		if p == nil || (kind == startupProbe) == ps.started {
+			continue
+		}
+		now := w.r.now()
+		due := ps.next[kind]
+		if due.IsZero() {
+			due = x.startedAt.Add(time.Duration(p.InitialDelaySeconds) * time.Second)
+		}
+		if now.Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			continue
+		}
+		ok, msg := w.runProbe(ctx, rt, o, x, p)
+		period := time.Duration(max(p.PeriodSeconds, 1)) * time.Second
+		if p.PeriodSeconds == 0 {
+			period = 10 * time.Second
+		}
+		ps.next[kind] = w.r.now().Add(period)
+		if next.IsZero() || ps.next[kind].Before(next) {
+			next = ps.next[kind]
+		}
+		if ok {
+			ps.succ[kind]++
+			ps.fails[kind] = 0
+		} else {
+			ps.fails[kind]++
+			ps.succ[kind] = 0
+			w.r.log.Info("pods: probe failed", "pod", o.Namespace+"/"+o.Name, "container", c.Name, "probe", probeNames[kind], "msg", msg)
+		}
+		failThr := max(p.FailureThreshold, 1)
+		if p.FailureThreshold == 0 {
+			failThr = 3
+		}
+		succThr := max(p.SuccessThreshold, 1)
+		switch kind {
+		case startupProbe:
+			if ok {
+				ps.started = true
+				return w.r.now() // run the other probes now
+			}
+		case readinessProbe:
+			if ok && ps.succ[kind] >= succThr {
+				ps.ready = true
+			} else if !ok && ps.fails[kind] >= failThr {
+				ps.ready = false
+			}
+			continue
+		}
+		if !ok && ps.fails[kind] >= failThr {
+			w.r.log.Info("pods: container failed its "+probeNames[kind]+" probe; stopping it",
+				"pod", o.Namespace+"/"+o.Name, "container", c.Name, "msg", msg)
+			if err := rt.Stop(ctx, x.c.ID, gracePeriod(o.Pod)); err != nil {
+				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+			}
+			return w.r.now()
+		}
+	}
+	return next
+}
+
+// runProbe runs one probe once.
+func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.Object, x *rec, p *wire.Probe) (bool, string) {
+	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
+	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
+	defer cancel()
+	host := "127.0.0.1"
+	ns := ""
+	if o.Pod.HostNetwork {
+		if ip := w.r.getHostIP(); ip != "" {
+			host = ip
+		}
+	} else {
+		ns = filepath.Join(w.podDir(), "netns")
+	}
+	switch {
+	case len(p.Exec) > 0:
+		code, err := rt.Exec(ctx, x.c.ID, p.Exec, timeout)
+		if err != nil {
+			return false, err.Error()
+		}
+		return code == 0, fmt.Sprintf("exit code %d", code)
+	case p.TCPPort != 0:
+		c, err := dialIn(ctx, ns, "tcp", net.JoinHostPort(host, strconv.Itoa(int(p.TCPPort))), timeout)
+		if err != nil {
+			return false, err.Error()
+		}
+		c.Close()
+		return true, ""
+	case p.HTTPGet != nil:
+		g := p.HTTPGet
+		if g.Host != "" {
+			host = g.Host
+		}
+		scheme := "http"
+		if g.HTTPS {
+			scheme = "https"
+		}
+		path := g.Path
+		if path == "" || path[0] != '/' {
+			path = "/" + path
+		}
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return dialIn(ctx, ns, network, addr, timeout)
+			},
+			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as a kubelet's probes
+			DisableKeepAlives: true,
+		}
+		defer tr.CloseIdleConnections()
+		cl := &http.Client{Transport: tr, Timeout: timeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, strconv.Itoa(int(g.Port)))+path, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		req.Header.Set("User-Agent", "kube-probe/outpost")
+		for _, h := range g.Headers {
+			if http.CanonicalHeaderKey(h[0]) == "Host" {
+				req.Host = h[1]
+				continue
+			}
+			req.Header.Add(h[0], h[1])
+		}
+		resp, err := cl.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode >= 200 && resp.StatusCode < 400, "HTTP " + resp.Status
+	}
+	return false, "probe without a handler"
+}

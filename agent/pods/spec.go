@@ -1,0 +1,332 @@
+package pods
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/wire"
+)
+
+// spec translates a pod's container into the runtime's Spec.
+func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Container, init bool, attempt int, imageID string) (containerd.Spec, error) {
+	pod := o.Pod
+	env, err := w.env(o, rf, c)
+	if err != nil {
+		return containerd.Spec{}, err
+	}
+	sp := containerd.Spec{
+		ID:          containerID(o.UID, c.Name, attempt),
+		Image:       c.Image,
+		Command:     expandAll(c.Command, env),
+		Args:        expandAll(c.Args, env),
+		Env:         env,
+		WorkingDir:  c.WorkingDir,
+		MemoryLimit: c.MemoryBytes,
+		CPUMillis:   c.CPUMillis,
+		HostNetwork: pod.HostNetwork,
+		Privileged:  c.Privileged,
+		CapAdd:      c.CapAdd,
+		CapDrop:     c.CapDrop,
+		NetNS:       setup.netns,
+		Hostname:    o.Name,
+		LogPath:     w.r.logPath(o.Namespace, o.Name, o.UID, c.Name, attempt),
+		Labels: map[string]string{
+			labelPodUID: o.UID, labelPodName: o.Name, labelPodNamespace: o.Namespace,
+			labelContainer: c.Name, labelAttempt: strconv.Itoa(attempt), labelHash: containerHash(c),
+			labelGrace: strconv.FormatInt(pod.TerminationGracePeriodSeconds, 10), labelImageID: imageID,
+		},
+	}
+	if pod.Hostname != "" {
+		sp.Hostname = pod.Hostname
+	}
+	if pod.HostNetwork {
+		sp.Hostname = ""
+	}
+	if init {
+		sp.Labels[labelInit] = "true"
+	}
+	if w.r.cfg.LogBinary != "" {
+		sp.LogBinary = w.r.cfg.LogBinary
+		sp.LogArgs = map[string]string{}
+		if w.r.cfg.LogMaxSize > 0 {
+			sp.LogArgs["max-size"] = strconv.FormatInt(w.r.cfg.LogMaxSize, 10)
+		}
+		if w.r.cfg.LogMaxFiles > 0 {
+			sp.LogArgs["max-files"] = strconv.Itoa(w.r.cfg.LogMaxFiles)
+		}
+	}
+	if c.RunAsUser != nil {
+		u := &containerd.User{UID: uint32(*c.RunAsUser)}
+		if c.RunAsGroup != nil {
+			g := uint32(*c.RunAsGroup)
+			u.GID = &g
+		}
+		sp.User = u
+	}
+	for _, m := range c.Mounts {
+		src, ok := setup.volumes[m.Name]
+		if !ok {
+			return sp, fmt.Errorf("container %s mounts volume %q, which the pod does not define", c.Name, m.Name)
+		}
+		if m.SubPath != "" {
+			clean := filepath.Clean("/" + m.SubPath)
+			if clean != "/"+m.SubPath && clean+"/" != "/"+m.SubPath || strings.Contains(m.SubPath, "..") {
+				return sp, fmt.Errorf("container %s: subPath %q must be a relative path without ..", c.Name, m.SubPath)
+			}
+			src.path = filepath.Join(src.path, m.SubPath)
+		}
+		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: src.path, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly})
+	}
+	if setup.hosts != "" && !pod.HostNetwork {
+		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})
+	}
+	return sp, nil
+}
+
+// logPath is where attempt of a container logs, laid out as a kubelet
+// lays out /var/log/pods.
+func (r *Reconciler) logPath(ns, name, uid, container string, attempt int) string {
+	return filepath.Join(r.cfg.LogDir, ns+"_"+name+"_"+uid, container, strconv.Itoa(attempt)+".log")
+}
+
+// env resolves a container's environment, in order, with $(VAR)
+// references to earlier variables expanded as Kubernetes does.
+func (w *worker) env(o *wire.Object, rf *refs, c *wire.Container) ([]string, error) {
+	out := make([]string, 0, len(c.Env))
+	vals := map[string]string{}
+	for _, e := range c.Env {
+		v := e.Value
+		if e.From == nil {
+			v = expand(v, vals)
+		} else {
+			var ok bool
+			var err error
+			v, ok, err = w.envFrom(o, rf, e.From)
+			if err != nil {
+				return nil, fmt.Errorf("env %s: %w", e.Name, err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		vals[e.Name] = v
+		out = append(out, e.Name+"="+v)
+	}
+	return out, nil
+}
+
+func (w *worker) envFrom(o *wire.Object, rf *refs, src *wire.EnvSource) (string, bool, error) {
+	switch {
+	case src.ConfigMap != nil:
+		r := src.ConfigMap
+		cm := rf.configMaps[o.Namespace+"/"+r.Name]
+		if cm == nil {
+			if r.Optional {
+				return "", false, nil
+			}
+			return "", false, fmt.Errorf("configmap %q not found", r.Name)
+		}
+		if v, ok := cm.Data[r.Key]; ok {
+			return v, true, nil
+		}
+		if v, ok := cm.Binary[r.Key]; ok {
+			return string(v), true, nil
+		}
+		if r.Optional {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("couldn't find key %s in ConfigMap %s/%s", r.Key, o.Namespace, r.Name)
+	case src.Secret != nil:
+		r := src.Secret
+		s := rf.secrets[o.Namespace+"/"+r.Name]
+		if s == nil {
+			if r.Optional {
+				return "", false, nil
+			}
+			return "", false, fmt.Errorf("secret %q not found", r.Name)
+		}
+		if v, ok := s.Data[r.Key]; ok {
+			return string(v), true, nil
+		}
+		if r.Optional {
+			return "", false, nil
+		}
+		return "", false, fmt.Errorf("couldn't find key %s in Secret %s/%s", r.Key, o.Namespace, r.Name)
+	}
+	v, err := w.field(o, src.Field)
+	return v, err == nil, err
+}
+
+// field is the downward API.
+func (w *worker) field(o *wire.Object, path string) (string, error) {
+	switch path {
+	case "metadata.name":
+		return o.Name, nil
+	case "metadata.namespace":
+		return o.Namespace, nil
+	case "metadata.uid":
+		return o.UID, nil
+	case "spec.nodeName":
+		return w.r.cfg.NodeName, nil
+	case "spec.serviceAccountName":
+		return o.Pod.ServiceAccountName, nil
+	case "status.hostIP":
+		return w.r.getHostIP(), nil
+	case "status.podIP":
+		return w.podIP(o.Pod), nil
+	}
+	return "", fmt.Errorf("downward API field %q is not supported (metadata.name, metadata.namespace, metadata.uid, spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP are)", path)
+}
+
+// podIP is the host's IP for hostNetwork pods. Other pods get a network
+// namespace of their own with only loopback (no CNI on the gateway yet),
+// so they have no address anyone else can reach and report none.
+func (w *worker) podIP(p *wire.Pod) string {
+	if p.HostNetwork {
+		return w.r.getHostIP()
+	}
+	return ""
+}
+
+// expand replaces $(NAME) with earlier variables; $$ escapes.
+func expand(s string, vals map[string]string) string {
+	if !strings.Contains(s, "$") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '$' && i+1 < len(s) {
+			switch s[i+1] {
+			case '$':
+				b.WriteByte('$')
+				i++
+				continue
+			case '(':
+				if j := strings.IndexByte(s[i+2:], ')'); j >= 0 {
+					name := s[i+2 : i+2+j]
+					if v, ok := vals[name]; ok {
+						b.WriteString(v)
+						i += 2 + j
+						continue
+					}
+				}
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func expandAll(ss []string, env []string) []string {
+	if len(ss) == 0 {
+		return ss
+	}
+	vals := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vals[k] = v
+	}
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = expand(s, vals)
+	}
+	return out
+}
+
+// pullPolicy is the container's, or Kubernetes' default for its tag.
+func pullPolicy(c *wire.Container) string {
+	if c.ImagePullPolicy != "" {
+		return c.ImagePullPolicy
+	}
+	ref := c.Image
+	if strings.Contains(ref, "@") {
+		return "IfNotPresent"
+	}
+	if i := strings.LastIndex(ref, ":"); i < 0 || strings.Contains(ref[i:], "/") || ref[i+1:] == "latest" {
+		return "Always"
+	}
+	return "IfNotPresent"
+}
+
+// imageID is what status reports: the repository at the manifest digest.
+func imageID(ref, digest string) string {
+	if digest == "" {
+		return ""
+	}
+	repo := ref
+	if i := strings.Index(repo, "@"); i >= 0 {
+		repo = repo[:i]
+	} else if i := strings.LastIndex(repo, ":"); i >= 0 && !strings.Contains(repo[i:], "/") {
+		repo = repo[:i]
+	}
+	return repo + "@" + digest
+}
+
+// ensureImage makes the container's image present as its pull policy
+// says. It returns the image ID, or a waiting state and when to try again.
+func (w *worker) ensureImage(ctx context.Context, rt *containerd.Runtime, c *wire.Container, log *slog.Logger) (string, *wire.ContainerState, time.Time) {
+	policy := pullPolicy(c)
+	img, err := rt.Image(ctx, c.Image)
+	present := err == nil
+	if present && policy != "Always" {
+		return imageID(c.Image, img.Digest), nil, time.Time{}
+	}
+	now := w.r.now()
+	if !present && policy == "Never" {
+		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ErrImageNeverPull",
+			Message: fmt.Sprintf("Container image %q is not present with pull policy of Never", c.Image)}, now.Add(10 * time.Second)
+	}
+	if b := w.pulls[c.Image]; b != nil && now.Sub(b.last) < b.delay {
+		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ImagePullBackOff",
+			Message: fmt.Sprintf("Back-off pulling image %q: %s", c.Image, b.err)}, b.last.Add(b.delay)
+	}
+	select {
+	case w.r.pulls <- struct{}{}:
+	case <-ctx.Done():
+		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ContainerCreating"}, now
+	}
+	log.Info("pods: pulling image", "image", c.Image, "policy", policy)
+	begin := time.Now()
+	lastLog := begin
+	pulled, err := rt.Pull(ctx, c.Image, func(p containerd.Progress) {
+		if p.Completed && p.Kind == "layer" || time.Since(lastLog) > 5*time.Second {
+			lastLog = time.Now()
+			log.Info("pods: pull progress", "image", c.Image, "blob", p.Digest, "kind", p.Kind, "done", p.Done, "total", p.Total, "completed", p.Completed)
+		}
+	})
+	<-w.r.pulls
+	if errors.Is(err, containerd.ErrUnavailable) {
+		// Not the image's fault: the reconciler reports containerd down.
+		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ContainerCreating",
+			Message: "waiting for containerd"}, w.r.now().Add(2 * time.Second)
+	}
+	if err != nil {
+		if present {
+			log.Warn("pods: pull failed; using the image already present (offline?)", "image", c.Image, "err", err)
+			return imageID(c.Image, img.Digest), nil, time.Time{}
+		}
+		b := w.pulls[c.Image]
+		if b == nil || w.r.now().Sub(b.last) > w.r.cfg.BackoffReset {
+			b = &backoff{delay: w.r.cfg.BackoffBase}
+		} else {
+			b.delay = min(b.delay*2, w.r.cfg.BackoffMax)
+		}
+		b.last, b.err = w.r.now(), truncate(err.Error(), 500)
+		w.pulls[c.Image] = b
+		log.Warn("pods: pulling image failed", "image", c.Image, "err", err, "retry_in", b.delay)
+		// ErrImagePull now; the next pass, within the back-off, says
+		// ImagePullBackOff, as a kubelet's status does.
+		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ErrImagePull", Message: truncate(err.Error(), 1000)},
+			w.r.now().Add(min(time.Second, b.delay/2))
+	}
+	delete(w.pulls, c.Image)
+	log.Info("pods: image pulled", "image", c.Image, "digest", pulled.Digest, "took", time.Since(begin).Round(time.Millisecond))
+	return imageID(c.Image, pulled.Digest), nil, time.Time{}
+}

@@ -1,0 +1,413 @@
+package pods
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"outpost.dev/wire"
+)
+
+// podSetup is what a pod's containers mount: volume sources by name, the
+// pod's network namespace and hosts file.
+type podSetup struct {
+	volumes map[string]volSource
+	netns   string
+	hosts   string
+}
+
+type volSource struct {
+	path     string
+	readOnly bool
+}
+
+func (w *worker) podDir() string { return filepath.Join(w.r.cfg.StateDir, "pods", w.uid) }
+
+// setUp prepares the pod's volumes (creating emptyDirs, checking hostPaths,
+// writing ConfigMap, Secret and projected files, updating them when they
+// changed), its network namespace and hosts file. It is idempotent: every
+// pass calls it.
+func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
+	s := &podSetup{volumes: map[string]volSource{}}
+	dir := w.podDir()
+	if err := os.MkdirAll(filepath.Join(dir, "volumes"), 0o750); err != nil {
+		return s, err
+	}
+	var errs []error
+	for i := range o.Pod.Volumes {
+		v := &o.Pod.Volumes[i]
+		p := filepath.Join(dir, "volumes", v.Name)
+		switch {
+		case v.EmptyDir != nil:
+			if err := emptyDir(p, v.EmptyDir); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			s.volumes[v.Name] = volSource{path: p}
+		case v.HostPath != nil:
+			if err := hostPath(v.HostPath); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			s.volumes[v.Name] = volSource{path: v.HostPath.Path}
+		default:
+			files, err := w.volumeFiles(o, rf, v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			if err := writeAtomic(p, files, w.r.now()); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			s.volumes[v.Name] = volSource{path: p, readOnly: true}
+		}
+	}
+	if !o.Pod.HostNetwork {
+		ns := filepath.Join(dir, "netns")
+		if err := ensureNetNS(ns); err != nil {
+			errs = append(errs, fmt.Errorf("network namespace: %w", err))
+		} else {
+			s.netns = ns
+		}
+		host := o.Name
+		if o.Pod.Hostname != "" {
+			host = o.Pod.Hostname
+		}
+		hosts := filepath.Join(dir, "hosts")
+		content := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", host)
+		if old, err := os.ReadFile(hosts); err != nil || string(old) != content {
+			if err := os.WriteFile(hosts, []byte(content), 0o644); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		s.hosts = hosts
+	}
+	return s, errors.Join(errs...)
+}
+
+// tearDown removes the pod's directory after unmounting what is mounted
+// in it (memory emptyDirs, the network namespace).
+func (w *worker) tearDown() error {
+	dir := w.podDir()
+	for _, m := range mountsUnder(dir) {
+		if err := unmount(m); err != nil {
+			return fmt.Errorf("unmount %s: %w", m, err)
+		}
+	}
+	if left := mountsUnder(dir); len(left) > 0 {
+		return fmt.Errorf("still mounted under %s: %v", dir, left)
+	}
+	return os.RemoveAll(dir)
+}
+
+func emptyDir(p string, e *wire.EmptyDir) error {
+	if err := os.MkdirAll(p, 0o777); err != nil {
+		return err
+	}
+	if err := os.Chmod(p, 0o777); err != nil {
+		return err
+	}
+	if e.Memory && os.Geteuid() == 0 && !isTmpfs(p) {
+		opts := "mode=0777"
+		if e.SizeLimit > 0 {
+			opts += fmt.Sprintf(",size=%d", e.SizeLimit)
+		}
+		return mountTmpfs(p, opts)
+	}
+	return nil
+}
+
+func hostPath(h *wire.HostPath) error {
+	st, err := os.Stat(h.Path)
+	switch h.Type {
+	case "", "Unset":
+		return nil
+	case "DirectoryOrCreate":
+		if err != nil {
+			return os.MkdirAll(h.Path, 0o755)
+		}
+		if !st.IsDir() {
+			return fmt.Errorf("hostPath %s is not a directory", h.Path)
+		}
+		return nil
+	case "FileOrCreate":
+		if err != nil {
+			if err := os.MkdirAll(filepath.Dir(h.Path), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(h.Path, os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("hostPath %s (type %s) does not exist", h.Path, h.Type)
+	}
+	ok := false
+	switch h.Type {
+	case "Directory":
+		ok = st.IsDir()
+	case "File":
+		ok = st.Mode().IsRegular()
+	case "Socket":
+		ok = st.Mode()&fs.ModeSocket != 0
+	case "CharDevice":
+		ok = st.Mode()&fs.ModeCharDevice != 0
+	case "BlockDevice":
+		ok = st.Mode()&fs.ModeDevice != 0 && st.Mode()&fs.ModeCharDevice == 0
+	default:
+		return fmt.Errorf("hostPath type %q is not supported", h.Type)
+	}
+	if !ok {
+		return fmt.Errorf("hostPath %s is not a %s", h.Path, h.Type)
+	}
+	return nil
+}
+
+// file is one file of a ConfigMap, Secret or projected volume.
+type file struct {
+	data []byte
+	mode os.FileMode
+}
+
+func mode(m, def int32) os.FileMode {
+	if m != 0 {
+		return os.FileMode(m) & 0o777
+	}
+	if def != 0 {
+		return os.FileMode(def) & 0o777
+	}
+	return 0o644
+}
+
+// volumeFiles computes the files of a ConfigMap, Secret or projected volume.
+func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[string]file, error) {
+	files := map[string]file{}
+	add := func(fv *wire.FilesVolume, secret bool, defMode int32) error {
+		data := map[string][]byte{}
+		if secret {
+			s := rf.secrets[o.Namespace+"/"+fv.Name]
+			if s == nil {
+				if fv.Optional {
+					return nil
+				}
+				return fmt.Errorf("secret %q not found", fv.Name)
+			}
+			for k, b := range s.Data {
+				data[k] = b
+			}
+		} else {
+			cm := rf.configMaps[o.Namespace+"/"+fv.Name]
+			if cm == nil {
+				if fv.Optional {
+					return nil
+				}
+				return fmt.Errorf("configmap %q not found", fv.Name)
+			}
+			for k, s := range cm.Data {
+				data[k] = []byte(s)
+			}
+			for k, b := range cm.Binary {
+				data[k] = b
+			}
+		}
+		dm := fv.DefaultMode
+		if dm == 0 {
+			dm = defMode
+		}
+		if len(fv.Items) == 0 {
+			for k, b := range data {
+				files[k] = file{data: b, mode: mode(0, dm)}
+			}
+			return nil
+		}
+		for _, it := range fv.Items {
+			b, ok := data[it.Key]
+			if !ok {
+				if fv.Optional {
+					continue
+				}
+				return fmt.Errorf("key %q not found in %s", it.Key, fv.Name)
+			}
+			files[it.Path] = file{data: b, mode: mode(it.Mode, dm)}
+		}
+		return nil
+	}
+	switch {
+	case v.ConfigMap != nil:
+		if err := add(v.ConfigMap, false, 0); err != nil {
+			return nil, err
+		}
+	case v.Secret != nil:
+		if err := add(v.Secret, true, 0); err != nil {
+			return nil, err
+		}
+	case v.Projected != nil:
+		for i := range v.Projected.Sources {
+			src := &v.Projected.Sources[i]
+			switch {
+			case src.ConfigMap != nil:
+				if err := add(src.ConfigMap, false, v.Projected.DefaultMode); err != nil {
+					return nil, err
+				}
+			case src.Secret != nil:
+				if err := add(src.Secret, true, v.Projected.DefaultMode); err != nil {
+					return nil, err
+				}
+			case len(src.DownwardAPI) > 0:
+				for _, f := range src.DownwardAPI {
+					val, err := w.field(o, f.Field)
+					if err != nil {
+						return nil, err
+					}
+					files[f.Path] = file{data: []byte(val), mode: mode(f.Mode, v.Projected.DefaultMode)}
+				}
+			case src.ServiceAccountToken != nil:
+				// The relay does not send tokens yet: the file is absent
+				// (see agent/README.md, gaps).
+			}
+		}
+	}
+	for p := range files {
+		if filepath.IsAbs(p) || strings.HasPrefix(p, "..") || strings.Contains(p, "/../") || p != filepath.Clean(p) {
+			return nil, fmt.Errorf("file path %q must be relative and must not contain ..", p)
+		}
+	}
+	return files, nil
+}
+
+// writeAtomic writes files into dir the way a kubelet's AtomicWriter
+// does: the payload goes into a fresh timestamped directory, a ..data
+// symlink is swapped to it with one rename, and each top-level name is a
+// symlink through ..data. A reader sees the old set or the new one, never
+// a mix. Nothing is written when the payload is unchanged.
+func writeAtomic(dir string, files map[string]file, now time.Time) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	dataLink := filepath.Join(dir, "..data")
+	old, _ := os.Readlink(dataLink)
+	if old != "" && sameFiles(filepath.Join(dir, old), files) {
+		return nil
+	}
+	ts, err := os.MkdirTemp(dir, ".."+now.UTC().Format("2006_01_02_15_04_05.")) // kubelet's naming
+	if err != nil {
+		return err
+	}
+	for p, f := range files {
+		full := filepath.Join(ts, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(full, f.data, f.mode); err != nil {
+			return err
+		}
+		if err := os.Chmod(full, f.mode); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(ts, 0o755); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dataLink); err != nil {
+		return err
+	}
+	// Top-level names: add the new, drop the gone.
+	want := map[string]bool{}
+	for p := range files {
+		want[strings.SplitN(p, "/", 2)[0]] = true
+	}
+	for name := range want {
+		link := filepath.Join(dir, name)
+		if t, err := os.Readlink(link); err == nil && t == filepath.Join("..data", name) {
+			continue
+		}
+		_ = os.RemoveAll(link)
+		if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+			return err
+		}
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		n := e.Name()
+		if strings.HasPrefix(n, "..") {
+			if n != "..data" && n != filepath.Base(ts) {
+				_ = os.RemoveAll(filepath.Join(dir, n))
+			}
+			continue
+		}
+		if !want[n] {
+			_ = os.RemoveAll(filepath.Join(dir, n))
+		}
+	}
+	return nil
+}
+
+// sameFiles reports whether dir holds exactly files.
+func sameFiles(dir string, files map[string]file) bool {
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		f, ok := files[rel]
+		if !ok {
+			return errors.New("extra")
+		}
+		info, err := d.Info()
+		if err != nil || info.Mode().Perm() != f.mode {
+			return errors.New("mode")
+		}
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(b, f.data) {
+			return errors.New("data")
+		}
+		n++
+		return nil
+	})
+	return err == nil && n == len(files)
+}
+
+// mountsUnder lists mount points at or below dir, deepest first.
+func mountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := strings.ReplaceAll(fields[4], `\040`, " ")
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}

@@ -1,0 +1,587 @@
+package pods
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"outpost.dev/agent/crilog"
+	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/wire"
+)
+
+// worker reconciles one pod. Its goroutine is the only one acting on the
+// pod's containers; the reconciler hands it the latest desired pod.
+type worker struct {
+	r     *Reconciler
+	uid   string
+	pokeC chan struct{}
+
+	mu   sync.Mutex
+	pod  *wire.Object
+	rf   *refs
+	gone bool
+
+	// Owned by the worker goroutine.
+	crash     map[string]*backoff // by container name
+	pulls     map[string]*backoff // by image
+	waiting   map[string]wire.ContainerState
+	probes    map[string]*probeState // by container ID
+	last      *wire.PodStatus
+	startTime int64
+}
+
+type backoff struct {
+	delay time.Duration
+	last  time.Time // crash: last restart; pull: last failure
+	err   string
+}
+
+func newWorker(r *Reconciler, uid string) *worker {
+	return &worker{r: r, uid: uid, pokeC: make(chan struct{}, 1),
+		crash: map[string]*backoff{}, pulls: map[string]*backoff{}, waiting: map[string]wire.ContainerState{},
+		probes: map[string]*probeState{}}
+}
+
+func (w *worker) poke() {
+	select {
+	case w.pokeC <- struct{}{}:
+	default:
+	}
+}
+
+// set hands the worker its pod (nil: the pod is gone, clean up and stop).
+func (w *worker) set(o *wire.Object, rf *refs) {
+	w.mu.Lock()
+	if o == nil {
+		w.gone = true
+	} else {
+		cp := *o
+		w.pod, w.rf = &cp, rf
+	}
+	w.mu.Unlock()
+	w.poke()
+}
+
+func (w *worker) orphan() bool    { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
+func (w *worker) refsSeen() *refs { w.mu.Lock(); defer w.mu.Unlock(); return w.rf }
+
+func (w *worker) run(ctx context.Context) {
+	defer w.r.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.pokeC:
+		case <-timer.C:
+		}
+		w.mu.Lock()
+		o, rf, gone := w.pod, w.rf, w.gone
+		w.mu.Unlock()
+		var next time.Time
+		if gone {
+			if err := w.cleanup(ctx); err == nil {
+				w.r.removeWorker(w)
+				return
+			} else if ctx.Err() == nil {
+				w.r.log.Warn("pods: removing a deleted pod's containers; retrying", "uid", w.uid, "err", err)
+			}
+			next = w.r.now().Add(5 * time.Second)
+		} else if o != nil {
+			next = w.sync(ctx, o, rf)
+		}
+		d := time.Hour
+		if !next.IsZero() {
+			d = max(time.Until(next), 10*time.Millisecond)
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(d)
+	}
+}
+
+// rec is one container of the pod as containerd holds it.
+type rec struct {
+	c          containerd.Container
+	name       string
+	attempt    int
+	init       bool
+	task       *containerd.Task
+	state      containerd.State
+	exitCode   int32
+	startedAt  time.Time
+	finishedAt time.Time
+	lost       bool // started, but the task is gone without an exit (reboot)
+}
+
+func (x *rec) running() bool {
+	return x.state == containerd.StateRunning || x.state == containerd.StatePaused
+}
+func (x *rec) exited() bool { return x.state == containerd.StateExited }
+
+// records lists the pod's containers, reaping exited tasks on the way,
+// grouped by container name, newest attempt first.
+func (w *worker) records(ctx context.Context, rt *containerd.Runtime) (map[string][]*rec, error) {
+	cs, err := rt.ListLabeled(ctx, labelPodUID, w.uid)
+	if err != nil {
+		return nil, err
+	}
+	tasks, err := rt.Tasks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]*rec{}
+	for _, c := range cs {
+		if !c.Managed() {
+			continue
+		}
+		x := &rec{c: c, name: c.Labels[labelContainer], init: c.Labels[labelInit] == "true", startedAt: c.StartedAt()}
+		x.attempt, _ = strconv.Atoi(c.Labels[labelAttempt])
+		if t, ok := tasks[c.ID]; ok {
+			x.task = &t
+			x.state = t.State
+			if t.State == containerd.StateExited {
+				x.exitCode, x.finishedAt = int32(t.ExitCode), t.ExitedAt
+				if err := rt.Reap(ctx, c.ID, t); err != nil {
+					w.r.log.Warn("pods: reaping an exited container", "container", c.ID, "err", err)
+				}
+			}
+		} else if code, at, ok := c.Exit(); ok {
+			x.state, x.exitCode, x.finishedAt = containerd.StateExited, int32(code), at
+		} else if !x.startedAt.IsZero() {
+			// Started, no task, no recorded exit: the machine (or
+			// containerd's state) went away under it.
+			x.state, x.exitCode, x.lost = containerd.StateExited, 255, true
+		} else {
+			x.state = containerd.StateCreated
+		}
+		out[x.name] = append(out[x.name], x)
+	}
+	for _, xs := range out {
+		sort.Slice(xs, func(i, j int) bool { return xs[i].attempt > xs[j].attempt })
+	}
+	return out, nil
+}
+
+func latest(recs map[string][]*rec, name string) *rec {
+	if xs := recs[name]; len(xs) > 0 {
+		return xs[0]
+	}
+	return nil
+}
+
+// containerHash identifies a container's spec: a container whose spec
+// changed (a new image) is replaced, as a kubelet does.
+func containerHash(c *wire.Container) string {
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// containerID is readable in ctr and unique: the container's name, a hash
+// of the pod UID, the attempt, and a random part, so an ID is never
+// reused (runc's state of a container lost in a crash may outlive it).
+func containerID(uid, name string, attempt int) string {
+	sum := sha256.Sum256([]byte(uid))
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	var r [3]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%s-%s-%d-%s", name, hex.EncodeToString(sum[:6]), attempt, hex.EncodeToString(r[:]))
+}
+
+func gracePeriod(p *wire.Pod) time.Duration {
+	g := p.TerminationGracePeriodSeconds
+	if p.Deleting && p.DeletionGracePeriodSeconds > 0 {
+		g = p.DeletionGracePeriodSeconds
+	}
+	return max(time.Duration(g)*time.Second, 2*time.Second)
+}
+
+// sync makes the pod's containers what its spec says and reports status.
+// It returns when it wants to run again (zero: only when poked).
+func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
+	rt := w.r.runtime()
+	pod := o.Pod
+	now := w.r.now()
+	retry := now.Add(2 * time.Second)
+	recs, err := w.records(ctx, rt)
+	if err != nil {
+		if !errors.Is(err, containerd.ErrUnavailable) && ctx.Err() == nil {
+			w.r.log.Warn("pods: listing a pod's containers", "pod", o.Namespace+"/"+o.Name, "err", err)
+		}
+		return retry
+	}
+	if w.startTime == 0 {
+		w.startTime = now.Unix()
+		for _, xs := range recs {
+			for _, x := range xs {
+				if t := x.c.CreatedAt.Unix(); t > 0 && t < w.startTime {
+					w.startTime = t
+				}
+			}
+		}
+	}
+	if pod.Deleting {
+		w.terminate(ctx, rt, o, recs)
+		if recs, err = w.records(ctx, rt); err == nil {
+			w.report(o, recs, true)
+		}
+		return retry
+	}
+
+	var next time.Time
+	due := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	acted := false
+	// Containers the spec no longer names.
+	names := map[string]bool{}
+	for _, c := range pod.InitContainers {
+		names[c.Name] = true
+	}
+	for _, c := range pod.Containers {
+		names[c.Name] = true
+	}
+	for name, xs := range recs {
+		if !names[name] {
+			for _, x := range xs {
+				w.remove(ctx, rt, x, gracePeriod(pod))
+			}
+			delete(recs, name)
+			acted = true
+		}
+	}
+
+	setup, setupErr := w.setUp(o, rf)
+	initDone := true
+	for i := range pod.InitContainers {
+		c := &pod.InitContainers[i]
+		x := latest(recs, c.Name)
+		if x != nil && x.exited() && x.exitCode == 0 {
+			continue
+		}
+		initDone = false
+		switch {
+		case x != nil && x.running():
+		case x != nil && x.exited():
+			if pod.RestartPolicy == "Never" {
+				break // the pod failed
+			}
+			acted = w.restart(ctx, rt, o, rf, setup, setupErr, c, true, x, due) || acted
+		default:
+			acted = w.start(ctx, rt, o, rf, setup, setupErr, c, true, next0(x), x, due) || acted
+		}
+		break
+	}
+	if initDone {
+		for i := range pod.Containers {
+			c := &pod.Containers[i]
+			x := latest(recs, c.Name)
+			switch {
+			case x == nil:
+				acted = w.start(ctx, rt, o, rf, setup, setupErr, c, false, 0, nil, due) || acted
+			case x.c.Labels[labelHash] != containerHash(c):
+				w.r.log.Info("pods: container spec changed; replacing it", "pod", o.Namespace+"/"+o.Name, "container", c.Name)
+				if x.running() {
+					if err := rt.Stop(ctx, x.c.ID, gracePeriod(pod)); err != nil {
+						w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+						due(retry)
+						continue
+					}
+				}
+				delete(w.crash, c.Name)
+				acted = w.start(ctx, rt, o, rf, setup, setupErr, c, false, x.attempt+1, nil, due) || acted
+			case x.running():
+				due(w.probe(ctx, rt, o, c, x))
+			case x.state == containerd.StateCreated:
+				acted = w.start(ctx, rt, o, rf, setup, setupErr, c, false, x.attempt, x, due) || acted
+			case x.exited():
+				if restarts(pod.RestartPolicy, x.exitCode) {
+					acted = w.restart(ctx, rt, o, rf, setup, setupErr, c, false, x, due) || acted
+				}
+			}
+		}
+	}
+	if acted {
+		if r2, err := w.records(ctx, rt); err == nil {
+			recs = r2
+		}
+	}
+	w.collect(ctx, rt, recs)
+	w.report(o, recs, false)
+	// Refresh files of ConfigMap, Secret and projected volumes now and then.
+	due(now.Add(time.Minute))
+	return next
+}
+
+func next0(x *rec) int {
+	if x == nil {
+		return 0
+	}
+	return x.attempt
+}
+
+// restarts says whether restartPolicy restarts a container that exited
+// with code.
+func restarts(policy string, code int32) bool {
+	switch policy {
+	case "Always":
+		return true
+	case "OnFailure":
+		return code != 0
+	}
+	return false
+}
+
+// restart starts the next attempt of an exited container, after its
+// crash back-off.
+func (w *worker) restart(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
+	c *wire.Container, init bool, x *rec, due func(time.Time)) bool {
+	now := w.r.now()
+	b := w.crash[c.Name]
+	if b != nil && !x.lost && now.Sub(x.finishedAt) < b.delay {
+		until := x.finishedAt.Add(b.delay)
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CrashLoopBackOff",
+			Message: fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", b.delay, c.Name, o.Name, o.Namespace, o.UID)}
+		due(until)
+		return false
+	}
+	return w.start(ctx, rt, o, rf, setup, setupErr, c, init, x.attempt+1, nil, due)
+}
+
+// nextCrashBackoff advances container name's back-off as a restart happens.
+func (w *worker) nextCrashBackoff(name string) {
+	now := w.r.now()
+	b := w.crash[name]
+	if b == nil || now.Sub(b.last) > w.r.cfg.BackoffReset {
+		b = &backoff{delay: w.r.cfg.BackoffBase}
+	} else {
+		b.delay = min(b.delay*2, w.r.cfg.BackoffMax)
+	}
+	b.last = now
+	w.crash[name] = b
+}
+
+// start creates and starts attempt of container c (reusing x if it is a
+// created, never started record of that attempt). It returns whether it
+// changed anything in containerd.
+func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
+	c *wire.Container, init bool, attempt int, x *rec, due func(time.Time)) bool {
+	log := w.r.log.With("pod", o.Namespace+"/"+o.Name, "container", c.Name)
+	if setupErr != nil {
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerConfigError", Message: truncate(setupErr.Error(), 1000)}
+		due(w.r.now().Add(5 * time.Second))
+		return false
+	}
+	imageID, st, wake := w.ensureImage(ctx, rt, c, log)
+	if st != nil {
+		w.waiting[c.Name] = *st
+		due(wake)
+		return false
+	}
+	sp, err := w.spec(o, rf, setup, c, init, attempt, imageID)
+	if err == nil && x != nil {
+		sp.ID = x.c.ID
+	}
+	if err != nil {
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerConfigError", Message: truncate(err.Error(), 1000)}
+		due(w.r.now().Add(5 * time.Second))
+		return false
+	}
+	if x != nil {
+		// A record of this attempt that never started (an earlier try
+		// was interrupted): replace it.
+		if err := rt.Delete(ctx, sp.ID); err != nil && !errors.Is(err, containerd.ErrNotFound) {
+			log.Warn("pods: removing an unstarted container", "err", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(sp.LogPath), 0o755); err != nil {
+		log.Warn("pods: log directory", "err", err)
+	}
+	_ = os.Remove(sp.LogPath) // a fresh attempt starts a fresh log
+	for _, f := range crilog.Files(sp.LogPath) {
+		_ = os.Remove(f)
+	}
+	if attempt > 0 {
+		w.nextCrashBackoff(c.Name)
+	}
+	if err := rt.Create(ctx, sp); err != nil {
+		log.Warn("pods: creating container", "err", err)
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerError", Message: truncate(err.Error(), 1000)}
+		due(w.r.now().Add(w.r.cfg.BackoffBase))
+		return true
+	}
+	if err := rt.Start(ctx, sp.ID); err != nil {
+		log.Warn("pods: starting container", "err", err)
+		// Reads as an exit (128, as CRI reports a failed start): the
+		// restart policy and crash back-off apply.
+		if merr := rt.MarkExited(context.WithoutCancel(ctx), sp.ID, 128, w.r.now()); merr != nil {
+			log.Warn("pods: recording a failed start", "err", merr)
+		}
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "RunContainerError", Message: truncate(err.Error(), 1000)}
+		due(w.r.now().Add(time.Second))
+		return true
+	}
+	delete(w.waiting, c.Name)
+	log.Info("pods: container started", "id", sp.ID, "image", c.Image, "attempt", attempt)
+	return true
+}
+
+// collect deletes attempts older than the previous one of each container
+// (the previous stays for lastState and kubectl logs --previous).
+func (w *worker) collect(ctx context.Context, rt *containerd.Runtime, recs map[string][]*rec) {
+	for _, xs := range recs {
+		for _, x := range xs[min(2, len(xs)):] {
+			if x.running() {
+				continue
+			}
+			if err := rt.Delete(ctx, x.c.ID); err != nil {
+				w.r.log.Warn("pods: deleting an old container", "container", x.c.ID, "err", err)
+				continue
+			}
+			w.removeLogs(x)
+		}
+	}
+	for id := range w.probes {
+		found := false
+		for _, xs := range recs {
+			for _, x := range xs {
+				if x.c.ID == id && x.running() {
+					found = true
+				}
+			}
+		}
+		if !found {
+			delete(w.probes, id)
+		}
+	}
+}
+
+func (w *worker) removeLogs(x *rec) {
+	p := x.c.LogPath()
+	if p == "" {
+		return
+	}
+	for _, f := range crilog.Files(p) {
+		_ = os.Remove(f)
+	}
+}
+
+// remove stops and deletes one container.
+func (w *worker) remove(ctx context.Context, rt *containerd.Runtime, x *rec, grace time.Duration) {
+	if x.running() {
+		if err := rt.Stop(ctx, x.c.ID, grace); err != nil {
+			w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+			return
+		}
+	}
+	if err := rt.Delete(ctx, x.c.ID); err != nil {
+		w.r.log.Warn("pods: deleting a container", "container", x.c.ID, "err", err)
+		return
+	}
+	w.removeLogs(x)
+}
+
+// terminate stops every container of a deleting pod, in parallel, each
+// with the pod's grace period.
+func (w *worker) terminate(ctx context.Context, rt *containerd.Runtime, o *wire.Object, recs map[string][]*rec) {
+	grace := gracePeriod(o.Pod)
+	var wg sync.WaitGroup
+	for _, xs := range recs {
+		for _, x := range xs {
+			if !x.running() {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.r.log.Info("pods: stopping container of a deleted pod", "pod", o.Namespace+"/"+o.Name, "container", x.name, "grace", grace)
+				if err := rt.Stop(ctx, x.c.ID, grace); err != nil {
+					w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// cleanup removes everything of a pod no longer desired: containers
+// (stopped within the grace they were created with), snapshots, volume
+// directories, network namespace and logs.
+func (w *worker) cleanup(ctx context.Context) error {
+	rt := w.r.runtime()
+	recs, err := w.records(ctx, rt)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	var logDir string
+	for _, xs := range recs {
+		for _, x := range xs {
+			if logDir == "" {
+				if p := x.c.LogPath(); p != "" {
+					logDir = filepath.Dir(filepath.Dir(p))
+				}
+			}
+			grace := 30 * time.Second
+			if g, err := strconv.Atoi(x.c.Labels[labelGrace]); err == nil {
+				grace = max(time.Duration(g)*time.Second, 2*time.Second)
+			}
+			if x.running() {
+				if err := rt.Stop(ctx, x.c.ID, grace); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
+			if err := rt.Delete(ctx, x.c.ID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := w.tearDown(); err != nil {
+		return err
+	}
+	if logDir != "" && strings.HasPrefix(logDir, w.r.cfg.LogDir+"/") {
+		_ = os.RemoveAll(logDir)
+	}
+	w.r.log.Info("pods: removed a deleted pod", "uid", w.uid, "containers", len(recs))
+	return nil
+}
+
+// report queues the pod's status if it changed.
+func (w *worker) report(o *wire.Object, recs map[string][]*rec, deleting bool) {
+	st := w.status(o, recs, deleting)
+	if w.last != nil && reflect.DeepEqual(w.last, st) {
+		return
+	}
+	if _, err := w.r.cfg.Outbox.Append("pod/"+o.UID, wire.TypePodStatus, st); err != nil {
+		w.r.log.Warn("pods: status not queued", "pod", o.Namespace+"/"+o.Name, "err", err)
+		return
+	}
+	w.last = st
+}

@@ -1,0 +1,261 @@
+package containerd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// Task is the state of a container's task, as Tasks lists it.
+type Task struct {
+	ID       string // the container's ID
+	Pid      uint32
+	State    State
+	ExitCode uint32
+	ExitedAt time.Time
+}
+
+// Tasks returns the task of every container in the namespace that has
+// one, keyed by container ID: one call however many containers run, so a
+// reconciler can poll it cheaply.
+func (r *Runtime) Tasks(ctx context.Context) (map[string]Task, error) {
+	b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/List", nil)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Task{}
+	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
+		if num == 1 {
+			t := decodeProcess(d)
+			out[t.ID] = t
+		}
+	})
+	return out, err
+}
+
+// decodeProcess decodes a containerd.v1.types.Process.
+// containerd fills container_id (1) or only id (2, the container's ID for
+// a task's init process) depending on the call.
+func decodeProcess(b []byte) (t Task) {
+	var id string
+	defer func() {
+		if t.ID == "" {
+			t.ID = id
+		}
+	}()
+	_ = fields(b, func(num protowire.Number, v uint64, d []byte) {
+		switch num {
+		case 1:
+			t.ID = string(d)
+		case 2:
+			id = string(d)
+		case 3:
+			t.Pid = uint32(v)
+		case 4:
+			t.State = decodeState(v)
+		case 9:
+			t.ExitCode = uint32(v)
+		case 10:
+			t.ExitedAt = decodeTime(d)
+		}
+	})
+	return t
+}
+
+func decodeState(v uint64) State {
+	switch v {
+	case 2:
+		return StateRunning
+	case 3:
+		return StateExited
+	case 4, 5:
+		return StatePaused
+	}
+	return StateCreated
+}
+
+// ListLabeled returns the containers whose label key has value v.
+func (r *Runtime) ListLabeled(ctx context.Context, key, v string) ([]Container, error) {
+	filter := fmt.Sprintf("labels.%q==%q", key, v)
+	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/List", enc(nil).str(1, filter))
+	if err != nil {
+		return nil, err
+	}
+	var out []Container
+	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
+		if num == 1 {
+			out = append(out, decodeContainer(d))
+		}
+	})
+	return out, err
+}
+
+// processTypeURL is how containerd types an exec's process spec.
+const processTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+
+// Exec runs args in running container id, as its process (same user,
+// environment and working directory), with no stdin and output discarded,
+// and returns its exit code. It kills the process and returns an error
+// wrapping context.DeadlineExceeded if it has not exited within timeout.
+// For exec probes.
+func (r *Runtime) Exec(ctx context.Context, id string, args []string, timeout time.Duration) (int, error) {
+	if len(args) == 0 {
+		return 0, errors.New("exec: no command")
+	}
+	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Get", enc(nil).str(1, id))
+	if err != nil {
+		return 0, fmt.Errorf("container %s: %w", id, err)
+	}
+	var specJSON []byte
+	_ = fields(b, func(num protowire.Number, _ uint64, c []byte) {
+		_ = fields(c, func(num protowire.Number, _ uint64, d []byte) {
+			if num == 5 {
+				_ = fields(d, func(num protowire.Number, _ uint64, v []byte) {
+					if num == 2 {
+						specJSON = v
+					}
+				})
+			}
+		})
+	})
+	var s specs.Spec
+	if err := json.Unmarshal(specJSON, &s); err != nil || s.Process == nil {
+		return 0, fmt.Errorf("container %s: no process in its spec: %v", id, err)
+	}
+	p := *s.Process
+	p.Args = args
+	p.Terminal = false
+	pj, err := json.Marshal(p)
+	if err != nil {
+		return 0, err
+	}
+	execID := "exec-" + randomID()
+	req := enc(nil).str(1, id).msg(6, enc(nil).str(1, processTypeURL).bytes(2, pj)).str(7, execID)
+	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Exec", req); err != nil {
+		return 0, fmt.Errorf("container %s: exec: %w", id, err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/DeleteProcess", enc(nil).str(1, id).str(2, execID))
+	}()
+	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Start", enc(nil).str(1, id).str(2, execID)); err != nil {
+		return 0, fmt.Errorf("container %s: start exec: %w", id, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for wait := 5 * time.Millisecond; ; wait = min(wait*2, 100*time.Millisecond) {
+		b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Get", enc(nil).str(1, id).str(2, execID))
+		if err != nil {
+			return 0, fmt.Errorf("container %s: exec: %w", id, err)
+		}
+		var t Task
+		_ = fields(b, func(num protowire.Number, _ uint64, d []byte) {
+			if num == 1 {
+				t = decodeProcess(d)
+			}
+		})
+		if t.State == StateExited {
+			return int(t.ExitCode), nil
+		}
+		if time.Now().After(deadline) {
+			_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Kill", enc(nil).str(1, id).str(2, execID).uint(3, 9))
+			return 0, fmt.Errorf("container %s: exec %q: %w after %s", id, args[0], context.DeadlineExceeded, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Image returns a pulled image by name (its manifest digest and config);
+// ErrNotFound if containerd does not hold it.
+func (r *Runtime) Image(ctx context.Context, name string) (*Image, error) {
+	cfg, digest, err := r.imageConfig(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	chain := chainIDs(cfg.RootFS.DiffIDs)
+	top := ""
+	if len(chain) > 0 {
+		top = chain[len(chain)-1]
+	}
+	return &Image{Name: name, Digest: digest, ChainID: top, Config: cfg.Config}, nil
+}
+
+// Labels Reap records, so a container's exit outlives its task.
+const (
+	labelExitCode = "dev.outpost.exit-code"
+	labelExitedAt = "dev.outpost.exited-at"
+)
+
+// Reap records the exit of container id's task t (which must have
+// exited) in the container's labels, then deletes the task, which ends its
+// shim: an exited container then costs no process, and Container.Exit
+// still tells how it ended.
+func (r *Runtime) Reap(ctx context.Context, id string, t Task) error {
+	if t.State != StateExited {
+		return fmt.Errorf("container %s: task is %s, not exited", id, t.State)
+	}
+	if err := r.SetLabels(ctx, id, map[string]string{
+		labelExitCode: fmt.Sprint(t.ExitCode),
+		labelExitedAt: t.ExitedAt.UTC().Format(time.RFC3339Nano),
+	}); err != nil {
+		return err
+	}
+	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(1, id))
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("container %s: delete task: %w", id, err)
+	}
+	return nil
+}
+
+// MarkExited records an exit for a container whose task never ran (its
+// start failed), so it reads like any exited container.
+func (r *Runtime) MarkExited(ctx context.Context, id string, code uint32, at time.Time) error {
+	return r.SetLabels(ctx, id, map[string]string{
+		labelExitCode: fmt.Sprint(code), labelExitedAt: at.UTC().Format(time.RFC3339Nano),
+	})
+}
+
+// SetLabels sets labels on container id, leaving the others.
+func (r *Runtime) SetLabels(ctx context.Context, id string, labels map[string]string) error {
+	c := enc(nil).str(1, id).labels(2, labels)
+	mask := enc(nil)
+	for k := range labels {
+		mask = mask.str(1, "labels."+k)
+	}
+	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Update", enc(nil).msg(1, c).msg(2, mask)); err != nil {
+		return fmt.Errorf("container %s: set labels: %w", id, err)
+	}
+	return nil
+}
+
+// StartedAt is when the container's (latest) task was started; zero if never.
+func (c Container) StartedAt() time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, c.Labels[labelStartedAt])
+	return t
+}
+
+// Exit is the exit recorded by Reap or MarkExited; ok is false if none.
+func (c Container) Exit() (code uint32, at time.Time, ok bool) {
+	s, has := c.Labels[labelExitCode]
+	if !has {
+		return 0, time.Time{}, false
+	}
+	var n uint32
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		return 0, time.Time{}, false
+	}
+	at, _ = time.Parse(time.RFC3339Nano, c.Labels[labelExitedAt])
+	return n, at, true
+}
+
+// LogPath is the log file given at Create.
+func (c Container) LogPath() string { return c.Labels[labelLogPath] }

@@ -1,0 +1,32 @@
+// Package devices is the relay's side of the Device API (outpost.dev/
+// v1alpha1, kind Device): the custom resource definition, which the relay
+// installs at start, the per-connection watch that gives each agent only
+// the Devices bound to its node, and the status writer that turns the
+// agent's twin reports into status.reported and conditions.
+//
+// Types are hand-written (no code generation): the relay reads Devices with
+// the dynamic client and converts them with
+// runtime.DefaultUnstructuredConverter.
+//
+// # Which Devices an agent gets
+//
+// The CRD declares spec.nodeName a selectable field, so each connection
+// list+watches its node's Devices with fieldSelector spec.nodeName=<node>,
+// exactly as the pod sync watches pods; the relay never holds another
+// node's Devices, and checks the binding again on every object. A Device
+// travels as wire.Object{Kind: KindDevice} whose Version is the Device's
+// metadata.generation, which only spec changes move: the relay's own status
+// writes never send the Device down again.
+//
+// # Status writes
+//
+// Reports are coalesced per Device (last wins) in one bounded queue per
+// relay, and written by a few workers through a token bucket
+// (--device-status-qps, --device-status-burst), so thousands of twins cost
+// the API server at most that many writes per second; the rest coalesce.
+// Each write is one JSON patch of the status subresource that first tests
+// metadata.uid and spec.nodeName, so a Device deleted, replaced or re-bound
+// meanwhile is never written on behalf of the wrong node. A report is
+// acknowledged to the agent only after its write (or a newer one of the same
+// Device) succeeded, or when it was dropped for good.
+package devices

@@ -1,0 +1,356 @@
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/flowcontrol"
+
+	"outpost.dev/wire"
+)
+
+// Defaults for WriterConfig fields left zero.
+const (
+	DefaultQPS      = 100
+	DefaultBurst    = 200
+	DefaultMaxQueue = 10000
+	DefaultWorkers  = 4
+	apiTimeout      = 10 * time.Second
+	retryMin        = 500 * time.Millisecond
+	retryMax        = 30 * time.Second
+)
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	Dynamic dynamic.Interface
+	// QPS and Burst are the token bucket on status writes, for all
+	// Devices of all connections together.
+	QPS   float64
+	Burst int
+	// MaxQueue bounds the Devices waiting for a write; Submit blocks when
+	// it is full (back-pressure on the connection that reports).
+	MaxQueue int
+	// Workers write in parallel (each still takes a token per write).
+	Workers int
+	Log     *slog.Logger
+	// Registerer receives the writer's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+}
+
+// Write is one Device's report waiting for its write.
+type Write struct {
+	// Node is the reporting node, from its certificate; Key is
+	// namespace/name.
+	Node, Key string
+	Report    *wire.TwinReport
+	// Lookup returns the Device as the node's watch last saw it: its UID,
+	// spec and current status, read again at write time.
+	Lookup func() (*Device, bool)
+	// Done is called once the report is durable, superseded by a newer
+	// report of the same Device that is durable, or dropped for good (the
+	// Device is gone or bound elsewhere). It is not called when the relay
+	// shuts down first.
+	Done func()
+	// Owner identifies who waits (one connection); a newer Write of the
+	// same Device and Owner replaces the older one's Done.
+	Owner any
+}
+
+type item struct {
+	w     Write
+	dones map[any]func()
+	tries int
+	first time.Time // arrival of the oldest report it carries
+}
+
+// Writer writes Device status for every connection of a relay.
+type Writer struct {
+	cfg     WriterConfig
+	limiter flowcontrol.RateLimiter
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	pending  map[string]*item // by Key, not being written
+	queue    []string         // pending Keys ready to write, oldest first
+	inflight map[string]bool
+	wake     chan struct{} // a key was queued
+	room     chan struct{} // the queue shrank
+
+	writes  *prometheus.CounterVec
+	depth   prometheus.GaugeFunc
+	latency prometheus.Histogram
+}
+
+// NewWriter starts a Writer; Close stops it.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.Dynamic == nil {
+		return nil, errors.New("devices: Dynamic is required")
+	}
+	if cfg.QPS <= 0 {
+		cfg.QPS = DefaultQPS
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = max(DefaultBurst, int(cfg.QPS))
+	}
+	if cfg.MaxQueue <= 0 {
+		cfg.MaxQueue = DefaultMaxQueue
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Writer{
+		cfg:      cfg,
+		limiter:  flowcontrol.NewTokenBucketRateLimiter(float32(cfg.QPS), cfg.Burst),
+		ctx:      ctx,
+		cancel:   cancel,
+		pending:  map[string]*item{},
+		inflight: map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		room:     make(chan struct{}, 1),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_device_status_writes_total",
+			Help: "Device status writes, by result (ok, dropped, retry).",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "outpost_relay_device_status_write_seconds",
+			Help:    "Time from a twin report's arrival to its status write.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+	}
+	w.depth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "outpost_relay_device_status_queue",
+		Help: "Devices whose report waits for a status write.",
+	}, func() float64 { w.mu.Lock(); defer w.mu.Unlock(); return float64(len(w.pending)) })
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{w.writes, w.depth, w.latency} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				cancel()
+				return nil, fmt.Errorf("devices: register metrics: %w", err)
+			}
+		}
+	}
+	for range cfg.Workers {
+		w.wg.Go(w.work)
+	}
+	return w, nil
+}
+
+// Close stops the workers; queued reports are not written (their agents
+// send them again on the next connection).
+func (w *Writer) Close() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+// Submit queues wr, replacing a queued report of the same Device (last
+// wins). It blocks while the queue is full, until ctx ends (false).
+func (w *Writer) Submit(ctx context.Context, wr Write) bool {
+	for {
+		w.mu.Lock()
+		if it := w.pending[wr.Key]; it != nil {
+			it.w.Report, it.w.Lookup, it.w.Node = wr.Report, wr.Lookup, wr.Node
+			it.dones[wr.Owner] = wr.Done
+			it.tries = 0
+			w.mu.Unlock()
+			return true
+		}
+		if len(w.pending) < w.cfg.MaxQueue {
+			w.pending[wr.Key] = &item{w: wr, dones: map[any]func(){wr.Owner: wr.Done}, first: time.Now()}
+			if !w.inflight[wr.Key] {
+				w.queue = append(w.queue, wr.Key)
+			}
+			w.mu.Unlock()
+			w.poke(w.wake)
+			return true
+		}
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-w.ctx.Done():
+			return false
+		case <-w.room:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (w *Writer) poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the oldest queued item, waiting for one.
+func (w *Writer) next() (string, *item, bool) {
+	for {
+		w.mu.Lock()
+		if len(w.queue) > 0 {
+			key := w.queue[0]
+			w.queue[0] = ""
+			w.queue = w.queue[1:]
+			if len(w.queue) == 0 {
+				w.queue = nil // let the backing array go
+			}
+			it := w.pending[key]
+			delete(w.pending, key)
+			w.inflight[key] = true
+			more := len(w.queue) > 0
+			w.mu.Unlock()
+			w.poke(w.room)
+			if more {
+				w.poke(w.wake) // another worker may start too
+			}
+			return key, it, true
+		}
+		w.mu.Unlock()
+		select {
+		case <-w.ctx.Done():
+			return "", nil, false
+		case <-w.wake:
+		}
+	}
+}
+
+// finish ends the write of key; a report that arrived meanwhile is queued.
+func (w *Writer) finish(key string) {
+	w.mu.Lock()
+	delete(w.inflight, key)
+	queued := w.pending[key] != nil
+	if queued {
+		w.queue = append(w.queue, key)
+	}
+	w.mu.Unlock()
+	if queued {
+		w.poke(w.wake)
+	}
+}
+
+// failed ends a failed write of key. A newer report of the Device that
+// arrived meanwhile carries it.dones too and is written next; otherwise it
+// stays pending (so newer reports coalesce into it) and is queued again
+// after a backoff. An older report is never written after a newer one.
+func (w *Writer) failed(key string, it *item) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.inflight, key)
+	if cur := w.pending[key]; cur != nil {
+		for o, d := range it.dones {
+			if _, newer := cur.dones[o]; !newer {
+				cur.dones[o] = d
+			}
+		}
+		w.queue = append(w.queue, key)
+		w.poke(w.wake)
+		return
+	}
+	it.tries++
+	w.pending[key] = it // parked: not in the queue until the timer
+	backoff := min(retryMin<<min(it.tries-1, 8), retryMax)
+	time.AfterFunc(backoff, func() {
+		w.mu.Lock()
+		if w.pending[key] == it && !w.inflight[key] {
+			w.queue = append(w.queue, key)
+		}
+		w.mu.Unlock()
+		w.poke(w.wake)
+	})
+}
+
+func (w *Writer) work() {
+	for {
+		key, it, ok := w.next()
+		if !ok {
+			return
+		}
+		if err := w.limiter.Wait(w.ctx); err != nil {
+			return
+		}
+		err := w.write(it.w)
+		switch {
+		case w.ctx.Err() != nil:
+			return
+		case err == nil:
+			w.writes.WithLabelValues("ok").Inc()
+			w.latency.Observe(time.Since(it.first).Seconds())
+			for _, d := range it.dones {
+				d()
+			}
+		case errors.Is(err, errDrop):
+			w.writes.WithLabelValues("dropped").Inc()
+			w.cfg.Log.Warn("twin report dropped", "node", it.w.Node, "device", key, "err", err)
+			for _, d := range it.dones {
+				d()
+			}
+		default:
+			w.writes.WithLabelValues("retry").Inc()
+			w.cfg.Log.Warn("device status write failed; will retry", "node", it.w.Node, "device", key, "err", err)
+			w.failed(key, it)
+			continue
+		}
+		w.finish(key)
+	}
+}
+
+// errDrop marks a report that can never be written.
+var errDrop = errors.New("device gone or not bound to the reporting node")
+
+// write patches the status of one Device: one JSON patch that tests the
+// UID and node binding, then sets the whole status.
+func (w *Writer) write(wr Write) error {
+	d, ok := wr.Lookup()
+	if !ok {
+		return errDrop
+	}
+	ns, name, _ := strings.Cut(wr.Key, "/")
+	st := NewStatus(d, wr.Report, time.Now())
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/uid", "value": string(d.UID)},
+		{"op": "test", "path": "/spec/nodeName", "value": wr.Node},
+		{"op": "add", "path": "/status", "value": st.toJSON()},
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(w.ctx, apiTimeout)
+	defer cancel()
+	_, err = w.cfg.Dynamic.Resource(GVR).Namespace(ns).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: "outpost-relay"}, "status")
+	switch {
+	case err == nil:
+		return nil
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("%w: %v", errDrop, err)
+	case isTestFailed(err):
+		return fmt.Errorf("%w: %v", errDrop, err)
+	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err), apierrors.IsRequestEntityTooLargeError(err):
+		// Never going to succeed: retrying would hold every later ack of
+		// the connection back.
+		return fmt.Errorf("%w: status refused by the API server: %v", errDrop, err)
+	}
+	return err
+}
+
+// isTestFailed recognizes a failed JSON patch test operation (the Device
+// was replaced or re-bound since the watch saw it).
+func isTestFailed(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "testing value") || strings.Contains(s, "test operation") || strings.Contains(s, "test failed")
+}

@@ -1,0 +1,393 @@
+package podstatus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/flowcontrol"
+	"k8s.io/client-go/util/retry"
+
+	"outpost.dev/wire"
+)
+
+// Defaults for WriterConfig and SessionConfig fields left zero.
+const (
+	DefaultQPS           = 100
+	DefaultBurst         = 200
+	DefaultMaxConcurrent = 16
+	DefaultMaxPending    = 1024
+	apiTimeout           = 15 * time.Second
+	backoffMin           = 500 * time.Millisecond
+	backoffMax           = 30 * time.Second
+)
+
+// FieldManager names the relay in managedFields.
+const FieldManager = "outpost-relay"
+
+// WriterConfig configures a Writer.
+type WriterConfig struct {
+	Client kubernetes.Interface
+	// QPS and Burst bound the pod status writes of all connections
+	// together (each costs a read and a write, like the kubelet's).
+	QPS   float32
+	Burst int
+	// MaxConcurrent bounds writes in flight across all connections.
+	MaxConcurrent int
+	Log           *slog.Logger
+	// Registerer receives the write counter; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Writer is shared by every connection of a relay.
+type Writer struct {
+	cfg     WriterConfig
+	limiter flowcontrol.RateLimiter
+	sem     chan struct{}
+	results *prometheus.CounterVec
+}
+
+// NewWriter builds a Writer.
+func NewWriter(cfg WriterConfig) (*Writer, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("podstatus: Client is required")
+	}
+	if cfg.QPS <= 0 {
+		cfg.QPS = DefaultQPS
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = DefaultBurst
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	w := &Writer{
+		cfg:     cfg,
+		limiter: flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst),
+		sem:     make(chan struct{}, cfg.MaxConcurrent),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_relay_pod_status_reports_total",
+			Help: "Pod status reports from agents, by outcome: written, unchanged, deleted, dropped (never writable), failed (retried).",
+		}, []string{"result"}),
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(w.results); err != nil {
+			return nil, fmt.Errorf("podstatus: register metrics: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// Outcome of one write.
+type Outcome int
+
+// Outcomes of Write.
+const (
+	// Written: the status is in the API server (or already was).
+	Written Outcome = iota
+	// Dropped: the report can never be written (pod gone, of another
+	// node, a stale UID, a status the API server refuses); ack it.
+	Dropped
+	// Retry: a transient failure; keep the report and try again.
+	Retry
+)
+
+// errDrop marks a report to ack and drop.
+type errDrop struct{ why string }
+
+func (e *errDrop) Error() string { return e.why }
+
+// Write writes one report of node to the API server: the pod must exist,
+// be bound to node and have the report's UID. The node is the
+// connection's, from its certificate; the report's namespace and name are
+// only where to look.
+func (w *Writer) Write(ctx context.Context, node string, rep *wire.PodStatus) (Outcome, error) {
+	if err := w.limiter.Wait(ctx); err != nil {
+		return Retry, err
+	}
+	select {
+	case w.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Retry, ctx.Err()
+	}
+	defer func() { <-w.sem }()
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+
+	api := w.cfg.Client.CoreV1().Pods(rep.Namespace)
+	result := "unchanged"
+	fresh := false
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		// The first read may come from the API server's watch cache; a
+		// conflict or a miss reads again from etcd.
+		opts := metav1.GetOptions{ResourceVersion: "0"}
+		if fresh {
+			opts = metav1.GetOptions{}
+		}
+		pod, err := api.Get(ctx, rep.Name, opts)
+		if apierrors.IsNotFound(err) && !fresh {
+			fresh = true
+			pod, err = api.Get(ctx, rep.Name, metav1.GetOptions{})
+		}
+		fresh = true
+		switch {
+		case apierrors.IsNotFound(err):
+			return &errDrop{"pod not found"}
+		case err != nil:
+			return err
+		case pod.Spec.NodeName != node:
+			return &errDrop{fmt.Sprintf("pod is bound to node %q, not to this node", pod.Spec.NodeName)}
+		case string(pod.UID) != rep.UID:
+			return &errDrop{"stale report: the pod of that name now has another UID"}
+		}
+		st := Status(rep, pod, metav1.NewTime(w.cfg.Now()))
+		if !equality.Semantic.DeepEqual(st, pod.Status) {
+			upd := pod.DeepCopy()
+			upd.Status = st
+			if _, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+				return err
+			}
+			result = "written"
+		}
+		if rep.Terminated && pod.DeletionTimestamp != nil {
+			// Every container has stopped: finish the graceful delete, as
+			// the kubelet does. The UID precondition never deletes a newer
+			// pod of the same name.
+			uid := pod.UID
+			err := api.Delete(ctx, rep.Name, metav1.DeleteOptions{
+				GracePeriodSeconds: new(int64),
+				Preconditions:      &metav1.Preconditions{UID: &uid},
+			})
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+				return fmt.Errorf("delete: %w", err)
+			}
+			result = "deleted"
+		}
+		return nil
+	})
+	var drop *errDrop
+	switch {
+	case err == nil:
+		w.results.WithLabelValues(result).Inc()
+		return Written, nil
+	case errors.As(err, &drop):
+		w.results.WithLabelValues("dropped").Inc()
+		return Dropped, err
+	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err):
+		// Sending it again cannot help; say why and move on.
+		w.results.WithLabelValues("dropped").Inc()
+		return Dropped, err
+	default:
+		w.results.WithLabelValues("failed").Inc()
+		return Retry, err
+	}
+}
+
+// SessionConfig configures the status writes of one agent connection.
+type SessionConfig struct {
+	// Node is the node name, from the client certificate.
+	Node string
+	// Done is called once per report seq when it no longer needs to be
+	// kept: written, dropped for good, or replaced by a newer report of
+	// the same pod. It may be called from Report's caller or from the
+	// session's goroutine.
+	Done func(seq uint64)
+	// MaxPending bounds the pods with a report waiting; Report blocks at
+	// it. Default DefaultMaxPending.
+	MaxPending int
+	Log        *slog.Logger
+}
+
+// Session writes the pod status reports of one connection, one at a time,
+// oldest first, coalescing reports of the same pod.
+type Session struct {
+	w    *Writer
+	cfg  SessionConfig
+	ctx  context.Context
+	stop context.CancelFunc
+	done chan struct{}
+	wake chan struct{}
+	room chan struct{}
+
+	mu      sync.Mutex
+	pending map[string]*item // by pod UID
+	order   []string         // UIDs, oldest first
+}
+
+type item struct {
+	seq     uint64
+	rep     *wire.PodStatus
+	retryAt time.Time
+	backoff time.Duration
+}
+
+// Start begins a session. Stop it when the connection ends.
+func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.Log == nil {
+		cfg.Log = w.cfg.Log.With("node", cfg.Node)
+	}
+	if cfg.Done == nil {
+		cfg.Done = func(uint64) {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &Session{
+		w: w, cfg: cfg, ctx: ctx, stop: cancel,
+		done: make(chan struct{}), wake: make(chan struct{}, 1), room: make(chan struct{}, 1),
+		pending: map[string]*item{},
+	}
+	go s.run()
+	return s
+}
+
+// Stop ends the session and waits for its goroutine. Reports not written
+// stay unacked: the agent sends them again on its next connection.
+func (s *Session) Stop() {
+	s.stop()
+	<-s.done
+}
+
+// Report queues rep, carried by the frame numbered seq. A queued report of
+// the same pod is replaced (and its seq done). With MaxPending pods
+// waiting, Report waits for room: the connection's reads stall rather than
+// the relay's memory growing. It returns false if the session ended.
+func (s *Session) Report(seq uint64, rep *wire.PodStatus) bool {
+	for {
+		s.mu.Lock()
+		if it := s.pending[rep.UID]; it != nil {
+			old := it.seq
+			it.seq, it.rep, it.retryAt, it.backoff = seq, rep, time.Time{}, 0
+			s.mu.Unlock()
+			s.cfg.Done(old)
+			s.poke()
+			return true
+		}
+		if len(s.pending) < s.cfg.MaxPending {
+			s.pending[rep.UID] = &item{seq: seq, rep: rep}
+			s.order = append(s.order, rep.UID)
+			s.mu.Unlock()
+			s.poke()
+			return true
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.room:
+		case <-s.ctx.Done():
+			return false
+		}
+	}
+}
+
+func (s *Session) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take removes and returns the oldest report due now, or the time the
+// next one is due.
+func (s *Session) take(now time.Time) (*item, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := now.Add(time.Hour)
+	for i, uid := range s.order {
+		it := s.pending[uid]
+		if it.retryAt.After(now) {
+			if it.retryAt.Before(next) {
+				next = it.retryAt
+			}
+			continue
+		}
+		s.order = append(s.order[:i:i], s.order[i+1:]...)
+		delete(s.pending, uid)
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+		return it, next
+	}
+	return nil, next
+}
+
+// retry puts it back unless a newer report of its pod arrived meanwhile,
+// which replaces it.
+func (s *Session) retry(it *item) {
+	s.mu.Lock()
+	if _, newer := s.pending[it.rep.UID]; newer {
+		s.mu.Unlock()
+		s.cfg.Done(it.seq)
+		return
+	}
+	it.backoff = min(max(2*it.backoff, backoffMin), backoffMax)
+	it.retryAt = time.Now().Add(it.backoff/2 + rand.N(it.backoff/2+1))
+	s.pending[it.rep.UID] = it
+	s.order = append(s.order, it.rep.UID)
+	s.mu.Unlock()
+}
+
+func (s *Session) run() {
+	defer close(s.done)
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.Log.Error("pod status session panicked; reports of this connection stay unacked", "panic", r)
+		}
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		it, next := s.take(time.Now())
+		if it != nil {
+			out, err := s.w.Write(s.ctx, s.cfg.Node, it.rep)
+			pod := it.rep.Namespace + "/" + it.rep.Name
+			switch {
+			case s.ctx.Err() != nil:
+				return
+			case out == Written:
+				s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)
+				s.cfg.Done(it.seq)
+			case out == Dropped:
+				s.cfg.Log.Warn("pod status report dropped", "pod", pod, "uid", it.rep.UID, "seq", it.seq, "why", err)
+				s.cfg.Done(it.seq)
+			default:
+				s.cfg.Log.Warn("pod status write failed; will retry", "pod", pod, "err", err)
+				s.retry(it)
+			}
+			continue
+		}
+		timer.Reset(max(time.Until(next), time.Millisecond))
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.wake:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+func timeFromMillis(ms int64) time.Time { return time.UnixMilli(ms) }

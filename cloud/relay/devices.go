@@ -1,0 +1,104 @@
+package relay
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/pods"
+	"outpost.dev/wire"
+)
+
+// deviceSyncWait bounds how long a twin report waits for the connection's
+// Device watch to list before it is judged.
+const deviceSyncWait = 10 * time.Second
+
+// twins handles the twin reports of one connection: each is checked
+// against the Devices bound to the connection's node (from its own watch,
+// which also feeds the downstream sync) and handed to the relay's status
+// writer, and acknowledged through the connection's acks once written.
+type twins struct {
+	c    *conn
+	devs *devices.NodeDevices // nil: the relay has no Device API
+
+	mu      sync.Mutex
+	pending map[string]uint64 // device → seq of its newest report not yet written
+	logged  time.Time         // last drop logged, to bound log lines
+}
+
+// startDevices starts the connection's Device watch. The returned Extra
+// goes into the pod sync (nil without a Device API); stop ends the watch.
+func (c *conn) startDevices() (t *twins, extra pods.Extra, stop func()) {
+	t = &twins{c: c, pending: map[string]uint64{}}
+	if c.s.devices == nil {
+		return t, nil, func() {}
+	}
+	t.devs = devices.Watch(c.s.ctx, c.s.cfg.Dynamic, c.node, c.log)
+	return t, t.devs, t.devs.Stop
+}
+
+// report handles one twin report numbered seq, already received by
+// c.acks. It may block while the relay's status queue is full
+// (back-pressure on this agent).
+func (t *twins) report(seq uint64, r *wire.TwinReport) {
+	key := r.Device
+	ns, name, ok := strings.Cut(key, "/")
+	switch {
+	case t.devs == nil:
+		t.drop(seq, key, "this relay has no Device API (no dynamic client configured)")
+		return
+	case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+		t.drop(seq, key, "device is not namespace/name")
+		return
+	}
+	if !t.devs.Synced() {
+		ctx, cancel := context.WithTimeout(t.c.s.ctx, deviceSyncWait)
+		t.devs.WaitSynced(ctx)
+		cancel()
+	}
+	if _, ok := t.devs.Get(key); !ok {
+		t.drop(seq, key, "no such Device bound to this node")
+		return
+	}
+	// A newer report of a Device supersedes the older ones (the agent's
+	// outbox coalesces them too): the older seq is done, and the ack may
+	// pass it while the newer one is written.
+	t.mu.Lock()
+	prev, had := t.pending[key]
+	t.pending[key] = seq
+	t.mu.Unlock()
+	if had {
+		t.c.acks.done(prev)
+	}
+	// False only when the relay is closing; the agent sends it again.
+	t.c.s.devices.Submit(t.c.s.ctx, devices.Write{
+		Node: t.c.node, Key: key, Report: r, Owner: t,
+		Lookup: func() (*devices.Device, bool) { return t.devs.Get(key) },
+		Done: func() {
+			t.mu.Lock()
+			if t.pending[key] <= seq {
+				delete(t.pending, key)
+			}
+			t.mu.Unlock()
+			t.c.acks.done(seq)
+		},
+	})
+}
+
+// drop acks a report that can never be written, logging why (at most a
+// line a second per connection).
+func (t *twins) drop(seq uint64, key, why string) {
+	t.mu.Lock()
+	now := time.Now()
+	logIt := now.Sub(t.logged) >= time.Second
+	if logIt {
+		t.logged = now
+	}
+	t.mu.Unlock()
+	if logIt {
+		t.c.log.Warn("twin report dropped", "device", key, "reason", why, "seq", seq)
+	}
+	t.c.acks.done(seq)
+}

@@ -1,0 +1,311 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/relay"
+	"outpost.dev/test/harness"
+	"outpost.dev/test/stack"
+	"outpost.dev/wire"
+)
+
+// twinRig is an in-process relay with the Device API on a real API server,
+// reached through a byte-counting proxy.
+type twinRig struct {
+	cp    *harness.ControlPlane
+	dyn   dynamic.Interface
+	srv   *relay.Server
+	reg   *prometheus.Registry
+	ca    *pki.CA
+	proxy *stack.Proxy
+}
+
+func startTwinRig(b *testing.B, qps float64) *twinRig {
+	ctx := context.Background()
+	cp, err := harness.StartControlPlane(ctx, harness.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cp.Stop() })
+	cfg := cp.RESTConfig()
+	cfg.QPS, cfg.Burst = 200, 400
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dcfg := cp.RESTConfig()
+	dcfg.QPS, dcfg.Burst = -1, 0 // the relay's own bucket limits status writes
+	dyn, err := dynamic.NewForConfig(dcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := devices.EnsureCRD(ctx, dyn, slog.New(slog.DiscardHandler)); err != nil {
+		b.Fatal(err)
+	}
+	ca, err := pki.Generate(time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
+		Dynamic: dyn, DeviceStatus: devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert, err := ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(srv)
+	hs.TLS = srv.TLSConfig(cert)
+	hs.Config.ErrorLog = nil
+	hs.StartTLS()
+	b.Cleanup(func() { srv.Close(); hs.Close() })
+	proxy, err := stack.NewProxy(strings.TrimPrefix(hs.URL, "https://"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(proxy.Close)
+	return &twinRig{cp: cp, dyn: dyn, srv: srv, reg: reg, ca: ca, proxy: proxy}
+}
+
+// createDevices creates per Devices (one float property each) on node.
+func (r *twinRig) createDevices(b *testing.B, node string, per int) {
+	api := r.dyn.Resource(devices.GVR).Namespace("default")
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := range per {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			u := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": devices.Group + "/" + devices.Version, "kind": devices.Kind,
+				"metadata": map[string]any{"name": fmt.Sprintf("%s-d%04d", node, i), "namespace": "default"},
+				"spec": map[string]any{"nodeName": node, "driver": "ds18b20", "connection": map[string]any{"bus": "W1"},
+					"properties": []any{map[string]any{"name": "temperature", "type": "float", "unit": "°C"}}},
+			}}
+			if _, err := api.Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// twinAgent is a protocol-level agent: hello, then twin reports.
+type twinAgent struct {
+	c     *websocket.Conn
+	acked atomic.Uint64
+	acks  chan uint64
+	sync  chan int // upserts of the initial sync, once Complete
+}
+
+func (r *twinRig) connect(b *testing.B, ctx context.Context, node string) *twinAgent {
+	c, err := connectAgent(ctx, r.proxy.Addr, r.ca, node)
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := &twinAgent{c: c, acks: make(chan uint64, 1024), sync: make(chan int, 1)}
+	go func() {
+		upserts := 0
+		for {
+			_, msg, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			f, err := wire.Decode(msg)
+			if err != nil {
+				continue
+			}
+			switch f.Type {
+			case wire.TypeAck:
+				a.acked.Store(f.Ack)
+				select {
+				case a.acks <- f.Ack:
+				default:
+				}
+			case wire.TypeSync:
+				var s wire.Sync
+				if f.DecodeBody(&s) == nil {
+					upserts += len(s.Upserts)
+					if s.Complete {
+						a.sync <- upserts
+					}
+				}
+			}
+		}
+	}()
+	return a
+}
+
+func twinReport(dev string, v float64) *wire.TwinReport {
+	return &wire.TwinReport{Device: dev,
+		Values:     []wire.TwinValue{{Name: "temperature", Num: v, At: time.Now().UnixMilli()}},
+		Conditions: []wire.Condition{{Type: "Connected", Status: "True"}, {Type: "Error", Status: "False"}}}
+}
+
+func (r *twinRig) statusWrites(b *testing.B) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "outpost_relay_device_status_writes_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == "ok" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkTwinUpdates measures the Device status writes per second one
+// in-process relay sustains into a real API server: OUTPOST_BENCH_DEVICES
+// Devices (default 1,000) spread over OUTPOST_BENCH_NODES protocol-level
+// agents (default 10), each agent sending every one of its Devices a new
+// value in turn, with at most 256 reports unacknowledged per agent, as fast
+// as acks allow or at OUTPOST_BENCH_REPORTS_PER_SEC in total. The
+// relay's bucket is OUTPOST_BENCH_TWIN_QPS (default 100,000: unbounded,
+// to find the ceiling). Every write is acked only once durable, so
+// writes/s is also durable twin updates/s.
+func BenchmarkTwinUpdates(b *testing.B) {
+	nDev, nNodes := envInt("OUTPOST_BENCH_DEVICES", 1000), envInt("OUTPOST_BENCH_NODES", 10)
+	dur := time.Duration(envInt("OUTPOST_BENCH_SECONDS", 15)) * time.Second
+	r := startTwinRig(b, float64(envInt("OUTPOST_BENCH_TWIN_QPS", 100000)))
+	per := nDev / nNodes
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var agents []*twinAgent
+	for i := range nNodes {
+		node := fmt.Sprintf("twin-%02d", i)
+		r.createDevices(b, node, per)
+		agents = append(agents, r.connect(b, ctx, node))
+	}
+	for i, a := range agents {
+		select {
+		case n := <-a.sync:
+			if n != per {
+				b.Fatalf("agent %d got %d Devices in its initial sync, want %d", i, n, per)
+			}
+		case <-time.After(2 * time.Minute):
+			b.Fatalf("agent %d: no initial sync", i)
+		}
+	}
+	for b.Loop() {
+		before := r.statusWrites(b)
+		var sent atomic.Int64
+		start := time.Now()
+		stop := start.Add(dur)
+		var wg sync.WaitGroup
+		rate := envInt("OUTPOST_BENCH_REPORTS_PER_SEC", 0) // 0: as fast as acks allow
+		for i, a := range agents {
+			wg.Go(func() {
+				node := fmt.Sprintf("twin-%02d", i)
+				var tick <-chan time.Time
+				if rate > 0 {
+					t := time.NewTicker(time.Duration(nNodes) * time.Second / time.Duration(rate))
+					defer t.Stop()
+					tick = t.C
+				}
+				for seq := uint64(a.acked.Load()) + 1; time.Now().Before(stop); seq++ {
+					if tick != nil {
+						<-tick
+					}
+					for seq > a.acked.Load()+256 && time.Now().Before(stop) {
+						select {
+						case <-a.acks:
+						case <-time.After(10 * time.Millisecond):
+						}
+					}
+					dev := fmt.Sprintf("default/%s-d%04d", node, int(seq)%per)
+					msg, _ := wire.Encode(wire.TypeTwinReport, seq, twinReport(dev, 20+float64(seq%1000)/100))
+					if a.c.Write(ctx, websocket.MessageBinary, msg) != nil {
+						return
+					}
+					sent.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		writes := r.statusWrites(b) - before
+		b.ReportMetric(writes/elapsed.Seconds(), "writes/s")
+		b.ReportMetric(float64(sent.Load())/elapsed.Seconds(), "reports/s")
+		b.Logf("%d Devices on %d agents: %d reports sent, %.0f status writes in %v", nDev, nNodes, sent.Load(), writes, elapsed.Round(time.Millisecond))
+	}
+}
+
+// BenchmarkTwinLinkBytes measures the link bytes of one twin update, round
+// trip (the report up, its ack down), TLS and WebSocket framing included,
+// through the counting proxy: one agent, one Device, one report at a time.
+func BenchmarkTwinLinkBytes(b *testing.B) {
+	r := startTwinRig(b, 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.createDevices(b, "twin-link", 1)
+	a := r.connect(b, ctx, "twin-link")
+	select {
+	case <-a.sync:
+	case <-time.After(2 * time.Minute):
+		b.Fatal("no initial sync")
+	}
+	const n = 200
+	for b.Loop() {
+		time.Sleep(time.Second) // let the connect traffic settle
+		up0, down0 := r.proxy.Up.Load(), r.proxy.Down.Load()
+		seq := a.acked.Load()
+		for range n {
+			seq++
+			msg, _ := wire.Encode(wire.TypeTwinReport, seq, twinReport("default/twin-link-d0000", 21+float64(seq%100)/100))
+			if err := a.c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+				b.Fatal(err)
+			}
+			deadline := time.After(10 * time.Second)
+			for a.acked.Load() < seq {
+				select {
+				case <-a.acks:
+				case <-deadline:
+					b.Fatalf("report %d not acked", seq)
+				}
+			}
+		}
+		up, down := float64(r.proxy.Up.Load()-up0)/n, float64(r.proxy.Down.Load()-down0)/n
+		msg, _ := wire.Encode(wire.TypeTwinReport, seq, twinReport("default/twin-link-d0000", 21.53))
+		ack, _ := wire.EncodeFrame(wire.Frame{Type: wire.TypeAck, Ack: seq})
+		b.ReportMetric(up+down, "B/update")
+		b.ReportMetric(up, "B-up/update")
+		b.ReportMetric(down, "B-down/update")
+		b.Logf("per update: %.1f B up + %.1f B down on the link; frames %d B report, %d B ack (CBOR)", up, down, len(msg), len(ack))
+	}
+}

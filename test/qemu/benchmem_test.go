@@ -96,8 +96,8 @@ func TestBenchMem(t *testing.T) {
 		Machine:     "qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 512 (TCG) on " + runtime.GOARCH,
 		IdleSeconds: idle.Seconds(), Runs: runs, Samples: samples,
 		Workloads: map[string]figures{},
-		NotMeasured: []string{"100 sim devices and 10 pods: the relay sends no Device objects yet and the agent has no pod " +
-			"reconciler in outpost-agent run yet; only idle is measured"},
+		NotMeasured: []string{"100 sim devices and 10 pods: the benchmark does not apply that workload to the guest yet " +
+			"(the image would also need the test image in a registry the guest reaches); only idle is measured"},
 	}
 	var agentAll, ctrdAll []map[string]float64
 	for run := 1; run <= runs; run++ {

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -225,6 +226,9 @@ func (s *Stack) Stop() {
 	if s.Registry != nil {
 		s.Registry.Stop()
 	}
+	// Pods leave mounts behind (their network namespaces are bind-mounted
+	// under the agents' state directories); nothing of the stack stays.
+	unmountUnder(s.Dir)
 	if s.CP != nil {
 		s.CP.Stop()
 	}
@@ -265,5 +269,23 @@ func (s *Stack) WaitNodeReady(ctx context.Context, name string, want bool, timeo
 			return fmt.Errorf("node %s: Ready is %q (err %v), wanted true=%v after %v", name, last, lastErr, want, timeout)
 		case <-time.After(250 * time.Millisecond):
 		}
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil || dir == "" {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
 	}
 }

@@ -1,8 +1,9 @@
 // Command outpost-demo runs Outpost on one machine: a local Kubernetes
-// control plane, the relay with its least-privilege RBAC, and one agent on
-// the simulated board joined with a bootstrap token. It prints how to reach
-// the cluster and runs until interrupted; then it stops everything it
-// started. `make demo` runs it.
+// control plane, the relay with its least-privilege RBAC, containerd and a
+// registry on loopback, one agent on the simulated board joined with a
+// bootstrap token, and a sample Deployment and BME280 Device on it. It
+// prints how to reach all of it and runs until interrupted; then it stops
+// everything it started. `make demo` runs it.
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -50,7 +52,7 @@ func run(bin, dir, node string) error {
 	step := func(s string) { fmt.Fprintf(os.Stderr, "==> %s\n", s) }
 
 	step("starting the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)")
-	st, err := stack.Start(ctx, stack.Options{Dir: dir, Log: log, BinDir: bin})
+	st, err := stack.Start(ctx, stack.Options{Dir: dir, Log: log, BinDir: bin, Containerd: true})
 	if err != nil {
 		return err
 	}
@@ -76,9 +78,32 @@ func run(bin, dir, node string) error {
 	if err := st.WaitNodeReady(ctx, node, true, 2*time.Minute); err != nil {
 		return fmt.Errorf("%v\nagent log:\n%s", err, agent.Proc.LogTail(20))
 	}
-	out, err := st.CP.Kubectl(ctx, "get", "nodes", "-o", "wide")
-	if err != nil {
+	step("deploying a sample Deployment and a BME280 Device on " + node)
+	manifest := filepath.Join(dir, "sample.yaml")
+	if err := os.WriteFile(manifest, []byte(sample(node, st.Images[0].Ref)), 0o644); err != nil {
 		return err
+	}
+	if out, err := st.CP.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		return fmt.Errorf("apply the sample: %v\n%s", err, out)
+	}
+	if out, err := st.CP.Kubectl(ctx, "wait", "--for=condition=Ready", "pod", "-l", "app=hello", "--timeout=120s"); err != nil {
+		return fmt.Errorf("the sample pod did not become Ready: %v\n%s\nagent log:\n%s", err, out, agent.Proc.LogTail(20))
+	}
+	if out, err := st.CP.Kubectl(ctx, "wait", "--for=jsonpath={.status.reported.temperature.value}", "device/bme280-demo", "--timeout=60s"); err != nil {
+		return fmt.Errorf("the sample device reported nothing: %v\n%s", err, out)
+	}
+	var shown string
+	for _, args := range [][]string{
+		{"get", "nodes", "-o", "wide"},
+		{"get", "pods", "-o", "wide"},
+		{"get", "devices"},
+		{"logs", "deploy/hello", "--tail=3"},
+	} {
+		out, err := st.CP.Kubectl(ctx, args...)
+		if err != nil {
+			return fmt.Errorf("kubectl %v: %v\n%s", args, err, out)
+		}
+		shown += "$ kubectl " + strings.Join(args, " ") + "\n" + out + "\n"
 	}
 	kubectl := filepath.Join(st.CP.BinDir, "kubectl")
 	fmt.Printf(`
@@ -87,15 +112,21 @@ Outpost is running.
   kubeconfig: %s
   kubectl:    %s
   relay:      %s
+  MQTT:       %s (the agent's embedded broker)
+  sample:     %s
   logs:       %s/logs  (control plane: %s/logs)
 
 %s
 Try:
   export KUBECONFIG=%s
-  %s get nodes -o wide
+  %s get devices -w
+  %s logs -f deploy/hello
+  %s get device bme280-demo -o yaml
+  mosquitto_sub -h %s -p %s -t 'outpost/#' -v
 
 Ctrl-C stops everything.
-`, st.CP.Kubeconfig, kubectl, relay.URL, dir, st.CP.Dir, out, st.CP.Kubeconfig, kubectl)
+`, st.CP.Kubeconfig, kubectl, relay.URL, agent.MQTTAddr, manifest, dir, st.CP.Dir, shown,
+		st.CP.Kubeconfig, kubectl, kubectl, kubectl, hostOf(agent.MQTTAddr), portOf(agent.MQTTAddr))
 
 	select {
 	case <-ctx.Done():
@@ -105,4 +136,53 @@ Ctrl-C stops everything.
 		return fmt.Errorf("the relay exited:\n%s", relay.Proc.LogTail(20))
 	}
 	return nil
+}
+
+// sample is the demo's workload: a Deployment that logs a line every few
+// seconds and a BME280 on the simulated board's I2C1 bus.
+func sample(node, image string) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hello
+  namespace: default
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: hello}
+  template:
+    metadata:
+      labels: {app: hello}
+    spec:
+      nodeSelector:
+        kubernetes.io/hostname: %[1]s
+      containers:
+        - name: hello
+          image: %[2]s
+          command: ["sh", "-c", "i=0; while true; do echo hello from the edge, line $i; i=$((i+1)); sleep 5; done"]
+---
+apiVersion: outpost.dev/v1alpha1
+kind: Device
+metadata:
+  name: bme280-demo
+  namespace: default
+spec:
+  nodeName: %[1]s
+  driver: bme280
+  connection: {bus: I2C1, address: "0x76"}
+  properties:
+    - {name: temperature, type: float, unit: "°C", pollInterval: 1s, reportInterval: 5s, deadband: 0.05}
+    - {name: humidity, type: float, unit: "%%RH", pollInterval: 1s, reportInterval: 5s}
+    - {name: pressure, type: float, unit: hPa, pollInterval: 1s, reportInterval: 5s}
+`, node, image)
+}
+
+func hostOf(addr string) string {
+	h, _, _ := strings.Cut(addr, ":")
+	return h
+}
+
+func portOf(addr string) string {
+	_, p, _ := strings.Cut(addr, ":")
+	return p
 }

@@ -32,13 +32,15 @@ func init() { mqtt.RegisterBroker(Start) }
 // Limits of the embedded broker.
 const (
 	DefaultMaxClients = 32
-	maxPending        = 256      // queued writes per client
-	maxInflight       = 256      // QoS>0 messages in flight per client
-	maxPacket         = 64 << 10 // bytes
+	maxPending        = 64       // queued writes per client
+	maxInflight       = 64       // QoS>0 messages in flight per client
+	maxPacket         = 16 << 10 // bytes; twin messages are well under 1 KiB
 	maxSession        = 3600     // seconds a disconnected session is kept
-	// MaxAppRetained bounds retained messages: beyond it, messages from
-	// apps are delivered but not retained.
-	MaxAppRetained = 4096
+	// MaxAppRetained and maxAppRetainedBytes bound what apps can make the
+	// broker keep: beyond them, messages from apps are delivered but not
+	// retained (at most 4 MiB of apps' retained payloads).
+	MaxAppRetained      = 1024
+	maxAppRetainedBytes = 4 << 10
 )
 
 // Conn is the agent's inline connection to the embedded broker.
@@ -170,11 +172,12 @@ func (g *guard) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 }
 
 func (g *guard) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Retain && !cl.Net.Inline && len(pk.Payload) > 0 && g.s.Topics.Retained.Len() >= MaxAppRetained {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && len(pk.Payload) > 0 &&
+		(len(pk.Payload) > maxAppRetainedBytes || g.s.Topics.Retained.Len() >= MaxAppRetained) {
 		pk.FixedHeader.Retain = false
 		if g.warned.CompareAndSwap(false, true) {
-			g.log.Warn("MQTT broker holds the most retained messages it keeps; further retained messages from apps are delivered but not retained",
-				"limit", MaxAppRetained, "client", cl.ID, "topic", pk.TopicName)
+			g.log.Warn("MQTT broker holds the most retained messages it keeps, or this one is too large; retained messages from apps past the limits are delivered but not retained",
+				"limit", MaxAppRetained, "max_bytes", maxAppRetainedBytes, "client", cl.ID, "topic", pk.TopicName)
 		}
 	}
 	return pk, nil

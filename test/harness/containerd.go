@@ -290,7 +290,7 @@ func (c *Containerd) Shims() []int {
 // Mounts returns the mount points under Dir (rootfs overlays, shm), deepest
 // first. Empty after Stop.
 func (c *Containerd) Mounts() []string {
-	return mountsUnder(c.Dir)
+	return MountsUnder(c.Dir)
 }
 
 // unmountAll lazily unmounts everything mounted under Dir.
@@ -307,9 +307,9 @@ func (c *Containerd) unmountAll() error {
 	return errors.Join(errs...)
 }
 
-// mountsUnder lists mount points at or below dir from /proc/self/mountinfo,
+// MountsUnder lists mount points at or below dir from /proc/self/mountinfo,
 // deepest (longest) first so they can be unmounted in order.
-func mountsUnder(dir string) []string {
+func MountsUnder(dir string) []string {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil

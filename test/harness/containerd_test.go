@@ -8,24 +8,8 @@ import (
 	"time"
 )
 
-// requireContainerdDeps skips the test when containerd, runc or
-// busybox-static is missing, or when not root; under CI=true it fails
-// instead, so a machine without them cannot pass by skipping.
-func requireContainerdDeps(t *testing.T) {
-	t.Helper()
-	for _, err := range []error{ContainerdMissing(), BusyboxMissing()} {
-		if err == nil {
-			continue
-		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %v", err)
-		}
-		t.Skip(err)
-	}
-}
-
 func TestRegistryServesBusyboxImages(t *testing.T) {
-	requireContainerdDeps(t)
+	RequireContainerd(t)
 	ctx := t.Context()
 	reg, err := StartRegistry(ctx, nil)
 	if err != nil {
@@ -57,7 +41,7 @@ func TestRegistryServesBusyboxImages(t *testing.T) {
 // loopback registry over plain HTTP, run one to completion, leave one
 // running, and check Stop leaves no shim and no mount behind.
 func TestContainerdRunsBusyboxFromRegistry(t *testing.T) {
-	requireContainerdDeps(t)
+	RequireContainerd(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	reg, err := StartRegistry(ctx, nil)

@@ -274,18 +274,10 @@ func (s *Stack) WaitNodeReady(ctx context.Context, name string, want bool, timeo
 
 // unmountUnder detaches every mount below dir, deepest first.
 func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil || dir == "" {
+	if dir == "" {
 		return
 	}
-	var points []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			points = append(points, f[4])
-		}
-	}
-	for i := len(points) - 1; i >= 0; i-- {
-		_ = syscall.Unmount(points[i], syscall.MNT_DETACH)
+	for _, m := range harness.MountsUnder(dir) {
+		_ = syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 }

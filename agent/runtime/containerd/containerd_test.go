@@ -27,14 +27,7 @@ type env struct {
 
 func start(t *testing.T) *env {
 	t.Helper()
-	for _, err := range []error{harness.ContainerdMissing(), harness.BusyboxMissing()} {
-		if err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("CI=true: %v", err)
-			}
-			t.Skip(err)
-		}
-	}
+	harness.RequireContainerd(t)
 	ctx := t.Context()
 	reg, err := harness.StartRegistry(ctx, nil)
 	if err != nil {

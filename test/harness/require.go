@@ -1,0 +1,22 @@
+package harness
+
+import (
+	"os"
+	"testing"
+)
+
+// RequireContainerd skips t when containerd, runc or busybox-static is
+// missing, or when not root. Under CI=true it fails instead: .ci/run
+// installs them, so a machine without them must not pass by skipping.
+func RequireContainerd(t testing.TB) {
+	t.Helper()
+	for _, err := range []error{ContainerdMissing(), BusyboxMissing()} {
+		if err == nil {
+			continue
+		}
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: %v", err)
+		}
+		t.Skip(err)
+	}
+}

@@ -1,7 +1,8 @@
 // Command package builds outpost-agent .deb packages, one per gateway
-// architecture, without root: the agent from build/cross, a systemd unit, a
-// commented default /etc/outpost/agent.yaml (a conffile) and maintainer
-// scripts that enable the unit but never start an unjoined agent.
+// architecture, without root: the agent and its container logger from
+// build/cross, a systemd unit, a commented default /etc/outpost/agent.yaml
+// (a conffile) and maintainer scripts that enable the unit but never start
+// an unjoined agent.
 //
 //	go run ./build/package [-out bin/packages] [-version v0.1.0] [-arch amd64,arm64]
 //
@@ -74,15 +75,15 @@ func run(args []string) error {
 
 	var sums strings.Builder
 	for _, t := range targets {
-		bin := filepath.Join(tmp, "outpost-agent-"+t.Name())
-		if err := cross.Build(context.Background(), t, bin, cross.Options{ModuleRoot: root, Version: *version}); err != nil {
-			return err
-		}
-		agent, err := os.ReadFile(bin)
+		agent, err := buildBinary(t, filepath.Join(tmp, "outpost-agent-"+t.Name()), "./agent/cmd/outpost-agent", root, *version)
 		if err != nil {
 			return err
 		}
-		p, err := Agent(agent, *version, t.Deb, stamp)
+		logger, err := buildBinary(t, filepath.Join(tmp, "outpost-logger-"+t.Name()), "./agent/cmd/outpost-logger", root, *version)
+		if err != nil {
+			return err
+		}
+		p, err := Agent(agent, logger, *version, t.Deb, stamp)
 		if err != nil {
 			return err
 		}
@@ -100,6 +101,14 @@ func run(args []string) error {
 	return os.WriteFile(filepath.Join(*out, "SHA256SUMS"), []byte(sums.String()), 0o644)
 }
 
+// buildBinary cross-builds one command for t and returns its bytes.
+func buildBinary(t cross.Target, out, pkg, root, version string) ([]byte, error) {
+	if err := cross.Build(context.Background(), t, out, cross.Options{ModuleRoot: root, Version: version, Package: pkg}); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(out)
+}
+
 func writeFile(path string, p *deb.Package) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -112,8 +121,11 @@ func writeFile(path string, p *deb.Package) error {
 	return f.Close()
 }
 
-// Agent is the outpost-agent package around one architecture's binary.
-func Agent(agent []byte, version, debArch string, stamp time.Time) (*deb.Package, error) {
+// Agent is the outpost-agent package around one architecture's binaries:
+// the agent and outpost-logger, containerd's log writer for pods, which the
+// agent finds beside itself (0.7 MB PSS per container against 1.8 MB for the
+// agent's own logger mode).
+func Agent(agent, logger []byte, version, debArch string, stamp time.Time) (*deb.Package, error) {
 	if version == "" {
 		version = "dev"
 	}
@@ -143,6 +155,7 @@ systemctl start outpost-agent`
 		Description: desc,
 		Files: []deb.File{
 			{Path: "/usr/bin/outpost-agent", Mode: 0o755, Data: agent},
+			{Path: "/usr/bin/outpost-logger", Mode: 0o755, Data: logger},
 			{Path: "/lib/systemd/system/outpost-agent.service", Mode: 0o644, Data: read("outpost-agent.service")},
 			{Path: "/etc/outpost/agent.yaml", Mode: 0o644, Data: read("agent.yaml"), Conffile: true},
 		},

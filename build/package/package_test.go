@@ -35,7 +35,15 @@ func TestAgentPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := Agent(agent, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
+	loggerBin := filepath.Join(dir, "outpost-logger")
+	if err := cross.Build(context.Background(), tg, loggerBin, cross.Options{ModuleRoot: root, Version: "v9.8.7-test+abc", Package: "./agent/cmd/outpost-logger"}); err != nil {
+		t.Fatal(err)
+	}
+	logger, err := os.ReadFile(loggerBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Agent(agent, logger, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +92,7 @@ func TestAgentPackage(t *testing.T) {
 		"-rw-r--r-- root/root ./etc/outpost/agent.yaml",
 		"-rw-r--r-- root/root ./lib/systemd/system/outpost-agent.service",
 		"-rwxr-xr-x root/root ./usr/bin/outpost-agent",
+		"-rwxr-xr-x root/root ./usr/bin/outpost-logger",
 	}
 	if strings.Join(listed, "\n") != strings.Join(wantFiles, "\n") {
 		t.Errorf("files:\n%s\nwant:\n%s", strings.Join(listed, "\n"), strings.Join(wantFiles, "\n"))
@@ -142,7 +151,7 @@ func TestAgentPackage(t *testing.T) {
 
 func TestVersionsAndArchitectures(t *testing.T) {
 	for _, tg := range cross.Targets {
-		p, err := Agent([]byte("x"), "v1.0.0", tg.Deb, time.Unix(0, 0))
+		p, err := Agent([]byte("x"), []byte("y"), "v1.0.0", tg.Deb, time.Unix(0, 0))
 		if err != nil {
 			t.Fatal(err)
 		}

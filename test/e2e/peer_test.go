@@ -159,3 +159,70 @@ func reasons(errs []wire.Error) string {
 	}
 	return strings.Join(s, "; ")
 }
+
+// session connects as p, sends hello and waits for the hello-ack, then
+// keeps the link alive with heartbeats and passes every later frame to
+// handle, from one reader goroutine, until handle returns false or the
+// connection ends. The returned cancel stops both goroutines; the returned
+// done is closed when the reader has returned.
+func (p *peer) session(t *testing.T, ctx context.Context, hello *wire.Hello, handle func(context.Context, wire.Frame) bool) (c *websocket.Conn, cancel context.CancelFunc, done <-chan struct{}) {
+	t.Helper()
+	c = p.dial(t, ctx)
+	send(t, ctx, c, wire.TypeHello, 0, hello)
+	ctx, cancel = context.WithCancel(ctx)
+	t.Cleanup(func() { cancel(); c.CloseNow() })
+	acked := make(chan error, 1)
+	readerDone := make(chan struct{})
+	go func() { // the only reader of c
+		defer close(readerDone)
+		first := true
+		for {
+			_, b, err := c.Read(ctx)
+			if err == nil && first {
+				var f wire.Frame
+				if f, err = wire.Decode(b); err == nil && f.Type != wire.TypeHelloAck {
+					err = fmt.Errorf("first frame %s, want hello-ack", f.Type)
+				}
+			}
+			if first {
+				first = false
+				acked <- err
+				if err != nil {
+					return
+				}
+				continue
+			}
+			if err != nil {
+				return
+			}
+			f, err := wire.Decode(b)
+			if err != nil || !handle(ctx, f) {
+				return
+			}
+		}
+	}()
+	go func() { // heartbeats, so the relay keeps the connection
+		tick := time.NewTicker(heartbeatInterval / 2)
+		defer tick.Stop()
+		hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if c.Write(ctx, websocket.MessageBinary, hb) != nil {
+					return
+				}
+			}
+		}
+	}()
+	select {
+	case err := <-acked:
+		if err != nil {
+			t.Fatalf("hello as %s: %v", p.name, err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("hello as %s: no hello-ack", p.name)
+	}
+	return c, cancel, readerDone
+}

@@ -29,74 +29,26 @@ type podPeer struct {
 
 func connectPodPeer(t *testing.T, ctx context.Context, p *peer, held []wire.ObjectVersion) *podPeer {
 	t.Helper()
-	c := p.dial(t, ctx)
 	h := helloFor(p.name)
 	h.Objects = held
-	send(t, ctx, c, wire.TypeHello, 0, h)
-	ctx, cancel := context.WithCancel(ctx)
-	pp := &podPeer{ws: c, syncs: make(chan wire.Sync, 64), cancel: cancel}
-	acked := make(chan error, 1)
-	go func() { // reader: the only goroutine reading c
-		defer close(pp.syncs)
-		first := true
-		for {
-			_, b, err := c.Read(ctx)
-			if err != nil {
-				if first {
-					acked <- err
-				}
-				return
-			}
-			f, err := wire.Decode(b)
-			if err != nil {
-				return
-			}
-			if first {
-				first = false
-				if f.Type != wire.TypeHelloAck {
-					acked <- fmt.Errorf("first frame %s, want hello-ack", f.Type)
-					return
-				}
-				acked <- nil
-				continue
-			}
-			if f.Type != wire.TypeSync {
-				continue
-			}
-			var s wire.Sync
-			if err := f.DecodeBody(&s); err != nil {
-				return
-			}
-			select {
-			case pp.syncs <- s:
-			case <-ctx.Done():
-				return
-			}
+	syncs := make(chan wire.Sync, 64)
+	c, cancel, done := p.session(t, ctx, h, func(ctx context.Context, f wire.Frame) bool {
+		if f.Type != wire.TypeSync {
+			return true
 		}
-	}()
-	go func() { // heartbeats, so the relay keeps the connection
-		tick := time.NewTicker(heartbeatInterval / 2)
-		defer tick.Stop()
-		hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-					return
-				}
-			}
+		var s wire.Sync
+		if err := f.DecodeBody(&s); err != nil {
+			return false
 		}
-	}()
-	select {
-	case err := <-acked:
-		if err != nil {
-			t.Fatalf("hello as %s: %v", p.name, err)
+		select {
+		case syncs <- s:
+			return true
+		case <-ctx.Done():
+			return false
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("no hello-ack")
-	}
+	})
+	go func() { <-done; close(syncs) }()
+	pp := &podPeer{ws: c, syncs: syncs, cancel: cancel}
 	t.Cleanup(pp.close)
 	return pp
 }

@@ -33,86 +33,36 @@ type agentPeer struct {
 
 func connectAgentPeer(t *testing.T, ctx context.Context, p *peer) *agentPeer {
 	t.Helper()
-	c := p.dial(t, ctx)
-	send(t, ctx, c, wire.TypeHello, 0, helloFor(p.name))
-	ctx, cancel := context.WithCancel(ctx)
-	ap := &agentPeer{ws: c, syncs: make(chan wire.Sync, 64), acks: make(chan uint64, 64),
-		opens: make(chan wire.StreamOpen, 16), sacks: make(chan wire.StreamAck, 64), cancel: cancel}
-	t.Cleanup(func() { cancel(); c.CloseNow() })
-	helloAck := make(chan error, 1)
-	go func() { // the only reader
-		first := true
-		for {
-			_, b, err := c.Read(ctx)
-			if err != nil {
-				if first {
-					helloAck <- err
+	ap := &agentPeer{syncs: make(chan wire.Sync, 64), acks: make(chan uint64, 64),
+		opens: make(chan wire.StreamOpen, 16), sacks: make(chan wire.StreamAck, 64)}
+	ap.ws, ap.cancel, _ = p.session(t, ctx, helloFor(p.name), func(_ context.Context, f wire.Frame) bool {
+		switch f.Type {
+		case wire.TypeSync:
+			var s wire.Sync
+			if f.DecodeBody(&s) == nil {
+				select {
+				case ap.syncs <- s:
+				default: // not needed by every test
 				}
-				return
 			}
-			f, err := wire.Decode(b)
-			if err != nil {
-				return
+		case wire.TypeAck:
+			ap.acks <- f.Ack
+		case wire.TypeStreamOpen:
+			var o wire.StreamOpen
+			if f.DecodeBody(&o) == nil {
+				ap.opens <- o
 			}
-			if first {
-				first = false
-				if f.Type != wire.TypeHelloAck {
-					helloAck <- fmt.Errorf("first frame %s", f.Type)
-					return
-				}
-				helloAck <- nil
-				continue
-			}
-			switch f.Type {
-			case wire.TypeSync:
-				var s wire.Sync
-				if f.DecodeBody(&s) == nil {
-					select {
-					case ap.syncs <- s:
-					default: // not needed by every test
-					}
-				}
-			case wire.TypeAck:
-				ap.acks <- f.Ack
-			case wire.TypeStreamOpen:
-				var o wire.StreamOpen
-				if f.DecodeBody(&o) == nil {
-					ap.opens <- o
-				}
-			case wire.TypeStreamAck:
-				var a wire.StreamAck
-				if f.DecodeBody(&a) == nil {
-					select {
-					case ap.sacks <- a:
-					default:
-					}
+		case wire.TypeStreamAck:
+			var a wire.StreamAck
+			if f.DecodeBody(&a) == nil {
+				select {
+				case ap.sacks <- a:
+				default:
 				}
 			}
 		}
-	}()
-	go func() { // heartbeats
-		tick := time.NewTicker(heartbeatInterval / 2)
-		defer tick.Stop()
-		hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-					return
-				}
-			}
-		}
-	}()
-	select {
-	case err := <-helloAck:
-		if err != nil {
-			t.Fatalf("hello as %s: %v", p.name, err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("no hello-ack")
-	}
+		return true
+	})
 	return ap
 }
 

@@ -114,6 +114,33 @@ func (e *Error) Error() string { return fmt.Sprintf("peer error %d: %s", e.Code,
 type NodeStatus struct {
 	Node       NodeInfo    `cbor:"1,keyasint"`
 	Conditions []Condition `cbor:"2,keyasint,omitempty"`
+	// Link, if set, is the agent's view of its link and outbox; the relay
+	// shows it in the node's conditions. Older relays ignore it.
+	Link *LinkStats `cbor:"3,keyasint,omitempty"`
+}
+
+// LinkStats are the agent's figures about its upstream queue and link, as
+// of At. Times are unix seconds on the agent's clock.
+type LinkStats struct {
+	At int64 `cbor:"1,keyasint"`
+	// OutboxReports and OutboxBytes are what waits in the outbox for an
+	// ack; OutboxMaxBytes is its bound (0 if unknown).
+	OutboxReports  uint64 `cbor:"2,keyasint"`
+	OutboxBytes    uint64 `cbor:"3,keyasint"`
+	OutboxMaxBytes uint64 `cbor:"4,keyasint,omitempty"`
+	// OutboxDropped counts time-series reports dropped to make room,
+	// since the outbox was created.
+	OutboxDropped uint64 `cbor:"5,keyasint,omitempty"`
+	// LastSync is when the agent last heard from a relay (0: never).
+	LastSync int64 `cbor:"6,keyasint,omitempty"`
+}
+
+// Validate reports a figure that cannot be right.
+func (l *LinkStats) Validate() error {
+	if l.At <= 0 || l.LastSync < 0 {
+		return fmt.Errorf("link stats: times %d, %d must be positive", l.At, l.LastSync)
+	}
+	return nil
 }
 
 // Validate implements Body.
@@ -128,6 +155,9 @@ func (s *NodeStatus) Validate() error {
 		if err := s.Conditions[i].Validate(); err != nil {
 			return err
 		}
+	}
+	if s.Link != nil {
+		return s.Link.Validate()
 	}
 	return nil
 }

@@ -19,6 +19,9 @@ const (
 	KindConfigMap Kind = 2
 	KindSecret    Kind = 3
 	KindDevice    Kind = 4
+	// KindToken holds a pod's service-account tokens (PodTokens); its UID
+	// is the pod's.
+	KindToken Kind = 5
 )
 
 func (k Kind) String() string {
@@ -31,6 +34,8 @@ func (k Kind) String() string {
 		return "secret"
 	case KindDevice:
 		return "device"
+	case KindToken:
+		return "token"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -53,7 +58,7 @@ type ObjectVersion struct {
 
 // Validate reports a missing field.
 func (v *ObjectVersion) Validate() error {
-	if v.Kind < KindPod || v.Kind > KindDevice {
+	if v.Kind < KindPod || v.Kind > KindToken {
 		return fmt.Errorf("object version: unknown kind %d", v.Kind)
 	}
 	if err := checkText("object version: uid", v.UID, 128, true); err != nil {
@@ -91,7 +96,7 @@ func (s *Sync) Validate() error {
 		}
 	}
 	for _, d := range s.Deletes {
-		if d.Kind < KindPod || d.Kind > KindDevice {
+		if d.Kind < KindPod || d.Kind > KindToken {
 			return fmt.Errorf("sync: delete of unknown kind %d", d.Kind)
 		}
 		if err := checkText("sync: delete uid", d.UID, 128, true); err != nil {
@@ -115,6 +120,7 @@ type Object struct {
 	ConfigMap *ConfigMap `cbor:"7,keyasint,omitempty"`
 	Secret    *Secret    `cbor:"8,keyasint,omitempty"`
 	Device    *Device    `cbor:"9,keyasint,omitempty"`
+	Token     *PodTokens `cbor:"10,keyasint,omitempty"`
 }
 
 // Validate reports a missing or inconsistent field.
@@ -128,7 +134,7 @@ func (o *Object) Validate() error {
 		}
 	}
 	bodies := 0
-	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil, o.Device != nil} {
+	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil, o.Device != nil, o.Token != nil} {
 		if set {
 			bodies++
 		}
@@ -145,6 +151,8 @@ func (o *Object) Validate() error {
 		return o.Secret.Validate()
 	case o.Kind == KindDevice && o.Device != nil:
 		return o.Device.Validate()
+	case o.Kind == KindToken && o.Token != nil:
+		return o.Token.Validate()
 	}
 	return fmt.Errorf("object %s/%s: body does not match kind %s", o.Namespace, o.Name, o.Kind)
 }
@@ -416,11 +424,58 @@ type FieldFile struct {
 	Mode  int32  `cbor:"3,keyasint,omitempty"`
 }
 
-// TokenSource asks for a bound service-account token at Path.
+// TokenSource asks for a bound service-account token at Path. The token
+// itself travels apart, in the pod's PodTokens.
 type TokenSource struct {
 	Path              string `cbor:"1,keyasint"`
 	Audience          string `cbor:"2,keyasint,omitempty"`
 	ExpirationSeconds int64  `cbor:"3,keyasint,omitempty"`
+}
+
+// PodTokens are the bound service-account tokens of one pod's projected
+// volumes (an Object of KindToken with the pod's UID, namespace and name).
+// They travel apart from the pod so that a refresh does not resend it; the
+// agent keeps them in its store like any object, so a pod restarted
+// offline gets the last token it had. The Object's Version is the relay's
+// to interpret (it encodes when the tokens are due for a refresh).
+type PodTokens struct {
+	Items []Token `cbor:"1,keyasint"`
+}
+
+// Token is the token for the serviceAccountToken source at Path of the
+// projected volume Volume.
+type Token struct {
+	Volume string `cbor:"1,keyasint"`
+	Path   string `cbor:"2,keyasint"`
+	Token  string `cbor:"3,keyasint"`
+	// Expires is the token's expiry, in Unix seconds, as the API server
+	// stated it.
+	Expires int64 `cbor:"4,keyasint"`
+}
+
+// maxTokenLen bounds one token (a JWT is a few kilobytes at most).
+const maxTokenLen = 16 << 10
+
+// Validate reports a token without a place or a value.
+func (t *PodTokens) Validate() error {
+	if len(t.Items) == 0 || len(t.Items) > maxItems {
+		return fmt.Errorf("tokens: %d items, want 1 to %d", len(t.Items), maxItems)
+	}
+	for _, it := range t.Items {
+		if err := checkText("token: volume", it.Volume, 63, true); err != nil {
+			return err
+		}
+		if err := checkText("token: path", it.Path, 4096, true); err != nil {
+			return err
+		}
+		if err := checkText("token "+it.Volume+"/"+it.Path, it.Token, maxTokenLen, true); err != nil {
+			return err
+		}
+		if it.Expires <= 0 {
+			return fmt.Errorf("token %s/%s: no expiry", it.Volume, it.Path)
+		}
+	}
+	return nil
 }
 
 // EmptyDir is a scratch directory that lives as long as the pod.
@@ -510,12 +565,39 @@ func (c *ConfigMap) Validate() error {
 type Secret struct {
 	Data map[string][]byte `cbor:"1,keyasint,omitempty"`
 	Type string            `cbor:"2,keyasint,omitempty"`
+	// PullAuths are the registry logins of a kubernetes.io/dockerconfigjson
+	// or kubernetes.io/dockercfg Secret, read by the relay, for the pods
+	// naming it in imagePullSecrets.
+	PullAuths []PullAuth `cbor:"3,keyasint,omitempty"`
+	// PullAuthError says why such a Secret's logins could not be read.
+	PullAuthError string `cbor:"4,keyasint,omitempty"`
 }
 
 // Validate bounds the key count; the frame size bounds the rest.
 func (s *Secret) Validate() error {
-	if len(s.Data) > maxElements {
-		return errors.New("secret: too many keys")
+	if len(s.Data) > maxElements || len(s.PullAuths) > maxItems {
+		return errors.New("secret: too many keys or registry logins")
 	}
-	return nil
+	for _, a := range s.PullAuths {
+		if err := checkText("secret: pull auth registry", a.Registry, 512, true); err != nil {
+			return err
+		}
+	}
+	return checkText("secret: pull auth error", s.PullAuthError, maxTextLen, false)
 }
+
+// PullAuth is one registry login of a pull secret: Registry is the key of
+// its Docker config ("registry.example.com:5000", "https://index.docker.io/v1/").
+type PullAuth struct {
+	Registry string `cbor:"1,keyasint"`
+	Username string `cbor:"2,keyasint,omitempty"`
+	Password string `cbor:"3,keyasint,omitempty"`
+}
+
+// String keeps the password out of logs.
+func (a PullAuth) String() string {
+	return a.Registry + " (user " + a.Username + ", password redacted)"
+}
+
+// GoString keeps the password out of logs written with %#v.
+func (a PullAuth) GoString() string { return "wire.PullAuth{" + a.String() + "}" }

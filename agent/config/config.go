@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -44,7 +45,10 @@ const (
 	// DefaultMaxDevices bounds the Devices one gateway serves.
 	DefaultMaxDevices = 256
 	// DefaultMQTTListen keeps the embedded broker on loopback.
-	DefaultMQTTListen     = "127.0.0.1:1883"
+	DefaultMQTTListen = "127.0.0.1:1883"
+	// DefaultMetricsListen is the agent's Prometheus endpoint, loopback
+	// only (the kubelet's old read-only port: a gateway runs no kubelet).
+	DefaultMetricsListen  = "127.0.0.1:10255"
 	DefaultMQTTMaxClients = 32
 
 	// minMemoryLimit is below what the agent needs to run at all; a smaller
@@ -80,6 +84,9 @@ type Config struct {
 	MQTT MQTT
 	// Containerd is how pods reach containerd and registries.
 	Containerd Containerd
+	// MetricsListen is where GET /metrics is served (HOST:PORT); empty
+	// turns the endpoint off.
+	MetricsListen string
 }
 
 // Containerd configures the pod runtime.
@@ -96,9 +103,13 @@ type Containerd struct {
 // Registry is how to reach one registry.
 type Registry struct {
 	// PlainHTTP allows HTTP instead of HTTPS (loopback or trusted LAN only).
-	PlainHTTP bool   `yaml:"plainHTTP"`
-	Username  string `yaml:"username"`
-	Password  string `yaml:"password"`
+	PlainHTTP bool `yaml:"plainHTTP"`
+	// Username and Password log in when a pod's pull secrets do not.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// CA is a PEM file of CAs trusted, besides the system's, for the
+	// registry's HTTPS certificate (a registry with a private CA).
+	CA string `yaml:"ca"`
 }
 
 // Default containerd settings.
@@ -143,6 +154,7 @@ func Default() Config {
 		ReservedCPUMillis: DefaultReservedCPUMillis,
 		ReservedMemory:    DefaultReservedMemory,
 		MaxDevices:        DefaultMaxDevices,
+		MetricsListen:     DefaultMetricsListen,
 		Containerd:        Containerd{Address: DefaultContainerdAddress, Namespace: DefaultContainerdNamespace},
 		MQTT: MQTT{
 			Enabled:       true,
@@ -172,6 +184,9 @@ type file struct {
 		Namespace  string              `yaml:"namespace"`
 		Registries map[string]Registry `yaml:"registries"`
 	} `yaml:"containerd"`
+	Metrics *struct {
+		Listen *string `yaml:"listen"` // "" turns it off
+	} `yaml:"metrics"`
 }
 
 type mqttFile struct {
@@ -197,7 +212,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -294,6 +309,9 @@ func (cfg *Config) parse(b []byte) error {
 		set(&cfg.MQTT.CAFile, m.CAFile)
 		set(&cfg.MQTT.DesiredWrites, m.DesiredWrites)
 	}
+	if m := f.Metrics; m != nil && m.Listen != nil {
+		cfg.MetricsListen = *m.Listen
+	}
 	if c := f.Containerd; c != nil {
 		set(&cfg.Containerd.Address, c.Address)
 		set(&cfg.Containerd.Namespace, c.Namespace)
@@ -368,6 +386,19 @@ func (cfg Config) Validate() error {
 		}
 		if (r.Username == "") != (r.Password == "") {
 			return fmt.Errorf("containerd.registries.%s: username and password go together", host)
+		}
+		if r.CA != "" {
+			if r.PlainHTTP {
+				return fmt.Errorf("containerd.registries.%s: ca is for HTTPS; it makes no sense with plainHTTP", host)
+			}
+			if !filepath.IsAbs(r.CA) {
+				return fmt.Errorf("containerd.registries.%s: ca %q must be an absolute path of a PEM file", host, r.CA)
+			}
+		}
+	}
+	if cfg.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
+			return fmt.Errorf("metrics.listen %q is not HOST:PORT (like %s; \"\" turns metrics off)", cfg.MetricsListen, DefaultMetricsListen)
 		}
 	}
 	if len(cfg.Board) > 64 {

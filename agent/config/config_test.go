@@ -49,10 +49,10 @@ reserved:
 			yaml: "reserved:\n  cpu: \"0.5\"\n",
 			want: func(c *Config) { c.ReservedCPUMillis = 500 },
 		},
-		{name: "containerd and registries", yaml: "containerd:\n  address: /tmp/c.sock\n  registries:\n    127.0.0.1:5000: {plainHTTP: true}\n    reg.local: {username: u, password: p}\n",
+		{name: "containerd and registries", yaml: "containerd:\n  address: /tmp/c.sock\n  registries:\n    127.0.0.1:5000: {plainHTTP: true}\n    reg.local: {username: u, password: p, ca: /etc/outpost/reg-ca.pem}\n",
 			want: func(c *Config) {
 				c.Containerd.Address = "/tmp/c.sock"
-				c.Containerd.Registries = map[string]Registry{"127.0.0.1:5000": {PlainHTTP: true}, "reg.local": {Username: "u", Password: "p"}}
+				c.Containerd.Registries = map[string]Registry{"127.0.0.1:5000": {PlainHTTP: true}, "reg.local": {Username: "u", Password: "p", CA: "/etc/outpost/reg-ca.pem"}}
 			}},
 		{name: "maxPods zero is allowed", yaml: "maxPods: 0\n", want: func(c *Config) { c.MaxPods = 0 }},
 		{name: "unknown field named", yaml: "server: https://a:1\nmemorylimit: 1Gi\n", wantErr: `line 2: unknown field "memorylimit"`},
@@ -120,6 +120,12 @@ func TestValidate(t *testing.T) {
 		{name: "registry half credentials", mod: func(c *Config) {
 			c.Containerd.Registries = map[string]Registry{"r.local": {Username: "u"}}
 		}, wantErr: "username and password go together"},
+		{name: "registry ca relative", mod: func(c *Config) {
+			c.Containerd.Registries = map[string]Registry{"r.local": {CA: "ca.pem"}}
+		}, wantErr: "must be an absolute path"},
+		{name: "registry ca with plain HTTP", mod: func(c *Config) {
+			c.Containerd.Registries = map[string]Registry{"r.local": {CA: "/ca.pem", PlainHTTP: true}}
+		}, wantErr: "plainHTTP"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -101,6 +101,9 @@ type Link struct {
 	cfg       Config
 	log       *slog.Logger
 	connected atomic.Bool
+	// lastContact is when a frame last arrived from a relay (unix
+	// nanoseconds, 0 never), for the agent's metrics and node status.
+	lastContact atomic.Int64
 
 	queue       chan []byte
 	queuedBytes atomic.Int64
@@ -141,6 +144,15 @@ func New(cfg Config) *Link {
 
 // Connected reports whether a connection is up and past its hello.
 func (l *Link) Connected() bool { return l.connected.Load() }
+
+// LastContact returns when a frame (a hello-ack, heartbeat, ack or sync)
+// last arrived from a relay; the zero time if none ever did in this run.
+func (l *Link) LastContact() time.Time {
+	if n := l.lastContact.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // Send queues one frame for the current connection. It never blocks: it
 // returns ErrNotConnected without a connection and ErrQueueFull when the
@@ -256,6 +268,7 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string, leaf 
 		l.log.Warn("relay knows this node by another name", "relay_name", ack.NodeName)
 	}
 	start := time.Now()
+	l.lastContact.Store(start.UnixNano())
 	l.connected.Store(true)
 	if l.cfg.OnConnect != nil {
 		l.cfg.OnConnect(ack)
@@ -370,7 +383,9 @@ func (l *Link) readLoop(ctx context.Context, conn *websocket.Conn, lastRecv *ato
 		if err != nil {
 			return err
 		}
-		lastRecv.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		lastRecv.Store(now)
+		l.lastContact.Store(now)
 		switch f.Type {
 		case wire.TypeHeartbeat:
 			// Its arrival is the point.

@@ -238,13 +238,16 @@ func (r *Reconciler) connect(ctx context.Context) bool {
 }
 
 // setRuntimeUp records whether containerd answers and reports a change
-// once (log line and node condition). It returns true when it came back.
+// once (log line and node condition). While containerd stays down the
+// condition is queued again on every retry: a hello after a link drop, or
+// a node-facts report, rewrites the Node without it. It returns true when
+// containerd came back.
 func (r *Reconciler) setRuntimeUp(up bool, err error) bool {
 	r.mu.Lock()
 	changed := r.runtimeUp != up
 	r.runtimeUp = up
 	r.mu.Unlock()
-	if !changed {
+	if !changed && up {
 		return false
 	}
 	cond := wire.Condition{Type: "ContainerRuntimeReady", Status: "True", Reason: "ContainerdReady", Message: "containerd answers on " + r.address()}
@@ -252,7 +255,11 @@ func (r *Reconciler) setRuntimeUp(up bool, err error) bool {
 		r.log.Info("pods: containerd is reachable again; reconciling", "address", r.address())
 	} else {
 		msg := fmt.Sprintf("containerd at %s does not answer: %v; retrying with back-off (is the containerd service running?)", r.address(), err)
-		r.log.Error("pods: " + msg)
+		if changed {
+			r.log.Error("pods: " + msg)
+		} else {
+			r.log.Debug("pods: containerd still does not answer", "address", r.address(), "err", err)
+		}
 		cond = wire.Condition{Type: "ContainerRuntimeReady", Status: "False", Reason: "ContainerdUnreachable", Message: truncate(msg, 1000)}
 	}
 	if r.cfg.NodeInfo != nil && r.cfg.Outbox != nil {
@@ -298,10 +305,12 @@ func (r *Reconciler) getHostIP() string {
 	return r.hostIP
 }
 
-// refs are the ConfigMaps and Secrets in the store, by namespace/name.
+// refs are the ConfigMaps and Secrets in the store, by namespace/name,
+// and the pods' service-account tokens, by pod UID.
 type refs struct {
 	configMaps map[string]*wire.ConfigMap
 	secrets    map[string]*wire.Secret
+	tokens     map[string]*wire.PodTokens
 }
 
 func (r *Reconciler) load() ([]wire.Object, *refs, error) {
@@ -317,7 +326,14 @@ func (r *Reconciler) load() ([]wire.Object, *refs, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rf := &refs{configMaps: map[string]*wire.ConfigMap{}, secrets: map[string]*wire.Secret{}}
+	toks, err := r.cfg.Source.Objects(wire.KindToken)
+	if err != nil {
+		return nil, nil, err
+	}
+	rf := &refs{configMaps: map[string]*wire.ConfigMap{}, secrets: map[string]*wire.Secret{}, tokens: map[string]*wire.PodTokens{}}
+	for i := range toks {
+		rf.tokens[toks[i].UID] = toks[i].Token
+	}
 	for i := range cms {
 		rf.configMaps[cms[i].Namespace+"/"+cms[i].Name] = cms[i].ConfigMap
 	}

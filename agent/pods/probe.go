@@ -3,12 +3,15 @@ package pods
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"outpost.dev/agent/runtime/containerd"
 	"outpost.dev/wire"
@@ -19,7 +22,18 @@ type probeState struct {
 	started, ready bool
 	next           [3]time.Time
 	fails, succ    [3]int32
+	// msg is the last failure of each probe ("Readiness probe failed:
+	// …"), cleared by a success; status shows the readiness one.
+	msg [3]string
 }
+
+// maxProbeOutput bounds what an exec probe's output is kept of, as a
+// kubelet's exec prober does (10 KiB); messages carry a shorter prefix.
+const maxProbeOutput = 10 << 10
+
+// labelProbeKill holds why the agent stopped a container that failed its
+// liveness or startup probe; its terminated state shows it as message.
+const labelProbeKill = "dev.outpost.probe-kill"
 
 const (
 	startupProbe = iota
@@ -66,9 +80,11 @@ func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 		if ok {
 			ps.succ[kind]++
 			ps.fails[kind] = 0
+			ps.msg[kind] = ""
 		} else {
 			ps.fails[kind]++
 			ps.succ[kind] = 0
+			ps.msg[kind] = probeNames[kind] + " probe failed: " + msg
 			w.r.log.Info("pods: probe failed", "pod", o.Namespace+"/"+o.Name, "container", c.Name, "probe", probeNames[kind], "msg", msg)
 		}
 		failThr := max(p.FailureThreshold, 1)
@@ -93,6 +109,10 @@ func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 		if !ok && ps.fails[kind] >= failThr {
 			w.r.log.Info("pods: container failed its "+probeNames[kind]+" probe; stopping it",
 				"pod", o.Namespace+"/"+o.Name, "container", c.Name, "msg", msg)
+			why := fmt.Sprintf("Container %s failed %s probe, will be restarted: %s", c.Name, strings.ToLower(probeNames[kind]), ps.msg[kind])
+			if err := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(why, 1000)}); err != nil {
+				w.r.log.Warn("pods: recording why a container is stopped", "container", x.c.ID, "err", err)
+			}
 			if err := rt.Stop(ctx, x.c.ID, gracePeriod(o.Pod)); err != nil {
 				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			}
@@ -118,11 +138,17 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 	}
 	switch {
 	case len(p.Exec) > 0:
-		code, err := rt.Exec(ctx, x.c.ID, p.Exec, timeout)
+		code, out, err := rt.ExecOutput(ctx, x.c.ID, p.Exec, timeout, maxProbeOutput)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return false, fmt.Sprintf("command %q timed out after %s", strings.Join(p.Exec, " "), timeout)
+		}
 		if err != nil {
 			return false, err.Error()
 		}
-		return code == 0, fmt.Sprintf("exit code %d", code)
+		if text := clip(string(out), 500); text != "" {
+			return code == 0, text
+		}
+		return code == 0, fmt.Sprintf("command %q exited with %d and no output", strings.Join(p.Exec, " "), code)
 	case p.TCPPort != 0:
 		c, err := dialIn(ctx, ns, "tcp", net.JoinHostPort(host, strconv.Itoa(int(p.TCPPort))), timeout)
 		if err != nil {
@@ -173,4 +199,33 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 		return resp.StatusCode >= 200 && resp.StatusCode < 400, "HTTP " + resp.Status
 	}
 	return false, "probe without a handler"
+}
+
+// probeNotes is what status adds to the Ready condition's message: the
+// last readiness failure of each container not ready, bounded.
+func (w *worker) probeNotes(recs map[string][]*rec, notReady []string) string {
+	var b strings.Builder
+	for _, name := range notReady {
+		x := latest(recs, name)
+		if x == nil {
+			continue
+		}
+		if ps := w.probes[x.c.ID]; ps != nil && ps.msg[readinessProbe] != "" {
+			b.WriteString("; " + name + ": " + clip(ps.msg[readinessProbe], 300))
+		}
+	}
+	return clip(b.String(), 700)
+}
+
+// clip makes probe output fit a status message: valid UTF-8, trimmed, at
+// most n bytes, cut at a character boundary.
+func clip(s string, n int) string {
+	s = strings.TrimSpace(strings.ToValidUTF8(s, "\uFFFD"))
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

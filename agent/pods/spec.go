@@ -269,9 +269,40 @@ func imageID(ref, digest string) string {
 	return repo + "@" + digest
 }
 
+// pullCredentials are the registry logins of the pod's imagePullSecrets,
+// in the pod's order, and a note naming those that are missing or
+// unreadable, for a failed pull's message. A kubelet too pulls without a
+// pull secret it cannot find rather than not at all.
+func pullCredentials(o *wire.Object, rf *refs) ([]containerd.Credential, string) {
+	var creds []containerd.Credential
+	var notes []string
+	for _, name := range o.Pod.ImagePullSecrets {
+		var s *wire.Secret
+		if rf != nil {
+			s = rf.secrets[o.Namespace+"/"+name]
+		}
+		switch {
+		case s == nil:
+			notes = append(notes, fmt.Sprintf("imagePullSecret %q not found", name))
+		case s.PullAuthError != "":
+			notes = append(notes, s.PullAuthError)
+		case len(s.PullAuths) == 0:
+			notes = append(notes, fmt.Sprintf("imagePullSecret %q (type %q) holds no registry login", name, s.Type))
+		}
+		if s == nil {
+			continue
+		}
+		for _, a := range s.PullAuths {
+			creds = append(creds, containerd.Credential{Registry: a.Registry, Username: a.Username, Password: a.Password})
+		}
+	}
+	return creds, strings.Join(notes, "; ")
+}
+
 // ensureImage makes the container's image present as its pull policy
-// says. It returns the image ID, or a waiting state and when to try again.
-func (w *worker) ensureImage(ctx context.Context, rt *containerd.Runtime, c *wire.Container, log *slog.Logger) (string, *wire.ContainerState, time.Time) {
+// says, with the pod's pull secrets. It returns the image ID, or a waiting
+// state and when to try again.
+func (w *worker) ensureImage(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, c *wire.Container, log *slog.Logger) (string, *wire.ContainerState, time.Time) {
 	policy := pullPolicy(c)
 	img, err := rt.Image(ctx, c.Image)
 	present := err == nil
@@ -292,10 +323,14 @@ func (w *worker) ensureImage(ctx context.Context, rt *containerd.Runtime, c *wir
 	case <-ctx.Done():
 		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ContainerCreating"}, now
 	}
-	log.Info("pods: pulling image", "image", c.Image, "policy", policy)
+	creds, credNote := pullCredentials(o, rf)
+	log.Info("pods: pulling image", "image", c.Image, "policy", policy, "pull_secrets", len(o.Pod.ImagePullSecrets))
+	if credNote != "" {
+		log.Warn("pods: pulling without some pull secrets", "image", c.Image, "problem", credNote)
+	}
 	begin := time.Now()
 	lastLog := begin
-	pulled, err := rt.Pull(ctx, c.Image, func(p containerd.Progress) {
+	pulled, err := rt.PullWith(ctx, c.Image, creds, func(p containerd.Progress) {
 		if p.Completed && p.Kind == "layer" || time.Since(lastLog) > 5*time.Second {
 			lastLog = time.Now()
 			log.Info("pods: pull progress", "image", c.Image, "blob", p.Digest, "kind", p.Kind, "done", p.Done, "total", p.Total, "completed", p.Completed)
@@ -306,6 +341,9 @@ func (w *worker) ensureImage(ctx context.Context, rt *containerd.Runtime, c *wir
 		// Not the image's fault: the reconciler reports containerd down.
 		return "", &wire.ContainerState{Kind: wire.StateWaiting, Reason: "ContainerCreating",
 			Message: "waiting for containerd"}, w.r.now().Add(2 * time.Second)
+	}
+	if err != nil && credNote != "" {
+		err = fmt.Errorf("%w (%s)", err, credNote)
 	}
 	if err != nil {
 		if present {

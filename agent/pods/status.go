@@ -75,7 +75,7 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 		return wire.Condition{Type: t, Status: "False", Reason: reason, Message: msg}
 	}
 	ready := len(notReady) == 0 && st.Phase == "Running"
-	readyMsg := fmt.Sprintf("containers with unready status: [%s]", strings.Join(notReady, " "))
+	readyMsg := fmt.Sprintf("containers with unready status: [%s]", strings.Join(notReady, " ")) + w.probeNotes(recs, notReady)
 	initReason := "ContainersNotInitialized"
 	if st.Phase == "Succeeded" || st.Phase == "Failed" {
 		readyReason := "PodCompleted"
@@ -133,8 +133,13 @@ func (w *worker) containerStatus(c *wire.Container, recs map[string][]*rec, init
 		switch {
 		case x.lost:
 			s.Reason, s.Message = "Unknown", "the container's task was gone when the agent looked (the gateway restarted?)"
+		case x.oom:
+			s.Reason = "OOMKilled"
 		case x.exitCode != 0:
 			s.Reason = "Error"
+		}
+		if m := x.c.Labels[labelProbeKill]; m != "" && !x.lost {
+			s.Message = m
 		}
 		if !x.startedAt.IsZero() {
 			s.StartedAt = ms(x.startedAt)

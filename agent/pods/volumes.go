@@ -274,8 +274,15 @@ func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[stri
 					files[f.Path] = file{data: []byte(val), mode: mode(f.Mode, v.Projected.DefaultMode)}
 				}
 			case src.ServiceAccountToken != nil:
-				// The relay does not send tokens yet: the file is absent
-				// (see agent/README.md, gaps).
+				t := podToken(rf, o.UID, v.Name, src.ServiceAccountToken.Path)
+				if t == nil {
+					// As a kubelet that cannot get a token: the volume is
+					// not set up and the containers wait. Once a token was
+					// received it stays, expired or not, so a pod restarted
+					// offline starts with the last one.
+					return nil, fmt.Errorf("no service-account token for %s yet: the relay requests it while the node is connected", src.ServiceAccountToken.Path)
+				}
+				files[src.ServiceAccountToken.Path] = file{data: []byte(t.Token), mode: mode(0, v.Projected.DefaultMode)}
 			}
 		}
 	}
@@ -285,6 +292,20 @@ func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[stri
 		}
 	}
 	return files, nil
+}
+
+// podToken returns the token the relay sent for the serviceAccountToken
+// source at path of pod uid's volume, or nil.
+func podToken(rf *refs, uid, volume, path string) *wire.Token {
+	if rf == nil || rf.tokens[uid] == nil {
+		return nil
+	}
+	for i, t := range rf.tokens[uid].Items {
+		if t.Volume == volume && t.Path == path {
+			return &rf.tokens[uid].Items[i]
+		}
+	}
+	return nil
 }
 
 // writeAtomic writes files into dir the way a kubelet's AtomicWriter

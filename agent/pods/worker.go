@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"outpost.dev/agent/crilog"
@@ -41,6 +42,10 @@ type worker struct {
 	probes    map[string]*probeState // by container ID
 	last      *wire.PodStatus
 	startTime int64
+
+	// running mirrors last's phase for Reconciler.Running (metrics);
+	// resend makes the next report go out even if unchanged (Resend).
+	running, resend atomic.Bool
 }
 
 type backoff struct {
@@ -130,6 +135,7 @@ type rec struct {
 	startedAt  time.Time
 	finishedAt time.Time
 	lost       bool // started, but the task is gone without an exit (reboot)
+	oom        bool // the kernel's OOM killer ended it
 }
 
 func (x *rec) running() bool {
@@ -160,12 +166,14 @@ func (w *worker) records(ctx context.Context, rt *containerd.Runtime) (map[strin
 			x.state = t.State
 			if t.State == containerd.StateExited {
 				x.exitCode, x.finishedAt = int32(t.ExitCode), t.ExitedAt
+				x.oom = rt.OOMKilled(c.ID) // before Reap deletes the cgroup
 				if err := rt.Reap(ctx, c.ID, t); err != nil {
 					w.r.log.Warn("pods: reaping an exited container", "container", c.ID, "err", err)
 				}
 			}
 		} else if code, at, ok := c.Exit(); ok {
 			x.state, x.exitCode, x.finishedAt = containerd.StateExited, int32(code), at
+			x.oom = c.OOMKilled()
 		} else if !x.startedAt.IsZero() {
 			// Started, no task, no recorded exit: the machine (or
 			// containerd's state) went away under it.
@@ -395,16 +403,13 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 		due(w.r.now().Add(5 * time.Second))
 		return false
 	}
-	imageID, st, wake := w.ensureImage(ctx, rt, c, log)
+	imageID, st, wake := w.ensureImage(ctx, rt, o, rf, c, log)
 	if st != nil {
 		w.waiting[c.Name] = *st
 		due(wake)
 		return false
 	}
 	sp, err := w.spec(o, rf, setup, c, init, attempt, imageID)
-	if err == nil && x != nil {
-		sp.ID = x.c.ID
-	}
 	if err != nil {
 		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerConfigError", Message: truncate(err.Error(), 1000)}
 		due(w.r.now().Add(5 * time.Second))
@@ -412,8 +417,10 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 	}
 	if x != nil {
 		// A record of this attempt that never started (an earlier try
-		// was interrupted): replace it.
-		if err := rt.Delete(ctx, sp.ID); err != nil && !errors.Is(err, containerd.ErrNotFound) {
+		// was interrupted): replace it, under a new ID, as IDs are never
+		// reused: an agent killed during task create leaves containerd's
+		// state of that task behind, and a create under the old ID fails.
+		if err := rt.Delete(ctx, x.c.ID); err != nil && !errors.Is(err, containerd.ErrNotFound) {
 			log.Warn("pods: removing an unstarted container", "err", err)
 		}
 	}
@@ -576,7 +583,7 @@ func (w *worker) cleanup(ctx context.Context) error {
 // report queues the pod's status if it changed.
 func (w *worker) report(o *wire.Object, recs map[string][]*rec, deleting bool) {
 	st := w.status(o, recs, deleting)
-	if w.last != nil && reflect.DeepEqual(w.last, st) {
+	if !w.resend.Swap(false) && w.last != nil && reflect.DeepEqual(w.last, st) {
 		return
 	}
 	if _, err := w.r.cfg.Outbox.Append("pod/"+o.UID, wire.TypePodStatus, st); err != nil {
@@ -584,4 +591,5 @@ func (w *worker) report(o *wire.Object, recs map[string][]*rec, deleting bool) {
 		return
 	}
 	w.last = st
+	w.running.Store(st.Phase == "Running")
 }

@@ -83,7 +83,7 @@ func TestStatusTranslation(t *testing.T) {
 	if d := got[corev1.NodeDiskPressure]; d.Status != corev1.ConditionTrue || !d.LastTransitionTime.Equal(&later) {
 		t.Errorf("DiskPressure %+v", d)
 	}
-	if _, ok := got["SensorBus"]; !ok || len(st2.Conditions) != 5 {
+	if _, ok := got["SensorBus"]; !ok || len(st2.Conditions) != 6 || got[ConditionLinkReady].Status != corev1.ConditionTrue {
 		t.Errorf("conditions %v", st2.Conditions)
 	}
 }
@@ -216,7 +216,7 @@ func FuzzReport(f *testing.F) {
 		if fr.DecodeBody(&st) != nil || CheckInfo(&st.Node) != nil {
 			return
 		}
-		rep := &Report{AgentVersion: "v", Info: st.Node, Conditions: st.Conditions}
+		rep := &Report{AgentVersion: "v", Info: st.Node, Conditions: st.Conditions, Link: st.Link}
 		s := Status(metav1.Now(), "gw", rep, nil)
 		Status(metav1.Now(), "gw", rep, &s)
 		Labels("gw", &st.Node)

@@ -2,10 +2,13 @@ package nodes
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -43,11 +46,16 @@ type SessionConfig struct {
 // Session runs the API writes of one agent connection on its own goroutine.
 // Report never blocks: the latest report replaces one not yet written.
 type Session struct {
-	w    *Writer
-	cfg  SessionConfig
-	stop context.CancelFunc
-	done chan struct{}
-	wake chan struct{}
+	w      *Writer
+	cfg    SessionConfig
+	parent context.Context
+	stop   context.CancelFunc
+	done   chan struct{}
+	wake   chan struct{}
+	// id names this connection in the EdgeLinkReady condition; written
+	// is set once the Node was written, fatal when writes stopped for good.
+	id             string
+	written, fatal atomic.Bool
 
 	mu      sync.Mutex
 	pending *Report
@@ -69,15 +77,24 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	if cfg.Alive == nil {
 		cfg.Alive = func() bool { return true }
 	}
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
-	s := &Session{w: w, cfg: cfg, stop: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	s := &Session{w: w, cfg: cfg, parent: parent, stop: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1),
+		id: hex.EncodeToString(id[:])}
 	go s.run(ctx)
 	return s
 }
 
+// disconnectTimeout bounds the EdgeLinkReady=False write when a session
+// stops, relay shutdown included.
+const disconnectTimeout = 5 * time.Second
+
 // Report queues rep for writing; seq is the frame's sequence number, or 0
 // for a hello, which is not acked.
 func (s *Session) Report(seq uint64, rep Report) {
+	rep.Session = s.id
 	s.mu.Lock()
 	s.pending = &rep
 	if seq > s.seq {
@@ -91,17 +108,27 @@ func (s *Session) Report(seq uint64, rep Report) {
 	}
 }
 
-// Stop ends the session and waits for its goroutine. It writes nothing:
-// the Lease simply stops being renewed.
+// Stop ends the session and waits for its goroutine. The Lease simply
+// stops being renewed; the Node's EdgeLinkReady becomes False (since now)
+// unless a newer connection of the agent wrote it meanwhile.
 func (s *Session) Stop() {
 	s.stop()
 	<-s.done
+	if !s.written.Load() || s.fatal.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.parent), disconnectTimeout)
+	defer cancel()
+	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
+		s.cfg.Log.Warn("node not marked disconnected", "err", err)
+	}
 }
 
 func (s *Session) run(ctx context.Context) {
 	defer close(s.done)
 	defer func() {
 		if r := recover(); r != nil {
+			s.fatal.Store(true)
 			s.cfg.Log.Error("node session panicked; writes for this connection stopped", "panic", r)
 			s.cfg.OnFatal(errors.New("internal error in the relay"))
 		}
@@ -136,6 +163,7 @@ func (s *Session) run(ctx context.Context) {
 				return
 			case errors.Is(err, ErrNotEdge):
 				s.cfg.Log.Error("refusing to write node", "err", err)
+				s.fatal.Store(true)
 				s.cfg.OnFatal(err)
 				return
 			case err != nil:
@@ -146,6 +174,7 @@ func (s *Session) run(ctx context.Context) {
 			default:
 				first := node == nil
 				node, last, backoff = n, rep, backoffMin
+				s.written.Store(true)
 				refreshAt = now.Add(statusRefresh)
 				s.mu.Lock()
 				if s.gen == gen {
@@ -218,5 +247,5 @@ func earliest(t time.Time, more ...time.Time) time.Time {
 
 // jitter spreads retries of many sessions so they do not arrive together.
 func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
+	return d/2 + mrand.N(d/2+1)
 }

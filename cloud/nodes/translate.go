@@ -6,9 +6,11 @@
 // through client-go. A Session runs the writes for one agent connection on
 // its own goroutine, so a slow API server never stalls the connection's
 // read loop, and renews the Lease while the connection is alive. On
-// disconnect it only stops: the node lifecycle controller marks the node
-// Unknown after its grace period, and an agent that reconnects meanwhile
-// (to this or another relay replica) keeps its node Ready.
+// disconnect it sets the EdgeLinkReady condition False (unless a newer
+// connection wrote since) and stops renewing: the node lifecycle
+// controller marks the node Unknown after its grace period, and an agent
+// that reconnects meanwhile (to this or another relay replica) keeps its
+// node Ready.
 package nodes
 
 import (
@@ -51,6 +53,12 @@ type Report struct {
 	AgentVersion string
 	Info         wire.NodeInfo
 	Conditions   []wire.Condition
+	// Link is the agent's outbox and link figures (NodeStatus only).
+	Link *wire.LinkStats
+	// Session names the connection, in the EdgeLinkReady condition, so a
+	// connection that ends marks the node disconnected only if no newer
+	// connection wrote since.
+	Session string
 }
 
 // CheckName reports whether name can be an edge node's name: a DNS-1123
@@ -146,6 +154,10 @@ func Status(now metav1.Time, name string, rep *Report, prev *corev1.NodeStatus) 
 		{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, Reason: "OutpostNoMemoryPressure", Message: "agent reports no memory pressure"},
 		{Type: corev1.NodeDiskPressure, Status: corev1.ConditionFalse, Reason: "OutpostNoDiskPressure", Message: "agent reports no disk pressure"},
 		{Type: corev1.NodePIDPressure, Status: corev1.ConditionFalse, Reason: "OutpostNoPIDPressure", Message: "agent reports no PID pressure"},
+		linkReady(rep.Session),
+	}
+	if c, ok := outboxCondition(rep.Link, prev); ok {
+		conds = append(conds, c)
 	}
 	for _, c := range rep.Conditions {
 		nc := corev1.NodeCondition{

@@ -26,6 +26,13 @@
 // pod, judged from the pod's own condition so relay restarts do not write
 // again.
 //
+// Pods with serviceAccountToken projected sources (every pod the API
+// server gives a kube-api-access volume) get bound tokens from the
+// TokenRequest API as a kubelet does, sent as one KindToken object per pod
+// and refreshed at 80 % of their lifetime or after 24 hours while the
+// agent is connected (tokens.go). Only pods read bound to the node, with
+// the same UID, just before each request get a token.
+//
 // Pods with a deletion timestamp are sent with Deleting set; the pod
 // disappears (and the agent gets a delete) once something deletes it with
 // grace 0. Like a kubelet, that is the agent's status path's job once its

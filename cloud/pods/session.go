@@ -59,6 +59,11 @@ type Config struct {
 	// Extra, if set, adds more objects of the node (its Devices) to the
 	// same sync: one initial sync, one Complete, one set of deltas.
 	Extra Extra
+	// TokenRefreshAfter, if positive, refreshes service-account tokens at
+	// most this long after issue instead of at 80 % of their lifetime
+	// (tokens.go); for tests, as the API server issues none shorter than
+	// ten minutes.
+	TokenRefreshAfter time.Duration
 }
 
 // Extra is another source of objects for the agent, watched by its owner.
@@ -149,6 +154,14 @@ type state struct {
 	retryAt  time.Time
 	// initialSent is set once the initial sync has been written.
 	initialSent bool
+
+	// Service-account tokens (tokens.go), by pod UID; tokenWake is when
+	// the next one is due.
+	tokens    map[types.UID]*podToken
+	tokenWake time.Time
+	mintSem   chan struct{}
+	mintMu    sync.Mutex
+	minted    []mintResult
 }
 
 func (s *Session) run(ctx context.Context) {
@@ -159,6 +172,8 @@ func (s *Session) run(ctx context.Context) {
 		cache:    map[types.UID]*translated{},
 		sent:     HeldVersions(s.cfg.Held),
 		reported: map[types.UID]string{},
+		tokens:   map[types.UID]*podToken{},
+		mintSem:  make(chan struct{}, tokenConcurrency),
 	}
 	defer close(s.done)
 	defer st.wg.Wait()
@@ -193,6 +208,9 @@ func (s *Session) run(ctx context.Context) {
 		}
 		if !st.retryAt.IsZero() {
 			wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
+		}
+		if !st.tokenWake.IsZero() {
+			wait = min(wait, max(time.Until(st.tokenWake), time.Millisecond))
 		}
 		timer.Reset(wait)
 		select {
@@ -336,6 +354,7 @@ type refused struct {
 // initial sync, or a new pod (so the agent gets a pod's ConfigMaps and
 // Secrets no later than the pod).
 func (st *state) pass() (ok, poll bool) {
+	st.tokenWake = time.Time{} // recomputed by podTokens
 	node := st.s.cfg.Node
 	initial := !st.initialSent
 	patience := st.s.cfg.RefSyncTimeout
@@ -423,8 +442,11 @@ func (st *state) pass() (ok, poll bool) {
 	}
 	var want []wire.Object
 	included := map[Ref]bool{}
+	st.collectMints(liveUID)
+	tokensPending := false
 	for _, c := range cands {
-		if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(c.pod.UID)}]; !held && !st.refsReady(c.refs, patience) {
+		_, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(c.pod.UID)}]
+		if !held && !st.refsReady(c.refs, patience) {
 			poll = true // a new pod waits for its references to be listed
 			continue
 		}
@@ -439,6 +461,14 @@ func (st *state) pass() (ok, poll bool) {
 			refuse = append(refuse, refused{c.pod, ReasonTooLarge, tooLarge})
 			continue
 		}
+		tok, ready, pending := st.podTokens(c.pod, held)
+		tokensPending = tokensPending || pending
+		if !ready {
+			continue // a new pod waits for its service-account tokens
+		}
+		if tok != nil {
+			want = append(want, *tok)
+		}
 		want = append(want, c.obj.obj)
 		for _, r := range c.refs {
 			if t := refObjs[r]; t != nil && !included[r] {
@@ -446,6 +476,11 @@ func (st *state) pass() (ok, poll bool) {
 				want = append(want, t.obj)
 			}
 		}
+	}
+	if initial && tokensPending {
+		// The initial sync carries the pods' first tokens too, as it
+		// carries their references (bounded by the same patience).
+		return true, true
 	}
 	if st.s.cfg.Extra != nil {
 		want = append(want, st.s.cfg.Extra.Objects()...)

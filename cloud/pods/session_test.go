@@ -82,6 +82,10 @@ func summary(s wire.Sync) []string {
 		if u.Pod != nil && u.Pod.Deleting {
 			d = "(deleting)"
 		}
+		if u.Kind == wire.KindToken { // versions are times: not compared
+			out = append(out, "+token/"+u.Name)
+			continue
+		}
 		out = append(out, "+"+u.Kind.String()+"/"+u.Name+"@"+u.Version+d)
 	}
 	for _, d := range s.Deletes {
@@ -108,7 +112,7 @@ func TestSessionSync(t *testing.T) {
 	ctx := context.Background()
 	before := runtime.NumGoroutine()
 
-	client := fake.NewClientset(
+	client, _ := withTokens(fake.NewClientset(
 		edgeNode("edge-1"),
 		testPod("web", "edge-1", "10", withRefs("cfg", "sec")),
 		testPod("kept", "edge-1", "11", nil),
@@ -121,7 +125,7 @@ func TestSessionSync(t *testing.T) {
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec", Namespace: "default", UID: "uid-sec", ResourceVersion: "21"}, Data: map[string][]byte{"pw": []byte("x")}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "unrelated", Namespace: "default", UID: "uid-unrelated", ResourceVersion: "22"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "other-sec", Namespace: "default", UID: "uid-other-sec", ResourceVersion: "23"}},
-	)
+	))
 	rec := &recorder{frames: make(chan wire.Sync, 16)}
 	s := Start(ctx, Config{
 		Client: client, Node: "edge-1", Send: rec.send,
@@ -136,7 +140,7 @@ func TestSessionSync(t *testing.T) {
 	if !first.Initial || !first.Complete {
 		t.Fatalf("first frame: initial %v complete %v", first.Initial, first.Complete)
 	}
-	if got := summary(first); !equal(got, "+pod/web@10", "+configmap/cfg@20", "+secret/sec@21", "-pod/uid-gone") {
+	if got := summary(first); !equal(got, "+pod/web@10", "+token/web", "+token/kept", "+configmap/cfg@20", "+secret/sec@21", "-pod/uid-gone") {
 		t.Fatalf("initial sync %v", got)
 	}
 	t.Logf("goroutines for one session with 1 pod watch and 2 reference watches (fake client): %d", runtime.NumGoroutine()-before)
@@ -176,7 +180,7 @@ func TestSessionSync(t *testing.T) {
 	if err := client.CoreV1().Pods("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if d := rec.next(t); !equal(summary(d), "-pod/uid-web", "-configmap/uid-cfg", "-secret/uid-sec") {
+	if d := rec.next(t); !equal(summary(d), "-pod/uid-web", "-token/uid-web", "-configmap/uid-cfg", "-secret/uid-sec") {
 		t.Fatalf("delta %v", summary(d))
 	}
 	rec.quiet(t, 300*time.Millisecond)
@@ -220,16 +224,16 @@ func (w testWriter) Write(b []byte) (int, error) {
 func TestSessionTooLarge(t *testing.T) {
 	ctx := context.Background()
 	big := strings.Repeat("x", wire.MaxFrameSize)
-	client := fake.NewClientset(
+	client, _ := withTokens(fake.NewClientset(
 		edgeNode("edge-1"),
 		testPod("big", "edge-1", "1", withRefs("huge", "sec")),
 		testPod("small", "edge-1", "2", nil),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "huge", Namespace: "default", UID: "uid-huge", ResourceVersion: "3"}, Data: map[string]string{"a": big}},
-	)
+	))
 	rec := &recorder{frames: make(chan wire.Sync, 4)}
 	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send})
 	defer s.Stop()
-	if got := summary(rec.next(t)); !equal(got, "+pod/small@2") {
+	if got := summary(rec.next(t)); !equal(got, "+pod/small@2", "+token/small") {
 		t.Fatalf("initial sync %v", got)
 	}
 	waitFor(t, func() bool {

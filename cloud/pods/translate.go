@@ -605,7 +605,7 @@ func ConfigMapObject(cm *corev1.ConfigMap) wire.Object {
 func SecretObject(s *corev1.Secret) wire.Object {
 	return wire.Object{
 		Kind: wire.KindSecret, UID: string(s.UID), Namespace: s.Namespace, Name: s.Name, Version: s.ResourceVersion,
-		Secret: &wire.Secret{Data: s.Data, Type: string(s.Type)},
+		Secret: pullAuths(s, &wire.Secret{Data: s.Data, Type: string(s.Type)}),
 	}
 }
 

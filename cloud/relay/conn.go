@@ -213,6 +213,8 @@ func (c *conn) serve() {
 		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
 		Log:    c.log,
 		Extra:  nodeDevices,
+
+		TokenRefreshAfter: c.s.cfg.TokenRefreshAfter,
 	})
 	defer psync.Stop()
 	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Done: c.acks.done, Log: c.log})
@@ -248,7 +250,7 @@ func (c *conn) serve() {
 			}
 			// Acked by the session once the API write succeeded.
 			c.acks.received(f.Type, f.Seq)
-			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions})
+			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link})
 		case wire.TypePodStatus:
 			var st wire.PodStatus
 			if err := f.DecodeBody(&st); err != nil {

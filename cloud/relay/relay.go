@@ -103,6 +103,11 @@ type Config struct {
 	// (token bucket, queue of Devices waiting); zero fields take the
 	// devices package's defaults.
 	DeviceStatus devices.WriterConfig
+
+	// TokenRefreshAfter, if positive, refreshes the service-account
+	// tokens of agents' pods at most this long after issue (for tests;
+	// see pods.Config).
+	TokenRefreshAfter time.Duration
 }
 
 // Server is a relay. It is an http.Handler serving every relay endpoint;

@@ -8,13 +8,17 @@ package harness
 // own beyond the listener it is handed, so every test gets a fresh, empty
 // registry in milliseconds and nothing outlives the test process. The agent
 // pulls from it over plain HTTP, exactly as it would from any registry
-// configured as insecure. Debian's docker-registry (distribution 2.8) would be
+// configured as insecure; StartRegistryWith adds basic authentication and
+// HTTPS with a private CA, for the agent's pull secrets and registry CAs. Debian's docker-registry (distribution 2.8) would be
 // one more package and one more process for no gain in realism.
 
 import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -39,22 +44,49 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Registry is an OCI registry serving plain HTTP on 127.0.0.1, started by
-// StartRegistry. Call Stop when done.
+// Registry is an OCI registry on 127.0.0.1, started by StartRegistry
+// (plain HTTP, anonymous) or StartRegistryWith. Call Stop when done.
 type Registry struct {
 	// Host is host:port, the registry part of an image reference
 	// ("127.0.0.1:41234/test/busybox:1").
 	Host string
-	// URL is http://Host.
+	// URL is http://Host, or https://Host when serving TLS.
 	URL string
+	// CACert is the PEM file of the CA that signed the registry's
+	// certificate when serving TLS; empty otherwise.
+	CACert string
 
-	srv *http.Server
-	ln  net.Listener
+	opts RegistryOptions
+	srv  *http.Server
+	ln   net.Listener
 }
 
-// StartRegistry starts an empty in-memory registry on a free loopback port.
-// Requests are logged to log (nil discards them).
+// RegistryOptions change how StartRegistryWith's registry is reached.
+// The zero value is StartRegistry's registry.
+type RegistryOptions struct {
+	// Log receives the registry's requests; nil discards them.
+	Log *slog.Logger
+	// Username and Password, when set, make the registry demand HTTP
+	// basic authentication with exactly these on every request (401 with
+	// a Basic challenge otherwise), as a registry with an htpasswd file.
+	Username, Password string
+	// TLSDir, when set, makes the registry serve HTTPS only, with a
+	// certificate for 127.0.0.1 signed by a new CA of its own; both are
+	// written there, created if missing (CACert names the CA's file).
+	TLSDir string
+}
+
+// StartRegistry starts an empty in-memory registry on a free loopback port,
+// serving plain HTTP without authentication. Requests are logged to log
+// (nil discards them).
 func StartRegistry(ctx context.Context, log *slog.Logger) (*Registry, error) {
+	return StartRegistryWith(ctx, RegistryOptions{Log: log})
+}
+
+// StartRegistryWith starts an empty in-memory registry on a free loopback
+// port with authentication or TLS as opts say.
+func StartRegistryWith(ctx context.Context, opts RegistryOptions) (*Registry, error) {
+	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -66,14 +98,82 @@ func StartRegistry(ctx context.Context, log *slog.Logger) (*Registry, error) {
 	r := &Registry{
 		Host: ln.Addr().String(),
 		URL:  "http://" + ln.Addr().String(),
+		opts: opts,
 		ln:   ln,
 	}
-	r.srv = &http.Server{
-		Handler:           registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug))),
-		ReadHeaderTimeout: 10 * time.Second,
+	var h http.Handler = registry.New(registry.Logger(slog.NewLogLogger(log.Handler(), slog.LevelDebug)))
+	if opts.Username != "" {
+		h = basicAuth(opts.Username, opts.Password, h)
+	}
+	r.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	if opts.TLSDir != "" {
+		if err := os.MkdirAll(opts.TLSDir, 0o755); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("registry: %w", err)
+		}
+		ca, caKey, caFile, _, err := newCA(opts.TLSDir, "registry-ca", "outpost-test-registry-ca")
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		certFile, keyFile, err := issue(opts.TLSDir, ca, caKey, "registry", CertSpec{
+			CommonName: "outpost-test-registry", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}, Server: true,
+		})
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("registry: %w", err)
+		}
+		r.CACert, r.URL = caFile, "https://"+r.Host
+		r.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// Quiet the handshake failures of clients that do not trust the
+		// CA: the tests cause them on purpose.
+		r.srv.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+		go func() { _ = r.srv.ServeTLS(ln, "", "") }()
+		return r, nil
 	}
 	go func() { _ = r.srv.Serve(ln) }()
 	return r, nil
+}
+
+// basicAuth demands HTTP basic authentication as user:pass.
+func basicAuth(user, pass string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		u, p, ok := req.BasicAuth()
+		if !ok || subtle.ConstantTimeCompare([]byte(u), []byte(user)) != 1 || subtle.ConstantTimeCompare([]byte(p), []byte(pass)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="outpost-test-registry"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+// remoteOptions are how BuildBusyboxImage pushes: with the registry's
+// login and trusting its CA.
+func (r *Registry) remoteOptions(ctx context.Context) ([]remote.Option, error) {
+	opts := []remote.Option{remote.WithContext(ctx)}
+	if r.opts.Username != "" {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: r.opts.Username, Password: r.opts.Password}))
+	}
+	if r.CACert != "" {
+		pem, err := os.ReadFile(r.CACert)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("registry: no certificate in %s", r.CACert)
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		opts = append(opts, remote.WithTransport(tr))
+	}
+	return opts, nil
 }
 
 // Stop closes the listener and open connections. The registry's contents
@@ -123,6 +223,10 @@ func (r *Registry) BuildBusyboxImage(ctx context.Context, repo string, tags ...s
 	if err != nil {
 		return nil, err
 	}
+	ropts, err := r.remoteOptions(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []BusyboxImage
 	for _, tag := range tags {
 		ref, err := name.NewTag(r.Ref(repo+":"+tag), name.Insecure)
@@ -133,7 +237,7 @@ func (r *Registry) BuildBusyboxImage(ctx context.Context, repo string, tags ...s
 		if err != nil {
 			return nil, err
 		}
-		if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		if err := remote.Write(ref, img, ropts...); err != nil {
 			return nil, fmt.Errorf("push %s: %w", ref, err)
 		}
 		d, err := img.Digest()

@@ -31,10 +31,12 @@ import (
 	"outpost.dev/agent/join"
 	"outpost.dev/agent/link"
 	"outpost.dev/agent/logs"
+	"outpost.dev/agent/metrics"
 	"outpost.dev/agent/mqtt"
 	_ "outpost.dev/agent/mqtt/condregister" // embedded broker, KubeEdge topics unless tagged out
 	"outpost.dev/agent/nodeinfo"
 	"outpost.dev/agent/outbox"
+	"outpost.dev/agent/pods"
 	"outpost.dev/agent/store"
 	"outpost.dev/agent/twins"
 	"outpost.dev/boards"
@@ -329,13 +331,22 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	applier := desired.New(st, log)
 	var sender *outbox.Sender
-	var logsrv *logs.Server // kubectl logs; set before the link runs
+	var logsrv *logs.Server             // kubectl logs; set before the link runs
+	var podRec *pods.Reconciler         // set before the link runs
+	connected := make(chan struct{}, 1) // wakes reportNodeStatus on each connect
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		AgentVersion: version, NodeInfo: readNode, Log: log,
-		Objects:      st.ObjectVersions,
-		OnConnect:    func(wire.HelloAck) { sender.Connected() },
+		Objects: st.ObjectVersions,
+		OnConnect: func(wire.HelloAck) {
+			sender.Connected()
+			podRec.Resend() // Ready set False by the cloud while offline
+			select {
+			case connected <- struct{}{}:
+			default:
+			}
+		},
 		OnDisconnect: func(error) { logsrv.Disconnected() },
 		Handler: func(f wire.Frame) {
 			switch {
@@ -350,15 +361,41 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	})
 	sender = outbox.NewSender(ob, lk, log)
 	go sender.Run(ctx)
-	go reportNodeStatus(ctx, ob, readNode, log)
+	linkStats := func() *wire.LinkStats {
+		s := ob.Stats()
+		ls := &wire.LinkStats{At: time.Now().Unix(), OutboxReports: uint64(s.Entries), OutboxBytes: uint64(s.Bytes),
+			OutboxMaxBytes: uint64(cfg.OutboxMaxBytes), OutboxDropped: s.Dropped}
+		if t := lk.LastContact(); !t.IsZero() {
+			ls.LastSync = t.Unix()
+		}
+		return ls
+	}
+	go reportNodeStatus(ctx, ob, readNode, linkStats, connected, log)
 
 	stopTwins, err := startTwins(ctx, cfg, id.NodeName, brd, st, applier, ob, log)
 	if err != nil {
 		return err
 	}
 	defer stopTwins()
-	podRec, waitPods := startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, log)
+	var waitPods func()
+	podRec, waitPods = startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, log)
 	defer waitPods()
+	if cfg.MetricsListen != "" {
+		src := metrics.Source{
+			Connected: lk.Connected, LastContact: lk.LastContact, PodsRunning: podRec.Running,
+			Outbox: func() (int, int, uint64) {
+				s := ob.Stats()
+				return s.Entries, s.Bytes, s.Dropped
+			},
+			OutboxMaxBytes: cfg.OutboxMaxBytes,
+		}
+		if addr, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(src), log); err != nil {
+			// Metrics are not worth a gateway that does not run.
+			log.Error("metrics endpoint off for this run; set metrics.listen to a free HOST:PORT, or \"\" to turn it off", "err", err)
+		} else {
+			log.Info("metrics endpoint", "url", "http://"+addr.String()+"/metrics")
+		}
+	}
 	logsrv = logs.New(logs.Config{Paths: podRec, Send: lk.Send, Log: log.With("component", "logs")})
 	defer logsrv.Wait()
 	defer logsrv.Disconnected()
@@ -436,31 +473,42 @@ const gcPercent = 25
 const nodeStatusEvery = 30 * time.Second
 
 // reportNodeStatus queues a node status report through the outbox when the
-// node's facts change while connected or not; the hello carries them on
-// every connect anyway.
-func reportNodeStatus(ctx context.Context, ob *outbox.Outbox, read func() (wire.NodeInfo, error), log *slog.Logger) {
+// node's facts or its link figures (outbox depth, bytes, drops) change,
+// checked every nodeStatusEvery, and after every connect, so the node's
+// conditions show the outbox as the link came back. The hello carries
+// the facts on every connect anyway.
+func reportNodeStatus(ctx context.Context, ob *outbox.Outbox, read func() (wire.NodeInfo, error),
+	stats func() *wire.LinkStats, connected <-chan struct{}, log *slog.Logger) {
 	last, _ := read()
+	var lastStats wire.LinkStats
 	t := time.NewTicker(nodeStatusEvery)
 	defer t.Stop()
 	for {
+		force := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-connected:
+			force = true
 		}
 		ni, err := read()
 		if err != nil {
 			log.Warn("reading node facts", "err", err)
 			continue
 		}
-		if reflect.DeepEqual(ni, last) {
+		ls := stats()
+		// Times always move; only the figures count as a change.
+		cmp := *ls
+		cmp.At, cmp.LastSync = 0, 0
+		if !force && reflect.DeepEqual(ni, last) && cmp == lastStats {
 			continue
 		}
-		if _, err := ob.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni}); err != nil {
+		if _, err := ob.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni, Link: ls}); err != nil {
 			log.Error("node status not queued", "err", err)
 			continue
 		}
-		last = ni
+		last, lastStats = ni, cmp
 	}
 }
 

@@ -26,7 +26,7 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), log *slog.Logger) (rec *pods.Reconciler, wait func()) {
 	regs := map[string]containerd.Registry{}
 	for host, r := range cfg.Containerd.Registries {
-		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password}
+		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password, CA: r.CA}
 	}
 	// The containers' logger: outpost-logger next to the agent if it is
 	// installed (0.7 MB PSS per container), else the agent itself in its

@@ -26,10 +26,16 @@ type env struct {
 }
 
 func start(t *testing.T) *env {
+	return startWith(t, harness.RegistryOptions{})
+}
+
+// startWith is start with a registry made as opts say; the Runtime is
+// configured for plain HTTP only when the registry serves it.
+func startWith(t *testing.T, opts harness.RegistryOptions) *env {
 	t.Helper()
 	harness.RequireContainerd(t)
 	ctx := t.Context()
-	reg, err := harness.StartRegistry(ctx, nil)
+	reg, err := harness.StartRegistryWith(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +65,7 @@ func start(t *testing.T) *env {
 	rt, err := containerd.New(ctx, containerd.Config{
 		Address:    c.Address,
 		Namespace:  ns,
-		Registries: map[string]containerd.Registry{reg.Host: {PlainHTTP: true}},
+		Registries: map[string]containerd.Registry{reg.Host: {PlainHTTP: reg.CACert == ""}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +222,21 @@ func TestRuntime(t *testing.T) {
 		if _, err := e.rt.Exec(ctx, "caps", []string{"sleep", "10"}, 200*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("exec past its timeout: %v, want DeadlineExceeded", err)
 		}
+		// Output, stdout and stderr together, bounded; the rest is drained.
+		code, out, err := e.rt.ExecOutput(ctx, "caps", []string{"sh", "-c", "echo out; echo err >&2; exit 2"}, 5*time.Second, 1024)
+		if err != nil || code != 2 || !strings.Contains(string(out), "out\n") || !strings.Contains(string(out), "err\n") {
+			t.Errorf("exec output: code %d, %q, %v", code, out, err)
+		}
+		code, out, err = e.rt.ExecOutput(ctx, "caps", []string{"sh", "-c", "yes | head -c 1000000; echo done"}, 20*time.Second, 100)
+		if err != nil || code != 0 || len(out) != 100 || strings.Trim(string(out), "y\n") != "" {
+			t.Errorf("bounded exec output: code %d, %d bytes %q, %v", code, len(out), out, err)
+		}
+		if _, out, err := e.rt.ExecOutput(ctx, "caps", []string{"/no/such/binary"}, 5*time.Second, 1024); err == nil {
+			t.Errorf("exec of a missing binary: no error (output %q)", out)
+		}
+		if e.rt.OOMKilled("caps") {
+			t.Error("OOMKilled for a container that never ran out of memory")
+		}
 		if err := e.rt.Stop(ctx, "caps", 100*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
@@ -245,6 +266,43 @@ func TestRuntime(t *testing.T) {
 			}
 		}
 		if err := e.rt.Delete(ctx, "caps"); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("oom killed", func(t *testing.T) {
+		// 16 MiB of memory, and a shell that wants far more: the kernel's
+		// OOM killer ends it (no swap accounting on every machine, so the
+		// string also outgrows any swap allowance quickly).
+		e.run(t, ctx, containerd.Spec{ID: "hog", Image: img.Name, MemoryLimit: 16 << 20,
+			Command: []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done"}})
+		st := e.waitExit(t, ctx, "hog")
+		tasks, err := e.rt.Tasks(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ExitCode != 137 || !e.rt.OOMKilled("hog") {
+			t.Fatalf("exit %d, OOMKilled %v; want 137 and true", st.ExitCode, e.rt.OOMKilled("hog"))
+		}
+		if err := e.rt.Reap(ctx, "hog", tasks["hog"]); err != nil {
+			t.Fatal(err)
+		}
+		cs, err := e.rt.ListLabeled(ctx, containerd.LabelManaged, "true")
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, c := range cs {
+			if c.ID == "hog" {
+				found = c.OOMKilled()
+			} else if c.OOMKilled() {
+				t.Errorf("%s recorded as OOM-killed", c.ID)
+			}
+		}
+		if !found {
+			t.Error("Reap did not record the OOM kill")
+		}
+		if err := e.rt.Delete(ctx, "hog"); err != nil {
 			t.Error(err)
 		}
 	})

@@ -118,16 +118,20 @@ func parseRef(s string) (imageRef, error) {
 }
 
 // registryClient fetches from one registry for one pull, remembering the
-// bearer token it was given.
+// bearer token or basic login that worked. With several credentials it
+// tries each in turn until the registry accepts one, as a kubelet does.
 type registryClient struct {
 	r     *Runtime
+	http  *http.Client
 	ref   imageRef
 	base  string
-	reg   Registry
-	token string
+	creds []Credential
+	cred  int    // index in creds of the one in use
+	basic bool   // the registry asked for basic authentication
+	token string // bearer token for the current credential
 }
 
-func (r *Runtime) registryClient(ref imageRef) *registryClient {
+func (r *Runtime) registryClient(ref imageRef, creds []Credential) *registryClient {
 	reg := r.cfg.Registries[ref.host]
 	host := ref.host
 	if host == "docker.io" {
@@ -137,13 +141,36 @@ func (r *Runtime) registryClient(ref imageRef) *registryClient {
 	if reg.PlainHTTP {
 		scheme = "http"
 	}
-	return &registryClient{r: r, ref: ref, base: scheme + "://" + host + "/v2/" + ref.repo, reg: reg}
+	cs := matchCredentials(creds, ref)
+	if reg.Username != "" {
+		cs = append(cs, Credential{Registry: ref.host, Username: reg.Username, Password: reg.Password})
+	}
+	return &registryClient{r: r, http: r.httpFor(ref.host), ref: ref, base: scheme + "://" + host + "/v2/" + ref.repo, creds: cs}
+}
+
+// current is the credential in use; the zero Credential is anonymous.
+func (rc *registryClient) current() Credential {
+	if rc.cred < len(rc.creds) {
+		return rc.creds[rc.cred]
+	}
+	return Credential{}
+}
+
+// next moves to the next credential; false when none is left.
+func (rc *registryClient) next() bool {
+	if rc.cred+1 >= len(rc.creds) {
+		return false
+	}
+	rc.cred++
+	rc.token, rc.basic = "", false
+	return true
 }
 
 // get fetches path under the repository (manifests/…, blobs/…),
 // authenticating when the registry asks.
 func (rc *registryClient) get(ctx context.Context, path string, accept ...string) (*http.Response, error) {
-	for attempt := 0; ; attempt++ {
+	reauthed := false
+	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, rc.base+"/"+path, nil)
 		if err != nil {
 			return nil, err
@@ -151,22 +178,37 @@ func (rc *registryClient) get(ctx context.Context, path string, accept ...string
 		for _, a := range accept {
 			req.Header.Add("Accept", a)
 		}
-		if rc.token != "" {
+		if c := rc.current(); rc.token != "" {
 			req.Header.Set("Authorization", "Bearer "+rc.token)
-		} else if rc.reg.Username != "" {
-			req.SetBasicAuth(rc.reg.Username, rc.reg.Password)
+		} else if rc.basic && c.Username != "" {
+			req.SetBasicAuth(c.Username, c.Password)
 		}
-		resp, err := rc.r.http.Do(req)
+		resp, err := rc.http.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("registry %s: %w", rc.ref.host, err)
+			return nil, fmt.Errorf("registry %s: %w", rc.ref.host, tlsHint(rc.ref.host, err))
 		}
-		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
+		if resp.StatusCode == http.StatusUnauthorized {
 			challenge := resp.Header.Get("WWW-Authenticate")
 			resp.Body.Close()
-			if err := rc.authenticate(ctx, challenge); err != nil {
-				return nil, err
+			if !reauthed {
+				// First refusal on this request (or an expired token):
+				// answer the challenge with the current credential.
+				reauthed = true
+				aerr := rc.authenticate(ctx, challenge)
+				if aerr == nil {
+					continue
+				}
+				if !rc.next() {
+					return nil, aerr
+				}
+				reauthed = false
+				continue
 			}
-			continue
+			if rc.next() {
+				reauthed = false
+				continue
+			}
+			return nil, rc.refused()
 		}
 		if resp.StatusCode != http.StatusOK {
 			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -181,16 +223,27 @@ func (rc *registryClient) get(ctx context.Context, path string, accept ...string
 	}
 }
 
-// authenticate answers a WWW-Authenticate challenge: basic needs
-// credentials, bearer gets a token from the realm (anonymously if none).
+// refused says the registry turned every credential down.
+func (rc *registryClient) refused() error {
+	if rc.current().Username == "" {
+		return fmt.Errorf("registry %s: unauthorized for %s: no credentials match it (add an imagePullSecret, or credentials in containerd.registries)", rc.ref.host, rc.ref.repo)
+	}
+	return fmt.Errorf("registry %s: unauthorized for %s: it rejected the %d credential(s) tried (check the pull secret)", rc.ref.host, rc.ref.repo, len(rc.creds))
+}
+
+// authenticate answers a WWW-Authenticate challenge with the current
+// credential: basic needs one, bearer gets a token from the realm
+// (anonymously if there is none).
 func (rc *registryClient) authenticate(ctx context.Context, challenge string) error {
+	cred := rc.current()
 	scheme, params, _ := strings.Cut(challenge, " ")
 	switch strings.ToLower(scheme) {
 	case "basic":
-		if rc.reg.Username == "" {
-			return fmt.Errorf("registry %s wants a username and password: add credentials for it", rc.ref.host)
+		if cred.Username == "" || rc.basic {
+			return rc.refused()
 		}
-		return fmt.Errorf("registry %s rejected the username and password for %s", rc.ref.host, rc.ref.repo)
+		rc.basic = true
+		return nil
 	case "bearer":
 	default:
 		return fmt.Errorf("registry %s: unsupported authentication challenge %q", rc.ref.host, challenge)
@@ -218,12 +271,12 @@ func (rc *registryClient) authenticate(ctx context.Context, challenge string) er
 	if err != nil {
 		return err
 	}
-	if rc.reg.Username != "" {
-		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(rc.reg.Username+":"+rc.reg.Password)))
+	if cred.Username != "" {
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred.Username+":"+cred.Password)))
 	}
-	resp, err := rc.r.http.Do(req)
+	resp, err := rc.r.httpFor(u.Host).Do(req)
 	if err != nil {
-		return fmt.Errorf("registry %s: token from %s: %w", rc.ref.host, u.Host, err)
+		return fmt.Errorf("registry %s: token from %s: %w", rc.ref.host, u.Host, tlsHint(u.Host, err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -271,6 +324,13 @@ func (rc *registryClient) getSmall(ctx context.Context, path, wantDigest string,
 // layers into snapshots and records it as a containerd image. Blobs and
 // snapshots already present are not fetched again. progress may be nil.
 func (r *Runtime) Pull(ctx context.Context, image string, progress func(Progress)) (*Image, error) {
+	return r.PullWith(ctx, image, nil, progress)
+}
+
+// PullWith is Pull with credentials (a pod's pull secrets): those matching
+// the image's registry are tried, most specific first, then the
+// registry's configured login.
+func (r *Runtime) PullWith(ctx context.Context, image string, creds []Credential, progress func(Progress)) (*Image, error) {
 	if progress == nil {
 		progress = func(Progress) {}
 	}
@@ -278,7 +338,7 @@ func (r *Runtime) Pull(ctx context.Context, image string, progress func(Progress
 	if err != nil {
 		return nil, err
 	}
-	rc := r.registryClient(ref)
+	rc := r.registryClient(ref, creds)
 	ctx, done, err := r.lease(ctx, time.Hour)
 	if err != nil {
 		return nil, err

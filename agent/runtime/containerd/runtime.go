@@ -54,8 +54,12 @@ type Registry struct {
 	// loopback or a trusted local network only.
 	PlainHTTP bool
 	// Username and Password authenticate (basic, or exchanged for a
-	// bearer token when the registry asks for one).
+	// bearer token when the registry asks for one). A pod's pull secrets
+	// are tried before them.
 	Username, Password string
+	// CA is a PEM file of certificate authorities trusted, besides the
+	// system's, for this registry's HTTPS certificate.
+	CA string
 }
 
 // Runtime runs containers in one containerd namespace. It is safe for
@@ -65,6 +69,8 @@ type Runtime struct {
 	cfg  Config
 	log  *slog.Logger
 	http *http.Client // for registries
+	// tlsHTTP holds a client per registry with a CA of its own.
+	tlsHTTP map[string]*http.Client
 }
 
 // New returns a Runtime for the containerd at cfg.Address and creates its
@@ -86,6 +92,9 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		log:  log,
 		http: &http.Client{Timeout: 0},
 	}
+	if err := r.registryTLS(); err != nil {
+		return nil, err
+	}
 	v, err := r.Version(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s does not answer (is it running, and is this its grpc.address?): %w", cfg.Address, err)
@@ -103,6 +112,9 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 func (r *Runtime) Close() error {
 	r.c.http.CloseIdleConnections()
 	r.http.CloseIdleConnections()
+	for _, c := range r.tlsHTTP {
+		c.CloseIdleConnections()
+	}
 	return nil
 }
 

@@ -104,9 +104,33 @@ const processTypeURL = "types.containerd.io/opencontainers/runtime-spec/1/Proces
 // wrapping context.DeadlineExceeded if it has not exited within timeout.
 // For exec probes.
 func (r *Runtime) Exec(ctx context.Context, id string, args []string, timeout time.Duration) (int, error) {
+	code, _, err := r.ExecOutput(ctx, id, args, timeout, 0)
+	return code, err
+}
+
+// ExecOutput is Exec that also returns the first max bytes of the
+// process's stdout and stderr together (the rest is read and dropped, so
+// a chatty process never blocks). With max 0 output is discarded.
+func (r *Runtime) ExecOutput(ctx context.Context, id string, args []string, timeout time.Duration, max int) (int, []byte, error) {
 	if len(args) == 0 {
-		return 0, errors.New("exec: no command")
+		return 0, nil, errors.New("exec: no command")
 	}
+	var out *execOutput
+	if max > 0 {
+		var err error
+		if out, err = newExecOutput(max); err != nil {
+			return 0, nil, fmt.Errorf("container %s: exec output: %w", id, err)
+		}
+		defer out.close()
+	}
+	code, err := r.exec(ctx, id, args, timeout, out)
+	if out == nil {
+		return code, nil, err
+	}
+	return code, out.bytes(), err
+}
+
+func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout time.Duration, out *execOutput) (int, error) {
 	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Get", enc(nil).str(1, id))
 	if err != nil {
 		return 0, fmt.Errorf("container %s: %w", id, err)
@@ -135,7 +159,13 @@ func (r *Runtime) Exec(ctx context.Context, id string, args []string, timeout ti
 		return 0, err
 	}
 	execID := "exec-" + randomID()
-	req := enc(nil).str(1, id).msg(6, enc(nil).str(1, processTypeURL).bytes(2, pj)).str(7, execID)
+	req := enc(nil).str(1, id)
+	if out != nil {
+		// The shim copies the process's stdout and stderr into the FIFO
+		// and closes it once the process is gone and copied out.
+		req = req.str(3, out.path).str(4, out.path)
+	}
+	req = req.msg(6, enc(nil).str(1, processTypeURL).bytes(2, pj)).str(7, execID)
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Exec", req); err != nil {
 		return 0, fmt.Errorf("container %s: exec: %w", id, err)
 	}
@@ -198,15 +228,19 @@ const (
 // Reap records the exit of container id's task t (which must have
 // exited) in the container's labels, then deletes the task, which ends its
 // shim: an exited container then costs no process, and Container.Exit
-// still tells how it ended.
+// (and Container.OOMKilled) still tells how it ended.
 func (r *Runtime) Reap(ctx context.Context, id string, t Task) error {
 	if t.State != StateExited {
 		return fmt.Errorf("container %s: task is %s, not exited", id, t.State)
 	}
-	if err := r.SetLabels(ctx, id, map[string]string{
+	labels := map[string]string{
 		labelExitCode: fmt.Sprint(t.ExitCode),
 		labelExitedAt: t.ExitedAt.UTC().Format(time.RFC3339Nano),
-	}); err != nil {
+	}
+	if r.OOMKilled(id) {
+		labels[labelOOM] = "true"
+	}
+	if err := r.SetLabels(ctx, id, labels); err != nil {
 		return err
 	}
 	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(1, id))

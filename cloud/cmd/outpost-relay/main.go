@@ -35,6 +35,7 @@ import (
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/cloud/tolerations"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -111,6 +112,8 @@ func serve(args []string, stderr io.Writer) error {
 		noCRD        = fs.Bool("no-install-crd", false, "do not install or update the Device CRD at start (apply cloud/deploy/devices-crd.yaml yourself)")
 		psQPS        = fs.Float64("pod-status-qps", podstatus.DefaultQPS, "pod status reports written per second, all agents together (each is a read and a write)")
 		psBurst      = fs.Int("pod-status-burst", podstatus.DefaultBurst, "pod status report burst")
+		offlineTols  = fs.Bool("keep-offline-pods", true, "keep pods on edge nodes bound while their node is offline: make their not-ready/unreachable NoExecute tolerations last forever, unless the node has the label or the pod the annotation "+tolerations.OptOut+"=true (see cloud/README.md); false leaves eviction to Kubernetes' defaults")
+		tokenRefresh = fs.Duration("token-refresh-after", 0, "testing only: refresh pods' service-account tokens this long after issue instead of at 80% of their lifetime (0: as a kubelet does)")
 
 		kubeletListen    = fs.String("kubelet-listen", "", "address to serve the kubelet API for edge nodes on (kubectl logs), e.g. :10250; empty: off")
 		kubeletAdvertise = fs.String("kubelet-advertise-address", "", "IP the API server reaches this replica's --kubelet-listen on; written into each connected edge Node as its first InternalIP (default: the first IP in --advertise-address)")
@@ -246,9 +249,17 @@ func serve(args []string, stderr io.Writer) error {
 		KubeletPort:         int32(kubeletPort),
 		KubeletClientNames:  splitList(*kubeletNames),
 		KubeletClientGroups: splitList(*kubeletGroups),
+		TokenRefreshAfter:   *tokenRefresh,
 	})
 	if err != nil {
 		return err
+	}
+	if *offlineTols {
+		tc, err := tolerations.New(tolerations.Config{Client: client, Log: log.With("component", "tolerations"), Registerer: reg})
+		if err != nil {
+			return err
+		}
+		go tc.Run(ctx)
 	}
 	hs := &http.Server{
 		Handler:           srv,

@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent controlplane deps clean
+	bench bench-wire bench-relay bench-agent bench-pods bench-autonomy controlplane deps clean
 
 all: build
 
@@ -61,8 +61,12 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 BOARD      ?=
 RELAY      ?=
 TOKEN      ?=
-BENCH_IDLE ?= 180s
+BENCH_IDLE ?= 120s
 BENCH_RUNS ?= 1
+# ARCH is the qemu image image-join and bench-mem boot: arm64 (CI) or riscv64;
+# BENCH_DOC the Markdown file whose marked section it rewrites.
+ARCH       ?= arm64
+BENCH_DOC  ?= docs/benchmarks.md
 
 size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical.
 	$(GO) test -count=1 -v -run 'TestSizeBudget|TestReproducible' ./build/cross/
@@ -78,16 +82,17 @@ image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to 
 	@./build/install-deps.sh image
 	$(GO) test -tags qemu -count=1 -v -timeout 15m -run TestBootQEMU ./build/image/
 
-image-join: controlplane ## Boot the qemu-arm64 image; its agent joins a relay on the host and must be Ready in kubectl get nodes.
+image-join: controlplane ## Boot the qemu-ARCH image (ARCH=arm64|riscv64); its agent joins a relay on the host and must be Ready in kubectl get nodes.
 	@./build/install-deps.sh image
-	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu \
+	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_QEMU_ARCH=$(ARCH) \
 		$(GO) test -tags qemu -count=1 -v -timeout 20m -run TestJoinQEMU ./test/qemu/
 
-bench-mem: controlplane ## Agent PSS/RSS inside the qemu-arm64 guest, idle and connected: bin/bench-mem.json, docs/benchmarks.md; fails over build/budget-mem.json.
+bench-mem: controlplane ## Agent PSS/RSS inside the qemu-ARCH guest (ARCH=arm64|riscv64), idle, then with 100 sim devices and 10 pods: bin/bench-mem*.json, docs/benchmarks.md; fails over build/budget-mem.json.
 	@./build/install-deps.sh image
 	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_BENCH_IDLE=$(BENCH_IDLE) OUTPOST_BENCH_RUNS=$(BENCH_RUNS) \
-		OUTPOST_BENCH_JSON=$(CURDIR)/$(BIN)/bench-mem.json OUTPOST_BENCH_DOC=$(CURDIR)/docs/benchmarks.md \
-		$(GO) test -tags qemu -count=1 -v -timeout 20m -run TestBenchMem ./test/qemu/
+		OUTPOST_QEMU_ARCH=$(ARCH) OUTPOST_BENCH_DOC=$(abspath $(BENCH_DOC)) \
+		OUTPOST_BENCH_JSON=$(CURDIR)/$(BIN)/bench-mem$(if $(filter-out arm64,$(ARCH)),-$(ARCH)).json \
+		$(GO) test -tags qemu -count=1 -v -timeout 45m -run TestBenchMem ./test/qemu/
 
 vet:
 	$(GO) vet ./...
@@ -107,7 +112,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each.
 		done; \
 	done
 
-bench: bench-wire bench-relay bench-agent
+bench: bench-wire bench-relay bench-agent bench-pods
 
 bench-wire: ## Frame encode/decode speed and sizes.
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./wire/
@@ -117,6 +122,15 @@ bench-relay: controlplane ## Relay memory per connected agent (1,000 protocol-le
 
 bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdleRSS -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+bench-pods: controlplane ## 30 pods on real containerd: apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+OUTPOST_OFFLINE ?= 10m
+
+bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after an offline reboot; resync of 100 pods after OUTPOST_OFFLINE (10m) offline.
+	CGO_ENABLED=1 OUTPOST_OFFLINE=$(OUTPOST_OFFLINE) $(GO) test -run '^$$' -bench 'BenchmarkRestartFromStore|BenchmarkResyncAfterOffline' -benchtime 1x -count 1 -timeout 60m ./test/bench/
+	$(GO) test -run '^$$' -bench . ./agent/outbox/
 
 deps: ## Refresh agent/deps.txt after a deliberate change to the agent's dependencies.
 	GOOS=linux GOARCH=arm64 $(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./agent/cmd/outpost-agent > agent/deps.txt

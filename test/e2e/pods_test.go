@@ -119,6 +119,10 @@ func describe(s wire.Sync) []string {
 		if u.Pod != nil && u.Pod.Deleting {
 			d = " deleting"
 		}
+		if u.Kind == wire.KindToken { // a service-account token; its version is a time
+			out = append(out, "+token/"+u.Name)
+			continue
+		}
 		out = append(out, fmt.Sprintf("+%s/%s@%s%s", u.Kind, u.Name, u.Version, d))
 	}
 	for _, d := range s.Deletes {
@@ -167,6 +171,11 @@ func TestPodsReachTheirNode(t *testing.T) {
 				Name: "app", Image: "registry.local/busybox:test", Command: []string{"sleep", "3600"},
 				Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
 			}}},
+		}
+		// Tolerating the offline taints forever from the start leaves the
+		// relay's cloud/tolerations nothing to patch: versions stay as created.
+		for _, key := range []string{corev1.TaintNodeNotReady, corev1.TaintNodeUnreachable} {
+			p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: key, Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute})
 		}
 		if mod != nil {
 			mod(p)
@@ -235,6 +244,8 @@ func TestPodsReachTheirNode(t *testing.T) {
 		"+pod/" + web.Name + "@" + version(web), "+pod/" + plain.Name + "@" + version(plain), "+pod/" + doomed.Name + "@" + version(doomed),
 		"+configmap/" + cm.Name + "@" + version(cm), "+secret/" + sec.Name + "@" + version(sec),
 		"+configmap/kube-root-ca.crt@" + version(rootCA),
+		// The pods' service-account tokens (test/satoken tests them).
+		"+token/" + web.Name, "+token/" + plain.Name, "+token/" + doomed.Name,
 	}
 	sort.Strings(want)
 	if got := describe(s); strings.Join(got, " ") != strings.Join(want, " ") {
@@ -290,7 +301,9 @@ func TestPodsReachTheirNode(t *testing.T) {
 	}
 	pp = connectPodPeer(t, ctx, peer, held)
 	s = pp.initial(t)
-	want = []string{"+pod/" + web.Name + "@" + version(web), "-pod/" + string(doomed.UID)}
+	// web's token too: the hello did not list it.
+	want = []string{"+pod/" + web.Name + "@" + version(web), "+token/" + web.Name, "-pod/" + string(doomed.UID)}
+	sort.Strings(want)
 	if got := describe(s); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("resync\n got %v\nwant %v", got, want)
 	}

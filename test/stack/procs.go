@@ -120,9 +120,12 @@ type Agent struct {
 	// config's mqtt: block, one setting a line (url: tcp://HOST:PORT for
 	// an external broker).
 	MQTTConfig string
-	Proc       *harness.Process
-	s          *Stack
-	runArgs    []string
+	// MetricsAddr is the agent's metrics endpoint (its own loopback port;
+	// GET http://MetricsAddr/metrics).
+	MetricsAddr string
+	Proc        *harness.Process
+	s           *Stack
+	runArgs     []string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -192,6 +195,12 @@ func (a *Agent) Start(extra ...string) error {
 			cfg += "containerd:\n  address: " + c.Address + "\n  namespace: outpost-" + a.Name +
 				"\n  registries:\n    \"" + a.s.Registry.Host + "\": {plainHTTP: true}\n"
 		}
+		mport, err := harness.FreePort()
+		if err != nil {
+			return err
+		}
+		a.MetricsAddr = "127.0.0.1:" + strconv.Itoa(mport)
+		cfg += "metrics:\n  listen: " + a.MetricsAddr + "\n"
 		if err := os.WriteFile(a.Config, []byte(cfg), 0o644); err != nil {
 			return err
 		}

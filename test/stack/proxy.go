@@ -4,11 +4,14 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Proxy is a TCP proxy on loopback between agents and a relay. It counts
 // the bytes that cross it each way (link traffic, TLS and WebSocket framing
-// included) and can cut every connection at once, as a lost uplink would.
+// included) and can cut every connection at once, as a lost uplink would:
+// between two reads (Cut) or in the middle of one (CutMidFrame), and refuse
+// new connections until told otherwise (Refuse).
 type Proxy struct {
 	Addr string
 	// Up counts agent→relay bytes, Down relay→agent bytes.
@@ -19,6 +22,9 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
+	refuse atomic.Bool
+	// midCut, when set, is closed by the pipe that cut mid-chunk.
+	midCut atomic.Pointer[chan struct{}]
 }
 
 // NewProxy listens on a free loopback port and forwards to target.
@@ -39,6 +45,14 @@ func (p *Proxy) accept() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.refuse.Load() {
+			// A reset, as from a host that is unreachable or down.
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			c.Close()
+			continue
 		}
 		u, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -65,6 +79,17 @@ func (p *Proxy) pipe(dst, src net.Conn, n *atomic.Int64) {
 	buf := make([]byte, 32<<10)
 	for {
 		k, err := src.Read(buf)
+		if k >= 2 {
+			if ch := p.midCut.Load(); ch != nil && p.midCut.CompareAndSwap(ch, nil) {
+				// Half of what was read goes through, then the link dies:
+				// the other side sees a frame cut short.
+				n.Add(int64(k / 2))
+				_, _ = dst.Write(buf[:k/2])
+				p.Cut()
+				close(*ch)
+				break
+			}
+		}
 		if k > 0 {
 			n.Add(int64(k))
 			if _, werr := dst.Write(buf[:k]); werr != nil {
@@ -91,6 +116,31 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 }
+
+// CutMidFrame cuts every connection in the middle of the next chunk of
+// data that crosses the proxy either way: the first half of the chunk is
+// forwarded, then every connection is closed. If no data comes within
+// timeout it cuts anyway. It reports whether the cut fell mid-chunk.
+func (p *Proxy) CutMidFrame(timeout time.Duration) bool {
+	ch := make(chan struct{})
+	p.midCut.Store(&ch)
+	select {
+	case <-ch:
+		return true
+	case <-time.After(timeout):
+		if p.midCut.CompareAndSwap(&ch, nil) {
+			p.Cut()
+			return false
+		}
+		<-ch // a pipe took it just now
+		return true
+	}
+}
+
+// Refuse makes the proxy reset every new connection at once while on is
+// true, as an unreachable relay would; existing ones are left alone (Cut
+// them).
+func (p *Proxy) Refuse(on bool) { p.refuse.Store(on) }
 
 // Close stops the proxy and closes every connection.
 func (p *Proxy) Close() {

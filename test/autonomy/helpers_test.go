@@ -1,0 +1,376 @@
+package autonomy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"outpost.dev/test/harness"
+	"outpost.dev/test/stack"
+)
+
+const ns = "default"
+
+// edge is one gateway: an agent with its own node, containerd namespace
+// and, optionally, a cuttable proxy between it and the relay.
+type edge struct {
+	name  string
+	agent *stack.Agent
+	proxy *stack.Proxy // nil: the agent dials the relay directly
+	ctrNS string
+}
+
+// newEdge joins node name and starts its agent (through a proxy if asked),
+// waiting until the node is Ready. Cleanup stops the agent and removes the
+// node's pods.
+func newEdge(t *testing.T, ctx context.Context, name string, viaProxy bool) *edge {
+	t.Helper()
+	a, err := st.Join(ctx, relay, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &edge{name: name, agent: a, ctrNS: "outpost-" + name}
+	var args []string
+	if viaProxy {
+		if e.proxy, err = stack.NewProxy(relay.Addr); err != nil {
+			t.Fatal(err)
+		}
+		args = []string{"--server", "https://" + e.proxy.Addr}
+	}
+	if err := a.Start(args...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = a.Stop()
+		if e.proxy != nil {
+			e.proxy.Close()
+		}
+		deleteNodePods(name)
+		// Pods of a stopped agent stay; kill them so later tests run on
+		// a quiet machine.
+		e.killTasks(context.Background())
+	})
+	if err := st.WaitNodeReady(ctx, name, true, 2*time.Minute); err != nil {
+		t.Fatalf("%v\n%s", err, a.Proc.LogTail(30))
+	}
+	return e
+}
+
+func deleteNodePods(node string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kc := st.CP.Client()
+	l, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return
+	}
+	for _, p := range l.Items {
+		_ = kc.CoreV1().Pods(ns).Delete(ctx, p.Name, *metav1.NewDeleteOptions(0))
+	}
+}
+
+// podSpec is a pod on node running cmd in the test busybox image.
+func podSpec(name, node string, cmd ...string) *corev1.Pod {
+	zero := int64(1)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"test": "autonomy"}},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			TerminationGracePeriodSeconds: &zero,
+			Containers: []corev1.Container{{
+				Name: "app", Image: st.Images[0].Ref, Command: cmd,
+			}},
+		},
+	}
+}
+
+func createPod(t *testing.T, ctx context.Context, p *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	got, err := st.CP.Client().CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// task is a containerd task as ctr lists it.
+type task struct {
+	ID     string
+	PID    int
+	Status string
+}
+
+// tasks lists the tasks in the edge's containerd namespace, by ID.
+func (e *edge) tasks(ctx context.Context) (map[string]task, error) {
+	out, err := st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "list")
+	if err != nil {
+		return nil, err
+	}
+	ts := map[string]task{}
+	for i, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if i == 0 || len(f) < 3 { // header
+			continue
+		}
+		pid, _ := strconv.Atoi(f[1])
+		ts[f[0]] = task{ID: f[0], PID: pid, Status: f[2]}
+	}
+	return ts, nil
+}
+
+// containers lists the container IDs in the edge's namespace.
+func (e *edge) containers(ctx context.Context) ([]string, error) {
+	out, err := st.Containerd.Ctr(ctx, "-n", e.ctrNS, "containers", "list", "-q")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(out), nil
+}
+
+// ctrID is a container ID the agent made: <container>-<pod hash>-<attempt>-<random>.
+type ctrID struct {
+	ID, Container, PodHash string
+	Attempt                int
+}
+
+func parseID(id string) (ctrID, bool) {
+	f := strings.Split(id, "-")
+	if len(f) < 4 {
+		return ctrID{}, false
+	}
+	n, err := strconv.Atoi(f[len(f)-2])
+	if err != nil {
+		return ctrID{}, false
+	}
+	return ctrID{ID: id, Container: strings.Join(f[:len(f)-3], "-"), PodHash: f[len(f)-3], Attempt: n}, true
+}
+
+// podHash is the part of a container ID that names its pod (the agent's
+// scheme: the first 6 bytes of the SHA-256 of the pod UID, in hex).
+func podHash(uid string) string {
+	sum := sha256.Sum256([]byte(uid))
+	return hex.EncodeToString(sum[:6])
+}
+
+// state is what containerd holds for the edge: every container, and the
+// running task of each pod's containers.
+type state struct {
+	byPod   map[string][]ctrID  // pod hash → containers
+	running map[string][]task   // pod hash → running tasks
+	tasks   map[string]task     // by container ID
+	ids     map[string]struct{} // every container ID
+}
+
+func (e *edge) state(ctx context.Context) (state, error) {
+	s := state{byPod: map[string][]ctrID{}, running: map[string][]task{}, ids: map[string]struct{}{}}
+	ids, err := e.containers(ctx)
+	if err != nil {
+		return s, err
+	}
+	if s.tasks, err = e.tasks(ctx); err != nil {
+		return s, err
+	}
+	for _, id := range ids {
+		s.ids[id] = struct{}{}
+		c, ok := parseID(id)
+		if !ok {
+			continue
+		}
+		s.byPod[c.PodHash] = append(s.byPod[c.PodHash], c)
+		if t, ok := s.tasks[id]; ok && t.Status == "RUNNING" {
+			s.running[c.PodHash] = append(s.running[c.PodHash], t)
+		}
+	}
+	return s, nil
+}
+
+// latest is the highest attempt of container name of the pod.
+func (s state) latest(uid, name string) (ctrID, bool) {
+	var best ctrID
+	found := false
+	for _, c := range s.byPod[podHash(uid)] {
+		if c.Container == name && (!found || c.Attempt > best.Attempt) {
+			best, found = c, true
+		}
+	}
+	return best, found
+}
+
+// runningPods are the hashes of pods with a running task, sorted.
+func (s state) runningPods() []string {
+	var out []string
+	for h := range s.running {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// killTasks kills (SIGKILL) and deletes every task in the edge's
+// namespace, as a power cut would: containerd keeps the containers (its
+// metadata is on disk), the processes are gone.
+func (e *edge) killTasks(ctx context.Context) error {
+	ts, err := e.tasks(ctx)
+	if err != nil {
+		return err
+	}
+	for id := range ts {
+		_, _ = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "kill", "-s", "SIGKILL", id)
+	}
+	for id := range ts {
+		var err error
+		for range 40 {
+			if _, err = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "delete", "--force", id); err == nil ||
+				strings.Contains(err.Error(), "not found") {
+				err = nil
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reboot simulates a gateway reboot for a stopped agent: every task
+// killed and deleted, and the pods' mounts under the state directory
+// (network namespaces, memory emptyDirs) gone.
+func (e *edge) reboot(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if e.agent.Proc != nil && !e.agent.Proc.Exited() {
+		t.Fatal("reboot with the agent running")
+	}
+	if err := e.killTasks(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range harness.MountsUnder(e.agent.StateDir) {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			t.Fatalf("unmount %s: %v", m, err)
+		}
+	}
+	ts, err := e.tasks(ctx)
+	if err != nil || len(ts) != 0 {
+		t.Fatalf("tasks after the reboot: %v (%v)", ts, err)
+	}
+}
+
+// podUpdate is one pod event as the API server sent it.
+type podUpdate struct {
+	Type     watch.EventType
+	Name     string
+	UID      string
+	Phase    corev1.PodPhase
+	Restarts int32 // of the first container
+	ID       string
+}
+
+// recorder records every pod event of a node from a watch, re-watching
+// from the last resourceVersion when the API server closes the stream.
+type recorder struct {
+	mu     sync.Mutex
+	events []podUpdate
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func recordPods(t *testing.T, node string) *recorder {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &recorder{cancel: cancel, done: make(chan struct{})}
+	kc := st.CP.Client()
+	l, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv := l.ResourceVersion
+	go func() {
+		defer close(r.done)
+		for ctx.Err() == nil {
+			w, err := kc.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node, ResourceVersion: rv})
+			if err != nil {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			for ev := range w.ResultChan() {
+				p, ok := ev.Object.(*corev1.Pod)
+				if !ok {
+					continue // a watch error (expired version): re-watch
+				}
+				rv = p.ResourceVersion
+				u := podUpdate{Type: ev.Type, Name: p.Name, UID: string(p.UID), Phase: p.Status.Phase}
+				if len(p.Status.ContainerStatuses) > 0 {
+					u.Restarts = p.Status.ContainerStatuses[0].RestartCount
+					u.ID = p.Status.ContainerStatuses[0].ContainerID
+				}
+				r.mu.Lock()
+				r.events = append(r.events, u)
+				r.mu.Unlock()
+			}
+			w.Stop()
+		}
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *recorder) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *recorder) of(name string) []podUpdate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []podUpdate
+	for _, u := range r.events {
+		if u.Name == name {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// apiPod returns the pod as the API server has it.
+func apiPod(ctx context.Context, name string) (*corev1.Pod, error) {
+	return st.CP.Client().CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+// containerID is a pod's first container's ID as the API has it, without
+// the runtime prefix, and its restart count.
+func containerID(p *corev1.Pod) (string, int32) {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return "", -1
+	}
+	cs := p.Status.ContainerStatuses[0]
+	return strings.TrimPrefix(cs.ContainerID, "containerd://"), cs.RestartCount
+}
+
+// runningInAPI waits until every pod named is Running in the API with its
+// first container running.
+func runningInAPI(ctx context.Context, names ...string) (bool, string) {
+	for _, n := range names {
+		p, err := apiPod(ctx, n)
+		if err != nil {
+			return false, err.Error()
+		}
+		if p.Status.Phase != corev1.PodRunning || len(p.Status.ContainerStatuses) == 0 ||
+			p.Status.ContainerStatuses[0].State.Running == nil {
+			return false, fmt.Sprintf("%s: phase %q, containers %+v", n, p.Status.Phase, p.Status.ContainerStatuses)
+		}
+	}
+	return true, ""
+}

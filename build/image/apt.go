@@ -86,10 +86,33 @@ func (a *apt) cmd(dir string, name string, args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// update refreshes the package lists (about 13 MB for arm64).
+// update refreshes the package lists (about 13 MB for arm64). A suite's
+// -updates or -security list that fails to fetch (a mirror caught mid-sync
+// serves a Packages file that does not match its Release) is a warning:
+// the release's own packages still resolve. Any other failure is an error.
 func (a *apt) update() error {
 	_, err := a.cmd(a.dir, "apt-get", "-q", "update")
-	return err
+	if err == nil {
+		return nil
+	}
+	var failed []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if !strings.HasPrefix(l, "E: Failed to fetch ") {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) < 5 || !(strings.Contains(f[4], "-updates/") || strings.Contains(f[4], "-security/")) {
+			return err
+		}
+		failed = append(failed, f[4])
+	}
+	if len(failed) == 0 {
+		return err
+	}
+	for _, u := range failed {
+		a.log("warning: %s did not fetch (mirror mid-sync?): using the release's packages without it", u)
+	}
+	return nil
 }
 
 // resolve returns the packages and versions that names need, following

@@ -13,6 +13,12 @@ type board struct {
 	name, about string
 	arch        string // cross target: linux-arm64
 	debArch     string
+	// suite is the Debian release the packages come from; "" means the
+	// builder's -suite (bookworm).
+	suite string
+	// qemu is the QEMU machine that boots it, for the hint printed at
+	// the end; "" for hardware.
+	qemu string
 	// console is the kernel's console= arguments.
 	console string
 	// agentBoard is the agent's board (boards/) written to the
@@ -41,11 +47,26 @@ var boards = map[string]board{
 	"qemu-arm64": {
 		name: "qemu-arm64", about: "qemu-system-aarch64 -M virt, disk on virtio-blk: for tests and benchmarks",
 		arch: "linux-arm64", debArch: "arm64",
+		qemu:    "qemu-system-aarch64 -M virt -cpu cortex-a72",
 		console: "console=ttyAMA0",
 		// A QEMU virt machine has no sensor buses: its devices are simulated.
 		agentBoard:  "sim",
 		rootModules: []string{"virtio_pci", "virtio_mmio", "virtio_blk", "ext4"},
 		runModules:  []string{"virtio_net", "virtio_rng", "overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
+	},
+	"qemu-riscv64": {
+		name: "qemu-riscv64", about: "qemu-system-riscv64 -M virt with OpenSBI, disk on virtio-blk: for tests and benchmarks",
+		arch: "linux-riscv64", debArch: "riscv64",
+		// bookworm has no riscv64 port; trixie (Debian 13) is the first
+		// release with riscv64 packages.
+		suite:       "trixie",
+		qemu:        "qemu-system-riscv64 -M virt -bios default",
+		console:     "console=ttyS0",
+		agentBoard:  "sim",
+		rootModules: []string{"virtio_pci", "virtio_mmio", "virtio_blk", "ext4"},
+		// The virt machine's RTC (goldfish) is built into Debian's
+		// riscv64 kernel, which sets the clock from it at boot.
+		runModules: []string{"virtio_net", "virtio_rng", "overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
 	},
 }
 

@@ -122,7 +122,7 @@ func TestUnknownBoardListsKnownOnes(t *testing.T) {
 		t.Fatal("no error")
 	}
 	msg := err.Error()
-	for _, want := range []string{`unknown board "rpi5"`, "make image BOARD=NAME", "  qemu-arm64 ", "  rpi4 "} {
+	for _, want := range []string{`unknown board "rpi5"`, "make image BOARD=NAME", "  qemu-arm64 ", "  qemu-riscv64 ", "  rpi4 "} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
@@ -135,16 +135,21 @@ func TestUnknownBoardListsKnownOnes(t *testing.T) {
 func TestMissingToolNamesPackage(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	err := checkTools()
-	if err == nil || !strings.Contains(err.Error(), "apt-get install apt dpkg e2fsprogs mtools") {
+	if err == nil || !strings.Contains(err.Error(), "apt-get install apt dpkg e2fsprogs mtools xz-utils") {
 		t.Errorf("checkTools with an empty PATH: %v", err)
 	}
 }
 
 func TestBusyboxApplets(t *testing.T) {
-	table := "\x00[\x00[[\x00findfs\x00init\x00insmod\x00ip\x00modprobe\x00mount\x00sh\x00switch_root\x00udhcpc\x00\x00rest"
-	got, err := busyboxApplets([]byte("ELF..." + table))
-	if err != nil || len(got) != 11 || got[10] != "udhcpc" {
-		t.Errorf("applets %q, %v", got, err)
+	table := "[\x00[[\x00findfs\x00init\x00insmod\x00ip\x00modprobe\x00mount\x00sh\x00switch_root\x00udhcpc\x00\x00rest"
+	for _, tc := range []struct{ name, before string }{
+		{"NUL before the table (arm64)", "ELF...\x00"},
+		{"code bytes before it (riscv64)", "ELF...\xa0\x88 "},
+	} {
+		got, err := busyboxApplets([]byte(tc.before + table))
+		if err != nil || len(got) != 11 || got[0] != "[" || got[10] != "udhcpc" {
+			t.Errorf("%s: applets %q, %v", tc.name, got, err)
+		}
 	}
 	if _, err := busyboxApplets([]byte("\x00[\x00[[\x00sh\x00\x00")); err == nil || !strings.Contains(err.Error(), "lacks the mount applet") {
 		t.Errorf("short table: %v", err)
@@ -242,5 +247,88 @@ func TestAgentBoards(t *testing.T) {
 		if _, err := agentboards.Lookup(ab); err != nil {
 			t.Errorf("image board %s writes board: %s, which the agent does not know: %v", name, ab, err)
 		}
+	}
+}
+
+// TestMergeUsr: /bin, /sbin and /lib from bookworm-style packages move
+// under /usr next to trixie-style ones and become links; a file in both
+// halves is an error.
+func TestMergeUsr(t *testing.T) {
+	root := t.TempDir()
+	for _, f := range []string{"bin/busybox", "lib/aarch64-linux-gnu/libc.so.6", "usr/lib/aarch64-linux-gnu/libseccomp.so.2", "usr/sbin/runc"} {
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, f), []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := mergeUsr(root); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"bin", "sbin", "lib"} {
+		if l, err := os.Readlink(filepath.Join(root, d)); err != nil || l != "usr/"+d {
+			t.Errorf("/%s: link %q, %v; want usr/%s", d, l, err, d)
+		}
+	}
+	for _, f := range []string{"usr/bin/busybox", "bin/busybox", "usr/lib/aarch64-linux-gnu/libc.so.6", "usr/lib/aarch64-linux-gnu/libseccomp.so.2", "sbin/runc"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Errorf("after merging: %v", err)
+		}
+	}
+	if err := mergeUsr(root); err != nil {
+		t.Errorf("merging twice: %v", err)
+	}
+
+	clash := t.TempDir()
+	for _, f := range []string{"bin/sh", "usr/bin/sh"} {
+		os.MkdirAll(filepath.Join(clash, filepath.Dir(f)), 0o755)
+		os.WriteFile(filepath.Join(clash, f), nil, 0o755)
+	}
+	if err := mergeUsr(clash); err == nil || !strings.Contains(err.Error(), "both exist") {
+		t.Errorf("/bin/sh and /usr/bin/sh: %v, want an error naming both", err)
+	}
+}
+
+func TestDecompressModules(t *testing.T) {
+	if _, err := exec.LookPath("xz"); err != nil {
+		t.Fatal("xz is missing: install Debian's xz-utils")
+	}
+	dir := t.TempDir()
+	ko := filepath.Join(dir, "lib/modules/6.12.0/kernel/virtio_blk.ko")
+	os.MkdirAll(filepath.Dir(ko), 0o755)
+	if err := os.WriteFile(ko, []byte("\x7fELF module"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("xz", ko).CombinedOutput(); err != nil {
+		t.Fatalf("xz: %v %s", err, out)
+	}
+	if err := decompressModules(dir); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(ko); err != nil || string(b) != "\x7fELF module" {
+		t.Errorf("%s after decompressing: %q, %v", ko, b, err)
+	}
+	os.WriteFile(ko+".zst", nil, 0o644)
+	if err := decompressModules(dir); err == nil || !strings.Contains(err.Error(), "only xz") {
+		t.Errorf("a .ko.zst: %v, want an error", err)
+	}
+}
+
+func TestInsecureRegistriesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"10.0.2.2:5000", true}, {"reg.local:443", true},
+		{"10.0.2.2", false}, {"http://10.0.2.2:5000", false}, {"a b:1", false}, {"h:0", false}, {"h:99999", false}, {`h"x:1`, false},
+	} {
+		if got := validHostPort(tc.in); got != tc.ok {
+			t.Errorf("validHostPort(%q) = %v, want %v", tc.in, got, tc.ok)
+		}
+	}
+	err := run([]string{"-board", "qemu-arm64", "-insecure-registries", "http://x:1"})
+	if err == nil || !strings.Contains(err.Error(), "is not HOST:PORT") {
+		t.Errorf("a URL as a registry: %v", err)
 	}
 }

@@ -44,6 +44,7 @@ var files embed.FS
 type options struct {
 	board                  board
 	relay, token, version  string
+	registries             []string // host:port reached over plain HTTP
 	out, cache             string
 	mirror, securityMirror string
 	suite                  string
@@ -72,8 +73,9 @@ func run(args []string) error {
 	fset.StringVar(&o.cache, "cache", filepath.Join(cacheDefault, "outpost"), "cache for Debian package lists and packages")
 	fset.StringVar(&o.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror")
 	fset.StringVar(&o.securityMirror, "security-mirror", "http://deb.debian.org/debian-security", "Debian security mirror; empty for none")
-	fset.StringVar(&o.suite, "suite", "bookworm", "Debian suite")
+	fset.StringVar(&o.suite, "suite", "", "Debian suite; default the board's (bookworm, trixie for riscv64)")
 	freeMiB := fset.Int64("root-free", 512, "MiB left free in the root file system for images and state")
+	regs := fset.String("insecure-registries", "", "comma-separated HOST:PORT registries the agent pulls from over plain HTTP (tests: 10.0.2.2:PORT)")
 	if err := fset.Parse(args); err != nil {
 		return err
 	}
@@ -82,6 +84,21 @@ func run(args []string) error {
 		return err
 	}
 	o.board, o.rootFree = b, *freeMiB<<20
+	for _, r := range strings.Split(*regs, ",") {
+		if r = strings.TrimSpace(r); r == "" {
+			continue
+		}
+		if !validHostPort(r) {
+			return fmt.Errorf("-insecure-registries: %q is not HOST:PORT", r)
+		}
+		o.registries = append(o.registries, r)
+	}
+	if o.suite == "" {
+		o.suite = b.suite
+	}
+	if o.suite == "" {
+		o.suite = "bookworm"
+	}
 	if o.relay == "" || o.token == "" {
 		fmt.Fprintln(os.Stderr, "image: warning: no RELAY or TOKEN given: the gateway will boot but cannot join until /etc/outpost/agent.yaml has server and /etc/outpost/join-token the token")
 	}
@@ -99,7 +116,7 @@ func checkTools() error {
 	need := []struct{ tool, pkg string }{
 		{"apt-get", "apt"}, {"apt-cache", "apt"}, {"dpkg-deb", "dpkg"},
 		{"mkfs.ext4", "e2fsprogs"}, {"debugfs", "e2fsprogs"},
-		{"mformat", "mtools"}, {"mcopy", "mtools"},
+		{"mformat", "mtools"}, {"mcopy", "mtools"}, {"xz", "xz-utils"},
 	}
 	var missing []string
 	pkgs := map[string]bool{}
@@ -150,14 +167,18 @@ func build(o *options) error {
 		}
 	}
 
-	o.progress("agent: building outpost-agent for %s", b.arch)
 	tg, err := cross.Lookup(b.arch)
 	if err != nil {
 		return err
 	}
-	agentPath := filepath.Join(rootfs, "usr/bin/outpost-agent")
-	if err := cross.Build(context.Background(), tg, agentPath, cross.Options{ModuleRoot: root, Version: o.version}); err != nil {
-		return err
+	// outpost-logger beside the agent writes the containers' logs at 0.7 MB
+	// PSS each; without it the agent would run itself in logger mode.
+	for _, cmd := range []string{"outpost-agent", "outpost-logger"} {
+		o.progress("agent: building %s for %s", cmd, b.arch)
+		out := filepath.Join(rootfs, "usr/bin", cmd)
+		if err := cross.Build(context.Background(), tg, out, cross.Options{ModuleRoot: root, Version: o.version, Package: "./agent/cmd/" + cmd}); err != nil {
+			return err
+		}
 	}
 
 	o.progress("debian: package lists for %s %s (private apt state in %s)", o.suite, b.debArch, o.cache)
@@ -213,7 +234,18 @@ func build(o *options) error {
 			return err
 		}
 	}
+	// trixie's packages install into /usr only (merged /usr); bookworm's
+	// still use /bin and /lib. Both end up merged, as on a Debian install.
+	for _, d := range []string{rootfs, kdir} {
+		if err := mergeUsr(d); err != nil {
+			return err
+		}
+	}
 	if err := prune(rootfs); err != nil {
+		return err
+	}
+
+	if err := decompressModules(kdir); err != nil {
 		return err
 	}
 
@@ -304,10 +336,21 @@ func build(o *options) error {
 	case b.firmware:
 		fmt.Printf("flash it: dd if=%s of=/dev/sdX bs=4M conv=fsync (or Raspberry Pi Imager, \"Use custom\")\n", img)
 	default:
-		fmt.Printf("boot it: qemu-system-aarch64 -M virt -cpu cortex-a72 -m 512 -nographic -kernel %[1]s.vmlinuz -initrd %[1]s.initrd -append '%[2]s root=LABEL=outpost-root' -drive file=%[3]s,format=raw,if=virtio -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=\n",
-			filepath.Join(o.out, "outpost-"+b.name), b.console, img)
+		fmt.Printf("boot it: %[4]s -m 512 -nographic -kernel %[1]s.vmlinuz -initrd %[1]s.initrd -append '%[2]s root=LABEL=outpost-root' -drive file=%[3]s,format=raw,if=virtio -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=\n",
+			filepath.Join(o.out, "outpost-"+b.name), b.console, img, b.qemu)
 	}
 	return nil
+}
+
+// validHostPort accepts HOST:PORT with a numeric port and a host of
+// letters, digits, dots and dashes.
+func validHostPort(s string) bool {
+	h, p, ok := strings.Cut(s, ":")
+	if !ok || h == "" || strings.Trim(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-") != "" {
+		return false
+	}
+	n, err := strconv.Atoi(p)
+	return err == nil && n > 0 && n < 65536
 }
 
 func versionOr(v string) string {
@@ -346,7 +389,7 @@ func unpack(deb, dir string) error {
 func prune(root string) error {
 	for _, p := range []string{
 		"usr/share/doc", "usr/share/man", "usr/share/lintian", "usr/share/locale", "usr/share/bug",
-		"usr/share/bash-completion", "usr/share/zsh", "lib/systemd", "usr/lib/systemd", "usr/lib/aarch64-linux-gnu/gconv",
+		"usr/share/bash-completion", "usr/share/zsh", "usr/lib/systemd", "usr/lib/aarch64-linux-gnu/gconv", "usr/lib/riscv64-linux-gnu/gconv",
 		"usr/bin/containerd-shim", "usr/bin/containerd-shim-runc-v1", "usr/bin/containerd-stress",
 		"usr/share/initramfs-tools", "etc/ld.so.conf.d", "sbin/ldconfig", "usr/bin/ldd",
 		"usr/bin/iconv", "usr/bin/getconf", "usr/bin/getent", "usr/bin/locale", "usr/bin/localedef",
@@ -355,6 +398,108 @@ func prune(root string) error {
 		if err := os.RemoveAll(filepath.Join(root, p)); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// decompressModules unpacks xz-compressed kernel modules (trixie's
+// kernels ship .ko.xz) in place, so their modinfo can be read here and
+// busybox's insmod loads them without xz support. Two xz at a time.
+func decompressModules(kdir string) error {
+	var all []string
+	err := filepath.WalkDir(kdir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case strings.HasSuffix(p, ".ko.xz"):
+			all = append(all, p)
+		case strings.HasSuffix(p, ".ko.zst") || strings.HasSuffix(p, ".ko.gz"):
+			return fmt.Errorf("kernel module %s: only xz-compressed modules are handled", p)
+		}
+		return nil
+	})
+	if err != nil || len(all) == 0 {
+		return err
+	}
+	errs := make(chan error, 2)
+	for half := range 2 {
+		go func() {
+			part := all[len(all)*half/2 : len(all)*(half+1)/2]
+			if len(part) == 0 {
+				errs <- nil // xz with no files would read stdin
+				return
+			}
+			out, err := exec.Command("xz", append([]string{"-d", "-q"}, part...)...).CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("xz -d (kernel modules): %v\n%s", err, out)
+			}
+			errs <- err
+		}()
+	}
+	return errors.Join(<-errs, <-errs)
+}
+
+// mergeUsr moves what packages put under /bin, /sbin and /lib into /usr
+// and leaves links in their place (Debian's merged /usr): trixie's
+// packages expect the links (the dynamic loader's path is /lib/...,
+// files are under /usr/lib), bookworm's still ship both halves. A file
+// in both places is an error, not a silent choice.
+func mergeUsr(root string) error {
+	for _, d := range []string{"bin", "sbin", "lib"} {
+		top, usr := filepath.Join(root, d), filepath.Join(root, "usr", d)
+		if err := os.MkdirAll(usr, 0o755); err != nil {
+			return err
+		}
+		fi, err := os.Lstat(top)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return err
+		case fi.Mode()&fs.ModeSymlink != 0:
+			continue
+		case !fi.IsDir():
+			return fmt.Errorf("merged /usr: /%s is neither a directory nor a link", d)
+		default:
+			if err := moveTree(top, usr); err != nil {
+				return fmt.Errorf("merged /usr: %w", err)
+			}
+			if err := os.RemoveAll(top); err != nil {
+				return err
+			}
+		}
+		if err := os.Symlink("usr/"+d, top); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveTree moves src's entries into dst, merging directories.
+func moveTree(src, dst string) error {
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		s, d := filepath.Join(src, e.Name()), filepath.Join(dst, e.Name())
+		di, err := os.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err := os.Rename(s, d); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if e.IsDir() && di.IsDir() {
+			if err := moveTree(s, d); err != nil {
+				return err
+			}
+			continue
+		}
+		return fmt.Errorf("%s and %s both exist", s, d)
 	}
 	return nil
 }
@@ -415,6 +560,12 @@ func layout(o *options, root string) error {
 		agentBoard = o.board.name
 	}
 	cfg += "board: " + agentBoard + "\n"
+	if len(o.registries) > 0 {
+		cfg += "containerd:\n  registries:\n"
+		for _, r := range o.registries {
+			cfg += fmt.Sprintf("    %q: {plainHTTP: true}\n", r)
+		}
+	}
 	type file struct {
 		path string
 		mode fs.FileMode
@@ -462,12 +613,14 @@ func layout(o *options, root string) error {
 // busyboxApplets reads the applet names busybox carries (its sorted,
 // NUL-separated name table), so links match the binary without running it.
 func busyboxApplets(bin []byte) ([]string, error) {
-	i := bytes.Index(bin, []byte("\x00[\x00[[\x00"))
+	// The table starts "[", "[[" (sorted); what precedes it varies by
+	// architecture (riscv64's is not NUL-aligned).
+	i := bytes.Index(bin, []byte("[\x00[[\x00"))
 	if i < 0 {
 		return nil, errors.New("cannot find busybox's applet table")
 	}
 	var names []string
-	for _, n := range bytes.Split(bin[i+1:], []byte{0}) {
+	for _, n := range bytes.Split(bin[i:], []byte{0}) {
 		if len(n) == 0 {
 			break
 		}
@@ -580,7 +733,12 @@ func bootFiles(o *options, kdir, kver, fwdir string, initrd []byte, dir string) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := copyFile(filepath.Join(kdir, "boot", "vmlinuz-"+kver), filepath.Join(dir, "vmlinuz"), 0o644); err != nil {
+	// riscv64's Debian kernel is an uncompressed Image named vmlinux-*.
+	kernel := filepath.Join(kdir, "boot", "vmlinuz-"+kver)
+	if _, err := os.Stat(kernel); err != nil {
+		kernel = filepath.Join(kdir, "boot", "vmlinux-"+kver)
+	}
+	if err := copyFile(kernel, filepath.Join(dir, "vmlinuz"), 0o644); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(dir, "initrd.img"), initrd, 0o644); err != nil {

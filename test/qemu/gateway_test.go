@@ -25,7 +25,7 @@ import (
 // the guest.
 const hostFromGuest = "10.0.2.2"
 
-// gateway is one booted qemu-arm64 image joined to a relay on the host.
+// gateway is one booted QEMU image joined to a relay on the host.
 type gateway struct {
 	St    *stack.Stack
 	Relay *stack.Relay
@@ -36,10 +36,54 @@ type gateway struct {
 	// ReadyLine is the console's line count when the node became Ready.
 	ReadyLine  int
 	ImageBuild time.Duration
+	Machine    machine
 	qemu       *exec.Cmd
 }
 
+// machine is how QEMU boots one image board.
+type machine struct {
+	Board, Arch, GOARCH string
+	// Qemu is the emulator; Args select the machine and CPU.
+	Qemu    string
+	Args    []string
+	Console string
+	// Package is Debian's package that ships Qemu.
+	Package string
+}
+
+// machines are the image boards the tests boot, by Debian architecture.
+var machines = map[string]machine{
+	"arm64": {Board: "qemu-arm64", Arch: "arm64", GOARCH: "arm64", Qemu: "qemu-system-aarch64",
+		Args: []string{"-M", "virt", "-cpu", "cortex-a72"}, Console: "console=ttyAMA0", Package: "qemu-system-arm"},
+	// -bios default is the OpenSBI firmware QEMU ships (qemu-system-data).
+	"riscv64": {Board: "qemu-riscv64", Arch: "riscv64", GOARCH: "riscv64", Qemu: "qemu-system-riscv64",
+		Args: []string{"-M", "virt", "-bios", "default"}, Console: "console=ttyS0", Package: "qemu-system-misc"},
+}
+
+// testArch is OUTPOST_QEMU_ARCH (make ARCH=…), arm64 by default: the
+// image and machine a test boots.
+func testArch(t *testing.T) string {
+	arch := os.Getenv("OUTPOST_QEMU_ARCH")
+	if arch == "" {
+		return "arm64"
+	}
+	if _, ok := machines[arch]; !ok {
+		t.Fatalf("OUTPOST_QEMU_ARCH=%q: want arm64 or riscv64", arch)
+	}
+	return arch
+}
+
+// Description is the machine as the benchmark reports it.
+func (m machine) Description() string {
+	return m.Qemu + " " + strings.Join(m.Args, " ") + " -smp 2 -m 512 (TCG)"
+}
+
 type gatewayOptions struct {
+	// Arch picks the machine (machines); "" is arm64.
+	Arch string
+	// Registries are HOST:PORT registries on the host the agent pulls
+	// from over plain HTTP; the image names them as 10.0.2.2:PORT.
+	Registries []string
 	// KernelArgs are appended to the kernel command line.
 	KernelArgs []string
 	// ReadyTimeout bounds boot, join and the first Ready.
@@ -47,14 +91,21 @@ type gatewayOptions struct {
 }
 
 // bootGateway starts a control plane and a relay the guest can reach,
-// builds the qemu-arm64 image with the relay's URL and a fresh bootstrap
+// builds the image for opts.Arch with the relay's URL and a fresh bootstrap
 // token, boots it and waits until its node is Ready. Everything stops
 // when the test ends.
 func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 	t.Helper()
-	qemuBin, err := exec.LookPath("qemu-system-aarch64")
+	if opts.Arch == "" {
+		opts.Arch = "arm64"
+	}
+	mach, ok := machines[opts.Arch]
+	if !ok {
+		t.Fatalf("no QEMU machine for arch %q: one of arm64, riscv64", opts.Arch)
+	}
+	qemuBin, err := exec.LookPath(mach.Qemu)
 	if err != nil {
-		t.Fatal("qemu-system-aarch64 is missing: install Debian's qemu-system-arm (build/install-deps.sh image)")
+		t.Fatalf("%s is missing: install Debian's %s (build/install-deps.sh image)", mach.Qemu, mach.Package)
 	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 10 * time.Minute
@@ -84,10 +135,18 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 	}
 	t.Logf("control plane and relay %s up in %s", relay.Addr, time.Since(t0).Round(100*time.Millisecond))
 
-	g := &gateway{St: st, Relay: relay}
+	g := &gateway{St: st, Relay: relay, Machine: mach}
 	out := t.TempDir()
 	relayURL := "https://" + hostFromGuest + ":" + port
-	args := []string{"run", "./build/image", "-board", "qemu-arm64", "-out", out, "-relay", relayURL, "-token", token, "-root-free", "64"}
+	args := []string{"run", "./build/image", "-board", mach.Board, "-out", out, "-relay", relayURL, "-token", token, "-root-free", "64"}
+	if len(opts.Registries) > 0 {
+		var guest []string
+		for _, r := range opts.Registries {
+			_, port, _ := strings.Cut(r, ":")
+			guest = append(guest, hostFromGuest+":"+port)
+		}
+		args = append(args, "-insecure-registries", strings.Join(guest, ","))
+	}
 	if v := os.Getenv("OUTPOST_VERSION"); v != "" {
 		args = append(args, "-version", v)
 	}
@@ -105,13 +164,14 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 		t.Logf("image: %s", l)
 	}
 
-	base := filepath.Join(out, "outpost-qemu-arm64")
-	cmdline := append([]string{"console=ttyAMA0", "root=LABEL=outpost-root"}, opts.KernelArgs...)
-	g.qemu = exec.Command(qemuBin, "-M", "virt", "-cpu", "cortex-a72", "-m", "512", "-smp", "2",
+	base := filepath.Join(out, "outpost-"+mach.Board)
+	cmdline := append([]string{mach.Console, "root=LABEL=outpost-root"}, opts.KernelArgs...)
+	qargs := append(append([]string{}, mach.Args...), "-m", "512", "-smp", "2",
 		"-nographic", "-no-reboot", "-rtc", "base=utc",
 		"-kernel", base+".vmlinuz", "-initrd", base+".initrd", "-append", strings.Join(cmdline, " "),
 		"-drive", "file="+base+".img,format=raw,if=virtio",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
+	g.qemu = exec.Command(qemuBin, qargs...)
 	stdout, err := g.qemu.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -137,11 +197,12 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 		t.Fatalf("%s\nlast console lines:\n%s", fmt.Sprintf(format, args...), g.Con.Tail(40))
 	}
 
-	// The guest's clock comes from QEMU's PL031 RTC (the host's time in
-	// UTC), set by the kernel at boot: TLS needs it sane.
+	// The guest's clock comes from the virt machine's RTC (PL031 on
+	// arm64, goldfish on riscv64; the host's time in UTC), set by the
+	// kernel at boot: TLS needs it sane.
 	wctx, cancel := context.WithTimeout(ctx, opts.ReadyTimeout)
 	defer cancel()
-	if line, err := g.Con.WaitFor(wctx, "rtc-pl031"); err == nil {
+	if line, err := g.Con.WaitFor(wctx, "setting system clock to"); err == nil {
 		if m := regexp.MustCompile(`setting system clock to (\S+) UTC`).FindStringSubmatch(line); m != nil {
 			if gt, err := time.Parse("2006-01-02T15:04:05", m[1]); err == nil {
 				if skew := time.Since(gt); skew > 5*time.Minute || skew < -5*time.Minute {
@@ -151,7 +212,7 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 			}
 		}
 	} else {
-		fail("no rtc-pl031 line on the console: %v", err)
+		fail("no RTC line (setting system clock) on the console: %v", err)
 	}
 	line, err := g.Con.WaitFor(wctx, "joined https://"+hostFromGuest)
 	if err != nil {

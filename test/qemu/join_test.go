@@ -8,12 +8,14 @@ import (
 	"testing"
 )
 
-// TestJoinQEMU boots the qemu-arm64 image in qemu-system-aarch64; its
-// agent joins a relay on the host with the token baked into the image and
-// its node must show Ready, arch arm64, in kubectl get nodes of the test
-// control plane.
+// TestJoinQEMU boots the qemu-arm64 image in qemu-system-aarch64 (or
+// qemu-riscv64 with OUTPOST_QEMU_ARCH=riscv64); its agent joins a relay on
+// the host with the token baked into the image and its node must show
+// Ready, with the guest's arch, in kubectl get nodes of the test control
+// plane.
 func TestJoinQEMU(t *testing.T) {
-	g := bootGateway(t, gatewayOptions{})
+	arch := testArch(t)
+	g := bootGateway(t, gatewayOptions{Arch: arch})
 	ctx := context.Background()
 	out, err := g.St.CP.Kubectl(ctx, "get", "nodes", "-o", "wide", "-L", "kubernetes.io/arch")
 	if err != nil {
@@ -31,7 +33,7 @@ func TestJoinQEMU(t *testing.T) {
 		t.Fatalf("no %s column in %q", name, rows[0])
 		return -1
 	}
-	status, arch := col("STATUS"), col("ARCH")
+	status, archCol := col("STATUS"), col("ARCH")
 	found := false
 	for _, r := range rows[1:] {
 		f := strings.Fields(r)
@@ -40,16 +42,16 @@ func TestJoinQEMU(t *testing.T) {
 		}
 		found = true
 		// The arch label is the last column; OS-IMAGE has spaces in it.
-		if f[status] != "Ready" || f[len(f)-1] != "arm64" || arch != len(head)-1 {
-			t.Errorf("node %s: STATUS %q, ARCH %q; want Ready, arm64", g.Node, f[status], f[len(f)-1])
+		if f[status] != "Ready" || f[len(f)-1] != arch || archCol != len(head)-1 {
+			t.Errorf("node %s: STATUS %q, ARCH %q; want Ready, %s", g.Node, f[status], f[len(f)-1], arch)
 		}
 	}
 	if !found {
 		t.Fatalf("node %s is not in kubectl get nodes", g.Node)
 	}
 	out, err = g.St.CP.Kubectl(ctx, "get", "node", g.Node, "-o", "jsonpath={.status.nodeInfo.architecture} {.status.nodeInfo.kernelVersion}")
-	if err != nil || !strings.HasPrefix(out, "arm64 ") {
-		t.Errorf("node %s: nodeInfo architecture and kernel %q (%v), want arm64 and the guest's kernel", g.Node, out, err)
+	if err != nil || !strings.HasPrefix(out, arch+" ") || !strings.HasSuffix(out, "-"+arch) {
+		t.Errorf("node %s: nodeInfo architecture and kernel %q (%v), want %s and the guest's (Debian's %s) kernel", g.Node, out, err, arch, arch)
 	}
 	t.Logf("boot to Ready: %.1fs (emulated; join at %.1fs); image built in %.1fs",
 		g.Ready.Sub(g.Start).Seconds(), g.Joined.Sub(g.Start).Seconds(), g.ImageBuild.Seconds())

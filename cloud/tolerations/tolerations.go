@@ -11,18 +11,23 @@
 // anywhere useful, and the edge would stop them on reconnect.
 //
 // The Controller therefore watches edge nodes (label
-// node-role.kubernetes.io/edge) and, per node, the pods bound to it
-// (fieldSelector spec.nodeName, as a kubelet does), connected or not, and
-// removes tolerationSeconds from each pod's NoExecute tolerations of those
+// node-role.kubernetes.io/edge) and, per node that is offline or going
+// offline (EdgeLinkReady or Ready not True), the pods bound to it
+// (fieldSelector spec.nodeName, as a kubelet does), and removes
+// tolerationSeconds from each pod's NoExecute tolerations of those
 // two taints: the taint-eviction controller uses the first toleration that
 // matches a taint, and one without tolerationSeconds tolerates it forever.
 // Pod update validation allows exactly this change. The seconds removed
 // are recorded in an annotation, so opting out later puts them back.
 //
+// Watching only nodes that are offline keeps a connected agent's cost in
+// the relay to its session's own pod watch; pods keep the patched
+// tolerations after the node comes back.
+//
 // Opting out: the label outpost.dev/evict-when-offline=true on the Node,
 // or the annotation outpost.dev/evict-when-offline: "true" on the pod. The
-// pod then keeps (or gets back) its tolerations and is evicted as on any
-// node.
+// pod then keeps (or, the next time the node is offline, gets back) its
+// tolerations and is evicted as on any node.
 //
 // Every relay replica runs a Controller. Patches carry the pod's
 // resourceVersion, so replicas racing on a pod make one write and one
@@ -53,6 +58,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"outpost.dev/cloud/nodes"
 )
 
 // Names users set and the relay writes.
@@ -200,6 +207,18 @@ func (c *Controller) nodeChanged(ctx context.Context, o any) {
 	optOut := n.Labels[OptOut] == "true"
 	c.mu.Lock()
 	nw := c.nodes[n.Name]
+	if online(n) {
+		// Nothing taints an online node, so its pods need no watch; they
+		// are looked at when it next goes offline, which the relay's
+		// EdgeLinkReady=False shows at once, well before the node
+		// controller's grace period and the tolerations' seconds run out.
+		if nw != nil {
+			nw.stop()
+			delete(c.nodes, n.Name)
+		}
+		c.mu.Unlock()
+		return
+	}
 	if nw == nil {
 		nw = c.watchPods(ctx, n.Name)
 		nw.optOut = optOut
@@ -216,6 +235,22 @@ func (c *Controller) nodeChanged(ctx context.Context, o any) {
 			c.enqueue(n.Name, p)
 		}
 	}
+}
+
+// online reports whether n's agent is connected (EdgeLinkReady True) and
+// the node controller sees it Ready: then no offline taint is coming. A
+// node without EdgeLinkReady counts as offline, so its pods are watched.
+func online(n *corev1.Node) bool {
+	link, ready := false, false
+	for _, c := range n.Status.Conditions {
+		switch c.Type {
+		case nodes.ConditionLinkReady:
+			link = c.Status == corev1.ConditionTrue
+		case corev1.NodeReady:
+			ready = c.Status == corev1.ConditionTrue
+		}
+	}
+	return link && ready
 }
 
 func (c *Controller) nodeGone(name string) {

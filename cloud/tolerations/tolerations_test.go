@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"outpost.dev/cloud/nodes"
 )
 
 func secs(n int64) *int64 { return &n }
@@ -199,6 +201,58 @@ func TestControllerKeepsAndRestores(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return")
+	}
+}
+
+// TestControllerWatchesOnlyOfflineNodes: a connected, Ready edge node's
+// pods are left alone (no watch: nothing will taint it); when its agent
+// disconnects they are patched, and when it is back the watch stops.
+func TestControllerWatchesOnlyOfflineNodes(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	conds := func(link, ready corev1.ConditionStatus) []corev1.NodeCondition {
+		return []corev1.NodeCondition{{Type: nodes.ConditionLinkReady, Status: link}, {Type: corev1.NodeReady, Status: ready}}
+	}
+	edge := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Labels: map[string]string{EdgeRoleLabel: ""}},
+		Status: corev1.NodeStatus{Conditions: conds(corev1.ConditionTrue, corev1.ConditionTrue)}}
+	client := fake.NewClientset(edge, pod(defaults(300), nil))
+	c, err := New(Config{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	get := func() *corev1.Pod {
+		p, err := client.CoreV1().Pods("ns").Get(ctx, "p", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	setConds := func(link, ready corev1.ConditionStatus) {
+		n, _ := client.CoreV1().Nodes().Get(ctx, "gw-1", metav1.GetOptions{})
+		n.Status.Conditions = conds(link, ready)
+		if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	time.Sleep(300 * time.Millisecond)
+	if got := c.Nodes(); len(got) != 0 {
+		t.Errorf("online node watched: %v", got)
+	}
+	if s := get().Spec.Tolerations[0].TolerationSeconds; s == nil || *s != 300 {
+		t.Error("online node's pod patched")
+	}
+	setConds(corev1.ConditionFalse, corev1.ConditionTrue) // the agent disconnected
+	eventually(t, "pod tolerates forever once its node is offline", func() bool {
+		return fmt.Sprint(tolStrings(get().Spec.Tolerations)) == fmt.Sprint(tolStrings(forever()))
+	})
+	setConds(corev1.ConditionTrue, corev1.ConditionTrue)
+	eventually(t, "watch stopped once the node is back", func() bool { return len(c.Nodes()) == 0 })
+	if s := get().Spec.Tolerations[0].TolerationSeconds; s != nil {
+		t.Error("tolerations reverted on reconnect")
 	}
 }
 

@@ -74,17 +74,6 @@ func TestOfflineNodeKeepsItsPods(t *testing.T) {
 	}
 	waitMetric(t, ctx, keep, "outpost_pods_running", func(v float64) bool { return v == 2 })
 
-	// The relay made "kept"'s offline tolerations last forever and left
-	// the opted-out pods with the cluster's 5 s.
-	stack.WaitFor(t, ctx, time.Minute, "kept tolerates forever", func() (bool, string) {
-		p := getPod(t, ctx, ns, "kept")
-		return offlineSeconds(p) == "forever,forever", offlineSeconds(p)
-	})
-	for _, name := range []string{"optout", "evicted"} {
-		if got := offlineSeconds(getPod(t, ctx, ns, name)); got != "5,5" {
-			t.Errorf("%s (opted out): offline toleration seconds %s, want 5,5", name, got)
-		}
-	}
 	kept := getPod(t, ctx, ns, "kept")
 	keptID := strings.TrimPrefix(kept.Status.ContainerStatuses[0].ContainerID, "containerd://")
 	if !taskRunning(t, ctx, keep.Name, keptID) {
@@ -104,6 +93,17 @@ func TestOfflineNodeKeepsItsPods(t *testing.T) {
 		return c.Status == corev1.ConditionFalse && c.Reason == nodes.ReasonDisconnected &&
 			strings.HasPrefix(c.Message, "agent disconnected since "), fmt.Sprintf("%+v", c)
 	})
+	// With the node offline, the relay made "kept"'s offline tolerations
+	// last forever and left the opted-out pods with the cluster's 5 s.
+	stack.WaitFor(t, ctx, time.Minute, "kept tolerates forever", func() (bool, string) {
+		p := getPod(t, ctx, ns, "kept")
+		return offlineSeconds(p) == "forever,forever", offlineSeconds(p)
+	})
+	for _, name := range []string{"optout", "evicted"} {
+		if got := offlineSeconds(getPod(t, ctx, ns, name)); got != "5,5" {
+			t.Errorf("%s (opted out): offline toleration seconds %s, want 5,5", name, got)
+		}
+	}
 	// The agent knows when it last heard from the relay.
 	waitMetric(t, ctx, keep, "outpost_last_sync_timestamp_seconds", func(v float64) bool {
 		return v > float64(cutAt.Add(-30*time.Second).Unix()) && v <= float64(time.Now().Unix()+1)

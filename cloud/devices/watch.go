@@ -9,12 +9,10 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
 
+	"outpost.dev/cloud/listwatch"
 	"outpost.dev/wire"
 )
 
@@ -51,18 +49,7 @@ func Watch(ctx context.Context, dyn dynamic.Interface, node string, log *slog.Lo
 		node: node, log: log, cancel: cancel, started: time.Now(),
 		done: make(chan struct{}), changed: make(chan struct{}, 1), cache: map[string]translated{},
 	}
-	sel := fields.OneTermEqualSelector("spec.nodeName", node).String()
-	api := dyn.Resource(GVR).Namespace(metav1.NamespaceAll)
-	lw := cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return api.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return api.Watch(ctx, o)
-		},
-	}, dyn)
+	lw := listwatch.Selected(dyn, dyn.Resource(GVR).Namespace(metav1.NamespaceAll), listwatch.OnNode(node), "")
 	n.store, n.ctl = cache.NewInformerWithOptions(cache.InformerOptions{
 		ListerWatcher: lw,
 		ObjectType:    &unstructured.Unstructured{},

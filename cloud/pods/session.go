@@ -16,10 +16,10 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/wire"
 )
@@ -187,7 +187,7 @@ func (s *Session) run(ctx context.Context) {
 	if !st.waitEdgeNode() {
 		return
 	}
-	st.pods = st.watch(&corev1.Pod{}, podListWatch(s.cfg.Client, s.cfg.Node))
+	st.pods = st.watch(&corev1.Pod{}, listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node))
 	var extraChanged <-chan struct{}
 	if s.cfg.Extra != nil {
 		extraChanged = s.cfg.Extra.Changed()
@@ -297,48 +297,14 @@ func dropManagedFields(o any) (any, error) {
 	return o, nil
 }
 
-func podListWatch(c kubernetes.Interface, node string) cache.ListerWatcher {
-	sel := fields.OneTermEqualSelector("spec.nodeName", node).String()
-	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return c.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return c.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, c)
-}
-
 // refListWatch watches one ConfigMap or Secret by name, as the kubelet's
 // watch-based ConfigMap and Secret managers do.
 func refListWatch(c kubernetes.Interface, r Ref) (runtime.Object, cache.ListerWatcher) {
 	sel := fields.OneTermEqualSelector("metadata.name", r.Name).String()
 	if r.Kind == wire.KindConfigMap {
-		api := c.CoreV1().ConfigMaps(r.Namespace)
-		return &corev1.ConfigMap{}, cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				o.FieldSelector = sel
-				return api.List(ctx, o)
-			},
-			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				o.FieldSelector = sel
-				return api.Watch(ctx, o)
-			},
-		}, c)
+		return &corev1.ConfigMap{}, listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, "")
 	}
-	api := c.CoreV1().Secrets(r.Namespace)
-	return &corev1.Secret{}, cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return api.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return api.Watch(ctx, o)
-		},
-	}, c)
+	return &corev1.Secret{}, listwatch.Selected(c, c.CoreV1().Secrets(r.Namespace), sel, "")
 }
 
 // refused is a pod the agent does not get, and why.

@@ -51,14 +51,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 )
 
@@ -146,16 +144,8 @@ func New(cfg Config) (*Controller, error) {
 // Run watches edge nodes and their pods until ctx is done.
 func (c *Controller) Run(ctx context.Context) {
 	defer c.queue.ShutDown()
-	nodeInf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.LabelSelector = EdgeRoleLabel
-			return c.cfg.Client.CoreV1().Nodes().List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.LabelSelector = EdgeRoleLabel
-			return c.cfg.Client.CoreV1().Nodes().Watch(ctx, o)
-		},
-	}, c.cfg.Client), &corev1.Node{}, 0, cache.Indexers{})
+	nodeInf := cache.NewSharedIndexInformer(listwatch.Selected(c.cfg.Client, c.cfg.Client.CoreV1().Nodes(), "", EdgeRoleLabel),
+		&corev1.Node{}, 0, cache.Indexers{})
 	_, _ = nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { c.nodeChanged(ctx, o) },
 		UpdateFunc: func(_, o any) { c.nodeChanged(ctx, o) },
@@ -264,17 +254,7 @@ func (c *Controller) nodeGone(name string) {
 
 // watchPods starts the pod informer of node name; c.mu is held.
 func (c *Controller) watchPods(ctx context.Context, name string) *nodeWatch {
-	sel := fields.OneTermEqualSelector("spec.nodeName", name).String()
-	inf := cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = sel
-			return c.cfg.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = sel
-			return c.cfg.Client.CoreV1().Pods(metav1.NamespaceAll).Watch(ctx, o)
-		},
-	}, c.cfg.Client), &corev1.Pod{}, c.cfg.Resync, cache.Indexers{})
+	inf := cache.NewSharedIndexInformer(listwatch.PodsOnNode(c.cfg.Client, name), &corev1.Pod{}, c.cfg.Resync, cache.Indexers{})
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { c.enqueue(name, o) },
 		UpdateFunc: func(_, o any) { c.enqueue(name, o) },

@@ -1,17 +1,16 @@
 package pods
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
+	"outpost.dev/agent/mountinfo"
 	"outpost.dev/wire"
 )
 
@@ -97,12 +96,12 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 // in it (memory emptyDirs, the network namespace).
 func (w *worker) tearDown() error {
 	dir := w.podDir()
-	for _, m := range mountsUnder(dir) {
+	for _, m := range mountinfo.Under(dir) {
 		if err := unmount(m); err != nil {
 			return fmt.Errorf("unmount %s: %w", m, err)
 		}
 	}
-	if left := mountsUnder(dir); len(left) > 0 {
+	if left := mountinfo.Under(dir); len(left) > 0 {
 		return fmt.Errorf("still mounted under %s: %v", dir, left)
 	}
 	return os.RemoveAll(dir)
@@ -407,28 +406,4 @@ func sameFiles(dir string, files map[string]file) bool {
 		return nil
 	})
 	return err == nil && n == len(files)
-}
-
-// mountsUnder lists mount points at or below dir, deepest first.
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := strings.ReplaceAll(fields[4], `\040`, " ")
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
-	return out
 }

@@ -1,7 +1,7 @@
 // Package pods is the agent's pod reconciler: it makes containerd run
 // what the store says should run on this gateway, and reports what runs.
 //
-// It is level-triggered (STYLE.md 7). Every pass compares the desired pods
+// It is level-triggered, like a client-go controller. Every pass compares the desired pods
 // (the store, written by agent/desired before anything acts on it) with
 // the containers containerd holds in the agent's namespace, told apart by
 // labels (pod UID, container name, attempt), and fixes the difference. It

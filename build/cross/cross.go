@@ -136,7 +136,7 @@ var budgetJSON []byte
 type Budget map[string]int64
 
 // Goal is the ceiling no budget may be raised past: the agent's stated
-// size goal (ARCHITECTURE.md: arm64 at most 15 MB stripped).
+// size goal (linux/arm64 at most 15 MB, stripped).
 const Goal = 15_000_000
 
 // LoadBudget returns the checked-in budget (budget.json beside this file).

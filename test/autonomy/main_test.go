@@ -1,4 +1,4 @@
-// Package autonomy tests edge autonomy end to end (issue 4): a real control
+// Package autonomy tests edge autonomy end to end: a real control
 // plane, relay, agents and containerd; the link cut mid-frame, the relay
 // down, the agent restarted and killed, the gateway "rebooted" (its tasks
 // killed and deleted) while offline.

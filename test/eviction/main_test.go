@@ -1,5 +1,5 @@
 // Package eviction is the acceptance test for keeping pods on offline edge
-// nodes (issue #4, items 4 and 5): a real control plane whose eviction
+// nodes (and evicting them on opt-out): a real control plane whose eviction
 // timeouts are shortened (node monitor grace period, default not-ready and
 // unreachable toleration seconds), the real relay, real agents running
 // real containers in containerd, and a TCP proxy between them that plays

@@ -406,7 +406,7 @@ func docSection(r benchResult, b memBudget) string {
 	}
 	fmt.Fprintf(&s, "; the run fails only\nabove `build/budget-mem.json`. Machine-readable: `bin/bench-mem%s.json`.\n\n", map[bool]string{true: "", false: "-" + r.Arch}[r.Arch == "arm64"])
 	wi, ww := r.Workloads[stepIdle].Agent, r.Workloads[stepWorkload].Agent
-	fmt.Fprintf(&s, "| agent (`outpost-agent run`) | idle, connected | budget | goal | %d devices, %d pods | budget | goal | KubeEdge edgecore idle (PEERS.md) |\n", r.Devices, r.Pods)
+	fmt.Fprintf(&s, "| agent (`outpost-agent run`) | idle, connected | budget | goal | %d devices, %d pods | budget | goal | KubeEdge v1.23.1 edgecore idle (same machine) |\n", r.Devices, r.Pods)
 	fmt.Fprintf(&s, "|---|---|---|---|---|---|---|---|\n")
 	row := func(label, fig, goalIdle, goalWork, kubeedge string) {
 		fmt.Fprintf(&s, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", label, mib(wi[fig]), budgetFor(b, r.Arch, stepIdle, fig), goalIdle,

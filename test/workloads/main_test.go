@@ -1,5 +1,5 @@
-// Package workloads is the acceptance suite for pods on edge nodes (issue
-// #3): real kubectl against a real control plane, the real relay, a real
+// Package workloads is the acceptance suite for pods on edge nodes: real
+// kubectl against a real control plane, the real relay, a real
 // agent joined to it, and real containerd + runc running the containers
 // from a real registry. Outcomes are checked in the API and, independently
 // of the code under test, in containerd itself (Debian's ctr).

@@ -3,6 +3,6 @@
 //	import _ "outpost.dev/hal/all"
 //
 // Each driver family can be compiled out with a build tag for the smallest
-// gateways: hal_no_bme280, hal_no_sht3x, hal_no_ads1115, hal_no_mcp3008,
-// hal_no_ds18b20, hal_no_pins.
+// gateways: outpost_no_bme280, outpost_no_sht3x, outpost_no_ads1115, outpost_no_mcp3008,
+// outpost_no_ds18b20, outpost_no_pins.
 package all

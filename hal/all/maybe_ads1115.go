@@ -1,4 +1,4 @@
-//go:build !hal_no_ads1115
+//go:build !outpost_no_ads1115
 
 package all
 

@@ -1,4 +1,4 @@
-//go:build !hal_no_bme280
+//go:build !outpost_no_bme280
 
 package all
 

@@ -1,4 +1,4 @@
-//go:build !hal_no_ds18b20
+//go:build !outpost_no_ds18b20
 
 package all
 

@@ -1,4 +1,4 @@
-//go:build !hal_no_mcp3008
+//go:build !outpost_no_mcp3008
 
 package all
 

@@ -1,4 +1,4 @@
-//go:build !hal_no_pins
+//go:build !outpost_no_pins
 
 package all
 

@@ -1,4 +1,4 @@
-//go:build !hal_no_sht3x
+//go:build !outpost_no_sht3x
 
 package all
 

@@ -134,3 +134,42 @@ func TestNoOutsideReferences(t *testing.T) {
 		}
 	})
 }
+
+// optionalTag is a build tag that leaves a feature out.
+var optionalTag = regexp.MustCompile(`\b[a-z0-9]+_no_[a-z0-9_]+\b`)
+
+// TestOneTagPrefix: every optional feature is left out with a tag of the
+// one prefix, outpost_no_, so a gateway build names them all one way.
+func TestOneTagPrefix(t *testing.T) {
+	n := 0
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") {
+			if err == nil && d.IsDir() && strings.HasPrefix(d.Name(), ".") && p != root {
+				return filepath.SkipDir
+			}
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(l, "//go:build") {
+				continue
+			}
+			for _, tag := range optionalTag.FindAllString(l, -1) {
+				n++
+				if !strings.HasPrefix(tag, "outpost_no_") {
+					t.Errorf("%s: build tag %s: optional features use the prefix outpost_no_", p, tag)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("found no optional-feature build tags: the scan is broken")
+	}
+}

@@ -40,7 +40,7 @@ import (
 	"outpost.dev/agent/store"
 	"outpost.dev/agent/twins"
 	"outpost.dev/boards"
-	_ "outpost.dev/hal/all" // every driver unless tagged out (hal_no_<driver>)
+	_ "outpost.dev/hal/all" // every driver unless tagged out (outpost_no_<driver>)
 	"outpost.dev/wire"
 )
 

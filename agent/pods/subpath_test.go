@@ -384,3 +384,34 @@ func TestHostPathMountSource(t *testing.T) {
 		t.Errorf("type checked on the descriptor: %v", err)
 	}
 }
+
+// TestRemoveSubPathsKeepsHostFiles checks the subPath targets are removed
+// by unmounting each and removing it without recursion: what a hostPath
+// bind shows is never deleted, even when the mount table is not read.
+func TestRemoveSubPathsKeepsHostFiles(t *testing.T) {
+	w, _, _ := subPathEnv(t)
+	host := t.TempDir()
+	keep := filepath.Join(host, "keep")
+	if err := os.WriteFile(keep, []byte("host data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := volSource{path: host, host: &wire.HostPath{Path: host}}
+	for i, c := range []string{"a", "b"} {
+		if _, err := w.mountSource(src, &wire.Container{Name: c}, i, &wire.VolumeMount{Name: "host", MountPath: "/h"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, _ := w.podDir()
+	if err := removeSubPaths(filepath.Join(dir, "volume-subpaths")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(keep); err != nil || string(b) != "host data" {
+		t.Fatalf("host file after removeSubPaths: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "volume-subpaths")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("volume-subpaths left: %v", err)
+	}
+	if left := mountinfo.Under(dir); len(left) > 0 {
+		t.Errorf("still mounted: %v", left)
+	}
+}

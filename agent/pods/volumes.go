@@ -134,7 +134,50 @@ func (w *worker) tearDown() error {
 	if left := mountinfo.Under(dir); len(left) > 0 {
 		return fmt.Errorf("still mounted under %s: %v", dir, left)
 	}
+	if err := removeSubPaths(filepath.Join(dir, "volume-subpaths")); err != nil {
+		return err
+	}
 	return os.RemoveAll(dir)
+}
+
+// removeSubPaths removes the bind targets of mountSource one by one, each
+// unmounted by the kernel's word (not the mount table's) and removed
+// without recursing, so a bind of a hostPath that is somehow still there
+// is never emptied by a recursive remove, as the kubelet cleans its
+// volume-subpaths.
+func removeSubPaths(root string) error {
+	vols, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, v := range vols {
+		cs, _ := os.ReadDir(filepath.Join(root, v.Name()))
+		for _, c := range cs {
+			cdir := filepath.Join(root, v.Name(), c.Name())
+			targets, _ := os.ReadDir(cdir)
+			for _, t := range targets {
+				p := filepath.Join(cdir, t.Name())
+				for range 16 {
+					if unix.Unmount(p, unix.MNT_DETACH) != nil {
+						break
+					}
+				}
+				if err := os.Remove(p); err != nil {
+					return fmt.Errorf("removing subPath mount point %s: %w", p, err)
+				}
+			}
+			if err := os.Remove(cdir); err != nil {
+				return err
+			}
+		}
+		if err := os.Remove(filepath.Join(root, v.Name())); err != nil {
+			return err
+		}
+	}
+	return os.Remove(root)
 }
 
 func emptyDir(p string, e *wire.EmptyDir) error {

@@ -153,3 +153,61 @@ func TestSubPathEscapeContainers(t *testing.T) {
 		t.Errorf("still mounted after the pod went: %v", left)
 	}
 }
+
+// TestSubPathSwapContainers races the check: one container keeps swapping
+// its emptyDir's "swap" between a symlink to a directory inside and one
+// to /, while another, mounting "swap" with subPath, is restarted over
+// and over (it exits at once unless it sees the host's file, in which
+// case it stays up). Each start is refused or binds the directory inside;
+// none sees the host.
+func TestSubPathSwapContainers(t *testing.T) {
+	e := start(t)
+	e.run()
+	img := e.images[0].Ref
+	marker, err := os.CreateTemp("/", "outpost-subpath-swap-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker.Close()
+	t.Cleanup(func() { os.Remove(marker.Name()) })
+	name := filepath.Base(marker.Name())
+	p := wire.Pod{
+		Volumes: []wire.Volume{{Name: "data", EmptyDir: &wire.EmptyDir{}}},
+		InitContainers: []wire.Container{{Name: "prepare", Image: img, Mounts: []wire.VolumeMount{{Name: "data", MountPath: "/data"}},
+			Command: []string{"sh", "-c", "mkdir -p /data/real && ln -s real /data/swap"}}},
+		Containers: []wire.Container{
+			{Name: "swapper", Image: img, Mounts: []wire.VolumeMount{{Name: "data", MountPath: "/data"}},
+				Command: []string{"sh", "-c", "while true; do ln -s / /data/a; mv -fT /data/a /data/swap; ln -s real /data/b; mv -fT /data/b /data/swap; done"}},
+			{Name: "victim", Image: img, Mounts: []wire.VolumeMount{{Name: "data", MountPath: "/s", SubPath: "swap"}},
+				Command: []string{"sh", "-c", "if [ -e /s/" + name + " ]; then echo LEAK; while true; do sleep 1; done; fi; echo clean; exit 1"}},
+		},
+	}
+	e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-swap", "swap", "1", p)}})
+	refusals := 0
+	var last wire.ContainerState
+	e.waitStatus("uid-swap", 180*time.Second, "victim restarted 3 times and refused at least once", func(s wire.PodStatus) bool {
+		for _, c := range s.Containers {
+			if c.Name != "victim" {
+				continue
+			}
+			if c.State.Kind == wire.StateRunning && strings.Contains(e.log("default", "swap", "victim", false), "LEAK") {
+				t.Fatalf("the victim sees the host's %s", marker.Name())
+			}
+			if c.State.Reason == "CreateContainerConfigError" && c.State != last {
+				if !strings.Contains(c.State.Message, `subPath "swap" of volume data leads out of the volume`) {
+					t.Fatalf("refused for another reason: %s", c.State.Message)
+				}
+				refusals++
+			}
+			last = c.State
+			return c.RestartCount >= 3 && refusals > 0
+		}
+		return false
+	})
+	for _, prev := range []bool{false, true} {
+		if l := e.log("default", "swap", "victim", prev); strings.Contains(l, "LEAK") || !strings.Contains(l, "clean") {
+			t.Errorf("victim's log (previous %v): %q", prev, l)
+		}
+	}
+	t.Logf("refused %d times", refusals)
+}

@@ -44,8 +44,8 @@ func CheckSubdomain(what, s string) error {
 }
 
 // CheckUID reports whether s can be an object's UID. Kubernetes makes
-// UIDs as UUIDs (36 lowercase hex digits and dashes); any DNS-1123 label
-// is taken, so a UID is always one safe path component.
+// UIDs as UUIDs (36 characters, lowercase hex digits and dashes); any
+// DNS-1123 label is taken, so a UID is always one safe path component.
 func CheckUID(what, s string) error {
 	if s == "" {
 		return fmt.Errorf("%s missing", what)

@@ -2,7 +2,6 @@ package safepath
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -26,7 +25,8 @@ var noOpenat2 atomic.Bool
 // descriptor of what it names (its Stat works; reading needs a reopen).
 // Symlinks on the way are followed while they stay beneath root; an
 // absolute one, or ".." above root, fails with an error wrapping
-// ErrEscape. A missing component fails with one wrapping fs.ErrNotExist.
+// ErrEscape. A missing component fails with one wrapping fs.ErrNotExist;
+// more than 40 symlinks, or a /proc magic link, with ELOOP.
 func Open(root *os.File, rel string) (*os.File, error) {
 	if rel == "" || rel == "." {
 		return reopen(root)
@@ -55,8 +55,6 @@ func openat2(root *os.File, rel string) (*os.File, error) {
 			continue
 		case unix.EXDEV:
 			err = ErrEscape
-		case unix.ELOOP:
-			err = fmt.Errorf("more than %d symlinks, or a /proc magic link: %w", maxLinks, ErrEscape)
 		}
 		return nil, &os.PathError{Op: "open beneath", Path: rel, Err: err}
 	}
@@ -116,7 +114,7 @@ func walk(root *os.File, rel string) (*os.File, error) {
 				return fail(err)
 			}
 			if links++; links > maxLinks {
-				return fail(fmt.Errorf("more than %d symlinks: %w", maxLinks, ErrEscape))
+				return fail(unix.ELOOP)
 			}
 			if strings.HasPrefix(target, "/") {
 				return fail(ErrEscape)

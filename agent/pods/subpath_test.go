@@ -190,7 +190,13 @@ func TestSubPathMountIdempotent(t *testing.T) {
 	if n := len(mounts()); n != 1 {
 		t.Errorf("%d mounts after the reboot's pass, want 1", n)
 	}
-	if err := w.tearDown(); err != nil {
+	// An agent restarted since: a new reconciler's worker finds the bind
+	// in the mount table.
+	restarted := newWorker(New(Config{StateDir: w.r.cfg.StateDir}), w.uid)
+	if again, err := restarted.mountSource(src, c, 0, m); err != nil || again != first || len(mounts()) != 1 {
+		t.Errorf("after an agent restart: %s, %v, %d mounts; want the same bind kept", again, err, len(mounts()))
+	}
+	if err := restarted.tearDown(); err != nil {
 		t.Fatal(err)
 	}
 	if left := mountinfo.Under(dir); len(left) > 0 {

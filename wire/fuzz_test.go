@@ -1,6 +1,10 @@
 package wire
 
-import "testing"
+import (
+	"slices"
+	"strings"
+	"testing"
+)
 
 // FuzzDecode feeds arbitrary bytes to the frame and body decoders. Nothing
 // may panic, and whatever decodes and validates must re-encode.
@@ -26,6 +30,16 @@ func FuzzDecode(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	// Names and paths that must never pass: the fuzzer mutates from here.
+	hostile := sampleSync()
+	hostile.Upserts[0].UID = "../../x"
+	hostile.Upserts[0].Pod.Containers[0].Mounts[0].SubPath = "../../etc"
+	hostile.Upserts[0].Pod.Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "..data/a"}}
+	if raw, err := encMode.Marshal(hostile); err == nil {
+		if b, err := EncodeFrame(Frame{Type: TypeSync, Body: raw}); err == nil {
+			f.Add(b)
+		}
+	}
 	f.Add([]byte{0xa2, 0x01, 0x01, 0x04, 0x5a, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, err := Decode(data)
@@ -38,7 +52,58 @@ func FuzzDecode(f *testing.F) {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {
 					t.Fatalf("valid %T does not re-encode: %v", b, err)
 				}
+				checkPathNames(t, b)
 			}
 		}
 	})
+}
+
+// checkPathNames fails if a body that validated holds a name or path
+// that could leave the directory the agent puts it in.
+func checkPathNames(t *testing.T, b Body) {
+	t.Helper()
+	bad := func(what, s string) {
+		if s == "." || s == ".." || strings.Contains(s, "/") || strings.ContainsAny(s, "*?[\x00") {
+			t.Fatalf("valid %T holds %s %q", b, what, s)
+		}
+	}
+	badPath := func(what, p string) {
+		if strings.HasPrefix(p, "/") || slices.Contains(strings.Split(p, "/"), "..") || strings.HasPrefix(p, "..") {
+			t.Fatalf("valid %T holds %s %q", b, what, p)
+		}
+	}
+	switch b := b.(type) {
+	case *Sync:
+		for _, o := range b.Upserts {
+			bad("uid", o.UID)
+			bad("namespace", o.Namespace)
+			bad("name", o.Name)
+			if o.Pod == nil {
+				continue
+			}
+			for _, c := range append(append([]Container{}, o.Pod.InitContainers...), o.Pod.Containers...) {
+				bad("container name", c.Name)
+				for _, m := range c.Mounts {
+					bad("mount name", m.Name)
+					if strings.HasPrefix(m.SubPath, "/") || slices.Contains(strings.Split(m.SubPath, "/"), "..") {
+						t.Fatalf("valid sync holds subPath %q", m.SubPath)
+					}
+				}
+			}
+			for _, v := range o.Pod.Volumes {
+				bad("volume name", v.Name)
+				for _, f := range []*FilesVolume{v.ConfigMap, v.Secret} {
+					if f != nil {
+						for _, it := range f.Items {
+							badPath("item path", it.Path)
+						}
+					}
+				}
+			}
+		}
+	case *StreamOpen:
+		bad("namespace", b.Namespace)
+		bad("pod", b.Pod)
+		bad("container", b.Container)
+	}
 }

@@ -133,6 +133,20 @@ func (o *Object) Validate() error {
 			return err
 		}
 	}
+	// The UID, namespace and name become paths on the gateway.
+	if err := CheckUID("object: uid", o.UID); err != nil {
+		return err
+	}
+	if err := CheckLabel("object "+o.Name+": namespace", o.Namespace); err != nil {
+		return err
+	}
+	checkName := CheckSubdomain
+	if o.Kind == KindDevice {
+		checkName = CheckPathSegment // a custom resource
+	}
+	if err := checkName("object "+o.Namespace+"/…: name", o.Name); err != nil {
+		return err
+	}
 	bodies := 0
 	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil, o.Device != nil, o.Token != nil} {
 		if set {
@@ -201,12 +215,29 @@ func (p *Pod) Validate() error {
 	if len(p.Volumes) > maxItems || len(p.ImagePullSecrets) > maxItems {
 		return errors.New("pod: too many volumes or pull secrets")
 	}
+	names := map[string]bool{}
+	for _, cs := range [][]Container{p.InitContainers, p.Containers} {
+		for i := range cs {
+			if names[cs[i].Name] {
+				return fmt.Errorf("pod: two containers named %q", cs[i].Name)
+			}
+			names[cs[i].Name] = true
+		}
+	}
+	clear(names)
 	for i := range p.Volumes {
 		if err := p.Volumes[i].Validate(); err != nil {
 			return err
 		}
+		if names[p.Volumes[i].Name] {
+			return fmt.Errorf("pod: two volumes named %q", p.Volumes[i].Name)
+		}
+		names[p.Volumes[i].Name] = true
 	}
-	return checkText("pod: hostname", p.Hostname, 63, false)
+	if p.Hostname != "" {
+		return CheckLabel("pod: hostname", p.Hostname)
+	}
+	return nil
 }
 
 // Container is one container of a pod.
@@ -235,7 +266,7 @@ type Container struct {
 
 // Validate reports a missing or out-of-range field.
 func (c *Container) Validate() error {
-	if err := checkText("container: name", c.Name, 63, true); err != nil {
+	if err := CheckLabel("container: name", c.Name); err != nil {
 		return err
 	}
 	if err := checkText("container "+c.Name+": image", c.Image, 512, true); err != nil {
@@ -256,8 +287,14 @@ func (c *Container) Validate() error {
 		}
 	}
 	for _, m := range c.Mounts {
-		if m.Name == "" || m.MountPath == "" || len(m.MountPath) > 4096 || len(m.SubPath) > 4096 {
+		if m.Name == "" || m.MountPath == "" || len(m.MountPath) > 4096 {
 			return fmt.Errorf("container %s: volume mount needs a name and a path", c.Name)
+		}
+		if err := CheckLabel("container "+c.Name+": volume mount", m.Name); err != nil {
+			return err
+		}
+		if err := CheckSubPath("container "+c.Name+": volume mount "+m.Name+": subPath", m.SubPath); err != nil {
+			return err
 		}
 	}
 	if c.CPUMillis < 0 || c.MemoryBytes < 0 {
@@ -343,7 +380,7 @@ type Volume struct {
 
 // Validate reports a volume without exactly one source.
 func (v *Volume) Validate() error {
-	if err := checkText("volume: name", v.Name, 63, true); err != nil {
+	if err := CheckLabel("volume: name", v.Name); err != nil {
 		return err
 	}
 	n := 0
@@ -359,8 +396,10 @@ func (v *Volume) Validate() error {
 		return fmt.Errorf("volume %s: hostPath needs a path", v.Name)
 	}
 	for _, f := range []*FilesVolume{v.ConfigMap, v.Secret} {
-		if f != nil && (f.Name == "" || len(f.Items) > maxItems) {
-			return fmt.Errorf("volume %s: needs a name and at most %d items", v.Name, maxItems)
+		if f != nil {
+			if err := f.Validate(); err != nil {
+				return fmt.Errorf("volume %s: %w", v.Name, err)
+			}
 		}
 	}
 	if p := v.Projected; p != nil {
@@ -407,12 +446,21 @@ func (s *ProjectedSource) Validate() error {
 		return errors.New("projected source: too many downward API files")
 	}
 	for _, f := range []*FilesVolume{s.ConfigMap, s.Secret} {
-		if f != nil && (f.Name == "" || len(f.Items) > maxItems) {
-			return errors.New("projected source: needs a name and bounded items")
+		if f != nil {
+			if err := f.Validate(); err != nil {
+				return fmt.Errorf("projected source: %w", err)
+			}
 		}
 	}
-	if t := s.ServiceAccountToken; t != nil && t.Path == "" {
-		return errors.New("projected source: token needs a path")
+	for _, f := range s.DownwardAPI {
+		if err := CheckItemPath("projected source: downward API path", f.Path); err != nil {
+			return err
+		}
+	}
+	if t := s.ServiceAccountToken; t != nil {
+		if err := CheckItemPath("projected source: token path", t.Path); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -462,10 +510,10 @@ func (t *PodTokens) Validate() error {
 		return fmt.Errorf("tokens: %d items, want 1 to %d", len(t.Items), maxItems)
 	}
 	for _, it := range t.Items {
-		if err := checkText("token: volume", it.Volume, 63, true); err != nil {
+		if err := CheckLabel("token: volume", it.Volume); err != nil {
 			return err
 		}
-		if err := checkText("token: path", it.Path, 4096, true); err != nil {
+		if err := CheckItemPath("token: path", it.Path); err != nil {
 			return err
 		}
 		if err := checkText("token "+it.Volume+"/"+it.Path, it.Token, maxTokenLen, true); err != nil {
@@ -496,6 +544,26 @@ type FilesVolume struct {
 	Items       []KeyToPath `cbor:"2,keyasint,omitempty"`
 	DefaultMode int32       `cbor:"3,keyasint,omitempty"`
 	Optional    bool        `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate reports a missing name, too many items, or an item whose key
+// or path could not be a file of the volume.
+func (f *FilesVolume) Validate() error {
+	if err := CheckSubdomain("name", f.Name); err != nil {
+		return err
+	}
+	if len(f.Items) > maxItems {
+		return fmt.Errorf("%s: %d items (limit %d)", f.Name, len(f.Items), maxItems)
+	}
+	for _, it := range f.Items {
+		if err := CheckKey(f.Name+": item key", it.Key); err != nil {
+			return err
+		}
+		if err := CheckItemPath(f.Name+": item "+it.Key+": path", it.Path); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // KeyToPath maps a key to a relative file path.
@@ -558,6 +626,16 @@ func (c *ConfigMap) Validate() error {
 	if len(c.Data)+len(c.Binary) > maxElements {
 		return errors.New("configmap: too many keys")
 	}
+	for k := range c.Data {
+		if err := CheckKey("configmap: key", k); err != nil {
+			return err
+		}
+	}
+	for k := range c.Binary {
+		if err := CheckKey("configmap: key", k); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -577,6 +655,11 @@ type Secret struct {
 func (s *Secret) Validate() error {
 	if len(s.Data) > maxElements || len(s.PullAuths) > maxItems {
 		return errors.New("secret: too many keys or registry logins")
+	}
+	for k := range s.Data {
+		if err := CheckKey("secret: key", k); err != nil {
+			return err
+		}
 	}
 	for _, a := range s.PullAuths {
 		if err := checkText("secret: pull auth registry", a.Registry, 512, true); err != nil {

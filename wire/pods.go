@@ -171,7 +171,17 @@ func (o *StreamOpen) Validate() error {
 	if o.LimitBytes < 0 || o.SinceSeconds < 0 {
 		return errors.New("stream-open: negative limit")
 	}
-	return checkText("stream-open: container", o.Container, 63, false)
+	// They name a log directory on the gateway.
+	if err := CheckLabel("stream-open: namespace", o.Namespace); err != nil {
+		return err
+	}
+	if err := CheckSubdomain("stream-open: pod", o.Pod); err != nil {
+		return err
+	}
+	if o.Container != "" {
+		return CheckLabel("stream-open: container", o.Container)
+	}
+	return nil
 }
 
 // StreamData carries stream bytes, agent → relay (TypeStreamData).

@@ -371,3 +371,122 @@ func TestDeviceObject(t *testing.T) {
 		t.Fatal("two bodies accepted")
 	}
 }
+
+// TestPathNamesRejected checks that every name the agent turns into a
+// path on the gateway is refused at decode unless it is a Kubernetes
+// identifier, and that ordinary names pass.
+func TestPathNamesRejected(t *testing.T) {
+	pod := func(s *Sync) *Pod { return s.Upserts[0].Pod }
+	tests := []struct {
+		name   string
+		mutate func(s *Sync)
+		want   string // "" means valid
+	}{
+		{"uuid uid", func(s *Sync) { s.Upserts[0].UID = "0b5a3c4e-8f1d-4a7b-9c2e-1d3f5a7b9c0d" }, ""},
+		{"uid with ..", func(s *Sync) { s.Upserts[0].UID = "../../etc" }, "not a UID"},
+		{"uid with /", func(s *Sync) { s.Upserts[0].UID = "a/b" }, "not a UID"},
+		{"namespace ..", func(s *Sync) { s.Upserts[0].Namespace = ".." }, "namespace \"..\" is not a DNS-1123 label"},
+		{"namespace with _", func(s *Sync) { s.Upserts[0].Namespace = "a_b" }, "not a DNS-1123 label"},
+		{"pod name with /", func(s *Sync) { s.Upserts[0].Name = "web/../../x" }, "not a DNS-1123 subdomain"},
+		{"pod name glob", func(s *Sync) { s.Upserts[0].Name = "*" }, "not a DNS-1123 subdomain"},
+		{"pod name dotted", func(s *Sync) { s.Upserts[0].Name = "web.v1" }, ""},
+		{"container name ..", func(s *Sync) { pod(s).Containers[0].Name = ".." }, "container: name \"..\" is not a DNS-1123 label"},
+		{"two containers alike", func(s *Sync) {
+			pod(s).InitContainers = []Container{{Name: "web", Image: "i"}}
+		}, `two containers named "web"`},
+		{"volume name with /", func(s *Sync) { pod(s).Volumes[0].Name = "a/b" }, "volume: name \"a/b\" is not a DNS-1123 label"},
+		{"two volumes alike", func(s *Sync) { pod(s).Volumes = append(pod(s).Volumes, Volume{Name: "cfg", EmptyDir: &EmptyDir{}}) }, `two volumes named "cfg"`},
+		{"mount of a bad volume name", func(s *Sync) { pod(s).Containers[0].Mounts[0].Name = "../cfg" }, "volume mount \"../cfg\" is not a DNS-1123 label"},
+		{"subPath ..", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "a/../../b" }, "subPath \"a/../../b\" must not contain '..'"},
+		{"subPath absolute", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "/etc" }, "must be a relative path"},
+		{"subPath with dots in a name", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "a..b/c" }, ""},
+		{"item path ..", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "../a"}}
+		}, "must not start with '..'"},
+		{"item path ..data", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "..data/a"}}
+		}, "must not start with '..'"},
+		{"item path inner ..", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "x/../../a"}}
+		}, "must not contain '..'"},
+		{"item path absolute", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "/etc/a"}}
+		}, "must be a relative path"},
+		{"item path nested", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "conf.d/a.conf"}}
+		}, ""},
+		{"item key with /", func(s *Sync) {
+			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a/b", Path: "a"}}
+		}, "not a valid key"},
+		{"downward API path", func(s *Sync) {
+			pod(s).Volumes[0] = Volume{Name: "cfg", Projected: &Projected{Sources: []ProjectedSource{{DownwardAPI: []FieldFile{{Path: "../name", Field: "metadata.name"}}}}}}
+		}, "downward API path"},
+		{"token path", func(s *Sync) {
+			pod(s).Volumes[0] = Volume{Name: "cfg", Projected: &Projected{Sources: []ProjectedSource{{ServiceAccountToken: &TokenSource{Path: "/token"}}}}}
+		}, "token path"},
+		{"hostname", func(s *Sync) { pod(s).Hostname = "a\n1.2.3.4 evil" }, "hostname"},
+		{"configmap key ..data", func(s *Sync) { s.Upserts[1].ConfigMap.Data["..data"] = "x" }, "not a valid key"},
+		{"configmap key with /", func(s *Sync) { s.Upserts[1].ConfigMap.Data["a/b"] = "x" }, "not a valid key"},
+		{"configmap name", func(s *Sync) { s.Upserts[1].Name = "Cfg" }, "not a DNS-1123 subdomain"},
+		{"secret key", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind = nil, KindSecret
+			s.Upserts[1].Secret = &Secret{Data: map[string][]byte{"../pw": nil}}
+		}, "secret: key"},
+		{"token object", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind = nil, KindToken
+			s.Upserts[1].Token = &PodTokens{Items: []Token{{Volume: "../v", Path: "token", Token: "t", Expires: 1}}}
+		}, "token: volume"},
+		{"device name with capitals", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "BME-1"
+			s.Upserts[1].Device = &Device{Driver: "bme280"}
+		}, ""},
+		{"device name with /", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "a/b"
+			s.Upserts[1].Device = &Device{Driver: "bme280"}
+		}, "not a valid name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := sampleSync()
+			tt.mutate(s)
+			raw, err := encMode.Marshal(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := EncodeFrame(Frame{Type: TypeSync, Body: raw})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := Decode(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = f.DecodeBody(&Sync{})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("DecodeBody = %v, want it accepted", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DecodeBody = %v, want ErrInvalid mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestStreamOpenNames(t *testing.T) {
+	for _, o := range []StreamOpen{
+		{ID: 1, Namespace: "..", Pod: "p"},
+		{ID: 1, Namespace: "default", Pod: "*"},
+		{ID: 1, Namespace: "default", Pod: "p", Container: "../../x"},
+	} {
+		if err := o.Validate(); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+	ok := StreamOpen{ID: 1, Namespace: "default", Pod: "web-1.v2", Container: "app"}
+	if err := ok.Validate(); err != nil {
+		t.Error(err)
+	}
+}

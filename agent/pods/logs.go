@@ -20,6 +20,9 @@ import (
 // runs (for follow: crilog.Options.Done is !running). Open the result with
 // crilog.Stream.
 func (r *Reconciler) LogPath(ctx context.Context, namespace, pod, container string, previous bool) (path string, running func() bool, err error) {
+	if err := checkLogNames(namespace, pod, container); err != nil {
+		return "", nil, err
+	}
 	dirs, _ := filepath.Glob(filepath.Join(r.cfg.LogDir, namespace+"_"+pod+"_*"))
 	if len(dirs) == 0 {
 		return "", nil, &fs.PathError{Op: "logs", Path: namespace + "/" + pod, Err: fs.ErrNotExist}

@@ -362,6 +362,12 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 			continue
 		}
 		uid := c.Labels[labelPodUID]
+		if wire.CheckUID("uid", uid) != nil {
+			// Not one the agent made: its pod directory would be no
+			// directory of ours to remove.
+			r.log.Debug("pods: container with a malformed pod UID label left alone", "container", c.ID)
+			continue
+		}
 		t := tasks[c.ID]
 		prints[uid] = append(prints[uid], fmt.Sprintf("%s:%s:%d", c.ID, t.State, t.ExitCode))
 	}

@@ -516,9 +516,11 @@ func TestReconciler(t *testing.T) {
 		}
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-del"}}})
 		e.waitFor(30*time.Second, "deleted pod's containers gone", func() bool { return len(e.podContainers("uid-del")) == 0 })
-		if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "logs", "default_del_uid-del")); !os.IsNotExist(err) {
-			t.Errorf("log dir left: %v", err)
-		}
+		// The logs go last, after the containers and the pod's directory.
+		e.waitFor(10*time.Second, "deleted pod's log dir removed", func() bool {
+			_, err := os.Stat(filepath.Join(e.cfg.StateDir, "logs", "default_del_uid-del"))
+			return os.IsNotExist(err)
+		})
 	})
 
 	run("restart adopts running containers", func(t *testing.T) {

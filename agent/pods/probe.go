@@ -134,7 +134,11 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 			host = ip
 		}
 	} else {
-		ns = filepath.Join(w.podDir(), "netns")
+		dir, err := w.podDir()
+		if err != nil {
+			return false, err.Error()
+		}
+		ns = filepath.Join(dir, "netns")
 	}
 	switch {
 	case len(p.Exec) > 0:

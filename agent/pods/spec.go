@@ -21,6 +21,10 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if err != nil {
 		return containerd.Spec{}, err
 	}
+	logPath, err := w.r.logPath(o.Namespace, o.Name, o.UID, c.Name, attempt)
+	if err != nil {
+		return containerd.Spec{}, err
+	}
 	sp := containerd.Spec{
 		ID:          containerID(o.UID, c.Name, attempt),
 		Image:       c.Image,
@@ -36,7 +40,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		CapDrop:     c.CapDrop,
 		NetNS:       setup.netns,
 		Hostname:    o.Name,
-		LogPath:     w.r.logPath(o.Namespace, o.Name, o.UID, c.Name, attempt),
+		LogPath:     logPath,
 		Labels: map[string]string{
 			labelPodUID: o.UID, labelPodName: o.Name, labelPodNamespace: o.Namespace,
 			labelContainer: c.Name, labelAttempt: strconv.Itoa(attempt), labelHash: containerHash(c),
@@ -70,19 +74,17 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		}
 		sp.User = u
 	}
-	for _, m := range c.Mounts {
+	for i := range c.Mounts {
+		m := &c.Mounts[i]
 		src, ok := setup.volumes[m.Name]
 		if !ok {
 			return sp, fmt.Errorf("container %s mounts volume %q, which the pod does not define", c.Name, m.Name)
 		}
-		if m.SubPath != "" {
-			clean := filepath.Clean("/" + m.SubPath)
-			if clean != "/"+m.SubPath && clean+"/" != "/"+m.SubPath || strings.Contains(m.SubPath, "..") {
-				return sp, fmt.Errorf("container %s: subPath %q must be a relative path without ..", c.Name, m.SubPath)
-			}
-			src.path = filepath.Join(src.path, m.SubPath)
+		host, err := w.mountSource(src, c, i, m)
+		if err != nil {
+			return sp, err
 		}
-		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: src.path, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly})
+		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: host, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly})
 	}
 	if setup.hosts != "" && !pod.HostNetwork {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})
@@ -91,9 +93,31 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 }
 
 // logPath is where attempt of a container logs, laid out as a kubelet
-// lays out /var/log/pods.
-func (r *Reconciler) logPath(ns, name, uid, container string, attempt int) string {
-	return filepath.Join(r.cfg.LogDir, ns+"_"+name+"_"+uid, container, strconv.Itoa(attempt)+".log")
+// lays out /var/log/pods. The names were checked at decode; checked again
+// here, where they become a path.
+func (r *Reconciler) logPath(ns, name, uid, container string, attempt int) (string, error) {
+	if err := checkLogNames(ns, name, container); err != nil {
+		return "", err
+	}
+	if err := wire.CheckUID("pod uid", uid); err != nil {
+		return "", err
+	}
+	return filepath.Join(r.cfg.LogDir, ns+"_"+name+"_"+uid, container, strconv.Itoa(attempt)+".log"), nil
+}
+
+// checkLogNames checks the names in a log directory's path: none can
+// hold "_" (the separator), "/", ".." or a glob character.
+func checkLogNames(ns, pod, container string) error {
+	if err := wire.CheckLabel("namespace", ns); err != nil {
+		return err
+	}
+	if err := wire.CheckSubdomain("pod name", pod); err != nil {
+		return err
+	}
+	if container != "" {
+		return wire.CheckLabel("container name", container)
+	}
+	return nil
 }
 
 // env resolves a container's environment, in order, with $(VAR)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"outpost.dev/agent/mountinfo"
 	"outpost.dev/wire"
 )
@@ -25,9 +27,20 @@ type podSetup struct {
 type volSource struct {
 	path     string
 	readOnly bool
+	// host is set for a hostPath volume: every mount of it is bound from
+	// a descriptor whose type was checked (see mountSource).
+	host *wire.HostPath
 }
 
-func (w *worker) podDir() string { return filepath.Join(w.r.cfg.StateDir, "pods", w.uid) }
+// podDir is pods/<uid> in the state directory. The UID was checked when
+// the object was decoded; it is checked again here, where it becomes a
+// path that tearDown removes.
+func (w *worker) podDir() (string, error) {
+	if err := wire.CheckUID("pod uid", w.uid); err != nil {
+		return "", err
+	}
+	return filepath.Join(w.r.cfg.StateDir, "pods", w.uid), nil
+}
 
 // setUp prepares the pod's volumes (creating emptyDirs, checking hostPaths,
 // writing ConfigMap, Secret and projected files, updating them when they
@@ -35,13 +48,20 @@ func (w *worker) podDir() string { return filepath.Join(w.r.cfg.StateDir, "pods"
 // pass calls it.
 func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 	s := &podSetup{volumes: map[string]volSource{}}
-	dir := w.podDir()
+	dir, err := w.podDir()
+	if err != nil {
+		return s, err
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "volumes"), 0o750); err != nil {
 		return s, err
 	}
 	var errs []error
 	for i := range o.Pod.Volumes {
 		v := &o.Pod.Volumes[i]
+		if err := wire.CheckLabel("volume name", v.Name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		p := filepath.Join(dir, "volumes", v.Name)
 		switch {
 		case v.EmptyDir != nil:
@@ -51,11 +71,15 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 			}
 			s.volumes[v.Name] = volSource{path: p}
 		case v.HostPath != nil:
-			if err := hostPath(v.HostPath); err != nil {
+			// Checked here so the pod waits with the reason; checked
+			// again on the descriptor that is mounted.
+			f, err := openHostPath(v.HostPath)
+			if err != nil {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
-			s.volumes[v.Name] = volSource{path: v.HostPath.Path}
+			f.Close()
+			s.volumes[v.Name] = volSource{path: v.HostPath.Path, host: v.HostPath}
 		default:
 			files, err := w.volumeFiles(o, rf, v)
 			if err != nil {
@@ -93,9 +117,15 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 }
 
 // tearDown removes the pod's directory after unmounting what is mounted
-// in it (memory emptyDirs, the network namespace).
+// in it (memory emptyDirs, the network namespace, the bind mounts of
+// subPaths and hostPaths under volume-subpaths/). It reads the mount
+// table, not what this agent mounted, so mounts left by an earlier agent
+// are found too; after a reboot there are none and the directory goes.
 func (w *worker) tearDown() error {
-	dir := w.podDir()
+	dir, err := w.podDir()
+	if err != nil {
+		return err
+	}
 	for _, m := range mountinfo.Under(dir) {
 		if err := unmount(m); err != nil {
 			return fmt.Errorf("unmount %s: %w", m, err)
@@ -104,7 +134,50 @@ func (w *worker) tearDown() error {
 	if left := mountinfo.Under(dir); len(left) > 0 {
 		return fmt.Errorf("still mounted under %s: %v", dir, left)
 	}
+	if err := removeSubPaths(filepath.Join(dir, "volume-subpaths")); err != nil {
+		return err
+	}
 	return os.RemoveAll(dir)
+}
+
+// removeSubPaths removes the bind targets of mountSource one by one, each
+// unmounted by the kernel's word (not the mount table's) and removed
+// without recursing, so a bind of a hostPath that is somehow still there
+// is never emptied by a recursive remove, as the kubelet cleans its
+// volume-subpaths.
+func removeSubPaths(root string) error {
+	vols, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, v := range vols {
+		cs, _ := os.ReadDir(filepath.Join(root, v.Name()))
+		for _, c := range cs {
+			cdir := filepath.Join(root, v.Name(), c.Name())
+			targets, _ := os.ReadDir(cdir)
+			for _, t := range targets {
+				p := filepath.Join(cdir, t.Name())
+				for range 16 {
+					if unix.Unmount(p, unix.MNT_DETACH) != nil {
+						break
+					}
+				}
+				if err := os.Remove(p); err != nil {
+					return fmt.Errorf("removing subPath mount point %s: %w", p, err)
+				}
+			}
+			if err := os.Remove(cdir); err != nil {
+				return err
+			}
+		}
+		if err := os.Remove(filepath.Join(root, v.Name())); err != nil {
+			return err
+		}
+	}
+	return os.Remove(root)
 }
 
 func emptyDir(p string, e *wire.EmptyDir) error {
@@ -124,54 +197,57 @@ func emptyDir(p string, e *wire.EmptyDir) error {
 	return nil
 }
 
-func hostPath(h *wire.HostPath) error {
-	st, err := os.Stat(h.Path)
+// openHostPath creates a hostPath volume's path if its type says so (or
+// a directory when it has no type, as containerd's CRI does), opens it
+// (O_PATH; symlinks in the hostPath itself are followed, as a kubelet
+// does) and checks its type on the descriptor, so the check holds for
+// what is mounted even if the path changes afterwards.
+func openHostPath(h *wire.HostPath) (*os.File, error) {
+	_, statErr := os.Stat(h.Path)
 	switch h.Type {
-	case "", "Unset":
-		return nil
-	case "DirectoryOrCreate":
-		if err != nil {
-			return os.MkdirAll(h.Path, 0o755)
+	case "", "Unset", "DirectoryOrCreate":
+		if errors.Is(statErr, fs.ErrNotExist) {
+			if err := os.MkdirAll(h.Path, 0o755); err != nil {
+				return nil, err
+			}
 		}
-		if !st.IsDir() {
-			return fmt.Errorf("hostPath %s is not a directory", h.Path)
-		}
-		return nil
 	case "FileOrCreate":
-		if err != nil {
+		if errors.Is(statErr, fs.ErrNotExist) {
 			if err := os.MkdirAll(filepath.Dir(h.Path), 0o755); err != nil {
-				return err
+				return nil, err
 			}
 			f, err := os.OpenFile(h.Path, os.O_CREATE|os.O_WRONLY, 0o644)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			return f.Close()
+			f.Close()
 		}
-		return nil
+	case "Directory", "File", "Socket", "CharDevice", "BlockDevice":
+	default:
+		return nil, fmt.Errorf("hostPath type %q is not supported", h.Type)
+	}
+	fd, err := unix.Open(h.Path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, fmt.Errorf("hostPath %s (type %s) does not exist", h.Path, h.Type)
 	}
 	if err != nil {
-		return fmt.Errorf("hostPath %s (type %s) does not exist", h.Path, h.Type)
+		return nil, &os.PathError{Op: "open", Path: h.Path, Err: err}
 	}
-	ok := false
-	switch h.Type {
-	case "Directory":
-		ok = st.IsDir()
-	case "File":
-		ok = st.Mode().IsRegular()
-	case "Socket":
-		ok = st.Mode()&fs.ModeSocket != 0
-	case "CharDevice":
-		ok = st.Mode()&fs.ModeCharDevice != 0
-	case "BlockDevice":
-		ok = st.Mode()&fs.ModeDevice != 0 && st.Mode()&fs.ModeCharDevice == 0
-	default:
-		return fmt.Errorf("hostPath type %q is not supported", h.Type)
+	f := os.NewFile(uintptr(fd), h.Path)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		f.Close()
+		return nil, &os.PathError{Op: "stat", Path: h.Path, Err: err}
 	}
-	if !ok {
-		return fmt.Errorf("hostPath %s is not a %s", h.Path, h.Type)
+	want := map[string]uint32{"DirectoryOrCreate": unix.S_IFDIR, "Directory": unix.S_IFDIR,
+		"FileOrCreate": unix.S_IFREG, "File": unix.S_IFREG, "Socket": unix.S_IFSOCK,
+		"CharDevice": unix.S_IFCHR, "BlockDevice": unix.S_IFBLK}
+	if t, ok := want[h.Type]; ok && st.Mode&unix.S_IFMT != t {
+		f.Close()
+		what := strings.TrimSuffix(h.Type, "OrCreate")
+		return nil, fmt.Errorf("hostPath %s is not a %s", h.Path, what)
 	}
-	return nil
+	return f, nil
 }
 
 // file is one file of a ConfigMap, Secret or projected volume.
@@ -286,8 +362,11 @@ func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[stri
 		}
 	}
 	for p := range files {
-		if filepath.IsAbs(p) || strings.HasPrefix(p, "..") || strings.Contains(p, "/../") || p != filepath.Clean(p) {
-			return nil, fmt.Errorf("file path %q must be relative and must not contain ..", p)
+		if err := wire.CheckItemPath("file path", p); err != nil {
+			return nil, err
+		}
+		if p != filepath.Clean(p) {
+			return nil, fmt.Errorf("file path %q is not clean (remove duplicate or trailing /, and ./)", p)
 		}
 	}
 	return files, nil

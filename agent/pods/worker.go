@@ -13,7 +13,6 @@ import (
 	"reflect"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -573,7 +572,7 @@ func (w *worker) cleanup(ctx context.Context) error {
 	if err := w.tearDown(); err != nil {
 		return err
 	}
-	if logDir != "" && strings.HasPrefix(logDir, w.r.cfg.LogDir+"/") {
+	if logDir != "" && filepath.Dir(filepath.Clean(logDir)) == filepath.Clean(w.r.cfg.LogDir) {
 		_ = os.RemoveAll(logDir)
 	}
 	w.r.log.Info("pods: removed a deleted pod", "uid", w.uid, "containers", len(recs))

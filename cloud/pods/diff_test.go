@@ -2,6 +2,7 @@ package pods
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -71,7 +72,7 @@ func TestFramesSplit(t *testing.T) {
 	big := strings.Repeat("x", 100<<10)
 	var ups []wire.Object
 	for i := range 40 {
-		ups = append(ups, cmObj(string(rune('A'+i)), "1", map[string]string{"k": big}))
+		ups = append(ups, cmObj(fmt.Sprintf("cm-%d", i), "1", map[string]string{"k": big}))
 	}
 	var dels []wire.ObjectRef
 	for i := range 1500 { // more than one frame may hold by count

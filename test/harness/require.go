@@ -20,3 +20,16 @@ func RequireContainerd(t testing.TB) {
 		t.Skip(err)
 	}
 }
+
+// RequireRoot skips t unless it runs as root (mounts, namespaces). Under
+// CI=true it fails instead, as RequireContainerd does.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("CI=true: this test mounts: run the tests as root")
+	}
+	t.Skip("this test mounts: run it as root")
+}

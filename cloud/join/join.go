@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,10 +37,17 @@ type NodeGetter interface {
 	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
 }
 
+// LeaseGetter reads node Leases. client-go's
+// CoordinationV1().Leases("kube-node-lease") satisfies it.
+type LeaseGetter interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*coordinationv1.Lease, error)
+}
+
 // Config is what the join handlers need.
 type Config struct {
-	Secrets SecretGetter // Secrets in kube-system
+	Secrets SecretUpdater // Secrets in kube-system
 	Nodes   NodeGetter
+	Leases  LeaseGetter // Leases in kube-node-lease
 	CA      *pki.CA
 	// NodeCertValidity is how long an issued node certificate lasts.
 	NodeCertValidity time.Duration
@@ -59,8 +67,8 @@ type Handler struct {
 
 // New builds the join handler.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.CA == nil {
-		return nil, errors.New("join: Secrets, Nodes and CA are required")
+	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.Leases == nil || cfg.CA == nil {
+		return nil, errors.New("join: Secrets, Nodes, Leases and CA are required")
 	}
 	if cfg.NodeCertValidity <= 0 {
 		return nil, errors.New("join: NodeCertValidity must be positive")
@@ -126,7 +134,8 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With("token", id)
-	if terr := ValidateToken(r.Context(), h.cfg.Secrets, id, secret, h.cfg.Now()); terr != nil {
+	tokSec, terr := ValidateToken(r.Context(), h.cfg.Secrets, id, secret, h.cfg.Now())
+	if terr != nil {
 		h.fail(w, log, "join", terr.Status, terr.Result, terr.Reason)
 		return
 	}
@@ -153,18 +162,38 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, log, "join", http.StatusBadRequest, ResultBadCSR, err.Error())
 		return
 	}
-	existing, err := h.cfg.Nodes.Get(r.Context(), req.NodeName, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
+	bound, _ := tokenNode(tokSec) // usable checked it
+	if bound != "" && bound != req.NodeName {
+		h.fail(w, log, "join", http.StatusForbidden, ResultTokenBound,
+			fmt.Sprintf("token %s is bound to node %q and cannot join %q: join as %s, or create a token for %s with \"outpost-relay token create --node %s\"",
+				id, bound, req.NodeName, bound, req.NodeName, req.NodeName))
+		return
+	}
+	state, err := h.nodeState(r.Context(), req.NodeName)
+	if err != nil {
 		log.Error("join: read node", "err", err)
 		h.fail(w, log, "join", http.StatusServiceUnavailable, ResultInternal,
 			"relay cannot read nodes from the API server; try again later")
 		return
-	case !nodes.IsEdge(existing):
+	}
+	if state.notEdge {
 		h.fail(w, log, "join", http.StatusConflict, ResultNameConflict,
 			fmt.Sprintf("node %q already exists and is not an Outpost edge node (no %s label): choose another node name",
 				req.NodeName, nodes.EdgeRoleLabel))
+		return
+	}
+	if state.known() {
+		if bound == "" {
+			h.fail(w, log, "join", http.StatusConflict, ResultNodeExists,
+				fmt.Sprintf("node %q %s; a join cannot take over a node: to re-join it (revoking its current certificate), create a token bound to it with \"outpost-relay token create --node %s --uses 1\", or choose another node name",
+					req.NodeName, state.describe(), req.NodeName))
+			return
+		}
+		log.Warn("re-joining a known node with a token bound to it; its earlier certificates are revoked",
+			"state", state.describe())
+	}
+	if terr := consume(r.Context(), h.cfg.Secrets, tokSec, id, h.cfg.Now()); terr != nil {
+		h.fail(w, log, "join", terr.Status, terr.Result, terr.Reason)
 		return
 	}
 	cert, err := h.cfg.CA.SignNode(csr.PublicKey, req.NodeName, h.cfg.NodeCertValidity)
@@ -180,6 +209,61 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		Certificate: string(pki.EncodeCert(cert)),
 		CA:          string(h.cfg.CA.CertPEM),
 	})
+}
+
+// nodeState is what the API server says about a node name at join.
+type nodeState struct {
+	notEdge   bool          // a Node of that name that is not an edge node
+	edge      bool          // an edge Node of that name exists
+	connected bool          // its EdgeLinkReady is True: an agent is on a relay now
+	leaseAge  time.Duration // since its Lease was renewed, when fresh
+	fresh     bool          // its Lease is within its duration
+}
+
+// known says whether the name belongs to a node already.
+func (s nodeState) known() bool { return s.edge || s.fresh }
+
+func (s nodeState) describe() string {
+	switch {
+	case s.connected:
+		return "is connected to a relay now"
+	case s.fresh:
+		return fmt.Sprintf("renewed its lease %s ago", s.leaseAge.Round(time.Second))
+	default:
+		return "already exists as an edge node"
+	}
+}
+
+func (h *Handler) nodeState(ctx context.Context, name string) (nodeState, error) {
+	var st nodeState
+	n, err := h.cfg.Nodes.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return st, err
+	case !nodes.IsEdge(n):
+		st.notEdge = true
+		return st, nil
+	default:
+		st.edge = true
+		for _, c := range n.Status.Conditions {
+			if c.Type == nodes.ConditionLinkReady && c.Status == corev1.ConditionTrue {
+				st.connected = true
+			}
+		}
+	}
+	l, err := h.cfg.Leases.Get(ctx, name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return st, err
+	case l.Spec.RenewTime != nil && l.Spec.LeaseDurationSeconds != nil:
+		age := h.cfg.Now().Sub(l.Spec.RenewTime.Time)
+		if age < time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second {
+			st.fresh, st.leaseAge = true, max(age, 0)
+		}
+	}
+	return st, nil
 }
 
 func (h *Handler) fail(w http.ResponseWriter, log *slog.Logger, endpoint string, status int, result, reason string) {

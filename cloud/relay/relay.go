@@ -204,6 +204,7 @@ func New(cfg Config) (*Server, error) {
 	jh, err := join.New(join.Config{
 		Secrets:          cfg.Client.CoreV1().Secrets(join.TokenNamespace),
 		Nodes:            cfg.Client.CoreV1().Nodes(),
+		Leases:           cfg.Client.CoordinationV1().Leases(nodes.LeaseNamespace),
 		CA:               cfg.CA,
 		NodeCertValidity: cfg.NodeCertValidity,
 		Log:              cfg.Log,

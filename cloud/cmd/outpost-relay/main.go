@@ -70,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(args[1:], stderr)
 	case "token":
 		if len(args) < 2 || args[1] != "create" {
-			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT]`)
+			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT] [--node NAME] [--uses N]`)
 		}
 		return tokenCreate(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
@@ -322,6 +322,8 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 		ttl         = fs.Duration("ttl", 24*time.Hour, "how long the token may be used to join")
 		description = fs.String("description", "", "what the token is for, stored with it")
+		node        = fs.String("node", "", "bind the token to this node name: it joins that name only, and it is the one way to re-join a node that exists already (its earlier certificates are revoked)")
+		uses        = fs.Int("uses", 0, "how many joins the token allows (1: single use); 0: any number until it expires")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -339,7 +341,8 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace), *ttl, *description, time.Now())
+	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace),
+		join.TokenOptions{TTL: *ttl, Description: *description, Node: *node, Uses: *uses}, time.Now())
 	if err != nil {
 		return err
 	}

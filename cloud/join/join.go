@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,13 +58,23 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// PerIPRate and PerIPBurst limit the requests of one client address
+	// (a token bucket each); zero means DefaultPerIPRate and
+	// DefaultPerIPBurst.
+	PerIPRate  float64
+	PerIPBurst int
 }
+
+// requestReadTimeout bounds reading one join request, body included; the
+// server's own timeouts cannot, as the same server holds agent links open.
+const requestReadTimeout = 30 * time.Second
 
 // Handler serves wire.PathJoinCA and wire.PathJoin.
 type Handler struct {
 	cfg      Config
 	attempts *prometheus.CounterVec
 	mux      *http.ServeMux
+	limit    *ipLimiter
 }
 
 // New builds the join handler.
@@ -79,8 +91,15 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.PerIPRate <= 0 {
+		cfg.PerIPRate = DefaultPerIPRate
+	}
+	if cfg.PerIPBurst <= 0 {
+		cfg.PerIPBurst = DefaultPerIPBurst
+	}
 	h := &Handler{
-		cfg: cfg,
+		limit: newIPLimiter(cfg.PerIPRate, cfg.PerIPBurst, maxAddresses, cfg.Now),
+		cfg:   cfg,
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_relay_join_attempts_total",
 			Help: "Join and join-CA requests, by result.",
@@ -97,8 +116,23 @@ func New(cfg Config) (*Handler, error) {
 	return h, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Each client address gets a small
+// token bucket; a request beyond it is answered 429 without a lookup.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.limit.allow(clientIP(r)) {
+		endpoint := "join"
+		if r.URL.Path == wire.PathJoinCA {
+			endpoint = "ca"
+		}
+		// Counted, not logged: a flood would flood the log too.
+		h.attempts.WithLabelValues(endpoint, ResultRateLimited).Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(1/h.cfg.PerIPRate))))
+		writeJSON(w, http.StatusTooManyRequests, wire.JoinError{Reason: "too many join requests from this address; try again in a few seconds"})
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(requestReadTimeout))
+	h.mux.ServeHTTP(w, r)
+}
 
 func (h *Handler) serveCA(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("token-id")

@@ -82,6 +82,7 @@ const (
 	ResultNodeExists    = "node_exists"
 	ResultTokenBound    = "token_bound"
 	ResultTokenUsed     = "token_used_up"
+	ResultRateLimited   = "rate_limited"
 	ResultInternal      = "internal_error"
 )
 

@@ -104,6 +104,12 @@ type Config struct {
 	// devices package's defaults.
 	DeviceStatus devices.WriterConfig
 
+	// JoinPerIPRate and JoinPerIPBurst limit the join requests of one
+	// client address; zero means join.DefaultPerIPRate and
+	// DefaultPerIPBurst.
+	JoinPerIPRate  float64
+	JoinPerIPBurst int
+
 	// TokenRefreshAfter, if positive, refreshes the service-account
 	// tokens of agents' pods at most this long after issue (for tests;
 	// see pods.Config).
@@ -201,16 +207,21 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	jc := join.NewCache(cfg.Client)
 	jh, err := join.New(join.Config{
-		Secrets:          cfg.Client.CoreV1().Secrets(join.TokenNamespace),
-		Nodes:            cfg.Client.CoreV1().Nodes(),
+		Secrets:          jc.Secrets(),
+		Nodes:            jc.Nodes(),
 		Leases:           cfg.Client.CoordinationV1().Leases(nodes.LeaseNamespace),
 		CA:               cfg.CA,
 		NodeCertValidity: cfg.NodeCertValidity,
 		Log:              cfg.Log,
 		Registerer:       cfg.Registry,
+		PerIPRate:        cfg.JoinPerIPRate,
+		PerIPBurst:       cfg.JoinPerIPBurst,
 	})
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	var dw *devices.Writer
@@ -218,10 +229,11 @@ func New(cfg Config) (*Server, error) {
 		dc := cfg.DeviceStatus
 		dc.Dynamic, dc.Log, dc.Registerer = cfg.Dynamic, cfg.Log, cfg.Registry
 		if dw, err = devices.NewWriter(dc); err != nil {
+			cancel()
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	jc.Run(ctx)
 	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Log,

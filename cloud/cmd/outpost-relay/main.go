@@ -113,6 +113,8 @@ func serve(args []string, stderr io.Writer) error {
 		psQPS        = fs.Float64("pod-status-qps", podstatus.DefaultQPS, "pod status reports written per second, all agents together (each is a read and a write)")
 		psBurst      = fs.Int("pod-status-burst", podstatus.DefaultBurst, "pod status report burst")
 		offlineTols  = fs.Bool("keep-offline-pods", true, "keep pods on edge nodes bound while their node is offline: make their not-ready/unreachable NoExecute tolerations last forever, unless the node has the label or the pod the annotation "+tolerations.OptOut+"=true (see cloud/README.md); false leaves eviction to Kubernetes' defaults")
+		joinRate     = fs.Float64("join-rate-per-ip", join.DefaultPerIPRate, "join requests per second allowed from one client address (token bucket); agents behind one NAT share it")
+		joinBurst    = fs.Int("join-burst-per-ip", join.DefaultPerIPBurst, "join request burst from one client address")
 		tokenRefresh = fs.Duration("token-refresh-after", 0, "testing only: refresh pods' service-account tokens this long after issue instead of at 80% of their lifetime (0: as a kubelet does)")
 
 		kubeletListen    = fs.String("kubelet-listen", "", "address to serve the kubelet API for edge nodes on (kubectl logs), e.g. :10250; empty: off")
@@ -250,6 +252,8 @@ func serve(args []string, stderr io.Writer) error {
 		KubeletClientNames:  splitList(*kubeletNames),
 		KubeletClientGroups: splitList(*kubeletGroups),
 		TokenRefreshAfter:   *tokenRefresh,
+		JoinPerIPRate:       *joinRate,
+		JoinPerIPBurst:      *joinBurst,
 	})
 	if err != nil {
 		return err
@@ -265,8 +269,13 @@ func serve(args []string, stderr io.Writer) error {
 		Handler:           srv,
 		TLSConfig:         srv.TLSConfig(cert),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Idle keep-alive connections (join, probes, metrics) go after
+		// this; agent links are hijacked and keep their own timeouts. A
+		// whole-request ReadTimeout would cut those links, so the join
+		// endpoints set their own read deadline.
+		IdleTimeout: 90 * time.Second,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
+		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

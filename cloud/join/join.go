@@ -29,6 +29,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/wire"
@@ -45,12 +46,21 @@ type LeaseGetter interface {
 	Get(ctx context.Context, name string, opts metav1.GetOptions) (*coordinationv1.Lease, error)
 }
 
+// Identities reads and writes node identity records. *identity.Registry
+// satisfies it.
+type Identities interface {
+	Get(ctx context.Context, node string) (*identity.Record, error)
+	Issue(ctx context.Context, node, serial, nodeUID string, rejoin bool) error
+}
+
 // Config is what the join handlers need.
 type Config struct {
 	Secrets SecretUpdater // Secrets in kube-system
 	Nodes   NodeGetter
 	Leases  LeaseGetter // Leases in kube-node-lease
-	CA      *pki.CA
+	// Identities records each joined node's certificate (cloud/identity).
+	Identities Identities
+	CA         *pki.CA
 	// NodeCertValidity is how long an issued node certificate lasts.
 	NodeCertValidity time.Duration
 	Log              *slog.Logger
@@ -79,8 +89,8 @@ type Handler struct {
 
 // New builds the join handler.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.Leases == nil || cfg.CA == nil {
-		return nil, errors.New("join: Secrets, Nodes, Leases and CA are required")
+	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.Leases == nil || cfg.Identities == nil || cfg.CA == nil {
+		return nil, errors.New("join: Secrets, Nodes, Leases, Identities and CA are required")
 	}
 	if cfg.NodeCertValidity <= 0 {
 		return nil, errors.New("join: NodeCertValidity must be positive")
@@ -236,8 +246,21 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, log, "join", http.StatusInternalServerError, ResultInternal, "relay could not sign the certificate; try again later")
 		return
 	}
+	// The new certificate becomes the node's only one: a re-join revokes
+	// every earlier certificate of the node, on every replica.
+	if err := h.cfg.Identities.Issue(r.Context(), req.NodeName, identity.Serial(cert), state.uid, bound != ""); err != nil {
+		if errors.Is(err, identity.ErrTaken) {
+			h.fail(w, log, "join", http.StatusConflict, ResultNodeExists,
+				fmt.Sprintf("node %q was joined by another token a moment ago: choose another node name", req.NodeName))
+			return
+		}
+		log.Error("join: record identity", "err", err)
+		h.fail(w, log, "join", http.StatusServiceUnavailable, ResultInternal,
+			"relay cannot record the node's certificate in the API server; try again later with a new token if this one was single-use")
+		return
+	}
 	h.attempts.WithLabelValues("join", ResultOK).Inc()
-	log.Info("node joined", "expires", cert.NotAfter.Format(time.RFC3339))
+	log.Info("node joined", "expires", cert.NotAfter.Format(time.RFC3339), "serial", identity.Serial(cert), "rejoin", state.known())
 	writeJSON(w, http.StatusOK, wire.JoinResponse{
 		NodeName:    req.NodeName,
 		Certificate: string(pki.EncodeCert(cert)),
@@ -252,10 +275,13 @@ type nodeState struct {
 	connected bool          // its EdgeLinkReady is True: an agent is on a relay now
 	leaseAge  time.Duration // since its Lease was renewed, when fresh
 	fresh     bool          // its Lease is within its duration
+	uid       string        // the edge Node's UID
+	recorded  bool          // the name has an identity record: it was joined
+	revoked   bool          // ... and its certificates are revoked
 }
 
 // known says whether the name belongs to a node already.
-func (s nodeState) known() bool { return s.edge || s.fresh }
+func (s nodeState) known() bool { return s.edge || s.fresh || s.recorded }
 
 func (s nodeState) describe() string {
 	switch {
@@ -263,8 +289,12 @@ func (s nodeState) describe() string {
 		return "is connected to a relay now"
 	case s.fresh:
 		return fmt.Sprintf("renewed its lease %s ago", s.leaseAge.Round(time.Second))
-	default:
+	case s.edge:
 		return "already exists as an edge node"
+	case s.revoked:
+		return "was joined before and its certificates are revoked"
+	default:
+		return "was joined before (its identity is recorded)"
 	}
 }
 
@@ -279,7 +309,7 @@ func (h *Handler) nodeState(ctx context.Context, name string) (nodeState, error)
 		st.notEdge = true
 		return st, nil
 	default:
-		st.edge = true
+		st.edge, st.uid = true, string(n.UID)
 		for _, c := range n.Status.Conditions {
 			if c.Type == nodes.ConditionLinkReady && c.Status == corev1.ConditionTrue {
 				st.connected = true
@@ -296,6 +326,13 @@ func (h *Handler) nodeState(ctx context.Context, name string) (nodeState, error)
 		if age < time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second {
 			st.fresh, st.leaseAge = true, max(age, 0)
 		}
+	}
+	rec, err := h.cfg.Identities.Get(ctx, name)
+	if err != nil {
+		return st, err
+	}
+	if rec != nil {
+		st.recorded, st.revoked = true, !rec.Revoked.IsZero()
 	}
 	return st, nil
 }

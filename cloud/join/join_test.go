@@ -24,7 +24,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/wire"
@@ -204,6 +206,7 @@ type fixture struct {
 	secrets secretMap
 	nodes   nodeMap
 	leases  leaseMap
+	ids     *identity.Registry
 	srv     *httptest.Server
 }
 
@@ -217,7 +220,8 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f := &fixture{ca: ca, secrets: secretMap{}, nodes: nodeMap{}, leases: leaseMap{}}
 	f.secrets[TokenPrefix+"abcdef"] = tokenSecret("abcdef", "0123456789abcdef", nil)
-	f.h, err = New(Config{Secrets: f.secrets, Nodes: f.nodes, Leases: f.leases, CA: ca, NodeCertValidity: time.Hour, Now: func() time.Time { return now }})
+	f.ids = identity.New(fake.NewClientset(), "outpost-system")
+	f.h, err = New(Config{Secrets: f.secrets, Nodes: f.nodes, Leases: f.leases, Identities: f.ids, CA: ca, NodeCertValidity: time.Hour, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +358,8 @@ func Example() {
 	// The relay mounts the join handler next to its WebSocket endpoint;
 	// in tests it can run alone.
 	ca, _ := pki.Generate(time.Now())
-	h, _ := New(Config{Secrets: secretMap{}, Nodes: nodeMap{}, Leases: leaseMap{}, CA: ca, NodeCertValidity: 365 * 24 * time.Hour})
+	h, _ := New(Config{Secrets: secretMap{}, Nodes: nodeMap{}, Leases: leaseMap{},
+		Identities: identity.New(fake.NewClientset(), "outpost-system"), CA: ca, NodeCertValidity: 365 * 24 * time.Hour})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	resp, _ := http.Get(srv.URL + wire.PathJoinCA + "?token-id=abcdef")
@@ -515,5 +520,54 @@ func TestCreateTokenBinding(t *testing.T) {
 		if _, err := CreateToken(context.Background(), m, o, now); err == nil {
 			t.Errorf("%+v accepted", o)
 		}
+	}
+}
+
+// A join records its certificate as the node's only one: the name is
+// taken from then on, and a bound re-join replaces the certificate.
+func TestJoinRecordsIdentity(t *testing.T) {
+	f := newFixture(t)
+	c, _ := csr(t)
+	serialOf := func(b []byte) string {
+		var resp wire.JoinResponse
+		if err := json.Unmarshal(b, &resp); err != nil {
+			t.Fatal(err)
+		}
+		block, _ := pem.Decode([]byte(resp.Certificate))
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return identity.Serial(cert)
+	}
+	status, b := f.join(t, goodToken, body("gw-new", c))
+	if status != 200 {
+		t.Fatalf("%d %s", status, b)
+	}
+	first := serialOf(b)
+	rec, err := f.ids.Fresh(context.Background(), "gw-new")
+	if err != nil || rec == nil || !rec.Accepts(first) {
+		t.Fatalf("record %+v (%v) does not accept the issued certificate", rec, err)
+	}
+	// Not connected yet, no Node: the name is taken all the same.
+	status, b = f.join(t, goodToken, body("gw-new", c))
+	if got := reason(t, b); status != http.StatusConflict || !strings.Contains(got, `node "gw-new" was joined before`) {
+		t.Fatalf("second join: %d %q", status, got)
+	}
+	if err := f.ids.Revoke(context.Background(), "gw-new", "test"); err != nil {
+		t.Fatal(err)
+	}
+	status, b = f.join(t, goodToken, body("gw-new", c))
+	if got := reason(t, b); status != http.StatusConflict || !strings.Contains(got, "its certificates are revoked") {
+		t.Fatalf("join after revoke: %d %q", status, got)
+	}
+	status, b = f.join(t, f.putToken("again1", "gw-new", 1), body("gw-new", c))
+	if status != 200 {
+		t.Fatalf("bound re-join: %d %s", status, b)
+	}
+	second := serialOf(b)
+	rec, _ = f.ids.Fresh(context.Background(), "gw-new")
+	if !rec.Accepts(second) || rec.Accepts(first) {
+		t.Fatalf("after the re-join the record accepts %v, want only %s", rec.Serials, second)
 	}
 }

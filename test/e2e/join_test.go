@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	testpeer "outpost.dev/test/peer"
+	"outpost.dev/test/stack"
 	"outpost.dev/wire"
 )
 
@@ -174,5 +178,147 @@ func TestSingleUseTokenConcurrentJoins(t *testing.T) {
 		if !errors.As(err, &je) || je.Status != http.StatusForbidden || !strings.Contains(je.Reason, "has been used") {
 			t.Errorf("loser: %v, want 403 saying the token has been used", err)
 		}
+	}
+}
+
+// revokeNode runs outpost-relay node revoke as an administrator would.
+func revokeNode(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, filepath.Join(st.BinDir, "outpost-relay"), "node", "revoke",
+		"--kubeconfig", st.CP.Kubeconfig, "--reason", "test revocation", name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("node revoke: %v: %s", err, out)
+	}
+}
+
+// at is p connecting to relay r instead of the one it joined through.
+func at(p *testpeer.Peer, r *stack.Relay) *testpeer.Peer {
+	q := *p
+	q.Addr = r.Addr
+	return &q
+}
+
+// wantRefusedAt checks that p's certificate is refused by relay r, before
+// any hello.
+func wantRefusedAt(t *testing.T, ctx context.Context, p *testpeer.Peer, r *stack.Relay) {
+	t.Helper()
+	c, err := at(p, r).Dial(ctx)
+	if err == nil {
+		c.CloseNow()
+		t.Fatalf("relay %s accepted the certificate of %s", r.Addr, p.Name)
+	}
+	if !strings.Contains(err.Error(), "403") {
+		t.Fatalf("relay %s: %v, want HTTP 403", r.Addr, err)
+	}
+}
+
+var (
+	secondRelayOnce sync.Once
+	secondRelay     *stack.Relay
+	secondRelayErr  error
+)
+
+// relay2 is a second relay replica on the same control plane.
+func relay2(t *testing.T) *stack.Relay {
+	t.Helper()
+	secondRelayOnce.Do(func() { secondRelay, secondRelayErr = st.StartRelay(ctxFor(t, 2*time.Minute)) })
+	if secondRelayErr != nil {
+		t.Fatal(secondRelayErr)
+	}
+	return secondRelay
+}
+
+// waitClosed waits until the relay closed a peer session.
+func waitClosed(t *testing.T, s *testpeer.Session, what string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-s.Done:
+		return time.Since(start)
+	case <-time.After(within):
+		t.Fatalf("%s: link still open after %v", what, within)
+		return 0
+	}
+}
+
+// A revoked node's certificate is refused by every relay replica within
+// seconds and its live link is closed; re-joining needs a token bound to
+// the node.
+func TestRevokedNodeRefusedByEveryRelay(t *testing.T) {
+	needStack(t)
+	r2 := relay2(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	p := joinPeer(t, ctx, "revoke-1").Peer
+	s, err := p.Connect(ctx, helloFor("revoke-1"), heartbeatInterval/2, func(context.Context, wire.Frame) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cancel()
+	if err := st.WaitNodeReady(ctx, "revoke-1", true, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Connected to the second replica too, to see both refuse.
+	s2, err := at(p, r2).Connect(ctx, helloFor("revoke-1"), heartbeatInterval/2, func(context.Context, wire.Frame) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Cancel()
+
+	revokeNode(t, ctx, "revoke-1")
+	t.Logf("link on relay 1 closed %v after the revoke", waitClosed(t, s, "relay 1", 10*time.Second))
+	t.Logf("link on relay 2 closed %v after the revoke", waitClosed(t, s2, "relay 2", 10*time.Second))
+	wantRefusedAt(t, ctx, p, relay)
+	wantRefusedAt(t, ctx, p, r2)
+
+	unbound, err := st.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = testpeer.JoinWithToken(ctx, relay, "revoke-1", unbound)
+	var je *testpeer.JoinError
+	if !errors.As(err, &je) || je.Status != http.StatusConflict || !strings.Contains(je.Reason, "token create --node revoke-1") {
+		t.Fatalf("unbound re-join of a revoked node: %v", err)
+	}
+	bound, err := st.CreateToken(ctx, time.Hour, "--node", "revoke-1", "--uses", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := testpeer.JoinWithToken(ctx, r2, "revoke-1", bound)
+	if err != nil {
+		t.Fatalf("bound re-join: %v", err)
+	}
+	s3, err := at(p2, relay).Connect(ctx, helloFor("revoke-1"), heartbeatInterval/2, func(context.Context, wire.Frame) bool { return true })
+	if err != nil {
+		t.Fatalf("the re-joined node's new certificate: %v", err)
+	}
+	s3.Cancel()
+	wantRefusedAt(t, ctx, p, relay) // the old certificate stays revoked
+}
+
+// Deleting an edge Node revokes its certificates on every replica, closes
+// its link, and no relay creates the Node again from the old certificate.
+func TestDeletedNodeCertificateRefused(t *testing.T) {
+	needStack(t)
+	r2 := relay2(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	p := joinPeer(t, ctx, "delete-1").Peer
+	s, err := at(p, r2).Connect(ctx, helloFor("delete-1"), heartbeatInterval/2, func(context.Context, wire.Frame) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Cancel()
+	if err := st.WaitNodeReady(ctx, "delete-1", true, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CP.Client().CoreV1().Nodes().Delete(ctx, "delete-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("link closed %v after the delete", waitClosed(t, s, "relay 2", 10*time.Second))
+	wantRefusedAt(t, ctx, p, relay)
+	wantRefusedAt(t, ctx, p, r2)
+	// Refused before any hello, so nothing could write it; and the link
+	// that was open is gone, so nothing is left that could.
+	if _, err := stackClientNode(ctx, "delete-1"); !apierrors.IsNotFound(err) {
+		t.Fatalf("deleted node: %v, want NotFound", err)
 	}
 }

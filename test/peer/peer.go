@@ -52,7 +52,9 @@ type JoinError struct {
 	Reason string
 }
 
-func (e *JoinError) Error() string { return fmt.Sprintf("join refused: HTTP %d: %s", e.Status, e.Reason) }
+func (e *JoinError) Error() string {
+	return fmt.Sprintf("join refused: HTTP %d: %s", e.Status, e.Reason)
+}
 
 // JoinWithToken joins node name through relay r with token tok. A refusal
 // is a *JoinError.

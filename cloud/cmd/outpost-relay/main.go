@@ -3,6 +3,7 @@
 //
 //	outpost-relay serve [flags]         run the relay
 //	outpost-relay token create [flags]  create a bootstrap token; prints id.secret
+//	outpost-relay node revoke NAME      revoke every certificate of an edge node
 //	outpost-relay version               print the version
 package main
 
@@ -31,7 +32,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
@@ -48,6 +51,7 @@ const servingCertValidity = 365 * 24 * time.Hour
 const usage = `usage:
   outpost-relay serve [flags]         run the relay
   outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
+  outpost-relay node revoke NAME      revoke every certificate of an edge node; re-joining it needs a token made with --node NAME
   outpost-relay version               print the version
 Run a subcommand with -h for its flags.`
 
@@ -73,6 +77,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT] [--node NAME] [--uses N]`)
 		}
 		return tokenCreate(args[2:], stdout, stderr)
+	case "node":
+		if len(args) < 2 || args[1] != "revoke" {
+			return errors.New(`usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME`)
+		}
+		return nodeRevoke(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -237,6 +246,7 @@ func serve(args []string, stderr io.Writer) error {
 	srv, err := relay.New(relay.Config{
 		Client:              client,
 		CA:                  ca,
+		Namespace:           *namespace,
 		HeartbeatInterval:   *heartbeat,
 		LeaseDuration:       *leaseDur,
 		NodeCertValidity:    *certValidity,
@@ -356,6 +366,41 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+func nodeRevoke(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node revoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
+		namespace  = fs.String("namespace", relay.DefaultNamespace, "the relay's namespace (its serve --namespace), where node identity records live")
+		reason     = fs.String("reason", "revoked by outpost-relay node revoke", "why, recorded and told to the agent")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("node revoke: give exactly one node name")
+	}
+	name := fs.Arg(0)
+	if err := nodes.CheckName(name); err != nil {
+		return fmt.Errorf("node revoke: %w", err)
+	}
+	cfg, err := restConfig(*kubeconfig, false)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := identity.New(client, *namespace).Revoke(ctx, name, oneLine(*reason)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node %s revoked: every relay refuses its certificates and closes its link; re-join it with a token made by \"outpost-relay token create --node %s --uses 1\"\n", name, name)
 	return nil
 }
 

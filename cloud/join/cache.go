@@ -31,8 +31,9 @@ type Cache struct {
 	secrets cache.SharedIndexInformer
 	nodes   cache.SharedIndexInformer
 	// missed bounds the API reads of token ids the cache does not hold (a
-	// token created a moment ago, before its watch event arrived): anyone
-	// may send unknown ids, so those reads share one small budget.
+	// token created a moment ago, before its watch event arrived; any id
+	// while the cache starts): anyone may send unknown ids, so those reads
+	// share one small budget.
 	missed *bucket
 }
 
@@ -95,13 +96,18 @@ type cachedSecrets struct{ c *Cache }
 
 func (s cachedSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
 	api := s.c.client.CoreV1().Secrets(TokenNamespace)
-	if s.c.secrets.HasSynced() {
+	synced := s.c.secrets.HasSynced()
+	if synced {
 		if o, ok, _ := s.c.secrets.GetStore().GetByKey(TokenNamespace + "/" + name); ok {
 			return o.(*corev1.Secret).DeepCopy(), nil
 		}
-		if !s.c.missed.allow(time.Now()) {
+	}
+	if !s.c.missed.allow(time.Now()) {
+		if synced {
 			return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, name)
 		}
+		// Starting: the cache knows nothing yet, so "not found" would lie.
+		return nil, apierrors.NewServiceUnavailable("join cache not synced yet")
 	}
 	return api.Get(ctx, name, opts)
 }

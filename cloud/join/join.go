@@ -9,6 +9,14 @@
 // Tokens are the Secrets `kubeadm token create` and `outpost-relay token
 // create` write in kube-system. Every refusal is a wire.JoinError whose
 // reason says what to do next.
+//
+// A join never takes a name that belongs to a node: an edge Node of that
+// name (connected or not), a fresh Lease, or an identity record
+// (cloud/identity). Only a token bound to the name (AnnotationNode) joins
+// it again, which records the new certificate as the node's only one and
+// so revokes the earlier ones. A token may be limited in uses
+// (AnnotationUses), taken atomically. Lookups come from a Cache; every
+// client address has a small token bucket.
 package join
 
 import (

@@ -61,6 +61,8 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 BOARD      ?=
 RELAY      ?=
 TOKEN      ?=
+# CA_CERT_HASH pins the relay CA for the image's first-boot join (sha256:HEX).
+CA_CERT_HASH ?=
 BENCH_IDLE ?= 120s
 BENCH_RUNS ?= 1
 # ARCH is the qemu image image-join and bench-mem boot: arm64 (CI) or riscv64;
@@ -74,9 +76,9 @@ size: ## Agent size per architecture against build/cross/budget.json; two builds
 package: ## A .deb per gateway architecture into bin/packages, built without root, with SHA-256 sums.
 	$(GO) run ./build/package -out $(BIN)/packages -version $(VERSION)
 
-image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https://HOST:PORT TOKEN=ID.SECRET
+image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https://HOST:PORT TOKEN=ID.SECRET [CA_CERT_HASH=sha256:HEX]
 	@./build/install-deps.sh image
-	$(GO) run ./build/image -board '$(BOARD)' -relay '$(RELAY)' -token '$(TOKEN)' -version $(VERSION) -out $(BIN)/images
+	$(GO) run ./build/image -board '$(BOARD)' -relay '$(RELAY)' -token '$(TOKEN)' -ca-cert-hash '$(CA_CERT_HASH)' -version $(VERSION) -out $(BIN)/images
 
 image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to the agent's first line.
 	@./build/install-deps.sh image

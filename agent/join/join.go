@@ -306,13 +306,23 @@ func SPKIHash(c *x509.Certificate) string {
 func parsePins(in []string) ([]string, error) {
 	var out []string
 	for _, p := range in {
-		h, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(p)), "sha256:")
-		if b, err := hex.DecodeString(h); !ok || err != nil || len(b) != sha256.Size {
-			return nil, fmt.Errorf("--ca-cert-hash %q must be sha256: followed by 64 hex digits", p)
+		pin, err := ParsePin(p)
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, "sha256:"+h)
+		out = append(out, pin)
 	}
 	return out, nil
+}
+
+// ParsePin checks a --ca-cert-hash value and returns it in the form
+// SPKIHash prints. Image builders check a pin with it before flashing it.
+func ParsePin(p string) (string, error) {
+	h, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(p)), "sha256:")
+	if b, err := hex.DecodeString(h); !ok || err != nil || len(b) != sha256.Size {
+		return "", fmt.Errorf("--ca-cert-hash %q must be sha256: followed by 64 hex digits", p)
+	}
+	return "sha256:" + h, nil
 }
 
 func checkPins(cas []*x509.Certificate, pins []string) error {

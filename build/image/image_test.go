@@ -332,3 +332,10 @@ func TestInsecureRegistriesFlag(t *testing.T) {
 		t.Errorf("a URL as a registry: %v", err)
 	}
 }
+
+func TestCACertHashFlag(t *testing.T) {
+	err := run([]string{"-board", "qemu-arm64", "-ca-cert-hash", "md5:abc"})
+	if err == nil || !strings.Contains(err.Error(), "-ca-cert-hash") || !strings.Contains(err.Error(), "64 hex digits") {
+		t.Errorf("a malformed pin: %v", err)
+	}
+}

@@ -6,7 +6,7 @@
 // as cpio, a FAT boot partition written with mtools, an ext4 root written
 // with mkfs.ext4 -d, and an MBR written here.
 //
-//	go run ./build/image -board rpi4 -relay https://relay:8443 -token abcdef.0123456789abcdef
+//	go run ./build/image -board rpi4 -relay https://relay:8443 -token abcdef.0123456789abcdef [-ca-cert-hash sha256:HEX]
 //
 // The image boots busybox init, which mounts what is needed, starts
 // containerd, then the agent; on first boot the agent joins with the token
@@ -35,6 +35,7 @@ import (
 	"text/template"
 	"time"
 
+	"outpost.dev/agent/join"
 	"outpost.dev/build/cross"
 )
 
@@ -44,6 +45,7 @@ var files embed.FS
 type options struct {
 	board                  board
 	relay, token, version  string
+	caCertHash             string   // pin of the relay CA, passed to the first-boot join
 	registries             []string // host:port reached over plain HTTP
 	out, cache             string
 	mirror, securityMirror string
@@ -67,6 +69,7 @@ func run(args []string) error {
 	o := &options{start: time.Now()}
 	fset.StringVar(&o.relay, "relay", "", "relay URL written to the first-boot config, https://HOST:PORT")
 	fset.StringVar(&o.token, "token", "", "bootstrap token the gateway joins with on first boot (outpost-relay token create)")
+	fset.StringVar(&o.caCertHash, "ca-cert-hash", "", "pin the relay CA for the first-boot join: sha256:<hex>, as outpost-agent join --ca-cert-hash takes it (a leaked token then cannot point the gateway at another relay)")
 	fset.StringVar(&o.version, "version", "", "version stamped into the agent; default dev")
 	fset.StringVar(&o.out, "out", "bin/images", "output directory")
 	cacheDefault, _ := os.UserCacheDir()
@@ -98,6 +101,11 @@ func run(args []string) error {
 	}
 	if o.suite == "" {
 		o.suite = "bookworm"
+	}
+	if o.caCertHash != "" {
+		if o.caCertHash, err = join.ParsePin(o.caCertHash); err != nil {
+			return fmt.Errorf("-ca-cert-hash: %w", err)
+		}
 	}
 	if o.relay == "" || o.token == "" {
 		fmt.Fprintln(os.Stderr, "image: warning: no RELAY or TOKEN given: the gateway will boot but cannot join until /etc/outpost/agent.yaml has server and /etc/outpost/join-token the token")
@@ -596,6 +604,9 @@ func layout(o *options, root string) error {
 	)
 	if o.token != "" {
 		out = append(out, file{"etc/outpost/join-token", 0o600, []byte(o.token + "\n")})
+	}
+	if o.caCertHash != "" {
+		out = append(out, file{"etc/outpost/ca-cert-hash", 0o644, []byte(o.caCertHash + "\n")})
 	}
 	for _, f := range out {
 		p := filepath.Join(root, f.path)

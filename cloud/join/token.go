@@ -6,11 +6,14 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/cloud/nodes"
 )
 
 // Bootstrap token Secrets, as kubeadm lays them out
@@ -26,6 +29,25 @@ const (
 	keyUsageAuth   = "usage-bootstrap-authentication"
 	keyDescription = "description"
 )
+
+// Outpost's own fields of a bootstrap token Secret, beside kubeadm's. They
+// are annotations, not data keys: Secret data keys cannot contain "/".
+const (
+	// AnnotationNode binds a token to one node name: it joins that name
+	// only, and it is the one way to join a name that is already an edge
+	// node (re-joining revokes that node's current certificate).
+	AnnotationNode = "outpost.dev/node"
+	// AnnotationUses is how many joins the token allows ("1": single use);
+	// absent means any number until it expires.
+	AnnotationUses = "outpost.dev/uses"
+	// AnnotationUsed counts the joins made with it. The relay consumes a
+	// use with an update carrying the resourceVersion it read, so two
+	// concurrent joins cannot both take the last one.
+	AnnotationUsed = "outpost.dev/used"
+)
+
+// MaxTokenUses bounds --uses; more is what an unlimited token is for.
+const MaxTokenUses = 1000
 
 // createHint ends every reason that a fresh token would cure.
 const createHint = `create a new one with "outpost-relay token create"`
@@ -57,6 +79,10 @@ const (
 	ResultBadRequest    = "bad_request"
 	ResultBadCSR        = "bad_csr"
 	ResultNameConflict  = "name_conflict"
+	ResultNodeExists    = "node_exists"
+	ResultTokenBound    = "token_bound"
+	ResultTokenUsed     = "token_used_up"
+	ResultRateLimited   = "rate_limited"
 	ResultInternal      = "internal_error"
 )
 
@@ -105,7 +131,105 @@ func usable(sec *corev1.Secret, id string, now time.Time) *TokenError {
 		return &TokenError{http.StatusForbidden, ResultTokenInvalid,
 			fmt.Sprintf("token %s has no token-secret: %s", id, createHint)}
 	}
+	if _, err := tokenNode(sec); err != nil {
+		return &TokenError{http.StatusForbidden, ResultTokenInvalid, fmt.Sprintf("token %s: %v: %s", id, err, createHint)}
+	}
+	uses, used, err := tokenUses(sec)
+	if err != nil {
+		return &TokenError{http.StatusForbidden, ResultTokenInvalid, fmt.Sprintf("token %s: %v: %s", id, err, createHint)}
+	}
+	if uses > 0 && used >= uses {
+		return usedUp(id, uses)
+	}
 	return nil
+}
+
+func usedUp(id string, uses int) *TokenError {
+	return &TokenError{http.StatusForbidden, ResultTokenUsed,
+		fmt.Sprintf("token %s was made for %d join(s) and has been used: %s", id, uses, createHint)}
+}
+
+// tokenNode is the node name a token is bound to, "" for none.
+func tokenNode(sec *corev1.Secret) (string, error) {
+	n, ok := sec.Annotations[AnnotationNode]
+	if !ok {
+		return "", nil
+	}
+	if err := nodes.CheckName(n); err != nil {
+		return "", fmt.Errorf("annotation %s: %w", AnnotationNode, err)
+	}
+	return n, nil
+}
+
+// tokenUses reads the use limit (0: unlimited) and the uses so far.
+func tokenUses(sec *corev1.Secret) (uses, used int, err error) {
+	num := func(key string) (int, error) {
+		v, ok := sec.Annotations[key]
+		if !ok {
+			return 0, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxTokenUses {
+			return 0, fmt.Errorf("annotation %s is %q, not a count from 0 to %d", key, v, MaxTokenUses)
+		}
+		return n, nil
+	}
+	if uses, err = num(AnnotationUses); err != nil {
+		return 0, 0, err
+	}
+	if _, ok := sec.Annotations[AnnotationUses]; ok && uses == 0 {
+		return 0, 0, fmt.Errorf("annotation %s is 0: such a token can never join", AnnotationUses)
+	}
+	if used, err = num(AnnotationUsed); err != nil {
+		return 0, 0, err
+	}
+	return uses, used, nil
+}
+
+// SecretUpdater updates Secrets in kube-system. client-go's
+// CoreV1().Secrets("kube-system") satisfies it.
+type SecretUpdater interface {
+	SecretGetter
+	Update(ctx context.Context, s *corev1.Secret, opts metav1.UpdateOptions) (*corev1.Secret, error)
+}
+
+// consume takes one use of a token with a use limit, sec being the Secret
+// as ValidateToken read it. The update carries sec's resourceVersion: when
+// another join updated the Secret first, it reads the Secret again (from
+// the API server, not a cache) and tries once more while uses are left, so
+// two concurrent joins never both take the last use. Tokens without a
+// limit are not written.
+func consume(ctx context.Context, secrets SecretUpdater, sec *corev1.Secret, id string, now time.Time) *TokenError {
+	for attempt := 0; ; attempt++ {
+		uses, used, err := tokenUses(sec)
+		if err != nil {
+			return &TokenError{http.StatusForbidden, ResultTokenInvalid, fmt.Sprintf("token %s: %v: %s", id, err, createHint)}
+		}
+		if uses == 0 {
+			return nil
+		}
+		if used >= uses {
+			return usedUp(id, uses)
+		}
+		upd := sec.DeepCopy()
+		upd.Annotations[AnnotationUsed] = strconv.Itoa(used + 1)
+		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{})
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsConflict(err) || attempt >= 5 {
+			return &TokenError{http.StatusServiceUnavailable, ResultInternal,
+				fmt.Sprintf("relay cannot record the use of token %s in the API server; try again later", id)}
+		}
+		fresh, terr := getToken(ctx, secrets, id)
+		if terr != nil {
+			return terr
+		}
+		if terr := usable(fresh, id, now); terr != nil {
+			return terr
+		}
+		sec = fresh
+	}
 }
 
 // lookupToken returns the Secret of a token that may be used now, without
@@ -123,19 +247,23 @@ func lookupToken(ctx context.Context, secrets SecretGetter, id string, now time.
 
 // ValidateToken checks a presented bootstrap token "id.secret" against its
 // Secret in kube-system: it must exist, have the bootstrap token type, its
-// secret must match (compared in constant time), it must not be expired and
-// must be usable for authentication. A wrong secret is reported only as
-// "token rejected", before anything else is said about the token.
-func ValidateToken(ctx context.Context, secrets SecretGetter, id, secret string, now time.Time) *TokenError {
+// secret must match (compared in constant time), it must not be expired,
+// must be usable for authentication and must have uses left. A wrong
+// secret is reported only as "token rejected", before anything else is
+// said about the token. It returns the Secret as read.
+func ValidateToken(ctx context.Context, secrets SecretGetter, id, secret string, now time.Time) (*corev1.Secret, *TokenError) {
 	sec, terr := getToken(ctx, secrets, id)
 	if terr != nil {
-		return terr
+		return nil, terr
 	}
 	stored := sec.Data[keyTokenSecret]
 	if len(stored) == 0 || subtle.ConstantTimeCompare(stored, []byte(secret)) != 1 {
-		return rejected()
+		return nil, rejected()
 	}
-	return usable(sec, id, now)
+	if terr := usable(sec, id, now); terr != nil {
+		return nil, terr
+	}
+	return sec, nil
 }
 
 func rejected() *TokenError {
@@ -148,12 +276,32 @@ type TokenCreator interface {
 	Create(ctx context.Context, s *corev1.Secret, opts metav1.CreateOptions) (*corev1.Secret, error)
 }
 
-// CreateToken makes a new bootstrap token valid for ttl and stores it as a
-// kubeadm-style Secret. It returns "id.secret", the only copy of the secret
-// outside the cluster.
-func CreateToken(ctx context.Context, secrets TokenCreator, ttl time.Duration, description string, now time.Time) (string, error) {
+// TokenOptions describe a new bootstrap token.
+type TokenOptions struct {
+	// TTL is how long the token may be used; it must be positive.
+	TTL         time.Duration
+	Description string
+	// Node, if set, binds the token to that node name (AnnotationNode).
+	Node string
+	// Uses, if positive, limits the joins made with it (AnnotationUses).
+	Uses int
+}
+
+// CreateToken makes a new bootstrap token and stores it as a kubeadm-style
+// Secret. It returns "id.secret", the only copy of the secret outside the
+// cluster.
+func CreateToken(ctx context.Context, secrets TokenCreator, o TokenOptions, now time.Time) (string, error) {
+	ttl := o.TTL
 	if ttl <= 0 {
 		return "", fmt.Errorf("token ttl must be positive, got %s", ttl)
+	}
+	if o.Node != "" {
+		if err := nodes.CheckName(o.Node); err != nil {
+			return "", fmt.Errorf("--node: %w", err)
+		}
+	}
+	if o.Uses < 0 || o.Uses > MaxTokenUses {
+		return "", fmt.Errorf("--uses %d: give 1 to %d, or 0 for any number until the token expires", o.Uses, MaxTokenUses)
 	}
 	for attempt := 0; ; attempt++ {
 		id, secret := randomToken(6), randomToken(16)
@@ -167,8 +315,18 @@ func CreateToken(ctx context.Context, secrets TokenCreator, ttl time.Duration, d
 				keyUsageAuth:   []byte("true"),
 			},
 		}
-		if description != "" {
-			sec.Data[keyDescription] = []byte(description)
+		if o.Description != "" {
+			sec.Data[keyDescription] = []byte(o.Description)
+		}
+		if o.Node != "" || o.Uses > 0 {
+			sec.Annotations = map[string]string{}
+		}
+		if o.Node != "" {
+			sec.Annotations[AnnotationNode] = o.Node
+		}
+		if o.Uses > 0 {
+			sec.Annotations[AnnotationUses] = strconv.Itoa(o.Uses)
+			sec.Annotations[AnnotationUsed] = "0"
 		}
 		_, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) && attempt < 3 {

@@ -222,3 +222,34 @@ func FuzzReport(f *testing.F) {
 		Labels("gw", &st.Node)
 	})
 }
+
+// A Node the create hooks refuse is not created: the write fails with
+// ErrGone, and the session stops as for a kubelet's node.
+func TestCreateHooks(t *testing.T) {
+	w, client := newWriter(t)
+	ctx := context.Background()
+	refuse := CreateHooks{Before: func(context.Context) error { return errors.New("node was deleted") }}
+	if _, err := w.apply(ctx, "gw-gone", report(), nil, refuse); !errors.Is(err, ErrGone) {
+		t.Fatalf("err = %v, want ErrGone", err)
+	}
+	if _, err := client.CoreV1().Nodes().Get(ctx, "gw-gone", metav1.GetOptions{}); err == nil {
+		t.Fatal("a refused Node was created")
+	}
+	fatal := make(chan error, 1)
+	s := w.Start(ctx, SessionConfig{Name: "gw-gone", Create: refuse, OnFatal: func(err error) { fatal <- err }})
+	defer s.Stop()
+	s.Report(0, *report())
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, ErrGone) {
+			t.Fatalf("fatal %v, want ErrGone", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("session did not stop on a refused create")
+	}
+	var created *corev1.Node
+	allow := CreateHooks{After: func(_ context.Context, n *corev1.Node) { created = n }}
+	if _, err := w.apply(ctx, "gw-new", report(), nil, allow); err != nil || created == nil || created.Name != "gw-new" {
+		t.Fatalf("allowed create: %v, After saw %v", err, created)
+	}
+}

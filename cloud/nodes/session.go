@@ -34,13 +34,17 @@ type SessionConfig struct {
 	// carrying seq was written. Reports coalesce (last wins), so an ack
 	// covers every earlier seq too.
 	OnAck func(seq uint64)
-	// OnFatal is called once when writes can never succeed (ErrNotEdge);
+	// OnFatal is called once when writes can never succeed (ErrNotEdge,
+	// ErrGone);
 	// the session has stopped writing.
 	OnFatal func(err error)
 	// Alive reports whether the connection has been heard from recently;
 	// the Lease is renewed only while it says so. Nil means always.
 	Alive func() bool
-	Log   *slog.Logger
+	// Create guards the creation of the Node when it does not exist; a
+	// refusal ends the session like ErrNotEdge.
+	Create CreateHooks
+	Log    *slog.Logger
 }
 
 // Session runs the API writes of one agent connection on its own goroutine.
@@ -157,11 +161,11 @@ func (s *Session) run(ctx context.Context) {
 			rep, seq = last, 0 // a refresh acks nothing
 		}
 		if rep != nil && !now.Before(retryAt) {
-			n, err := s.w.Apply(ctx, s.cfg.Name, rep, node)
+			n, err := s.w.apply(ctx, s.cfg.Name, rep, node, s.cfg.Create)
 			switch {
 			case ctx.Err() != nil:
 				return
-			case errors.Is(err, ErrNotEdge):
+			case errors.Is(err, ErrNotEdge), errors.Is(err, ErrGone):
 				s.cfg.Log.Error("refusing to write node", "err", err)
 				s.fatal.Store(true)
 				s.cfg.OnFatal(err)

@@ -83,6 +83,24 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 // and a conflict falls back to a fresh one. A Node of that name that is not
 // an edge node yields ErrNotEdge.
 func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
+	return w.apply(ctx, name, rep, cached, CreateHooks{})
+}
+
+// CreateHooks guard the creation of a Node that does not exist.
+type CreateHooks struct {
+	// Before, if set, is asked before the Node is created; an error
+	// stops the write with ErrGone (the Node was deleted, and the relay
+	// must not bring it back).
+	Before func(ctx context.Context) error
+	// After, if set, is told of the Node created.
+	After func(ctx context.Context, n *corev1.Node)
+}
+
+// ErrGone is returned when the Node does not exist and may not be created
+// again: it was deleted, which revoked the node's certificates.
+var ErrGone = errors.New("node was deleted")
+
+func (w *Writer) apply(ctx context.Context, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
 	api := w.cfg.Client.CoreV1().Nodes()
 	var out *corev1.Node
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
@@ -92,6 +110,11 @@ func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *co
 		if cur == nil {
 			got, err := api.Get(ctx, name, metav1.GetOptions{})
 			if apierrors.IsNotFound(err) {
+				if hooks.Before != nil {
+					if err := hooks.Before(ctx); err != nil {
+						return fmt.Errorf("%w: %v", ErrGone, err)
+					}
+				}
 				n := &corev1.Node{
 					ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
 					Status:     Status(now, name, rep, nil),
@@ -108,6 +131,9 @@ func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *co
 				}
 				// The API server keeps the status given on create.
 				out = created
+				if hooks.After != nil {
+					hooks.After(ctx, created)
+				}
 				return nil
 			}
 			if err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pods"
@@ -61,6 +62,7 @@ type conn struct {
 	ws       *websocket.Conn
 	netConn  net.Conn
 	node     string
+	serial   string // of the node's certificate, as identity.Serial records it
 	log      *slog.Logger
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
 	once     sync.Once
@@ -73,30 +75,34 @@ type conn struct {
 	streamsDone chan struct{}
 }
 
-// nodeFromTLS returns the node name of a request's verified client
-// certificate, or an HTTP status and reason to refuse it with. The name
-// comes from the certificate only, never from a message.
-func nodeFromTLS(r *http.Request) (string, int, string) {
+// nodeFromTLS returns the node name and certificate serial (as
+// identity.Serial records it) of a request's verified client certificate,
+// or an HTTP status and reason to refuse it with. The name comes from the
+// certificate only, never from a message.
+func nodeFromTLS(r *http.Request) (string, string, int, string) {
 	if r.TLS == nil {
-		return "", http.StatusBadRequest, "connect over TLS with a node certificate"
+		return "", "", http.StatusBadRequest, "connect over TLS with a node certificate"
 	}
 	if len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return "", http.StatusUnauthorized, "a node client certificate signed by the relay CA is required: join first"
+		return "", "", http.StatusUnauthorized, "a node client certificate signed by the relay CA is required: join first"
 	}
 	cert := r.TLS.VerifiedChains[0][0]
 	if !slices.Contains(cert.Subject.Organization, pki.NodesGroup) {
-		return "", http.StatusForbidden, "client certificate is not a node certificate (organization " + pki.NodesGroup + " missing)"
+		return "", "", http.StatusForbidden, "client certificate is not a node certificate (organization " + pki.NodesGroup + " missing)"
 	}
 	if err := nodes.CheckName(cert.Subject.CommonName); err != nil {
-		return "", http.StatusForbidden, "client certificate: " + err.Error()
+		return "", "", http.StatusForbidden, "client certificate: " + err.Error()
 	}
-	return cert.Subject.CommonName, 0, ""
+	return cert.Subject.CommonName, identity.Serial(cert), 0, ""
 }
 
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
-	name, status, reason := nodeFromTLS(r)
+	name, serial, status, reason := nodeFromTLS(r)
+	if status == 0 {
+		status, reason = s.checkIdentity(r.Context(), name, serial)
+	}
 	if status != 0 {
-		s.log.Warn("connect refused", "remote", r.RemoteAddr, "status", status, "reason", reason)
+		s.log.Warn("connect refused", "remote", r.RemoteAddr, "node", name, "status", status, "reason", reason)
 		http.Error(w, reason, status)
 		return
 	}
@@ -120,7 +126,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// The library refuses a message past this before buffering it; read
 	// below stops at the same bound so it can say why first.
 	ws.SetReadLimit(wire.MaxFrameSize)
-	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, log: log,
+	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, log: log,
 		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{})}
 	c.acks = newAcks(c.sendAck)
 	c.lastSeen.Store(time.Now().UnixNano())
@@ -183,6 +189,7 @@ func (c *conn) serve() {
 		OnAck:   func(seq uint64) { c.acks.doneUpTo(wire.TypeNodeStatus, seq) },
 		OnFatal: c.onWriteFatal,
 		Alive:   func() bool { return time.Since(time.Unix(0, c.lastSeen.Load())) < silent },
+		Create:  c.s.createHooks(c.node, c.serial),
 		Log:     c.log,
 	})
 	defer sess.Stop()

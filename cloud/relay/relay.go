@@ -3,9 +3,12 @@
 // endpoints, and reports its health and metrics.
 //
 // The relay is stateless. A node's identity is the common name of its
-// client certificate, verified against the relay CA; everything it knows
-// about a node comes from the node's hello and the API server, so any
-// replica can serve any agent and a restart loses nothing.
+// client certificate, verified against the relay CA and accepted only while
+// the node's identity record in the API server lists it (cloud/identity:
+// revoked, replaced and deleted nodes are refused by every replica, and
+// their live links closed); everything it knows about a node comes from the
+// node's hello and the API server, so any replica can serve any agent and
+// a restart loses nothing.
 //
 // To run one in-process (tests, benchmarks):
 //
@@ -32,6 +35,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
@@ -45,6 +49,7 @@ const (
 	DefaultLeaseDuration     = 40 * time.Second
 	DefaultNodeCertValidity  = 365 * 24 * time.Hour
 	DefaultHelloTimeout      = 10 * time.Second
+	DefaultNamespace         = "outpost-system"
 	// readyCacheFor is how long a /readyz answer is reused, so probes
 	// from many sources cost the API server one request per period.
 	readyCacheFor = 5 * time.Second
@@ -54,6 +59,9 @@ const (
 type Config struct {
 	Client kubernetes.Interface
 	CA     *pki.CA
+	// Namespace is the relay's own namespace, where node identity records
+	// live (cloud/identity); "" means DefaultNamespace.
+	Namespace string
 	// HeartbeatInterval is sent to agents in the HelloAck; a connection
 	// silent for three intervals is closed.
 	HeartbeatInterval time.Duration
@@ -104,6 +112,12 @@ type Config struct {
 	// devices package's defaults.
 	DeviceStatus devices.WriterConfig
 
+	// JoinPerIPRate and JoinPerIPBurst limit the join requests of one
+	// client address; zero means join.DefaultPerIPRate and
+	// DefaultPerIPBurst.
+	JoinPerIPRate  float64
+	JoinPerIPBurst int
+
 	// TokenRefreshAfter, if positive, refreshes the service-account
 	// tokens of agents' pods at most this long after issue (for tests;
 	// see pods.Config).
@@ -120,6 +134,10 @@ type Server struct {
 	podStatus *podstatus.Writer
 	devices   *devices.Writer // nil without Config.Dynamic
 	metrics   *metrics
+	// ids are the node identity records; joinCache's edge Nodes tell a
+	// deleted node. Both close revoked links (watchRevocations).
+	ids       *identity.Registry
+	joinCache *join.Cache
 
 	ctx    context.Context // ends when the relay closes; parent of every connection
 	cancel context.CancelFunc
@@ -150,6 +168,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.NodeCertValidity <= 0 {
 		cfg.NodeCertValidity = DefaultNodeCertValidity
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = DefaultNamespace
 	}
 	if cfg.HelloTimeout <= 0 {
 		cfg.HelloTimeout = DefaultHelloTimeout
@@ -201,15 +222,23 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	jc := join.NewCache(cfg.Client)
+	ids := identity.New(cfg.Client, cfg.Namespace)
 	jh, err := join.New(join.Config{
-		Secrets:          cfg.Client.CoreV1().Secrets(join.TokenNamespace),
-		Nodes:            cfg.Client.CoreV1().Nodes(),
+		Secrets:          jc.Secrets(),
+		Nodes:            jc.Nodes(),
+		Identities:       ids,
+		Leases:           cfg.Client.CoordinationV1().Leases(nodes.LeaseNamespace),
 		CA:               cfg.CA,
 		NodeCertValidity: cfg.NodeCertValidity,
 		Log:              cfg.Log,
 		Registerer:       cfg.Registry,
+		PerIPRate:        cfg.JoinPerIPRate,
+		PerIPBurst:       cfg.JoinPerIPBurst,
 	})
 	if err != nil {
+		cancel()
 		return nil, err
 	}
 	var dw *devices.Writer
@@ -217,11 +246,13 @@ func New(cfg Config) (*Server, error) {
 		dc := cfg.DeviceStatus
 		dc.Dynamic, dc.Log, dc.Registerer = cfg.Dynamic, cfg.Log, cfg.Registry
 		if dw, err = devices.NewWriter(dc); err != nil {
+			cancel()
 			return nil, err
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
+		ids:       ids,
+		joinCache: jc,
 		cfg:       cfg,
 		log:       cfg.Log,
 		mux:       http.NewServeMux(),
@@ -233,6 +264,9 @@ func New(cfg Config) (*Server, error) {
 		cancel:    cancel,
 		conns:     map[string]*conn{},
 	}
+	s.watchRevocations()
+	jc.Run(ctx)
+	ids.Run(ctx)
 	s.mux.Handle(wire.PathJoinCA, jh)
 	s.mux.Handle(wire.PathJoin, jh)
 	s.mux.HandleFunc("GET "+wire.PathConnect, s.serveConnect)

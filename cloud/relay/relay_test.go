@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
@@ -39,6 +41,9 @@ type testRelay struct {
 	ca     *pki.CA
 	client *fake.Clientset
 	url    string // wss://
+
+	mu    sync.Mutex
+	certs map[string]tls.Certificate // by node name, see nodeCert
 }
 
 func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
@@ -73,7 +78,8 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 		srv.Close()
 		hs.Close()
 	})
-	return &testRelay{srv: srv, hs: hs, ca: ca, client: client, url: "wss" + strings.TrimPrefix(hs.URL, "https")}
+	return &testRelay{srv: srv, hs: hs, ca: ca, client: client, url: "wss" + strings.TrimPrefix(hs.URL, "https"),
+		certs: map[string]tls.Certificate{}}
 }
 
 // testWriter sends relay logs to the test log, so failures show them.
@@ -132,9 +138,26 @@ func (tr *testRelay) dialCert(t *testing.T, cert *tls.Certificate) (*websocket.C
 	return c, resp, err
 }
 
+// nodeCert is name's node certificate, recorded as a join records it
+// (cloud/identity), so the relay accepts it; the same one every time.
+func (tr *testRelay) nodeCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if c, ok := tr.certs[name]; ok {
+		return c
+	}
+	cert := clientCert(t, tr.ca, name)
+	if err := identity.New(tr.client, relay.DefaultNamespace).Issue(context.Background(), name, identity.Serial(cert.Leaf), "", true); err != nil {
+		t.Fatal(err)
+	}
+	tr.certs[name] = cert
+	return cert
+}
+
 func (tr *testRelay) dial(t *testing.T, name string) *websocket.Conn {
 	t.Helper()
-	cert := clientCert(t, tr.ca, name)
+	cert := tr.nodeCert(t, name)
 	c, _, err := tr.dialCert(t, &cert)
 	if err != nil {
 		t.Fatal(err)
@@ -414,7 +437,7 @@ func TestBadFrames(t *testing.T) {
 // and close, without ever allocating what was declared.
 func TestDeclaredHugeWebSocketFrame(t *testing.T) {
 	tr := newTestRelay(t, nil)
-	cert := clientCert(t, tr.ca, "huge")
+	cert := tr.nodeCert(t, "huge")
 	conn, err := tls.Dial("tcp", strings.TrimPrefix(tr.hs.URL, "https://"), tr.tlsConfig(cert))
 	if err != nil {
 		t.Fatal(err)

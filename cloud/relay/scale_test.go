@@ -33,7 +33,7 @@ func TestManyAgents(t *testing.T) {
 
 	certs := make([]tls.Certificate, n)
 	for i := range certs {
-		certs[i] = clientCert(t, tr.ca, "gw-"+strconv.Itoa(i))
+		certs[i] = tr.nodeCert(t, "gw-"+strconv.Itoa(i))
 	}
 	hello := helloFrame(t)
 	status := encode(t, wire.TypeNodeStatus, 1, &wire.NodeStatus{Node: info()})

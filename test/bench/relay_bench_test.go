@@ -26,10 +26,14 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/test/harness"
@@ -82,6 +86,9 @@ func BenchmarkRelayMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if err := relayNamespace(ctx, client); err != nil {
+		b.Fatal(err)
+	}
 	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -109,7 +116,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 		exe, _ := os.Executable()
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), helperEnv+"=1", "OUTPOST_BENCH_N="+strconv.Itoa(n),
-			"OUTPOST_BENCH_RELAY="+strings.TrimPrefix(hs.URL, "https://"), "OUTPOST_BENCH_CA="+caFile)
+			"OUTPOST_BENCH_RELAY="+strings.TrimPrefix(hs.URL, "https://"), "OUTPOST_BENCH_CA="+caFile, "OUTPOST_BENCH_KUBECONFIG="+cp.Kubeconfig)
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
 		cmd.Stderr = os.Stderr
@@ -186,6 +193,15 @@ func runAgents() error {
 	if err != nil {
 		return err
 	}
+	kc, err := clientcmd.BuildConfigFromFlags("", os.Getenv("OUTPOST_BENCH_KUBECONFIG"))
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(kc)
+	if err != nil {
+		return err
+	}
+	ids := identity.New(client, relay.DefaultNamespace)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -198,7 +214,7 @@ func runAgents() error {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := connectAgent(ctx, addr, ca, fmt.Sprintf("bench-%05d", i))
+			c, err := connectAgent(ctx, addr, ca, ids, fmt.Sprintf("bench-%05d", i))
 			if err != nil {
 				errs <- err
 				return
@@ -240,13 +256,28 @@ func runAgents() error {
 	return nil
 }
 
-func connectAgent(ctx context.Context, addr string, ca *pki.CA, name string) (*websocket.Conn, error) {
+// relayNamespace creates the relay's namespace, where its node identity
+// records live.
+func relayNamespace(ctx context.Context, client kubernetes.Interface) error {
+	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: relay.DefaultNamespace}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	return err
+}
+
+// connectAgent connects node name with a certificate signed by ca and
+// recorded in ids, as a join would, and says hello.
+func connectAgent(ctx context.Context, addr string, ca *pki.CA, ids *identity.Registry, name string) (*websocket.Conn, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	cert, err := ca.SignNode(key.Public(), name, time.Hour)
 	if err != nil {
+		return nil, err
+	}
+	if err := ids.Issue(ctx, name, identity.Serial(cert), "", true); err != nil {
 		return nil, err
 	}
 	tc := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1",

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/test/harness"
@@ -36,6 +37,7 @@ type twinRig struct {
 	srv   *relay.Server
 	reg   *prometheus.Registry
 	ca    *pki.CA
+	ids   *identity.Registry
 	proxy *stack.Proxy
 }
 
@@ -65,6 +67,9 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if err := relayNamespace(ctx, client); err != nil {
+		b.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
 		Dynamic: dyn, DeviceStatus: devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}})
@@ -85,7 +90,7 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 		b.Fatal(err)
 	}
 	b.Cleanup(proxy.Close)
-	return &twinRig{cp: cp, dyn: dyn, srv: srv, reg: reg, ca: ca, proxy: proxy}
+	return &twinRig{cp: cp, dyn: dyn, srv: srv, reg: reg, ca: ca, ids: identity.New(client, relay.DefaultNamespace), proxy: proxy}
 }
 
 // createDevices creates per Devices (one float property each) on node.
@@ -120,7 +125,7 @@ type twinAgent struct {
 }
 
 func (r *twinRig) connect(b *testing.B, ctx context.Context, node string) *twinAgent {
-	c, err := connectAgent(ctx, r.proxy.Addr, r.ca, node)
+	c, err := connectAgent(ctx, r.proxy.Addr, r.ca, r.ids, node)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -43,6 +43,22 @@ func Join(ctx context.Context, s *stack.Stack, r *stack.Relay, name string) (*Pe
 	if err != nil {
 		return nil, err
 	}
+	return JoinWithToken(ctx, r, name, tok)
+}
+
+// JoinError is a join the relay refused: its HTTP status and reason.
+type JoinError struct {
+	Status int
+	Reason string
+}
+
+func (e *JoinError) Error() string {
+	return fmt.Sprintf("join refused: HTTP %d: %s", e.Status, e.Reason)
+}
+
+// JoinWithToken joins node name through relay r with token tok. A refusal
+// is a *JoinError.
+func JoinWithToken(ctx context.Context, r *stack.Relay, name, tok string) (*Peer, error) {
 	id, secret, err := wire.ParseToken(tok)
 	if err != nil {
 		return nil, err
@@ -51,6 +67,10 @@ func Join(ctx context.Context, s *stack.Stack, r *stack.Relay, name string) (*Pe
 	resp, err := insecure.Get(r.URL + wire.PathJoinCA + "?token-id=" + id)
 	if err != nil {
 		return nil, err
+	}
+	if resp.StatusCode != 200 {
+		defer resp.Body.Close()
+		return nil, joinError(resp)
 	}
 	var jca wire.JoinCA
 	err = json.NewDecoder(io.LimitReader(resp.Body, wire.MaxJoinBody)).Decode(&jca)
@@ -83,8 +103,7 @@ func Join(ctx context.Context, s *stack.Stack, r *stack.Relay, name string) (*Pe
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return nil, fmt.Errorf("join %s: %s: %s", name, resp.Status, b)
+		return nil, joinError(resp)
 	}
 	var jr wire.JoinResponse
 	if err := json.NewDecoder(io.LimitReader(resp.Body, wire.MaxJoinBody)).Decode(&jr); err != nil {
@@ -96,6 +115,15 @@ func Join(ctx context.Context, s *stack.Stack, r *stack.Relay, name string) (*Pe
 		return nil, err
 	}
 	return &Peer{Name: name, Cert: cert, CA: pool, Addr: r.Addr}, nil
+}
+
+func joinError(resp *http.Response) *JoinError {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var je wire.JoinError
+	if json.Unmarshal(b, &je) != nil {
+		je.Reason = string(b)
+	}
+	return &JoinError{Status: resp.StatusCode, Reason: je.Reason}
 }
 
 // TLSConfig presents the peer's certificate and trusts the relay's CA.

@@ -46,7 +46,10 @@ func (s *Stack) StartRelay(ctx context.Context, extra ...string) (*Relay, error)
 	r.KubeletAddr = "127.0.0.1:" + strconv.Itoa(kport)
 	r.args = []string{"serve", "--kubeconfig", s.RelayKubeconfig, "--listen", r.Addr,
 		"--advertise-address", "127.0.0.1,localhost", "--namespace", RelayNamespace, "--log-level", "debug",
-		"--kubelet-listen", r.KubeletAddr, "--kubelet-advertise-address", "127.0.0.1", "--kubelet-client-ca", s.CP.PKI.CACert}
+		"--kubelet-listen", r.KubeletAddr, "--kubelet-advertise-address", "127.0.0.1", "--kubelet-client-ca", s.CP.PKI.CACert,
+		// Every test agent joins from 127.0.0.1: one address with the
+		// joins of a whole test package behind it.
+		"--join-rate-per-ip", "50", "--join-burst-per-ip", "200"}
 	if s.opts.HeartbeatInterval > 0 {
 		r.args = append(r.args, "--heartbeat-interval", s.opts.HeartbeatInterval.String())
 	}

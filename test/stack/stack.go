@@ -196,10 +196,11 @@ current-context: relay
 }
 
 // CreateToken creates a bootstrap token with outpost-relay token create, as
-// an administrator would, and returns it.
-func (s *Stack) CreateToken(ctx context.Context, ttl time.Duration) (string, error) {
-	out, err := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-relay"), "token", "create",
-		"--kubeconfig", s.CP.Kubeconfig, "--ttl", ttl.String()).Output()
+// an administrator would, and returns it. Extra flags (--node NAME,
+// --uses N) are passed on.
+func (s *Stack) CreateToken(ctx context.Context, ttl time.Duration, extra ...string) (string, error) {
+	args := append([]string{"token", "create", "--kubeconfig", s.CP.Kubeconfig, "--ttl", ttl.String()}, extra...)
+	out, err := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-relay"), args...).Output()
 	if err != nil {
 		msg := ""
 		if ee, ok := err.(*exec.ExitError); ok {

@@ -3,6 +3,8 @@
 # token, then run the agent. Its log goes to the console.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 token=/etc/outpost/join-token
+# The relay CA's pin, when the image was built with one.
+pin=/etc/outpost/ca-cert-hash
 i=0
 while [ ! -S /run/containerd/containerd.sock ] && [ $i -lt 30 ]; do
 	sleep 1
@@ -14,7 +16,11 @@ else
 	echo "outpost: containerd did not start in 30 s: see /var/log/containerd.log"
 fi
 if [ -s "$token" ]; then
-	if out=$(outpost-agent join --token "$(cat "$token")" 2>&1); then
+	set -- --token "$(cat "$token")"
+	if [ -s "$pin" ]; then
+		set -- "$@" --ca-cert-hash "$(cat "$pin")"
+	fi
+	if out=$(outpost-agent join "$@" 2>&1); then
 		echo "$out"
 		rm -f "$token"
 		sync

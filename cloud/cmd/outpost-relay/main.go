@@ -3,6 +3,7 @@
 //
 //	outpost-relay serve [flags]         run the relay
 //	outpost-relay token create [flags]  create a bootstrap token; prints id.secret
+//	outpost-relay node revoke NAME      revoke every certificate of an edge node
 //	outpost-relay version               print the version
 package main
 
@@ -31,7 +32,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
@@ -48,6 +51,7 @@ const servingCertValidity = 365 * 24 * time.Hour
 const usage = `usage:
   outpost-relay serve [flags]         run the relay
   outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
+  outpost-relay node revoke NAME      revoke every certificate of an edge node; re-joining it needs a token made with --node NAME
   outpost-relay version               print the version
 Run a subcommand with -h for its flags.`
 
@@ -70,9 +74,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(args[1:], stderr)
 	case "token":
 		if len(args) < 2 || args[1] != "create" {
-			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT]`)
+			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT] [--node NAME] [--uses N]`)
 		}
 		return tokenCreate(args[2:], stdout, stderr)
+	case "node":
+		if len(args) < 2 || args[1] != "revoke" {
+			return errors.New(`usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME`)
+		}
+		return nodeRevoke(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -113,6 +122,8 @@ func serve(args []string, stderr io.Writer) error {
 		psQPS        = fs.Float64("pod-status-qps", podstatus.DefaultQPS, "pod status reports written per second, all agents together (each is a read and a write)")
 		psBurst      = fs.Int("pod-status-burst", podstatus.DefaultBurst, "pod status report burst")
 		offlineTols  = fs.Bool("keep-offline-pods", true, "keep pods on edge nodes bound while their node is offline: make their not-ready/unreachable NoExecute tolerations last forever, unless the node has the label or the pod the annotation "+tolerations.OptOut+"=true (see cloud/README.md); false leaves eviction to Kubernetes' defaults")
+		joinRate     = fs.Float64("join-rate-per-ip", join.DefaultPerIPRate, "join requests per second allowed from one client address (token bucket); agents behind one NAT share it")
+		joinBurst    = fs.Int("join-burst-per-ip", join.DefaultPerIPBurst, "join request burst from one client address")
 		tokenRefresh = fs.Duration("token-refresh-after", 0, "testing only: refresh pods' service-account tokens this long after issue instead of at 80% of their lifetime (0: as a kubelet does)")
 
 		kubeletListen    = fs.String("kubelet-listen", "", "address to serve the kubelet API for edge nodes on (kubectl logs), e.g. :10250; empty: off")
@@ -235,6 +246,7 @@ func serve(args []string, stderr io.Writer) error {
 	srv, err := relay.New(relay.Config{
 		Client:              client,
 		CA:                  ca,
+		Namespace:           *namespace,
 		HeartbeatInterval:   *heartbeat,
 		LeaseDuration:       *leaseDur,
 		NodeCertValidity:    *certValidity,
@@ -250,6 +262,8 @@ func serve(args []string, stderr io.Writer) error {
 		KubeletClientNames:  splitList(*kubeletNames),
 		KubeletClientGroups: splitList(*kubeletGroups),
 		TokenRefreshAfter:   *tokenRefresh,
+		JoinPerIPRate:       *joinRate,
+		JoinPerIPBurst:      *joinBurst,
 	})
 	if err != nil {
 		return err
@@ -265,8 +279,13 @@ func serve(args []string, stderr io.Writer) error {
 		Handler:           srv,
 		TLSConfig:         srv.TLSConfig(cert),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Idle keep-alive connections (join, probes, metrics) go after
+		// this; agent links are hijacked and keep their own timeouts. A
+		// whole-request ReadTimeout would cut those links, so the join
+		// endpoints set their own read deadline.
+		IdleTimeout: 90 * time.Second,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug), // TLS handshake noise from scanners
+		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -322,6 +341,8 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 		ttl         = fs.Duration("ttl", 24*time.Hour, "how long the token may be used to join")
 		description = fs.String("description", "", "what the token is for, stored with it")
+		node        = fs.String("node", "", "bind the token to this node name: it joins that name only, and it is the one way to re-join a node that exists already (its earlier certificates are revoked)")
+		uses        = fs.Int("uses", 0, "how many joins the token allows (1: single use); 0: any number until it expires")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -339,11 +360,47 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace), *ttl, *description, time.Now())
+	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace),
+		join.TokenOptions{TTL: *ttl, Description: *description, Node: *node, Uses: *uses}, time.Now())
 	if err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+func nodeRevoke(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node revoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
+		namespace  = fs.String("namespace", relay.DefaultNamespace, "the relay's namespace (its serve --namespace), where node identity records live")
+		reason     = fs.String("reason", "revoked by outpost-relay node revoke", "why, recorded and told to the agent")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("node revoke: give exactly one node name")
+	}
+	name := fs.Arg(0)
+	if err := nodes.CheckName(name); err != nil {
+		return fmt.Errorf("node revoke: %w", err)
+	}
+	cfg, err := restConfig(*kubeconfig, false)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := identity.New(client, *namespace).Revoke(ctx, name, oneLine(*reason)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node %s revoked: every relay refuses its certificates and closes its link; re-join it with a token made by \"outpost-relay token create --node %s --uses 1\"\n", name, name)
 	return nil
 }
 

@@ -17,6 +17,9 @@ func TestCLI(t *testing.T) {
 		{"serve", "--tls-cert-file", "x.pem"},
 		{"serve", "extra"},
 		{"token", "create", "--kubeconfig", "/nonexistent/kubeconfig"},
+		{"node"}, {"node", "delete", "gw-1"},
+		{"node", "revoke"}, {"node", "revoke", "gw-1", "gw-2"}, {"node", "revoke", "GW_1"},
+		{"node", "revoke", "--kubeconfig", "/nonexistent/kubeconfig", "gw-1"},
 	} {
 		if err := run(args, &out, &errb); err == nil {
 			t.Errorf("%q: no error", args)

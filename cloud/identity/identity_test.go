@@ -1,0 +1,80 @@
+package identity
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func TestRecordLifecycle(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewClientset()
+	r := New(client, "outpost-system")
+
+	if rec, err := r.Get(ctx, "gw-1"); err != nil || rec != nil {
+		t.Fatalf("no record yet: %v %v", rec, err)
+	}
+	if why := (*Record)(nil).Refusal("gw-1", "a1"); !strings.Contains(why, "no identity record") || !strings.Contains(why, "token create --node gw-1") {
+		t.Errorf("refusal without a record: %q", why)
+	}
+	if err := r.Issue(ctx, "gw-1", "a1", "", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Issue(ctx, "gw-1", "b2", "", false); !errors.Is(err, ErrTaken) {
+		t.Fatalf("second first-join: %v, want ErrTaken", err)
+	}
+	rec, _ := r.Get(ctx, "gw-1")
+	if !rec.Accepts("a1") || rec.Accepts("b2") || rec.Refusal("gw-1", "a1") != "" {
+		t.Fatalf("record %+v", rec)
+	}
+	if why := rec.Refusal("gw-1", "b2"); !strings.Contains(why, "replaced by a later join") {
+		t.Errorf("refusal of another serial: %q", why)
+	}
+
+	if err := r.BindNode(ctx, "gw-1", "uid-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.BindNode(ctx, "gw-1", "uid-2"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ = r.Fresh(ctx, "gw-1"); rec.NodeUID != "uid-1" {
+		t.Fatalf("bound to %q, want the first Node's uid-1", rec.NodeUID)
+	}
+
+	if err := r.Revoke(ctx, "gw-1", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ = r.Fresh(ctx, "gw-1")
+	if rec.Accepts("a1") || rec.Revoked.IsZero() || !strings.Contains(rec.Refusal("gw-1", "a1"), "revoked at") ||
+		!strings.Contains(rec.Refusal("gw-1", "a1"), "(stolen)") {
+		t.Fatalf("revoked record %+v: %q", rec, rec.Refusal("gw-1", "a1"))
+	}
+	// A re-join lifts the revocation with a new certificate only.
+	if err := r.Issue(ctx, "gw-1", "c3", "uid-1", true); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ = r.Fresh(ctx, "gw-1"); !rec.Accepts("c3") || rec.Accepts("a1") || !rec.Revoked.IsZero() {
+		t.Fatalf("after re-join: %+v", rec)
+	}
+	// Revoking a node that was never recorded records the revocation.
+	if err := r.Revoke(ctx, "gw-old", ""); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ = r.Fresh(ctx, "gw-old"); rec == nil || rec.Revoked.IsZero() {
+		t.Fatalf("revoked unknown node: %+v", rec)
+	}
+}
+
+// A record someone edited by hand into nonsense refuses everything.
+func TestUnreadableRevocationStillRevokes(t *testing.T) {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: RecordName("gw-1"), Namespace: "ns", Labels: map[string]string{Label: "gw-1"}},
+		Data: map[string]string{keyNode: "gw-1", keySerials: "a1", keyRevoked: "yesterday"}}
+	if rec := FromObject(cm); rec == nil || rec.Accepts("a1") {
+		t.Fatalf("record with an unreadable revocation accepts: %+v", rec)
+	}
+}

@@ -13,6 +13,8 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"outpost.dev/cloud/asnode"
 )
 
 // statusRefresh is how often an unchanged status is written again, like
@@ -30,6 +32,8 @@ const (
 type SessionConfig struct {
 	// Name is the node name, from the client certificate.
 	Name string
+	// Client acts as the node (package asnode); required.
+	Client asnode.Client
 	// OnAck is called, on the session's goroutine, after the report
 	// carrying seq was written. Reports coalesce (last wins), so an ack
 	// covers every earlier seq too.
@@ -119,7 +123,7 @@ func (s *Session) Stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.parent), disconnectTimeout)
 	defer cancel()
-	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
+	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Client, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
 		s.cfg.Log.Warn("node not marked disconnected", "err", err)
 	}
 }
@@ -157,7 +161,7 @@ func (s *Session) run(ctx context.Context) {
 			rep, seq = last, 0 // a refresh acks nothing
 		}
 		if rep != nil && !now.Before(retryAt) {
-			n, err := s.w.Apply(ctx, s.cfg.Name, rep, node)
+			n, err := s.w.Apply(ctx, s.cfg.Client, s.cfg.Name, rep, node)
 			switch {
 			case ctx.Err() != nil:
 				return
@@ -192,7 +196,7 @@ func (s *Session) run(ctx context.Context) {
 		}
 		if node != nil && !now.Before(leaseAt) {
 			if s.cfg.Alive() {
-				l, err := s.w.RenewLease(ctx, node, lease)
+				l, err := s.w.RenewLease(ctx, s.cfg.Client, node, lease)
 				if ctx.Err() != nil {
 					return
 				}

@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
@@ -50,6 +51,7 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 	client := fake.NewClientset()
 	cfg := relay.Config{
 		Client:   client,
+		AsNode:   asnode.Same{C: client},
 		CA:       ca,
 		Version:  "test",
 		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/test/harness"
@@ -78,11 +79,15 @@ func BenchmarkRelayMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	asNode, err := asnode.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ca, err := pki.Generate(time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler)})
+	srv, err := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 // Package stack runs Outpost's own processes, the relay and agents, against
 // a control plane from the harness package, the way an operator would: the
-// relay with the least-privilege RBAC from cloud/deploy, agents joined with
+// relay with the least-privilege RBAC and admission policies from
+// cloud/deploy, agents joined with
 // bootstrap tokens. End-to-end tests, benchmarks and `make demo` share it.
 package stack
 
@@ -55,7 +56,8 @@ type Stack struct {
 	BinDir string
 	CP     *harness.ControlPlane
 	// RelayKubeconfig authenticates as the relay's ServiceAccount, so the
-	// relay runs with exactly the RBAC it ships with.
+	// relay runs with exactly the RBAC it ships with (impersonating nodes
+	// for everything it does on their behalf).
 	RelayKubeconfig string
 
 	// Containerd, Registry and Images are set with Options.Containerd.
@@ -147,15 +149,17 @@ func BuildBinaries(ctx context.Context, dir string, log *slog.Logger) (string, e
 	return dir, nil
 }
 
-// installRBAC applies cloud/deploy/rbac.yaml and writes a kubeconfig for
-// the relay's ServiceAccount with a token from the TokenRequest API.
+// installRBAC applies cloud/deploy/rbac.yaml and policy.yaml and writes a
+// kubeconfig for the relay's ServiceAccount with a token from the
+// TokenRequest API.
 func (s *Stack) installRBAC(ctx context.Context) error {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		return err
 	}
-	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(root, "cloud", "deploy", "rbac.yaml")); err != nil {
-		return fmt.Errorf("apply relay RBAC: %v\n%s", err, out)
+	deploy := filepath.Join(root, "cloud", "deploy")
+	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(deploy, "rbac.yaml"), "-f", filepath.Join(deploy, "policy.yaml")); err != nil {
+		return fmt.Errorf("apply relay RBAC and admission policies: %v\n%s", err, out)
 	}
 	var tok *authv1.TokenRequest
 	deadline := time.Now().Add(30 * time.Second)

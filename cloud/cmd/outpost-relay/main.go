@@ -29,7 +29,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/join"
 	"outpost.dev/cloud/pki"
@@ -182,10 +184,19 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = float32(*qps), *burst
+	// One bucket for the relay's own requests and those it makes as its
+	// nodes (asnode below).
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
 	cfg.UserAgent = "outpost-relay/" + version
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	// What the relay does for a node it does as that node, over the same
+	// connection pool and within the same --kube-api-qps.
+	asNode, err := asnode.New(cfg)
+	if err != nil {
+		return err
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -195,6 +206,7 @@ func serve(args []string, stderr io.Writer) error {
 	// this client's limiter only has to leave room for it.
 	dcfg := rest.CopyConfig(cfg)
 	dcfg.QPS, dcfg.Burst = float32(*qps+*devQPS), *burst+*devBurst
+	dcfg.RateLimiter = nil // its own bucket, of the size above
 	dyn, err := dynamic.NewForConfig(dcfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes dynamic client: %w", err)
@@ -234,6 +246,7 @@ func serve(args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := relay.New(relay.Config{
 		Client:              client,
+		AsNode:              asNode,
 		CA:                  ca,
 		HeartbeatInterval:   *heartbeat,
 		LeaseDuration:       *leaseDur,
@@ -255,7 +268,7 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	if *offlineTols {
-		tc, err := tolerations.New(tolerations.Config{Client: client, Log: log.With("component", "tolerations"), Registerer: reg})
+		tc, err := tolerations.New(tolerations.Config{Client: client, AsNode: asNode, Log: log.With("component", "tolerations"), Registerer: reg})
 		if err != nil {
 			return err
 		}

@@ -19,6 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -29,6 +32,22 @@ import (
 
 // UserPrefix is how the API server names a node: system:node:<name>.
 const UserPrefix = "system:node:"
+
+// Verb is the constrained impersonation verb for a node, which the API
+// server checks on resource nodes of API group authentication.k8s.io with
+// the node's name (cloud/nodegrant grants it node by node).
+const Verb = "impersonate:arbitrary-node"
+
+// NotAllowed reports whether err is the API server refusing the relay to
+// act as a node: it holds no grant for that node.
+func NotAllowed(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), Verb)
+}
+
+// NotAllowedHint says what to do about a NotAllowed error for node.
+func NotAllowedHint(node string) string {
+	return fmt.Sprintf("the relay may not act as node %q: an administrator must allow it with \"outpost-relay node allow %s\"", node, node)
+}
 
 // Client is what the relay may use while acting as one node: the API
 // groups a kubelet writes. A kubernetes.Interface satisfies it (client-go's

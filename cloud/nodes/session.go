@@ -38,8 +38,9 @@ type SessionConfig struct {
 	// carrying seq was written. Reports coalesce (last wins), so an ack
 	// covers every earlier seq too.
 	OnAck func(seq uint64)
-	// OnFatal is called once when writes can never succeed (ErrNotEdge);
-	// the session has stopped writing.
+	// OnFatal is called once when writes can never succeed (ErrNotEdge,
+	// or the relay may not act as the node: asnode.NotAllowed); the
+	// session has stopped writing.
 	OnFatal func(err error)
 	// Alive reports whether the connection has been heard from recently;
 	// the Lease is renewed only while it says so. Nil means always.
@@ -169,6 +170,11 @@ func (s *Session) run(ctx context.Context) {
 				s.cfg.Log.Error("refusing to write node", "err", err)
 				s.fatal.Store(true)
 				s.cfg.OnFatal(err)
+				return
+			case asnode.NotAllowed(err):
+				s.cfg.Log.Error("cannot act as the node", "err", err)
+				s.fatal.Store(true)
+				s.cfg.OnFatal(errors.New(asnode.NotAllowedHint(s.cfg.Name)))
 				return
 			case err != nil:
 				node = nil // re-read on the next try

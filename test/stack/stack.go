@@ -21,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/harness"
 )
 
@@ -212,6 +213,22 @@ func (s *Stack) CreateToken(ctx context.Context, ttl time.Duration) (string, err
 		return "", fmt.Errorf("outpost-relay token create: %v: %s", err, msg)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// AllowNode lets the relay act as node name with outpost-relay node allow,
+// as an administrator would (cloud/nodegrant), and waits until the
+// relay's role carries it. A name that is not a valid node name is left
+// to join to refuse.
+func (s *Stack) AllowNode(ctx context.Context, name string) error {
+	if nodes.CheckName(name) != nil {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-relay"), "node", "allow",
+		"--kubeconfig", s.CP.Kubeconfig, name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("outpost-relay node allow %s: %v: %s", name, err, out)
+	}
+	return nil
 }
 
 // Stop stops every agent and relay, then the control plane.

@@ -3,6 +3,7 @@
 //
 //	outpost-relay serve [flags]         run the relay
 //	outpost-relay token create [flags]  create a bootstrap token; prints id.secret
+//	outpost-relay node allow NAME...    let the relay act as these edge nodes
 //	outpost-relay version               print the version
 package main
 
@@ -34,6 +35,7 @@ import (
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodegrant"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
@@ -50,6 +52,7 @@ const servingCertValidity = 365 * 24 * time.Hour
 const usage = `usage:
   outpost-relay serve [flags]         run the relay
   outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
+  outpost-relay node allow NAME...    let the relay act as these edge nodes (an administrator's kubeconfig)
   outpost-relay version               print the version
 Run a subcommand with -h for its flags.`
 
@@ -75,6 +78,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return errors.New(`usage: outpost-relay token create [--kubeconfig FILE] [--ttl 24h] [--description TEXT]`)
 		}
 		return tokenCreate(args[2:], stdout, stderr)
+	case "node":
+		if len(args) < 2 || args[1] != "allow" {
+			return errors.New(`usage: outpost-relay node allow [--kubeconfig FILE] [--wait 1m] NAME...`)
+		}
+		return nodeAllow(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -357,6 +365,51 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, tok)
+	return nil
+}
+
+// nodeAllow lets the relay act as the named edge nodes (cloud/nodegrant)
+// and waits until the relay's role says so.
+func nodeAllow(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node allow", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
+		wait       = fs.Duration("wait", time.Minute, "how long to wait for the controller manager to add the grants to ClusterRole "+nodegrant.AggregatedRole+"; 0: do not wait")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("node allow: name the nodes: outpost-relay node allow NAME...")
+	}
+	cfg, err := restConfig(*kubeconfig, false)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+*wait)
+	defer cancel()
+	for _, name := range fs.Args() {
+		if err := nodegrant.Allow(ctx, client, name); err != nil {
+			return err
+		}
+	}
+	if *wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, *wait)
+		defer cancel()
+		for _, name := range fs.Args() {
+			if err := nodegrant.WaitAllowed(wctx, client, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range fs.Args() {
+		fmt.Fprintf(stdout, "the relay may act as node %s (ClusterRole %s)\n", name, nodegrant.RoleName(name))
+	}
 	return nil
 }
 

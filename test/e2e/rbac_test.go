@@ -21,6 +21,7 @@ import (
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/tolerations"
 	"outpost.dev/test/stack"
+	"outpost.dev/wire"
 )
 
 // These tests hold the relay's identity, with the RBAC and admission
@@ -355,5 +356,32 @@ func TestRelayOwnWritesAreBoundedByPolicy(t *testing.T) {
 	}
 	if _, err := self.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels(nil)}}, metav1.CreateOptions{}); err != nil {
 		t.Errorf("the relay creating an edge Node as it does on a first hello: %v", err)
+	}
+}
+
+// A joined node whose grant an administrator withdrew is refused at its
+// hello, with what to do, and nothing is written for it.
+func TestNodeNotAllowedIsRefusedAtHello(t *testing.T) {
+	needStack(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	const name = "rbac-withdrawn"
+	p := joinPeer(t, ctx, name)
+	admin := st.CP.Client()
+	if err := admin.RbacV1().ClusterRoles().Delete(ctx, nodegrant.RoleName(name), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stack.WaitFor(t, ctx, 30*time.Second, "the controller manager dropping the grant from "+nodegrant.AggregatedRole, func() (bool, string) {
+		ok, err := nodegrant.Allowed(ctx, admin, name)
+		return !ok && err == nil, fmt.Sprint(ok, err)
+	})
+	c := p.dial(t, ctx)
+	defer c.CloseNow()
+	send(t, ctx, c, wire.TypeHello, 0, helloFor(name))
+	errs, _ := readUntilClosed(ctx, c)
+	if len(errs) == 0 || errs[0].Code != wire.CodeForbidden || !strings.Contains(errs[0].Reason, "outpost-relay node allow "+name) {
+		t.Fatalf("want a forbidden error saying to run outpost-relay node allow %s, got %s", name, reasons(errs))
+	}
+	if _, err := admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a Node was written for a node the relay may not act as: %v", err)
 	}
 }

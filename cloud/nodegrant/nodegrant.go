@@ -7,9 +7,10 @@
 // is the verb impersonate:arbitrary-node on that node's name, aggregated
 // (by the controller manager) into the ClusterRole outpost-relay-nodes
 // that cloud/deploy/rbac.yaml binds to the relay. The relay cannot add
-// names itself: creating such a role takes the right it grants (RBAC's
-// escalation check), so it is an administrator's act, done with
-// "outpost-relay node allow NAME" and the administrator's kubeconfig.
+// names itself: it holds no right on RBAC objects, and creating such a
+// role takes the right it grants (RBAC's escalation check), so it is an
+// administrator's act, done with "outpost-relay node allow NAME" and the
+// administrator's kubeconfig.
 // A compromised relay can therefore act only as the edge nodes an
 // administrator allowed, never as a control-plane or worker node.
 package nodegrant

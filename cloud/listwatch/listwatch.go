@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
+	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -52,7 +52,15 @@ func OnNode(node string) string {
 	return fields.OneTermEqualSelector("spec.nodeName", node).String()
 }
 
+// Core is a client with the core API group: a kubernetes.Interface, or
+// the client acting as a node (package asnode).
+type Core interface {
+	CoreV1() corev1.CoreV1Interface
+}
+
 // PodsOnNode lists and watches the pods bound to node, in every namespace.
-func PodsOnNode(c kubernetes.Interface, node string) cache.ListerWatcher {
+// The Node authorizer lets node itself do exactly this (the field
+// selector is what it checks).
+func PodsOnNode(c Core, node string) cache.ListerWatcher {
 	return Selected(c, c.CoreV1().Pods(metav1.NamespaceAll), OnNode(node), "")
 }

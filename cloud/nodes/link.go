@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/wire"
 )
 
@@ -75,9 +76,9 @@ func outboxCondition(l *wire.LinkStats, prev *corev1.NodeStatus) (corev1.NodeCon
 // still names session: a newer connection of the agent, to this replica
 // or another, wrote since, and its word stands. The write is a status
 // update with the read resourceVersion, so a concurrent write makes it
-// read again and check anew.
-func (w *Writer) MarkDisconnected(ctx context.Context, name, session string, at time.Time) (bool, error) {
-	api := w.cfg.Client.CoreV1().Nodes()
+// read again and check anew. as is the client acting as the node.
+func (w *Writer) MarkDisconnected(ctx context.Context, as asnode.Client, name, session string, at time.Time) (bool, error) {
+	api := as.CoreV1().Nodes()
 	wrote := false
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		wrote = false

@@ -70,7 +70,7 @@ func linkCond(t *testing.T, client kubernetes.Interface, name string) corev1.Nod
 func startWritten(t *testing.T, w *Writer, name string) *Session {
 	t.Helper()
 	acks := make(chan uint64, 1)
-	s := w.Start(context.Background(), SessionConfig{Name: name, OnAck: func(seq uint64) { acks <- seq }})
+	s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: name, OnAck: func(seq uint64) { acks <- seq }})
 	s.Report(1, *report())
 	select {
 	case <-acks:
@@ -129,12 +129,12 @@ func TestStopAfterNewerConnectionWritesNothing(t *testing.T) {
 
 func TestStopBeforeAnyWriteWritesNothing(t *testing.T) {
 	w, client := newWriter(t)
-	s := w.Start(context.Background(), SessionConfig{Name: "gw-9"})
+	s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: "gw-9"})
 	s.Stop()
 	if l, _ := client.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{}); len(l.Items) != 0 {
 		t.Fatalf("nodes written: %v", l.Items)
 	}
-	if ok, err := w.MarkDisconnected(context.Background(), "gw-9", s.id, time.Now()); ok || err != nil {
+	if ok, err := w.MarkDisconnected(context.Background(), w.cfg.Client, "gw-9", s.id, time.Now()); ok || err != nil {
 		t.Fatalf("MarkDisconnected of a missing node: %v %v", ok, err)
 	}
 }

@@ -129,7 +129,7 @@ func newWriter(t *testing.T) (*Writer, *fake.Clientset) {
 func TestApplyAndLease(t *testing.T) {
 	ctx := context.Background()
 	w, client := newWriter(t)
-	n, err := w.Apply(ctx, "gw-1", report(), nil)
+	n, err := w.Apply(ctx, w.cfg.Client, "gw-1", report(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestApplyAndLease(t *testing.T) {
 	}
 	rep := report()
 	rep.Info.Board = "rpi4"
-	n2, err := w.Apply(ctx, "gw-1", rep, nil)
+	n2, err := w.Apply(ctx, w.cfg.Client, "gw-1", rep, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,11 +152,11 @@ func TestApplyAndLease(t *testing.T) {
 		t.Fatalf("labels %v", n2.Labels)
 	}
 	// A stale cached node (conflict) falls back to a fresh read.
-	if _, err := w.Apply(ctx, "gw-1", rep, n); err != nil {
+	if _, err := w.Apply(ctx, w.cfg.Client, "gw-1", rep, n); err != nil {
 		t.Fatalf("apply with a stale cache: %v", err)
 	}
 
-	l, err := w.RenewLease(ctx, n2, nil)
+	l, err := w.RenewLease(ctx, w.cfg.Client, n2, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestApplyAndLease(t *testing.T) {
 	}
 	first := l.Spec.RenewTime.Time
 	time.Sleep(2 * time.Millisecond)
-	l2, err := w.RenewLease(ctx, n2, l)
+	l2, err := w.RenewLease(ctx, w.cfg.Client, n2, l)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestApplyAndLease(t *testing.T) {
 func TestApplyRefusesKubeletNode(t *testing.T) {
 	w, client := newWriter(t)
 	client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker"}}, metav1.CreateOptions{})
-	if _, err := w.Apply(context.Background(), "worker", report(), nil); !errors.Is(err, ErrNotEdge) {
+	if _, err := w.Apply(context.Background(), w.cfg.Client, "worker", report(), nil); !errors.Is(err, ErrNotEdge) {
 		t.Fatalf("err = %v, want ErrNotEdge", err)
 	}
 }
@@ -186,7 +186,7 @@ func TestApplyRefusesKubeletNode(t *testing.T) {
 func TestSessionAcksAfterWrite(t *testing.T) {
 	w, client := newWriter(t)
 	acks := make(chan uint64, 10)
-	s := w.Start(context.Background(), SessionConfig{Name: "gw-1", OnAck: func(seq uint64) { acks <- seq }})
+	s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: "gw-1", OnAck: func(seq uint64) { acks <- seq }})
 	defer s.Stop()
 	s.Report(0, *report())
 	s.Report(5, *report())
@@ -229,14 +229,14 @@ func TestCreateHooks(t *testing.T) {
 	w, client := newWriter(t)
 	ctx := context.Background()
 	refuse := CreateHooks{Before: func(context.Context) error { return errors.New("node was deleted") }}
-	if _, err := w.apply(ctx, "gw-gone", report(), nil, refuse); !errors.Is(err, ErrGone) {
+	if _, err := w.apply(ctx, w.cfg.Client, "gw-gone", report(), nil, refuse); !errors.Is(err, ErrGone) {
 		t.Fatalf("err = %v, want ErrGone", err)
 	}
 	if _, err := client.CoreV1().Nodes().Get(ctx, "gw-gone", metav1.GetOptions{}); err == nil {
 		t.Fatal("a refused Node was created")
 	}
 	fatal := make(chan error, 1)
-	s := w.Start(ctx, SessionConfig{Name: "gw-gone", Create: refuse, OnFatal: func(err error) { fatal <- err }})
+	s := w.Start(ctx, SessionConfig{Name: "gw-gone", Client: w.cfg.Client, Create: refuse, OnFatal: func(err error) { fatal <- err }})
 	defer s.Stop()
 	s.Report(0, *report())
 	select {
@@ -249,7 +249,7 @@ func TestCreateHooks(t *testing.T) {
 	}
 	var created *corev1.Node
 	allow := CreateHooks{After: func(_ context.Context, n *corev1.Node) { created = n }}
-	if _, err := w.apply(ctx, "gw-new", report(), nil, allow); err != nil || created == nil || created.Name != "gw-new" {
+	if _, err := w.apply(ctx, w.cfg.Client, "gw-new", report(), nil, allow); err != nil || created == nil || created.Name != "gw-new" {
 		t.Fatalf("allowed create: %v, After saw %v", err, created)
 	}
 }

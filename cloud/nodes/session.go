@@ -13,6 +13,8 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"outpost.dev/cloud/asnode"
 )
 
 // statusRefresh is how often an unchanged status is written again, like
@@ -30,12 +32,14 @@ const (
 type SessionConfig struct {
 	// Name is the node name, from the client certificate.
 	Name string
+	// Client acts as the node (package asnode); required.
+	Client asnode.Client
 	// OnAck is called, on the session's goroutine, after the report
 	// carrying seq was written. Reports coalesce (last wins), so an ack
 	// covers every earlier seq too.
 	OnAck func(seq uint64)
 	// OnFatal is called once when writes can never succeed (ErrNotEdge,
-	// ErrGone);
+	// ErrGone, or the relay may not act as the node: asnode.NotAllowed);
 	// the session has stopped writing.
 	OnFatal func(err error)
 	// Alive reports whether the connection has been heard from recently;
@@ -123,7 +127,7 @@ func (s *Session) Stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.parent), disconnectTimeout)
 	defer cancel()
-	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
+	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Client, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
 		s.cfg.Log.Warn("node not marked disconnected", "err", err)
 	}
 }
@@ -161,7 +165,7 @@ func (s *Session) run(ctx context.Context) {
 			rep, seq = last, 0 // a refresh acks nothing
 		}
 		if rep != nil && !now.Before(retryAt) {
-			n, err := s.w.apply(ctx, s.cfg.Name, rep, node, s.cfg.Create)
+			n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, node, s.cfg.Create)
 			switch {
 			case ctx.Err() != nil:
 				return
@@ -169,6 +173,11 @@ func (s *Session) run(ctx context.Context) {
 				s.cfg.Log.Error("refusing to write node", "err", err)
 				s.fatal.Store(true)
 				s.cfg.OnFatal(err)
+				return
+			case asnode.NotAllowed(err):
+				s.cfg.Log.Error("cannot act as the node", "err", err)
+				s.fatal.Store(true)
+				s.cfg.OnFatal(errors.New(asnode.NotAllowedHint(s.cfg.Name)))
 				return
 			case err != nil:
 				node = nil // re-read on the next try
@@ -196,7 +205,7 @@ func (s *Session) run(ctx context.Context) {
 		}
 		if node != nil && !now.Before(leaseAt) {
 			if s.cfg.Alive() {
-				l, err := s.w.RenewLease(ctx, node, lease)
+				l, err := s.w.RenewLease(ctx, s.cfg.Client, node, lease)
 				if ctx.Err() != nil {
 					return
 				}

@@ -16,10 +16,16 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
+
+	"outpost.dev/cloud/asnode"
 )
 
 // WriterConfig configures a Writer.
 type WriterConfig struct {
+	// Client is the relay's own identity. It only creates a Node that
+	// does not exist yet, with the edge role label, which NodeRestriction
+	// does not let a node set on itself; every other read and write is
+	// made as the node (SessionConfig.Client).
 	Client kubernetes.Interface
 	// LeaseDuration is written into each Lease; the Lease is renewed every
 	// quarter of it, as the kubelet does.
@@ -81,9 +87,10 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 //
 // cached, if not nil, is the Node as last written; using it saves a read,
 // and a conflict falls back to a fresh one. A Node of that name that is not
-// an edge node yields ErrNotEdge.
-func (w *Writer) Apply(ctx context.Context, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
-	return w.apply(ctx, name, rep, cached, CreateHooks{})
+// an edge node yields ErrNotEdge. as is the client acting as the node
+// (package asnode); only the create is made as the relay itself.
+func (w *Writer) Apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
+	return w.apply(ctx, as, name, rep, cached, CreateHooks{})
 }
 
 // CreateHooks guard the creation of a Node that does not exist.
@@ -100,8 +107,8 @@ type CreateHooks struct {
 // again: it was deleted, which revoked the node's certificates.
 var ErrGone = errors.New("node was deleted")
 
-func (w *Writer) apply(ctx context.Context, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
-	api := w.cfg.Client.CoreV1().Nodes()
+func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
+	api := as.CoreV1().Nodes()
 	var out *corev1.Node
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		now := metav1.NewTime(w.cfg.Now())
@@ -120,7 +127,7 @@ func (w *Writer) apply(ctx context.Context, name string, rep *Report, cached *co
 					Status:     Status(now, name, rep, nil),
 				}
 				PointKubelet(&n.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
-				created, err := api.Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
+				created, err := w.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
 				if apierrors.IsAlreadyExists(err) {
 					// Another relay replica created it meanwhile: read it again.
 					return apierrors.NewConflict(schema.GroupResource{Resource: "nodes"}, name, err)
@@ -196,9 +203,10 @@ func hasLabels(have, want map[string]string) bool {
 
 // RenewLease renews the Lease of node, creating it (owned by the Node, as
 // the kubelet does, so it goes when the Node goes) if it is missing.
-// cached, if not nil, is the Lease as last written.
-func (w *Writer) RenewLease(ctx context.Context, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
-	api := w.cfg.Client.CoordinationV1().Leases(LeaseNamespace)
+// cached, if not nil, is the Lease as last written. as is the client
+// acting as the node.
+func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	api := as.CoordinationV1().Leases(LeaseNamespace)
 	secs := int32(w.cfg.LeaseDuration / time.Second)
 	if secs < 1 {
 		secs = 1

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,9 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/wire"
@@ -41,7 +42,10 @@ const (
 
 // Config configures the pod sync of one agent connection.
 type Config struct {
-	Client kubernetes.Interface
+	// Client acts as the node (package asnode): every read and write of
+	// the session is the node's own, bounded by the Node authorizer and
+	// NodeRestriction.
+	Client asnode.Client
 	// Node is the node name, from the client certificate.
 	Node string
 	// Held are the object versions of the agent's hello.
@@ -86,6 +90,8 @@ type Session struct {
 	cfg    Config
 	cancel context.CancelFunc
 	done   chan struct{}
+	// pods is the store of the node's pod watch, once it started.
+	pods atomic.Pointer[cache.Store]
 }
 
 // Start begins the sync for cfg.Node. Call it after the HelloAck was
@@ -111,6 +117,21 @@ func Start(ctx context.Context, cfg Config) *Session {
 func (s *Session) Stop() {
 	s.cancel()
 	<-s.done
+}
+
+// Bound reports whether the pod namespace/name is bound to the session's
+// node, as the node's pod watch last saw it.
+func (s *Session) Bound(namespace, name string) bool {
+	st := s.pods.Load()
+	if st == nil {
+		return false
+	}
+	o, ok, _ := (*st).GetByKey(namespace + "/" + name)
+	if !ok {
+		return false
+	}
+	p, ok := o.(*corev1.Pod)
+	return ok && p.Spec.NodeName == s.cfg.Node
 }
 
 // Done is closed when the session has ended (Stop, or the connection
@@ -188,6 +209,7 @@ func (s *Session) run(ctx context.Context) {
 		return
 	}
 	st.pods = st.watch(&corev1.Pod{}, listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node))
+	s.pods.Store(&st.pods.store)
 	var extraChanged <-chan struct{}
 	if s.cfg.Extra != nil {
 		extraChanged = s.cfg.Extra.Changed()
@@ -299,7 +321,7 @@ func dropManagedFields(o any) (any, error) {
 
 // refListWatch watches one ConfigMap or Secret by name, as the kubelet's
 // watch-based ConfigMap and Secret managers do.
-func refListWatch(c kubernetes.Interface, r Ref) (runtime.Object, cache.ListerWatcher) {
+func refListWatch(c asnode.Client, r Ref) (runtime.Object, cache.ListerWatcher) {
 	sel := fields.OneTermEqualSelector("metadata.name", r.Name).String()
 	if r.Kind == wire.KindConfigMap {
 		return &corev1.ConfigMap{}, listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, "")

@@ -12,10 +12,11 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/wire"
 )
 
@@ -145,11 +146,17 @@ var errNotBound = errors.New("pod is not bound to this node")
 
 // mintTokens obtains the tokens of pod uid for node, after reading the pod
 // again: only a pod bound to node, with that UID, gets a token. The pod's
-// name, namespace and service account come from that fresh read.
-func mintTokens(ctx context.Context, c kubernetes.Interface, node string, ns, name string, uid types.UID, after time.Duration) (obj wire.Object, refreshAt time.Time, err error) {
+// name, namespace and service account come from that fresh read, made
+// as the node: the Node authorizer answers Forbidden for a pod not bound
+// to it, and lets it request tokens only for the service accounts of its
+// own pods, which NodeRestriction binds to the pod named.
+func mintTokens(ctx context.Context, c asnode.Client, node string, ns, name string, uid types.UID, after time.Duration) (obj wire.Object, refreshAt time.Time, err error) {
 	gctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	p, err := c.CoreV1().Pods(ns).Get(gctx, name, metav1.GetOptions{})
 	cancel()
+	if apierrors.IsForbidden(err) {
+		return obj, refreshAt, fmt.Errorf("%w: %v", errNotBound, err)
+	}
 	if err != nil {
 		return obj, refreshAt, fmt.Errorf("read pod: %w", err)
 	}

@@ -233,12 +233,12 @@ func TestSessionAcksAfterWrite(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	w, err := NewWriter(WriterConfig{Client: client, Now: func() time.Time { return now.Time }})
+	w, err := NewWriter(WriterConfig{Now: func() time.Time { return now.Time }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := newAcks()
-	s := w.Start(context.Background(), SessionConfig{Node: "gw", Done: a.done})
+	s := w.Start(context.Background(), SessionConfig{Node: "gw", Client: client, Done: a.done})
 	defer s.Stop()
 
 	s.Report(5, running())
@@ -305,9 +305,9 @@ func TestSessionCoalescesAndDeletes(t *testing.T) {
 		<-block
 		return false, nil, nil
 	})
-	w, _ := NewWriter(WriterConfig{Client: client})
+	w, _ := NewWriter(WriterConfig{})
 	a := newAcks()
-	s := w.Start(context.Background(), SessionConfig{Node: "gw", Done: a.done})
+	s := w.Start(context.Background(), SessionConfig{Node: "gw", Client: client, Done: a.done})
 	defer s.Stop()
 
 	s.Report(1, running()) // taken by the writer, which blocks on the read
@@ -345,9 +345,9 @@ func TestSessionInvalidIsDropped(t *testing.T) {
 	client.PrependReactor("update", "pods", func(ktesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewInvalid(schema.GroupKind{Kind: "Pod"}, "web", nil)
 	})
-	w, _ := NewWriter(WriterConfig{Client: client})
+	w, _ := NewWriter(WriterConfig{})
 	a := newAcks()
-	s := w.Start(context.Background(), SessionConfig{Node: "gw", Done: a.done})
+	s := w.Start(context.Background(), SessionConfig{Node: "gw", Client: client, Done: a.done})
 	defer s.Stop()
 	s.Report(4, running())
 	if got := a.next(t); got != 4 {

@@ -13,10 +13,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/client-go/util/retry"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/wire"
 )
 
@@ -36,7 +36,6 @@ const FieldManager = "outpost-relay"
 
 // WriterConfig configures a Writer.
 type WriterConfig struct {
-	Client kubernetes.Interface
 	// QPS and Burst bound the pod status writes of all connections
 	// together (each costs a read and a write, like the kubelet's).
 	QPS   float32
@@ -60,9 +59,6 @@ type Writer struct {
 
 // NewWriter builds a Writer.
 func NewWriter(cfg WriterConfig) (*Writer, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("podstatus: Client is required")
-	}
 	if cfg.QPS <= 0 {
 		cfg.QPS = DefaultQPS
 	}
@@ -114,11 +110,13 @@ type errDrop struct{ why string }
 
 func (e *errDrop) Error() string { return e.why }
 
-// Write writes one report of node to the API server: the pod must exist,
-// be bound to node and have the report's UID. The node is the
-// connection's, from its certificate; the report's namespace and name are
-// only where to look.
-func (w *Writer) Write(ctx context.Context, node string, rep *wire.PodStatus) (Outcome, error) {
+// Write writes one report of node to the API server through as, the
+// client acting as node (package asnode): the pod must exist, be bound to
+// node and have the report's UID. The node is the connection's, from its
+// certificate; the report's namespace and name are only where to look.
+// The Node authorizer answers Forbidden for a pod not bound to node (or
+// gone); such a report is dropped like one about another node's pod.
+func (w *Writer) Write(ctx context.Context, as asnode.Client, node string, rep *wire.PodStatus) (Outcome, error) {
 	if err := w.limiter.Wait(ctx); err != nil {
 		return Retry, err
 	}
@@ -131,7 +129,7 @@ func (w *Writer) Write(ctx context.Context, node string, rep *wire.PodStatus) (O
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 
-	api := w.cfg.Client.CoreV1().Pods(rep.Namespace)
+	api := as.CoreV1().Pods(rep.Namespace)
 	result := "unchanged"
 	fresh := false
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
@@ -150,6 +148,8 @@ func (w *Writer) Write(ctx context.Context, node string, rep *wire.PodStatus) (O
 		switch {
 		case apierrors.IsNotFound(err):
 			return &errDrop{"pod not found"}
+		case apierrors.IsForbidden(err):
+			return &errDrop{"pod not bound to this node, or gone: " + err.Error()}
 		case err != nil:
 			return err
 		case pod.Spec.NodeName != node:
@@ -204,6 +204,8 @@ func (w *Writer) Write(ctx context.Context, node string, rep *wire.PodStatus) (O
 type SessionConfig struct {
 	// Node is the node name, from the client certificate.
 	Node string
+	// Client acts as the node (package asnode); required.
+	Client asnode.Client
 	// Done is called once per report seq when it no longer needs to be
 	// kept: written, dropped for good, or replaced by a newer report of
 	// the same pod. It may be called from Report's caller or from the
@@ -357,7 +359,7 @@ func (s *Session) run() {
 	for {
 		it, next := s.take(time.Now())
 		if it != nil {
-			out, err := s.w.Write(s.ctx, s.cfg.Node, it.rep)
+			out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
 			pod := it.rep.Namespace + "/" + it.rep.Name
 			switch {
 			case s.ctx.Err() != nil:

@@ -73,6 +73,9 @@ type conn struct {
 	// is closed when the connection ends.
 	streams     streamSet
 	streamsDone chan struct{}
+	// pods is the pod sync, once started: the kubelet API finds a pod's
+	// node among the connections' pod watches.
+	pods atomic.Pointer[pods.Session]
 }
 
 // nodeFromTLS returns the node name and certificate serial (as
@@ -182,10 +185,20 @@ func (c *conn) serve() {
 		go old.close(CloseReplaced, "replaced by a newer connection of the same node")
 	}
 
+	// Everything written and read for this node from here on is the
+	// node's own doing, as far as the API server can tell.
+	as, err := c.s.cfg.AsNode.For(c.node)
+	if err != nil {
+		c.log.Error("no API client acting as the node", "err", err)
+		c.sendError(wire.CodeInternal, "relay cannot act as this node: "+err.Error(), true)
+		c.close(websocket.StatusInternalError, "relay cannot act as this node")
+		return
+	}
 	hb := c.s.cfg.HeartbeatInterval
 	silent := 3 * hb
 	sess := c.s.nodes.Start(c.s.ctx, nodes.SessionConfig{
 		Name:    c.node,
+		Client:  as,
 		OnAck:   func(seq uint64) { c.acks.doneUpTo(wire.TypeNodeStatus, seq) },
 		OnFatal: c.onWriteFatal,
 		Alive:   func() bool { return time.Since(time.Unix(0, c.lastSeen.Load())) < silent },
@@ -214,7 +227,7 @@ func (c *conn) serve() {
 	twinReports, nodeDevices, stopDevices := c.startDevices()
 	defer stopDevices()
 	psync := pods.Start(c.s.ctx, pods.Config{
-		Client: c.s.cfg.Client,
+		Client: as,
 		Node:   c.node,
 		Held:   h.Objects,
 		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
@@ -224,7 +237,8 @@ func (c *conn) serve() {
 		TokenRefreshAfter: c.s.cfg.TokenRefreshAfter,
 	})
 	defer psync.Stop()
-	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Done: c.acks.done, Log: c.log})
+	c.pods.Store(psync)
+	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Client: as, Done: c.acks.done, Log: c.log})
 	defer pstatus.Stop()
 
 	for {

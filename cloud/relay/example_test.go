@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 )
@@ -16,8 +17,10 @@ import (
 // Run a relay in-process over TLS, as tests and benchmarks do.
 func Example() {
 	ca, _ := pki.Generate(time.Now())
+	api := fake.NewClientset() // a real clientset in production
 	srv, err := relay.New(relay.Config{
-		Client: fake.NewClientset(), // a real clientset in production
+		Client: api,
+		AsNode: asnode.Same{C: api}, // asnode.New(restConfig) in production
 		CA:     ca,
 		Log:    slog.New(slog.DiscardHandler),
 	})

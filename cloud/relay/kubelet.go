@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,9 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"outpost.dev/wire"
 )
@@ -159,26 +155,16 @@ func (s *Server) serveContainerLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	name := open.Namespace + "/" + open.Pod
-	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	pod, err := s.cfg.Client.CoreV1().Pods(open.Namespace).Get(gctx, open.Pod, metav1.GetOptions{ResourceVersion: "0"})
-	cancel()
-	switch {
-	case apierrors.IsNotFound(err):
-		http.Error(w, fmt.Sprintf("pod %s not found", name), http.StatusBadRequest)
-		return
-	case err != nil:
-		http.Error(w, fmt.Sprintf("reading pod %s: %v", name, err), http.StatusInternalServerError)
-		return
-	}
-	node := pod.Spec.NodeName
-	log := s.log.With("node", node, "pod", name, "container", open.Container)
-	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
+	// The pod's node is found among the pod watches of the agents
+	// connected here, each made as its node: the relay reads no pod as
+	// itself, and a pod of a node connected elsewhere is not its to serve.
+	c := s.connOfPod(open.Namespace, open.Pod)
 	if c == nil {
-		http.Error(w, fmt.Sprintf("edge node %q is not connected to this relay replica (%s): it is offline, or connected to another replica that has not yet written its address into the Node; try again", node, s.cfg.KubeletAddress), http.StatusInternalServerError)
+		http.Error(w, fmt.Sprintf("pod %s is not bound to an edge node connected to this relay replica (%s): it does not exist, its node is offline, or its node is connected to another replica that has not yet written its address into the Node; try again", name, s.cfg.KubeletAddress), http.StatusInternalServerError)
 		return
 	}
+	node := c.node
+	log := s.log.With("node", node, "pod", name, "container", open.Container)
 	st, err := c.streams.open()
 	if err != nil {
 		http.Error(w, fmt.Sprintf("edge node %q: %v", node, err), http.StatusInternalServerError)
@@ -256,6 +242,19 @@ func (s *Server) serveContainerLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// connOfPod returns the connection whose node the pod namespace/name is
+// bound to, or nil if no agent connected here has it.
+func (s *Server) connOfPod(namespace, name string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.conns {
+		if p := c.pods.Load(); p != nil && p.Bound(namespace, name) {
+			return c
+		}
+	}
+	return nil
 }
 
 // streamSet holds the log streams of one connection.

@@ -255,14 +255,15 @@ func TestKubeletContainerLogs(t *testing.T) {
 		t.Fatalf("stream-ack %+v %v", a, err)
 	}
 
-	// Not the API server: refused. A node not connected here: said so.
+	// Not the API server: refused. A pod of a node not connected here:
+	// said so.
 	ch, _ = get(k.other, "/containerLogs/default/web/app")
 	if resp := <-ch; resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("other client: %d", resp.StatusCode)
 	}
 	ch, _ = get(k.apiserver, "/containerLogs/default/away/app")
 	resp = <-ch
-	if b := body(resp); resp.StatusCode != 500 || !strings.Contains(b, `"gw-offline" is not connected to this relay replica`) {
+	if b := body(resp); resp.StatusCode != 500 || !strings.Contains(b, `pod default/away is not bound to an edge node connected to this relay replica`) {
 		t.Fatalf("offline node: %d %q", resp.StatusCode, b)
 	}
 	ch, _ = get(k.apiserver, "/containerLogs/default/web/app?stream=Stdout")

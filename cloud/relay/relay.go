@@ -12,7 +12,8 @@
 //
 // To run one in-process (tests, benchmarks):
 //
-//	srv, _ := relay.New(relay.Config{Client: client, CA: ca, Log: log})
+//	asNode, _ := asnode.New(restConfig)
+//	srv, _ := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: log})
 //	hs := httptest.NewUnstartedServer(srv)
 //	hs.TLS = srv.TLSConfig(servingCert)
 //	hs.StartTLS()
@@ -34,6 +35,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
@@ -55,9 +57,17 @@ const (
 	readyCacheFor = 5 * time.Second
 )
 
-// Config is everything a relay needs. Client, CA and Log are required.
+// Config is everything a relay needs. Client, AsNode, CA and Log are
+// required.
 type Config struct {
+	// Client is the relay's own identity: join, the relay CA, creating a
+	// new edge Node (which only it may label an edge node), and the
+	// readiness check.
 	Client kubernetes.Interface
+	// AsNode hands out the client acting as a node (package asnode):
+	// everything the relay reads and writes on a connected node's behalf
+	// goes through it.
+	AsNode asnode.Provider
 	CA     *pki.CA
 	// Namespace is the relay's own namespace, where node identity records
 	// live (cloud/identity); "" means DefaultNamespace.
@@ -154,8 +164,8 @@ type Server struct {
 
 // New builds a relay from cfg.
 func New(cfg Config) (*Server, error) {
-	if cfg.Client == nil || cfg.CA == nil || cfg.Log == nil {
-		return nil, errors.New("relay: Client, CA and Log are required")
+	if cfg.Client == nil || cfg.AsNode == nil || cfg.CA == nil || cfg.Log == nil {
+		return nil, errors.New("relay: Client, AsNode, CA and Log are required")
 	}
 	if cfg.HeartbeatInterval <= 0 {
 		cfg.HeartbeatInterval = DefaultHeartbeatInterval
@@ -216,7 +226,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	ps, err := podstatus.NewWriter(podstatus.WriterConfig{
-		Client: cfg.Client, QPS: cfg.PodStatusQPS, Burst: cfg.PodStatusBurst,
+		QPS: cfg.PodStatusQPS, Burst: cfg.PodStatusBurst,
 		Log: cfg.Log, Registerer: cfg.Registry,
 	})
 	if err != nil {

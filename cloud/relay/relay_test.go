@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
@@ -55,6 +56,7 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 	client := fake.NewClientset()
 	cfg := relay.Config{
 		Client:   client,
+		AsNode:   asnode.Same{C: client},
 		CA:       ca,
 		Version:  "test",
 		Log:      slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),

@@ -29,6 +29,15 @@
 // pod then keeps (or, the next time the node is offline, gets back) its
 // tolerations and is evicted as on any node.
 //
+// The pods of a node are watched as that node (package asnode), as the
+// relay's pod sync does, so the relay itself needs no right to read pods.
+// The patch is the relay's own: NodeRestriction lets a node write only its
+// pods' status, and a Node may not change its pods' specs. That right
+// (patch on pods, cluster-wide, which RBAC cannot narrow) is held in check
+// by the ValidatingAdmissionPolicy in cloud/deploy/policy.yaml, which
+// lets the relay's identity change nothing of a pod but these
+// tolerations and the annotation recording them.
+//
 // Every relay replica runs a Controller. Patches carry the pod's
 // resourceVersion, so replicas racing on a pod make one write and one
 // conflict, after which the loser finds nothing left to do.
@@ -56,6 +65,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 )
@@ -80,7 +90,12 @@ var offlineTaints = []string{corev1.TaintNodeNotReady, corev1.TaintNodeUnreachab
 
 // Config configures a Controller.
 type Config struct {
+	// Client is the relay's own identity: it watches edge Nodes and
+	// patches pods' tolerations.
 	Client kubernetes.Interface
+	// AsNode hands out the client acting as a node, which watches that
+	// node's pods.
+	AsNode asnode.Provider
 	Log    *slog.Logger
 	// Registerer receives the patch counter; nil registers nothing.
 	Registerer prometheus.Registerer
@@ -112,8 +127,8 @@ type nodeWatch struct {
 
 // New returns a Controller; it does nothing until Run.
 func New(cfg Config) (*Controller, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("tolerations: Client is required")
+	if cfg.Client == nil || cfg.AsNode == nil {
+		return nil, errors.New("tolerations: Client and AsNode are required")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -210,7 +225,12 @@ func (c *Controller) nodeChanged(ctx context.Context, o any) {
 		return
 	}
 	if nw == nil {
-		nw = c.watchPods(ctx, n.Name)
+		nw, err := c.watchPods(ctx, n.Name)
+		if err != nil {
+			c.mu.Unlock()
+			c.log.Error("cannot watch the pods of an offline edge node", "node", n.Name, "err", err)
+			return
+		}
 		nw.optOut = optOut
 		c.nodes[n.Name] = nw
 		c.mu.Unlock()
@@ -252,16 +272,21 @@ func (c *Controller) nodeGone(name string) {
 	}
 }
 
-// watchPods starts the pod informer of node name; c.mu is held.
-func (c *Controller) watchPods(ctx context.Context, name string) *nodeWatch {
-	inf := cache.NewSharedIndexInformer(listwatch.PodsOnNode(c.cfg.Client, name), &corev1.Pod{}, c.cfg.Resync, cache.Indexers{})
+// watchPods starts the pod informer of node name, watching as that node;
+// c.mu is held.
+func (c *Controller) watchPods(ctx context.Context, name string) (*nodeWatch, error) {
+	as, err := c.cfg.AsNode.For(name)
+	if err != nil {
+		return nil, err
+	}
+	inf := cache.NewSharedIndexInformer(listwatch.PodsOnNode(as, name), &corev1.Pod{}, c.cfg.Resync, cache.Indexers{})
 	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { c.enqueue(name, o) },
 		UpdateFunc: func(_, o any) { c.enqueue(name, o) },
 	})
 	pctx, cancel := context.WithCancel(ctx)
 	go inf.RunWithContext(pctx)
-	return &nodeWatch{informer: inf, stop: cancel}
+	return &nodeWatch{informer: inf, stop: cancel}, nil
 }
 
 func (c *Controller) enqueue(node string, o any) {

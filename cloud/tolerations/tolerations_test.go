@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/nodes"
 )
 
@@ -146,7 +147,7 @@ func TestControllerKeepsAndRestores(t *testing.T) {
 	onWorker := pod(defaults(300), nil)
 	onWorker.Name, onWorker.Spec.NodeName = "w", "worker"
 	client := fake.NewClientset(edge, kubelet, onEdge, optedOut, onWorker)
-	c, err := New(Config{Client: client})
+	c, err := New(Config{Client: client, AsNode: asnode.Same{C: client}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func TestControllerWatchesOnlyOfflineNodes(t *testing.T) {
 	edge := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Labels: map[string]string{EdgeRoleLabel: ""}},
 		Status: corev1.NodeStatus{Conditions: conds(corev1.ConditionTrue, corev1.ConditionTrue)}}
 	client := fake.NewClientset(edge, pod(defaults(300), nil))
-	c, err := New(Config{Client: client})
+	c, err := New(Config{Client: client, AsNode: asnode.Same{C: client}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
@@ -82,6 +83,10 @@ func BenchmarkRelayMemory(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	asNode, err := asnode.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ca, err := pki.Generate(time.Now())
 	if err != nil {
 		b.Fatal(err)
@@ -89,7 +94,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 	if err := relayNamespace(ctx, client); err != nil {
 		b.Fatal(err)
 	}
-	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler)})
+	srv, err := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}

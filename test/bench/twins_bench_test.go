@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
@@ -54,6 +55,10 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 	if err != nil {
 		b.Fatal(err)
 	}
+	asNode, err := asnode.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
 	dcfg := cp.RESTConfig()
 	dcfg.QPS, dcfg.Burst = -1, 0 // the relay's own bucket limits status writes
 	dyn, err := dynamic.NewForConfig(dcfg)
@@ -71,7 +76,7 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 		b.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := relay.New(relay.Config{Client: client, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
+	srv, err := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
 		Dynamic: dyn, DeviceStatus: devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}})
 	if err != nil {
 		b.Fatal(err)

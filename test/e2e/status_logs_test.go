@@ -367,7 +367,7 @@ func TestPodStatusNotBoundIsDropped(t *testing.T) {
 		_ = kc.CoreV1().Pods(ns).Delete(context.Background(), orphan.Name, *metav1.NewDeleteOptions(0))
 	})
 	out, err := st.CP.Kubectl(ctx, "logs", orphan.Name, "-n", ns)
-	if err == nil || !strings.Contains(out, `edge node "status-gone" is not connected to this relay replica`) {
+	if err == nil || !strings.Contains(out, `pod default/sl-orphan is not bound to an edge node connected to this relay replica`) {
 		t.Errorf("kubectl logs on an unconnected node: %v %q", err, out)
 	}
 	t.Logf("kubectl logs on an unconnected node: %s", strings.TrimSpace(out))

@@ -37,8 +37,12 @@ type Peer struct {
 }
 
 // Join joins node name through relay r with a new bootstrap token, checking
-// the relay's CA signature as the agent does.
+// the relay's CA signature as the agent does; the relay is allowed to act
+// as name first (stack.AllowNode).
 func Join(ctx context.Context, s *stack.Stack, r *stack.Relay, name string) (*Peer, error) {
+	if err := s.AllowNode(ctx, name); err != nil {
+		return nil, err
+	}
 	tok, err := s.CreateToken(ctx, time.Hour)
 	if err != nil {
 		return nil, err

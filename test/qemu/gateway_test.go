@@ -225,6 +225,12 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 	}
 	g.Node = m[1]
 	t.Logf("%5.1fs after QEMU started: %s", g.Joined.Sub(g.Start).Seconds(), line)
+	// The guest picks its name at first boot, so the relay is allowed to
+	// act as it only now; a hello before that is refused and the agent
+	// reconnects.
+	if err := st.AllowNode(ctx, g.Node); err != nil {
+		fail("%v", err)
+	}
 	left := opts.ReadyTimeout - time.Since(g.Start)
 	if err := st.WaitNodeReady(ctx, g.Node, true, left); err != nil {
 		fail("%v", err)

@@ -138,9 +138,14 @@ type JoinResult struct {
 }
 
 // RunJoin runs outpost-agent join for node name with a fresh state
-// directory and returns its output whatever the outcome.
+// directory and returns its output whatever the outcome. The relay is
+// first allowed to act as name (AllowNode), as an administrator would
+// when handing out the token.
 func (s *Stack) RunJoin(ctx context.Context, name, server, token string, extra ...string) (*Agent, JoinResult) {
 	a := &Agent{Name: name, StateDir: filepath.Join(s.Dir, "agents", name), s: s}
+	if err := s.AllowNode(ctx, name); err != nil {
+		return a, JoinResult{Stderr: err.Error(), ExitCode: -1}
+	}
 	args := append([]string{"join", "--server", server, "--token", token, "--node-name", name,
 		"--state-dir", a.StateDir}, extra...)
 	cmd := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-agent"), args...)

@@ -1,6 +1,7 @@
 // Package stack runs Outpost's own processes, the relay and agents, against
 // a control plane from the harness package, the way an operator would: the
-// relay with the least-privilege RBAC from cloud/deploy, agents joined with
+// relay with the least-privilege RBAC and admission policies from
+// cloud/deploy, agents joined with
 // bootstrap tokens. End-to-end tests, benchmarks and `make demo` share it.
 package stack
 
@@ -20,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/harness"
 )
 
@@ -55,7 +57,8 @@ type Stack struct {
 	BinDir string
 	CP     *harness.ControlPlane
 	// RelayKubeconfig authenticates as the relay's ServiceAccount, so the
-	// relay runs with exactly the RBAC it ships with.
+	// relay runs with exactly the RBAC it ships with (impersonating nodes
+	// for everything it does on their behalf).
 	RelayKubeconfig string
 
 	// Containerd, Registry and Images are set with Options.Containerd.
@@ -147,15 +150,17 @@ func BuildBinaries(ctx context.Context, dir string, log *slog.Logger) (string, e
 	return dir, nil
 }
 
-// installRBAC applies cloud/deploy/rbac.yaml and writes a kubeconfig for
-// the relay's ServiceAccount with a token from the TokenRequest API.
+// installRBAC applies cloud/deploy/rbac.yaml and policy.yaml and writes a
+// kubeconfig for the relay's ServiceAccount with a token from the
+// TokenRequest API.
 func (s *Stack) installRBAC(ctx context.Context) error {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		return err
 	}
-	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(root, "cloud", "deploy", "rbac.yaml")); err != nil {
-		return fmt.Errorf("apply relay RBAC: %v\n%s", err, out)
+	deploy := filepath.Join(root, "cloud", "deploy")
+	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(deploy, "rbac.yaml"), "-f", filepath.Join(deploy, "policy.yaml")); err != nil {
+		return fmt.Errorf("apply relay RBAC and admission policies: %v\n%s", err, out)
 	}
 	var tok *authv1.TokenRequest
 	deadline := time.Now().Add(30 * time.Second)
@@ -209,6 +214,22 @@ func (s *Stack) CreateToken(ctx context.Context, ttl time.Duration, extra ...str
 		return "", fmt.Errorf("outpost-relay token create: %v: %s", err, msg)
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// AllowNode lets the relay act as node name with outpost-relay node allow,
+// as an administrator would (cloud/nodegrant), and waits until the
+// relay's role carries it. A name that is not a valid node name is left
+// to join to refuse.
+func (s *Stack) AllowNode(ctx context.Context, name string) error {
+	if nodes.CheckName(name) != nil {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(s.BinDir, "outpost-relay"), "node", "allow",
+		"--kubeconfig", s.CP.Kubeconfig, name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("outpost-relay node allow %s: %v: %s", name, err, out)
+	}
+	return nil
 }
 
 // Stop stops every agent and relay, then the control plane.

@@ -4,6 +4,7 @@
 //	outpost-relay serve [flags]         run the relay
 //	outpost-relay token create [flags]  create a bootstrap token; prints id.secret
 //	outpost-relay node revoke NAME      revoke every certificate of an edge node
+//	outpost-relay node allow NAME...    let the relay act as these edge nodes
 //	outpost-relay version               print the version
 package main
 
@@ -30,10 +31,13 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/flowcontrol"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodegrant"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
@@ -48,10 +52,14 @@ var version = "dev"
 // It is re-minted at every start, so it only has to outlive one run.
 const servingCertValidity = 365 * 24 * time.Hour
 
+const nodeUsage = `usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME
+       outpost-relay node allow [--kubeconfig FILE] [--wait 1m] NAME...`
+
 const usage = `usage:
   outpost-relay serve [flags]         run the relay
   outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
   outpost-relay node revoke NAME      revoke every certificate of an edge node; re-joining it needs a token made with --node NAME
+  outpost-relay node allow NAME...    let the relay act as these edge nodes (an administrator's kubeconfig)
   outpost-relay version               print the version
 Run a subcommand with -h for its flags.`
 
@@ -78,10 +86,16 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return tokenCreate(args[2:], stdout, stderr)
 	case "node":
-		if len(args) < 2 || args[1] != "revoke" {
-			return errors.New(`usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME`)
+		if len(args) < 2 {
+			return errors.New(nodeUsage)
 		}
-		return nodeRevoke(args[2:], stdout, stderr)
+		switch args[1] {
+		case "revoke":
+			return nodeRevoke(args[2:], stdout, stderr)
+		case "allow":
+			return nodeAllow(args[2:], stdout, stderr)
+		}
+		return errors.New(nodeUsage)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -193,10 +207,19 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	cfg.QPS, cfg.Burst = float32(*qps), *burst
+	// One bucket for the relay's own requests and those it makes as its
+	// nodes (asnode below).
+	cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, cfg.Burst)
 	cfg.UserAgent = "outpost-relay/" + version
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	// What the relay does for a node it does as that node, over the same
+	// connection pool and within the same --kube-api-qps.
+	asNode, err := asnode.New(cfg)
+	if err != nil {
+		return err
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -206,6 +229,7 @@ func serve(args []string, stderr io.Writer) error {
 	// this client's limiter only has to leave room for it.
 	dcfg := rest.CopyConfig(cfg)
 	dcfg.QPS, dcfg.Burst = float32(*qps+*devQPS), *burst+*devBurst
+	dcfg.RateLimiter = nil // its own bucket, of the size above
 	dyn, err := dynamic.NewForConfig(dcfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes dynamic client: %w", err)
@@ -245,6 +269,7 @@ func serve(args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := relay.New(relay.Config{
 		Client:              client,
+		AsNode:              asNode,
 		CA:                  ca,
 		Namespace:           *namespace,
 		HeartbeatInterval:   *heartbeat,
@@ -269,7 +294,7 @@ func serve(args []string, stderr io.Writer) error {
 		return err
 	}
 	if *offlineTols {
-		tc, err := tolerations.New(tolerations.Config{Client: client, Log: log.With("component", "tolerations"), Registerer: reg})
+		tc, err := tolerations.New(tolerations.Config{Client: client, AsNode: asNode, Log: log.With("component", "tolerations"), Registerer: reg})
 		if err != nil {
 			return err
 		}
@@ -350,16 +375,22 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("token create: unexpected arguments %q", fs.Args())
 	}
-	cfg, err := restConfig(*kubeconfig, false)
+	client, err := adminClient(*kubeconfig)
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if *node != "" {
+		// The administrator who binds a token to a node also lets the
+		// relay act as that node, so a bound token needs no second step.
+		if err := nodes.CheckName(*node); err != nil {
+			return fmt.Errorf("token create: %w", err)
+		}
+		if err := nodegrant.Allow(ctx, client, *node); err != nil {
+			return err
+		}
+	}
 	tok, err := join.CreateToken(ctx, client.CoreV1().Secrets(join.TokenNamespace),
 		join.TokenOptions{TTL: *ttl, Description: *description, Node: *node, Uses: *uses}, time.Now())
 	if err != nil {
@@ -369,6 +400,8 @@ func tokenCreate(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// nodeRevoke marks a node's identity record revoked: every relay replica
+// refuses its certificates and closes its link.
 func nodeRevoke(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node revoke", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -387,13 +420,9 @@ func nodeRevoke(args []string, stdout, stderr io.Writer) error {
 	if err := nodes.CheckName(name); err != nil {
 		return fmt.Errorf("node revoke: %w", err)
 	}
-	cfg, err := restConfig(*kubeconfig, false)
+	client, err := adminClient(*kubeconfig)
 	if err != nil {
 		return err
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -402,6 +431,65 @@ func nodeRevoke(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "node %s revoked: every relay refuses its certificates and closes its link; re-join it with a token made by \"outpost-relay token create --node %s --uses 1\"\n", name, name)
 	return nil
+}
+
+// nodeAllow lets the relay act as the named edge nodes (cloud/nodegrant)
+// and waits until the relay's role says so.
+func nodeAllow(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node allow", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		kubeconfig = fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
+		wait       = fs.Duration("wait", time.Minute, "how long to wait for the controller manager to add the grants to ClusterRole "+nodegrant.AggregatedRole+"; 0: do not wait")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		return errors.New("node allow: name the nodes: outpost-relay node allow NAME...")
+	}
+	for _, name := range fs.Args() {
+		if err := nodes.CheckName(name); err != nil {
+			return fmt.Errorf("node allow: %w", err)
+		}
+	}
+	client, err := adminClient(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+*wait)
+	defer cancel()
+	for _, name := range fs.Args() {
+		if err := nodegrant.Allow(ctx, client, name); err != nil {
+			return err
+		}
+	}
+	if *wait > 0 {
+		wctx, cancel := context.WithTimeout(ctx, *wait)
+		defer cancel()
+		for _, name := range fs.Args() {
+			if err := nodegrant.WaitAllowed(wctx, client, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range fs.Args() {
+		fmt.Fprintf(stdout, "the relay may act as node %s (ClusterRole %s)\n", name, nodegrant.RoleName(name))
+	}
+	return nil
+}
+
+// adminClient is the client of the administrator running a subcommand.
+func adminClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := restConfig(kubeconfig, false)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 // restConfig loads client configuration: the named kubeconfig, else

@@ -1,0 +1,123 @@
+// Package asnode hands out the API clients the relay uses on an edge
+// node's behalf. Each acts as the node itself: it impersonates
+// system:node:<name>, so the API server's Node authorizer and
+// NodeRestriction admission bound what the relay can do for a node exactly
+// as they bound a kubelet (its own Node, Lease and pods, the ConfigMaps,
+// Secrets and service-account tokens those pods use, events).
+//
+// The relay's service account holds no such rights itself: only the
+// constrained impersonation verbs (impersonate:arbitrary-node on the
+// node, impersonate-on:arbitrary-node:<verb> on each resource it uses,
+// see cloud/deploy/rbac.yaml). Nothing but the user name is sent; the API
+// server sets the group system:nodes.
+//
+// All nodes share one connection pool and one client-side rate limiter;
+// a node's client is a few small structs, built once per connection.
+package asnode
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/transport"
+	"k8s.io/client-go/util/flowcontrol"
+)
+
+// UserPrefix is how the API server names a node: system:node:<name>.
+const UserPrefix = "system:node:"
+
+// Verb is the constrained impersonation verb for a node, which the API
+// server checks on resource nodes of API group authentication.k8s.io with
+// the node's name (cloud/nodegrant grants it node by node).
+const Verb = "impersonate:arbitrary-node"
+
+// NotAllowed reports whether err is the API server refusing the relay to
+// act as a node: it holds no grant for that node.
+func NotAllowed(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), Verb)
+}
+
+// NotAllowedHint says what to do about a NotAllowed error for node.
+func NotAllowedHint(node string) string {
+	return fmt.Sprintf("the relay may not act as node %q: an administrator must allow it with \"outpost-relay node allow %s\"", node, node)
+}
+
+// Client is what the relay may use while acting as one node: the API
+// groups a kubelet writes. A kubernetes.Interface satisfies it (client-go's
+// fake clientset too, for unit tests).
+type Client interface {
+	CoreV1() corev1.CoreV1Interface
+	CoordinationV1() coordinationv1.CoordinationV1Interface
+}
+
+// Provider hands out the client acting as node.
+type Provider interface {
+	For(node string) (Client, error)
+}
+
+// Impersonating is the Provider of a running relay: clients that
+// impersonate system:node:<name> over the relay's own credentials.
+type Impersonating struct {
+	cfg *rest.Config
+	rt  http.RoundTripper
+}
+
+// New builds an Impersonating provider from the relay's own client
+// configuration. cfg must not impersonate anyone already. Its QPS and
+// Burst bound the requests made as all nodes together.
+func New(cfg *rest.Config) (*Impersonating, error) {
+	if cfg.Impersonate.UserName != "" || len(cfg.Impersonate.Groups) > 0 || cfg.Impersonate.UID != "" || len(cfg.Impersonate.Extra) > 0 {
+		return nil, errors.New("asnode: the relay's own configuration must not impersonate anyone; remove the impersonation from its kubeconfig")
+	}
+	cfg = rest.CopyConfig(cfg)
+	if cfg.RateLimiter == nil && cfg.QPS > 0 {
+		burst := max(cfg.Burst, 1)
+		cfg.RateLimiter = flowcontrol.NewTokenBucketRateLimiter(cfg.QPS, burst)
+	}
+	rt, err := rest.TransportFor(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("asnode: transport: %w", err)
+	}
+	return &Impersonating{cfg: cfg, rt: rt}, nil
+}
+
+// For returns the client acting as node. It fails only for a
+// configuration client-go refuses, which New has already built a transport
+// from.
+func (p *Impersonating) For(node string) (Client, error) {
+	hc := &http.Client{
+		Transport: transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: UserPrefix + node}, p.rt),
+		Timeout:   p.cfg.Timeout,
+	}
+	core, err := corev1.NewForConfigAndClient(p.cfg, hc)
+	if err != nil {
+		return nil, fmt.Errorf("asnode: client for node %q: %w", node, err)
+	}
+	coord, err := coordinationv1.NewForConfigAndClient(p.cfg, hc)
+	if err != nil {
+		return nil, fmt.Errorf("asnode: client for node %q: %w", node, err)
+	}
+	return &client{core: core, coord: coord}, nil
+}
+
+type client struct {
+	core  *corev1.CoreV1Client
+	coord *coordinationv1.CoordinationV1Client
+}
+
+func (c *client) CoreV1() corev1.CoreV1Interface                         { return c.core }
+func (c *client) CoordinationV1() coordinationv1.CoordinationV1Interface { return c.coord }
+
+// Same is a Provider whose client is c for every node: for unit tests
+// with a fake clientset, which cannot impersonate.
+type Same struct{ C Client }
+
+// For returns s.C.
+func (s Same) For(string) (Client, error) { return s.C, nil }

@@ -8,8 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -17,42 +15,37 @@ import (
 	"outpost.dev/cloud/nodes"
 )
 
-// Cache holds what join reads on every request, from informers: the
-// bootstrap-token Secrets of kube-system (selected by type) and the edge
-// Nodes (selected by label, trimmed to what join and revocation look at).
-// A join request then costs the API server nothing until its token has
-// been checked.
+// Cache holds what join reads on every request: the edge Nodes, from an
+// informer (selected by label, trimmed to what join and revocation look
+// at), so a join request costs the API server no Node read until its
+// token has been checked.
 //
-// Leases are not cached: every renewal of every node would stream to every
-// replica. Join reads one Lease, and only for a request whose token
-// checked.
+// Token Secrets are not cached: a cache would need list and watch of
+// Secrets in kube-system, which RBAC cannot narrow to bootstrap tokens, and
+// the relay must not be able to read every Secret there. Each token is
+// read by its name (bootstrap-token-ID) instead, and since anyone may send
+// ids, those reads share one budget for all callers together, beside the
+// per-address limit in front of the endpoint.
 type Cache struct {
-	client  kubernetes.Interface
-	secrets cache.SharedIndexInformer
-	nodes   cache.SharedIndexInformer
-	// missed bounds the API reads of token ids the cache does not hold (a
-	// token created a moment ago, before its watch event arrived; any id
-	// while the cache starts): anyone may send unknown ids, so those reads
-	// share one small budget.
-	missed *bucket
+	client kubernetes.Interface
+	nodes  cache.SharedIndexInformer
+	tokens *bucket
 }
 
-// Missed-token reads: a few a second for all callers together.
+// Token reads: for all callers together, a rate the API server shrugs at
+// that still lets a fleet join at a useful pace.
 const (
-	missRate  = 2
-	missBurst = 10
+	tokenRate  = 20
+	tokenBurst = 50
 )
 
 // NewCache builds the informers; Run starts them.
 func NewCache(client kubernetes.Interface) *Cache {
-	typeSel := fields.OneTermEqualSelector("type", string(TokenSecretType)).String()
 	c := &Cache{
 		client: client,
-		secrets: cache.NewSharedIndexInformer(
-			listwatch.Selected(client, client.CoreV1().Secrets(TokenNamespace), typeSel, ""), &corev1.Secret{}, 0, cache.Indexers{}),
 		nodes: cache.NewSharedIndexInformer(
 			listwatch.Selected(client, client.CoreV1().Nodes(), "", nodes.EdgeRoleLabel), &corev1.Node{}, 0, cache.Indexers{}),
-		missed: newBucket(missRate, missBurst, time.Now()),
+		tokens: newBucket(tokenRate, tokenBurst, time.Now()),
 	}
 	// A replica may watch thousands of edge Nodes: keep only what is read.
 	_ = c.nodes.SetTransform(func(o any) (any, error) {
@@ -71,48 +64,35 @@ func NewCache(client kubernetes.Interface) *Cache {
 	return c
 }
 
-// Run runs the informers until ctx ends.
-func (c *Cache) Run(ctx context.Context) {
-	go c.secrets.RunWithContext(ctx)
-	go c.nodes.RunWithContext(ctx)
-}
+// Run runs the informer until ctx ends.
+func (c *Cache) Run(ctx context.Context) { go c.nodes.RunWithContext(ctx) }
 
-// Synced reports whether both informers have listed once.
-func (c *Cache) Synced() bool { return c.secrets.HasSynced() && c.nodes.HasSynced() }
+// Synced reports whether the informer has listed once.
+func (c *Cache) Synced() bool { return c.nodes.HasSynced() }
 
 // NodeInformer is the edge Node informer, for handlers that act when an
 // edge Node goes (revocation).
 func (c *Cache) NodeInformer() cache.SharedIndexInformer { return c.nodes }
 
-// Secrets reads token Secrets from the cache and writes through the API.
-func (c *Cache) Secrets() SecretUpdater { return cachedSecrets{c} }
+// Secrets reads and writes token Secrets through the API, reads within the
+// shared budget.
+func (c *Cache) Secrets() SecretUpdater { return budgetedSecrets{c} }
 
 // Nodes reads edge Nodes from the cache. A name the cache does not hold is
 // read from the API server: it may be a kubelet's node, which join must
 // not shadow; join asks only after the token checked.
 func (c *Cache) Nodes() NodeGetter { return cachedNodes{c} }
 
-type cachedSecrets struct{ c *Cache }
+type budgetedSecrets struct{ c *Cache }
 
-func (s cachedSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
-	api := s.c.client.CoreV1().Secrets(TokenNamespace)
-	synced := s.c.secrets.HasSynced()
-	if synced {
-		if o, ok, _ := s.c.secrets.GetStore().GetByKey(TokenNamespace + "/" + name); ok {
-			return o.(*corev1.Secret).DeepCopy(), nil
-		}
+func (s budgetedSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {
+	if !s.c.tokens.allow(time.Now()) {
+		return nil, apierrors.NewTooManyRequests("too many joins at once", 1)
 	}
-	if !s.c.missed.allow(time.Now()) {
-		if synced {
-			return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "secrets"}, name)
-		}
-		// Starting: the cache knows nothing yet, so "not found" would lie.
-		return nil, apierrors.NewServiceUnavailable("join cache not synced yet")
-	}
-	return api.Get(ctx, name, opts)
+	return s.c.client.CoreV1().Secrets(TokenNamespace).Get(ctx, name, opts)
 }
 
-func (s cachedSecrets) Update(ctx context.Context, sec *corev1.Secret, opts metav1.UpdateOptions) (*corev1.Secret, error) {
+func (s budgetedSecrets) Update(ctx context.Context, sec *corev1.Secret, opts metav1.UpdateOptions) (*corev1.Secret, error) {
 	return s.c.client.CoreV1().Secrets(TokenNamespace).Update(ctx, sec, opts)
 }
 

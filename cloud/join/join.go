@@ -10,13 +10,14 @@
 // create` write in kube-system. Every refusal is a wire.JoinError whose
 // reason says what to do next.
 //
-// A join never takes a name that belongs to a node: an edge Node of that
-// name (connected or not), a fresh Lease, or an identity record
+// A join never takes a name that belongs to a node: a Node of that name
+// (an edge node, connected or not, or any other), or an identity record
 // (cloud/identity). Only a token bound to the name (AnnotationNode) joins
 // it again, which records the new certificate as the node's only one and
 // so revokes the earlier ones. A token may be limited in uses
-// (AnnotationUses), taken atomically. Lookups come from a Cache; every
-// client address has a small token bucket.
+// (AnnotationUses), taken atomically. Nodes are looked up in a Cache, token
+// Secrets read by name within a shared budget; every client address has a
+// small token bucket.
 package join
 
 import (
@@ -32,7 +33,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,12 +48,6 @@ type NodeGetter interface {
 	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
 }
 
-// LeaseGetter reads node Leases. client-go's
-// CoordinationV1().Leases("kube-node-lease") satisfies it.
-type LeaseGetter interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*coordinationv1.Lease, error)
-}
-
 // Identities reads and writes node identity records. *identity.Registry
 // satisfies it.
 type Identities interface {
@@ -65,7 +59,6 @@ type Identities interface {
 type Config struct {
 	Secrets SecretUpdater // Secrets in kube-system
 	Nodes   NodeGetter
-	Leases  LeaseGetter // Leases in kube-node-lease
 	// Identities records each joined node's certificate (cloud/identity).
 	Identities Identities
 	CA         *pki.CA
@@ -97,8 +90,8 @@ type Handler struct {
 
 // New builds the join handler.
 func New(cfg Config) (*Handler, error) {
-	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.Leases == nil || cfg.Identities == nil || cfg.CA == nil {
-		return nil, errors.New("join: Secrets, Nodes, Leases, Identities and CA are required")
+	if cfg.Secrets == nil || cfg.Nodes == nil || cfg.Identities == nil || cfg.CA == nil {
+		return nil, errors.New("join: Secrets, Nodes, Identities and CA are required")
 	}
 	if cfg.NodeCertValidity <= 0 {
 		return nil, errors.New("join: NodeCertValidity must be positive")
@@ -278,25 +271,21 @@ func (h *Handler) serveJoin(w http.ResponseWriter, r *http.Request) {
 
 // nodeState is what the API server says about a node name at join.
 type nodeState struct {
-	notEdge   bool          // a Node of that name that is not an edge node
-	edge      bool          // an edge Node of that name exists
-	connected bool          // its EdgeLinkReady is True: an agent is on a relay now
-	leaseAge  time.Duration // since its Lease was renewed, when fresh
-	fresh     bool          // its Lease is within its duration
-	uid       string        // the edge Node's UID
-	recorded  bool          // the name has an identity record: it was joined
-	revoked   bool          // ... and its certificates are revoked
+	notEdge   bool   // a Node of that name that is not an edge node
+	edge      bool   // an edge Node of that name exists
+	connected bool   // its EdgeLinkReady is True: an agent is on a relay now
+	uid       string // the edge Node's UID
+	recorded  bool   // the name has an identity record: it was joined
+	revoked   bool   // ... and its certificates are revoked
 }
 
 // known says whether the name belongs to a node already.
-func (s nodeState) known() bool { return s.edge || s.fresh || s.recorded }
+func (s nodeState) known() bool { return s.edge || s.recorded }
 
 func (s nodeState) describe() string {
 	switch {
 	case s.connected:
 		return "is connected to a relay now"
-	case s.fresh:
-		return fmt.Sprintf("renewed its lease %s ago", s.leaseAge.Round(time.Second))
 	case s.edge:
 		return "already exists as an edge node"
 	case s.revoked:
@@ -322,17 +311,6 @@ func (h *Handler) nodeState(ctx context.Context, name string) (nodeState, error)
 			if c.Type == nodes.ConditionLinkReady && c.Status == corev1.ConditionTrue {
 				st.connected = true
 			}
-		}
-	}
-	l, err := h.cfg.Leases.Get(ctx, name, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return st, err
-	case l.Spec.RenewTime != nil && l.Spec.LeaseDurationSeconds != nil:
-		age := h.cfg.Now().Sub(l.Spec.RenewTime.Time)
-		if age < time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second {
-			st.fresh, st.leaseAge = true, max(age, 0)
 		}
 	}
 	rec, err := h.cfg.Identities.Get(ctx, name)

@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -75,15 +74,6 @@ func (m secretMap) Update(_ context.Context, s *corev1.Secret, _ metav1.UpdateOp
 	upd.ResourceVersion = strconv.Itoa(n + 1)
 	m[s.Name] = upd
 	return upd.DeepCopy(), nil
-}
-
-type leaseMap map[string]*coordinationv1.Lease
-
-func (m leaseMap) Get(_ context.Context, name string, _ metav1.GetOptions) (*coordinationv1.Lease, error) {
-	if l, ok := m[name]; ok {
-		return l.DeepCopy(), nil
-	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, name)
 }
 
 type nodeMap map[string]*corev1.Node
@@ -205,7 +195,6 @@ type fixture struct {
 	ca      *pki.CA
 	secrets secretMap
 	nodes   nodeMap
-	leases  leaseMap
 	ids     *identity.Registry
 	srv     *httptest.Server
 }
@@ -218,10 +207,10 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{ca: ca, secrets: secretMap{}, nodes: nodeMap{}, leases: leaseMap{}}
+	f := &fixture{ca: ca, secrets: secretMap{}, nodes: nodeMap{}}
 	f.secrets[TokenPrefix+"abcdef"] = tokenSecret("abcdef", "0123456789abcdef", nil)
 	f.ids = identity.New(fake.NewClientset(), "outpost-system")
-	f.h, err = New(Config{Secrets: f.secrets, Nodes: f.nodes, Leases: f.leases, Identities: f.ids, CA: ca, NodeCertValidity: time.Hour, Now: func() time.Time { return now }})
+	f.h, err = New(Config{Secrets: f.secrets, Nodes: f.nodes, Identities: f.ids, CA: ca, NodeCertValidity: time.Hour, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +347,7 @@ func Example() {
 	// The relay mounts the join handler next to its WebSocket endpoint;
 	// in tests it can run alone.
 	ca, _ := pki.Generate(time.Now())
-	h, _ := New(Config{Secrets: secretMap{}, Nodes: nodeMap{}, Leases: leaseMap{},
+	h, _ := New(Config{Secrets: secretMap{}, Nodes: nodeMap{},
 		Identities: identity.New(fake.NewClientset(), "outpost-system"), CA: ca, NodeCertValidity: 365 * 24 * time.Hour})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -373,13 +362,6 @@ func edgeNode(name string, connected bool) *corev1.Node {
 		n.Status.Conditions = []corev1.NodeCondition{{Type: nodes.ConditionLinkReady, Status: corev1.ConditionTrue}}
 	}
 	return n
-}
-
-func lease(name string, renewed time.Time) *coordinationv1.Lease {
-	secs := int32(40)
-	t := metav1.NewMicroTime(renewed)
-	return &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: nodes.LeaseNamespace},
-		Spec: coordinationv1.LeaseSpec{HolderIdentity: &name, LeaseDurationSeconds: &secs, RenewTime: &t}}
 }
 
 // putToken stores token id with secret "0123456789abcdef", bound to node
@@ -409,22 +391,16 @@ func reason(t *testing.T, b []byte) string {
 	return je.Reason
 }
 
-// A join cannot take a name that belongs to a node: connected, with a fresh
-// Lease, or existing as an edge node. Only a token bound to the name can.
+// A join cannot take a name that belongs to a node: connected, or existing
+// as an edge node. Only a token bound to the name can.
 func TestJoinCannotTakeOverNode(t *testing.T) {
 	f := newFixture(t)
 	f.nodes["gw-live"] = edgeNode("gw-live", true)
-	f.nodes["gw-leased"] = edgeNode("gw-leased", false)
-	f.leases["gw-leased"] = lease("gw-leased", now.Add(-12*time.Second))
-	f.leases["gw-orphan-lease"] = lease("gw-orphan-lease", now.Add(-time.Second))
 	f.nodes["gw-idle"] = edgeNode("gw-idle", false)
-	f.leases["gw-idle"] = lease("gw-idle", now.Add(-time.Hour))
 	c, _ := csr(t)
 	for name, want := range map[string]string{
-		"gw-live":         `node "gw-live" is connected to a relay now; a join cannot take over a node`,
-		"gw-leased":       `node "gw-leased" renewed its lease 12s ago`,
-		"gw-orphan-lease": `node "gw-orphan-lease" renewed its lease 1s ago`,
-		"gw-idle":         `node "gw-idle" already exists as an edge node`,
+		"gw-live": `node "gw-live" is connected to a relay now; a join cannot take over a node`,
+		"gw-idle": `node "gw-idle" already exists as an edge node`,
 	} {
 		status, b := f.join(t, goodToken, body(name, c))
 		if got := reason(t, b); status != http.StatusConflict || !strings.Contains(got, want) ||

@@ -94,6 +94,10 @@ func getToken(ctx context.Context, secrets SecretGetter, id string) (*corev1.Sec
 		return nil, &TokenError{http.StatusUnauthorized, ResultTokenNotFound,
 			fmt.Sprintf("token %s not found (it may have expired and been cleaned up): %s", id, createHint)}
 	}
+	if apierrors.IsTooManyRequests(err) {
+		return nil, &TokenError{http.StatusTooManyRequests, ResultRateLimited,
+			"too many joins at once on this relay; try again in a few seconds"}
+	}
 	if err != nil {
 		return nil, &TokenError{http.StatusInternalServerError, ResultInternal,
 			fmt.Sprintf("relay cannot read token %s from the API server; try again later", id)}

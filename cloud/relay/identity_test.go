@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"outpost.dev/cloud/identity"
@@ -61,12 +62,14 @@ func expectRefused(t *testing.T, tr *testRelay, name, why string) {
 // (a new certificate recorded) lifts it and revokes the earlier one;
 // deleting the Node revokes too, and the relay does not bring it back.
 func TestRevocation(t *testing.T) {
-	tr := newTestRelay(t, nil)
-	// The fake API server leaves UIDs empty; a real one never does.
-	tr.client.PrependReactor("create", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		n := a.(k8stesting.CreateAction).GetObject().(*corev1.Node)
-		n.UID = types.UID("uid-" + n.Name)
-		return false, nil, nil
+	// The fake API server leaves UIDs empty; a real one never does. The
+	// reactor goes in before the relay starts its informers.
+	tr := newTestRelay(t, func(cfg *relay.Config) {
+		cfg.Client.(*fake.Clientset).PrependReactor("create", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			n := a.(k8stesting.CreateAction).GetObject().(*corev1.Node)
+			n.UID = types.UID("uid-" + n.Name)
+			return false, nil, nil
+		})
 	})
 	ctx := context.Background()
 	ids := identity.New(tr.client, relay.DefaultNamespace)

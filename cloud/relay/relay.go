@@ -239,7 +239,6 @@ func New(cfg Config) (*Server, error) {
 		Secrets:          jc.Secrets(),
 		Nodes:            jc.Nodes(),
 		Identities:       ids,
-		Leases:           cfg.Client.CoordinationV1().Leases(nodes.LeaseNamespace),
 		CA:               cfg.CA,
 		NodeCertValidity: cfg.NodeCertValidity,
 		Log:              cfg.Log,

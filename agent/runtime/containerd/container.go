@@ -88,7 +88,7 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	mounts, err := decodeMounts(b, "MountsResponse")
 	if err != nil {
-		return fmt.Errorf("container %s: snapshot mounts: %w", id, err)
+		return fmt.Errorf("container %s: %w", id, badReply("containerd.services.snapshots.v1.Snapshots/Mounts", err))
 	}
 	logURI := info.Labels[labelLogURI]
 	if logURI == "" {
@@ -176,7 +176,7 @@ func (r *Runtime) Status(ctx context.Context, id string) (*Status, error) {
 	}
 	t, err := decodeGetTask(b)
 	if err != nil {
-		return nil, fmt.Errorf("container %s: containerd.services.tasks.v1.Tasks/Get: %w", id, err)
+		return nil, fmt.Errorf("container %s: %w", id, badReply("containerd.services.tasks.v1.Tasks/Get", err))
 	}
 	st.Pid, st.State, st.ExitCode, st.ExitedAt = t.Pid, t.State, t.ExitCode, t.ExitedAt
 	return st, nil
@@ -285,7 +285,7 @@ func (r *Runtime) List(ctx context.Context) ([]Container, error) {
 	}
 	cs, err := decodeContainers(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", method, err)
+		return nil, badReply(method, err)
 	}
 	return cs, nil
 }
@@ -303,7 +303,7 @@ func (r *Runtime) containerSpec(ctx context.Context, id string) (Container, []by
 	}
 	c, spec, err := decodeGetContainer(b)
 	if err != nil {
-		return Container{}, nil, fmt.Errorf("container %s: containerd.services.containers.v1.Containers/Get: %w", id, err)
+		return Container{}, nil, fmt.Errorf("container %s: %w", id, badReply("containerd.services.containers.v1.Containers/Get", err))
 	}
 	return c, spec, nil
 }

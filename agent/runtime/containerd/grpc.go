@@ -221,6 +221,11 @@ func (e enc) labels(num protowire.Number, m map[string]string) enc {
 	return e
 }
 
+// badReply wraps err, a failure to decode method's reply.
+func badReply(method string, err error) error {
+	return fmt.Errorf("containerd %s: malformed reply (is the socket containerd's, version 1.6 or later?): %w", method, err)
+}
+
 // field is one field of a protobuf message being decoded. Decoders read
 // it with the accessor of the field's type, which checks its wire type.
 type field struct {

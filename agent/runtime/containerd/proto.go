@@ -2,10 +2,10 @@ package containerd
 
 // Field numbers (and enum values) of the protobuf messages this package
 // encodes and decodes, grouped per message, each group citing the .proto
-// file of containerd's API module (github.com/containerd/containerd/api,
-// checked against v1.11 and v1.12; the numbers are those of containerd
-// 1.6's api/ too) or of protobuf's well-known types it comes from.
-// Requests name the fields sent, responses the fields read.
+// file it comes from: containerd's API module
+// (github.com/containerd/containerd/api, checked against v1.11 and v1.12;
+// the integration tests speak them to containerd 1.6) or protobuf's
+// well-known types. Requests name the fields sent, responses those read.
 
 // Map entries (map<K, V> fields), by the protobuf encoding of maps.
 const (

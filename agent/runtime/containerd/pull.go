@@ -577,7 +577,7 @@ func (r *Runtime) unpack(ctx context.Context, layer descriptor, chain []string, 
 	mounts, err := decodeMounts(b, "PrepareSnapshotResponse")
 	if err != nil {
 		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, key))
-		return fmt.Errorf("containerd.services.snapshots.v1.Snapshots/Prepare: %w", err)
+		return badReply("containerd.services.snapshots.v1.Snapshots/Prepare", err)
 	}
 	req := enc(nil).msg(applyDiff, layer.enc())
 	for _, m := range mounts {
@@ -607,7 +607,7 @@ func (r *Runtime) imageConfig(ctx context.Context, name string) (*imageConfigFil
 	}
 	desc, err := decodeGetImage(b)
 	if err != nil {
-		return nil, "", fmt.Errorf("image %s: containerd.services.images.v1.Images/Get: %w", name, err)
+		return nil, "", fmt.Errorf("image %s: %w", name, badReply("containerd.services.images.v1.Images/Get", err))
 	}
 	target := desc.Digest
 	mb, err := r.readContent(ctx, target)
@@ -667,13 +667,13 @@ func (r *Runtime) readContent(ctx context.Context, digest string) ([]byte, error
 	err := r.c.stream(ctx, method, bytes.NewReader(frame(enc(nil).str(contentDigest, digest))), func(m []byte) error {
 		off, data, err := decodeReadContent(m)
 		if err != nil {
-			return fmt.Errorf("%s: %w", method, err)
+			return badReply(method, err)
 		}
 		if off != int64(len(out)) {
-			return fmt.Errorf("%s: %s: data at offset %d, want %d", method, digest, off, len(out))
+			return badReply(method, fmt.Errorf("%s: data at offset %d, want %d", digest, off, len(out)))
 		}
 		if len(out)+len(data) > maxManifest {
-			return fmt.Errorf("%s: %s is larger than %d bytes", method, digest, maxManifest)
+			return fmt.Errorf("containerd %s: %s is larger than %d bytes, the limit for manifests and image configs", method, digest, maxManifest)
 		}
 		out = append(out, data...)
 		return nil

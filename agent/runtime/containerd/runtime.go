@@ -125,7 +125,7 @@ func (r *Runtime) Version(ctx context.Context) (string, error) {
 	}
 	v, err := decodeVersion(b)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", method, err)
+		return "", badReply(method, err)
 	}
 	return v, nil
 }

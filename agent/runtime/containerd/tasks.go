@@ -31,7 +31,7 @@ func (r *Runtime) Tasks(ctx context.Context) (map[string]Task, error) {
 	}
 	out, err := decodeTasks(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", method, err)
+		return nil, badReply(method, err)
 	}
 	return out, nil
 }
@@ -144,7 +144,7 @@ func (r *Runtime) ListLabeled(ctx context.Context, key, v string) ([]Container, 
 	}
 	cs, err := decodeContainers(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", method, err)
+		return nil, badReply(method, err)
 	}
 	return cs, nil
 }
@@ -227,7 +227,7 @@ func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout ti
 		}
 		t, err := decodeGetTask(b)
 		if err != nil {
-			return 0, fmt.Errorf("container %s: exec: containerd.services.tasks.v1.Tasks/Get: %w", id, err)
+			return 0, fmt.Errorf("container %s: exec: %w", id, badReply("containerd.services.tasks.v1.Tasks/Get", err))
 		}
 		if t.State == StateExited {
 			return int(t.ExitCode), nil

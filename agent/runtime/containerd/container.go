@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // specTypeURL is how containerd types the OCI spec inside a Container.
@@ -62,16 +60,16 @@ func (r *Runtime) Create(ctx context.Context, sp Spec) error {
 	}
 	defer done()
 	_, err = r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Prepare",
-		enc(nil).str(1, Snapshotter).str(2, sp.ID).str(3, chain[len(chain)-1]))
+		enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, sp.ID).str(prepareParent, chain[len(chain)-1]))
 	if err != nil {
 		return fmt.Errorf("container %s: prepare snapshot: %w", sp.ID, err)
 	}
-	c := enc(nil).str(1, sp.ID).labels(2, labels).str(3, sp.Image).
-		msg(4, enc(nil).str(1, runcRuntime)).
-		msg(5, enc(nil).str(1, specTypeURL).bytes(2, specJSON)).
-		str(6, Snapshotter).str(7, sp.ID)
-	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Create", enc(nil).msg(1, c)); err != nil {
-		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(1, Snapshotter).str(2, sp.ID))
+	c := enc(nil).str(containerID, sp.ID).labels(containerLabels, labels).str(containerImage, sp.Image).
+		msg(containerRuntime, enc(nil).str(containerRuntimeName, runcRuntime)).
+		msg(containerSpec, enc(nil).str(anyTypeURL, specTypeURL).bytes(anyValue, specJSON)).
+		str(containerSnapshotter, Snapshotter).str(containerSnapshotKey, sp.ID)
+	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Create", enc(nil).msg(containerField, c)); err != nil {
+		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, sp.ID))
 		return fmt.Errorf("container %s: %w", sp.ID, err)
 	}
 	return nil
@@ -84,37 +82,37 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	b, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Mounts", enc(nil).str(1, Snapshotter).str(2, id))
+	b, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Mounts", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, id))
 	if err != nil {
 		return fmt.Errorf("container %s: snapshot mounts: %w", id, err)
 	}
-	mounts, err := decodeMounts(b)
+	mounts, err := decodeMounts(b, "MountsResponse")
 	if err != nil {
-		return err
+		return fmt.Errorf("container %s: %w", id, badReply("containerd.services.snapshots.v1.Snapshots/Mounts", err))
 	}
 	logURI := info.Labels[labelLogURI]
 	if logURI == "" {
 		logURI = "file://" + info.Labels[labelLogPath]
 	}
-	req := enc(nil).str(1, id)
+	req := enc(nil).str(createTaskContainerID, id)
 	for _, m := range mounts {
-		req = req.msg(3, m.enc())
+		req = req.msg(createTaskRootfs, m.enc())
 	}
-	req = req.str(5, logURI).str(6, logURI)
+	req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Create", req); err != nil {
 		return fmt.Errorf("container %s: create task: %w", id, err)
 	}
 	// Taken before the call: a short-lived process can exit before Start
 	// returns, and its start must not come after its exit.
 	started := time.Now().UTC()
-	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Start", enc(nil).str(1, id)); err != nil {
-		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(1, id))
+	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Start", enc(nil).str(taskContainerID, id)); err != nil {
+		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(taskContainerID, id))
 		return fmt.Errorf("container %s: start task: %w", id, err)
 	}
 	label := labelStartedAt
 	upd := enc(nil).
-		msg(1, enc(nil).str(1, id).labels(2, map[string]string{label: started.Format(time.RFC3339Nano)})).
-		msg(2, enc(nil).str(1, "labels."+label))
+		msg(containerField, enc(nil).str(containerID, id).labels(containerLabels, map[string]string{label: started.Format(time.RFC3339Nano)})).
+		msg(updateContainerMask, enc(nil).str(fieldMaskPaths, "labels."+label))
 	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Update", upd); err != nil {
 		r.log.Warn("record container start time", "container", id, "err", err)
 	}
@@ -169,39 +167,18 @@ func (r *Runtime) Status(ctx context.Context, id string) (*Status, error) {
 	if t, err := time.Parse(time.RFC3339Nano, info.Labels[labelStartedAt]); err == nil {
 		st.StartedAt = t
 	}
-	b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Get", enc(nil).str(1, id))
+	b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Get", enc(nil).str(taskContainerID, id))
 	if errors.Is(err, ErrNotFound) {
 		return st, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", id, err)
 	}
-	_ = fields(b, func(num protowire.Number, _ uint64, p []byte) {
-		if num != 1 {
-			return
-		}
-		_ = fields(p, func(num protowire.Number, v uint64, d []byte) {
-			switch num {
-			case 3:
-				st.Pid = uint32(v)
-			case 4:
-				switch v {
-				case 1:
-					st.State = StateCreated
-				case 2:
-					st.State = StateRunning
-				case 3:
-					st.State = StateExited
-				case 4, 5:
-					st.State = StatePaused
-				}
-			case 9:
-				st.ExitCode = uint32(v)
-			case 10:
-				st.ExitedAt = decodeTime(d)
-			}
-		})
-	})
+	t, err := decodeGetTask(b)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, badReply("containerd.services.tasks.v1.Tasks/Get", err))
+	}
+	st.Pid, st.State, st.ExitCode, st.ExitedAt = t.Pid, t.State, t.ExitCode, t.ExitedAt
 	return st, nil
 }
 
@@ -235,7 +212,7 @@ func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) erro
 }
 
 func (r *Runtime) kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
-	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Kill", enc(nil).str(1, id).uint(3, uint64(sig)).bool(4, all))
+	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Kill", enc(nil).str(taskContainerID, id).uint(killSignal, uint64(sig)).bool(killAll, all))
 	if err != nil && !errors.Is(err, ErrNotFound) { // NotFound: exited meanwhile
 		return fmt.Errorf("container %s: signal %v: %w", id, sig, err)
 	}
@@ -275,13 +252,13 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 	if st != nil && (st.State == StateRunning || st.State == StatePaused) {
 		return fmt.Errorf("container %s is %s: stop it before deleting it", id, st.State)
 	}
-	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(1, id)); err != nil && !errors.Is(err, ErrNotFound) {
+	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(taskContainerID, id)); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: delete task: %w", id, err)
 	}
-	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Delete", enc(nil).str(1, id)); err != nil && !errors.Is(err, ErrNotFound) {
+	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Delete", enc(nil).str(containerRequestID, id)); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: delete: %w", id, err)
 	}
-	if _, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(1, Snapshotter).str(2, id)); err != nil && !errors.Is(err, ErrNotFound) {
+	if _, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, id)); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: remove snapshot: %w", id, err)
 	}
 	return nil
@@ -301,47 +278,108 @@ func (c Container) Managed() bool { return c.Labels[LabelManaged] == "true" }
 // List returns every container in the namespace, Outpost's and others';
 // Managed tells them apart.
 func (r *Runtime) List(ctx context.Context) ([]Container, error) {
-	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/List", nil)
+	const method = "containerd.services.containers.v1.Containers/List"
+	b, err := r.c.unary(ctx, method, nil)
 	if err != nil {
 		return nil, err
 	}
-	var out []Container
-	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num == 1 {
-			out = append(out, decodeContainer(d))
-		}
-	})
-	return out, err
+	cs, err := decodeContainers(b)
+	if err != nil {
+		return nil, badReply(method, err)
+	}
+	return cs, nil
 }
 
 func (r *Runtime) container(ctx context.Context, id string) (Container, error) {
-	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Get", enc(nil).str(1, id))
-	if err != nil {
-		return Container{}, fmt.Errorf("container %s: %w", id, err)
-	}
-	var c Container
-	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num == 1 {
-			c = decodeContainer(d)
-		}
-	})
+	c, _, err := r.containerSpec(ctx, id)
 	return c, err
 }
 
-func decodeContainer(b []byte) Container {
-	c := Container{Labels: map[string]string{}}
-	_ = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		switch num {
-		case 1:
-			c.ID = string(d)
-		case 2:
-			k, v := decodeLabel(d)
-			c.Labels[k] = v
-		case 3:
-			c.Image = string(d)
-		case 8:
-			c.CreatedAt = decodeTime(d)
+// containerSpec returns container id and its OCI spec (JSON).
+func (r *Runtime) containerSpec(ctx context.Context, id string) (Container, []byte, error) {
+	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Get", enc(nil).str(containerRequestID, id))
+	if err != nil {
+		return Container{}, nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	c, spec, err := decodeGetContainer(b)
+	if err != nil {
+		return Container{}, nil, fmt.Errorf("container %s: %w", id, badReply("containerd.services.containers.v1.Containers/Get", err))
+	}
+	return c, spec, nil
+}
+
+// decodeGetContainer decodes a GetContainerResponse: the container and
+// its spec.
+func decodeGetContainer(b []byte) (c Container, spec []byte, err error) {
+	found := false
+	err = fields(b, "containerd.services.containers.v1.GetContainerResponse", func(f field) error {
+		if f.num != containerField {
+			return nil
 		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		found = true
+		c, spec, err = decodeContainer(d)
+		return err
 	})
-	return c
+	if err == nil && !found {
+		err = errors.New("containerd.services.containers.v1.GetContainerResponse without a container")
+	}
+	return c, spec, err
+}
+
+// decodeContainers decodes a ListContainersResponse.
+func decodeContainers(b []byte) ([]Container, error) {
+	var out []Container
+	err := fields(b, "containerd.services.containers.v1.ListContainersResponse", func(f field) error {
+		if f.num != listContainersContainers {
+			return nil
+		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		c, _, err := decodeContainer(d)
+		out = append(out, c)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeContainer decodes a containerd.services.containers.v1.Container;
+// spec is the value of its spec (an Any holding the OCI spec's JSON).
+func decodeContainer(b []byte) (c Container, spec []byte, err error) {
+	const msg = "containerd.services.containers.v1.Container"
+	c = Container{Labels: map[string]string{}}
+	err = fields(b, msg, func(f field) error {
+		var d []byte
+		var err error
+		switch f.num {
+		case containerID:
+			c.ID, err = f.str()
+		case containerLabels:
+			if d, err = f.bytes(); err == nil {
+				var k, v string
+				k, v, err = decodeLabel(d, msg)
+				c.Labels[k] = v
+			}
+		case containerImage:
+			c.Image, err = f.str()
+		case containerSpec:
+			if d, err = f.bytes(); err == nil {
+				_, spec, err = decodeAny(d)
+			}
+		case containerCreatedAt:
+			if d, err = f.bytes(); err == nil {
+				c.CreatedAt, err = decodeTime(d)
+			}
+		}
+		return err
+	})
+	return c, spec, err
 }

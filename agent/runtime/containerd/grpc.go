@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -212,74 +213,153 @@ func (e enc) bool(num protowire.Number, v bool) enc {
 	return e.uint(num, 1)
 }
 
-// labels appends a map<string,string> field.
+// labels appends a map<string, string> field.
 func (e enc) labels(num protowire.Number, m map[string]string) enc {
 	for k, v := range m {
-		e = e.msg(num, enc(nil).str(1, k).str(2, v))
+		e = e.msg(num, enc(nil).str(mapKey, k).str(mapValue, v))
 	}
 	return e
 }
 
-// fields calls fn for each field of a protobuf message; v is the varint
-// value or the length-delimited bytes.
-func fields(b []byte, fn func(num protowire.Number, v uint64, data []byte)) error {
+// badReply wraps err, a failure to decode method's reply.
+func badReply(method string, err error) error {
+	return fmt.Errorf("containerd %s: malformed reply (is the socket containerd's, version 1.6 or later?): %w", method, err)
+}
+
+// field is one field of a protobuf message being decoded. Decoders read
+// it with the accessor of the field's type, which checks its wire type.
+type field struct {
+	num  protowire.Number
+	typ  protowire.Type
+	v    uint64 // a varint's value
+	data []byte // a length-delimited value
+}
+
+// fields calls fn for each field of protobuf message b, named msg (its
+// full name, for errors), in order. A malformed message, or an error from
+// fn, is an error naming the message and the field; fn ignores the fields
+// it does not know, as protobuf readers do.
+func fields(b []byte, msg string, fn func(f field) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return protowire.ParseError(n)
+			return fmt.Errorf("malformed %s: %w", msg, protowire.ParseError(n))
 		}
 		b = b[n:]
+		f := field{num: num, typ: typ}
 		switch typ {
 		case protowire.VarintType:
-			v, n := protowire.ConsumeVarint(b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			fn(num, v, nil)
-			b = b[n:]
+			f.v, n = protowire.ConsumeVarint(b)
 		case protowire.BytesType:
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			fn(num, 0, v)
-			b = b[n:]
+			f.data, n = protowire.ConsumeBytes(b)
 		default:
-			n := protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return protowire.ParseError(n)
-			}
-			b = b[n:]
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return fmt.Errorf("malformed %s field %d: %w", msg, num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := fn(f); err != nil {
+			return fmt.Errorf("%s field %d: %w", msg, num, err)
 		}
 	}
 	return nil
 }
 
-// decodeLabel decodes one map<string,string> entry.
-func decodeLabel(b []byte) (k, v string) {
-	_ = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		switch num {
-		case 1:
-			k = string(d)
-		case 2:
-			v = string(d)
-		}
-	})
-	return k, v
+// wireTypes names protobuf wire types in errors.
+var wireTypes = map[protowire.Type]string{protowire.VarintType: "varint", protowire.Fixed32Type: "fixed32",
+	protowire.Fixed64Type: "fixed64", protowire.BytesType: "length-delimited",
+	protowire.StartGroupType: "group start", protowire.EndGroupType: "group end"}
+
+func (f field) want(t protowire.Type) error {
+	if f.typ != t {
+		return fmt.Errorf("wire type %s, want %s", wireTypes[f.typ], wireTypes[t])
+	}
+	return nil
 }
 
+// bytes is a bytes or embedded message field's value.
+func (f field) bytes() ([]byte, error) {
+	return f.data, f.want(protowire.BytesType)
+}
+
+// str is a string field's value, which must be UTF-8 as proto3 requires.
+func (f field) str() (string, error) {
+	if err := f.want(protowire.BytesType); err != nil {
+		return "", err
+	}
+	if !utf8.Valid(f.data) {
+		return "", errors.New("string is not valid UTF-8")
+	}
+	return string(f.data), nil
+}
+
+// varint is the value of a varint field (uint32, int64, enum, bool, …),
+// to be converted as protobuf does: uint32(v), int64(v), int32(v).
+func (f field) varint() (uint64, error) {
+	return f.v, f.want(protowire.VarintType)
+}
+
+// Timestamps must lie in 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z.
+const (
+	minTimestamp = -62135596800
+	maxTimestamp = 253402300799
+)
+
 // decodeTime decodes a google.protobuf.Timestamp.
-func decodeTime(b []byte) time.Time {
-	var sec, nsec uint64
-	_ = fields(b, func(num protowire.Number, v uint64, _ []byte) {
-		switch num {
-		case 1:
-			sec = v
-		case 2:
-			nsec = v
+func decodeTime(b []byte) (time.Time, error) {
+	var sec int64
+	var nsec int32
+	err := fields(b, "google.protobuf.Timestamp", func(f field) error {
+		var v uint64
+		var err error
+		switch f.num {
+		case timestampSeconds:
+			v, err = f.varint()
+			sec = int64(v)
+		case timestampNanos:
+			v, err = f.varint()
+			nsec = int32(v)
 		}
+		return err
 	})
-	return time.Unix(int64(sec), int64(nsec)).UTC()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if sec < minTimestamp || sec > maxTimestamp || nsec < 0 || nsec > 999_999_999 {
+		return time.Time{}, fmt.Errorf("google.protobuf.Timestamp %ds %dns is out of range", sec, nsec)
+	}
+	return time.Unix(sec, int64(nsec)).UTC(), nil
+}
+
+// decodeAny decodes a google.protobuf.Any.
+func decodeAny(b []byte) (typeURL string, value []byte, err error) {
+	err = fields(b, "google.protobuf.Any", func(f field) error {
+		var err error
+		switch f.num {
+		case anyTypeURL:
+			typeURL, err = f.str()
+		case anyValue:
+			value, err = f.bytes()
+		}
+		return err
+	})
+	return typeURL, value, err
+}
+
+// decodeLabel decodes one map<string, string> entry of message msg.
+func decodeLabel(b []byte, msg string) (k, v string, err error) {
+	err = fields(b, msg+".LabelsEntry", func(f field) error {
+		var err error
+		switch f.num {
+		case mapKey:
+			k, err = f.str()
+		case mapValue:
+			v, err = f.str()
+		}
+		return err
+	})
+	return k, v, err
 }
 
 // mount is containerd.types.Mount.
@@ -289,36 +369,54 @@ type mount struct {
 }
 
 func (m mount) enc() enc {
-	e := enc(nil).str(1, m.Type).str(2, m.Source).str(3, m.Target)
+	e := enc(nil).str(mountType, m.Type).str(mountSource, m.Source).str(mountTarget, m.Target)
 	for _, o := range m.Options {
-		e = e.str(4, o)
+		e = e.str(mountOptions, o)
 	}
 	return e
 }
 
-// decodeMounts decodes the repeated Mount field 1 of a snapshots response.
-func decodeMounts(b []byte) ([]mount, error) {
-	var ms []mount
-	err := fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num != 1 {
-			return
+func decodeMount(b []byte) (mount, error) {
+	var m mount
+	err := fields(b, "containerd.types.Mount", func(f field) error {
+		var err error
+		switch f.num {
+		case mountType:
+			m.Type, err = f.str()
+		case mountSource:
+			m.Source, err = f.str()
+		case mountTarget:
+			m.Target, err = f.str()
+		case mountOptions:
+			var o string
+			o, err = f.str()
+			m.Options = append(m.Options, o)
 		}
-		var m mount
-		_ = fields(d, func(num protowire.Number, _ uint64, d []byte) {
-			switch num {
-			case 1:
-				m.Type = string(d)
-			case 2:
-				m.Source = string(d)
-			case 3:
-				m.Target = string(d)
-			case 4:
-				m.Options = append(m.Options, string(d))
-			}
-		})
-		ms = append(ms, m)
+		return err
 	})
-	return ms, err
+	return m, err
+}
+
+// decodeMounts decodes the mounts of a snapshots response: resp is
+// PrepareSnapshotResponse or MountsResponse, which have the same field.
+func decodeMounts(b []byte, resp string) ([]mount, error) {
+	var ms []mount
+	err := fields(b, "containerd.services.snapshots.v1."+resp, func(f field) error {
+		if f.num != snapshotMounts {
+			return nil
+		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		m, err := decodeMount(d)
+		ms = append(ms, m)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ms, nil
 }
 
 // descriptor is containerd.types.Descriptor (an OCI descriptor).
@@ -334,5 +432,25 @@ type descriptor struct {
 }
 
 func (d descriptor) enc() enc {
-	return enc(nil).str(1, d.MediaType).str(2, d.Digest).uint(3, uint64(d.Size))
+	return enc(nil).str(descriptorMediaType, d.MediaType).str(descriptorDigest, d.Digest).uint(descriptorSize, uint64(d.Size))
+}
+
+// decodeDescriptor decodes a containerd.types.Descriptor (not its platform).
+func decodeDescriptor(b []byte) (descriptor, error) {
+	var d descriptor
+	err := fields(b, "containerd.types.Descriptor", func(f field) error {
+		var err error
+		switch f.num {
+		case descriptorMediaType:
+			d.MediaType, err = f.str()
+		case descriptorDigest:
+			d.Digest, err = f.str()
+		case descriptorSize:
+			var v uint64
+			v, err = f.varint()
+			d.Size = int64(v)
+		}
+		return err
+	})
+	return d, err
 }

@@ -16,8 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // Media types of manifests this package pulls.
@@ -426,12 +424,12 @@ func (r *Runtime) PullWith(ctx context.Context, image string, creds []Credential
 		}
 		progress(Progress{Image: image, Digest: l.Digest, Kind: "unpack", Done: l.Size, Total: l.Size, Completed: true})
 	}
-	img := enc(nil).str(1, image).msg(3, manifestDesc.enc())
-	if _, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Create", enc(nil).msg(1, img)); err != nil {
+	img := enc(nil).str(imageName, image).msg(imageTarget, manifestDesc.enc())
+	if _, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Create", enc(nil).msg(imageField, img)); err != nil {
 		if !errors.Is(err, ErrAlreadyExists) {
 			return nil, fmt.Errorf("pull %s: record image: %w", image, err)
 		}
-		if _, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Update", enc(nil).msg(1, img)); err != nil {
+		if _, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Update", enc(nil).msg(imageField, img)); err != nil {
 			return nil, fmt.Errorf("pull %s: update image: %w", image, err)
 		}
 	}
@@ -471,7 +469,7 @@ func chainIDs(diffIDs []string) []string {
 
 // hasContent reports whether containerd's content store has digest.
 func (r *Runtime) hasContent(ctx context.Context, digest string) (bool, error) {
-	_, err := r.c.unary(ctx, "containerd.services.content.v1.Content/Info", enc(nil).str(1, digest))
+	_, err := r.c.unary(ctx, "containerd.services.content.v1.Content/Info", enc(nil).str(contentDigest, digest))
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}
@@ -513,7 +511,8 @@ func (r *Runtime) writeBlob(ctx context.Context, image, kind string, d descripto
 		for {
 			n, err := io.ReadFull(src, buf)
 			if n > 0 {
-				m := enc(nil).uint(1, 1).str(2, ref).uint(3, uint64(d.Size)).str(4, d.Digest).uint(5, uint64(off)).bytes(6, buf[:n])
+				m := enc(nil).uint(writeContentAction, writeActionWrite).str(writeContentRef, ref).uint(writeContentTotal, uint64(d.Size)).
+					str(writeContentExpected, d.Digest).uint(writeContentOffset, uint64(off)).bytes(writeContentData, buf[:n])
 				if _, werr := pw.Write(frame(m)); werr != nil {
 					return
 				}
@@ -534,7 +533,8 @@ func (r *Runtime) writeBlob(ctx context.Context, image, kind string, d descripto
 		}
 		// COMMIT carries the offset: containerd truncates to a message's
 		// offset when it is 0 (an omitted field) and data was written.
-		m := enc(nil).uint(1, 2).str(2, ref).uint(3, uint64(d.Size)).str(4, d.Digest).uint(5, uint64(off)).labels(7, labels)
+		m := enc(nil).uint(writeContentAction, writeActionCommit).str(writeContentRef, ref).uint(writeContentTotal, uint64(d.Size)).
+			str(writeContentExpected, d.Digest).uint(writeContentOffset, uint64(off)).labels(writeContentLabels, labels)
 		_, _ = pw.Write(frame(m))
 		pw.Close()
 	}()
@@ -545,7 +545,7 @@ func (r *Runtime) writeBlob(ctx context.Context, image, kind string, d descripto
 			err = nil
 		} else {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_, _ = r.c.unary(actx, "containerd.services.content.v1.Content/Abort", enc(nil).str(1, ref))
+			_, _ = r.c.unary(actx, "containerd.services.content.v1.Content/Abort", enc(nil).str(abortRef, ref))
 			cancel()
 			return err
 		}
@@ -557,7 +557,7 @@ func (r *Runtime) writeBlob(ctx context.Context, image, kind string, d descripto
 // unpack applies layer i on top of the snapshot of layer i-1 and commits it
 // as chain[i], unless that snapshot exists.
 func (r *Runtime) unpack(ctx context.Context, layer descriptor, chain []string, i int) error {
-	_, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Stat", enc(nil).str(1, Snapshotter).str(2, chain[i]))
+	_, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Stat", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, chain[i]))
 	if err == nil {
 		return nil
 	}
@@ -569,26 +569,29 @@ func (r *Runtime) unpack(ctx context.Context, layer descriptor, chain []string, 
 		parent = chain[i-1]
 	}
 	key := "outpost-extract-" + randomID() + "-" + chain[i]
-	b, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Prepare", enc(nil).str(1, Snapshotter).str(2, key).str(3, parent))
+	b, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Prepare",
+		enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, key).str(prepareParent, parent))
 	if err != nil {
 		return err
 	}
-	mounts, err := decodeMounts(b)
+	mounts, err := decodeMounts(b, "PrepareSnapshotResponse")
 	if err != nil {
-		return err
+		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, key))
+		return badReply("containerd.services.snapshots.v1.Snapshots/Prepare", err)
 	}
-	req := enc(nil).msg(1, layer.enc())
+	req := enc(nil).msg(applyDiff, layer.enc())
 	for _, m := range mounts {
-		req = req.msg(2, m.enc())
+		req = req.msg(applyMounts, m.enc())
 	}
 	remove := func() {
-		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(1, Snapshotter).str(2, key))
+		_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, key))
 	}
 	if _, err := r.c.unary(ctx, "containerd.services.diff.v1.Diff/Apply", req); err != nil {
 		remove()
 		return err
 	}
-	_, err = r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Commit", enc(nil).str(1, Snapshotter).str(2, chain[i]).str(3, key))
+	_, err = r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Commit",
+		enc(nil).str(commitSnapshotter, Snapshotter).str(commitName, chain[i]).str(commitKey, key))
 	if errors.Is(err, ErrAlreadyExists) { // unpacked meanwhile by another pull
 		remove()
 		return nil
@@ -598,22 +601,15 @@ func (r *Runtime) unpack(ctx context.Context, layer descriptor, chain []string, 
 
 // imageConfig reads the config of an image recorded in containerd.
 func (r *Runtime) imageConfig(ctx context.Context, name string) (*imageConfigFile, string, error) {
-	b, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Get", enc(nil).str(1, name))
+	b, err := r.c.unary(ctx, "containerd.services.images.v1.Images/Get", enc(nil).str(getImageName, name))
 	if err != nil {
 		return nil, "", fmt.Errorf("image %s: %w", name, err)
 	}
-	var target string
-	_ = fields(b, func(num protowire.Number, _ uint64, img []byte) {
-		_ = fields(img, func(num protowire.Number, _ uint64, t []byte) {
-			if num == 3 {
-				_ = fields(t, func(num protowire.Number, _ uint64, d []byte) {
-					if num == 2 {
-						target = string(d)
-					}
-				})
-			}
-		})
-	})
+	desc, err := decodeGetImage(b)
+	if err != nil {
+		return nil, "", fmt.Errorf("image %s: %w", name, badReply("containerd.services.images.v1.Images/Get", err))
+	}
+	target := desc.Digest
 	mb, err := r.readContent(ctx, target)
 	if err != nil {
 		return nil, "", fmt.Errorf("image %s: manifest: %w", name, err)
@@ -633,15 +629,71 @@ func (r *Runtime) imageConfig(ctx context.Context, name string) (*imageConfigFil
 	return &cfg, target, nil
 }
 
-// readContent reads a small blob (manifest, config) from the content store.
-func (r *Runtime) readContent(ctx context.Context, digest string) ([]byte, error) {
-	var out []byte
-	err := r.c.stream(ctx, "containerd.services.content.v1.Content/Read", bytes.NewReader(frame(enc(nil).str(1, digest))), func(m []byte) error {
-		return fields(m, func(num protowire.Number, _ uint64, d []byte) {
-			if num == 2 && len(out)+len(d) <= maxManifest {
-				out = append(out, d...)
+// decodeGetImage decodes a GetImageResponse: its image's target.
+func decodeGetImage(b []byte) (target descriptor, err error) {
+	const msg = "containerd.services.images.v1.GetImageResponse"
+	found := false
+	err = fields(b, msg, func(f field) error {
+		if f.num != imageField {
+			return nil
+		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		found = true
+		return fields(d, "containerd.services.images.v1.Image", func(f field) error {
+			if f.num != imageTarget {
+				return nil
 			}
+			d, err := f.bytes()
+			if err == nil {
+				target, err = decodeDescriptor(d)
+			}
+			return err
 		})
 	})
+	if err == nil && !found {
+		err = errors.New(msg + " without an image")
+	}
+	return target, err
+}
+
+// readContent reads a small blob (manifest, config) from the content
+// store; one larger than maxManifest is an error.
+func (r *Runtime) readContent(ctx context.Context, digest string) ([]byte, error) {
+	const method = "containerd.services.content.v1.Content/Read"
+	var out []byte
+	err := r.c.stream(ctx, method, bytes.NewReader(frame(enc(nil).str(contentDigest, digest))), func(m []byte) error {
+		off, data, err := decodeReadContent(m)
+		if err != nil {
+			return badReply(method, err)
+		}
+		if off != int64(len(out)) {
+			return badReply(method, fmt.Errorf("%s: data at offset %d, want %d", digest, off, len(out)))
+		}
+		if len(out)+len(data) > maxManifest {
+			return fmt.Errorf("containerd %s: %s is larger than %d bytes, the limit for manifests and image configs", method, digest, maxManifest)
+		}
+		out = append(out, data...)
+		return nil
+	})
 	return out, err
+}
+
+// decodeReadContent decodes a ReadContentResponse.
+func decodeReadContent(b []byte) (offset int64, data []byte, err error) {
+	err = fields(b, "containerd.services.content.v1.ReadContentResponse", func(f field) error {
+		var err error
+		switch f.num {
+		case readContentOffset:
+			var v uint64
+			v, err = f.varint()
+			offset = int64(v)
+		case readContentData:
+			data, err = f.bytes()
+		}
+		return err
+	})
+	return offset, data, err
 }

@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // DefaultNamespace is the containerd namespace Outpost's containers live in.
@@ -101,7 +99,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	}
 	log.Info("containerd connected", "address", cfg.Address, "version", v, "namespace", cfg.Namespace)
 	_, err = r.c.unary(ctx, "containerd.services.namespaces.v1.Namespaces/Create",
-		enc(nil).msg(1, enc(nil).str(1, cfg.Namespace)))
+		enc(nil).msg(createNamespaceNamespace, enc(nil).str(namespaceName, cfg.Namespace)))
 	if err != nil && !errors.Is(err, ErrAlreadyExists) {
 		return nil, fmt.Errorf("create containerd namespace %s: %w", cfg.Namespace, err)
 	}
@@ -120,15 +118,26 @@ func (r *Runtime) Close() error {
 
 // Version returns containerd's version.
 func (r *Runtime) Version(ctx context.Context) (string, error) {
-	b, err := r.c.unary(ctx, "containerd.services.version.v1.Version/Version", nil)
+	const method = "containerd.services.version.v1.Version/Version"
+	b, err := r.c.unary(ctx, method, nil)
 	if err != nil {
 		return "", err
 	}
-	var v string
-	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num == 1 {
-			v = string(d)
+	v, err := decodeVersion(b)
+	if err != nil {
+		return "", badReply(method, err)
+	}
+	return v, nil
+}
+
+// decodeVersion decodes a VersionResponse: its version.
+func decodeVersion(b []byte) (v string, err error) {
+	err = fields(b, "containerd.services.version.v1.VersionResponse", func(f field) error {
+		var err error
+		if f.num == versionVersion {
+			v, err = f.str()
 		}
+		return err
 	})
 	return v, err
 }
@@ -138,15 +147,15 @@ func (r *Runtime) Version(ctx context.Context) (string, error) {
 // and a function that deletes it.
 func (r *Runtime) lease(ctx context.Context, ttl time.Duration) (context.Context, func(), error) {
 	id := "outpost-" + randomID()
-	_, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Create", enc(nil).str(1, id).
-		labels(3, map[string]string{"containerd.io/gc.expire": time.Now().Add(ttl).UTC().Format(time.RFC3339)}))
+	_, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Create", enc(nil).str(leaseID, id).
+		labels(leaseLabels, map[string]string{"containerd.io/gc.expire": time.Now().Add(ttl).UTC().Format(time.RFC3339)}))
 	if err != nil {
 		return nil, nil, fmt.Errorf("create lease: %w", err)
 	}
 	done := func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if _, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Delete", enc(nil).str(1, id)); err != nil {
+		if _, err := r.c.unary(ctx, "containerd.services.leases.v1.Leases/Delete", enc(nil).str(leaseID, id)); err != nil {
 			r.log.Warn("delete containerd lease", "lease", id, "err", err)
 		}
 	}

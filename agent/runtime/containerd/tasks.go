@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // Task is the state of a container's task, as Tasks lists it.
@@ -24,56 +24,111 @@ type Task struct {
 // one, keyed by container ID: one call however many containers run, so a
 // reconciler can poll it cheaply.
 func (r *Runtime) Tasks(ctx context.Context) (map[string]Task, error) {
-	b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/List", nil)
+	const method = "containerd.services.tasks.v1.Tasks/List"
+	b, err := r.c.unary(ctx, method, nil)
 	if err != nil {
 		return nil, err
 	}
+	out, err := decodeTasks(b)
+	if err != nil {
+		return nil, badReply(method, err)
+	}
+	return out, nil
+}
+
+// decodeTasks decodes a ListTasksResponse, keyed by container ID.
+func decodeTasks(b []byte) (map[string]Task, error) {
 	out := map[string]Task{}
-	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num == 1 {
-			t := decodeProcess(d)
-			out[t.ID] = t
+	err := fields(b, "containerd.services.tasks.v1.ListTasksResponse", func(f field) error {
+		if f.num != listTasksTasks {
+			return nil
 		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		t, err := decodeProcess(d)
+		if err != nil {
+			return err
+		}
+		out[t.ID] = t
+		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeGetTask decodes a tasks GetResponse.
+func decodeGetTask(b []byte) (t Task, err error) {
+	const msg = "containerd.services.tasks.v1.GetResponse"
+	found := false
+	err = fields(b, msg, func(f field) error {
+		if f.num != getTaskProcess {
+			return nil
+		}
+		d, err := f.bytes()
+		if err != nil {
+			return err
+		}
+		found = true
+		t, err = decodeProcess(d)
+		return err
+	})
+	if err == nil && !found {
+		err = errors.New(msg + " without a process")
+	}
+	return t, err
 }
 
 // decodeProcess decodes a containerd.v1.types.Process.
-// containerd fills container_id (1) or only id (2, the container's ID for
-// a task's init process) depending on the call.
-func decodeProcess(b []byte) (t Task) {
+// containerd fills container_id or only id (the container's ID for a
+// task's init process) depending on the call.
+func decodeProcess(b []byte) (t Task, err error) {
 	var id string
-	defer func() {
-		if t.ID == "" {
-			t.ID = id
-		}
-	}()
-	_ = fields(b, func(num protowire.Number, v uint64, d []byte) {
-		switch num {
-		case 1:
-			t.ID = string(d)
-		case 2:
-			id = string(d)
-		case 3:
+	err = fields(b, "containerd.v1.types.Process", func(f field) error {
+		var v uint64
+		var d []byte
+		var err error
+		switch f.num {
+		case processContainerID:
+			t.ID, err = f.str()
+		case processID:
+			id, err = f.str()
+		case processPid:
+			v, err = f.varint()
 			t.Pid = uint32(v)
-		case 4:
+		case processStatus:
+			v, err = f.varint()
 			t.State = decodeState(v)
-		case 9:
+		case processExitStatus:
+			v, err = f.varint()
 			t.ExitCode = uint32(v)
-		case 10:
-			t.ExitedAt = decodeTime(d)
+		case processExitedAt:
+			if d, err = f.bytes(); err == nil {
+				t.ExitedAt, err = decodeTime(d)
+			}
 		}
+		return err
 	})
-	return t
+	if t.ID == "" {
+		t.ID = id
+	}
+	return t, err
 }
 
+// decodeState maps a containerd.v1.types.Status; UNKNOWN (0), or one
+// newer than this package, reads as created.
 func decodeState(v uint64) State {
 	switch v {
-	case 2:
+	case statusCreated:
+		return StateCreated
+	case statusRunning:
 		return StateRunning
-	case 3:
+	case statusStopped:
 		return StateExited
-	case 4, 5:
+	case statusPaused, statusPausing:
 		return StatePaused
 	}
 	return StateCreated
@@ -81,18 +136,17 @@ func decodeState(v uint64) State {
 
 // ListLabeled returns the containers whose label key has value v.
 func (r *Runtime) ListLabeled(ctx context.Context, key, v string) ([]Container, error) {
+	const method = "containerd.services.containers.v1.Containers/List"
 	filter := fmt.Sprintf("labels.%q==%q", key, v)
-	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/List", enc(nil).str(1, filter))
+	b, err := r.c.unary(ctx, method, enc(nil).str(listContainersFilters, filter))
 	if err != nil {
 		return nil, err
 	}
-	var out []Container
-	err = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-		if num == 1 {
-			out = append(out, decodeContainer(d))
-		}
-	})
-	return out, err
+	cs, err := decodeContainers(b)
+	if err != nil {
+		return nil, badReply(method, err)
+	}
+	return cs, nil
 }
 
 // processTypeURL is how containerd types an exec's process spec.
@@ -131,22 +185,10 @@ func (r *Runtime) ExecOutput(ctx context.Context, id string, args []string, time
 }
 
 func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout time.Duration, out *execOutput) (int, error) {
-	b, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Get", enc(nil).str(1, id))
+	_, specJSON, err := r.containerSpec(ctx, id)
 	if err != nil {
-		return 0, fmt.Errorf("container %s: %w", id, err)
+		return 0, err
 	}
-	var specJSON []byte
-	_ = fields(b, func(num protowire.Number, _ uint64, c []byte) {
-		_ = fields(c, func(num protowire.Number, _ uint64, d []byte) {
-			if num == 5 {
-				_ = fields(d, func(num protowire.Number, _ uint64, v []byte) {
-					if num == 2 {
-						specJSON = v
-					}
-				})
-			}
-		})
-	})
 	var s specs.Spec
 	if err := json.Unmarshal(specJSON, &s); err != nil || s.Process == nil {
 		return 0, fmt.Errorf("container %s: no process in its spec: %v", id, err)
@@ -159,41 +201,39 @@ func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout ti
 		return 0, err
 	}
 	execID := "exec-" + randomID()
-	req := enc(nil).str(1, id)
+	req := enc(nil).str(execContainerID, id)
 	if out != nil {
 		// The shim copies the process's stdout and stderr into the FIFO
 		// and closes it once the process is gone and copied out.
-		req = req.str(3, out.path).str(4, out.path)
+		req = req.str(execStdout, out.path).str(execStderr, out.path)
 	}
-	req = req.msg(6, enc(nil).str(1, processTypeURL).bytes(2, pj)).str(7, execID)
+	req = req.msg(execSpec, enc(nil).str(anyTypeURL, processTypeURL).bytes(anyValue, pj)).str(execExecID, execID)
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Exec", req); err != nil {
 		return 0, fmt.Errorf("container %s: exec: %w", id, err)
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/DeleteProcess", enc(nil).str(1, id).str(2, execID))
+		_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/DeleteProcess", enc(nil).str(taskContainerID, id).str(taskExecID, execID))
 	}()
-	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Start", enc(nil).str(1, id).str(2, execID)); err != nil {
+	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Start", enc(nil).str(taskContainerID, id).str(taskExecID, execID)); err != nil {
 		return 0, fmt.Errorf("container %s: start exec: %w", id, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for wait := 5 * time.Millisecond; ; wait = min(wait*2, 100*time.Millisecond) {
-		b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Get", enc(nil).str(1, id).str(2, execID))
+		b, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Get", enc(nil).str(taskContainerID, id).str(taskExecID, execID))
 		if err != nil {
 			return 0, fmt.Errorf("container %s: exec: %w", id, err)
 		}
-		var t Task
-		_ = fields(b, func(num protowire.Number, _ uint64, d []byte) {
-			if num == 1 {
-				t = decodeProcess(d)
-			}
-		})
+		t, err := decodeGetTask(b)
+		if err != nil {
+			return 0, fmt.Errorf("container %s: exec: %w", id, badReply("containerd.services.tasks.v1.Tasks/Get", err))
+		}
 		if t.State == StateExited {
 			return int(t.ExitCode), nil
 		}
 		if time.Now().After(deadline) {
-			_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Kill", enc(nil).str(1, id).str(2, execID).uint(3, 9))
+			_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Kill", enc(nil).str(taskContainerID, id).str(taskExecID, execID).uint(killSignal, uint64(syscall.SIGKILL)))
 			return 0, fmt.Errorf("container %s: exec %q: %w after %s", id, args[0], context.DeadlineExceeded, timeout)
 		}
 		select {
@@ -243,7 +283,7 @@ func (r *Runtime) Reap(ctx context.Context, id string, t Task) error {
 	if err := r.SetLabels(ctx, id, labels); err != nil {
 		return err
 	}
-	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(1, id))
+	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(taskContainerID, id))
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: delete task: %w", id, err)
 	}
@@ -260,12 +300,12 @@ func (r *Runtime) MarkExited(ctx context.Context, id string, code uint32, at tim
 
 // SetLabels sets labels on container id, leaving the others.
 func (r *Runtime) SetLabels(ctx context.Context, id string, labels map[string]string) error {
-	c := enc(nil).str(1, id).labels(2, labels)
+	c := enc(nil).str(containerID, id).labels(containerLabels, labels)
 	mask := enc(nil)
 	for k := range labels {
-		mask = mask.str(1, "labels."+k)
+		mask = mask.str(fieldMaskPaths, "labels."+k)
 	}
-	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Update", enc(nil).msg(1, c).msg(2, mask)); err != nil {
+	if _, err := r.c.unary(ctx, "containerd.services.containers.v1.Containers/Update", enc(nil).msg(containerField, c).msg(updateContainerMask, mask)); err != nil {
 		return fmt.Errorf("container %s: set labels: %w", id, err)
 	}
 	return nil

@@ -95,7 +95,7 @@ func tokenSecret(id, secret string, mod func(*corev1.Secret)) *corev1.Secret {
 			keyTokenID:     []byte(id),
 			keyTokenSecret: []byte(secret),
 			keyExpiration:  []byte(now.Add(time.Hour).Format(time.RFC3339)),
-			keyUsageAuth:   []byte("true"),
+			keyUsageJoin:   []byte("true"),
 		},
 	}
 	if mod != nil {
@@ -127,8 +127,9 @@ func TestValidateToken(t *testing.T) {
 		{"expires exactly now", tokenSecret(id, secret, func(s *corev1.Secret) {
 			s.Data[keyExpiration] = []byte(now.Format(time.RFC3339))
 		}), secret, ResultTokenExpired, "expired", 403},
-		{"missing usage", tokenSecret(id, secret, func(s *corev1.Secret) { delete(s.Data, keyUsageAuth) }), secret, ResultTokenInvalid, "not marked for authentication", 403},
-		{"usage false", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyUsageAuth] = []byte("false") }), secret, ResultTokenInvalid, "not marked for authentication", 403},
+		{"missing usage", tokenSecret(id, secret, func(s *corev1.Secret) { delete(s.Data, keyUsageJoin) }), secret, ResultTokenInvalid, "not marked for Outpost joins", 403},
+		{"usage false", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyUsageJoin] = []byte("false") }), secret, ResultTokenInvalid, "not marked for Outpost joins", 403},
+		{"a cluster bootstrap token", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyUsageAuth] = []byte("true") }), secret, ResultTokenInvalid, "cluster bootstrap token", 403},
 		{"wrong type", tokenSecret(id, secret, func(s *corev1.Secret) { s.Type = corev1.SecretTypeOpaque }), secret, ResultTokenInvalid, `type "Opaque"`, 403},
 		{"id mismatch", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyTokenID] = []byte("zzzzzz") }), secret, ResultTokenInvalid, "holds token-id", 403},
 		{"malformed expiration", tokenSecret(id, secret, func(s *corev1.Secret) { s.Data[keyExpiration] = []byte("tomorrow") }), secret, ResultTokenInvalid, "unreadable expiration", 403},

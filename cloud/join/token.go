@@ -26,6 +26,14 @@ const (
 	keyTokenID     = "token-id"
 	keyTokenSecret = "token-secret"
 	keyExpiration  = "expiration"
+	// keyUsageJoin marks a token for Outpost joins. Outpost's tokens carry
+	// it instead of kubeadm's usage-bootstrap-authentication: with that one
+	// set, the API server itself accepts the token as a bootstrap
+	// credential (group system:bootstrappers, which on kubeadm clusters may
+	// request auto-approved kubelet client certificates), so a token meant
+	// for one gateway would be a way into the cluster as any node.
+	keyUsageJoin = "usage-outpost-join"
+	// keyUsageAuth is kubeadm's mark; join refuses tokens that carry it.
 	keyUsageAuth   = "usage-bootstrap-authentication"
 	keyDescription = "description"
 )
@@ -127,9 +135,13 @@ func usable(sec *corev1.Secret, id string, now time.Time) *TokenError {
 				fmt.Sprintf("token %s expired %s ago: %s", id, now.Sub(t).Round(time.Second), createHint)}
 		}
 	}
-	if string(sec.Data[keyUsageAuth]) != "true" {
+	if string(sec.Data[keyUsageAuth]) == "true" {
 		return &TokenError{http.StatusForbidden, ResultTokenInvalid,
-			fmt.Sprintf("token %s is not marked for authentication (%s is not \"true\"): %s", id, keyUsageAuth, createHint)}
+			fmt.Sprintf("token %s is a cluster bootstrap token (%s is \"true\"), which the API server accepts too, so Outpost does not use it to join: %s", id, keyUsageAuth, createHint)}
+	}
+	if string(sec.Data[keyUsageJoin]) != "true" {
+		return &TokenError{http.StatusForbidden, ResultTokenInvalid,
+			fmt.Sprintf("token %s is not marked for Outpost joins (%s is not \"true\"): %s", id, keyUsageJoin, createHint)}
 	}
 	if len(sec.Data[keyTokenSecret]) == 0 {
 		return &TokenError{http.StatusForbidden, ResultTokenInvalid,
@@ -316,7 +328,7 @@ func CreateToken(ctx context.Context, secrets TokenCreator, o TokenOptions, now 
 				keyTokenID:     []byte(id),
 				keyTokenSecret: []byte(secret),
 				keyExpiration:  []byte(now.Add(ttl).UTC().Format(time.RFC3339)),
-				keyUsageAuth:   []byte("true"),
+				keyUsageJoin:   []byte("true"),
 			},
 		}
 		if o.Description != "" {

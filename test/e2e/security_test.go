@@ -50,7 +50,12 @@ func TestJoinRejected(t *testing.T) {
 	}
 	expired := mkSecret("exp123", map[string]string{
 		"token-id": "exp123", "token-secret": "0123456789abcdef",
-		"expiration":                     time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339),
+		"expiration":         time.Now().Add(-2 * time.Hour).UTC().Format(time.RFC3339),
+		"usage-outpost-join": "true",
+	})
+	kubeadm := mkSecret("kubead", map[string]string{
+		"token-id": "kubead", "token-secret": "0123456789abcdef",
+		"expiration":                     time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
 		"usage-bootstrap-authentication": "true",
 	})
 	noUsage := mkSecret("nouse1", map[string]string{
@@ -75,7 +80,8 @@ func TestJoinRejected(t *testing.T) {
 		{"wrong secret with the CA pinned", id + ".0000000000000000", "rejected", []string{"--ca-file", caFile}},
 		{"expired", expired, "expired", nil},
 		{"unknown id", "zzzzzz.0123456789abcdef", "not found", nil},
-		{"not for authentication", noUsage, "authentication", nil},
+		{"not marked for joins", noUsage, "usage-outpost-join", nil},
+		{"a cluster bootstrap token", kubeadm, "cluster bootstrap token", nil},
 		{"malformed", "not-a-token", "token", nil},
 	}
 	for _, tt := range tests {
@@ -95,6 +101,56 @@ func TestJoinRejected(t *testing.T) {
 				t.Errorf("a node was created for a rejected join")
 			}
 		})
+	}
+}
+
+// An Outpost join token is no credential for the API server, which
+// accepts bootstrap tokens (as kubeadm runs it): a gateway's token must not
+// let its holder ask the cluster for a kubelet certificate. A kubeadm-style
+// token made the same way is accepted, so the check can tell them apart.
+func TestJoinTokenIsNoClusterCredential(t *testing.T) {
+	needStack(t)
+	ctx := ctxFor(t, time.Minute)
+	outpost, err := st.CreateToken(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-kadm01", Namespace: "kube-system"},
+		Type:       "bootstrap.kubernetes.io/token",
+		StringData: map[string]string{
+			"token-id": "kadm01", "token-secret": "0123456789abcdef",
+			"expiration":                     time.Now().Add(time.Hour).UTC().Format(time.RFC3339),
+			"usage-bootstrap-authentication": "true",
+		},
+	}
+	if _, err := st.CP.Client().CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CP.RESTConfig()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(cfg.CAData) {
+		ca, err := os.ReadFile(cfg.CAFile)
+		if err != nil || !pool.AppendCertsFromPEM(ca) {
+			t.Fatalf("API server CA: %v", err)
+		}
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	status := func(token string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cfg.Host+"/api/v1/namespaces/default/pods", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status(outpost); got != http.StatusUnauthorized {
+		t.Errorf("the API server answered %d to an Outpost join token, want 401: the token authenticates", got)
+	}
+	if got := status("kadm01.0123456789abcdef"); got == http.StatusUnauthorized {
+		t.Errorf("the API server refused a cluster bootstrap token too (401): the check cannot tell the two apart")
 	}
 }
 

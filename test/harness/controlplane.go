@@ -209,6 +209,9 @@ func StartControlPlane(ctx context.Context, opts Options) (_ *ControlPlane, err 
 		"--client-ca-file=" + pki.CACert,
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NodeRestriction",
+		// As kubeadm runs it: bootstrap tokens authenticate, so the
+		// tests can show Outpost's join tokens are not such tokens.
+		"--enable-bootstrap-token-auth=true",
 		"--allow-privileged=true",
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",

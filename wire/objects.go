@@ -231,6 +231,43 @@ type Container struct {
 	ImagePullPolicy string   `cbor:"16,keyasint,omitempty"` // Always, IfNotPresent, Never
 	RunAsUser       *int64   `cbor:"17,keyasint,omitempty"`
 	RunAsGroup      *int64   `cbor:"18,keyasint,omitempty"`
+	// The fields below carry json omitempty so that the agent's hash of a
+	// container that does not set them stays what it was before they were
+	// added (a new agent restarts no container).
+
+	// Seccomp is securityContext.seccompProfile, the container's or else
+	// the pod's; nil is RuntimeDefault.
+	Seccomp *SeccompProfile `cbor:"19,keyasint,omitempty" json:",omitempty"`
+}
+
+// Seccomp profile types, as in a pod's securityContext.seccompProfile.
+const (
+	SeccompRuntimeDefault = "RuntimeDefault"
+	SeccompUnconfined     = "Unconfined"
+	SeccompLocalhost      = "Localhost"
+)
+
+// SeccompProfile is a container's seccomp profile: RuntimeDefault,
+// Unconfined, or Localhost with LocalhostProfile, a path relative to the
+// gateway's seccomp profile directory (the agent resolves it beneath that
+// directory and refuses anything leading out of it).
+type SeccompProfile struct {
+	Type             string `cbor:"1,keyasint"`
+	LocalhostProfile string `cbor:"2,keyasint,omitempty"`
+}
+
+// Validate reports an unknown type or a Localhost profile without a name.
+func (p *SeccompProfile) Validate() error {
+	switch p.Type {
+	case SeccompRuntimeDefault, SeccompUnconfined:
+		if p.LocalhostProfile != "" {
+			return fmt.Errorf("seccompProfile: localhostProfile is only for type %s", SeccompLocalhost)
+		}
+		return nil
+	case SeccompLocalhost:
+		return checkText("seccompProfile: localhostProfile", p.LocalhostProfile, 4096, true)
+	}
+	return fmt.Errorf("seccompProfile: type %q is not %s, %s or %s", p.Type, SeccompRuntimeDefault, SeccompUnconfined, SeccompLocalhost)
 }
 
 // Validate reports a missing or out-of-range field.
@@ -263,6 +300,9 @@ func (c *Container) Validate() error {
 	if c.CPUMillis < 0 || c.MemoryBytes < 0 {
 		return fmt.Errorf("container %s: negative limit", c.Name)
 	}
+	if err := c.validateSecurity(); err != nil {
+		return fmt.Errorf("container %s: %w", c.Name, err)
+	}
 	for _, p := range []*Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 		if p != nil {
 			if err := p.Validate(); err != nil {
@@ -271,6 +311,16 @@ func (c *Container) Validate() error {
 		}
 	}
 	return checkText("container "+c.Name+": workingDir", c.WorkingDir, 4096, false)
+}
+
+// validateSecurity checks the securityContext fields.
+func (c *Container) validateSecurity() error {
+	if c.Seccomp != nil {
+		if err := c.Seccomp.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // EnvVar is an environment variable: a value, or where to take it from.

@@ -263,6 +263,7 @@ func sampleSync() *Sync {
 						{Name: "PW", From: &EnvSource{Secret: &KeyRef{Name: "s", Key: "pw"}}}},
 					Mounts:      []VolumeMount{{Name: "cfg", MountPath: "/etc/cfg", ReadOnly: true}},
 					MemoryBytes: 64 << 20, CPUMillis: 250, RunAsUser: &uid,
+					Seccomp:       &SeccompProfile{Type: SeccompLocalhost, LocalhostProfile: "profiles/web.json"},
 					LivenessProbe: &Probe{HTTPGet: &HTTPGet{Path: "/", Port: 80}, PeriodSeconds: 10},
 				}},
 				Volumes: []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
@@ -289,6 +290,12 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 		}},
 		{"probe without handler", func(s *Sync) { s.Upserts[0].Pod.Containers[0].LivenessProbe.HTTPGet = nil }},
 		{"volume without source", func(s *Sync) { s.Upserts[0].Pod.Volumes[0].ConfigMap = nil }},
+		{"seccomp of unknown type", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = "Strict" }},
+		{"localhost seccomp without a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = "" }},
+		{"localhost seccomp name too long", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = strings.Repeat("a", 4097)
+		}},
+		{"runtime default seccomp with a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = SeccompRuntimeDefault }},
 		{"complete without initial", func(s *Sync) { s.Initial = false }},
 		{"delete without uid", func(s *Sync) { s.Deletes[0].UID = "" }},
 		{"no uid", func(s *Sync) { s.Upserts[1].UID = "" }},

@@ -87,6 +87,10 @@ type Config struct {
 	// MetricsListen is where GET /metrics is served (HOST:PORT); empty
 	// turns the endpoint off.
 	MetricsListen string
+	// SeccompProfileDir holds the Localhost seccomp profiles pods name in
+	// securityContext.seccompProfile.localhostProfile (the kubelet's
+	// <root-dir>/seccomp); empty is StateDir/seccomp.
+	SeccompProfileDir string
 }
 
 // Containerd configures the pod runtime.
@@ -187,6 +191,7 @@ type file struct {
 	Metrics *struct {
 		Listen *string `yaml:"listen"` // "" turns it off
 	} `yaml:"metrics"`
+	SeccompProfileDir string `yaml:"seccompProfileDir"`
 }
 
 type mqttFile struct {
@@ -212,7 +217,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics", "seccompProfileDir"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -270,6 +275,7 @@ func (cfg *Config) parse(b []byte) error {
 	set(&cfg.StateDir, f.StateDir)
 	set(&cfg.Board, f.Board)
 	set(&cfg.LogLevel, f.LogLevel)
+	set(&cfg.SeccompProfileDir, f.SeccompProfileDir)
 	if f.MemoryLimit != "" {
 		n, err := ParseBytes(f.MemoryLimit)
 		if err != nil {
@@ -400,6 +406,9 @@ func (cfg Config) Validate() error {
 		if _, _, err := net.SplitHostPort(cfg.MetricsListen); err != nil {
 			return fmt.Errorf("metrics.listen %q is not HOST:PORT (like %s; \"\" turns metrics off)", cfg.MetricsListen, DefaultMetricsListen)
 		}
+	}
+	if d := cfg.SeccompProfileDir; d != "" && !filepath.IsAbs(d) {
+		return fmt.Errorf("seccompProfileDir %q must be an absolute path (default: stateDir/seccomp)", d)
 	}
 	if len(cfg.Board) > 64 {
 		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)

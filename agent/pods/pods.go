@@ -44,6 +44,9 @@ type Config struct {
 	StateDir string
 	// LogDir holds container logs; default StateDir/logs.
 	LogDir string
+	// SeccompDir holds the Localhost seccomp profiles pods may name;
+	// default StateDir/seccomp.
+	SeccompDir string
 	// LogBinary is the binary containerd's shim runs as the containers'
 	// logger ("LogBinary logger PATH …", normally the agent itself); empty
 	// writes raw output through the shim instead (not the CRI format).
@@ -108,6 +111,9 @@ func New(cfg Config) *Reconciler {
 	}
 	if cfg.LogDir == "" {
 		cfg.LogDir = filepath.Join(cfg.StateDir, "logs")
+	}
+	if cfg.SeccompDir == "" {
+		cfg.SeccompDir = filepath.Join(cfg.StateDir, "seccomp")
 	}
 	if cfg.MaxPods <= 0 {
 		cfg.MaxPods = 110

@@ -119,8 +119,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		}
 	}
 
-	var podUser, podGroup *int64
-	podNonRoot := false
+	var pod podSecurity
 	if sc := s.SecurityContext; sc != nil {
 		switch {
 		case sc.SELinuxOptions != nil:
@@ -141,10 +140,11 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 			return nil, unsupported("spec.securityContext.seLinuxChangePolicy", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
 			return nil, unsupported("spec.securityContext.appArmorProfile", "")
-		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
-			return nil, unsupported("spec.securityContext.seccompProfile", "containers run without a seccomp filter on edge nodes")
 		}
-		podUser, podGroup, podNonRoot = sc.RunAsUser, sc.RunAsGroup, isTrue(sc.RunAsNonRoot)
+		pod = podSecurity{user: sc.RunAsUser, group: sc.RunAsGroup, nonRoot: isTrue(sc.RunAsNonRoot), seccomp: sc.SeccompProfile}
+		if _, err := translateSeccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
+			return nil, err
+		}
 	}
 
 	volumes := map[string]bool{}
@@ -165,7 +165,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if c.RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "sidecar containers are not supported; make it a regular container")
 		}
-		wc, err := translateContainer(path, c, s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		wc, err := translateContainer(path, c, s.HostNetwork, volumes, &pod)
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +176,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if s.Containers[i].RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "use spec.restartPolicy")
 		}
-		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, &pod)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +188,32 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	return out, nil
 }
 
-func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, podUser, podGroup *int64, podNonRoot bool) (wire.Container, error) {
+// podSecurity is the pod's securityContext fields that are defaults for
+// its containers.
+type podSecurity struct {
+	user, group *int64
+	nonRoot     bool
+	seccomp     *corev1.SeccompProfile
+}
+
+// translateSeccomp turns a seccompProfile (nil: not set) into the wire's.
+func translateSeccomp(path string, p *corev1.SeccompProfile) (*wire.SeccompProfile, error) {
+	if p == nil {
+		return nil, nil
+	}
+	switch p.Type {
+	case corev1.SeccompProfileTypeRuntimeDefault, corev1.SeccompProfileTypeUnconfined:
+		return &wire.SeccompProfile{Type: string(p.Type)}, nil
+	case corev1.SeccompProfileTypeLocalhost:
+		if p.LocalhostProfile == nil || *p.LocalhostProfile == "" {
+			return nil, unsupported(path+".localhostProfile (empty)", "name a profile file in the node's seccomp profile directory")
+		}
+		return &wire.SeccompProfile{Type: string(p.Type), LocalhostProfile: *p.LocalhostProfile}, nil
+	}
+	return nil, unsupported(path+".type: "+string(p.Type), "use RuntimeDefault, Unconfined or Localhost")
+}
+
+func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, pod *podSecurity) (wire.Container, error) {
 	out := wire.Container{
 		Name:            c.Name,
 		Image:           c.Image,
@@ -196,8 +221,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		Args:            c.Args,
 		WorkingDir:      c.WorkingDir,
 		ImagePullPolicy: string(c.ImagePullPolicy),
-		RunAsUser:       podUser,
-		RunAsGroup:      podGroup,
+		RunAsUser:       pod.user,
+		RunAsGroup:      pod.group,
 	}
 	switch {
 	case c.Stdin:
@@ -300,7 +325,10 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		return out, err
 	}
 
-	nonRoot := podNonRoot
+	nonRoot := pod.nonRoot
+	if out.Seccomp, err = translateSeccomp("spec.securityContext.seccompProfile", pod.seccomp); err != nil {
+		return out, err
+	}
 	if sc := c.SecurityContext; sc != nil {
 		sp := path + ".securityContext"
 		switch {
@@ -316,8 +344,11 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			return out, unsupported(sp+".procMount", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
 			return out, unsupported(sp+".appArmorProfile", "")
-		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
-			return out, unsupported(sp+".seccompProfile", "containers run without a seccomp filter on edge nodes")
+		}
+		if sc.SeccompProfile != nil {
+			if out.Seccomp, err = translateSeccomp(sp+".seccompProfile", sc.SeccompProfile); err != nil {
+				return out, err
+			}
 		}
 		out.Privileged = isTrue(sc.Privileged)
 		if sc.Capabilities != nil {

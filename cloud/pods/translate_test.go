@@ -163,6 +163,20 @@ func TestTranslateSupported(t *testing.T) {
 			c.Privileged, c.RunAsUser, c.RunAsGroup = true, ptr(int64(1000)), ptr(int64(20))
 			c.CapAdd, c.CapDrop = []string{"NET_ADMIN"}, []string{"MKNOD"}
 		}},
+		{"seccomp: none set is nil (RuntimeDefault on the node)", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SeccompProfile = nil
+		}, func(w *wire.Pod) {}},
+		{"seccomp: the pod's, unless the container sets its own", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr("profiles/audit.json")}
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}}}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "rd", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].Seccomp = &wire.SeccompProfile{Type: "Localhost", LocalhostProfile: "profiles/audit.json"}
+			w.InitContainers = []wire.Container{{Name: "init", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "Unconfined"}}}
+			w.Containers = append(w.Containers, wire.Container{Name: "rd", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "RuntimeDefault"}})
+		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
 			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
@@ -259,8 +273,11 @@ func TestTranslateUnsupported(t *testing.T) {
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
 		{func(p *corev1.Pod) { p.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "a", Value: "b"}} }, "spec.securityContext.sysctls"},
 		{func(p *corev1.Pod) {
-			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
-		}, "spec.securityContext.seccompProfile"},
+			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}
+		}, "spec.securityContext.seccompProfile.localhostProfile (empty)"},
+		{c0(func(c *corev1.Container) {
+			c.SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: "Strict"}}
+		}), "spec.containers[0].securityContext.seccompProfile.type: Strict"},
 		{func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, "spec.os.name: windows"},
 	}
 	for _, tt := range tests {

@@ -1,12 +1,15 @@
 package containerd
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"outpost.dev/agent/runtime/seccomp"
 )
 
 // Spec is what Outpost asks of one container. It is Outpost's own type,
@@ -55,6 +58,20 @@ type Spec struct {
 	Hostname string
 	// Labels are added to the container's labels (LabelManaged is set).
 	Labels map[string]string
+	// Seccomp is the container's seccomp filter; nil is the RuntimeDefault
+	// profile for the container's final capabilities (seccomp.Default,
+	// what containerd's CRI plugin gives). Privileged containers run
+	// without one whatever it says, as with containerd's CRI plugin.
+	Seccomp *Seccomp
+}
+
+// Seccomp is a seccomp choice other than the default.
+type Seccomp struct {
+	// Unconfined runs the container without a filter.
+	Unconfined bool
+	// Profile, unless Unconfined, is the filter (a Localhost profile,
+	// read with seccomp.Load).
+	Profile *specs.LinuxSeccomp
 }
 
 // User is a numeric user and group.
@@ -339,6 +356,28 @@ func withHostname(h string) specOpt {
 	}
 }
 
+// withSeccomp sets the container's seccomp filter; it comes after the
+// capabilities, on which the default profile depends.
+func withSeccomp(sc *Seccomp, privileged bool) specOpt {
+	return func(s *specs.Spec) error {
+		switch {
+		case privileged || sc != nil && sc.Unconfined:
+			s.Linux.Seccomp = nil
+		case sc != nil && sc.Profile != nil:
+			s.Linux.Seccomp = sc.Profile
+		case sc != nil:
+			return errors.New("seccomp: neither unconfined nor a profile")
+		default:
+			var caps []string
+			if s.Process.Capabilities != nil {
+				caps = s.Process.Capabilities.Bounding
+			}
+			s.Linux.Seccomp = seccomp.Default(caps)
+		}
+		return nil
+	}
+}
+
 // mergeEnv appends add to base; a later NAME= replaces an earlier one.
 func mergeEnv(base, add []string) []string {
 	out := append([]string(nil), base...)
@@ -376,6 +415,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withNetNS(sp.NetNS, sp.HostNetwork),
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),
+		withSeccomp(sp.Seccomp, sp.Privileged),
 	} {
 		if err := o(&s); err != nil {
 			return nil, fmt.Errorf("container %s: %w", sp.ID, err)

@@ -1,0 +1,98 @@
+package pods_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost.dev/wire"
+)
+
+// TestSecurityContext runs real containers with the securityContext fields
+// a restricted-profile chart sets and reads what the process got from
+// inside it.
+func TestSecurityContext(t *testing.T) {
+	e := start(t)
+	img := e.images[0].Ref
+	if err := os.MkdirAll(filepath.Join(e.cfg.StateDir, "seccomp", "profiles"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.cfg.StateDir, "seccomp", "profiles", "no-mkdir.json"), []byte(`{"defaultAction":"SCMP_ACT_ALLOW",
+		"syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.run()
+
+	run := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(t *testing.T) {
+			parent := e.t
+			e.t = t
+			defer func() { e.t = parent }()
+			f(t)
+		})
+	}
+	// once runs script in a pod of its own (restartPolicy Never) and
+	// returns its output once it printed "END".
+	once := func(uid string, p wire.Pod, script string) string {
+		e.t.Helper()
+		p.RestartPolicy = "Never"
+		p.Containers[0].Name, p.Containers[0].Image = "app", img
+		p.Containers[0].Command = []string{"sh", "-c", script + "; echo END"}
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj(uid, uid, "1", p)}})
+		var out string
+		e.waitFor(60*time.Second, uid+" printing END", func() bool {
+			out = e.log("default", uid, "app", false)
+			return strings.Contains(out, "END")
+		})
+		return out
+	}
+	has := func(out string, want ...string) {
+		e.t.Helper()
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				e.t.Errorf("output %q lacks %q", out, w)
+			}
+		}
+	}
+	waiting := func(uid, reason string, want ...string) {
+		e.t.Helper()
+		s := e.waitStatus(uid, 60*time.Second, reason, func(s wire.PodStatus) bool {
+			return len(s.Containers) == 1 && s.Containers[0].State.Reason == reason
+		})
+		has(s.Containers[0].State.Message, want...)
+	}
+	one := func(c wire.Container) wire.Pod { return wire.Pod{Containers: []wire.Container{c}} }
+
+	// unshare(CLONE_NEWUSER) needs no capability: only the default
+	// profile stops it.
+	const seccompProbe = "grep '^Seccomp:' /proc/self/status; if unshare -U true; then echo unshare=ok; else echo unshare=blocked; fi; " +
+		"if mkdir /tmp/d; then echo mkdir=ok; else echo mkdir=blocked; fi"
+	run("seccomp RuntimeDefault by default", func(t *testing.T) {
+		has(once("sc-default", one(wire.Container{}), seccompProbe), "Seccomp:\t2\n", "unshare=blocked", "mkdir=ok")
+	})
+	run("seccomp Unconfined", func(t *testing.T) {
+		out := once("sc-unconfined", one(wire.Container{Seccomp: &wire.SeccompProfile{Type: wire.SeccompUnconfined}}), seccompProbe)
+		has(out, "Seccomp:\t0\n", "unshare=ok", "mkdir=ok")
+	})
+	run("seccomp Localhost", func(t *testing.T) {
+		out := once("sc-local", one(wire.Container{Seccomp: &wire.SeccompProfile{Type: wire.SeccompLocalhost, LocalhostProfile: "profiles/no-mkdir.json"}}), seccompProbe)
+		has(out, "Seccomp:\t2\n", "unshare=ok", "mkdir=blocked")
+	})
+	run("seccomp Localhost missing or outside", func(t *testing.T) {
+		for uid, name := range map[string]string{"sc-missing": "profiles/missing.json", "sc-escape": "../seccomp/profiles/no-mkdir.json"} {
+			p := one(wire.Container{Name: "app", Image: img, Command: []string{"true"},
+				Seccomp: &wire.SeccompProfile{Type: wire.SeccompLocalhost, LocalhostProfile: name}})
+			e.apply(&wire.Sync{Upserts: []wire.Object{podObj(uid, uid, "1", p)}})
+			want := []string{"securityContext.seccompProfile.localhostProfile", name}
+			if uid == "sc-missing" {
+				want = append(want, "not found")
+			}
+			waiting(uid, "CreateContainerConfigError", want...)
+			if ids := e.podContainers(uid); len(ids) != 0 {
+				t.Errorf("%s: containers created without their profile: %v", uid, ids)
+			}
+		}
+	})
+}

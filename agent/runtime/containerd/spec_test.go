@@ -1,0 +1,87 @@
+package containerd
+
+import (
+	"encoding/json"
+	"slices"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"outpost.dev/agent/runtime/seccomp"
+)
+
+// specFor builds the spec of sp over an image with a shell entrypoint.
+func specFor(t *testing.T, sp Spec) *specs.Spec {
+	t.Helper()
+	if sp.ID == "" {
+		sp.ID = "c1"
+	}
+	s, err := buildSpec("outpost", sp, ImageConfig{Entrypoint: []string{"sh"}})
+	if err != nil {
+		t.Fatalf("buildSpec(%+v): %v", sp, err)
+	}
+	return s
+}
+
+func js(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// allowed says whether the profile has an unconditional allow rule for name.
+func allowed(p *specs.LinuxSeccomp, name string) bool {
+	for _, r := range p.Syscalls {
+		if r.Action == specs.ActAllow && len(r.Args) == 0 && slices.Contains(r.Names, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSpecSeccomp(t *testing.T) {
+	local := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow,
+		Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir"}, Action: specs.ActErrno}}}
+	for _, tc := range []struct {
+		name  string
+		sp    Spec
+		check func(*testing.T, *specs.LinuxSeccomp)
+	}{
+		{"default is RuntimeDefault for the default capabilities", Spec{}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p == nil || js(t, p) != js(t, seccomp.Default(defaultCaps)) {
+				t.Errorf("profile %s, want seccomp.Default(defaultCaps)", js(t, p))
+			}
+			if allowed(p, "unshare") || allowed(p, "mount") || !allowed(p, "read") || !allowed(p, "chroot") {
+				t.Error("the default profile must allow read and chroot (CAP_SYS_CHROOT), not unshare or mount")
+			}
+		}},
+		{"capabilities change the profile", Spec{CapAdd: []string{"SYS_ADMIN"}, CapDrop: []string{"SYS_CHROOT"}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if !allowed(p, "unshare") || !allowed(p, "mount") || allowed(p, "chroot") {
+				t.Error("with CAP_SYS_ADMIN and without CAP_SYS_CHROOT: want unshare and mount, no chroot")
+			}
+		}},
+		{"unconfined", Spec{Seccomp: &Seccomp{Unconfined: true}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p != nil {
+				t.Errorf("profile %s, want none", js(t, p))
+			}
+		}},
+		{"localhost", Spec{Seccomp: &Seccomp{Profile: local}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if js(t, p) != js(t, local) {
+				t.Errorf("profile %s, want %s", js(t, p), js(t, local))
+			}
+		}},
+		{"privileged runs unconfined", Spec{Privileged: true, Seccomp: &Seccomp{Profile: local}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p != nil {
+				t.Errorf("privileged: profile %s, want none", js(t, p))
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.check(t, specFor(t, tc.sp).Linux.Seccomp) })
+	}
+	if _, err := buildSpec("outpost", Spec{ID: "x", Seccomp: &Seccomp{}}, ImageConfig{Entrypoint: []string{"sh"}}); err == nil {
+		t.Error("an empty Seccomp choice was accepted")
+	}
+}

@@ -238,6 +238,9 @@ type Container struct {
 	// Seccomp is securityContext.seccompProfile, the container's or else
 	// the pod's; nil is RuntimeDefault.
 	Seccomp *SeccompProfile `cbor:"19,keyasint,omitempty" json:",omitempty"`
+	// NoNewPrivileges sets no_new_privs: securityContext.allowPrivilegeEscalation
+	// is false (the kubelet's rule; unset allows escalation).
+	NoNewPrivileges bool `cbor:"20,keyasint,omitempty" json:",omitempty"`
 }
 
 // Seccomp profile types, as in a pod's securityContext.seccompProfile.

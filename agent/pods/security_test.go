@@ -95,4 +95,13 @@ func TestSecurityContext(t *testing.T) {
 			}
 		}
 	})
+	run("allowPrivilegeEscalation", func(t *testing.T) {
+		const probe = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"
+		has(once("ape-default", one(wire.Container{}), probe), "NoNewPrivs:\t0\n")
+		has(once("ape-false", one(wire.Container{NoNewPrivileges: true}), probe), "NoNewPrivs:\t1\n", "Seccomp:\t2\n")
+		// Without no_new_privs runc installs the filter before it drops
+		// privileges: a non-root process is filtered too.
+		uid := int64(1000)
+		has(once("ape-nonroot", one(wire.Container{RunAsUser: &uid}), probe+"; id -u"), "NoNewPrivs:\t0\n", "Seccomp:\t2\n", "1000\n")
+	})
 }

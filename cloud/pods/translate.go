@@ -338,8 +338,6 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			return out, unsupported(sp+".windowsOptions", "")
 		case isTrue(sc.ReadOnlyRootFilesystem):
 			return out, unsupported(sp+".readOnlyRootFilesystem", "")
-		case sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation && !isTrue(sc.Privileged):
-			return out, unsupported(sp+".allowPrivilegeEscalation: false", "no_new_privs is not set on edge nodes; remove the field")
 		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount:
 			return out, unsupported(sp+".procMount", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
@@ -351,6 +349,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			}
 		}
 		out.Privileged = isTrue(sc.Privileged)
+		// As the kubelet: no_new_privs only when explicitly false.
+		out.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
 		if sc.Capabilities != nil {
 			for _, c := range sc.Capabilities.Add {
 				out.CapAdd = append(out.CapAdd, strings.TrimPrefix(string(c), "CAP_"))

@@ -177,6 +177,16 @@ func TestTranslateSupported(t *testing.T) {
 			w.InitContainers = []wire.Container{{Name: "init", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "Unconfined"}}}
 			w.Containers = append(w.Containers, wire.Container{Name: "rd", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "RuntimeDefault"}})
 		}},
+		{"allowPrivilegeEscalation: false sets no_new_privs, true and unset do not", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false)}
+			p.Spec.Containers = append(p.Spec.Containers,
+				corev1.Container{Name: "t", Image: "busybox", ImagePullPolicy: corev1.PullAlways, SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(true)}},
+				corev1.Container{Name: "u", Image: "busybox", ImagePullPolicy: corev1.PullAlways, SecurityContext: &corev1.SecurityContext{}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].NoNewPrivileges = true
+			w.Containers = append(w.Containers, wire.Container{Name: "t", Image: "busybox", ImagePullPolicy: "Always"},
+				wire.Container{Name: "u", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
 			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}

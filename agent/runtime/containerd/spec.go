@@ -36,6 +36,9 @@ type Spec struct {
 	// Privileged gives all capabilities and devices and drops the masked
 	// and read-only paths.
 	Privileged bool
+	// NoNewPrivileges sets no_new_privs, so setuid binaries and file
+	// capabilities grant nothing (allowPrivilegeEscalation: false).
+	NoNewPrivileges bool
 	// LogPath receives the container's stdout and stderr (appended).
 	LogPath string
 	// LogBinary, if set, is a containerd binary logger: the shim starts
@@ -116,11 +119,10 @@ func withDefaults(namespace, id string) specOpt {
 			Root:     &specs.Root{Path: "rootfs"},
 			Hostname: id,
 			Process: &specs.Process{
-				Cwd:             "/",
-				Env:             []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-				NoNewPrivileges: true,
-				Capabilities:    &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps},
-				Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+				Cwd:          "/",
+				Env:          []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+				Capabilities: &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps},
+				Rlimits:      []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			},
 			Mounts: []specs.Mount{
 				{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
@@ -264,7 +266,6 @@ func withPrivileged(on bool) specOpt {
 		}
 		caps := append([]string(nil), allCaps...)
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps}
-		s.Process.NoNewPrivileges = false
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
 		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
 		for i, m := range s.Mounts {
@@ -356,6 +357,16 @@ func withHostname(h string) specOpt {
 	}
 }
 
+// withNoNewPrivileges sets no_new_privs when asked, as the kubelet asks
+// for allowPrivilegeEscalation: false (and only then: a kubelet node lets
+// setuid binaries work by default).
+func withNoNewPrivileges(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.NoNewPrivileges = on
+		return nil
+	}
+}
+
 // withSeccomp sets the container's seccomp filter; it comes after the
 // capabilities, on which the default profile depends.
 func withSeccomp(sc *Seccomp, privileged bool) specOpt {
@@ -415,6 +426,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withNetNS(sp.NetNS, sp.HostNetwork),
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),
+		withNoNewPrivileges(sp.NoNewPrivileges),
 		withSeccomp(sp.Seccomp, sp.Privileged),
 	} {
 		if err := o(&s); err != nil {

@@ -85,3 +85,19 @@ func TestSpecSeccomp(t *testing.T) {
 		t.Error("an empty Seccomp choice was accepted")
 	}
 }
+
+func TestSpecNoNewPrivileges(t *testing.T) {
+	for _, tc := range []struct {
+		sp   Spec
+		want bool
+	}{
+		{Spec{}, false}, // setuid binaries work, as on a kubelet node
+		{Spec{NoNewPrivileges: true}, true},
+		{Spec{NoNewPrivileges: true, User: &User{UID: 1000}}, true},
+		{Spec{Privileged: true}, false},
+	} {
+		if got := specFor(t, tc.sp).Process.NoNewPrivileges; got != tc.want {
+			t.Errorf("%+v: NoNewPrivileges %v, want %v", tc.sp, got, tc.want)
+		}
+	}
+}

@@ -241,6 +241,11 @@ type Container struct {
 	// NoNewPrivileges sets no_new_privs: securityContext.allowPrivilegeEscalation
 	// is false (the kubelet's rule; unset allows escalation).
 	NoNewPrivileges bool `cbor:"20,keyasint,omitempty" json:",omitempty"`
+	// ReadOnlyRootFilesystem mounts the image's root file system read-only.
+	ReadOnlyRootFilesystem bool `cbor:"21,keyasint,omitempty" json:",omitempty"`
+	// ProcUnmasked is procMount: Unmasked: /proc and /sys without the
+	// masked and read-only paths.
+	ProcUnmasked bool `cbor:"22,keyasint,omitempty" json:",omitempty"`
 }
 
 // Seccomp profile types, as in a pod's securityContext.seccompProfile.

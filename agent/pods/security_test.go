@@ -104,4 +104,17 @@ func TestSecurityContext(t *testing.T) {
 		uid := int64(1000)
 		has(once("ape-nonroot", one(wire.Container{RunAsUser: &uid}), probe+"; id -u"), "NoNewPrivs:\t0\n", "Seccomp:\t2\n", "1000\n")
 	})
+	run("readOnlyRootFilesystem", func(t *testing.T) {
+		const probe = "if touch /x; then echo touch=ok; else echo touch=failed; fi"
+		has(once("ro-root", one(wire.Container{ReadOnlyRootFilesystem: true}), probe), "touch=failed", "Read-only file system")
+		has(once("rw-root", one(wire.Container{}), probe), "touch=ok")
+	})
+	run("procMount", func(t *testing.T) {
+		// /proc/timer_list is masked (a bind of /dev/null, empty) unless
+		// Unmasked; /proc/sys is read-only unless Unmasked.
+		const probe = "if [ -n \"$(head -c 1 /proc/timer_list)\" ]; then echo timer_list=visible; else echo timer_list=masked; fi; " +
+			"if grep -q ' /proc/sys proc ro' /proc/self/mounts; then echo sys=ro; else echo sys=rw; fi"
+		has(once("proc-default", one(wire.Container{}), probe), "timer_list=masked", "sys=ro")
+		has(once("proc-unmasked", one(wire.Container{ProcUnmasked: true}), probe), "timer_list=visible", "sys=rw")
+	})
 }

@@ -34,6 +34,8 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		HostNetwork:     pod.HostNetwork,
 		Privileged:      c.Privileged,
 		NoNewPrivileges: c.NoNewPrivileges,
+		ReadOnlyRootfs:  c.ReadOnlyRootFilesystem,
+		ProcUnmasked:    c.ProcUnmasked,
 		CapAdd:          c.CapAdd,
 		CapDrop:         c.CapDrop,
 		NetNS:           setup.netns,

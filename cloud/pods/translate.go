@@ -336,10 +336,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			return out, unsupported(sp+".seLinuxOptions", "")
 		case sc.WindowsOptions != nil:
 			return out, unsupported(sp+".windowsOptions", "")
-		case isTrue(sc.ReadOnlyRootFilesystem):
-			return out, unsupported(sp+".readOnlyRootFilesystem", "")
-		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount:
-			return out, unsupported(sp+".procMount", "")
+		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount && *sc.ProcMount != corev1.UnmaskedProcMount:
+			return out, unsupported(sp+".procMount: "+string(*sc.ProcMount), "use Default or Unmasked")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
 			return out, unsupported(sp+".appArmorProfile", "")
 		}
@@ -351,6 +349,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		out.Privileged = isTrue(sc.Privileged)
 		// As the kubelet: no_new_privs only when explicitly false.
 		out.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
+		out.ReadOnlyRootFilesystem = isTrue(sc.ReadOnlyRootFilesystem)
+		out.ProcUnmasked = sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount
 		if sc.Capabilities != nil {
 			for _, c := range sc.Capabilities.Add {
 				out.CapAdd = append(out.CapAdd, strings.TrimPrefix(string(c), "CAP_"))

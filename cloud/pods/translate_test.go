@@ -187,6 +187,14 @@ func TestTranslateSupported(t *testing.T) {
 			w.Containers = append(w.Containers, wire.Container{Name: "t", Image: "busybox", ImagePullPolicy: "Always"},
 				wire.Container{Name: "u", Image: "busybox", ImagePullPolicy: "Always"})
 		}},
+		{"readOnlyRootFilesystem and procMount", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(true), ProcMount: ptr(corev1.UnmaskedProcMount)}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "d", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(false), ProcMount: ptr(corev1.DefaultProcMount)}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].ReadOnlyRootFilesystem, w.Containers[0].ProcUnmasked = true, true
+			w.Containers = append(w.Containers, wire.Container{Name: "d", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
 			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
@@ -265,8 +273,8 @@ func TestTranslateUnsupported(t *testing.T) {
 			c.Resources.Limits = corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}
 		}), "spec.containers[0].resources.limits.nvidia.com/gpu"},
 		{c0(func(c *corev1.Container) {
-			c.SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(true)}
-		}), "spec.containers[0].securityContext.readOnlyRootFilesystem"},
+			c.SecurityContext = &corev1.SecurityContext{ProcMount: ptr(corev1.ProcMountType("Partial"))}
+		}), "spec.containers[0].securityContext.procMount: Partial"},
 		{c0(func(c *corev1.Container) { c.SecurityContext = &corev1.SecurityContext{RunAsNonRoot: ptr(true)} }), "spec.containers[0].securityContext.runAsNonRoot without a non-zero runAsUser"},
 		{c0(func(c *corev1.Container) { c.VolumeMounts[0].Name = "nope" }), "spec.containers[0].volumeMounts[0].name: nope"},
 		{func(p *corev1.Pod) {

@@ -39,6 +39,11 @@ type Spec struct {
 	// NoNewPrivileges sets no_new_privs, so setuid binaries and file
 	// capabilities grant nothing (allowPrivilegeEscalation: false).
 	NoNewPrivileges bool
+	// ReadOnlyRootfs mounts the image's root file system read-only.
+	ReadOnlyRootfs bool
+	// ProcUnmasked drops the masked and read-only paths of /proc and /sys
+	// (procMount: Unmasked), as containerd's CRI plugin does.
+	ProcUnmasked bool
 	// LogPath receives the container's stdout and stderr (appended).
 	LogPath string
 	// LogBinary, if set, is a containerd binary logger: the shim starts
@@ -367,6 +372,22 @@ func withNoNewPrivileges(on bool) specOpt {
 	}
 }
 
+func withReadOnlyRootfs(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		s.Root.Readonly = on
+		return nil
+	}
+}
+
+func withProcUnmasked(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		if on {
+			s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		}
+		return nil
+	}
+}
+
 // withSeccomp sets the container's seccomp filter; it comes after the
 // capabilities, on which the default profile depends.
 func withSeccomp(sc *Seccomp, privileged bool) specOpt {
@@ -427,6 +448,8 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),
 		withNoNewPrivileges(sp.NoNewPrivileges),
+		withReadOnlyRootfs(sp.ReadOnlyRootfs),
+		withProcUnmasked(sp.ProcUnmasked),
 		withSeccomp(sp.Seccomp, sp.Privileged),
 	} {
 		if err := o(&s); err != nil {

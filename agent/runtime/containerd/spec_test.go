@@ -101,3 +101,16 @@ func TestSpecNoNewPrivileges(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecRootfsAndProc(t *testing.T) {
+	def := specFor(t, Spec{})
+	if def.Root.Readonly || len(def.Linux.MaskedPaths) == 0 || len(def.Linux.ReadonlyPaths) == 0 {
+		t.Fatalf("default: readonly %v, masked %v, read-only paths %v", def.Root.Readonly, def.Linux.MaskedPaths, def.Linux.ReadonlyPaths)
+	}
+	if s := specFor(t, Spec{ReadOnlyRootfs: true}); !s.Root.Readonly || len(s.Linux.MaskedPaths) == 0 {
+		t.Errorf("readOnlyRootFilesystem: readonly %v, masked %v", s.Root.Readonly, s.Linux.MaskedPaths)
+	}
+	if s := specFor(t, Spec{ProcUnmasked: true}); s.Root.Readonly || s.Linux.MaskedPaths != nil || s.Linux.ReadonlyPaths != nil {
+		t.Errorf("procMount Unmasked: readonly %v, masked %v, read-only paths %v", s.Root.Readonly, s.Linux.MaskedPaths, s.Linux.ReadonlyPaths)
+	}
+}

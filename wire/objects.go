@@ -246,6 +246,10 @@ type Container struct {
 	// ProcUnmasked is procMount: Unmasked: /proc and /sys without the
 	// masked and read-only paths.
 	ProcUnmasked bool `cbor:"22,keyasint,omitempty" json:",omitempty"`
+	// RunAsNonRoot is securityContext.runAsNonRoot, the container's or else
+	// the pod's: the agent refuses to start the container as uid 0
+	// (RunAsUser, or else the image's user), as a kubelet does.
+	RunAsNonRoot bool `cbor:"23,keyasint,omitempty" json:",omitempty"`
 }
 
 // Seccomp profile types, as in a pod's securityContext.seccompProfile.

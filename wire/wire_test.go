@@ -263,7 +263,7 @@ func sampleSync() *Sync {
 						{Name: "PW", From: &EnvSource{Secret: &KeyRef{Name: "s", Key: "pw"}}}},
 					Mounts:      []VolumeMount{{Name: "cfg", MountPath: "/etc/cfg", ReadOnly: true}},
 					MemoryBytes: 64 << 20, CPUMillis: 250, RunAsUser: &uid,
-					Seccomp: &SeccompProfile{Type: SeccompLocalhost, LocalhostProfile: "profiles/web.json"}, NoNewPrivileges: true, ReadOnlyRootFilesystem: true, ProcUnmasked: true,
+					Seccomp: &SeccompProfile{Type: SeccompLocalhost, LocalhostProfile: "profiles/web.json"}, NoNewPrivileges: true, ReadOnlyRootFilesystem: true, ProcUnmasked: true, RunAsNonRoot: true,
 					LivenessProbe: &Probe{HTTPGet: &HTTPGet{Path: "/", Port: 80}, PeriodSeconds: 10},
 				}},
 				Volumes: []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},

@@ -117,4 +117,12 @@ func TestSecurityContext(t *testing.T) {
 		has(once("proc-default", one(wire.Container{}), probe), "timer_list=masked", "sys=ro")
 		has(once("proc-unmasked", one(wire.Container{ProcUnmasked: true}), probe), "timer_list=visible", "sys=rw")
 	})
+	run("runAsNonRoot", func(t *testing.T) {
+		// The test image sets no USER: it runs as root.
+		p := one(wire.Container{Name: "app", Image: img, Command: []string{"true"}, RunAsNonRoot: true})
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("nonroot-image", "nonroot-image", "1", p)}})
+		waiting("nonroot-image", "CreateContainerConfigError", "runAsNonRoot and image will run as root")
+		uid := int64(1000)
+		has(once("nonroot-user", one(wire.Container{RunAsNonRoot: true, RunAsUser: &uid}), "id -u"), "1000\n")
+	})
 }

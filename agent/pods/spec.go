@@ -36,6 +36,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		NoNewPrivileges: c.NoNewPrivileges,
 		ReadOnlyRootfs:  c.ReadOnlyRootFilesystem,
 		ProcUnmasked:    c.ProcUnmasked,
+		RunAsNonRoot:    c.RunAsNonRoot,
 		CapAdd:          c.CapAdd,
 		CapDrop:         c.CapDrop,
 		NetNS:           setup.netns,

@@ -436,7 +436,11 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 	}
 	if err := rt.Create(ctx, sp); err != nil {
 		log.Warn("pods: creating container", "err", err)
-		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerError", Message: truncate(err.Error(), 1000)}
+		reason := "CreateContainerError"
+		if ce := (*containerd.ConfigError)(nil); errors.As(err, &ce) {
+			reason = "CreateContainerConfigError"
+		}
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: reason, Message: truncate(err.Error(), 1000)}
 		due(w.r.now().Add(w.r.cfg.BackoffBase))
 		return true
 	}

@@ -369,11 +369,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			nonRoot = *sc.RunAsNonRoot
 		}
 	}
-	// The kubelet checks runAsNonRoot against the image's user; the relay
-	// cannot see the image, so it needs an explicit non-root runAsUser.
-	if nonRoot && (out.RunAsUser == nil || *out.RunAsUser == 0) {
-		return out, unsupported(path+".securityContext.runAsNonRoot without a non-zero runAsUser", "set runAsUser too")
-	}
+	// The agent checks it against the image's user, as a kubelet does.
+	out.RunAsNonRoot = nonRoot
 	return out, nil
 }
 

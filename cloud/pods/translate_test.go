@@ -160,7 +160,7 @@ func TestTranslateSupported(t *testing.T) {
 		}, func(w *wire.Pod) {
 			w.HostNetwork = true
 			c := &w.Containers[0]
-			c.Privileged, c.RunAsUser, c.RunAsGroup = true, ptr(int64(1000)), ptr(int64(20))
+			c.Privileged, c.RunAsUser, c.RunAsGroup, c.RunAsNonRoot = true, ptr(int64(1000)), ptr(int64(20)), true
 			c.CapAdd, c.CapDrop = []string{"NET_ADMIN"}, []string{"MKNOD"}
 		}},
 		{"seccomp: none set is nil (RuntimeDefault on the node)", func(p *corev1.Pod) {
@@ -194,6 +194,14 @@ func TestTranslateSupported(t *testing.T) {
 		}, func(w *wire.Pod) {
 			w.Containers[0].ReadOnlyRootFilesystem, w.Containers[0].ProcUnmasked = true, true
 			w.Containers = append(w.Containers, wire.Container{Name: "d", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
+		{"runAsNonRoot without runAsUser goes to the node (it checks the image's user); the container's wins", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.RunAsNonRoot = ptr(true)
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "r", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr(false)}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].RunAsNonRoot = true
+			w.Containers = append(w.Containers, wire.Container{Name: "r", Image: "busybox", ImagePullPolicy: "Always"})
 		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
@@ -275,7 +283,6 @@ func TestTranslateUnsupported(t *testing.T) {
 		{c0(func(c *corev1.Container) {
 			c.SecurityContext = &corev1.SecurityContext{ProcMount: ptr(corev1.ProcMountType("Partial"))}
 		}), "spec.containers[0].securityContext.procMount: Partial"},
-		{c0(func(c *corev1.Container) { c.SecurityContext = &corev1.SecurityContext{RunAsNonRoot: ptr(true)} }), "spec.containers[0].securityContext.runAsNonRoot without a non-zero runAsUser"},
 		{c0(func(c *corev1.Container) { c.VolumeMounts[0].Name = "nope" }), "spec.containers[0].volumeMounts[0].name: nope"},
 		{func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -58,6 +59,9 @@ type Spec struct {
 	CapAdd, CapDrop []string
 	// User, if set, overrides the image's user (runAsUser/runAsGroup).
 	User *User
+	// RunAsNonRoot refuses (a ConfigError) to create the container if its
+	// user, User or else the image's, is root or unknown.
+	RunAsNonRoot bool
 	// NetNS is the path of a network namespace to join (a pod's, shared by
 	// its containers); empty gives the container a new one with only
 	// loopback. Ignored with HostNetwork.
@@ -362,6 +366,38 @@ func withHostname(h string) specOpt {
 	}
 }
 
+// ConfigError is a container the pod asks for that cannot be created as
+// asked (a kubelet's CreateContainerConfigError), such as runAsNonRoot with
+// an image that runs as root.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// withNonRoot checks runAsNonRoot as a kubelet does: runAsUser if set must
+// not be 0; else the image's user must be a numeric non-zero uid (an
+// image without a user runs as root).
+func withNonRoot(on bool, u *User, imageUser string) specOpt {
+	return func(s *specs.Spec) error {
+		switch {
+		case !on:
+			return nil
+		case u != nil && u.UID == 0:
+			return &ConfigError{"container's runAsUser breaks non-root policy: set runAsUser to a non-zero uid"}
+		case u != nil:
+			return nil
+		}
+		name, _, _ := strings.Cut(imageUser, ":")
+		uid, err := strconv.ParseUint(name, 10, 32)
+		switch {
+		case name != "" && err != nil:
+			return &ConfigError{fmt.Sprintf("container has runAsNonRoot and image has non-numeric user (%s), cannot verify user is non-root: set runAsUser", name)}
+		case uid == 0:
+			return &ConfigError{"container has runAsNonRoot and image will run as root: set runAsUser to a non-zero uid or use an image whose USER is one"}
+		}
+		return nil
+	}
+}
+
 // withNoNewPrivileges sets no_new_privs when asked, as the kubelet asks
 // for allowPrivilegeEscalation: false (and only then: a kubelet node lets
 // setuid binaries work by default).
@@ -434,6 +470,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 	var s specs.Spec
 	for _, o := range []specOpt{
 		withDefaults(namespace, sp.ID),
+		withNonRoot(sp.RunAsNonRoot, sp.User, img.User),
 		withImageConfig(img),
 		withCommand(img, sp.Command, sp.Args),
 		withEnv(sp.Env),

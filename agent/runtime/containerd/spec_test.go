@@ -2,7 +2,9 @@ package containerd
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -112,5 +114,36 @@ func TestSpecRootfsAndProc(t *testing.T) {
 	}
 	if s := specFor(t, Spec{ProcUnmasked: true}); s.Root.Readonly || s.Linux.MaskedPaths != nil || s.Linux.ReadonlyPaths != nil {
 		t.Errorf("procMount Unmasked: readonly %v, masked %v, read-only paths %v", s.Root.Readonly, s.Linux.MaskedPaths, s.Linux.ReadonlyPaths)
+	}
+}
+
+func TestSpecRunAsNonRoot(t *testing.T) {
+	for _, tc := range []struct {
+		imageUser string
+		user      *User
+		nonRoot   bool
+		errHas    string // "" when created
+		uid       uint32
+	}{
+		{"", nil, false, "", 0},
+		{"", nil, true, "image will run as root", 0},
+		{"0:0", nil, true, "image will run as root", 0},
+		{"1000", nil, true, "", 1000},
+		{"1000:50", nil, true, "", 1000},
+		{"app", nil, true, "non-numeric user (app)", 0},
+		{"", &User{UID: 1001}, true, "", 1001},
+		{"1000", &User{UID: 0}, true, "runAsUser breaks non-root policy", 0},
+	} {
+		s, err := buildSpec("outpost", Spec{ID: "c", User: tc.user, RunAsNonRoot: tc.nonRoot},
+			ImageConfig{Entrypoint: []string{"sh"}, User: tc.imageUser})
+		var ce *ConfigError
+		switch {
+		case tc.errHas == "" && err != nil:
+			t.Errorf("image user %q, user %+v: %v", tc.imageUser, tc.user, err)
+		case tc.errHas == "" && s.Process.User.UID != tc.uid:
+			t.Errorf("image user %q, user %+v: uid %d, want %d", tc.imageUser, tc.user, s.Process.User.UID, tc.uid)
+		case tc.errHas != "" && (!errors.As(err, &ce) || !strings.Contains(err.Error(), tc.errHas)):
+			t.Errorf("image user %q, user %+v: %v; want a ConfigError with %q", tc.imageUser, tc.user, err, tc.errHas)
+		}
 	}
 }

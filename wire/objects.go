@@ -173,7 +173,20 @@ type Pod struct {
 	Deleting                   bool   `cbor:"9,keyasint,omitempty"`
 	DeletionGracePeriodSeconds int64  `cbor:"10,keyasint,omitempty"`
 	Hostname                   string `cbor:"11,keyasint,omitempty"`
+	// SupplementalGroups and FSGroup (securityContext) are added to every
+	// container process's groups; FSGroup also owns the pod's emptyDir,
+	// ConfigMap, Secret and projected volume files, changed as
+	// FSGroupChangePolicy says ("Always" when empty, or "OnRootMismatch").
+	SupplementalGroups  []int64 `cbor:"12,keyasint,omitempty"`
+	FSGroup             *int64  `cbor:"13,keyasint,omitempty"`
+	FSGroupChangePolicy string  `cbor:"14,keyasint,omitempty"`
 }
+
+// Bounds on a pod's groups: a GID is a 32-bit value other than -1.
+const (
+	maxGroups = 64
+	maxGID    = 1<<32 - 2
+)
 
 // Validate reports a missing or out-of-range field.
 func (p *Pod) Validate() error {
@@ -206,7 +219,38 @@ func (p *Pod) Validate() error {
 			return err
 		}
 	}
+	if err := p.validateGroups(); err != nil {
+		return err
+	}
 	return checkText("pod: hostname", p.Hostname, 63, false)
+}
+
+// validateGroups checks the pod-level securityContext groups.
+func (p *Pod) validateGroups() error {
+	if len(p.SupplementalGroups) > maxGroups {
+		return fmt.Errorf("pod: %d supplementalGroups (limit %d)", len(p.SupplementalGroups), maxGroups)
+	}
+	for _, g := range p.Groups() {
+		if g < 0 || g > maxGID {
+			return fmt.Errorf("pod: group %d out of range [0, %d]", g, int64(maxGID))
+		}
+	}
+	switch p.FSGroupChangePolicy {
+	case "", "Always", "OnRootMismatch":
+	default:
+		return fmt.Errorf("pod: fsGroupChangePolicy %q is not Always or OnRootMismatch", p.FSGroupChangePolicy)
+	}
+	return nil
+}
+
+// Groups is SupplementalGroups, then FSGroup if set: the groups every
+// container process of the pod gets besides its own.
+func (p *Pod) Groups() []int64 {
+	out := append([]int64(nil), p.SupplementalGroups...)
+	if p.FSGroup != nil {
+		out = append(out, *p.FSGroup)
+	}
+	return out
 }
 
 // Container is one container of a pod.

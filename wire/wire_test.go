@@ -251,7 +251,7 @@ func TestCASignature(t *testing.T) {
 }
 
 func sampleSync() *Sync {
-	uid := int64(1000)
+	uid, fsGroup := int64(1000), int64(2000)
 	return &Sync{
 		Initial: true, Complete: true,
 		Upserts: []Object{
@@ -266,7 +266,8 @@ func sampleSync() *Sync {
 					Seccomp: &SeccompProfile{Type: SeccompLocalhost, LocalhostProfile: "profiles/web.json"}, NoNewPrivileges: true, ReadOnlyRootFilesystem: true, ProcUnmasked: true, RunAsNonRoot: true,
 					LivenessProbe: &Probe{HTTPGet: &HTTPGet{Path: "/", Port: 80}, PeriodSeconds: 10},
 				}},
-				Volumes: []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
+				Volumes:            []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
+				SupplementalGroups: []int64{3000}, FSGroup: &fsGroup, FSGroupChangePolicy: "OnRootMismatch",
 			}},
 			{Kind: KindConfigMap, UID: "7a2d", Namespace: "default", Name: "cfg", Version: "99",
 				ConfigMap: &ConfigMap{Data: map[string]string{"a.conf": "x=1"}}},
@@ -296,6 +297,10 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 			s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = strings.Repeat("a", 4097)
 		}},
 		{"runtime default seccomp with a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = SeccompRuntimeDefault }},
+		{"negative supplemental group", func(s *Sync) { s.Upserts[0].Pod.SupplementalGroups = []int64{-1} }},
+		{"fsGroup out of range", func(s *Sync) { g := int64(1 << 32); s.Upserts[0].Pod.FSGroup = &g }},
+		{"too many groups", func(s *Sync) { s.Upserts[0].Pod.SupplementalGroups = make([]int64, 65) }},
+		{"bad fsGroupChangePolicy", func(s *Sync) { s.Upserts[0].Pod.FSGroupChangePolicy = "Sometimes" }},
 		{"complete without initial", func(s *Sync) { s.Initial = false }},
 		{"delete without uid", func(s *Sync) { s.Deletes[0].UID = "" }},
 		{"no uid", func(s *Sync) { s.Upserts[1].UID = "" }},

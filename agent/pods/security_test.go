@@ -125,4 +125,18 @@ func TestSecurityContext(t *testing.T) {
 		uid := int64(1000)
 		has(once("nonroot-user", one(wire.Container{RunAsNonRoot: true, RunAsUser: &uid}), "id -u"), "1000\n")
 	})
+	run("supplementalGroups and fsGroup", func(t *testing.T) {
+		cm := wire.Object{Kind: wire.KindConfigMap, UID: "cm-fsg", Namespace: "default", Name: "fsg", Version: "1",
+			ConfigMap: &wire.ConfigMap{Data: map[string]string{"k": "v"}}}
+		e.apply(&wire.Sync{Upserts: []wire.Object{cm}})
+		uid, fsg := int64(1000), int64(2000)
+		p := wire.Pod{SupplementalGroups: []int64{3000}, FSGroup: &fsg,
+			Volumes: []wire.Volume{{Name: "cfg", ConfigMap: &wire.FilesVolume{Name: "fsg", DefaultMode: 0o600}}, {Name: "scratch", EmptyDir: &wire.EmptyDir{}}},
+			Containers: []wire.Container{{RunAsUser: &uid,
+				Mounts: []wire.VolumeMount{{Name: "cfg", MountPath: "/cfg"}, {Name: "scratch", MountPath: "/scratch"}}}}}
+		out := once("fsgroup", p, "id; stat -c 'cfg %g %a' /cfg/..data/k; cat /cfg/k && echo; stat -c 'scratch %g %a' /scratch; "+
+			"touch /scratch/new && stat -c 'new %g' /scratch/new")
+		// The user's own group (0: the image has none) stays primary.
+		has(out, "uid=1000 gid=0", "groups=", "2000", "3000", "cfg 2000 640\n", "v\n", "scratch 2000 2777\n", "new 2000\n")
+	})
 }

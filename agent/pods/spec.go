@@ -37,6 +37,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		ReadOnlyRootfs:  c.ReadOnlyRootFilesystem,
 		ProcUnmasked:    c.ProcUnmasked,
 		RunAsNonRoot:    c.RunAsNonRoot,
+		AdditionalGIDs:  groups(pod),
 		CapAdd:          c.CapAdd,
 		CapDrop:         c.CapDrop,
 		NetNS:           setup.netns,

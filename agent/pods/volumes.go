@@ -49,6 +49,10 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
+			if err := w.fsGroup(o.Pod, v.Name, p, false); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
 			s.volumes[v.Name] = volSource{path: p}
 		case v.HostPath != nil:
 			if err := hostPath(v.HostPath); err != nil {
@@ -62,7 +66,12 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
+			fsGroupFiles(o.Pod, files)
 			if err := writeAtomic(p, files, w.r.now()); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			if err := w.fsGroup(o.Pod, v.Name, p, true); err != nil {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}

@@ -42,6 +42,7 @@ type worker struct {
 	probes    map[string]*probeState // by container ID
 	last      *wire.PodStatus
 	startTime int64
+	owned     map[string]bool // writable volumes given the fsGroup
 
 	// running mirrors last's phase for Reconciler.Running (metrics);
 	// resend makes the next report go out even if unchanged (Resend).
@@ -57,7 +58,7 @@ type backoff struct {
 func newWorker(r *Reconciler, uid string) *worker {
 	return &worker{r: r, uid: uid, pokeC: make(chan struct{}, 1),
 		crash: map[string]*backoff{}, pulls: map[string]*backoff{}, waiting: map[string]wire.ContainerState{},
-		probes: map[string]*probeState{}}
+		probes: map[string]*probeState{}, owned: map[string]bool{}}
 }
 
 func (w *worker) poke() {

@@ -126,14 +126,9 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 			return nil, unsupported("spec.securityContext.seLinuxOptions", "")
 		case sc.WindowsOptions != nil:
 			return nil, unsupported("spec.securityContext.windowsOptions", "")
-		case len(sc.SupplementalGroups) > 0:
-			return nil, unsupported("spec.securityContext.supplementalGroups", "")
-		case sc.SupplementalGroupsPolicy != nil:
-			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy", "")
-		case sc.FSGroup != nil:
-			return nil, unsupported("spec.securityContext.fsGroup", "")
-		case sc.FSGroupChangePolicy != nil:
-			return nil, unsupported("spec.securityContext.fsGroupChangePolicy", "")
+		case sc.SupplementalGroupsPolicy != nil && *sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyMerge &&
+			*sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyStrict:
+			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy: "+string(*sc.SupplementalGroupsPolicy), "use Merge or Strict")
 		case len(sc.Sysctls) > 0:
 			return nil, unsupported("spec.securityContext.sysctls", "")
 		case sc.SELinuxChangePolicy != nil:
@@ -142,6 +137,10 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 			return nil, unsupported("spec.securityContext.appArmorProfile", "")
 		}
 		pod = podSecurity{user: sc.RunAsUser, group: sc.RunAsGroup, nonRoot: isTrue(sc.RunAsNonRoot), seccomp: sc.SeccompProfile}
+		out.SupplementalGroups, out.FSGroup = sc.SupplementalGroups, sc.FSGroup
+		if sc.FSGroupChangePolicy != nil {
+			out.FSGroupChangePolicy = string(*sc.FSGroupChangePolicy)
+		}
 		if _, err := translateSeccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
 			return nil, err
 		}

@@ -203,6 +203,12 @@ func TestTranslateSupported(t *testing.T) {
 			w.Containers[0].RunAsNonRoot = true
 			w.Containers = append(w.Containers, wire.Container{Name: "r", Image: "busybox", ImagePullPolicy: "Always"})
 		}},
+		{"supplementalGroups, fsGroup, fsGroupChangePolicy", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{SupplementalGroups: []int64{3000, 4000}, FSGroup: ptr(int64(2000)),
+				FSGroupChangePolicy: ptr(corev1.FSGroupChangeOnRootMismatch), SupplementalGroupsPolicy: ptr(corev1.SupplementalGroupsPolicyMerge)}
+		}, func(w *wire.Pod) {
+			w.SupplementalGroups, w.FSGroup, w.FSGroupChangePolicy = []int64{3000, 4000}, ptr(int64(2000)), "OnRootMismatch"
+		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
 			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
@@ -304,6 +310,9 @@ func TestTranslateUnsupported(t *testing.T) {
 			c.SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: "Strict"}}
 		}), "spec.containers[0].securityContext.seccompProfile.type: Strict"},
 		{func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, "spec.os.name: windows"},
+		{func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SupplementalGroupsPolicy = ptr(corev1.SupplementalGroupsPolicy("Other"))
+		}, "spec.securityContext.supplementalGroupsPolicy: Other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {

@@ -59,6 +59,9 @@ type Spec struct {
 	CapAdd, CapDrop []string
 	// User, if set, overrides the image's user (runAsUser/runAsGroup).
 	User *User
+	// AdditionalGIDs are the process's extra groups (a pod's
+	// supplementalGroups and fsGroup).
+	AdditionalGIDs []uint32
 	// RunAsNonRoot refuses (a ConfigError) to create the container if its
 	// user, User or else the image's, is root or unknown.
 	RunAsNonRoot bool
@@ -340,6 +343,13 @@ func withUser(u *User) specOpt {
 	}
 }
 
+func withAdditionalGIDs(gids []uint32) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.User.AdditionalGids = append([]uint32(nil), gids...)
+		return nil
+	}
+}
+
 func withNetNS(path string, hostNetwork bool) specOpt {
 	return func(s *specs.Spec) error {
 		if path == "" || hostNetwork {
@@ -481,6 +491,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withHostNetwork(sp.HostNetwork),
 		withCapabilities(sp.CapAdd, sp.CapDrop),
 		withUser(sp.User),
+		withAdditionalGIDs(sp.AdditionalGIDs),
 		withNetNS(sp.NetNS, sp.HostNetwork),
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),

@@ -147,3 +147,12 @@ func TestSpecRunAsNonRoot(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecAdditionalGIDs(t *testing.T) {
+	if g := specFor(t, Spec{}).Process.User.AdditionalGids; len(g) != 0 {
+		t.Errorf("default additional groups %v, want none", g)
+	}
+	if g := specFor(t, Spec{AdditionalGIDs: []uint32{3000, 2000}, User: &User{UID: 1000}}).Process.User; !slices.Equal(g.AdditionalGids, []uint32{3000, 2000}) || g.UID != 1000 {
+		t.Errorf("user %+v, want uid 1000 with groups 3000, 2000", g)
+	}
+}

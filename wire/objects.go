@@ -180,6 +180,16 @@ type Pod struct {
 	SupplementalGroups  []int64 `cbor:"12,keyasint,omitempty"`
 	FSGroup             *int64  `cbor:"13,keyasint,omitempty"`
 	FSGroupChangePolicy string  `cbor:"14,keyasint,omitempty"`
+	// Sysctls are securityContext.sysctls, set in the pod's namespaces.
+	// The agent admits only the kubelet's safe set and the ones its
+	// config allows.
+	Sysctls []Sysctl `cbor:"15,keyasint,omitempty"`
+}
+
+// Sysctl is one kernel parameter of a pod.
+type Sysctl struct {
+	Name  string `cbor:"1,keyasint"`
+	Value string `cbor:"2,keyasint"`
 }
 
 // Bounds on a pod's groups: a GID is a 32-bit value other than -1.
@@ -225,7 +235,7 @@ func (p *Pod) Validate() error {
 	return checkText("pod: hostname", p.Hostname, 63, false)
 }
 
-// validateGroups checks the pod-level securityContext groups.
+// validateGroups checks the pod-level securityContext groups and sysctls.
 func (p *Pod) validateGroups() error {
 	if len(p.SupplementalGroups) > maxGroups {
 		return fmt.Errorf("pod: %d supplementalGroups (limit %d)", len(p.SupplementalGroups), maxGroups)
@@ -233,6 +243,17 @@ func (p *Pod) validateGroups() error {
 	for _, g := range p.Groups() {
 		if g < 0 || g > maxGID {
 			return fmt.Errorf("pod: group %d out of range [0, %d]", g, int64(maxGID))
+		}
+	}
+	if len(p.Sysctls) > maxGroups {
+		return fmt.Errorf("pod: %d sysctls (limit %d)", len(p.Sysctls), maxGroups)
+	}
+	for _, sc := range p.Sysctls {
+		if err := checkText("pod: sysctl name", sc.Name, 256, true); err != nil {
+			return err
+		}
+		if err := checkText("pod: sysctl "+sc.Name, sc.Value, 4096, false); err != nil {
+			return err
 		}
 	}
 	switch p.FSGroupChangePolicy {

@@ -23,6 +23,7 @@ func TestSecurityContext(t *testing.T) {
 		"syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	e.cfg.AllowedUnsafeSysctls = []string{"net.core.somaxconn"}
 	e.run()
 
 	run := func(name string, f func(t *testing.T)) {
@@ -138,5 +139,28 @@ func TestSecurityContext(t *testing.T) {
 			"touch /scratch/new && stat -c 'new %g' /scratch/new")
 		// The user's own group (0: the image has none) stays primary.
 		has(out, "uid=1000 gid=0", "groups=", "2000", "3000", "cfg 2000 640\n", "v\n", "scratch 2000 2777\n", "new 2000\n")
+	})
+	run("sysctls", func(t *testing.T) {
+		p := one(wire.Container{})
+		p.Sysctls = []wire.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "80"}, {Name: "net/ipv4/ping_group_range", Value: "0 1000"},
+			{Name: "kernel.shm_rmid_forced", Value: "1"}, {Name: "net.core.somaxconn", Value: "777"}}
+		out := once("sysctls", p, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/net/ipv4/ping_group_range "+
+			"/proc/sys/kernel/shm_rmid_forced /proc/sys/net/core/somaxconn")
+		has(out, "80\n", "0\t1000\n", "1\n", "777\n")
+		for uid, pod := range map[string]wire.Pod{
+			"sysctl-unsafe":   {Sysctls: []wire.Sysctl{{Name: "net.core.rmem_max", Value: "1"}}},
+			"sysctl-hostnet":  {HostNetwork: true, Sysctls: []wire.Sysctl{{Name: "net.ipv4.tcp_syncookies", Value: "1"}}},
+			"sysctl-nodewide": {Sysctls: []wire.Sysctl{{Name: "vm.swappiness", Value: "1"}}},
+		} {
+			pod.Containers = []wire.Container{{Name: "app", Image: img, Command: []string{"true"}}}
+			e.apply(&wire.Sync{Upserts: []wire.Object{podObj(uid, uid, "1", pod)}})
+			s := e.waitStatus(uid, 30*time.Second, "Failed", func(s wire.PodStatus) bool { return s.Phase == "Failed" })
+			if s.Reason != "SysctlForbidden" || !strings.Contains(s.Message, "forbidden sysctl") {
+				t.Errorf("%s: %s %q, want SysctlForbidden", uid, s.Reason, s.Message)
+			}
+			if ids := e.podContainers(uid); len(ids) != 0 {
+				t.Errorf("%s: containers created: %v", uid, ids)
+			}
+		}
 	})
 }

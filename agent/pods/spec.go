@@ -38,6 +38,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		ProcUnmasked:    c.ProcUnmasked,
 		RunAsNonRoot:    c.RunAsNonRoot,
 		AdditionalGIDs:  groups(pod),
+		Sysctls:         sysctls(pod),
 		CapAdd:          c.CapAdd,
 		CapDrop:         c.CapDrop,
 		NetNS:           setup.netns,

@@ -129,8 +129,6 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		case sc.SupplementalGroupsPolicy != nil && *sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyMerge &&
 			*sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyStrict:
 			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy: "+string(*sc.SupplementalGroupsPolicy), "use Merge or Strict")
-		case len(sc.Sysctls) > 0:
-			return nil, unsupported("spec.securityContext.sysctls", "")
 		case sc.SELinuxChangePolicy != nil:
 			return nil, unsupported("spec.securityContext.seLinuxChangePolicy", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
@@ -140,6 +138,10 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		out.SupplementalGroups, out.FSGroup = sc.SupplementalGroups, sc.FSGroup
 		if sc.FSGroupChangePolicy != nil {
 			out.FSGroupChangePolicy = string(*sc.FSGroupChangePolicy)
+		}
+		// The node decides which it allows (its safe set and its config).
+		for _, sy := range sc.Sysctls {
+			out.Sysctls = append(out.Sysctls, wire.Sysctl{Name: sy.Name, Value: sy.Value})
 		}
 		if _, err := translateSeccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
 			return nil, err

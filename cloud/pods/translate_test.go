@@ -203,11 +203,13 @@ func TestTranslateSupported(t *testing.T) {
 			w.Containers[0].RunAsNonRoot = true
 			w.Containers = append(w.Containers, wire.Container{Name: "r", Image: "busybox", ImagePullPolicy: "Always"})
 		}},
-		{"supplementalGroups, fsGroup, fsGroupChangePolicy", func(p *corev1.Pod) {
+		{"supplementalGroups, fsGroup, fsGroupChangePolicy, sysctls (the node decides which it allows)", func(p *corev1.Pod) {
 			p.Spec.SecurityContext = &corev1.PodSecurityContext{SupplementalGroups: []int64{3000, 4000}, FSGroup: ptr(int64(2000)),
-				FSGroupChangePolicy: ptr(corev1.FSGroupChangeOnRootMismatch), SupplementalGroupsPolicy: ptr(corev1.SupplementalGroupsPolicyMerge)}
+				FSGroupChangePolicy: ptr(corev1.FSGroupChangeOnRootMismatch), SupplementalGroupsPolicy: ptr(corev1.SupplementalGroupsPolicyMerge),
+				Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}, {Name: "kernel.msgmax", Value: "65536"}}}
 		}, func(w *wire.Pod) {
 			w.SupplementalGroups, w.FSGroup, w.FSGroupChangePolicy = []int64{3000, 4000}, ptr(int64(2000)), "OnRootMismatch"
+			w.Sysctls = []wire.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}, {Name: "kernel.msgmax", Value: "65536"}}
 		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
@@ -302,7 +304,6 @@ func TestTranslateUnsupported(t *testing.T) {
 		{func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSNone }, "spec.dnsPolicy: None"},
 		{func(p *corev1.Pod) { p.Spec.ActiveDeadlineSeconds = ptr(int64(5)) }, "spec.activeDeadlineSeconds"},
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
-		{func(p *corev1.Pod) { p.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "a", Value: "b"}} }, "spec.securityContext.sysctls"},
 		{func(p *corev1.Pod) {
 			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}
 		}, "spec.securityContext.seccompProfile.localhostProfile (empty)"},

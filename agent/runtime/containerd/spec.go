@@ -3,6 +3,7 @@ package containerd
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -59,6 +60,9 @@ type Spec struct {
 	CapAdd, CapDrop []string
 	// User, if set, overrides the image's user (runAsUser/runAsGroup).
 	User *User
+	// Sysctls are set in the container's namespaces (the pod's sysctls,
+	// admitted by the caller).
+	Sysctls map[string]string
 	// AdditionalGIDs are the process's extra groups (a pod's
 	// supplementalGroups and fsGroup).
 	AdditionalGIDs []uint32
@@ -343,6 +347,15 @@ func withUser(u *User) specOpt {
 	}
 }
 
+func withSysctls(m map[string]string) specOpt {
+	return func(s *specs.Spec) error {
+		if len(m) > 0 {
+			s.Linux.Sysctl = maps.Clone(m)
+		}
+		return nil
+	}
+}
+
 func withAdditionalGIDs(gids []uint32) specOpt {
 	return func(s *specs.Spec) error {
 		s.Process.User.AdditionalGids = append([]uint32(nil), gids...)
@@ -492,6 +505,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withCapabilities(sp.CapAdd, sp.CapDrop),
 		withUser(sp.User),
 		withAdditionalGIDs(sp.AdditionalGIDs),
+		withSysctls(sp.Sysctls),
 		withNetNS(sp.NetNS, sp.HostNetwork),
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),

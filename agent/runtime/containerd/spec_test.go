@@ -156,3 +156,15 @@ func TestSpecAdditionalGIDs(t *testing.T) {
 		t.Errorf("user %+v, want uid 1000 with groups 3000, 2000", g)
 	}
 }
+
+func TestSpecSysctls(t *testing.T) {
+	if m := specFor(t, Spec{}).Linux.Sysctl; m != nil {
+		t.Errorf("default sysctls %v, want none", m)
+	}
+	in := map[string]string{"net.ipv4.ping_group_range": "0 65535"}
+	s := specFor(t, Spec{Sysctls: in})
+	in["net.ipv4.ping_group_range"] = "changed after"
+	if s.Linux.Sysctl["net.ipv4.ping_group_range"] != "0 65535" || len(s.Linux.Sysctl) != 1 {
+		t.Errorf("sysctls %v", s.Linux.Sysctl)
+	}
+}

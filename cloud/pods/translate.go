@@ -143,9 +143,6 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		for _, sy := range sc.Sysctls {
 			out.Sysctls = append(out.Sysctls, wire.Sysctl{Name: sy.Name, Value: sy.Value})
 		}
-		if _, err := translateSeccomp("spec.securityContext.seccompProfile", sc.SeccompProfile); err != nil {
-			return nil, err
-		}
 	}
 
 	volumes := map[string]bool{}
@@ -327,6 +324,7 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	}
 
 	nonRoot := pod.nonRoot
+	// The pod's seccompProfile, unless the container sets its own.
 	if out.Seccomp, err = translateSeccomp("spec.securityContext.seccompProfile", pod.seccomp); err != nil {
 		return out, err
 	}

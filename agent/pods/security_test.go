@@ -135,7 +135,8 @@ func TestSecurityContext(t *testing.T) {
 			Volumes: []wire.Volume{{Name: "cfg", ConfigMap: &wire.FilesVolume{Name: "fsg", DefaultMode: 0o600}}, {Name: "scratch", EmptyDir: &wire.EmptyDir{}}},
 			Containers: []wire.Container{{RunAsUser: &uid,
 				Mounts: []wire.VolumeMount{{Name: "cfg", MountPath: "/cfg"}, {Name: "scratch", MountPath: "/scratch"}}}}}
-		out := once("fsgroup", p, "id; stat -c 'cfg %g %a' /cfg/..data/k; cat /cfg/k && echo; stat -c 'scratch %g %a' /scratch; "+
+		// Later passes (every second here) keep what the first gave.
+		out := once("fsgroup", p, "id; stat -c 'cfg %g %a' /cfg/..data/k; cat /cfg/k && echo; sleep 2.5; stat -c 'scratch %g %a' /scratch; "+
 			"touch /scratch/new && stat -c 'new %g' /scratch/new")
 		// The user's own group (0: the image has none) stays primary.
 		has(out, "uid=1000 gid=0", "groups=", "2000", "3000", "cfg 2000 640\n", "v\n", "scratch 2000 2777\n", "new 2000\n")

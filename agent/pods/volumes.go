@@ -120,8 +120,15 @@ func emptyDir(p string, e *wire.EmptyDir) error {
 	if err := os.MkdirAll(p, 0o777); err != nil {
 		return err
 	}
-	if err := os.Chmod(p, 0o777); err != nil {
+	// 0777 whatever the umask, keeping the setgid bit an fsGroup adds.
+	fi, err := os.Stat(p)
+	if err != nil {
 		return err
+	}
+	if fi.Mode().Perm() != 0o777 {
+		if err := os.Chmod(p, fi.Mode()&os.ModeSetgid|0o777); err != nil {
+			return err
+		}
 	}
 	if e.Memory && os.Geteuid() == 0 && !isTmpfs(p) {
 		opts := "mode=0777"

@@ -23,32 +23,32 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		return containerd.Spec{}, err
 	}
 	sp := containerd.Spec{
-		ID:              containerID(o.UID, c.Name, attempt),
-		Image:           c.Image,
-		Command:         expandAll(c.Command, env),
-		Args:            expandAll(c.Args, env),
-		Env:             env,
-		WorkingDir:      c.WorkingDir,
-		MemoryLimit:     c.MemoryBytes,
-		CPUMillis:       c.CPUMillis,
-		HostNetwork:     pod.HostNetwork,
-		Privileged:      c.Privileged,
-		NoNewPrivileges: c.NoNewPrivileges,
-		ReadOnlyRootfs:  c.ReadOnlyRootFilesystem,
-		ProcUnmasked:    c.ProcUnmasked,
-		RunAsNonRoot:    c.RunAsNonRoot,
-		AdditionalGIDs:  groups(pod),
-		Sysctls:         sysctls(pod),
-		CapAdd:          c.CapAdd,
-		CapDrop:         c.CapDrop,
-		NetNS:           setup.netns,
-		Hostname:        o.Name,
-		LogPath:         w.r.logPath(o.Namespace, o.Name, o.UID, c.Name, attempt),
+		ID:          containerID(o.UID, c.Name, attempt),
+		Image:       c.Image,
+		Command:     expandAll(c.Command, env),
+		Args:        expandAll(c.Args, env),
+		Env:         env,
+		WorkingDir:  c.WorkingDir,
+		MemoryLimit: c.MemoryBytes,
+		CPUMillis:   c.CPUMillis,
+		HostNetwork: pod.HostNetwork,
+		Privileged:  c.Privileged,
+		CapAdd:      c.CapAdd,
+		CapDrop:     c.CapDrop,
+		NetNS:       setup.netns,
+		Hostname:    o.Name,
+		LogPath:     w.r.logPath(o.Namespace, o.Name, o.UID, c.Name, attempt),
 		Labels: map[string]string{
 			labelPodUID: o.UID, labelPodName: o.Name, labelPodNamespace: o.Namespace,
 			labelContainer: c.Name, labelAttempt: strconv.Itoa(attempt), labelHash: containerHash(c),
 			labelGrace: strconv.FormatInt(pod.TerminationGracePeriodSeconds, 10), labelImageID: imageID,
 		},
+	}
+	// securityContext
+	sp.NoNewPrivileges, sp.ReadOnlyRootfs, sp.ProcUnmasked = c.NoNewPrivileges, c.ReadOnlyRootFilesystem, c.ProcUnmasked
+	sp.RunAsNonRoot, sp.AdditionalGIDs, sp.Sysctls = c.RunAsNonRoot, groups(pod), sysctls(pod)
+	if sp.Seccomp, err = w.seccomp(c); err != nil {
+		return sp, err
 	}
 	if pod.Hostname != "" {
 		sp.Hostname = pod.Hostname
@@ -90,9 +90,6 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 			src.path = filepath.Join(src.path, m.SubPath)
 		}
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: src.path, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly})
-	}
-	if sp.Seccomp, err = w.seccomp(c); err != nil {
-		return sp, err
 	}
 	if setup.hosts != "" && !pod.HostNetwork {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})

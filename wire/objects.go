@@ -187,7 +187,30 @@ type Pod struct {
 	Deleting                   bool   `cbor:"9,keyasint,omitempty"`
 	DeletionGracePeriodSeconds int64  `cbor:"10,keyasint,omitempty"`
 	Hostname                   string `cbor:"11,keyasint,omitempty"`
+	// SupplementalGroups and FSGroup (securityContext) are added to every
+	// container process's groups; FSGroup also owns the pod's emptyDir,
+	// ConfigMap, Secret and projected volume files, changed as
+	// FSGroupChangePolicy says ("Always" when empty, or "OnRootMismatch").
+	SupplementalGroups  []int64 `cbor:"12,keyasint,omitempty"`
+	FSGroup             *int64  `cbor:"13,keyasint,omitempty"`
+	FSGroupChangePolicy string  `cbor:"14,keyasint,omitempty"`
+	// Sysctls are securityContext.sysctls, set in the pod's namespaces.
+	// The agent admits only the kubelet's safe set and the ones its
+	// config allows.
+	Sysctls []Sysctl `cbor:"15,keyasint,omitempty"`
 }
+
+// Sysctl is one kernel parameter of a pod.
+type Sysctl struct {
+	Name  string `cbor:"1,keyasint"`
+	Value string `cbor:"2,keyasint"`
+}
+
+// Bounds on a pod's groups: a GID is a 32-bit value other than -1.
+const (
+	maxGroups = 64
+	maxGID    = 1<<32 - 2
+)
 
 // Validate reports a missing or out-of-range field.
 func (p *Pod) Validate() error {
@@ -234,10 +257,52 @@ func (p *Pod) Validate() error {
 		}
 		names[p.Volumes[i].Name] = true
 	}
+	if err := p.validateGroups(); err != nil {
+		return err
+	}
 	if p.Hostname != "" {
 		return CheckLabel("pod: hostname", p.Hostname)
 	}
 	return nil
+}
+
+// validateGroups checks the pod-level securityContext groups and sysctls.
+func (p *Pod) validateGroups() error {
+	if len(p.SupplementalGroups) > maxGroups {
+		return fmt.Errorf("pod: %d supplementalGroups (limit %d)", len(p.SupplementalGroups), maxGroups)
+	}
+	for _, g := range p.Groups() {
+		if g < 0 || g > maxGID {
+			return fmt.Errorf("pod: group %d out of range [0, %d]", g, int64(maxGID))
+		}
+	}
+	if len(p.Sysctls) > maxGroups {
+		return fmt.Errorf("pod: %d sysctls (limit %d)", len(p.Sysctls), maxGroups)
+	}
+	for _, sc := range p.Sysctls {
+		if err := checkText("pod: sysctl name", sc.Name, 256, true); err != nil {
+			return err
+		}
+		if err := checkText("pod: sysctl "+sc.Name, sc.Value, 4096, false); err != nil {
+			return err
+		}
+	}
+	switch p.FSGroupChangePolicy {
+	case "", "Always", "OnRootMismatch":
+	default:
+		return fmt.Errorf("pod: fsGroupChangePolicy %q is not Always or OnRootMismatch", p.FSGroupChangePolicy)
+	}
+	return nil
+}
+
+// Groups is SupplementalGroups, then FSGroup if set: the groups every
+// container process of the pod gets besides its own.
+func (p *Pod) Groups() []int64 {
+	out := append([]int64(nil), p.SupplementalGroups...)
+	if p.FSGroup != nil {
+		out = append(out, *p.FSGroup)
+	}
+	return out
 }
 
 // Container is one container of a pod.
@@ -262,6 +327,55 @@ type Container struct {
 	ImagePullPolicy string   `cbor:"16,keyasint,omitempty"` // Always, IfNotPresent, Never
 	RunAsUser       *int64   `cbor:"17,keyasint,omitempty"`
 	RunAsGroup      *int64   `cbor:"18,keyasint,omitempty"`
+	// The fields below carry json omitempty so that the agent's hash of a
+	// container that does not set them stays what it was before they were
+	// added (a new agent restarts no container).
+
+	// Seccomp is securityContext.seccompProfile, the container's or else
+	// the pod's; nil is RuntimeDefault.
+	Seccomp *SeccompProfile `cbor:"19,keyasint,omitempty" json:",omitempty"`
+	// NoNewPrivileges sets no_new_privs: securityContext.allowPrivilegeEscalation
+	// is false (the kubelet's rule; unset allows escalation).
+	NoNewPrivileges bool `cbor:"20,keyasint,omitempty" json:",omitempty"`
+	// ReadOnlyRootFilesystem mounts the image's root file system read-only.
+	ReadOnlyRootFilesystem bool `cbor:"21,keyasint,omitempty" json:",omitempty"`
+	// ProcUnmasked is procMount: Unmasked: /proc and /sys without the
+	// masked and read-only paths.
+	ProcUnmasked bool `cbor:"22,keyasint,omitempty" json:",omitempty"`
+	// RunAsNonRoot is securityContext.runAsNonRoot, the container's or else
+	// the pod's: the agent refuses to start the container as uid 0
+	// (RunAsUser, or else the image's user), as a kubelet does.
+	RunAsNonRoot bool `cbor:"23,keyasint,omitempty" json:",omitempty"`
+}
+
+// Seccomp profile types, as in a pod's securityContext.seccompProfile.
+const (
+	SeccompRuntimeDefault = "RuntimeDefault"
+	SeccompUnconfined     = "Unconfined"
+	SeccompLocalhost      = "Localhost"
+)
+
+// SeccompProfile is a container's seccomp profile: RuntimeDefault,
+// Unconfined, or Localhost with LocalhostProfile, a path relative to the
+// gateway's seccomp profile directory (the agent resolves it beneath that
+// directory and refuses anything leading out of it).
+type SeccompProfile struct {
+	Type             string `cbor:"1,keyasint"`
+	LocalhostProfile string `cbor:"2,keyasint,omitempty"`
+}
+
+// Validate reports an unknown type or a Localhost profile without a name.
+func (p *SeccompProfile) Validate() error {
+	switch p.Type {
+	case SeccompRuntimeDefault, SeccompUnconfined:
+		if p.LocalhostProfile != "" {
+			return fmt.Errorf("seccompProfile: localhostProfile is only for type %s", SeccompLocalhost)
+		}
+		return nil
+	case SeccompLocalhost:
+		return checkText("seccompProfile: localhostProfile", p.LocalhostProfile, 4096, true)
+	}
+	return fmt.Errorf("seccompProfile: type %q is not %s, %s or %s", p.Type, SeccompRuntimeDefault, SeccompUnconfined, SeccompLocalhost)
 }
 
 // Validate reports a missing or out-of-range field.
@@ -300,6 +414,9 @@ func (c *Container) Validate() error {
 	if c.CPUMillis < 0 || c.MemoryBytes < 0 {
 		return fmt.Errorf("container %s: negative limit", c.Name)
 	}
+	if err := c.validateSecurity(); err != nil {
+		return fmt.Errorf("container %s: %w", c.Name, err)
+	}
 	for _, p := range []*Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 		if p != nil {
 			if err := p.Validate(); err != nil {
@@ -308,6 +425,16 @@ func (c *Container) Validate() error {
 		}
 	}
 	return checkText("container "+c.Name+": workingDir", c.WorkingDir, 4096, false)
+}
+
+// validateSecurity checks the securityContext fields.
+func (c *Container) validateSecurity() error {
+	if c.Seccomp != nil {
+		if err := c.Seccomp.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // EnvVar is an environment variable: a value, or where to take it from.

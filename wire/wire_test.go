@@ -251,7 +251,7 @@ func TestCASignature(t *testing.T) {
 }
 
 func sampleSync() *Sync {
-	uid := int64(1000)
+	uid, fsGroup := int64(1000), int64(2000)
 	return &Sync{
 		Initial: true, Complete: true,
 		Upserts: []Object{
@@ -263,9 +263,12 @@ func sampleSync() *Sync {
 						{Name: "PW", From: &EnvSource{Secret: &KeyRef{Name: "s", Key: "pw"}}}},
 					Mounts:      []VolumeMount{{Name: "cfg", MountPath: "/etc/cfg", ReadOnly: true}},
 					MemoryBytes: 64 << 20, CPUMillis: 250, RunAsUser: &uid,
+					Seccomp: &SeccompProfile{Type: SeccompLocalhost, LocalhostProfile: "profiles/web.json"}, NoNewPrivileges: true, ReadOnlyRootFilesystem: true, ProcUnmasked: true, RunAsNonRoot: true,
 					LivenessProbe: &Probe{HTTPGet: &HTTPGet{Path: "/", Port: 80}, PeriodSeconds: 10},
 				}},
-				Volumes: []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
+				Volumes:            []Volume{{Name: "cfg", ConfigMap: &FilesVolume{Name: "cfg"}}},
+				SupplementalGroups: []int64{3000}, FSGroup: &fsGroup, FSGroupChangePolicy: "OnRootMismatch",
+				Sysctls: []Sysctl{{Name: "net.ipv4.ping_group_range", Value: "0 2147483647"}},
 			}},
 			{Kind: KindConfigMap, UID: "7a2d", Namespace: "default", Name: "cfg", Version: "99",
 				ConfigMap: &ConfigMap{Data: map[string]string{"a.conf": "x=1"}}},
@@ -289,6 +292,18 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 		}},
 		{"probe without handler", func(s *Sync) { s.Upserts[0].Pod.Containers[0].LivenessProbe.HTTPGet = nil }},
 		{"volume without source", func(s *Sync) { s.Upserts[0].Pod.Volumes[0].ConfigMap = nil }},
+		{"seccomp of unknown type", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = "Strict" }},
+		{"localhost seccomp without a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = "" }},
+		{"localhost seccomp name too long", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = strings.Repeat("a", 4097)
+		}},
+		{"runtime default seccomp with a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = SeccompRuntimeDefault }},
+		{"negative supplemental group", func(s *Sync) { s.Upserts[0].Pod.SupplementalGroups = []int64{-1} }},
+		{"fsGroup out of range", func(s *Sync) { g := int64(1 << 32); s.Upserts[0].Pod.FSGroup = &g }},
+		{"too many groups", func(s *Sync) { s.Upserts[0].Pod.SupplementalGroups = make([]int64, 65) }},
+		{"bad fsGroupChangePolicy", func(s *Sync) { s.Upserts[0].Pod.FSGroupChangePolicy = "Sometimes" }},
+		{"sysctl without a name", func(s *Sync) { s.Upserts[0].Pod.Sysctls[0].Name = "" }},
+		{"too many sysctls", func(s *Sync) { s.Upserts[0].Pod.Sysctls = make([]Sysctl, 65) }},
 		{"complete without initial", func(s *Sync) { s.Initial = false }},
 		{"delete without uid", func(s *Sync) { s.Deletes[0].UID = "" }},
 		{"no uid", func(s *Sync) { s.Upserts[1].UID = "" }},

@@ -87,6 +87,15 @@ type Config struct {
 	// MetricsListen is where GET /metrics is served (HOST:PORT); empty
 	// turns the endpoint off.
 	MetricsListen string
+	// SeccompProfileDir holds the Localhost seccomp profiles pods name in
+	// securityContext.seccompProfile.localhostProfile (the kubelet's
+	// <root-dir>/seccomp); empty is StateDir/seccomp.
+	SeccompProfileDir string
+	// AllowedUnsafeSysctls are the sysctls pods may set beyond the
+	// kubelet's safe set (the kubelet's --allowed-unsafe-sysctls): names,
+	// or prefixes ending in "*"; only namespaced ones (kernel.shm*,
+	// kernel.msg*, kernel.sem, fs.mqueue.*, net.*).
+	AllowedUnsafeSysctls []string
 }
 
 // Containerd configures the pod runtime.
@@ -187,6 +196,8 @@ type file struct {
 	Metrics *struct {
 		Listen *string `yaml:"listen"` // "" turns it off
 	} `yaml:"metrics"`
+	SeccompProfileDir    string   `yaml:"seccompProfileDir"`
+	AllowedUnsafeSysctls []string `yaml:"allowedUnsafeSysctls"`
 }
 
 type mqttFile struct {
@@ -212,7 +223,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -270,6 +281,10 @@ func (cfg *Config) parse(b []byte) error {
 	set(&cfg.StateDir, f.StateDir)
 	set(&cfg.Board, f.Board)
 	set(&cfg.LogLevel, f.LogLevel)
+	set(&cfg.SeccompProfileDir, f.SeccompProfileDir)
+	if f.AllowedUnsafeSysctls != nil {
+		cfg.AllowedUnsafeSysctls = f.AllowedUnsafeSysctls
+	}
 	if f.MemoryLimit != "" {
 		n, err := ParseBytes(f.MemoryLimit)
 		if err != nil {
@@ -401,6 +416,17 @@ func (cfg Config) Validate() error {
 			return fmt.Errorf("metrics.listen %q is not HOST:PORT (like %s; \"\" turns metrics off)", cfg.MetricsListen, DefaultMetricsListen)
 		}
 	}
+	if d := cfg.SeccompProfileDir; d != "" && !filepath.IsAbs(d) {
+		return fmt.Errorf("seccompProfileDir %q must be an absolute path (default: stateDir/seccomp)", d)
+	}
+	if len(cfg.AllowedUnsafeSysctls) > 64 {
+		return errors.New("allowedUnsafeSysctls: more than 64 entries")
+	}
+	for _, sy := range cfg.AllowedUnsafeSysctls {
+		if !NamespacedSysctl(strings.TrimSuffix(sy, "*")) || strings.Count(sy, "*") > 1 || strings.Contains(strings.TrimSuffix(sy, "*"), "*") {
+			return fmt.Errorf("allowedUnsafeSysctls: %q is not a namespaced sysctl or prefix* (kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*, net.*)", sy)
+		}
+	}
 	if len(cfg.Board) > 64 {
 		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)
 	}
@@ -442,6 +468,22 @@ func (m MQTT) validate() error {
 		return fmt.Errorf("mqtt.listen %q is not HOST:PORT (like %s)", m.Listen, DefaultMQTTListen)
 	}
 	return nil
+}
+
+// NamespacedSysctl says whether a sysctl (or a prefix of one) lives in
+// the IPC or network namespace, so a pod can set it without changing the
+// node: the kubelet's namespaced groups.
+func NamespacedSysctl(name string) bool {
+	if name == "" || len(name) > 256 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-') {
+			return false
+		}
+	}
+	return name == "kernel.sem" || strings.HasPrefix(name, "kernel.shm") || strings.HasPrefix(name, "kernel.msg") ||
+		strings.HasPrefix(name, "fs.mqueue.") || strings.HasPrefix(name, "net.")
 }
 
 // CheckServer accepts an https URL with a host and nothing after it.

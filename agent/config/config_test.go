@@ -31,6 +31,8 @@ maxPods: 16
 reserved:
   cpu: 250m
   memory: 128Mi
+seccompProfileDir: /etc/outpost/seccomp
+allowedUnsafeSysctls: [net.core.somaxconn, "kernel.msg*"]
 `,
 			want: func(c *Config) {
 				c.Server = "https://relay.example:8443"
@@ -42,6 +44,8 @@ reserved:
 				c.MaxPods = 16
 				c.ReservedCPUMillis = 250
 				c.ReservedMemory = 128 << 20
+				c.SeccompProfileDir = "/etc/outpost/seccomp"
+				c.AllowedUnsafeSysctls = []string{"net.core.somaxconn", "kernel.msg*"}
 			},
 		},
 		{
@@ -111,6 +115,9 @@ func TestValidate(t *testing.T) {
 		{name: "node name dotted", mod: func(c *Config) { c.NodeName = "gw-1.site-a" }},
 		{name: "node name trailing dash", mod: func(c *Config) { c.NodeName = "gw-" }, wantErr: "node name"},
 		{name: "relative state dir", mod: func(c *Config) { c.StateDir = "state" }, wantErr: "absolute"},
+		{name: "relative seccomp profile dir", mod: func(c *Config) { c.SeccompProfileDir = "seccomp" }, wantErr: "seccompProfileDir"},
+		{name: "node-wide sysctl allowed", mod: func(c *Config) { c.AllowedUnsafeSysctls = []string{"kernel.panic"} }, wantErr: "kernel.panic"},
+		{name: "sysctl pattern with an inner star", mod: func(c *Config) { c.AllowedUnsafeSysctls = []string{"net.*.x"} }, wantErr: "net.*.x"},
 		{name: "log level", mod: func(c *Config) { c.LogLevel = "verbose" }, wantErr: "logLevel"},
 		{name: "log level case", mod: func(c *Config) { c.LogLevel = "DEBUG" }},
 		{name: "memory too small", mod: func(c *Config) { c.MemoryLimit = 24 << 10 }, wantErr: "memoryLimit"},

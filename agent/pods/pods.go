@@ -44,6 +44,12 @@ type Config struct {
 	StateDir string
 	// LogDir holds container logs; default StateDir/logs.
 	LogDir string
+	// SeccompDir holds the Localhost seccomp profiles pods may name;
+	// default StateDir/seccomp.
+	SeccompDir string
+	// AllowedUnsafeSysctls are the sysctls admitted beyond the safe set
+	// (names, or prefixes ending in "*").
+	AllowedUnsafeSysctls []string
 	// LogBinary is the binary containerd's shim runs as the containers'
 	// logger ("LogBinary logger PATH …", normally the agent itself); empty
 	// writes raw output through the shim instead (not the CRI format).
@@ -108,6 +114,9 @@ func New(cfg Config) *Reconciler {
 	}
 	if cfg.LogDir == "" {
 		cfg.LogDir = filepath.Join(cfg.StateDir, "logs")
+	}
+	if cfg.SeccompDir == "" {
+		cfg.SeccompDir = filepath.Join(cfg.StateDir, "seccomp")
 	}
 	if cfg.MaxPods <= 0 {
 		cfg.MaxPods = 110
@@ -394,8 +403,14 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		want[o.UID] = true
 		w := r.workers[o.UID]
 		if w == nil && admitted >= r.cfg.MaxPods {
-			r.reject(o, lastPrint)
+			r.reject(o, lastPrint, "OutOfpods", fmt.Sprintf("Node didn't have enough resource: pods (maxPods %d)", r.cfg.MaxPods))
 			continue
+		}
+		if w == nil {
+			if why := forbiddenSysctl(o.Pod, r.cfg.AllowedUnsafeSysctls); why != "" {
+				r.reject(o, lastPrint, "SysctlForbidden", "Pod "+why)
+				continue
+			}
 		}
 		admitted++
 		if w == nil || w.orphan() {
@@ -438,17 +453,17 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 	return nil
 }
 
-// reject reports a pod beyond MaxPods as a kubelet does.
-func (r *Reconciler) reject(o *wire.Object, lastPrint map[string]string) {
+// reject reports a pod the node does not admit (beyond MaxPods, a
+// forbidden sysctl) as a kubelet does: Failed, with reason and message.
+func (r *Reconciler) reject(o *wire.Object, lastPrint map[string]string, reason, message string) {
 	key := "rejected|" + o.Version
 	if lastPrint[o.UID] == key {
 		return
 	}
 	lastPrint[o.UID] = key
-	r.log.Warn("pods: pod not admitted: maxPods reached", "pod", o.Namespace+"/"+o.Name, "maxPods", r.cfg.MaxPods)
+	r.log.Warn("pods: pod not admitted", "pod", o.Namespace+"/"+o.Name, "reason", reason, "message", message)
 	st := &wire.PodStatus{UID: o.UID, Namespace: o.Namespace, Name: o.Name, Phase: "Failed",
-		Reason: "OutOfpods", Message: fmt.Sprintf("Node didn't have enough resource: pods (maxPods %d)", r.cfg.MaxPods),
-		HostIP: r.hostIP}
+		Reason: reason, Message: message, HostIP: r.hostIP}
 	if o.Pod.Deleting {
 		st.Terminated = true
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/agent/runtime/seccomp"
 	"outpost.dev/wire"
 )
 
@@ -46,6 +47,12 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 			labelContainer: c.Name, labelAttempt: strconv.Itoa(attempt), labelHash: containerHash(c),
 			labelGrace: strconv.FormatInt(pod.TerminationGracePeriodSeconds, 10), labelImageID: imageID,
 		},
+	}
+	// securityContext
+	sp.NoNewPrivileges, sp.ReadOnlyRootfs, sp.ProcUnmasked = c.NoNewPrivileges, c.ReadOnlyRootFilesystem, c.ProcUnmasked
+	sp.RunAsNonRoot, sp.AdditionalGIDs, sp.Sysctls = c.RunAsNonRoot, groups(pod), sysctls(pod)
+	if sp.Seccomp, err = w.seccomp(c); err != nil {
+		return sp, err
 	}
 	if pod.Hostname != "" {
 		sp.Hostname = pod.Hostname
@@ -90,6 +97,26 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})
 	}
 	return sp, nil
+}
+
+// seccomp is the container's seccomp choice for the runtime: nil for
+// RuntimeDefault, or its Localhost profile read from the node's profile
+// directory (an error names the field, for the container's status).
+func (w *worker) seccomp(c *wire.Container) (*containerd.Seccomp, error) {
+	p := c.Seccomp
+	switch {
+	case p == nil || p.Type == wire.SeccompRuntimeDefault:
+		return nil, nil
+	case p.Type == wire.SeccompUnconfined:
+		return &containerd.Seccomp{Unconfined: true}, nil
+	case p.Type == wire.SeccompLocalhost:
+		prof, err := seccomp.Load(w.r.cfg.SeccompDir, p.LocalhostProfile)
+		if err != nil {
+			return nil, fmt.Errorf("securityContext.seccompProfile.localhostProfile %q: %w", p.LocalhostProfile, err)
+		}
+		return &containerd.Seccomp{Profile: prof}, nil
+	}
+	return nil, fmt.Errorf("securityContext.seccompProfile.type %q is not RuntimeDefault, Unconfined or Localhost", p.Type)
 }
 
 // logPath is where attempt of a container logs, laid out as a kubelet

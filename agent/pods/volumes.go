@@ -69,6 +69,10 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
+			if err := w.fsGroup(o.Pod, v.Name, p, false); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
 			s.volumes[v.Name] = volSource{path: p}
 		case v.HostPath != nil:
 			// Checked here so the pod waits with the reason; checked
@@ -86,7 +90,12 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
+			fsGroupFiles(o.Pod, files)
 			if err := writeAtomic(p, files, w.r.now()); err != nil {
+				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+				continue
+			}
+			if err := w.fsGroup(o.Pod, v.Name, p, true); err != nil {
 				errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
 				continue
 			}
@@ -184,8 +193,15 @@ func emptyDir(p string, e *wire.EmptyDir) error {
 	if err := os.MkdirAll(p, 0o777); err != nil {
 		return err
 	}
-	if err := os.Chmod(p, 0o777); err != nil {
+	// 0777 whatever the umask, keeping the setgid bit an fsGroup adds.
+	fi, err := os.Stat(p)
+	if err != nil {
 		return err
+	}
+	if fi.Mode().Perm() != 0o777 {
+		if err := os.Chmod(p, fi.Mode()&os.ModeSetgid|0o777); err != nil {
+			return err
+		}
 	}
 	if e.Memory && os.Geteuid() == 0 && !isTmpfs(p) {
 		opts := "mode=0777"

@@ -41,6 +41,7 @@ type worker struct {
 	probes    map[string]*probeState // by container ID
 	last      *wire.PodStatus
 	startTime int64
+	owned     map[string]bool // writable volumes given the fsGroup
 
 	// running mirrors last's phase for Reconciler.Running (metrics);
 	// resend makes the next report go out even if unchanged (Resend).
@@ -56,7 +57,7 @@ type backoff struct {
 func newWorker(r *Reconciler, uid string) *worker {
 	return &worker{r: r, uid: uid, pokeC: make(chan struct{}, 1),
 		crash: map[string]*backoff{}, pulls: map[string]*backoff{}, waiting: map[string]wire.ContainerState{},
-		probes: map[string]*probeState{}}
+		probes: map[string]*probeState{}, owned: map[string]bool{}}
 }
 
 func (w *worker) poke() {
@@ -435,7 +436,11 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 	}
 	if err := rt.Create(ctx, sp); err != nil {
 		log.Warn("pods: creating container", "err", err)
-		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerError", Message: truncate(err.Error(), 1000)}
+		reason := "CreateContainerError"
+		if ce := (*containerd.ConfigError)(nil); errors.As(err, &ce) {
+			reason = "CreateContainerConfigError"
+		}
+		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: reason, Message: truncate(err.Error(), 1000)}
 		due(w.r.now().Add(w.r.cfg.BackoffBase))
 		return true
 	}

@@ -119,32 +119,30 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		}
 	}
 
-	var podUser, podGroup *int64
-	podNonRoot := false
+	var pod podSecurity
 	if sc := s.SecurityContext; sc != nil {
 		switch {
 		case sc.SELinuxOptions != nil:
 			return nil, unsupported("spec.securityContext.seLinuxOptions", "")
 		case sc.WindowsOptions != nil:
 			return nil, unsupported("spec.securityContext.windowsOptions", "")
-		case len(sc.SupplementalGroups) > 0:
-			return nil, unsupported("spec.securityContext.supplementalGroups", "")
-		case sc.SupplementalGroupsPolicy != nil:
-			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy", "")
-		case sc.FSGroup != nil:
-			return nil, unsupported("spec.securityContext.fsGroup", "")
-		case sc.FSGroupChangePolicy != nil:
-			return nil, unsupported("spec.securityContext.fsGroupChangePolicy", "")
-		case len(sc.Sysctls) > 0:
-			return nil, unsupported("spec.securityContext.sysctls", "")
+		case sc.SupplementalGroupsPolicy != nil && *sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyMerge &&
+			*sc.SupplementalGroupsPolicy != corev1.SupplementalGroupsPolicyStrict:
+			return nil, unsupported("spec.securityContext.supplementalGroupsPolicy: "+string(*sc.SupplementalGroupsPolicy), "use Merge or Strict")
 		case sc.SELinuxChangePolicy != nil:
 			return nil, unsupported("spec.securityContext.seLinuxChangePolicy", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
 			return nil, unsupported("spec.securityContext.appArmorProfile", "")
-		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
-			return nil, unsupported("spec.securityContext.seccompProfile", "containers run without a seccomp filter on edge nodes")
 		}
-		podUser, podGroup, podNonRoot = sc.RunAsUser, sc.RunAsGroup, isTrue(sc.RunAsNonRoot)
+		pod = podSecurity{user: sc.RunAsUser, group: sc.RunAsGroup, nonRoot: isTrue(sc.RunAsNonRoot), seccomp: sc.SeccompProfile}
+		out.SupplementalGroups, out.FSGroup = sc.SupplementalGroups, sc.FSGroup
+		if sc.FSGroupChangePolicy != nil {
+			out.FSGroupChangePolicy = string(*sc.FSGroupChangePolicy)
+		}
+		// The node decides which it allows (its safe set and its config).
+		for _, sy := range sc.Sysctls {
+			out.Sysctls = append(out.Sysctls, wire.Sysctl{Name: sy.Name, Value: sy.Value})
+		}
 	}
 
 	volumes := map[string]bool{}
@@ -165,7 +163,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if c.RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "sidecar containers are not supported; make it a regular container")
 		}
-		wc, err := translateContainer(path, c, s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		wc, err := translateContainer(path, c, s.HostNetwork, volumes, &pod)
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +174,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if s.Containers[i].RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "use spec.restartPolicy")
 		}
-		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, podUser, podGroup, podNonRoot)
+		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, &pod)
 		if err != nil {
 			return nil, err
 		}
@@ -188,7 +186,32 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	return out, nil
 }
 
-func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, podUser, podGroup *int64, podNonRoot bool) (wire.Container, error) {
+// podSecurity is the pod's securityContext fields that are defaults for
+// its containers.
+type podSecurity struct {
+	user, group *int64
+	nonRoot     bool
+	seccomp     *corev1.SeccompProfile
+}
+
+// translateSeccomp turns a seccompProfile (nil: not set) into the wire's.
+func translateSeccomp(path string, p *corev1.SeccompProfile) (*wire.SeccompProfile, error) {
+	if p == nil {
+		return nil, nil
+	}
+	switch p.Type {
+	case corev1.SeccompProfileTypeRuntimeDefault, corev1.SeccompProfileTypeUnconfined:
+		return &wire.SeccompProfile{Type: string(p.Type)}, nil
+	case corev1.SeccompProfileTypeLocalhost:
+		if p.LocalhostProfile == nil || *p.LocalhostProfile == "" {
+			return nil, unsupported(path+".localhostProfile (empty)", "name a profile file in the node's seccomp profile directory")
+		}
+		return &wire.SeccompProfile{Type: string(p.Type), LocalhostProfile: *p.LocalhostProfile}, nil
+	}
+	return nil, unsupported(path+".type: "+string(p.Type), "use RuntimeDefault, Unconfined or Localhost")
+}
+
+func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, pod *podSecurity) (wire.Container, error) {
 	out := wire.Container{
 		Name:            c.Name,
 		Image:           c.Image,
@@ -196,8 +219,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		Args:            c.Args,
 		WorkingDir:      c.WorkingDir,
 		ImagePullPolicy: string(c.ImagePullPolicy),
-		RunAsUser:       podUser,
-		RunAsGroup:      podGroup,
+		RunAsUser:       pod.user,
+		RunAsGroup:      pod.group,
 	}
 	switch {
 	case c.Stdin:
@@ -300,7 +323,11 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		return out, err
 	}
 
-	nonRoot := podNonRoot
+	nonRoot := pod.nonRoot
+	// The pod's seccompProfile, unless the container sets its own.
+	if out.Seccomp, err = translateSeccomp("spec.securityContext.seccompProfile", pod.seccomp); err != nil {
+		return out, err
+	}
 	if sc := c.SecurityContext; sc != nil {
 		sp := path + ".securityContext"
 		switch {
@@ -308,18 +335,21 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			return out, unsupported(sp+".seLinuxOptions", "")
 		case sc.WindowsOptions != nil:
 			return out, unsupported(sp+".windowsOptions", "")
-		case isTrue(sc.ReadOnlyRootFilesystem):
-			return out, unsupported(sp+".readOnlyRootFilesystem", "")
-		case sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation && !isTrue(sc.Privileged):
-			return out, unsupported(sp+".allowPrivilegeEscalation: false", "no_new_privs is not set on edge nodes; remove the field")
-		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount:
-			return out, unsupported(sp+".procMount", "")
+		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount && *sc.ProcMount != corev1.UnmaskedProcMount:
+			return out, unsupported(sp+".procMount: "+string(*sc.ProcMount), "use Default or Unmasked")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
 			return out, unsupported(sp+".appArmorProfile", "")
-		case sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeUnconfined:
-			return out, unsupported(sp+".seccompProfile", "containers run without a seccomp filter on edge nodes")
+		}
+		if sc.SeccompProfile != nil {
+			if out.Seccomp, err = translateSeccomp(sp+".seccompProfile", sc.SeccompProfile); err != nil {
+				return out, err
+			}
 		}
 		out.Privileged = isTrue(sc.Privileged)
+		// As the kubelet: no_new_privs only when explicitly false.
+		out.NoNewPrivileges = sc.AllowPrivilegeEscalation != nil && !*sc.AllowPrivilegeEscalation
+		out.ReadOnlyRootFilesystem = isTrue(sc.ReadOnlyRootFilesystem)
+		out.ProcUnmasked = sc.ProcMount != nil && *sc.ProcMount == corev1.UnmaskedProcMount
 		if sc.Capabilities != nil {
 			for _, c := range sc.Capabilities.Add {
 				out.CapAdd = append(out.CapAdd, strings.TrimPrefix(string(c), "CAP_"))
@@ -338,11 +368,8 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 			nonRoot = *sc.RunAsNonRoot
 		}
 	}
-	// The kubelet checks runAsNonRoot against the image's user; the relay
-	// cannot see the image, so it needs an explicit non-root runAsUser.
-	if nonRoot && (out.RunAsUser == nil || *out.RunAsUser == 0) {
-		return out, unsupported(path+".securityContext.runAsNonRoot without a non-zero runAsUser", "set runAsUser too")
-	}
+	// The agent checks it against the image's user, as a kubelet does.
+	out.RunAsNonRoot = nonRoot
 	return out, nil
 }
 

@@ -160,8 +160,56 @@ func TestTranslateSupported(t *testing.T) {
 		}, func(w *wire.Pod) {
 			w.HostNetwork = true
 			c := &w.Containers[0]
-			c.Privileged, c.RunAsUser, c.RunAsGroup = true, ptr(int64(1000)), ptr(int64(20))
+			c.Privileged, c.RunAsUser, c.RunAsGroup, c.RunAsNonRoot = true, ptr(int64(1000)), ptr(int64(20)), true
 			c.CapAdd, c.CapDrop = []string{"NET_ADMIN"}, []string{"MKNOD"}
+		}},
+		{"seccomp: none set is nil (RuntimeDefault on the node)", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SeccompProfile = nil
+		}, func(w *wire.Pod) {}},
+		{"seccomp: the pod's, unless the container sets its own", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost, LocalhostProfile: ptr("profiles/audit.json")}
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined}}}}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "rd", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].Seccomp = &wire.SeccompProfile{Type: "Localhost", LocalhostProfile: "profiles/audit.json"}
+			w.InitContainers = []wire.Container{{Name: "init", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "Unconfined"}}}
+			w.Containers = append(w.Containers, wire.Container{Name: "rd", Image: "busybox", ImagePullPolicy: "Always", Seccomp: &wire.SeccompProfile{Type: "RuntimeDefault"}})
+		}},
+		{"allowPrivilegeEscalation: false sets no_new_privs, true and unset do not", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false)}
+			p.Spec.Containers = append(p.Spec.Containers,
+				corev1.Container{Name: "t", Image: "busybox", ImagePullPolicy: corev1.PullAlways, SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(true)}},
+				corev1.Container{Name: "u", Image: "busybox", ImagePullPolicy: corev1.PullAlways, SecurityContext: &corev1.SecurityContext{}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].NoNewPrivileges = true
+			w.Containers = append(w.Containers, wire.Container{Name: "t", Image: "busybox", ImagePullPolicy: "Always"},
+				wire.Container{Name: "u", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
+		{"readOnlyRootFilesystem and procMount", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(true), ProcMount: ptr(corev1.UnmaskedProcMount)}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "d", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(false), ProcMount: ptr(corev1.DefaultProcMount)}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].ReadOnlyRootFilesystem, w.Containers[0].ProcUnmasked = true, true
+			w.Containers = append(w.Containers, wire.Container{Name: "d", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
+		{"runAsNonRoot without runAsUser goes to the node (it checks the image's user); the container's wins", func(p *corev1.Pod) {
+			p.Spec.SecurityContext.RunAsNonRoot = ptr(true)
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "r", Image: "busybox", ImagePullPolicy: corev1.PullAlways,
+				SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr(false)}})
+		}, func(w *wire.Pod) {
+			w.Containers[0].RunAsNonRoot = true
+			w.Containers = append(w.Containers, wire.Container{Name: "r", Image: "busybox", ImagePullPolicy: "Always"})
+		}},
+		{"supplementalGroups, fsGroup, fsGroupChangePolicy, sysctls (the node decides which it allows)", func(p *corev1.Pod) {
+			p.Spec.SecurityContext = &corev1.PodSecurityContext{SupplementalGroups: []int64{3000, 4000}, FSGroup: ptr(int64(2000)),
+				FSGroupChangePolicy: ptr(corev1.FSGroupChangeOnRootMismatch), SupplementalGroupsPolicy: ptr(corev1.SupplementalGroupsPolicyMerge),
+				Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}, {Name: "kernel.msgmax", Value: "65536"}}}
+		}, func(w *wire.Pod) {
+			w.SupplementalGroups, w.FSGroup, w.FSGroupChangePolicy = []int64{3000, 4000}, ptr(int64(2000)), "OnRootMismatch"
+			w.Sysctls = []wire.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}, {Name: "kernel.msgmax", Value: "65536"}}
 		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
@@ -241,9 +289,8 @@ func TestTranslateUnsupported(t *testing.T) {
 			c.Resources.Limits = corev1.ResourceList{"nvidia.com/gpu": resource.MustParse("1")}
 		}), "spec.containers[0].resources.limits.nvidia.com/gpu"},
 		{c0(func(c *corev1.Container) {
-			c.SecurityContext = &corev1.SecurityContext{ReadOnlyRootFilesystem: ptr(true)}
-		}), "spec.containers[0].securityContext.readOnlyRootFilesystem"},
-		{c0(func(c *corev1.Container) { c.SecurityContext = &corev1.SecurityContext{RunAsNonRoot: ptr(true)} }), "spec.containers[0].securityContext.runAsNonRoot without a non-zero runAsUser"},
+			c.SecurityContext = &corev1.SecurityContext{ProcMount: ptr(corev1.ProcMountType("Partial"))}
+		}), "spec.containers[0].securityContext.procMount: Partial"},
 		{c0(func(c *corev1.Container) { c.VolumeMounts[0].Name = "nope" }), "spec.containers[0].volumeMounts[0].name: nope"},
 		{func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}
@@ -257,11 +304,16 @@ func TestTranslateUnsupported(t *testing.T) {
 		{func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSNone }, "spec.dnsPolicy: None"},
 		{func(p *corev1.Pod) { p.Spec.ActiveDeadlineSeconds = ptr(int64(5)) }, "spec.activeDeadlineSeconds"},
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
-		{func(p *corev1.Pod) { p.Spec.SecurityContext.Sysctls = []corev1.Sysctl{{Name: "a", Value: "b"}} }, "spec.securityContext.sysctls"},
 		{func(p *corev1.Pod) {
-			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
-		}, "spec.securityContext.seccompProfile"},
+			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}
+		}, "spec.securityContext.seccompProfile.localhostProfile (empty)"},
+		{c0(func(c *corev1.Container) {
+			c.SecurityContext = &corev1.SecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: "Strict"}}
+		}), "spec.containers[0].securityContext.seccompProfile.type: Strict"},
 		{func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }, "spec.os.name: windows"},
+		{func(p *corev1.Pod) {
+			p.Spec.SecurityContext.SupplementalGroupsPolicy = ptr(corev1.SupplementalGroupsPolicy("Other"))
+		}, "spec.securityContext.supplementalGroupsPolicy: Other"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {

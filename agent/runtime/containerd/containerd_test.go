@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"outpost.dev/agent/runtime/containerd"
+	"outpost.dev/agent/runtime/seccomp"
 	"outpost.dev/test/harness"
 )
 
@@ -267,6 +268,42 @@ func TestRuntime(t *testing.T) {
 		}
 		if err := e.rt.Delete(ctx, "caps"); err != nil {
 			t.Error(err)
+		}
+	})
+
+	t.Run("seccomp", func(t *testing.T) {
+		// unshare(CLONE_NEWUSER) needs no capability: only the default
+		// profile (no CAP_SYS_ADMIN, so no unshare) stops it.
+		probe := []string{"sh", "-c", "grep '^Seccomp:' /proc/self/status; if unshare -U true; then echo unshare=ok; else echo unshare=blocked; fi; " +
+			"if mkdir /tmp/d; then echo mkdir=ok; else echo mkdir=blocked; fi"}
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "no-mkdir.json"), []byte(`{"defaultAction":"SCMP_ACT_ALLOW",
+			"syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		local, err := seccomp.Load(dir, "no-mkdir.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			id   string
+			sc   *containerd.Seccomp
+			want []string
+		}{
+			{"sc-default", nil, []string{"Seccomp:\t2\n", "unshare=blocked", "mkdir=ok"}},
+			{"sc-unconfined", &containerd.Seccomp{Unconfined: true}, []string{"Seccomp:\t0\n", "unshare=ok", "mkdir=ok"}},
+			{"sc-localhost", &containerd.Seccomp{Profile: local}, []string{"Seccomp:\t2\n", "unshare=ok", "mkdir=blocked"}},
+		} {
+			e.run(t, ctx, containerd.Spec{ID: tc.id, Image: img.Name, Command: probe, Seccomp: tc.sc})
+			if st := e.waitExit(t, ctx, tc.id); st.ExitCode != 0 {
+				t.Errorf("%s: exit %d", tc.id, st.ExitCode)
+			}
+			for _, w := range tc.want {
+				waitLog(t, e, tc.id, w)
+			}
+			if err := e.rt.Delete(ctx, tc.id); err != nil {
+				t.Error(err)
+			}
 		}
 	})
 

@@ -1,12 +1,17 @@
 package containerd
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"outpost.dev/agent/runtime/seccomp"
 )
 
 // Spec is what Outpost asks of one container. It is Outpost's own type,
@@ -33,6 +38,14 @@ type Spec struct {
 	// Privileged gives all capabilities and devices and drops the masked
 	// and read-only paths.
 	Privileged bool
+	// NoNewPrivileges sets no_new_privs, so setuid binaries and file
+	// capabilities grant nothing (allowPrivilegeEscalation: false).
+	NoNewPrivileges bool
+	// ReadOnlyRootfs mounts the image's root file system read-only.
+	ReadOnlyRootfs bool
+	// ProcUnmasked drops the masked and read-only paths of /proc and /sys
+	// (procMount: Unmasked), as containerd's CRI plugin does.
+	ProcUnmasked bool
 	// LogPath receives the container's stdout and stderr (appended).
 	LogPath string
 	// LogBinary, if set, is a containerd binary logger: the shim starts
@@ -47,6 +60,15 @@ type Spec struct {
 	CapAdd, CapDrop []string
 	// User, if set, overrides the image's user (runAsUser/runAsGroup).
 	User *User
+	// Sysctls are set in the container's namespaces (the pod's sysctls,
+	// admitted by the caller).
+	Sysctls map[string]string
+	// AdditionalGIDs are the process's extra groups (a pod's
+	// supplementalGroups and fsGroup).
+	AdditionalGIDs []uint32
+	// RunAsNonRoot refuses (a ConfigError) to create the container if its
+	// user, User or else the image's, is root or unknown.
+	RunAsNonRoot bool
 	// NetNS is the path of a network namespace to join (a pod's, shared by
 	// its containers); empty gives the container a new one with only
 	// loopback. Ignored with HostNetwork.
@@ -55,6 +77,20 @@ type Spec struct {
 	Hostname string
 	// Labels are added to the container's labels (LabelManaged is set).
 	Labels map[string]string
+	// Seccomp is the container's seccomp filter; nil is the RuntimeDefault
+	// profile for the container's final capabilities (seccomp.Default,
+	// what containerd's CRI plugin gives). Privileged containers run
+	// without one whatever it says, as with containerd's CRI plugin.
+	Seccomp *Seccomp
+}
+
+// Seccomp is a seccomp choice other than the default.
+type Seccomp struct {
+	// Unconfined runs the container without a filter.
+	Unconfined bool
+	// Profile, unless Unconfined, is the filter (a Localhost profile,
+	// read with seccomp.Load).
+	Profile *specs.LinuxSeccomp
 }
 
 // User is a numeric user and group.
@@ -99,11 +135,10 @@ func withDefaults(namespace, id string) specOpt {
 			Root:     &specs.Root{Path: "rootfs"},
 			Hostname: id,
 			Process: &specs.Process{
-				Cwd:             "/",
-				Env:             []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-				NoNewPrivileges: true,
-				Capabilities:    &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps},
-				Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+				Cwd:          "/",
+				Env:          []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+				Capabilities: &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps},
+				Rlimits:      []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
 			},
 			Mounts: []specs.Mount{
 				{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
@@ -247,7 +282,6 @@ func withPrivileged(on bool) specOpt {
 		}
 		caps := append([]string(nil), allCaps...)
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps}
-		s.Process.NoNewPrivileges = false
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
 		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
 		for i, m := range s.Mounts {
@@ -313,6 +347,22 @@ func withUser(u *User) specOpt {
 	}
 }
 
+func withSysctls(m map[string]string) specOpt {
+	return func(s *specs.Spec) error {
+		if len(m) > 0 {
+			s.Linux.Sysctl = maps.Clone(m)
+		}
+		return nil
+	}
+}
+
+func withAdditionalGIDs(gids []uint32) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.User.AdditionalGids = append([]uint32(nil), gids...)
+		return nil
+	}
+}
+
 func withNetNS(path string, hostNetwork bool) specOpt {
 	return func(s *specs.Spec) error {
 		if path == "" || hostNetwork {
@@ -334,6 +384,86 @@ func withHostname(h string) specOpt {
 	return func(s *specs.Spec) error {
 		if h != "" {
 			s.Hostname = h
+		}
+		return nil
+	}
+}
+
+// ConfigError is a container the pod asks for that cannot be created as
+// asked (a kubelet's CreateContainerConfigError), such as runAsNonRoot with
+// an image that runs as root.
+type ConfigError struct{ Msg string }
+
+func (e *ConfigError) Error() string { return e.Msg }
+
+// withNonRoot checks runAsNonRoot as a kubelet does: runAsUser if set must
+// not be 0; else the image's user must be a numeric non-zero uid (an
+// image without a user runs as root).
+func withNonRoot(on bool, u *User, imageUser string) specOpt {
+	return func(s *specs.Spec) error {
+		switch {
+		case !on:
+			return nil
+		case u != nil && u.UID == 0:
+			return &ConfigError{"container's runAsUser breaks non-root policy: set runAsUser to a non-zero uid"}
+		case u != nil:
+			return nil
+		}
+		name, _, _ := strings.Cut(imageUser, ":")
+		uid, err := strconv.ParseUint(name, 10, 32)
+		switch {
+		case name != "" && err != nil:
+			return &ConfigError{fmt.Sprintf("container has runAsNonRoot and image has non-numeric user (%s), cannot verify user is non-root: set runAsUser", name)}
+		case uid == 0:
+			return &ConfigError{"container has runAsNonRoot and image will run as root: set runAsUser to a non-zero uid or use an image whose USER is one"}
+		}
+		return nil
+	}
+}
+
+// withNoNewPrivileges sets no_new_privs when asked, as the kubelet asks
+// for allowPrivilegeEscalation: false (and only then: a kubelet node lets
+// setuid binaries work by default).
+func withNoNewPrivileges(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		s.Process.NoNewPrivileges = on
+		return nil
+	}
+}
+
+func withReadOnlyRootfs(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		s.Root.Readonly = on
+		return nil
+	}
+}
+
+func withProcUnmasked(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		if on {
+			s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
+		}
+		return nil
+	}
+}
+
+// withSeccomp sets the container's seccomp filter; it comes after the
+// capabilities, on which the default profile depends.
+func withSeccomp(sc *Seccomp, privileged bool) specOpt {
+	return func(s *specs.Spec) error {
+		switch {
+		case privileged || sc != nil && sc.Unconfined:
+			s.Linux.Seccomp = nil
+		case sc != nil && sc.Profile != nil:
+			s.Linux.Seccomp = sc.Profile
+		case sc != nil:
+			return errors.New("seccomp: neither unconfined nor a profile")
+		default:
+			var caps []string
+			if s.Process.Capabilities != nil {
+				caps = s.Process.Capabilities.Bounding
+			}
+			s.Linux.Seccomp = seccomp.Default(caps)
 		}
 		return nil
 	}
@@ -363,6 +493,7 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 	var s specs.Spec
 	for _, o := range []specOpt{
 		withDefaults(namespace, sp.ID),
+		withNonRoot(sp.RunAsNonRoot, sp.User, img.User),
 		withImageConfig(img),
 		withCommand(img, sp.Command, sp.Args),
 		withEnv(sp.Env),
@@ -373,9 +504,15 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withHostNetwork(sp.HostNetwork),
 		withCapabilities(sp.CapAdd, sp.CapDrop),
 		withUser(sp.User),
+		withAdditionalGIDs(sp.AdditionalGIDs),
+		withSysctls(sp.Sysctls),
 		withNetNS(sp.NetNS, sp.HostNetwork),
 		withHostname(sp.Hostname),
 		withPrivileged(sp.Privileged),
+		withNoNewPrivileges(sp.NoNewPrivileges),
+		withReadOnlyRootfs(sp.ReadOnlyRootfs),
+		withProcUnmasked(sp.ProcUnmasked),
+		withSeccomp(sp.Seccomp, sp.Privileged),
 	} {
 		if err := o(&s); err != nil {
 			return nil, fmt.Errorf("container %s: %w", sp.ID, err)

@@ -1,0 +1,170 @@
+package containerd
+
+import (
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"outpost.dev/agent/runtime/seccomp"
+)
+
+// specFor builds the spec of sp over an image with a shell entrypoint.
+func specFor(t *testing.T, sp Spec) *specs.Spec {
+	t.Helper()
+	if sp.ID == "" {
+		sp.ID = "c1"
+	}
+	s, err := buildSpec("outpost", sp, ImageConfig{Entrypoint: []string{"sh"}})
+	if err != nil {
+		t.Fatalf("buildSpec(%+v): %v", sp, err)
+	}
+	return s
+}
+
+func js(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// allowed says whether the profile has an unconditional allow rule for name.
+func allowed(p *specs.LinuxSeccomp, name string) bool {
+	for _, r := range p.Syscalls {
+		if r.Action == specs.ActAllow && len(r.Args) == 0 && slices.Contains(r.Names, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestSpecSeccomp(t *testing.T) {
+	local := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow,
+		Syscalls: []specs.LinuxSyscall{{Names: []string{"mkdir"}, Action: specs.ActErrno}}}
+	for _, tc := range []struct {
+		name  string
+		sp    Spec
+		check func(*testing.T, *specs.LinuxSeccomp)
+	}{
+		{"default is RuntimeDefault for the default capabilities", Spec{}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p == nil || js(t, p) != js(t, seccomp.Default(defaultCaps)) {
+				t.Errorf("profile %s, want seccomp.Default(defaultCaps)", js(t, p))
+			}
+			if allowed(p, "unshare") || allowed(p, "mount") || !allowed(p, "read") || !allowed(p, "chroot") {
+				t.Error("the default profile must allow read and chroot (CAP_SYS_CHROOT), not unshare or mount")
+			}
+		}},
+		{"capabilities change the profile", Spec{CapAdd: []string{"SYS_ADMIN"}, CapDrop: []string{"SYS_CHROOT"}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if !allowed(p, "unshare") || !allowed(p, "mount") || allowed(p, "chroot") {
+				t.Error("with CAP_SYS_ADMIN and without CAP_SYS_CHROOT: want unshare and mount, no chroot")
+			}
+		}},
+		{"unconfined", Spec{Seccomp: &Seccomp{Unconfined: true}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p != nil {
+				t.Errorf("profile %s, want none", js(t, p))
+			}
+		}},
+		{"localhost", Spec{Seccomp: &Seccomp{Profile: local}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if js(t, p) != js(t, local) {
+				t.Errorf("profile %s, want %s", js(t, p), js(t, local))
+			}
+		}},
+		{"privileged runs unconfined", Spec{Privileged: true, Seccomp: &Seccomp{Profile: local}}, func(t *testing.T, p *specs.LinuxSeccomp) {
+			if p != nil {
+				t.Errorf("privileged: profile %s, want none", js(t, p))
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.check(t, specFor(t, tc.sp).Linux.Seccomp) })
+	}
+	if _, err := buildSpec("outpost", Spec{ID: "x", Seccomp: &Seccomp{}}, ImageConfig{Entrypoint: []string{"sh"}}); err == nil {
+		t.Error("an empty Seccomp choice was accepted")
+	}
+}
+
+func TestSpecNoNewPrivileges(t *testing.T) {
+	for _, tc := range []struct {
+		sp   Spec
+		want bool
+	}{
+		{Spec{}, false}, // setuid binaries work, as on a kubelet node
+		{Spec{NoNewPrivileges: true}, true},
+		{Spec{NoNewPrivileges: true, User: &User{UID: 1000}}, true},
+		{Spec{Privileged: true}, false},
+	} {
+		if got := specFor(t, tc.sp).Process.NoNewPrivileges; got != tc.want {
+			t.Errorf("%+v: NoNewPrivileges %v, want %v", tc.sp, got, tc.want)
+		}
+	}
+}
+
+func TestSpecRootfsAndProc(t *testing.T) {
+	def := specFor(t, Spec{})
+	if def.Root.Readonly || len(def.Linux.MaskedPaths) == 0 || len(def.Linux.ReadonlyPaths) == 0 {
+		t.Fatalf("default: readonly %v, masked %v, read-only paths %v", def.Root.Readonly, def.Linux.MaskedPaths, def.Linux.ReadonlyPaths)
+	}
+	if s := specFor(t, Spec{ReadOnlyRootfs: true}); !s.Root.Readonly || len(s.Linux.MaskedPaths) == 0 {
+		t.Errorf("readOnlyRootFilesystem: readonly %v, masked %v", s.Root.Readonly, s.Linux.MaskedPaths)
+	}
+	if s := specFor(t, Spec{ProcUnmasked: true}); s.Root.Readonly || s.Linux.MaskedPaths != nil || s.Linux.ReadonlyPaths != nil {
+		t.Errorf("procMount Unmasked: readonly %v, masked %v, read-only paths %v", s.Root.Readonly, s.Linux.MaskedPaths, s.Linux.ReadonlyPaths)
+	}
+}
+
+func TestSpecRunAsNonRoot(t *testing.T) {
+	for _, tc := range []struct {
+		imageUser string
+		user      *User
+		nonRoot   bool
+		errHas    string // "" when created
+		uid       uint32
+	}{
+		{"", nil, false, "", 0},
+		{"", nil, true, "image will run as root", 0},
+		{"0:0", nil, true, "image will run as root", 0},
+		{"1000", nil, true, "", 1000},
+		{"1000:50", nil, true, "", 1000},
+		{"app", nil, true, "non-numeric user (app)", 0},
+		{"", &User{UID: 1001}, true, "", 1001},
+		{"1000", &User{UID: 0}, true, "runAsUser breaks non-root policy", 0},
+	} {
+		s, err := buildSpec("outpost", Spec{ID: "c", User: tc.user, RunAsNonRoot: tc.nonRoot},
+			ImageConfig{Entrypoint: []string{"sh"}, User: tc.imageUser})
+		var ce *ConfigError
+		switch {
+		case tc.errHas == "" && err != nil:
+			t.Errorf("image user %q, user %+v: %v", tc.imageUser, tc.user, err)
+		case tc.errHas == "" && s.Process.User.UID != tc.uid:
+			t.Errorf("image user %q, user %+v: uid %d, want %d", tc.imageUser, tc.user, s.Process.User.UID, tc.uid)
+		case tc.errHas != "" && (!errors.As(err, &ce) || !strings.Contains(err.Error(), tc.errHas)):
+			t.Errorf("image user %q, user %+v: %v; want a ConfigError with %q", tc.imageUser, tc.user, err, tc.errHas)
+		}
+	}
+}
+
+func TestSpecAdditionalGIDs(t *testing.T) {
+	if g := specFor(t, Spec{}).Process.User.AdditionalGids; len(g) != 0 {
+		t.Errorf("default additional groups %v, want none", g)
+	}
+	if g := specFor(t, Spec{AdditionalGIDs: []uint32{3000, 2000}, User: &User{UID: 1000}}).Process.User; !slices.Equal(g.AdditionalGids, []uint32{3000, 2000}) || g.UID != 1000 {
+		t.Errorf("user %+v, want uid 1000 with groups 3000, 2000", g)
+	}
+}
+
+func TestSpecSysctls(t *testing.T) {
+	if m := specFor(t, Spec{}).Linux.Sysctl; m != nil {
+		t.Errorf("default sysctls %v, want none", m)
+	}
+	in := map[string]string{"net.ipv4.ping_group_range": "0 65535"}
+	s := specFor(t, Spec{Sysctls: in})
+	in["net.ipv4.ping_group_range"] = "changed after"
+	if s.Linux.Sysctl["net.ipv4.ping_group_range"] != "0 65535" || len(s.Linux.Sysctl) != 1 {
+		t.Errorf("sysctls %v", s.Linux.Sysctl)
+	}
+}

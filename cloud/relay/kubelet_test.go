@@ -165,6 +165,17 @@ func TestKubeletContainerLogs(t *testing.T) {
 	createPod(t, tr, "away", "gw-offline")
 	k := startKubelet(t, tr)
 	c := tr.hello(t, "gw-logs")
+	// The relay finds a pod's node in its connections' pod watches: the
+	// sync that carries the pod says the watch has it.
+	for {
+		f, err := recvAny(t, c)
+		if err != nil {
+			t.Fatalf("waiting for the pod sync: %v", err)
+		}
+		if f.Type == wire.TypeSync {
+			break
+		}
+	}
 	// The Node points the API server at this replica.
 	waitFor(t, "node written", func() bool { return getNode(tr, "gw-logs") != nil })
 	n := getNode(tr, "gw-logs")

@@ -177,6 +177,17 @@ func start(t testing.TB) *env {
 func harnessLog(t testing.TB) *slogLogger { return newTestLogger(t) }
 
 // run starts a reconciler (a new instance each time, as an agent restart).
+// sub runs f as t's subtest name; the env's helpers fail the subtest
+// while it runs.
+func (e *env) sub(t *testing.T, name string, f func(t *testing.T)) {
+	t.Run(name, func(t *testing.T) {
+		parent := e.t
+		e.t = t
+		defer func() { e.t = parent }()
+		f(t)
+	})
+}
+
 func (e *env) run() {
 	e.stop()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -342,17 +353,8 @@ func TestReconciler(t *testing.T) {
 	}
 	e.run()
 
-	// Subtests use the env's helpers, which must fail the subtest.
-	run := func(name string, f func(t *testing.T)) {
-		t.Run(name, func(t *testing.T) {
-			parent := e.t
-			e.t = t
-			defer func() { e.t = parent }()
-			f(t)
-		})
-	}
 	uids := []string{"uid-a", "uid-b", "uid-c"}
-	run("three pods run", func(t *testing.T) {
+	e.sub(t, "three pods run", func(t *testing.T) {
 		var sy wire.Sync
 		for i, uid := range uids {
 			sy.Upserts = append(sy.Upserts, podObj(uid, fmt.Sprintf("web-%d", i), "1", sleeper(img1)))
@@ -380,7 +382,7 @@ func TestReconciler(t *testing.T) {
 		e.waitFor(10*time.Second, "log line", func() bool { return strings.Contains(e.log("default", "web-0", "app", false), "started web-0") })
 	})
 
-	run("scale to one", func(t *testing.T) {
+	e.sub(t, "scale to one", func(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-b"}, {Kind: wire.KindPod, UID: "uid-c"}}})
 		e.waitFor(30*time.Second, "two pods removed", func() bool {
 			return len(e.podContainers("uid-b"))+len(e.podContainers("uid-c")) == 0
@@ -398,7 +400,7 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
-	run("image change recreates", func(t *testing.T) {
+	e.sub(t, "image change recreates", func(t *testing.T) {
 		old, _ := e.rec.latest("uid-a")
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-a", "web-0", "2", sleeper(img2))}})
 		s := e.waitStatus("uid-a", 60*time.Second, "Running with image 2", func(s wire.PodStatus) bool {
@@ -416,7 +418,7 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
-	run("configmap volume and secret env", func(t *testing.T) {
+	e.sub(t, "configmap volume and secret env", func(t *testing.T) {
 		cm := wire.Object{Kind: wire.KindConfigMap, UID: "cm-1", Namespace: "default", Name: "conf", Version: "1",
 			ConfigMap: &wire.ConfigMap{Data: map[string]string{"greeting": "hello-from-configmap"}}}
 		sec := wire.Object{Kind: wire.KindSecret, UID: "sec-1", Namespace: "default", Name: "creds", Version: "1",
@@ -445,7 +447,7 @@ func TestReconciler(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-cm"}}})
 	})
 
-	run("crash loop back-off", func(t *testing.T) {
+	e.sub(t, "crash loop back-off", func(t *testing.T) {
 		p := wire.Pod{Containers: []wire.Container{{Name: "crash", Image: img1, Command: []string{"sh", "-c", "echo crashing; exit 1"}}}}
 		begin := time.Now()
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-crash", "crasher", "1", p)}})
@@ -484,7 +486,7 @@ func TestReconciler(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-crash"}}})
 	})
 
-	run("missing image", func(t *testing.T) {
+	e.sub(t, "missing image", func(t *testing.T) {
 		p := sleeper(e.reg.Ref("test/busybox:nope"))
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-img", "imgpod", "1", p)}})
 		e.waitStatus("uid-img", 30*time.Second, "ErrImagePull", func(s wire.PodStatus) bool { return s.Containers[0].State.Reason == "ErrImagePull" })
@@ -496,7 +498,7 @@ func TestReconciler(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-img"}}})
 	})
 
-	run("deleting stops gracefully", func(t *testing.T) {
+	e.sub(t, "deleting stops gracefully", func(t *testing.T) {
 		o := podObj("uid-del", "del", "1", sleeper(img1))
 		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
 		e.waitStatus("uid-del", 60*time.Second, "Running", running)
@@ -523,7 +525,7 @@ func TestReconciler(t *testing.T) {
 		})
 	})
 
-	run("restart adopts running containers", func(t *testing.T) {
+	e.sub(t, "restart adopts running containers", func(t *testing.T) {
 		e.waitFor(30*time.Second, "only uid-a left", func() bool {
 			return len(e.podContainers("uid-crash"))+len(e.podContainers("uid-img"))+len(e.podContainers("uid-cm")) == 0
 		})
@@ -538,7 +540,7 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
-	run("simulated reboot", func(t *testing.T) {
+	e.sub(t, "simulated reboot", func(t *testing.T) {
 		e.stop()
 		for id := range e.tasks() {
 			_, _ = e.ctrd.Ctr(t.Context(), "-n", "outpost", "tasks", "kill", "-a", "-s", "SIGKILL", id)
@@ -555,7 +557,7 @@ func TestReconciler(t *testing.T) {
 		}
 	})
 
-	run("containerd restarted under it", func(t *testing.T) {
+	e.sub(t, "containerd restarted under it", func(t *testing.T) {
 		if err := e.ctrd.StopDaemon(); err != nil {
 			t.Fatal(err)
 		}

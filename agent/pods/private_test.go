@@ -39,14 +39,6 @@ func TestPrivateRegistryOOMAndProbes(t *testing.T) {
 	e.run()
 	img := e.images[0].Ref
 
-	run := func(name string, f func(t *testing.T)) {
-		t.Run(name, func(t *testing.T) {
-			parent := e.t
-			e.t = t
-			defer func() { e.t = parent }()
-			f(t)
-		})
-	}
 	waiting := func(uid, reason string, want ...string) {
 		e.t.Helper()
 		s := e.waitStatus(uid, 60*time.Second, reason, func(s wire.PodStatus) bool {
@@ -63,7 +55,7 @@ func TestPrivateRegistryOOMAndProbes(t *testing.T) {
 		}
 	}
 
-	run("pull secret", func(t *testing.T) {
+	e.sub(t, "pull secret", func(t *testing.T) {
 		ref := priv.Ref("team/busybox:1")
 		// No pull secret: the registry says no, and status says why.
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-nosec", "nosec", "1", sleeper(ref))}})
@@ -86,13 +78,13 @@ func TestPrivateRegistryOOMAndProbes(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-nosec"}, {Kind: wire.KindPod, UID: "uid-sec"}}})
 	})
 
-	run("registry CA not configured", func(t *testing.T) {
+	e.sub(t, "registry CA not configured", func(t *testing.T) {
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-ca", "ca", "1", sleeper(untrusted.Ref("team/busybox:1")))}})
 		waiting("uid-ca", "ErrImagePull", "certificate signed by unknown authority", "containerd.registries")
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-ca"}}})
 	})
 
-	run("OOMKilled", func(t *testing.T) {
+	e.sub(t, "OOMKilled", func(t *testing.T) {
 		p := wire.Pod{RestartPolicy: "Never", Containers: []wire.Container{{Name: "hog", Image: img, MemoryBytes: 16 << 20,
 			Command: []string{"sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done"}}}}
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-oom", "oom", "1", p)}})
@@ -113,7 +105,7 @@ func TestPrivateRegistryOOMAndProbes(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-oom"}}})
 	})
 
-	run("exec probe output", func(t *testing.T) {
+	e.sub(t, "exec probe output", func(t *testing.T) {
 		p := sleeper(img)
 		c := &p.Containers[0]
 		c.ReadinessProbe = &wire.Probe{Exec: []string{"sh", "-c", "echo not ready: no /tmp/ready; exit 1"}, PeriodSeconds: 1, FailureThreshold: 1}

@@ -26,14 +26,6 @@ func TestSecurityContext(t *testing.T) {
 	e.cfg.AllowedUnsafeSysctls = []string{"net.core.somaxconn"}
 	e.run()
 
-	run := func(name string, f func(t *testing.T)) {
-		t.Run(name, func(t *testing.T) {
-			parent := e.t
-			e.t = t
-			defer func() { e.t = parent }()
-			f(t)
-		})
-	}
 	// once runs script in a pod of its own (restartPolicy Never) and
 	// returns its output once it printed "END".
 	once := func(uid string, p wire.Pod, script string) string {
@@ -70,18 +62,18 @@ func TestSecurityContext(t *testing.T) {
 	// profile stops it.
 	const seccompProbe = "grep '^Seccomp:' /proc/self/status; if unshare -U true; then echo unshare=ok; else echo unshare=blocked; fi; " +
 		"if mkdir /tmp/d; then echo mkdir=ok; else echo mkdir=blocked; fi"
-	run("seccomp RuntimeDefault by default", func(t *testing.T) {
+	e.sub(t, "seccomp RuntimeDefault by default", func(t *testing.T) {
 		has(once("sc-default", one(wire.Container{}), seccompProbe), "Seccomp:\t2\n", "unshare=blocked", "mkdir=ok")
 	})
-	run("seccomp Unconfined", func(t *testing.T) {
+	e.sub(t, "seccomp Unconfined", func(t *testing.T) {
 		out := once("sc-unconfined", one(wire.Container{Seccomp: &wire.SeccompProfile{Type: wire.SeccompUnconfined}}), seccompProbe)
 		has(out, "Seccomp:\t0\n", "unshare=ok", "mkdir=ok")
 	})
-	run("seccomp Localhost", func(t *testing.T) {
+	e.sub(t, "seccomp Localhost", func(t *testing.T) {
 		out := once("sc-local", one(wire.Container{Seccomp: &wire.SeccompProfile{Type: wire.SeccompLocalhost, LocalhostProfile: "profiles/no-mkdir.json"}}), seccompProbe)
 		has(out, "Seccomp:\t2\n", "unshare=ok", "mkdir=blocked")
 	})
-	run("seccomp Localhost missing or outside", func(t *testing.T) {
+	e.sub(t, "seccomp Localhost missing or outside", func(t *testing.T) {
 		for uid, name := range map[string]string{"sc-missing": "profiles/missing.json", "sc-escape": "../seccomp/profiles/no-mkdir.json"} {
 			p := one(wire.Container{Name: "app", Image: img, Command: []string{"true"},
 				Seccomp: &wire.SeccompProfile{Type: wire.SeccompLocalhost, LocalhostProfile: name}})
@@ -96,7 +88,7 @@ func TestSecurityContext(t *testing.T) {
 			}
 		}
 	})
-	run("allowPrivilegeEscalation", func(t *testing.T) {
+	e.sub(t, "allowPrivilegeEscalation", func(t *testing.T) {
 		const probe = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"
 		has(once("ape-default", one(wire.Container{}), probe), "NoNewPrivs:\t0\n")
 		has(once("ape-false", one(wire.Container{NoNewPrivileges: true}), probe), "NoNewPrivs:\t1\n", "Seccomp:\t2\n")
@@ -105,12 +97,12 @@ func TestSecurityContext(t *testing.T) {
 		uid := int64(1000)
 		has(once("ape-nonroot", one(wire.Container{RunAsUser: &uid}), probe+"; id -u"), "NoNewPrivs:\t0\n", "Seccomp:\t2\n", "1000\n")
 	})
-	run("readOnlyRootFilesystem", func(t *testing.T) {
+	e.sub(t, "readOnlyRootFilesystem", func(t *testing.T) {
 		const probe = "if touch /x; then echo touch=ok; else echo touch=failed; fi"
 		has(once("ro-root", one(wire.Container{ReadOnlyRootFilesystem: true}), probe), "touch=failed", "Read-only file system")
 		has(once("rw-root", one(wire.Container{}), probe), "touch=ok")
 	})
-	run("procMount", func(t *testing.T) {
+	e.sub(t, "procMount", func(t *testing.T) {
 		// /proc/timer_list is masked (a bind of /dev/null, empty) unless
 		// Unmasked; /proc/sys is read-only unless Unmasked.
 		const probe = "if [ -n \"$(head -c 1 /proc/timer_list)\" ]; then echo timer_list=visible; else echo timer_list=masked; fi; " +
@@ -118,7 +110,7 @@ func TestSecurityContext(t *testing.T) {
 		has(once("proc-default", one(wire.Container{}), probe), "timer_list=masked", "sys=ro")
 		has(once("proc-unmasked", one(wire.Container{ProcUnmasked: true}), probe), "timer_list=visible", "sys=rw")
 	})
-	run("runAsNonRoot", func(t *testing.T) {
+	e.sub(t, "runAsNonRoot", func(t *testing.T) {
 		// The test image sets no USER: it runs as root.
 		p := one(wire.Container{Name: "app", Image: img, Command: []string{"true"}, RunAsNonRoot: true})
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("nonroot-image", "nonroot-image", "1", p)}})
@@ -126,7 +118,7 @@ func TestSecurityContext(t *testing.T) {
 		uid := int64(1000)
 		has(once("nonroot-user", one(wire.Container{RunAsNonRoot: true, RunAsUser: &uid}), "id -u"), "1000\n")
 	})
-	run("supplementalGroups and fsGroup", func(t *testing.T) {
+	e.sub(t, "supplementalGroups and fsGroup", func(t *testing.T) {
 		cm := wire.Object{Kind: wire.KindConfigMap, UID: "cm-fsg", Namespace: "default", Name: "fsg", Version: "1",
 			ConfigMap: &wire.ConfigMap{Data: map[string]string{"k": "v"}}}
 		e.apply(&wire.Sync{Upserts: []wire.Object{cm}})
@@ -141,7 +133,7 @@ func TestSecurityContext(t *testing.T) {
 		// The user's own group (0: the image has none) stays primary.
 		has(out, "uid=1000 gid=0", "groups=", "2000", "3000", "cfg 2000 640\n", "v\n", "scratch 2000 2777\n", "new 2000\n")
 	})
-	run("sysctls", func(t *testing.T) {
+	e.sub(t, "sysctls", func(t *testing.T) {
 		p := one(wire.Container{})
 		p.Sysctls = []wire.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "80"}, {Name: "net/ipv4/ping_group_range", Value: "0 1000"},
 			{Name: "kernel.shm_rmid_forced", Value: "1"}, {Name: "net.core.somaxconn", Value: "777"}}

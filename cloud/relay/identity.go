@@ -18,7 +18,9 @@ import (
 )
 
 // CloseRevoked closes a link whose certificate was revoked: the node was
-// revoked or deleted, or re-joined with a new certificate.
+// revoked or deleted, or re-joined with a new certificate. It also closes
+// a link whose certificate expired within the grace and that did not ask
+// for a new one in time (serveExpired).
 const CloseRevoked websocket.StatusCode = 4004
 
 // checkIdentity says why the certificate serial of node is refused, ""

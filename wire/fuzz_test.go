@@ -23,6 +23,8 @@ func FuzzDecode(f *testing.F) {
 		{TypeTwinReport, sampleTwin()},
 		{TypeStreamOpen, &StreamOpen{ID: 1, Namespace: "ns", Pod: "p", Follow: true, TailLines: 10}},
 		{TypeStreamData, &StreamData{ID: 1, Data: []byte("hello\n")}},
+		{TypeCertRequest, &CertRequest{CSR: []byte{0x30, 0x82, 0x01, 0x00}}},
+		{TypeCertIssued, &CertIssued{Certificate: []byte{0x30, 0x82, 0x02, 0x00}}},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -46,7 +48,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}}
+		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

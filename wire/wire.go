@@ -42,21 +42,27 @@ const (
 	TypeStreamData Type = 10
 	TypeStreamAck  Type = 11
 	TypeTwinReport Type = 12 // agent → relay, durable (carries Seq)
+	// TypeCertRequest (agent → relay) asks for a new node certificate;
+	// TypeCertIssued (relay → agent) answers it. See CertRequest.
+	TypeCertRequest Type = 13
+	TypeCertIssued  Type = 14
 )
 
 var typeNames = map[Type]string{
-	TypeHello:      "hello",
-	TypeHelloAck:   "hello-ack",
-	TypeHeartbeat:  "heartbeat",
-	TypeError:      "error",
-	TypeNodeStatus: "node-status",
-	TypeAck:        "ack",
-	TypeSync:       "sync",
-	TypePodStatus:  "pod-status",
-	TypeStreamOpen: "stream-open",
-	TypeStreamData: "stream-data",
-	TypeStreamAck:  "stream-ack",
-	TypeTwinReport: "twin-report",
+	TypeHello:       "hello",
+	TypeHelloAck:    "hello-ack",
+	TypeHeartbeat:   "heartbeat",
+	TypeError:       "error",
+	TypeNodeStatus:  "node-status",
+	TypeAck:         "ack",
+	TypeSync:        "sync",
+	TypePodStatus:   "pod-status",
+	TypeStreamOpen:  "stream-open",
+	TypeStreamData:  "stream-data",
+	TypeStreamAck:   "stream-ack",
+	TypeTwinReport:  "twin-report",
+	TypeCertRequest: "cert-request",
+	TypeCertIssued:  "cert-issued",
 }
 
 func (t Type) String() string {

@@ -41,6 +41,8 @@ func TestRoundTrip(t *testing.T) {
 		{"stream-open", TypeStreamOpen, 0, &StreamOpen{ID: 3, Namespace: "ns", Pod: "p", Container: "c", Follow: true, TailLines: -1}, &StreamOpen{}},
 		{"stream-data", TypeStreamData, 0, &StreamData{ID: 3, Data: []byte("line\n"), EOF: true}, &StreamData{}},
 		{"stream-ack", TypeStreamAck, 0, &StreamAck{ID: 3, Consumed: 4096}, &StreamAck{}},
+		{"cert-request", TypeCertRequest, 0, &CertRequest{CSR: []byte{0x30, 1, 2}}, &CertRequest{}},
+		{"cert-issued", TypeCertIssued, 0, &CertIssued{Certificate: []byte{0x30, 3, 4}}, &CertIssued{}},
 		{"node-status", TypeNodeStatus, 42, &NodeStatus{Node: sampleHello().Node, Conditions: []Condition{{Type: "Ready", Status: "True"}}}, &NodeStatus{}},
 	}
 	for _, tt := range tests {
@@ -503,5 +505,19 @@ func TestStreamOpenNames(t *testing.T) {
 	ok := StreamOpen{ID: 1, Namespace: "default", Pod: "web-1.v2", Container: "app"}
 	if err := ok.Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+func TestCertMessagesBounded(t *testing.T) {
+	for _, b := range []Body{
+		&CertRequest{}, &CertRequest{CSR: make([]byte, maxCertDER+1)},
+		&CertIssued{}, &CertIssued{Certificate: make([]byte, maxCertDER+1)},
+	} {
+		if err := b.Validate(); err == nil {
+			t.Errorf("%T with an empty or oversized DER validated", b)
+		}
+	}
+	if !TypeCertRequest.Known() || !TypeCertIssued.Known() || TypeCertRequest.String() != "cert-request" {
+		t.Fatal("rotation types unknown to this build")
 	}
 }

@@ -42,6 +42,9 @@ const (
 	// DefaultOutboxMaxBytes bounds the reports queued while the relay is
 	// unreachable: hours of status changes for a gateway's pods and twins.
 	DefaultOutboxMaxBytes = 8 << 20
+	// DefaultCertRotateAt is when the node certificate is renewed, in
+	// percent of its lifetime (a 30-day one after 22.5 days).
+	DefaultCertRotateAt = 75
 	// DefaultMaxDevices bounds the Devices one gateway serves.
 	DefaultMaxDevices = 256
 	// DefaultMQTTListen keeps the embedded broker on loopback.
@@ -96,6 +99,9 @@ type Config struct {
 	// or prefixes ending in "*"; only namespaced ones (kernel.shm*,
 	// kernel.msg*, kernel.sem, fs.mqueue.*, net.*).
 	AllowedUnsafeSysctls []string
+	// CertRotateAt is the share of the node certificate's lifetime, in
+	// percent, after which the agent renews it on its link (link.Rotation).
+	CertRotateAt int
 }
 
 // Containerd configures the pod runtime.
@@ -160,6 +166,7 @@ func Default() Config {
 		MemoryLimit:       DefaultMemoryLimit,
 		MaxPods:           DefaultMaxPods,
 		OutboxMaxBytes:    DefaultOutboxMaxBytes,
+		CertRotateAt:      DefaultCertRotateAt,
 		ReservedCPUMillis: DefaultReservedCPUMillis,
 		ReservedMemory:    DefaultReservedMemory,
 		MaxDevices:        DefaultMaxDevices,
@@ -187,6 +194,7 @@ type file struct {
 	OutboxMax   string    `yaml:"outboxMaxBytes"`
 	Reserved    *reserved `yaml:"reserved"`
 	MaxDevices  *int      `yaml:"maxDevices"`
+	RotateAt    *int      `yaml:"certRotateAt"`
 	MQTT        *mqttFile `yaml:"mqtt"`
 	Containerd  *struct {
 		Address    string              `yaml:"address"`
@@ -223,7 +231,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "certRotateAt", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -305,6 +313,9 @@ func (cfg *Config) parse(b []byte) error {
 	if f.MaxDevices != nil {
 		cfg.MaxDevices = *f.MaxDevices
 	}
+	if f.RotateAt != nil {
+		cfg.CertRotateAt = *f.RotateAt
+	}
 	if m := f.MQTT; m != nil {
 		if m.Enabled != nil {
 			cfg.MQTT.Enabled = *m.Enabled
@@ -376,6 +387,9 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.MemoryLimit < minMemoryLimit {
 		return fmt.Errorf("memoryLimit %d bytes is below the %d MiB the agent needs: write it like \"24MiB\"", cfg.MemoryLimit, minMemoryLimit>>20)
+	}
+	if cfg.CertRotateAt < 10 || cfg.CertRotateAt > 95 {
+		return fmt.Errorf("certRotateAt %d%% is outside 10..95: the share of the node certificate's lifetime after which it is renewed", cfg.CertRotateAt)
 	}
 	if cfg.MaxPods < 0 || cfg.MaxPods > maxMaxPods {
 		return fmt.Errorf("maxPods %d out of range [0, %d]", cfg.MaxPods, maxMaxPods)

@@ -70,6 +70,12 @@ type Config struct {
 	OnConnect    func(wire.HelloAck)
 	OnDisconnect func(reason error)
 
+	// Rotation, if set, renews the node certificate on the link (see
+	// Rotation). NextCertPEM and NextKeyPEM are a renewed pair that has
+	// not connected yet (stored by Rotation.Save before a restart).
+	Rotation                *Rotation
+	NextCertPEM, NextKeyPEM []byte
+
 	// QueueFrames and QueueBytes bound Send's queue. Defaults: 64 frames,
 	// wire.MaxFrameSize bytes.
 	QueueFrames int
@@ -101,9 +107,17 @@ type Link struct {
 	cfg       Config
 	log       *slog.Logger
 	connected atomic.Bool
+	// dialing is the pair the current dial presents.
+	dialing atomic.Pointer[tls.Certificate]
 	// lastContact is when a frame last arrived from a relay (unix
 	// nanoseconds, 0 never), for the agent's metrics and node status.
 	lastContact atomic.Int64
+
+	// idMu guards id, the key pairs the link dials with; roots is the
+	// relay CA.
+	idMu  sync.Mutex
+	id    identity
+	roots *x509.CertPool
 
 	queue       chan []byte
 	queuedBytes atomic.Int64
@@ -186,7 +200,7 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 // connection normally and returns nil. It returns an error at once only
 // when the identity in cfg cannot work at all.
 func (l *Link) Run(ctx context.Context) error {
-	tc, leaf, err := l.tlsConfig()
+	tc, err := l.tlsConfig()
 	if err != nil {
 		return err
 	}
@@ -203,7 +217,7 @@ func (l *Link) Run(ctx context.Context) error {
 	}}
 	attempt := 0
 	for {
-		lived, err := l.session(ctx, client, connectURL, leaf)
+		lived, err := l.session(ctx, client, connectURL)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -214,6 +228,9 @@ func (l *Link) Run(ctx context.Context) error {
 		attempt++
 		var rj *rejoinError
 		switch {
+		case errors.Is(err, errRotated):
+			l.log.Info("node certificate renewed; connecting with it")
+			attempt, delay = 0, 0
 		case errors.As(err, &rj):
 			l.log.Error("cannot connect: this node must re-join", "reason", rj.reason, "fix", rj.fix(l.cfg.Server), "retry_in", delay.Round(time.Millisecond))
 		case lived > 0:
@@ -244,14 +261,22 @@ func (l *Link) backoff(attempt int) time.Duration {
 
 // session runs one connection from dial to close. lived is how long it
 // was up after the hello; zero when it never got there.
-func (l *Link) session(ctx context.Context, client *http.Client, u string, leaf *x509.Certificate) (lived time.Duration, err error) {
-	if err := checkValidity(leaf, time.Now()); err != nil {
+func (l *Link) session(ctx context.Context, client *http.Client, u string) (lived time.Duration, err error) {
+	pair, isNext := l.pick()
+	grace := time.Duration(0)
+	if l.cfg.Rotation != nil {
+		grace = wire.CertGrace
+	}
+	if err := checkValidity(pair.Leaf, l.now(), grace); err != nil {
+		l.connectedWith(isNext, false)
 		return 0, err
 	}
+	l.dialing.Store(pair)
 	dctx, cancel := context.WithTimeout(ctx, l.dialTimeout)
 	conn, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{HTTPClient: client})
 	cancel()
 	if err != nil {
+		l.connectedWith(isNext, false)
 		return 0, dialError(err, resp)
 	}
 	defer conn.CloseNow()
@@ -259,9 +284,11 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string, leaf 
 
 	ack, err := l.hello(ctx, conn)
 	if err != nil {
+		l.connectedWith(isNext, false)
 		closeFor(conn, err)
 		return 0, err
 	}
+	l.connectedWith(isNext, true)
 	interval := time.Duration(ack.HeartbeatSeconds) * l.heartbeatUnit
 	l.log.Info("connected", "relay", hostOf(l.cfg.Server), "protocol", ack.Version, "heartbeat", interval, "relay_version", ack.RelayVersion)
 	if l.cfg.NodeName != "" && ack.NodeName != l.cfg.NodeName {
@@ -397,7 +424,13 @@ func (l *Link) readLoop(ctx context.Context, conn *websocket.Conn, lastRecv *ato
 				continue
 			}
 			return err
-		case wire.TypeHelloAck, wire.TypeHello:
+		case wire.TypeCertIssued:
+			if err := l.certIssued(f); err != nil {
+				l.log.Warn("renewed node certificate not used", "err", err)
+				continue
+			}
+			return errRotated
+		case wire.TypeHelloAck, wire.TypeHello, wire.TypeCertRequest:
 			return &protocolError{wire.CodeProtocol, fmt.Errorf("unexpected %s after the hello", f.Type)}
 		default:
 			if l.cfg.Handler != nil {
@@ -432,6 +465,17 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 		}
 		return nil
 	}
+	// The renewal check runs at once (a certificate expired within the
+	// grace connects only for it) and then with each heartbeat.
+	renew := func() error {
+		if b := l.certRequest(); b != nil {
+			return write(b)
+		}
+		return nil
+	}
+	if err := renew(); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -441,6 +485,9 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 				return fmt.Errorf("link dead: nothing from the relay for %s", roundDur(silent))
 			}
 			if err := write(hb); err != nil {
+				return err
+			}
+			if err := renew(); err != nil {
 				return err
 			}
 		case b := <-l.queue:
@@ -521,6 +568,10 @@ func relayError(f wire.Frame) error {
 
 // closeFor ends a connection in the way err calls for.
 func closeFor(conn *websocket.Conn, err error) {
+	if errors.Is(err, errRotated) {
+		conn.Close(websocket.StatusNormalClosure, "node certificate renewed; reconnecting")
+		return
+	}
 	var pe *protocolError
 	if errors.As(err, &pe) {
 		// Tell the relay why, best effort: it may be what is broken.
@@ -539,22 +590,34 @@ func closeFor(conn *websocket.Conn, err error) {
 	conn.CloseNow()
 }
 
-func (l *Link) tlsConfig() (*tls.Config, *x509.Certificate, error) {
+// tlsConfig loads the stored pairs and CA. Each dial presents the pair
+// session picked (l.dialing).
+func (l *Link) tlsConfig() (*tls.Config, error) {
 	pair, err := tls.X509KeyPair(l.cfg.CertPEM, l.cfg.KeyPEM)
 	if err != nil {
-		return nil, nil, fmt.Errorf("stored node certificate and key are unusable (%v): re-join with \"outpost-agent join --force\"", err)
+		return nil, fmt.Errorf("stored node certificate and key are unusable (%v): re-join with \"outpost-agent join --force\"", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(l.cfg.CAPEM) {
-		return nil, nil, errors.New("stored relay CA is unusable: re-join with \"outpost-agent join --force\"")
+		return nil, errors.New("stored relay CA is unusable: re-join with \"outpost-agent join --force\"")
 	}
+	l.idMu.Lock()
+	l.id.cur, l.roots = &pair, roots
+	if len(l.cfg.NextCertPEM) > 0 && l.cfg.Rotation != nil {
+		if next, err := tls.X509KeyPair(l.cfg.NextCertPEM, l.cfg.NextKeyPEM); err == nil {
+			l.id.next = &next
+		} else {
+			l.log.Warn("stored renewed node certificate is unusable; the current one is used and renewed again", "err", err)
+		}
+	}
+	l.idMu.Unlock()
 	return &tls.Config{
-		Certificates: []tls.Certificate{pair},
-		RootCAs:      roots,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return l.dialing.Load(), nil },
+		RootCAs:              roots,
 		// TLS 1.3 is negotiated whenever the relay offers it; 1.2 is the
 		// floor for middleboxes that still need it.
 		MinVersion: tls.VersionTLS12,
-	}, pair.Leaf, nil
+	}, nil
 }
 
 func connectURL(server string) (string, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +32,7 @@ type event struct {
 	frame wire.Frame
 	hello wire.Hello
 	cn    string
+	leaf  *x509.Certificate // the client certificate of the connection
 	close websocket.StatusCode
 }
 
@@ -74,7 +77,7 @@ func newRelay(t *testing.T, ca *testpki.CA, script func(p *peer)) *relay {
 			r.emit(event{conn: p.n, what: "bad hello body: " + err.Error()})
 			return
 		}
-		r.emit(event{conn: p.n, what: "hello", hello: h, cn: req.TLS.PeerCertificates[0].Subject.CommonName})
+		r.emit(event{conn: p.n, what: "hello", hello: h, cn: req.TLS.PeerCertificates[0].Subject.CommonName, leaf: req.TLS.PeerCertificates[0]})
 		script(p)
 	}))
 	r.srv.TLS = ca.ServerTLS(t)
@@ -150,6 +153,25 @@ func (r *relay) waitFor(t *testing.T, conn int, what string) event {
 			}
 		case <-deadline:
 			t.Fatalf("relay never saw %q on connection %d", what, conn)
+		}
+	}
+}
+
+// waitForAny returns the first event on conn that is one of whats.
+func (r *relay) waitForAny(t *testing.T, conn int, whats ...string) event {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case e := <-r.events:
+			if strings.HasPrefix(e.what, "bad") {
+				t.Fatalf("relay: %s", e.what)
+			}
+			if e.conn == conn && slices.Contains(whats, e.what) {
+				return e
+			}
+		case <-deadline:
+			t.Fatalf("relay never saw any of %q on connection %d", whats, conn)
 		}
 	}
 }

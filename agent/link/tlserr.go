@@ -25,12 +25,18 @@ func (e *rejoinError) fix(server string) string {
 
 // checkValidity catches an expired certificate before dialing, where the
 // reason is still known; after the handshake it is only "bad certificate".
-func checkValidity(leaf *x509.Certificate, now time.Time) error {
+// One expired less than grace ago still dials: the relay renews it
+// (Rotation).
+func checkValidity(leaf *x509.Certificate, now time.Time, grace time.Duration) error {
 	if leaf == nil {
 		return nil
 	}
-	if now.After(leaf.NotAfter) {
-		return &rejoinError{fmt.Sprintf("node certificate expired %s ago (at %s)", now.Sub(leaf.NotAfter).Round(time.Minute), leaf.NotAfter.UTC().Format(time.RFC3339))}
+	if now.After(leaf.NotAfter) && now.Sub(leaf.NotAfter) > grace {
+		why := fmt.Sprintf("node certificate expired %s ago (at %s)", now.Sub(leaf.NotAfter).Round(time.Minute), leaf.NotAfter.UTC().Format(time.RFC3339))
+		if grace > 0 {
+			why += fmt.Sprintf(", longer than the %s the relay still renews one", grace)
+		}
+		return &rejoinError{why}
 	}
 	if now.Before(leaf.NotBefore) {
 		// A gateway without a real-time clock boots in 1970: this is

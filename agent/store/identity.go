@@ -21,6 +21,10 @@ type Identity struct {
 	CertPEM []byte
 	// CAPEM is the CA that signs the relay's serving certificate.
 	CAPEM []byte
+	// NextKeyPEM and NextCertPEM are a pair renewed on the link that has
+	// not connected yet (both or neither); PromoteNext makes it the
+	// node's pair once it has.
+	NextKeyPEM, NextCertPEM []byte
 }
 
 var (
@@ -29,6 +33,8 @@ var (
 	keyKey    = []byte("key")
 	keyCert   = []byte("cert")
 	keyCA     = []byte("ca")
+	keyNextK  = []byte("next-key")
+	keyNextC  = []byte("next-cert")
 )
 
 // SaveIdentity replaces the stored identity in one transaction, so a crash
@@ -50,7 +56,52 @@ func (s *Store) SaveIdentity(id Identity) error {
 				return fmt.Errorf("save identity: %w", err)
 			}
 		}
-		return nil
+		// A join's pair replaces any renewed one.
+		if err := b.Delete(keyNextK); err != nil {
+			return err
+		}
+		return b.Delete(keyNextC)
+	})
+}
+
+// SaveNext stores a renewed key and certificate next to the current pair,
+// in one transaction that is on disk (fsynced) when it returns.
+func (s *Store) SaveNext(keyPEM, certPEM []byte) error {
+	if len(keyPEM) == 0 || len(certPEM) == 0 {
+		return errors.New("save renewed certificate: key or certificate missing")
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdentity)
+		if len(b.Get(keyCert)) == 0 {
+			return ErrNotJoined
+		}
+		if err := b.Put(keyNextK, keyPEM); err != nil {
+			return fmt.Errorf("save renewed certificate: %w", err)
+		}
+		return b.Put(keyNextC, certPEM)
+	})
+}
+
+// PromoteNext makes the renewed pair the node's pair, dropping the one it
+// replaced. Without a renewed pair it does nothing.
+func (s *Store) PromoteNext() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketIdentity)
+		k, c := b.Get(keyNextK), b.Get(keyNextC)
+		if len(k) == 0 || len(c) == 0 {
+			return nil
+		}
+		// Copies: the values must outlive the deletes below.
+		k, c = append([]byte(nil), k...), append([]byte(nil), c...)
+		for _, kv := range [][2][]byte{{keyKey, k}, {keyCert, c}} {
+			if err := b.Put(kv[0], kv[1]); err != nil {
+				return fmt.Errorf("promote renewed certificate: %w", err)
+			}
+		}
+		if err := b.Delete(keyNextK); err != nil {
+			return err
+		}
+		return b.Delete(keyNextC)
 	})
 }
 
@@ -67,6 +118,9 @@ func (s *Store) LoadIdentity() (Identity, error) {
 			KeyPEM:   get(keyKey),
 			CertPEM:  get(keyCert),
 			CAPEM:    get(keyCA),
+		}
+		if k, c := get(keyNextK), get(keyNextC); len(k) > 0 && len(c) > 0 {
+			id.NextKeyPEM, id.NextCertPEM = k, c
 		}
 		return nil
 	})

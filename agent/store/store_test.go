@@ -125,3 +125,48 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatalf("Open of a newer schema: err = %v", err)
 	}
 }
+
+// A renewed pair is stored next to the current one, survives a reopen,
+// and replaces it only when promoted; a join drops it.
+func TestRenewedPair(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveNext([]byte("k2"), []byte("c2")); !errors.Is(err, ErrNotJoined) {
+		t.Fatalf("renewal before a join: %v", err)
+	}
+	id := Identity{NodeName: "gw-1", Server: "https://relay:8443", KeyPEM: []byte("k1"), CertPEM: []byte("c1"), CAPEM: []byte("ca")}
+	if err := s.SaveIdentity(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveNext([]byte("k2"), []byte("c2")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, _ := s.LoadIdentity()
+	if string(got.KeyPEM) != "k1" || string(got.CertPEM) != "c1" || string(got.NextKeyPEM) != "k2" || string(got.NextCertPEM) != "c2" {
+		t.Fatalf("after a reopen: %+v", got)
+	}
+	if err := s.PromoteNext(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.LoadIdentity()
+	if string(got.KeyPEM) != "k2" || string(got.CertPEM) != "c2" || got.NextKeyPEM != nil || got.NextCertPEM != nil {
+		t.Fatalf("after promoting: %+v", got)
+	}
+	if err := s.SaveNext([]byte("k3"), []byte("c3")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveIdentity(id); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ = s.LoadIdentity(); got.NextCertPEM != nil || string(got.CertPEM) != "c1" {
+		t.Fatalf("a join kept the renewed pair: %+v", got)
+	}
+}

@@ -11,7 +11,9 @@
 //   - exists and is not revoked, and
 //   - lists the certificate's serial number: a join records the new
 //     certificate as the only one, so re-joining a node (with a token bound
-//     to it) revokes every certificate it had before;
+//     to it) revokes every certificate it had before; a rotation on the
+//     link (AddSerial) adds the new one next to the current one, and the
+//     old one is dropped (Prune) once the node connected with the new;
 //
 // and, once the node's Node was created, unless that Node still exists
 // with the UID recorded: deleting an edge Node revokes its certificates,
@@ -259,6 +261,54 @@ func (r *Registry) BindNode(ctx context.Context, node, uid string) error {
 		return true
 	}); err != nil {
 		return fmt.Errorf("bind identity record of %q to its Node: %w", node, err)
+	}
+	return nil
+}
+
+// ErrNotAccepted is AddSerial's answer when the record no longer accepts
+// the certificate the request came with (revoked, or replaced meanwhile).
+var ErrNotAccepted = errors.New("the identity record no longer accepts this certificate")
+
+// AddSerial records next as a rotated certificate of node, accepted next
+// to current, the certificate of the connection that asked for it; any
+// other serial is dropped, so a record holds at most the two. It fails
+// with ErrNotAccepted unless the record, read fresh, still accepts current.
+func (r *Registry) AddSerial(ctx context.Context, node, current, next string) error {
+	accepted := true
+	err := r.update(ctx, node, false, func(rec *Record) bool {
+		if accepted = rec.Accepts(current); !accepted {
+			return false
+		}
+		rec.Serials = []string{current, next}
+		return true
+	})
+	if err == nil && !accepted {
+		err = ErrNotAccepted
+	}
+	if err != nil {
+		return fmt.Errorf("record the rotated certificate of %q: %w", node, err)
+	}
+	return nil
+}
+
+// Rotated says whether serial is the newer of two accepted serials: the
+// node connected with a rotated certificate, and Prune may drop the old one.
+func (rec *Record) Rotated(serial string) bool {
+	return rec != nil && rec.Accepts(serial) && len(rec.Serials) > 1 && rec.Serials[len(rec.Serials)-1] == serial
+}
+
+// Prune makes serial the only certificate of node, if the record still
+// accepts it: the node connected with its rotated certificate, so the one
+// it replaced is no longer accepted.
+func (r *Registry) Prune(ctx context.Context, node, serial string) error {
+	if err := r.update(ctx, node, false, func(rec *Record) bool {
+		if !rec.Accepts(serial) || len(rec.Serials) == 1 {
+			return false
+		}
+		rec.Serials = []string{serial}
+		return true
+	}); err != nil {
+		return fmt.Errorf("drop the replaced certificate of %q: %w", node, err)
 	}
 	return nil
 }

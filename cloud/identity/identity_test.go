@@ -78,3 +78,41 @@ func TestUnreadableRevocationStillRevokes(t *testing.T) {
 		t.Fatalf("record with an unreadable revocation accepts: %+v", rec)
 	}
 }
+
+// A rotation keeps both serials until the node connects with the new one.
+func TestRotationKeepsBothThenPrunes(t *testing.T) {
+	ctx := context.Background()
+	r := New(fake.NewClientset(), "outpost-system")
+	if err := r.Issue(ctx, "gw-1", "a1", "uid-1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddSerial(ctx, "gw-1", "zz", "b2"); !errors.Is(err, ErrNotAccepted) {
+		t.Fatalf("rotation from a serial the record does not accept: %v", err)
+	}
+	if err := r.AddSerial(ctx, "gw-1", "a1", "b2"); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := r.Fresh(ctx, "gw-1")
+	if !rec.Accepts("a1") || !rec.Accepts("b2") || rec.NodeUID != "uid-1" || rec.Rotated("a1") || !rec.Rotated("b2") {
+		t.Fatalf("during the overlap: %+v", rec)
+	}
+	// A second rotation from the old certificate replaces the pending one.
+	if err := r.AddSerial(ctx, "gw-1", "a1", "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ = r.Fresh(ctx, "gw-1"); rec.Accepts("b2") || !rec.Accepts("c3") || len(rec.Serials) != 2 {
+		t.Fatalf("second rotation: %+v", rec)
+	}
+	if err := r.Prune(ctx, "gw-1", "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ = r.Fresh(ctx, "gw-1"); rec.Accepts("a1") || !rec.Accepts("c3") || rec.Rotated("c3") {
+		t.Fatalf("after pruning: %+v", rec)
+	}
+	if err := r.Revoke(ctx, "gw-1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddSerial(ctx, "gw-1", "c3", "d4"); !errors.Is(err, ErrNotAccepted) {
+		t.Fatalf("rotation of a revoked node: %v", err)
+	}
+}

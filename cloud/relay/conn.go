@@ -58,11 +58,15 @@ func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // conn is one agent connection.
 type conn struct {
-	s        *Server
-	ws       *websocket.Conn
-	netConn  net.Conn
-	node     string
-	serial   string // of the node's certificate, as identity.Serial records it
+	s       *Server
+	ws      *websocket.Conn
+	netConn net.Conn
+	node    string
+	serial  string // of the node's certificate, as identity.Serial records it
+	// expired says the certificate expired within wire.CertGrace: the
+	// connection may only rotate it (serveExpired).
+	expired  bool
+	rot      rotation
 	log      *slog.Logger
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
 	once     sync.Once
@@ -80,29 +84,34 @@ type conn struct {
 
 // nodeFromTLS returns the node name and certificate serial (as
 // identity.Serial records it) of a request's verified client certificate,
-// or an HTTP status and reason to refuse it with. The name comes from the
-// certificate only, never from a message.
-func nodeFromTLS(r *http.Request) (string, string, int, string) {
+// whether it expired within the grace (verifyNode), or an HTTP status and
+// reason to refuse it with. The name comes from the certificate only,
+// never from a message.
+func (s *Server) nodeFromTLS(r *http.Request) (string, string, bool, int, string) {
 	if r.TLS == nil {
-		return "", "", http.StatusBadRequest, "connect over TLS with a node certificate"
+		return "", "", false, http.StatusBadRequest, "connect over TLS with a node certificate"
 	}
-	if len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		return "", "", http.StatusUnauthorized, "a node client certificate signed by the relay CA is required: join first"
+	chain, expired, err := s.verifyNode(r.TLS.PeerCertificates, time.Now())
+	if err != nil {
+		return "", "", false, http.StatusUnauthorized, "client certificate refused: " + err.Error()
 	}
-	cert := r.TLS.VerifiedChains[0][0]
+	if len(chain) == 0 {
+		return "", "", false, http.StatusUnauthorized, "a node client certificate signed by the relay CA is required: join first"
+	}
+	cert := chain[0]
 	if !slices.Contains(cert.Subject.Organization, pki.NodesGroup) {
-		return "", "", http.StatusForbidden, "client certificate is not a node certificate (organization " + pki.NodesGroup + " missing)"
+		return "", "", false, http.StatusForbidden, "client certificate is not a node certificate (organization " + pki.NodesGroup + " missing)"
 	}
 	if err := nodes.CheckName(cert.Subject.CommonName); err != nil {
-		return "", "", http.StatusForbidden, "client certificate: " + err.Error()
+		return "", "", false, http.StatusForbidden, "client certificate: " + err.Error()
 	}
-	return cert.Subject.CommonName, identity.Serial(cert), 0, ""
+	return cert.Subject.CommonName, identity.Serial(cert), expired, 0, ""
 }
 
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
-	name, serial, status, reason := nodeFromTLS(r)
+	name, serial, expired, status, reason := s.nodeFromTLS(r)
 	if status == 0 {
-		status, reason = s.checkIdentity(r.Context(), name, serial)
+		status, reason = s.checkIdentity(r.Context(), name, serial, !expired)
 	}
 	if status != 0 {
 		s.log.Warn("connect refused", "remote", r.RemoteAddr, "node", name, "status", status, "reason", reason)
@@ -129,7 +138,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// The library refuses a message past this before buffering it; read
 	// below stops at the same bound so it can say why first.
 	ws.SetReadLimit(wire.MaxFrameSize)
-	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, log: log,
+	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, expired: expired, log: log,
 		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{})}
 	c.acks = newAcks(c.sendAck)
 	c.lastSeen.Store(time.Now().UnixNano())
@@ -171,6 +180,10 @@ func (c *conn) serve() {
 	if !ok {
 		c.fatal(wire.CodeVersion, fmt.Sprintf("no common protocol version: agent speaks %d-%d, relay %d-%d; upgrade the older side",
 			h.MinVersion, h.MaxVersion, wire.ProtocolMin, wire.ProtocolMax), websocket.StatusPolicyViolation)
+		return
+	}
+	if c.expired {
+		c.serveExpired(version)
 		return
 	}
 
@@ -309,6 +322,10 @@ func (c *conn) serve() {
 				return
 			}
 			c.streams.deliver(d)
+		case wire.TypeCertRequest:
+			if !c.certRequest(f, false) {
+				return
+			}
 		case wire.TypeError:
 			var e wire.Error
 			if err := f.DecodeBody(&e); err != nil {
@@ -324,7 +341,7 @@ func (c *conn) serve() {
 		case wire.TypeHello:
 			c.fatal(wire.CodeProtocol, "hello after hello: a connection has one hello", websocket.StatusPolicyViolation)
 			return
-		case wire.TypeHelloAck, wire.TypeAck:
+		case wire.TypeHelloAck, wire.TypeAck, wire.TypeCertIssued:
 			c.fatal(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents", f.Type), websocket.StatusPolicyViolation)
 			return
 		default:

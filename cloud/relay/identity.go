@@ -18,15 +18,18 @@ import (
 )
 
 // CloseRevoked closes a link whose certificate was revoked: the node was
-// revoked or deleted, or re-joined with a new certificate.
+// revoked or deleted, or re-joined with a new certificate. It also closes
+// a link whose certificate expired within the grace and that did not ask
+// for a new one in time (serveExpired).
 const CloseRevoked websocket.StatusCode = 4004
 
 // checkIdentity says why the certificate serial of node is refused, ""
 // when it is accepted (see cloud/identity). The cache answers first; a
 // refusal is confirmed with the API server, so a record or Node written a
 // moment ago on another replica does not turn a node away. Only
-// certificates the relay CA signed get here.
-func (s *Server) checkIdentity(ctx context.Context, node, serial string) (int, string) {
+// certificates the relay CA signed get here. A node that connects with a
+// rotated certificate has the one it replaced dropped when prune says so.
+func (s *Server) checkIdentity(ctx context.Context, node, serial string, prune bool) (int, string) {
 	rec, err := s.ids.Get(ctx, node)
 	if err == nil && (rec == nil || !rec.Accepts(serial)) {
 		rec, err = s.ids.Fresh(ctx, node)
@@ -37,6 +40,11 @@ func (s *Server) checkIdentity(ctx context.Context, node, serial string) (int, s
 	}
 	if why := rec.Refusal(node, serial); why != "" {
 		return http.StatusForbidden, why
+	}
+	if prune && rec.Rotated(serial) {
+		if err := s.ids.Prune(ctx, node, serial); err != nil {
+			s.log.Warn("replaced certificate still accepted; dropped at the next connect", "node", node, "err", err)
+		}
 	}
 	n, err := s.joinCache.Nodes().Get(ctx, node, metav1.GetOptions{})
 	switch {

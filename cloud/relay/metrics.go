@@ -16,6 +16,7 @@ type metrics struct {
 	errors    *prometheus.CounterVec
 	panics    prometheus.Counter
 	streams   prometheus.Gauge
+	rotations prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,8 +45,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "outpost_relay_log_streams",
 			Help: "kubectl logs streams open through this relay replica.",
 		}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_relay_node_cert_rotations_total",
+			Help: "Node certificates issued on a live link (cert-request answered).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams} {
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.rotations} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

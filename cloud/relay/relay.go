@@ -49,7 +49,7 @@ import (
 const (
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultLeaseDuration     = 40 * time.Second
-	DefaultNodeCertValidity  = 365 * 24 * time.Hour
+	DefaultNodeCertValidity  = 30 * 24 * time.Hour
 	DefaultHelloTimeout      = 10 * time.Second
 	DefaultNamespace         = "outpost-system"
 	// readyCacheFor is how long a /readyz answer is reused, so probes
@@ -77,7 +77,8 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// LeaseDuration is written into node Leases, renewed every quarter.
 	LeaseDuration time.Duration
-	// NodeCertValidity is the lifetime of certificates issued at join.
+	// NodeCertValidity is the lifetime of node certificates, issued at
+	// join and on the link (agents rotate them; see wire.CertRequest).
 	NodeCertValidity time.Duration
 	// HelloTimeout bounds the wait for an agent's first frame.
 	HelloTimeout time.Duration
@@ -291,14 +292,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // TLSConfig returns the server TLS configuration: serving certificate
 // cert, and client certificates verified against the relay CA when given.
 // They are optional at the TLS layer because the join endpoints serve nodes
-// that have no certificate yet; wire.PathConnect requires one.
+// that have no certificate yet; wire.PathConnect requires one. The check
+// is the standard one (verifyNode) but for one rule: a node certificate
+// expired less than wire.CertGrace ago passes, and its connection may only
+// rotate it (serveExpired).
 func (s *Server) TLSConfig(cert tls.Certificate) *tls.Config {
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    s.cfg.CA.Pool(),
-		NextProtos:   []string{"http/1.1"}, // WebSocket upgrades need HTTP/1.1
+		MinVersion:       tls.VersionTLS12,
+		Certificates:     []tls.Certificate{cert},
+		ClientAuth:       tls.RequestClientCert,
+		VerifyConnection: s.tlsVerify,
+		NextProtos:       []string{"http/1.1"}, // WebSocket upgrades need HTTP/1.1
 	}
 }
 

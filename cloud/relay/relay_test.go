@@ -64,6 +64,7 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 	}
 	if mod != nil {
 		mod(&cfg)
+		ca = cfg.CA
 	}
 	srv, err := relay.New(cfg)
 	if err != nil {

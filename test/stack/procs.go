@@ -123,6 +123,9 @@ type Agent struct {
 	// config's mqtt: block, one setting a line (url: tcp://HOST:PORT for
 	// an external broker).
 	MQTTConfig string
+	// ExtraConfig, if set before the first Start, is more top-level YAML
+	// for the config (certRotateAt: 40).
+	ExtraConfig string
 	// MetricsAddr is the agent's metrics endpoint (its own loopback port;
 	// GET http://MetricsAddr/metrics).
 	MetricsAddr string
@@ -209,6 +212,9 @@ func (a *Agent) Start(extra ...string) error {
 		}
 		a.MetricsAddr = "127.0.0.1:" + strconv.Itoa(mport)
 		cfg += "metrics:\n  listen: " + a.MetricsAddr + "\n"
+		if x := strings.TrimSpace(a.ExtraConfig); x != "" {
+			cfg += x + "\n"
+		}
 		if err := os.WriteFile(a.Config, []byte(cfg), 0o644); err != nil {
 			return err
 		}

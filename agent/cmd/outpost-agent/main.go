@@ -337,6 +337,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
+		NextCertPEM: id.NextCertPEM, NextKeyPEM: id.NextKeyPEM,
+		Rotation:     &link.Rotation{At: cfg.CertRotateAt, Save: st.SaveNext, Connected: st.PromoteNext},
 		AgentVersion: version, NodeInfo: readNode, Log: log,
 		Objects: st.ObjectVersions,
 		OnConnect: func(wire.HelloAck) {

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"outpost.dev/test/harness"
 )
 
 func gidMode(t *testing.T, p string) (int, os.FileMode) {
@@ -19,9 +21,7 @@ func gidMode(t *testing.T, p string) (int, os.FileMode) {
 // A container owns its emptyDir: a symlink in it, even one swapped in for
 // a directory, never lets the agent change a file outside the volume.
 func TestVolumeOwnershipStaysInside(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("chown to another group needs root") // the agent runs as root; CI does too
-	}
+	harness.RequireRoot(t) // chown to another group; the agent runs as root
 	dir := t.TempDir()
 	root, outside := filepath.Join(dir, "vol"), filepath.Join(dir, "outside")
 	for _, d := range []string{filepath.Join(root, "sub"), outside} {

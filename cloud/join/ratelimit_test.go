@@ -1,6 +1,7 @@
 package join
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 )
 
 // fakeClock is a clock tests move by hand.
@@ -103,12 +105,10 @@ func TestCacheLookups(t *testing.T) {
 	c := NewCache(client)
 	ctx := t.Context()
 	c.Run(ctx)
-	deadline := time.Now().Add(30 * time.Second)
-	for !c.Synced() {
-		if time.Now().After(deadline) {
-			t.Fatal("cache not synced")
-		}
-		time.Sleep(10 * time.Millisecond)
+	syncCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !cache.WaitForCacheSync(syncCtx.Done(), c.Synced) {
+		t.Fatal("cache not synced within 30 s")
 	}
 	client.ClearActions()
 	n, err := c.Nodes().Get(ctx, "gw-1", metav1.GetOptions{})

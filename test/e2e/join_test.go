@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -40,17 +41,13 @@ func linkSession(t *testing.T, ctx context.Context, name string) string {
 // waitLeaseRenewed waits until node's Lease is renewed after since.
 func waitLeaseRenewed(t *testing.T, ctx context.Context, node string, since time.Time) {
 	t.Helper()
-	deadline := time.Now().Add(4 * leaseDuration)
-	for {
+	stack.WaitFor(t, ctx, 4*leaseDuration, "the lease of "+node+" renewed after "+since.Format(time.RFC3339Nano), func() (bool, string) {
 		l, err := st.CP.Client().CoordinationV1().Leases("kube-node-lease").Get(ctx, node, metav1.GetOptions{})
-		if err == nil && l.Spec.RenewTime != nil && l.Spec.RenewTime.After(since) {
-			return
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lease of %s not renewed after %s (err %v)", node, since.Format(time.RFC3339Nano), err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return l.Spec.RenewTime != nil && l.Spec.RenewTime.After(since), fmt.Sprintf("renewed %v", l.Spec.RenewTime)
+	})
 }
 
 // A fresh token cannot join under the name of a connected node; the

@@ -67,15 +67,7 @@ func storedCert(t *testing.T, a *stack.Agent) *x509.Certificate {
 	if err := os.WriteFile(filepath.Join(dir, store.FileName), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	id, err := s.LoadIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := identityIn(t, dir)
 	p, _ := pem.Decode(id.CertPEM)
 	c, err := x509.ParseCertificate(p.Bytes)
 	if err != nil {
@@ -200,7 +192,13 @@ func TestExpiredCertificateRenewsWithinGrace(t *testing.T) {
 
 func loadIdentity(t *testing.T, a *stack.Agent) store.Identity {
 	t.Helper()
-	s, err := store.Open(a.StateDir)
+	return identityIn(t, a.StateDir)
+}
+
+// identityIn is the node identity in the store under dir.
+func identityIn(t *testing.T, dir string) store.Identity {
+	t.Helper()
+	s, err := store.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -126,8 +126,11 @@ func (c *conn) certRequest(f wire.Frame, wait bool) bool {
 // to the current one and sends it. It reports whether the certificate
 // was sent.
 func (c *conn) rotate(ctx context.Context, csrDER []byte) bool {
-	defer c.rot.end()
 	cert, err := c.s.signRotation(ctx, c.node, c.serial, csrDER)
+	// The request is answered once its outcome is known: released before
+	// the answer is sent, so an agent that asks again on reading the
+	// answer is never told that one is still outstanding.
+	c.rot.end()
 	if err != nil {
 		c.log.Warn("cert-request refused", "err", err)
 		c.sendError(wire.CodeForbidden, "cert-request refused: "+err.Error(), false)

@@ -16,6 +16,7 @@ var (
 	ErrChipID          = errors.New("wrong chip id")
 	ErrCRC             = errors.New("CRC mismatch")
 	ErrBadConn         = errors.New("bad connection spec")
+	ErrUnknownOption   = errors.New("unknown connection option")
 	ErrReadOnly        = errors.New("read-only property")
 	ErrUnknownProperty = errors.New("unknown property")
 	ErrUnsupported     = errors.New("not supported by this bus or pin")
@@ -57,7 +58,7 @@ func Classify(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, s := range []error{ErrNACK, ErrNoBus, ErrNoPin, ErrChipID, ErrCRC, ErrBadConn, ErrUnsupported} {
+	for _, s := range []error{ErrNACK, ErrNoBus, ErrNoPin, ErrChipID, ErrCRC, ErrBadConn, ErrUnknownOption, ErrUnsupported} {
 		if errors.Is(err, s) {
 			return err
 		}

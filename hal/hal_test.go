@@ -110,3 +110,41 @@ func TestBusMapNotFound(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A driver's declared options pass to it; any other key is refused before
+// the driver opens anything, naming the key and the options it has.
+func TestOpenRefusesUndeclaredOptions(t *testing.T) {
+	opened := 0
+	hal.Register("test-opts", func(hal.Buses, hal.Conn) (hal.Device, error) { opened++; return nil, errors.New("opened") }, "rate", "channel")
+	tests := []struct {
+		opts    map[string]string
+		unknown bool
+	}{
+		{nil, false},
+		{map[string]string{"channel": "3", "rate": "8"}, false},
+		{map[string]string{"chanel": "3"}, true},
+		{map[string]string{"channel": "3", "Rate": "8"}, true},
+	}
+	for _, tt := range tests {
+		before := opened
+		_, err := hal.Open(&hal.BusMap{}, "test-opts", hal.Conn{Bus: "I2C1", Options: tt.opts})
+		if got := errors.Is(err, hal.ErrUnknownOption); got != tt.unknown {
+			t.Errorf("options %v: err %v, unknown option %v, want %v", tt.opts, err, got, tt.unknown)
+		}
+		if tt.unknown {
+			if opened != before {
+				t.Errorf("options %v: the driver opened despite an unknown option", tt.opts)
+			}
+			for _, s := range []string{"test-opts", "it has channel, rate"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("%q lacks %q", err, s)
+				}
+			}
+		} else if opened != before+1 {
+			t.Errorf("options %v: the driver did not open", tt.opts)
+		}
+	}
+	if got := hal.Options("test-opts"); strings.Join(got, ",") != "channel,rate" {
+		t.Errorf("Options = %v", got)
+	}
+}

@@ -393,7 +393,7 @@ func reason(err error, def string) string {
 	}{
 		{hal.ErrUnknownDriver, "UnknownDriver"}, {hal.ErrNoBus, "NoSuchBus"}, {hal.ErrNoPin, "NoSuchPin"},
 		{hal.ErrNACK, "NoAnswer"}, {hal.ErrChipID, "WrongChip"}, {hal.ErrCRC, "CRCMismatch"},
-		{hal.ErrBadConn, "BadConnection"}, {hal.ErrUnknownProperty, "UnknownProperty"},
+		{hal.ErrBadConn, "BadConnection"}, {hal.ErrUnknownOption, "UnknownOption"}, {hal.ErrUnknownProperty, "UnknownProperty"},
 		{hal.ErrReadOnly, "ReadOnlyProperty"}, {hal.ErrUnsupported, "Unsupported"},
 	} {
 		if errors.Is(err, k.err) {

@@ -347,10 +347,12 @@ func TestErrorsAreConditionsAndIsolated(t *testing.T) {
 	f.src.put("bad", "1", &wire.Device{Driver: "bmp999", Bus: "I2C1"})
 	f.src.put("nobus", "1", &wire.Device{Driver: "sht3x", Bus: "I2C7", Address: 0x44})
 	f.src.put("nack", "1", &wire.Device{Driver: "sht3x", Bus: "I2C1", Address: 0x45})
+	f.src.put("typo", "1", &wire.Device{Driver: "sht3x", Bus: "I2C1", Address: 0x44, Options: map[string]string{"repeatabilty": "low"}})
 	for _, c := range []struct{ name, reason, msg string }{
 		{"bad", "UnknownDriver", `unknown driver "bmp999"`},
 		{"nobus", "NoSuchBus", `no such bus`},
 		{"nack", "NoAnswer", `NACK`},
+		{"typo", "UnknownOption", `unknown connection option "repeatabilty" for driver sht3x (it has repeatability)`},
 	} {
 		eventually(t, c.name+" error", func() bool { _, ok := f.ob.last(c.name); return ok })
 		r, _ := f.ob.last(c.name)

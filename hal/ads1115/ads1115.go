@@ -17,7 +17,7 @@ const Name = "ads1115"
 // DefaultAddr is the I²C address with ADDR tied to GND.
 const DefaultAddr = 0x48
 
-func init() { hal.Register(Name, Open) }
+func init() { hal.Register(Name, Open, "channel", "range", "rate") }
 
 var props = []hal.Property{
 	{Name: "voltage", Type: hal.Float, Unit: "V", Access: hal.ReadOnly},

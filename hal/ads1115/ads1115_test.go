@@ -69,6 +69,7 @@ func TestErrors(t *testing.T) {
 		{hal.Conn{Bus: "I2C1"}, hal.ErrNACK},
 		{hal.Conn{Bus: "I2C1", Options: map[string]string{"channel": "4"}}, hal.ErrBadConn},
 		{hal.Conn{Bus: "I2C1", Options: map[string]string{"range": "10"}}, hal.ErrBadConn},
+		{hal.Conn{Bus: "I2C1", Options: map[string]string{"chanel": "3"}}, hal.ErrUnknownOption},
 		{hal.Conn{Bus: "I2C1", Addr: 0x50}, hal.ErrBadConn},
 	} {
 		_, err := hal.Open(buses, "ads1115", tt.conn)

@@ -18,7 +18,7 @@ const Name = "ds18b20"
 // Family is the ROM family code of the DS18B20.
 const Family = 0x28
 
-func init() { hal.Register(Name, Open) }
+func init() { hal.Register(Name, Open, "resolution", "rom") }
 
 var props = []hal.Property{
 	{Name: "temperature", Type: hal.Float, Unit: "°C", Access: hal.ReadOnly},

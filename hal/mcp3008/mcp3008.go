@@ -13,7 +13,7 @@ import (
 // Name is the driver name.
 const Name = "mcp3008"
 
-func init() { hal.Register(Name, Open) }
+func init() { hal.Register(Name, Open, "channel", "differential", "vref") }
 
 var props = []hal.Property{
 	{Name: "voltage", Type: hal.Float, Unit: "V", Access: hal.ReadOnly},

@@ -14,9 +14,9 @@ import (
 )
 
 func init() {
-	hal.Register("gpio-in", OpenIn)
-	hal.Register("gpio-out", OpenOut)
-	hal.Register("pwm", OpenPWM)
+	hal.Register("gpio-in", OpenIn, "pull", "edge", "activeLow")
+	hal.Register("gpio-out", OpenOut, "activeLow", "initial")
+	hal.Register("pwm", OpenPWM, "frequency")
 }
 
 var (

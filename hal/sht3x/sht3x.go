@@ -25,7 +25,7 @@ const (
 	CmdReadStatus    = 0xF32D
 )
 
-func init() { hal.Register(Name, Open) }
+func init() { hal.Register(Name, Open, "repeatability") }
 
 var props = []hal.Property{
 	{Name: "temperature", Type: hal.Float, Unit: "°C", Access: hal.ReadOnly},

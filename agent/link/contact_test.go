@@ -39,8 +39,9 @@ func TestLastContact(t *testing.T) {
 	if last.IsZero() || time.Since(last) > 5*time.Second {
 		t.Fatalf("LastContact %v after disconnect", last)
 	}
-	r.waitFor(t, 2, "hello") // tried again, and was not answered
-	time.Sleep(100 * time.Millisecond)
+	// Tried again, was not answered, and tried once more: the second
+	// attempt has run its course.
+	r.waitFor(t, 3, "hello")
 	if got := a.link.LastContact(); !got.Equal(last) {
 		t.Fatalf("LastContact moved from %v to %v without a relay", last, got)
 	}

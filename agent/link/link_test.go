@@ -22,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 
 	"outpost.dev/agent/internal/testpki"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -254,12 +255,7 @@ func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA,
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("never: %s", what)
+	wait.For(t, 5*time.Second, what, cond)
 }
 
 func TestHelloAndHeartbeats(t *testing.T) {

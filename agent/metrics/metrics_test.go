@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"outpost.dev/test/wait"
 )
 
 func TestRender(t *testing.T) {
@@ -129,14 +131,5 @@ func TestServe(t *testing.T) {
 		t.Fatalf("second listen: %v", err)
 	}
 	cancel()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := get(); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("still serving after ctx ended")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, 5*time.Second, "the endpoint to stop serving once ctx ended", func() bool { _, err := get(); return err != nil })
 }

@@ -30,6 +30,7 @@ type external struct {
 	subs      map[string]Handler
 	onConnect []func()
 	lastState string
+	attempts  int // first-connection attempts that failed
 }
 
 func dialExternal(cfg Config) (Conn, error) {
@@ -85,6 +86,9 @@ func (e *external) connectLoop() {
 			return
 		}
 		backoff = nextBackoff(backoff)
+		e.mu.Lock()
+		e.attempts++
+		e.mu.Unlock()
 		e.state("down", fmt.Sprintf("MQTT broker unreachable; retrying with backoff (up to 1m), next in %s", backoff.Round(time.Second)), err)
 		select {
 		case <-e.stop:

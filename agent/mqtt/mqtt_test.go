@@ -26,6 +26,7 @@ import (
 	"outpost.dev/agent/twins"
 	_ "outpost.dev/hal/all"
 	"outpost.dev/hal/sim"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -156,13 +157,7 @@ func (cl *client) count(topic string) int {
 
 func eventually(t testing.TB, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, 10*time.Second, what, ok)
 }
 
 func topic(name, suffix string) string {
@@ -239,9 +234,20 @@ func TestEmbeddedBrokerPublishesToPaho(t *testing.T) {
 	late.sub(t, topic("air", "reported"))
 	eventually(t, "retained reported", func() bool { _, ok := late.last(topic("air", "reported")); return ok })
 
-	// Apps may not publish on the agent's reported topics.
+	// Apps may not publish on the agent's reported topics: the broker
+	// drops the publication and the client.
+	late.sub(t, topic("air", "reported/temperature"))
+	late.sub(t, "apps/fence")
 	app.pub(t, topic("air", "reported/temperature"), "99")
-	time.Sleep(100 * time.Millisecond)
+	eventually(t, "the offending app disconnected", func() bool { return !app.c.IsConnectionOpen() })
+	// Had the broker passed the publication on, it would have queued it
+	// for late before dropping app; late's queue is in order, so it would
+	// arrive before late's own later publication.
+	late.pub(t, "apps/fence", "after")
+	eventually(t, "the fence delivered", func() bool { b, _ := late.last("apps/fence"); return string(b) == "after" })
+	if b, _ := late.last(topic("air", "reported/temperature")); string(b) == "99" {
+		t.Fatal("an app's publication on a reported topic reached a subscriber")
+	}
 	// Compare values, not text: a reading or timestamp may contain "99".
 	if b, _ := app.last(topic("air", "reported/temperature")); string(b) == "99" {
 		t.Fatal("an app overwrote reported state")
@@ -419,7 +425,9 @@ func TestMosquittoSubSeesRetainedReported(t *testing.T) {
 	a := startAgent(t, conn, mqtt.BridgeConfig{})
 	a.put(t, "air", bme(0))
 	eventually(t, "first report", func() bool { return a.loop.Stats().Reports > 0 })
-	time.Sleep(50 * time.Millisecond)
+	seen := dial(t, addr)
+	seen.sub(t, topic("air", "reported"))
+	eventually(t, "the reported state retained", func() bool { _, ok := seen.last(topic("air", "reported")); return ok })
 	host, port, _ := net.SplitHostPort(addr)
 	out, err := exec.Command(sub, "-h", host, "-p", port, "-t", topic("air", "reported"), "-C", "1", "-W", "10").CombinedOutput()
 	if err != nil {
@@ -502,9 +510,10 @@ func TestExternalBrokerDownThenUp(t *testing.T) {
 	}
 	a := startAgent(t, conn, mqtt.BridgeConfig{Log: log})
 	a.put(t, "air", bme(0))
-	time.Sleep(3500 * time.Millisecond) // attempts at 0, 1, 3 s
+	// Attempts at 0, 1 and 3 s: the line is logged as the first one fails.
+	eventually(t, "three failed attempts", func() bool { return mqtt.FailedAttempts(conn) >= 3 })
 	if n := strings.Count(logs.String(), "MQTT broker unreachable"); n != 1 {
-		t.Fatalf("%d 'unreachable' lines in 3.5 s, want 1:\n%s", n, logs.String())
+		t.Fatalf("%d 'unreachable' lines for %d failed attempts, want 1:\n%s", n, mqtt.FailedAttempts(conn), logs.String())
 	}
 	if a.loop.Stats().Reports == 0 {
 		t.Fatal("twins stopped while the broker was down")

@@ -7,10 +7,12 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -122,15 +124,17 @@ func TestBoundsDropTimeSeriesFirst(t *testing.T) {
 }
 
 type fakeLink struct {
-	mu   sync.Mutex
-	up   bool
-	sent []uint64
+	mu      sync.Mutex
+	up      bool
+	sent    []uint64
+	refused int // sends tried while down
 }
 
 func (l *fakeLink) Send(t wire.Type, seq uint64, body wire.Body) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.up {
+		l.refused++
 		return errors.New("not connected")
 	}
 	if _, err := wire.Encode(t, seq, body); err != nil {
@@ -145,6 +149,10 @@ func (l *fakeLink) Connected() bool { l.mu.Lock(); defer l.mu.Unlock(); return l
 func (l *fakeLink) got() string { l.mu.Lock(); defer l.mu.Unlock(); return fmt.Sprint(l.sent) }
 
 func TestSenderReplaysAfterReconnect(t *testing.T) {
+	synctest.Test(t, testSenderReplaysAfterReconnect)
+}
+
+func testSenderReplaysAfterReconnect(t *testing.T) {
 	db := openDB(t, filepath.Join(t.TempDir(), "db"))
 	defer db.Close()
 	o, _ := Open(db, Limits{})
@@ -156,9 +164,9 @@ func TestSenderReplaysAfterReconnect(t *testing.T) {
 
 	o.Append("a", wire.TypeNodeStatus, status("True"))
 	o.Append("b", wire.TypeNodeStatus, status("True"))
-	time.Sleep(50 * time.Millisecond)
-	if l.got() != "[]" {
-		t.Fatalf("sent while down: %s", l.got())
+	synctest.Wait() // the sender has seen both and is waiting again
+	if l.got() != "[]" || l.refused != 0 {
+		t.Fatalf("sent %s and tried %d sends while down", l.got(), l.refused)
 	}
 	l.mu.Lock()
 	l.up = true
@@ -175,13 +183,7 @@ func TestSenderReplaysAfterReconnect(t *testing.T) {
 
 func waitFor(t *testing.T, ok func() bool, what func() string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out; have %s", what())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.State(t, t.Context(), 5*time.Second, "the sends", func() (bool, string) { return ok(), what() })
 }
 
 type boltDB = bolt.DB

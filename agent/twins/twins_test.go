@@ -13,6 +13,7 @@ import (
 	"outpost.dev/hal"
 	_ "outpost.dev/hal/all"
 	"outpost.dev/hal/sim"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -178,13 +179,7 @@ func start(t *testing.T, maxDevices int) *fixture {
 
 func eventually(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	wait.For(t, 5*time.Second, what, ok)
 }
 
 func bme280(poll, report int64, deadband float64) *wire.Device {
@@ -236,7 +231,11 @@ func TestDeadband(t *testing.T) {
 	// 3 s of world time: temperature moves about 0.05 °C, inside the deadband.
 	f.clk.add(3 * time.Second)
 	eventually(t, "a publication of the small change", func() bool { return f.pub.count("air") >= 2 })
-	time.Sleep(50 * time.Millisecond)
+	// A device's reads run one after another, each publishing then
+	// reporting: once a later read has begun, the one that published has
+	// queued whatever report it was going to.
+	seen := f.l.Stats().Reads
+	eventually(t, "a later read", func() bool { return f.l.Stats().Reads > seen })
 	if n := len(f.ob.of("air")); n != 1 {
 		t.Fatalf("%d reports after a change inside the deadband, want 1", n)
 	}
@@ -263,10 +262,15 @@ func TestReportIntervalCoalesces(t *testing.T) {
 		}
 	}()
 	eventually(t, "first report", func() bool { return len(f.ob.of("air")) >= 1 })
-	time.Sleep(time.Second)
+	first := time.Now()
+	eventually(t, "three reports and ten reads", func() bool { return len(f.ob.of("air")) >= 3 && f.l.Stats().Reads >= 10 })
+	elapsed := time.Since(first)
 	reports, pubs := len(f.ob.of("air")), f.pub.count("air")
-	if reports < 2 || reports > 6 {
-		t.Errorf("%d reports in about 1 s at a 300 ms report interval, want 2..6", reports)
+	// Report k comes at least (k-1) intervals after the first, which came
+	// before first was taken (the slack covers that observation's delay):
+	// more reports than that in elapsed means the interval was not kept.
+	if limit := 1 + int((elapsed+20*time.Millisecond)/(300*time.Millisecond)); reports > limit {
+		t.Errorf("%d reports within %v at a 300 ms report interval, want at most %d", reports, elapsed, limit)
 	}
 	// A forced BME280 measurement takes tens of ms (the driver waits for
 	// the conversion): every read is published, whatever the rate.
@@ -367,13 +371,14 @@ func TestErrorsAreConditionsAndIsolated(t *testing.T) {
 	if e := condition(f.ob.of("bad")[0], "Error"); !strings.Contains(e.Message, "known: ") {
 		t.Errorf("unknown driver message should list the known drivers: %q", e.Message)
 	}
-	// Retried with backoff, but reported once per distinct error.
-	time.Sleep(300 * time.Millisecond)
-	if n := len(f.ob.of("bad")); n != 1 {
-		t.Errorf("%d reports of an unchanging error, want 1", n)
-	}
-	if s := f.l.Stats(); s.OpenErrors < 6 {
-		t.Errorf("open errors %d: failing devices are not retried", s.OpenErrors)
+	// Retried with backoff, but reported once per distinct error: with
+	// three failed opens per failing device, some device failed at least
+	// three times, and none reported more than once.
+	eventually(t, "failing devices retried", func() bool { return f.l.Stats().OpenErrors >= 12 })
+	for _, name := range []string{"bad", "nobus", "nack", "typo"} {
+		if n := len(f.ob.of(name)); n != 1 {
+			t.Errorf("%s: %d reports of an unchanging error, want 1", name, n)
+		}
 	}
 	// The good device keeps going.
 	eventually(t, "good device reported", func() bool {

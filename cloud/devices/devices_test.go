@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	dynfake "k8s.io/client-go/dynamic/fake"
 
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -192,21 +193,14 @@ func TestWatchAndWrite(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.State(t, ctx, 5*time.Second, "the last report's temperature 24", func() (bool, string) {
 		u, err := dyn.Resource(GVR).Namespace("default").Get(ctx, "bme", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		v, _, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "reported", "temperature", "value")
-		if fmt.Sprint(v) == "24" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("temperature %v, want the last report's 24", v)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Sprint(v) == "24", fmt.Sprint("temperature ", v)
+	})
 
 	// A report for a Device bound elsewhere is dropped, and done.
 	dropped := make(chan struct{})

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"outpost.dev/cloud/nodes"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -202,13 +203,7 @@ func TestSessionIgnoresNonEdgeNode(t *testing.T) {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	wait.For(t, 10*time.Second, "the condition", cond)
 }
 
 type testWriter struct{ t *testing.T }

@@ -300,8 +300,12 @@ func TestSessionCoalescesAndDeletes(t *testing.T) {
 		mu.Unlock()
 		return false, nil, nil
 	})
-	block := make(chan struct{})
+	block, reading := make(chan struct{}), make(chan struct{}, 1)
 	client.PrependReactor("get", "pods", func(ktesting.Action) (bool, runtime.Object, error) {
+		select {
+		case reading <- struct{}{}:
+		default:
+		}
 		<-block
 		return false, nil, nil
 	})
@@ -311,7 +315,11 @@ func TestSessionCoalescesAndDeletes(t *testing.T) {
 	defer s.Stop()
 
 	s.Report(1, running()) // taken by the writer, which blocks on the read
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-reading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the writer never read the pod")
+	}
 	r2 := running()
 	s.Report(2, r2)
 	r3 := running()

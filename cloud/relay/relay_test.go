@@ -33,6 +33,7 @@ import (
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -286,13 +287,7 @@ func expectFatal(t *testing.T, c *websocket.Conn, code wire.ErrorCode, status we
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, 10*time.Second, what, cond)
 }
 
 func getNode(tr *testRelay, name string) *corev1.Node {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +14,7 @@ import (
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/nodes"
+	"outpost.dev/test/wait"
 )
 
 func secs(n int64) *int64 { return &n }
@@ -137,6 +139,10 @@ func tolStrings(ts []corev1.Toleration) []string {
 }
 
 func TestControllerKeepsAndRestores(t *testing.T) {
+	synctest.Test(t, testControllerKeepsAndRestores)
+}
+
+func testControllerKeepsAndRestores(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	edge := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "gw-1", Labels: map[string]string{EdgeRoleLabel: ""}}}
@@ -175,7 +181,7 @@ func TestControllerKeepsAndRestores(t *testing.T) {
 	}
 	eventually(t, "late pod tolerates forever", func() bool { return get("late").Spec.Tolerations[0].TolerationSeconds == nil })
 
-	time.Sleep(200 * time.Millisecond) // the queue is empty by now; nothing else may change
+	synctest.Wait() // the queue is empty and every worker idle: nothing else will change
 	if s := get("q").Spec.Tolerations[0].TolerationSeconds; s == nil || *s != 300 {
 		t.Error("opted-out pod changed")
 	}
@@ -209,6 +215,10 @@ func TestControllerKeepsAndRestores(t *testing.T) {
 // pods are left alone (no watch: nothing will taint it); when its agent
 // disconnects they are patched, and when it is back the watch stops.
 func TestControllerWatchesOnlyOfflineNodes(t *testing.T) {
+	synctest.Test(t, testControllerWatchesOnlyOfflineNodes)
+}
+
+func testControllerWatchesOnlyOfflineNodes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	conds := func(link, ready corev1.ConditionStatus) []corev1.NodeCondition {
@@ -239,7 +249,7 @@ func TestControllerWatchesOnlyOfflineNodes(t *testing.T) {
 		}
 	}
 
-	time.Sleep(300 * time.Millisecond)
+	synctest.Wait() // the node's informer delivered it and the controller is idle
 	if got := c.Nodes(); len(got) != 0 {
 		t.Errorf("online node watched: %v", got)
 	}
@@ -259,10 +269,5 @@ func TestControllerWatchesOnlyOfflineNodes(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatalf("never: %s", what)
+	wait.For(t, 10*time.Second, what, cond)
 }

@@ -2,10 +2,14 @@ package harness
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"outpost.dev/test/wait"
 )
 
 func TestProcessLogAndExit(t *testing.T) {
@@ -31,11 +35,15 @@ func TestProcessLogAndExit(t *testing.T) {
 func TestProcessStopEscalatesToKill(t *testing.T) {
 	// Ignored signals are inherited, so neither sh nor its sleep child
 	// dies of SIGTERM: Stop must SIGKILL the whole group.
-	p, err := StartProcess("stubborn", exec.Command("sh", "-c", `trap "" TERM; sleep 60; echo survived`), filepath.Join(t.TempDir(), "stubborn.log"))
+	log := filepath.Join(t.TempDir(), "stubborn.log")
+	p, err := StartProcess("stubborn", exec.Command("sh", "-c", `trap "" TERM; echo "trap $((6*7))"; sleep 60; echo survived`), log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // let sh install its trap
+	wait.For(t, 10*time.Second, "sh to install its trap", func() bool {
+		b, _ := os.ReadFile(log)
+		return strings.Contains(string(b), "trap 42") // printed, not the command line echoed
+	})
 	start := time.Now()
 	if err := p.Stop(300 * time.Millisecond); err != nil {
 		t.Fatal(err)

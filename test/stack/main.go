@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"outpost.dev/test/harness"
+	"outpost.dev/test/wait"
 )
 
 // MainOptions configures RunMain.
@@ -140,19 +141,9 @@ func (s *Stack) Apply(t testing.TB, ctx context.Context, manifest string) {
 	}
 }
 
-// WaitFor polls cond every 250 ms until it holds; after timeout, or when
+// WaitFor is wait.State: it polls cond until it holds; after timeout, or when
 // ctx ends, it fails t naming what it waited for and cond's last word.
 func WaitFor(t testing.TB, ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("waiting %v for %s: last state: %s", timeout, what, last)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	wait.State(t, ctx, timeout, what, cond)
 }

@@ -3,6 +3,7 @@ package containerd_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"outpost.dev/agent/runtime/containerd"
 	"outpost.dev/agent/runtime/seccomp"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/wait"
 )
 
 // env is a real containerd (Debian's, with runc) and a loopback registry
@@ -90,20 +92,15 @@ func (e *env) run(t *testing.T, ctx context.Context, sp containerd.Spec) {
 
 func (e *env) waitExit(t *testing.T, ctx context.Context, id string) *containerd.Status {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		st, err := e.rt.Status(ctx, id)
-		if err != nil {
+	var st *containerd.Status
+	wait.State(t, ctx, 30*time.Second, id+" exited", func() (bool, string) {
+		var err error
+		if st, err = e.rt.Status(ctx, id); err != nil {
 			t.Fatal(err)
 		}
-		if st.State == containerd.StateExited {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still %s after 30s", id, st.State)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return st.State == containerd.StateExited, string(st.State)
+	})
+	return st
 }
 
 func (e *env) readLog(t *testing.T, id string) string {
@@ -426,11 +423,8 @@ func TestRuntime(t *testing.T) {
 
 func waitLog(t *testing.T, e *env, id, want string) {
 	t.Helper()
-	for range 200 {
-		if b, _ := os.ReadFile(filepath.Join(e.logs, id+".log")); strings.Contains(string(b), want) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s never logged %q", id, want)
+	wait.For(t, 10*time.Second, fmt.Sprintf("%s to log %q", id, want), func() bool {
+		b, _ := os.ReadFile(filepath.Join(e.logs, id+".log"))
+		return strings.Contains(string(b), want)
+	})
 }

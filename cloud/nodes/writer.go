@@ -109,50 +109,35 @@ var ErrGone = errors.New("node was deleted")
 
 func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
 	api := as.CoreV1().Nodes()
-	var out *corev1.Node
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		now := metav1.NewTime(w.cfg.Now())
-		cur := cached
-		cached = nil
-		if cur == nil {
-			got, err := api.Get(ctx, name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				if hooks.Before != nil {
-					if err := hooks.Before(ctx); err != nil {
-						return fmt.Errorf("%w: %v", ErrGone, err)
-					}
-				}
-				n := &corev1.Node{
-					ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
-					Status:     Status(now, name, rep, nil),
-				}
-				PointKubelet(&n.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
-				created, err := w.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
-				if apierrors.IsAlreadyExists(err) {
-					// Another relay replica created it meanwhile: read it again.
-					return apierrors.NewConflict(schema.GroupResource{Resource: "nodes"}, name, err)
-				}
-				if err != nil {
-					w.failures.WithLabelValues("node").Inc()
-					return err
-				}
-				// The API server keeps the status given on create.
-				out = created
-				if hooks.After != nil {
-					hooks.After(ctx, created)
-				}
-				return nil
+	get := func() (*corev1.Node, error) { return api.Get(ctx, name, metav1.GetOptions{}) }
+	create := func() (*corev1.Node, error) {
+		if hooks.Before != nil {
+			if err := hooks.Before(ctx); err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrGone, err)
 			}
-			if err != nil {
-				return err
-			}
-			cur = got
 		}
+		n := &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
+			Status:     Status(metav1.NewTime(w.cfg.Now()), name, rep, nil),
+		}
+		PointKubelet(&n.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
+		// Created as the relay itself (a node may not create Nodes); the
+		// API server keeps the status given on create.
+		created, err := w.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
+		if err != nil {
+			w.count("node", err)
+			return nil, err
+		}
+		if hooks.After != nil {
+			hooks.After(ctx, created)
+		}
+		return created, nil
+	}
+	update := func(cur *corev1.Node) (*corev1.Node, error) {
 		if !IsEdge(cur) {
-			return ErrNotEdge
+			return nil, ErrNotEdge
 		}
-		want := Labels(name, &rep.Info)
-		if !hasLabels(cur.Labels, want) {
+		if want := Labels(name, &rep.Info); !hasLabels(cur.Labels, want) {
 			upd := cur.DeepCopy()
 			if upd.Labels == nil {
 				upd.Labels = map[string]string{}
@@ -160,26 +145,21 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 			maps.Copy(upd.Labels, want)
 			res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 			if err != nil {
-				if !apierrors.IsConflict(err) {
-					w.failures.WithLabelValues("node").Inc()
-				}
-				return err
+				w.count("node", err)
+				return nil, err
 			}
 			cur = res
 		}
 		upd := cur.DeepCopy()
-		upd.Status = Status(now, name, rep, &cur.Status)
+		upd.Status = Status(metav1.NewTime(w.cfg.Now()), name, rep, &cur.Status)
 		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
 		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			if !apierrors.IsConflict(err) {
-				w.failures.WithLabelValues("node_status").Inc()
-			}
-			return err
+			w.count("node_status", err)
 		}
-		out = res
-		return nil
-	})
+		return res, err
+	}
+	out, err := upsert(schema.GroupResource{Resource: "nodes"}, name, cached, get, create, update)
 	if err != nil {
 		if errors.Is(err, ErrNotEdge) {
 			return nil, fmt.Errorf("node %q: %w (no %s label): the relay will not take it over", name, ErrNotEdge, EdgeRoleLabel)
@@ -187,6 +167,45 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		return nil, fmt.Errorf("write node %q: %w", name, err)
 	}
 	return out, nil
+}
+
+// upsert is the node writer's one read-modify-write loop: update the
+// cached object (or a fresh read of it), create it when it does not exist,
+// and start again from a fresh read on a conflict or when another relay
+// replica created it first.
+func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
+	var out *T
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		cur := cached
+		cached = nil
+		if cur == nil {
+			got, err := get()
+			if apierrors.IsNotFound(err) {
+				created, err := create()
+				if apierrors.IsAlreadyExists(err) {
+					return apierrors.NewConflict(gr, name, err)
+				}
+				out = created
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			cur = got
+		}
+		res, err := update(cur)
+		out = res
+		return err
+	})
+	return out, err
+}
+
+// count records a failed write of what, unless it is a conflict or a lost
+// create race, which the caller retries.
+func (w *Writer) count(what string, err error) {
+	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+		w.failures.WithLabelValues(what).Inc()
+	}
 }
 
 // FieldManager names the relay in managedFields.
@@ -212,38 +231,20 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		secs = 1
 	}
 	owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
-	var out *coordinationv1.Lease
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+	get := func() (*coordinationv1.Lease, error) { return api.Get(ctx, node.Name, metav1.GetOptions{}) }
+	create := func() (*coordinationv1.Lease, error) {
 		now := metav1.NewMicroTime(w.cfg.Now())
-		cur := cached
-		cached = nil
-		if cur == nil {
-			got, err := api.Get(ctx, node.Name, metav1.GetOptions{})
-			if apierrors.IsNotFound(err) {
-				l := &coordinationv1.Lease{
-					ObjectMeta: metav1.ObjectMeta{Name: node.Name, Namespace: LeaseNamespace, OwnerReferences: []metav1.OwnerReference{owner}},
-					Spec: coordinationv1.LeaseSpec{
-						HolderIdentity:       &node.Name,
-						LeaseDurationSeconds: &secs,
-						RenewTime:            &now,
-					},
-				}
-				created, err := api.Create(ctx, l, metav1.CreateOptions{FieldManager: FieldManager})
-				if apierrors.IsAlreadyExists(err) {
-					return apierrors.NewConflict(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, node.Name, err)
-				}
-				if err != nil {
-					w.failures.WithLabelValues("lease").Inc()
-					return err
-				}
-				out = created
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			cur = got
+		l, err := api.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: node.Name, Namespace: LeaseNamespace, OwnerReferences: []metav1.OwnerReference{owner}},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &node.Name, LeaseDurationSeconds: &secs, RenewTime: &now},
+		}, metav1.CreateOptions{FieldManager: FieldManager})
+		if err != nil {
+			w.count("lease", err)
 		}
+		return l, err
+	}
+	update := func(cur *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+		now := metav1.NewMicroTime(w.cfg.Now())
 		upd := cur.DeepCopy()
 		upd.Spec.HolderIdentity = &node.Name
 		upd.Spec.LeaseDurationSeconds = &secs
@@ -253,16 +254,13 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 			// anew so it is collected with this one.
 			upd.OwnerReferences = []metav1.OwnerReference{owner}
 		}
-		res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		l, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			if !apierrors.IsConflict(err) {
-				w.failures.WithLabelValues("lease").Inc()
-			}
-			return err
+			w.count("lease", err)
 		}
-		out = res
-		return nil
-	})
+		return l, err
+	}
+	out, err := upsert(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, node.Name, cached, get, create, update)
 	if err != nil {
 		return nil, fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
 	}

@@ -33,6 +33,7 @@ import (
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -67,21 +68,7 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 		mod(&cfg)
 		ca = cfg.CA
 	}
-	srv, err := relay.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(srv)
-	hs.TLS = srv.TLSConfig(cert)
-	hs.StartTLS()
-	t.Cleanup(func() {
-		srv.Close()
-		hs.Close()
-	})
+	srv, hs := relaytest.Serve(t, cfg)
 	return &testRelay{srv: srv, hs: hs, ca: ca, client: client, url: "wss" + strings.TrimPrefix(hs.URL, "https"),
 		certs: map[string]tls.Certificate{}}
 }

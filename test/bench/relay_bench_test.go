@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +36,7 @@ import (
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/test/harness"
 	"outpost.dev/wire"
 )
@@ -94,20 +94,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 	if err := relayNamespace(ctx, client); err != nil {
 		b.Fatal(err)
 	}
-	srv, err := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(srv)
-	hs.TLS = srv.TLSConfig(cert)
-	hs.Config.ErrorLog = nil
-	hs.StartTLS()
-	defer hs.Close()
-	defer srv.Close()
+	srv, hs := relaytest.Serve(b, relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler)})
 
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.Key)
 	if err != nil {

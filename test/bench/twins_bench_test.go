@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/wire"
@@ -76,20 +76,8 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 		b.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
+	srv, hs := relaytest.Serve(b, relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
 		Dynamic: dyn, DeviceStatus: devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hs := httptest.NewUnstartedServer(srv)
-	hs.TLS = srv.TLSConfig(cert)
-	hs.Config.ErrorLog = nil
-	hs.StartTLS()
-	b.Cleanup(func() { srv.Close(); hs.Close() })
 	proxy, err := stack.NewProxy(strings.TrimPrefix(hs.URL, "https://"))
 	if err != nil {
 		b.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"outpost.dev/agent/runtime/containerd"
 	"outpost.dev/agent/store"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -245,17 +246,13 @@ func sleeper(image string) wire.Pod {
 // waitStatus waits until pod uid's latest status satisfies ok.
 func (e *env) waitStatus(uid string, d time.Duration, what string, ok func(wire.PodStatus) bool) wire.PodStatus {
 	e.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		s, has := e.rec.latest(uid)
-		if has && ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("pod %s: no status %s within %s; last: %+v", uid, what, d, s)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	var s wire.PodStatus
+	wait.State(e.t, context.Background(), d, "pod "+uid+": status "+what, func() (bool, string) {
+		var has bool
+		s, has = e.rec.latest(uid)
+		return has && ok(s), fmt.Sprintf("%+v", s)
+	})
+	return s
 }
 
 func running(s wire.PodStatus) bool {
@@ -311,13 +308,7 @@ func (e *env) podContainers(uid string) []string {
 
 func (e *env) waitFor(d time.Duration, what string, ok func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("not within %s: %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	wait.For(e.t, d, what, ok)
 }
 
 func (e *env) log(ns, pod, container string, previous bool) string {

@@ -156,6 +156,8 @@ func TestApplyAndLease(t *testing.T) {
 		t.Fatalf("apply with a stale cache: %v", err)
 	}
 
+	clock := time.Now()
+	w.cfg.Now = func() time.Time { return clock }
 	l, err := w.RenewLease(ctx, w.cfg.Client, n2, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +167,7 @@ func TestApplyAndLease(t *testing.T) {
 		t.Fatalf("lease %+v", l)
 	}
 	first := l.Spec.RenewTime.Time
-	time.Sleep(2 * time.Millisecond)
+	clock = clock.Add(time.Second)
 	l2, err := w.RenewLease(ctx, w.cfg.Client, n2, l)
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 const ns = "default"
@@ -230,17 +231,11 @@ func (e *edge) killTasks(ctx context.Context) error {
 		_, _ = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "kill", "-s", "SIGKILL", id)
 	}
 	for id := range ts {
-		var err error
-		for range 40 {
-			if _, err = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "delete", "--force", id); err == nil ||
-				strings.Contains(err.Error(), "not found") {
-				err = nil
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if err != nil {
-			return err
+		if err := wait.Until(ctx, 4*time.Second, func() (bool, string) {
+			_, err := st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "delete", "--force", id)
+			return err == nil || strings.Contains(err.Error(), "not found"), fmt.Sprint(err)
+		}); err != nil {
+			return fmt.Errorf("delete task %s: %w", id, err)
 		}
 	}
 	return nil

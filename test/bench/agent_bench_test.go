@@ -48,7 +48,10 @@ func BenchmarkAgentIdleRSS(b *testing.B) {
 	if err := st.WaitNodeReady(ctx, "bench-idle", true, 2*time.Minute); err != nil {
 		b.Fatal(err)
 	}
-	time.Sleep(2 * time.Second) // past the hello and first status
+	// Past the hello and first status.
+	if err := proxy.Quiet(ctx, time.Second, time.Minute); err != nil {
+		b.Fatal(err)
+	}
 	up0, down0 := proxy.Up.Load(), proxy.Down.Load()
 	b.ResetTimer()
 	for b.Loop() {

@@ -19,6 +19,7 @@ import (
 
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 // autoRig is one edge node on real containerd behind a cuttable proxy.
@@ -197,12 +198,10 @@ func (r *autoRig) reboot(b *testing.B, ctx context.Context) {
 		_, _ = r.st.Containerd.Ctr(ctx, "-n", r.ctrNS, "tasks", "kill", "-s", "SIGKILL", id)
 	}
 	for _, id := range ids {
-		for range 50 {
-			if _, err := r.st.Containerd.Ctr(ctx, "-n", r.ctrNS, "tasks", "delete", "--force", id); err == nil || strings.Contains(err.Error(), "not found") {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		_ = wait.Until(ctx, 5*time.Second, func() (bool, string) {
+			_, err := r.st.Containerd.Ctr(ctx, "-n", r.ctrNS, "tasks", "delete", "--force", id)
+			return err == nil || strings.Contains(err.Error(), "not found"), fmt.Sprint(err)
+		})
 	}
 	for _, m := range harness.MountsUnder(r.agent.StateDir) {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
@@ -211,17 +210,7 @@ func (r *autoRig) reboot(b *testing.B, ctx context.Context) {
 
 func (r *autoRig) wait(b *testing.B, ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) {
 	b.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, msg := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			b.Fatalf("%s: not within %s: %s", what, timeout, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	wait.State(b, ctx, timeout, what, cond)
 }
 
 func median(xs []float64) float64 {

@@ -22,6 +22,7 @@ import (
 
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 // BenchmarkPods runs OUTPOST_PODS (default 30) pods on one real agent with
@@ -125,8 +126,7 @@ spec:
 		}
 	}()
 	waitRunning := func(names []string, timeout time.Duration) {
-		deadline := time.Now().Add(timeout)
-		for {
+		wait.State(b, ctx, timeout, "every pod Running", func() (bool, string) {
 			mu.Lock()
 			left := 0
 			for _, nm := range names {
@@ -135,14 +135,8 @@ spec:
 				}
 			}
 			mu.Unlock()
-			if left == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				b.Fatalf("%d of %d pods not Running after %v\n%s", left, len(names), timeout, agent.Proc.LogTail(30))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return left == 0, fmt.Sprintf("%d of %d pods not Running\n%s", left, len(names), agent.Proc.LogTail(30))
+		})
 	}
 
 	// Warm-up: the image is pulled once, so the figures are for an image
@@ -152,7 +146,9 @@ spec:
 	if err := kc.CoreV1().Pods(ns).Delete(ctx, "warmup", *metav1.NewDeleteOptions(0)); err != nil {
 		b.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	if err := proxy.Quiet(ctx, time.Second, time.Minute); err != nil {
+		b.Fatal(err)
+	}
 
 	// The idle link, to subtract heartbeats from the figures below.
 	idleWin := 10 * time.Second
@@ -179,7 +175,9 @@ spec:
 	waitRunning(names, 5*time.Minute)
 	b.StopTimer()
 	// Wait for the status traffic to settle (Ready after Running).
-	time.Sleep(5 * time.Second)
+	if err := proxy.Quiet(ctx, 2*time.Second, time.Minute); err != nil {
+		b.Fatal(err)
+	}
 	win := time.Since(t0)
 	up, down := proxy.Up.Load()-u0, proxy.Down.Load()-d0
 	frames1, err := relayFrames(relay.URL)
@@ -236,18 +234,14 @@ spec:
 			b.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	wait.State(b, ctx, 3*time.Minute, "the burst pods gone", func() (bool, string) {
 		l, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		tasks, terr := st.Containerd.Ctr(ctx, "-n", "outpost-"+node, "tasks", "ls", "-q")
-		if err == nil && terr == nil && len(l.Items) == 0 && strings.TrimSpace(tasks) == "" {
-			break
+		if err != nil || terr != nil {
+			return false, fmt.Sprint(err, terr)
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("burst pods not gone after 3 minutes: %v %v", err, terr)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return len(l.Items) == 0 && strings.TrimSpace(tasks) == "", fmt.Sprintf("%d pods, tasks %q", len(l.Items), tasks)
+	})
 	var seq []time.Duration
 	for i := range n {
 		name := fmt.Sprintf("seq-%02d", i)

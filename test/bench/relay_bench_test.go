@@ -38,6 +38,7 @@ import (
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -122,17 +123,13 @@ func BenchmarkRelayMemory(b *testing.B) {
 		}
 		connected := time.Since(start)
 		// Wait until every node has been written and the relay is quiet.
-		deadline := time.Now().Add(5 * time.Minute)
-		for {
+		wait.State(b, ctx, 5*time.Minute, "every node written", func() (bool, string) {
 			nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-			if err == nil && len(nodes.Items) >= n && srv.Connected() == n {
-				break
+			if err != nil {
+				return false, err.Error()
 			}
-			if time.Now().After(deadline) {
-				b.Fatalf("after 5m: %d connected, nodes listed: %v", srv.Connected(), err)
-			}
-			time.Sleep(time.Second)
-		}
+			return len(nodes.Items) >= n && srv.Connected() == n, fmt.Sprintf("%d connected, %d nodes", srv.Connected(), len(nodes.Items))
+		})
 		time.Sleep(5 * time.Second)
 		after := measure()
 		if p := os.Getenv("OUTPOST_BENCH_HEAPPROFILE"); p != "" {

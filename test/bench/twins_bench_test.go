@@ -280,7 +280,9 @@ func BenchmarkTwinLinkBytes(b *testing.B) {
 	}
 	const n = 200
 	for b.Loop() {
-		time.Sleep(time.Second) // let the connect traffic settle
+		if err := r.proxy.Quiet(ctx, 500*time.Millisecond, time.Minute); err != nil { // the connect traffic settled
+			b.Fatal(err)
+		}
 		up0, down0 := r.proxy.Up.Load(), r.proxy.Down.Load()
 		seq := a.acked.Load()
 		for range n {

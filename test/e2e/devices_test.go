@@ -16,6 +16,7 @@ import (
 
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 // Devices on the sim board, end to end: kubectl apply → relay → agent →
@@ -98,19 +99,13 @@ func getDevice(ctx context.Context, name string) (*deviceStatus, string, error) 
 // waitDevice polls the Device until ok says so, or fails after timeout.
 func waitDevice(t *testing.T, ctx context.Context, name string, timeout time.Duration, what string, ok func(*deviceStatus) bool) *deviceStatus {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		d, out, err := getDevice(ctx, name)
-		if err == nil && ok(d) {
-			return d
-		}
-		last = out
-		if time.Now().After(deadline) {
-			t.Fatalf("device %s: %s not seen within %v; last:\n%s", name, what, timeout, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var d *deviceStatus
+	wait.State(t, ctx, timeout, "device "+name+": "+what, func() (bool, string) {
+		got, out, err := getDevice(ctx, name)
+		d = got
+		return err == nil && ok(got), "\n" + out
+	})
+	return d
 }
 
 func hasValues(names ...string) func(*deviceStatus) bool {

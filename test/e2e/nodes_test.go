@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 var (
@@ -190,20 +192,13 @@ func TestRelayRestartKeepsNodesReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The agents must reconnect by themselves: their leases move again.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	wait.State(t, ctx, 60*time.Second, "leases renewed after the relay restart", func() (bool, string) {
 		after := leaseRenewTimes(t, ctx)
-		if after["edge-a"].After(before["edge-a"].Add(3*time.Second)) &&
+		return after["edge-a"].After(before["edge-a"].Add(3*time.Second)) &&
 			after["edge-b"].After(before["edge-b"].Add(3*time.Second)) &&
 			after["edge-a"].After(time.Now().Add(-2*leaseDuration)) &&
-			after["edge-b"].After(time.Now().Add(-2*leaseDuration)) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leases not renewed after the relay restart: before %v, after %v", before, after)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+			after["edge-b"].After(time.Now().Add(-2*leaseDuration)), fmt.Sprint(before, " then ", after)
+	})
 	time.Sleep(gracePeriod / 2)
 	close(stop)
 	wg.Wait()

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"outpost.dev/cloud/pods"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -315,12 +316,7 @@ func TestPodsReachTheirNode(t *testing.T) {
 			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "pods-e2e-data"}}}}
 	})
 	var cond corev1.PodCondition
-	deadline := time.Now().Add(20 * time.Second)
-	for cond.Reason == "" {
-		if time.Now().After(deadline) {
-			t.Fatal("no UnsupportedField condition on the PVC pod")
-		}
-		time.Sleep(100 * time.Millisecond)
+	wait.For(t, 20*time.Second, "an UnsupportedField condition on the PVC pod", func() bool {
 		p, err := kc.CoreV1().Pods(ns).Get(ctx, pvc.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -333,14 +329,21 @@ func TestPodsReachTheirNode(t *testing.T) {
 				}
 			}
 		}
-	}
+		return cond.Reason != ""
+	})
 	if cond.Status != corev1.ConditionFalse || !strings.HasPrefix(cond.Message, "spec.volumes[0].persistentVolumeClaim is not supported on edge nodes") {
 		t.Errorf("condition %+v", cond)
 	}
-	evs, err := kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pvc.Name})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The event is recorded apart from the status, soon after it.
+	var evs *corev1.EventList
+	wait.State(t, ctx, 20*time.Second, "an UnsupportedField event", func() (bool, string) {
+		var err error
+		if evs, err = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pvc.Name}); err != nil {
+			return false, err.Error()
+		}
+		n := countReason(evs.Items, pods.ReasonUnsupported)
+		return n > 0, fmt.Sprintf("%d events", n)
+	})
 	if n := countReason(evs.Items, pods.ReasonUnsupported); n != 1 {
 		t.Errorf("%d UnsupportedField events, want 1", n)
 	}
@@ -348,10 +351,13 @@ func TestPodsReachTheirNode(t *testing.T) {
 	pp.until(t, "a pod created after the refused one", func(s wire.Sync) bool { return upsert(s, wire.KindPod, after.Name) != nil })
 
 	// Written once: the condition's own update does not cause another.
-	time.Sleep(time.Second)
+	// The relay handles a node's pod events in order, and the refused
+	// pod's update came before the later pod's creation, which has reached
+	// the agent: a second event would have been decided by now. (A repeat
+	// of an event raises its count rather than adding one.)
 	evs, _ = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pvc.Name})
 	if n := countReason(evs.Items, pods.ReasonUnsupported); n != 1 {
-		t.Errorf("%d UnsupportedField events after a second, want 1", n)
+		t.Errorf("%d UnsupportedField events once a later pod reached the node, want 1", n)
 	}
 	for _, s := range pp.seen {
 		for _, o := range s.Upserts {
@@ -370,7 +376,7 @@ func countReason(evs []corev1.Event, reason string) int {
 	n := 0
 	for _, e := range evs {
 		if e.Reason == reason {
-			n++
+			n += max(int(e.Count), 1)
 		}
 	}
 	return n

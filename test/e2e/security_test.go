@@ -26,6 +26,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -352,17 +353,10 @@ func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 
 	// The real agents never noticed.
 	before := leaseRenewTimes(t, ctx)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	wait.State(t, ctx, 30*time.Second, "the real agents' leases to move after the bad frames", func() (bool, string) {
 		after := leaseRenewTimes(t, ctx)
-		if after["edge-a"].After(before["edge-a"]) && after["edge-b"].After(before["edge-b"]) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the real agents' leases stopped moving after the bad frames")
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return after["edge-a"].After(before["edge-a"]) && after["edge-b"].After(before["edge-b"]), fmt.Sprint(before, " then ", after)
+	})
 	for _, n := range []string{"edge-a", "edge-b"} {
 		if s, _ := st.NodeReady(ctx, n); s != corev1.ConditionTrue {
 			t.Errorf("%s is %q after another connection's bad frames", n, s)

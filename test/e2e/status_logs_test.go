@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -293,10 +294,25 @@ func TestPodStatusAndLogs(t *testing.T) {
 
 	// (g) Graceful delete: the pod stays until the agent says its
 	// containers stopped; then the relay deletes it.
+	for len(ap.syncs) > 0 { // what the earlier steps left
+		<-ap.syncs
+	}
 	if _, err := st.CP.Kubectl(ctx, "delete", "pod", pod.Name, "-n", ns, "--wait=false"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	// The relay has acted on the deletion once it tells the agent: the
+	// pod must still be there then.
+	told := time.After(20 * time.Second)
+	for deleting := false; !deleting; {
+		select {
+		case s := <-ap.syncs:
+			for _, u := range s.Upserts {
+				deleting = deleting || (u.Kind == wire.KindPod && u.Name == pod.Name && u.Pod != nil && u.Pod.Deleting)
+			}
+		case <-told:
+			t.Fatal("the agent was never told that the pod is being deleted")
+		}
+	}
 	if _, err := kc.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil {
 		t.Fatalf("pod gone before the agent said its containers stopped: %v", err)
 	}
@@ -307,16 +323,10 @@ func TestPodStatusAndLogs(t *testing.T) {
 		State: wire.ContainerState{Kind: wire.StateTerminated, ExitCode: 143, Signal: 15, Reason: "Error",
 			StartedAt: now.Add(-30 * time.Second).UnixMilli(), FinishedAt: time.Now().UnixMilli()}}}
 	ap.report(t, ctx, &stopped)
-	for end := time.Now().Add(20 * time.Second); ; {
+	wait.State(t, ctx, 20*time.Second, "the pod deleted after the agent reported it terminated", func() (bool, string) {
 		_, err := kc.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatalf("pod still there after the agent reported it terminated: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
 }
 
 // TestPodStatusNotBoundIsDropped: a report about a pod of another node is

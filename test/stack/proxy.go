@@ -1,10 +1,14 @@
 package stack
 
 import (
+	"context"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"outpost.dev/test/wait"
 )
 
 // Proxy is a TCP proxy on loopback between agents and a relay. It counts
@@ -147,4 +151,19 @@ func (p *Proxy) Close() {
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
+}
+
+// Quiet waits until no byte has crossed the proxy in either direction for
+// window: the link's traffic has settled (a hello, a first status, a burst
+// of reports are through). It gives up after timeout or when ctx ends.
+func (p *Proxy) Quiet(ctx context.Context, window, timeout time.Duration) error {
+	last := p.Up.Load() + p.Down.Load()
+	since := time.Now()
+	return wait.Until(ctx, timeout, func() (bool, string) {
+		now := p.Up.Load() + p.Down.Load()
+		if now != last {
+			last, since = now, time.Now()
+		}
+		return time.Since(since) >= window, fmt.Sprintf("%d bytes crossed %s ago", now, time.Since(since).Round(time.Millisecond))
+	})
 }

@@ -10,6 +10,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"outpost.dev/agent/outbox"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -41,11 +42,13 @@ func TestNodeStatusOnConnectCarriesLinkStats(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	connected <- struct{}{}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, 5*time.Second, "one node status queued after a connect", func() bool {
 		es, err := ob.Pending(0, 10)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(es) > 1 {
+			t.Fatalf("%d entries after a connect, want 1", len(es))
 		}
 		if len(es) == 1 {
 			if es[0].Type != wire.TypeNodeStatus || es[0].Key != "node" {
@@ -59,11 +62,7 @@ func TestNodeStatusOnConnectCarriesLinkStats(t *testing.T) {
 			if ns.Link == nil || ns.Link.LastSync != 1234 || ns.Link.OutboxMaxBytes != 8<<20 || ns.Node.Board != "sim" {
 				t.Fatalf("node status %+v link %+v", ns, ns.Link)
 			}
-			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d entries after a connect, want 1", len(es))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(es) == 1
+	})
 }

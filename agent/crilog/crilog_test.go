@@ -6,9 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"outpost.dev/test/wait"
 )
 
 func TestWriteRotateRead(t *testing.T) {
@@ -73,19 +76,21 @@ func TestFollowAcrossRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	var out bytes.Buffer
+	var out syncBuffer
 	var finished atomic.Bool
 	go func() {
 		defer close(done)
 		_ = Stream(context.Background(), path, Options{Tail: -1, Follow: true, Poll: 5 * time.Millisecond,
 			Done: finished.Load}, &out)
 	}()
+	// Each line is followed before the next is written: with two files of
+	// 120 bytes kept, a follower left behind would lose lines to rotation.
 	for i := range 10 {
-		_ = w.Record("stderr", []byte("line-"+string(rune('a'+i))), false)
-		time.Sleep(20 * time.Millisecond)
+		line := "line-" + string(rune('a'+i))
+		_ = w.Record("stderr", []byte(line), false)
+		wait.For(t, 5*time.Second, line+" followed", func() bool { return strings.Contains(out.String(), line+"\n") })
 	}
 	w.Close()
-	time.Sleep(50 * time.Millisecond)
 	finished.Store(true)
 	select {
 	case <-done:
@@ -97,4 +102,22 @@ func TestFollowAcrossRotation(t *testing.T) {
 			t.Errorf("followed output lacks %q: %q", want, out.String())
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer written by one goroutine and read by another.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -2,6 +2,7 @@ package mqtt_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"periph.io/x/conn/v3/gpio"
 
 	"outpost.dev/agent/mqtt"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -123,13 +125,10 @@ func benchMemory(b *testing.B, n int) {
 	for i := 0; i < n; i++ {
 		a.put(b, fmt.Sprintf("dev%03d", i), kinds[i%len(kinds)](i))
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for a.loop.Stats().Connected < n && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if s := a.loop.Stats(); s.Connected < n {
-		b.Fatalf("only %d of %d devices connected: %+v", s.Connected, n, s)
-	}
+	wait.State(b, context.Background(), 30*time.Second, "every device connected", func() (bool, string) {
+		s := a.loop.Stats()
+		return s.Connected >= n, fmt.Sprintf("%d of %d: %+v", s.Connected, n, s)
+	})
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		time.Sleep(5 * time.Second) // five polls of every device

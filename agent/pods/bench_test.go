@@ -34,7 +34,11 @@ func benchOnce(b *testing.B) {
 		b.Fatal(err)
 	}
 	e.run()
-	time.Sleep(500 * time.Millisecond)
+	e.waitFor(time.Minute, "the reconciler's first node status", func() bool {
+		e.rec.mu.Lock()
+		defer e.rec.mu.Unlock()
+		return len(e.rec.ns) > 0
+	})
 	const n = 30
 	var sy wire.Sync
 	for i := range n {

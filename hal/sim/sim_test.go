@@ -137,10 +137,7 @@ func TestGPIOInEdges(t *testing.T) {
 	if w.Wait(10 * time.Millisecond) {
 		t.Fatal("edge without a change")
 	}
-	go func() {
-		time.Sleep(5 * time.Millisecond)
-		s.Pins["GPIO4"].Drive(gpio.Low)
-	}()
+	s.Pins["GPIO4"].Drive(gpio.Low) // held until waited for
 	if !w.Wait(time.Second) {
 		t.Fatal("no falling edge seen")
 	}

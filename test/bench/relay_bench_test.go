@@ -123,14 +123,18 @@ func BenchmarkRelayMemory(b *testing.B) {
 		}
 		connected := time.Since(start)
 		// Wait until every node has been written and the relay is quiet.
-		wait.State(b, ctx, 5*time.Minute, "every node written", func() (bool, string) {
+		wait.State(b, ctx, 5*time.Minute, "every node and its lease written", func() (bool, string) {
 			nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false, err.Error()
 			}
-			return len(nodes.Items) >= n && srv.Connected() == n, fmt.Sprintf("%d connected, %d nodes", srv.Connected(), len(nodes.Items))
+			leases, err := client.CoordinationV1().Leases(corev1.NamespaceNodeLease).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			return len(nodes.Items) >= n && len(leases.Items) >= n && srv.Connected() == n,
+				fmt.Sprintf("%d connected, %d nodes, %d leases", srv.Connected(), len(nodes.Items), len(leases.Items))
 		})
-		time.Sleep(5 * time.Second)
 		after := measure()
 		if p := os.Getenv("OUTPOST_BENCH_HEAPPROFILE"); p != "" {
 			if f, err := os.Create(p); err == nil {

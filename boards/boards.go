@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"slices"
@@ -101,6 +102,11 @@ func Names() []string {
 // ErrUnknownBoard is wrapped by the errors of Lookup and Detect.
 var ErrUnknownBoard = errors.New("unknown board")
 
+// ErrNoDeviceTree is wrapped, with ErrUnknownBoard, by Detect's error for
+// a machine without a device-tree model: a PC or a VM, which runs the
+// simulator unless told otherwise.
+var ErrNoDeviceTree = errors.New("no device-tree model")
+
 // Lookup returns the board registered as name, or an error listing the
 // known ones.
 func Lookup(name string) (*Board, error) {
@@ -120,20 +126,23 @@ var ModelPaths = []string{"proc/device-tree/model", "sys/firmware/devicetree/bas
 // Detect recognises the board from the device-tree model under root (an
 // fs.FS of "/" on a gateway, a fake tree in tests). An unrecognised or
 // missing model is an error wrapping ErrUnknownBoard that says what was
-// read and what to do; the agent logs it and falls back to its configured
-// board.
+// read and what to do (a missing or blank one wraps ErrNoDeviceTree too);
+// the agent logs it and falls back to its configured board.
 func Detect(root fs.FS) (*Board, error) {
 	var model []byte
 	var err error
 	for _, p := range ModelPaths {
-		if model, err = fs.ReadFile(root, p); err == nil {
+		if model, err = readModel(root, p); err == nil {
 			break
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: no device-tree model (%v): not a device-tree board; set the board by name (%s)", ErrUnknownBoard, err, strings.Join(Names(), ", "))
+	m := string(bytes.TrimSpace(bytes.TrimRight(model, "\x00")))
+	if err == nil && m == "" {
+		err = errors.New("the model is blank")
 	}
-	m := string(bytes.TrimRight(bytes.TrimSpace(model), "\x00"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w (%v): not a device-tree board; set the board by name (%s)", ErrUnknownBoard, ErrNoDeviceTree, err, strings.Join(Names(), ", "))
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, name := range slices.Sorted(maps.Keys(boards)) {
@@ -144,4 +153,17 @@ func Detect(root fs.FS) (*Board, error) {
 		}
 	}
 	return nil, fmt.Errorf("%w: device-tree model %q is not one Outpost knows; set the board by name (%s) if its pins match one", ErrUnknownBoard, m, strings.Join(slices.Sorted(maps.Keys(boards)), ", "))
+}
+
+// maxModel bounds the device-tree model read: real ones are a line.
+const maxModel = 256
+
+// readModel reads the model file at p under root, at most maxModel bytes.
+func readModel(root fs.FS, p string) ([]byte, error) {
+	f, err := root.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxModel))
 }

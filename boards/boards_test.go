@@ -41,11 +41,19 @@ func TestDetectUnknown(t *testing.T) {
 	for name, fsys := range map[string]fstest.MapFS{
 		"other model": {"proc/device-tree/model": {Data: []byte("Raspberry Pi Model B Rev 2\x00")}},
 		"no model":    {},
+		"blank model": {"proc/device-tree/model": {Data: []byte("\x00")}},
+		"long model":  {"proc/device-tree/model": {Data: []byte(strings.Repeat("x", 10000))}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := boards.Detect(fsys)
 			if !errors.Is(err, boards.ErrUnknownBoard) || !strings.Contains(err.Error(), "rpi4") {
 				t.Fatalf("got %v, want ErrUnknownBoard listing the boards", err)
+			}
+			if noTree := name == "no model" || name == "blank model"; errors.Is(err, boards.ErrNoDeviceTree) != noTree {
+				t.Errorf("ErrNoDeviceTree %v, want %v", errors.Is(err, boards.ErrNoDeviceTree), noTree)
+			}
+			if len(err.Error()) > 600 {
+				t.Errorf("an unbounded model in the error: %d bytes", len(err.Error()))
 			}
 			t.Log(err)
 		})

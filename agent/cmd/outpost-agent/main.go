@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"reflect"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -35,6 +34,7 @@ import (
 	"outpost.dev/agent/mqtt"
 	_ "outpost.dev/agent/mqtt/condregister" // embedded broker, KubeEdge topics unless tagged out
 	"outpost.dev/agent/nodeinfo"
+	"outpost.dev/agent/nodestatus"
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/pods"
 	"outpost.dev/agent/store"
@@ -280,7 +280,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		root := os.DirFS("/")
 		if b, err := boards.Detect(root); err == nil {
 			cfg.Board = b.Name
-		} else if detectBoard(root) != "sim" {
+		} else if !errors.Is(err, boards.ErrNoDeviceTree) {
 			log.Warn("board not recognised; devices run on the simulator until board is set in the config", "err", err)
 		}
 	}
@@ -333,7 +333,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	var sender *outbox.Sender
 	var logsrv *logs.Server             // kubectl logs; set before the link runs
 	var podRec *pods.Reconciler         // set before the link runs
-	connected := make(chan struct{}, 1) // wakes reportNodeStatus on each connect
+	connected := make(chan struct{}, 1) // wakes the node status reporter on each connect
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
@@ -372,7 +372,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		}
 		return ls
 	}
-	go reportNodeStatus(ctx, ob, readNode, linkStats, connected, log)
+	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Log: log})
 
 	stopTwins, err := startTwins(ctx, cfg, id.NodeName, brd, st, applier, ob, log)
 	if err != nil {
@@ -469,50 +469,6 @@ func startTwins(ctx context.Context, cfg config.Config, node string, board *boar
 
 // gcPercent is the agent's GOGC unless the environment sets one.
 const gcPercent = 25
-
-// nodeStatusEvery is how often the agent looks for changed node facts
-// (addresses, capacity); only a change is reported.
-const nodeStatusEvery = 30 * time.Second
-
-// reportNodeStatus queues a node status report through the outbox when the
-// node's facts or its link figures (outbox depth, bytes, drops) change,
-// checked every nodeStatusEvery, and after every connect, so the node's
-// conditions show the outbox as the link came back. The hello carries
-// the facts on every connect anyway.
-func reportNodeStatus(ctx context.Context, ob *outbox.Outbox, read func() (wire.NodeInfo, error),
-	stats func() *wire.LinkStats, connected <-chan struct{}, log *slog.Logger) {
-	last, _ := read()
-	var lastStats wire.LinkStats
-	t := time.NewTicker(nodeStatusEvery)
-	defer t.Stop()
-	for {
-		force := false
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-connected:
-			force = true
-		}
-		ni, err := read()
-		if err != nil {
-			log.Warn("reading node facts", "err", err)
-			continue
-		}
-		ls := stats()
-		// Times always move; only the figures count as a change.
-		cmp := *ls
-		cmp.At, cmp.LastSync = 0, 0
-		if !force && reflect.DeepEqual(ni, last) && cmp == lastStats {
-			continue
-		}
-		if _, err := ob.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni, Link: ls}); err != nil {
-			log.Error("node status not queued", "err", err)
-			continue
-		}
-		last, lastStats = ni, cmp
-	}
-}
 
 func readSmall(path string) ([]byte, error) {
 	f, err := os.Open(path)

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -101,30 +100,6 @@ func TestVersion(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "outpost-agent dev (") {
 		t.Fatalf("exit %d, stdout %q", code, stdout.String())
-	}
-}
-
-func TestDetectBoard(t *testing.T) {
-	tests := []struct {
-		name  string
-		model string // "" means no device tree
-		want  string
-	}{
-		{"no device tree", "", "sim"},
-		{"raspberry pi", "Raspberry Pi 4 Model B Rev 1.4\x00", "Raspberry Pi 4 Model B Rev 1.4"},
-		{"blank model", "\x00", "sim"},
-		{"long model", strings.Repeat("x", 100), strings.Repeat("x", 64)},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fsys := fstest.MapFS{}
-			if tt.model != "" {
-				fsys["proc/device-tree/model"] = &fstest.MapFile{Data: []byte(tt.model)}
-			}
-			if got := detectBoard(fsys); got != tt.want {
-				t.Errorf("detectBoard = %q, want %q", got, tt.want)
-			}
-		})
 	}
 }
 

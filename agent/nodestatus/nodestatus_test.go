@@ -1,4 +1,4 @@
-package main
+package nodestatus_test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"outpost.dev/agent/nodestatus"
 	"outpost.dev/agent/outbox"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
@@ -37,7 +38,8 @@ func TestNodeStatusOnConnectCarriesLinkStats(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		reportNodeStatus(ctx, ob, func() (wire.NodeInfo, error) { return info, nil }, stats, connected, slog.New(slog.DiscardHandler))
+		nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: func() (wire.NodeInfo, error) { return info, nil }, Stats: stats,
+			Connected: connected, Log: slog.New(slog.DiscardHandler)})
 	}()
 	defer func() { cancel(); <-done }()
 

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"outpost.dev/build/image/gateway"
+	"outpost.dev/boards/images"
 )
 
 // TestBootQEMU builds the qemu-arm64 image, boots it under
@@ -68,7 +68,7 @@ func TestBootQEMU(t *testing.T) {
 }
 
 func qemuArm64Console(t *testing.T) string {
-	b, err := gateway.Lookup("qemu-arm64")
+	b, err := images.Lookup("qemu-arm64")
 	if err != nil {
 		t.Fatal(err)
 	}

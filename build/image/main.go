@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"outpost.dev/agent/join"
+	"outpost.dev/boards/images"
 	"outpost.dev/build/image/gateway"
 )
 
@@ -29,7 +30,7 @@ func main() {
 
 func run(args []string) error {
 	fset := flag.NewFlagSet("image", flag.ContinueOnError)
-	boardName := fset.String("board", "", "board to build for: "+strings.Join(gateway.BoardNames(), ", "))
+	boardName := fset.String("board", "", "board to build for: "+strings.Join(images.Names(), ", "))
 	var c gateway.Config
 	fset.StringVar(&c.Relay, "relay", "", "relay URL written to the first-boot config, https://HOST:PORT")
 	fset.StringVar(&c.Token, "token", "", "bootstrap token the gateway joins with on first boot (outpost-relay token create)")
@@ -47,7 +48,7 @@ func run(args []string) error {
 		return err
 	}
 	var err error
-	if c.Board, err = gateway.Lookup(*boardName); err != nil {
+	if c.Image, err = images.Lookup(*boardName); err != nil {
 		return err
 	}
 	c.RootFree = *freeMiB << 20

@@ -10,7 +10,7 @@
 // The image boots busybox init, which mounts what is needed, starts
 // containerd, then the agent; on first boot the agent joins with the token
 // and the token is deleted. The same commit, Debian packages and epoch
-// give the same bytes.
+// give the same bytes. The boards it builds for are outpost.dev/boards/images.
 package gateway
 
 import (
@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"outpost.dev/boards/images"
 	"outpost.dev/build/cross"
 	"outpost.dev/build/image/apt"
 	"outpost.dev/build/image/disk"
@@ -34,7 +35,7 @@ import (
 
 // Config is one image to build.
 type Config struct {
-	Board                 Board
+	Image                 images.Image
 	Relay, Token, Version string
 	CACertHash            string   // pin of the relay CA, passed to the first-boot join
 	Registries            []string // host:port reached over plain HTTP
@@ -68,7 +69,7 @@ func (o *builder) note(format string, args ...any) {
 // package, reporting each step on standard output.
 func Build(c Config) error {
 	o := &builder{Config: c, start: time.Now(), steps: 11}
-	b := o.Board
+	b := o.Image
 	if o.Suite == "" {
 		o.Suite = b.Suite
 	}
@@ -100,15 +101,15 @@ func Build(c Config) error {
 	// outpost-logger beside the agent writes the containers' logs at 0.7 MB
 	// PSS each; without it the agent would run itself in logger mode.
 	for _, cmd := range []string{"outpost-agent", "outpost-logger"} {
-		o.progress("agent: building %s for %s", cmd, b.Arch)
+		o.progress("agent: building %s for %s", cmd, tg.Name())
 		out := filepath.Join(rootDir, "usr/bin", cmd)
 		if err := cross.Build(context.Background(), tg, out, cross.Options{ModuleRoot: root, Version: o.Version, Package: "./agent/cmd/" + cmd}); err != nil {
 			return err
 		}
 	}
 
-	o.progress("debian: package lists for %s %s (private apt state in %s)", o.Suite, b.DebArch, o.Cache)
-	a, err := apt.New(o.Cache, o.Mirror, o.SecurityMirror, o.Suite, b.DebArch, o.note)
+	o.progress("debian: package lists for %s %s (private apt state in %s)", o.Suite, b.Arch, o.Cache)
+	a, err := apt.New(o.Cache, o.Mirror, o.SecurityMirror, o.Suite, b.Arch, o.note)
 	if err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func Build(c Config) error {
 	}
 	// The kernel package's own dependencies (initramfs-tools, kmod, ...)
 	// would run on a full Debian; this image has its own initramfs.
-	kernelPkg, err := a.DependsOn("linux-image-"+b.DebArch, "linux-image-")
+	kernelPkg, err := a.DependsOn("linux-image-"+b.Arch, "linux-image-")
 	if err != nil {
 		return err
 	}
@@ -266,14 +267,14 @@ func Build(c Config) error {
 // package with its version.
 func (o *builder) manifest(kver, img string, size int64, sum [32]byte, debs map[string]string) string {
 	var man strings.Builder
-	fmt.Fprintf(&man, "board %s\nagent %s\nkernel %s\nimage %s %d sha256:%x\nsource-date-epoch %d\n", o.Board.Name, versionOr(o.Version), kver, filepath.Base(img), size, sum, o.Epoch.Unix())
+	fmt.Fprintf(&man, "board %s\nagent %s\nkernel %s\nimage %s %d sha256:%x\nsource-date-epoch %d\n", o.Image.Name, versionOr(o.Version), kver, filepath.Base(img), size, sum, o.Epoch.Unix())
 	var names []string
 	for k := range debs {
 		names = append(names, k)
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(&man, "debian %s %s %s\n", n, debs[n], o.Board.DebArch)
+		fmt.Fprintf(&man, "debian %s %s %s\n", n, debs[n], o.Image.Arch)
 	}
 	return man.String()
 }
@@ -281,7 +282,7 @@ func (o *builder) manifest(kver, img string, size int64, sum [32]byte, debs map[
 // sum derives repeatable identifiers (UUIDs, serials) from the board,
 // the version and the time.
 func (o *builder) sum(what string) [32]byte {
-	return sha256.Sum256([]byte(fmt.Sprintf("outpost %s %s %s %d", what, o.Board.Name, o.Version, o.Epoch.Unix())))
+	return sha256.Sum256([]byte(fmt.Sprintf("outpost %s %s %s %d", what, o.Image.Name, o.Version, o.Epoch.Unix())))
 }
 
 func versionOr(v string) string {

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	agentboards "outpost.dev/boards"
+	"outpost.dev/boards/images"
 )
 
 func TestMissingToolNamesPackage(t *testing.T) {
@@ -15,29 +15,14 @@ func TestMissingToolNamesPackage(t *testing.T) {
 	}
 }
 
-// TestAgentBoards: the board each image writes into the first-boot config
-// must be one the agent knows, or outpost-agent run exits at start.
-func TestAgentBoards(t *testing.T) {
-	for _, name := range BoardNames() {
-		b := boards[name]
-		ab := b.AgentBoard
-		if ab == "" {
-			ab = b.Name
-		}
-		if _, err := agentboards.Lookup(ab); err != nil {
-			t.Errorf("image board %s writes board: %s, which the agent does not know: %v", name, ab, err)
-		}
-	}
-}
-
 // TestAgentConfig: the first-boot config names the relay, the agent's
 // board (sim for a QEMU image) and the plain-HTTP registries.
 func TestAgentConfig(t *testing.T) {
-	b, err := Lookup("qemu-arm64")
+	b, err := images.Lookup("qemu-arm64")
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &builder{Config: Config{Board: b, Relay: "https://10.0.2.2:8443", Registries: []string{"10.0.2.2:5000"}}}
+	o := &builder{Config: Config{Image: b, Relay: "https://10.0.2.2:8443", Registries: []string{"10.0.2.2:5000"}}}
 	want := "# First-boot configuration written by make image; see /etc/outpost/agent.yaml's fields in agent/README.md.\n" +
 		"server: https://10.0.2.2:8443\nboard: sim\ncontainerd:\n  registries:\n    \"10.0.2.2:5000\": {plainHTTP: true}\n"
 	if got := o.agentConfig(); got != want {

@@ -31,19 +31,19 @@ func (o *builder) kernelFiles(kdir, kver, root string) ([]byte, int, error) {
 	}
 	builtinData, _ := os.ReadFile(filepath.Join(mdir, "modules.builtin"))
 	builtin := kmod.ReadBuiltin(builtinData)
-	boot, err := ms.Closure(o.Board.RootModules, builtin)
+	boot, err := ms.Closure(o.Image.RootModules, builtin)
 	if err != nil {
 		return nil, 0, err
 	}
 	var present []string
-	for _, m := range o.Board.RunModules {
+	for _, m := range o.Image.RunModules {
 		if ms.Lookup(m) != nil {
 			present = append(present, m)
 		} else if !builtin[kmod.Canon(m)] {
 			o.note("kernel %s has no module %s: left out", kver, m)
 		}
 	}
-	all, err := ms.Closure(append(append([]string{}, o.Board.RootModules...), present...), builtin)
+	all, err := ms.Closure(append(append([]string{}, o.Image.RootModules...), present...), builtin)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -63,7 +63,7 @@ func (o *builder) kernelFiles(kdir, kver, root string) ([]byte, int, error) {
 	if err := os.WriteFile(filepath.Join(dst, "modules.dep"), []byte(ms.ModulesDep(all)), 0o644); err != nil {
 		return nil, 0, err
 	}
-	if err := os.WriteFile(filepath.Join(root, "etc/modules"), []byte(strings.Join(append(append([]string{}, o.Board.RootModules...), present...), "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "etc/modules"), []byte(strings.Join(append(append([]string{}, o.Image.RootModules...), present...), "\n")+"\n"), 0o644); err != nil {
 		return nil, 0, err
 	}
 
@@ -126,7 +126,7 @@ func (o *builder) bootFiles(kdir, kver, fwdir string, initrd []byte, dir string)
 	if err := os.WriteFile(filepath.Join(dir, "initrd.img"), initrd, 0o644); err != nil {
 		return err
 	}
-	if !o.Board.Firmware {
+	if !o.Image.Firmware {
 		return nil
 	}
 	for _, f := range []string{"start4.elf", "fixup4.dat", "bootcode.bin"} {
@@ -134,7 +134,7 @@ func (o *builder) bootFiles(kdir, kver, fwdir string, initrd []byte, dir string)
 			return err
 		}
 	}
-	for _, d := range o.Board.DTBs {
+	for _, d := range o.Image.DTBs {
 		if err := copyFile(filepath.Join(kdir, "usr/lib/linux-image-"+kver, d), filepath.Join(dir, filepath.Base(d)), 0o644); err != nil {
 			return err
 		}
@@ -146,6 +146,6 @@ func (o *builder) bootFiles(kdir, kver, fwdir string, initrd []byte, dir string)
 	if err := os.WriteFile(filepath.Join(dir, "config.txt"), cfg, 0o644); err != nil {
 		return err
 	}
-	cmdline := o.Board.Console + " root=LABEL=outpost-root rootwait cgroup_enable=memory\n"
+	cmdline := o.Image.Console + " root=LABEL=outpost-root rootwait cgroup_enable=memory\n"
 	return os.WriteFile(filepath.Join(dir, "cmdline.txt"), []byte(cmdline), 0o644)
 }

@@ -118,11 +118,7 @@ func (o *builder) agentConfig() string {
 	} else {
 		cfg += "# No relay URL was given to make image: set server here.\n#server: https://relay.example.com:8443\n"
 	}
-	agentBoard := o.Board.AgentBoard
-	if agentBoard == "" {
-		agentBoard = o.Board.Name
-	}
-	cfg += "board: " + agentBoard + "\n"
+	cfg += "board: " + o.Image.Board + "\n"
 	if len(o.Registries) > 0 {
 		cfg += "containerd:\n  registries:\n"
 		for _, r := range o.Registries {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"outpost.dev/boards/images"
 )
 
 // TestBootQEMU builds the qemu-arm64 image, boots it under
@@ -35,7 +37,7 @@ func TestBootQEMU(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu, "-M", "virt", "-cpu", "cortex-a72", "-m", "512", "-smp", "2", "-nographic", "-no-reboot",
-		"-kernel", base+".vmlinuz", "-initrd", base+".initrd", "-append", boards["qemu-arm64"].console+" root=LABEL=outpost-root",
+		"-kernel", base+".vmlinuz", "-initrd", base+".initrd", "-append", qemuArm64Console(t)+" root=LABEL=outpost-root",
 		"-drive", "file="+base+".img,format=raw,if=virtio",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
 	stdout, err := cmd.StdoutPipe()
@@ -63,4 +65,12 @@ func TestBootQEMU(t *testing.T) {
 	if len(want) > 0 {
 		t.Fatalf("the console never showed %q; it showed:\n%s", want[0], strings.Join(console, "\n"))
 	}
+}
+
+func qemuArm64Console(t *testing.T) string {
+	b, err := images.Lookup("qemu-arm64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Console
 }

@@ -1,4 +1,10 @@
-package main
+// Package apt fetches Debian packages of a foreign architecture into a
+// cache: apt-get and apt-cache run against a private configuration and
+// state under the cache directory, so nothing changes on this machine (no
+// root, no "dpkg --add-architecture") and nothing from the packages is
+// installed or run. It resolves names to versions (Depends and
+// Pre-Depends), finds a meta package's kernel, and downloads .debs once.
+package apt
 
 import (
 	"bytes"
@@ -10,18 +16,19 @@ import (
 	"strings"
 )
 
-// apt fetches Debian packages of a foreign architecture with apt-get run
-// against a private configuration and state under the cache directory: no
-// root, no "dpkg --add-architecture", nothing changed on this machine, and
-// nothing installed or run from the packages (dpkg-deb -x only).
-type apt struct {
+// Archive is one Debian suite and architecture with its private apt state.
+type Archive struct {
 	dir    string // state, lists and downloaded .debs, per suite and arch
 	arch   string
 	config string
 	log    func(format string, args ...any)
 }
 
-func newApt(cache, mirror, securityMirror, suite, arch string, log func(string, ...any)) (*apt, error) {
+// New writes the private apt configuration for suite and arch (Debian's
+// names: bookworm, arm64) under cache/apt/SUITE-ARCH, with the suite's
+// -updates and, unless securityMirror is empty, -security lists; main and
+// non-free-firmware. log receives warnings and what is downloaded.
+func New(cache, mirror, securityMirror, suite, arch string, log func(format string, args ...any)) (*Archive, error) {
 	dir := filepath.Join(cache, "apt", suite+"-"+arch)
 	for _, d := range []string{"lists/partial", "archives/partial", "etc/sources.list.d", "etc/preferences.d", "debs"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -67,10 +74,13 @@ Acquire::Languages "none";
 	if err := os.WriteFile(filepath.Join(dir, "apt.conf"), []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	return &apt{dir: dir, arch: arch, config: filepath.Join(dir, "apt.conf"), log: log}, nil
+	return &Archive{dir: dir, arch: arch, config: filepath.Join(dir, "apt.conf"), log: log}, nil
 }
 
-func (a *apt) cmd(dir string, name string, args ...string) ([]byte, error) {
+// Dir is where the state, lists and downloaded .debs are kept.
+func (a *Archive) Dir() string { return a.dir }
+
+func (a *Archive) cmd(dir string, name string, args ...string) ([]byte, error) {
 	if _, err := exec.LookPath(name); err != nil {
 		return nil, fmt.Errorf("%s is missing: install Debian's apt package", name)
 	}
@@ -86,11 +96,11 @@ func (a *apt) cmd(dir string, name string, args ...string) ([]byte, error) {
 	return out, nil
 }
 
-// update refreshes the package lists (about 13 MB for arm64). A suite's
+// Update refreshes the package lists (about 13 MB for arm64). A suite's
 // -updates or -security list that fails to fetch (a mirror caught mid-sync
 // serves a Packages file that does not match its Release) is a warning:
 // the release's own packages still resolve. Any other failure is an error.
-func (a *apt) update() error {
+func (a *Archive) Update() error {
 	_, err := a.cmd(a.dir, "apt-get", "-q", "update")
 	if err == nil {
 		return nil
@@ -115,9 +125,9 @@ func (a *apt) update() error {
 	return nil
 }
 
-// resolve returns the packages and versions that names need, following
+// Resolve returns the packages and versions that names need, following
 // Depends and Pre-Depends; noDeps names are taken alone.
-func (a *apt) resolve(names, noDeps []string) (map[string]string, error) {
+func (a *Archive) Resolve(names, noDeps []string) (map[string]string, error) {
 	set := map[string]bool{}
 	if len(names) > 0 {
 		out, err := a.cmd(a.dir, "apt-cache", append([]string{"depends", "--recurse", "--no-recommends", "--no-suggests",
@@ -152,9 +162,9 @@ func (a *apt) resolve(names, noDeps []string) (map[string]string, error) {
 	return pkgs, nil
 }
 
-// download fetches each package=version into the cache unless it is
+// Download fetches each package=version into the cache unless it is
 // there already, and returns the .deb paths, sorted.
-func (a *apt) download(pkgs map[string]string) ([]string, error) {
+func (a *Archive) Download(pkgs map[string]string) ([]string, error) {
 	debs := filepath.Join(a.dir, "debs")
 	var want []string
 	var paths []string
@@ -178,8 +188,24 @@ func (a *apt) download(pkgs map[string]string) ([]string, error) {
 		if _, err := a.cmd(debs, "apt-get", append([]string{"-q", "download"}, want...)...); err != nil {
 			return nil, err
 		}
-		return a.download(pkgs)
+		return a.Download(pkgs)
 	}
 	sort.Strings(paths)
 	return paths, nil
+}
+
+// DependsOn returns the package meta depends on whose name starts with
+// prefix: linux-image-arm64 → linux-image-6.1.0-50-arm64.
+func (a *Archive) DependsOn(meta, prefix string) (string, error) {
+	out, err := a.cmd(a.dir, "apt-cache", "depends", meta)
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && f[0] == "Depends:" && strings.HasPrefix(f[1], prefix) {
+			return f[1], nil
+		}
+	}
+	return "", fmt.Errorf("%s depends on no %s* package:\n%s", meta, prefix, out)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
@@ -218,4 +220,22 @@ func TestExpiredCertificateOnlyRotates(t *testing.T) {
 		}
 		t.Fatalf("revoked expired certificate: %v", err)
 	}
+}
+
+// A node certificate validity under the minimum is refused at start: the
+// certificates would be due for renewal the moment they are issued.
+func TestNodeCertValidityMinimum(t *testing.T) {
+	ca, err := pki.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset()
+	for _, v := range []time.Duration{time.Second, relay.MinNodeCertValidity - time.Second} {
+		_, err := relay.New(relay.Config{Client: client, AsNode: asnode.Same{C: client}, CA: ca, NodeCertValidity: v,
+			Log: slog.New(slog.DiscardHandler)})
+		if err == nil || !strings.Contains(err.Error(), "raise --node-cert-validity") {
+			t.Errorf("validity %s: %v", v, err)
+		}
+	}
+	newTestRelay(t, func(cfg *relay.Config) { cfg.NodeCertValidity = relay.MinNodeCertValidity })
 }

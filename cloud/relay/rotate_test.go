@@ -25,6 +25,7 @@ import (
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/internal/mint"
 	"outpost.dev/wire"
 )
 
@@ -137,22 +138,16 @@ func TestRotationOnLink(t *testing.T) {
 // expiredCert is name's certificate that expired ago, recorded as accepted.
 func (tr *testRelay) expiredCert(t *testing.T, name string, ago time.Duration) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	end := time.Now().Add(-ago)
-	tmpl := &x509.Certificate{
-		SerialNumber: x509SerialOne(), Subject: pkix.Name{CommonName: name, Organization: []string{"outpost:nodes"}},
-		NotBefore: end.Add(-time.Hour), NotAfter: end,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tr.ca.Cert, key.Public(), tr.ca.Key)
+	pair, err := mint.NewPair(mint.Spec{CommonName: name, Organizations: []string{pki.NodesGroup}, Client: true,
+		NotBefore: end.Add(-time.Hour), NotAfter: end}, tr.ca.Cert, tr.ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	if err := identity.New(tr.client, relay.DefaultNamespace).Issue(context.Background(), name, identity.Serial(cert), "", true); err != nil {
+	if err := identity.New(tr.client, relay.DefaultNamespace).Issue(context.Background(), name, identity.Serial(pair.Leaf), "", true); err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}
+	return pair
 }
 
 // A certificate expired within the grace connects only to rotate: the

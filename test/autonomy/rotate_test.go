@@ -14,7 +14,7 @@ import (
 
 // TestCertificateRotatesUnderRunningPods runs pods on an agent whose relay
 // issues two-minute node certificates, so the agent renews its
-// certificate on the link every few seconds: across two renewals (the
+// certificate on the link about every 15 s: across two renewals (the
 // node's identity record accepts each new serial alone once the agent
 // connected with it) no container restarts. The API's restartCount and
 // container ID stay, containerd runs the same task with the same process

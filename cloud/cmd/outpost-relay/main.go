@@ -125,7 +125,7 @@ func serve(args []string, stderr io.Writer) error {
 		keyFile      = fs.String("tls-key-file", "", "serving key (PEM), with --tls-cert-file")
 		heartbeat    = fs.Duration("heartbeat-interval", relay.DefaultHeartbeatInterval, "agent heartbeat interval, sent to agents; a connection silent for 3 intervals is closed")
 		leaseDur     = fs.Duration("lease-duration", relay.DefaultLeaseDuration, "node Lease duration; renewed every quarter of it")
-		certValidity = fs.Duration("node-cert-validity", relay.DefaultNodeCertValidity, "lifetime of node certificates, issued at join and renewed by agents on their link past 3/4 of it")
+		certValidity = fs.Duration("node-cert-validity", relay.DefaultNodeCertValidity, "lifetime of node certificates (at least 2m), issued at join and renewed by agents on their link past 3/4 of it")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
 		qps          = fs.Float64("kube-api-qps", 200, "API server requests per second (every connected node renews its Lease every lease-duration/4)")
 		burst        = fs.Int("kube-api-burst", 400, "API server request burst")

@@ -127,6 +127,7 @@ type Link struct {
 	helloTimeout, dialTimeout, writeTimeout time.Duration
 	backoffMin, backoffMax, stableAfter     time.Duration
 	heartbeatUnit                           time.Duration
+	retryRotation, renewRecheck             time.Duration
 }
 
 // New returns a Link for cfg. Nothing happens until Run.
@@ -153,6 +154,8 @@ func New(cfg Config) *Link {
 		backoffMax:    backoffMax,
 		stableAfter:   stableAfter,
 		heartbeatUnit: time.Second,
+		retryRotation: retryRotation,
+		renewRecheck:  renewRecheck,
 	}
 }
 
@@ -466,7 +469,10 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 		return nil
 	}
 	// The renewal check runs at once (a certificate expired within the
-	// grace connects only for it) and then with each heartbeat.
+	// grace connects only for it) and then with each heartbeat, or every
+	// renewRecheck if that is sooner: it reads the wall clock each time,
+	// so a clock that jumped past the due time is noticed within one
+	// period.
 	renew := func() error {
 		if b := l.certRequest(); b != nil {
 			return write(b)
@@ -475,6 +481,12 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 	}
 	if err := renew(); err != nil {
 		return err
+	}
+	var recheck <-chan time.Time
+	if l.cfg.Rotation != nil && l.renewRecheck < interval {
+		rt := time.NewTicker(l.renewRecheck)
+		defer rt.Stop()
+		recheck = rt.C
 	}
 	for {
 		select {
@@ -487,6 +499,10 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 			if err := write(hb); err != nil {
 				return err
 			}
+			if err := renew(); err != nil {
+				return err
+			}
+		case <-recheck:
 			if err := renew(); err != nil {
 				return err
 			}

@@ -35,6 +35,7 @@ type event struct {
 	cn    string
 	leaf  *x509.Certificate // the client certificate of the connection
 	close websocket.StatusCode
+	at    time.Time // when the relay saw it
 }
 
 // relay is a protocol-level peer: it accepts the agent's WebSocket over
@@ -90,6 +91,7 @@ func newRelay(t *testing.T, ca *testpki.CA, script func(p *peer)) *relay {
 }
 
 func (r *relay) emit(e event) {
+	e.at = time.Now()
 	select {
 	case r.events <- e:
 	default: // a test that stopped listening must not wedge the relay
@@ -205,6 +207,13 @@ type agent struct {
 // timing: a heartbeat "second" is 20ms, backoff 5-50ms.
 func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config)) *agent {
 	t.Helper()
+	return startTunedAgent(t, srvURL, ca, certCA, notAfter, mod, nil)
+}
+
+// startTunedAgent is startAgent with tune, if set, changing the link's
+// timing before it runs.
+func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config), tune func(l *Link)) *agent {
+	t.Helper()
 	key, cert := certCA.NodeIdentity(t, "gw-1", notAfter)
 	lb := &logBuf{}
 	cfg := Config{
@@ -225,6 +234,9 @@ func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA,
 	l.heartbeatUnit = 20 * time.Millisecond
 	l.backoffMin, l.backoffMax = 5*time.Millisecond, 50*time.Millisecond
 	l.helloTimeout = 2 * time.Second
+	if tune != nil {
+		tune(l)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- l.Run(ctx) }()

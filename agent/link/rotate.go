@@ -23,6 +23,9 @@ import (
 // new one fails, until a connection with the new one got its hello-ack
 // (Connected). A certificate expired less than wire.CertGrace ago still
 // dials, for the relay to renew it; one expired longer needs a re-join.
+// A renewed certificate already due when it arrives (too short for At, or
+// a clock ahead of the relay's) is renewed at most every 10 minutes, not
+// on every connection.
 type Rotation struct {
 	// At is the share of the certificate's lifetime, in percent, after
 	// which a new one is asked for; 0 means DefaultRotateAt.
@@ -41,9 +44,21 @@ type Rotation struct {
 // renewed after 22.5 days, leaving a week for a link that is down.
 const DefaultRotateAt = 75
 
-// retryRotation is how long the link waits for a cert-issued before it
-// asks again (the relay refused, or is one that does not rotate).
-const retryRotation = 10 * time.Minute
+// Rotation timing. The wall clock (Rotation.Now) says when a certificate
+// is due; it may jump either way (NTP, a board without a real-time clock
+// setting it late), so the link looks at it again at least every
+// renewRecheck rather than arming a timer for the due time once. How long
+// a cert-request has been waiting is elapsed time, on the monotonic clock:
+// a jump neither re-sends one in flight nor defers a retry.
+const (
+	// retryRotation is how long the link waits after a cert-request
+	// before it asks again on the same connection (no answer, the relay
+	// refused, or its answer was not usable).
+	retryRotation = 10 * time.Minute
+	// renewRecheck bounds the time between renewal checks on a
+	// connection whose heartbeat interval is longer.
+	renewRecheck = time.Minute
+)
 
 // errRotated ends a connection after the renewed pair was saved, so the
 // next one uses it at once.
@@ -66,9 +81,17 @@ type identity struct {
 	// skipNext makes the next dial use cur after one with next failed;
 	// the pairs take turns until next connects.
 	skipNext bool
-	// pending is the key of the cert-request in flight, asked at asked.
+	// pending is the key of the cert-request in flight; asked is when
+	// this connection last sent one (time.Now, for its monotonic
+	// reading), answered or not: the next waits retryRotation.
 	pending *ecdsa.PrivateKey
 	asked   time.Time
+	// nextDue says next was due for renewal when it arrived (the relay
+	// issues certificates too short for At, or this clock is ahead of
+	// the relay's). Such a pair, once in use since dueSince (time.Now),
+	// is renewed at most every retryRotation, not on every connection.
+	nextDue  bool
+	dueSince time.Time
 }
 
 func (l *Link) now() time.Time {
@@ -82,7 +105,7 @@ func (l *Link) now() time.Time {
 func (l *Link) pick() (pair *tls.Certificate, isNext bool) {
 	l.idMu.Lock()
 	defer l.idMu.Unlock()
-	l.id.pending = nil // a request is per connection
+	l.id.pending, l.id.asked = nil, time.Time{} // a request is per connection
 	if l.id.next != nil && !l.id.skipNext {
 		return l.id.next, true
 	}
@@ -102,6 +125,10 @@ func (l *Link) connectedWith(isNext, ok bool) {
 		return
 	}
 	l.id.cur, l.id.next = l.id.next, nil
+	l.id.dueSince = time.Time{}
+	if l.id.nextDue {
+		l.id.dueSince = time.Now()
+	}
 	notAfter := l.id.cur.Leaf.NotAfter
 	l.idMu.Unlock()
 	l.log.Info("connected with the renewed node certificate", "not_after", notAfter.UTC().Format(time.RFC3339))
@@ -121,7 +148,8 @@ func (l *Link) certRequest() []byte {
 	l.idMu.Lock()
 	defer l.idMu.Unlock()
 	leaf := l.id.cur.Leaf
-	if l.id.next != nil || (l.id.pending != nil && now.Sub(l.id.asked) < retryRotation) ||
+	if l.id.next != nil || (!l.id.asked.IsZero() && time.Since(l.id.asked) < l.retryRotation) ||
+		(!l.id.dueSince.IsZero() && time.Since(l.id.dueSince) < l.retryRotation) ||
 		!RotationDue(leaf.NotBefore, leaf.NotAfter, now, r.At) {
 		return nil
 	}
@@ -140,7 +168,7 @@ func (l *Link) certRequest() []byte {
 		l.log.Error("cannot encode the cert-request", "err", err)
 		return nil
 	}
-	l.id.pending, l.id.asked = key, now
+	l.id.pending, l.id.asked = key, time.Now()
 	l.log.Info("renewing the node certificate", "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
 	return b
 }
@@ -174,6 +202,12 @@ func (l *Link) certIssued(f wire.Frame) error {
 	}
 	l.id.next = &tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
 	l.id.skipNext = false
+	l.id.nextDue = RotationDue(cert.NotBefore, cert.NotAfter, l.now(), l.cfg.Rotation.At)
+	if l.id.nextDue {
+		l.log.Warn("the renewed node certificate is due for renewal already; it is renewed at most every "+l.retryRotation.String(),
+			"not_before", cert.NotBefore.UTC().Format(time.RFC3339), "not_after", cert.NotAfter.UTC().Format(time.RFC3339),
+			"fix", "raise the relay's --node-cert-validity or this agent's certRotateAt, or check this gateway's clock (NTP)")
+	}
 	return nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"outpost.dev/agent/internal/testpki"
 	"outpost.dev/wire"
 )
@@ -38,10 +40,11 @@ func TestRotationDue(t *testing.T) {
 	}
 }
 
-// fakeClock is the clock a Rotation decides with.
-type fakeClock struct{ ns atomic.Int64 }
+// fakeClock is the clock a Rotation decides with; reads counts its
+// readings.
+type fakeClock struct{ ns, reads atomic.Int64 }
 
-func (c *fakeClock) now() time.Time       { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) now() time.Time       { c.reads.Add(1); return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) set(t time.Time)      { c.ns.Store(t.UnixNano()) }
 func newFakeClock(t time.Time) *fakeClock { c := &fakeClock{}; c.set(t); return c }
 
@@ -55,6 +58,24 @@ type stored struct {
 // renewingRelay answers hello and heartbeats, and signs cert-requests
 // with ca as sign says; sign nil signs for gw-1 for three hours.
 func renewingRelay(t *testing.T, ca *testpki.CA, sign func(csrPEM []byte) []byte) *relay {
+	return rotatingRelay(t, ca, 2, sign, nil)
+}
+
+// reply is what rotatingRelay does with a cert-request.
+type reply int
+
+const (
+	replySign   reply = iota // answer with a certificate
+	replyIgnore              // never answer
+	replyClose               // drop the connection
+)
+
+// rotatingRelay is renewingRelay with a heartbeat of hb units, doing with
+// each cert-request on connection n what replyOn(n) says (nil: sign).
+func rotatingRelay(t *testing.T, ca *testpki.CA, hb uint32, sign func(csrPEM []byte) []byte, replyOn func(conn int) reply) *relay {
+	if replyOn == nil {
+		replyOn = func(int) reply { return replySign }
+	}
 	if sign == nil {
 		sign = func(csrPEM []byte) []byte {
 			b, err := ca.Sign(t, csrPEM, "system:node:gw-1", time.Now().Add(-time.Minute), time.Now().Add(3*time.Hour))
@@ -67,7 +88,7 @@ func renewingRelay(t *testing.T, ca *testpki.CA, sign func(csrPEM []byte) []byte
 	}
 	var r *relay
 	r = newRelay(t, ca, func(p *peer) {
-		p.ack(2)
+		p.ack(hb)
 		for {
 			f, err := p.read()
 			if err != nil {
@@ -85,6 +106,13 @@ func renewingRelay(t *testing.T, ca *testpki.CA, sign func(csrPEM []byte) []byte
 					return
 				}
 				p.r.emit(event{conn: p.n, what: "cert-request"})
+				switch replyOn(p.n) {
+				case replyIgnore:
+					continue
+				case replyClose:
+					p.c.Close(websocket.StatusGoingAway, "relay going away")
+					continue // the read fails: "closed"
+				}
 				p.send(wire.TypeCertIssued, 0, &wire.CertIssued{Certificate: sign(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: req.CSR}))})
 			}
 		}
@@ -197,7 +225,12 @@ func TestRotationRefusesBadCertificates(t *testing.T) {
 			eventually(t, "the refusal logged", func() bool {
 				return strings.Contains(a.log.String(), "renewed node certificate not used") && strings.Contains(a.log.String(), tt.want)
 			})
-			r.waitFor(t, 1, "heartbeat") // the link carries on
+			// The link carries on, without asking again at once.
+			for range 3 {
+				if e := r.waitForAny(t, 1, "heartbeat", "cert-request"); e.what != "heartbeat" {
+					t.Fatal("asked again right after a refused answer")
+				}
+			}
 			st.mu.Lock()
 			defer st.mu.Unlock()
 			if st.cert != nil || r.conns.Load() != 1 {
@@ -225,5 +258,192 @@ func TestExpiredCertificateRenews(t *testing.T) {
 	eventually(t, "a re-join line", func() bool { return strings.Contains(a.log.String(), "this node must re-join") })
 	if !strings.Contains(a.log.String(), "longer than the 2160h0m0s the relay still renews one") || r2.conns.Load() != 0 {
 		t.Fatalf("past the grace: %d connections, log:\n%s", r2.conns.Load(), a.log.String())
+	}
+}
+
+// The wall clock jumping past the renewal point is noticed within
+// renewRecheck even on a link whose heartbeats are far apart: renewal is
+// not a timer armed once for the due time.
+func TestRotationAfterForwardClockJump(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := rotatingRelay(t, ca, 3600, nil, nil) // heartbeats 72 s apart
+	start := time.Now()
+	clock := newFakeClock(start)
+	st := &stored{}
+	startTunedAgent(t, r.srv.URL, ca, ca, start.Add(time.Hour), rotation(clock, st),
+		func(l *Link) { l.renewRecheck = 20 * time.Millisecond })
+	first := r.waitFor(t, 1, "hello")
+	// Read before the dial and by the check as the connection is up.
+	eventually(t, "the renewal check on connecting", func() bool { return clock.reads.Load() >= 2 })
+	clock.set(start.Add(17 * time.Minute)) // past 75 % of 3h1m
+	if e := r.waitForAny(t, 1, "heartbeat", "cert-request"); e.what != "cert-request" {
+		t.Fatalf("%s before a cert-request after the clock jumped past the renewal point", e.what)
+	}
+	second := r.waitFor(t, 2, "hello")
+	if second.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) == 0 {
+		t.Fatal("reconnected with the old certificate")
+	}
+}
+
+// The clock jumping past the certificate's end (within the grace) on a
+// live link: the link asks at once; when that connection is lost before
+// the answer, the next one dials with the expired certificate, asks as
+// soon as it is up and reconnects with the renewed one.
+func TestRotationAfterClockJumpPastExpiry(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := rotatingRelay(t, ca, 2, nil, func(conn int) reply {
+		if conn == 1 {
+			return replyClose
+		}
+		return replySign
+	})
+	start := time.Now()
+	clock := newFakeClock(start)
+	st := &stored{}
+	startAgent(t, r.srv.URL, ca, ca, start.Add(time.Hour), rotation(clock, st))
+	first := r.waitFor(t, 1, "hello")
+	for range 3 {
+		if e := r.waitForAny(t, 1, "heartbeat", "cert-request"); e.what != "heartbeat" {
+			t.Fatal("cert-request before the clock jumped")
+		}
+	}
+	clock.set(start.Add(2 * time.Hour)) // expired an hour ago
+	r.waitFor(t, 1, "cert-request")
+	r.waitFor(t, 1, "closed")
+	second := r.waitFor(t, 2, "hello")
+	if second.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) != 0 {
+		t.Fatal("the second connection did not present the expired certificate")
+	}
+	if e := r.waitForAny(t, 2, "heartbeat", "cert-request"); e.what != "cert-request" {
+		t.Fatal("connected with an expired certificate and sent a heartbeat before asking to renew it")
+	}
+	third := r.waitFor(t, 3, "hello")
+	if third.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) == 0 || !third.leaf.NotAfter.After(clock.now()) {
+		t.Fatalf("third connection presented %s until %s", third.leaf.SerialNumber, third.leaf.NotAfter)
+	}
+	eventually(t, "the renewed pair reported connected", func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.connected == 1
+	})
+}
+
+// The clock jumping back (before the certificate's start) neither renews
+// nor reconnects, with the old certificate or a renewed one; jumping
+// forward again past the renewal point renews promptly: nothing stale was
+// kept from the jump back.
+func TestRotationAfterBackwardClockJump(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := renewingRelay(t, ca, nil)
+	start := time.Now()
+	clock := newFakeClock(start)
+	st := &stored{}
+	a := startAgent(t, r.srv.URL, ca, ca, start.Add(time.Hour), rotation(clock, st))
+	first := r.waitFor(t, 1, "hello")
+	clock.set(start.Add(-30 * 24 * time.Hour))
+	for range 3 {
+		if e := r.waitForAny(t, 1, "heartbeat", "cert-request"); e.what != "heartbeat" {
+			t.Fatal("cert-request after the clock went back")
+		}
+	}
+	clock.set(start.Add(17 * time.Minute))
+	if e := r.waitForAny(t, 1, "heartbeat", "cert-request"); e.what != "cert-request" {
+		// One heartbeat may already be on its way; the next check asks.
+		r.waitForAny(t, 1, "cert-request")
+	}
+	second := r.waitFor(t, 2, "hello")
+	if second.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) == 0 {
+		t.Fatal("reconnected with the old certificate")
+	}
+	clock.set(start.Add(-30 * 24 * time.Hour)) // before the renewed one's start too
+	for range 3 {
+		if e := r.waitForAny(t, 2, "heartbeat", "cert-request"); e.what != "heartbeat" {
+			t.Fatal("cert-request for the renewed certificate after the clock went back")
+		}
+	}
+	if n := r.conns.Load(); n != 2 || !a.link.Connected() {
+		t.Fatalf("%d connections, connected %v: the link reconnected after the clock went back", n, a.link.Connected())
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.connected != 1 {
+		t.Fatalf("renewed pair reported connected %d times", st.connected)
+	}
+}
+
+// A cert-request in flight is asked again only after retryRotation of
+// elapsed time, whatever the wall clock does: a jump forward does not
+// send a second one at once, a jump back to before the first does not
+// put the retry off until the clock catches up.
+func TestRotationRetryIgnoresClockJumps(t *testing.T) {
+	const retry = time.Second
+	ca := testpki.NewCA(t, "relay-ca")
+	var asked atomic.Int32
+	// Heartbeats 200 ms apart: the test lasts a few seconds, and a loaded
+	// machine must not make the link look dead meanwhile.
+	r := rotatingRelay(t, ca, 10, nil, func(int) reply {
+		if asked.Add(1) <= 2 {
+			return replyIgnore
+		}
+		return replySign
+	})
+	start := time.Now()
+	// The certificate ended at start+1h: due all along, within the grace.
+	clock := newFakeClock(start.Add(5 * time.Hour))
+	st := &stored{}
+	startTunedAgent(t, r.srv.URL, ca, ca, start.Add(time.Hour), rotation(clock, st),
+		func(l *Link) { l.retryRotation = retry })
+	first := r.waitFor(t, 1, "hello")
+	q1 := r.waitFor(t, 1, "cert-request")
+	clock.set(start.Add(29 * time.Hour))
+	q2 := r.waitFor(t, 1, "cert-request")
+	if gap := q2.at.Sub(q1.at); gap < retry/2 {
+		t.Fatalf("asked again %s after the clock jumped forward; the retry is %s", gap, retry)
+	}
+	clock.set(start.Add(90 * time.Minute)) // before both requests, still due
+	q3 := r.waitFor(t, 1, "cert-request")
+	if gap := q3.at.Sub(q2.at); gap < retry/2 {
+		t.Fatalf("asked again %s after the clock jumped back; the retry is %s", gap, retry)
+	}
+	second := r.waitFor(t, 2, "hello")
+	if second.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) == 0 {
+		t.Fatal("reconnected with the old certificate")
+	}
+}
+
+// A renewed certificate that is due for renewal the moment it arrives is
+// used, with a warning, and not renewed again on the new connection: the
+// link does not reconnect in a loop.
+func TestRotationOfCertificateDueOnArrival(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	start := time.Now()
+	r := renewingRelay(t, ca, func(csrPEM []byte) []byte {
+		// Due at start+32m: the clock says start+50m.
+		b, err := ca.Sign(t, csrPEM, "system:node:gw-1", start.Add(-55*time.Minute), start.Add(time.Hour+time.Minute))
+		if err != nil {
+			t.Error(err)
+		}
+		p, _ := pem.Decode(b)
+		return p.Bytes
+	})
+	clock := newFakeClock(start.Add(50 * time.Minute))
+	st := &stored{}
+	a := startAgent(t, r.srv.URL, ca, ca, start.Add(time.Hour), rotation(clock, st))
+	first := r.waitFor(t, 1, "hello")
+	r.waitFor(t, 1, "cert-request")
+	second := r.waitFor(t, 2, "hello")
+	if second.leaf.SerialNumber.Cmp(first.leaf.SerialNumber) == 0 {
+		t.Fatal("reconnected with the old certificate")
+	}
+	for range 5 {
+		if e := r.waitForAny(t, 2, "heartbeat", "cert-request"); e.what != "heartbeat" {
+			t.Fatal("asked to renew the certificate it just got")
+		}
+	}
+	if n := r.conns.Load(); n != 2 {
+		t.Fatalf("%d connections", n)
+	}
+	if !strings.Contains(a.log.String(), "due for renewal already") {
+		t.Fatalf("no warning:\n%s", a.log.String())
 	}
 }

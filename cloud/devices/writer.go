@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/flowcontrol"
 
+	"outpost.dev/cloud/coalesce"
 	"outpost.dev/wire"
 )
 
@@ -81,13 +82,8 @@ type Writer struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
-
-	mu       sync.Mutex
-	pending  map[string]*item // by Key, not being written
-	queue    []string         // pending Keys ready to write, oldest first
-	inflight map[string]bool
-	wake     chan struct{} // a key was queued
-	room     chan struct{} // the queue shrank
+	// q holds the reports waiting for a write, one per Device (by Key).
+	q *coalesce.Queue[string, *item]
 
 	writes  *prometheus.CounterVec
 	depth   prometheus.GaugeFunc
@@ -116,14 +112,11 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Writer{
-		cfg:      cfg,
-		limiter:  flowcontrol.NewTokenBucketRateLimiter(float32(cfg.QPS), cfg.Burst),
-		ctx:      ctx,
-		cancel:   cancel,
-		pending:  map[string]*item{},
-		inflight: map[string]bool{},
-		wake:     make(chan struct{}, 1),
-		room:     make(chan struct{}, 1),
+		cfg:     cfg,
+		limiter: flowcontrol.NewTokenBucketRateLimiter(float32(cfg.QPS), cfg.Burst),
+		ctx:     ctx,
+		cancel:  cancel,
+		q:       coalesce.New[string, *item](cfg.MaxQueue),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_relay_device_status_writes_total",
 			Help: "Device status writes, by result (ok, dropped, retry).",
@@ -137,7 +130,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	w.depth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "outpost_relay_device_status_queue",
 		Help: "Devices whose report waits for a status write.",
-	}, func() float64 { w.mu.Lock(); defer w.mu.Unlock(); return float64(len(w.pending)) })
+	}, func() float64 { return float64(w.q.Len()) })
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{w.writes, w.depth, w.latency} {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -156,128 +149,25 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 // send them again on the next connection).
 func (w *Writer) Close() {
 	w.cancel()
+	w.q.Close()
 	w.wg.Wait()
 }
 
 // Submit queues wr, replacing a queued report of the same Device (last
 // wins). It blocks while the queue is full, until ctx ends (false).
 func (w *Writer) Submit(ctx context.Context, wr Write) bool {
-	for {
-		w.mu.Lock()
-		if it := w.pending[wr.Key]; it != nil {
-			it.w.Report, it.w.Lookup, it.w.Node = wr.Report, wr.Lookup, wr.Node
-			it.dones[wr.Owner] = wr.Done
-			it.tries = 0
-			w.mu.Unlock()
-			return true
-		}
-		if len(w.pending) < w.cfg.MaxQueue {
-			w.pending[wr.Key] = &item{w: wr, dones: map[any]func(){wr.Owner: wr.Done}, first: time.Now()}
-			if !w.inflight[wr.Key] {
-				w.queue = append(w.queue, wr.Key)
-			}
-			w.mu.Unlock()
-			w.poke(w.wake)
-			return true
-		}
-		w.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-w.ctx.Done():
-			return false
-		case <-w.room:
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func (w *Writer) poke(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
-// next takes the oldest queued item, waiting for one.
-func (w *Writer) next() (string, *item, bool) {
-	for {
-		w.mu.Lock()
-		if len(w.queue) > 0 {
-			key := w.queue[0]
-			w.queue[0] = ""
-			w.queue = w.queue[1:]
-			if len(w.queue) == 0 {
-				w.queue = nil // let the backing array go
-			}
-			it := w.pending[key]
-			delete(w.pending, key)
-			w.inflight[key] = true
-			more := len(w.queue) > 0
-			w.mu.Unlock()
-			w.poke(w.room)
-			if more {
-				w.poke(w.wake) // another worker may start too
-			}
-			return key, it, true
-		}
-		w.mu.Unlock()
-		select {
-		case <-w.ctx.Done():
-			return "", nil, false
-		case <-w.wake:
-		}
-	}
-}
-
-// finish ends the write of key; a report that arrived meanwhile is queued.
-func (w *Writer) finish(key string) {
-	w.mu.Lock()
-	delete(w.inflight, key)
-	queued := w.pending[key] != nil
-	if queued {
-		w.queue = append(w.queue, key)
-	}
-	w.mu.Unlock()
-	if queued {
-		w.poke(w.wake)
-	}
-}
-
-// failed ends a failed write of key. A newer report of the Device that
-// arrived meanwhile carries it.dones too and is written next; otherwise it
-// stays pending (so newer reports coalesce into it) and is queued again
-// after a backoff. An older report is never written after a newer one.
-func (w *Writer) failed(key string, it *item) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	delete(w.inflight, key)
-	if cur := w.pending[key]; cur != nil {
-		for o, d := range it.dones {
-			if _, newer := cur.dones[o]; !newer {
-				cur.dones[o] = d
-			}
-		}
-		w.queue = append(w.queue, key)
-		w.poke(w.wake)
-		return
-	}
-	it.tries++
-	w.pending[key] = it // parked: not in the queue until the timer
-	backoff := min(retryMin<<min(it.tries-1, 8), retryMax)
-	time.AfterFunc(backoff, func() {
-		w.mu.Lock()
-		if w.pending[key] == it && !w.inflight[key] {
-			w.queue = append(w.queue, key)
-		}
-		w.mu.Unlock()
-		w.poke(w.wake)
+	it := &item{w: wr, dones: map[any]func(){wr.Owner: wr.Done}, first: time.Now()}
+	return w.q.Put(ctx, wr.Key, it, func(cur *item) *item {
+		cur.w.Report, cur.w.Lookup, cur.w.Node = wr.Report, wr.Lookup, wr.Node
+		cur.dones[wr.Owner] = wr.Done
+		cur.tries = 0
+		return cur
 	})
 }
 
 func (w *Writer) work() {
 	for {
-		key, it, ok := w.next()
+		key, it, ok := w.q.Take(w.ctx)
 		if !ok {
 			return
 		}
@@ -301,12 +191,24 @@ func (w *Writer) work() {
 				d()
 			}
 		default:
+			// A newer report of the Device that arrived meanwhile is
+			// written next, carrying it.dones too; otherwise this one
+			// waits a backoff (newer reports coalesce into it). An older
+			// report is never written after a newer one.
 			w.writes.WithLabelValues("retry").Inc()
 			w.cfg.Log.Warn("device status write failed; will retry", "node", it.w.Node, "device", key, "err", err)
-			w.failed(key, it)
+			it.tries++
+			w.q.Retry(key, it, min(retryMin<<min(it.tries-1, 8), retryMax), func(cur *item) *item {
+				for o, d := range it.dones {
+					if _, newer := cur.dones[o]; !newer {
+						cur.dones[o] = d
+					}
+				}
+				return cur
+			})
 			continue
 		}
-		w.finish(key)
+		w.q.Done(key)
 	}
 }
 

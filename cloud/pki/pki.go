@@ -14,21 +14,19 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/cloud/pki/mint"
 )
 
 const (
@@ -55,21 +53,15 @@ type CA struct {
 
 // Generate creates a new self-signed CA (ECDSA P-256, valid ten years).
 func Generate(now time.Time) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := mint.NewKey()
 	if err != nil {
 		return nil, fmt.Errorf("pki: generate CA key: %w", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: "outpost-relay-ca", Organization: []string{"outpost"}},
-		NotBefore:             now.Add(-clockSkew),
-		NotAfter:              now.Add(caValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, err := mint.Issue(mint.Spec{
+		CommonName: "outpost-relay-ca", Organizations: []string{"outpost"},
+		CA: true, MaxPathLenZero: true,
+		NotBefore: now.Add(-clockSkew), NotAfter: now.Add(caValidity),
+	}, key.Public(), nil, key)
 	if err != nil {
 		return nil, fmt.Errorf("pki: self-sign CA: %w", err)
 	}
@@ -78,7 +70,7 @@ func Generate(now time.Time) (*CA, error) {
 		return nil, fmt.Errorf("pki: marshal CA key: %w", err)
 	}
 	return Parse(
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		mint.CertPEM(cert),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	)
 }
@@ -184,35 +176,16 @@ func (ca *CA) ServingCert(hosts []string, validity time.Duration) (tls.Certifica
 	if len(hosts) == 0 {
 		return tls.Certificate{}, errors.New("pki: serving certificate needs at least one host name or address")
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("pki: generate serving key: %w", err)
-	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     ca.clamp(now.Add(validity)),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	pair, err := mint.NewPair(mint.Spec{
+		CommonName: hosts[0], Hosts: hosts, Server: true,
+		NotBefore: now.Add(-clockSkew), NotAfter: ca.clamp(now.Add(validity)),
+	}, ca.Cert, ca.Key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("pki: sign serving certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("pki: serving certificate: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
+	pair.Certificate = append(pair.Certificate, ca.Cert.Raw)
+	return pair, nil
 }
 
 // ParseCSR decodes a PEM certificate request and checks that it is signed
@@ -271,28 +244,18 @@ func (ca *CA) SignNode(pub crypto.PublicKey, nodeName string, validity time.Dura
 		return nil, err
 	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: nodeName, Organization: []string{NodesGroup}},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     ca.clamp(now.Add(validity)),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if _, isRSA := pub.(*rsa.PublicKey); isRSA {
-		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	cert, err := mint.Issue(mint.Spec{
+		CommonName: nodeName, Organizations: []string{NodesGroup}, Client: true,
+		NotBefore: now.Add(-clockSkew), NotAfter: ca.clamp(now.Add(validity)),
+	}, pub, ca.Cert, ca.Key)
 	if err != nil {
-		return nil, fmt.Errorf("pki: sign node certificate: %w", err)
+		return nil, fmt.Errorf("pki: node certificate: %w", err)
 	}
-	return x509.ParseCertificate(der)
+	return cert, nil
 }
 
 // EncodeCert returns cert as PEM.
-func EncodeCert(cert *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-}
+func EncodeCert(cert *x509.Certificate) []byte { return mint.CertPEM(cert) }
 
 // clamp keeps a certificate from outliving the CA that signed it.
 func (ca *CA) clamp(t time.Time) time.Time {
@@ -300,14 +263,6 @@ func (ca *CA) clamp(t time.Time) time.Time {
 		return ca.Cert.NotAfter
 	}
 	return t
-}
-
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
-	}
-	return n.Add(n, big.NewInt(1))
 }
 
 func bytesTrimSpace(b []byte) []byte {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/coalesce"
 	"outpost.dev/wire"
 )
 
@@ -225,18 +225,13 @@ type Session struct {
 	ctx  context.Context
 	stop context.CancelFunc
 	done chan struct{}
-	wake chan struct{}
-	room chan struct{}
-
-	mu      sync.Mutex
-	pending map[string]*item // by pod UID
-	order   []string         // UIDs, oldest first
+	// q holds the reports waiting, one per pod (by UID).
+	q *coalesce.Queue[string, *item]
 }
 
 type item struct {
 	seq     uint64
 	rep     *wire.PodStatus
-	retryAt time.Time
 	backoff time.Duration
 }
 
@@ -254,8 +249,8 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &Session{
 		w: w, cfg: cfg, ctx: ctx, stop: cancel,
-		done: make(chan struct{}), wake: make(chan struct{}, 1), room: make(chan struct{}, 1),
-		pending: map[string]*item{},
+		done: make(chan struct{}),
+		q:    coalesce.New[string, *item](cfg.MaxPending),
 	}
 	go s.run()
 	return s
@@ -265,86 +260,34 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 // stay unacked: the agent sends them again on its next connection.
 func (s *Session) Stop() {
 	s.stop()
+	s.q.Close()
 	<-s.done
 }
 
 // Report queues rep, carried by the frame numbered seq. A queued report of
-// the same pod is replaced (and its seq done). With MaxPending pods
-// waiting, Report waits for room: the connection's reads stall rather than
-// the relay's memory growing. It returns false if the session ended.
+// the same pod is replaced (and its seq done); one waiting a backoff after
+// a failed write is replaced and waits the rest of it. With MaxPending
+// pods waiting, Report waits for room: the connection's reads stall rather
+// than the relay's memory growing. It returns false if the session ended.
 func (s *Session) Report(seq uint64, rep *wire.PodStatus) bool {
-	for {
-		s.mu.Lock()
-		if it := s.pending[rep.UID]; it != nil {
-			old := it.seq
-			it.seq, it.rep, it.retryAt, it.backoff = seq, rep, time.Time{}, 0
-			s.mu.Unlock()
-			s.cfg.Done(old)
-			s.poke()
-			return true
-		}
-		if len(s.pending) < s.cfg.MaxPending {
-			s.pending[rep.UID] = &item{seq: seq, rep: rep}
-			s.order = append(s.order, rep.UID)
-			s.mu.Unlock()
-			s.poke()
-			return true
-		}
-		s.mu.Unlock()
-		select {
-		case <-s.room:
-		case <-s.ctx.Done():
-			return false
-		}
+	it := &item{seq: seq, rep: rep}
+	var replaced *item
+	ok := s.q.Put(s.ctx, rep.UID, it, func(old *item) *item { replaced = old; return it })
+	if replaced != nil {
+		s.cfg.Done(replaced.seq)
 	}
+	return ok
 }
 
-func (s *Session) poke() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// take removes and returns the oldest report due now, or the time the
-// next one is due.
-func (s *Session) take(now time.Time) (*item, time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	next := now.Add(time.Hour)
-	for i, uid := range s.order {
-		it := s.pending[uid]
-		if it.retryAt.After(now) {
-			if it.retryAt.Before(next) {
-				next = it.retryAt
-			}
-			continue
-		}
-		s.order = append(s.order[:i:i], s.order[i+1:]...)
-		delete(s.pending, uid)
-		select {
-		case s.room <- struct{}{}:
-		default:
-		}
-		return it, next
-	}
-	return nil, next
-}
-
-// retry puts it back unless a newer report of its pod arrived meanwhile,
-// which replaces it.
+// retry puts it back after a failed write unless a newer report of its
+// pod arrived meanwhile, which replaces it.
 func (s *Session) retry(it *item) {
-	s.mu.Lock()
-	if _, newer := s.pending[it.rep.UID]; newer {
-		s.mu.Unlock()
-		s.cfg.Done(it.seq)
-		return
-	}
 	it.backoff = min(max(2*it.backoff, backoffMin), backoffMax)
-	it.retryAt = time.Now().Add(it.backoff/2 + rand.N(it.backoff/2+1))
-	s.pending[it.rep.UID] = it
-	s.order = append(s.order, it.rep.UID)
-	s.mu.Unlock()
+	replaced := false
+	s.q.Retry(it.rep.UID, it, it.backoff/2+rand.N(it.backoff/2+1), func(newer *item) *item { replaced = true; return newer })
+	if replaced {
+		s.cfg.Done(it.seq)
+	}
 }
 
 func (s *Session) run() {
@@ -354,41 +297,28 @@ func (s *Session) run() {
 			s.cfg.Log.Error("pod status session panicked; reports of this connection stay unacked", "panic", r)
 		}
 	}()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		it, next := s.take(time.Now())
-		if it != nil {
-			out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
-			pod := it.rep.Namespace + "/" + it.rep.Name
-			switch {
-			case s.ctx.Err() != nil:
-				return
-			case out == Written:
-				s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)
-				s.cfg.Done(it.seq)
-			case out == Dropped:
-				s.cfg.Log.Warn("pod status report dropped", "pod", pod, "uid", it.rep.UID, "seq", it.seq, "why", err)
-				s.cfg.Done(it.seq)
-			default:
-				s.cfg.Log.Warn("pod status write failed; will retry", "pod", pod, "err", err)
-				s.retry(it)
-			}
+		uid, it, ok := s.q.Take(s.ctx)
+		if !ok {
+			return
+		}
+		out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
+		pod := it.rep.Namespace + "/" + it.rep.Name
+		switch {
+		case s.ctx.Err() != nil:
+			return
+		case out == Written:
+			s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)
+			s.cfg.Done(it.seq)
+		case out == Dropped:
+			s.cfg.Log.Warn("pod status report dropped", "pod", pod, "uid", it.rep.UID, "seq", it.seq, "why", err)
+			s.cfg.Done(it.seq)
+		default:
+			s.cfg.Log.Warn("pod status write failed; will retry", "pod", pod, "err", err)
+			s.retry(it)
 			continue
 		}
-		timer.Reset(max(time.Until(next), time.Millisecond))
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.wake:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
-			}
-		case <-timer.C:
-		}
+		s.q.Done(uid)
 	}
 }
 

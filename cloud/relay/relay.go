@@ -50,8 +50,15 @@ const (
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultLeaseDuration     = 40 * time.Second
 	DefaultNodeCertValidity  = 30 * 24 * time.Hour
-	DefaultHelloTimeout      = 10 * time.Second
-	DefaultNamespace         = "outpost-system"
+	// MinNodeCertValidity is the shortest NodeCertValidity. A node
+	// certificate starts five minutes before it is issued (for clocks
+	// that are behind), so at the agents' default renewal point, 75 % of
+	// its lifetime, one valid for less than 100 s would be due for
+	// renewal the moment it is issued. Agents that renew earlier
+	// (certRotateAt) need longer ones: cloud/README.md has the rule.
+	MinNodeCertValidity = 2 * time.Minute
+	DefaultHelloTimeout = 10 * time.Second
+	DefaultNamespace    = "outpost-system"
 	// readyCacheFor is how long a /readyz answer is reused, so probes
 	// from many sources cost the API server one request per period.
 	readyCacheFor = 5 * time.Second
@@ -78,7 +85,8 @@ type Config struct {
 	// LeaseDuration is written into node Leases, renewed every quarter.
 	LeaseDuration time.Duration
 	// NodeCertValidity is the lifetime of node certificates, issued at
-	// join and on the link (agents rotate them; see wire.CertRequest).
+	// join and on the link (agents rotate them; see wire.CertRequest);
+	// 0 means DefaultNodeCertValidity, at least MinNodeCertValidity.
 	NodeCertValidity time.Duration
 	// HelloTimeout bounds the wait for an agent's first frame.
 	HelloTimeout time.Duration
@@ -179,6 +187,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.NodeCertValidity <= 0 {
 		cfg.NodeCertValidity = DefaultNodeCertValidity
+	}
+	if cfg.NodeCertValidity < MinNodeCertValidity {
+		return nil, fmt.Errorf("relay: node certificate validity %s is under the %s minimum (agents would renew certificates the moment they are issued): raise --node-cert-validity", cfg.NodeCertValidity, MinNodeCertValidity)
 	}
 	if cfg.Namespace == "" {
 		cfg.Namespace = DefaultNamespace

@@ -3,12 +3,7 @@ package relay_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -34,6 +29,7 @@ import (
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
+	"outpost.dev/cloud/pki/mint"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -84,27 +80,20 @@ func (w testWriter) Write(p []byte) (int, error) {
 // clientCert makes a client certificate signed by ca for name, with org.
 func clientCert(t *testing.T, ca *pki.CA, name string, orgs ...string) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	var cert *x509.Certificate
 	if len(orgs) == 0 {
-		var err error
-		cert, err = ca.SignNode(key.Public(), name, time.Hour)
+		key, _ := mint.NewKey()
+		cert, err := ca.SignNode(key.Public(), name, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-	} else {
-		tmpl := &x509.Certificate{
-			SerialNumber: x509SerialOne(), Subject: pkix.Name{CommonName: name, Organization: orgs},
-			NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, _ = x509.ParseCertificate(der)
+		return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
 	}
-	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+	pair, err := mint.NewPair(mint.Spec{CommonName: name, Organizations: orgs, Client: true,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}, ca.Cert, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pair
 }
 
 func (tr *testRelay) tlsConfig(certs ...tls.Certificate) *tls.Config {
@@ -642,5 +631,3 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 }
-
-func x509SerialOne() *bigInt { return bigOne() }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -20,9 +21,11 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
+	"outpost.dev/cloud/pki/mint"
 	"outpost.dev/wire"
 )
 
@@ -135,22 +138,16 @@ func TestRotationOnLink(t *testing.T) {
 // expiredCert is name's certificate that expired ago, recorded as accepted.
 func (tr *testRelay) expiredCert(t *testing.T, name string, ago time.Duration) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	end := time.Now().Add(-ago)
-	tmpl := &x509.Certificate{
-		SerialNumber: x509SerialOne(), Subject: pkix.Name{CommonName: name, Organization: []string{"outpost:nodes"}},
-		NotBefore: end.Add(-time.Hour), NotAfter: end,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tr.ca.Cert, key.Public(), tr.ca.Key)
+	pair, err := mint.NewPair(mint.Spec{CommonName: name, Organizations: []string{pki.NodesGroup}, Client: true,
+		NotBefore: end.Add(-time.Hour), NotAfter: end}, tr.ca.Cert, tr.ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	if err := identity.New(tr.client, relay.DefaultNamespace).Issue(context.Background(), name, identity.Serial(cert), "", true); err != nil {
+	if err := identity.New(tr.client, relay.DefaultNamespace).Issue(context.Background(), name, identity.Serial(pair.Leaf), "", true); err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}
+	return pair
 }
 
 // A certificate expired within the grace connects only to rotate: the
@@ -218,4 +215,22 @@ func TestExpiredCertificateOnlyRotates(t *testing.T) {
 		}
 		t.Fatalf("revoked expired certificate: %v", err)
 	}
+}
+
+// A node certificate validity under the minimum is refused at start: the
+// certificates would be due for renewal the moment they are issued.
+func TestNodeCertValidityMinimum(t *testing.T) {
+	ca, err := pki.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset()
+	for _, v := range []time.Duration{time.Second, relay.MinNodeCertValidity - time.Second} {
+		_, err := relay.New(relay.Config{Client: client, AsNode: asnode.Same{C: client}, CA: ca, NodeCertValidity: v,
+			Log: slog.New(slog.DiscardHandler)})
+		if err == nil || !strings.Contains(err.Error(), "raise --node-cert-validity") {
+			t.Errorf("validity %s: %v", v, err)
+		}
+	}
+	newTestRelay(t, func(cfg *relay.Config) { cfg.NodeCertValidity = relay.MinNodeCertValidity })
 }

@@ -38,14 +38,21 @@ type edge struct {
 // node's pods.
 func newEdge(t *testing.T, ctx context.Context, name string, viaProxy bool) *edge {
 	t.Helper()
-	a, err := st.Join(ctx, relay, name)
+	return newEdgeOn(t, ctx, relay, name, viaProxy)
+}
+
+// newEdgeOn is newEdge with the node joined to, and its agent dialing,
+// relay r.
+func newEdgeOn(t *testing.T, ctx context.Context, r *stack.Relay, name string, viaProxy bool) *edge {
+	t.Helper()
+	a, err := st.Join(ctx, r, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &edge{name: name, agent: a, ctrNS: "outpost-" + name}
 	var args []string
 	if viaProxy {
-		if e.proxy, err = stack.NewProxy(relay.Addr); err != nil {
+		if e.proxy, err = stack.NewProxy(r.Addr); err != nil {
 			t.Fatal(err)
 		}
 		args = []string{"--server", "https://" + e.proxy.Addr}
@@ -271,6 +278,7 @@ type podUpdate struct {
 	Phase    corev1.PodPhase
 	Restarts int32 // of the first container
 	ID       string
+	Ready    bool // the pod's Ready condition is True
 }
 
 // recorder records every pod event of a node from a watch, re-watching
@@ -306,7 +314,7 @@ func recordPods(t *testing.T, node string) *recorder {
 					continue // a watch error (expired version): re-watch
 				}
 				rv = p.ResourceVersion
-				u := podUpdate{Type: ev.Type, Name: p.Name, UID: string(p.UID), Phase: p.Status.Phase}
+				u := podUpdate{Type: ev.Type, Name: p.Name, UID: string(p.UID), Phase: p.Status.Phase, Ready: podReady(p)}
 				if len(p.Status.ContainerStatuses) > 0 {
 					u.Restarts = p.Status.ContainerStatuses[0].RestartCount
 					u.ID = p.Status.ContainerStatuses[0].ContainerID
@@ -337,6 +345,16 @@ func (r *recorder) of(name string) []podUpdate {
 		}
 	}
 	return out
+}
+
+// podReady says whether p's Ready condition is True.
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // apiPod returns the pod as the API server has it.

@@ -2,15 +2,10 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +18,7 @@ import (
 	"outpost.dev/agent/store"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/pki/mint"
 	testpeer "outpost.dev/test/peer"
 	"outpost.dev/test/stack"
 	"outpost.dev/wire"
@@ -225,18 +221,11 @@ func saveIdentity(t *testing.T, a *stack.Agent, id store.Identity) {
 // staleCert is a node certificate for name from ca that ended ago.
 func staleCert(t *testing.T, ca *pki.CA, name string, ago time.Duration) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	end := time.Now().Add(-ago)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: name, Organization: []string{pki.NodesGroup}},
-		NotBefore:    end.Add(-30 * 24 * time.Hour), NotAfter: end,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	pair, err := mint.NewPair(mint.Spec{CommonName: name, Organizations: []string{pki.NodesGroup}, Client: true,
+		NotBefore: end.Add(-30 * 24 * time.Hour), NotAfter: end}, ca.Cert, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+	return pair
 }

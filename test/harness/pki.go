@@ -3,18 +3,17 @@ package harness
 import (
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
+
+	"outpost.dev/cloud/pki/mint"
 )
 
 // PKI is the set of certificates and keys a control plane runs with, as
@@ -127,7 +126,7 @@ func GeneratePKI(dir string) (*PKI, error) {
 		}
 	}
 
-	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	saKey, err := mint.NewKey()
 	if err != nil {
 		return nil, fmt.Errorf("pki: generate service-account key: %w", err)
 	}
@@ -140,8 +139,8 @@ func GeneratePKI(dir string) (*PKI, error) {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
 	p.ServiceAccountPub = filepath.Join(dir, "sa.pub")
-	if err := writePEM(p.ServiceAccountPub, "PUBLIC KEY", pub, 0o644); err != nil {
-		return nil, err
+	if err := os.WriteFile(p.ServiceAccountPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
 	}
 	return p, nil
 }
@@ -162,7 +161,7 @@ func (p *PKI) Issue(name string, spec CertSpec) (certFile, keyFile string, err e
 // issue signs a certificate for spec with ca and writes it and its new key
 // to dir/name.crt and dir/name.key.
 func issue(dir string, ca *x509.Certificate, caKey crypto.Signer, name string, spec CertSpec) (certFile, keyFile string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := mint.NewKey()
 	if err != nil {
 		return "", "", fmt.Errorf("pki: generate key for %s: %w", name, err)
 	}
@@ -170,66 +169,51 @@ func issue(dir string, ca *x509.Certificate, caKey crypto.Signer, name string, s
 	if validity == 0 {
 		validity = 365 * 24 * time.Hour
 	}
+	hosts := slices.Clone(spec.DNSNames)
+	for _, ip := range spec.IPs {
+		hosts = append(hosts, ip.String())
+	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: newSerial(),
-		Subject:      pkix.Name{CommonName: spec.CommonName, Organization: spec.Organizations},
-		NotBefore:    now.Add(-time.Hour), // tolerate lagging clocks, such as a fresh QEMU guest's
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		DNSNames:     spec.DNSNames,
-		IPAddresses:  spec.IPs,
-	}
-	if spec.Client {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
-	}
-	if spec.Server {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	cert, err := mint.Issue(mint.Spec{
+		CommonName: spec.CommonName, Organizations: spec.Organizations, Hosts: hosts,
+		Client: spec.Client, Server: spec.Server,
+		// Tolerate lagging clocks, such as a fresh QEMU guest's.
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(validity),
+	}, key.Public(), ca, caKey)
 	if err != nil {
-		return "", "", fmt.Errorf("pki: sign certificate %s: %w", name, err)
+		return "", "", fmt.Errorf("pki: certificate %s: %w", name, err)
 	}
-	return write(dir, name, der, key)
+	return write(dir, name, cert, key)
 }
 
 // newCA creates a self-signed CA and writes it to dir/name.crt and
 // dir/name.key.
 func newCA(dir, name, commonName string) (_ *x509.Certificate, _ crypto.Signer, certFile, keyFile string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := mint.NewKey()
 	if err != nil {
 		return nil, nil, "", "", fmt.Errorf("pki: generate %s key: %w", name, err)
 	}
 	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          newSerial(),
-		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"Outpost test harness"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, err := mint.Issue(mint.Spec{
+		CommonName: commonName, Organizations: []string{"Outpost test harness"}, CA: true,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
+	}, key.Public(), nil, key)
 	if err != nil {
-		return nil, nil, "", "", fmt.Errorf("pki: create %s certificate: %w", name, err)
+		return nil, nil, "", "", fmt.Errorf("pki: %s: %w", name, err)
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, "", "", fmt.Errorf("pki: %w", err)
-	}
-	if certFile, keyFile, err = write(dir, name, der, key); err != nil {
+	if certFile, keyFile, err = write(dir, name, cert, key); err != nil {
 		return nil, nil, "", "", err
 	}
 	return cert, key, certFile, keyFile, nil
 }
 
-// write stores a certificate and its key as dir/name.crt and dir/name.key.
-func write(dir, name string, der []byte, key *ecdsa.PrivateKey) (certFile, keyFile string, err error) {
+// write stores a certificate and its key as dir/name.crt and dir/name.key
+// (the key readable by its owner only).
+func write(dir, name string, cert *x509.Certificate, key *ecdsa.PrivateKey) (certFile, keyFile string, err error) {
 	certFile = filepath.Join(dir, name+".crt")
 	keyFile = filepath.Join(dir, name+".key")
-	if err := writePEM(certFile, "CERTIFICATE", der, 0o644); err != nil {
-		return "", "", err
+	if err := os.WriteFile(certFile, mint.CertPEM(cert), 0o644); err != nil {
+		return "", "", fmt.Errorf("pki: %w", err)
 	}
 	if err := writeKey(keyFile, key); err != nil {
 		return "", "", err
@@ -239,26 +223,12 @@ func write(dir, name string, der []byte, key *ecdsa.PrivateKey) (certFile, keyFi
 
 // writeKey stores a private key as PKCS#8 PEM, readable by its owner only.
 func writeKey(path string, key *ecdsa.PrivateKey) error {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	b, err := mint.KeyPEM(key)
 	if err != nil {
-		return fmt.Errorf("pki: marshal key %s: %w", path, err)
+		return fmt.Errorf("pki: %s: %w", path, err)
 	}
-	return writePEM(path, "PRIVATE KEY", der, 0o600)
-}
-
-func writePEM(path, blockType string, der []byte, mode os.FileMode) error {
-	b := pem.EncodeToMemory(&pem.Block{Type: blockType, Bytes: der})
-	if err := os.WriteFile(path, b, mode); err != nil {
+	if err := os.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
-}
-
-// newSerial returns a random 128-bit serial number, as RFC 5280 suggests.
-func newSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return n
 }

@@ -1,21 +1,21 @@
 // Package testpki is a throwaway certificate authority for the agent's
 // tests: a CA, a serving certificate for 127.0.0.1, and node certificates
-// issued from CSRs the way the relay issues them.
+// issued from CSRs the way the relay issues them. It mints through
+// outpost.dev/cloud/pki/mint, as the relay does (standard library only).
 package testpki
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
-	"net"
+	"errors"
 	"testing"
 	"time"
+
+	"outpost.dev/cloud/pki/mint"
 )
 
 // CA is a certificate authority held in memory.
@@ -29,47 +29,32 @@ type CA struct {
 // NewCA makes a CA valid from an hour ago for a day.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	key, err := mint.NewKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, _ := x509.ParseCertificate(der)
-	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	cert, err := mint.Issue(mint.Spec{CommonName: name, CA: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}, key.Public(), nil, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{Cert: cert, Key: key, PEM: mint.CertPEM(cert)}
 }
 
 // ServerTLS returns a serving certificate for 127.0.0.1 and localhost.
 // ClientAuth is left to the caller.
 func (ca *CA) ServerTLS(t testing.TB) *tls.Config {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: "outpost-relay"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	pair, err := mint.NewPair(mint.Spec{CommonName: "outpost-relay", Server: true,
+		Hosts:     []string{"127.0.0.1", "::1", "localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}, ca.Cert, ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	return &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		Certificates: []tls.Certificate{pair},
 		ClientCAs:    pool,
 	}
 }
@@ -79,7 +64,7 @@ func (ca *CA) ServerTLS(t testing.TB) *tls.Config {
 func (ca *CA) Sign(t testing.TB, csrPEM []byte, cn string, notBefore, notAfter time.Time) ([]byte, error) {
 	b, _ := pem.Decode(csrPEM)
 	if b == nil {
-		return nil, errNoPEM
+		return nil, errors.New("no PEM block")
 	}
 	csr, err := x509.ParseCertificateRequest(b.Bytes)
 	if err != nil {
@@ -88,26 +73,22 @@ func (ca *CA) Sign(t testing.TB, csrPEM []byte, cn string, notBefore, notAfter t
 	if err := csr.CheckSignature(); err != nil {
 		return nil, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{"system:nodes"}},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.Key)
+	cert, err := mint.Issue(mint.Spec{CommonName: cn, Organizations: []string{"system:nodes"}, Client: true,
+		NotBefore: notBefore, NotAfter: notAfter}, csr.PublicKey, ca.Cert, ca.Key)
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+	return mint.CertPEM(cert), nil
 }
 
 // NodeIdentity makes a node key and a certificate from this CA, returning
 // both as PEM, for tests that skip the join.
 func (ca *CA) NodeIdentity(t testing.TB, name string, notAfter time.Time) (keyPEM, certPEM []byte) {
 	t.Helper()
-	key := newKey(t)
+	key, err := mint.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
 	if err != nil {
 		t.Fatal(err)
@@ -116,31 +97,8 @@ func (ca *CA) NodeIdentity(t testing.TB, name string, notAfter time.Time) (keyPE
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
+	if keyPEM, err = mint.KeyPEM(key); err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), certPEM
-}
-
-type pkiError string
-
-func (e pkiError) Error() string { return string(e) }
-
-const errNoPEM = pkiError("no PEM block")
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func serial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return keyPEM, certPEM
 }

@@ -1,7 +1,0 @@
-package relay_test
-
-import "math/big"
-
-type bigInt = big.Int
-
-func bigOne() *big.Int { return big.NewInt(1) }

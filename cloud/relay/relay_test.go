@@ -27,9 +27,9 @@ import (
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
+	"outpost.dev/cloud/pki/mint"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
-	"outpost.dev/cloud/pki/mint"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )

@@ -24,8 +24,8 @@ import (
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
-	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/pki/mint"
+	"outpost.dev/cloud/relay"
 	"outpost.dev/wire"
 )
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -361,4 +362,38 @@ func TestSessionInvalidIsDropped(t *testing.T) {
 	if got := a.next(t); got != 4 {
 		t.Fatalf("done %d", got)
 	}
+}
+
+// A pod the Node authorizer does not yet know bound to the node is
+// Forbidden for a moment: the read is asked again before the report is
+// dropped; one that stays Forbidden is dropped.
+func TestWriteRetriesBriefForbidden(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		for _, tt := range []struct {
+			forbidden int // reads answered Forbidden
+			want      Outcome
+		}{{0, Written}, {2, Written}, {3, Written}, {4, Dropped}, {100, Dropped}} {
+			client := fake.NewClientset(basePod())
+			var mu sync.Mutex
+			gets := 0
+			client.PrependReactor("get", "pods", func(ktesting.Action) (bool, runtime.Object, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if gets++; gets <= tt.forbidden {
+					return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "web", errors.New("no relationship found"))
+				}
+				return false, nil, nil
+			})
+			w, _ := NewWriter(WriterConfig{})
+			start := time.Now()
+			got, err := w.Write(context.Background(), client, "gw", running())
+			if got != tt.want {
+				t.Errorf("%d Forbidden reads: outcome %v (%v), want %v", tt.forbidden, got, err, tt.want)
+			}
+			// Three pauses at most: 0.1 + 0.2 + 0.4 s.
+			if d := time.Since(start); d > 700*time.Millisecond {
+				t.Errorf("%d Forbidden reads: %v spent", tt.forbidden, d)
+			}
+		}
+	})
 }

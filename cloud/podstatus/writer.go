@@ -105,6 +105,13 @@ const (
 	Retry
 )
 
+// A Forbidden read is asked again after forbiddenPause, doubling up to
+// maxForbiddenPause (0.7 s in all), before the report is dropped.
+const (
+	forbiddenPause    = 100 * time.Millisecond
+	maxForbiddenPause = 400 * time.Millisecond
+)
+
 // errDrop marks a report to ack and drop.
 type errDrop struct{ why string }
 
@@ -142,6 +149,18 @@ func (w *Writer) Write(ctx context.Context, as asnode.Client, node string, rep *
 		pod, err := api.Get(ctx, rep.Name, opts)
 		if apierrors.IsNotFound(err) && !fresh {
 			fresh = true
+			pod, err = api.Get(ctx, rep.Name, metav1.GetOptions{})
+		}
+		// The Node authorizer learns of a pod's binding from its own
+		// watch, which may trail the relay's: a pod just bound to the node
+		// can be Forbidden for a moment. Ask again a few times, briefly,
+		// before taking the answer for good.
+		for pause := forbiddenPause; apierrors.IsForbidden(err) && pause <= maxForbiddenPause; pause *= 2 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(pause):
+			}
 			pod, err = api.Get(ctx, rep.Name, metav1.GetOptions{})
 		}
 		fresh = true

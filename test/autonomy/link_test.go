@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
 )
 
 // TestLinkCutMidFrame cuts the agent's link in the middle of a frame and
@@ -124,7 +125,10 @@ func TestLinkCutMidFrame(t *testing.T) {
 
 	// The API's view, update by update: the restart count never went
 	// backwards, and the last one is the agent's.
-	time.Sleep(time.Second) // the watch delivers the last update
+	wait.For(t, 30*time.Second, "the watch to deliver the agent's restartCount", func() bool {
+		ups := rec.of(crash.Name)
+		return len(ups) > 0 && ups[len(ups)-1].Restarts >= int32(agentCount)
+	})
 	ups := rec.of(crash.Name)
 	last := int32(-1)
 	var seq []int32

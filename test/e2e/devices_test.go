@@ -1,14 +1,17 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -150,6 +153,50 @@ func mosquittoSub(ctx context.Context, addr, topic string, count int) (string, e
 		return string(out), fmt.Errorf("mosquitto_sub -t %s: %v: %s", topic, err, out)
 	}
 	return string(out), nil
+}
+
+// mosquittoSubscribed starts mosquitto_sub for count messages on topic and
+// returns once the broker has acknowledged the subscription (its -d output
+// says SUBACK); out then gives what it printed when it ends.
+func mosquittoSubscribed(t *testing.T, ctx context.Context, addr, topic string, count int) (out func() string) {
+	t.Helper()
+	host, port, _ := strings.Cut(addr, ":")
+	cmd := exec.CommandContext(ctx, "mosquitto_sub", "-d", "-h", host, "-p", port, "-t", topic, "-v",
+		"-C", strconv.Itoa(count), "-W", "10")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("mosquitto_sub: %v", err)
+	}
+	var (
+		mu  sync.Mutex
+		buf strings.Builder
+	)
+	text := func() string { mu.Lock(); defer mu.Unlock(); return buf.String() }
+	subacked := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		for acked := false; sc.Scan(); {
+			mu.Lock()
+			buf.WriteString(sc.Text() + "\n")
+			mu.Unlock()
+			if !acked && strings.Contains(sc.Text(), "SUBACK") {
+				acked = true
+				close(subacked)
+			}
+		}
+	}()
+	go func() { err := cmd.Wait(); pw.CloseWithError(err) }()
+	select {
+	case <-subacked:
+	case <-done:
+		t.Fatalf("mosquitto_sub ended before subscribing: %s", text())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("mosquitto_sub not subscribed within 10s: %s", text())
+	}
+	return func() string { <-done; return text() }
 }
 
 func mosquittoPub(t *testing.T, ctx context.Context, addr, topic, msg string) {
@@ -338,17 +385,9 @@ func deviceFlows(t *testing.T, ctx context.Context, a *stack.Agent, prefix strin
 	})
 
 	t.Run("garbage on the desired topic", func(t *testing.T) {
-		errs := make(chan string, 1)
-		go func() {
-			out, err := mosquittoSub(ctx, a.MQTTAddr, topic(lamp, "errors"), 1)
-			if err != nil {
-				out = err.Error()
-			}
-			errs <- out
-		}()
-		time.Sleep(500 * time.Millisecond) // mosquitto_sub subscribed
+		errs := mosquittoSubscribed(t, ctx, a.MQTTAddr, topic(lamp, "errors"), 1)
 		mosquittoPub(t, ctx, a.MQTTAddr, topic(lamp, "desired/on"), "abc")
-		out := <-errs
+		out := errs()
 		if !strings.Contains(out, `"error"`) || !strings.Contains(out, "desired/on") {
 			t.Fatalf("no rejection on %s: %s", topic(lamp, "errors"), out)
 		}

@@ -184,10 +184,15 @@ func TestRelayRestartKeepsNodesReady(t *testing.T) {
 			}
 		}
 	}()
+	failed := func(name string) int { return strings.Count(agents[name].Proc.LogTail(200), `msg="connect failed"`) }
+	before0 := map[string]int{"edge-a": failed("edge-a"), "edge-b": failed("edge-b")}
 	if err := relay.Stop(); err != nil {
 		t.Logf("relay stop: %v", err)
 	}
-	time.Sleep(2 * time.Second)
+	// Each agent finds the relay gone: a connect attempt fails.
+	wait.For(t, 30*time.Second, "both agents to fail a connect while the relay is down", func() bool {
+		return failed("edge-a") > before0["edge-a"] && failed("edge-b") > before0["edge-b"]
+	})
 	if err := relay.Start(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -161,7 +161,9 @@ func mosquittoSub(ctx context.Context, addr, topic string, count int) (string, e
 func mosquittoSubscribed(t *testing.T, ctx context.Context, addr, topic string, count int) (out func() string) {
 	t.Helper()
 	host, port, _ := strings.Cut(addr, ":")
-	cmd := exec.CommandContext(ctx, "mosquitto_sub", "-d", "-h", host, "-p", port, "-t", topic, "-v",
+	// Line-buffered (coreutils' stdbuf): into a pipe, mosquitto_sub's
+	// stdio would hold the SUBACK line until it exits.
+	cmd := exec.CommandContext(ctx, "stdbuf", "-oL", "mosquitto_sub", "-d", "-h", host, "-p", port, "-t", topic, "-v",
 		"-C", strconv.Itoa(count), "-W", "10")
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw

@@ -102,6 +102,7 @@ type Reconciler struct {
 	mu        sync.Mutex
 	workers   map[string]*worker
 	hostIP    string
+	alloc     wire.Resources // the node's allocatable, for the downward API
 	runtimeUp bool
 	wg        sync.WaitGroup
 	now       func() time.Time
@@ -298,6 +299,9 @@ func (r *Reconciler) readHostIP() {
 		r.log.Warn("pods: reading node addresses", "err", err)
 		return
 	}
+	r.mu.Lock()
+	r.alloc = ni.Allocatable
+	r.mu.Unlock()
 	for _, a := range ni.Addresses {
 		if a.Type == "InternalIP" {
 			r.mu.Lock()
@@ -306,6 +310,12 @@ func (r *Reconciler) readHostIP() {
 			return
 		}
 	}
+}
+
+func (r *Reconciler) allocatable() wire.Resources {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.alloc
 }
 
 func (r *Reconciler) getHostIP() string {

@@ -358,7 +358,13 @@ func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[stri
 				}
 			case len(src.DownwardAPI) > 0:
 				for _, f := range src.DownwardAPI {
-					val, err := w.field(o, f.Field)
+					var val string
+					var err error
+					if f.Resource != nil {
+						val, err = w.resource(o.Pod, nil, f.Resource)
+					} else {
+						val, err = w.field(o, f.Field)
+					}
 					if err != nil {
 						return nil, err
 					}

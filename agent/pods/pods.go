@@ -54,6 +54,10 @@ type Config struct {
 	// logger ("LogBinary logger PATH …", normally the agent itself); empty
 	// writes raw output through the shim instead (not the CRI format).
 	LogBinary string
+	// PauseBinary holds the shared PID namespace of a pod with
+	// shareProcessNamespace, started as "PauseBinary pod-pid-namespace
+	// UID" (normally the agent itself; see IsPauseCall).
+	PauseBinary string
 	// LogMaxSize and LogMaxFiles bound each container's log files.
 	LogMaxSize  int64
 	LogMaxFiles int

@@ -40,6 +40,8 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		CapAdd:      c.CapAdd,
 		CapDrop:     c.CapDrop,
 		NetNS:       setup.netns,
+		HostIPC:     pod.HostIPC,
+		TTY:         c.TTY,
 		Hostname:    o.Name,
 		LogPath:     logPath,
 		Labels: map[string]string{
@@ -59,6 +61,23 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	}
 	if pod.HostNetwork {
 		sp.Hostname = ""
+	}
+	switch pod.PID {
+	case wire.PIDHost:
+		sp.PIDNamespace = containerd.PIDHost
+	case wire.PIDPod:
+		if setup.pidns == "" {
+			return sp, errors.New("shareProcessNamespace: the pod's PID namespace is not set up")
+		}
+		sp.PIDNamespace = setup.pidns
+	}
+	if c.Stdin {
+		// Kept with the pod; the attempt's own FIFO (see containerd.LabelStdin).
+		dir, err := w.podDir()
+		if err != nil {
+			return sp, err
+		}
+		sp.Stdin = filepath.Join(dir, "stdin", c.Name+"-"+strconv.Itoa(attempt))
 	}
 	if init {
 		sp.Labels[labelInit] = "true"

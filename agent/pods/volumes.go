@@ -22,6 +22,8 @@ type podSetup struct {
 	volumes map[string]volSource
 	netns   string
 	hosts   string
+	// pidns is the pod's shared PID namespace (shareProcessNamespace).
+	pidns string
 }
 
 type volSource struct {
@@ -102,6 +104,13 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 			s.volumes[v.Name] = volSource{path: p, readOnly: true}
 		}
 	}
+	if o.Pod.PID == wire.PIDPod {
+		ns, err := w.pidNamespace(dir)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.pidns = ns
+	}
 	if !o.Pod.HostNetwork {
 		ns := filepath.Join(dir, "netns")
 		if err := ensureNetNS(ns); err != nil {
@@ -133,6 +142,9 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 func (w *worker) tearDown() error {
 	dir, err := w.podDir()
 	if err != nil {
+		return err
+	}
+	if err := w.stopPIDNamespace(dir); err != nil {
 		return err
 	}
 	for _, m := range mountinfo.Under(dir) {

@@ -206,19 +206,41 @@ type Pod struct {
 	// its start: past it the agent kills its containers and reports it
 	// Failed with reason DeadlineExceeded, as a kubelet does. Zero: none.
 	ActiveDeadlineSeconds int64 `cbor:"18,keyasint,omitempty" json:",omitempty"`
-	// PID is the pod's PID namespace: "" gives each container its own,
-	// PIDPod one shared by the pod's containers (shareProcessNamespace),
-	// PIDHost the gateway's (hostPID).
-	PID string `cbor:"19,keyasint,omitempty" json:",omitempty"`
-	// HostIPC shares the gateway's IPC namespace.
-	HostIPC bool `cbor:"20,keyasint,omitempty" json:",omitempty"`
+	// Namespaces are the pod's PID and IPC namespace choices; nil: each
+	// container its own PID and IPC namespace.
+	Namespaces *PodNamespaces `cbor:"19,keyasint,omitempty" json:",omitempty"`
+	// Finished is the pod's phase in the API when it is Succeeded or
+	// Failed: the agent keeps it (its logs stay readable until the pod is
+	// deleted) but runs nothing of it again.
+	Finished string `cbor:"20,keyasint,omitempty" json:",omitempty"`
 	// Resources are the pod-level spec.resources: limits bound the pod's
 	// cgroup, and stand for a container's own when it sets none (the
 	// downward API).
 	Resources *PodResources `cbor:"21,keyasint,omitempty" json:",omitempty"`
 }
 
-// Pod PID namespace modes (Pod.PID).
+// PodNamespaces are a pod's namespace choices.
+type PodNamespaces struct {
+	// PID is the pod's PID namespace: "" gives each container its own,
+	// PIDPod one shared by the pod's containers (shareProcessNamespace),
+	// PIDHost the gateway's (hostPID).
+	PID string `cbor:"1,keyasint,omitempty"`
+	// HostIPC shares the gateway's IPC namespace (hostIPC).
+	HostIPC bool `cbor:"2,keyasint,omitempty"`
+}
+
+// PIDMode is Namespaces.PID, "" without Namespaces.
+func (p *Pod) PIDMode() string {
+	if p.Namespaces == nil {
+		return ""
+	}
+	return p.Namespaces.PID
+}
+
+// HostIPC says whether the pod shares the gateway's IPC namespace.
+func (p *Pod) HostIPC() bool { return p.Namespaces != nil && p.Namespaces.HostIPC }
+
+// Pod PID namespace modes (PodNamespaces.PID).
 const (
 	PIDPod  = "Pod"
 	PIDHost = "Host"
@@ -341,10 +363,15 @@ func (p *Pod) validateFields() error {
 	if p.ActiveDeadlineSeconds < 0 {
 		return errors.New("pod: negative activeDeadlineSeconds")
 	}
-	switch p.PID {
+	switch p.PIDMode() {
 	case "", PIDPod, PIDHost:
 	default:
-		return fmt.Errorf("pod: PID namespace %q is not %q or %q", p.PID, PIDPod, PIDHost)
+		return fmt.Errorf("pod: PID namespace %q is not %q or %q", p.PIDMode(), PIDPod, PIDHost)
+	}
+	switch p.Finished {
+	case "", "Succeeded", "Failed":
+	default:
+		return fmt.Errorf("pod: finished phase %q is not Succeeded or Failed", p.Finished)
 	}
 	if p.Resources != nil {
 		return p.Resources.Validate("pod: resources")

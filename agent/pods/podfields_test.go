@@ -83,6 +83,27 @@ func TestPodFields(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-ef"}, {Kind: wire.KindPod, UID: "uid-ef-missing"}}})
 	})
 
+	e.sub(t, "a finished pod keeps its logs and runs nothing again", func(t *testing.T) {
+		// OnFailure: the first attempt fails, the second succeeds.
+		p := wire.Pod{RestartPolicy: "OnFailure", Containers: []wire.Container{
+			sh("app", `if [ -e /tmp/x ]; then echo second; exit 0; fi; touch /tmp/x; echo first; exit 3`)}}
+		p.Containers[0].Mounts = []wire.VolumeMount{{Name: "tmp", MountPath: "/tmp"}}
+		p.Volumes = []wire.Volume{{Name: "tmp", EmptyDir: &wire.EmptyDir{}}}
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-done", "done", "1", p)}})
+		e.waitStatus("uid-done", 90*time.Second, "Succeeded", func(s wire.PodStatus) bool { return s.Phase == "Succeeded" })
+		// The relay now sends the pod with its final phase.
+		p.Finished = "Succeeded"
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-done", "done", "2", p)}})
+		e.waitFor(10*time.Second, "both attempts' logs", func() bool {
+			return strings.Contains(e.log("default", "done", "app", false), "second") && strings.Contains(e.log("default", "done", "app", true), "first")
+		})
+		if n := len(e.podContainers("uid-done")); n != 2 {
+			t.Errorf("a finished pod has %d containers, want its 2 attempts", n)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-done"}}})
+		e.waitFor(60*time.Second, "its logs removed with it", func() bool { return e.log("default", "done", "app", false) == "" })
+	})
+
 	e.sub(t, "activeDeadlineSeconds", func(t *testing.T) {
 		p := wire.Pod{ActiveDeadlineSeconds: 3, Containers: []wire.Container{sh("app", "trap 'exit 0' TERM; while true; do sleep 0.2; done")}}
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-deadline", "deadline", "1", p)}})
@@ -100,7 +121,7 @@ func TestPodFields(t *testing.T) {
 	})
 
 	e.sub(t, "shareProcessNamespace", func(t *testing.T) {
-		p := wire.Pod{PID: wire.PIDPod, RestartPolicy: "Never", Containers: []wire.Container{
+		p := wire.Pod{Namespaces: &wire.PodNamespaces{PID: wire.PIDPod}, RestartPolicy: "Never", Containers: []wire.Container{
 			sh("sleeper", "exec sleep 3601"),
 			sh("looker", `for i in $(seq 50); do ps | grep -q '[s]leep 3601' && break; sleep 0.2; done; ps; echo "pid1=$(tr '\0' ' ' </proc/1/cmdline)"; echo END`),
 		}}
@@ -119,7 +140,7 @@ func TestPodFields(t *testing.T) {
 		hostIPC, _ := os.Readlink("/proc/self/ns/ipc")
 		script := `echo "pid=$(readlink /proc/self/ns/pid) ipc=$(readlink /proc/self/ns/ipc)"; echo END`
 		e.apply(&wire.Sync{Upserts: []wire.Object{
-			podObj("uid-hostns", "hostns", "1", wire.Pod{PID: wire.PIDHost, HostIPC: true, RestartPolicy: "Never", Containers: []wire.Container{sh("app", script)}}),
+			podObj("uid-hostns", "hostns", "1", wire.Pod{Namespaces: &wire.PodNamespaces{PID: wire.PIDHost, HostIPC: true}, RestartPolicy: "Never", Containers: []wire.Container{sh("app", script)}}),
 			podObj("uid-ownns", "ownns", "1", wire.Pod{RestartPolicy: "Never", Containers: []wire.Container{sh("app", script)}}),
 		}})
 		has(output("hostns", "app"), "pid="+hostPID+" ipc="+hostIPC)

@@ -416,17 +416,20 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		}
 		want[o.UID] = true
 		w := r.workers[o.UID]
-		if w == nil && admitted >= r.cfg.MaxPods {
+		finished := o.Pod.Finished != ""
+		if w == nil && admitted >= r.cfg.MaxPods && !finished {
 			r.reject(o, lastPrint, "OutOfpods", fmt.Sprintf("Node didn't have enough resource: pods (maxPods %d)", r.cfg.MaxPods))
 			continue
 		}
-		if w == nil {
+		if w == nil && !finished {
 			if why := forbiddenSysctl(o.Pod, r.cfg.AllowedUnsafeSysctls); why != "" {
 				r.reject(o, lastPrint, "SysctlForbidden", "Pod "+why)
 				continue
 			}
 		}
-		admitted++
+		if !finished { // a finished pod holds no place, as on a kubelet
+			admitted++
+		}
 		if w == nil || w.orphan() {
 			if w != nil { // a cleanup still running for a UID desired again: let it finish
 				continue

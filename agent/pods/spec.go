@@ -40,7 +40,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		CapAdd:      c.CapAdd,
 		CapDrop:     c.CapDrop,
 		NetNS:       setup.netns,
-		HostIPC:     pod.HostIPC,
+		HostIPC:     pod.HostIPC(),
 		TTY:         c.TTY,
 		Hostname:    o.Name,
 		LogPath:     logPath,
@@ -62,7 +62,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if pod.HostNetwork {
 		sp.Hostname = ""
 	}
-	switch pod.PID {
+	switch pod.PIDMode() {
 	case wire.PIDHost:
 		sp.PIDNamespace = containerd.PIDHost
 	case wire.PIDPod:

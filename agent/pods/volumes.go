@@ -104,7 +104,7 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 			s.volumes[v.Name] = volSource{path: p, readOnly: true}
 		}
 	}
-	if o.Pod.PID == wire.PIDPod {
+	if o.Pod.PIDMode() == wire.PIDPod {
 		ns, err := w.pidNamespace(dir)
 		if err != nil {
 			errs = append(errs, err)

@@ -259,6 +259,21 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 		}
 		return retry
 	}
+	if pod.Finished != "" {
+		// The API holds the pod's final phase: nothing of it runs again,
+		// and what it left (its logs, the last attempts) stays until it
+		// is deleted.
+		w.running.Store(false)
+		w.terminate(ctx, rt, o, recs)
+		for _, xs := range recs {
+			for _, x := range xs {
+				if x.running() {
+					return retry
+				}
+			}
+		}
+		return time.Time{}
+	}
 	var deadline time.Time
 	if d := pod.ActiveDeadlineSeconds; d > 0 && !w.exceeded {
 		deadline = time.Unix(w.startTime, 0).Add(time.Duration(d) * time.Second)

@@ -115,7 +115,6 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		HostNetwork:        s.HostNetwork,
 		ServiceAccountName: s.ServiceAccountName,
 		Hostname:           s.Hostname,
-		HostIPC:            s.HostIPC,
 	}
 	if s.Resources != nil {
 		if len(s.Resources.Claims) > 0 {
@@ -132,11 +131,19 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	if s.ActiveDeadlineSeconds != nil {
 		out.ActiveDeadlineSeconds = *s.ActiveDeadlineSeconds
 	}
+	var ns wire.PodNamespaces
 	switch {
 	case s.HostPID:
-		out.PID = wire.PIDHost
+		ns.PID = wire.PIDHost
 	case isTrue(s.ShareProcessNamespace):
-		out.PID = wire.PIDPod
+		ns.PID = wire.PIDPod
+	}
+	ns.HostIPC = s.HostIPC
+	if ns != (wire.PodNamespaces{}) {
+		out.Namespaces = &ns
+	}
+	if ph := p.Status.Phase; ph == corev1.PodSucceeded || ph == corev1.PodFailed {
+		out.Finished = string(ph)
 	}
 	if out.RestartPolicy == "" {
 		out.RestartPolicy = string(corev1.RestartPolicyAlways)

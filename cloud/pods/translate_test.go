@@ -244,7 +244,7 @@ func TestTranslateSupported(t *testing.T) {
 			}
 			c.RequestCPUMillis, c.RequestMemoryBytes = 100, 32<<20
 			c.Stdin, c.StdinOnce, c.TTY = true, true, true
-			w.ActiveDeadlineSeconds, w.PID, w.HostIPC = 60, wire.PIDPod, true
+			w.ActiveDeadlineSeconds, w.Namespaces = 60, &wire.PodNamespaces{PID: wire.PIDPod, HostIPC: true}
 			w.Resources = &wire.PodResources{MemoryBytes: 128 << 20}
 		}},
 		{"downwardAPI volume: labels, annotations, resources; hostPID", func(p *corev1.Pod) {
@@ -260,7 +260,7 @@ func TestTranslateSupported(t *testing.T) {
 		}, func(w *wire.Pod) {
 			w.Labels = map[string]string{"app": "web"}
 			w.Annotations = map[string]string{"note": "x"}
-			w.PID = wire.PIDHost
+			w.Namespaces = &wire.PodNamespaces{PID: wire.PIDHost}
 			w.Volumes = append(w.Volumes, wire.Volume{Name: "info", Projected: &wire.Projected{Sources: []wire.ProjectedSource{{DownwardAPI: []wire.FieldFile{
 				{Path: "labels", Field: "metadata.labels"},
 				{Path: "note", Field: "metadata.annotations['note']"},

@@ -104,6 +104,29 @@ func TestPodFields(t *testing.T) {
 		e.waitFor(60*time.Second, "its logs removed with it", func() bool { return e.log("default", "done", "app", false) == "" })
 	})
 
+	e.sub(t, "pod-level resources", func(t *testing.T) {
+		// No container limit: the pod's bounds them all, and the downward
+		// API reads it.
+		hog := sh("hog", `echo "limit=$MEM_MI"; echo END; tail /dev/zero`)
+		hog.Env = []wire.EnvVar{{Name: "MEM_MI", From: &wire.EnvSource{Resource: &wire.ResourceRef{Resource: "limits.memory", Divisor: 1 << 20}}}}
+		p := wire.Pod{RestartPolicy: "Never", Resources: &wire.PodResources{MemoryBytes: 32 << 20, CPUMillis: 500},
+			Containers: []wire.Container{hog}}
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-podres", "podres", "1", p)}})
+		has(output("podres", "hog"), "limit=32\n")
+		s := e.waitStatus("uid-podres", 60*time.Second, "OOMKilled", func(s wire.PodStatus) bool {
+			return len(s.Containers) == 1 && s.Containers[0].State.Kind == wire.StateTerminated
+		})
+		if st := s.Containers[0].State; st.Reason != "OOMKilled" {
+			t.Errorf("the hog ended %+v, want OOMKilled by the pod's memory limit", st)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-podres"}}})
+		e.waitFor(60*time.Second, "the pod cgroup removed", func() bool {
+			_, err1 := os.Stat("/sys/fs/cgroup/memory/outpost/pod-uid-podres")
+			_, err2 := os.Stat("/sys/fs/cgroup/outpost/pod-uid-podres")
+			return os.IsNotExist(err1) && os.IsNotExist(err2)
+		})
+	})
+
 	e.sub(t, "activeDeadlineSeconds", func(t *testing.T) {
 		p := wire.Pod{ActiveDeadlineSeconds: 3, Containers: []wire.Container{sh("app", "trap 'exit 0' TERM; while true; do sleep 0.2; done")}}
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-deadline", "deadline", "1", p)}})

@@ -24,7 +24,13 @@ type podSetup struct {
 	hosts   string
 	// pidns is the pod's shared PID namespace (shareProcessNamespace).
 	pidns string
+	// cgroup is the pod's cgroup (pod-level resources), the parent of
+	// its containers'.
+	cgroup string
 }
+
+// podCgroupName names the cgroup of pod uid (with pod-level limits).
+func podCgroupName(uid string) string { return "pod-" + strings.ToLower(uid) }
 
 type volSource struct {
 	path     string
@@ -102,6 +108,15 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 				continue
 			}
 			s.volumes[v.Name] = volSource{path: p, readOnly: true}
+		}
+	}
+	if r := o.Pod.Resources; r != nil && (r.CPUMillis > 0 || r.MemoryBytes > 0) {
+		if rt := w.r.runtime(); rt != nil {
+			cg, err := rt.SetPodCgroup(podCgroupName(w.uid), r.CPUMillis, r.MemoryBytes)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("spec.resources: %w", err))
+			}
+			s.cgroup = cg
 		}
 	}
 	if o.Pod.PIDMode() == wire.PIDPod {

@@ -618,6 +618,9 @@ func (w *worker) cleanup(ctx context.Context) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	if err := rt.RemovePodCgroup(podCgroupName(w.uid)); err != nil {
+		return err
+	}
 	if err := w.tearDown(); err != nil {
 		return err
 	}

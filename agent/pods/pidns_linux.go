@@ -20,7 +20,8 @@ import (
 // sandbox (pause) holds it: the agent's binary started as
 // "BINARY pod-pid-namespace UID" in a new PID namespace, where it is PID 1
 // and reaps the orphans the containers leave. The containers join it
-// (/proc/PID/ns/pid). It runs in its own session, so it outlives an agent
+// (/proc/PID/ns/pid). It runs in its own session and in a cgroup of the
+// runtime's (pid-namespaces), not the agent's, so it outlives an agent
 // restart, which finds it again from its PID file; it is killed when the
 // pod is removed (the kernel then ends whatever is left in the namespace).
 
@@ -68,6 +69,12 @@ func (w *worker) pidNamespace(dir string) (string, error) {
 	}
 	go func() { _ = cmd.Wait() }() // reaped here while this agent runs
 	pid := cmd.Process.Pid
+	if rt := w.r.runtime(); rt != nil {
+		if err := rt.AdoptProcess("pid-namespaces", pid); err != nil {
+			w.r.log.Warn("pods: the PID namespace holder stays in the agent's cgroup: stopping the agent's service may stop it, and the pod's containers with it",
+				"uid", w.uid, "err", err)
+		}
+	}
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(pid)), 0o600); err != nil {
 		_ = cmd.Process.Kill()
 		return "", err

@@ -303,3 +303,27 @@ spec:
 		return len(left) == 0, fmt.Sprint(left)
 	})
 }
+
+// TestPodLevelResources: spec.resources bounds the pod's containers
+// together (one that sets no limit is OOM-killed at the pod's) and is
+// what the downward API reads for a container without its own limit.
+func TestPodLevelResources(t *testing.T) {
+	need(t)
+	t.Parallel()
+	ctx := ctxFor(t, 3*time.Minute)
+	const ns = "wl-podres"
+	newNamespace(t, ctx, ns)
+	st.Apply(t, ctx, pod(ns, "bounded", image1, `echo "limit=$MEM_MI"; tail /dev/zero`, `    env:
+    - name: MEM_MI
+      valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+`, "  restartPolicy: Never\n  resources: {limits: {memory: 32Mi, cpu: 500m}}\n"))
+	logsOf(t, ctx, ns, "bounded", "limit=32\n")
+	stack.WaitFor(t, ctx, 90*time.Second, "the container OOMKilled at the pod's limit", func() (bool, string) {
+		p, err := getPod(ctx, ns, "bounded")
+		if err != nil {
+			return false, err.Error()
+		}
+		c := containerStatus(p)
+		return c != nil && c.State.Terminated != nil && c.State.Terminated.Reason == "OOMKilled", podState(p)
+	})
+}

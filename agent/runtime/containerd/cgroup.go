@@ -97,6 +97,40 @@ func (r *Runtime) RemovePodCgroup(name string) error {
 	return errors.Join(errs...)
 }
 
+// AdoptProcess moves process pid (a helper the agent started for its
+// pods, such as the holder of a shared PID namespace) into the cgroup
+// name under the runtime's, in every hierarchy, so that it leaves the
+// agent's own cgroup: a service manager stopping the agent (systemd's
+// KillMode=control-group) then leaves it running, as it leaves the
+// containers.
+func (r *Runtime) AdoptProcess(name string, pid int) error {
+	rel, err := r.podCgroup(name)
+	if err != nil {
+		return err
+	}
+	dirs := []string{filepath.Join(cgroupRoot, rel)}
+	if !isCgroup2() {
+		hs, _ := os.ReadDir(cgroupRoot)
+		dirs = dirs[:0]
+		for _, h := range hs {
+			if _, err := os.Stat(filepath.Join(cgroupRoot, h.Name(), "cgroup.procs")); err == nil {
+				dirs = append(dirs, filepath.Join(cgroupRoot, h.Name(), rel))
+			}
+		}
+	}
+	var errs []error
+	for _, d := range dirs {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := writeCgroup(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // podCgroup is the cgroup path of pod cgroup name.
 func (r *Runtime) podCgroup(name string) (string, error) {
 	ok := name != "" && len(name) <= 63

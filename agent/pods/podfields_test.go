@@ -209,6 +209,48 @@ func TestPodFields(t *testing.T) {
 			t.Errorf("stdin FIFO %s left behind: %v", fifo, err)
 		}
 	})
+
+	e.sub(t, "stdin without a tty", func(t *testing.T) {
+		c := sh("app", `echo ready; echo to-stderr >&2; while read line; do echo "got $line"; done; echo "stdin closed"; echo END; exec sleep 3600`)
+		c.Stdin = true
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-stdin", "stdin", "1", wire.Pod{Containers: []wire.Container{c}})}})
+		e.waitStatus("uid-stdin", 60*time.Second, "Running", running)
+		e.waitFor(20*time.Second, "ready and stderr in the log", func() bool {
+			l := e.log("default", "stdin", "app", false)
+			return strings.Contains(l, "ready") && strings.Contains(l, "to-stderr")
+		})
+		cs, err := e.rt.ListLabeled(context.Background(), "dev.outpost.pod.uid", "uid-stdin")
+		if err != nil || len(cs) != 1 {
+			t.Fatalf("containers: %v %v", cs, err)
+		}
+		fifo := cs[0].Labels[containerd.LabelStdin]
+		// Two attaches, one after the other: stdin stays open between them.
+		for _, word := range []string{"one", "two"} {
+			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(word + "\n"); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			e.waitFor(20*time.Second, "got "+word, func() bool { return strings.Contains(e.log("default", "stdin", "app", false), "got "+word) })
+		}
+		if l := e.log("default", "stdin", "app", false); strings.Contains(l, "stdin closed") {
+			t.Errorf("stdin closed after an attach ended: %q", l)
+		}
+		// The log is CRI-formatted by the logger the agent started.
+		p, _, err := e.recon.LogPath(context.Background(), "default", "stdin", "app", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(p); err != nil || !strings.Contains(string(b), " stderr F to-stderr\n") {
+			t.Errorf("log file %q, %v: no CRI stderr record", b, err)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-stdin"}}})
+		e.waitFor(60*time.Second, "the pod's containers removed", func() bool { return len(e.podContainers("uid-stdin")) == 0 })
+		e.waitFor(10*time.Second, "its logger gone", func() bool { return !strings.Contains(psAll(t), p) })
+	})
 }
 
 // psAll lists every process's command line, one a line.

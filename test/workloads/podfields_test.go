@@ -213,7 +213,9 @@ spec:
 }
 
 // TestTTYPod: a pod with stdin and tty (what kubectl run -it makes) starts
-// a shell on a terminal that keeps running, waiting for input.
+// a shell on a terminal that keeps running, waiting for input; one with
+// stdin alone (kubectl run -i) keeps reading its open stdin, its output in
+// kubectl logs.
 func TestTTYPod(t *testing.T) {
 	need(t)
 	t.Parallel()
@@ -229,6 +231,15 @@ spec:
   restartPolicy: Never
   containers:
   - {name: app, image: `+image1+`, command: [sh], stdin: true, stdinOnce: true, tty: true}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: `+ns+`}
+spec:
+  nodeSelector: {kubernetes.io/hostname: `+node+`}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - {name: app, image: `+image1+`, command: [sh, -c, "echo reading; exec cat"], stdin: true}
 `)
 	p := waitRunning(t, ctx, ns, "shell", 2*time.Minute)
 	id := strings.TrimPrefix(containerStatus(p).ContainerID, "containerd://")
@@ -239,6 +250,13 @@ spec:
 	got, err = ctrExec(ctx, id, "cat", "/proc/1/cmdline")
 	if err != nil || !strings.HasPrefix(got, "sh") {
 		t.Errorf("PID 1 is %q (%v), want the shell still running", got, err)
+	}
+	p = waitRunning(t, ctx, ns, "reader", 2*time.Minute)
+	logsOf(t, ctx, ns, "reader", "reading")
+	id = strings.TrimPrefix(containerStatus(p).ContainerID, "containerd://")
+	got, err = ctrExec(ctx, id, "cat", "/proc/1/cmdline")
+	if err != nil || !strings.HasPrefix(got, "cat") {
+		t.Errorf("PID 1 is %q (%v), want cat still reading its stdin", got, err)
 	}
 }
 

@@ -110,18 +110,37 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	for _, m := range mounts {
 		req = req.msg(createTaskRootfs, m.enc())
 	}
+	tty := info.Labels[LabelTTY] == "true"
+	var fl *fifoLogger
 	if in := info.Labels[LabelStdin]; in != "" {
 		if err := makeFIFO(in); err != nil {
 			return fmt.Errorf("container %s: stdin: %w", id, err)
 		}
 		req = req.str(createTaskStdin, in)
+		if !tty && info.Labels[labelLogURI] != "" {
+			// The shim passes stdin with a binary logger to a terminal only.
+			if fl, err = openFIFOLogger(in); err != nil {
+				return fmt.Errorf("container %s: stdin: %w", id, err)
+			}
+			defer fl.close()
+		}
 	}
-	req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
-	if info.Labels[LabelTTY] == "true" {
+	if fl != nil {
+		req = req.str(createTaskStdout, fl.Stdout).str(createTaskStderr, fl.Stderr)
+	} else {
+		req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
+	}
+	if tty {
 		req = req.bool(createTaskTerminal, true)
 	}
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Create", req); err != nil {
 		return fmt.Errorf("container %s: create task: %w", id, err)
+	}
+	if fl != nil {
+		if err := r.startFIFOLogger(fl, id, logURI); err != nil {
+			_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(taskContainerID, id))
+			return fmt.Errorf("container %s: %w", id, err)
+		}
 	}
 	// Taken before the call: a short-lived process can exit before Start
 	// returns, and its start must not come after its exit.
@@ -282,9 +301,12 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 	if _, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, id)); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: remove snapshot: %w", id, err)
 	}
-	if st != nil && filepath.IsAbs(st.Labels[LabelStdin]) {
-		if err := removeFIFO(st.Labels[LabelStdin]); err != nil {
-			r.log.Warn("remove a container's stdin FIFO", "container", id, "err", err)
+	if in := ""; st != nil && filepath.IsAbs(st.Labels[LabelStdin]) {
+		in = st.Labels[LabelStdin]
+		for _, p := range []string{in, in + ".out", in + ".err"} {
+			if err := removeFIFO(p); err != nil {
+				r.log.Warn("remove a container's stdio FIFO", "container", id, "err", err)
+			}
 		}
 	}
 	return nil

@@ -223,16 +223,6 @@ func formatMap(m map[string]string) string {
 	return b.String()
 }
 
-// podIP is the host's IP for hostNetwork pods. Other pods get a network
-// namespace of their own with only loopback (no CNI on the gateway yet),
-// so they have no address anyone else can reach and report none.
-func (w *worker) podIP(p *wire.Pod) string {
-	if p.HostNetwork {
-		return w.r.getHostIP()
-	}
-	return ""
-}
-
 // podIPs is every address of the pod (status.podIPs), podIP first.
 func (w *worker) podIPs(p *wire.Pod) []string {
 	if ip := w.podIP(p); ip != "" {

@@ -27,24 +27,21 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		return containerd.Spec{}, err
 	}
 	sp := containerd.Spec{
-		ID:           containerID(o.UID, c.Name, attempt),
-		Image:        c.Image,
-		Command:      expandAll(c.Command, env),
-		Args:         expandAll(c.Args, env),
-		Env:          env,
-		WorkingDir:   c.WorkingDir,
-		MemoryLimit:  c.MemoryBytes,
-		CPUMillis:    c.CPUMillis,
-		HostNetwork:  pod.HostNetwork,
-		Privileged:   c.Privileged,
-		CapAdd:       c.CapAdd,
-		CapDrop:      c.CapDrop,
-		NetNS:        setup.netns,
-		HostIPC:      pod.HostIPC(),
-		CgroupParent: setup.cgroup,
-		TTY:          c.TTY,
-		Hostname:     o.Name,
-		LogPath:      logPath,
+		ID:          containerID(o.UID, c.Name, attempt),
+		Image:       c.Image,
+		Command:     expandAll(c.Command, env),
+		Args:        expandAll(c.Args, env),
+		Env:         env,
+		WorkingDir:  c.WorkingDir,
+		MemoryLimit: c.MemoryBytes,
+		CPUMillis:   c.CPUMillis,
+		HostNetwork: pod.HostNetwork,
+		Privileged:  c.Privileged,
+		CapAdd:      c.CapAdd,
+		CapDrop:     c.CapDrop,
+		NetNS:       setup.netns,
+		Hostname:    o.Name,
+		LogPath:     logPath,
 		Labels: map[string]string{
 			labelPodUID: o.UID, labelPodName: o.Name, labelPodNamespace: o.Namespace,
 			labelContainer: c.Name, labelAttempt: strconv.Itoa(attempt), labelHash: containerHash(c),
@@ -63,6 +60,8 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if pod.HostNetwork {
 		sp.Hostname = ""
 	}
+	// Namespaces, pod cgroup and terminal.
+	sp.HostIPC, sp.CgroupParent, sp.TTY = pod.HostIPC(), setup.cgroup, c.TTY
 	switch pod.PIDMode() {
 	case wire.PIDHost:
 		sp.PIDNamespace = containerd.PIDHost
@@ -165,6 +164,16 @@ func checkLogNames(ns, pod, container string) error {
 		return wire.CheckLabel("container name", container)
 	}
 	return nil
+}
+
+// podIP is the host's IP for hostNetwork pods. Other pods get a network
+// namespace of their own with only loopback (no CNI on the gateway yet),
+// so they have no address anyone else can reach and report none.
+func (w *worker) podIP(p *wire.Pod) string {
+	if p.HostNetwork {
+		return w.r.getHostIP()
+	}
+	return ""
 }
 
 // expand replaces $(NAME) with earlier variables; $$ escapes.

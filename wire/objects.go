@@ -642,7 +642,7 @@ type EnvSource struct {
 	ConfigMap *KeyRef      `cbor:"1,keyasint,omitempty"`
 	Secret    *KeyRef      `cbor:"2,keyasint,omitempty"`
 	Field     string       `cbor:"3,keyasint,omitempty"`
-	Resource  *ResourceRef `cbor:"4,keyasint,omitempty"`
+	Resource  *ResourceRef `cbor:"4,keyasint,omitempty" json:",omitempty"`
 }
 
 // ResourceRef is a resourceFieldRef: Resource (limits.cpu, limits.memory,

@@ -1,6 +1,7 @@
 package pods
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -122,5 +123,26 @@ func TestDownwardResources(t *testing.T) {
 	}
 	if _, err := w.resource(p, nil, &wire.ResourceRef{Resource: "limits.cpu"}); err == nil {
 		t.Error("a volume file without a container resolved")
+	}
+}
+
+// TestContainerHashIgnoresUnsetFields: a container that sets none of the
+// fields added for envFrom, requests and terminals hashes as before they
+// existed, so a new agent restarts no container.
+func TestContainerHashIgnoresUnsetFields(t *testing.T) {
+	c := wire.Container{Name: "app", Image: "busybox", Env: []wire.EnvVar{{Name: "A", From: &wire.EnvSource{Field: "metadata.name"}}}}
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"EnvFrom", "RequestCPUMillis", "RequestMemoryBytes", "Stdin", "StdinOnce", "TTY", "Resource"} {
+		if strings.Contains(string(b), `"`+f+`"`) {
+			t.Errorf("an unset %s is in the hashed form: %s", f, b)
+		}
+	}
+	// The form the hash had before: only the fields then known.
+	const before = `{"Name":"app","Image":"busybox","Command":null,"Args":null,"Env":[{"Name":"A","Value":"","From":{"ConfigMap":null,"Secret":null,"Field":"metadata.name"}}],"WorkingDir":"","Mounts":null,"CPUMillis":0,"MemoryBytes":0,"Privileged":false,"CapAdd":null,"CapDrop":null,"LivenessProbe":null,"ReadinessProbe":null,"StartupProbe":null,"ImagePullPolicy":"","RunAsUser":null,"RunAsGroup":null}`
+	if string(b) != before {
+		t.Errorf("hashed form\n%s\nwant\n%s", b, before)
 	}
 }

@@ -198,6 +198,69 @@ type Pod struct {
 	// The agent admits only the kubelet's safe set and the ones its
 	// config allows.
 	Sysctls []Sysctl `cbor:"15,keyasint,omitempty"`
+	// Labels and Annotations are the pod's, carried only when its
+	// downward API reads them (metadata.labels, metadata.annotations).
+	Labels      map[string]string `cbor:"16,keyasint,omitempty" json:",omitempty"`
+	Annotations map[string]string `cbor:"17,keyasint,omitempty" json:",omitempty"`
+	// ActiveDeadlineSeconds bounds how long the pod runs, counted from
+	// its start: past it the agent kills its containers and reports it
+	// Failed with reason DeadlineExceeded, as a kubelet does. Zero: none.
+	ActiveDeadlineSeconds int64 `cbor:"18,keyasint,omitempty" json:",omitempty"`
+	// Namespaces are the pod's PID and IPC namespace choices; nil: each
+	// container its own PID and IPC namespace.
+	Namespaces *PodNamespaces `cbor:"19,keyasint,omitempty" json:",omitempty"`
+	// Finished is the pod's phase in the API when it is Succeeded or
+	// Failed: the agent keeps it (its logs stay readable until the pod is
+	// deleted) but runs nothing of it again.
+	Finished string `cbor:"20,keyasint,omitempty" json:",omitempty"`
+	// Resources are the pod-level spec.resources: limits bound the pod's
+	// cgroup, and stand for a container's own when it sets none (the
+	// downward API).
+	Resources *PodResources `cbor:"21,keyasint,omitempty" json:",omitempty"`
+}
+
+// PodNamespaces are a pod's namespace choices.
+type PodNamespaces struct {
+	// PID is the pod's PID namespace: "" gives each container its own,
+	// PIDPod one shared by the pod's containers (shareProcessNamespace),
+	// PIDHost the gateway's (hostPID).
+	PID string `cbor:"1,keyasint,omitempty"`
+	// HostIPC shares the gateway's IPC namespace (hostIPC).
+	HostIPC bool `cbor:"2,keyasint,omitempty"`
+}
+
+// PIDMode is Namespaces.PID, "" without Namespaces.
+func (p *Pod) PIDMode() string {
+	if p.Namespaces == nil {
+		return ""
+	}
+	return p.Namespaces.PID
+}
+
+// HostIPC says whether the pod shares the gateway's IPC namespace.
+func (p *Pod) HostIPC() bool { return p.Namespaces != nil && p.Namespaces.HostIPC }
+
+// Pod PID namespace modes (PodNamespaces.PID).
+const (
+	PIDPod  = "Pod"
+	PIDHost = "Host"
+)
+
+// PodResources are a pod's or a container's cpu and memory limits and
+// requests; zero is not set.
+type PodResources struct {
+	CPUMillis          int64 `cbor:"1,keyasint,omitempty"`
+	MemoryBytes        int64 `cbor:"2,keyasint,omitempty"`
+	RequestCPUMillis   int64 `cbor:"3,keyasint,omitempty"`
+	RequestMemoryBytes int64 `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate reports a negative figure.
+func (r *PodResources) Validate(what string) error {
+	if r.CPUMillis < 0 || r.MemoryBytes < 0 || r.RequestCPUMillis < 0 || r.RequestMemoryBytes < 0 {
+		return fmt.Errorf("%s: negative resource", what)
+	}
+	return nil
 }
 
 // Sysctl is one kernel parameter of a pod.
@@ -260,8 +323,58 @@ func (p *Pod) Validate() error {
 	if err := p.validateGroups(); err != nil {
 		return err
 	}
+	if err := p.validateFields(); err != nil {
+		return err
+	}
 	if p.Hostname != "" {
 		return CheckLabel("pod: hostname", p.Hostname)
+	}
+	return nil
+}
+
+// Bounds on the metadata a pod carries (the API server's are 63-byte
+// label values and 256 KiB of annotations in all).
+const (
+	maxMetaEntries = 256
+	maxMetaBytes   = 256 << 10
+)
+
+// validateFields checks the fields added for the downward API and the
+// pod's namespaces and resources.
+func (p *Pod) validateFields() error {
+	for _, m := range []struct {
+		what string
+		m    map[string]string
+	}{{"labels", p.Labels}, {"annotations", p.Annotations}} {
+		if len(m.m) > maxMetaEntries {
+			return fmt.Errorf("pod: %d %s (limit %d)", len(m.m), m.what, maxMetaEntries)
+		}
+		n := 0
+		for k, v := range m.m {
+			if err := checkText("pod: "+m.what+" key", k, 317, true); err != nil {
+				return err
+			}
+			n += len(k) + len(v)
+		}
+		if n > maxMetaBytes {
+			return fmt.Errorf("pod: %s of %d bytes (limit %d)", m.what, n, maxMetaBytes)
+		}
+	}
+	if p.ActiveDeadlineSeconds < 0 {
+		return errors.New("pod: negative activeDeadlineSeconds")
+	}
+	switch p.PIDMode() {
+	case "", PIDPod, PIDHost:
+	default:
+		return fmt.Errorf("pod: PID namespace %q is not %q or %q", p.PIDMode(), PIDPod, PIDHost)
+	}
+	switch p.Finished {
+	case "", "Succeeded", "Failed":
+	default:
+		return fmt.Errorf("pod: finished phase %q is not Succeeded or Failed", p.Finished)
+	}
+	if p.Resources != nil {
+		return p.Resources.Validate("pod: resources")
 	}
 	return nil
 }
@@ -346,6 +459,39 @@ type Container struct {
 	// the pod's: the agent refuses to start the container as uid 0
 	// (RunAsUser, or else the image's user), as a kubelet does.
 	RunAsNonRoot bool `cbor:"23,keyasint,omitempty" json:",omitempty"`
+	// EnvFrom are the container's envFrom sources, in order; Env wins
+	// over them.
+	EnvFrom []EnvFromSource `cbor:"24,keyasint,omitempty" json:",omitempty"`
+	// RequestCPUMillis and RequestMemoryBytes are resources.requests
+	// (for the downward API; the scheduler already used them).
+	RequestCPUMillis   int64 `cbor:"25,keyasint,omitempty" json:",omitempty"`
+	RequestMemoryBytes int64 `cbor:"26,keyasint,omitempty" json:",omitempty"`
+	// Stdin keeps the container's standard input open (for attach);
+	// StdinOnce closes it after the first attach ends; TTY gives the
+	// container a terminal.
+	Stdin     bool `cbor:"27,keyasint,omitempty" json:",omitempty"`
+	StdinOnce bool `cbor:"28,keyasint,omitempty" json:",omitempty"`
+	TTY       bool `cbor:"29,keyasint,omitempty" json:",omitempty"`
+}
+
+// EnvFromSource is one envFrom entry: every key of a ConfigMap or a
+// Secret (exactly one is named) becomes a variable, Prefix prepended.
+type EnvFromSource struct {
+	Prefix    string `cbor:"1,keyasint,omitempty"`
+	ConfigMap string `cbor:"2,keyasint,omitempty"`
+	Secret    string `cbor:"3,keyasint,omitempty"`
+	Optional  bool   `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate reports a source naming not exactly one object.
+func (e *EnvFromSource) Validate() error {
+	if (e.ConfigMap == "") == (e.Secret == "") {
+		return errors.New("envFrom: name exactly one of a ConfigMap or a Secret")
+	}
+	if err := checkText("envFrom: prefix", e.Prefix, 256, false); err != nil {
+		return err
+	}
+	return checkText("envFrom: name", e.ConfigMap+e.Secret, maxNameLen, true)
 }
 
 // Seccomp profile types, as in a pod's securityContext.seccompProfile.
@@ -411,8 +557,16 @@ func (c *Container) Validate() error {
 			return err
 		}
 	}
-	if c.CPUMillis < 0 || c.MemoryBytes < 0 {
-		return fmt.Errorf("container %s: negative limit", c.Name)
+	if c.CPUMillis < 0 || c.MemoryBytes < 0 || c.RequestCPUMillis < 0 || c.RequestMemoryBytes < 0 {
+		return fmt.Errorf("container %s: negative limit or request", c.Name)
+	}
+	if len(c.EnvFrom) > maxItems {
+		return fmt.Errorf("container %s: too many envFrom sources", c.Name)
+	}
+	for i := range c.EnvFrom {
+		if err := c.EnvFrom[i].Validate(); err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
+		}
 	}
 	if err := c.validateSecurity(); err != nil {
 		return fmt.Errorf("container %s: %w", c.Name, err)
@@ -454,7 +608,7 @@ func (e *EnvVar) Validate() error {
 	}
 	if e.From != nil {
 		n := 0
-		for _, set := range []bool{e.From.ConfigMap != nil, e.From.Secret != nil, e.From.Field != ""} {
+		for _, set := range []bool{e.From.ConfigMap != nil, e.From.Secret != nil, e.From.Field != "", e.From.Resource != nil} {
 			if set {
 				n++
 			}
@@ -467,17 +621,64 @@ func (e *EnvVar) Validate() error {
 				return fmt.Errorf("env %s: valueFrom needs a name and a key", e.Name)
 			}
 		}
+		if err := checkText("env "+e.Name+": fieldPath", e.From.Field, 512, false); err != nil {
+			return err
+		}
+		if r := e.From.Resource; r != nil {
+			if err := r.Validate(); err != nil {
+				return fmt.Errorf("env %s: %w", e.Name, err)
+			}
+		}
 	}
 	return nil
 }
 
-// EnvSource is valueFrom: one of a ConfigMap key, a Secret key, or a field
+// EnvSource is valueFrom: one of a ConfigMap key, a Secret key, a field
 // path of the downward API (metadata.name, metadata.namespace, metadata.uid,
-// spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP).
+// metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName,
+// spec.serviceAccountName, status.podIP, status.podIPs, status.hostIP,
+// status.hostIPs) or a container's resource (resourceFieldRef).
 type EnvSource struct {
-	ConfigMap *KeyRef `cbor:"1,keyasint,omitempty"`
-	Secret    *KeyRef `cbor:"2,keyasint,omitempty"`
-	Field     string  `cbor:"3,keyasint,omitempty"`
+	ConfigMap *KeyRef      `cbor:"1,keyasint,omitempty"`
+	Secret    *KeyRef      `cbor:"2,keyasint,omitempty"`
+	Field     string       `cbor:"3,keyasint,omitempty"`
+	Resource  *ResourceRef `cbor:"4,keyasint,omitempty" json:",omitempty"`
+}
+
+// ResourceRef is a resourceFieldRef: Resource (limits.cpu, limits.memory,
+// requests.cpu, requests.memory) of the pod's container Container (empty:
+// the container being started), divided by Divisor rounding up: Divisor
+// is in millicores for cpu and in bytes for memory; zero is one core or
+// one byte.
+type ResourceRef struct {
+	Container string `cbor:"1,keyasint,omitempty"`
+	Resource  string `cbor:"2,keyasint"`
+	Divisor   int64  `cbor:"3,keyasint,omitempty"`
+}
+
+// Resource names a ResourceRef may read.
+const (
+	ResourceLimitsCPU      = "limits.cpu"
+	ResourceLimitsMemory   = "limits.memory"
+	ResourceRequestsCPU    = "requests.cpu"
+	ResourceRequestsMemory = "requests.memory"
+)
+
+// Validate reports an unknown resource or a negative divisor.
+func (r *ResourceRef) Validate() error {
+	switch r.Resource {
+	case ResourceLimitsCPU, ResourceLimitsMemory, ResourceRequestsCPU, ResourceRequestsMemory:
+	default:
+		return fmt.Errorf("resourceFieldRef: resource %q is not one of %s, %s, %s, %s", r.Resource,
+			ResourceLimitsCPU, ResourceLimitsMemory, ResourceRequestsCPU, ResourceRequestsMemory)
+	}
+	if r.Divisor < 0 {
+		return errors.New("resourceFieldRef: negative divisor")
+	}
+	if r.Container != "" {
+		return CheckLabel("resourceFieldRef: containerName", r.Container)
+	}
+	return nil
 }
 
 // KeyRef is a key of a ConfigMap or Secret in the pod's namespace.
@@ -583,6 +784,20 @@ func (s *ProjectedSource) Validate() error {
 		if err := CheckItemPath("projected source: downward API path", f.Path); err != nil {
 			return err
 		}
+		if (f.Field == "") == (f.Resource == nil) {
+			return fmt.Errorf("projected source: downward API file %s: set exactly one of a field and a resource", f.Path)
+		}
+		if err := checkText("projected source: downward API field", f.Field, 512, false); err != nil {
+			return err
+		}
+		if f.Resource != nil {
+			if err := f.Resource.Validate(); err != nil {
+				return err
+			}
+			if f.Resource.Container == "" {
+				return fmt.Errorf("projected source: downward API file %s: resourceFieldRef needs a containerName", f.Path)
+			}
+		}
 	}
 	if t := s.ServiceAccountToken; t != nil {
 		if err := CheckItemPath("projected source: token path", t.Path); err != nil {
@@ -592,11 +807,14 @@ func (s *ProjectedSource) Validate() error {
 	return nil
 }
 
-// FieldFile is a downward API file: Path holds the pod field Field.
+// FieldFile is a downward API file: Path holds the pod field Field
+// (see EnvSource; metadata.labels and metadata.annotations too, as
+// KEY="value" lines) or the container resource Resource.
 type FieldFile struct {
-	Path  string `cbor:"1,keyasint"`
-	Field string `cbor:"2,keyasint"`
-	Mode  int32  `cbor:"3,keyasint,omitempty"`
+	Path     string       `cbor:"1,keyasint"`
+	Field    string       `cbor:"2,keyasint"`
+	Mode     int32        `cbor:"3,keyasint,omitempty"`
+	Resource *ResourceRef `cbor:"4,keyasint,omitempty"`
 }
 
 // TokenSource asks for a bound service-account token at Path. The token

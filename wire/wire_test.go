@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -36,6 +37,7 @@ func TestRoundTrip(t *testing.T) {
 		{"heartbeat", TypeHeartbeat, 0, nil, &Heartbeat{}},
 		{"error", TypeError, 0, &Error{Code: CodeMalformed, Reason: "bad", Fatal: true}, &Error{}},
 		{"sync", TypeSync, 0, sampleSync(), &Sync{}},
+		{"sync with pod fields", TypeSync, 0, podFieldsSync(), &Sync{}},
 		{"twin-report", TypeTwinReport, 12, sampleTwin(), &TwinReport{}},
 		{"pod-status", TypePodStatus, 9, samplePodStatus(), &PodStatus{}},
 		{"stream-open", TypeStreamOpen, 0, &StreamOpen{ID: 3, Namespace: "ns", Pod: "p", Container: "c", Follow: true, TailLines: -1}, &StreamOpen{}},
@@ -279,6 +281,25 @@ func sampleSync() *Sync {
 	}
 }
 
+// podFieldsSync is sampleSync with envFrom, the downward API's resources
+// and metadata, namespaces, a deadline, pod-level resources, a terminal
+// and a finished phase.
+func podFieldsSync() *Sync {
+	s := sampleSync()
+	p := s.Upserts[0].Pod
+	c := &p.Containers[0]
+	c.EnvFrom = []EnvFromSource{{ConfigMap: "cfg"}, {Prefix: "S_", Secret: "s", Optional: true}}
+	c.Env = append(c.Env, EnvVar{Name: "MEM", From: &EnvSource{Resource: &ResourceRef{Resource: ResourceLimitsMemory, Divisor: 1 << 20}}})
+	c.RequestCPUMillis, c.RequestMemoryBytes, c.Stdin, c.StdinOnce, c.TTY = 100, 32<<20, true, true, true
+	p.Labels, p.Annotations = map[string]string{"app": "web"}, map[string]string{"note": "x"}
+	p.ActiveDeadlineSeconds, p.Finished = 60, "Succeeded"
+	p.Namespaces = &PodNamespaces{PID: PIDPod, HostIPC: true}
+	p.Resources = &PodResources{CPUMillis: 500, MemoryBytes: 128 << 20}
+	p.Volumes = append(p.Volumes, Volume{Name: "info", Projected: &Projected{Sources: []ProjectedSource{{DownwardAPI: []FieldFile{
+		{Path: "labels", Field: "metadata.labels"}, {Path: "cpu", Resource: &ResourceRef{Container: "web", Resource: ResourceLimitsCPU, Divisor: 1}}}}}}})
+	return s
+}
+
 func TestSyncRejectsInconsistentObjects(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -306,6 +327,34 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 		{"bad fsGroupChangePolicy", func(s *Sync) { s.Upserts[0].Pod.FSGroupChangePolicy = "Sometimes" }},
 		{"sysctl without a name", func(s *Sync) { s.Upserts[0].Pod.Sysctls[0].Name = "" }},
 		{"too many sysctls", func(s *Sync) { s.Upserts[0].Pod.Sysctls = make([]Sysctl, 65) }},
+		{"envFrom naming two objects", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].EnvFrom = []EnvFromSource{{ConfigMap: "a", Secret: "b"}}
+		}},
+		{"envFrom naming none", func(s *Sync) { s.Upserts[0].Pod.Containers[0].EnvFrom = []EnvFromSource{{Prefix: "P_"}} }},
+		{"resourceFieldRef of an unknown resource", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].Env[1].From = &EnvSource{Resource: &ResourceRef{Resource: "limits.gpu"}}
+		}},
+		{"env with a field and a resource", func(s *Sync) {
+			s.Upserts[0].Pod.Containers[0].Env[1].From.Resource = &ResourceRef{Resource: ResourceLimitsCPU}
+		}},
+		{"downward file with neither field nor resource", func(s *Sync) {
+			s.Upserts[0].Pod.Volumes = append(s.Upserts[0].Pod.Volumes, Volume{Name: "info", Projected: &Projected{Sources: []ProjectedSource{{DownwardAPI: []FieldFile{{Path: "x"}}}}}})
+		}},
+		{"downward resource file without a container", func(s *Sync) {
+			s.Upserts[0].Pod.Volumes = append(s.Upserts[0].Pod.Volumes, Volume{Name: "info", Projected: &Projected{Sources: []ProjectedSource{{DownwardAPI: []FieldFile{
+				{Path: "x", Resource: &ResourceRef{Resource: ResourceLimitsMemory}}}}}}})
+		}},
+		{"unknown PID namespace mode", func(s *Sync) { s.Upserts[0].Pod.Namespaces = &PodNamespaces{PID: "Node"} }},
+		{"unknown finished phase", func(s *Sync) { s.Upserts[0].Pod.Finished = "Running" }},
+		{"negative activeDeadlineSeconds", func(s *Sync) { s.Upserts[0].Pod.ActiveDeadlineSeconds = -1 }},
+		{"negative pod-level limit", func(s *Sync) { s.Upserts[0].Pod.Resources = &PodResources{MemoryBytes: -1} }},
+		{"too many labels", func(s *Sync) {
+			s.Upserts[0].Pod.Labels = map[string]string{}
+			for i := range 257 {
+				s.Upserts[0].Pod.Labels[fmt.Sprint("k", i)] = "v"
+			}
+		}},
+		{"annotations too large", func(s *Sync) { s.Upserts[0].Pod.Annotations = map[string]string{"a": strings.Repeat("x", 256<<10)} }},
 		{"complete without initial", func(s *Sync) { s.Initial = false }},
 		{"delete without uid", func(s *Sync) { s.Deletes[0].UID = "" }},
 		{"no uid", func(s *Sync) { s.Upserts[1].UID = "" }},

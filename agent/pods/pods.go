@@ -54,6 +54,10 @@ type Config struct {
 	// logger ("LogBinary logger PATH …", normally the agent itself); empty
 	// writes raw output through the shim instead (not the CRI format).
 	LogBinary string
+	// PauseBinary holds the shared PID namespace of a pod with
+	// shareProcessNamespace, started as "PauseBinary pod-pid-namespace
+	// UID" (normally the agent itself; see IsPauseCall).
+	PauseBinary string
 	// LogMaxSize and LogMaxFiles bound each container's log files.
 	LogMaxSize  int64
 	LogMaxFiles int
@@ -102,6 +106,7 @@ type Reconciler struct {
 	mu        sync.Mutex
 	workers   map[string]*worker
 	hostIP    string
+	alloc     wire.Resources // the node's allocatable, for the downward API
 	runtimeUp bool
 	wg        sync.WaitGroup
 	now       func() time.Time
@@ -298,6 +303,9 @@ func (r *Reconciler) readHostIP() {
 		r.log.Warn("pods: reading node addresses", "err", err)
 		return
 	}
+	r.mu.Lock()
+	r.alloc = ni.Allocatable
+	r.mu.Unlock()
 	for _, a := range ni.Addresses {
 		if a.Type == "InternalIP" {
 			r.mu.Lock()
@@ -306,6 +314,12 @@ func (r *Reconciler) readHostIP() {
 			return
 		}
 	}
+}
+
+func (r *Reconciler) allocatable() wire.Resources {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.alloc
 }
 
 func (r *Reconciler) getHostIP() string {
@@ -402,17 +416,20 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		}
 		want[o.UID] = true
 		w := r.workers[o.UID]
-		if w == nil && admitted >= r.cfg.MaxPods {
+		finished := o.Pod.Finished != ""
+		if w == nil && admitted >= r.cfg.MaxPods && !finished {
 			r.reject(o, lastPrint, "OutOfpods", fmt.Sprintf("Node didn't have enough resource: pods (maxPods %d)", r.cfg.MaxPods))
 			continue
 		}
-		if w == nil {
+		if w == nil && !finished {
 			if why := forbiddenSysctl(o.Pod, r.cfg.AllowedUnsafeSysctls); why != "" {
 				r.reject(o, lastPrint, "SysctlForbidden", "Pod "+why)
 				continue
 			}
 		}
-		admitted++
+		if !finished { // a finished pod holds no place, as on a kubelet
+			admitted++
+		}
 		if w == nil || w.orphan() {
 			if w != nil { // a cleanup still running for a UID desired again: let it finish
 				continue

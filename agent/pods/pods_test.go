@@ -26,6 +26,10 @@ import (
 // as outpost-agent does ("logger PATH max-size N …", fds 3–5 from the shim).
 func TestMain(m *testing.M) {
 	args := os.Args[1:]
+	if pods.IsPauseCall(args) {
+		pods.RunPause()
+		os.Exit(0)
+	}
 	if os.Getenv("CONTAINER_ID") != "" && len(args)%2 == 0 {
 		var path string
 		for i := 0; i < len(args); i += 2 {
@@ -151,7 +155,7 @@ func start(t testing.TB) *env {
 				Capacity:    wire.Resources{CPUMillis: 2000, MemoryBytes: 1 << 30, Pods: 110},
 				Allocatable: wire.Resources{CPUMillis: 2000, MemoryBytes: 1 << 30, Pods: 110}}, nil
 		},
-		StateDir: filepath.Join(dir, "state"), LogBinary: self,
+		StateDir: filepath.Join(dir, "state"), LogBinary: self, PauseBinary: self,
 		BackoffBase: time.Second, BackoffMax: 4 * time.Second,
 		Log: harnessLog(t),
 	}

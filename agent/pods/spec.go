@@ -60,6 +60,25 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if pod.HostNetwork {
 		sp.Hostname = ""
 	}
+	// Namespaces, pod cgroup and terminal.
+	sp.HostIPC, sp.CgroupParent, sp.TTY = pod.HostIPC(), setup.cgroup, c.TTY
+	switch pod.PIDMode() {
+	case wire.PIDHost:
+		sp.PIDNamespace = containerd.PIDHost
+	case wire.PIDPod:
+		if setup.pidns == "" {
+			return sp, errors.New("shareProcessNamespace: the pod's PID namespace is not set up")
+		}
+		sp.PIDNamespace = setup.pidns
+	}
+	if c.Stdin {
+		// Kept with the pod; the attempt's own FIFO (see containerd.LabelStdin).
+		dir, err := w.podDir()
+		if err != nil {
+			return sp, err
+		}
+		sp.Stdin = filepath.Join(dir, "stdin", c.Name+"-"+strconv.Itoa(attempt))
+	}
 	if init {
 		sp.Labels[labelInit] = "true"
 	}
@@ -145,95 +164,6 @@ func checkLogNames(ns, pod, container string) error {
 		return wire.CheckLabel("container name", container)
 	}
 	return nil
-}
-
-// env resolves a container's environment, in order, with $(VAR)
-// references to earlier variables expanded as Kubernetes does.
-func (w *worker) env(o *wire.Object, rf *refs, c *wire.Container) ([]string, error) {
-	out := make([]string, 0, len(c.Env))
-	vals := map[string]string{}
-	for _, e := range c.Env {
-		v := e.Value
-		if e.From == nil {
-			v = expand(v, vals)
-		} else {
-			var ok bool
-			var err error
-			v, ok, err = w.envFrom(o, rf, e.From)
-			if err != nil {
-				return nil, fmt.Errorf("env %s: %w", e.Name, err)
-			}
-			if !ok {
-				continue
-			}
-		}
-		vals[e.Name] = v
-		out = append(out, e.Name+"="+v)
-	}
-	return out, nil
-}
-
-func (w *worker) envFrom(o *wire.Object, rf *refs, src *wire.EnvSource) (string, bool, error) {
-	switch {
-	case src.ConfigMap != nil:
-		r := src.ConfigMap
-		cm := rf.configMaps[o.Namespace+"/"+r.Name]
-		if cm == nil {
-			if r.Optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("configmap %q not found", r.Name)
-		}
-		if v, ok := cm.Data[r.Key]; ok {
-			return v, true, nil
-		}
-		if v, ok := cm.Binary[r.Key]; ok {
-			return string(v), true, nil
-		}
-		if r.Optional {
-			return "", false, nil
-		}
-		return "", false, fmt.Errorf("couldn't find key %s in ConfigMap %s/%s", r.Key, o.Namespace, r.Name)
-	case src.Secret != nil:
-		r := src.Secret
-		s := rf.secrets[o.Namespace+"/"+r.Name]
-		if s == nil {
-			if r.Optional {
-				return "", false, nil
-			}
-			return "", false, fmt.Errorf("secret %q not found", r.Name)
-		}
-		if v, ok := s.Data[r.Key]; ok {
-			return string(v), true, nil
-		}
-		if r.Optional {
-			return "", false, nil
-		}
-		return "", false, fmt.Errorf("couldn't find key %s in Secret %s/%s", r.Key, o.Namespace, r.Name)
-	}
-	v, err := w.field(o, src.Field)
-	return v, err == nil, err
-}
-
-// field is the downward API.
-func (w *worker) field(o *wire.Object, path string) (string, error) {
-	switch path {
-	case "metadata.name":
-		return o.Name, nil
-	case "metadata.namespace":
-		return o.Namespace, nil
-	case "metadata.uid":
-		return o.UID, nil
-	case "spec.nodeName":
-		return w.r.cfg.NodeName, nil
-	case "spec.serviceAccountName":
-		return o.Pod.ServiceAccountName, nil
-	case "status.hostIP":
-		return w.r.getHostIP(), nil
-	case "status.podIP":
-		return w.podIP(o.Pod), nil
-	}
-	return "", fmt.Errorf("downward API field %q is not supported (metadata.name, metadata.namespace, metadata.uid, spec.nodeName, spec.serviceAccountName, status.podIP, status.hostIP are)", path)
 }
 
 // podIP is the host's IP for hostNetwork pods. Other pods get a network

@@ -68,6 +68,12 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 	default:
 		st.Phase = "Running" // OnFailure: restarting
 	}
+	if w.exceeded {
+		st.Phase, st.Reason, st.Message = "Failed", "DeadlineExceeded", "Pod was active on the node longer than the specified deadline"
+	}
+	if pod.Finished != "" {
+		st.Phase = pod.Finished // final in the API (reported while it is deleted)
+	}
 	cond := func(t string, ok bool, reason, msg string) wire.Condition {
 		if ok {
 			return wire.Condition{Type: t, Status: "True"}

@@ -22,7 +22,15 @@ type podSetup struct {
 	volumes map[string]volSource
 	netns   string
 	hosts   string
+	// pidns is the pod's shared PID namespace (shareProcessNamespace).
+	pidns string
+	// cgroup is the pod's cgroup (pod-level resources), the parent of
+	// its containers'.
+	cgroup string
 }
+
+// podCgroupName names the cgroup of pod uid (with pod-level limits).
+func podCgroupName(uid string) string { return "pod-" + strings.ToLower(uid) }
 
 type volSource struct {
 	path     string
@@ -102,6 +110,22 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 			s.volumes[v.Name] = volSource{path: p, readOnly: true}
 		}
 	}
+	if r := o.Pod.Resources; r != nil && (r.CPUMillis > 0 || r.MemoryBytes > 0) {
+		if rt := w.r.runtime(); rt != nil {
+			cg, err := rt.SetPodCgroup(podCgroupName(w.uid), r.CPUMillis, r.MemoryBytes)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("spec.resources: %w", err))
+			}
+			s.cgroup = cg
+		}
+	}
+	if o.Pod.PIDMode() == wire.PIDPod {
+		ns, err := w.pidNamespace(dir)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.pidns = ns
+	}
 	if !o.Pod.HostNetwork {
 		ns := filepath.Join(dir, "netns")
 		if err := ensureNetNS(ns); err != nil {
@@ -133,6 +157,9 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 func (w *worker) tearDown() error {
 	dir, err := w.podDir()
 	if err != nil {
+		return err
+	}
+	if err := w.stopPIDNamespace(dir); err != nil {
 		return err
 	}
 	for _, m := range mountinfo.Under(dir) {
@@ -358,7 +385,13 @@ func (w *worker) volumeFiles(o *wire.Object, rf *refs, v *wire.Volume) (map[stri
 				}
 			case len(src.DownwardAPI) > 0:
 				for _, f := range src.DownwardAPI {
-					val, err := w.field(o, f.Field)
+					var val string
+					var err error
+					if f.Resource != nil {
+						val, err = w.resource(o.Pod, nil, f.Resource)
+					} else {
+						val, err = w.field(o, f.Field)
+					}
 					if err != nil {
 						return nil, err
 					}

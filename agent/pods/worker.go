@@ -42,6 +42,9 @@ type worker struct {
 	last      *wire.PodStatus
 	startTime int64
 	owned     map[string]bool // writable volumes given the fsGroup
+	// exceeded: the pod ran past its activeDeadlineSeconds; it is Failed
+	// for good and its containers are stopped, never started again.
+	exceeded bool
 
 	// running mirrors last's phase for Reconciler.Running (metrics);
 	// resend makes the next report go out even if unchanged (Resend).
@@ -256,6 +259,46 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 		}
 		return retry
 	}
+	if pod.Finished != "" {
+		// The API holds the pod's final phase: nothing of it runs again,
+		// and what it left (its logs, the last attempts) stays until it
+		// is deleted.
+		w.running.Store(false)
+		w.terminate(ctx, rt, o, recs)
+		for _, xs := range recs {
+			for _, x := range xs {
+				if x.running() {
+					return retry
+				}
+			}
+		}
+		return time.Time{}
+	}
+	var deadline time.Time
+	if d := pod.ActiveDeadlineSeconds; d > 0 && !w.exceeded {
+		deadline = time.Unix(w.startTime, 0).Add(time.Duration(d) * time.Second)
+		if !now.Before(deadline) {
+			w.exceeded = true
+			w.r.log.Info("pods: pod ran past its activeDeadlineSeconds; stopping it", "pod", o.Namespace+"/"+o.Name, "deadline", d)
+		}
+	}
+	if w.exceeded {
+		// As a kubelet: the pod fails, its containers are killed with
+		// the pod's grace period and none starts again.
+		w.terminate(ctx, rt, o, recs)
+		clear(w.waiting)
+		if recs, err = w.records(ctx, rt); err == nil {
+			w.report(o, recs, false)
+		}
+		for _, xs := range recs {
+			for _, x := range xs {
+				if x.running() {
+					return retry
+				}
+			}
+		}
+		return time.Time{}
+	}
 
 	var next time.Time
 	due := func(t time.Time) {
@@ -341,6 +384,7 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 	w.report(o, recs, false)
 	// Refresh files of ConfigMap, Secret and projected volumes now and then.
 	due(now.Add(time.Minute))
+	due(deadline)
 	return next
 }
 
@@ -573,6 +617,9 @@ func (w *worker) cleanup(ctx context.Context) error {
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if err := rt.RemovePodCgroup(podCgroupName(w.uid)); err != nil {
+		return err
 	}
 	if err := w.tearDown(); err != nil {
 		return err

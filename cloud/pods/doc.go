@@ -33,6 +33,11 @@
 // agent is connected (tokens.go). Only pods read bound to the node, with
 // the same UID, just before each request get a token.
 //
+// A pod that finished (Succeeded or Failed) stays with an agent that holds
+// it, sent with Finished set and without tokens or references, so that its
+// logs stay readable until it is deleted, as on a kubelet; a finished pod
+// the agent does not hold is not sent.
+//
 // Pods with a deletion timestamp are sent with Deleting set; the pod
 // disappears (and the agent gets a delete) once something deletes it with
 // grace 0. Like a kubelet, that is the agent's status path's job once its

@@ -351,7 +351,7 @@ func (st *state) pass() (ok, poll bool) {
 		p := o.(*corev1.Pod)
 		// The field selector already says so; checked again because the
 		// relay must never send another node's pod.
-		if p.Spec.NodeName != node || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if p.Spec.NodeName != node {
 			continue
 		}
 		podList = append(podList, p)
@@ -370,12 +370,25 @@ func (st *state) pass() (ok, poll bool) {
 		refs []Ref
 	}
 	var (
-		cands   []candidate
-		refuse  []refused
-		wanted  = map[Ref]bool{}
-		liveUID = map[types.UID]bool{}
+		cands    []candidate
+		refuse   []refused
+		wanted   = map[Ref]bool{}
+		liveUID  = map[types.UID]bool{}
+		finished []wire.Object
 	)
 	for _, p := range podList {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			// A finished pod stays with the agent that ran it, so that its
+			// logs can be read until it is deleted, as on a kubelet; it
+			// needs neither references nor tokens, and one the agent never
+			// held (or that could not be translated) is not sent at all.
+			if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}]; held {
+				if t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) }); t.err == nil {
+					finished = append(finished, t.obj)
+				}
+			}
+			continue
+		}
 		liveUID[p.UID] = true
 		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) })
 		if t.err != nil {
@@ -469,6 +482,10 @@ func (st *state) pass() (ok, poll bool) {
 		// The initial sync carries the pods' first tokens too, as it
 		// carries their references (bounded by the same patience).
 		return true, true
+	}
+	for _, o := range finished {
+		liveUID[types.UID(o.UID)] = true // its translation stays cached
+		want = append(want, o)
 	}
 	if st.s.cfg.Extra != nil {
 		want = append(want, st.s.cfg.Extra.Objects()...)

@@ -241,3 +241,44 @@ func TestSessionTooLarge(t *testing.T) {
 		return false
 	})
 }
+
+// TestSessionFinishedPods: a pod that finishes stays with the agent
+// (marked Finished, its tokens and references dropped) until it is
+// deleted; a finished pod the agent never held is not sent.
+func TestSessionFinishedPods(t *testing.T) {
+	ctx := context.Background()
+	done := func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("job", "edge-1", "1", withRefs("cfg", "sec")),
+		testPod("old", "edge-1", "2", done),
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg", Namespace: "default", UID: "uid-cfg", ResourceVersion: "3"}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec", Namespace: "default", UID: "uid-sec", ResourceVersion: "4"}},
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 8)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send})
+	defer s.Stop()
+	if got := summary(rec.next(t)); !equal(got, "+pod/job@1", "+token/job", "+configmap/cfg@3", "+secret/sec@4") {
+		t.Fatalf("initial sync %v", got)
+	}
+	p, _ := client.CoreV1().Pods("default").Get(ctx, "job", metav1.GetOptions{})
+	p.Status.Phase, p.ResourceVersion = corev1.PodSucceeded, "5"
+	if _, err := client.CoreV1().Pods("default").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d := rec.next(t)
+	if !equal(summary(d), "+pod/job@5", "-token/uid-job", "-configmap/uid-cfg", "-secret/uid-sec") {
+		t.Fatalf("delta %v", summary(d))
+	}
+	for _, u := range d.Upserts {
+		if u.Kind == wire.KindPod && u.Pod.Finished != "Succeeded" {
+			t.Errorf("finished pod sent with Finished %q", u.Pod.Finished)
+		}
+	}
+	if err := client.CoreV1().Pods("default").Delete(ctx, "job", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.next(t); !equal(summary(d), "-pod/uid-job") {
+		t.Fatalf("delta %v", summary(d))
+	}
+}

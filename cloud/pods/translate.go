@@ -30,13 +30,47 @@ func (e *UnsupportedError) Error() string {
 
 func unsupported(path, hint string) error { return &UnsupportedError{Path: path, Hint: hint} }
 
-// envFields are the downward API field paths the agent resolves (see
-// wire.EnvSource).
+// envFields are the downward API field paths the agent resolves in env
+// (see wire.EnvSource), besides metadata.labels['KEY'] and
+// metadata.annotations['KEY'].
 var envFields = map[string]bool{
 	"metadata.name": true, "metadata.namespace": true, "metadata.uid": true,
 	"spec.nodeName": true, "spec.serviceAccountName": true,
-	"status.podIP": true, "status.hostIP": true,
+	"status.podIP": true, "status.podIPs": true, "status.hostIP": true, "status.hostIPs": true,
 }
+
+// fileFields are the field paths of downwardAPI volume files, as the API
+// server allows them, besides the subscripted labels and annotations.
+var fileFields = map[string]bool{
+	"metadata.name": true, "metadata.namespace": true, "metadata.uid": true,
+	"metadata.labels": true, "metadata.annotations": true,
+}
+
+// subscripted returns "labels" or "annotations" for
+// metadata.labels['KEY'] or metadata.annotations['KEY'], else "".
+func subscripted(path string) string {
+	for _, m := range []string{"labels", "annotations"} {
+		if p, ok := strings.CutPrefix(path, "metadata."+m+"['"); ok && strings.HasSuffix(p, "']") && len(p) > 2 {
+			return m
+		}
+	}
+	return ""
+}
+
+// fieldMeta says which of the pod's labels and annotations a field path
+// reads (into meta).
+func fieldMeta(path string, meta *podMeta) {
+	switch {
+	case path == "metadata.labels" || subscripted(path) == "labels":
+		meta.labels = true
+	case path == "metadata.annotations" || subscripted(path) == "annotations":
+		meta.annotations = true
+	}
+}
+
+// podMeta records whether a pod's downward API reads its labels or
+// annotations, which then travel with it.
+type podMeta struct{ labels, annotations bool }
 
 // Translate turns a pod as the API server returns it into the agent's pod
 // type. It fails on the first field the agent cannot honour, with an
@@ -49,9 +83,6 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	if len(s.EphemeralContainers) > 0 {
 		return nil, unsupported("spec.ephemeralContainers", "kubectl debug needs a kubelet")
 	}
-	if s.ActiveDeadlineSeconds != nil {
-		return nil, unsupported("spec.activeDeadlineSeconds", "")
-	}
 	switch s.DNSPolicy {
 	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault:
 		// Edge nodes have no cluster DNS: every policy resolves like Default.
@@ -60,15 +91,6 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	}
 	if s.DNSConfig != nil {
 		return nil, unsupported("spec.dnsConfig", "")
-	}
-	if s.HostPID {
-		return nil, unsupported("spec.hostPID", "")
-	}
-	if s.HostIPC {
-		return nil, unsupported("spec.hostIPC", "")
-	}
-	if isTrue(s.ShareProcessNamespace) {
-		return nil, unsupported("spec.shareProcessNamespace", "")
 	}
 	if len(s.HostAliases) > 0 {
 		return nil, unsupported("spec.hostAliases", "")
@@ -88,15 +110,40 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	if len(s.ResourceClaims) > 0 {
 		return nil, unsupported("spec.resourceClaims", "")
 	}
-	if s.Resources != nil && (len(s.Resources.Limits) > 0 || len(s.Resources.Requests) > 0 || len(s.Resources.Claims) > 0) {
-		return nil, unsupported("spec.resources", "set resources per container")
-	}
-
 	out := &wire.Pod{
 		RestartPolicy:      string(s.RestartPolicy),
 		HostNetwork:        s.HostNetwork,
 		ServiceAccountName: s.ServiceAccountName,
 		Hostname:           s.Hostname,
+	}
+	if s.Resources != nil {
+		if len(s.Resources.Claims) > 0 {
+			return nil, unsupported("spec.resources.claims", "")
+		}
+		var r wire.PodResources
+		if err := translateResources("spec.resources", s.Resources, &r); err != nil {
+			return nil, err
+		}
+		if r != (wire.PodResources{}) {
+			out.Resources = &r
+		}
+	}
+	if s.ActiveDeadlineSeconds != nil {
+		out.ActiveDeadlineSeconds = *s.ActiveDeadlineSeconds
+	}
+	var ns wire.PodNamespaces
+	switch {
+	case s.HostPID:
+		ns.PID = wire.PIDHost
+	case isTrue(s.ShareProcessNamespace):
+		ns.PID = wire.PIDPod
+	}
+	ns.HostIPC = s.HostIPC
+	if ns != (wire.PodNamespaces{}) {
+		out.Namespaces = &ns
+	}
+	if ph := p.Status.Phase; ph == corev1.PodSucceeded || ph == corev1.PodFailed {
+		out.Finished = string(ph)
 	}
 	if out.RestartPolicy == "" {
 		out.RestartPolicy = string(corev1.RestartPolicyAlways)
@@ -145,12 +192,13 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		}
 	}
 
+	var meta podMeta
 	volumes := map[string]bool{}
 	if len(s.Volumes) > 0 {
 		out.Volumes = make([]wire.Volume, 0, len(s.Volumes))
 	}
 	for i := range s.Volumes {
-		v, err := translateVolume(fmt.Sprintf("spec.volumes[%d]", i), &s.Volumes[i])
+		v, err := translateVolume(fmt.Sprintf("spec.volumes[%d]", i), &s.Volumes[i], &meta)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +211,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if c.RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "sidecar containers are not supported; make it a regular container")
 		}
-		wc, err := translateContainer(path, c, s.HostNetwork, volumes, &pod)
+		wc, err := translateContainer(path, c, s.HostNetwork, volumes, &pod, &meta)
 		if err != nil {
 			return nil, err
 		}
@@ -174,14 +222,108 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		if s.Containers[i].RestartPolicy != nil {
 			return nil, unsupported(path+".restartPolicy", "use spec.restartPolicy")
 		}
-		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, &pod)
+		wc, err := translateContainer(path, &s.Containers[i], s.HostNetwork, volumes, &pod, &meta)
 		if err != nil {
 			return nil, err
 		}
 		out.Containers = append(out.Containers, wc)
 	}
+	if meta.labels {
+		out.Labels = p.Labels
+	}
+	if meta.annotations {
+		out.Annotations = p.Annotations
+	}
+	if err := checkResourceRefs(out); err != nil {
+		return nil, err
+	}
 	if err := out.Validate(); err != nil {
 		return nil, unsupported("spec", err.Error())
+	}
+	return out, nil
+}
+
+// translateResources reads cpu and memory limits and requests into r;
+// other resources are refused (edge nodes enforce cpu and memory only).
+func translateResources(path string, rr *corev1.ResourceRequirements, r *wire.PodResources) error {
+	for name, q := range rr.Limits {
+		switch name {
+		case corev1.ResourceCPU:
+			r.CPUMillis = q.MilliValue()
+		case corev1.ResourceMemory:
+			r.MemoryBytes = q.Value()
+		default:
+			return unsupported(path+".limits."+string(name), "edge nodes enforce cpu and memory limits only")
+		}
+	}
+	for name, q := range rr.Requests {
+		switch name {
+		case corev1.ResourceCPU:
+			r.RequestCPUMillis = q.MilliValue()
+		case corev1.ResourceMemory:
+			r.RequestMemoryBytes = q.Value()
+		default:
+			// Other requests only matter to the scheduler.
+		}
+	}
+	return nil
+}
+
+// checkResourceRefs refuses a resourceFieldRef naming a container the
+// pod does not have.
+func checkResourceRefs(p *wire.Pod) error {
+	names := map[string]bool{}
+	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
+		for i := range cs {
+			names[cs[i].Name] = true
+		}
+	}
+	check := func(what string, r *wire.ResourceRef) error {
+		if r != nil && r.Container != "" && !names[r.Container] {
+			return unsupported(what+".resourceFieldRef.containerName: "+r.Container, "no container of that name")
+		}
+		return nil
+	}
+	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
+		for i := range cs {
+			for _, e := range cs[i].Env {
+				if e.From != nil {
+					if err := check("env "+e.Name, e.From.Resource); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	for _, v := range p.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			for _, f := range src.DownwardAPI {
+				if err := check("volume "+v.Name+" file "+f.Path, f.Resource); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// translateResourceRef turns a resourceFieldRef into the wire's, the
+// divisor in millicores (cpu) or bytes (memory).
+func translateResourceRef(path string, r *corev1.ResourceFieldSelector) (*wire.ResourceRef, error) {
+	out := &wire.ResourceRef{Container: r.ContainerName, Resource: r.Resource}
+	switch r.Resource {
+	case wire.ResourceLimitsCPU, wire.ResourceRequestsCPU:
+		out.Divisor = r.Divisor.MilliValue()
+	case wire.ResourceLimitsMemory, wire.ResourceRequestsMemory:
+		out.Divisor = r.Divisor.Value()
+	default:
+		return nil, unsupported(path+".resource: "+r.Resource, "edge nodes expose limits.cpu, limits.memory, requests.cpu and requests.memory")
+	}
+	if out.Divisor < 0 {
+		return nil, unsupported(path+".divisor", "a divisor is positive")
 	}
 	return out, nil
 }
@@ -211,7 +353,7 @@ func translateSeccomp(path string, p *corev1.SeccompProfile) (*wire.SeccompProfi
 	return nil, unsupported(path+".type: "+string(p.Type), "use RuntimeDefault, Unconfined or Localhost")
 }
 
-func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, pod *podSecurity) (wire.Container, error) {
+func translateContainer(path string, c *corev1.Container, hostNetwork bool, volumes map[string]bool, pod *podSecurity, meta *podMeta) (wire.Container, error) {
 	out := wire.Container{
 		Name:            c.Name,
 		Image:           c.Image,
@@ -221,22 +363,33 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		ImagePullPolicy: string(c.ImagePullPolicy),
 		RunAsUser:       pod.user,
 		RunAsGroup:      pod.group,
+		Stdin:           c.Stdin,
+		StdinOnce:       c.StdinOnce,
+		TTY:             c.TTY,
 	}
 	switch {
-	case c.Stdin:
-		return out, unsupported(path+".stdin", "there is no attach on edge nodes")
-	case c.StdinOnce:
-		return out, unsupported(path+".stdinOnce", "")
-	case c.TTY:
-		return out, unsupported(path+".tty", "")
 	case c.Lifecycle != nil:
 		return out, unsupported(path+".lifecycle", "postStart and preStop hooks do not run on edge nodes; handle SIGTERM in the process")
 	case len(c.VolumeDevices) > 0:
 		return out, unsupported(path+".volumeDevices", "use a hostPath volume for the device")
 	case len(c.RestartPolicyRules) > 0:
 		return out, unsupported(path+".restartPolicyRules", "")
-	case len(c.EnvFrom) > 0:
-		return out, unsupported(path+".envFrom", "list the variables under env with valueFrom.configMapKeyRef or secretKeyRef")
+	}
+	for i, ef := range c.EnvFrom {
+		ep := fmt.Sprintf("%s.envFrom[%d]", path, i)
+		we := wire.EnvFromSource{Prefix: ef.Prefix}
+		switch {
+		case ef.ConfigMapRef != nil:
+			we.ConfigMap, we.Optional = ef.ConfigMapRef.Name, isTrue(ef.ConfigMapRef.Optional)
+		case ef.SecretRef != nil:
+			we.Secret, we.Optional = ef.SecretRef.Name, isTrue(ef.SecretRef.Optional)
+		default:
+			return out, unsupported(ep, "set configMapRef or secretRef")
+		}
+		if we.ConfigMap == "" && we.Secret == "" {
+			return out, unsupported(ep+".name (empty)", "name a ConfigMap or Secret of the pod's namespace")
+		}
+		out.EnvFrom = append(out.EnvFrom, we)
 	}
 	for i, p := range c.Ports {
 		pp := fmt.Sprintf("%s.ports[%d]", path, i)
@@ -264,12 +417,19 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 				r := f.SecretKeyRef
 				we.From = &wire.EnvSource{Secret: &wire.KeyRef{Name: r.Name, Key: r.Key, Optional: isTrue(r.Optional)}}
 			case f.FieldRef != nil:
-				if !envFields[f.FieldRef.FieldPath] {
-					return out, unsupported(ep+".fieldRef.fieldPath: "+f.FieldRef.FieldPath, "supported: "+fieldList())
+				fp := f.FieldRef.FieldPath
+				if !envFields[fp] && subscripted(fp) == "" {
+					return out, unsupported(ep+".fieldRef.fieldPath: "+fp, "supported: "+fieldList(envFields)+
+						", metadata.labels['KEY'], metadata.annotations['KEY']")
 				}
-				we.From = &wire.EnvSource{Field: f.FieldRef.FieldPath}
+				fieldMeta(fp, meta)
+				we.From = &wire.EnvSource{Field: fp}
 			case f.ResourceFieldRef != nil:
-				return out, unsupported(ep+".resourceFieldRef", "")
+				r, err := translateResourceRef(ep+".resourceFieldRef", f.ResourceFieldRef)
+				if err != nil {
+					return out, err
+				}
+				we.From = &wire.EnvSource{Resource: r}
 			case f.FileKeyRef != nil:
 				return out, unsupported(ep+".fileKeyRef", "")
 			default:
@@ -279,21 +439,15 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		out.Env = append(out.Env, we)
 	}
 
-	r := &c.Resources
-	if len(r.Claims) > 0 {
+	if len(c.Resources.Claims) > 0 {
 		return out, unsupported(path+".resources.claims", "")
 	}
-	for name, q := range r.Limits {
-		switch name {
-		case corev1.ResourceCPU:
-			out.CPUMillis = q.MilliValue()
-		case corev1.ResourceMemory:
-			out.MemoryBytes = q.Value()
-		default:
-			return out, unsupported(path+".resources.limits."+string(name), "edge nodes enforce cpu and memory limits only")
-		}
+	var res wire.PodResources
+	if err := translateResources(path+".resources", &c.Resources, &res); err != nil {
+		return out, err
 	}
-	// Requests only matter to the scheduler.
+	out.CPUMillis, out.MemoryBytes = res.CPUMillis, res.MemoryBytes
+	out.RequestCPUMillis, out.RequestMemoryBytes = res.RequestCPUMillis, res.RequestMemoryBytes
 
 	for i, m := range c.VolumeMounts {
 		mp := fmt.Sprintf("%s.volumeMounts[%d]", path, i)
@@ -440,7 +594,7 @@ func resolvePort(path string, n int, name string, named bool, ports []corev1.Con
 	return 0, unsupported(path+": "+name, "no container port of that name")
 }
 
-func translateVolume(path string, v *corev1.Volume) (wire.Volume, error) {
+func translateVolume(path string, v *corev1.Volume, meta *podMeta) (wire.Volume, error) {
 	out := wire.Volume{Name: v.Name}
 	vs := &v.VolumeSource
 	switch {
@@ -482,7 +636,7 @@ func translateVolume(path string, v *corev1.Volume) (wire.Volume, error) {
 		items := translateItems(c.Items)
 		out.Secret = &wire.FilesVolume{Name: c.SecretName, Items: items, DefaultMode: deref32(c.DefaultMode), Optional: isTrue(c.Optional)}
 	case vs.DownwardAPI != nil:
-		files, err := translateFieldFiles(path+".downwardAPI", vs.DownwardAPI.Items)
+		files, err := translateFieldFiles(path+".downwardAPI", vs.DownwardAPI.Items, meta)
 		if err != nil {
 			return out, err
 		}
@@ -505,7 +659,7 @@ func translateVolume(path string, v *corev1.Volume) (wire.Volume, error) {
 				items := translateItems(src.Secret.Items)
 				ws.Secret = &wire.FilesVolume{Name: src.Secret.Name, Items: items, Optional: isTrue(src.Secret.Optional)}
 			case src.DownwardAPI != nil:
-				files, err := translateFieldFiles(sp+".downwardAPI", src.DownwardAPI.Items)
+				files, err := translateFieldFiles(sp+".downwardAPI", src.DownwardAPI.Items, meta)
 				if err != nil {
 					return out, err
 				}
@@ -583,28 +737,40 @@ func translateItems(items []corev1.KeyToPath) []wire.KeyToPath {
 	return out
 }
 
-func translateFieldFiles(path string, items []corev1.DownwardAPIVolumeFile) ([]wire.FieldFile, error) {
+func translateFieldFiles(path string, items []corev1.DownwardAPIVolumeFile, meta *podMeta) ([]wire.FieldFile, error) {
 	var out []wire.FieldFile
 	for i, it := range items {
 		ip := fmt.Sprintf("%s.items[%d]", path, i)
+		f := wire.FieldFile{Path: it.Path, Mode: deref32(it.Mode)}
 		switch {
-		case it.ResourceFieldRef != nil:
-			return nil, unsupported(ip+".resourceFieldRef", "")
 		case it.User != nil:
 			return nil, unsupported(ip+".user", "")
+		case it.ResourceFieldRef != nil:
+			r, err := translateResourceRef(ip+".resourceFieldRef", it.ResourceFieldRef)
+			if err != nil {
+				return nil, err
+			}
+			if r.Container == "" {
+				return nil, unsupported(ip+".resourceFieldRef.containerName (empty)", "a downwardAPI volume file names its container")
+			}
+			f.Resource = r
 		case it.FieldRef == nil:
-			return nil, unsupported(ip, "set fieldRef")
-		case !envFields[it.FieldRef.FieldPath]:
-			return nil, unsupported(ip+".fieldRef.fieldPath: "+it.FieldRef.FieldPath, "supported: "+fieldList())
+			return nil, unsupported(ip, "set fieldRef or resourceFieldRef")
+		case !fileFields[it.FieldRef.FieldPath] && subscripted(it.FieldRef.FieldPath) == "":
+			return nil, unsupported(ip+".fieldRef.fieldPath: "+it.FieldRef.FieldPath, "supported: "+fieldList(fileFields)+
+				", metadata.labels['KEY'], metadata.annotations['KEY']")
+		default:
+			f.Field = it.FieldRef.FieldPath
+			fieldMeta(f.Field, meta)
 		}
-		out = append(out, wire.FieldFile{Path: it.Path, Field: it.FieldRef.FieldPath, Mode: deref32(it.Mode)})
+		out = append(out, f)
 	}
 	return out, nil
 }
 
-func fieldList() string {
-	l := make([]string, 0, len(envFields))
-	for f := range envFields {
+func fieldList(fields map[string]bool) string {
+	l := make([]string, 0, len(fields))
+	for f := range fields {
 		l = append(l, f)
 	}
 	sort.Strings(l)
@@ -652,8 +818,9 @@ type Ref struct {
 	Name      string
 }
 
-// Refs returns the ConfigMaps and Secrets a pod references: env valueFrom,
-// volumes, projected sources and imagePullSecrets, without duplicates.
+// Refs returns the ConfigMaps and Secrets a pod references: envFrom, env
+// valueFrom, volumes, projected sources and imagePullSecrets, without
+// duplicates.
 func Refs(p *corev1.Pod) []Ref {
 	seen := map[Ref]bool{}
 	var out []Ref
@@ -688,6 +855,14 @@ func Refs(p *corev1.Pod) []Ref {
 	}
 	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
 		for i := range cs {
+			for _, ef := range cs[i].EnvFrom {
+				if ef.ConfigMapRef != nil {
+					add(wire.KindConfigMap, ef.ConfigMapRef.Name)
+				}
+				if ef.SecretRef != nil {
+					add(wire.KindSecret, ef.SecretRef.Name)
+				}
+			}
 			for _, e := range cs[i].Env {
 				if f := e.ValueFrom; f != nil {
 					if f.ConfigMapKeyRef != nil {

@@ -112,6 +112,7 @@ func TestTranslateSupported(t *testing.T) {
 				{Name: "NODE", From: &wire.EnvSource{Field: "spec.nodeName"}},
 			}
 			c.CPUMillis, c.MemoryBytes = 250, 64<<20
+			c.RequestCPUMillis = 100 // ephemeral-storage requests only matter to the scheduler
 		}},
 		{"volumes", func(p *corev1.Pod) {
 			p.Spec.Volumes = append(p.Spec.Volumes,
@@ -211,6 +212,61 @@ func TestTranslateSupported(t *testing.T) {
 			w.SupplementalGroups, w.FSGroup, w.FSGroupChangePolicy = []int64{3000, 4000}, ptr(int64(2000)), "OnRootMismatch"
 			w.Sysctls = []wire.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}, {Name: "kernel.msgmax", Value: "65536"}}
 		}},
+		{"envFrom, downward API fields and resources, labels and annotations carried only when read", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"app": "web", "tier": "edge"}
+			p.Annotations = map[string]string{"note": "x"}
+			c := &p.Spec.Containers[0]
+			c.EnvFrom = []corev1.EnvFromSource{
+				{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}},
+				{Prefix: "S_", SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "sec"}, Optional: ptr(true)}},
+			}
+			c.Env = []corev1.EnvVar{
+				{Name: "APP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['app']"}}},
+				{Name: "IPS", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIPs"}}},
+				{Name: "MEM", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}},
+				{Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "app", Resource: "requests.cpu", Divisor: resource.MustParse("1m")}}},
+			}
+			c.Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("32Mi")}
+			c.Stdin, c.StdinOnce, c.TTY = true, true, true
+			p.Spec.ActiveDeadlineSeconds = ptr(int64(60))
+			p.Spec.ShareProcessNamespace = ptr(true)
+			p.Spec.HostIPC = true
+			p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")}}
+		}, func(w *wire.Pod) {
+			w.Labels = map[string]string{"app": "web", "tier": "edge"}
+			c := &w.Containers[0]
+			c.EnvFrom = []wire.EnvFromSource{{ConfigMap: "cfg"}, {Prefix: "S_", Secret: "sec", Optional: true}}
+			c.Env = []wire.EnvVar{
+				{Name: "APP", From: &wire.EnvSource{Field: "metadata.labels['app']"}},
+				{Name: "IPS", From: &wire.EnvSource{Field: "status.podIPs"}},
+				{Name: "MEM", From: &wire.EnvSource{Resource: &wire.ResourceRef{Resource: "limits.memory", Divisor: 1 << 20}}},
+				{Name: "CPU", From: &wire.EnvSource{Resource: &wire.ResourceRef{Container: "app", Resource: "requests.cpu", Divisor: 1}}},
+			}
+			c.RequestCPUMillis, c.RequestMemoryBytes = 100, 32<<20
+			c.Stdin, c.StdinOnce, c.TTY = true, true, true
+			w.ActiveDeadlineSeconds, w.Namespaces = 60, &wire.PodNamespaces{PID: wire.PIDPod, HostIPC: true}
+			w.Resources = &wire.PodResources{MemoryBytes: 128 << 20}
+		}},
+		{"downwardAPI volume: labels, annotations, resources; hostPID", func(p *corev1.Pod) {
+			p.Labels = map[string]string{"app": "web"}
+			p.Annotations = map[string]string{"note": "x"}
+			p.Spec.HostPID = true
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "info", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+				Items: []corev1.DownwardAPIVolumeFile{
+					{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}},
+					{Path: "note", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['note']"}},
+					{Path: "cpu", ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "app", Resource: "limits.cpu", Divisor: resource.MustParse("1")}},
+				}}}})
+		}, func(w *wire.Pod) {
+			w.Labels = map[string]string{"app": "web"}
+			w.Annotations = map[string]string{"note": "x"}
+			w.Namespaces = &wire.PodNamespaces{PID: wire.PIDHost}
+			w.Volumes = append(w.Volumes, wire.Volume{Name: "info", Projected: &wire.Projected{Sources: []wire.ProjectedSource{{DownwardAPI: []wire.FieldFile{
+				{Path: "labels", Field: "metadata.labels"},
+				{Path: "note", Field: "metadata.annotations['note']"},
+				{Path: "cpu", Resource: &wire.ResourceRef{Container: "app", Resource: "limits.cpu", Divisor: 1000}},
+			}}}}})
+		}},
 		{"init container, pull secrets, deleting", func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", ImagePullPolicy: corev1.PullAlways}}
 			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
@@ -266,21 +322,29 @@ func TestTranslateUnsupported(t *testing.T) {
 		{vol(corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}), "spec.volumes[1].ephemeral"},
 		{vol(corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}}), "spec.volumes[1].emptyDir.medium: HugePages"},
 		{vol(corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{Path: "x"}}}}}), "spec.volumes[1].projected.sources[0].clusterTrustBundle"},
-		{vol(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{Path: "l", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}}), "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath: metadata.labels"},
-		{c0(func(c *corev1.Container) { c.Stdin = true }), "spec.containers[0].stdin"},
-		{c0(func(c *corev1.Container) { c.TTY = true }), "spec.containers[0].tty"},
 		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{} }), "spec.containers[0].lifecycle"},
 		{c0(func(c *corev1.Container) { c.Ports[0].HostPort = 80 }), "spec.containers[0].ports[0].hostPort"},
 		{c0(func(c *corev1.Container) { c.VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/x"}} }), "spec.containers[0].volumeDevices"},
 		{c0(func(c *corev1.Container) {
 			c.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}}
-		}), "spec.containers[0].envFrom"},
+		}), "spec.containers[0].envFrom[0].name (empty)"},
+		{c0(func(c *corev1.Container) { c.EnvFrom = []corev1.EnvFromSource{{Prefix: "P_"}} }), "spec.containers[0].envFrom[0]"},
 		{c0(func(c *corev1.Container) {
-			c.Env = []corev1.EnvVar{{Name: "a", Value: "b"}, {Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}}}
-		}), "spec.containers[0].env[1].valueFrom.resourceFieldRef"},
+			c.Env = []corev1.EnvVar{{Name: "a", Value: "b"}, {Name: "E", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.ephemeral-storage"}}}}
+		}), "spec.containers[0].env[1].valueFrom.resourceFieldRef.resource: limits.ephemeral-storage"},
 		{c0(func(c *corev1.Container) {
-			c.Env = []corev1.EnvVar{{Name: "L", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['x']"}}}}
-		}), "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: metadata.labels['x']"},
+			c.Env = []corev1.EnvVar{{Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "nope", Resource: "limits.cpu"}}}}
+		}), "env CPU.resourceFieldRef.containerName: nope"},
+		{vol(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{Path: "c",
+			ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.cpu"}}}}}), "spec.volumes[1].downwardAPI.items[0].resourceFieldRef.containerName (empty)"},
+		{vol(corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{{Path: "n",
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}}}), "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath: spec.nodeName"},
+		{c0(func(c *corev1.Container) {
+			c.Env = []corev1.EnvVar{{Name: "L", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}}}}
+		}), "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: metadata.labels"},
+		{func(p *corev1.Pod) {
+			p.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{"hugepages-2Mi": resource.MustParse("2Mi")}}
+		}, "spec.resources.limits.hugepages-2Mi"},
 		{c0(func(c *corev1.Container) {
 			c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9000}}}
 		}), "spec.containers[0].livenessProbe.grpc"},
@@ -297,12 +361,8 @@ func TestTranslateUnsupported(t *testing.T) {
 		}, "spec.initContainers[0].restartPolicy"},
 		{func(p *corev1.Pod) { p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{}} }, "spec.ephemeralContainers"},
 		{func(p *corev1.Pod) { p.Spec.RuntimeClassName = ptr("kata") }, "spec.runtimeClassName"},
-		{func(p *corev1.Pod) { p.Spec.ShareProcessNamespace = ptr(true) }, "spec.shareProcessNamespace"},
-		{func(p *corev1.Pod) { p.Spec.HostPID = true }, "spec.hostPID"},
-		{func(p *corev1.Pod) { p.Spec.HostIPC = true }, "spec.hostIPC"},
 		{func(p *corev1.Pod) { p.Spec.HostAliases = []corev1.HostAlias{{IP: "1.2.3.4"}} }, "spec.hostAliases"},
 		{func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSNone }, "spec.dnsPolicy: None"},
-		{func(p *corev1.Pod) { p.Spec.ActiveDeadlineSeconds = ptr(int64(5)) }, "spec.activeDeadlineSeconds"},
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
 		{func(p *corev1.Pod) {
 			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}
@@ -366,5 +426,31 @@ func TestFieldsReviewed(t *testing.T) {
 				t.Errorf("%s.%s is new: review it in Translate and list it here", typ.Name(), f.Name)
 			}
 		}
+	}
+}
+
+func TestRefsEnvFrom(t *testing.T) {
+	p := defaulted()
+	p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", EnvFrom: []corev1.EnvFromSource{
+		{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "init-sec"}}}}}}
+	p.Spec.Containers[0].EnvFrom = []corev1.EnvFromSource{
+		{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}},
+		{Prefix: "X_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}},
+	}
+	got := map[Ref]bool{}
+	for _, r := range Refs(p) {
+		got[r] = true
+	}
+	for _, want := range []Ref{
+		{Kind: wire.KindSecret, Namespace: "default", Name: "init-sec"},
+		{Kind: wire.KindConfigMap, Namespace: "default", Name: "cfg"},
+		{Kind: wire.KindConfigMap, Namespace: "default", Name: "kube-root-ca.crt"},
+	} {
+		if !got[want] {
+			t.Errorf("Refs lacks %+v (got %v)", want, got)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("Refs = %v, want 3 without duplicates", got)
 	}
 }

@@ -272,7 +272,7 @@ func TestUnsupportedField(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	const ns = "wl-unsupported"
 	newNamespace(t, ctx, ns)
-	st.Apply(t, ctx, pod(ns, "attached", image1, "exec sleep 3600", "    stdin: true\n", ""))
+	st.Apply(t, ctx, pod(ns, "attached", image1, "exec sleep 3600", "    securityContext: {seLinuxOptions: {level: \"s0:c1,c2\"}}\n", ""))
 	st.Apply(t, ctx, pod(ns, "fine", image1, "exec sleep 3600", "", ""))
 
 	var cond corev1.PodCondition
@@ -289,11 +289,12 @@ func TestUnsupportedField(t *testing.T) {
 		}
 		return false, podState(p)
 	})
-	if !strings.Contains(cond.Message, "spec.containers[0].stdin") || cond.Status != corev1.ConditionFalse {
-		t.Errorf("condition %+v does not name spec.containers[0].stdin", cond)
+	const field = "spec.containers[0].securityContext.seLinuxOptions"
+	if !strings.Contains(cond.Message, field) || cond.Status != corev1.ConditionFalse {
+		t.Errorf("condition %+v does not name %s", cond, field)
 	}
 	out := st.Kubectl(t, ctx, "-n", ns, "describe", "pod", "attached")
-	if !strings.Contains(out, "spec.containers[0].stdin") {
+	if !strings.Contains(out, field) {
 		t.Errorf("kubectl describe does not show the field:\n%s", out)
 	}
 	p := waitRunning(t, ctx, ns, "fine", 2*time.Minute)

@@ -85,6 +85,10 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 	if isLoggerCall(args) {
 		return cmdLogger(args)
 	}
+	if pods.IsPauseCall(args) {
+		pods.RunPause()
+		return nil
+	}
 	switch args[0] {
 	case "join":
 		return cmdJoin(args[1:], stdout, stderr)

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // specTypeURL is how containerd types the OCI spec inside a Container.
@@ -46,6 +49,15 @@ func (r *Runtime) Create(ctx context.Context, sp Spec) error {
 	}
 	labels[LabelManaged] = "true"
 	labels[labelLogPath] = sp.LogPath
+	if sp.Stdin != "" {
+		if !filepath.IsAbs(sp.Stdin) {
+			return fmt.Errorf("container %s: Stdin %q must be an absolute path", sp.ID, sp.Stdin)
+		}
+		labels[LabelStdin] = sp.Stdin
+	}
+	if sp.TTY {
+		labels[LabelTTY] = "true"
+	}
 	if sp.LogBinary != "" {
 		u, err := logURI(sp)
 		if err != nil {
@@ -98,9 +110,37 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	for _, m := range mounts {
 		req = req.msg(createTaskRootfs, m.enc())
 	}
-	req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
+	tty := info.Labels[LabelTTY] == "true"
+	var fl *fifoLogger
+	if in := info.Labels[LabelStdin]; in != "" {
+		if err := makeFIFO(in); err != nil {
+			return fmt.Errorf("container %s: stdin: %w", id, err)
+		}
+		req = req.str(createTaskStdin, in)
+		if !tty && info.Labels[labelLogURI] != "" {
+			// The shim passes stdin with a binary logger to a terminal only.
+			if fl, err = openFIFOLogger(in); err != nil {
+				return fmt.Errorf("container %s: stdin: %w", id, err)
+			}
+			defer fl.close()
+		}
+	}
+	if fl != nil {
+		req = req.str(createTaskStdout, fl.Stdout).str(createTaskStderr, fl.Stderr)
+	} else {
+		req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
+	}
+	if tty {
+		req = req.bool(createTaskTerminal, true)
+	}
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Create", req); err != nil {
 		return fmt.Errorf("container %s: create task: %w", id, err)
+	}
+	if fl != nil {
+		if err := r.startFIFOLogger(fl, id, logURI); err != nil {
+			_, _ = r.c.unary(context.WithoutCancel(ctx), "containerd.services.tasks.v1.Tasks/Delete", enc(nil).str(taskContainerID, id))
+			return fmt.Errorf("container %s: %w", id, err)
+		}
 	}
 	// Taken before the call: a short-lived process can exit before Start
 	// returns, and its start must not come after its exit.
@@ -261,7 +301,50 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 	if _, err := r.c.unary(ctx, "containerd.services.snapshots.v1.Snapshots/Remove", enc(nil).str(snapshotSnapshotter, Snapshotter).str(snapshotKey, id)); err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("container %s: remove snapshot: %w", id, err)
 	}
+	if in := ""; st != nil && filepath.IsAbs(st.Labels[LabelStdin]) {
+		in = st.Labels[LabelStdin]
+		for _, p := range []string{in, in + ".out", in + ".err"} {
+			if err := removeFIFO(p); err != nil {
+				r.log.Warn("remove a container's stdio FIFO", "container", id, "err", err)
+			}
+		}
+	}
 	return nil
+}
+
+// makeFIFO creates the FIFO at path (mode 0600) unless one is there; the
+// directory is created too. Anything else at path is an error.
+func makeFIFO(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	err := unix.Mkfifo(path, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			return fmt.Errorf("%s exists and is not a FIFO", path)
+		}
+		return nil
+	}
+	return err
+}
+
+// removeFIFO removes the FIFO at path, if it is one.
+func removeFIFO(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return fmt.Errorf("%s is not a FIFO: left alone", path)
+	}
+	return os.Remove(path)
 }
 
 // Container is a container record in the namespace.

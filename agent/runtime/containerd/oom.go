@@ -21,11 +21,20 @@ var cgroupRoot = "/sys/fs/cgroup"
 // answer for later (Container.OOMKilled).
 func (r *Runtime) OOMKilled(id string) bool {
 	rel := filepath.Join(r.cfg.Namespace, id) // the spec's cgroupsPath
-	for _, f := range []string{
+	files := []string{
 		filepath.Join(cgroupRoot, "memory", rel, "memory.oom_control"),
 		filepath.Join(cgroupRoot, rel, "memory.events"),
 		filepath.Join(cgroupRoot, "unified", rel, "memory.events"),
+	}
+	// Or in a pod cgroup (SetPodCgroup): <namespace>/<pod>/<id>.
+	for _, g := range []string{
+		filepath.Join(cgroupRoot, "memory", r.cfg.Namespace, "*", id, "memory.oom_control"),
+		filepath.Join(cgroupRoot, r.cfg.Namespace, "*", id, "memory.events"),
 	} {
+		m, _ := filepath.Glob(g)
+		files = append(files, m...)
+	}
+	for _, f := range files {
 		if n, ok := oomKills(f); ok {
 			return n > 0
 		}

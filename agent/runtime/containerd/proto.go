@@ -64,8 +64,10 @@ const (
 	// CreateTaskRequest
 	createTaskContainerID = 1
 	createTaskRootfs      = 3 // repeated Mount
+	createTaskStdin       = 4
 	createTaskStdout      = 5
 	createTaskStderr      = 6
+	createTaskTerminal    = 7
 
 	// StartRequest, DeleteProcessRequest, GetRequest and KillRequest
 	// share their first two fields; DeleteTaskRequest has the first.

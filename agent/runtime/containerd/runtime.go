@@ -25,6 +25,11 @@ const (
 	labelLogPath = "dev.outpost.log-path"
 	// labelLogURI records the stdio URI of a container with a binary logger.
 	labelLogURI = "dev.outpost.log-uri"
+	// LabelStdin records the FIFO that is the standard input of a
+	// container created with Spec.Stdin (write to it to attach).
+	LabelStdin = "dev.outpost.stdin"
+	// LabelTTY is "true" on a container created with a terminal.
+	LabelTTY = "dev.outpost.tty"
 )
 
 // Snapshotter is the snapshotter images are unpacked with.

@@ -77,6 +77,24 @@ type Spec struct {
 	Hostname string
 	// Labels are added to the container's labels (LabelManaged is set).
 	Labels map[string]string
+	// PIDNamespace is the container's PID namespace: "" a new one,
+	// PIDHost the host's, else the path of one to join (a pod's shared
+	// namespace, /proc/PID/ns/pid of the process holding it).
+	PIDNamespace string
+	// HostIPC shares the host's IPC namespace and /dev/shm.
+	HostIPC bool
+	// TTY gives the process a terminal (and TERM=xterm, as containerd's
+	// CRI plugin does); its output goes to the log as stdout.
+	TTY bool
+	// Stdin, if set, is the path of a FIFO (created at Start if missing)
+	// that is the process's standard input: the shim reads it once a
+	// writer opens it. The path is kept in the LabelStdin label. With a
+	// binary logger, containerd passes standard input only to a TTY.
+	Stdin string
+	// CgroupParent, if set, is the cgroup (relative to the hierarchies'
+	// roots) the container's cgroup is made in: a pod's, which bounds all
+	// its containers. Default: the runtime's namespace.
+	CgroupParent string
 	// Seccomp is the container's seccomp filter; nil is the RuntimeDefault
 	// profile for the container's final capabilities (seccomp.Default,
 	// what containerd's CRI plugin gives). Privileged containers run
@@ -159,6 +177,64 @@ func withDefaults(namespace, id string) specOpt {
 					{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace}},
 			},
 		}
+		return nil
+	}
+}
+
+// PIDHost is Spec.PIDNamespace for the host's PID namespace.
+const PIDHost = "host"
+
+// withNamespaces applies the PID and IPC choices.
+func withNamespaces(pid string, hostIPC bool) specOpt {
+	return func(s *specs.Spec) error {
+		if pid != "" && pid != PIDHost && !filepath.IsAbs(pid) {
+			return fmt.Errorf("PID namespace %q is not %q or an absolute path", pid, PIDHost)
+		}
+		var ns []specs.LinuxNamespace
+		for _, n := range s.Linux.Namespaces {
+			switch {
+			case n.Type == specs.PIDNamespace && pid == PIDHost, n.Type == specs.IPCNamespace && hostIPC:
+				continue
+			case n.Type == specs.PIDNamespace && pid != "":
+				n.Path = pid
+			}
+			ns = append(ns, n)
+		}
+		s.Linux.Namespaces = ns
+		if hostIPC {
+			// The host's shared memory, not a private tmpfs, as with
+			// containerd's CRI plugin.
+			for i, m := range s.Mounts {
+				if m.Destination == "/dev/shm" {
+					s.Mounts[i] = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: "/dev/shm", Options: []string{"rbind", "rprivate"}}
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// withTTY gives the process a terminal.
+func withTTY(on bool) specOpt {
+	return func(s *specs.Spec) error {
+		if on {
+			s.Process.Terminal = true
+			s.Process.Env = mergeEnv(s.Process.Env, []string{"TERM=xterm"})
+		}
+		return nil
+	}
+}
+
+// withCgroupParent makes the container's cgroup under parent.
+func withCgroupParent(parent, id string) specOpt {
+	return func(s *specs.Spec) error {
+		if parent == "" {
+			return nil
+		}
+		if !filepath.IsAbs(parent) || filepath.Clean(parent) != parent {
+			return fmt.Errorf("cgroup parent %q is not a clean absolute path", parent)
+		}
+		s.Linux.CgroupsPath = parent + "/" + id
 		return nil
 	}
 }
@@ -496,12 +572,15 @@ func buildSpec(namespace string, sp Spec, img ImageConfig) (*specs.Spec, error) 
 		withNonRoot(sp.RunAsNonRoot, sp.User, img.User),
 		withImageConfig(img),
 		withCommand(img, sp.Command, sp.Args),
+		withTTY(sp.TTY),
 		withEnv(sp.Env),
 		withWorkingDir(sp.WorkingDir),
 		withMounts(sp.Mounts),
 		withMemoryLimit(sp.MemoryLimit),
 		withCPULimit(sp.CPUMillis),
 		withHostNetwork(sp.HostNetwork),
+		withNamespaces(sp.PIDNamespace, sp.HostIPC),
+		withCgroupParent(sp.CgroupParent, sp.ID),
 		withCapabilities(sp.CapAdd, sp.CapDrop),
 		withUser(sp.User),
 		withAdditionalGIDs(sp.AdditionalGIDs),

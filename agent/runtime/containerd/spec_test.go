@@ -168,3 +168,63 @@ func TestSpecSysctls(t *testing.T) {
 		t.Errorf("sysctls %v", s.Linux.Sysctl)
 	}
 }
+
+func TestSpecNamespacesTTYAndCgroup(t *testing.T) {
+	nsOf := func(s *specs.Spec) map[specs.LinuxNamespaceType]string {
+		m := map[specs.LinuxNamespaceType]string{}
+		for _, n := range s.Linux.Namespaces {
+			m[n.Type] = "new"
+			if n.Path != "" {
+				m[n.Type] = n.Path
+			}
+		}
+		return m
+	}
+	s := specFor(t, Spec{})
+	if ns := nsOf(s); ns[specs.PIDNamespace] != "new" || ns[specs.IPCNamespace] != "new" {
+		t.Errorf("default namespaces %v", ns)
+	}
+	if s.Process.Terminal || s.Linux.CgroupsPath != "/outpost/c1" {
+		t.Errorf("default terminal %v cgroup %q", s.Process.Terminal, s.Linux.CgroupsPath)
+	}
+	s = specFor(t, Spec{PIDNamespace: PIDHost, HostIPC: true, TTY: true, CgroupParent: "/outpost/pod-x"})
+	ns := nsOf(s)
+	if _, ok := ns[specs.PIDNamespace]; ok {
+		t.Errorf("hostPID keeps a PID namespace: %v", ns)
+	}
+	if _, ok := ns[specs.IPCNamespace]; ok {
+		t.Errorf("hostIPC keeps an IPC namespace: %v", ns)
+	}
+	for _, m := range s.Mounts {
+		if m.Destination == "/dev/shm" && (m.Type != "bind" || m.Source != "/dev/shm") {
+			t.Errorf("hostIPC /dev/shm is %+v, want the host's", m)
+		}
+	}
+	if !s.Process.Terminal || !slices.Contains(s.Process.Env, "TERM=xterm") {
+		t.Errorf("tty: terminal %v env %v", s.Process.Terminal, s.Process.Env)
+	}
+	if s.Linux.CgroupsPath != "/outpost/pod-x/c1" {
+		t.Errorf("cgroup %q, want under the pod's", s.Linux.CgroupsPath)
+	}
+	if ns := nsOf(specFor(t, Spec{PIDNamespace: "/proc/42/ns/pid"})); ns[specs.PIDNamespace] != "/proc/42/ns/pid" {
+		t.Errorf("shared PID namespace %v", ns)
+	}
+	for _, bad := range []Spec{{PIDNamespace: "relative"}, {CgroupParent: "rel"}, {CgroupParent: "/a/../b"}} {
+		bad.ID = "c1"
+		if _, err := buildSpec("outpost", bad, ImageConfig{Entrypoint: []string{"sh"}}); err == nil {
+			t.Errorf("%+v built", bad)
+		}
+	}
+}
+
+func TestPodCgroupName(t *testing.T) {
+	r := &Runtime{cfg: Config{Namespace: "outpost"}}
+	if p, err := r.podCgroup("pod-0f6c-11"); err != nil || p != "/outpost/pod-0f6c-11" {
+		t.Errorf("podCgroup = %q, %v", p, err)
+	}
+	for _, bad := range []string{"", "../x", "a/b", "UPPER", strings.Repeat("a", 64)} {
+		if _, err := r.podCgroup(bad); err == nil {
+			t.Errorf("podCgroup(%q) accepted", bad)
+		}
+	}
+}

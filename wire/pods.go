@@ -96,6 +96,12 @@ func (c *ContainerStatus) Validate() error {
 	return c.LastState.Validate(false)
 }
 
+// PostStartHookFailed begins the terminated state's message of a
+// container the agent killed because its postStart hook failed (the rest
+// says how it failed); the relay records a FailedPostStartHook event for
+// it, as a kubelet does.
+const PostStartHookFailed = "PostStartHook failed: "
+
 // StateKind says which of a container's states applies.
 type StateKind uint8
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -32,7 +33,8 @@ type probeState struct {
 const maxProbeOutput = 10 << 10
 
 // labelProbeKill holds why the agent stopped a container that failed its
-// liveness or startup probe; its terminated state shows it as message.
+// liveness or startup probe or its postStart hook; its terminated state
+// shows it as message.
 const labelProbeKill = "dev.outpost.probe-kill"
 
 const (
@@ -113,7 +115,7 @@ func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 			if err := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(why, 1000)}); err != nil {
 				w.r.log.Warn("pods: recording why a container is stopped", "container", x.c.ID, "err", err)
 			}
-			if err := rt.Stop(ctx, x.c.ID, gracePeriod(o.Pod)); err != nil {
+			if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod)); err != nil {
 				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			}
 			return w.r.now()
@@ -127,18 +129,9 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
-	host := "127.0.0.1"
-	ns := ""
-	if o.Pod.HostNetwork {
-		if ip := w.r.getHostIP(); ip != "" {
-			host = ip
-		}
-	} else {
-		dir, err := w.podDir()
-		if err != nil {
-			return false, err.Error()
-		}
-		ns = filepath.Join(dir, "netns")
+	host, ns, err := w.dialTarget(o.Pod)
+	if err != nil {
+		return false, err.Error()
 	}
 	switch {
 	case len(p.Exec) > 0:
@@ -161,48 +154,85 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 		c.Close()
 		return true, ""
 	case p.HTTPGet != nil:
-		g := p.HTTPGet
-		if g.Host != "" {
-			host = g.Host
-		}
-		scheme := "http"
-		if g.HTTPS {
-			scheme = "https"
-		}
-		path := g.Path
-		if path == "" || path[0] != '/' {
-			path = "/" + path
-		}
-		tr := &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return dialIn(ctx, ns, network, addr, timeout)
-			},
-			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as a kubelet's probes
-			DisableKeepAlives: true,
-		}
-		defer tr.CloseIdleConnections()
-		cl := &http.Client{Transport: tr, Timeout: timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, strconv.Itoa(int(g.Port)))+path, nil)
+		resp, err := httpGet(ctx, ns, host, p.HTTPGet, timeout, "kube-probe/outpost", false)
 		if err != nil {
 			return false, err.Error()
 		}
-		req.Header.Set("User-Agent", "kube-probe/outpost")
-		for _, h := range g.Headers {
-			if http.CanonicalHeaderKey(h[0]) == "Host" {
-				req.Host = h[1]
-				continue
-			}
-			req.Header.Add(h[0], h[1])
-		}
-		resp, err := cl.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
 		return resp.StatusCode >= 200 && resp.StatusCode < 400, "HTTP " + resp.Status
 	}
 	return false, "probe without a handler"
+}
+
+// dialTarget is where probes and hooks connect to the pod: the node's
+// address with hostNetwork, else 127.0.0.1 inside the pod's network
+// namespace (ns, its path), as the pod has no address of its own.
+func (w *worker) dialTarget(p *wire.Pod) (host, ns string, err error) {
+	host = "127.0.0.1"
+	if p.HostNetwork {
+		if ip := w.r.getHostIP(); ip != "" {
+			host = ip
+		}
+		return host, "", nil
+	}
+	dir, err := w.podDir()
+	if err != nil {
+		return "", "", err
+	}
+	return host, filepath.Join(dir, "netns"), nil
+}
+
+// httpGet makes g's request (g.Host, else host; in network namespace ns
+// unless empty) without following redirects or verifying certificates, as
+// a kubelet's probes and hooks do, and returns the response with its body
+// closed. fallback retries an HTTPS request over HTTP when the server
+// answered in plain HTTP, as a kubelet's lifecycle hooks do.
+func httpGet(ctx context.Context, ns, host string, g *wire.HTTPGet, timeout time.Duration, agent string, fallback bool) (*http.Response, error) {
+	if g.Host != "" {
+		host = g.Host
+	}
+	scheme := "http"
+	if g.HTTPS {
+		scheme = "https"
+	}
+	path := g.Path
+	if path == "" || path[0] != '/' {
+		path = "/" + path
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(ctx, ns, network, addr, timeout)
+		},
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as a kubelet's probes
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, strconv.Itoa(int(g.Port)))+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", agent)
+	for _, h := range g.Headers {
+		if http.CanonicalHeaderKey(h[0]) == "Host" {
+			req.Host = h[1]
+			continue
+		}
+		req.Header.Add(h[0], h[1])
+	}
+	resp, err := cl.Do(req)
+	if err != nil && fallback && g.HTTPS && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		req = req.Clone(ctx)
+		req.URL.Scheme = "http"
+		req.Header.Del("Authorization")
+		resp, err = cl.Do(req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	return resp, nil
 }
 
 // probeNotes is what status adds to the Ready condition's message: the

@@ -3,6 +3,7 @@ package podstatus
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -352,5 +353,28 @@ func TestSessionInvalidIsDropped(t *testing.T) {
 	s.Report(4, running())
 	if got := a.next(t); got != 4 {
 		t.Fatalf("done %d", got)
+	}
+}
+
+func TestHookFailures(t *testing.T) {
+	killed := func(name string, at metav1.Time, msg string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: name, LastTerminationState: corev1.ContainerState{
+			Terminated: &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "Error", Message: msg, FinishedAt: at}}}
+	}
+	hook := wire.PostStartHookFailed + "Exec lifecycle hook ([false]) failed"
+	prev := &corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", t0, hook)}}
+	for _, tc := range []struct {
+		name string
+		next corev1.PodStatus
+		want []string
+	}{
+		{"same failure again", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", t0, hook)}}, nil},
+		{"a new failure", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", now, hook)}}, []string{"app"}},
+		{"a sidecar's", corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{killed("proxy", t0, hook)}}, []string{"proxy"}},
+		{"another exit", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", now, "Container app failed liveness probe")}}, nil},
+	} {
+		if got := HookFailures(prev, &tc.next); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: HookFailures = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

@@ -174,4 +174,121 @@ func TestLifecycleHooks(t *testing.T) {
 		}
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-live"}}})
 	})
+
+	e.sub(t, "a preStop httpGet reaches the pod's own address", func(t *testing.T) {
+		// busybox httpd runs a CGI script that keeps the request's
+		// environment: path, user agent and headers.
+		p := shared(wire.Pod{Containers: []wire.Container{{Name: "web", Image: img,
+			Command: sh(`mkdir -p /www/cgi-bin; printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\nenv > /shared/req\n' > /www/cgi-bin/hook; ` +
+				`chmod +x /www/cgi-bin/hook; httpd -p 8080 -h /www; trap 'exit 0' TERM; while true; do sleep 0.1; done`),
+			ReadinessProbe: &wire.Probe{TCPPort: 8080, PeriodSeconds: 1},
+			PreStop:        &wire.Handler{HTTPGet: &wire.HTTPGet{Path: "/cgi-bin/hook", Port: 8080, Headers: [][2]string{{"X-Hook", "stop"}}}},
+		}}})
+		o := podObj("uid-http", "http", "1", p)
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		e.waitStatus("uid-http", 60*time.Second, "Running and ready", running)
+		o.Version, o.Pod.Deleting, o.Pod.DeletionGracePeriodSeconds = "2", true, 10
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		e.waitStatus("uid-http", 60*time.Second, "Terminated", func(s wire.PodStatus) bool { return s.Terminated })
+		req := e.sharedFile("uid-http", "req")
+		for _, want := range []string{"REQUEST_URI=/cgi-bin/hook", "HTTP_X_HOOK=stop", "HTTP_USER_AGENT=kube-lifecycle/"} {
+			if !strings.Contains(req, want) {
+				t.Errorf("the hook's request lacks %s:\n%s", want, req)
+			}
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-http"}}})
+	})
+}
+
+func TestSidecars(t *testing.T) {
+	e := start(t)
+	img := e.images[0].Ref
+	e.run()
+
+	e.sub(t, "a Job's sidecar starts first and stops once the main container completed", func(t *testing.T) {
+		// The job fails (exit 9 or 8) if it starts before the sidecar's
+		// startup probe passed or before the init container ran.
+		p := shared(wire.Pod{RestartPolicy: "Never", TerminationGracePeriodSeconds: 10,
+			InitContainers: []wire.Container{
+				{Name: "setup", Image: img, Command: sh("echo setup > /shared/setup")},
+				{Name: "proxy", Image: img, Sidecar: true,
+					Command:        sh(`sleep 1; touch /shared/proxy-up; echo proxy running; trap 'echo proxy stopping; echo proxy >> /shared/order; exit 0' TERM; while true; do sleep 0.1; done`),
+					StartupProbe:   &wire.Probe{Exec: sh("test -f /shared/proxy-up"), PeriodSeconds: 1, FailureThreshold: 30},
+					ReadinessProbe: &wire.Probe{Exec: sh("test -f /shared/proxy-up"), PeriodSeconds: 1}},
+			},
+			Containers: []wire.Container{{Name: "job", Image: img,
+				Command: sh("test -f /shared/proxy-up || exit 9; test -f /shared/setup || exit 8; echo job done; sleep 2; echo job >> /shared/order")}},
+		})
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-job", "job", "1", p)}})
+		s := e.waitStatus("uid-job", 90*time.Second, "Succeeded", func(s wire.PodStatus) bool { return s.Phase == "Succeeded" || s.Phase == "Failed" })
+		if s.Phase != "Succeeded" {
+			t.Fatalf("phase %s: %+v", s.Phase, s)
+		}
+		s = e.waitStatus("uid-job", 60*time.Second, "the sidecar terminated", func(s wire.PodStatus) bool {
+			return findStatus(s.InitContainers, "proxy").State.Kind == wire.StateTerminated
+		})
+		if px := findStatus(s.InitContainers, "proxy"); px.Ready || px.State.ExitCode != 0 {
+			t.Errorf("the stopped sidecar: %+v", px)
+		}
+		together := false
+		for _, h := range e.rec.history("uid-job") {
+			px, job := findStatus(h.InitContainers, "proxy"), findStatus(h.Containers, "job")
+			if job.State.Kind == wire.StateRunning && px.State.Kind == wire.StateRunning {
+				together = together || (h.Phase == "Running" && px.Started && px.Ready)
+			}
+			if job.State.Kind != 0 && job.State.Reason != "PodInitializing" && px.State.Kind == wire.StateWaiting {
+				t.Errorf("the job went ahead of its sidecar: %+v", h)
+			}
+		}
+		if !together {
+			t.Errorf("no status shows the sidecar running, started and ready beside the job: %+v", e.rec.history("uid-job"))
+		}
+		if got := e.sharedFile("uid-job", "order"); got != "job\nproxy\n" {
+			t.Errorf("order of ends %q, want the job then the sidecar", got)
+		}
+		for id, st := range e.tasks() {
+			if strings.HasPrefix(id, "proxy-") && strings.HasSuffix(st, "RUNNING") {
+				t.Errorf("containerd still runs the sidecar: %s %s", id, st)
+			}
+		}
+		if l := e.log("default", "job", "proxy", false); !strings.Contains(l, "proxy running") || !strings.Contains(l, "proxy stopping") {
+			t.Errorf("the sidecar's log: %q", l)
+		}
+		if l := e.log("default", "job", "job", false); !strings.Contains(l, "job done") {
+			t.Errorf("the job's log: %q", l)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-job"}}})
+	})
+
+	e.sub(t, "a sidecar restarts under restartPolicy Never, counts in readiness and stops last", func(t *testing.T) {
+		p := shared(wire.Pod{RestartPolicy: "Never", TerminationGracePeriodSeconds: 10,
+			InitContainers: []wire.Container{{Name: "proxy", Image: img, Sidecar: true,
+				Command:        sh(`if [ ! -f /shared/once ]; then touch /shared/once; exit 1; fi; trap 'echo proxy >> /shared/order; exit 0' TERM; while true; do sleep 0.1; done`),
+				ReadinessProbe: &wire.Probe{Exec: sh("test -f /shared/ready"), PeriodSeconds: 1}}},
+			Containers: []wire.Container{{Name: "app", Image: img, Command: loop("sleep 1; echo app >> /shared/order")}},
+		})
+		o := podObj("uid-side", "side", "1", p)
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		s := e.waitStatus("uid-side", 60*time.Second, "the sidecar restarted and running", func(s wire.PodStatus) bool {
+			px := findStatus(s.InitContainers, "proxy")
+			return s.Phase == "Running" && px.RestartCount >= 1 && px.State.Kind == wire.StateRunning && px.Started &&
+				findStatus(s.Containers, "app").State.Kind == wire.StateRunning
+		})
+		if r := condition(s, "Ready"); r.Status != "False" || !strings.Contains(r.Message, "proxy") {
+			t.Errorf("Ready %+v while the sidecar is not ready", r)
+		}
+		if err := os.WriteFile(filepath.Join(e.cfg.StateDir, "pods", "uid-side", "volumes", "shared", "ready"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.waitStatus("uid-side", 30*time.Second, "Ready", func(s wire.PodStatus) bool {
+			return condition(s, "Ready").Status == "True" && findStatus(s.InitContainers, "proxy").Ready
+		})
+		o.Version, o.Pod.Deleting, o.Pod.DeletionGracePeriodSeconds = "2", true, 10
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		e.waitStatus("uid-side", 60*time.Second, "Terminated", func(s wire.PodStatus) bool { return s.Terminated })
+		if got := e.sharedFile("uid-side", "order"); got != "app\nproxy\n" {
+			t.Errorf("order of ends %q, want the main container, then the sidecar", got)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-side"}}})
+	})
 }

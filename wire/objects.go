@@ -198,6 +198,11 @@ type Pod struct {
 	// The agent admits only the kubelet's safe set and the ones its
 	// config allows.
 	Sysctls []Sysctl `cbor:"15,keyasint,omitempty"`
+	// Finished says the pod's phase in the API is Succeeded or Failed: the
+	// agent starts nothing of it again (not after a reboot either), stops
+	// what still runs, and keeps its stopped containers and logs (kubectl
+	// logs) until the pod is deleted, as a kubelet does.
+	Finished bool `cbor:"22,keyasint,omitempty"`
 }
 
 // Sysctl is one kernel parameter of a pod.

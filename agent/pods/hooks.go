@@ -83,7 +83,7 @@ func (w *worker) postStart(ctx context.Context, rt *containerd.Runtime, o *wire.
 	hctx, cancel := context.WithCancel(ctx)
 	w.mu.Lock()
 	w.abortHooks = cancel
-	if w.gone || (w.pod != nil && w.pod.Pod.Deleting) {
+	if w.gone || (w.pod != nil && w.pod.Pod.Deleting) { // set ran before this
 		cancel()
 	}
 	w.mu.Unlock()

@@ -402,17 +402,25 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		}
 		want[o.UID] = true
 		w := r.workers[o.UID]
-		if w == nil && admitted >= r.cfg.MaxPods {
+		if o.Pod.Finished {
+			// Succeeded or Failed: not counted against MaxPods; a worker
+			// only keeps (and stops) the containers it has left.
+			if w == nil && len(prints[o.UID]) == 0 {
+				continue
+			}
+		} else if w == nil && admitted >= r.cfg.MaxPods {
 			r.reject(o, lastPrint, "OutOfpods", fmt.Sprintf("Node didn't have enough resource: pods (maxPods %d)", r.cfg.MaxPods))
 			continue
 		}
-		if w == nil {
+		if w == nil && !o.Pod.Finished {
 			if why := forbiddenSysctl(o.Pod, r.cfg.AllowedUnsafeSysctls); why != "" {
 				r.reject(o, lastPrint, "SysctlForbidden", "Pod "+why)
 				continue
 			}
 		}
-		admitted++
+		if !o.Pod.Finished {
+			admitted++
+		}
 		if w == nil || w.orphan() {
 			if w != nil { // a cleanup still running for a UID desired again: let it finish
 				continue

@@ -85,7 +85,14 @@ func (w *worker) set(o *wire.Object, rf *refs) {
 	w.poke()
 }
 
-func (w *worker) orphan() bool    { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
+func (w *worker) orphan() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
+
+// deleting says the pod is gone or being deleted, as the latest set said.
+func (w *worker) deleting() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone || (w.pod != nil && w.pod.Pod.Deleting)
+}
 func (w *worker) refsSeen() *refs { w.mu.Lock(); defer w.mu.Unlock(); return w.rf }
 
 func (w *worker) run(ctx context.Context) {
@@ -260,6 +267,23 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 			w.report(o, recs, true)
 		}
 		return retry
+	}
+	if pod.Finished {
+		// The API holds it Succeeded or Failed: nothing starts again;
+		// what still runs is stopped; the stopped containers and their
+		// logs stay until the pod is deleted.
+		for _, xs := range recs {
+			for _, x := range xs {
+				if x.running() {
+					w.terminate(ctx, rt, o, recs)
+					if recs, err = w.records(ctx, rt); err == nil {
+						w.report(o, recs, false)
+					}
+					return retry
+				}
+			}
+		}
+		return time.Time{}
 	}
 
 	var next time.Time
@@ -524,6 +548,9 @@ func (w *worker) nextCrashBackoff(name string) {
 func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
 	c *wire.Container, init bool, attempt int, x *rec, due func(time.Time)) bool {
 	log := w.r.log.With("pod", o.Namespace+"/"+o.Name, "container", c.Name)
+	if w.deleting() {
+		return false // deleted during this pass (a postStart hook was interrupted): start nothing more
+	}
 	if setupErr != nil {
 		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerConfigError", Message: truncate(setupErr.Error(), 1000)}
 		due(w.r.now().Add(5 * time.Second))
@@ -594,7 +621,13 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod)); err != nil {
 			log.Warn("pods: stopping a container", "err", err)
 		}
-		if c.Sidecar || o.Pod.RestartPolicy != "Never" {
+		// It waits to restart if it will restart: a sidecar always, else
+		// as restartPolicy says of its exit code.
+		code := int32(137)
+		if st, err := rt.Status(ctx, sp.ID); err == nil && st.State == containerd.StateExited {
+			code = int32(st.ExitCode)
+		}
+		if c.Sidecar || restarts(o.Pod.RestartPolicy, code) {
 			w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "PostStartHookError", Message: clip(herr.Error(), 1000)}
 		}
 		due(w.r.now())

@@ -351,7 +351,7 @@ func (st *state) pass() (ok, poll bool) {
 		p := o.(*corev1.Pod)
 		// The field selector already says so; checked again because the
 		// relay must never send another node's pod.
-		if p.Spec.NodeName != node || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if p.Spec.NodeName != node {
 			continue
 		}
 		podList = append(podList, p)
@@ -378,6 +378,15 @@ func (st *state) pass() (ok, poll bool) {
 	for _, p := range podList {
 		liveUID[p.UID] = true
 		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) })
+		if finished(p) {
+			// Succeeded or Failed: the agent keeps what it holds of it
+			// (stopped containers, logs) until the pod is deleted, and
+			// runs nothing, so it needs no references nor tokens.
+			if t.err == nil {
+				cands = append(cands, candidate{pod: p, obj: t})
+			}
+			continue
+		}
 		if t.err != nil {
 			reason := ReasonUnsupported
 			if errors.Is(t.err, ErrObjectTooLarge) {
@@ -434,6 +443,12 @@ func (st *state) pass() (ok, poll bool) {
 	tokensPending := false
 	for _, c := range cands {
 		_, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(c.pod.UID)}]
+		if finished(c.pod) {
+			if held { // one the agent never had has nothing to keep
+				want = append(want, c.obj.obj)
+			}
+			continue
+		}
 		if !held && !st.refsReady(c.refs, patience) {
 			poll = true // a new pod waits for its references to be listed
 			continue

@@ -695,7 +695,13 @@ func PodObject(p *corev1.Pod) (wire.Object, error) {
 	if err != nil {
 		return wire.Object{}, err
 	}
+	wp.Finished = finished(p)
 	return wire.Object{Kind: wire.KindPod, UID: string(p.UID), Namespace: p.Namespace, Name: p.Name, Version: p.ResourceVersion, Pod: wp}, nil
+}
+
+// finished says p is Succeeded or Failed: nothing of it runs again.
+func finished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
 // Ref names a ConfigMap or Secret in a pod's namespace.

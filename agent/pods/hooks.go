@@ -52,6 +52,9 @@ func (w *worker) runHook(ctx context.Context, rt *containerd.Runtime, o *wire.Ob
 		return nil
 	case h.HTTPGet != nil:
 		host, ns, err := w.dialTarget(o.Pod)
+		if h.HTTPGet.Host != "" {
+			ns = "" // a host of its own is dialled from the node, as a kubelet does
+		}
 		if err == nil {
 			// Any answer will do: a kubelet does not look at the status.
 			_, err = httpGet(ctx, ns, host, h.HTTPGet, timeout, "kube-lifecycle/outpost", true)

@@ -291,4 +291,27 @@ func TestSidecars(t *testing.T) {
 		}
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-side"}}})
 	})
+
+	e.sub(t, "a sidecar's postStart hook holds back the next container", func(t *testing.T) {
+		// The main container writes whether the sidecar's hook had
+		// returned when it started.
+		p := shared(wire.Pod{RestartPolicy: "Never",
+			InitContainers: []wire.Container{{Name: "proxy", Image: img, Sidecar: true, Command: loop("true"),
+				PostStart: &wire.Handler{Exec: sh("sleep 1; touch /shared/hooked")}}},
+			Containers: []wire.Container{{Name: "app", Image: img, Command: loop("true")}},
+		})
+		p.Containers[0].Command = sh("if [ -f /shared/hooked ]; then echo after > /shared/app; else echo before > /shared/app; fi; trap 'exit 0' TERM; while true; do sleep 0.1; done")
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-sidehook", "sidehook", "1", p)}})
+		s := e.waitStatus("uid-sidehook", 60*time.Second, "Running", func(s wire.PodStatus) bool {
+			return s.Phase == "Running" && findStatus(s.Containers, "app").State.Kind == wire.StateRunning
+		})
+		e.waitFor(10*time.Second, "the main container's note", func() bool { return e.sharedFile("uid-sidehook", "app") != "" })
+		if got := e.sharedFile("uid-sidehook", "app"); got != "after\n" {
+			t.Errorf("the main container started %s the sidecar's postStart hook returned", strings.TrimSpace(got))
+		}
+		if px := findStatus(s.InitContainers, "proxy"); !px.Started || !px.Ready || px.State.Kind != wire.StateRunning {
+			t.Errorf("sidecar status %+v: want running, started and ready", px)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-sidehook"}}})
+	})
 }

@@ -11,8 +11,7 @@ import (
 	"outpost.dev/wire"
 )
 
-// Lifecycle hooks run as a kubelet runs them (its kuberuntime and
-// lifecycle packages):
+// Lifecycle hooks run as a kubelet runs them:
 //   - postStart right after the container's task starts; the worker waits
 //     for it (the container is not running, nor started, in status until
 //     it returns, and the pod's next containers wait too). A failed hook
@@ -31,8 +30,8 @@ import (
 // maxHookOutput bounds what an exec hook's output is kept of.
 const maxHookOutput = 10 << 10
 
-// minGraceAfterPreStop is what a preStop hook always leaves for SIGTERM
-// (the kubelet's minimumGracePeriodInSeconds).
+// minGraceAfterPreStop is what a preStop hook always leaves for SIGTERM,
+// as a kubelet leaves it.
 const minGraceAfterPreStop = 2 * time.Second
 
 // runHook runs hook h of container c, as container id, within timeout.

@@ -85,7 +85,8 @@ func (w *worker) set(o *wire.Object, rf *refs) {
 	w.poke()
 }
 
-func (w *worker) orphan() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
+func (w *worker) orphan() bool    { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
+func (w *worker) refsSeen() *refs { w.mu.Lock(); defer w.mu.Unlock(); return w.rf }
 
 // deleting says the pod is gone or being deleted, as the latest set said.
 func (w *worker) deleting() bool {
@@ -93,7 +94,6 @@ func (w *worker) deleting() bool {
 	defer w.mu.Unlock()
 	return w.gone || (w.pod != nil && w.pod.Pod.Deleting)
 }
-func (w *worker) refsSeen() *refs { w.mu.Lock(); defer w.mu.Unlock(); return w.rf }
 
 func (w *worker) run(ctx context.Context) {
 	defer w.r.wg.Done()

@@ -24,8 +24,10 @@ import (
 //     liveness or startup probe failure, a replaced spec, a failed
 //     postStart, a sidecar stopped after the main containers), within the
 //     grace period; what it used counts against the grace, and at least
-//     2 s are left for SIGTERM. A failed preStop is logged and the stop
-//     goes on.
+//     2 s are left for SIGTERM. A failed preStop does not hold the stop
+//     up; the terminated state's message then starts with
+//     wire.PreStopHookFailed (unless a failed probe or postStart hook
+//     says why it was stopped), for a FailedPreStopHook event.
 
 // maxHookOutput bounds what an exec hook's output is kept of.
 const maxHookOutput = 10 << 10
@@ -105,8 +107,15 @@ func (w *worker) postStart(ctx context.Context, rt *containerd.Runtime, o *wire.
 
 // kill stops running container x of spec c (nil: not in the spec any
 // more) as a kubelet does: c's preStop hook first, then SIGTERM with what
-// is left of grace (at least 2 s after a hook), then SIGKILL.
-func (w *worker) kill(ctx context.Context, rt *containerd.Runtime, o *wire.Object, c *wire.Container, x *rec, grace time.Duration) error {
+// is left of grace (at least 2 s after a hook), then SIGKILL. why, unless
+// empty, is recorded as the reason it was stopped (its terminated state's
+// message).
+func (w *worker) kill(ctx context.Context, rt *containerd.Runtime, o *wire.Object, c *wire.Container, x *rec, grace time.Duration, why string) error {
+	if why != "" {
+		if err := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(why, 1000)}); err != nil {
+			w.r.log.Warn("pods: recording why a container is stopped", "container", x.c.ID, "err", err)
+		}
+	}
 	if c != nil && c.PreStop != nil && x.running() && grace > 0 {
 		start := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, grace)
@@ -115,6 +124,11 @@ func (w *worker) kill(ctx context.Context, rt *containerd.Runtime, o *wire.Objec
 		if err != nil {
 			w.r.log.Warn("pods: preStop hook failed (FailedPreStopHook); stopping the container", "pod", o.Namespace+"/"+o.Name,
 				"container", c.Name, "err", err)
+			if why == "" && x.c.Labels[labelProbeKill] == "" {
+				if lerr := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(wire.PreStopHookFailed+err.Error(), 1000)}); lerr != nil {
+					w.r.log.Warn("pods: recording a failed preStop hook", "container", x.c.ID, "err", lerr)
+				}
+			}
 		}
 		grace = max(grace-time.Since(start), minGraceAfterPreStop)
 	}

@@ -159,6 +159,22 @@ func TestLifecycleHooks(t *testing.T) {
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-grace"}}})
 	})
 
+	e.sub(t, "a failed preStop is recorded and the stop goes on", func(t *testing.T) {
+		p := wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, Command: loop("true"),
+			PreStop: &wire.Handler{Exec: sh("echo nope; exit 2")}}}}
+		o := podObj("uid-prefail", "prefail", "1", p)
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		e.waitStatus("uid-prefail", 60*time.Second, "Running", running)
+		o.Version, o.Pod.Deleting, o.Pod.DeletionGracePeriodSeconds = "2", true, 10
+		e.apply(&wire.Sync{Upserts: []wire.Object{o}})
+		s := e.waitStatus("uid-prefail", 60*time.Second, "Terminated", func(s wire.PodStatus) bool { return s.Terminated })
+		st := s.Containers[0].State
+		if st.Kind != wire.StateTerminated || st.ExitCode != 0 || !strings.HasPrefix(st.Message, wire.PreStopHookFailed) || !strings.Contains(st.Message, "nope") {
+			t.Errorf("state %+v: want stopped by its SIGTERM handler, with the hook's failure as message", st)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-prefail"}}})
+	})
+
 	e.sub(t, "a liveness failure runs preStop before the restart", func(t *testing.T) {
 		p := shared(wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, Command: loop("true"),
 			LivenessProbe: &wire.Probe{Exec: sh("test ! -f /shared/sick"), PeriodSeconds: 1, FailureThreshold: 1},

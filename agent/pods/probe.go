@@ -32,9 +32,9 @@ type probeState struct {
 // kubelet's exec prober does (10 KiB); messages carry a shorter prefix.
 const maxProbeOutput = 10 << 10
 
-// labelProbeKill holds why the agent stopped a container that failed its
-// liveness or startup probe or its postStart hook; its terminated state
-// shows it as message.
+// labelProbeKill holds why the agent stopped a container: a failed
+// liveness or startup probe, a failed postStart hook, or a preStop hook
+// that failed as it was stopped; its terminated state shows it as message.
 const labelProbeKill = "dev.outpost.probe-kill"
 
 const (
@@ -112,10 +112,7 @@ func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 			w.r.log.Info("pods: container failed its "+probeNames[kind]+" probe; stopping it",
 				"pod", o.Namespace+"/"+o.Name, "container", c.Name, "msg", msg)
 			why := fmt.Sprintf("Container %s failed %s probe, will be restarted: %s", c.Name, strings.ToLower(probeNames[kind]), ps.msg[kind])
-			if err := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(why, 1000)}); err != nil {
-				w.r.log.Warn("pods: recording why a container is stopped", "container", x.c.ID, "err", err)
-			}
-			if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod)); err != nil {
+			if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), why); err != nil {
 				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			}
 			return w.r.now()

@@ -486,7 +486,7 @@ func (w *worker) stopSidecars(ctx context.Context, rt *containerd.Runtime, o *wi
 			}
 			grace := max(time.Until(deadline), minGraceAfterPreStop)
 			w.r.log.Info("pods: stopping a sidecar", "pod", o.Namespace+"/"+o.Name, "container", c.Name, "grace", grace)
-			if err := w.kill(ctx, rt, o, c, x, grace); err != nil {
+			if err := w.kill(ctx, rt, o, c, x, grace, ""); err != nil {
 				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			}
 			acted = true
@@ -503,7 +503,7 @@ func (w *worker) replace(ctx context.Context, rt *containerd.Runtime, o *wire.Ob
 	if x.running() {
 		// The preStop hook is the running container's: the old spec's
 		// is no longer known, so the new one's runs, as with a kubelet.
-		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod)); err != nil {
+		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), ""); err != nil {
 			w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			due(w.r.now().Add(2 * time.Second))
 			return false
@@ -614,11 +614,8 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 		log.Info("pods: postStart hook interrupted: the pod is being deleted")
 	} else if herr != nil {
 		log.Warn("pods: postStart hook failed (FailedPostStartHook); killing the container", "err", herr)
-		if err := rt.SetLabels(ctx, sp.ID, map[string]string{labelProbeKill: clip(wire.PostStartHookFailed+herr.Error(), 1000)}); err != nil {
-			log.Warn("pods: recording why a container is stopped", "err", err)
-		}
 		x := &rec{c: containerd.Container{ID: sp.ID}, name: c.Name, state: containerd.StateRunning}
-		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod)); err != nil {
+		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), wire.PostStartHookFailed+herr.Error()); err != nil {
 			log.Warn("pods: stopping a container", "err", err)
 		}
 		// It waits to restart if it will restart: a sidecar always, else
@@ -710,7 +707,7 @@ func (w *worker) terminate(ctx context.Context, rt *containerd.Runtime, o *wire.
 			go func() {
 				defer wg.Done()
 				w.r.log.Info("pods: stopping container of a deleted pod", "pod", o.Namespace+"/"+o.Name, "container", x.name, "grace", grace)
-				if err := w.kill(ctx, rt, o, c, x, grace); err != nil {
+				if err := w.kill(ctx, rt, o, c, x, grace, ""); err != nil {
 					w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 				}
 			}()

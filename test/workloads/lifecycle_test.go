@@ -114,8 +114,9 @@ func TestPostStartHook(t *testing.T) {
 }
 
 // TestPreStopHook: on deletion, a preStop exec hook runs before the
-// container's SIGTERM, and a preStop sleep hook delays it; both are seen
-// in a hostPath directory the test reads.
+// container's SIGTERM, and a preStop sleep hook delays it (both seen in a
+// hostPath directory the test reads); a failing preStop hook does not
+// hold the deletion up and is recorded as a FailedPreStopHook event.
 func TestPreStopHook(t *testing.T) {
 	need(t)
 	t.Parallel()
@@ -144,7 +145,11 @@ spec:
     command: [sh, -c, "trap 'date +%%s > /out/sleep; exit 0' TERM; while true; do sleep 0.1; done"]
     volumeMounts: [{name: out, mountPath: /out}]
     lifecycle: {preStop: {sleep: {seconds: 3}}}
-`, ns, node, dir, image1, image1))
+  - name: failing
+    image: %s
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
+    lifecycle: {preStop: {exec: {command: [sh, -c, "exit 2"]}}}
+`, ns, node, dir, image1, image1, image1))
 	p := waitRunning(t, ctx, ns, "draining", 2*time.Minute)
 	deleted := time.Now()
 	st.Kubectl(t, ctx, "-n", ns, "delete", "pod", "draining", "--wait=false")
@@ -169,6 +174,18 @@ spec:
 	if at < deleted.Unix()+3 {
 		t.Errorf("SIGTERM at %d, %d s after kubectl delete: the 3 s preStop sleep did not delay it", at, at-deleted.Unix())
 	}
+	stack.WaitFor(t, ctx, 60*time.Second, "a FailedPreStopHook event for the failing container", func() (bool, string) {
+		evs, err := st.CP.Client().CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedPreStopHook"})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, e := range evs.Items {
+			if e.InvolvedObject.UID == p.UID && e.InvolvedObject.FieldPath == "spec.containers{failing}" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(evs.Items))
+	})
 }
 
 // TestFailedPostStartHook: a postStart hook that fails kills the

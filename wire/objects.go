@@ -298,6 +298,11 @@ func (p *Pod) Validate() error {
 			}
 		}
 	}
+	for i := range p.Containers {
+		if p.Containers[i].Sidecar {
+			return fmt.Errorf("pod: container %s: only init containers can be sidecars", p.Containers[i].Name)
+		}
+	}
 	if len(p.Volumes) > maxItems || len(p.ImagePullSecrets) > maxItems {
 		return errors.New("pod: too many volumes or pull secrets")
 	}
@@ -472,6 +477,13 @@ type Container struct {
 	Stdin     bool `cbor:"27,keyasint,omitempty" json:",omitempty"`
 	StdinOnce bool `cbor:"28,keyasint,omitempty" json:",omitempty"`
 	TTY       bool `cbor:"29,keyasint,omitempty" json:",omitempty"`
+	// PostStart and PreStop are lifecycle.postStart and lifecycle.preStop.
+	PostStart *Handler `cbor:"30,keyasint,omitempty" json:",omitempty"`
+	PreStop   *Handler `cbor:"31,keyasint,omitempty" json:",omitempty"`
+	// Sidecar is an init container's restartPolicy: Always: started in
+	// order with the other init containers, kept running beside the main
+	// containers (restarted whenever it exits) and stopped after them.
+	Sidecar bool `cbor:"32,keyasint,omitempty" json:",omitempty"`
 }
 
 // EnvFromSource is one envFrom entry: every key of a ConfigMap or a
@@ -492,6 +504,53 @@ func (e *EnvFromSource) Validate() error {
 		return err
 	}
 	return checkText("envFrom: name", e.ConfigMap+e.Secret, maxNameLen, true)
+}
+
+// Handler is a lifecycle hook: exactly one of Exec (a command run in the
+// container), HTTPGet (a request; the host defaults to the pod's
+// address) or SleepSeconds.
+type Handler struct {
+	Exec         []string `cbor:"1,keyasint,omitempty"`
+	HTTPGet      *HTTPGet `cbor:"2,keyasint,omitempty"`
+	SleepSeconds int64    `cbor:"3,keyasint,omitempty"`
+}
+
+// maxSleepSeconds bounds a sleep hook (a grace period bounds a preStop
+// one anyway).
+const maxSleepSeconds = 24 * 3600
+
+// Validate reports a handler without exactly one action, or one out of
+// range.
+func (h *Handler) Validate() error {
+	n := 0
+	for _, set := range []bool{len(h.Exec) > 0, h.HTTPGet != nil, h.SleepSeconds != 0} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("lifecycle hook: %d actions, want exactly one of exec, httpGet, sleep", n)
+	}
+	if h.SleepSeconds < 0 || h.SleepSeconds > maxSleepSeconds {
+		return fmt.Errorf("lifecycle hook: sleep of %d s (0 to %d)", h.SleepSeconds, maxSleepSeconds)
+	}
+	if len(h.Exec) > maxItems {
+		return errors.New("lifecycle hook: too many exec words")
+	}
+	for _, s := range h.Exec {
+		if err := checkText("lifecycle hook: exec argument", s, maxValueLen, false); err != nil {
+			return err
+		}
+	}
+	if g := h.HTTPGet; g != nil {
+		if g.Port <= 0 || g.Port > 65535 {
+			return errors.New("lifecycle hook: port out of range")
+		}
+		if len(g.Headers) > maxItems {
+			return errors.New("lifecycle hook: too many headers")
+		}
+	}
+	return nil
 }
 
 // Seccomp profile types, as in a pod's securityContext.seccompProfile.
@@ -574,6 +633,13 @@ func (c *Container) Validate() error {
 	for _, p := range []*Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
 		if p != nil {
 			if err := p.Validate(); err != nil {
+				return fmt.Errorf("container %s: %w", c.Name, err)
+			}
+		}
+	}
+	for _, h := range []*Handler{c.PostStart, c.PreStop} {
+		if h != nil {
+			if err := h.Validate(); err != nil {
 				return fmt.Errorf("container %s: %w", c.Name, err)
 			}
 		}

@@ -96,6 +96,18 @@ func (c *ContainerStatus) Validate() error {
 	return c.LastState.Validate(false)
 }
 
+// PostStartHookFailed begins the terminated state's message of a
+// container the agent killed because its postStart hook failed, and
+// PreStopHookFailed that of one whose preStop hook failed as it was
+// stopped (unless a failed probe or postStart hook says why it was
+// stopped); the rest says how the hook failed. The relay records a
+// FailedPostStartHook or FailedPreStopHook event for them, as a kubelet
+// does.
+const (
+	PostStartHookFailed = "PostStartHook failed: "
+	PreStopHookFailed   = "PreStopHook failed: "
+)
+
 // StateKind says which of a container's states applies.
 type StateKind uint8
 

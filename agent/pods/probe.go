@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -31,8 +32,9 @@ type probeState struct {
 // kubelet's exec prober does (10 KiB); messages carry a shorter prefix.
 const maxProbeOutput = 10 << 10
 
-// labelProbeKill holds why the agent stopped a container that failed its
-// liveness or startup probe; its terminated state shows it as message.
+// labelProbeKill holds why the agent stopped a container: a failed
+// liveness or startup probe, a failed postStart hook, or a preStop hook
+// that failed as it was stopped; its terminated state shows it as message.
 const labelProbeKill = "dev.outpost.probe-kill"
 
 const (
@@ -110,10 +112,7 @@ func (w *worker) probe(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 			w.r.log.Info("pods: container failed its "+probeNames[kind]+" probe; stopping it",
 				"pod", o.Namespace+"/"+o.Name, "container", c.Name, "msg", msg)
 			why := fmt.Sprintf("Container %s failed %s probe, will be restarted: %s", c.Name, strings.ToLower(probeNames[kind]), ps.msg[kind])
-			if err := rt.SetLabels(ctx, x.c.ID, map[string]string{labelProbeKill: clip(why, 1000)}); err != nil {
-				w.r.log.Warn("pods: recording why a container is stopped", "container", x.c.ID, "err", err)
-			}
-			if err := rt.Stop(ctx, x.c.ID, gracePeriod(o.Pod)); err != nil {
+			if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), why); err != nil {
 				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 			}
 			return w.r.now()
@@ -127,18 +126,9 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 	timeout := time.Duration(max(p.TimeoutSeconds, 1)) * time.Second
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
-	host := "127.0.0.1"
-	ns := ""
-	if o.Pod.HostNetwork {
-		if ip := w.r.getHostIP(); ip != "" {
-			host = ip
-		}
-	} else {
-		dir, err := w.podDir()
-		if err != nil {
-			return false, err.Error()
-		}
-		ns = filepath.Join(dir, "netns")
+	host, ns, err := w.dialTarget(o.Pod)
+	if err != nil {
+		return false, err.Error()
 	}
 	switch {
 	case len(p.Exec) > 0:
@@ -161,48 +151,85 @@ func (w *worker) runProbe(ctx context.Context, rt *containerd.Runtime, o *wire.O
 		c.Close()
 		return true, ""
 	case p.HTTPGet != nil:
-		g := p.HTTPGet
-		if g.Host != "" {
-			host = g.Host
-		}
-		scheme := "http"
-		if g.HTTPS {
-			scheme = "https"
-		}
-		path := g.Path
-		if path == "" || path[0] != '/' {
-			path = "/" + path
-		}
-		tr := &http.Transport{
-			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return dialIn(ctx, ns, network, addr, timeout)
-			},
-			TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as a kubelet's probes
-			DisableKeepAlives: true,
-		}
-		defer tr.CloseIdleConnections()
-		cl := &http.Client{Transport: tr, Timeout: timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, strconv.Itoa(int(g.Port)))+path, nil)
+		resp, err := httpGet(ctx, ns, host, p.HTTPGet, timeout, "kube-probe/outpost", false)
 		if err != nil {
 			return false, err.Error()
 		}
-		req.Header.Set("User-Agent", "kube-probe/outpost")
-		for _, h := range g.Headers {
-			if http.CanonicalHeaderKey(h[0]) == "Host" {
-				req.Host = h[1]
-				continue
-			}
-			req.Header.Add(h[0], h[1])
-		}
-		resp, err := cl.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		resp.Body.Close()
 		return resp.StatusCode >= 200 && resp.StatusCode < 400, "HTTP " + resp.Status
 	}
 	return false, "probe without a handler"
+}
+
+// dialTarget is where probes and hooks connect to the pod: the node's
+// address with hostNetwork, else 127.0.0.1 inside the pod's network
+// namespace (ns, its path), as the pod has no address of its own.
+func (w *worker) dialTarget(p *wire.Pod) (host, ns string, err error) {
+	host = "127.0.0.1"
+	if p.HostNetwork {
+		if ip := w.r.getHostIP(); ip != "" {
+			host = ip
+		}
+		return host, "", nil
+	}
+	dir, err := w.podDir()
+	if err != nil {
+		return "", "", err
+	}
+	return host, filepath.Join(dir, "netns"), nil
+}
+
+// httpGet makes g's request (g.Host, else host; in network namespace ns
+// unless empty) without following redirects or verifying certificates, as
+// a kubelet's probes and hooks do, and returns the response with its body
+// closed. fallback retries an HTTPS request over HTTP when the server
+// answered in plain HTTP, as a kubelet's lifecycle hooks do.
+func httpGet(ctx context.Context, ns, host string, g *wire.HTTPGet, timeout time.Duration, agent string, fallback bool) (*http.Response, error) {
+	if g.Host != "" {
+		host = g.Host
+	}
+	scheme := "http"
+	if g.HTTPS {
+		scheme = "https"
+	}
+	path := g.Path
+	if path == "" || path[0] != '/' {
+		path = "/" + path
+	}
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(ctx, ns, network, addr, timeout)
+		},
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // as a kubelet's probes
+		DisableKeepAlives: true,
+	}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+net.JoinHostPort(host, strconv.Itoa(int(g.Port)))+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", agent)
+	for _, h := range g.Headers {
+		if http.CanonicalHeaderKey(h[0]) == "Host" {
+			req.Host = h[1]
+			continue
+		}
+		req.Header.Add(h[0], h[1])
+	}
+	resp, err := cl.Do(req)
+	if err != nil && fallback && g.HTTPS && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		req = req.Clone(ctx)
+		req.URL.Scheme = "http"
+		req.Header.Del("Authorization")
+		resp, err = cl.Do(req)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	return resp, nil
 }
 
 // probeNotes is what status adds to the Ready condition's message: the

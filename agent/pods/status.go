@@ -14,22 +14,33 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 	st := &wire.PodStatus{UID: o.UID, Namespace: o.Namespace, Name: o.Name,
 		HostIP: w.r.getHostIP(), PodIP: w.podIP(pod), StartTime: w.startTime}
 	initDone, initFailed := true, false
-	var notInit []string
+	initialized := isInitialized(pod, recs)
+	var notInit, notReady []string
 	for i := range pod.InitContainers {
 		c := &pod.InitContainers[i]
-		st.InitContainers = append(st.InitContainers, w.containerStatus(c, recs, true, initDone))
+		cs := w.containerStatus(c, recs, true, initDone)
+		st.InitContainers = append(st.InitContainers, cs)
 		x := latest(recs, c.Name)
-		if x != nil && x.exited() && x.exitCode == 0 {
+		if c.Sidecar {
+			// A sidecar counts in the pod's readiness like a regular
+			// container, and has done its part of initialization once
+			// started.
+			if !cs.Ready {
+				notReady = append(notReady, c.Name)
+			}
+			if initialized || w.started(c, x) {
+				continue
+			}
+		} else if initialized || (x != nil && x.exited() && x.exitCode == 0) {
 			continue
 		}
-		if initDone && x != nil && x.exited() && pod.RestartPolicy == "Never" {
+		if initDone && !c.Sidecar && x != nil && x.exited() && pod.RestartPolicy == "Never" {
 			initFailed = true
 		}
 		initDone = false
 		notInit = append(notInit, c.Name)
 	}
 	var pending, running, stopped, succeeded int
-	var notReady []string
 	for i := range pod.Containers {
 		c := &pod.Containers[i]
 		cs := w.containerStatus(c, recs, false, initDone)
@@ -166,7 +177,7 @@ func (w *worker) containerStatus(c *wire.Container, recs map[string][]*rec, init
 			cs.Started = c.StartupProbe == nil
 			cs.Ready = cs.Started && c.ReadinessProbe == nil
 		}
-		if init {
+		if init && !c.Sidecar {
 			cs.Ready = false
 		}
 	case x.exited():
@@ -174,7 +185,7 @@ func (w *worker) containerStatus(c *wire.Container, recs map[string][]*rec, init
 			cs.State, cs.LastState = override, terminated(x)
 		} else {
 			cs.State = terminated(x)
-			if init && x.exitCode == 0 {
+			if init && !c.Sidecar && x.exitCode == 0 {
 				cs.Ready = true
 			}
 		}

@@ -33,6 +33,8 @@ type worker struct {
 	pod  *wire.Object
 	rf   *refs
 	gone bool
+	// abortHooks ends a running postStart hook (the pod is being deleted).
+	abortHooks context.CancelFunc
 
 	// Owned by the worker goroutine.
 	crash     map[string]*backoff // by container name
@@ -79,12 +81,22 @@ func (w *worker) set(o *wire.Object, rf *refs) {
 		cp := *o
 		w.pod, w.rf = &cp, rf
 	}
+	if (o == nil || o.Pod.Deleting) && w.abortHooks != nil {
+		w.abortHooks()
+	}
 	w.mu.Unlock()
 	w.poke()
 }
 
 func (w *worker) orphan() bool    { w.mu.Lock(); defer w.mu.Unlock(); return w.gone }
 func (w *worker) refsSeen() *refs { w.mu.Lock(); defer w.mu.Unlock(); return w.rf }
+
+// deleting says the pod is gone or being deleted, as the latest set said.
+func (w *worker) deleting() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.gone || (w.pod != nil && w.pod.Pod.Deleting)
+}
 
 func (w *worker) run(ctx context.Context) {
 	defer w.r.wg.Done()
@@ -326,11 +338,27 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 	}
 
 	setup, setupErr := w.setUp(o, rf)
-	initDone := true
+	// Once a regular container exists the pod is initialized: init
+	// containers do not run again, sidecars no longer hold anything up.
+	initialized := isInitialized(pod, recs)
+	done := mainDone(pod, recs)
+	initDone, initFailed := true, false
 	for i := range pod.InitContainers {
 		c := &pod.InitContainers[i]
 		x := latest(recs, c.Name)
-		if x != nil && x.exited() && x.exitCode == 0 {
+		if c.Sidecar {
+			if done {
+				continue // stopped below
+			}
+			started, a := w.syncSidecar(ctx, rt, o, rf, setup, setupErr, c, x, due)
+			acted = a || acted
+			if started || initialized {
+				continue
+			}
+			initDone = false
+			break
+		}
+		if initialized || (x != nil && x.exited() && x.exitCode == 0) {
 			continue
 		}
 		initDone = false
@@ -338,6 +366,7 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 		case x != nil && x.running():
 		case x != nil && x.exited():
 			if pod.RestartPolicy == "Never" {
+				initFailed = true
 				break // the pod failed
 			}
 			acted = w.restart(ctx, rt, o, rf, setup, setupErr, c, true, x, due) || acted
@@ -354,16 +383,7 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 			case x == nil:
 				acted = w.start(ctx, rt, o, rf, setup, setupErr, c, false, 0, nil, due) || acted
 			case x.c.Labels[labelHash] != containerHash(c):
-				w.r.log.Info("pods: container spec changed; replacing it", "pod", o.Namespace+"/"+o.Name, "container", c.Name)
-				if x.running() {
-					if err := rt.Stop(ctx, x.c.ID, gracePeriod(pod)); err != nil {
-						w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
-						due(retry)
-						continue
-					}
-				}
-				delete(w.crash, c.Name)
-				acted = w.start(ctx, rt, o, rf, setup, setupErr, c, false, x.attempt+1, nil, due) || acted
+				acted = w.replace(ctx, rt, o, rf, setup, setupErr, c, false, x, due) || acted
 			case x.running():
 				due(w.probe(ctx, rt, o, c, x))
 			case x.state == containerd.StateCreated:
@@ -374,6 +394,10 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 				}
 			}
 		}
+	}
+	if done || initFailed {
+		// The pod is Succeeded or Failed: its sidecars stop, last first.
+		acted = w.stopSidecars(ctx, rt, o, recs, time.Now().Add(gracePeriod(pod))) || acted
 	}
 	if acted {
 		if r2, err := w.records(ctx, rt); err == nil {
@@ -405,6 +429,115 @@ func restarts(policy string, code int32) bool {
 		return code != 0
 	}
 	return false
+}
+
+// isInitialized says a regular container of the pod exists (or existed):
+// its init containers have done their part, as a kubelet decides it.
+func isInitialized(p *wire.Pod, recs map[string][]*rec) bool {
+	for i := range p.Containers {
+		if len(recs[p.Containers[i].Name]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// mainDone says every regular container of the pod has finished for good
+// (restartPolicy Never, or OnFailure and it succeeded): the pod is
+// Succeeded or Failed.
+func mainDone(p *wire.Pod, recs map[string][]*rec) bool {
+	if p.RestartPolicy == "Always" {
+		return false
+	}
+	for i := range p.Containers {
+		x := latest(recs, p.Containers[i].Name)
+		if x == nil || !x.exited() || restarts(p.RestartPolicy, x.exitCode) {
+			return false
+		}
+	}
+	return true
+}
+
+// syncSidecar keeps sidecar c (an init container with restartPolicy
+// Always) running: started when missing, restarted after its crash
+// back-off whenever it exited (whatever the pod's restartPolicy),
+// replaced when its spec changed, probed while it runs. started says it
+// runs and has started (its startup probe passed, its postStart hook
+// returned): the next init container may start.
+func (w *worker) syncSidecar(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
+	c *wire.Container, x *rec, due func(time.Time)) (started, acted bool) {
+	switch {
+	case x == nil:
+		acted = w.start(ctx, rt, o, rf, setup, setupErr, c, true, 0, nil, due)
+	case x.c.Labels[labelHash] != containerHash(c):
+		acted = w.replace(ctx, rt, o, rf, setup, setupErr, c, true, x, due)
+	case x.running():
+		due(w.probe(ctx, rt, o, c, x))
+		return w.started(c, x), false
+	case x.state == containerd.StateCreated:
+		acted = w.start(ctx, rt, o, rf, setup, setupErr, c, true, x.attempt, x, due)
+	default:
+		acted = w.restart(ctx, rt, o, rf, setup, setupErr, c, true, x, due)
+	}
+	if acted {
+		due(w.r.now()) // look again at once: the next container may wait for it
+	}
+	return false, acted
+}
+
+// started says running container x of c has started: its startup probe
+// (if any) passed. Its postStart hook has returned: start waits for it.
+func (w *worker) started(c *wire.Container, x *rec) bool {
+	if x == nil || !x.running() {
+		return false
+	}
+	if ps := w.probes[x.c.ID]; ps != nil {
+		return ps.started
+	}
+	return c.StartupProbe == nil
+}
+
+// stopSidecars stops the pod's running sidecars in reverse order, each
+// with what is left until deadline (at least 2 s). It says whether it
+// stopped any.
+func (w *worker) stopSidecars(ctx context.Context, rt *containerd.Runtime, o *wire.Object, recs map[string][]*rec, deadline time.Time) bool {
+	acted := false
+	for i := len(o.Pod.InitContainers) - 1; i >= 0; i-- {
+		c := &o.Pod.InitContainers[i]
+		if !c.Sidecar {
+			continue
+		}
+		for _, x := range recs[c.Name] {
+			if !x.running() {
+				continue
+			}
+			grace := max(time.Until(deadline), minGraceAfterPreStop)
+			w.r.log.Info("pods: stopping a sidecar", "pod", o.Namespace+"/"+o.Name, "container", c.Name, "grace", grace)
+			if err := w.kill(ctx, rt, o, c, x, grace, ""); err != nil {
+				w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+			}
+			acted = true
+		}
+	}
+	return acted
+}
+
+// replace stops container x, whose spec changed (a new image), and starts
+// the next attempt from the new spec c, as a kubelet does.
+func (w *worker) replace(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
+	c *wire.Container, init bool, x *rec, due func(time.Time)) bool {
+	w.r.log.Info("pods: container spec changed; replacing it", "pod", o.Namespace+"/"+o.Name, "container", c.Name)
+	if x.running() {
+		// The preStop hook is the running container's: the old spec's
+		// is no longer known, so the new one's runs, as with a kubelet.
+		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), ""); err != nil {
+			w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
+			due(w.r.now().Add(2 * time.Second))
+			return false
+		}
+	}
+	delete(w.crash, c.Name)
+	return w.start(ctx, rt, o, rf, setup, setupErr, c, init, x.attempt+1, nil, due)
 }
 
 // restart starts the next attempt of an exited container, after its
@@ -442,6 +575,9 @@ func (w *worker) nextCrashBackoff(name string) {
 func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Object, rf *refs, setup *podSetup, setupErr error,
 	c *wire.Container, init bool, attempt int, x *rec, due func(time.Time)) bool {
 	log := w.r.log.With("pod", o.Namespace+"/"+o.Name, "container", c.Name)
+	if w.deleting() {
+		return false // deleted during this pass (a postStart hook was interrupted): start nothing more
+	}
 	if setupErr != nil {
 		w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "CreateContainerConfigError", Message: truncate(setupErr.Error(), 1000)}
 		due(w.r.now().Add(5 * time.Second))
@@ -501,6 +637,25 @@ func (w *worker) start(ctx context.Context, rt *containerd.Runtime, o *wire.Obje
 	}
 	delete(w.waiting, c.Name)
 	log.Info("pods: container started", "id", sp.ID, "image", c.Image, "attempt", attempt)
+	if herr, aborted := w.postStart(ctx, rt, o, c, sp.ID); aborted {
+		log.Info("pods: postStart hook interrupted: the pod is being deleted")
+	} else if herr != nil {
+		log.Warn("pods: postStart hook failed (FailedPostStartHook); killing the container", "err", herr)
+		x := &rec{c: containerd.Container{ID: sp.ID}, name: c.Name, state: containerd.StateRunning}
+		if err := w.kill(ctx, rt, o, c, x, gracePeriod(o.Pod), wire.PostStartHookFailed+herr.Error()); err != nil {
+			log.Warn("pods: stopping a container", "err", err)
+		}
+		// It waits to restart if it will restart: a sidecar always, else
+		// as restartPolicy says of its exit code.
+		code := int32(137)
+		if st, err := rt.Status(ctx, sp.ID); err == nil && st.State == containerd.StateExited {
+			code = int32(st.ExitCode)
+		}
+		if c.Sidecar || restarts(o.Pod.RestartPolicy, code) {
+			w.waiting[c.Name] = wire.ContainerState{Kind: wire.StateWaiting, Reason: "PostStartHookError", Message: clip(herr.Error(), 1000)}
+		}
+		due(w.r.now())
+	}
 	return true
 }
 
@@ -559,12 +714,18 @@ func (w *worker) remove(ctx context.Context, rt *containerd.Runtime, x *rec, gra
 	w.removeLogs(x)
 }
 
-// terminate stops every container of a deleting pod, in parallel, each
-// with the pod's grace period.
+// terminate stops every container of a deleting pod within the pod's
+// grace period, each after its preStop hook: the regular containers in
+// parallel, then the sidecars, last first.
 func (w *worker) terminate(ctx context.Context, rt *containerd.Runtime, o *wire.Object, recs map[string][]*rec) {
 	grace := gracePeriod(o.Pod)
+	deadline := time.Now().Add(grace)
 	var wg sync.WaitGroup
-	for _, xs := range recs {
+	for name, xs := range recs {
+		c := specOf(o.Pod, name)
+		if c != nil && c.Sidecar {
+			continue
+		}
 		for _, x := range xs {
 			if !x.running() {
 				continue
@@ -573,13 +734,14 @@ func (w *worker) terminate(ctx context.Context, rt *containerd.Runtime, o *wire.
 			go func() {
 				defer wg.Done()
 				w.r.log.Info("pods: stopping container of a deleted pod", "pod", o.Namespace+"/"+o.Name, "container", x.name, "grace", grace)
-				if err := rt.Stop(ctx, x.c.ID, grace); err != nil {
+				if err := w.kill(ctx, rt, o, c, x, grace, ""); err != nil {
 					w.r.log.Warn("pods: stopping a container", "container", x.c.ID, "err", err)
 				}
 			}()
 		}
 	}
 	wg.Wait()
+	w.stopSidecars(ctx, rt, o, recs, deadline)
 }
 
 // cleanup removes everything of a pod no longer desired: containers

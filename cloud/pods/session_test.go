@@ -117,6 +117,8 @@ func TestSessionSync(t *testing.T) {
 		edgeNode("edge-1"),
 		testPod("web", "edge-1", "10", withRefs("cfg", "sec")),
 		testPod("kept", "edge-1", "11", nil),
+		// Finished before the agent ever had it: nothing to keep, not sent.
+		testPod("old-job", "edge-1", "14", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }),
 		testPod("other", "edge-2", "12", withRefs("cfg", "other-sec")),
 		testPod("pvc", "edge-1", "13", func(p *corev1.Pod) {
 			p.Spec.Volumes = append([]corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
@@ -166,6 +168,17 @@ func TestSessionSync(t *testing.T) {
 	d := rec.next(t)
 	if d.Initial || !equal(summary(d), "+configmap/cfg@30") || d.Upserts[0].ConfigMap.Data["a"] != "2" {
 		t.Fatalf("delta %v initial %v", summary(d), d.Initial)
+	}
+
+	// A pod the agent holds finishes: sent Finished (the agent keeps its
+	// containers and logs), without its token.
+	kept, _ := client.CoreV1().Pods("default").Get(ctx, "kept", metav1.GetOptions{})
+	kept.Status.Phase, kept.ResourceVersion = corev1.PodSucceeded, "32"
+	if _, err := client.CoreV1().Pods("default").UpdateStatus(ctx, kept, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.next(t); !equal(summary(d), "+pod/kept@32", "-token/uid-kept") || d.Upserts[0].Pod.Finished != "Succeeded" {
+		t.Fatalf("delta %v", summary(d))
 	}
 
 	// Deleting: sent with Deleting; gone: deleted with its references.

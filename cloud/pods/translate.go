@@ -208,12 +208,16 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	for i := range s.InitContainers {
 		c := &s.InitContainers[i]
 		path := fmt.Sprintf("spec.initContainers[%d]", i)
-		if c.RestartPolicy != nil {
-			return nil, unsupported(path+".restartPolicy", "sidecar containers are not supported; make it a regular container")
-		}
 		wc, err := translateContainer(path, c, s.HostNetwork, volumes, &pod, &meta)
 		if err != nil {
 			return nil, err
+		}
+		if c.RestartPolicy != nil {
+			// The API server admits Always only: a sidecar.
+			if *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				return nil, unsupported(path+".restartPolicy: "+string(*c.RestartPolicy), "use Always (a sidecar) or leave it unset")
+			}
+			wc.Sidecar = true
 		}
 		out.InitContainers = append(out.InitContainers, wc)
 	}
@@ -368,8 +372,6 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		TTY:             c.TTY,
 	}
 	switch {
-	case c.Lifecycle != nil:
-		return out, unsupported(path+".lifecycle", "postStart and preStop hooks do not run on edge nodes; handle SIGTERM in the process")
 	case len(c.VolumeDevices) > 0:
 		return out, unsupported(path+".volumeDevices", "use a hostPath volume for the device")
 	case len(c.RestartPolicyRules) > 0:
@@ -467,6 +469,17 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	}
 
 	var err error
+	if l := c.Lifecycle; l != nil {
+		if l.StopSignal != nil {
+			return out, unsupported(path+".lifecycle.stopSignal", "edge nodes stop containers with SIGTERM")
+		}
+		if out.PostStart, err = translateHandler(path+".lifecycle.postStart", l.PostStart, c.Ports); err != nil {
+			return out, err
+		}
+		if out.PreStop, err = translateHandler(path+".lifecycle.preStop", l.PreStop, c.Ports); err != nil {
+			return out, err
+		}
+	}
 	if out.LivenessProbe, err = translateProbe(path+".livenessProbe", c.LivenessProbe, c.Ports); err != nil {
 		return out, err
 	}
@@ -527,6 +540,53 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	return out, nil
 }
 
+// translateHandler turns a lifecycle hook (nil: not set) into the wire's.
+// A named httpGet port is looked up in the container's ports, as the
+// kubelet does when it runs the hook.
+func translateHandler(path string, h *corev1.LifecycleHandler, ports []corev1.ContainerPort) (*wire.Handler, error) {
+	if h == nil {
+		return nil, nil
+	}
+	switch {
+	case h.Exec != nil:
+		if len(h.Exec.Command) == 0 {
+			return nil, unsupported(path+".exec.command (empty)", "")
+		}
+		return &wire.Handler{Exec: h.Exec.Command}, nil
+	case h.HTTPGet != nil:
+		g, err := translateHTTPGet(path+".httpGet", h.HTTPGet, ports)
+		if err != nil {
+			return nil, err
+		}
+		return &wire.Handler{HTTPGet: g}, nil
+	case h.Sleep != nil:
+		if h.Sleep.Seconds <= 0 {
+			// A zero sleep does nothing; the wire has no way to say it.
+			return nil, nil
+		}
+		return &wire.Handler{SleepSeconds: h.Sleep.Seconds}, nil
+	case h.TCPSocket != nil:
+		return nil, unsupported(path+".tcpSocket", "a kubelet does not run tcpSocket hooks either; use exec, httpGet or sleep")
+	}
+	return nil, unsupported(path, "set exec, httpGet or sleep")
+}
+
+// translateHTTPGet is an httpGet action of a probe or a hook.
+func translateHTTPGet(path string, h *corev1.HTTPGetAction, ports []corev1.ContainerPort) (*wire.HTTPGet, error) {
+	if h.Protocol != nil {
+		return nil, unsupported(path+".protocol", "")
+	}
+	port, err := resolvePort(path+".port", h.Port.IntValue(), h.Port.String(), h.Port.Type == intstr.String, ports)
+	if err != nil {
+		return nil, err
+	}
+	out := &wire.HTTPGet{Path: h.Path, Port: port, Host: h.Host, HTTPS: h.Scheme == corev1.URISchemeHTTPS}
+	for _, hd := range h.HTTPHeaders {
+		out.Headers = append(out.Headers, [2]string{hd.Name, hd.Value})
+	}
+	return out, nil
+}
+
 func translateProbe(path string, p *corev1.Probe, ports []corev1.ContainerPort) (*wire.Probe, error) {
 	if p == nil {
 		return nil, nil
@@ -548,18 +608,11 @@ func translateProbe(path string, p *corev1.Probe, ports []corev1.ContainerPort) 
 		}
 		out.Exec = p.Exec.Command
 	case p.HTTPGet != nil:
-		h := p.HTTPGet
-		if h.Protocol != nil {
-			return nil, unsupported(path+".httpGet.protocol", "")
-		}
-		port, err := resolvePort(path+".httpGet.port", h.Port.IntValue(), h.Port.String(), h.Port.Type == intstr.String, ports)
+		g, err := translateHTTPGet(path+".httpGet", p.HTTPGet, ports)
 		if err != nil {
 			return nil, err
 		}
-		out.HTTPGet = &wire.HTTPGet{Path: h.Path, Port: port, Host: h.Host, HTTPS: h.Scheme == corev1.URISchemeHTTPS}
-		for _, hd := range h.HTTPHeaders {
-			out.HTTPGet.Headers = append(out.HTTPGet.Headers, [2]string{hd.Name, hd.Value})
-		}
+		out.HTTPGet = g
 	case p.TCPSocket != nil:
 		if p.TCPSocket.Host != "" {
 			return nil, unsupported(path+".tcpSocket.host", "")

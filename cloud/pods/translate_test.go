@@ -87,6 +87,24 @@ func TestTranslateSupported(t *testing.T) {
 		want func(w *wire.Pod)
 	}{
 		{"defaults as the API server sets them", func(*corev1.Pod) {}, func(*wire.Pod) {}},
+		{"lifecycle hooks: exec, httpGet with a named port, sleep", func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.Ports[0].Name = "http"
+			c.Lifecycle = &corev1.Lifecycle{
+				PostStart: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"sh", "-c", "touch /x"}}},
+				PreStop: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/drain", Port: intstr.FromString("http"),
+					Host: "10.0.0.1", Scheme: corev1.URISchemeHTTPS, HTTPHeaders: []corev1.HTTPHeader{{Name: "X-A", Value: "b"}}}},
+			}
+			p.Spec.InitContainers = []corev1.Container{{Name: "proxy", Image: "registry.local/busybox:1", ImagePullPolicy: corev1.PullIfNotPresent,
+				RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways),
+				Lifecycle:     &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}}}}
+		}, func(w *wire.Pod) {
+			c := &w.Containers[0]
+			c.PostStart = &wire.Handler{Exec: []string{"sh", "-c", "touch /x"}}
+			c.PreStop = &wire.Handler{HTTPGet: &wire.HTTPGet{Path: "/drain", Port: 8080, Host: "10.0.0.1", HTTPS: true, Headers: [][2]string{{"X-A", "b"}}}}
+			w.InitContainers = []wire.Container{{Name: "proxy", Image: "registry.local/busybox:1", ImagePullPolicy: "IfNotPresent",
+				Sidecar: true, PreStop: &wire.Handler{SleepSeconds: 5}}}
+		}},
 		{"command, args, env, workingDir, limits", func(p *corev1.Pod) {
 			c := &p.Spec.Containers[0]
 			c.Command, c.Args, c.WorkingDir = []string{"/bin/sh", "-c"}, []string{"echo hi"}, "/work"
@@ -322,7 +340,14 @@ func TestTranslateUnsupported(t *testing.T) {
 		{vol(corev1.VolumeSource{Ephemeral: &corev1.EphemeralVolumeSource{}}), "spec.volumes[1].ephemeral"},
 		{vol(corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}}), "spec.volumes[1].emptyDir.medium: HugePages"},
 		{vol(corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{Path: "x"}}}}}), "spec.volumes[1].projected.sources[0].clusterTrustBundle"},
-		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{} }), "spec.containers[0].lifecycle"},
+		{c0(func(c *corev1.Container) {
+			c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(80)}}}
+		}), "spec.containers[0].lifecycle.preStop.tcpSocket"},
+		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{}} }), "spec.containers[0].lifecycle.postStart"},
+		{c0(func(c *corev1.Container) {
+			c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromString("nope")}}}
+		}), "spec.containers[0].lifecycle.postStart.httpGet.port: nope"},
+		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{StopSignal: ptr(corev1.SIGKILL)} }), "spec.containers[0].lifecycle.stopSignal"},
 		{c0(func(c *corev1.Container) { c.Ports[0].HostPort = 80 }), "spec.containers[0].ports[0].hostPort"},
 		{c0(func(c *corev1.Container) { c.VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/x"}} }), "spec.containers[0].volumeDevices"},
 		{c0(func(c *corev1.Container) {
@@ -357,8 +382,8 @@ func TestTranslateUnsupported(t *testing.T) {
 		}), "spec.containers[0].securityContext.procMount: Partial"},
 		{c0(func(c *corev1.Container) { c.VolumeMounts[0].Name = "nope" }), "spec.containers[0].volumeMounts[0].name: nope"},
 		{func(p *corev1.Pod) {
-			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)}}
-		}, "spec.initContainers[0].restartPolicy"},
+			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicy("OnFailure"))}}
+		}, "spec.initContainers[0].restartPolicy: OnFailure"},
 		{func(p *corev1.Pod) { p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{}} }, "spec.ephemeralContainers"},
 		{func(p *corev1.Pod) { p.Spec.RuntimeClassName = ptr("kata") }, "spec.runtimeClassName"},
 		{func(p *corev1.Pod) { p.Spec.HostAliases = []corev1.HostAlias{{IP: "1.2.3.4"}} }, "spec.hostAliases"},
@@ -416,6 +441,8 @@ func TestFieldsReviewed(t *testing.T) {
 		reflect.TypeFor[corev1.VolumeProjection](): "Secret DownwardAPI ConfigMap ServiceAccountToken ClusterTrustBundle PodCertificate",
 		reflect.TypeFor[corev1.EnvVarSource]():     "FieldRef ResourceFieldRef ConfigMapKeyRef SecretKeyRef FileKeyRef",
 		reflect.TypeFor[corev1.ProbeHandler]():     "Exec HTTPGet TCPSocket GRPC",
+		reflect.TypeFor[corev1.Lifecycle]():        "PostStart PreStop StopSignal",
+		reflect.TypeFor[corev1.LifecycleHandler](): "Exec HTTPGet TCPSocket Sleep",
 	} {
 		k := map[string]bool{}
 		for _, f := range strings.Fields(known) {

@@ -3,6 +3,7 @@ package podstatus
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -396,4 +397,29 @@ func TestWriteRetriesBriefForbidden(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestHookFailures(t *testing.T) {
+	killed := func(name string, at metav1.Time, msg string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: name, LastTerminationState: corev1.ContainerState{
+			Terminated: &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "Error", Message: msg, FinishedAt: at}}}
+	}
+	post := wire.PostStartHookFailed + "Exec lifecycle hook ([false]) failed"
+	pre := wire.PreStopHookFailed + "HTTP lifecycle hook (/drain) failed"
+	prev := &corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", t0, post)}}
+	for _, tc := range []struct {
+		name string
+		next corev1.PodStatus
+		want []HookFailure
+	}{
+		{"same failure again", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", t0, post)}}, nil},
+		{"a new failure", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", now, post)}}, []HookFailure{{"app", "FailedPostStartHook"}}},
+		{"a sidecar's", corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{killed("proxy", t0, post)}}, []HookFailure{{"proxy", "FailedPostStartHook"}}},
+		{"a preStop's", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", now, pre)}}, []HookFailure{{"app", "FailedPreStopHook"}}},
+		{"another exit", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{killed("app", now, "Container app failed liveness probe")}}, nil},
+	} {
+		if got := HookFailures(prev, &tc.next); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: HookFailures = %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }

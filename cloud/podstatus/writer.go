@@ -180,10 +180,12 @@ func (w *Writer) Write(ctx context.Context, as asnode.Client, node string, rep *
 		if !equality.Semantic.DeepEqual(st, pod.Status) {
 			upd := pod.DeepCopy()
 			upd.Status = st
-			if _, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+			np, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+			if err != nil {
 				return err
 			}
 			result = "written"
+			w.hookEvents(ctx, as, node, np, HookFailures(&pod.Status, &st))
 		}
 		if rep.Terminated && pod.DeletionTimestamp != nil {
 			// Every container has stopped: finish the graceful delete, as

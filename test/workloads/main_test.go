@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,7 +150,7 @@ func podState(p *corev1.Pod) string {
 			s += fmt.Sprintf(" %s=%s(%s: %s)", c.Type, c.Status, c.Reason, c.Message)
 		}
 	}
-	for _, c := range p.Status.ContainerStatuses {
+	for _, c := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
 		s += fmt.Sprintf(" [%s restarts=%d", c.Name, c.RestartCount)
 		switch {
 		case c.State.Waiting != nil:

@@ -54,9 +54,10 @@ const (
 func (s *Server) KubeletHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.serveContainerLogs)
+	s.registerTunnels(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "the Outpost relay serves only /containerLogs of the kubelet API for edge nodes", http.StatusNotFound)
+		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach and /portForward of the kubelet API for edge nodes", http.StatusNotFound)
 	})
 	return s.kubeletAuth(mux)
 }

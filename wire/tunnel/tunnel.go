@@ -100,7 +100,7 @@ func (m *Mux) Accept(o *wire.TunnelOpen) (*Stream, error) {
 }
 
 func (m *Mux) newStream(id uint32) *Stream {
-	s := &Stream{ID: id, m: m, done: make(chan struct{}), resize: make(chan wire.TunnelResize, 4)}
+	s := &Stream{ID: id, m: m, done: make(chan struct{}), heard: make(chan struct{}), resize: make(chan wire.TunnelResize, 4)}
 	s.cond = sync.NewCond(&s.mu)
 	m.m[id] = s
 	return s
@@ -140,7 +140,7 @@ func (m *Mux) Handle(f wire.Frame) (bool, error) {
 	case wire.TypeTunnelData:
 		var d wire.TunnelData
 		if err := f.DecodeBody(&d); err != nil {
-			return true, err
+			return true, m.bad(f, err)
 		}
 		s := m.get(d.ID)
 		if s == nil {
@@ -149,19 +149,21 @@ func (m *Mux) Handle(f wire.Frame) (bool, error) {
 			_ = m.send(wire.TypeTunnelClose, &wire.TunnelClose{ID: d.ID, Error: fmt.Sprintf("tunnel %d is not open", d.ID)})
 			return true, nil
 		}
+		s.hear()
 		s.data(&d)
 	case wire.TypeTunnelAck:
 		var a wire.TunnelAck
 		if err := f.DecodeBody(&a); err != nil {
-			return true, err
+			return true, m.bad(f, err)
 		}
 		if s := m.get(a.ID); s != nil {
+			s.hear()
 			s.ack(a.Consumed)
 		}
 	case wire.TypeTunnelResize:
 		var r wire.TunnelResize
 		if err := f.DecodeBody(&r); err != nil {
-			return true, err
+			return true, m.bad(f, err)
 		}
 		if s := m.get(r.ID); s != nil {
 			for {
@@ -179,10 +181,11 @@ func (m *Mux) Handle(f wire.Frame) (bool, error) {
 	case wire.TypeTunnelClose:
 		var c wire.TunnelClose
 		if err := f.DecodeBody(&c); err != nil {
-			return true, err
+			return true, m.bad(f, err)
 		}
 		if s := m.get(c.ID); s != nil {
 			m.remove(s)
+			s.hear()
 			s.finish(&c, nil)
 		}
 	default:
@@ -191,12 +194,35 @@ func (m *Mux) Handle(f wire.Frame) (bool, error) {
 	return true, nil
 }
 
+// tunnelID is the one field every tunnel frame has.
+type tunnelID struct {
+	ID uint32 `cbor:"1,keyasint"`
+}
+
+func (*tunnelID) Validate() error { return nil }
+
+// bad ends the tunnel a frame that does not decode or validate names, if
+// it names an open one, and returns nil: the link goes on. Without a
+// tunnel to blame it returns err for the caller to report.
+func (m *Mux) bad(f wire.Frame, err error) error {
+	var id tunnelID
+	if f.DecodeBody(&id) != nil || id.ID == 0 {
+		return err
+	}
+	if s := m.get(id.ID); s != nil {
+		s.fail(fmt.Sprintf("tunnel %d: %v", id.ID, err))
+	}
+	return nil
+}
+
 // Stream is one tunnel.
 type Stream struct {
 	ID     uint32
 	m      *Mux
 	resize chan wire.TunnelResize
 	done   chan struct{}
+	heard  chan struct{} // closed at the first frame from the other side
+	once   sync.Once
 
 	mu   sync.Mutex
 	cond *sync.Cond
@@ -211,6 +237,12 @@ type Stream struct {
 	peer                      *wire.TunnelClose // the other side's close
 	err                       error             // why it ended here
 }
+
+// Heard is closed once the other side sent a frame on the tunnel: an
+// agent acknowledges a TunnelOpen it took with a TunnelAck of zero.
+func (s *Stream) Heard() <-chan struct{} { return s.heard }
+
+func (s *Stream) hear() { s.once.Do(func() { close(s.heard) }) }
 
 // Done is closed when the tunnel has ended.
 func (s *Stream) Done() <-chan struct{} { return s.done }

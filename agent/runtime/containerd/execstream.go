@@ -17,7 +17,8 @@ import (
 // Stdio connects an interactive exec (ExecStream) to its caller.
 type Stdio struct {
 	// Stdin, if not nil, feeds the process's stdin; its end (io.EOF)
-	// closes the process's stdin.
+	// closes the process's stdin. ExecStream does not wait for its end:
+	// after it returned, the caller ends a Stdin still being read.
 	Stdin io.Reader
 	// Stdout and Stderr, if not nil, get the process's output. With TTY
 	// the terminal's output goes to Stdout and Stderr is not used.
@@ -115,13 +116,20 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 	defer wg.Wait()
 	defer close(stop)
 	if stdin != nil {
-		wg.Go(func() {
+		// Not waited for: a reader that never ends (a terminal) is the
+		// caller's to end once ExecStream returned.
+		go func() {
 			_, _ = io.Copy(stdin, stdio.Stdin)
 			stdin.Close()
+			select {
+			case <-stop: // the process is gone
+				return
+			default:
+			}
 			ctx, cancel := bg()
 			defer cancel()
 			_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/CloseIO", enc(nil).str(taskContainerID, id).str(taskExecID, execID).bool(closeIOStdin, true))
-		})
+		}()
 	}
 	if stdio.Resize != nil && stdio.TTY {
 		wg.Go(func() {

@@ -1,0 +1,185 @@
+package workloads
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// kubectlRun runs kubectl with stdin and extra environment and returns
+// its stdout, stderr and exit code.
+func kubectlRun(ctx context.Context, stdin io.Reader, env []string, args ...string) (string, string, int, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(st.CP.BinDir, "kubectl"), append([]string{"--kubeconfig=" + st.CP.Kubeconfig}, args...)...)
+	cmd.Stdin = stdin
+	cmd.Env = append(os.Environ(), env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), errb.String(), ee.ExitCode(), nil
+	}
+	return out.String(), errb.String(), 0, err
+}
+
+// protocols are the two ways kubectl talks to the API server for exec.
+var protocols = []struct {
+	name string
+	env  []string
+}{
+	{"websocket", []string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true"}},
+	{"spdy", []string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"}},
+}
+
+// TestKubectlExec: kubectl exec through the relay and the agent's link
+// into containerd: output on stdout and stderr, stdin to its end, the exit
+// code, the container's own environment and working directory, output
+// much larger than the tunnel window, and a terminal (-t).
+func TestKubectlExec(t *testing.T) {
+	need(t)
+	t.Parallel()
+	ctx := ctxFor(t, 4*time.Minute)
+	const ns = "wl-exec"
+	newNamespace(t, ctx, ns)
+	st.Apply(t, ctx, pod(ns, "shell", image1, "exec sleep 3600", "    env: [{name: MARK, value: edge-exec}]\n    workingDir: /etc\n", ""))
+	waitRunning(t, ctx, ns, "shell", 2*time.Minute)
+
+	for _, p := range protocols {
+		t.Run(p.name, func(t *testing.T) {
+			out, errOut, code, err := kubectlRun(ctx, nil, p.env, "-n", ns, "exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; echo $MARK; pwd; exit 3")
+			if err != nil || code != 3 || out != "out\nedge-exec\n/etc\n" || !strings.Contains(errOut, "err\n") {
+				t.Errorf("exec: stdout %q stderr %q exit %d %v; want stdout %q, err on stderr, exit 3", out, errOut, code, err, "out\nedge-exec\n/etc\n")
+			}
+
+			in := "hello\nfrom stdin\n"
+			out, errOut, code, err = kubectlRun(ctx, strings.NewReader(in), p.env, "-n", ns, "exec", "-i", "shell", "--", "cat")
+			if err != nil || code != 0 || out != in {
+				t.Errorf("exec -i cat: stdout %q stderr %q exit %d %v", out, errOut, code, err)
+			}
+
+			// Four times the tunnel window and then some: flow control
+			// carries it whole.
+			const big = 1 << 20
+			out, errOut, code, err = kubectlRun(ctx, nil, p.env, "-n", ns, "exec", "shell", "--", "head", "-c", fmt.Sprint(big), "/dev/zero")
+			if err != nil || code != 0 || len(out) != big || strings.Trim(out, "\x00") != "" {
+				t.Errorf("exec head -c %d: %d bytes of stdout, stderr %q exit %d %v", big, len(out), errOut, code, err)
+			}
+		})
+	}
+
+	// A terminal: kubectl -t needs one on its side too (script gives it).
+	cmd := exec.CommandContext(ctx, "script", "-qec", fmt.Sprintf("%s --kubeconfig=%s -n %s exec -it shell -- sh -c 'tty; exit 5'",
+		filepath.Join(st.CP.BinDir, "kubectl"), st.CP.Kubeconfig, ns), "/dev/null")
+	cmd.Stdin = strings.NewReader("")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 || !strings.Contains(string(out), "/dev/pts/") {
+		t.Errorf("exec -it tty: %q, %v; want a /dev/pts terminal and exit 5", out, err)
+	}
+}
+
+// TestKubectlPortForward: kubectl port-forward to two ports of a pod at
+// once, HTTP through each (busybox httpd on the pod's own loopback), and
+// several connections in parallel.
+func TestKubectlPortForward(t *testing.T) {
+	need(t)
+	t.Parallel()
+	ctx := ctxFor(t, 4*time.Minute)
+	const ns = "wl-portfwd"
+	newNamespace(t, ctx, ns)
+	script := `mkdir -p /www1 /www2 && echo one > /www1/index.html && echo two > /www2/index.html &&
+httpd -p 127.0.0.1:8080 -h /www1 && httpd -p 127.0.0.1:8081 -h /www2 && exec sleep 3600`
+	st.Apply(t, ctx, pod(ns, "web", image1, script, "", ""))
+	waitRunning(t, ctx, ns, "web", 2*time.Minute)
+
+	lines, stop := kubectlStream(t, ctx, "-n", ns, "port-forward", "pod/web", "0:8080", "0:8081")
+	re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)`)
+	local := map[string]string{}
+	deadline := time.After(time.Minute)
+	for len(local) < 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("kubectl port-forward ended: %s", stop())
+			}
+			if m := re.FindStringSubmatch(l); m != nil {
+				local[m[2]] = m[1]
+			}
+		case <-deadline:
+			t.Fatalf("kubectl port-forward did not say where it listens: %s", stop())
+		}
+	}
+	get := func(port string) (string, error) {
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "http://127.0.0.1:"+port+"/", nil)
+		req.Close = true // a new forwarded connection each time
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	var wg sync.WaitGroup
+	for i := range 6 {
+		port, want := local["8080"], "one\n"
+		if i%2 == 1 {
+			port, want = local["8081"], "two\n"
+		}
+		wg.Go(func() {
+			if got, err := get(port); err != nil || got != want {
+				t.Errorf("GET through port-forward %s: %q, %v; want %q", port, got, err, want)
+			}
+		})
+	}
+	wg.Wait()
+	stop()
+}
+
+// TestKubectlCp: kubectl cp into the container and back (tar over exec
+// with stdin), byte for byte.
+func TestKubectlCp(t *testing.T) {
+	need(t)
+	t.Parallel()
+	ctx := ctxFor(t, 4*time.Minute)
+	const ns = "wl-cp"
+	newNamespace(t, ctx, ns)
+	st.Apply(t, ctx, pod(ns, "box", image1, "mkdir -p /data && exec sleep 3600", "", ""))
+	waitRunning(t, ctx, ns, "box", 2*time.Minute)
+
+	dir := t.TempDir()
+	want := make([]byte, 300<<10)
+	_, _ = rand.Read(want)
+	src := filepath.Join(dir, "in.bin")
+	if err := os.WriteFile(src, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st.Kubectl(t, ctx, "cp", src, ns+"/box:/data/in.bin")
+	back := filepath.Join(dir, "back.bin")
+	st.Kubectl(t, ctx, "cp", ns+"/box:/data/in.bin", back)
+	got, err := os.ReadFile(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("kubectl cp round trip: %d bytes back, want the %d sent", len(got), len(want))
+	}
+	out := st.Kubectl(t, ctx, "-n", ns, "exec", "box", "--", "wc", "-c", "/data/in.bin")
+	if f := strings.Fields(out); len(f) == 0 || f[0] != fmt.Sprint(len(want)) {
+		t.Errorf("wc -c in the container: %q", out)
+	}
+}

@@ -207,7 +207,13 @@ func (t *tunnelRunner) run(ctx context.Context, o *wire.TunnelOpen, in io.Reader
 		if p.w == nil {
 			continue
 		}
-		wg.Go(func() { _, _ = io.Copy(p.w, st.Reader(p.ch)) })
+		wg.Go(func() {
+			if _, err := io.Copy(p.w, st.Reader(p.ch)); err != nil {
+				// The client went away (the hijacked connection cancels
+				// no context): the agent kills the process.
+				st.Close(&wire.TunnelClose{Error: "the client went away"})
+			}
+		})
 	}
 	copied := make(chan struct{})
 	go func() { wg.Wait(); close(copied) }()

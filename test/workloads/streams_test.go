@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"outpost.dev/test/stack"
 )
 
 // kubectlRun runs kubectl with stdin and extra environment and returns
@@ -77,6 +79,24 @@ func TestKubectlExec(t *testing.T) {
 				t.Errorf("exec head -c %d: %d bytes of stdout, stderr %q exit %d %v", big, len(out), errOut, code, err)
 			}
 		})
+	}
+
+	// kubectl goes away: the process it ran is killed, not left behind.
+	_, stop := kubectlStream(t, ctx, "-n", ns, "exec", "shell", "--", "sh", "-c", "while true; do echo ticking-exec; sleep 0.2; done")
+	stack.WaitFor(t, ctx, 30*time.Second, "the exec loop running", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && strings.Contains(out, "ticking-exec"), out
+	})
+	stop()
+	stack.WaitFor(t, ctx, 30*time.Second, "the exec loop killed after kubectl went away", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && !strings.Contains(out, "ticking-exec"), out
+	})
+
+	// attach: refused in words (containers have no stdin or terminal yet).
+	_, errOut, code, err := kubectlRun(ctx, nil, nil, "-n", ns, "attach", "shell")
+	if err != nil || code == 0 || !strings.Contains(errOut, "not started with stdin or a terminal") {
+		t.Errorf("attach: exit %d %v, stderr %q", code, err, errOut)
 	}
 
 	// A terminal: kubectl -t needs one on its side too (script gives it).

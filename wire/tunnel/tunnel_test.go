@@ -214,3 +214,57 @@ func TestUnknownTunnelAndBounds(t *testing.T) {
 		t.Fatal("open after shutdown succeeded")
 	}
 }
+
+// FuzzHandle feeds arbitrary frame bodies of the tunnel types to an
+// agent-side Mux with open tunnels. Nothing may panic, no tunnel may
+// buffer more than the window, and the Mux keeps serving a good tunnel.
+func FuzzHandle(f *testing.F) {
+	for _, c := range []struct {
+		t wire.Type
+		b wire.Body
+	}{
+		{wire.TypeTunnelData, &wire.TunnelData{ID: 1, Data: []byte("x"), EOF: true}},
+		{wire.TypeTunnelData, &wire.TunnelData{ID: 1, Channel: wire.ChanStdout, Data: []byte("x")}},
+		{wire.TypeTunnelAck, &wire.TunnelAck{ID: 1, Consumed: 1 << 40}},
+		{wire.TypeTunnelResize, &wire.TunnelResize{ID: 1, Width: 80, Height: 24}},
+		{wire.TypeTunnelClose, &wire.TunnelClose{ID: 2, Exited: true, ExitCode: 1}},
+	} {
+		b, err := wire.Encode(c.t, 0, c.b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		fr, _ := wire.Decode(b)
+		f.Add(uint8(c.t), []byte(fr.Body), []byte(fr.Body))
+	}
+	f.Fuzz(func(t *testing.T, typ uint8, body1, body2 []byte) {
+		m := New(func(wire.Type, wire.Body) error { return nil }, 4, wire.ChanStdin)
+		var streams []*Stream
+		for id := uint32(1); id <= 3; id++ {
+			s, err := m.Accept(&wire.TunnelOpen{ID: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			streams = append(streams, s)
+		}
+		ty := wire.TypeTunnelData + wire.Type(typ%4)
+		for _, b := range [][]byte{body1, body2, body1} {
+			_, _ = m.Handle(wire.Frame{Type: ty, Body: b})
+		}
+		for _, s := range streams {
+			s.mu.Lock()
+			n := 0
+			for _, b := range s.buf {
+				n += len(b)
+			}
+			if n > wire.TunnelWindow {
+				t.Fatalf("tunnel %d buffers %d bytes", s.ID, n)
+			}
+			s.mu.Unlock()
+		}
+		// The Mux still takes a new tunnel.
+		if _, err := m.Accept(&wire.TunnelOpen{ID: 4}); err != nil {
+			t.Fatalf("a new tunnel after hostile frames: %v", err)
+		}
+		m.Shutdown(errors.New("done"))
+	})
+}

@@ -1,6 +1,7 @@
 package workloads
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -124,23 +125,7 @@ httpd -p 127.0.0.1:8080 -h /www1 && httpd -p 127.0.0.1:8081 -h /www2 && exec sle
 	st.Apply(t, ctx, pod(ns, "web", image1, script, "", ""))
 	waitRunning(t, ctx, ns, "web", 2*time.Minute)
 
-	lines, stop := kubectlStream(t, ctx, "-n", ns, "port-forward", "pod/web", "0:8080", "0:8081")
-	re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)`)
-	local := map[string]string{}
-	deadline := time.After(time.Minute)
-	for len(local) < 2 {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("kubectl port-forward ended: %s", stop())
-			}
-			if m := re.FindStringSubmatch(l); m != nil {
-				local[m[2]] = m[1]
-			}
-		case <-deadline:
-			t.Fatalf("kubectl port-forward did not say where it listens: %s", stop())
-		}
-	}
+	local, stop := portForward(t, ctx, ns, "web", "8080", "8081")
 	get := func(port string) (string, error) {
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -167,7 +152,73 @@ httpd -p 127.0.0.1:8080 -h /www1 && httpd -p 127.0.0.1:8081 -h /www2 && exec sle
 		})
 	}
 	wg.Wait()
+
+	// A port nothing listens on: the connection fails and kubectl says
+	// why (kubectl may stop forwarding after such an error).
 	stop()
+	bad, stopBad := portForward(t, ctx, ns, "web", "9999")
+	if got, err := get(bad["9999"]); err == nil {
+		t.Errorf("GET through a forward to a closed port: %q, want a failure", got)
+	}
+	stack.WaitFor(t, ctx, 30*time.Second, "kubectl port-forward saying why port 9999 failed", func() (bool, string) {
+		logs, _ := os.ReadFile(bad["stderr"])
+		return strings.Contains(string(logs), "connection refused"), string(logs)
+	})
+	stopBad()
+}
+
+// portForward runs kubectl port-forward to ports of pod ns/name on free
+// local ports and returns the local port of each; "stderr" names a file
+// holding kubectl's stderr. stop ends it.
+func portForward(t *testing.T, ctx context.Context, ns, name string, ports ...string) (map[string]string, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	args := []string{"--kubeconfig=" + st.CP.Kubeconfig, "-n", ns, "port-forward", "pod/" + name}
+	for _, p := range ports {
+		args = append(args, "0:"+p)
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(st.CP.BinDir, "kubectl"), args...)
+	errPath := filepath.Join(t.TempDir(), "stderr")
+	errFile, err := os.Create(errPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = errFile
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := func() {
+		cancel()
+		_ = cmd.Wait()
+		errFile.Close()
+	}
+	t.Cleanup(stop)
+	re := regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)`)
+	local := map[string]string{"stderr": errPath}
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				local[m[2]] = m[1]
+				if len(local) == len(ports)+1 {
+					close(found)
+				}
+			}
+		}
+	}()
+	select {
+	case <-found:
+	case <-time.After(time.Minute):
+		stop()
+		logs, _ := os.ReadFile(errPath)
+		t.Fatalf("kubectl port-forward did not say where it listens: %s", logs)
+	}
+	return local, stop
 }
 
 // TestKubectlCp: kubectl cp into the container and back (tar over exec

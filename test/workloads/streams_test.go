@@ -82,6 +82,33 @@ func TestKubectlExec(t *testing.T) {
 		})
 	}
 
+	// A stalled exec (kubectl reads none of its endless output) holds only
+	// its window: other execs on the same link go on meanwhile.
+	stalled := exec.CommandContext(ctx, filepath.Join(st.CP.BinDir, "kubectl"), "--kubeconfig="+st.CP.Kubeconfig,
+		"-n", ns, "exec", "shell", "--", "cat", "/dev/zero")
+	if _, err := stalled.StdoutPipe(); err != nil { // never read
+		t.Fatal(err)
+	}
+	if err := stalled.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stack.WaitFor(t, ctx, 30*time.Second, "the stalled exec running", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && strings.Contains(out, "cat /dev/zero"), out
+	})
+	for i := range 3 {
+		out, errOut, code, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "echo", "beside the stalled one")
+		if err != nil || code != 0 || out != "beside the stalled one\n" {
+			t.Errorf("exec %d beside a stalled exec: %q %q exit %d %v", i, out, errOut, code, err)
+		}
+	}
+	_ = stalled.Process.Kill()
+	_ = stalled.Wait()
+	stack.WaitFor(t, ctx, 30*time.Second, "the stalled exec's process killed after kubectl went away", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && !strings.Contains(out, "cat /dev/zero"), out
+	})
+
 	// kubectl goes away: the process it ran is killed, not left behind.
 	_, stop := kubectlStream(t, ctx, "-n", ns, "exec", "shell", "--", "sh", "-c", "while true; do echo ticking-exec; sleep 0.2; done")
 	stack.WaitFor(t, ctx, 30*time.Second, "the exec loop running", func() (bool, string) {

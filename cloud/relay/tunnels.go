@@ -181,6 +181,8 @@ func (t *tunnelRunner) run(ctx context.Context, o *wire.TunnelOpen, in io.Reader
 		go func() {
 			if _, err := io.Copy(st.Writer(wire.ChanStdin), in); err == nil {
 				_ = st.CloseWrite(wire.ChanStdin)
+			} else {
+				st.Close(&wire.TunnelClose{Error: "the client went away"})
 			}
 		}()
 	}
@@ -222,7 +224,11 @@ func (t *tunnelRunner) run(ctx context.Context, o *wire.TunnelOpen, in io.Reader
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	<-st.Done() // the agent's close follows its output
+	select {
+	case <-st.Done(): // the agent's close follows its output
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	peer, err := st.Result()
 	switch {
 	case peer != nil && peer.Exited && peer.ExitCode != 0:
@@ -249,7 +255,9 @@ func (t *tunnelRunner) PortForward(ctx context.Context, _, _ string, port int32,
 	defer st.Close(&wire.TunnelClose{Error: "the client closed the connection"})
 	go func() {
 		if _, err := io.Copy(st.Writer(wire.ChanStdin), stream); err == nil {
-			_ = st.CloseWrite(wire.ChanStdin)
+			_ = st.CloseWrite(wire.ChanStdin) // the client's half-close
+		} else {
+			st.Close(&wire.TunnelClose{Error: "the client connection failed"})
 		}
 	}()
 	copied := make(chan error, 1)

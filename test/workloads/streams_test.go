@@ -127,8 +127,17 @@ func TestKubectlExec(t *testing.T) {
 		t.Errorf("attach: exit %d %v, stderr %q", code, err, errOut)
 	}
 
-	// A terminal: kubectl -t needs one on its side too (script gives it).
-	cmd := exec.CommandContext(ctx, "script", "-qec", fmt.Sprintf("%s --kubeconfig=%s -n %s exec -it shell -- sh -c 'tty; exit 5'",
+	// A terminal: kubectl -t needs one on its side too (script gives it),
+	// and its size reaches the container's (TunnelResize → ResizePty).
+	cmd := exec.CommandContext(ctx, "script", "-qec", fmt.Sprintf("stty cols 123 rows 45; %s --kubeconfig=%s -n %s exec -it shell -- sh -c %s",
+		filepath.Join(st.CP.BinDir, "kubectl"), st.CP.Kubeconfig, ns,
+		`'for i in 1 2 3 4 5 6 7 8 9 10; do s=$(stty size); [ "$s" = "45 123" ] && break; sleep 0.5; done; echo "size $s"'`), "/dev/null")
+	cmd.Stdin = strings.NewReader("")
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "size 45 123") {
+		t.Errorf("exec -it stty size: %q, %v; want the terminal's 45 rows and 123 columns", out, err)
+	}
+
+	cmd = exec.CommandContext(ctx, "script", "-qec", fmt.Sprintf("%s --kubeconfig=%s -n %s exec -it shell -- sh -c 'tty; exit 5'",
 		filepath.Join(st.CP.BinDir, "kubectl"), st.CP.Kubeconfig, ns), "/dev/null")
 	cmd.Stdin = strings.NewReader("")
 	out, err := cmd.CombinedOutput()

@@ -26,6 +26,8 @@ import (
 // agent. The replica authenticates the API server by its client
 // certificate, finds the pod's node, and tunnels the request over the
 // agent's link as a stream (wire.StreamOpen, StreamData, StreamAck).
+// exec, attach and port-forward are served the same way, as tunnels
+// (tunnels.go).
 //
 // Errors are answered with status 400 (the agent refused: unknown
 // container, no previous instance), 403 (not the API server) or 500

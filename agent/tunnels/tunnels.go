@@ -80,7 +80,14 @@ func New(cfg Config) *Server {
 }
 
 func (s *Server) newMux() *tunnel.Mux {
-	return tunnel.New(s.send, s.cfg.MaxTunnels, wire.ChanStdin)
+	return tunnel.New(s.send, s.cfg.MaxTunnels, wire.ChanStdin).ReplyWith(s.trySend)
+}
+
+// trySend sends once: Handle runs on the link's read loop, which must not
+// wait for the send queue. A reply lost to a full queue is not retried;
+// the relay's side of that tunnel ends with the request or the link.
+func (s *Server) trySend(t wire.Type, body wire.Body) error {
+	return s.cfg.Send(t, 0, body)
 }
 
 func (s *Server) send(t wire.Type, body wire.Body) error {
@@ -127,20 +134,23 @@ func (s *Server) Handle(f wire.Frame) bool {
 	if err := f.DecodeBody(&o); err != nil {
 		s.log.Warn("tunnel-open refused", "err", err)
 		if o.ID != 0 {
-			_ = s.send(wire.TypeTunnelClose, &wire.TunnelClose{ID: o.ID, Error: "refused: " + err.Error()})
+			_ = s.trySend(wire.TypeTunnelClose, &wire.TunnelClose{ID: o.ID, Error: "refused: " + err.Error()})
 		}
 		return true
 	}
 	st, err := mux.Accept(&o)
 	if err != nil {
-		_ = s.send(wire.TypeTunnelClose, &wire.TunnelClose{ID: o.ID, Error: err.Error()})
+		_ = s.trySend(wire.TypeTunnelClose, &wire.TunnelClose{ID: o.ID, Error: err.Error()})
 		return true
 	}
-	// Say the tunnel is taken: the relay stops waiting for an answer.
-	_ = s.send(wire.TypeTunnelAck, &wire.TunnelAck{ID: o.ID})
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		// Say the tunnel is taken: the relay stops waiting for an answer.
+		if err := s.send(wire.TypeTunnelAck, &wire.TunnelAck{ID: o.ID}); err != nil {
+			st.Close(&wire.TunnelClose{Error: "the link to the relay is congested; try again"})
+			return
+		}
 		s.serve(st, &o)
 	}()
 	return true

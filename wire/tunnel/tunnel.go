@@ -24,9 +24,10 @@ type Send func(t wire.Type, body wire.Body) error
 
 // Mux holds the tunnels of one link connection.
 type Mux struct {
-	send Send
-	max  int
-	recv [wire.ChanStderr + 1]bool // channels this side receives
+	send  Send
+	reply Send // Handle's own answers; see ReplyWith
+	max   int
+	recv  [wire.ChanStderr + 1]bool // channels this side receives
 
 	mu     sync.Mutex
 	next   uint32
@@ -38,10 +39,19 @@ type Mux struct {
 // receives data on the channels recv (the relay: stdin for port-forward,
 // stdout and stderr; the agent: stdin).
 func New(send Send, max int, recv ...uint8) *Mux {
-	m := &Mux{send: send, max: max, m: map[uint32]*Stream{}}
+	m := &Mux{send: send, reply: send, max: max, m: map[uint32]*Stream{}}
 	for _, c := range recv {
 		m.recv[c] = true
 	}
+	return m
+}
+
+// ReplyWith makes Handle send its own answers (the TunnelClose for a
+// frame that broke the rules) with reply instead of the Mux's Send: one
+// that never waits, when Handle runs on the link's read loop and Send may
+// wait out a full queue. Call it before the Mux is used.
+func (m *Mux) ReplyWith(reply Send) *Mux {
+	m.reply = reply
 	return m
 }
 
@@ -146,7 +156,7 @@ func (m *Mux) Handle(f wire.Frame) (bool, error) {
 		if s == nil {
 			// Late data for a tunnel that just ended is normal; tell the
 			// sender in case it is not.
-			_ = m.send(wire.TypeTunnelClose, &wire.TunnelClose{ID: d.ID, Error: fmt.Sprintf("tunnel %d is not open", d.ID)})
+			_ = m.reply(wire.TypeTunnelClose, &wire.TunnelClose{ID: d.ID, Error: fmt.Sprintf("tunnel %d is not open", d.ID)})
 			return true, nil
 		}
 		s.hear()
@@ -274,7 +284,7 @@ func (s *Stream) finish(peer *wire.TunnelClose, err error) bool {
 func (s *Stream) fail(why string) {
 	s.m.remove(s)
 	if s.finish(nil, errors.New(why)) {
-		_ = s.m.send(wire.TypeTunnelClose, &wire.TunnelClose{ID: s.ID, Error: why})
+		_ = s.m.reply(wire.TypeTunnelClose, &wire.TunnelClose{ID: s.ID, Error: why})
 	}
 }
 

@@ -1,10 +1,12 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -96,7 +98,8 @@ func (s *Server) serveExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	opts := &remotecommand.Options{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, TTY: o.TTY}
-	remotecommand.ServeExec(w, r, &tunnelRunner{s: s, c: c, open: *o}, o.Pod, r.PathValue("uid"), o.Container, o.Command, opts,
+	cw := watchClient(w)
+	remotecommand.ServeExec(cw, r, &tunnelRunner{s: s, c: c, open: *o, gone: cw.gone}, o.Pod, r.PathValue("uid"), o.Container, o.Command, opts,
 		tunnelIdleTimeout, tunnelCreationTimeout, remotecommand.SupportedStreamingProtocols)
 }
 
@@ -106,7 +109,8 @@ func (s *Server) serveAttach(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	opts := &remotecommand.Options{Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, TTY: o.TTY}
-	remotecommand.ServeAttach(w, r, &tunnelRunner{s: s, c: c, open: *o}, o.Pod, r.PathValue("uid"), o.Container, opts,
+	cw := watchClient(w)
+	remotecommand.ServeAttach(cw, r, &tunnelRunner{s: s, c: c, open: *o, gone: cw.gone}, o.Pod, r.PathValue("uid"), o.Container, opts,
 		tunnelIdleTimeout, tunnelCreationTimeout, remotecommand.SupportedStreamingProtocols)
 }
 
@@ -120,7 +124,8 @@ func (s *Server) servePortForward(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	portforward.ServePortForward(w, r, &tunnelRunner{s: s, c: c, open: *o}, o.Pod, r.PathValue("uid"), opts,
+	cw := watchClient(w)
+	portforward.ServePortForward(cw, r, &tunnelRunner{s: s, c: c, open: *o, gone: cw.gone}, o.Pod, r.PathValue("uid"), opts,
 		tunnelIdleTimeout, tunnelCreationTimeout, portforward.SupportedProtocols)
 }
 
@@ -130,6 +135,59 @@ type tunnelRunner struct {
 	s    *Server
 	c    *conn
 	open wire.TunnelOpen
+	// gone is closed when the client's connection closed.
+	gone <-chan struct{}
+}
+
+// errClientGone ends a session whose client's connection closed.
+var errClientGone = errors.New("the client went away")
+
+// clientWatch tells a session that its client's connection closed: once
+// the protocol handlers took the connection over, the request's context
+// no longer ends with it, and an exec that neither reads nor writes
+// would otherwise never notice.
+type clientWatch struct {
+	http.ResponseWriter
+	gone chan struct{}
+	once sync.Once
+}
+
+func watchClient(w http.ResponseWriter) *clientWatch {
+	return &clientWatch{ResponseWriter: w, gone: make(chan struct{})}
+}
+
+// Hijack hands over the connection, with reads watched for its end.
+func (w *clientWatch) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := w.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("this connection cannot be upgraded")
+	}
+	c, rw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	pre, _ := rw.Reader.Peek(rw.Reader.Buffered()) // read before the upgrade
+	wc := &watchedConn{Conn: c, pre: append([]byte(nil), pre...), end: func() { w.once.Do(func() { close(w.gone) }) }}
+	return wc, bufio.NewReadWriter(bufio.NewReader(wc), rw.Writer), nil
+}
+
+type watchedConn struct {
+	net.Conn
+	pre []byte
+	end func()
+}
+
+func (c *watchedConn) Read(b []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(b, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.end()
+	}
+	return n, err
 }
 
 func (t *tunnelRunner) ExecInContainer(ctx context.Context, _, _, _ string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize, _ time.Duration) error {
@@ -156,6 +214,10 @@ func (t *tunnelRunner) start(ctx context.Context, o *wire.TunnelOpen) (*tunnel.S
 	select {
 	case <-st.Heard():
 		return st, nil
+	case <-t.gone:
+		st.Close(&wire.TunnelClose{Error: errClientGone.Error()})
+		t.s.metrics.tunnels.Dec()
+		return nil, errClientGone
 	case <-first.C:
 		st.Close(&wire.TunnelClose{Error: "the relay gave up waiting"})
 		t.s.metrics.tunnels.Dec()
@@ -221,11 +283,15 @@ func (t *tunnelRunner) run(ctx context.Context, o *wire.TunnelOpen, in io.Reader
 	go func() { wg.Wait(); close(copied) }()
 	select {
 	case <-copied:
+	case <-t.gone:
+		return errClientGone // the deferred close kills the process
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
 	case <-st.Done(): // the agent's close follows its output
+	case <-t.gone:
+		return errClientGone
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -267,6 +333,8 @@ func (t *tunnelRunner) PortForward(ctx context.Context, _, _ string, port int32,
 	}()
 	select {
 	case err = <-copied:
+	case <-t.gone:
+		return errClientGone
 	case <-ctx.Done():
 		return ctx.Err()
 	}

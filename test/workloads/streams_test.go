@@ -121,6 +121,29 @@ func TestKubectlExec(t *testing.T) {
 		return err == nil && !strings.Contains(out, "ticking-exec"), out
 	})
 
+	// The same for a process that neither reads nor writes, when the
+	// connection to the relay closes with kubectl's: so with kubectl's
+	// SPDY, which the API server passes through. (kubectl's WebSocket is
+	// translated by the API server, which keeps its SPDY connection to
+	// the kubelet, and so the relay, open until the process writes.)
+	idleCtx, stopIdle := context.WithCancel(ctx)
+	idle := exec.CommandContext(idleCtx, filepath.Join(st.CP.BinDir, "kubectl"), "--kubeconfig="+st.CP.Kubeconfig,
+		"-n", ns, "exec", "shell", "--", "sleep", "777")
+	idle.Env = append(os.Environ(), "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
+	if err := idle.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stack.WaitFor(t, ctx, 30*time.Second, "the idle exec running", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && strings.Contains(out, "sleep 777"), out
+	})
+	stopIdle()
+	_ = idle.Wait()
+	stack.WaitFor(t, ctx, 30*time.Second, "the idle exec killed after kubectl went away", func() (bool, string) {
+		out, _, _, err := kubectlRun(ctx, nil, nil, "-n", ns, "exec", "shell", "--", "ps")
+		return err == nil && !strings.Contains(out, "sleep 777"), out
+	})
+
 	// attach: refused in words (containers have no stdin or terminal yet).
 	_, errOut, code, err := kubectlRun(ctx, nil, nil, "-n", ns, "attach", "shell")
 	if err != nil || code == 0 || !strings.Contains(errOut, "not started with stdin or a terminal") {

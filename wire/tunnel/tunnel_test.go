@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"outpost.dev/wire"
 )
 
@@ -267,4 +269,32 @@ func FuzzHandle(f *testing.F) {
 		}
 		m.Shutdown(errors.New("done"))
 	})
+}
+
+// A frame that does not validate (here, data past wire.MaxStreamChunk)
+// ends the tunnel it names, saying why; the link is not blamed.
+func TestOversizeFrameEndsItsTunnel(t *testing.T) {
+	relay, agent, fromAgent := pair(t)
+	_, a := open(t, relay, agent)
+	body, err := cbor.Marshal(map[int]any{1: a.ID, 3: make([]byte, wire.MaxStreamChunk+1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := agent.Handle(wire.Frame{Type: wire.TypeTunnelData, Body: body})
+	if !ok || err != nil {
+		t.Fatalf("handle: %v %v", ok, err)
+	}
+	<-a.Done()
+	if _, err := a.Result(); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("tunnel ended with %v, want the size limit named", err)
+	}
+	var cl wire.TunnelClose
+	fs := fromAgent()
+	if len(fs) == 0 || fs[len(fs)-1].DecodeBody(&cl) != nil || cl.ID != a.ID || !strings.Contains(cl.Error, "limit") {
+		t.Fatalf("close sent: %+v", fs)
+	}
+	// Without a tunnel to name, the error is the caller's to report.
+	if _, err := agent.Handle(wire.Frame{Type: wire.TypeTunnelData, Body: []byte{0xff}}); err == nil {
+		t.Fatal("a body that names no tunnel was not reported")
+	}
 }

@@ -25,6 +25,12 @@ func FuzzDecode(f *testing.F) {
 		{TypeStreamData, &StreamData{ID: 1, Data: []byte("hello\n")}},
 		{TypeCertRequest, &CertRequest{CSR: []byte{0x30, 0x82, 0x01, 0x00}}},
 		{TypeCertIssued, &CertIssued{Certificate: []byte{0x30, 0x82, 0x02, 0x00}}},
+		{TypeTunnelOpen, &TunnelOpen{ID: 1, Kind: TunnelExec, Namespace: "ns", Pod: "p", Container: "c", Command: []string{"sh", "-c", "exit 3"}, Stdin: true, Stdout: true, TTY: true}},
+		{TypeTunnelOpen, &TunnelOpen{ID: 2, Kind: TunnelPortForward, Namespace: "ns", Pod: "p", Port: 8080}},
+		{TypeTunnelData, &TunnelData{ID: 1, Channel: ChanStderr, Data: []byte("x"), EOF: true}},
+		{TypeTunnelAck, &TunnelAck{ID: 1, Consumed: 1 << 20}},
+		{TypeTunnelResize, &TunnelResize{ID: 1, Width: 80, Height: 24}},
+		{TypeTunnelClose, &TunnelClose{ID: 1, Exited: true, ExitCode: 3}},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -48,7 +54,8 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{}}
+		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{},
+			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {
@@ -104,6 +111,10 @@ func checkPathNames(t *testing.T, b Body) {
 			}
 		}
 	case *StreamOpen:
+		bad("namespace", b.Namespace)
+		bad("pod", b.Pod)
+		bad("container", b.Container)
+	case *TunnelOpen:
 		bad("namespace", b.Namespace)
 		bad("pod", b.Pod)
 		bad("container", b.Container)

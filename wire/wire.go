@@ -46,23 +46,34 @@ const (
 	// TypeCertIssued (relay → agent) answers it. See CertRequest.
 	TypeCertRequest Type = 13
 	TypeCertIssued  Type = 14
+	// Tunnels (kubectl exec, attach, port-forward): see TunnelOpen.
+	TypeTunnelOpen   Type = 15 // relay → agent
+	TypeTunnelData   Type = 16 // both ways
+	TypeTunnelAck    Type = 17 // both ways, grants credit
+	TypeTunnelResize Type = 18 // relay → agent
+	TypeTunnelClose  Type = 19 // both ways
 )
 
 var typeNames = map[Type]string{
-	TypeHello:       "hello",
-	TypeHelloAck:    "hello-ack",
-	TypeHeartbeat:   "heartbeat",
-	TypeError:       "error",
-	TypeNodeStatus:  "node-status",
-	TypeAck:         "ack",
-	TypeSync:        "sync",
-	TypePodStatus:   "pod-status",
-	TypeStreamOpen:  "stream-open",
-	TypeStreamData:  "stream-data",
-	TypeStreamAck:   "stream-ack",
-	TypeTwinReport:  "twin-report",
-	TypeCertRequest: "cert-request",
-	TypeCertIssued:  "cert-issued",
+	TypeHello:        "hello",
+	TypeHelloAck:     "hello-ack",
+	TypeHeartbeat:    "heartbeat",
+	TypeError:        "error",
+	TypeNodeStatus:   "node-status",
+	TypeAck:          "ack",
+	TypeSync:         "sync",
+	TypePodStatus:    "pod-status",
+	TypeStreamOpen:   "stream-open",
+	TypeStreamData:   "stream-data",
+	TypeStreamAck:    "stream-ack",
+	TypeTwinReport:   "twin-report",
+	TypeCertRequest:  "cert-request",
+	TypeCertIssued:   "cert-issued",
+	TypeTunnelOpen:   "tunnel-open",
+	TypeTunnelData:   "tunnel-data",
+	TypeTunnelAck:    "tunnel-ack",
+	TypeTunnelResize: "tunnel-resize",
+	TypeTunnelClose:  "tunnel-close",
 }
 
 func (t Type) String() string {

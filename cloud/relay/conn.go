@@ -23,6 +23,7 @@ import (
 	"outpost.dev/cloud/pods"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/wire"
+	"outpost.dev/wire/tunnel"
 )
 
 // WebSocket close codes the relay uses beyond the standard ones.
@@ -77,6 +78,8 @@ type conn struct {
 	// is closed when the connection ends.
 	streams     streamSet
 	streamsDone chan struct{}
+	// tunnels are the exec, attach and port-forward sessions.
+	tunnels *tunnel.Mux
 	// pods is the pod sync, once started: the kubelet API finds a pod's
 	// node among the connections' pod watches.
 	pods atomic.Pointer[pods.Session]
@@ -141,6 +144,12 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, expired: expired, log: log,
 		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{})}
 	c.acks = newAcks(c.sendAck)
+	c.tunnels = tunnel.New(func(t wire.Type, body wire.Body) error {
+		if !c.send(t, body) {
+			return errLinkWrite
+		}
+		return nil
+	}, s.cfg.MaxTunnelsPerNode, wire.ChanStdin, wire.ChanStdout, wire.ChanStderr)
 	c.lastSeen.Store(time.Now().UnixNano())
 	c.serve()
 }
@@ -151,6 +160,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 func (c *conn) serve() {
 	defer c.ws.CloseNow()
 	defer close(c.streamsDone)
+	defer c.tunnels.Shutdown(fmt.Errorf("edge node %q disconnected", c.node))
 	defer func() {
 		if r := recover(); r != nil {
 			c.s.metrics.panics.Inc()
@@ -322,6 +332,13 @@ func (c *conn) serve() {
 				return
 			}
 			c.streams.deliver(d)
+		case wire.TypeTunnelData, wire.TypeTunnelAck, wire.TypeTunnelClose:
+			// A bad tunnel frame ends its tunnel only (see wire/tunnel).
+			if _, err := c.tunnels.Handle(f); err != nil {
+				c.sendError(wire.CodeInvalid, err.Error(), false)
+			}
+		case wire.TypeTunnelOpen, wire.TypeTunnelResize:
+			c.sendError(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents; ignored", f.Type), false)
 		case wire.TypeCertRequest:
 			if !c.certRequest(f, false) {
 				return

@@ -26,6 +26,8 @@ import (
 // agent. The replica authenticates the API server by its client
 // certificate, finds the pod's node, and tunnels the request over the
 // agent's link as a stream (wire.StreamOpen, StreamData, StreamAck).
+// exec, attach and port-forward are served the same way, as tunnels
+// (tunnels.go).
 //
 // Errors are answered with status 400 (the agent refused: unknown
 // container, no previous instance), 403 (not the API server) or 500
@@ -54,9 +56,10 @@ const (
 func (s *Server) KubeletHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.serveContainerLogs)
+	s.registerTunnels(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "the Outpost relay serves only /containerLogs of the kubelet API for edge nodes", http.StatusNotFound)
+		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach and /portForward of the kubelet API for edge nodes", http.StatusNotFound)
 	})
 	return s.kubeletAuth(mux)
 }

@@ -117,6 +117,10 @@ type kubeletAPI struct {
 	url       string
 	apiserver *http.Client
 	other     *http.Client
+	// The API server's and another client's certificates, and the
+	// relay CA's, for clients that build their own transport.
+	apiserverCert, otherCert tls.Certificate
+	caPEM                    []byte
 }
 
 func startKubelet(t *testing.T, tr *testRelay) *kubeletAPI {
@@ -138,10 +142,11 @@ func startKubelet(t *testing.T, tr *testRelay) *kubeletAPI {
 		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
 			RootCAs: tr.ca.Pool(), Certificates: []tls.Certificate{cert}}}}
 	}
+	apiCert := clientCert(t, cluster, relay.DefaultKubeletClientName, "kubeadm:cluster-admins")
+	otherCert := clientCert(t, cluster, "someone", "developers")
 	return &kubeletAPI{
-		url:       hs.URL,
-		apiserver: client(clientCert(t, cluster, relay.DefaultKubeletClientName, "kubeadm:cluster-admins")),
-		other:     client(clientCert(t, cluster, "someone", "developers")),
+		url: hs.URL, apiserver: client(apiCert), other: client(otherCert),
+		apiserverCert: apiCert, otherCert: otherCert, caPEM: tr.ca.CertPEM,
 	}
 }
 

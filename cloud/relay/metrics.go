@@ -16,6 +16,7 @@ type metrics struct {
 	errors    *prometheus.CounterVec
 	panics    prometheus.Counter
 	streams   prometheus.Gauge
+	tunnels   prometheus.Gauge
 	rotations prometheus.Counter
 }
 
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "outpost_relay_connection_panics_total",
 			Help: "Connections closed because their handler panicked (a bug).",
 		}),
+		tunnels: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_relay_tunnels",
+			Help: "kubectl exec, attach and port-forward connections open through this relay replica.",
+		}),
 		streams: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "outpost_relay_log_streams",
 			Help: "kubectl logs streams open through this relay replica.",
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Node certificates issued on a live link (cert-request answered).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.rotations} {
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -121,6 +121,10 @@ type Config struct {
 	// MaxStreamsPerNode bounds the concurrent log streams of one agent;
 	// zero means DefaultMaxStreamsPerNode.
 	MaxStreamsPerNode int
+	// MaxTunnelsPerNode bounds the concurrent exec, attach and
+	// port-forward connections of one agent; zero means
+	// DefaultMaxTunnelsPerNode.
+	MaxTunnelsPerNode int
 
 	// Dynamic reads Devices and writes their status (cloud/devices); nil
 	// turns the Device API off (agents get no Devices, twin reports are
@@ -208,6 +212,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxStreamsPerNode <= 0 {
 		cfg.MaxStreamsPerNode = DefaultMaxStreamsPerNode
+	}
+	if cfg.MaxTunnelsPerNode <= 0 {
+		cfg.MaxTunnelsPerNode = DefaultMaxTunnelsPerNode
 	}
 	if cfg.APICheck == nil {
 		disc := cfg.Client.Discovery()

@@ -38,6 +38,7 @@ import (
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/pods"
 	"outpost.dev/agent/store"
+	"outpost.dev/agent/tunnels"
 	"outpost.dev/agent/twins"
 	"outpost.dev/boards"
 	_ "outpost.dev/hal/all" // every driver unless tagged out (outpost_no_<driver>)
@@ -336,6 +337,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	applier := desired.New(st, log)
 	var sender *outbox.Sender
 	var logsrv *logs.Server             // kubectl logs; set before the link runs
+	var tunsrv *tunnels.Server          // kubectl exec, port-forward; set before the link runs
 	var podRec *pods.Reconciler         // set before the link runs
 	connected := make(chan struct{}, 1) // wakes the node status reporter on each connect
 	lk := link.New(link.Config{
@@ -353,12 +355,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			default:
 			}
 		},
-		OnDisconnect: func(error) { logsrv.Disconnected() },
+		OnDisconnect: func(error) { logsrv.Disconnected(); tunsrv.Disconnected() },
 		Handler: func(f wire.Frame) {
 			switch {
 			case f.Type == wire.TypeAck:
 				sender.Acked(f.Ack)
 			case logsrv.Handle(f):
+			case tunsrv.Handle(f):
 			case applier.Handle(f):
 			default:
 				log.Debug("frame from relay ignored", "type", f.Type)
@@ -405,6 +408,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	logsrv = logs.New(logs.Config{Paths: podRec, Send: lk.Send, Log: log.With("component", "logs")})
 	defer logsrv.Wait()
 	defer logsrv.Disconnected()
+	tunsrv = tunnels.New(tunnels.Config{Pods: podRec, Send: lk.Send, Log: log.With("component", "tunnels")})
+	defer tunsrv.Wait()
+	defer tunsrv.Disconnected()
 	if err := lk.Run(ctx); err != nil {
 		return err
 	}

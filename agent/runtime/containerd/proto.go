@@ -78,10 +78,21 @@ const (
 
 	// ExecProcessRequest
 	execContainerID = 1
+	execStdin       = 2
 	execStdout      = 3
 	execStderr      = 4
+	execTerminal    = 5 // bool
 	execSpec        = 6 // Any
 	execExecID      = 7
+
+	// ResizePtyRequest and CloseIORequest share the first two fields of
+	// StartRequest (taskContainerID, taskExecID).
+	resizeWidth  = 3 // uint32
+	resizeHeight = 4 // uint32
+	closeIOStdin = 3 // bool
+
+	// WaitResponse
+	waitExitStatus = 1 // uint32
 
 	// GetResponse
 	getTaskProcess = 1 // Process

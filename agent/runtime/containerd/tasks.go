@@ -185,18 +185,7 @@ func (r *Runtime) ExecOutput(ctx context.Context, id string, args []string, time
 }
 
 func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout time.Duration, out *execOutput) (int, error) {
-	_, specJSON, err := r.containerSpec(ctx, id)
-	if err != nil {
-		return 0, err
-	}
-	var s specs.Spec
-	if err := json.Unmarshal(specJSON, &s); err != nil || s.Process == nil {
-		return 0, fmt.Errorf("container %s: no process in its spec: %v", id, err)
-	}
-	p := *s.Process
-	p.Args = args
-	p.Terminal = false
-	pj, err := json.Marshal(p)
+	pj, err := r.execSpec(ctx, id, args, false)
 	if err != nil {
 		return 0, err
 	}
@@ -242,6 +231,25 @@ func (r *Runtime) exec(ctx context.Context, id string, args []string, timeout ti
 		case <-time.After(wait):
 		}
 	}
+}
+
+// execSpec is the process spec of an exec in container id: the
+// container's own process (user, environment, working directory,
+// capabilities, as the CRI does) running args.
+func (r *Runtime) execSpec(ctx context.Context, id string, args []string, tty bool) ([]byte, error) {
+	_, specJSON, err := r.containerSpec(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(specJSON, &s); err != nil || s.Process == nil {
+		return nil, fmt.Errorf("container %s: no process in its spec: %v", id, err)
+	}
+	p := *s.Process
+	p.Args = args
+	p.Terminal = tty
+	p.ConsoleSize = nil
+	return json.Marshal(p)
 }
 
 // Image returns a pulled image by name (its manifest digest and config);

@@ -30,6 +30,13 @@ type Options struct {
 	Done func() bool
 	// Poll is how often Follow looks for new data; default 250 ms.
 	Poll time.Duration
+	// Raw writes each record as soon as it is read, a partial line
+	// included, as an attached terminal would show it (kubectl attach);
+	// Since and Timestamps do not apply.
+	Raw bool
+	// Stderr, with Raw, receives the stderr records; stdout's go to the
+	// writer Stream is given. Nil: both go there.
+	Stderr io.Writer
 }
 
 // Files returns the existing files of the log at path, oldest first
@@ -150,11 +157,23 @@ func stream(ctx context.Context, files []string, off int64, opt Options, w io.Wr
 		if !ok {
 			return nil
 		}
-		_, rest, ok = bytes.Cut(rest, []byte(" ")) // stream
+		stream, rest, ok := bytes.Cut(rest, []byte(" "))
 		if !ok || len(rest) < 2 {
 			return nil
 		}
 		tag, msg := rest[0], rest[2:]
+		if opt.Raw {
+			to := w
+			if opt.Stderr != nil && string(stream) == "stderr" {
+				to = opt.Stderr
+			}
+			out := msg
+			if tag == 'F' {
+				out = append(msg[:len(msg):len(msg)], '\n')
+			}
+			_, err := to.Write(out)
+			return err
+		}
 		if len(partial) == 0 {
 			lineTS = append(lineTS[:0], ts...)
 		}

@@ -1,8 +1,9 @@
 // Package tunnels serves kubectl exec, attach and port-forward on the
 // agent. The relay opens a tunnel on the link (wire.TunnelOpen); the
 // agent takes it (a TunnelAck of zero says so), runs the command in the
-// pod's container through containerd, or dials the port on the pod's
-// loopback, and copies bytes between the tunnel's channels and the
+// pod's container through containerd, attaches to the container's own
+// output and input, or dials the port on the pod's loopback, and copies
+// bytes between the tunnel's channels and the
 // process or connection. It ends the tunnel with TunnelClose: the exit
 // code, or why it failed. A TunnelClose from the relay (kubectl went
 // away) kills the exec or closes the connection; a lost link ends every
@@ -32,6 +33,7 @@ import (
 // implements it.
 type Pods interface {
 	Exec(ctx context.Context, namespace, pod, container string, args []string, stdio containerd.Stdio) (int, error)
+	Attach(ctx context.Context, namespace, pod, container string, stdio containerd.Stdio) error
 	DialPort(ctx context.Context, namespace, pod string, port uint16) (net.Conn, error)
 }
 
@@ -182,7 +184,13 @@ func (s *Server) serve(st *tunnel.Stream, o *wire.TunnelOpen) {
 		}
 		st.Close(&wire.TunnelClose{Exited: true, ExitCode: int32(code)})
 	case wire.TunnelAttach:
-		st.Close(&wire.TunnelClose{Error: fmt.Sprintf("container %q of pod %s/%s was not started with stdin or a terminal to attach to on this edge node; use kubectl exec", o.Container, o.Namespace, o.Pod)})
+		log.Debug("attach", "container", o.Container, "tty", o.TTY, "stdin", o.Stdin)
+		if err := s.cfg.Pods.Attach(ctx, o.Namespace, o.Pod, o.Container, s.stdio(ctx, st, o)); err != nil && ctx.Err() == nil {
+			log.Info("attach failed", "container", o.Container, "err", err)
+			st.Close(&wire.TunnelClose{Error: err.Error()})
+			return
+		}
+		st.Close(&wire.TunnelClose{})
 	case wire.TunnelPortForward:
 		err := s.portForward(ctx, st, o)
 		if err != nil {
@@ -195,6 +203,12 @@ func (s *Server) serve(st *tunnel.Stream, o *wire.TunnelOpen) {
 }
 
 func (s *Server) exec(ctx context.Context, st *tunnel.Stream, o *wire.TunnelOpen) (int, error) {
+	return s.cfg.Pods.Exec(ctx, o.Namespace, o.Pod, o.Container, o.Command, s.stdio(ctx, st, o))
+}
+
+// stdio is the tunnel's channels as a process's standard streams, with
+// its terminal resizes.
+func (s *Server) stdio(ctx context.Context, st *tunnel.Stream, o *wire.TunnelOpen) containerd.Stdio {
 	stdio := containerd.Stdio{TTY: o.TTY}
 	if o.Stdin {
 		stdio.Stdin = st.Reader(wire.ChanStdin)
@@ -223,7 +237,7 @@ func (s *Server) exec(ctx context.Context, st *tunnel.Stream, o *wire.TunnelOpen
 			}
 		}()
 	}
-	return s.cfg.Pods.Exec(ctx, o.Namespace, o.Pod, o.Container, o.Command, stdio)
+	return stdio
 }
 
 func (s *Server) portForward(ctx context.Context, st *tunnel.Stream, o *wire.TunnelOpen) error {

@@ -144,10 +144,10 @@ func TestKubectlExec(t *testing.T) {
 		return err == nil && !strings.Contains(out, "sleep 777"), out
 	})
 
-	// attach: refused in words (containers have no stdin or terminal yet).
-	_, errOut, code, err := kubectlRun(ctx, nil, nil, "-n", ns, "attach", "shell")
-	if err != nil || code == 0 || !strings.Contains(errOut, "not started with stdin or a terminal") {
-		t.Errorf("attach: exit %d %v, stderr %q", code, err, errOut)
+	// attach -i to a container created without stdin: refused in words.
+	_, errOut, code, err := kubectlRun(ctx, strings.NewReader("x\n"), nil, "-n", ns, "attach", "-i", "shell")
+	if err != nil || code == 0 || !strings.Contains(errOut, "not created with stdin: true") {
+		t.Errorf("attach -i: exit %d %v, stderr %q", code, err, errOut)
 	}
 
 	// A terminal: kubectl -t needs one on its side too (script gives it),
@@ -311,5 +311,71 @@ func TestKubectlCp(t *testing.T) {
 	out := st.Kubectl(t, ctx, "-n", ns, "exec", "box", "--", "wc", "-c", "/data/in.bin")
 	if f := strings.Fields(out); len(f) == 0 || f[0] != fmt.Sprint(len(want)) {
 		t.Errorf("wc -c in the container: %q", out)
+	}
+}
+
+// TestKubectlAttach: kubectl attach through the relay to a container's own
+// process: its input (stdin, closed at the end with stdinOnce) and what it
+// writes from then on, stdout and stderr, until it exits; and without -i,
+// the output of a running container.
+func TestKubectlAttach(t *testing.T) {
+	need(t)
+	t.Parallel()
+	ctx := ctxFor(t, 4*time.Minute)
+	const ns = "wl-attach"
+	newNamespace(t, ctx, ns)
+	st.Apply(t, ctx, `apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: `+ns+`}
+spec:
+  nodeSelector: {kubernetes.io/hostname: `+node+`}
+  terminationGracePeriodSeconds: 2
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: `+image1+`
+    command: [sh, -c, "echo ready; while read l; do echo got:$l; echo err:$l >&2; done; echo bye"]
+    stdin: true
+    stdinOnce: true
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker, namespace: `+ns+`}
+spec:
+  nodeSelector: {kubernetes.io/hostname: `+node+`}
+  terminationGracePeriodSeconds: 2
+  restartPolicy: Never
+  containers:
+  - {name: app, image: `+image1+`, command: [sh, -c, "sleep 10; for i in 1 2 3; do echo tick $i; sleep 1; done"]}
+`)
+	waitRunning(t, ctx, ns, "reader", 2*time.Minute)
+	logsOf(t, ctx, ns, "reader", "ready")
+	out, errOut, code, err := kubectlRun(ctx, strings.NewReader("hello\nworld\n"), nil, "-n", ns, "attach", "-i", "reader")
+	if err != nil || code != 0 {
+		t.Fatalf("attach -i: exit %d %v, stderr %q", code, err, errOut)
+	}
+	for _, want := range []string{"got:hello\n", "got:world\n", "bye\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("attach -i: stdout %q lacks %q", out, want)
+		}
+	}
+	if strings.Contains(out, "err:") || !strings.Contains(errOut, "err:world") {
+		t.Errorf("attach -i: stderr %q and stdout %q not kept apart", errOut, out)
+	}
+	if strings.Contains(out, "ready") {
+		t.Errorf("attach -i: stdout %q has output from before the attach", out)
+	}
+	stack.WaitFor(t, ctx, time.Minute, "the reader Succeeded once its stdin closed", func() (bool, string) {
+		p, err := getPod(ctx, ns, "reader")
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.Status.Phase == "Succeeded", string(p.Status.Phase)
+	})
+
+	waitRunning(t, ctx, ns, "ticker", 2*time.Minute)
+	out, errOut, code, err = kubectlRun(ctx, nil, nil, "-n", ns, "attach", "ticker")
+	if err != nil || code != 0 || !strings.Contains(out, "tick 3\n") {
+		t.Errorf("attach: exit %d %v, stdout %q, stderr %q", code, err, out, errOut)
 	}
 }

@@ -255,3 +255,18 @@ func (p *execPipe) close() {
 		// never started: nothing to wait for
 	}
 }
+
+// CloseStdin closes the standard input of container id's own process
+// (an attach with stdinOnce ended): the shim holds the FIFO's other
+// writer, so the process reads end of file only after this.
+func (r *Runtime) CloseStdin(ctx context.Context, id string) error {
+	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/CloseIO", enc(nil).str(taskContainerID, id).bool(closeIOStdin, true))
+	return err
+}
+
+// ResizeTTY sets the terminal size of container id's own process.
+func (r *Runtime) ResizeTTY(ctx context.Context, id string, width, height uint16) error {
+	_, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/ResizePty",
+		enc(nil).str(taskContainerID, id).uint(resizeWidth, uint64(width)).uint(resizeHeight, uint64(height)))
+	return err
+}

@@ -50,6 +50,13 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 		}
 		x := latest(recs, c.Name)
 		switch {
+		case x != nil && x.state == containerd.StateCreated && len(recs[c.Name]) > 1:
+			// Restarting: counted by the attempt before, as a kubelet
+			// counts a waiting container that has terminated before.
+			stopped++
+			if prev := recs[c.Name][1]; prev.exited() && prev.exitCode == 0 {
+				succeeded++
+			}
 		case x == nil || x.state == containerd.StateCreated:
 			pending++
 		case x.running():
@@ -66,9 +73,9 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 		st.Phase = "Failed"
 	case !initDone:
 		st.Phase = "Pending"
-	case pending > 0 && running == 0 && stopped == 0:
-		st.Phase = "Pending"
-	case running > 0 || pending > 0:
+	case pending > 0:
+		st.Phase = "Pending" // a container has not started yet, as a kubelet says
+	case running > 0:
 		st.Phase = "Running"
 	case pod.RestartPolicy == "Always":
 		st.Phase = "Running"

@@ -42,6 +42,7 @@ type worker struct {
 	last      *wire.PodStatus
 	startTime int64
 	owned     map[string]bool // writable volumes given the fsGroup
+	ips       []string        // the pod's addresses on the pod network
 
 	// running mirrors last's phase for Reconciler.Running (metrics);
 	// resend makes the next report go out even if unchanged (Resend).
@@ -282,7 +283,7 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 		}
 	}
 
-	setup, setupErr := w.setUp(o, rf)
+	setup, setupErr := w.setUp(ctx, o, rf)
 	initDone := true
 	for i := range pod.InitContainers {
 		c := &pod.InitContainers[i]
@@ -574,7 +575,7 @@ func (w *worker) cleanup(ctx context.Context) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	if err := w.tearDown(); err != nil {
+	if err := w.tearDown(ctx); err != nil {
 		return err
 	}
 	if logDir != "" && filepath.Dir(filepath.Clean(logDir)) == filepath.Clean(w.r.cfg.LogDir) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
 	"outpost.dev/agent/crilog"
 	"outpost.dev/agent/desired"
@@ -38,8 +39,16 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 	} else if l := filepath.Join(filepath.Dir(self), "outpost-logger"); isExecutable(l) {
 		self = l
 	}
+	// The pod network: a user's conflist in network.confDir, else the
+	// agent's own bridge on the pod CIDR (config first).
+	podCIDR := func() string { return cfg.Network.PodCIDR }
+	network := cni.New(cni.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs,
+		StateDir: filepath.Join(cfg.StateDir, "cni"), PodCIDR: podCIDR, Bridge: cfg.Network.Bridge,
+		Log: log.With("component", "cni")})
 	rec = pods.New(pods.Config{
-		Source: st, Changes: applier.Changes(), Outbox: ob,
+		Network: network, ClusterDNS: cfg.Network.ClusterDNS, ClusterDomain: cfg.Network.ClusterDomain,
+		ResolvConf: cfg.Network.ResolvConf,
+		Source:     st, Changes: applier.Changes(), Outbox: ob,
 		Runtime:  containerd.Config{Address: cfg.Containerd.Address, Namespace: cfg.Containerd.Namespace, Registries: regs},
 		NodeName: node, NodeInfo: readNode, StateDir: cfg.StateDir, SeccompDir: cfg.SeccompProfileDir, LogBinary: self,
 		MaxPods: cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),

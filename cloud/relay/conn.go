@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
@@ -33,6 +35,19 @@ const (
 	// CloseForbidden closes a connection whose node the relay will not
 	// write (a Node of that name that is not an edge node).
 	CloseForbidden websocket.StatusCode = 4003
+	// ClosePodCIDR closes a connection whose node was given a pod CIDR
+	// after its hello-ack: the agent reconnects and finds it in the next
+	// hello-ack.
+	ClosePodCIDR websocket.StatusCode = 4010
+)
+
+// podCIDRWait is how long after a hello-ack without pod CIDRs the relay
+// looks for the controller-manager to allocate them (a new Node gets its
+// CIDR within seconds when the cluster allocates them at all), and how
+// often.
+const (
+	podCIDRWait  = 2 * time.Minute
+	podCIDREvery = 2 * time.Second
 )
 
 // writeTimeout bounds one frame write; a peer that does not read is dead.
@@ -222,13 +237,18 @@ func (c *conn) serve() {
 
 	// The hello-ack goes first: anything the node session says (a refusal
 	// to write the Node) must come after it on the wire.
+	podCIDRs := nodePodCIDRs(c.s.ctx, as, c.node)
 	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
 		Version:          version,
 		NodeName:         c.node,
 		HeartbeatSeconds: uint32(hb / time.Second),
 		RelayVersion:     c.s.cfg.Version,
+		PodCIDRs:         podCIDRs,
 	}) {
 		return
+	}
+	if len(podCIDRs) == 0 {
+		go c.awaitPodCIDR(as)
 	}
 	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
@@ -487,4 +507,45 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// nodePodCIDRs reads the Node's spec.podCIDRs (nil when the Node does not
+// exist yet, has none, or cannot be read: the agent then keeps what it
+// has).
+func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := as.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	if len(n.Spec.PodCIDRs) > 0 {
+		return n.Spec.PodCIDRs
+	}
+	if n.Spec.PodCIDR != "" {
+		return []string{n.Spec.PodCIDR}
+	}
+	return nil
+}
+
+// awaitPodCIDR looks, for a while, for the pod CIDR the controller-manager
+// allocates to a new Node, and closes the connection once there is one so
+// the agent learns it in its next hello-ack (the relay keeps no state to
+// push it otherwise).
+func (c *conn) awaitPodCIDR(as asnode.Client) {
+	t := time.NewTicker(podCIDREvery)
+	defer t.Stop()
+	deadline := time.Now().Add(podCIDRWait)
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.streamsDone:
+			return
+		case <-t.C:
+		}
+		if cidrs := nodePodCIDRs(c.s.ctx, as, c.node); len(cidrs) > 0 {
+			c.log.Info("node was given a pod CIDR; closing the connection so the agent learns it", "pod_cidrs", cidrs)
+			c.close(ClosePodCIDR, "node pod CIDR assigned; reconnect")
+			return
+		}
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 
 	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
@@ -24,7 +25,7 @@ import (
 // kubectl logs); the returned func waits for it to stop (containers keep
 // running).
 func startPods(ctx context.Context, cfg config.Config, node string, st *store.Store, applier *desired.Applier,
-	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), log *slog.Logger) (rec *pods.Reconciler, wait func()) {
+	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), podCIDR func() string, log *slog.Logger) (rec *pods.Reconciler, wait func()) {
 	regs := map[string]containerd.Registry{}
 	for host, r := range cfg.Containerd.Registries {
 		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password, CA: r.CA}
@@ -40,8 +41,7 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 		self = l
 	}
 	// The pod network: a user's conflist in network.confDir, else the
-	// agent's own bridge on the pod CIDR (config first).
-	podCIDR := func() string { return cfg.Network.PodCIDR }
+	// agent's own bridge on the pod CIDR (podCIDRSource).
 	network := cni.New(cni.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs,
 		StateDir: filepath.Join(cfg.StateDir, "cni"), PodCIDR: podCIDR, Bridge: cfg.Network.Bridge,
 		Log: log.With("component", "cni")})
@@ -108,4 +108,51 @@ func cmdLogger(args []string) error {
 		}
 	}
 	return crilog.Run(path, maxSize, maxFiles)
+}
+
+// podCIDRSource is the node's pod CIDR: network.podCIDR from the config
+// when set, else the Node's spec.podCIDRs as the relay last said in its
+// hello-ack, kept in the store so pods get their network back after a
+// reboot without the link.
+type podCIDRSource struct {
+	fixed string
+	st    *store.Store
+	log   *slog.Logger
+	cur   atomic.Pointer[string]
+}
+
+func newPodCIDR(cfg config.Config, st *store.Store, log *slog.Logger) (*podCIDRSource, error) {
+	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, st: st, log: log}
+	saved, err := st.PodCIDR()
+	if err != nil {
+		return nil, fmt.Errorf("reading the pod CIDR from the store: %w", err)
+	}
+	p.cur.Store(&saved)
+	return p, nil
+}
+
+func (p *podCIDRSource) get() string {
+	if p.fixed != "" {
+		return p.fixed
+	}
+	return *p.cur.Load()
+}
+
+// learn takes the relay's word for the Node's pod CIDRs (the first is
+// used; none changes nothing: the cluster may not allocate them).
+func (p *podCIDRSource) learn(cidrs []string) {
+	if len(cidrs) == 0 || cidrs[0] == *p.cur.Load() {
+		return
+	}
+	c := cidrs[0]
+	if err := p.st.SavePodCIDR(c); err != nil {
+		p.log.Warn("pod CIDR from the relay not saved", "pod_cidr", c, "err", err)
+		return
+	}
+	p.cur.Store(&c)
+	if p.fixed != "" && p.fixed != c {
+		p.log.Info("the Node's pod CIDR differs from network.podCIDR in the config, which wins", "node_pod_cidr", c, "config_pod_cidr", p.fixed)
+		return
+	}
+	p.log.Info("pod CIDR from the cluster", "pod_cidr", c)
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -376,6 +378,20 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 			}
 		}
 		return true, ""
+	})
+	// Network set-ups the kills interrupted left nothing behind: one
+	// address lease and one veth per pod.
+	stack.WaitFor(t, ctx, time.Minute, "one address lease and one veth per pod", func() (bool, string) {
+		leases := 0
+		ents, _ := os.ReadDir(filepath.Join(e.agent.StateDir, "cni", "networks", "outpost"))
+		for _, en := range ents {
+			if net.ParseIP(en.Name()) != nil {
+				leases++
+			}
+		}
+		out, err := exec.Command("ip", "-o", "link", "show", "master", e.agent.Bridge).Output()
+		veths := strings.Count(string(out), "\n")
+		return err == nil && leases == len(names) && veths == len(names), fmt.Sprintf("%d leases, %d veths on %s (%v)", leases, veths, e.agent.Bridge, err)
 	})
 	var attempts []int
 	for _, n := range names {

@@ -226,13 +226,31 @@ func TestPodNetwork(t *testing.T) {
 		if n := strings.Count(string(save), "-A POSTROUTING -s "+subnet+" ! -d "+subnet); n != 1 {
 			t.Errorf("%d masquerade rules for the pod CIDR, want 1", n)
 		}
-		body, err := get(fmt.Sprintf("http://%s:%d/", hostIP, hostPort))
-		if err != nil || !strings.Contains(body, "hello from web") {
-			t.Errorf("hostPort %d on %s: %q, %v", hostPort, hostIP, body, err)
-		}
+		e.waitFor(30*time.Second, "the hostPort answering on the node", func() bool {
+			body, err := get(fmt.Sprintf("http://%s:%d/", hostIP, hostPort))
+			return err == nil && strings.Contains(body, "hello from web")
+		})
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-client"}}})
 		e.waitFor(60*time.Second, "client pod removed", func() bool {
 			_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", "uid-client"))
+			return os.IsNotExist(err)
+		})
+	})
+
+	e.sub(t, "ClusterFirstWithHostNet on the host network", func(t *testing.T) {
+		p := wire.Pod{RestartPolicy: "Never", HostNetwork: true, DNSPolicy: "ClusterFirstWithHostNet",
+			Containers: []wire.Container{{Name: "c", Image: img, Command: []string{"cat", "/etc/resolv.conf"}}}}
+		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-hostdns", "hostdns", "1", p)}})
+		s := e.waitStatus("uid-hostdns", 60*time.Second, "Succeeded", func(s wire.PodStatus) bool { return s.Phase == "Succeeded" || s.Phase == "Failed" })
+		if logs := e.log("default", "hostdns", "c", false); s.Phase != "Succeeded" || !strings.Contains(logs, "nameserver 10.96.0.10\nsearch default.svc.cluster.local") {
+			t.Errorf("%s, resolv.conf %q: want the cluster's resolver", s.Phase, logs)
+		}
+		if s.PodIP != "127.0.0.1" {
+			t.Errorf("hostNetwork podIP %q, want the node's", s.PodIP)
+		}
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-hostdns"}}})
+		e.waitFor(60*time.Second, "host network pod removed", func() bool {
+			_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", "uid-hostdns"))
 			return os.IsNotExist(err)
 		})
 	})
@@ -309,10 +327,11 @@ func TestPodNetwork(t *testing.T) {
 		if got := e.leaks(t, bridge, subnet, net0.LeaseDir()); got.veths != 1 || got.leases != 1 {
 			t.Errorf("after the reboot (podIP %s, was %s): %+v, want one veth and one lease", after.PodIP, before.PodIP, got)
 		}
-		body, err := get(fmt.Sprintf("http://%s:%d/", hostIP, hostPort))
-		if err != nil || !strings.Contains(body, "hello from boot") {
-			t.Errorf("hostPort after the reboot: %q, %v", body, err)
-		}
+		// httpd may still be starting in the new container.
+		e.waitFor(30*time.Second, "the hostPort answering after the reboot", func() bool {
+			body, err := get(fmt.Sprintf("http://%s:%d/", hostIP, hostPort))
+			return err == nil && strings.Contains(body, "hello from boot")
+		})
 		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-boot"}}})
 		e.waitFor(60*time.Second, "nothing left after the reboot and delete", func() bool {
 			_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", "uid-boot"))

@@ -99,7 +99,7 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if setup.hosts != "" && !pod.HostNetwork {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})
 	}
-	if setup.resolv != "" && !pod.HostNetwork {
+	if setup.resolv != "" {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.resolv, ContainerPath: "/etc/resolv.conf", ReadOnly: true})
 	}
 	return sp, nil

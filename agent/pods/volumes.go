@@ -105,6 +105,19 @@ func (w *worker) setUp(ctx context.Context, o *wire.Object, rf *refs) (*podSetup
 			s.volumes[v.Name] = volSource{path: p, readOnly: true}
 		}
 	}
+	if o.Pod.HostNetwork && (o.Pod.DNSPolicy == "ClusterFirstWithHostNet" || o.Pod.DNSConfig != nil) {
+		// The node's network, but the resolver the pod asked for.
+		rc, err := w.r.podDNS(o)
+		p := filepath.Join(dir, "resolv.conf")
+		if err == nil {
+			err = writeIfChanged(p, rc.String())
+		}
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			s.resolv = p
+		}
+	}
 	if !o.Pod.HostNetwork {
 		ns := filepath.Join(dir, "netns")
 		if made, err := ensureNetNS(ns); err != nil {
@@ -129,11 +142,9 @@ func (w *worker) setUp(ctx context.Context, o *wire.Object, rf *refs) (*podSetup
 			{"resolv.conf", rc.String()},
 		} {
 			p := filepath.Join(dir, f.name)
-			if old, err := os.ReadFile(p); err != nil || string(old) != f.content {
-				if err := os.WriteFile(p, []byte(f.content), 0o644); err != nil {
-					errs = append(errs, err)
-					continue
-				}
+			if err := writeIfChanged(p, f.content); err != nil {
+				errs = append(errs, err)
+				continue
 			}
 			if f.name == "hosts" {
 				s.hosts = p
@@ -143,6 +154,15 @@ func (w *worker) setUp(ctx context.Context, o *wire.Object, rf *refs) (*podSetup
 		}
 	}
 	return s, errors.Join(errs...)
+}
+
+// writeIfChanged writes a file bind-mounted into the pod's containers in
+// place (same inode, so they see the change) when its content changed.
+func writeIfChanged(p, content string) error {
+	if old, err := os.ReadFile(p); err == nil && string(old) == content {
+		return nil
+	}
+	return os.WriteFile(p, []byte(content), 0o644)
 }
 
 // tearDown removes the pod's directory after unmounting what is mounted

@@ -275,6 +275,9 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 	if err != nil {
 		// Undo the part that was made, so a retry starts clean.
 		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt)
+		if strings.Contains(err.Error(), "failed to find plugin") {
+			return nil, fmt.Errorf("CNI ADD (network %s): %w: install Debian's containernetworking-plugins, or put the plugins in network.binDirs", l.Name, err)
+		}
 		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
 	}
 	ips, err = resultIPs(res)

@@ -62,3 +62,24 @@ func TestDefaultConf(t *testing.T) {
 		t.Error("a CIDR without a mask was accepted")
 	}
 }
+
+// TestMissingPlugins: an ADD whose plugin binary is nowhere says what to
+// install.
+func TestMissingPlugins(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "net.d")
+	if err := os.MkdirAll(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "10-x.conflist"), []byte(`{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := New(Config{ConfDir: conf, BinDirs: []string{filepath.Join(dir, "bin")}, StateDir: filepath.Join(dir, "state")})
+	_, err := n.Attach(t.Context(), "pod-1", filepath.Join(dir, "netns"), nil, true)
+	if err == nil || !strings.Contains(err.Error(), "containernetworking-plugins") {
+		t.Fatalf("Attach without plugins: %v", err)
+	}
+	if ips := n.IPs("pod-1"); ips != nil {
+		t.Errorf("IPs after a failed ADD: %v", ips)
+	}
+}

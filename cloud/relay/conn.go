@@ -35,19 +35,6 @@ const (
 	// CloseForbidden closes a connection whose node the relay will not
 	// write (a Node of that name that is not an edge node).
 	CloseForbidden websocket.StatusCode = 4003
-	// ClosePodCIDR closes a connection whose node was given a pod CIDR
-	// after its hello-ack: the agent reconnects and finds it in the next
-	// hello-ack.
-	ClosePodCIDR websocket.StatusCode = 4010
-)
-
-// podCIDRWait is how long after a hello-ack without pod CIDRs the relay
-// looks for the controller-manager to allocate them (a new Node gets its
-// CIDR within seconds when the cluster allocates them at all), and how
-// often.
-const (
-	podCIDRWait  = 2 * time.Minute
-	podCIDREvery = 2 * time.Second
 )
 
 // writeTimeout bounds one frame write; a peer that does not read is dead.
@@ -246,9 +233,6 @@ func (c *conn) serve() {
 		PodCIDRs:         podCIDRs,
 	}) {
 		return
-	}
-	if len(podCIDRs) == 0 {
-		go c.awaitPodCIDR(as)
 	}
 	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
@@ -511,7 +495,7 @@ func truncate(s string, n int) string {
 
 // nodePodCIDRs reads the Node's spec.podCIDRs (nil when the Node does not
 // exist yet, has none, or cannot be read: the agent then keeps what it
-// has).
+// has, and asks again by reconnecting while it has none).
 func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -526,26 +510,4 @@ func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
 		return []string{n.Spec.PodCIDR}
 	}
 	return nil
-}
-
-// awaitPodCIDR looks, for a while, for the pod CIDR the controller-manager
-// allocates to a new Node, and closes the connection once there is one so
-// the agent learns it in its next hello-ack (the relay keeps no state to
-// push it otherwise).
-func (c *conn) awaitPodCIDR(as asnode.Client) {
-	t := time.NewTicker(podCIDREvery)
-	defer t.Stop()
-	deadline := time.Now().Add(podCIDRWait)
-	for time.Now().Before(deadline) {
-		select {
-		case <-c.streamsDone:
-			return
-		case <-t.C:
-		}
-		if cidrs := nodePodCIDRs(c.s.ctx, as, c.node); len(cidrs) > 0 {
-			c.log.Info("node was given a pod CIDR; closing the connection so the agent learns it", "pod_cidrs", cidrs)
-			c.close(ClosePodCIDR, "node pod CIDR assigned; reconnect")
-			return
-		}
-	}
 }

@@ -366,6 +366,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			}
 		},
 	})
+	podCIDR.reconnect = lk.Reconnect
 	sender = outbox.NewSender(ob, lk, log)
 	go sender.Run(ctx)
 	linkStats := func() *wire.LinkStats {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
@@ -115,14 +116,24 @@ func cmdLogger(args []string) error {
 // hello-ack, kept in the store so pods get their network back after a
 // reboot without the link.
 type podCIDRSource struct {
-	fixed string
-	st    *store.Store
-	log   *slog.Logger
-	cur   atomic.Pointer[string]
+	fixed   string
+	confDir string
+	st      *store.Store
+	log     *slog.Logger
+	cur     atomic.Pointer[string]
+	// reconnect asks the link for a new hello-ack (set once the link
+	// exists); asks counts the times it was asked for want of a CIDR.
+	reconnect func(reason string)
+	asks      int
 }
 
+// maxAsks bounds the reconnects made to ask for a pod CIDR after a start
+// (3 s doubling to 60 s: about five minutes), for a cluster that does not
+// allocate them.
+const maxAsks = 8
+
 func newPodCIDR(cfg config.Config, st *store.Store, log *slog.Logger) (*podCIDRSource, error) {
-	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, st: st, log: log}
+	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, confDir: cfg.Network.ConfDir, st: st, log: log}
 	saved, err := st.PodCIDR()
 	if err != nil {
 		return nil, fmt.Errorf("reading the pod CIDR from the store: %w", err)
@@ -139,9 +150,24 @@ func (p *podCIDRSource) get() string {
 }
 
 // learn takes the relay's word for the Node's pod CIDRs (the first is
-// used; none changes nothing: the cluster may not allocate them).
+// used; none changes nothing: the cluster may not allocate them). While
+// the default network has no CIDR it asks again a few times, with
+// back-off, by reconnecting: a new Node gets its CIDR from the
+// controller-manager seconds after the relay created it.
 func (p *podCIDRSource) learn(cidrs []string) {
-	if len(cidrs) == 0 || cidrs[0] == *p.cur.Load() {
+	if len(cidrs) == 0 {
+		if p.get() == "" && !cni.HasConf(p.confDir) && p.reconnect != nil && p.asks < maxAsks {
+			d := min(3*time.Second<<p.asks, time.Minute)
+			p.asks++
+			time.AfterFunc(d, func() {
+				if p.get() == "" {
+					p.reconnect("asking the relay again for the node's pod CIDR")
+				}
+			})
+		}
+		return
+	}
+	if cidrs[0] == *p.cur.Load() {
 		return
 	}
 	c := cidrs[0]

@@ -323,6 +323,16 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 		uids[p.Name] = string(p.UID)
 	}
 	stack.WaitFor(t, ctx, 2*time.Minute, "pods Running in the API", func() (bool, string) { return runningInAPI(ctx, names...) })
+	// On the pod network (the agent of a new Node learns its CIDR seconds
+	// after the Node is created) before the relay goes.
+	stack.WaitFor(t, ctx, time.Minute, "every pod with an IP", func() (bool, string) {
+		for _, n := range names {
+			if p, err := apiPod(ctx, n); err != nil || p.Status.PodIP == "" {
+				return false, fmt.Sprintf("%s: no podIP (%v)", n, err)
+			}
+		}
+		return true, ""
+	})
 
 	relayDown(t)
 	if err := e.agent.Stop(); err != nil {

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"net"
 )
 
 // Field limits shared by both sides. A message exceeding one is invalid.
@@ -53,6 +54,10 @@ type HelloAck struct {
 	// treats a connection silent for three intervals as dead.
 	HeartbeatSeconds uint32 `cbor:"3,keyasint"`
 	RelayVersion     string `cbor:"4,keyasint,omitempty"`
+	// PodCIDRs are the Node's spec.podCIDRs (one per family), when the
+	// cluster allocates them: the agent's default pod network uses the
+	// first, and keeps it in its store for when the link is down.
+	PodCIDRs []string `cbor:"5,keyasint,omitempty"`
 }
 
 // Validate implements Body.
@@ -65,6 +70,14 @@ func (a *HelloAck) Validate() error {
 	}
 	if a.HeartbeatSeconds == 0 || a.HeartbeatSeconds > 3600 {
 		return fmt.Errorf("hello-ack: heartbeat %ds out of range", a.HeartbeatSeconds)
+	}
+	if len(a.PodCIDRs) > 2 {
+		return fmt.Errorf("hello-ack: %d podCIDRs (at most one per family)", len(a.PodCIDRs))
+	}
+	for _, c := range a.PodCIDRs {
+		if _, _, err := net.ParseCIDR(c); err != nil {
+			return fmt.Errorf("hello-ack: podCIDR %q: %w", c, err)
+		}
 	}
 	return checkText("hello-ack: relayVersion", a.RelayVersion, maxNameLen, false)
 }

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"net"
 )
 
 // Downstream objects. The relay translates Kubernetes objects bound to a
@@ -217,6 +218,18 @@ type Pod struct {
 	// cgroup, and stand for a container's own when it sets none (the
 	// downward API).
 	Resources *PodResources `cbor:"21,keyasint,omitempty" json:",omitempty"`
+	// DNSPolicy is ClusterFirst (empty), ClusterFirstWithHostNet, Default
+	// or None; DNSConfig is merged into what the policy gives (None: all
+	// of it), as a kubelet writes a pod's resolv.conf.
+	DNSPolicy string     `cbor:"26,keyasint,omitempty"`
+	DNSConfig *DNSConfig `cbor:"27,keyasint,omitempty"`
+	// HostAliases are appended to the pod's hosts file.
+	HostAliases []HostAlias `cbor:"28,keyasint,omitempty"`
+	// Subdomain and SetHostnameAsFQDN: with a subdomain the pod's FQDN is
+	// hostname.subdomain.namespace.svc.<cluster domain>, in its hosts file
+	// and, with SetHostnameAsFQDN, as its hostname.
+	Subdomain         string `cbor:"29,keyasint,omitempty"`
+	SetHostnameAsFQDN bool   `cbor:"30,keyasint,omitempty"`
 }
 
 // PodNamespaces are a pod's namespace choices.
@@ -259,6 +272,107 @@ type PodResources struct {
 func (r *PodResources) Validate(what string) error {
 	if r.CPUMillis < 0 || r.MemoryBytes < 0 || r.RequestCPUMillis < 0 || r.RequestMemoryBytes < 0 {
 		return fmt.Errorf("%s: negative resource", what)
+	}
+	return nil
+}
+
+// DNSConfig is a pod's spec.dnsConfig.
+type DNSConfig struct {
+	Nameservers []string    `cbor:"1,keyasint,omitempty"`
+	Searches    []string    `cbor:"2,keyasint,omitempty"`
+	Options     []DNSOption `cbor:"3,keyasint,omitempty"`
+}
+
+// DNSOption is one resolv.conf option; Value is optional.
+type DNSOption struct {
+	Name  string  `cbor:"1,keyasint"`
+	Value *string `cbor:"2,keyasint,omitempty"`
+}
+
+// HostAlias is one line of a pod's hosts file: IP and its names.
+type HostAlias struct {
+	IP        string   `cbor:"1,keyasint"`
+	Hostnames []string `cbor:"2,keyasint,omitempty"`
+}
+
+// Bounds on a pod's DNS settings: the kubelet's (3 nameservers, 32
+// search domains, each at most 253 characters) and a generous cap on
+// host aliases.
+const (
+	maxNameservers = 3
+	maxSearches    = 32
+	maxDNSOptions  = 32
+	maxHostAliases = 64
+)
+
+// validateNetwork checks the DNS settings and host aliases: every value
+// lands in a file inside the pod (resolv.conf, hosts), so no value may
+// break a line or a field.
+func (p *Pod) validateNetwork() error {
+	switch p.DNSPolicy {
+	case "", "ClusterFirst", "ClusterFirstWithHostNet", "Default", "None":
+	default:
+		return fmt.Errorf("pod: dnsPolicy %q is not ClusterFirst, ClusterFirstWithHostNet, Default or None", p.DNSPolicy)
+	}
+	if c := p.DNSConfig; c != nil {
+		if len(c.Nameservers) > maxNameservers || len(c.Searches) > maxSearches || len(c.Options) > maxDNSOptions {
+			return fmt.Errorf("pod: dnsConfig has more than %d nameservers, %d searches or %d options", maxNameservers, maxSearches, maxDNSOptions)
+		}
+		for _, ns := range c.Nameservers {
+			if net.ParseIP(ns) == nil {
+				return fmt.Errorf("pod: dnsConfig nameserver %q is not an IP address", ns)
+			}
+		}
+		for _, s := range c.Searches {
+			if err := checkWord("pod: dnsConfig search", s, maxNameLen); err != nil {
+				return err
+			}
+		}
+		for _, o := range c.Options {
+			if err := checkWord("pod: dnsConfig option", o.Name, 64); err != nil {
+				return err
+			}
+			if o.Value != nil && *o.Value != "" {
+				if err := checkWord("pod: dnsConfig option "+o.Name, *o.Value, 64); err != nil {
+					return err
+				}
+			}
+		}
+	} else if p.DNSPolicy == "None" {
+		return errors.New("pod: dnsPolicy None needs a dnsConfig")
+	}
+	if len(p.HostAliases) > maxHostAliases {
+		return fmt.Errorf("pod: %d hostAliases (limit %d)", len(p.HostAliases), maxHostAliases)
+	}
+	for _, a := range p.HostAliases {
+		if net.ParseIP(a.IP) == nil {
+			return fmt.Errorf("pod: hostAliases ip %q is not an IP address", a.IP)
+		}
+		if len(a.Hostnames) > maxItems {
+			return fmt.Errorf("pod: hostAliases %s has %d hostnames (limit %d)", a.IP, len(a.Hostnames), maxItems)
+		}
+		for _, h := range a.Hostnames {
+			if err := checkWord("pod: hostAliases hostname", h, maxNameLen); err != nil {
+				return err
+			}
+		}
+	}
+	if p.Subdomain != "" {
+		return CheckLabel("pod: subdomain", p.Subdomain)
+	}
+	return nil
+}
+
+// checkWord accepts a non-empty printable value without white space, '#'
+// or ';' (a comment in resolv.conf and hosts), at most max bytes.
+func checkWord(what, s string, max int) error {
+	if s == "" || len(s) > max {
+		return fmt.Errorf("%s: %d bytes (want 1 to %d)", what, len(s), max)
+	}
+	for _, r := range s {
+		if r <= ' ' || r >= 0x7f || r == '#' || r == ';' {
+			return fmt.Errorf("%s %q: white space, control characters, '#' and ';' are not allowed", what, s)
+		}
 	}
 	return nil
 }
@@ -329,6 +443,9 @@ func (p *Pod) Validate() error {
 		return err
 	}
 	if err := p.validateFields(); err != nil {
+		return err
+	}
+	if err := p.validateNetwork(); err != nil {
 		return err
 	}
 	if p.Hostname != "" {
@@ -484,6 +601,9 @@ type Container struct {
 	// order with the other init containers, kept running beside the main
 	// containers (restarted whenever it exits) and stopped after them.
 	Sidecar bool `cbor:"32,keyasint,omitempty" json:",omitempty"`
+	// Ports are the container ports published on the node (hostPort set;
+	// ports without a hostPort are informational and not carried).
+	Ports []ContainerPort `cbor:"35,keyasint,omitempty" json:",omitempty"`
 }
 
 // EnvFromSource is one envFrom entry: every key of a ConfigMap or a
@@ -549,6 +669,31 @@ func (h *Handler) Validate() error {
 		if len(g.Headers) > maxItems {
 			return errors.New("lifecycle hook: too many headers")
 		}
+	}
+	return nil
+}
+
+// ContainerPort is a container port published on the node at HostPort
+// (through the CNI portmap plugin), on HostIP if set.
+type ContainerPort struct {
+	ContainerPort int32  `cbor:"1,keyasint"`
+	HostPort      int32  `cbor:"2,keyasint"`
+	Protocol      string `cbor:"3,keyasint,omitempty"` // TCP (empty), UDP or SCTP
+	HostIP        string `cbor:"4,keyasint,omitempty"`
+}
+
+// Validate reports a port out of range, an unknown protocol or a bad IP.
+func (p *ContainerPort) Validate() error {
+	if p.ContainerPort <= 0 || p.ContainerPort > 65535 || p.HostPort <= 0 || p.HostPort > 65535 {
+		return fmt.Errorf("port %d→%d out of range [1, 65535]", p.HostPort, p.ContainerPort)
+	}
+	switch p.Protocol {
+	case "", "TCP", "UDP", "SCTP":
+	default:
+		return fmt.Errorf("port %d: protocol %q is not TCP, UDP or SCTP", p.HostPort, p.Protocol)
+	}
+	if p.HostIP != "" && net.ParseIP(p.HostIP) == nil {
+		return fmt.Errorf("port %d: hostIP %q is not an IP address", p.HostPort, p.HostIP)
 	}
 	return nil
 }
@@ -642,6 +787,14 @@ func (c *Container) Validate() error {
 			if err := h.Validate(); err != nil {
 				return fmt.Errorf("container %s: %w", c.Name, err)
 			}
+		}
+	}
+	if len(c.Ports) > maxItems {
+		return fmt.Errorf("container %s: %d ports (limit %d)", c.Name, len(c.Ports), maxItems)
+	}
+	for i := range c.Ports {
+		if err := c.Ports[i].Validate(); err != nil {
+			return fmt.Errorf("container %s: %w", c.Name, err)
 		}
 	}
 	return checkText("container "+c.Name+": workingDir", c.WorkingDir, 4096, false)

@@ -26,6 +26,8 @@ type PodStatus struct {
 	// Terminated says every container of a deleting pod has stopped: the
 	// relay then completes the deletion, as a kubelet does.
 	Terminated bool `cbor:"13,keyasint,omitempty"`
+	// PodIPs are the pod's addresses, PodIP first (one per family).
+	PodIPs []string `cbor:"14,keyasint,omitempty"`
 }
 
 // Validate implements Body.
@@ -60,6 +62,14 @@ func (s *PodStatus) Validate() error {
 	}
 	for _, f := range []struct{ what, v string }{{"podIP", s.PodIP}, {"hostIP", s.HostIP}, {"reason", s.Reason}} {
 		if err := checkText("pod-status: "+f.what, f.v, 128, false); err != nil {
+			return err
+		}
+	}
+	if len(s.PodIPs) > 2 {
+		return fmt.Errorf("pod-status: %d podIPs (at most one per family)", len(s.PodIPs))
+	}
+	for _, ip := range s.PodIPs {
+		if err := checkText("pod-status: podIPs", ip, 128, true); err != nil {
 			return err
 		}
 	}

@@ -102,6 +102,72 @@ type Config struct {
 	// CertRotateAt is the share of the node certificate's lifetime, in
 	// percent, after which the agent renews it on its link (link.Rotation).
 	CertRotateAt int
+	// Network is the pod network (CNI).
+	Network Network
+}
+
+// Network configures the pod network: the CNI plugins the agent runs for
+// each pod that is not hostNetwork, and the pods' DNS settings.
+type Network struct {
+	// PodCIDR is this node's pod range for the agent's default conflist;
+	// set, it wins over the Node's spec.podCIDR from the cluster.
+	PodCIDR string `yaml:"podCIDR"`
+	// ConfDir holds a conflist of the user's own (Flannel, Cilium…): the
+	// first by name is used instead of the agent's default.
+	ConfDir string `yaml:"confDir"`
+	// BinDirs are searched for the plugin binaries, in order.
+	BinDirs []string `yaml:"binDirs"`
+	// Bridge names the default conflist's bridge.
+	Bridge string `yaml:"bridge"`
+	// ClusterDNS and ClusterDomain are the kubelet's --cluster-dns and
+	// --cluster-domain: dnsPolicy ClusterFirst resolves through them.
+	ClusterDNS    []string `yaml:"clusterDNS"`
+	ClusterDomain string   `yaml:"clusterDomain"`
+	// ResolvConf is the node's resolver file (dnsPolicy Default).
+	ResolvConf string `yaml:"resolvConf"`
+}
+
+// Default network settings (see agent/cni and agent/pods).
+const (
+	DefaultCNIConfDir    = "/etc/cni/net.d"
+	DefaultBridge        = "outpost0"
+	DefaultClusterDomain = "cluster.local"
+	DefaultResolvConf    = "/etc/resolv.conf"
+)
+
+// DefaultCNIBinDirs are where Debian (/usr/lib/cni) and the upstream
+// release tarballs (/opt/cni/bin) put the plugins.
+var DefaultCNIBinDirs = []string{"/usr/lib/cni", "/opt/cni/bin"}
+
+func (n Network) validate() error {
+	if n.PodCIDR != "" {
+		if _, ipn, err := net.ParseCIDR(n.PodCIDR); err != nil || ipn.String() != n.PodCIDR {
+			return fmt.Errorf("network.podCIDR %q is not a network address like 10.244.3.0/24", n.PodCIDR)
+		}
+	}
+	for _, d := range append([]string{n.ConfDir, n.ResolvConf}, n.BinDirs...) {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("network: %q must be an absolute path", d)
+		}
+	}
+	if len(n.BinDirs) == 0 || len(n.BinDirs) > 8 {
+		return errors.New("network.binDirs: give 1 to 8 directories")
+	}
+	if len(n.Bridge) == 0 || len(n.Bridge) > 15 || strings.ContainsAny(n.Bridge, "/ :") {
+		return fmt.Errorf("network.bridge %q is not an interface name (1 to 15 characters, no '/', ':' or space)", n.Bridge)
+	}
+	if len(n.ClusterDNS) > 3 {
+		return errors.New("network.clusterDNS: at most 3 servers (what a resolver reads)")
+	}
+	for _, a := range n.ClusterDNS {
+		if net.ParseIP(a) == nil {
+			return fmt.Errorf("network.clusterDNS: %q is not an IP address", a)
+		}
+	}
+	if n.ClusterDomain == "" || len(n.ClusterDomain) > 253 || strings.ContainsAny(n.ClusterDomain, " \t#;/") {
+		return fmt.Errorf("network.clusterDomain %q is not a domain like %s", n.ClusterDomain, DefaultClusterDomain)
+	}
+	return nil
 }
 
 // Containerd configures the pod runtime.
@@ -171,7 +237,9 @@ func Default() Config {
 		ReservedMemory:    DefaultReservedMemory,
 		MaxDevices:        DefaultMaxDevices,
 		MetricsListen:     DefaultMetricsListen,
-		Containerd:        Containerd{Address: DefaultContainerdAddress, Namespace: DefaultContainerdNamespace},
+		Network: Network{ConfDir: DefaultCNIConfDir, BinDirs: DefaultCNIBinDirs, Bridge: DefaultBridge,
+			ClusterDomain: DefaultClusterDomain, ResolvConf: DefaultResolvConf},
+		Containerd: Containerd{Address: DefaultContainerdAddress, Namespace: DefaultContainerdNamespace},
 		MQTT: MQTT{
 			Enabled:       true,
 			Listen:        DefaultMQTTListen,
@@ -206,6 +274,7 @@ type file struct {
 	} `yaml:"metrics"`
 	SeccompProfileDir    string   `yaml:"seccompProfileDir"`
 	AllowedUnsafeSysctls []string `yaml:"allowedUnsafeSysctls"`
+	Network              *Network `yaml:"network"`
 }
 
 type mqttFile struct {
@@ -231,7 +300,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "certRotateAt", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "certRotateAt", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls", "network"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -345,6 +414,19 @@ func (cfg *Config) parse(b []byte) error {
 			cfg.Containerd.Registries = c.Registries
 		}
 	}
+	if n := f.Network; n != nil {
+		set(&cfg.Network.PodCIDR, n.PodCIDR)
+		set(&cfg.Network.ConfDir, n.ConfDir)
+		set(&cfg.Network.Bridge, n.Bridge)
+		set(&cfg.Network.ClusterDomain, n.ClusterDomain)
+		set(&cfg.Network.ResolvConf, n.ResolvConf)
+		if n.BinDirs != nil {
+			cfg.Network.BinDirs = n.BinDirs
+		}
+		if n.ClusterDNS != nil {
+			cfg.Network.ClusterDNS = n.ClusterDNS
+		}
+	}
 	if f.Reserved != nil {
 		if f.Reserved.CPU != "" {
 			n, err := ParseCPU(f.Reserved.CPU)
@@ -444,7 +526,7 @@ func (cfg Config) Validate() error {
 	if len(cfg.Board) > 64 {
 		return fmt.Errorf("board name %q is longer than 64 characters", cfg.Board)
 	}
-	return nil
+	return cfg.Network.validate()
 }
 
 func (m MQTT) validate() error {

@@ -133,6 +133,11 @@ func TestValidate(t *testing.T) {
 		{name: "registry ca with plain HTTP", mod: func(c *Config) {
 			c.Containerd.Registries = map[string]Registry{"r.local": {CA: "/ca.pem", PlainHTTP: true}}
 		}, wantErr: "plainHTTP"},
+		{name: "pod CIDR", mod: func(c *Config) { c.Network.PodCIDR = "10.244.3.0/24" }},
+		{name: "pod CIDR not a network address", mod: func(c *Config) { c.Network.PodCIDR = "10.244.3.7/24" }, wantErr: "network.podCIDR"},
+		{name: "bridge name too long", mod: func(c *Config) { c.Network.Bridge = "a-very-long-bridge" }, wantErr: "network.bridge"},
+		{name: "cluster DNS not an IP", mod: func(c *Config) { c.Network.ClusterDNS = []string{"kube-dns"} }, wantErr: "network.clusterDNS"},
+		{name: "CNI conf dir relative", mod: func(c *Config) { c.Network.ConfDir = "net.d" }, wantErr: "absolute"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,5 +206,21 @@ func TestParseCPU(t *testing.T) {
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseCPU(%q) = %d, %v; want %d, ok=%v", tt.in, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// TestNetworkSection: the network block is read over the defaults.
+func TestNetworkSection(t *testing.T) {
+	c := Default()
+	if err := c.parse([]byte("network:\n  podCIDR: 10.244.3.0/24\n  clusterDNS: [10.96.0.10]\n  bridge: cni9\n")); err != nil {
+		t.Fatal(err)
+	}
+	n := c.Network
+	if n.PodCIDR != "10.244.3.0/24" || n.ClusterDNS[0] != "10.96.0.10" || n.Bridge != "cni9" ||
+		n.ConfDir != DefaultCNIConfDir || n.ClusterDomain != DefaultClusterDomain || len(n.BinDirs) != 2 {
+		t.Errorf("network: %+v", n)
+	}
+	if err := c.Validate(); err != nil {
+		t.Error(err)
 	}
 }

@@ -223,14 +223,6 @@ func formatMap(m map[string]string) string {
 	return b.String()
 }
 
-// podIPs is every address of the pod (status.podIPs), podIP first.
-func (w *worker) podIPs(p *wire.Pod) []string {
-	if ip := w.podIP(p); ip != "" {
-		return []string{ip}
-	}
-	return nil
-}
-
 // resource is the downward API's resourceFieldRef: the named container's
 // (or c's) limit or request, divided by the divisor rounding up. A limit
 // the container does not set is the pod's (pod-level resources), else

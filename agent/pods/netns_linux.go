@@ -13,15 +13,15 @@ import (
 
 // ensureNetNS makes path a bind mount of a new network namespace with
 // loopback up, unless it already is one (the agent restarted; after a
-// reboot the mount is gone and a new namespace is made).
-func ensureNetNS(path string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err == nil && st.Type == unix.NSFS_MAGIC {
-		return nil
+// reboot the mount is gone and a new namespace is made). made says a new
+// one was made: whatever network it had before is gone with the old one.
+func ensureNetNS(path string) (made bool, err error) {
+	if isNetNS(path) {
+		return false, nil
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o444)
 	if err != nil {
-		return err
+		return false, err
 	}
 	f.Close()
 	errc := make(chan error, 1)
@@ -55,7 +55,16 @@ func ensureNetNS(path string) error {
 		} // else the thread stays locked and ends with the goroutine
 		errc <- err
 	}()
-	return <-errc
+	if err := <-errc; err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// isNetNS reports whether path is a mounted network namespace.
+func isNetNS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
 
 func loopbackUp() error {

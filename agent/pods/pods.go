@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/runtime/containerd"
 	"outpost.dev/wire"
 )
@@ -40,8 +41,22 @@ type Config struct {
 	// NodeInfo reads the node's facts: the first InternalIP is the pods'
 	// hostIP, and the runtime condition report carries them.
 	NodeInfo func() (wire.NodeInfo, error)
-	// StateDir holds pods/<uid>/ (volumes, network namespace, hosts file).
+	// StateDir holds pods/<uid>/ (volumes, network namespace, hosts and
+	// resolv.conf files).
 	StateDir string
+	// Network attaches pods (not hostNetwork ones) to the pod network
+	// through CNI; nil leaves them with loopback only, as does a Network
+	// with no conflist and no pod CIDR.
+	Network *cni.Network
+	// ClusterDNS are the cluster DNS server addresses (the kubelet's
+	// --cluster-dns) and ClusterDomain its domain (default
+	// DefaultClusterDomain): dnsPolicy ClusterFirst uses them; without
+	// ClusterDNS it falls back to Default, as a kubelet does.
+	ClusterDNS    []string
+	ClusterDomain string
+	// ResolvConf is the node's resolver file (dnsPolicy Default); default
+	// DefaultResolvConf.
+	ResolvConf string
 	// LogDir holds container logs; default StateDir/logs.
 	LogDir string
 	// SeccompDir holds the Localhost seccomp profiles pods may name;
@@ -108,6 +123,9 @@ type Reconciler struct {
 	hostIP    string
 	alloc     wire.Resources // the node's allocatable, for the downward API
 	runtimeUp bool
+	noNetLog  bool // "no pod network" was logged
+	netSwept  bool // the start-up sweep of gone pods' attachments ran
+	swept     bool // the start-up sweep of gone pods' directories ran
 	wg        sync.WaitGroup
 	now       func() time.Time
 }
@@ -125,6 +143,12 @@ func New(cfg Config) *Reconciler {
 	}
 	if cfg.MaxPods <= 0 {
 		cfg.MaxPods = 110
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = DefaultClusterDomain
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = DefaultResolvConf
 	}
 	if cfg.MaxPulls <= 0 {
 		cfg.MaxPulls = 2
@@ -380,6 +404,23 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		return err
 	}
 	prints := map[string][]string{}
+	defer func() {
+		if !r.netSwept {
+			keep := map[string]bool{}
+			for i := range desired {
+				keep[desired[i].UID] = true
+			}
+			for uid := range prints {
+				keep[uid] = true
+			}
+			// A pod directory's worker detaches its pod as it tears it down.
+			dirs, _ := os.ReadDir(filepath.Join(r.cfg.StateDir, "pods"))
+			for _, d := range dirs {
+				keep[d.Name()] = true
+			}
+			r.sweepNetwork(ctx, keep)
+		}
+	}()
 	for _, c := range cs {
 		if !c.Managed() || c.Labels[labelPodUID] == "" {
 			continue
@@ -464,6 +505,24 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 	// Workers of pods that vanished without containers (never started).
 	for uid, w := range r.workers {
 		if !want[uid] && prints[uid] == nil && !w.orphan() {
+			w.set(nil, nil)
+		}
+	}
+	if !r.swept {
+		// Once after start: pod directories of pods gone while the agent
+		// was down, with no container left (a crash between making a
+		// pod's network and its first container), are torn down too.
+		r.swept = true
+		dirs, _ := os.ReadDir(filepath.Join(r.cfg.StateDir, "pods"))
+		for _, d := range dirs {
+			uid := d.Name()
+			if want[uid] || prints[uid] != nil || r.workers[uid] != nil || wire.CheckUID("uid", uid) != nil || !d.IsDir() {
+				continue
+			}
+			w := newWorker(r, uid)
+			r.workers[uid] = w
+			r.wg.Add(1)
+			go w.run(ctx)
 			w.set(nil, nil)
 		}
 	}

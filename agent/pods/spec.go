@@ -57,6 +57,9 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if pod.Hostname != "" {
 		sp.Hostname = pod.Hostname
 	}
+	if setup.hostname != "" {
+		sp.Hostname = setup.hostname
+	}
 	if pod.HostNetwork {
 		sp.Hostname = ""
 	}
@@ -115,6 +118,9 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if setup.hosts != "" && !pod.HostNetwork {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})
 	}
+	if setup.resolv != "" {
+		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.resolv, ContainerPath: "/etc/resolv.conf", ReadOnly: true})
+	}
 	return sp, nil
 }
 
@@ -166,12 +172,22 @@ func checkLogNames(ns, pod, container string) error {
 	return nil
 }
 
-// podIP is the host's IP for hostNetwork pods. Other pods get a network
-// namespace of their own with only loopback (no CNI on the gateway yet),
-// so they have no address anyone else can reach and report none.
-func (w *worker) podIP(p *wire.Pod) string {
+// podIPs are the host's IP for hostNetwork pods, and the addresses the
+// pod network gave other pods (none when there is no pod network: the
+// pod has loopback only).
+func (w *worker) podIPs(p *wire.Pod) []string {
 	if p.HostNetwork {
-		return w.r.getHostIP()
+		if ip := w.r.getHostIP(); ip != "" {
+			return []string{ip}
+		}
+		return nil
+	}
+	return w.ips
+}
+
+func (w *worker) podIP(p *wire.Pod) string {
+	if ips := w.podIPs(p); len(ips) > 0 {
+		return ips[0]
 	}
 	return ""
 }

@@ -12,7 +12,7 @@ import (
 func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *wire.PodStatus {
 	pod := o.Pod
 	st := &wire.PodStatus{UID: o.UID, Namespace: o.Namespace, Name: o.Name,
-		HostIP: w.r.getHostIP(), PodIP: w.podIP(pod), StartTime: w.startTime}
+		HostIP: w.r.getHostIP(), PodIP: w.podIP(pod), PodIPs: w.podIPs(pod), StartTime: w.startTime}
 	initDone, initFailed := true, false
 	initialized := isInitialized(pod, recs)
 	var notInit, notReady []string

@@ -196,7 +196,7 @@ func TestSubPathMountIdempotent(t *testing.T) {
 	if again, err := restarted.mountSource(src, c, 0, m); err != nil || again != first || len(mounts()) != 1 {
 		t.Errorf("after an agent restart: %s, %v, %d mounts; want the same bind kept", again, err, len(mounts()))
 	}
-	if err := restarted.tearDown(); err != nil {
+	if err := restarted.tearDown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if left := mountinfo.Under(dir); len(left) > 0 {
@@ -214,7 +214,7 @@ func TestSubPathMountIdempotent(t *testing.T) {
 	for _, p := range mountinfo.Under(dir2) {
 		_ = unmount(p)
 	}
-	if err := w2.tearDown(); err != nil {
+	if err := w2.tearDown(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir2); !errors.Is(err, os.ErrNotExist) {

@@ -2,6 +2,7 @@ package pods
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,11 +18,13 @@ import (
 )
 
 // podSetup is what a pod's containers mount: volume sources by name, the
-// pod's network namespace and hosts file.
+// pod's network namespace, hosts and resolv.conf files, and its hostname.
 type podSetup struct {
-	volumes map[string]volSource
-	netns   string
-	hosts   string
+	volumes  map[string]volSource
+	netns    string
+	hosts    string
+	resolv   string
+	hostname string
 	// pidns is the pod's shared PID namespace (shareProcessNamespace).
 	pidns string
 	// cgroup is the pod's cgroup (pod-level resources), the parent of
@@ -52,9 +55,9 @@ func (w *worker) podDir() (string, error) {
 
 // setUp prepares the pod's volumes (creating emptyDirs, checking hostPaths,
 // writing ConfigMap, Secret and projected files, updating them when they
-// changed), its network namespace and hosts file. It is idempotent: every
-// pass calls it.
-func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
+// changed), its network namespace, attached to the pod network, and its
+// hosts and resolv.conf files. It is idempotent: every pass calls it.
+func (w *worker) setUp(ctx context.Context, o *wire.Object, rf *refs) (*podSetup, error) {
 	s := &podSetup{volumes: map[string]volSource{}}
 	dir, err := w.podDir()
 	if err != nil {
@@ -126,27 +129,64 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 		}
 		s.pidns = ns
 	}
+	if o.Pod.HostNetwork && (o.Pod.DNSPolicy == "ClusterFirstWithHostNet" || o.Pod.DNSConfig != nil) {
+		// The node's network, but the resolver the pod asked for.
+		rc, err := w.r.podDNS(o)
+		p := filepath.Join(dir, "resolv.conf")
+		if err == nil {
+			err = writeIfChanged(p, rc.String())
+		}
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			s.resolv = p
+		}
+	}
 	if !o.Pod.HostNetwork {
 		ns := filepath.Join(dir, "netns")
-		if err := ensureNetNS(ns); err != nil {
+		if made, err := ensureNetNS(ns); err != nil {
 			errs = append(errs, fmt.Errorf("network namespace: %w", err))
 		} else {
 			s.netns = ns
-		}
-		host := o.Name
-		if o.Pod.Hostname != "" {
-			host = o.Pod.Hostname
-		}
-		hosts := filepath.Join(dir, "hosts")
-		content := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t%s\n", host)
-		if old, err := os.ReadFile(hosts); err != nil || string(old) != content {
-			if err := os.WriteFile(hosts, []byte(content), 0o644); err != nil {
-				errs = append(errs, err)
+			if err := w.attach(ctx, o, ns, made); err != nil {
+				errs = append(errs, fmt.Errorf("pod network: %w", err))
 			}
 		}
-		s.hosts = hosts
+		host, domain, err := w.r.podHostname(o)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		s.hostname = host
+		rc, err := w.r.podDNS(o)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, f := range []struct{ name, content string }{
+			{"hosts", hostsFile(host, domain, w.ips, o.Pod.HostAliases)},
+			{"resolv.conf", rc.String()},
+		} {
+			p := filepath.Join(dir, f.name)
+			if err := writeIfChanged(p, f.content); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if f.name == "hosts" {
+				s.hosts = p
+			} else {
+				s.resolv = p
+			}
+		}
 	}
 	return s, errors.Join(errs...)
+}
+
+// writeIfChanged writes a file bind-mounted into the pod's containers in
+// place (same inode, so they see the change) when its content changed.
+func writeIfChanged(p, content string) error {
+	if old, err := os.ReadFile(p); err == nil && string(old) == content {
+		return nil
+	}
+	return os.WriteFile(p, []byte(content), 0o644)
 }
 
 // tearDown removes the pod's directory after unmounting what is mounted
@@ -154,12 +194,17 @@ func (w *worker) setUp(o *wire.Object, rf *refs) (*podSetup, error) {
 // subPaths and hostPaths under volume-subpaths/). It reads the mount
 // table, not what this agent mounted, so mounts left by an earlier agent
 // are found too; after a reboot there are none and the directory goes.
-func (w *worker) tearDown() error {
+// The pod's network attachment goes first (CNI DEL), while its namespace
+// is still there to take the interface out of.
+func (w *worker) tearDown(ctx context.Context) error {
 	dir, err := w.podDir()
 	if err != nil {
 		return err
 	}
 	if err := w.stopPIDNamespace(dir); err != nil {
+		return err
+	}
+	if err := w.detach(ctx, filepath.Join(dir, "netns")); err != nil {
 		return err
 	}
 	for _, m := range mountinfo.Under(dir) {

@@ -47,6 +47,7 @@ type worker struct {
 	// exceeded: the pod ran past its activeDeadlineSeconds; it is Failed
 	// for good and its containers are stopped, never started again.
 	exceeded bool
+	ips      []string // the pod's addresses on the pod network
 
 	// running mirrors last's phase for Reconciler.Running (metrics);
 	// resend makes the next report go out even if unchanged (Resend).
@@ -337,7 +338,7 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 		}
 	}
 
-	setup, setupErr := w.setUp(o, rf)
+	setup, setupErr := w.setUp(ctx, o, rf)
 	// Once a regular container exists the pod is initialized: init
 	// containers do not run again, sidecars no longer hold anything up.
 	initialized := isInitialized(pod, recs)
@@ -783,7 +784,7 @@ func (w *worker) cleanup(ctx context.Context) error {
 	if err := rt.RemovePodCgroup(podCgroupName(w.uid)); err != nil {
 		return err
 	}
-	if err := w.tearDown(); err != nil {
+	if err := w.tearDown(ctx); err != nil {
 		return err
 	}
 	if logDir != "" && filepath.Dir(filepath.Clean(logDir)) == filepath.Clean(w.r.cfg.LogDir) {

@@ -84,22 +84,12 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		return nil, unsupported("spec.ephemeralContainers", "kubectl debug needs a kubelet")
 	}
 	switch s.DNSPolicy {
-	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault:
-		// Edge nodes have no cluster DNS: every policy resolves like Default.
+	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault, corev1.DNSNone:
 	default:
-		return nil, unsupported("spec.dnsPolicy: "+string(s.DNSPolicy), "use ClusterFirst or Default")
-	}
-	if s.DNSConfig != nil {
-		return nil, unsupported("spec.dnsConfig", "")
-	}
-	if len(s.HostAliases) > 0 {
-		return nil, unsupported("spec.hostAliases", "")
+		return nil, unsupported("spec.dnsPolicy: "+string(s.DNSPolicy), "use ClusterFirst, ClusterFirstWithHostNet, Default or None")
 	}
 	if s.RuntimeClassName != nil && *s.RuntimeClassName != "" {
 		return nil, unsupported("spec.runtimeClassName", "edge nodes run one runtime (runc)")
-	}
-	if isTrue(s.SetHostnameAsFQDN) {
-		return nil, unsupported("spec.setHostnameAsFQDN", "")
 	}
 	if s.OS != nil && s.OS.Name != corev1.Linux {
 		return nil, unsupported("spec.os.name: "+string(s.OS.Name), "edge nodes run Linux")
@@ -115,6 +105,20 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		HostNetwork:        s.HostNetwork,
 		ServiceAccountName: s.ServiceAccountName,
 		Hostname:           s.Hostname,
+		Subdomain:          s.Subdomain,
+		SetHostnameAsFQDN:  isTrue(s.SetHostnameAsFQDN),
+	}
+	if s.DNSPolicy != corev1.DNSClusterFirst {
+		out.DNSPolicy = string(s.DNSPolicy) // empty is ClusterFirst
+	}
+	if c := s.DNSConfig; c != nil {
+		out.DNSConfig = &wire.DNSConfig{Nameservers: c.Nameservers, Searches: c.Searches}
+		for _, o := range c.Options {
+			out.DNSConfig.Options = append(out.DNSConfig.Options, wire.DNSOption{Name: o.Name, Value: o.Value})
+		}
+	}
+	for _, a := range s.HostAliases {
+		out.HostAliases = append(out.HostAliases, wire.HostAlias{IP: a.IP, Hostnames: a.Hostnames})
 	}
 	if s.Resources != nil {
 		if len(s.Resources.Claims) > 0 {
@@ -395,14 +399,22 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	}
 	for i, p := range c.Ports {
 		pp := fmt.Sprintf("%s.ports[%d]", path, i)
-		if p.HostIP != "" {
-			return out, unsupported(pp+".hostIP", "")
+		if p.HostPort == 0 {
+			if p.HostIP != "" {
+				return out, unsupported(pp+".hostIP", "hostIP needs a hostPort")
+			}
+			continue
 		}
-		// With hostNetwork the API server sets hostPort to containerPort:
-		// that is what the container does anyway.
-		if p.HostPort != 0 && !(hostNetwork && p.HostPort == p.ContainerPort) {
-			return out, unsupported(pp+".hostPort", "edge nodes have no CNI port mapping; use hostNetwork: true")
+		if hostNetwork {
+			// The API server sets hostPort to containerPort: that is what
+			// the container does anyway.
+			if p.HostPort != p.ContainerPort || p.HostIP != "" {
+				return out, unsupported(pp+".hostPort", "with hostNetwork the container listens on the node itself: set hostPort to containerPort, without hostIP")
+			}
+			continue
 		}
+		// Published through the CNI portmap plugin.
+		out.Ports = append(out.Ports, wire.ContainerPort{ContainerPort: p.ContainerPort, HostPort: p.HostPort, Protocol: string(p.Protocol), HostIP: p.HostIP})
 	}
 
 	for i := range c.Env {

@@ -182,6 +182,22 @@ func TestTranslateSupported(t *testing.T) {
 			c.Privileged, c.RunAsUser, c.RunAsGroup, c.RunAsNonRoot = true, ptr(int64(1000)), ptr(int64(20)), true
 			c.CapAdd, c.CapDrop = []string{"NET_ADMIN"}, []string{"MKNOD"}
 		}},
+		{"hostPort through portmap, DNS settings, host aliases, FQDN hostname", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports[0].HostPort = 80
+			p.Spec.Containers[0].Ports = append(p.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: 53, HostPort: 5353, Protocol: corev1.ProtocolUDP, HostIP: "192.0.2.1"})
+			p.Spec.DNSPolicy = corev1.DNSNone
+			p.Spec.DNSConfig = &corev1.PodDNSConfig{Nameservers: []string{"192.0.2.53"}, Searches: []string{"example.org"},
+				Options: []corev1.PodDNSConfigOption{{Name: "ndots", Value: ptr("2")}, {Name: "edns0"}}}
+			p.Spec.HostAliases = []corev1.HostAlias{{IP: "192.0.2.7", Hostnames: []string{"broker", "broker.local"}}}
+			p.Spec.Hostname, p.Spec.Subdomain, p.Spec.SetHostnameAsFQDN = "h", "sub", ptr(true)
+		}, func(w *wire.Pod) {
+			w.Containers[0].Ports = []wire.ContainerPort{{ContainerPort: 8080, HostPort: 80, Protocol: "TCP"}, {ContainerPort: 53, HostPort: 5353, Protocol: "UDP", HostIP: "192.0.2.1"}}
+			w.DNSPolicy = "None"
+			w.DNSConfig = &wire.DNSConfig{Nameservers: []string{"192.0.2.53"}, Searches: []string{"example.org"},
+				Options: []wire.DNSOption{{Name: "ndots", Value: ptr("2")}, {Name: "edns0"}}}
+			w.HostAliases = []wire.HostAlias{{IP: "192.0.2.7", Hostnames: []string{"broker", "broker.local"}}}
+			w.Hostname, w.Subdomain, w.SetHostnameAsFQDN = "h", "sub", true
+		}},
 		{"seccomp: none set is nil (RuntimeDefault on the node)", func(p *corev1.Pod) {
 			p.Spec.SecurityContext.SeccompProfile = nil
 		}, func(w *wire.Pod) {}},
@@ -348,7 +364,8 @@ func TestTranslateUnsupported(t *testing.T) {
 			c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromString("nope")}}}
 		}), "spec.containers[0].lifecycle.postStart.httpGet.port: nope"},
 		{c0(func(c *corev1.Container) { c.Lifecycle = &corev1.Lifecycle{StopSignal: ptr(corev1.SIGKILL)} }), "spec.containers[0].lifecycle.stopSignal"},
-		{c0(func(c *corev1.Container) { c.Ports[0].HostPort = 80 }), "spec.containers[0].ports[0].hostPort"},
+		{func(p *corev1.Pod) { p.Spec.HostNetwork = true; p.Spec.Containers[0].Ports[0].HostPort = 80 }, "spec.containers[0].ports[0].hostPort"},
+		{c0(func(c *corev1.Container) { c.Ports[0].HostIP = "192.0.2.1" }), "spec.containers[0].ports[0].hostIP"},
 		{c0(func(c *corev1.Container) { c.VolumeDevices = []corev1.VolumeDevice{{Name: "d", DevicePath: "/dev/x"}} }), "spec.containers[0].volumeDevices"},
 		{c0(func(c *corev1.Container) {
 			c.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{}}}
@@ -386,8 +403,7 @@ func TestTranslateUnsupported(t *testing.T) {
 		}, "spec.initContainers[0].restartPolicy: OnFailure"},
 		{func(p *corev1.Pod) { p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{}} }, "spec.ephemeralContainers"},
 		{func(p *corev1.Pod) { p.Spec.RuntimeClassName = ptr("kata") }, "spec.runtimeClassName"},
-		{func(p *corev1.Pod) { p.Spec.HostAliases = []corev1.HostAlias{{IP: "1.2.3.4"}} }, "spec.hostAliases"},
-		{func(p *corev1.Pod) { p.Spec.DNSPolicy = corev1.DNSNone }, "spec.dnsPolicy: None"},
+		{func(p *corev1.Pod) { p.Spec.DNSPolicy = "Cluster" }, "spec.dnsPolicy: Cluster"},
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
 		{func(p *corev1.Pod) {
 			p.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeLocalhost}

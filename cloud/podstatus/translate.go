@@ -48,7 +48,10 @@ func Status(rep *wire.PodStatus, pod *corev1.Pod, now metav1.Time) corev1.PodSta
 		st.HostIPs = []corev1.HostIP{{IP: rep.HostIP}}
 	}
 	st.PodIP, st.PodIPs = rep.PodIP, nil
-	if rep.PodIP != "" {
+	for _, ip := range rep.PodIPs {
+		st.PodIPs = append(st.PodIPs, corev1.PodIP{IP: ip})
+	}
+	if len(st.PodIPs) == 0 && rep.PodIP != "" {
 		st.PodIPs = []corev1.PodIP{{IP: rep.PodIP}}
 	}
 	if st.StartTime == nil && rep.StartTime > 0 {

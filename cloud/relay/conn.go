@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
@@ -232,11 +234,13 @@ func (c *conn) serve() {
 
 	// The hello-ack goes first: anything the node session says (a refusal
 	// to write the Node) must come after it on the wire.
+	podCIDRs := nodePodCIDRs(c.s.ctx, as, c.node)
 	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
 		Version:          version,
 		NodeName:         c.node,
 		HeartbeatSeconds: uint32(hb / time.Second),
 		RelayVersion:     c.s.cfg.Version,
+		PodCIDRs:         podCIDRs,
 	}) {
 		return
 	}
@@ -504,4 +508,23 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// nodePodCIDRs reads the Node's spec.podCIDRs (nil when the Node does not
+// exist yet, has none, or cannot be read: the agent then keeps what it
+// has, and asks again by reconnecting while it has none).
+func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := as.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	if len(n.Spec.PodCIDRs) > 0 {
+		return n.Spec.PodCIDRs
+	}
+	if n.Spec.PodCIDR != "" {
+		return []string{n.Spec.PodCIDR}
+	}
+	return nil
 }

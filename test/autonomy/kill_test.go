@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -321,6 +323,16 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 		uids[p.Name] = string(p.UID)
 	}
 	stack.WaitFor(t, ctx, 2*time.Minute, "pods Running in the API", func() (bool, string) { return runningInAPI(ctx, names...) })
+	// On the pod network (the agent of a new Node learns its CIDR seconds
+	// after the Node is created) before the relay goes.
+	stack.WaitFor(t, ctx, time.Minute, "every pod with an IP", func() (bool, string) {
+		for _, n := range names {
+			if p, err := apiPod(ctx, n); err != nil || p.Status.PodIP == "" {
+				return false, fmt.Sprintf("%s: no podIP (%v)", n, err)
+			}
+		}
+		return true, ""
+	})
 
 	relayDown(t)
 	if err := e.agent.Stop(); err != nil {
@@ -376,6 +388,20 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 			}
 		}
 		return true, ""
+	})
+	// Network set-ups the kills interrupted left nothing behind: one
+	// address lease and one veth per pod.
+	stack.WaitFor(t, ctx, time.Minute, "one address lease and one veth per pod", func() (bool, string) {
+		leases := 0
+		ents, _ := os.ReadDir(filepath.Join(e.agent.StateDir, "cni", "networks", "outpost"))
+		for _, en := range ents {
+			if net.ParseIP(en.Name()) != nil {
+				leases++
+			}
+		}
+		out, err := exec.Command("ip", "-o", "link", "show", "master", e.agent.Bridge).Output()
+		veths := strings.Count(string(out), "\n")
+		return err == nil && leases == len(names) && veths == len(names), fmt.Sprintf("%d leases, %d veths on %s (%v)", leases, veths, e.agent.Bridge, err)
 	})
 	var attempts []int
 	for _, n := range names {

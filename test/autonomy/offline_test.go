@@ -3,6 +3,7 @@ package autonomy
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -63,6 +64,23 @@ func TestRebootWhileOffline(t *testing.T) {
 		uids[p.Name] = string(createPod(t, ctx, p).UID)
 	}
 	stack.WaitFor(t, ctx, 2*time.Minute, "pods Running in the API", func() (bool, string) { return runningInAPI(ctx, names...) })
+	// The pod network: an address in the Node's pod CIDR before the reboot.
+	var podCIDR *net.IPNet
+	stack.WaitFor(t, ctx, time.Minute, "a pod IP in the Node's pod CIDR", func() (bool, string) {
+		n, err := st.CP.Client().CoreV1().Nodes().Get(ctx, e.name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if _, podCIDR, err = net.ParseCIDR(n.Spec.PodCIDR); err != nil {
+			return false, "node spec.podCIDR " + n.Spec.PodCIDR
+		}
+		p, err := apiPod(ctx, plain.Name)
+		if err != nil {
+			return false, err.Error()
+		}
+		ip := net.ParseIP(p.Status.PodIP)
+		return ip != nil && podCIDR.Contains(ip), "podIP " + p.Status.PodIP
+	})
 	old := map[string]string{}
 	for _, n := range names {
 		p, err := apiPod(ctx, n)
@@ -105,6 +123,16 @@ func TestRebootWhileOffline(t *testing.T) {
 	if err != nil || out != "hello from the store" {
 		t.Errorf("/cfg/greeting in the restarted pod: %q, %v", out, err)
 	}
+	// The network came back from the store too: the pod has an address in
+	// the CIDR the agent stored, with the link down.
+	out, err = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "tasks", "exec", "--exec-id", "ipcheck", now[plain.Name], "ip", "-4", "-o", "addr", "show", "eth0")
+	var podIP string
+	if f := strings.Fields(out); err == nil && len(f) > 3 {
+		podIP, _, _ = strings.Cut(f[3], "/")
+	}
+	if ip := net.ParseIP(podIP); ip == nil || !podCIDR.Contains(ip) {
+		t.Errorf("eth0 of the restarted pod: %q, %v; want an address in %s", out, err, podCIDR)
+	}
 	for n, id := range now {
 		if c, _ := parseID(id); c.Attempt != 1 {
 			t.Errorf("%s restarted as attempt %d, want 1 (a restart of attempt 0)", n, c.Attempt)
@@ -126,6 +154,9 @@ func TestRebootWhileOffline(t *testing.T) {
 			id, rc := containerID(p)
 			if id != now[n] || rc != 1 {
 				return false, fmt.Sprintf("%s: API has %s restartCount %d, containerd runs %s", n, id, rc, now[n])
+			}
+			if n == plain.Name && p.Status.PodIP != podIP {
+				return false, fmt.Sprintf("%s: API has podIP %s, the pod has %s", n, p.Status.PodIP, podIP)
 			}
 		}
 		return true, ""

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -52,6 +53,11 @@ type Options struct {
 	// --default-unreachable-toleration-seconds; --pod-eviction-timeout no
 	// longer exists). 0 keeps Kubernetes' default of 300s.
 	EvictionToleration time.Duration
+	// ClusterCIDR is the range the controller-manager cuts each Node's
+	// spec.podCIDR from (a /24 each: --allocate-node-cidrs); default a
+	// random 10.X.0.0/16 with X in 128–191, so control planes running side
+	// by side on one machine give their edge nodes different pod ranges.
+	ClusterCIDR string
 
 	// Extra flags are appended after the harness's own, so for a flag that
 	// takes one value the extra one wins.
@@ -73,6 +79,8 @@ type ControlPlane struct {
 	Kubeconfig string
 	// APIServerURL is https://127.0.0.1:<port>.
 	APIServerURL string
+	// ClusterCIDR is the range Nodes' pod CIDRs are cut from.
+	ClusterCIDR string
 	// EtcdURL is etcd's plain-HTTP client URL on loopback.
 	EtcdURL string
 	// PKI holds the cluster CA (PKI.CACert, PKI.CAKey), the certificate the
@@ -105,10 +113,13 @@ func StartControlPlane(ctx context.Context, opts Options) (_ *ControlPlane, err 
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 2 * time.Minute
 	}
+	if opts.ClusterCIDR == "" {
+		opts.ClusterCIDR = fmt.Sprintf("10.%d.0.0/16", 128+mrand.IntN(64))
+	}
 	if opts.NodeMonitorGracePeriod == 0 {
 		opts.NodeMonitorGracePeriod = 40 * time.Second
 	}
-	cp := &ControlPlane{Dir: opts.Dir, BinDir: opts.BinDir, log: log}
+	cp := &ControlPlane{Dir: opts.Dir, BinDir: opts.BinDir, ClusterCIDR: opts.ClusterCIDR, log: log}
 	if cp.BinDir == "" {
 		if cp.BinDir, err = Binaries(ctx, log); err != nil {
 			return nil, err
@@ -270,6 +281,9 @@ func StartControlPlane(ctx context.Context, opts Options) (_ *ControlPlane, err 
 		"--controllers=*,bootstrapsigner,tokencleaner",
 		"--node-monitor-period=2s",
 		"--node-monitor-grace-period=" + opts.NodeMonitorGracePeriod.String(),
+		"--allocate-node-cidrs=true",
+		"--cluster-cidr=" + opts.ClusterCIDR,
+		"--node-cidr-mask-size=24",
 	}
 	if cp.ControllerManager, err = cp.start("kube-controller-manager", append(kcmFlags, opts.ExtraControllerManagerFlags...)...); err != nil {
 		return nil, err

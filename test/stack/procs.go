@@ -3,7 +3,9 @@ package stack
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -129,9 +131,11 @@ type Agent struct {
 	// MetricsAddr is the agent's metrics endpoint (its own loopback port;
 	// GET http://MetricsAddr/metrics).
 	MetricsAddr string
-	Proc        *harness.Process
-	s           *Stack
-	runArgs     []string
+	// Bridge is the agent's pod network bridge (its own, set by Start).
+	Bridge  string
+	Proc    *harness.Process
+	s       *Stack
+	runArgs []string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -206,6 +210,13 @@ func (a *Agent) Start(extra ...string) error {
 			cfg += "containerd:\n  address: " + c.Address + "\n  namespace: outpost-" + a.Name +
 				"\n  registries:\n    \"" + a.s.Registry.Host + "\": {plainHTTP: true}\n"
 		}
+		// The pod network: a bridge of this agent's own (agents of stacks
+		// running side by side share the machine), never the machine's
+		// /etc/cni/net.d; the pod CIDR comes from the control plane.
+		var rb [3]byte
+		_, _ = rand.Read(rb[:])
+		a.Bridge = "ob" + hex.EncodeToString(rb[:])
+		cfg += "network:\n  bridge: " + a.Bridge + "\n  confDir: " + filepath.Join(a.s.Dir, "agents", a.Name+"-net.d") + "\n"
 		mport, err := harness.FreePort()
 		if err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -251,6 +252,7 @@ func (s *Stack) Stop() {
 	// Pods leave mounts behind (their network namespaces are bind-mounted
 	// under the agents' state directories); nothing of the stack stays.
 	unmountUnder(s.Dir)
+	s.removeNetwork()
 	if s.CP != nil {
 		s.CP.Stop()
 	}
@@ -301,5 +303,70 @@ func unmountUnder(dir string) {
 	}
 	for _, m := range harness.MountsUnder(dir) {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+}
+
+// removeNetwork removes what the agents' pod networks leave on the
+// machine when the stack stops under running pods (no CNI DEL runs): their
+// bridges, the masquerade rules of pod CIDRs cut from this control plane's
+// cluster CIDR, and portmap's hostPort chains of pods in it.
+func (s *Stack) removeNetwork() {
+	for _, a := range s.agents {
+		if a.Bridge != "" {
+			_ = exec.Command("ip", "link", "del", a.Bridge).Run()
+		}
+	}
+	if s.CP == nil || s.CP.ClusterCIDR == "" {
+		return
+	}
+	_, cluster, err := net.ParseCIDR(s.CP.ClusterCIDR)
+	if err != nil {
+		return
+	}
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		return
+	}
+	inCluster := func(f []string) bool {
+		for i, x := range f {
+			if i > 0 && (f[i-1] == "-s" || f[i-1] == "--to-destination") {
+				if ip, _, err := net.ParseCIDR(strings.Split(x, ":")[0]); err == nil && cluster.Contains(ip) {
+					return true
+				}
+				if ip := net.ParseIP(strings.Split(x, ":")[0]); ip != nil && cluster.Contains(ip) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	lines := strings.Split(string(out), "\n")
+	chains := map[string]bool{} // portmap's per-pod chains of this cluster's pods
+	for _, line := range lines {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "-A" && strings.HasPrefix(f[1], "CNI-DN-") && inCluster(f) {
+			chains[f[1]] = true
+		}
+	}
+	var script []string
+	for _, line := range lines {
+		f := strings.Fields(line)
+		switch {
+		case len(f) < 4 || f[0] != "-A":
+		case f[1] == "POSTROUTING" && strings.Contains(line, "outpost: pod traffic leaving the pod CIDR") && inCluster(f):
+			script = append(script, "-D"+strings.TrimPrefix(line, "-A"))
+		case f[1] == "CNI-HOSTPORT-DNAT" && chains[f[len(f)-1]]:
+			script = append(script, "-D"+strings.TrimPrefix(line, "-A"))
+		}
+	}
+	for c := range chains {
+		script = append(script, "-F "+c, "-X "+c)
+	}
+	if len(script) == 0 {
+		return
+	}
+	cmd := exec.Command("iptables-restore", "--noflush", "-w")
+	cmd.Stdin = strings.NewReader("*nat\n" + strings.Join(script, "\n") + "\nCOMMIT\n")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		s.log.Warn("removing the pods' iptables rules", "err", err, "output", string(b))
 	}
 }

@@ -335,6 +335,10 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	applier := desired.New(st, log)
+	podCIDR, err := newPodCIDR(cfg, st, log)
+	if err != nil {
+		return err
+	}
 	var sender *outbox.Sender
 	var logsrv *logs.Server             // kubectl logs; set before the link runs
 	var tunsrv *tunnels.Server          // kubectl exec, port-forward; set before the link runs
@@ -347,7 +351,8 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 		Rotation:     &link.Rotation{At: cfg.CertRotateAt, Save: st.SaveNext, Connected: st.PromoteNext},
 		AgentVersion: version, NodeInfo: readNode, Log: log,
 		Objects: st.ObjectVersions,
-		OnConnect: func(wire.HelloAck) {
+		OnConnect: func(ack wire.HelloAck) {
+			podCIDR.learn(ack.PodCIDRs)
 			sender.Connected()
 			podRec.Resend() // Ready set False by the cloud while offline
 			select {
@@ -368,6 +373,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			}
 		},
 	})
+	podCIDR.reconnect = lk.Reconnect
 	sender = outbox.NewSender(ob, lk, log)
 	go sender.Run(ctx)
 	linkStats := func() *wire.LinkStats {
@@ -387,7 +393,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	}
 	defer stopTwins()
 	var waitPods func()
-	podRec, waitPods = startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, log)
+	podRec, waitPods = startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, podCIDR.get, log)
 	defer waitPods()
 	if cfg.MetricsListen != "" {
 		src := metrics.Source{

@@ -8,7 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
+	"time"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
 	"outpost.dev/agent/crilog"
 	"outpost.dev/agent/desired"
@@ -23,7 +26,7 @@ import (
 // kubectl logs); the returned func waits for it to stop (containers keep
 // running).
 func startPods(ctx context.Context, cfg config.Config, node string, st *store.Store, applier *desired.Applier,
-	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), log *slog.Logger) (rec *pods.Reconciler, wait func()) {
+	ob *outbox.Outbox, readNode func() (wire.NodeInfo, error), podCIDR func() string, log *slog.Logger) (rec *pods.Reconciler, wait func()) {
 	regs := map[string]containerd.Registry{}
 	for host, r := range cfg.Containerd.Registries {
 		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password, CA: r.CA}
@@ -38,8 +41,15 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 	} else if l := filepath.Join(filepath.Dir(self), "outpost-logger"); isExecutable(l) {
 		self = l
 	}
+	// The pod network: a user's conflist in network.confDir, else the
+	// agent's own bridge on the pod CIDR (podCIDRSource).
+	network := cni.New(cni.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs,
+		StateDir: filepath.Join(cfg.StateDir, "cni"), PodCIDR: podCIDR, Bridge: cfg.Network.Bridge,
+		Log: log.With("component", "cni")})
 	rec = pods.New(pods.Config{
-		Source: st, Changes: applier.Changes(), Outbox: ob,
+		Network: network, ClusterDNS: cfg.Network.ClusterDNS, ClusterDomain: cfg.Network.ClusterDomain,
+		ResolvConf: cfg.Network.ResolvConf,
+		Source:     st, Changes: applier.Changes(), Outbox: ob,
 		Runtime:  containerd.Config{Address: cfg.Containerd.Address, Namespace: cfg.Containerd.Namespace, Registries: regs},
 		NodeName: node, NodeInfo: readNode, StateDir: cfg.StateDir, SeccompDir: cfg.SeccompProfileDir, LogBinary: self, PauseBinary: self,
 		MaxPods: cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),
@@ -99,4 +109,76 @@ func cmdLogger(args []string) error {
 		}
 	}
 	return crilog.Run(path, maxSize, maxFiles)
+}
+
+// podCIDRSource is the node's pod CIDR: network.podCIDR from the config
+// when set, else the Node's spec.podCIDRs as the relay last said in its
+// hello-ack, kept in the store so pods get their network back after a
+// reboot without the link.
+type podCIDRSource struct {
+	fixed   string
+	confDir string
+	st      *store.Store
+	log     *slog.Logger
+	cur     atomic.Pointer[string]
+	// reconnect asks the link for a new hello-ack (set once the link
+	// exists); asks counts the times it was asked for want of a CIDR.
+	reconnect func(reason string)
+	asks      int
+}
+
+// maxAsks bounds the reconnects made to ask for a pod CIDR after a start
+// (3 s doubling to 60 s: about five minutes), for a cluster that does not
+// allocate them.
+const maxAsks = 8
+
+func newPodCIDR(cfg config.Config, st *store.Store, log *slog.Logger) (*podCIDRSource, error) {
+	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, confDir: cfg.Network.ConfDir, st: st, log: log}
+	saved, err := st.PodCIDR()
+	if err != nil {
+		return nil, fmt.Errorf("reading the pod CIDR from the store: %w", err)
+	}
+	p.cur.Store(&saved)
+	return p, nil
+}
+
+func (p *podCIDRSource) get() string {
+	if p.fixed != "" {
+		return p.fixed
+	}
+	return *p.cur.Load()
+}
+
+// learn takes the relay's word for the Node's pod CIDRs (the first is
+// used; none changes nothing: the cluster may not allocate them). While
+// the default network has no CIDR it asks again a few times, with
+// back-off, by reconnecting: a new Node gets its CIDR from the
+// controller-manager seconds after the relay created it.
+func (p *podCIDRSource) learn(cidrs []string) {
+	if len(cidrs) == 0 {
+		if p.get() == "" && !cni.HasConf(p.confDir) && p.reconnect != nil && p.asks < maxAsks {
+			d := min(3*time.Second<<p.asks, time.Minute)
+			p.asks++
+			time.AfterFunc(d, func() {
+				if p.get() == "" {
+					p.reconnect("asking the relay again for the node's pod CIDR")
+				}
+			})
+		}
+		return
+	}
+	if cidrs[0] == *p.cur.Load() {
+		return
+	}
+	c := cidrs[0]
+	if err := p.st.SavePodCIDR(c); err != nil {
+		p.log.Warn("pod CIDR from the relay not saved", "pod_cidr", c, "err", err)
+		return
+	}
+	p.cur.Store(&c)
+	if p.fixed != "" && p.fixed != c {
+		p.log.Info("the Node's pod CIDR differs from network.podCIDR in the config, which wins", "node_pod_cidr", c, "config_pod_cidr", p.fixed)
+		return
+	}
+	p.log.Info("pod CIDR from the cluster", "pod_cidr", c)
 }

@@ -344,7 +344,13 @@ func withHostNetwork(on bool) specOpt {
 			}
 		}
 		s.Linux.Namespaces = ns
+	files:
 		for _, f := range []string{"/etc/hosts", "/etc/resolv.conf"} {
+			for _, m := range s.Mounts {
+				if m.Destination == f {
+					continue files // the pod's own (a resolv.conf of its dnsPolicy)
+				}
+			}
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: f, Type: "bind", Source: f, Options: []string{"rbind", "ro"}})
 		}
 		return nil

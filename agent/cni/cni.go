@@ -1,0 +1,469 @@
+// Package cni gives pods a network through CNI plugins, driven with
+// libcni the way a container runtime drives them: ADD when a pod's network
+// namespace is made, DEL when the pod goes, and at start-up a DEL of every
+// attachment whose pod is gone (the result cache keeps the configuration
+// each attachment was made with, so the DEL undoes exactly that).
+//
+// The network is the first conflist in ConfDir (a user's Flannel or
+// Cilium), else the agent's own default written under StateDir: a bridge
+// with the node's pod CIDR (host-local IPAM, leases under StateDir) and
+// portmap for hostPorts, plus one masquerade rule of the agent's for
+// traffic leaving the CIDR.
+package cni
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Defaults, as containerd and the kubelet use them; Debian's
+// containernetworking-plugins installs into /usr/lib/cni.
+const (
+	DefaultConfDir = "/etc/cni/net.d"
+	DefaultBridge  = "outpost0"
+	// IfName is the pod's interface, as every runtime names it.
+	IfName = "eth0"
+	// defaultName is the network name of the agent's own conflist.
+	defaultName = "outpost"
+	// maxConfSize bounds a conflist read from disk.
+	maxConfSize = 1 << 20
+)
+
+// DefaultBinDirs are searched for plugins, in order.
+var DefaultBinDirs = []string{"/usr/lib/cni", "/opt/cni/bin"}
+
+// Config configures a Network.
+type Config struct {
+	// ConfDir holds a user's conflists; the first one (by name, .conflist,
+	// .conf or .json) is the pods' network. Default DefaultConfDir.
+	ConfDir string
+	// BinDirs are searched for plugin binaries. Default DefaultBinDirs.
+	BinDirs []string
+	// StateDir is the agent's own: the default conflist (net.d/), libcni's
+	// result cache (cache/) and host-local's leases (networks/).
+	StateDir string
+	// PodCIDR is the node's pod range, for the default conflist. Read on
+	// every load, so a CIDR learned later (from the relay) takes effect.
+	PodCIDR func() string
+	// Bridge names the default conflist's bridge. Default DefaultBridge.
+	Bridge string
+	Log    *slog.Logger
+}
+
+// PortMapping publishes a container port on the node (a hostPort).
+type PortMapping struct {
+	HostPort      int32  `json:"hostPort"`
+	ContainerPort int32  `json:"containerPort"`
+	Protocol      string `json:"protocol"` // tcp, udp or sctp (lower case, as portmap reads it)
+	HostIP        string `json:"hostIP,omitempty"`
+}
+
+// ErrNoNetwork means there is no conflist and no pod CIDR to write the
+// default one from.
+var ErrNoNetwork = errors.New("no pod network: no conflist in the CNI configuration directory and no pod CIDR " +
+	"(set network.podCIDR in the agent config, or start kube-controller-manager with --allocate-node-cidrs --cluster-cidr=…)")
+
+// Network attaches pods to the node's pod network. Its methods are safe
+// for concurrent use; each pod's calls come from that pod's worker.
+type Network struct {
+	cfg Config
+	cni *libcni.CNIConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	ips    map[string][]string // by sandbox ID, attachments known to be in place
+	masqed string              // the CIDR whose masquerade rule is in place
+}
+
+// New returns a Network; nothing runs until a method is called.
+func New(cfg Config) *Network {
+	if cfg.ConfDir == "" {
+		cfg.ConfDir = DefaultConfDir
+	}
+	if len(cfg.BinDirs) == 0 {
+		cfg.BinDirs = DefaultBinDirs
+	}
+	if cfg.Bridge == "" {
+		cfg.Bridge = DefaultBridge
+	}
+	if cfg.PodCIDR == nil {
+		cfg.PodCIDR = func() string { return "" }
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Network{
+		cfg: cfg, log: cfg.Log, ips: map[string][]string{},
+		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), nil),
+	}
+}
+
+// LeaseDir is where the default conflist's host-local IPAM keeps its
+// leases (one file per address, named by the address).
+func (n *Network) LeaseDir() string { return filepath.Join(n.cfg.StateDir, "networks") }
+
+// list loads the pods' network: the user's first conflist, else the
+// default one, (re)written when the pod CIDR changed.
+func (n *Network) list() (*libcni.NetworkConfigList, error) {
+	files, err := libcni.ConfFiles(n.cfg.ConfDir, []string{".conflist", ".conf", ".json"})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("reading CNI configuration directory %s: %w", n.cfg.ConfDir, err)
+	}
+	for _, f := range sortedNames(files) {
+		l, err := loadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		if l != nil {
+			return l, nil
+		}
+	}
+	cidr := n.cfg.PodCIDR()
+	if cidr == "" {
+		return nil, ErrNoNetwork
+	}
+	b, err := n.defaultConf(cidr)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.masquerade(cidr); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(n.cfg.StateDir, "net.d", "10-outpost.conflist")
+	if old, err := os.ReadFile(p); err != nil || string(old) != string(b) {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, err
+		}
+		tmp := p + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.Rename(tmp, p); err != nil {
+			return nil, err
+		}
+	}
+	return libcni.NetworkConfFromBytes(b)
+}
+
+func sortedNames(files []string) []string {
+	// Runtimes take the first by name.
+	out := slices.Clone(files)
+	slices.Sort(out)
+	return out
+}
+
+// loadFile reads one configuration file, bounded; a single-plugin .conf
+// becomes a list of one. A file with no plugin type is skipped (nil).
+func loadFile(p string) (*libcni.NetworkConfigList, error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > maxConfSize {
+		return nil, fmt.Errorf("CNI configuration %s is %d bytes (limit %d): is it the right file?", p, fi.Size(), maxConfSize)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasSuffix(p, ".conflist") {
+		l, err := libcni.NetworkConfFromBytes(b)
+		if err != nil {
+			return nil, fmt.Errorf("CNI configuration %s: %w", p, err)
+		}
+		return l, nil
+	}
+	c, err := libcni.NetworkPluginConfFromBytes(b)
+	if err != nil {
+		return nil, fmt.Errorf("CNI configuration %s: %w", p, err)
+	}
+	if c.Network.Type == "" {
+		return nil, nil
+	}
+	return libcni.ConfListFromConf(c)
+}
+
+// defaultConf is the agent's own conflist for cidr.
+func (n *Network) defaultConf(cidr string) ([]byte, error) {
+	_, ipn, err := net.ParseCIDR(cidr)
+	if err != nil {
+		return nil, fmt.Errorf("pod CIDR %q: %w", cidr, err)
+	}
+	route := "0.0.0.0/0"
+	if ipn.IP.To4() == nil {
+		route = "::/0"
+	}
+	conf := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       defaultName,
+		"plugins": []any{
+			map[string]any{
+				// ipMasq is the agent's one rule for the whole CIDR (see
+				// masquerade): the plugin's per-pod chains are not always
+				// removed by its DEL with iptables-nft.
+				"type": "bridge", "bridge": n.cfg.Bridge, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+				"ipam": map[string]any{
+					"type":    "host-local",
+					"ranges":  [][]map[string]string{{{"subnet": ipn.String()}}},
+					"routes":  []map[string]string{{"dst": route}},
+					"dataDir": n.LeaseDir(),
+				},
+			},
+			map[string]any{"type": "portmap", "snat": true, "capabilities": map[string]bool{"portMappings": true}},
+		},
+	}
+	return json.MarshalIndent(conf, "", "  ")
+}
+
+func rtConf(id, netns string, ports []PortMapping) *libcni.RuntimeConf {
+	rt := &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: IfName,
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_INFRA_CONTAINER_ID", id}}}
+	if len(ports) > 0 {
+		rt.CapabilityArgs = map[string]any{"portMappings": ports}
+	}
+	return rt
+}
+
+// Attach makes sure pod id's network namespace netns is on the network
+// and returns its IPs. fresh says netns was just made: an attachment
+// recorded for id is then stale (the node rebooted) and is removed first.
+// An attachment in place (this process or a cached result) is kept; one
+// half made (the agent was killed during an ADD) is removed and made
+// again.
+func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapping, fresh bool) ([]string, error) {
+	n.mu.Lock()
+	ips, ok := n.ips[id]
+	n.mu.Unlock()
+	if ok && !fresh {
+		return ips, nil
+	}
+	l, err := n.list()
+	if err != nil {
+		return nil, err
+	}
+	rt := rtConf(id, netns, ports)
+	if !fresh {
+		if res, err := n.cni.GetNetworkListCachedResult(l, rt); err == nil && res != nil {
+			if ips, err := resultIPs(res); err == nil && len(ips) > 0 {
+				n.remember(id, ips)
+				return ips, nil
+			}
+		}
+	}
+	// Whatever an earlier ADD left (a lease, a veth, rules) goes first:
+	// plugins refuse an ADD over an existing eth0.
+	if err := n.Detach(ctx, id, netns); err != nil {
+		n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
+	}
+	res, err := n.cni.AddNetworkList(ctx, l, rt)
+	if err != nil {
+		// Undo the part that was made, so a retry starts clean.
+		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt)
+		if strings.Contains(err.Error(), "failed to find plugin") {
+			return nil, fmt.Errorf("CNI ADD (network %s): %w: install Debian's containernetworking-plugins, or put the plugins in network.binDirs", l.Name, err)
+		}
+		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
+	}
+	ips, err = resultIPs(res)
+	if err != nil {
+		return nil, err
+	}
+	n.remember(id, ips)
+	return ips, nil
+}
+
+func (n *Network) remember(id string, ips []string) {
+	n.mu.Lock()
+	n.ips[id] = ips
+	n.mu.Unlock()
+}
+
+// IPs returns what Attach returned for id in this process, if anything.
+func (n *Network) IPs(id string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ips[id]
+}
+
+// Detach removes pod id from the network: a DEL with the configuration
+// the attachment was made with (libcni's cache), or with the current one
+// when nothing is cached. DEL is idempotent; netns may be gone.
+func (n *Network) Detach(ctx context.Context, id, netns string) error {
+	n.mu.Lock()
+	delete(n.ips, id)
+	n.mu.Unlock()
+	atts, err := n.cni.GetCachedAttachments(id)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, a := range atts {
+		l, err := libcni.NetworkConfFromBytes(a.Config)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cached CNI configuration of %s: %w", id, err))
+			continue
+		}
+		rt := &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: netns, IfName: a.IfName, Args: a.CniArgs, CapabilityArgs: a.CapabilityArgs}
+		if err := n.cni.DelNetworkList(ctx, l, rt); err != nil {
+			errs = append(errs, fmt.Errorf("CNI DEL (network %s): %w", l.Name, err))
+		}
+	}
+	if len(atts) > 0 || len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	l, err := n.list()
+	if errors.Is(err, ErrNoNetwork) {
+		return nil // never attached
+	}
+	if err != nil {
+		return err
+	}
+	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, nil)); err != nil {
+		return fmt.Errorf("CNI DEL (network %s): %w", l.Name, err)
+	}
+	return nil
+}
+
+// Reconcile removes the attachments of pods that are gone: those in the
+// result cache, and host-local leases of the default network held by IDs
+// with no cached result (an agent killed during an ADD). keep says which
+// sandbox IDs are still wanted; netns gives a kept-or-not pod's namespace
+// path (the DEL of a gone pod passes it when it still exists).
+func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netns func(id string) string) error {
+	atts, err := n.cni.GetCachedAttachments("")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	seen := map[string]bool{}
+	for _, a := range atts {
+		seen[a.ContainerID] = true
+		if keep(a.ContainerID) {
+			continue
+		}
+		n.log.Info("cni: removing the attachment of a pod that is gone", "id", a.ContainerID, "network", a.Network)
+		if err := n.Detach(ctx, a.ContainerID, netns(a.ContainerID)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, id := range leaseHolders(filepath.Join(n.LeaseDir(), defaultName)) {
+		if seen[id] || keep(id) {
+			continue
+		}
+		n.log.Info("cni: releasing an address held by a pod that is gone", "id", id)
+		if err := n.Detach(ctx, id, netns(id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// leaseHolders reads host-local's lease files (an address per file, the
+// holder's ID on the first line), bounded.
+func leaseHolders(dir string) []string {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, e := range ents {
+		if net.ParseIP(e.Name()) == nil || !e.Type().IsRegular() {
+			continue // last_reserved_ip.0, lock
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		buf := make([]byte, 512)
+		k, _ := f.Read(buf)
+		f.Close()
+		id, _, _ := strings.Cut(string(buf[:k]), "\n")
+		if id = strings.TrimSpace(id); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// resultIPs are the addresses of the pod's interfaces in res (all of
+// them when the plugin named no interface).
+func resultIPs(res types.Result) ([]string, error) {
+	r, err := types100.NewResultFromResult(res)
+	if err != nil {
+		return nil, fmt.Errorf("CNI result: %w", err)
+	}
+	var ips []string
+	for _, ip := range r.IPs {
+		if ip.Interface != nil {
+			i := *ip.Interface
+			if i < 0 || i >= len(r.Interfaces) || r.Interfaces[i].Sandbox == "" {
+				continue
+			}
+		}
+		ips = append(ips, ip.Address.IP.String())
+	}
+	if len(ips) == 0 {
+		return nil, errors.New("the CNI plugins gave the pod no address: check the network's IPAM configuration")
+	}
+	return ips, nil
+}
+
+// masqComment marks the agent's masquerade rule in iptables.
+const masqComment = "outpost: pod traffic leaving the pod CIDR"
+
+// masquerade makes sure one rule masquerades what the pods on cidr send
+// off it (egress through the node's address), as kubenet and Flannel do.
+// It is the node's rule, not a pod's: no pod's DEL has to remove it.
+func (n *Network) masquerade(cidr string) error {
+	n.mu.Lock()
+	done := n.masqed == cidr
+	n.mu.Unlock()
+	if done {
+		return nil
+	}
+	tool := "iptables"
+	if ip, _, _ := net.ParseCIDR(cidr); ip.To4() == nil {
+		tool = "ip6tables"
+	}
+	rule := []string{"POSTROUTING", "-s", cidr, "!", "-d", cidr, "-m", "comment", "--comment", masqComment, "-j", "MASQUERADE"}
+	run := func(op string) error {
+		cmd := exec.Command(tool, append([]string{"-w", "-t", "nat", op}, rule...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s %s: %w: %s", tool, op, err, bytes.TrimSpace(out[:min(len(out), 512)]))
+		}
+		return nil
+	}
+	if run("-C") != nil {
+		if err := run("-A"); err != nil {
+			return fmt.Errorf("masquerading the pod CIDR (is iptables installed? Debian's containernetworking-plugins depends on it): %w", err)
+		}
+	}
+	n.mu.Lock()
+	n.masqed = cidr
+	n.mu.Unlock()
+	return nil
+}
+
+// HasConf reports whether confDir holds a network configuration file, so
+// the pods' network is a user's and needs no pod CIDR from the agent.
+func HasConf(confDir string) bool {
+	files, err := libcni.ConfFiles(confDir, []string{".conflist", ".conf", ".json"})
+	return err == nil && len(files) > 0
+}

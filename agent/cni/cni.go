@@ -28,6 +28,7 @@ import (
 	"sync"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
@@ -74,10 +75,17 @@ type PortMapping struct {
 	HostIP        string `json:"hostIP,omitempty"`
 }
 
-// ErrNoNetwork means there is no conflist and no pod CIDR to write the
-// default one from.
-var ErrNoNetwork = errors.New("no pod network: no conflist in the CNI configuration directory and no pod CIDR " +
-	"(set network.podCIDR in the agent config, or start kube-controller-manager with --allocate-node-cidrs --cluster-cidr=…)")
+// ErrNoNetwork means pods have no network beyond their loopback: there
+// is no conflist and no pod CIDR to write the default one from, or the
+// default one's plugins are not installed. The errors wrapping it say which.
+var ErrNoNetwork = errors.New("no pod network")
+
+// defaultPlugins are the plugins the default conflist runs; with
+// defaultTools, what the default network needs installed.
+var (
+	defaultPlugins = []string{"bridge", "host-local", "portmap"}
+	defaultTools   = []string{"iptables"}
+)
 
 // Network attaches pods to the node's pod network. Its methods are safe
 // for concurrent use; each pod's calls come from that pod's worker.
@@ -136,7 +144,11 @@ func (n *Network) list() (*libcni.NetworkConfigList, error) {
 	}
 	cidr := n.cfg.PodCIDR()
 	if cidr == "" {
-		return nil, ErrNoNetwork
+		return nil, fmt.Errorf("%w: no conflist in the CNI configuration directory %s and no pod CIDR "+
+			"(set network.podCIDR in the agent config, or start kube-controller-manager with --allocate-node-cidrs --cluster-cidr=…)", ErrNoNetwork, n.cfg.ConfDir)
+	}
+	if err := n.defaultInstalled(); err != nil {
+		return nil, err
 	}
 	b, err := n.defaultConf(cidr)
 	if err != nil {
@@ -159,6 +171,28 @@ func (n *Network) list() (*libcni.NetworkConfigList, error) {
 		}
 	}
 	return libcni.NetworkConfFromBytes(b)
+}
+
+// defaultInstalled says, wrapping ErrNoNetwork, which of the default
+// network's plugins and tools are missing: a gateway without them runs its
+// pods with loopback only rather than failing every pod.
+func (n *Network) defaultInstalled() error {
+	var missing []string
+	for _, p := range defaultPlugins {
+		if _, err := invoke.FindInPath(p, n.cfg.BinDirs); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	for _, t := range defaultTools {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the default network needs %s, not found (plugins in %s): install Debian's containernetworking-plugins and iptables, or bring a conflist",
+		ErrNoNetwork, strings.Join(missing, ", "), strings.Join(n.cfg.BinDirs, ", "))
 }
 
 func sortedNames(files []string) []string {

@@ -83,3 +83,19 @@ func TestMissingPlugins(t *testing.T) {
 		t.Errorf("IPs after a failed ADD: %v", ips)
 	}
 }
+
+// TestDefaultNetworkWithoutPlugins: with a pod CIDR but without the
+// default network's plugins, pods get no network (loopback only) and the
+// error names what is missing, instead of every pod failing its ADD.
+func TestDefaultNetworkWithoutPlugins(t *testing.T) {
+	dir := t.TempDir()
+	n := New(Config{ConfDir: filepath.Join(dir, "net.d"), BinDirs: []string{filepath.Join(dir, "bin")}, StateDir: filepath.Join(dir, "state"),
+		PodCIDR: func() string { return "10.244.3.0/24" }})
+	_, err := n.list()
+	if !errors.Is(err, ErrNoNetwork) || !strings.Contains(err.Error(), "bridge, host-local, portmap") || !strings.Contains(err.Error(), "containernetworking-plugins") {
+		t.Fatalf("list without plugins: %v, want ErrNoNetwork naming the missing plugins", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "net.d")); !os.IsNotExist(err) {
+		t.Errorf("a default conflist was written for plugins that are not there: %v", err)
+	}
+}

@@ -151,7 +151,7 @@ systemctl start outpost-agent`
 		Name: "outpost-agent", Version: deb.DebianVersion(version), Architecture: debArch,
 		Maintainer: "Outpost developers <outpost@outpost.dev>",
 		Section:    "admin", Priority: "optional",
-		Recommends:  "containerd, runc",
+		Recommends:  "containerd, runc, containernetworking-plugins, iptables",
 		Description: desc,
 		Files: []deb.File{
 			{Path: "/usr/bin/outpost-agent", Mode: 0o755, Data: agent},

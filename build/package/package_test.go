@@ -69,7 +69,7 @@ func TestAgentPackage(t *testing.T) {
 
 	for field, want := range map[string]string{
 		"Package": "outpost-agent", "Version": "9.8.7~test+abc", "Architecture": "amd64",
-		"Section": "admin", "Recommends": "containerd, runc",
+		"Section": "admin", "Recommends": "containerd, runc, containernetworking-plugins, iptables",
 	} {
 		if got := strings.TrimSpace(run("dpkg-deb", "--field", debPath, field)); got != want {
 			t.Errorf("control field %s = %q, want %q", field, got, want)

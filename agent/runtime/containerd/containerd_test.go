@@ -423,7 +423,7 @@ func TestRuntime(t *testing.T) {
 
 func waitLog(t *testing.T, e *env, id, want string) {
 	t.Helper()
-	wait.For(t, 10*time.Second, fmt.Sprintf("%s to log %q", id, want), func() bool {
+	wait.For(t, 30*time.Second, fmt.Sprintf("%s to log %q", id, want), func() bool {
 		b, _ := os.ReadFile(filepath.Join(e.logs, id+".log"))
 		return strings.Contains(string(b), want)
 	})

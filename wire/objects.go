@@ -217,6 +217,10 @@ type Pod struct {
 	// cgroup, and stand for a container's own when it sets none (the
 	// downward API).
 	Resources *PodResources `cbor:"21,keyasint,omitempty" json:",omitempty"`
+	// EphemeralContainers are the containers kubectl debug adds to the
+	// running pod (spec.ephemeralContainers): each started once, never
+	// restarted, and not part of the pod's phase or readiness.
+	EphemeralContainers []EphemeralContainer `cbor:"23,keyasint,omitempty" json:",omitempty"`
 }
 
 // PodNamespaces are a pod's namespace choices.
@@ -329,6 +333,9 @@ func (p *Pod) Validate() error {
 		return err
 	}
 	if err := p.validateFields(); err != nil {
+		return err
+	}
+	if err := p.validateEphemeral(); err != nil {
 		return err
 	}
 	if p.Hostname != "" {

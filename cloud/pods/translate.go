@@ -278,7 +278,7 @@ func translateResources(path string, rr *corev1.ResourceRequirements, r *wire.Po
 }
 
 // checkResourceRefs refuses a resourceFieldRef naming a container the
-// pod does not have.
+// pod does not have (an ephemeral container's names a regular or init one).
 func checkResourceRefs(p *wire.Pod) error {
 	names := map[string]bool{}
 	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
@@ -292,7 +292,11 @@ func checkResourceRefs(p *wire.Pod) error {
 		}
 		return nil
 	}
-	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
+	ephemeral := make([]wire.Container, len(p.EphemeralContainers))
+	for i := range p.EphemeralContainers {
+		ephemeral[i] = p.EphemeralContainers[i].Container
+	}
+	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers, ephemeral} {
 		for i := range cs {
 			for _, e := range cs[i].Env {
 				if e.From != nil {

@@ -409,6 +409,9 @@ func TestTranslateUnsupported(t *testing.T) {
 			c.VolumeMounts = []corev1.VolumeMount{{Name: "nope", MountPath: "/x"}}
 		}), "spec.ephemeralContainers[0].volumeMounts[0].name: nope"},
 		{eph(func(c *corev1.EphemeralContainerCommon) { c.Name = "app" }), "spec"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.Env = []corev1.EnvVar{{Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "nope", Resource: "limits.cpu"}}}}
+		}), "env CPU.resourceFieldRef.containerName: nope"},
 		{func(p *corev1.Pod) {
 			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "x"},
 				TargetContainerName: "nope"}}

@@ -17,7 +17,8 @@ func TestEphemeralContainers(t *testing.T) {
 	img := e.images[0].Ref
 	e.run()
 
-	p := wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, Command: []string{"sh", "-c", "exec sleep 12345"}}}}
+	p := wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, Command: []string{"sh", "-c", "exec sleep 12345"}}},
+		InitContainers: []wire.Container{{Name: "setup", Image: img, Command: []string{"true"}}}}
 	e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-dbg", "dbg", "1", p)}})
 	before := e.waitStatus("uid-dbg", 90*time.Second, "running", running)
 	appID := before.Containers[0].ContainerID
@@ -59,12 +60,25 @@ func TestEphemeralContainers(t *testing.T) {
 	if len(s.EphemeralContainers) != 2 || s.EphemeralContainers[0].Name != "dbg-target" || s.EphemeralContainers[0].State.Kind != wire.StateTerminated {
 		t.Errorf("ephemeral statuses %+v", s.EphemeralContainers)
 	}
-	// The exited dbg-target was not started again: app, and one of each.
-	if ids := e.podContainers("uid-dbg"); len(ids) != 3 {
-		t.Errorf("pod containers %v, want app and one attempt of each debug container", ids)
+	// The exited dbg-target was not started again: setup, app, and one of
+	// each.
+	if ids := e.podContainers("uid-dbg"); len(ids) != 4 {
+		t.Errorf("pod containers %v, want setup, app and one attempt of each debug container", ids)
 	}
 	if s.Containers[0].ContainerID != appID || s.Containers[0].RestartCount != 0 {
 		t.Errorf("app %+v, want %s never restarted", s.Containers[0], appID)
+	}
+
+	// A target that does not run (an init container that finished): it
+	// waits, saying why.
+	p.EphemeralContainers = append(p.EphemeralContainers, debug("dbg-wait", "setup"))
+	e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-dbg", "dbg", "4", p)}})
+	s = e.waitStatus("uid-dbg", 60*time.Second, "dbg-wait waiting", func(s wire.PodStatus) bool {
+		return len(s.EphemeralContainers) == 3 && s.EphemeralContainers[2].State.Kind == wire.StateWaiting &&
+			strings.Contains(s.EphemeralContainers[2].State.Message, `target container "setup" is not running`)
+	})
+	if s.EphemeralContainers[2].State.Reason != "CreateContainerError" {
+		t.Errorf("dbg-wait %+v, want CreateContainerError", s.EphemeralContainers[2])
 	}
 
 	e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-dbg"}}})

@@ -17,7 +17,8 @@ import (
 // it, with a terminal (-it) and without (-i); the pod's container runs on
 // untouched. The debug shells read a line first, so their output comes
 // after kubectl attached (an attach shows what a container writes from
-// then on, as on a kubelet node).
+// then on, as on a kubelet node); a command that does not wait is read
+// from its log once it ended.
 func TestKubectlDebug(t *testing.T) {
 	need(t)
 	t.Parallel()
@@ -50,6 +51,13 @@ func TestKubectlDebug(t *testing.T) {
 		t.Errorf("debug -i: exit %d %v, stdout %q, stderr %q; want the target's sleep 4242", code, err, got, errOut)
 	}
 
+	// A command that does not wait: kubectl finds it ended and reads its
+	// log instead, as on a kubelet node.
+	got, errOut, code, err = kubectlRun(ctx, nil, nil, "-n", ns, "debug", "-i", "target", "--image="+image1, "--target=app", "--", "ps")
+	if err != nil || code != 0 || !strings.Contains(got, "sleep 4242") {
+		t.Errorf("debug -i -- ps: exit %d %v, stdout %q, stderr %q; want the target's sleep 4242", code, err, got, errOut)
+	}
+
 	p, err := getPod(ctx, ns, "target")
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +65,7 @@ func TestKubectlDebug(t *testing.T) {
 	if c := containerStatus(p); c == nil || c.ContainerID != appID || c.RestartCount != 0 || c.State.Running == nil {
 		t.Errorf("app after debugging: %+v; want %s running, never restarted", c, appID)
 	}
-	if n := len(p.Status.EphemeralContainerStatuses); n != 2 {
-		t.Errorf("%d ephemeral container statuses, want 2: %+v", n, p.Status.EphemeralContainerStatuses)
+	if n := len(p.Status.EphemeralContainerStatuses); n != 3 {
+		t.Errorf("%d ephemeral container statuses, want 3: %+v", n, p.Status.EphemeralContainerStatuses)
 	}
 }

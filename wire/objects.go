@@ -230,6 +230,10 @@ type Pod struct {
 	// and, with SetHostnameAsFQDN, as its hostname.
 	Subdomain         string `cbor:"29,keyasint,omitempty"`
 	SetHostnameAsFQDN bool   `cbor:"30,keyasint,omitempty"`
+	// EphemeralContainers are the containers kubectl debug adds to the
+	// running pod (spec.ephemeralContainers): each started once, never
+	// restarted, and not part of the pod's phase or readiness.
+	EphemeralContainers []EphemeralContainer `cbor:"23,keyasint,omitempty" json:",omitempty"`
 }
 
 // PodNamespaces are a pod's namespace choices.
@@ -446,6 +450,9 @@ func (p *Pod) Validate() error {
 		return err
 	}
 	if err := p.validateNetwork(); err != nil {
+		return err
+	}
+	if err := p.validateEphemeral(); err != nil {
 		return err
 	}
 	if p.Hostname != "" {

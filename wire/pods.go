@@ -28,6 +28,9 @@ type PodStatus struct {
 	Terminated bool `cbor:"13,keyasint,omitempty"`
 	// PodIPs are the pod's addresses, PodIP first (one per family).
 	PodIPs []string `cbor:"14,keyasint,omitempty"`
+	// EphemeralContainers are the statuses of the pod's ephemeral
+	// containers (status.ephemeralContainerStatuses), in the pod's order.
+	EphemeralContainers []ContainerStatus `cbor:"20,keyasint,omitempty" json:",omitempty"`
 }
 
 // Validate implements Body.
@@ -45,7 +48,7 @@ func (s *PodStatus) Validate() error {
 	default:
 		return fmt.Errorf("pod-status %s/%s: phase %q", s.Namespace, s.Name, s.Phase)
 	}
-	if len(s.Conditions) > maxConditions || len(s.Containers)+len(s.InitContainers) > maxContainers {
+	if len(s.Conditions) > maxConditions || len(s.Containers)+len(s.InitContainers)+len(s.EphemeralContainers) > maxContainers {
 		return errors.New("pod-status: too many conditions or containers")
 	}
 	for i := range s.Conditions {
@@ -53,7 +56,7 @@ func (s *PodStatus) Validate() error {
 			return err
 		}
 	}
-	for _, cs := range [][]ContainerStatus{s.InitContainers, s.Containers} {
+	for _, cs := range [][]ContainerStatus{s.InitContainers, s.Containers, s.EphemeralContainers} {
 		for i := range cs {
 			if err := cs[i].Validate(); err != nil {
 				return err

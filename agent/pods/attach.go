@@ -14,7 +14,6 @@ import (
 
 	"outpost.dev/agent/crilog"
 	"outpost.dev/agent/runtime/containerd"
-	"outpost.dev/wire"
 )
 
 // attachPoll is how often an attach looks for new output in the log.
@@ -133,12 +132,6 @@ func (w *worker) stdinOnce(container string) bool {
 	if w.pod == nil || w.pod.Pod == nil {
 		return false
 	}
-	for _, cs := range [][]wire.Container{w.pod.Pod.InitContainers, w.pod.Pod.Containers} {
-		for _, c := range cs {
-			if c.Name == container {
-				return c.StdinOnce
-			}
-		}
-	}
-	return false
+	c := specOf(w.pod.Pod, container)
+	return c != nil && c.StdinOnce
 }

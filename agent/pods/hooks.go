@@ -135,7 +135,8 @@ func (w *worker) kill(ctx context.Context, rt *containerd.Runtime, o *wire.Objec
 	return rt.Stop(ctx, x.c.ID, grace)
 }
 
-// specOf is the container of the pod's spec named name, or nil.
+// specOf is the container of the pod's spec named name (an ephemeral
+// one too), or nil.
 func specOf(p *wire.Pod, name string) *wire.Container {
 	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
 		for i := range cs {
@@ -144,5 +145,5 @@ func specOf(p *wire.Pod, name string) *wire.Container {
 			}
 		}
 	}
-	return nil
+	return ephemeralOf(p, name)
 }

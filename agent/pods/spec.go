@@ -74,6 +74,9 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		}
 		sp.PIDNamespace = setup.pidns
 	}
+	if ns := w.targetNS[c.Name]; ns != "" {
+		sp.PIDNamespace = ns // an ephemeral container's target's
+	}
 	if c.Stdin {
 		// Kept with the pod; the attempt's own FIFO (see containerd.LabelStdin).
 		dir, err := w.podDir()

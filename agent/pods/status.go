@@ -68,6 +68,11 @@ func (w *worker) status(o *wire.Object, recs map[string][]*rec, deleting bool) *
 			}
 		}
 	}
+	for i := range pod.EphemeralContainers {
+		cs := w.containerStatus(&pod.EphemeralContainers[i].Container, recs, false, true)
+		cs.Ready = false // as a kubelet reports them
+		st.EphemeralContainers = append(st.EphemeralContainers, cs)
+	}
 	switch {
 	case initFailed:
 		st.Phase = "Failed"

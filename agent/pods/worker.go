@@ -44,6 +44,9 @@ type worker struct {
 	last      *wire.PodStatus
 	startTime int64
 	owned     map[string]bool // writable volumes given the fsGroup
+	// targetNS is the PID namespace of the ephemeral container being
+	// started, by name, while it is (syncEphemeral).
+	targetNS map[string]string
 	// exceeded: the pod ran past its activeDeadlineSeconds; it is Failed
 	// for good and its containers are stopped, never started again.
 	exceeded bool
@@ -63,7 +66,7 @@ type backoff struct {
 func newWorker(r *Reconciler, uid string) *worker {
 	return &worker{r: r, uid: uid, pokeC: make(chan struct{}, 1),
 		crash: map[string]*backoff{}, pulls: map[string]*backoff{}, waiting: map[string]wire.ContainerState{},
-		probes: map[string]*probeState{}, owned: map[string]bool{}}
+		probes: map[string]*probeState{}, owned: map[string]bool{}, targetNS: map[string]string{}}
 }
 
 func (w *worker) poke() {
@@ -328,6 +331,9 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 	for _, c := range pod.Containers {
 		names[c.Name] = true
 	}
+	for i := range pod.EphemeralContainers {
+		names[pod.EphemeralContainers[i].Container.Name] = true
+	}
 	for name, xs := range recs {
 		if !names[name] {
 			for _, x := range xs {
@@ -395,6 +401,9 @@ func (w *worker) sync(ctx context.Context, o *wire.Object, rf *refs) time.Time {
 				}
 			}
 		}
+	}
+	if !done && !initFailed {
+		acted = w.syncEphemeral(ctx, rt, o, rf, setup, setupErr, recs, due) || acted
 	}
 	if done || initFailed {
 		// The pod is Succeeded or Failed: its sidecars stop, last first.

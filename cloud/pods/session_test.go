@@ -170,6 +170,20 @@ func TestSessionSync(t *testing.T) {
 		t.Fatalf("delta %v initial %v", summary(d), d.Initial)
 	}
 
+	// kubectl debug adds an ephemeral container to a running pod: a delta
+	// carrying it, the pod's containers as they were.
+	web, _ := client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
+	web.Spec.EphemeralContainers = []corev1.EphemeralContainer{{TargetContainerName: "app",
+		EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger-1", Image: "busybox", Stdin: true, TTY: true}}}
+	web.ResourceVersion = "31"
+	if _, err := client.CoreV1().Pods("default").Update(ctx, web, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := rec.next(t); !equal(summary(d), "+pod/web@31") || len(d.Upserts[0].Pod.EphemeralContainers) != 1 ||
+		d.Upserts[0].Pod.EphemeralContainers[0].Target != "app" || d.Upserts[0].Pod.Containers[0].Name != "app" {
+		t.Fatalf("delta %v: %+v", summary(d), d.Upserts)
+	}
+
 	// A pod the agent holds finishes: sent Finished (the agent keeps its
 	// containers and logs), without its token.
 	kept, _ := client.CoreV1().Pods("default").Get(ctx, "kept", metav1.GetOptions{})
@@ -184,11 +198,11 @@ func TestSessionSync(t *testing.T) {
 	// Deleting: sent with Deleting; gone: deleted with its references.
 	p, _ := client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{})
 	now := metav1.Now()
-	p.DeletionTimestamp, p.DeletionGracePeriodSeconds, p.ResourceVersion = &now, ptr(int64(30)), "31"
+	p.DeletionTimestamp, p.DeletionGracePeriodSeconds, p.ResourceVersion = &now, ptr(int64(30)), "33"
 	if _, err := client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if d := rec.next(t); !equal(summary(d), "+pod/web@31(deleting)") || d.Upserts[0].Pod.DeletionGracePeriodSeconds != 30 {
+	if d := rec.next(t); !equal(summary(d), "+pod/web@33(deleting)") || d.Upserts[0].Pod.DeletionGracePeriodSeconds != 30 {
 		t.Fatalf("delta %v", summary(d))
 	}
 	if err := client.CoreV1().Pods("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {

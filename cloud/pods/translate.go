@@ -80,9 +80,6 @@ type podMeta struct{ labels, annotations bool }
 // every pod are accepted and not carried.
 func Translate(p *corev1.Pod) (*wire.Pod, error) {
 	s := &p.Spec
-	if len(s.EphemeralContainers) > 0 {
-		return nil, unsupported("spec.ephemeralContainers", "kubectl debug needs a kubelet")
-	}
 	switch s.DNSPolicy {
 	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault, corev1.DNSNone:
 	default:
@@ -236,6 +233,13 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		}
 		out.Containers = append(out.Containers, wc)
 	}
+	for i := range s.EphemeralContainers {
+		e, err := translateEphemeral(fmt.Sprintf("spec.ephemeralContainers[%d]", i), &s.EphemeralContainers[i], s.HostNetwork, volumes, &pod, &meta)
+		if err != nil {
+			return nil, err
+		}
+		out.EphemeralContainers = append(out.EphemeralContainers, e)
+	}
 	if meta.labels {
 		out.Labels = p.Labels
 	}
@@ -278,7 +282,7 @@ func translateResources(path string, rr *corev1.ResourceRequirements, r *wire.Po
 }
 
 // checkResourceRefs refuses a resourceFieldRef naming a container the
-// pod does not have.
+// pod does not have (an ephemeral container's names a regular or init one).
 func checkResourceRefs(p *wire.Pod) error {
 	names := map[string]bool{}
 	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
@@ -292,7 +296,11 @@ func checkResourceRefs(p *wire.Pod) error {
 		}
 		return nil
 	}
-	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers} {
+	ephemeral := make([]wire.Container, len(p.EphemeralContainers))
+	for i := range p.EphemeralContainers {
+		ephemeral[i] = p.EphemeralContainers[i].Container
+	}
+	for _, cs := range [][]wire.Container{p.InitContainers, p.Containers, ephemeral} {
 		for i := range cs {
 			for _, e := range cs[i].Env {
 				if e.From != nil {
@@ -550,6 +558,29 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	// The agent checks it against the image's user, as a kubelet does.
 	out.RunAsNonRoot = nonRoot
 	return out, nil
+}
+
+// translateEphemeral turns an ephemeral container (kubectl debug) into the
+// wire's. What the API server refuses on one (ports, probes, resources,
+// lifecycle hooks, restartPolicy) is refused here too, should it get by.
+func translateEphemeral(path string, e *corev1.EphemeralContainer, hostNetwork bool, volumes map[string]bool, pod *podSecurity, meta *podMeta) (wire.EphemeralContainer, error) {
+	c := (*corev1.Container)(&e.EphemeralContainerCommon)
+	out := wire.EphemeralContainer{Target: e.TargetContainerName}
+	switch {
+	case len(c.Ports) > 0:
+		return out, unsupported(path+".ports", "ephemeral containers have no ports")
+	case c.LivenessProbe != nil || c.ReadinessProbe != nil || c.StartupProbe != nil:
+		return out, unsupported(path+" probes", "ephemeral containers have no probes")
+	case c.Lifecycle != nil:
+		return out, unsupported(path+".lifecycle", "ephemeral containers have no lifecycle hooks")
+	case len(c.Resources.Limits) > 0 || len(c.Resources.Requests) > 0 || len(c.Resources.Claims) > 0 || len(c.ResizePolicy) > 0:
+		return out, unsupported(path+".resources", "ephemeral containers run within the pod's resources")
+	case c.RestartPolicy != nil || len(c.RestartPolicyRules) > 0:
+		return out, unsupported(path+".restartPolicy", "ephemeral containers are never restarted")
+	}
+	wc, err := translateContainer(path, c, hostNetwork, volumes, pod, meta)
+	out.Container = wc
+	return out, err
 }
 
 // translateHandler turns a lifecycle hook (nil: not set) into the wire's.
@@ -918,7 +949,11 @@ func Refs(p *corev1.Pod) []Ref {
 			}
 		}
 	}
-	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+	ephemeral := make([]corev1.Container, len(p.Spec.EphemeralContainers))
+	for i := range p.Spec.EphemeralContainers {
+		ephemeral[i] = corev1.Container(p.Spec.EphemeralContainers[i].EphemeralContainerCommon)
+	}
+	for _, cs := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers, ephemeral} {
 		for i := range cs {
 			for _, ef := range cs[i].EnvFrom {
 				if ef.ConfigMapRef != nil {

@@ -347,6 +347,13 @@ func TestTranslateUnsupported(t *testing.T) {
 			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "v", VolumeSource: vs})
 		}
 	}
+	eph := func(f func(c *corev1.EphemeralContainerCommon)) func(p *corev1.Pod) {
+		return func(p *corev1.Pod) {
+			e := corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "x"}}
+			f(&e.EphemeralContainerCommon)
+			p.Spec.EphemeralContainers = append(p.Spec.EphemeralContainers, e)
+		}
+	}
 	tests := []struct {
 		mod  func(p *corev1.Pod)
 		path string
@@ -401,7 +408,31 @@ func TestTranslateUnsupported(t *testing.T) {
 		{func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "side", Image: "x", RestartPolicy: ptr(corev1.ContainerRestartPolicy("OnFailure"))}}
 		}, "spec.initContainers[0].restartPolicy: OnFailure"},
-		{func(p *corev1.Pod) { p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{}} }, "spec.ephemeralContainers"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.Ports = []corev1.ContainerPort{{ContainerPort: 80}}
+		}), "spec.ephemeralContainers[0].ports"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		}), "spec.ephemeralContainers[0] probes"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.Lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 1}}}
+		}), "spec.ephemeralContainers[0].lifecycle"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("16Mi")}
+		}), "spec.ephemeralContainers[0].resources"},
+		{eph(func(c *corev1.EphemeralContainerCommon) { c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways) }),
+			"spec.ephemeralContainers[0].restartPolicy"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.VolumeMounts = []corev1.VolumeMount{{Name: "nope", MountPath: "/x"}}
+		}), "spec.ephemeralContainers[0].volumeMounts[0].name: nope"},
+		{eph(func(c *corev1.EphemeralContainerCommon) { c.Name = "app" }), "spec"},
+		{eph(func(c *corev1.EphemeralContainerCommon) {
+			c.Env = []corev1.EnvVar{{Name: "CPU", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "nope", Resource: "limits.cpu"}}}}
+		}), "env CPU.resourceFieldRef.containerName: nope"},
+		{func(p *corev1.Pod) {
+			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "x"},
+				TargetContainerName: "nope"}}
+		}, "spec"},
 		{func(p *corev1.Pod) { p.Spec.RuntimeClassName = ptr("kata") }, "spec.runtimeClassName"},
 		{func(p *corev1.Pod) { p.Spec.DNSPolicy = "Cluster" }, "spec.dnsPolicy: Cluster"},
 		{func(p *corev1.Pod) { p.Spec.ResourceClaims = []corev1.PodResourceClaim{{Name: "x"}} }, "spec.resourceClaims"},
@@ -449,6 +480,7 @@ func TestFieldsReviewed(t *testing.T) {
 		reflect.TypeFor[corev1.Container](): "Name Image Command Args WorkingDir Ports EnvFrom Env Resources ResizePolicy RestartPolicy " +
 			"RestartPolicyRules VolumeMounts VolumeDevices LivenessProbe ReadinessProbe StartupProbe Lifecycle TerminationMessagePath " +
 			"TerminationMessagePolicy ImagePullPolicy SecurityContext Stdin StdinOnce TTY",
+		reflect.TypeFor[corev1.EphemeralContainer](): "EphemeralContainerCommon TargetContainerName",
 		reflect.TypeFor[corev1.SecurityContext](): "Capabilities Privileged SELinuxOptions WindowsOptions RunAsUser RunAsGroup RunAsNonRoot " +
 			"ReadOnlyRootFilesystem AllowPrivilegeEscalation ProcMount SeccompProfile AppArmorProfile",
 		reflect.TypeFor[corev1.PodSecurityContext](): "SELinuxOptions WindowsOptions RunAsUser RunAsGroup RunAsNonRoot SupplementalGroups " +
@@ -469,6 +501,61 @@ func TestFieldsReviewed(t *testing.T) {
 				t.Errorf("%s.%s is new: review it in Translate and list it here", typ.Name(), f.Name)
 			}
 		}
+	}
+}
+
+// TestTranslateEphemeral: kubectl debug's container, as the API server
+// returns it once added through the pod's ephemeralcontainers subresource.
+func TestTranslateEphemeral(t *testing.T) {
+	p := defaulted()
+	p.ResourceVersion = "43"
+	p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{
+		EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+			Name: "debugger-x7k2p", Image: "registry.local/busybox:1", Command: []string{"sh"}, Args: []string{"-c", "ps"},
+			Env:   []corev1.EnvVar{{Name: "A", Value: "1"}, {Name: "S", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "dbg-sec"}, Key: "k"}}}},
+			Stdin: true, StdinOnce: true, TTY: true,
+			VolumeMounts:             []corev1.VolumeMount{{Name: "kube-api-access-abcde", ReadOnly: true, MountPath: "/sa"}},
+			SecurityContext:          &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_PTRACE"}}, RunAsUser: ptr(int64(0))},
+			TerminationMessagePath:   "/dev/termination-log",
+			TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+			ImagePullPolicy:          corev1.PullIfNotPresent,
+		},
+		TargetContainerName: "app",
+	}}
+	got, err := Translate(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaultedWire()
+	want.EphemeralContainers = []wire.EphemeralContainer{{
+		Container: wire.Container{
+			Name: "debugger-x7k2p", Image: "registry.local/busybox:1", Command: []string{"sh"}, Args: []string{"-c", "ps"},
+			Env:             []wire.EnvVar{{Name: "A", Value: "1"}, {Name: "S", From: &wire.EnvSource{Secret: &wire.KeyRef{Name: "dbg-sec", Key: "k"}}}},
+			ImagePullPolicy: "IfNotPresent", Stdin: true, StdinOnce: true, TTY: true,
+			Mounts:    []wire.VolumeMount{{Name: "kube-api-access-abcde", MountPath: "/sa", ReadOnly: true}},
+			CapAdd:    []string{"SYS_PTRACE"},
+			RunAsUser: ptr(int64(0)),
+		},
+		Target: "app",
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got  %+v\nwant %+v", got, want)
+	}
+	// Adding it leaves the pod's containers as they were: the agent's
+	// spec hash of each is unchanged, so none restarts.
+	before, err := Translate(defaulted())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(before.Containers, got.Containers) {
+		t.Errorf("containers changed: %+v, then %+v", before.Containers, got.Containers)
+	}
+	found := false
+	for _, r := range Refs(p) {
+		found = found || r == Ref{Kind: wire.KindSecret, Namespace: "default", Name: "dbg-sec"}
+	}
+	if !found {
+		t.Errorf("Refs(%v) lacks the ephemeral container's secret", Refs(p))
 	}
 }
 

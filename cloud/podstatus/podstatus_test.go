@@ -113,6 +113,33 @@ func TestStatus(t *testing.T) {
 				t.Error("a condition of another writer was lost")
 			}
 		}},
+		{name: "ephemeral containers",
+			pod: func(p *corev1.Pod) {
+				p.Spec.EphemeralContainers = []corev1.EphemeralContainer{
+					{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg-1"}, TargetContainerName: "app"},
+					{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg-2"}},
+				}
+			},
+			rep: func(r *wire.PodStatus) {
+				r.EphemeralContainers = []wire.ContainerStatus{
+					{Name: "dbg-2", Image: "busybox", State: wire.ContainerState{Kind: wire.StateWaiting, Reason: "ErrImagePull"}},
+					{Name: "dbg-1", Image: "busybox", ContainerID: "containerd://d", State: wire.ContainerState{Kind: wire.StateRunning, StartedAt: 6000}},
+					{Name: "gone", Image: "busybox", State: wire.ContainerState{Kind: wire.StateRunning}},
+				}
+			},
+			check: func(t *testing.T, st corev1.PodStatus) {
+				es := st.EphemeralContainerStatuses
+				if len(es) != 2 || es[0].Name != "dbg-1" || es[1].Name != "dbg-2" {
+					t.Fatalf("ephemeral statuses not in spec order or with an unknown name: %+v", es)
+				}
+				if es[0].State.Running == nil || es[0].ContainerID != "containerd://d" ||
+					es[1].State.Waiting == nil || es[1].State.Waiting.Reason != "ErrImagePull" {
+					t.Errorf("ephemeral statuses %+v", es)
+				}
+				if len(st.ContainerStatuses) != 2 {
+					t.Errorf("container statuses %+v", st.ContainerStatuses)
+				}
+			}},
 		{name: "terminal phase is final",
 			pod: func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
 			check: func(t *testing.T, st corev1.PodStatus) {

@@ -65,6 +65,11 @@ func Status(rep *wire.PodStatus, pod *corev1.Pod, now metav1.Time) corev1.PodSta
 	st.Conditions = conditions(rep.Conditions, pod, now)
 	st.InitContainerStatuses = containerStatuses(rep.InitContainers, pod.Spec.InitContainers, prev.InitContainerStatuses)
 	st.ContainerStatuses = containerStatuses(rep.Containers, pod.Spec.Containers, prev.ContainerStatuses)
+	ephemeral := make([]corev1.Container, len(pod.Spec.EphemeralContainers))
+	for i := range pod.Spec.EphemeralContainers {
+		ephemeral[i] = corev1.Container(pod.Spec.EphemeralContainers[i].EphemeralContainerCommon)
+	}
+	st.EphemeralContainerStatuses = containerStatuses(rep.EphemeralContainers, ephemeral, prev.EphemeralContainerStatuses)
 	return st
 }
 

@@ -121,3 +121,26 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Raw, as kubectl attach reads: records as they are, partial lines
+// included, stdout and stderr apart, none logged before Since.
+func TestRawSince(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "0.log")
+	w, err := OpenWriter(path, 1<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Record("stdout", []byte("before"), false)
+	since := time.Now()
+	_ = w.Record("stdout", []byte("out "), true)
+	_ = w.Record("stdout", []byte("line"), false)
+	_ = w.Record("stderr", []byte("err line"), false)
+	w.Close()
+	var out, errb bytes.Buffer
+	if err := Stream(context.Background(), path, Options{Tail: 10, Since: since, Raw: true, Stderr: &errb}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "out line\n" || errb.String() != "err line\n" {
+		t.Fatalf("stdout %q, stderr %q; want the records since, apart", out.String(), errb.String())
+	}
+}

@@ -32,7 +32,7 @@ type Options struct {
 	Poll time.Duration
 	// Raw writes each record as soon as it is read, a partial line
 	// included, as an attached terminal would show it (kubectl attach);
-	// Since and Timestamps do not apply.
+	// Since applies to each record, Timestamps does not.
 	Raw bool
 	// Stderr, with Raw, receives the stderr records; stdout's go to the
 	// writer Stream is given. Nil: both go there.
@@ -163,6 +163,11 @@ func stream(ctx context.Context, files []string, off int64, opt Options, w io.Wr
 		}
 		tag, msg := rest[0], rest[2:]
 		if opt.Raw {
+			if !opt.Since.IsZero() {
+				if t, err := time.Parse(time.RFC3339Nano, string(ts)); err == nil && t.Before(opt.Since) {
+					return nil
+				}
+			}
 			to := w
 			if opt.Stderr != nil && string(stream) == "stderr" {
 				to = opt.Stderr

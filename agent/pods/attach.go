@@ -16,8 +16,12 @@ import (
 	"outpost.dev/agent/runtime/containerd"
 )
 
-// attachPoll is how often an attach looks for new output in the log.
-const attachPoll = 50 * time.Millisecond
+// attachPoll is how often an attach looks for new output in the log;
+// attachTail is how far back it looks for output written since it began.
+const (
+	attachPoll = 50 * time.Millisecond
+	attachTail = 1024
+)
 
 // Attach connects stdio to the running container of pod namespace/name,
 // as kubectl attach does on a kubelet node: what the container writes from
@@ -43,6 +47,9 @@ func (r *Reconciler) Attach(ctx context.Context, namespace, pod, container strin
 	if err != nil {
 		return fmt.Errorf("containerd: %w", err)
 	}
+	// Output from here on: taken before stdin is connected, so what the
+	// input makes the container write is never before the start.
+	since := time.Now()
 	var id, fifo string
 	for _, c := range cs {
 		if c.Labels[labelContainer] != container {
@@ -94,7 +101,9 @@ func (r *Reconciler) Attach(ctx context.Context, namespace, pod, container strin
 	if out == nil {
 		out = io.Discard
 	}
-	return crilog.Stream(ctx, path, crilog.Options{Tail: 0, Follow: true, Poll: attachPoll,
+	// The last attachTail lines, of which those logged since the attach
+	// began: the input may have been answered before the log was opened.
+	return crilog.Stream(ctx, path, crilog.Options{Tail: attachTail, Since: since, Follow: true, Poll: attachPoll,
 		Done: func() bool { return !running() }, Raw: true, Stderr: stdio.Stderr}, out)
 }
 

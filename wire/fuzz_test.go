@@ -16,6 +16,7 @@ func FuzzDecode(f *testing.F) {
 		{TypeHello, sampleHello()},
 		{TypeHelloAck, &HelloAck{Version: 1, NodeName: "n", HeartbeatSeconds: 10}},
 		{TypeHeartbeat, nil},
+		{TypeNodeConfig, &NodeConfig{PodCIDRs: []string{"10.244.3.0/24", "fd00:10:244:3::/64"}}},
 		{TypeError, &Error{Code: CodeMalformed, Reason: "x"}},
 		{TypeNodeStatus, &NodeStatus{Node: sampleHello().Node}},
 		{TypeSync, sampleSync()},
@@ -55,7 +56,7 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{},
-			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{}}
+			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{}, &NodeConfig{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

@@ -71,16 +71,37 @@ func (a *HelloAck) Validate() error {
 	if a.HeartbeatSeconds == 0 || a.HeartbeatSeconds > 3600 {
 		return fmt.Errorf("hello-ack: heartbeat %ds out of range", a.HeartbeatSeconds)
 	}
-	if len(a.PodCIDRs) > 2 {
-		return fmt.Errorf("hello-ack: %d podCIDRs (at most one per family)", len(a.PodCIDRs))
-	}
-	for _, c := range a.PodCIDRs {
-		if _, _, err := net.ParseCIDR(c); err != nil {
-			return fmt.Errorf("hello-ack: podCIDR %q: %w", c, err)
-		}
+	if err := checkPodCIDRs("hello-ack", a.PodCIDRs); err != nil {
+		return err
 	}
 	return checkText("hello-ack: relayVersion", a.RelayVersion, maxNameLen, false)
 }
+
+// checkPodCIDRs checks a Node's pod CIDRs: at most one per family, each a
+// network address.
+func checkPodCIDRs(what string, cidrs []string) error {
+	if len(cidrs) > 2 {
+		return fmt.Errorf("%s: %d podCIDRs (at most one per family)", what, len(cidrs))
+	}
+	for _, c := range cidrs {
+		if _, _, err := net.ParseCIDR(c); err != nil {
+			return fmt.Errorf("%s: podCIDR %q: %w", what, c, err)
+		}
+	}
+	return nil
+}
+
+// NodeConfig is what the agent takes from its Node, sent by the relay
+// when it sees it change after the hello-ack: a new Node gets its pod CIDR
+// from the controller manager moments after the relay created it, and the
+// agent learns it without reconnecting.
+type NodeConfig struct {
+	// PodCIDRs are the Node's spec.podCIDRs, as in HelloAck.
+	PodCIDRs []string `cbor:"1,keyasint,omitempty"`
+}
+
+// Validate implements Body.
+func (c *NodeConfig) Validate() error { return checkPodCIDRs("node-config", c.PodCIDRs) }
 
 // Heartbeat keeps a connection alive. It has no body; the type alone is
 // three bytes on the wire.

@@ -52,6 +52,9 @@ const (
 	TypeTunnelAck    Type = 17 // both ways, grants credit
 	TypeTunnelResize Type = 18 // relay → agent
 	TypeTunnelClose  Type = 19 // both ways
+	// TypeNodeConfig (relay → agent) says what changed in the agent's
+	// Node that the agent acts on, after the hello-ack. See NodeConfig.
+	TypeNodeConfig Type = 22
 )
 
 var typeNames = map[Type]string{
@@ -74,6 +77,7 @@ var typeNames = map[Type]string{
 	TypeTunnelAck:    "tunnel-ack",
 	TypeTunnelResize: "tunnel-resize",
 	TypeTunnelClose:  "tunnel-close",
+	TypeNodeConfig:   "node-config",
 }
 
 func (t Type) String() string {

@@ -579,3 +579,37 @@ func TestCertMessagesBounded(t *testing.T) {
 		t.Fatal("rotation types unknown to this build")
 	}
 }
+
+func TestNodeConfig(t *testing.T) {
+	for _, tt := range []struct {
+		cidrs []string
+		ok    bool
+	}{
+		{nil, true},
+		{[]string{"10.244.3.0/24"}, true},
+		{[]string{"10.244.3.0/24", "fd00::/64"}, true},
+		{[]string{"10.244.3.0"}, false},
+		{[]string{"a", "b", "c"}, false},
+		{[]string{"10.0.0.0/8", "10.1.0.0/16", "fd00::/64"}, false},
+	} {
+		b, err := Encode(TypeNodeConfig, 0, &NodeConfig{PodCIDRs: tt.cidrs})
+		if !tt.ok {
+			if err == nil {
+				f, derr := Decode(b)
+				var c NodeConfig
+				if derr == nil && f.DecodeBody(&c) == nil {
+					t.Errorf("%v: accepted", tt.cidrs)
+				}
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tt.cidrs, err)
+		}
+		f, err := Decode(b)
+		var c NodeConfig
+		if err != nil || f.DecodeBody(&c) != nil || len(c.PodCIDRs) != len(tt.cidrs) {
+			t.Errorf("%v: decoded %v, %v", tt.cidrs, c.PodCIDRs, err)
+		}
+	}
+}

@@ -494,10 +494,3 @@ func (n *Network) masquerade(cidr string) error {
 	n.mu.Unlock()
 	return nil
 }
-
-// HasConf reports whether confDir holds a network configuration file, so
-// the pods' network is a user's and needs no pod CIDR from the agent.
-func HasConf(confDir string) bool {
-	files, err := libcni.ConfFiles(confDir, []string{".conflist", ".conf", ".json"})
-	return err == nil && len(files) > 0
-}

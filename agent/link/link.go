@@ -120,7 +120,6 @@ type Link struct {
 	roots *x509.CertPool
 
 	queue       chan []byte
-	reconnect   chan string // Reconnect's reason, taken by serve
 	queuedBytes atomic.Int64
 	maxBytes    int64
 
@@ -147,7 +146,6 @@ func New(cfg Config) *Link {
 		cfg:           cfg,
 		log:           log.With("node", cfg.NodeName),
 		queue:         make(chan []byte, cfg.QueueFrames),
-		reconnect:     make(chan string, 1),
 		maxBytes:      int64(cfg.QueueBytes),
 		helloTimeout:  helloTimeout,
 		dialTimeout:   dialTimeout,
@@ -158,19 +156,6 @@ func New(cfg Config) *Link {
 		heartbeatUnit: time.Second,
 		retryRotation: retryRotation,
 		renewRecheck:  renewRecheck,
-	}
-}
-
-// errReconnect ends a connection Reconnect asked to end.
-var errReconnect = errors.New("reconnecting")
-
-// Reconnect closes the current connection, if one is up, and connects
-// again at once: the next hello-ack says what the relay knows now (the
-// node's pod CIDR, say).
-func (l *Link) Reconnect(reason string) {
-	select {
-	case l.reconnect <- reason:
-	default: // one is pending
 	}
 }
 
@@ -249,8 +234,6 @@ func (l *Link) Run(ctx context.Context) error {
 		case errors.Is(err, errRotated):
 			l.log.Info("node certificate renewed; connecting with it")
 			attempt, delay = 0, 0
-		case errors.Is(err, errReconnect):
-			attempt, delay = 0, 0
 		case errors.As(err, &rj):
 			l.log.Error("cannot connect: this node must re-join", "reason", rj.reason, "fix", rj.fix(l.cfg.Server), "retry_in", delay.Round(time.Millisecond))
 		case lived > 0:
@@ -317,10 +300,6 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string) (live
 	start := time.Now()
 	l.lastContact.Store(start.UnixNano())
 	l.connected.Store(true)
-	select {
-	case <-l.reconnect: // asked while not connected: this hello-ack is fresh
-	default:
-	}
 	if l.cfg.OnConnect != nil {
 		l.cfg.OnConnect(ack)
 	}
@@ -420,10 +399,6 @@ func (l *Link) serve(ctx context.Context, conn *websocket.Conn, interval time.Du
 		l.log.Info("closing connection", "reason", "agent shutting down")
 		conn.Close(websocket.StatusNormalClosure, "agent shutting down")
 		err = ctx.Err()
-	case why := <-l.reconnect:
-		l.log.Info("closing connection", "reason", why)
-		conn.Close(websocket.StatusNormalClosure, truncate(why, 120))
-		err = errReconnect
 	case err = <-errc:
 		closeFor(conn, err)
 	}

@@ -568,22 +568,3 @@ func TestRunRefusesUnusableIdentity(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 }
-
-// TestReconnectAsked: Reconnect ends the connection cleanly and the next
-// hello follows at once; a second OnConnect sees the new hello-ack.
-func TestReconnectAsked(t *testing.T) {
-	ca := testpki.NewCA(t, "relay-ca")
-	r := newRelay(t, ca, func(p *peer) { p.ack(2); p.serve(true) })
-	var connects atomic.Int32
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.OnConnect = func(wire.HelloAck) { connects.Add(1) }
-	})
-	r.waitFor(t, 1, "hello")
-	eventually(t, "connected", func() bool { return connects.Load() == 1 })
-	a.link.Reconnect("asking again")
-	r.waitFor(t, 2, "hello")
-	eventually(t, "connected again", func() bool { return connects.Load() == 2 && a.link.Connected() })
-	if !strings.Contains(a.log.String(), "reason=\"asking again\"") {
-		t.Errorf("no line saying why in the log:\n%s", a.log)
-	}
-}

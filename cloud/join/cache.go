@@ -53,7 +53,8 @@ func NewCache(client kubernetes.Interface) *Cache {
 		if !ok {
 			return o, nil
 		}
-		t := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels}}
+		t := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels},
+			Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs}}
 		for _, c := range n.Status.Conditions {
 			if c.Type == nodes.ConditionLinkReady {
 				t.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
@@ -71,7 +72,8 @@ func (c *Cache) Run(ctx context.Context) { go c.nodes.RunWithContext(ctx) }
 func (c *Cache) Synced() bool { return c.nodes.HasSynced() }
 
 // NodeInformer is the edge Node informer, for handlers that act when an
-// edge Node goes (revocation).
+// edge Node goes (revocation) or its pod CIDRs change. Its Nodes carry
+// only name, UID, labels, pod CIDRs and the EdgeLinkReady condition.
 func (c *Cache) NodeInformer() cache.SharedIndexInformer { return c.nodes }
 
 // Secrets reads and writes token Secrets through the API, reads within the

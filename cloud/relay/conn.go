@@ -11,14 +11,14 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
 
-	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
@@ -72,6 +72,10 @@ type conn struct {
 	rot      rotation
 	log      *slog.Logger
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
+	// acked is set once the hello-ack went out; podCIDRs are the pod
+	// CIDRs the agent was last told (hello-ack or node-config).
+	acked    atomic.Bool
+	podCIDRs atomic.Pointer[[]string]
 	once     sync.Once
 	// acks turns the writers' "durable" into cumulative acks; every
 	// durable report type goes through it (see acks).
@@ -234,7 +238,8 @@ func (c *conn) serve() {
 
 	// The hello-ack goes first: anything the node session says (a refusal
 	// to write the Node) must come after it on the wire.
-	podCIDRs := nodePodCIDRs(c.s.ctx, as, c.node)
+	podCIDRs := c.s.podCIDRs(c.node)
+	c.podCIDRs.Store(&podCIDRs)
 	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
 		Version:          version,
 		NodeName:         c.node,
@@ -244,6 +249,9 @@ func (c *conn) serve() {
 	}) {
 		return
 	}
+	// A change the Node informer saw before this point was not sent.
+	c.acked.Store(true)
+	c.s.podCIDRsChanged(c.node, c.s.podCIDRs(c.node))
 	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
 
@@ -510,16 +518,8 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// nodePodCIDRs reads the Node's spec.podCIDRs (nil when the Node does not
-// exist yet, has none, or cannot be read: the agent then keeps what it
-// has, and asks again by reconnecting while it has none).
-func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	n, err := as.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil
-	}
+// nodeCIDRs are n's pod CIDRs (spec.podCIDRs, or the older spec.podCIDR).
+func nodeCIDRs(n *corev1.Node) []string {
 	if len(n.Spec.PodCIDRs) > 0 {
 		return n.Spec.PodCIDRs
 	}
@@ -527,4 +527,36 @@ func nodePodCIDRs(ctx context.Context, as asnode.Client, name string) []string {
 		return []string{n.Spec.PodCIDR}
 	}
 	return nil
+}
+
+// podCIDRs are node's pod CIDRs as the edge Node informer has them (nil
+// when it has not seen the Node yet: a new Node gets them moments after it
+// is created, and podCIDRsChanged sends them then).
+func (s *Server) podCIDRs(node string) []string {
+	o, ok, err := s.joinCache.NodeInformer().GetIndexer().GetByKey(node)
+	if err != nil || !ok {
+		return nil
+	}
+	n, _ := o.(*corev1.Node)
+	if n == nil {
+		return nil
+	}
+	return nodeCIDRs(n)
+}
+
+// podCIDRsChanged tells node's agent, once its hello-ack went out, of pod
+// CIDRs that differ from what it was last told.
+func (s *Server) podCIDRsChanged(node string, cidrs []string) {
+	s.mu.Lock()
+	c := s.conns[node]
+	s.mu.Unlock()
+	if c == nil || !c.acked.Load() || len(cidrs) == 0 {
+		return
+	}
+	if old := c.podCIDRs.Load(); old != nil && slices.Equal(*old, cidrs) {
+		return
+	}
+	c.podCIDRs.Store(&cidrs)
+	c.log.Info("node pod CIDRs changed; telling the agent", "pod_cidrs", strings.Join(cidrs, ","))
+	c.send(wire.TypeNodeConfig, &wire.NodeConfig{PodCIDRs: cidrs})
 }

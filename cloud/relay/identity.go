@@ -108,6 +108,11 @@ func (s *Server) watchRevocations() {
 		},
 	})
 	_, _ = s.joinCache.NodeInformer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(_, o any) {
+			if n, ok := o.(*corev1.Node); ok {
+				s.podCIDRsChanged(n.Name, nodeCIDRs(n))
+			}
+		},
 		DeleteFunc: func(o any) {
 			if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
 				o = d.Obj

@@ -631,3 +631,34 @@ func TestHealthAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A Node that gets its pod CIDRs after its agent connected (the controller
+// manager allocates them moments after the relay created the Node): the
+// agent is told in a node-config frame, on the link it has.
+func TestPodCIDRsPushed(t *testing.T) {
+	tr := newTestRelay(t, nil)
+	c := tr.hello(t, "gw-cidr")
+	waitFor(t, "the Node created", func() bool { return getNode(tr, "gw-cidr") != nil })
+	n := getNode(tr, "gw-cidr")
+	n.Spec.PodCIDR, n.Spec.PodCIDRs = "10.244.7.0/24", []string{"10.244.7.0/24"}
+	if _, err := tr.client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("no node-config: %v", err)
+		}
+		f, err := wire.Decode(b)
+		if err != nil || f.Type != wire.TypeNodeConfig {
+			continue // syncs, acks
+		}
+		var nc wire.NodeConfig
+		if err := f.DecodeBody(&nc); err != nil || len(nc.PodCIDRs) != 1 || nc.PodCIDRs[0] != "10.244.7.0/24" {
+			t.Fatalf("node-config %+v, %v", nc, err)
+		}
+		return
+	}
+}

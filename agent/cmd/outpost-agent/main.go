@@ -365,6 +365,13 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			switch {
 			case f.Type == wire.TypeAck:
 				sender.Acked(f.Ack)
+			case f.Type == wire.TypeNodeConfig:
+				var nc wire.NodeConfig
+				if err := f.DecodeBody(&nc); err != nil {
+					log.Warn("node-config from relay refused", "err", err)
+					return
+				}
+				podCIDR.learn(nc.PodCIDRs)
 			case logsrv.Handle(f):
 			case tunsrv.Handle(f):
 			case applier.Handle(f):
@@ -373,7 +380,6 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			}
 		},
 	})
-	podCIDR.reconnect = lk.Reconnect
 	sender = outbox.NewSender(ob, lk, log)
 	go sender.Run(ctx)
 	linkStats := func() *wire.LinkStats {

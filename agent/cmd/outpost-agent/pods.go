@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
@@ -112,28 +111,19 @@ func cmdLogger(args []string) error {
 }
 
 // podCIDRSource is the node's pod CIDR: network.podCIDR from the config
-// when set, else the Node's spec.podCIDRs as the relay last said in its
-// hello-ack, kept in the store so pods get their network back after a
-// reboot without the link.
+// when set, else the Node's spec.podCIDRs as the relay last said (in its
+// hello-ack, or in a node-config when the Node got them later), kept in
+// the store so pods get their network back after a reboot without the
+// link.
 type podCIDRSource struct {
-	fixed   string
-	confDir string
-	st      *store.Store
-	log     *slog.Logger
-	cur     atomic.Pointer[string]
-	// reconnect asks the link for a new hello-ack (set once the link
-	// exists); asks counts the times it was asked for want of a CIDR.
-	reconnect func(reason string)
-	asks      int
+	fixed string
+	st    *store.Store
+	log   *slog.Logger
+	cur   atomic.Pointer[string]
 }
 
-// maxAsks bounds the reconnects made to ask for a pod CIDR after a start
-// (3 s doubling to 60 s: about five minutes), for a cluster that does not
-// allocate them.
-const maxAsks = 8
-
 func newPodCIDR(cfg config.Config, st *store.Store, log *slog.Logger) (*podCIDRSource, error) {
-	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, confDir: cfg.Network.ConfDir, st: st, log: log}
+	p := &podCIDRSource{fixed: cfg.Network.PodCIDR, st: st, log: log}
 	saved, err := st.PodCIDR()
 	if err != nil {
 		return nil, fmt.Errorf("reading the pod CIDR from the store: %w", err)
@@ -150,21 +140,10 @@ func (p *podCIDRSource) get() string {
 }
 
 // learn takes the relay's word for the Node's pod CIDRs (the first is
-// used; none changes nothing: the cluster may not allocate them). While
-// the default network has no CIDR it asks again a few times, with
-// back-off, by reconnecting: a new Node gets its CIDR from the
-// controller-manager seconds after the relay created it.
+// used; none changes nothing: the cluster may not allocate them, or not
+// yet, and then the relay sends them in a node-config once it does).
 func (p *podCIDRSource) learn(cidrs []string) {
 	if len(cidrs) == 0 {
-		if p.get() == "" && !cni.HasConf(p.confDir) && p.reconnect != nil && p.asks < maxAsks {
-			d := min(3*time.Second<<p.asks, time.Minute)
-			p.asks++
-			time.AfterFunc(d, func() {
-				if p.get() == "" {
-					p.reconnect("asking the relay again for the node's pod CIDR")
-				}
-			})
-		}
 		return
 	}
 	if cidrs[0] == *p.cur.Load() {

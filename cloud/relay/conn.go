@@ -83,6 +83,8 @@ type conn struct {
 	// pods is the pod sync, once started: the kubelet API finds a pod's
 	// node among the connections' pod watches.
 	pods atomic.Pointer[pods.Session]
+	// stats are the stats requests waiting for the agent (resource.go).
+	stats statsWaiters
 }
 
 // nodeFromTLS returns the node name and certificate serial (as
@@ -337,7 +339,15 @@ func (c *conn) serve() {
 			if _, err := c.tunnels.Handle(f); err != nil {
 				c.sendError(wire.CodeInvalid, err.Error(), false)
 			}
-		case wire.TypeTunnelOpen, wire.TypeTunnelResize:
+		case wire.TypeStatsResponse:
+			var r wire.StatsResponse
+			if err := f.DecodeBody(&r); err != nil {
+				// A bad answer fails its scrape (by timeout), not the link.
+				c.sendError(wire.CodeInvalid, err.Error(), false)
+				continue
+			}
+			c.stats.deliver(&r)
+		case wire.TypeTunnelOpen, wire.TypeTunnelResize, wire.TypeStatsRequest:
 			c.sendError(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents; ignored", f.Type), false)
 		case wire.TypeCertRequest:
 			if !c.certRequest(f, false) {

@@ -57,31 +57,42 @@ func (s *Server) KubeletHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.serveContainerLogs)
 	s.registerTunnels(mux)
+	s.registerResource(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach and /portForward of the kubelet API for edge nodes", http.StatusNotFound)
+		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach, /portForward, /metrics/resource and /stats/summary of the kubelet API for edge nodes", http.StatusNotFound)
 	})
 	return s.kubeletAuth(mux)
 }
 
 // KubeletTLSConfig is the kubelet listener's TLS configuration: serving
-// certificate cert, and client certificates required and verified against
-// clientCAs (the cluster CA that signed the API server's kubelet client
-// certificate, as kube-apiserver --kubelet-client-certificate).
+// certificate cert, and client certificates verified against clientCAs
+// (the cluster CA that signed the API server's kubelet client
+// certificate, as kube-apiserver --kubelet-client-certificate). A client
+// without a certificate may present a bearer token on the paths
+// kubeletAuth checks with the API server (kubeletauthz.go).
 func KubeletTLSConfig(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    clientCAs,
 	}
 }
 
-// kubeletAuth lets through only the API server: a verified client
+// kubeletAuth lets through the API server only: a verified client
 // certificate whose common name is one of Config.KubeletClientNames or
-// whose organization is one of Config.KubeletClientGroups.
+// whose organization is one of Config.KubeletClientGroups; except on the
+// resource usage paths, which any client the API server authorizes for
+// nodes/metrics or nodes/stats may call (webhookAuth).
 func (s *Server) kubeletAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sub := webhookSubresource(r.URL.Path); sub != "" {
+			if s.webhookAuth(w, r, sub) {
+				next.ServeHTTP(w, r)
+			}
+			return
+		}
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 			http.Error(w, "a client certificate signed by the cluster CA is required", http.StatusUnauthorized)
 			return

@@ -170,6 +170,9 @@ type Server struct {
 	conns  map[string]*conn // by node name: one connection per node
 	closed bool
 
+	// authCache holds the kubelet API's token and access reviews.
+	authCache authCache
+
 	readyMu  sync.Mutex
 	readyAt  time.Time
 	readyErr error

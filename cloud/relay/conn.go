@@ -85,6 +85,8 @@ type conn struct {
 	pods atomic.Pointer[pods.Session]
 	// stats are the stats requests waiting for the agent (resource.go).
 	stats statsWaiters
+	// kubelet is the node's own kubelet API server, if any (serveKubelet).
+	kubelet *http.Server
 }
 
 // nodeFromTLS returns the node name and certificate serial (as
@@ -221,6 +223,8 @@ func (c *conn) serve() {
 	}
 	hb := c.s.cfg.HeartbeatInterval
 	silent := 3 * hb
+	kport := c.serveKubelet()
+	defer c.stopKubelet()
 	sess := c.s.nodes.Start(c.s.ctx, nodes.SessionConfig{
 		Name:    c.node,
 		Client:  as,
@@ -242,7 +246,7 @@ func (c *conn) serve() {
 	}) {
 		return
 	}
-	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
+	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node, KubeletPort: kport})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
 
 	// Downstream: the pods bound to this node, from the versions the agent
@@ -296,7 +300,7 @@ func (c *conn) serve() {
 			}
 			// Acked by the session once the API write succeeded.
 			c.acks.received(f.Type, f.Seq)
-			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link})
+			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link, KubeletPort: kport})
 		case wire.TypePodStatus:
 			var st wire.PodStatus
 			if err := f.DecodeBody(&st); err != nil {

@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -53,7 +56,48 @@ const (
 
 // KubeletHandler serves the kubelet API paths the API server calls for
 // edge nodes. Serve it over TLS with KubeletTLSConfig.
-func (s *Server) KubeletHandler() http.Handler {
+func (s *Server) KubeletHandler() http.Handler { return s.kubeletHandler("") }
+
+// nodeKey carries the node a node's own kubelet listener serves.
+type nodeKey struct{}
+
+// kubeletHandler is KubeletHandler for the listener of node alone, or of
+// every node connected here for "".
+func (s *Server) kubeletHandler(node string) http.Handler {
+	h := s.kubeletMux()
+	if node == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeKey{}, node)))
+	})
+}
+
+// serveKubelet starts the node's own kubelet listener when the relay
+// gives nodes one (Config.KubeletNodeListen) and returns its port, or 0.
+func (c *conn) serveKubelet() int32 {
+	if c.s.cfg.KubeletNodeListen == nil {
+		return 0
+	}
+	ln, err := c.s.cfg.KubeletNodeListen()
+	if err != nil {
+		c.log.Warn("no kubelet API listener of its own for this node; it keeps the shared one, which clients addressing kubelets by IP and port (metrics-server) cannot tell apart", "err", err)
+		return 0
+	}
+	c.kubelet = &http.Server{Handler: c.s.kubeletHandler(c.node), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
+	go func() { _ = c.kubelet.Serve(ln) }()
+	return int32(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// stopKubelet closes the node's own kubelet listener and its requests.
+func (c *conn) stopKubelet() {
+	if c.kubelet != nil {
+		_ = c.kubelet.Close()
+	}
+}
+
+func (s *Server) kubeletMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.serveContainerLogs)
 	s.registerTunnels(mux)

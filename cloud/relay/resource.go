@@ -20,9 +20,10 @@ import (
 // node not connected to this replica answers 503 at once; an agent that
 // does not answer within statsTimeout, 503 then.
 //
-// Every edge node connected to a replica shares the replica's kubelet
-// address, so the request names its node by host: the TLS server name
-// (SNI), else the Host header, must be the node's name.
+// On a node's own kubelet listener (Config.KubeletNodeListen) requests
+// are that node's. On the listener every node connected to the replica
+// shares, the request names its node by host: the TLS server name (SNI),
+// else the Host header, must be the node's name.
 
 const (
 	// statsTimeout bounds the wait for the agent's answer; metrics-server
@@ -38,10 +39,13 @@ func (s *Server) registerResource(mux *http.ServeMux) {
 	mux.HandleFunc("GET /stats/summary", s.serveStatsSummary)
 }
 
-// requestNode is the node a kubelet request names by host (see above):
-// the TLS server name, or the Host header without its port. It is not
-// checked against the connections; statsOf does that.
+// requestNode is the node a kubelet request is for (see above): its
+// listener's, or the one it names by host. It is not checked against the
+// connections; statsOf does that.
 func requestNode(r *http.Request) (string, error) {
+	if n, ok := r.Context().Value(nodeKey{}).(string); ok {
+		return n, nil
+	}
 	host := ""
 	if r.TLS != nil {
 		host = r.TLS.ServerName

@@ -5,12 +5,15 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	authnv1 "k8s.io/api/authentication/v1"
@@ -19,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
 
+	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/wire"
 )
@@ -86,39 +90,11 @@ func TestResourceMetricsFormat(t *testing.T) {
 // certificate or bearer token) and authorization (nodes/metrics,
 // nodes/stats) checked with the API server.
 func TestKubeletResourceUsage(t *testing.T) {
-	// The API server's answers: one good token; metrics-server may read
-	// nodes/metrics and nodes/stats, "someone" nothing.
 	var reviews, sars atomic.Int32
-	react := func(client *fake.Clientset) {
-		client.PrependReactor("create", "tokenreviews", func(a ktesting.Action) (bool, runtime.Object, error) {
-			reviews.Add(1)
-			r := a.(ktesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
-			switch r.Spec.Token {
-			case "good-token":
-				r.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:kube-system:metrics-server", Groups: []string{"system:serviceaccounts"}}}
-			case "weak-token":
-				r.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:default:nobody"}}
-			default:
-				r.Status = authnv1.TokenReviewStatus{Error: "token not valid"}
-			}
-			return true, r, nil
-		})
-		client.PrependReactor("create", "subjectaccessreviews", func(a ktesting.Action) (bool, runtime.Object, error) {
-			sars.Add(1)
-			r := a.(ktesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview).DeepCopy()
-			ra := r.Spec.ResourceAttributes
-			okUser := r.Spec.User == "system:serviceaccount:kube-system:metrics-server" || r.Spec.User == "metrics-client"
-			r.Status.Allowed = okUser && ra.Verb == "get" && ra.Resource == "nodes" && (ra.Subresource == "metrics" || ra.Subresource == "stats") && ra.Name != "gw-other"
-			if !r.Status.Allowed {
-				r.Status.Reason = "no RBAC policy matched"
-			}
-			return true, r, nil
-		})
-	}
 	// The reactors go in before the relay starts its informers.
 	tr := newTestRelay(t, func(c *relay.Config) {
 		c.KubeletAddress, c.KubeletPort = "127.0.0.1", 10250
-		react(c.Client.(*fake.Clientset))
+		authReactors(c.Client.(*fake.Clientset), &reviews, &sars)
 	})
 	k := startKubelet(t, tr)
 	c := tr.hello(t, "gw-top")
@@ -249,4 +225,99 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("offline node answered after %s", d)
 	}
+}
+
+// authReactors answers token and access reviews as the API server
+// would: one good token; metrics-server may read nodes/metrics and
+// nodes/stats of any node but gw-other, "someone" nothing.
+func authReactors(client *fake.Clientset, reviews, sars *atomic.Int32) {
+	client.PrependReactor("create", "tokenreviews", func(a ktesting.Action) (bool, runtime.Object, error) {
+		reviews.Add(1)
+		r := a.(ktesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		switch r.Spec.Token {
+		case "good-token":
+			r.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:kube-system:metrics-server", Groups: []string{"system:serviceaccounts"}}}
+		case "weak-token":
+			r.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:default:nobody"}}
+		default:
+			r.Status = authnv1.TokenReviewStatus{Error: "token not valid"}
+		}
+		return true, r, nil
+	})
+	client.PrependReactor("create", "subjectaccessreviews", func(a ktesting.Action) (bool, runtime.Object, error) {
+		sars.Add(1)
+		r := a.(ktesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview).DeepCopy()
+		ra := r.Spec.ResourceAttributes
+		okUser := r.Spec.User == "system:serviceaccount:kube-system:metrics-server" || r.Spec.User == "metrics-client"
+		r.Status.Allowed = okUser && ra.Verb == "get" && ra.Resource == "nodes" && (ra.Subresource == "metrics" || ra.Subresource == "stats") && ra.Name != "gw-other"
+		if !r.Status.Allowed {
+			r.Status.Reason = "no RBAC policy matched"
+		}
+		return true, r, nil
+	})
+}
+
+// TestKubeletNodeListener: with a kubelet listener per node, the node's
+// Node carries its port, and a request there (no host naming the node,
+// as metrics-server sends) is that node's.
+func TestKubeletNodeListener(t *testing.T) {
+	cluster, err := pki.Generate(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reviews, sars atomic.Int32
+	var ports []int
+	tr := newTestRelay(t, func(c *relay.Config) {
+		c.KubeletAddress, c.KubeletPort = "127.0.0.1", 10250
+		authReactors(c.Client.(*fake.Clientset), &reviews, &sars)
+		serving, err := c.CA.ServingCert([]string{"127.0.0.1"}, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.KubeletNodeListen = func() (net.Listener, error) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				return nil, err
+			}
+			ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+			return tls.NewListener(ln, relay.KubeletTLSConfig(serving, cluster.Pool())), nil
+		}
+	})
+	c := tr.hello(t, "gw-own")
+	waitFor(t, "node written", func() bool { return getNode(tr, "gw-own") != nil })
+	n := getNode(tr, "gw-own")
+	if len(ports) != 1 || n.Status.DaemonEndpoints.KubeletEndpoint.Port != int32(ports[0]) || n.Status.Addresses[0].Address != "127.0.0.1" {
+		t.Fatalf("listeners on %v; node endpoint %+v addresses %v", ports, n.Status.DaemonEndpoints, n.Status.Addresses)
+	}
+	go func() {
+		f := nextStreamFrame(t, c, wire.TypeStatsRequest)
+		var req wire.StatsRequest
+		if err := f.DecodeBody(&req); err != nil {
+			t.Error(err)
+			return
+		}
+		r := sampleUsage()
+		r.ID = req.ID
+		send(t, c, encode(t, wire.TypeStatsResponse, 0, r))
+	}()
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tr.ca.Pool(),
+		Certificates: []tls.Certificate{clientCert(t, cluster, "metrics-client", "metrics")}}}}
+	resp, err := cl.Get("https://127.0.0.1:" + strconv.Itoa(ports[0]) + "/metrics/resource")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "node_cpu_usage_seconds_total 12.5") {
+		t.Fatalf("%d %q", resp.StatusCode, b)
+	}
+	// The listener ends with the connection.
+	c.Close(websocket.StatusNormalClosure, "bye")
+	waitFor(t, "the node's listener closed", func() bool {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(ports[0]), time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
 }

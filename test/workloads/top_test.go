@@ -132,6 +132,21 @@ spec:
 	if err != nil || status != 200 || !strings.Contains(body, `"nodeName":"`+node+`"`) || !strings.Contains(body, `"name":"busy"`) {
 		t.Errorf("/stats/summary: %d %v %.500s", status, err, body)
 	}
+	// kubectl top, as on kubelet nodes: metrics-server scrapes the node's
+	// own kubelet port on the relay; it needs two scrapes for a rate.
+	stack.WaitFor(t, ctx, 2*time.Minute, "kubectl top node and pod", func() (bool, string) {
+		top, err := st.CP.Kubectl(ctx, "top", "node", node, "--no-headers")
+		if err != nil || !strings.HasPrefix(top, node+" ") {
+			return false, fmt.Sprintf("top node: %v %s", err, top)
+		}
+		pod, err := st.CP.Kubectl(ctx, "top", "pod", "-n", ns, "busy", "--containers", "--no-headers")
+		if err != nil || !strings.HasPrefix(pod, "busy ") || !strings.Contains(pod, " app ") || !strings.Contains(pod, "Mi") {
+			return false, fmt.Sprintf("top pod: %v %s", err, pod)
+		}
+		t.Logf("kubectl top node: %s; kubectl top pod: %s", strings.TrimSpace(top), strings.TrimSpace(pod))
+		return true, ""
+	})
+
 	// A token without nodes/metrics: 403. No credentials: 401.
 	if status, body, err := get("/metrics/resource", nobody); err != nil || status != 403 {
 		t.Errorf("token without nodes/metrics: %d %v %q", status, err, body)

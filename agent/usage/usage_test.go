@@ -157,3 +157,42 @@ func TestServer(t *testing.T) {
 		t.Fatal("a heartbeat was taken for a stats request")
 	}
 }
+
+// TestServerOneAtATime: a request while a collection runs is answered at
+// once with an error, not queued.
+func TestServerOneAtATime(t *testing.T) {
+	proc := t.TempDir()
+	write(t, filepath.Join(proc, "stat"), "cpu  1 0 0 0 0 0 0 0 0 0\n")
+	write(t, filepath.Join(proc, "meminfo"), "MemTotal: 2 kB\nMemFree: 1 kB\nInactive(file): 0 kB\n")
+	release := make(chan struct{})
+	listing := make(chan struct{})
+	sent := make(chan *wire.StatsResponse, 2)
+	s := New(Config{
+		Reader: &Reader{Root: t.TempDir(), Proc: proc},
+		Containers: func(context.Context) ([]Container, error) {
+			close(listing)
+			<-release
+			return nil, nil
+		},
+		Send: func(_ wire.Type, _ uint64, b wire.Body) error { sent <- b.(*wire.StatsResponse); return nil },
+	})
+	frame := func(id uint32) wire.Frame {
+		b, err := wire.Encode(wire.TypeStatsRequest, 0, &wire.StatsRequest{ID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := wire.Decode(b)
+		return f
+	}
+	s.Handle(frame(1))
+	<-listing
+	s.Handle(frame(2))
+	if r := <-sent; r.ID != 2 || !strings.Contains(r.Error, "already running") {
+		t.Fatalf("second request: %+v", r)
+	}
+	close(release)
+	s.Wait()
+	if r := <-sent; r.ID != 1 || r.Error != "" || r.Node == nil {
+		t.Fatalf("first request: %+v", r)
+	}
+}

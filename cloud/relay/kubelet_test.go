@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
 
 	"outpost.dev/cloud/pki"
@@ -39,18 +40,20 @@ func createPod(t *testing.T, tr *testRelay, name, node string) {
 // TestPodStatusAckedAfterWrite: the relay acks a pod status only after the
 // API write, and never past a report still being written.
 func TestPodStatusAckedAfterWrite(t *testing.T) {
-	tr := newTestRelay(t, nil)
-	createPod(t, tr, "web", "gw-st")
 	// Status writes fail until released. (Blocking in the reactor instead
 	// would hold the fake clientset's lock and stall every other call.)
+	// The reactor goes in before the relay's informers start.
 	var blocked atomic.Bool
 	blocked.Store(true)
-	tr.client.PrependReactor("update", "pods", func(a ktesting.Action) (bool, runtime.Object, error) {
-		if a.GetSubresource() == "status" && blocked.Load() {
-			return true, nil, apierrors.NewServiceUnavailable("test: status writes held")
-		}
-		return false, nil, nil
+	tr := newTestRelay(t, func(c *relay.Config) {
+		c.Client.(*fake.Clientset).PrependReactor("update", "pods", func(a ktesting.Action) (bool, runtime.Object, error) {
+			if a.GetSubresource() == "status" && blocked.Load() {
+				return true, nil, apierrors.NewServiceUnavailable("test: status writes held")
+			}
+			return false, nil, nil
+		})
 	})
+	createPod(t, tr, "web", "gw-st")
 	c := tr.hello(t, "gw-st")
 	rep := &wire.PodStatus{UID: "uid-web", Namespace: "default", Name: "web", Phase: "Running", PodIP: "10.0.0.9",
 		Containers: []wire.ContainerStatus{{Name: "app", Image: "busybox", Ready: true, Started: true,

@@ -28,8 +28,9 @@ relay:
 install-deps: ## Install the Debian packages builds and tests need (only the missing ones).
 	@./build/install-deps.sh
 
-controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control plane.
+controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control plane and metrics-server.
 	@./build/controlplane/build.sh >/dev/null
+	@./build/metricsserver/build.sh >/dev/null
 
 # The race detector needs cgo; everything we ship is built without it.
 test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components.

@@ -32,6 +32,9 @@ func FuzzDecode(f *testing.F) {
 		{TypeTunnelAck, &TunnelAck{ID: 1, Consumed: 1 << 20}},
 		{TypeTunnelResize, &TunnelResize{ID: 1, Width: 80, Height: 24}},
 		{TypeTunnelClose, &TunnelClose{ID: 1, Exited: true, ExitCode: 3}},
+		{TypeStatsRequest, &StatsRequest{ID: 1}},
+		{TypeStatsResponse, sampleStats()},
+		{TypeStatsResponse, &StatsResponse{ID: 2, Error: "containerd is not reachable"}},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -56,7 +59,8 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{},
-			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{}, &NodeConfig{}}
+			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{},
+			&StatsRequest{}, &StatsResponse{}, &NodeConfig{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {

@@ -52,32 +52,37 @@ const (
 	TypeTunnelAck    Type = 17 // both ways, grants credit
 	TypeTunnelResize Type = 18 // relay → agent
 	TypeTunnelClose  Type = 19 // both ways
+	// Resource usage on demand: see StatsRequest.
+	TypeStatsRequest  Type = 20 // relay → agent
+	TypeStatsResponse Type = 21 // agent → relay
 	// TypeNodeConfig (relay → agent) says what changed in the agent's
 	// Node that the agent acts on, after the hello-ack. See NodeConfig.
 	TypeNodeConfig Type = 22
 )
 
 var typeNames = map[Type]string{
-	TypeHello:        "hello",
-	TypeHelloAck:     "hello-ack",
-	TypeHeartbeat:    "heartbeat",
-	TypeError:        "error",
-	TypeNodeStatus:   "node-status",
-	TypeAck:          "ack",
-	TypeSync:         "sync",
-	TypePodStatus:    "pod-status",
-	TypeStreamOpen:   "stream-open",
-	TypeStreamData:   "stream-data",
-	TypeStreamAck:    "stream-ack",
-	TypeTwinReport:   "twin-report",
-	TypeCertRequest:  "cert-request",
-	TypeCertIssued:   "cert-issued",
-	TypeTunnelOpen:   "tunnel-open",
-	TypeTunnelData:   "tunnel-data",
-	TypeTunnelAck:    "tunnel-ack",
-	TypeTunnelResize: "tunnel-resize",
-	TypeTunnelClose:  "tunnel-close",
-	TypeNodeConfig:   "node-config",
+	TypeHello:         "hello",
+	TypeHelloAck:      "hello-ack",
+	TypeHeartbeat:     "heartbeat",
+	TypeError:         "error",
+	TypeNodeStatus:    "node-status",
+	TypeAck:           "ack",
+	TypeSync:          "sync",
+	TypePodStatus:     "pod-status",
+	TypeStreamOpen:    "stream-open",
+	TypeStreamData:    "stream-data",
+	TypeStreamAck:     "stream-ack",
+	TypeTwinReport:    "twin-report",
+	TypeCertRequest:   "cert-request",
+	TypeCertIssued:    "cert-issued",
+	TypeTunnelOpen:    "tunnel-open",
+	TypeTunnelData:    "tunnel-data",
+	TypeTunnelAck:     "tunnel-ack",
+	TypeTunnelResize:  "tunnel-resize",
+	TypeTunnelClose:   "tunnel-close",
+	TypeStatsRequest:  "stats-request",
+	TypeStatsResponse: "stats-response",
+	TypeNodeConfig:    "node-config",
 }
 
 func (t Type) String() string {

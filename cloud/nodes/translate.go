@@ -59,6 +59,9 @@ type Report struct {
 	// connection that ends marks the node disconnected only if no newer
 	// connection wrote since.
 	Session string
+	// KubeletPort, if set, is the port this replica serves this node's
+	// kubelet API on alone; it replaces WriterConfig.KubeletPort.
+	KubeletPort int32
 }
 
 // CheckName reports whether name can be an edge node's name: a DNS-1123

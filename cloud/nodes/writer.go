@@ -120,7 +120,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
 			Status:     Status(metav1.NewTime(w.cfg.Now()), name, rep, nil),
 		}
-		PointKubelet(&n.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
+		PointKubelet(&n.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
 		// Created as the relay itself (a node may not create Nodes); the
 		// API server keeps the status given on create.
 		created, err := w.cfg.Client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{FieldManager: FieldManager})
@@ -152,7 +152,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		}
 		upd := cur.DeepCopy()
 		upd.Status = Status(metav1.NewTime(w.cfg.Now()), name, rep, &cur.Status)
-		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.cfg.KubeletPort)
+		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
 		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
 			w.count("node_status", err)
@@ -202,6 +202,14 @@ func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (
 
 // count records a failed write of what, unless it is a conflict or a lost
 // create race, which the caller retries.
+// kubeletPort is the kubelet endpoint port written for rep's node.
+func (w *Writer) kubeletPort(rep *Report) int32 {
+	if rep.KubeletPort != 0 {
+		return rep.KubeletPort
+	}
+	return w.cfg.KubeletPort
+}
+
 func (w *Writer) count(what string, err error) {
 	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
 		w.failures.WithLabelValues(what).Inc()

@@ -89,6 +89,10 @@ type conn struct {
 	// pods is the pod sync, once started: the kubelet API finds a pod's
 	// node among the connections' pod watches.
 	pods atomic.Pointer[pods.Session]
+	// stats are the stats requests waiting for the agent (resource.go).
+	stats statsWaiters
+	// kubelet is the node's own kubelet API server, if any (serveKubelet).
+	kubelet *http.Server
 }
 
 // nodeFromTLS returns the node name and certificate serial (as
@@ -225,6 +229,8 @@ func (c *conn) serve() {
 	}
 	hb := c.s.cfg.HeartbeatInterval
 	silent := 3 * hb
+	kport := c.serveKubelet()
+	defer c.stopKubelet()
 	sess := c.s.nodes.Start(c.s.ctx, nodes.SessionConfig{
 		Name:    c.node,
 		Client:  as,
@@ -252,7 +258,7 @@ func (c *conn) serve() {
 	// A change the Node informer saw before this point was not sent.
 	c.acked.Store(true)
 	c.s.podCIDRsChanged(c.node, c.s.podCIDRs(c.node))
-	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node})
+	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node, KubeletPort: kport})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", version, "board", h.Node.Board, "arch", h.Node.Arch)
 
 	// Downstream: the pods bound to this node, from the versions the agent
@@ -306,7 +312,7 @@ func (c *conn) serve() {
 			}
 			// Acked by the session once the API write succeeded.
 			c.acks.received(f.Type, f.Seq)
-			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link})
+			sess.Report(f.Seq, nodes.Report{AgentVersion: h.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link, KubeletPort: kport})
 		case wire.TypePodStatus:
 			var st wire.PodStatus
 			if err := f.DecodeBody(&st); err != nil {
@@ -349,7 +355,15 @@ func (c *conn) serve() {
 			if _, err := c.tunnels.Handle(f); err != nil {
 				c.sendError(wire.CodeInvalid, err.Error(), false)
 			}
-		case wire.TypeTunnelOpen, wire.TypeTunnelResize:
+		case wire.TypeStatsResponse:
+			var r wire.StatsResponse
+			if err := f.DecodeBody(&r); err != nil {
+				// A bad answer fails its scrape (by timeout), not the link.
+				c.sendError(wire.CodeInvalid, err.Error(), false)
+				continue
+			}
+			c.stats.deliver(&r)
+		case wire.TypeTunnelOpen, wire.TypeTunnelResize, wire.TypeStatsRequest:
 			c.sendError(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents; ignored", f.Type), false)
 		case wire.TypeCertRequest:
 			if !c.certRequest(f, false) {

@@ -1,11 +1,14 @@
 package relay
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -53,35 +56,87 @@ const (
 
 // KubeletHandler serves the kubelet API paths the API server calls for
 // edge nodes. Serve it over TLS with KubeletTLSConfig.
-func (s *Server) KubeletHandler() http.Handler {
+func (s *Server) KubeletHandler() http.Handler { return s.kubeletHandler("") }
+
+// nodeKey carries the node a node's own kubelet listener serves.
+type nodeKey struct{}
+
+// kubeletHandler is KubeletHandler for the listener of node alone, or of
+// every node connected here for "".
+func (s *Server) kubeletHandler(node string) http.Handler {
+	h := s.kubeletMux()
+	if node == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), nodeKey{}, node)))
+	})
+}
+
+// serveKubelet starts the node's own kubelet listener when the relay
+// gives nodes one (Config.KubeletNodeListen) and returns its port, or 0.
+func (c *conn) serveKubelet() int32 {
+	if c.s.cfg.KubeletNodeListen == nil {
+		return 0
+	}
+	ln, err := c.s.cfg.KubeletNodeListen()
+	if err != nil {
+		c.log.Warn("no kubelet API listener of its own for this node; it keeps the shared one, which clients addressing kubelets by IP and port (metrics-server) cannot tell apart", "err", err)
+		return 0
+	}
+	c.kubelet = &http.Server{Handler: c.s.kubeletHandler(c.node), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelDebug)}
+	go func() { _ = c.kubelet.Serve(ln) }()
+	return int32(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// stopKubelet closes the node's own kubelet listener and its requests.
+func (c *conn) stopKubelet() {
+	if c.kubelet != nil {
+		_ = c.kubelet.Close()
+	}
+}
+
+func (s *Server) kubeletMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /containerLogs/{namespace}/{pod}/{container}", s.serveContainerLogs)
 	s.registerTunnels(mux)
+	s.registerResource(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach and /portForward of the kubelet API for edge nodes", http.StatusNotFound)
+		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach, /portForward, /metrics/resource and /stats/summary of the kubelet API for edge nodes", http.StatusNotFound)
 	})
 	return s.kubeletAuth(mux)
 }
 
 // KubeletTLSConfig is the kubelet listener's TLS configuration: serving
-// certificate cert, and client certificates required and verified against
-// clientCAs (the cluster CA that signed the API server's kubelet client
-// certificate, as kube-apiserver --kubelet-client-certificate).
+// certificate cert, and client certificates verified against clientCAs
+// (the cluster CA that signed the API server's kubelet client
+// certificate, as kube-apiserver --kubelet-client-certificate). A client
+// without a certificate may present a bearer token on the paths
+// kubeletAuth checks with the API server (kubeletauthz.go).
 func KubeletTLSConfig(cert tls.Certificate, clientCAs *x509.CertPool) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    clientCAs,
 	}
 }
 
-// kubeletAuth lets through only the API server: a verified client
+// kubeletAuth lets through the API server only: a verified client
 // certificate whose common name is one of Config.KubeletClientNames or
-// whose organization is one of Config.KubeletClientGroups.
+// whose organization is one of Config.KubeletClientGroups; except on the
+// resource usage paths, which any client the API server authorizes for
+// nodes/metrics or nodes/stats may call (webhookAuth).
 func (s *Server) kubeletAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sub := webhookSubresource(r.URL.Path); sub != "" {
+			if s.webhookAuth(w, r, sub) {
+				next.ServeHTTP(w, r)
+			}
+			return
+		}
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
 			http.Error(w, "a client certificate signed by the cluster CA is required", http.StatusUnauthorized)
 			return

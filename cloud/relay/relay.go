@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -112,6 +113,13 @@ type Config struct {
 	// Node's addresses as the agent reports them.
 	KubeletAddress string
 	KubeletPort    int32
+	// KubeletNodeListen, if set, gives each connected node a kubelet API
+	// listener of its own (serving TLS, as KubeletTLSConfig), whose port
+	// is written into the node's Node instead of KubeletPort: clients
+	// that address a kubelet by IP and port alone (metrics-server) then
+	// reach the node they mean. On an error the node keeps the shared
+	// listener.
+	KubeletNodeListen func() (net.Listener, error)
 	// KubeletClientNames and KubeletClientGroups are the client
 	// certificate common names and organizations the kubelet API accepts
 	// (the API server's --kubelet-client-certificate). Both nil means
@@ -169,6 +177,9 @@ type Server struct {
 	mu     sync.Mutex
 	conns  map[string]*conn // by node name: one connection per node
 	closed bool
+
+	// authCache holds the kubelet API's token and access reviews.
+	authCache authCache
 
 	readyMu  sync.Mutex
 	readyAt  time.Time

@@ -71,6 +71,7 @@ type Options struct {
 	KubeletGroups    string // comma-separated
 	KubeletCertFile  string
 	KubeletKeyFile   string
+	KubeletNodePorts string // LOW-HIGH
 }
 
 // Register defines the options as flags on fs, with their defaults.
@@ -109,6 +110,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.KubeletGroups, "kubelet-client-groups", "", "comma-separated client certificate organizations the kubelet API accepts too, e.g. system:masters (k3s)")
 	fs.StringVar(&o.KubeletCertFile, "kubelet-tls-cert-file", "", "kubelet API serving certificate (PEM); default: minted from the relay CA for the kubelet advertise address")
 	fs.StringVar(&o.KubeletKeyFile, "kubelet-tls-key-file", "", "kubelet API serving key (PEM), with --kubelet-tls-cert-file")
+	fs.StringVar(&o.KubeletNodePorts, "kubelet-node-ports", "", "LOW-HIGH: give each connected edge node a kubelet API port of its own from this range, on the --kubelet-listen host, written into its Node; metrics-server (kubectl top) addresses kubelets by IP and port alone, so it needs this. Empty: every node shares --kubelet-listen")
 }
 
 // check refuses options that cannot work together, before anything is
@@ -123,6 +125,9 @@ func (o *Options) check() (slog.Level, error) {
 	}
 	if (o.KubeletCertFile == "") != (o.KubeletKeyFile == "") {
 		return level, errors.New("--kubelet-tls-cert-file and --kubelet-tls-key-file go together")
+	}
+	if o.KubeletNodePorts != "" && o.KubeletListen == "" {
+		return level, errors.New("--kubelet-node-ports needs --kubelet-listen: the node ports are opened on its host")
 	}
 	if o.KubeletListen != "" && o.KubeletClientCA == "" {
 		return level, errors.New("--kubelet-listen needs --kubelet-client-ca: the kubelet API serves only the API server, identified by its client certificate")
@@ -246,8 +251,19 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 		TokenRefreshAfter: o.TokenRefreshAfter,
 		JoinPerIPRate:     o.JoinRatePerIP, JoinPerIPBurst: o.JoinBurstPerIP,
 	}
+	var kcert tls.Certificate
 	if kl != nil {
 		rc.KubeletAddress, rc.KubeletPort = kl.address, int32(kl.port)
+		if kcert, err = servingCert(o.KubeletCertFile, o.KubeletKeyFile, ca, append([]string{kl.address}, SplitList(o.Advertise)...), log); err != nil {
+			return err
+		}
+		if o.KubeletNodePorts != "" {
+			np, err := newNodePorts(o.KubeletListen, o.KubeletNodePorts, relay.KubeletTLSConfig(kcert, kl.cas))
+			if err != nil {
+				return err
+			}
+			rc.KubeletNodeListen = np.listen
+		}
 	}
 	srv, err := relay.New(rc)
 	if err != nil {
@@ -283,10 +299,6 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
 	var ks *http.Server
 	if kl != nil {
-		kcert, err := servingCert(o.KubeletCertFile, o.KubeletKeyFile, ca, append([]string{kl.address}, SplitList(o.Advertise)...), log)
-		if err != nil {
-			return err
-		}
 		ks = &http.Server{
 			Handler:           srv.KubeletHandler(),
 			TLSConfig:         relay.KubeletTLSConfig(kcert, kl.cas),

@@ -49,14 +49,21 @@ func binaries(ctx context.Context, log *slog.Logger, build bool) (string, error)
 		}
 		return dir, nil
 	}
+	if _, err := exec.LookPath("go"); err != nil && build {
+		return "", fmt.Errorf("the control plane is built from source with the Go toolchain, but go is not in $PATH: install Go, or set $%s to a directory of prebuilt binaries", ControlPlaneDirEnv)
+	}
+	return runBuild(ctx, log, build, "control plane", "controlplane", "make controlplane", checkBinaries)
+}
+
+// runBuild runs build/<dir>/build.sh, which prints the directory of what
+// it built (what), cached; check vets that directory. Without build it
+// fails, saying to run hint, unless the cache is complete.
+func runBuild(ctx context.Context, log *slog.Logger, build bool, what, dir, hint string, check func(string) error) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	if _, err := exec.LookPath("go"); err != nil && build {
-		return "", fmt.Errorf("the control plane is built from source with the Go toolchain, but go is not in $PATH: install Go, or set $%s to a directory of prebuilt binaries", ControlPlaneDirEnv)
-	}
-	script := filepath.Join(root, "build", "controlplane", "build.sh")
+	script := filepath.Join(root, "build", dir, "build.sh")
 	unlock, err := lockBuild()
 	if err != nil {
 		return "", err
@@ -64,7 +71,7 @@ func binaries(ctx context.Context, log *slog.Logger, build bool) (string, error)
 	defer unlock()
 
 	if build {
-		log.Info("control plane binaries: running build.sh (cached after the first build, which takes ~10 min)", "script", script)
+		log.Info(what+" binaries: running build.sh (cached after the first build, which takes minutes)", "script", script)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -103,22 +110,22 @@ func binaries(ctx context.Context, log *slog.Logger, build bool) (string, error)
 	_, _ = io.Copy(io.Discard, stderr) // drain after a too-long line or a stop
 	werr := cmd.Wait()
 	if notBuilt {
-		return "", fmt.Errorf("the control plane is not built (%s would build it now): run make controlplane or %s first", script, script)
+		return "", fmt.Errorf("the %s is not built (%s would build it now): run %s or %s first", what, script, hint, script)
 	}
 	if werr != nil {
 		if ctx.Err() != nil {
-			return "", fmt.Errorf("build the control plane (%s): %w", script, context.Cause(ctx))
+			return "", fmt.Errorf("build the %s (%s): %w", what, script, context.Cause(ctx))
 		}
-		return "", fmt.Errorf("build the control plane (%s): %w\n%s", script, werr, strings.Join(lastErr, "\n"))
+		return "", fmt.Errorf("build the %s (%s): %w\n%s", what, script, werr, strings.Join(lastErr, "\n"))
 	}
-	dir := lastLine(stdout.String())
-	if dir == "" {
+	out := lastLine(stdout.String())
+	if out == "" {
 		return "", fmt.Errorf("%s printed no output directory", script)
 	}
-	if err := checkBinaries(dir); err != nil {
+	if err := check(out); err != nil {
 		return "", fmt.Errorf("%s: %w", script, err)
 	}
-	return dir, nil
+	return out, nil
 }
 
 // checkBinaries reports the first control-plane binary missing from dir.

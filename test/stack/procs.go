@@ -58,6 +58,17 @@ func (s *Stack) StartRelay(ctx context.Context, extra ...string) (*Relay, error)
 	if s.opts.LeaseDuration > 0 {
 		r.args = append(r.args, "--lease-duration", s.opts.LeaseDuration.String())
 	}
+	if s.opts.MetricsServer {
+		// A port of its own for each edge node (metrics-server tells
+		// kubelets apart by address and port only); busy ones are
+		// skipped.
+		base, err := harness.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		base = min(base, 65535-64)
+		r.args = append(r.args, "--kubelet-node-ports", strconv.Itoa(base)+"-"+strconv.Itoa(base+63))
+	}
 	r.args = append(r.args, extra...)
 	if err := r.Start(ctx); err != nil {
 		return nil, err

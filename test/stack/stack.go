@@ -50,6 +50,10 @@ type Options struct {
 	// registry on loopback holding test/busybox:1 and :2, and points every
 	// agent at them, each agent in its own containerd namespace.
 	Containerd bool
+	// MetricsServer starts metrics-server (kubectl top) once the control
+	// plane runs, and gives relays --kubelet-node-ports, so it reaches
+	// each edge node at a port of its own.
+	MetricsServer bool
 }
 
 // Stack is a running control plane plus Outpost's processes on it.
@@ -66,6 +70,8 @@ type Stack struct {
 	Containerd *harness.Containerd
 	Registry   *harness.Registry
 	Images     []harness.BusyboxImage
+	// MetricsServer is set with Options.MetricsServer.
+	MetricsServer *harness.MetricsServer
 
 	opts      Options
 	log       *slog.Logger
@@ -110,6 +116,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	if err := s.installRBAC(ctx); err != nil {
 		return nil, err
+	}
+	if opts.MetricsServer {
+		if s.MetricsServer, err = s.CP.StartMetricsServer(ctx, true); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Containerd {
 		if s.Containerd, err = harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(s.Dir, "containerd"), Log: s.log}); err != nil {
@@ -240,6 +251,9 @@ func (s *Stack) Stop() {
 	}
 	for _, r := range s.relays {
 		r.Stop()
+	}
+	if s.MetricsServer != nil {
+		_ = s.MetricsServer.Proc.Stop(10 * time.Second)
 	}
 	if s.Containerd != nil {
 		if err := s.Containerd.Stop(); err != nil {

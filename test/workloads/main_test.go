@@ -46,6 +46,8 @@ func TestMain(m *testing.M) {
 			Containerd:        true,
 			HeartbeatInterval: 2 * time.Second,
 			LeaseDuration:     8 * time.Second,
+			// kubectl top, through metrics-server and the relay.
+			MetricsServer: true,
 		},
 		Ready: func(ctx context.Context, s *stack.Stack, r *stack.Relay) (err error) {
 			st, relay = s, r

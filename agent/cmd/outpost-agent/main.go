@@ -40,6 +40,7 @@ import (
 	"outpost.dev/agent/store"
 	"outpost.dev/agent/tunnels"
 	"outpost.dev/agent/twins"
+	resusage "outpost.dev/agent/usage"
 	"outpost.dev/boards"
 	_ "outpost.dev/hal/all" // every driver unless tagged out (outpost_no_<driver>)
 	"outpost.dev/wire"
@@ -342,6 +343,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	var sender *outbox.Sender
 	var logsrv *logs.Server             // kubectl logs; set before the link runs
 	var tunsrv *tunnels.Server          // kubectl exec, port-forward; set before the link runs
+	var statsrv *resusage.Server        // kubectl top; set before the link runs
 	var podRec *pods.Reconciler         // set before the link runs
 	connected := make(chan struct{}, 1) // wakes the node status reporter on each connect
 	lk := link.New(link.Config{
@@ -374,6 +376,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 				podCIDR.learn(nc.PodCIDRs)
 			case logsrv.Handle(f):
 			case tunsrv.Handle(f):
+			case statsrv.Handle(f):
 			case applier.Handle(f):
 			default:
 				log.Debug("frame from relay ignored", "type", f.Type)
@@ -423,6 +426,9 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	tunsrv = tunnels.New(tunnels.Config{Pods: podRec, Send: lk.Send, Log: log.With("component", "tunnels")})
 	defer tunsrv.Wait()
 	defer tunsrv.Disconnected()
+	statsrv = resusage.New(resusage.Config{Reader: &resusage.Reader{Root: "/sys/fs/cgroup", Proc: "/proc"},
+		Containers: podRec.StatsContainers, Send: lk.Send, Log: log.With("component", "usage")})
+	defer statsrv.Wait()
 	if err := lk.Run(ctx); err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 package containerd
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -154,4 +156,26 @@ func writeCgroup(path, v string) error {
 		return fmt.Errorf("pod cgroup: %w", err)
 	}
 	return nil
+}
+
+// CgroupsPath returns the cgroup of container id as its OCI spec names
+// it (linux.cgroupsPath, relative to the hierarchies' roots), for reading
+// its usage.
+func (r *Runtime) CgroupsPath(ctx context.Context, id string) (string, error) {
+	_, spec, err := r.containerSpec(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	var s struct {
+		Linux *struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(spec, &s); err != nil {
+		return "", fmt.Errorf("container %s: spec: %w", id, err)
+	}
+	if s.Linux == nil || s.Linux.CgroupsPath == "" {
+		return "", fmt.Errorf("container %s: its spec names no cgroup", id)
+	}
+	return s.Linux.CgroupsPath, nil
 }

@@ -1,0 +1,132 @@
+package usage
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"outpost.dev/wire"
+)
+
+// Container is a running container to read: its pod's names, its own,
+// when it was created and its cgroup (the OCI spec's cgroupsPath).
+type Container struct {
+	Namespace, Pod, Name string
+	Created              time.Time
+	Cgroup               string
+}
+
+// Containers lists the running containers (the pod reconciler).
+type Containers func(ctx context.Context) ([]Container, error)
+
+// Config configures a Server.
+type Config struct {
+	Reader     *Reader
+	Containers Containers // nil: the node's figures only
+	// Send queues one frame on the link (link.Link.Send).
+	Send func(t wire.Type, seq uint64, body wire.Body) error
+	Log  *slog.Logger
+}
+
+// collectTimeout bounds one collection; the relay gives up sooner.
+const collectTimeout = 10 * time.Second
+
+// Server answers stats requests, one at a time: a request while one is
+// being collected is answered with an error, so a scraper cannot pile up
+// work on the node.
+type Server struct {
+	cfg  Config
+	busy atomic.Bool
+	wg   sync.WaitGroup
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg}
+}
+
+// Wait waits for a running collection to end.
+func (s *Server) Wait() { s.wg.Wait() }
+
+// Handle takes a stats request and reports whether f was one. It never
+// blocks the link's read loop: the collection runs on its own.
+func (s *Server) Handle(f wire.Frame) bool {
+	if f.Type != wire.TypeStatsRequest {
+		return false
+	}
+	var req wire.StatsRequest
+	if err := f.DecodeBody(&req); err != nil {
+		s.cfg.Log.Warn("stats request refused", "err", err)
+		return true
+	}
+	if !s.busy.CompareAndSwap(false, true) {
+		s.reply(&wire.StatsResponse{ID: req.ID, Error: errBusy.Error()})
+		return true
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.busy.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
+		defer cancel()
+		s.reply(s.Collect(ctx, req.ID))
+	}()
+	return true
+}
+
+func (s *Server) reply(r *wire.StatsResponse) {
+	if err := s.cfg.Send(wire.TypeStatsResponse, 0, r); err != nil {
+		s.cfg.Log.Warn("stats response not sent", "err", err)
+	}
+}
+
+// Collect reads the node and every running container into a response
+// with id. A container whose cgroup cannot be read (it just stopped) is
+// left out; a node that cannot be read answers with the error.
+func (s *Server) Collect(ctx context.Context, id uint32) *wire.StatsResponse {
+	node, err := s.cfg.Reader.Node()
+	if err != nil {
+		return &wire.StatsResponse{ID: id, Error: "reading the node's usage: " + truncate(err.Error())}
+	}
+	resp := &wire.StatsResponse{ID: id, Node: &node}
+	if s.cfg.Containers == nil {
+		return resp
+	}
+	cs, err := s.cfg.Containers(ctx)
+	if err != nil {
+		s.cfg.Log.Warn("stats: listing containers failed; node figures only", "err", err)
+		return resp
+	}
+	for _, c := range cs {
+		if len(resp.Containers) == wire.MaxStatsContainers {
+			resp.Truncated = true
+			break
+		}
+		u, err := s.cfg.Reader.Cgroup(c.Cgroup)
+		if err != nil {
+			s.cfg.Log.Debug("stats: container cgroup not read", "pod", c.Namespace+"/"+c.Pod, "container", c.Name, "err", err)
+			continue
+		}
+		cu := wire.ContainerUsage{Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, Usage: u}
+		if !c.Created.IsZero() {
+			cu.StartTime = c.Created.Unix()
+		}
+		if cu.Validate() != nil {
+			continue // names the relay would refuse; not this agent's to send
+		}
+		resp.Containers = append(resp.Containers, cu)
+	}
+	return resp
+}
+
+func truncate(s string) string {
+	if len(s) > 512 {
+		return s[:512]
+	}
+	return s
+}

@@ -305,7 +305,10 @@ func recordPods(t *testing.T, node string) *recorder {
 		for ctx.Err() == nil {
 			w, err := kc.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node, ResourceVersion: rv})
 			if err != nil {
-				time.Sleep(200 * time.Millisecond)
+				select { // the API server is restarting: try again, until the recorder stops
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
 				continue
 			}
 			for ev := range w.ResultChan() {

@@ -52,7 +52,7 @@ func run(bin, dir, node string) error {
 	step := func(s string) { fmt.Fprintf(os.Stderr, "==> %s\n", s) }
 
 	step("starting the Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)")
-	st, err := stack.Start(ctx, stack.Options{Dir: dir, Log: log, BinDir: bin, Containerd: true})
+	st, err := stack.Start(ctx, stack.Options{Dir: dir, Log: log, BinDir: bin, Containerd: true, MetricsServer: true})
 	if err != nil {
 		return err
 	}
@@ -121,12 +121,14 @@ Try:
   export KUBECONFIG=%s
   %s get devices -w
   %s logs -f deploy/hello
+  %s exec -it deploy/hello -- sh
+  %s top pod            (metrics-server needs a minute for its first figures)
   %s get device bme280-demo -o yaml
   mosquitto_sub -h %s -p %s -t 'outpost/#' -v
 
 Ctrl-C stops everything.
 `, st.CP.Kubeconfig, kubectl, relay.URL, agent.MQTTAddr, manifest, dir, st.CP.Dir, shown,
-		st.CP.Kubeconfig, kubectl, kubectl, kubectl, hostOf(agent.MQTTAddr), portOf(agent.MQTTAddr))
+		st.CP.Kubeconfig, kubectl, kubectl, kubectl, kubectl, kubectl, hostOf(agent.MQTTAddr), portOf(agent.MQTTAddr))
 
 	select {
 	case <-ctx.Done():

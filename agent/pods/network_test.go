@@ -21,29 +21,6 @@ import (
 	"outpost.dev/wire"
 )
 
-// requireCNI fails under CI=true (skips otherwise) when the plugins or
-// iptables are missing.
-func requireCNI(t *testing.T) {
-	t.Helper()
-	var missing []string
-	for _, p := range []string{"bridge", "host-local", "portmap"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			missing = append(missing, p)
-		}
-	}
-	if _, err := exec.LookPath("iptables-save"); err != nil {
-		missing = append(missing, "iptables")
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("CNI plugins or tools missing (%s): run build/install-deps.sh (Debian's containernetworking-plugins)", strings.Join(missing, ", "))
-	if os.Getenv("CI") == "true" {
-		t.Fatal("CI=true: " + msg)
-	}
-	t.Skip(msg)
-}
-
 // hostAddr is a non-loopback IPv4 address of this machine.
 func hostAddr(t *testing.T) string {
 	t.Helper()
@@ -119,7 +96,7 @@ func (e *env) leaks(t *testing.T, bridge, subnet, leaseDir string) leaks {
 // stopped in the middle of a pod's network set-up and a simulated reboot
 // leave no veth, iptables rule or address lease behind.
 func TestPodNetwork(t *testing.T) {
-	requireCNI(t)
+	harness.RequireCNI(t)
 	harness.RequireContainerd(t)
 	e := start(t)
 	img := e.images[0].Ref

@@ -1,7 +1,11 @@
 package harness
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -11,14 +15,40 @@ import (
 func RequireContainerd(t testing.TB) {
 	t.Helper()
 	for _, err := range []error{ContainerdMissing(), BusyboxMissing()} {
-		if err == nil {
-			continue
-		}
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %v", err)
-		}
-		t.Skip(err)
+		missing(t, err)
 	}
+}
+
+// RequireCNI skips t when the default pod network's CNI plugins (bridge,
+// host-local, portmap from Debian's containernetworking-plugins) or
+// iptables are missing; under CI=true it fails instead.
+func RequireCNI(t testing.TB) {
+	t.Helper()
+	var gone []string
+	for _, p := range []string{"bridge", "host-local", "portmap"} {
+		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
+			gone = append(gone, p)
+		}
+	}
+	if _, err := exec.LookPath("iptables-save"); err != nil {
+		gone = append(gone, "iptables")
+	}
+	if len(gone) > 0 {
+		missing(t, fmt.Errorf("CNI plugins or tools missing (%s): run build/install-deps.sh (Debian's containernetworking-plugins and iptables)", strings.Join(gone, ", ")))
+	}
+}
+
+// missing skips t for err, or fails it under CI=true: .ci/run installs
+// what the tests need, so a machine without it must not pass by skipping.
+func missing(t testing.TB, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true: %v", err)
+	}
+	t.Skip(err)
 }
 
 // RequireRoot skips t unless it runs as root (mounts, namespaces). Under

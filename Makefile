@@ -58,7 +58,7 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 	done
 	@cd $(BIN)/cross && sha256sum outpost-agent-* > SHA256SUMS && echo "wrote $(BIN)/cross/SHA256SUMS"
 
-.PHONY: size package image image-boot image-join bench-mem
+.PHONY: size size-report package image image-boot image-join bench-mem
 BOARD      ?=
 RELAY      ?=
 TOKEN      ?=
@@ -71,8 +71,12 @@ BENCH_RUNS ?= 1
 ARCH       ?= arm64
 BENCH_DOC  ?= docs/benchmarks.md
 
-size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical.
+size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical; docs/agent-size.md must be current.
 	$(GO) test -count=1 -v -run 'TestSizeBudget|TestReproducible' ./build/cross/
+	$(GO) test -count=1 -run 'TestSizeReport' ./build/sizes/
+
+size-report: ## Rewrite docs/agent-size.md, the arm64 agent's bytes by package.
+	$(GO) test -count=1 -run 'TestSizeReport' ./build/sizes/ -update
 
 package: ## A .deb per gateway architecture into bin/packages, built without root, with SHA-256 sums.
 	$(GO) run ./build/package -out $(BIN)/packages -version $(VERSION)

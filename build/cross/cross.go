@@ -75,6 +75,9 @@ type Options struct {
 	Version string
 	// Package is the main package; ./agent/cmd/outpost-agent when empty.
 	Package string
+	// Symbols keeps the symbol table (no -s -w), for tools that attribute
+	// the binary's bytes to packages; shipped builds are stripped.
+	Symbols bool
 }
 
 // Build builds the agent for t into out (a file path).
@@ -89,8 +92,12 @@ func Build(ctx context.Context, t Target, out string, o Options) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-buildvcs=false",
-		"-ldflags", "-s -w -X main.version="+o.Version, "-o", out, o.Package)
+	ldflags := "-s -w -X main.version=" + o.Version
+	if o.Symbols {
+		ldflags = "-X main.version=" + o.Version
+	}
+	cmd := exec.CommandContext(ctx, GoTool(), "build", "-trimpath", "-buildvcs=false",
+		"-ldflags", ldflags, "-o", out, o.Package)
 	cmd.Dir = o.ModuleRoot
 	cmd.Env = t.Env()
 	var stderr bytes.Buffer
@@ -101,9 +108,9 @@ func Build(ctx context.Context, t Target, out string, o Options) error {
 	return nil
 }
 
-// goTool is the go command of the toolchain running this program, so a
+// GoTool is the go command of the toolchain running this program, so a
 // test or go run uses the same Go as its caller.
-func goTool() string {
+func GoTool() string {
 	p := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(p); err == nil {
 		return p

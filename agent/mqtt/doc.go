@@ -1,5 +1,6 @@
 // Package mqtt is the agent's MQTT side: the connection to a broker (the
-// embedded one by default, or an external one through paho), and the
+// embedded one by default, or an external one through the agent's own
+// MQTT 3.1.1 client on the embedded broker's packet codec), and the
 // [Bridge] that publishes device twins on Outpost's documented topics and
 // takes desired values apps write there.
 //

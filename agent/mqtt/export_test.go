@@ -8,3 +8,6 @@ func FailedAttempts(c Conn) int {
 	defer e.mu.Unlock()
 	return e.attempts
 }
+
+// Match is the topic filter matching of the external broker connection.
+var Match = match

@@ -1,36 +1,63 @@
 package mqtt
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // ErrNotConnected is returned by Publish while an external broker is
 // unreachable; the message is dropped.
 var ErrNotConnected = errors.New("mqtt: not connected to the broker")
 
-// external is a paho connection to a broker the agent does not run. It
-// connects in the background with backoff and logs one line per state
-// change, never one per attempt.
+// Limits of the connection to an external broker.
+const (
+	keepAlive      = 30 * time.Second
+	connectTimeout = 10 * time.Second
+	writeTimeout   = 10 * time.Second
+	// maxIncoming bounds one packet from the broker; twin and desired
+	// messages are well under 1 KiB.
+	maxIncoming = 64 << 10
+)
+
+// external is an MQTT 3.1.1 client of a broker the agent does not run,
+// written on the packet codec of the embedded broker's library so that
+// the agent links one MQTT implementation. It connects in the background
+// with backoff and logs one line per state change, never one per attempt.
+// Messages go out at QoS 0; the status topic and subscriptions use QoS 1.
 type external struct {
-	c    paho.Client
-	url  string
-	node string
-	log  *slog.Logger
-	stop chan struct{}
-	once sync.Once
+	addr   string // HOST:PORT
+	url    string // for logs, without credentials
+	tls    *tls.Config
+	user   string
+	pass   string
+	node   string
+	log    *slog.Logger
+	stop   chan struct{}
+	done   chan struct{}
+	closed sync.Once
+
+	wmu sync.Mutex // one packet at a time on conn
 
 	mu        sync.Mutex
+	conn      net.Conn // nil while disconnected
+	nextID    uint16
 	subs      map[string]Handler
 	onConnect []func()
 	lastState string
 	attempts  int // first-connection attempts that failed
+	everUp    bool
 }
 
 func dialExternal(cfg Config) (Conn, error) {
@@ -38,64 +65,362 @@ func dialExternal(cfg Config) (Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &external{url: u.Redacted(), node: cfg.Node, log: cfg.Log, stop: make(chan struct{}), subs: map[string]Handler{}}
-	o := paho.NewClientOptions().AddBroker(u.String()).
-		SetClientID("outpost-agent-"+cfg.Node).
-		SetCleanSession(true).
-		SetAutoReconnect(true).
-		SetConnectRetry(false).
-		SetMaxReconnectInterval(time.Minute).
-		SetConnectTimeout(10*time.Second).
-		SetKeepAlive(30*time.Second).
-		SetOrderMatters(false).
-		SetWill(StatusTopic(cfg.Node), "offline", 1, true).
-		SetOnConnectHandler(func(paho.Client) { e.connected() }).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			e.state("lost", "MQTT broker connection lost; reconnecting with backoff (up to 1m)", err)
-		})
-	if cfg.Username != "" {
-		o.SetUsername(cfg.Username).SetPassword(cfg.Password)
-	}
+	e := &external{addr: u.Host, url: u.Redacted(), user: cfg.Username, pass: cfg.Password, node: cfg.Node, log: cfg.Log,
+		stop: make(chan struct{}), done: make(chan struct{}), subs: map[string]Handler{}}
 	if u.Scheme == "ssl" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		e.tls = &tls.Config{MinVersion: tls.VersionTLS12}
 		if cfg.CAFile != "" {
-			if tc, err = LoadCA(cfg.CAFile); err != nil {
+			if e.tls, err = LoadCA(cfg.CAFile); err != nil {
 				return nil, err
 			}
 		}
-		o.SetTLSConfig(tc)
 	}
-	e.c = paho.NewClient(o)
-	go e.connectLoop()
+	go e.run()
 	return e, nil
 }
 
-// connectLoop makes the first connection; paho's auto-reconnect takes over
-// once it succeeded.
-func (e *external) connectLoop() {
+// run connects, serves the connection until it fails, and reconnects
+// with backoff, until Close.
+func (e *external) run() {
+	defer close(e.done)
 	var backoff time.Duration
 	for {
-		t := e.c.Connect()
-		var err error
-		if !t.WaitTimeout(15 * time.Second) {
-			err = errors.New("timed out")
-		} else {
-			err = t.Error()
-		}
+		c, r, err := e.connect()
 		if err == nil {
-			return
+			start := time.Now()
+			err = e.serve(c, r)
+			select {
+			case <-e.stop:
+				return
+			default:
+			}
+			// A broker that drops the agent at once is retried with
+			// backoff too; after a long connection the first retry is
+			// quick.
+			if time.Since(start) > time.Minute {
+				backoff = 0
+			}
+			backoff = nextBackoff(backoff)
+			e.state("lost", "MQTT broker connection lost; reconnecting with backoff (up to 1m)", err)
+		} else {
+			backoff = nextBackoff(backoff)
+			e.mu.Lock()
+			if !e.everUp {
+				e.attempts++
+			}
+			e.mu.Unlock()
+			e.state("down", fmt.Sprintf("MQTT broker unreachable; retrying with backoff (up to 1m), next in %s", backoff.Round(time.Second)), err)
 		}
-		backoff = nextBackoff(backoff)
-		e.mu.Lock()
-		e.attempts++
-		e.mu.Unlock()
-		e.state("down", fmt.Sprintf("MQTT broker unreachable; retrying with backoff (up to 1m), next in %s", backoff.Round(time.Second)), err)
 		select {
 		case <-e.stop:
 			return
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// connect dials the broker and completes the MQTT handshake.
+func (e *external) connect() (net.Conn, *bufio.Reader, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-e.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var c net.Conn
+	var err error
+	if e.tls != nil {
+		c, err = (&tls.Dialer{Config: e.tls}).DialContext(ctx, "tcp", e.addr)
+	} else {
+		c, err = (&net.Dialer{}).DialContext(ctx, "tcp", e.addr)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), ClientIdentifier: "outpost-agent-" + e.node, Clean: true,
+			Keepalive: uint16(keepAlive / time.Second),
+			WillFlag:  true, WillTopic: StatusTopic(e.node), WillPayload: []byte("offline"), WillQos: 1, WillRetain: true,
+		}}
+	if e.user != "" {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(e.user)
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(e.pass)
+	}
+	var b bytes.Buffer
+	pk.ConnectEncode(&b)
+	c.SetDeadline(time.Now().Add(connectTimeout))
+	if _, err := c.Write(b.Bytes()); err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	r := bufio.NewReader(c)
+	ack, err := readPacket(r)
+	if err == nil && ack.FixedHeader.Type != packets.Connack {
+		err = fmt.Errorf("broker answered CONNECT with packet type %d, not CONNACK", ack.FixedHeader.Type)
+	}
+	if err == nil && ack.ReasonCode != 0 {
+		err = connackError(ack.ReasonCode)
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, r, nil
+}
+
+// connackError says what an MQTT 3.1.1 CONNACK refusal means.
+func connackError(code byte) error {
+	switch code {
+	case 1:
+		return errors.New("broker refused the connection: it does not speak MQTT 3.1.1")
+	case 2:
+		return errors.New("broker refused the client id")
+	case 3:
+		return errors.New("broker refused the connection: server unavailable")
+	case 4:
+		return errors.New("broker refused the username or password: check mqtt.username and mqtt.password")
+	case 5:
+		return errors.New("broker refused the connection: not authorized (check mqtt.username and the broker's ACL)")
+	}
+	return fmt.Errorf("broker refused the connection with return code %d", code)
+}
+
+// serve runs one connection: it publishes online, subscribes, calls the
+// OnConnect functions and then reads until the connection fails or is
+// closed, pinging the broker every keepAlive.
+func (e *external) serve(c net.Conn, r *bufio.Reader) error {
+	e.mu.Lock()
+	e.conn, e.everUp = c, true
+	subs := make(map[string]Handler, len(e.subs))
+	for f, h := range e.subs {
+		subs[f] = h
+	}
+	fns := append([]func(){}, e.onConnect...)
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.conn = nil
+		e.mu.Unlock()
+		c.Close()
+	}()
+	select {
+	case <-e.stop:
+		return nil
+	default:
+	}
+	e.state("up", "MQTT broker connected", nil)
+	if err := e.publish(c, StatusTopic(e.node), []byte("online"), true, 1); err != nil {
+		return err
+	}
+	for f := range subs {
+		if err := e.subscribe(c, f); err != nil {
+			return err
+		}
+	}
+	// Republishing may be long; the reader must run meanwhile.
+	go func() {
+		for _, fn := range fns {
+			fn()
+		}
+	}()
+	pings := make(chan struct{})
+	defer close(pings)
+	go func() {
+		t := time.NewTicker(keepAlive)
+		defer t.Stop()
+		for {
+			select {
+			case <-pings:
+				return
+			case <-t.C:
+				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+			}
+		}
+	}()
+	for {
+		// The broker answers a ping within the keep-alive period, so
+		// silence for half as long again means the link is gone.
+		c.SetReadDeadline(time.Now().Add(keepAlive * 3 / 2))
+		pk, err := readPacket(r)
+		if err != nil {
+			select {
+			case <-e.stop:
+				return nil
+			default:
+			}
+			return err
+		}
+		switch pk.FixedHeader.Type {
+		case packets.Publish:
+			switch pk.FixedHeader.Qos {
+			case 1:
+				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+			case 2:
+				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+			}
+			e.deliver(pk.TopicName, pk.Payload)
+		case packets.Pubrel:
+			e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
+		case packets.Suback:
+			for _, code := range pk.ReasonCodes {
+				if code >= 0x80 {
+					e.log.Warn("MQTT broker refused a subscription; desired values on it will not arrive: check the broker's ACL", "broker", e.url)
+				}
+			}
+		}
+	}
+}
+
+// deliver calls the handler of every subscription matching topic.
+func (e *external) deliver(topic string, payload []byte) {
+	e.mu.Lock()
+	var hs []Handler
+	for f, h := range e.subs {
+		if match(f, topic) {
+			hs = append(hs, h)
+		}
+	}
+	e.mu.Unlock()
+	for _, h := range hs {
+		h(topic, payload)
+	}
+}
+
+// match says whether an MQTT topic filter (with + and # wildcards)
+// matches topic.
+func match(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && !strings.HasPrefix(filter, "$") {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		if !fmore || !tmore {
+			// "a/#" matches "a" too.
+			return fmore == tmore || (fmore && frest == "#")
+		}
+		filter, topic = frest, trest
+	}
+}
+
+func (e *external) id() uint16 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.nextID++
+	if e.nextID == 0 {
+		e.nextID = 1
+	}
+	return e.nextID
+}
+
+// publish sends a message; at QoS 1 the broker's PUBACK is not waited for.
+func (e *external) publish(c net.Conn, topic string, payload []byte, retain bool, qos byte) error {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain}, TopicName: topic, Payload: payload}
+	if qos > 0 {
+		pk.PacketID = e.id()
+	}
+	return e.write(c, pk)
+}
+
+func (e *external) subscribe(c net.Conn, filter string) error {
+	return e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: e.id(),
+		Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}})
+}
+
+// write encodes pk for MQTT 3.1.1 and sends it; a failed write closes c,
+// so the reader sees the failure and the connection is made again.
+func (e *external) write(c net.Conn, pk packets.Packet) error {
+	pk.ProtocolVersion = 4
+	var b bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		err = pk.PublishEncode(&b)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&b)
+	case packets.Puback:
+		err = pk.PubackEncode(&b)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&b)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&b)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(&b)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&b)
+	default:
+		err = fmt.Errorf("mqtt: cannot send packet type %d", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		return err
+	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := c.Write(b.Bytes()); err != nil {
+		c.Close()
+		return err
+	}
+	return nil
+}
+
+// readPacket reads one MQTT 3.1.1 packet of at most maxIncoming bytes.
+func readPacket(r *bufio.Reader) (packets.Packet, error) {
+	pk := packets.Packet{ProtocolVersion: 4}
+	hb, err := r.ReadByte()
+	if err != nil {
+		return pk, err
+	}
+	n := 0
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return pk, err
+		}
+		n |= int(b&0x7f) << (7 * i)
+		if b&0x80 == 0 {
+			break
+		}
+		if i == 3 {
+			return pk, errors.New("broker sent a malformed packet length")
+		}
+	}
+	if n > maxIncoming {
+		return pk, fmt.Errorf("broker sent a %d-byte packet, over the %d-byte limit", n, maxIncoming)
+	}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, fmt.Errorf("broker sent a malformed packet header: %w", err)
+	}
+	pk.FixedHeader.Remaining = n
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return pk, err
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(buf)
+	case packets.Publish:
+		err = pk.PublishDecode(buf)
+	case packets.Suback:
+		err = pk.SubackDecode(buf)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(buf)
+	}
+	if err != nil {
+		return pk, fmt.Errorf("broker sent a malformed packet (type %d): %w", pk.FixedHeader.Type, err)
+	}
+	return pk, nil
 }
 
 // state logs a state change once: repeats of the same state and error
@@ -119,45 +444,27 @@ func (e *external) state(state, msg string, err error) {
 	}
 }
 
-func (e *external) connected() {
-	e.state("up", "MQTT broker connected", nil)
-	e.c.Publish(StatusTopic(e.node), 1, true, []byte("online"))
+func (e *external) current() net.Conn {
 	e.mu.Lock()
-	subs := make(map[string]Handler, len(e.subs))
-	for f, h := range e.subs {
-		subs[f] = h
-	}
-	fns := append([]func(){}, e.onConnect...)
-	e.mu.Unlock()
-	for f, h := range subs {
-		e.subscribe(f, h)
-	}
-	// paho calls this on its own goroutine; republishing may be long.
-	go func() {
-		for _, fn := range fns {
-			fn()
-		}
-	}()
-}
-
-func (e *external) subscribe(filter string, h Handler) {
-	e.c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { h(m.Topic(), m.Payload()) })
+	defer e.mu.Unlock()
+	return e.conn
 }
 
 func (e *external) Publish(topic string, payload []byte, retain bool) error {
-	if !e.c.IsConnectionOpen() {
+	c := e.current()
+	if c == nil {
 		return ErrNotConnected
 	}
-	e.c.Publish(topic, 0, retain, payload)
-	return nil
+	return e.publish(c, topic, payload, retain, 0)
 }
 
 func (e *external) Subscribe(filter string, h Handler) error {
 	e.mu.Lock()
 	e.subs[filter] = h
+	c := e.conn
 	e.mu.Unlock()
-	if e.c.IsConnectionOpen() {
-		e.subscribe(filter, h)
+	if c != nil {
+		return e.subscribe(c, filter)
 	}
 	return nil
 }
@@ -165,19 +472,25 @@ func (e *external) Subscribe(filter string, h Handler) error {
 func (e *external) OnConnect(fn func()) {
 	e.mu.Lock()
 	e.onConnect = append(e.onConnect, fn)
+	c := e.conn
 	e.mu.Unlock()
-	if e.c.IsConnectionOpen() {
+	if c != nil {
 		go fn()
 	}
 }
 
 func (e *external) Close() error {
-	e.once.Do(func() {
+	e.closed.Do(func() {
 		close(e.stop)
-		if e.c.IsConnectionOpen() {
-			e.c.Publish(StatusTopic(e.node), 1, true, []byte("offline")).WaitTimeout(time.Second)
+		if c := e.current(); c != nil {
+			e.publish(c, StatusTopic(e.node), []byte("offline"), true, 1)
+			e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			c.Close()
 		}
-		e.c.Disconnect(250)
+		select {
+		case <-e.done:
+		case <-time.After(time.Second):
+		}
 	})
 	return nil
 }

@@ -145,7 +145,8 @@ func CheckConfig(cfg Config) error {
 	return nil
 }
 
-// brokerURL normalises an external broker URL for paho.
+// brokerURL checks an external broker URL and names its scheme tcp or
+// ssl.
 func brokerURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Host == "" || u.Port() == "" {

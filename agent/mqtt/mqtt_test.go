@@ -447,19 +447,27 @@ func freePort(t testing.TB) int {
 
 // startMosquitto runs Debian's mosquitto on a free loopback port.
 func startMosquitto(t testing.TB) string {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startMosquittoOn(t, addr)
+	return addr
+}
+
+// startMosquittoOn runs Debian's mosquitto on addr until the test ends or
+// the returned function stops it.
+func startMosquittoOn(t testing.TB, addr string) (stop func()) {
 	bin := needTool(t, "mosquitto", "mosquitto")
-	port := freePort(t)
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
 	cmd := exec.Command(bin, "-c", conf)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var once sync.Once
+	stop = func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
+	t.Cleanup(stop)
 	eventually(t, "mosquitto listening", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -467,7 +475,7 @@ func startMosquitto(t testing.TB) string {
 		}
 		return err == nil
 	})
-	return addr
+	return stop
 }
 
 func TestExternalMosquitto(t *testing.T) {

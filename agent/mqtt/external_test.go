@@ -1,0 +1,121 @@
+package mqtt_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"outpost.dev/agent/mqtt"
+	"outpost.dev/wire"
+)
+
+func TestMatch(t *testing.T) {
+	for _, c := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"a/b", "a/b/c", false},
+		{"a/b/c", "a/b", false},
+		{"a/+", "a/b", true},
+		{"a/+", "a/", true},
+		{"a/+", "a/b/c", false},
+		{"a/+/c", "a/b/c", true},
+		{"a/#", "a", true},
+		{"a/#", "a/b/c", true},
+		{"#", "a/b", true},
+		{"#", "$SYS/broker", false},
+		{"+/b", "$SYS/b", false},
+		{"$SYS/#", "$SYS/broker", true},
+		{"outpost/gw1/devices/+/+/desired/+", "outpost/gw1/devices/default/lamp/desired/on", true},
+		{"outpost/gw1/devices/+/+/desired/+", "outpost/gw1/devices/default/lamp/desired", false},
+	} {
+		if got := mqtt.Match(c.filter, c.topic); got != c.want {
+			t.Errorf("Match(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}
+
+// A broker that restarts drops the agent's connection: the agent connects
+// again, says it is online and subscribes again, so apps' desired writes
+// reach the device.
+func TestExternalBrokerRestart(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	stop := startMosquittoOn(t, addr)
+	var logs syncWriter
+	logs.w = &bytes.Buffer{}
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: "tcp://" + addr, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, conn, mqtt.BridgeConfig{Log: log})
+	a.put(t, "lamp", &wire.Device{Driver: "gpio-out", Pin: "GPIO17"})
+	eventually(t, "connected", func() bool { return strings.Contains(logs.String(), "MQTT broker connected") })
+	stop()
+	eventually(t, "connection lost logged", func() bool { return strings.Contains(logs.String(), "MQTT broker connection lost") })
+	if err := conn.Publish("x", []byte("y"), false); err != mqtt.ErrNotConnected {
+		t.Errorf("Publish while the broker is down = %v, want ErrNotConnected", err)
+	}
+	startMosquittoOn(t, addr)
+	app := dial(t, addr)
+	app.sub(t, "outpost/"+node+"/status")
+	eventually(t, "online again", func() bool { b, _ := app.last("outpost/" + node + "/status"); return string(b) == "online" })
+	app.sub(t, topic("lamp", "reported/on"))
+	eventually(t, "lamp state republished", func() bool { _, ok := app.last(topic("lamp", "reported/on")); return ok })
+	app.pub(t, topic("lamp", "desired/on"), "true")
+	eventually(t, "desired write after the restart reaches the pin", func() bool { return a.sim.Pins["GPIO17"].Read() == true })
+}
+
+// A broker is untrusted: a refusal is logged saying what to check, and a
+// packet over the size limit ends the connection instead of being read;
+// the agent keeps retrying either way.
+func TestExternalBrokerRefusalsAndOversizedPackets(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var logs syncWriter
+	logs.w = &bytes.Buffer{}
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: "tcp://" + l.Addr().String(), Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// accept takes the agent's next connection and its CONNECT packet.
+	accept := func() net.Conn {
+		t.Helper()
+		l.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+		c, err := l.Accept()
+		if err != nil {
+			t.Fatalf("the agent did not connect again: %v", err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		hdr := make([]byte, 2)
+		if _, err := io.ReadFull(c, hdr); err != nil || hdr[0] != 0x10 || hdr[1] >= 0x80 {
+			t.Fatalf("CONNECT header %x: %v", hdr, err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, hdr[1])); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := accept()
+	c.Write([]byte{0x20, 2, 0, 4}) // CONNACK: bad username or password
+	c.Close()
+	eventually(t, "refusal logged", func() bool { return strings.Contains(logs.String(), "check mqtt.username and mqtt.password") })
+
+	c = accept()
+	c.Write([]byte{0x20, 2, 0, 0})          // CONNACK: accepted
+	c.Write([]byte{0x30, 0x80, 0x80, 0x40}) // a 1 MiB PUBLISH follows
+	eventually(t, "oversized packet refused", func() bool { return strings.Contains(logs.String(), "over the 65536-byte limit") })
+	c.Close()
+	accept().Close()
+}

@@ -139,8 +139,8 @@ bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after
 	CGO_ENABLED=1 OUTPOST_OFFLINE=$(OUTPOST_OFFLINE) $(GO) test -run '^$$' -bench 'BenchmarkRestartFromStore|BenchmarkResyncAfterOffline' -benchtime 1x -count 1 -timeout 60m ./test/bench/
 	$(GO) test -run '^$$' -bench . ./agent/outbox/
 
-deps: ## Refresh agent/deps.txt after a deliberate change to the agent's dependencies.
-	GOOS=linux GOARCH=arm64 $(GO) list -deps -f '{{if not .Standard}}{{.ImportPath}}{{end}}' ./agent/cmd/outpost-agent > agent/deps.txt
+deps: ## Refresh agent/deps.txt (every package the agent links and who imports it) after a deliberate change to the agent's dependencies.
+	$(GO) test -count=1 -run TestAgentDependencyListIsCurrent ./agent/ -update
 
 clean:
 	rm -rf $(BIN)

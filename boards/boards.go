@@ -38,8 +38,10 @@ type Board struct {
 	// Targets lists the Go targets it runs, the preferred one first. Empty
 	// means any (the simulator).
 	Targets []Target
-	// Layout maps bus and pin names to kernel devices; nil for sim.
-	Layout *linux.Layout
+	// Layout returns the map of bus and pin names to kernel devices; nil
+	// for sim. It is a function so that boards the agent does not run on
+	// cost no memory: their tables are built only when asked for.
+	Layout func() *linux.Layout
 }
 
 // Open returns the board's buses: kernel devices opened on first use, or a
@@ -48,7 +50,7 @@ func (b *Board) Open() hal.Buses {
 	if b.Layout == nil {
 		return sim.New(nil)
 	}
-	return linux.New(*b.Layout)
+	return linux.New(*b.Layout())
 }
 
 // BusNames lists the I²C, SPI and 1-wire bus names, sorted.
@@ -56,10 +58,11 @@ func (b *Board) BusNames() []string {
 	if b.Layout == nil {
 		return []string{"I2C1", "SPI0.0", "SPI0.1", "W1"}
 	}
+	l := b.Layout()
 	var n []string
-	n = slices.AppendSeq(n, maps.Keys(b.Layout.I2C))
-	n = slices.AppendSeq(n, maps.Keys(b.Layout.SPI))
-	n = slices.AppendSeq(n, maps.Keys(b.Layout.OneWire))
+	n = slices.AppendSeq(n, maps.Keys(l.I2C))
+	n = slices.AppendSeq(n, maps.Keys(l.SPI))
+	n = slices.AppendSeq(n, maps.Keys(l.OneWire))
 	slices.Sort(n)
 	return n
 }
@@ -74,7 +77,7 @@ func (b *Board) PinNames() []string {
 		slices.Sort(n)
 		return n
 	}
-	return slices.Sorted(maps.Keys(b.Layout.GPIO))
+	return slices.Sorted(maps.Keys(b.Layout().GPIO))
 }
 
 var (

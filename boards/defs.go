@@ -12,7 +12,7 @@ func init() {
 		Title:   "Raspberry Pi 4 Model B",
 		Models:  []string{"Raspberry Pi 4", "Raspberry Pi 400", "Raspberry Pi Compute Module 4"},
 		Targets: []Target{{GOARCH: "arm64"}, {GOARCH: "arm", GOARM: "7"}},
-		Layout:  rpiLayout("pinctrl-bcm2711", "gpiochip0"),
+		Layout:  func() *linux.Layout { return rpiLayout("pinctrl-bcm2711", "gpiochip0") },
 	})
 	Register(&Board{
 		Name:   "rpi5",
@@ -21,28 +21,28 @@ func init() {
 		// The header GPIOs are on the RP1 south bridge: gpiochip0 on
 		// kernels from 6.6.y on, gpiochip4 before.
 		Targets: []Target{{GOARCH: "arm64"}},
-		Layout:  rpiLayout("pinctrl-rp1", "gpiochip4"),
+		Layout:  func() *linux.Layout { return rpiLayout("pinctrl-rp1", "gpiochip4") },
 	})
 	Register(&Board{
 		Name:    "rpi-zero2w",
 		Title:   "Raspberry Pi Zero 2 W",
 		Models:  []string{"Raspberry Pi Zero 2"},
 		Targets: []Target{{GOARCH: "arm64"}, {GOARCH: "arm", GOARM: "7"}},
-		Layout:  rpiLayout("pinctrl-bcm2835", "gpiochip0"),
+		Layout:  func() *linux.Layout { return rpiLayout("pinctrl-bcm2835", "gpiochip0") },
 	})
 	Register(&Board{
 		Name:    "beaglebone-black",
 		Title:   "BeagleBone Black",
 		Models:  []string{"TI AM335x BeagleBone Black", "TI AM335x BeagleBone Green"},
 		Targets: []Target{{GOARCH: "arm", GOARM: "7"}},
-		Layout:  bbbLayout(),
+		Layout:  bbbLayout,
 	})
 	Register(&Board{
 		Name:    "visionfive2",
 		Title:   "StarFive VisionFive 2 (JH7110, RISC-V)",
 		Models:  []string{"StarFive VisionFive 2"},
 		Targets: []Target{{GOARCH: "riscv64"}},
-		Layout:  vf2Layout(),
+		Layout:  vf2Layout,
 	})
 	Register(&Board{
 		Name:  "sim",

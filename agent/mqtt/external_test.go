@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
 	"outpost.dev/agent/mqtt"
 	"outpost.dev/wire"
 )
@@ -118,4 +120,12 @@ func TestExternalBrokerRefusalsAndOversizedPackets(t *testing.T) {
 	eventually(t, "oversized packet refused", func() bool { return strings.Contains(logs.String(), "over the 65536-byte limit") })
 	c.Close()
 	accept().Close()
+}
+
+// The agent does not keep mochi-mqtt's test fixture table (built at init,
+// about 360 KB of heap) alive.
+func TestMochiFixturesDropped(t *testing.T) {
+	if packets.TPacketData != nil {
+		t.Fatalf("packets.TPacketData holds %d packet types after init: the agent keeps mochi-mqtt's test fixtures in memory", len(packets.TPacketData))
+	}
 }

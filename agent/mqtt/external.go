@@ -35,7 +35,65 @@ const (
 	// maxIncoming bounds one packet from the broker; twin and desired
 	// messages are well under 1 KiB.
 	maxIncoming = 64 << 10
+	// maxQueued bounds the packets waiting to be written. Publish never
+	// waits for a slow broker: past this it drops the message.
+	maxQueued = 256
 )
+
+// ErrQueueFull is returned by Publish when the broker takes packets more
+// slowly than the agent publishes; the message is dropped.
+var ErrQueueFull = errors.New("mqtt: the broker is not keeping up; message dropped")
+
+// session is one connection to the broker. Packets are written by one
+// goroutine from a bounded queue, so no caller waits on the network.
+type session struct {
+	c    net.Conn
+	out  chan []byte   // encoded packets; nil closes the connection
+	quit chan struct{} // closed by the reader when the connection is over
+	done chan struct{} // closed when the writer has stopped
+}
+
+// writeLoop writes queued packets until the connection is over; a failed
+// write closes it, so the reader sees the failure.
+func (s *session) writeLoop() {
+	defer close(s.done)
+	for {
+		select {
+		case <-s.quit:
+			return
+		case b := <-s.out:
+			if b == nil {
+				s.c.Close()
+				return
+			}
+			s.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+			if _, err := s.c.Write(b); err != nil {
+				s.c.Close()
+				return
+			}
+		}
+	}
+}
+
+// send queues an encoded packet: without waiting when wait is false
+// (ErrQueueFull if the queue is full), else until there is room or the
+// writer has stopped.
+func (s *session) send(b []byte, wait bool) error {
+	if !wait {
+		select {
+		case s.out <- b:
+			return nil
+		default:
+			return ErrQueueFull
+		}
+	}
+	select {
+	case s.out <- b:
+		return nil
+	case <-s.done:
+		return ErrNotConnected
+	}
+}
 
 // external is an MQTT 3.1.1 client of a broker the agent does not run,
 // written on the packet codec of the embedded broker's library so that
@@ -54,10 +112,8 @@ type external struct {
 	done   chan struct{}
 	closed sync.Once
 
-	wmu sync.Mutex // one packet at a time on conn
-
 	mu        sync.Mutex
-	conn      net.Conn // nil while disconnected
+	conn      *session // nil while disconnected
 	nextID    uint16
 	subs      map[string]Handler
 	onConnect []func()
@@ -200,8 +256,10 @@ func connackError(code byte) error {
 // OnConnect functions and then reads until the connection fails or is
 // closed, pinging the broker every keepAlive.
 func (e *external) serve(c net.Conn, r *bufio.Reader) error {
+	ss := &session{c: c, out: make(chan []byte, maxQueued), quit: make(chan struct{}), done: make(chan struct{})}
+	go ss.writeLoop()
 	e.mu.Lock()
-	e.conn, e.everUp = c, true
+	e.conn, e.everUp = ss, true
 	subs := make(map[string]Handler, len(e.subs))
 	for f, h := range e.subs {
 		subs[f] = h
@@ -212,6 +270,7 @@ func (e *external) serve(c net.Conn, r *bufio.Reader) error {
 		e.mu.Lock()
 		e.conn = nil
 		e.mu.Unlock()
+		close(ss.quit)
 		c.Close()
 	}()
 	select {
@@ -220,11 +279,11 @@ func (e *external) serve(c net.Conn, r *bufio.Reader) error {
 	default:
 	}
 	e.state("up", "MQTT broker connected", nil)
-	if err := e.publish(c, StatusTopic(e.node), []byte("online"), true, 1); err != nil {
+	if err := e.publish(ss, StatusTopic(e.node), []byte("online"), true, 1, true); err != nil {
 		return err
 	}
 	for f := range subs {
-		if err := e.subscribe(c, f); err != nil {
+		if err := e.subscribe(ss, f); err != nil {
 			return err
 		}
 	}
@@ -244,7 +303,7 @@ func (e *external) serve(c net.Conn, r *bufio.Reader) error {
 			case <-pings:
 				return
 			case <-t.C:
-				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+				e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}, true)
 			}
 		}
 	}()
@@ -265,13 +324,13 @@ func (e *external) serve(c net.Conn, r *bufio.Reader) error {
 		case packets.Publish:
 			switch pk.FixedHeader.Qos {
 			case 1:
-				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+				e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}, true)
 			case 2:
-				e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID})
+				e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: pk.PacketID}, true)
 			}
 			e.deliver(pk.TopicName, pk.Payload)
 		case packets.Pubrel:
-			e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID})
+			e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubcomp}, PacketID: pk.PacketID}, true)
 		case packets.Suback:
 			for _, code := range pk.ReasonCodes {
 				if code >= 0x80 {
@@ -331,22 +390,21 @@ func (e *external) id() uint16 {
 }
 
 // publish sends a message; at QoS 1 the broker's PUBACK is not waited for.
-func (e *external) publish(c net.Conn, topic string, payload []byte, retain bool, qos byte) error {
+func (e *external) publish(ss *session, topic string, payload []byte, retain bool, qos byte, wait bool) error {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos, Retain: retain}, TopicName: topic, Payload: payload}
 	if qos > 0 {
 		pk.PacketID = e.id()
 	}
-	return e.write(c, pk)
+	return e.write(ss, pk, wait)
 }
 
-func (e *external) subscribe(c net.Conn, filter string) error {
-	return e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: e.id(),
-		Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}})
+func (e *external) subscribe(ss *session, filter string) error {
+	return e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: e.id(),
+		Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}}, true)
 }
 
-// write encodes pk for MQTT 3.1.1 and sends it; a failed write closes c,
-// so the reader sees the failure and the connection is made again.
-func (e *external) write(c net.Conn, pk packets.Packet) error {
+// write encodes pk for MQTT 3.1.1 and queues it on ss (see session.send).
+func (e *external) write(ss *session, pk packets.Packet, wait bool) error {
 	pk.ProtocolVersion = 4
 	var b bytes.Buffer
 	var err error
@@ -371,14 +429,7 @@ func (e *external) write(c net.Conn, pk packets.Packet) error {
 	if err != nil {
 		return err
 	}
-	e.wmu.Lock()
-	defer e.wmu.Unlock()
-	c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.Write(b.Bytes()); err != nil {
-		c.Close()
-		return err
-	}
-	return nil
+	return ss.send(b.Bytes(), wait)
 }
 
 // readPacket reads one MQTT 3.1.1 packet of at most maxIncoming bytes.
@@ -450,27 +501,27 @@ func (e *external) state(state, msg string, err error) {
 	}
 }
 
-func (e *external) current() net.Conn {
+func (e *external) current() *session {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.conn
 }
 
 func (e *external) Publish(topic string, payload []byte, retain bool) error {
-	c := e.current()
-	if c == nil {
+	ss := e.current()
+	if ss == nil {
 		return ErrNotConnected
 	}
-	return e.publish(c, topic, payload, retain, 0)
+	return e.publish(ss, topic, payload, retain, 0, false)
 }
 
 func (e *external) Subscribe(filter string, h Handler) error {
 	e.mu.Lock()
 	e.subs[filter] = h
-	c := e.conn
+	ss := e.conn
 	e.mu.Unlock()
-	if c != nil {
-		return e.subscribe(c, filter)
+	if ss != nil {
+		return e.subscribe(ss, filter)
 	}
 	return nil
 }
@@ -478,9 +529,9 @@ func (e *external) Subscribe(filter string, h Handler) error {
 func (e *external) OnConnect(fn func()) {
 	e.mu.Lock()
 	e.onConnect = append(e.onConnect, fn)
-	c := e.conn
+	ss := e.conn
 	e.mu.Unlock()
-	if c != nil {
+	if ss != nil {
 		go fn()
 	}
 }
@@ -488,10 +539,14 @@ func (e *external) OnConnect(fn func()) {
 func (e *external) Close() error {
 	e.closed.Do(func() {
 		close(e.stop)
-		if c := e.current(); c != nil {
-			e.publish(c, StatusTopic(e.node), []byte("offline"), true, 1)
-			e.write(c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
-			c.Close()
+		if ss := e.current(); ss != nil {
+			// Queued behind what is pending; the queue's end closes the
+			// connection, and the wait below bounds the flush.
+			e.publish(ss, StatusTopic(e.node), []byte("offline"), true, 1, false)
+			e.write(ss, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}, false)
+			if ss.send(nil, false) != nil {
+				ss.c.Close()
+			}
 		}
 		select {
 		case <-e.done:

@@ -129,3 +129,51 @@ func TestMochiFixturesDropped(t *testing.T) {
 		t.Fatalf("packets.TPacketData holds %d packet types after init: the agent keeps mochi-mqtt's test fixtures in memory", len(packets.TPacketData))
 	}
 }
+
+// A broker that stops reading never blocks the agent: Publish queues a
+// bounded number of packets, then drops with ErrQueueFull at once.
+func TestExternalBrokerNotReading(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: "tcp://" + l.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	l.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hdr := make([]byte, 2)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(c, make([]byte, hdr[1]))
+	c.Write([]byte{0x20, 2, 0, 0}) // CONNACK, then nothing is read again
+	eventually(t, "connected", func() bool { return conn.Publish("probe", nil, false) == nil })
+
+	payload := bytes.Repeat([]byte("x"), 32<<10)
+	start := time.Now()
+	full := false
+	for i := 0; i < 10000 && !full; i++ {
+		err := conn.Publish("outpost/"+node+"/flood", payload, false)
+		switch err {
+		case nil:
+		case mqtt.ErrQueueFull:
+			full = true
+		default:
+			t.Fatalf("Publish %d: %v", i, err)
+		}
+	}
+	if !full {
+		t.Fatal("10,000 publishes of 32 KiB to a broker that does not read were all accepted: the queue is not bounded")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("publishing until the queue was full took %s: Publish waited on the broker", d)
+	}
+}

@@ -2,16 +2,21 @@ package mqtt_test
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"outpost.dev/agent/internal/testpki"
 	"outpost.dev/agent/mqtt"
 	"outpost.dev/wire"
 )
@@ -176,4 +181,64 @@ func TestExternalBrokerNotReading(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("publishing until the queue was full took %s: Publish waited on the broker", d)
 	}
+}
+
+// ssl:// URLs speak TLS and check the broker's certificate against
+// caFile; without it the system roots, which do not know a private CA.
+func TestExternalBrokerTLS(t *testing.T) {
+	ca := testpki.NewCA(t, "mqtt-test-ca")
+	srv := ca.ServerTLS(t).Certificates[0]
+	keyDER, err := x509.MarshalPKCS8PrivateKey(srv.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// Started as root, mosquitto would switch to its own user, which
+	// cannot read the test's private directory.
+	startMosquittoOn(t, addr, "certfile "+file("server.pem", "CERTIFICATE", srv.Certificate[0]),
+		"keyfile "+file("server.key", "PRIVATE KEY", keyDER), "user root")
+	caFile := file("ca.pem", "CERTIFICATE", ca.Cert.Raw)
+
+	logs := syncWriter{w: &bytes.Buffer{}}
+	conn, err := mqtt.Open(mqtt.Config{Node: node, URL: "ssl://" + addr, CAFile: caFile, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	got := make(chan string, 64)
+	conn.Subscribe("apps/#", func(topic string, payload []byte) {
+		select {
+		case got <- topic + " " + string(payload):
+		default:
+		}
+	})
+	// The broker sends the agent's own message back to its subscription:
+	// both directions went through TLS.
+	eventually(t, "a message round trip over TLS", func() bool {
+		conn.Publish("apps/hello", []byte("world"), false)
+		select {
+		case m := <-got:
+			return m == "apps/hello world"
+		default:
+			return false
+		}
+	})
+
+	logs2 := syncWriter{w: &bytes.Buffer{}}
+	bad, err := mqtt.Open(mqtt.Config{Node: "other", URL: "ssl://" + addr, Log: slog.New(slog.NewTextHandler(&logs2, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	eventually(t, "untrusted certificate refused", func() bool {
+		return strings.Contains(logs2.String(), "MQTT broker unreachable") && strings.Contains(logs2.String(), "certificate")
+	})
 }

@@ -453,13 +453,14 @@ func startMosquitto(t testing.TB) string {
 }
 
 // startMosquittoOn runs Debian's mosquitto on addr until the test ends or
-// the returned function stops it.
-func startMosquittoOn(t testing.TB, addr string) (stop func()) {
+// the returned function stops it; conf lines are added to its listener's.
+func startMosquittoOn(t testing.TB, addr string, conf ...string) (stop func()) {
 	bin := needTool(t, "mosquitto", "mosquitto")
 	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n", port)), 0o644)
-	cmd := exec.Command(bin, "-c", conf)
+	file := filepath.Join(t.TempDir(), "mosquitto.conf")
+	os.WriteFile(file, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n%s", port,
+		strings.Join(append(conf, ""), "\n"))), 0o644)
+	cmd := exec.Command(bin, "-c", file)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -468,6 +469,11 @@ func startMosquittoOn(t testing.TB, addr string) (stop func()) {
 	var once sync.Once
 	stop = func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) }
 	t.Cleanup(stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("mosquitto's output:\n%s", out.String())
+		}
+	})
 	eventually(t, "mosquitto listening", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {

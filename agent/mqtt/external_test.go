@@ -18,6 +18,7 @@ import (
 
 	"outpost.dev/agent/internal/testpki"
 	"outpost.dev/agent/mqtt"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -73,7 +74,8 @@ func TestExternalBrokerRestart(t *testing.T) {
 	startMosquittoOn(t, addr)
 	app := dial(t, addr)
 	app.sub(t, "outpost/"+node+"/status")
-	eventually(t, "online again", func() bool { b, _ := app.last("outpost/" + node + "/status"); return string(b) == "online" })
+	// Reconnecting waits out the backoff the failed attempts built up.
+	wait.For(t, 30*time.Second, "online again", func() bool { b, _ := app.last("outpost/" + node + "/status"); return string(b) == "online" })
 	app.sub(t, topic("lamp", "reported/on"))
 	eventually(t, "lamp state republished", func() bool { _, ok := app.last(topic("lamp", "reported/on")); return ok })
 	app.pub(t, topic("lamp", "desired/on"), "true")
@@ -178,7 +180,9 @@ func TestExternalBrokerNotReading(t *testing.T) {
 	if !full {
 		t.Fatal("10,000 publishes of 32 KiB to a broker that does not read were all accepted: the queue is not bounded")
 	}
-	if d := time.Since(start); d > 5*time.Second {
+	// A Publish that waited on the broker would take the 10 s write
+	// timeout; filling the queue takes milliseconds.
+	if d := time.Since(start); d > 9*time.Second {
 		t.Errorf("publishing until the queue was full took %s: Publish waited on the broker", d)
 	}
 }

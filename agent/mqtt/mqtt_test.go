@@ -541,7 +541,9 @@ func TestExternalBrokerDownThenUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	eventually(t, "connected", func() bool { return strings.Contains(logs.String(), "MQTT broker connected") })
+	// The next attempt may be up to 8 s away (backoff), more on a loaded
+	// machine.
+	wait.For(t, 30*time.Second, "connected", func() bool { return strings.Contains(logs.String(), "MQTT broker connected") })
 	app := dial(t, fmt.Sprintf("127.0.0.1:%d", port))
 	app.sub(t, topic("air", "reported"))
 	eventually(t, "state republished", func() bool { _, ok := app.last(topic("air", "reported")); return ok })

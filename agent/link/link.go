@@ -11,9 +11,11 @@
 // The link carries frames; it keeps nothing. Upstream, Send hands a frame
 // to the current connection through a small bounded queue and fails fast
 // when it cannot; durable reports stay in the agent's outbox until the
-// relay acks them and are resent after each reconnect (Config.OnConnect
+// relay acks them and are resent after each reconnect (Handlers.OnConnect
 // says when). Downstream frames other than the link's own go to
-// Config.Handler.
+// Handlers.Frame. The handlers are given to Run, so whatever they call
+// can be built from the Link first (its Send) and exist before any frame
+// arrives.
 package link
 
 import (
@@ -59,17 +61,6 @@ type Config struct {
 	// Log receives connect and disconnect lines; nil discards them.
 	Log *slog.Logger
 
-	// Handler receives every downstream frame the link does not consume
-	// itself (hello-ack, heartbeat, error), in order, on the reading
-	// goroutine: it must return quickly, since the next frame waits.
-	Handler func(wire.Frame)
-	// OnConnect is called after each hello-ack, before any frame reaches
-	// Handler; the outbox resends unacked reports from here. OnDisconnect
-	// is called when that connection has ended, with the reason. Both run
-	// on the link's goroutine and must not block.
-	OnConnect    func(wire.HelloAck)
-	OnDisconnect func(reason error)
-
 	// Rotation, if set, renews the node certificate on the link (see
 	// Rotation). NextCertPEM and NextKeyPEM are a renewed pair that has
 	// not connected yet (stored by Rotation.Save before a restart).
@@ -102,9 +93,24 @@ const (
 	deadAfter = 3
 )
 
+// Handlers are what Run calls while the link runs; each may be nil.
+type Handlers struct {
+	// Frame receives every downstream frame the link does not consume
+	// itself (hello-ack, heartbeat, error), in order, on the reading
+	// goroutine: it must return quickly, since the next frame waits.
+	Frame func(wire.Frame)
+	// OnConnect is called after each hello-ack, before any frame reaches
+	// Frame; the outbox resends unacked reports from here. OnDisconnect
+	// is called when that connection has ended, with the reason. Both run
+	// on the link's goroutine and must not block.
+	OnConnect    func(wire.HelloAck)
+	OnDisconnect func(reason error)
+}
+
 // Link keeps the agent connected. Create it with New and call Run once.
 type Link struct {
 	cfg       Config
+	h         Handlers // given to Run
 	log       *slog.Logger
 	connected atomic.Bool
 	// dialing is the pair the current dial presents.
@@ -200,9 +206,10 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 }
 
 // Run connects and stays connected until ctx is done, then closes the
-// connection normally and returns nil. It returns an error at once only
-// when the identity in cfg cannot work at all.
-func (l *Link) Run(ctx context.Context) error {
+// connection normally and returns nil, calling h as it goes. It returns
+// an error at once only when the identity in cfg cannot work at all.
+func (l *Link) Run(ctx context.Context, h Handlers) error {
+	l.h = h
 	tc, err := l.tlsConfig()
 	if err != nil {
 		return err
@@ -300,14 +307,14 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string) (live
 	start := time.Now()
 	l.lastContact.Store(start.UnixNano())
 	l.connected.Store(true)
-	if l.cfg.OnConnect != nil {
-		l.cfg.OnConnect(ack)
+	if l.h.OnConnect != nil {
+		l.h.OnConnect(ack)
 	}
 	err = l.serve(ctx, conn, interval)
 	l.connected.Store(false)
 	l.drain()
-	if l.cfg.OnDisconnect != nil {
-		l.cfg.OnDisconnect(err)
+	if l.h.OnDisconnect != nil {
+		l.h.OnDisconnect(err)
 	}
 	return max(time.Since(start), time.Nanosecond), err
 }
@@ -436,8 +443,8 @@ func (l *Link) readLoop(ctx context.Context, conn *websocket.Conn, lastRecv *ato
 		case wire.TypeHelloAck, wire.TypeHello, wire.TypeCertRequest:
 			return &protocolError{wire.CodeProtocol, fmt.Errorf("unexpected %s after the hello", f.Type)}
 		default:
-			if l.cfg.Handler != nil {
-				l.cfg.Handler(f)
+			if l.h.Frame != nil {
+				l.h.Frame(f)
 			} else {
 				l.log.Debug("dropped downstream frame: no handler", "type", f.Type)
 			}

@@ -205,14 +205,14 @@ type agent struct {
 
 // startAgent runs a Link against r with a node identity from ca and test
 // timing: a heartbeat "second" is 20ms, backoff 5-50ms.
-func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config)) *agent {
+func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config, h *Handlers)) *agent {
 	t.Helper()
 	return startTunedAgent(t, srvURL, ca, certCA, notAfter, mod, nil)
 }
 
 // startTunedAgent is startAgent with tune, if set, changing the link's
 // timing before it runs.
-func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config), tune func(l *Link)) *agent {
+func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config, h *Handlers), tune func(l *Link)) *agent {
 	t.Helper()
 	key, cert := certCA.NodeIdentity(t, "gw-1", notAfter)
 	lb := &logBuf{}
@@ -227,8 +227,9 @@ func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpk
 		},
 		Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
+	var h Handlers
 	if mod != nil {
-		mod(&cfg)
+		mod(&cfg, &h)
 	}
 	l := New(cfg)
 	l.heartbeatUnit = 20 * time.Millisecond
@@ -239,7 +240,7 @@ func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpk
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+	go func() { done <- l.Run(ctx, h) }()
 	a := &agent{link: l, log: lb}
 	var once sync.Once
 	var runErr error
@@ -301,8 +302,8 @@ func TestReconnectAfterDrop(t *testing.T) {
 		p.serve(true)
 	})
 	var downs atomic.Int32
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.OnDisconnect = func(error) { downs.Add(1) }
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.OnDisconnect = func(error) { downs.Add(1) }
 	})
 	r.waitFor(t, 1, "hello")
 	r.waitFor(t, 2, "hello")
@@ -375,8 +376,8 @@ func TestCleanShutdown(t *testing.T) {
 	ca := testpki.NewCA(t, "relay-ca")
 	r := newRelay(t, ca, func(p *peer) { p.ack(2); p.serve(true) })
 	var downs atomic.Int32
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.OnDisconnect = func(error) { downs.Add(1) }
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.OnDisconnect = func(error) { downs.Add(1) }
 	})
 	r.waitFor(t, 1, "heartbeat")
 	if err := a.stop(); err != nil {
@@ -433,13 +434,13 @@ func TestSendAndHandler(t *testing.T) {
 	})
 	acks := make(chan uint64, 1)
 	connects := make(chan wire.HelloAck, 1)
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.Handler = func(f wire.Frame) {
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.Frame = func(f wire.Frame) {
 			if f.Type == wire.TypeAck {
 				acks <- f.Ack
 			}
 		}
-		c.OnConnect = func(ack wire.HelloAck) { connects <- ack }
+		h.OnConnect = func(ack wire.HelloAck) { connects <- ack }
 	})
 	if ack := <-connects; ack.NodeName != "gw-1" {
 		t.Errorf("OnConnect got %+v", ack)
@@ -563,7 +564,7 @@ func TestBackoff(t *testing.T) {
 
 func TestRunRefusesUnusableIdentity(t *testing.T) {
 	l := New(Config{Server: "https://relay:1", CertPEM: []byte("x"), KeyPEM: []byte("y"), CAPEM: []byte("z")})
-	err := l.Run(context.Background())
+	err := l.Run(context.Background(), Handlers{})
 	if err == nil || !strings.Contains(err.Error(), "re-join") {
 		t.Fatalf("Run = %v", err)
 	}

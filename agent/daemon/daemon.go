@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	logsrv := logs.New(logs.Config{Paths: podRec, Send: lk.Send, Log: log.With("component", "logs")})
 	defer logsrv.Wait()
 	defer logsrv.Disconnected()
-	tunsrv := tunnels.New(tunnels.Config{Pods: podRec, Send: lk.Send, Log: log.With("component", "tunnels")})
+	tunsrv := tunnels.New(tunnels.Config{Pods: podRec, Send: lk.Send, SendWait: lk.SendWait, Log: log.With("component", "tunnels")})
 	defer tunsrv.Wait()
 	defer tunsrv.Disconnected()
 	statsrv := resusage.New(resusage.Config{Reader: &resusage.Reader{Root: "/sys/fs/cgroup", Proc: "/proc"},

@@ -10,7 +10,7 @@
 //
 // The link carries frames; it keeps nothing. Upstream, Send hands a frame
 // to the current connection through a small bounded queue and fails fast
-// when it cannot; durable reports stay in the agent's outbox until the
+// when it cannot (SendWait waits for room instead, for streams); durable reports stay in the agent's outbox until the
 // relay acks them and are resent after each reconnect (Handlers.OnConnect
 // says when). Downstream frames other than the link's own go to
 // Handlers.Frame. The handlers are given to Run, so whatever they call
@@ -128,6 +128,10 @@ type Link struct {
 	queue       chan []byte
 	queuedBytes atomic.Int64
 	maxBytes    int64
+	// room is closed, and cleared, when a frame leaves the queue: the
+	// senders waiting in SendWait try again.
+	roomMu sync.Mutex
+	room   chan struct{}
 
 	// Timing, shortened by tests.
 	helloTimeout, dialTimeout, writeTimeout time.Duration
@@ -191,6 +195,38 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 	if err != nil {
 		return err
 	}
+	return l.enqueue(b)
+}
+
+// SendWait is Send that waits out a full queue: until the connection
+// takes the frame, ctx ends (ctx.Err()) or the connection drops
+// (ErrNotConnected). It must not be called where waiting would hold up
+// the link (Handlers), which Send serves.
+func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error {
+	if !l.connected.Load() {
+		return ErrNotConnected
+	}
+	b, err := wire.Encode(t, seq, body)
+	if err != nil {
+		return err
+	}
+	for {
+		room := l.roomSignal() // before trying, so no room made after it is missed
+		if err := l.enqueue(b); !errors.Is(err, ErrQueueFull) {
+			return err
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (l *Link) enqueue(b []byte) error {
+	if !l.connected.Load() {
+		return ErrNotConnected
+	}
 	n := int64(len(b))
 	if l.queuedBytes.Add(n) > l.maxBytes {
 		l.queuedBytes.Add(-n)
@@ -203,6 +239,28 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 		l.queuedBytes.Add(-n)
 		return ErrQueueFull
 	}
+}
+
+// roomSignal returns a channel closed when the queue next makes room or
+// the connection drops.
+func (l *Link) roomSignal() <-chan struct{} {
+	l.roomMu.Lock()
+	defer l.roomMu.Unlock()
+	if l.room == nil {
+		l.room = make(chan struct{})
+	}
+	return l.room
+}
+
+// dequeued accounts for frame b taken off the queue and wakes SendWait.
+func (l *Link) dequeued(b []byte) {
+	l.queuedBytes.Add(-int64(len(b)))
+	l.roomMu.Lock()
+	if l.room != nil {
+		close(l.room)
+		l.room = nil
+	}
+	l.roomMu.Unlock()
 }
 
 // Run connects and stays connected until ctx is done, then closes the
@@ -514,7 +572,7 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 				return err
 			}
 		case b := <-l.queue:
-			l.queuedBytes.Add(-int64(len(b)))
+			l.dequeued(b)
 			if err := write(b); err != nil {
 				return err
 			}
@@ -523,12 +581,14 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 }
 
 // drain discards frames queued for a connection that is gone.
+// SendWait's waiters wake and find the link down.
 func (l *Link) drain() {
 	for {
 		select {
 		case b := <-l.queue:
-			l.queuedBytes.Add(-int64(len(b)))
+			l.dequeued(b)
 		default:
+			l.dequeued(nil)
 			return
 		}
 	}

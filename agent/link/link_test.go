@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -496,6 +497,53 @@ func TestSendBounds(t *testing.T) {
 			if n := l.queuedBytes.Load(); n != 0 {
 				t.Errorf("queued bytes after drain = %d", n)
 			}
+		})
+	}
+}
+
+// SendWait waits out a full queue: it returns once the connection takes
+// a frame off it, when its context ends, or when the connection drops.
+func TestSendWait(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(l *Link, cancel context.CancelFunc)
+		want error
+	}{
+		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued(<-l.queue) }},
+		{name: "context ended", end: func(_ *Link, cancel context.CancelFunc) { cancel() }, want: context.Canceled},
+		{name: "connection dropped", end: func(l *Link, _ context.CancelFunc) { l.connected.Store(false); l.drain() }, want: ErrNotConnected},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := New(Config{QueueFrames: 1})
+				l.connected.Store(true)
+				if err := l.Send(wire.TypeHeartbeat, 0, nil); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				done := make(chan error, 1)
+				go func() { done <- l.SendWait(ctx, wire.TypeHeartbeat, 0, nil) }()
+				synctest.Wait()
+				select {
+				case err := <-done:
+					t.Fatalf("SendWait on a full queue returned %v at once", err)
+				default:
+				}
+				tt.end(l, cancel)
+				synctest.Wait()
+				select {
+				case err := <-done:
+					if !errors.Is(err, tt.want) {
+						t.Fatalf("SendWait = %v, want %v", err, tt.want)
+					}
+				default:
+					t.Fatal("SendWait still waiting")
+				}
+				if tt.want == nil && len(l.queue) != 1 {
+					t.Errorf("queue holds %d frames, want SendWait's one", len(l.queue))
+				}
+			})
 		})
 	}
 }

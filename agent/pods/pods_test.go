@@ -110,25 +110,9 @@ type env struct {
 
 func start(t testing.TB) *env {
 	t.Helper()
-	harness.RequireContainerd(t)
+	tr := harness.StartTestRuntime(t, "pods-", harness.RegistryOptions{})
 	ctx := t.Context()
-	reg, err := harness.StartRegistry(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Stop() })
-	imgs, err := reg.BuildBusyboxImage(ctx, "test/busybox", "1", "2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pods-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(dir, "c")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, imgs, c, dir := tr.Registry, tr.Images, tr.Containerd, tr.Dir
 	st, err := store.Open(filepath.Join(dir, "state"))
 	if err != nil {
 		t.Fatal(err)

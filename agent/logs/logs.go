@@ -60,6 +60,10 @@ type Server struct {
 	mu      sync.Mutex
 	streams map[uint32]*stream
 	wg      sync.WaitGroup
+
+	// windowFull, when set (by tests), is called each time a stream
+	// waits for the relay's credit with inFlight bytes unacked.
+	windowFull func(inFlight uint64)
 }
 
 type stream struct {
@@ -294,6 +298,9 @@ func (c *chunker) flushLocked() error {
 		c.st.mu.Unlock()
 		if inFlight+uint64(len(c.buf)) <= wire.StreamWindow {
 			break
+		}
+		if c.s.windowFull != nil {
+			c.s.windowFull(inFlight)
 		}
 		select {
 		case <-c.st.credit:

@@ -201,6 +201,13 @@ func TestFollowWindowAndCancel(t *testing.T) {
 	writeLog(t, path, lines...)
 	r := newRelay()
 	s := New(Config{Paths: paths{dir: dir, running: func() bool { return true }}, Send: r.send, FlushEvery: 10 * time.Millisecond})
+	full := make(chan uint64, 1)
+	s.windowFull = func(inFlight uint64) {
+		select {
+		case full <- inFlight:
+		default:
+		}
+	}
 	defer s.Wait()
 	s.Handle(frame(t, wire.TypeStreamOpen, &wire.StreamOpen{ID: 7, Namespace: "default", Pod: "big", Container: "app", Follow: true, TailLines: -1}))
 
@@ -214,9 +221,14 @@ func TestFollowWindowAndCancel(t *testing.T) {
 		}
 		return n
 	}
-	r.wait(t, "a full window", func(fs []wire.StreamData) bool { return total(fs) >= wire.StreamWindow-wire.MaxStreamChunk })
-	time.Sleep(200 * time.Millisecond)
-	if n := total(r.snapshot()); n > wire.StreamWindow {
+	// The stream stops for the relay's credit: what it sent before is all
+	// it sends without an ack.
+	select {
+	case <-full:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the stream never waited for credit; %d bytes sent without an ack", total(r.snapshot()))
+	}
+	if n := total(r.snapshot()); n > wire.StreamWindow || n < wire.StreamWindow-wire.MaxStreamChunk {
 		t.Fatalf("%d bytes sent without an ack; window %d", n, wire.StreamWindow)
 	}
 	// Ack everything as it comes until the whole file arrived.

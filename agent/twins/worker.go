@@ -424,12 +424,7 @@ func (w *worker) read(dev hal.Device, force bool) error {
 	}
 	w.mu.Unlock()
 
-	if len(changed) > 0 || condChanged {
-		w.publish(changed)
-	}
-	if r != nil {
-		w.send(r)
-	}
+	w.emit(len(changed) > 0 || condChanged, changed, r)
 	return nil
 }
 
@@ -449,8 +444,19 @@ func (w *worker) fail(err error, def string) {
 		return
 	}
 	w.l.log.Warn("device error", "device", w.ref.String(), "driver", w.spec.Driver, "err", msg)
-	w.publish(nil)
-	w.send(r)
+	w.emit(true, nil, r)
+}
+
+// emit publishes the device's state when publish is set (changed names the
+// properties whose values changed) and queues r when there is one. The
+// caller made r under w.mu and released it.
+func (w *worker) emit(publish bool, changed []string, r *wire.TwinReport) {
+	if publish {
+		w.publish(changed)
+	}
+	if r != nil {
+		w.send(r)
+	}
 }
 
 // reportLocked builds a report of every value held and the conditions,

@@ -138,7 +138,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	if cfg.MetricsListen != "" {
 		serveMetrics(ctx, cfg, lk, ob, podRec.Running, log)
 	}
-	logsrv := logs.New(logs.Config{Paths: podRec, Send: lk.Send, Log: log.With("component", "logs")})
+	logsrv := logs.New(logs.Config{Paths: podRec, SendWait: lk.SendWait, Log: log.With("component", "logs")})
 	defer logsrv.Wait()
 	defer logsrv.Disconnected()
 	tunsrv := tunnels.New(tunnels.Config{Pods: podRec, Send: lk.Send, SendWait: lk.SendWait, Log: log.With("component", "tunnels")})

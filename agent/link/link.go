@@ -200,8 +200,8 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 
 // SendWait is Send that waits out a full queue: until the connection
 // takes the frame, ctx ends (ctx.Err()) or the connection drops
-// (ErrNotConnected). It must not be called where waiting would hold up
-// the link (Handlers), which Send serves.
+// (ErrNotConnected). Called from a Handler, it holds up the frames after
+// it while it waits: answers there are for Send.
 func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error {
 	if !l.connected.Load() {
 		return ErrNotConnected

@@ -64,6 +64,9 @@ const (
 
 // Config is the agent's effective configuration.
 type Config struct {
+	// Path is the file Flags.Load read (or looked for), named in errors
+	// that say to edit it.
+	Path string
 	// Server is the relay's URL, https://HOST:PORT.
 	Server string
 	// NodeName is the name to join as; only join uses it.

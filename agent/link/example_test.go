@@ -23,19 +23,21 @@ func Example() {
 		return
 	}
 	acks := make(chan uint64, 16)
-	var l *link.Link
-	l = link.New(link.Config{
+	l := link.New(link.Config{
 		Server: id.Server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		AgentVersion: "v0.1.0",
 		NodeInfo:     func() (wire.NodeInfo, error) { return wire.NodeInfo{ /* nodeinfo.Read(...) */ }, nil },
 		Log:          slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
+	// The handlers come with Run: what they use is built before it.
+	_ = l.Run(context.Background(), link.Handlers{
 		OnConnect: func(wire.HelloAck) {
 			// Resend what the outbox holds; ErrQueueFull means try again
 			// after the next ack, never block here.
 			_ = l.Send(wire.TypeNodeStatus, 1, &wire.NodeStatus{})
 		},
-		Handler: func(f wire.Frame) {
+		Frame: func(f wire.Frame) {
 			if f.Type == wire.TypeAck {
 				select {
 				case acks <- f.Ack:
@@ -44,5 +46,4 @@ func Example() {
 			}
 		},
 	})
-	_ = l.Run(context.Background())
 }

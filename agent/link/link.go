@@ -10,10 +10,12 @@
 //
 // The link carries frames; it keeps nothing. Upstream, Send hands a frame
 // to the current connection through a small bounded queue and fails fast
-// when it cannot; durable reports stay in the agent's outbox until the
-// relay acks them and are resent after each reconnect (Config.OnConnect
+// when it cannot (SendWait waits for room instead, for streams); durable reports stay in the agent's outbox until the
+// relay acks them and are resent after each reconnect (Handlers.OnConnect
 // says when). Downstream frames other than the link's own go to
-// Config.Handler.
+// Handlers.Frame. The handlers are given to Run, so whatever they call
+// can be built from the Link first (its Send) and exist before any frame
+// arrives.
 package link
 
 import (
@@ -59,17 +61,6 @@ type Config struct {
 	// Log receives connect and disconnect lines; nil discards them.
 	Log *slog.Logger
 
-	// Handler receives every downstream frame the link does not consume
-	// itself (hello-ack, heartbeat, error), in order, on the reading
-	// goroutine: it must return quickly, since the next frame waits.
-	Handler func(wire.Frame)
-	// OnConnect is called after each hello-ack, before any frame reaches
-	// Handler; the outbox resends unacked reports from here. OnDisconnect
-	// is called when that connection has ended, with the reason. Both run
-	// on the link's goroutine and must not block.
-	OnConnect    func(wire.HelloAck)
-	OnDisconnect func(reason error)
-
 	// Rotation, if set, renews the node certificate on the link (see
 	// Rotation). NextCertPEM and NextKeyPEM are a renewed pair that has
 	// not connected yet (stored by Rotation.Save before a restart).
@@ -102,9 +93,24 @@ const (
 	deadAfter = 3
 )
 
+// Handlers are what Run calls while the link runs; each may be nil.
+type Handlers struct {
+	// Frame receives every downstream frame the link does not consume
+	// itself (hello-ack, heartbeat, error), in order, on the reading
+	// goroutine: it must return quickly, since the next frame waits.
+	Frame func(wire.Frame)
+	// OnConnect is called after each hello-ack, before any frame reaches
+	// Frame; the outbox resends unacked reports from here. OnDisconnect
+	// is called when that connection has ended, with the reason. Both run
+	// on the link's goroutine and must not block.
+	OnConnect    func(wire.HelloAck)
+	OnDisconnect func(reason error)
+}
+
 // Link keeps the agent connected. Create it with New and call Run once.
 type Link struct {
 	cfg       Config
+	h         Handlers // given to Run
 	log       *slog.Logger
 	connected atomic.Bool
 	// dialing is the pair the current dial presents.
@@ -122,6 +128,10 @@ type Link struct {
 	queue       chan []byte
 	queuedBytes atomic.Int64
 	maxBytes    int64
+	// room is closed, and cleared, when a frame leaves the queue: the
+	// senders waiting in SendWait try again.
+	roomMu sync.Mutex
+	room   chan struct{}
 
 	// Timing, shortened by tests.
 	helloTimeout, dialTimeout, writeTimeout time.Duration
@@ -185,6 +195,38 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 	if err != nil {
 		return err
 	}
+	return l.enqueue(b)
+}
+
+// SendWait is Send that waits out a full queue: until the connection
+// takes the frame, ctx ends (ctx.Err()) or the connection drops
+// (ErrNotConnected). Called from a Handler, it holds up the frames after
+// it while it waits: answers there are for Send.
+func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error {
+	if !l.connected.Load() {
+		return ErrNotConnected
+	}
+	b, err := wire.Encode(t, seq, body)
+	if err != nil {
+		return err
+	}
+	for {
+		room := l.roomSignal() // before trying, so no room made after it is missed
+		if err := l.enqueue(b); !errors.Is(err, ErrQueueFull) {
+			return err
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (l *Link) enqueue(b []byte) error {
+	if !l.connected.Load() {
+		return ErrNotConnected
+	}
 	n := int64(len(b))
 	if l.queuedBytes.Add(n) > l.maxBytes {
 		l.queuedBytes.Add(-n)
@@ -199,10 +241,33 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 	}
 }
 
+// roomSignal returns a channel closed when the queue next makes room or
+// the connection drops.
+func (l *Link) roomSignal() <-chan struct{} {
+	l.roomMu.Lock()
+	defer l.roomMu.Unlock()
+	if l.room == nil {
+		l.room = make(chan struct{})
+	}
+	return l.room
+}
+
+// dequeued accounts for frame b taken off the queue and wakes SendWait.
+func (l *Link) dequeued(b []byte) {
+	l.queuedBytes.Add(-int64(len(b)))
+	l.roomMu.Lock()
+	if l.room != nil {
+		close(l.room)
+		l.room = nil
+	}
+	l.roomMu.Unlock()
+}
+
 // Run connects and stays connected until ctx is done, then closes the
-// connection normally and returns nil. It returns an error at once only
-// when the identity in cfg cannot work at all.
-func (l *Link) Run(ctx context.Context) error {
+// connection normally and returns nil, calling h as it goes. It returns
+// an error at once only when the identity in cfg cannot work at all.
+func (l *Link) Run(ctx context.Context, h Handlers) error {
+	l.h = h
 	tc, err := l.tlsConfig()
 	if err != nil {
 		return err
@@ -300,14 +365,14 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string) (live
 	start := time.Now()
 	l.lastContact.Store(start.UnixNano())
 	l.connected.Store(true)
-	if l.cfg.OnConnect != nil {
-		l.cfg.OnConnect(ack)
+	if l.h.OnConnect != nil {
+		l.h.OnConnect(ack)
 	}
 	err = l.serve(ctx, conn, interval)
 	l.connected.Store(false)
 	l.drain()
-	if l.cfg.OnDisconnect != nil {
-		l.cfg.OnDisconnect(err)
+	if l.h.OnDisconnect != nil {
+		l.h.OnDisconnect(err)
 	}
 	return max(time.Since(start), time.Nanosecond), err
 }
@@ -436,8 +501,8 @@ func (l *Link) readLoop(ctx context.Context, conn *websocket.Conn, lastRecv *ato
 		case wire.TypeHelloAck, wire.TypeHello, wire.TypeCertRequest:
 			return &protocolError{wire.CodeProtocol, fmt.Errorf("unexpected %s after the hello", f.Type)}
 		default:
-			if l.cfg.Handler != nil {
-				l.cfg.Handler(f)
+			if l.h.Frame != nil {
+				l.h.Frame(f)
 			} else {
 				l.log.Debug("dropped downstream frame: no handler", "type", f.Type)
 			}
@@ -507,7 +572,7 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 				return err
 			}
 		case b := <-l.queue:
-			l.queuedBytes.Add(-int64(len(b)))
+			l.dequeued(b)
 			if err := write(b); err != nil {
 				return err
 			}
@@ -516,12 +581,14 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 }
 
 // drain discards frames queued for a connection that is gone.
+// SendWait's waiters wake and find the link down.
 func (l *Link) drain() {
 	for {
 		select {
 		case b := <-l.queue:
-			l.queuedBytes.Add(-int64(len(b)))
+			l.dequeued(b)
 		default:
+			l.dequeued(nil)
 			return
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/coder/websocket"
@@ -205,14 +206,14 @@ type agent struct {
 
 // startAgent runs a Link against r with a node identity from ca and test
 // timing: a heartbeat "second" is 20ms, backoff 5-50ms.
-func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config)) *agent {
+func startAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config, h *Handlers)) *agent {
 	t.Helper()
 	return startTunedAgent(t, srvURL, ca, certCA, notAfter, mod, nil)
 }
 
 // startTunedAgent is startAgent with tune, if set, changing the link's
 // timing before it runs.
-func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config), tune func(l *Link)) *agent {
+func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpki.CA, notAfter time.Time, mod func(c *Config, h *Handlers), tune func(l *Link)) *agent {
 	t.Helper()
 	key, cert := certCA.NodeIdentity(t, "gw-1", notAfter)
 	lb := &logBuf{}
@@ -227,8 +228,9 @@ func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpk
 		},
 		Log: slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
+	var h Handlers
 	if mod != nil {
-		mod(&cfg)
+		mod(&cfg, &h)
 	}
 	l := New(cfg)
 	l.heartbeatUnit = 20 * time.Millisecond
@@ -239,7 +241,7 @@ func startTunedAgent(t *testing.T, srvURL string, ca *testpki.CA, certCA *testpk
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx) }()
+	go func() { done <- l.Run(ctx, h) }()
 	a := &agent{link: l, log: lb}
 	var once sync.Once
 	var runErr error
@@ -301,8 +303,8 @@ func TestReconnectAfterDrop(t *testing.T) {
 		p.serve(true)
 	})
 	var downs atomic.Int32
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.OnDisconnect = func(error) { downs.Add(1) }
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.OnDisconnect = func(error) { downs.Add(1) }
 	})
 	r.waitFor(t, 1, "hello")
 	r.waitFor(t, 2, "hello")
@@ -375,8 +377,8 @@ func TestCleanShutdown(t *testing.T) {
 	ca := testpki.NewCA(t, "relay-ca")
 	r := newRelay(t, ca, func(p *peer) { p.ack(2); p.serve(true) })
 	var downs atomic.Int32
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.OnDisconnect = func(error) { downs.Add(1) }
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.OnDisconnect = func(error) { downs.Add(1) }
 	})
 	r.waitFor(t, 1, "heartbeat")
 	if err := a.stop(); err != nil {
@@ -433,13 +435,13 @@ func TestSendAndHandler(t *testing.T) {
 	})
 	acks := make(chan uint64, 1)
 	connects := make(chan wire.HelloAck, 1)
-	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config) {
-		c.Handler = func(f wire.Frame) {
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.Frame = func(f wire.Frame) {
 			if f.Type == wire.TypeAck {
 				acks <- f.Ack
 			}
 		}
-		c.OnConnect = func(ack wire.HelloAck) { connects <- ack }
+		h.OnConnect = func(ack wire.HelloAck) { connects <- ack }
 	})
 	if ack := <-connects; ack.NodeName != "gw-1" {
 		t.Errorf("OnConnect got %+v", ack)
@@ -495,6 +497,53 @@ func TestSendBounds(t *testing.T) {
 			if n := l.queuedBytes.Load(); n != 0 {
 				t.Errorf("queued bytes after drain = %d", n)
 			}
+		})
+	}
+}
+
+// SendWait waits out a full queue: it returns once the connection takes
+// a frame off it, when its context ends, or when the connection drops.
+func TestSendWait(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		end  func(l *Link, cancel context.CancelFunc)
+		want error
+	}{
+		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued(<-l.queue) }},
+		{name: "context ended", end: func(_ *Link, cancel context.CancelFunc) { cancel() }, want: context.Canceled},
+		{name: "connection dropped", end: func(l *Link, _ context.CancelFunc) { l.connected.Store(false); l.drain() }, want: ErrNotConnected},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := New(Config{QueueFrames: 1})
+				l.connected.Store(true)
+				if err := l.Send(wire.TypeHeartbeat, 0, nil); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				done := make(chan error, 1)
+				go func() { done <- l.SendWait(ctx, wire.TypeHeartbeat, 0, nil) }()
+				synctest.Wait()
+				select {
+				case err := <-done:
+					t.Fatalf("SendWait on a full queue returned %v at once", err)
+				default:
+				}
+				tt.end(l, cancel)
+				synctest.Wait()
+				select {
+				case err := <-done:
+					if !errors.Is(err, tt.want) {
+						t.Fatalf("SendWait = %v, want %v", err, tt.want)
+					}
+				default:
+					t.Fatal("SendWait still waiting")
+				}
+				if tt.want == nil && len(l.queue) != 1 {
+					t.Errorf("queue holds %d frames, want SendWait's one", len(l.queue))
+				}
+			})
 		})
 	}
 }
@@ -563,7 +612,7 @@ func TestBackoff(t *testing.T) {
 
 func TestRunRefusesUnusableIdentity(t *testing.T) {
 	l := New(Config{Server: "https://relay:1", CertPEM: []byte("x"), KeyPEM: []byte("y"), CAPEM: []byte("z")})
-	err := l.Run(context.Background())
+	err := l.Run(context.Background(), Handlers{})
 	if err == nil || !strings.Contains(err.Error(), "re-join") {
 		t.Fatalf("Run = %v", err)
 	}

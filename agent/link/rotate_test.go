@@ -120,8 +120,8 @@ func rotatingRelay(t *testing.T, ca *testpki.CA, hb uint32, sign func(csrPEM []b
 	return r
 }
 
-func rotation(clock *fakeClock, st *stored) func(c *Config) {
-	return func(c *Config) {
+func rotation(clock *fakeClock, st *stored) func(c *Config, _ *Handlers) {
+	return func(c *Config, _ *Handlers) {
 		c.Rotation = &Rotation{
 			Now: clock.now,
 			Save: func(k, c []byte) error {

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"outpost.dev/agent/crilog"
-	"outpost.dev/agent/link"
 	"outpost.dev/wire"
 )
 
@@ -36,8 +35,9 @@ type Paths interface {
 type Config struct {
 	// Paths finds log files. Nil answers every stream with an error.
 	Paths Paths
-	// Send queues one frame on the link (link.Link.Send).
-	Send func(t wire.Type, seq uint64, body wire.Body) error
+	// SendWait queues one frame on the link, waiting out a full queue
+	// until its context ends (link.Link.SendWait).
+	SendWait func(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error
 	// MaxStreams bounds concurrent streams; default DefaultMaxStreams.
 	MaxStreams int
 	// FlushEvery is how long data waits for more before it is sent, while
@@ -49,9 +49,6 @@ type Config struct {
 // DefaultMaxStreams is the default bound on concurrent streams.
 const DefaultMaxStreams = 8
 
-// sendRetry is how long a full link queue is waited out between tries.
-const sendRetry = 20 * time.Millisecond
-
 // Server serves log streams. Handle is called from the link's Handler.
 type Server struct {
 	cfg Config
@@ -60,6 +57,10 @@ type Server struct {
 	mu      sync.Mutex
 	streams map[uint32]*stream
 	wg      sync.WaitGroup
+
+	// windowFull, when set (by tests), is called each time a stream
+	// waits for the relay's credit with inFlight bytes unacked.
+	windowFull func(inFlight uint64)
 }
 
 type stream struct {
@@ -231,20 +232,7 @@ func (s *Server) serve(ctx context.Context, st *stream, o *wire.StreamOpen) {
 // send queues d on the link, waiting out a full queue; false when the
 // link is gone or ctx ended.
 func (s *Server) send(ctx context.Context, d *wire.StreamData) bool {
-	for {
-		err := s.cfg.Send(wire.TypeStreamData, 0, d)
-		if err == nil {
-			return true
-		}
-		if !errors.Is(err, link.ErrQueueFull) {
-			return false
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(sendRetry):
-		}
-	}
+	return s.cfg.SendWait(ctx, wire.TypeStreamData, 0, d) == nil
 }
 
 // chunker is the io.Writer crilog writes to: it cuts the log into chunks
@@ -294,6 +282,9 @@ func (c *chunker) flushLocked() error {
 		c.st.mu.Unlock()
 		if inFlight+uint64(len(c.buf)) <= wire.StreamWindow {
 			break
+		}
+		if c.s.windowFull != nil {
+			c.s.windowFull(inFlight)
 		}
 		select {
 		case <-c.st.credit:

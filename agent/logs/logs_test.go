@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"outpost.dev/agent/crilog"
-	"outpost.dev/agent/link"
 	"outpost.dev/wire"
 )
 
@@ -34,30 +33,21 @@ func (p paths) LogPath(_ context.Context, ns, pod, container string, previous bo
 	return path, p.running, nil
 }
 
-// relay collects what the server sends; full makes Send fail as a full
-// link queue does, every other call.
+// relay collects what the server sends.
 type relay struct {
 	mu     sync.Mutex
 	frames []wire.StreamData
-	full   bool
-	flip   bool
 	got    chan struct{}
 }
 
 func newRelay() *relay { return &relay{got: make(chan struct{}, 1024)} }
 
-func (r *relay) send(t wire.Type, _ uint64, body wire.Body) error {
+func (r *relay) send(_ context.Context, t wire.Type, _ uint64, body wire.Body) error {
 	if t != wire.TypeStreamData {
 		return fmt.Errorf("sent %s", t)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.full {
-		r.flip = !r.flip
-		if r.flip {
-			return link.ErrQueueFull
-		}
-	}
 	// Encode as the link does: the body is not kept.
 	b, err := wire.Encode(t, 0, body)
 	if err != nil {
@@ -143,8 +133,7 @@ func TestStreamTailPreviousAndErrors(t *testing.T) {
 	writeLog(t, filepath.Join(dir, "default_web_app.log"), "one", "two", "three")
 	writeLog(t, filepath.Join(dir, "default_web_app.prev.log"), "before the crash")
 	r := newRelay()
-	r.full = true // every other send finds the queue full, and is retried
-	s := New(Config{Paths: paths{dir: dir}, Send: r.send})
+	s := New(Config{Paths: paths{dir: dir}, SendWait: r.send})
 	defer s.Wait()
 
 	open := func(o wire.StreamOpen) {
@@ -200,7 +189,14 @@ func TestFollowWindowAndCancel(t *testing.T) {
 	}
 	writeLog(t, path, lines...)
 	r := newRelay()
-	s := New(Config{Paths: paths{dir: dir, running: func() bool { return true }}, Send: r.send, FlushEvery: 10 * time.Millisecond})
+	s := New(Config{Paths: paths{dir: dir, running: func() bool { return true }}, SendWait: r.send, FlushEvery: 10 * time.Millisecond})
+	full := make(chan uint64, 1)
+	s.windowFull = func(inFlight uint64) {
+		select {
+		case full <- inFlight:
+		default:
+		}
+	}
 	defer s.Wait()
 	s.Handle(frame(t, wire.TypeStreamOpen, &wire.StreamOpen{ID: 7, Namespace: "default", Pod: "big", Container: "app", Follow: true, TailLines: -1}))
 
@@ -214,9 +210,14 @@ func TestFollowWindowAndCancel(t *testing.T) {
 		}
 		return n
 	}
-	r.wait(t, "a full window", func(fs []wire.StreamData) bool { return total(fs) >= wire.StreamWindow-wire.MaxStreamChunk })
-	time.Sleep(200 * time.Millisecond)
-	if n := total(r.snapshot()); n > wire.StreamWindow {
+	// The stream stops for the relay's credit: what it sent before is all
+	// it sends without an ack.
+	select {
+	case <-full:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the stream never waited for credit; %d bytes sent without an ack", total(r.snapshot()))
+	}
+	if n := total(r.snapshot()); n > wire.StreamWindow || n < wire.StreamWindow-wire.MaxStreamChunk {
 		t.Fatalf("%d bytes sent without an ack; window %d", n, wire.StreamWindow)
 	}
 	// Ack everything as it comes until the whole file arrived.
@@ -259,7 +260,7 @@ func TestFollowEndsAndBound(t *testing.T) {
 	alive := true
 	running := func() bool { mu.Lock(); defer mu.Unlock(); return alive }
 	r := newRelay()
-	s := New(Config{Paths: paths{dir: dir, running: running}, Send: r.send, MaxStreams: 2, FlushEvery: 10 * time.Millisecond})
+	s := New(Config{Paths: paths{dir: dir, running: running}, SendWait: r.send, MaxStreams: 2, FlushEvery: 10 * time.Millisecond})
 	defer s.Wait()
 	for id := uint32(1); id <= 3; id++ {
 		s.Handle(frame(t, wire.TypeStreamOpen, &wire.StreamOpen{ID: id, Namespace: "default", Pod: "p", Container: "app", Follow: true, TailLines: -1}))

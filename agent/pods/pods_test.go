@@ -110,25 +110,9 @@ type env struct {
 
 func start(t testing.TB) *env {
 	t.Helper()
-	harness.RequireContainerd(t)
+	tr := harness.StartTestRuntime(t, "pods-", harness.RegistryOptions{})
 	ctx := t.Context()
-	reg, err := harness.StartRegistry(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Stop() })
-	imgs, err := reg.BuildBusyboxImage(ctx, "test/busybox", "1", "2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pods-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(dir, "c")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, imgs, c, dir := tr.Registry, tr.Images, tr.Containerd, tr.Dir
 	st, err := store.Open(filepath.Join(dir, "state"))
 	if err != nil {
 		t.Fatal(err)
@@ -525,9 +509,15 @@ func TestReconciler(t *testing.T) {
 			return len(e.podContainers("uid-crash"))+len(e.podContainers("uid-img"))+len(e.podContainers("uid-cm")) == 0
 		})
 		before := e.tasks()
+		reports := len(e.rec.history("uid-a"))
 		e.stop()
 		e.run()
-		time.Sleep(3 * time.Second)
+		// A new reconciler's worker reports its pod once, at the end of
+		// its first pass: a container that pass would replace is replaced
+		// by then.
+		e.waitFor(30*time.Second, "the restarted reconciler's first report of uid-a", func() bool {
+			return len(e.rec.history("uid-a")) > reports
+		})
 		e.waitStatus("uid-a", 10*time.Second, "Running", running)
 		after := e.tasks()
 		if fmt.Sprint(before) != fmt.Sprint(after) {

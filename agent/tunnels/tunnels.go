@@ -23,7 +23,6 @@ import (
 	"sync"
 	"time"
 
-	"outpost.dev/agent/link"
 	"outpost.dev/agent/runtime/containerd"
 	"outpost.dev/wire"
 	"outpost.dev/wire/tunnel"
@@ -41,8 +40,12 @@ type Pods interface {
 type Config struct {
 	// Pods runs the sessions. Nil answers every tunnel with an error.
 	Pods Pods
-	// Send queues one frame on the link (link.Link.Send).
+	// Send queues one frame on the link without waiting (link.Link.Send):
+	// Handle's answers, on the link's read loop.
 	Send func(t wire.Type, seq uint64, body wire.Body) error
+	// SendWait queues one frame, waiting out a full queue until its
+	// context ends (link.Link.SendWait): the tunnels' own frames.
+	SendWait func(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error
 	// MaxTunnels bounds concurrent tunnels; default DefaultMaxTunnels.
 	MaxTunnels int
 	Log        *slog.Logger
@@ -51,12 +54,11 @@ type Config struct {
 // DefaultMaxTunnels is the default bound on concurrent tunnels.
 const DefaultMaxTunnels = 16
 
-// A full link queue is waited out in steps of sendRetry, for at most
-// sendWait: a tunnel's frame is then dropped and the tunnel ends.
-const (
-	sendRetry = 20 * time.Millisecond
-	sendWait  = 5 * time.Second
-)
+// sendWait bounds how long a tunnel's frame waits out a full link queue:
+// the frame is then dropped and the tunnel ends. A stalled tunnel waits
+// for the relay's credit, not here (wire/tunnel), so it holds up neither
+// the link's heartbeats nor other tunnels.
+const sendWait = 5 * time.Second
 
 // Server serves tunnels. Handle is called from the link's Handler.
 type Server struct {
@@ -65,7 +67,14 @@ type Server struct {
 	wg  sync.WaitGroup
 
 	mu  sync.Mutex
-	mux *tunnel.Mux // of the current connection
+	cur *session // of the current connection
+}
+
+// session is one link connection's tunnels.
+type session struct {
+	mux    *tunnel.Mux
+	send   tunnel.Send        // waits out a full queue, until cancel
+	cancel context.CancelFunc // ends the waiting sends
 }
 
 // New returns a Server.
@@ -77,12 +86,18 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: cfg.Log}
-	s.mux = s.newMux()
+	s.cur = s.newSession()
 	return s
 }
 
-func (s *Server) newMux() *tunnel.Mux {
-	return tunnel.New(s.send, s.cfg.MaxTunnels, wire.ChanStdin).ReplyWith(s.trySend)
+func (s *Server) newSession() *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	send := func(t wire.Type, body wire.Body) error {
+		ctx, stop := context.WithTimeout(ctx, sendWait)
+		defer stop()
+		return s.cfg.SendWait(ctx, t, 0, body)
+	}
+	return &session{mux: tunnel.New(send, s.cfg.MaxTunnels, wire.ChanStdin).ReplyWith(s.trySend), send: send, cancel: cancel}
 }
 
 // trySend sends once: Handle runs on the link's read loop, which must not
@@ -92,31 +107,21 @@ func (s *Server) trySend(t wire.Type, body wire.Body) error {
 	return s.cfg.Send(t, 0, body)
 }
 
-func (s *Server) send(t wire.Type, body wire.Body) error {
-	deadline := time.Now().Add(sendWait)
-	for {
-		err := s.cfg.Send(t, 0, body)
-		if !errors.Is(err, link.ErrQueueFull) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(sendRetry)
-	}
-}
-
-func (s *Server) current() *tunnel.Mux {
+func (s *Server) current() *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.mux
+	return s.cur
 }
 
 // Disconnected ends every tunnel: tunnel IDs belong to one connection.
 // Call it from the link's OnDisconnect.
 func (s *Server) Disconnected() {
 	s.mu.Lock()
-	old := s.mux
-	s.mux = s.newMux()
+	old := s.cur
+	s.cur = s.newSession()
 	s.mu.Unlock()
-	old.Shutdown(errors.New("the link to the relay was lost"))
+	old.cancel()
+	old.mux.Shutdown(errors.New("the link to the relay was lost"))
 }
 
 // Wait waits for every tunnel goroutine to end.
@@ -124,7 +129,8 @@ func (s *Server) Wait() { s.wg.Wait() }
 
 // Handle takes the tunnel frames and reports whether f was one.
 func (s *Server) Handle(f wire.Frame) bool {
-	mux := s.current()
+	cur := s.current()
+	mux := cur.mux
 	if f.Type != wire.TypeTunnelOpen {
 		ok, err := mux.Handle(f)
 		if err != nil {
@@ -149,7 +155,7 @@ func (s *Server) Handle(f wire.Frame) bool {
 	go func() {
 		defer s.wg.Done()
 		// Say the tunnel is taken: the relay stops waiting for an answer.
-		if err := s.send(wire.TypeTunnelAck, &wire.TunnelAck{ID: o.ID}); err != nil {
+		if err := cur.send(wire.TypeTunnelAck, &wire.TunnelAck{ID: o.ID}); err != nil {
 			st.Close(&wire.TunnelClose{Error: "the link to the relay is congested; try again"})
 			return
 		}

@@ -327,6 +327,32 @@ func TestDesiredLatchesOutput(t *testing.T) {
 	}
 }
 
+// A device that reports edges (gpio-in) is read on each edge, long before
+// its poll, and still takes desired values while it waits for one.
+func TestEdgesAndRequestsWhileWatching(t *testing.T) {
+	f := start(t, 0)
+	pin := f.sim.Pins["GPIO22"]
+	props := []wire.DeviceProperty{{Name: "level", PollMillis: 3_600_000, ReportMillis: 1}}
+	f.src.put("button", "1", &wire.Device{Driver: "gpio-in", Pin: "GPIO22", Properties: props})
+	eventually(t, "low reported", func() bool {
+		r, ok := f.ob.last("button")
+		v, has := value(r, "level")
+		return ok && has && v == 0
+	})
+	pin.Drive(true)
+	eventually(t, "the rising edge read and reported within the hour's poll", func() bool {
+		r, _ := f.ob.last("button")
+		v, _ := value(r, "level")
+		return v == 1
+	})
+	f.src.put("button", "2", &wire.Device{Driver: "gpio-in", Pin: "GPIO22", Properties: props, Desired: []wire.TwinValue{{Name: "level", Num: 0}}})
+	eventually(t, "the desired value for a read-only property refused as a condition", func() bool {
+		r, _ := f.ob.last("button")
+		c := condition(r, "Error")
+		return c.Status == "True" && strings.Contains(c.Message, "desired level")
+	})
+}
+
 // Desired values held in the store are applied when the device opens, with
 // or without a relay: the store is the only input.
 func TestDesiredAppliedAtOpen(t *testing.T) {

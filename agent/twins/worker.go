@@ -236,43 +236,37 @@ func (w *worker) serve(ctx context.Context, dev hal.Device) (served bool, err er
 		defer timer.Stop()
 	}
 	for {
-		if watcher != nil {
-			select {
-			case <-ctx.Done():
-				return true, nil
-			case <-w.poke:
-				if err := w.applyDesired(dev, applied); err != nil {
-					return true, err
-				}
-				continue
-			case req := <-w.writes:
-				if err := w.write(dev, req); err != nil {
-					return true, err
-				}
-				continue
-			default:
+		// One select serves requests and waits for the next poll. A
+		// watcher waits for its edge below, not here: unless a request is
+		// pending, its select does not block (fired).
+		var due <-chan time.Time
+		switch {
+		case watcher == nil:
+			timer.Reset(max(time.Until(next), 0))
+			due = timer.C
+		case ctx.Err() == nil && len(w.poke) == 0 && len(w.writes) == 0:
+			due = fired
+		}
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case <-w.poke:
+			if err := w.applyDesired(dev, applied); err != nil {
+				return true, err
 			}
+			continue
+		case req := <-w.writes:
+			if err := w.write(dev, req); err != nil {
+				return true, err
+			}
+			continue
+		case <-due:
+		}
+		if watcher != nil {
 			wait := min(time.Until(next), maxWatchWait)
 			edge := wait > 0 && watcher.Wait(wait)
 			if !edge && time.Now().Before(next) {
 				continue
-			}
-		} else {
-			timer.Reset(max(time.Until(next), 0))
-			select {
-			case <-ctx.Done():
-				return true, nil
-			case <-w.poke:
-				if err := w.applyDesired(dev, applied); err != nil {
-					return true, err
-				}
-				continue
-			case req := <-w.writes:
-				if err := w.write(dev, req); err != nil {
-					return true, err
-				}
-				continue
-			case <-timer.C:
 			}
 		}
 		if err := w.read(dev, false); err != nil {
@@ -286,6 +280,14 @@ func (w *worker) serve(ctx context.Context, dev hal.Device) (served bool, err er
 		}
 	}
 }
+
+// fired is a channel that is always ready: a select with it among its
+// cases does not block.
+var fired = func() <-chan time.Time {
+	c := make(chan time.Time)
+	close(c)
+	return c
+}()
 
 // applyDesired writes the store's desired values that changed since last
 // applied, then reads back. A value the device cannot take (unknown or
@@ -422,12 +424,7 @@ func (w *worker) read(dev hal.Device, force bool) error {
 	}
 	w.mu.Unlock()
 
-	if len(changed) > 0 || condChanged {
-		w.publish(changed)
-	}
-	if r != nil {
-		w.send(r)
-	}
+	w.emit(len(changed) > 0 || condChanged, changed, r)
 	return nil
 }
 
@@ -447,8 +444,19 @@ func (w *worker) fail(err error, def string) {
 		return
 	}
 	w.l.log.Warn("device error", "device", w.ref.String(), "driver", w.spec.Driver, "err", msg)
-	w.publish(nil)
-	w.send(r)
+	w.emit(true, nil, r)
+}
+
+// emit publishes the device's state when publish is set (changed names the
+// properties whose values changed) and queues r when there is one. The
+// caller made r under w.mu and released it.
+func (w *worker) emit(publish bool, changed []string, r *wire.TwinReport) {
+	if publish {
+		w.publish(changed)
+	}
+	if r != nil {
+		w.send(r)
+	}
 }
 
 // reportLocked builds a report of every value held and the conditions,

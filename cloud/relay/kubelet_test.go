@@ -128,12 +128,20 @@ type kubeletAPI struct {
 	cluster *pki.CA
 }
 
-func startKubelet(t *testing.T, tr *testRelay) *kubeletAPI {
+// clusterCA stands in for the cluster CA, which signs the API server's
+// and other clients' certificates for the kubelet API.
+func clusterCA(t *testing.T) *pki.CA {
 	t.Helper()
-	cluster, err := pki.Generate(time.Now()) // stands in for the cluster CA
+	ca, err := pki.Generate(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca
+}
+
+func startKubelet(t *testing.T, tr *testRelay) *kubeletAPI {
+	t.Helper()
+	cluster := clusterCA(t)
 	serving, err := tr.ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -143,14 +151,10 @@ func startKubelet(t *testing.T, tr *testRelay) *kubeletAPI {
 	hs.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake without a certificate below
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
-	client := func(cert tls.Certificate) *http.Client {
-		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			RootCAs: tr.ca.Pool(), Certificates: []tls.Certificate{cert}}}}
-	}
 	apiCert := clientCert(t, cluster, relay.DefaultKubeletClientName, "kubeadm:cluster-admins")
 	otherCert := clientCert(t, cluster, "someone", "developers")
 	return &kubeletAPI{
-		url: hs.URL, apiserver: client(apiCert), other: client(otherCert),
+		url: hs.URL, apiserver: tr.httpClient(apiCert), other: tr.httpClient(otherCert),
 		apiserverCert: apiCert, otherCert: otherCert, caPEM: tr.ca.CertPEM, cluster: cluster,
 	}
 }
@@ -292,7 +296,7 @@ func TestKubeletContainerLogs(t *testing.T) {
 		t.Fatalf("stream=Stdout: %d", resp.StatusCode)
 	}
 	// No client certificate at all: 401.
-	nocert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tr.ca.Pool()}}}
+	nocert := tr.httpClient()
 	if resp, err := nocert.Get(k.url + "/containerLogs/default/web/app"); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("no client certificate: %v %v", resp, err)
 	} else {

@@ -100,6 +100,12 @@ func (tr *testRelay) tlsConfig(certs ...tls.Certificate) *tls.Config {
 	return &tls.Config{RootCAs: tr.ca.Pool(), Certificates: certs, NextProtos: []string{"http/1.1"}}
 }
 
+// httpClient is an HTTPS client of the relay (its agent endpoint or its
+// kubelet API) that trusts the relay CA and presents certs.
+func (tr *testRelay) httpClient(certs ...tls.Certificate) *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: tr.tlsConfig(certs...)}}
+}
+
 func (tr *testRelay) dialCert(t *testing.T, cert *tls.Certificate) (*websocket.Conn, *http.Response, error) {
 	t.Helper()
 	var certs []tls.Certificate
@@ -109,7 +115,7 @@ func (tr *testRelay) dialCert(t *testing.T, cert *tls.Certificate) (*websocket.C
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, resp, err := websocket.Dial(ctx, tr.url+wire.PathConnect, &websocket.DialOptions{
-		HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: tr.tlsConfig(certs...)}},
+		HTTPClient: tr.httpClient(certs...),
 	})
 	if c != nil {
 		c.SetReadLimit(wire.MaxFrameSize)
@@ -596,7 +602,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	send(t, c, encode(t, wire.TypeHeartbeat, 0, nil))
 	mustRecv(t, c, wire.TypeHeartbeat)
 
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tr.tlsConfig()}}
+	client := tr.httpClient()
 	get := func(path string) (int, string) {
 		resp, err := client.Get(tr.hs.URL + path)
 		if err != nil {

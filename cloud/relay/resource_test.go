@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
 
-	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/wire"
 )
@@ -139,7 +138,7 @@ func TestKubeletResourceUsage(t *testing.T) {
 			answered <- struct{}{}
 		}
 	}()
-	tokenClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tr.ca.Pool()}}}
+	tokenClient := tr.httpClient()
 
 	// A bearer token allowed nodes/metrics: the figures.
 	status, body := get(tokenClient, "gw-top", "/metrics/resource", "good-token")
@@ -181,8 +180,7 @@ func TestKubeletResourceUsage(t *testing.T) {
 	}
 	// A client certificate from the cluster CA whose user may read
 	// metrics: allowed without a token.
-	certClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tr.ca.Pool(),
-		Certificates: []tls.Certificate{clientCert(t, k.cluster, "metrics-client", "metrics")}}}}
+	certClient := tr.httpClient(clientCert(t, k.cluster, "metrics-client", "metrics"))
 	if status, body := get(certClient, "gw-top", "/metrics/resource", ""); status != 200 {
 		t.Fatalf("client certificate: %d %q", status, body)
 	}
@@ -261,10 +259,7 @@ func authReactors(client *fake.Clientset, reviews, sars *atomic.Int32) {
 // Node carries its port, and a request there (no host naming the node,
 // as metrics-server sends) is that node's.
 func TestKubeletNodeListener(t *testing.T) {
-	cluster, err := pki.Generate(time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cluster := clusterCA(t)
 	var reviews, sars atomic.Int32
 	var ports []int
 	tr := newTestRelay(t, func(c *relay.Config) {
@@ -300,8 +295,7 @@ func TestKubeletNodeListener(t *testing.T) {
 		r.ID = req.ID
 		send(t, c, encode(t, wire.TypeStatsResponse, 0, r))
 	}()
-	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tr.ca.Pool(),
-		Certificates: []tls.Certificate{clientCert(t, cluster, "metrics-client", "metrics")}}}}
+	cl := tr.httpClient(clientCert(t, cluster, "metrics-client", "metrics"))
 	resp, err := cl.Get("https://127.0.0.1:" + strconv.Itoa(ports[0]) + "/metrics/resource")
 	if err != nil {
 		t.Fatal(err)

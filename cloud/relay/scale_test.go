@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -50,7 +49,7 @@ func TestManyAgents(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			c, _, err := websocket.Dial(ctx, tr.url+wire.PathConnect, &websocket.DialOptions{
-				HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: tr.tlsConfig(certs[i])}},
+				HTTPClient: tr.httpClient(certs[i]),
 			})
 			if err != nil {
 				errs <- err

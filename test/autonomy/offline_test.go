@@ -296,15 +296,19 @@ func TestOfflineChangesConverge(t *testing.T) {
 	if _, err := apiPod(ctx, doomed.Name); !apierrors.IsNotFound(err) {
 		t.Errorf("%s: %v", doomed.Name, err)
 	}
-	// And it stays so.
-	time.Sleep(3 * time.Second)
-	want, _, err := desired()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, msg := exact(want); !ok {
-		t.Errorf("3 s after converging: %s", msg)
-	}
+	// And it stays so: a pod created after converging reaches the edge
+	// after everything before it, and runs beside exactly the desired pods.
+	after := createPod(t, ctx, podSpec("conv-after", e.name, "sleep", "3600"))
+	stack.WaitFor(t, ctx, 2*time.Minute, "a pod created after converging running beside exactly the desired pods", func() (bool, string) {
+		want, _, err := desired()
+		if err != nil {
+			return false, err.Error()
+		}
+		if _, ok := want[after.Name]; !ok || len(want) != 4 {
+			return false, fmt.Sprintf("API: desired %v", want)
+		}
+		return exact(want)
+	})
 	if log := e.agent.Proc.LogTail(400); strings.Contains(log, "level=ERROR") {
 		t.Logf("agent errors:\n%s", grepLines(log, "level=ERROR"))
 	}

@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestExecOfflineNode: kubectl exec into a pod whose edge node went
@@ -18,19 +15,9 @@ func TestExecOfflineNode(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	const ns = "default"
 	node := "exec-off-edge"
-	kc := st.CP.Client()
 	p := joinPeer(t, ctx, node)
 	ap := connectAgentPeer(t, ctx, p)
-	pod, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "exec-off", Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{
-			{Name: "app", Image: "registry.local/busybox:test", Command: []string{"sleep", "3600"}},
-		}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = kc.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, *metav1.NewDeleteOptions(0)) })
+	pod := createPod(t, ctx, "exec-off", node, "sleep", "3600")
 	// The relay's watch for the node has the pod once it synced it.
 	for synced := false; !synced; {
 		select {

@@ -67,6 +67,26 @@ func connectAgentPeer(t *testing.T, ctx context.Context, p *peer) *agentPeer {
 	return ap
 }
 
+// createPod creates a pod of one busybox container, app, running
+// command (none: the image's) on node, in the default namespace; it is
+// deleted when t ends.
+func createPod(t *testing.T, ctx context.Context, name, node string, command ...string) *corev1.Pod {
+	t.Helper()
+	kc := st.CP.Client()
+	pod, err := kc.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{
+			{Name: "app", Image: "registry.local/busybox:test", Command: command}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = kc.CoreV1().Pods("default").Delete(context.Background(), pod.Name, *metav1.NewDeleteOptions(0))
+	})
+	return pod
+}
+
 // report sends a pod status and waits for the relay's ack of it.
 func (ap *agentPeer) report(t *testing.T, ctx context.Context, st *wire.PodStatus) {
 	t.Helper()
@@ -140,16 +160,7 @@ func TestPodStatusAndLogs(t *testing.T) {
 	p := joinPeer(t, ctx, node)
 	ap := connectAgentPeer(t, ctx, p)
 
-	pod, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sl-web", Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{
-			{Name: "app", Image: "registry.local/busybox:test", Command: []string{"sleep", "3600"}},
-		}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = kc.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, *metav1.NewDeleteOptions(0)) })
+	pod := createPod(t, ctx, "sl-web", node, "sleep", "3600")
 
 	// (a) Running, with a restart: what kubectl shows.
 	now := time.Now()
@@ -338,17 +349,7 @@ func TestPodStatusNotBoundIsDropped(t *testing.T) {
 	kc := st.CP.Client()
 	p := joinPeer(t, ctx, "status-intruder")
 	ap := connectAgentPeer(t, ctx, p)
-	victim, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sl-victim", Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: "status-elsewhere", Containers: []corev1.Container{
-			{Name: "app", Image: "registry.local/busybox:test"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kc.CoreV1().Pods(ns).Delete(context.Background(), victim.Name, *metav1.NewDeleteOptions(0))
-	})
+	victim := createPod(t, ctx, "sl-victim", "status-elsewhere")
 	ap.report(t, ctx, &wire.PodStatus{UID: string(victim.UID), Namespace: ns, Name: victim.Name, Phase: "Failed", Reason: "Evil", Terminated: true})
 	got, err := kc.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
 	if err != nil {
@@ -365,17 +366,7 @@ func TestPodStatusNotBoundIsDropped(t *testing.T) {
 	}
 	gp.cancel()
 	gp.ws.Close(websocket.StatusNormalClosure, "going offline")
-	orphan, err := kc.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sl-orphan", Namespace: ns},
-		Spec: corev1.PodSpec{NodeName: "status-gone", Containers: []corev1.Container{
-			{Name: "app", Image: "registry.local/busybox:test"}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kc.CoreV1().Pods(ns).Delete(context.Background(), orphan.Name, *metav1.NewDeleteOptions(0))
-	})
+	orphan := createPod(t, ctx, "sl-orphan", "status-gone")
 	out, err := st.CP.Kubectl(ctx, "logs", orphan.Name, "-n", ns)
 	if err == nil || !strings.Contains(out, `pod default/sl-orphan is not bound to an edge node connected to this relay replica`) {
 		t.Errorf("kubectl logs on an unconnected node: %v %q", err, out)

@@ -18,7 +18,8 @@
 // StartContainerd runs Debian's containerd (with runc) by hand with its own
 // root, state and socket under a temporary directory, and StartRegistry an
 // in-process OCI registry on loopback, into which BuildBusyboxImage pushes
-// test images made from Debian's busybox-static.
+// test images made from Debian's busybox-static. StartTestRuntime starts
+// both, with the test images, for a test that runs containers.
 //
 // The package is Linux-only in practice: children are tied to the parent
 // with PR_SET_PDEATHSIG.

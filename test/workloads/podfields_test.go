@@ -192,17 +192,7 @@ spec:
     image: `+image1+`
     command: [sh, -c, 'while true; do ps | grep "[s]leep 3602" && echo SEEN; sleep 1; done']
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: host, namespace: `+ns+`}
-spec:
-  nodeSelector: {kubernetes.io/hostname: `+node+`}
-  terminationGracePeriodSeconds: 2
-  hostPID: true
-  hostIPC: true
-  containers:
-  - {name: app, image: `+image1+`, command: [sh, -c, 'echo "pid=$(readlink /proc/self/ns/pid) ipc=$(readlink /proc/self/ns/ipc)"; exec sleep 3600']}
-`)
+`+pod(ns, "host", image1, `echo "pid=$(readlink /proc/self/ns/pid) ipc=$(readlink /proc/self/ns/ipc)"; exec sleep 3600`, "", "  hostPID: true\n  hostIPC: true\n"))
 	waitRunning(t, ctx, ns, "shared", 2*time.Minute)
 	logsOf(t, ctx, ns, "shared", "SEEN", "-c", "app")
 	waitRunning(t, ctx, ns, "host", 2*time.Minute)
@@ -232,15 +222,7 @@ spec:
   containers:
   - {name: app, image: `+image1+`, command: [sh], stdin: true, stdinOnce: true, tty: true}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: reader, namespace: `+ns+`}
-spec:
-  nodeSelector: {kubernetes.io/hostname: `+node+`}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - {name: app, image: `+image1+`, command: [sh, -c, "echo reading; exec cat"], stdin: true}
-`)
+`+pod(ns, "reader", image1, "echo reading; exec cat", "    stdin: true\n", ""))
 	p := waitRunning(t, ctx, ns, "shell", 2*time.Minute)
 	id := strings.TrimPrefix(containerStatus(p).ContainerID, "containerd://")
 	got, err := ctrExec(ctx, id, "readlink", "/proc/1/fd/0")

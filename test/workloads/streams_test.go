@@ -324,30 +324,10 @@ func TestKubectlAttach(t *testing.T) {
 	ctx := ctxFor(t, 4*time.Minute)
 	const ns = "wl-attach"
 	newNamespace(t, ctx, ns)
-	st.Apply(t, ctx, `apiVersion: v1
-kind: Pod
-metadata: {name: reader, namespace: `+ns+`}
-spec:
-  nodeSelector: {kubernetes.io/hostname: `+node+`}
-  terminationGracePeriodSeconds: 2
-  restartPolicy: Never
-  containers:
-  - name: app
-    image: `+image1+`
-    command: [sh, -c, "echo ready; while read l; do echo got:$l; echo err:$l >&2; done; echo bye"]
-    stdin: true
-    stdinOnce: true
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ticker, namespace: `+ns+`}
-spec:
-  nodeSelector: {kubernetes.io/hostname: `+node+`}
-  terminationGracePeriodSeconds: 2
-  restartPolicy: Never
-  containers:
-  - {name: app, image: `+image1+`, command: [sh, -c, "sleep 10; for i in 1 2 3; do echo tick $i; sleep 1; done"]}
-`)
+	never := "  restartPolicy: Never\n"
+	st.Apply(t, ctx, pod(ns, "reader", image1, "echo ready; while read l; do echo got:$l; echo err:$l >&2; done; echo bye",
+		"    stdin: true\n    stdinOnce: true\n", never)+"---\n"+
+		pod(ns, "ticker", image1, "sleep 10; for i in 1 2 3; do echo tick $i; sleep 1; done", "", never))
 	waitRunning(t, ctx, ns, "reader", 2*time.Minute)
 	logsOf(t, ctx, ns, "reader", "ready")
 	out, errOut, code, err := kubectlRun(ctx, strings.NewReader("hello\nworld\n"), nil, "-n", ns, "attach", "-i", "reader")

@@ -15,38 +15,17 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
 
 	"outpost.dev/agent/crilog"
 )
 
 func main() {
-	a := os.Args[1:]
-	var path string
-	var size int64
-	var files int
-	if len(a)%2 != 0 {
-		fmt.Fprintln(os.Stderr, "outpost-logger: options come in pairs: logger PATH [max-size BYTES] [max-files N]")
+	a, err := crilog.ParseArgs(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "outpost-logger:", err)
 		os.Exit(2)
 	}
-	for i := 0; i < len(a); i += 2 {
-		var err error
-		switch a[i] {
-		case "logger":
-			path = a[i+1]
-		case "max-size":
-			size, err = strconv.ParseInt(a[i+1], 10, 64)
-		case "max-files":
-			files, err = strconv.Atoi(a[i+1])
-		default:
-			err = fmt.Errorf("unknown option")
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "outpost-logger: %s %q: %v\n", a[i], a[i+1], err)
-			os.Exit(2)
-		}
-	}
-	if err := crilog.Run(path, size, files); err != nil {
+	if err := crilog.Run(a.Path, a.MaxSize, a.MaxFiles); err != nil {
 		fmt.Fprintln(os.Stderr, "outpost-logger:", err)
 		os.Exit(1)
 	}

@@ -36,31 +36,9 @@ func start(t *testing.T) *env {
 // configured for plain HTTP only when the registry serves it.
 func startWith(t *testing.T, opts harness.RegistryOptions) *env {
 	t.Helper()
-	harness.RequireContainerd(t)
+	tr := harness.StartTestRuntime(t, "rt-", opts)
 	ctx := t.Context()
-	reg, err := harness.StartRegistryWith(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Stop() })
-	imgs, err := reg.BuildBusyboxImage(ctx, "test/busybox", "1", "2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "rt-") // short: the socket path must fit in 107 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	c, err := harness.StartContainerd(ctx, harness.ContainerdOptions{Dir: filepath.Join(dir, "c")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("containerd Stop: %v", err)
-		}
-	})
+	reg, imgs, c, dir := tr.Registry, tr.Images, tr.Containerd, tr.Dir
 	// A namespace of its own: runc keeps its state under
 	// /run/containerd/runc/<namespace> for every containerd on the machine,
 	// so concurrent runs with fixed container IDs would collide there.

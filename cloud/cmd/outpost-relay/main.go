@@ -95,6 +95,4 @@ func serve(args []string, stderr io.Writer) error {
 	return server.Run(ctx, o, version, stderr)
 }
 
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

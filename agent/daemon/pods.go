@@ -1,18 +1,15 @@
-package main
+package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync/atomic"
 
 	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
-	"outpost.dev/agent/crilog"
 	"outpost.dev/agent/desired"
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/pods"
@@ -66,48 +63,6 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 func isExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
-}
-
-// isLoggerCall reports whether containerd's shim started this binary as a
-// container's logger: binary:///…/outpost-agent?logger=PATH&max-size=N
-// arrives as key/value pairs in no fixed order.
-func isLoggerCall(args []string) bool {
-	if len(args)%2 != 0 {
-		return false
-	}
-	for i := 0; i < len(args); i += 2 {
-		if args[i] == "logger" {
-			return true
-		}
-	}
-	return false
-}
-
-// cmdLogger is "outpost-agent logger PATH [max-size BYTES] [max-files N]":
-// the container's stdout on fd 3 and stderr on fd 4 are written to PATH
-// in the CRI log format, rotated by size (see agent/crilog).
-func cmdLogger(args []string) error {
-	var path string
-	var maxSize int64
-	var maxFiles int
-	for i := 0; i < len(args); i += 2 {
-		k, v := args[i], args[i+1]
-		var err error
-		switch k {
-		case "logger":
-			path = v
-		case "max-size":
-			maxSize, err = strconv.ParseInt(v, 10, 64)
-		case "max-files":
-			maxFiles, err = strconv.Atoi(v)
-		default:
-			err = errors.New("unknown option")
-		}
-		if err != nil {
-			return usageError{fmt.Errorf("logger: %s %q: %v", k, v, err)}
-		}
-	}
-	return crilog.Run(path, maxSize, maxFiles)
 }
 
 // podCIDRSource is the node's pod CIDR: network.podCIDR from the config

@@ -1,4 +1,4 @@
-package main
+package agentdeb
 
 import (
 	"bytes"
@@ -43,12 +43,12 @@ func TestAgentPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := Agent(agent, logger, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
+	p, err := Package(agent, logger, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	debPath := filepath.Join(dir, "outpost-agent.deb")
-	if err := writeFile(debPath, p); err != nil {
+	if err := WriteFile(debPath, p); err != nil {
 		t.Fatal(err)
 	}
 	run := func(name string, args ...string) string {
@@ -151,7 +151,7 @@ func TestAgentPackage(t *testing.T) {
 
 func TestVersionsAndArchitectures(t *testing.T) {
 	for _, tg := range cross.Targets {
-		p, err := Agent([]byte("x"), []byte("y"), "v1.0.0", tg.Deb, time.Unix(0, 0))
+		p, err := Package([]byte("x"), []byte("y"), "v1.0.0", tg.Deb, time.Unix(0, 0))
 		if err != nil {
 			t.Fatal(err)
 		}

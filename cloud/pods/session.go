@@ -38,6 +38,9 @@ const (
 	pollEvery             = 50 * time.Millisecond
 	nodeWaitMax           = 2 * time.Second
 	apiTimeout            = 10 * time.Second
+	// claimRetry is how often a pod waiting for its claim reads it again
+	// (a kubelet's volume manager retries as often).
+	claimRetry = 2 * time.Second
 )
 
 // Config configures the pod sync of one agent connection.
@@ -158,6 +161,9 @@ type translated struct {
 	obj     wire.Object
 	size    int
 	err     error
+	// retryAt is set when err may pass with time (a claim not bound
+	// yet): the translation is made again from then on.
+	retryAt time.Time
 }
 
 type state struct {
@@ -180,6 +186,11 @@ type state struct {
 	// the next one is due.
 	tokens    map[types.UID]*podToken
 	tokenWake time.Time
+	// claimWake is when the next pod waiting for its claim is tried again;
+	// claims holds the resolved claims of pods by UID (a pod's volumes
+	// cannot change, nor can a bound claim's PersistentVolume).
+	claimWake time.Time
+	claims    map[types.UID]Claims
 	mintSem   chan struct{}
 	mintMu    sync.Mutex
 	minted    []mintResult
@@ -194,6 +205,7 @@ func (s *Session) run(ctx context.Context) {
 		sent:     HeldVersions(s.cfg.Held),
 		reported: map[types.UID]string{},
 		tokens:   map[types.UID]*podToken{},
+		claims:   map[types.UID]Claims{},
 		mintSem:  make(chan struct{}, tokenConcurrency),
 	}
 	defer close(s.done)
@@ -231,8 +243,10 @@ func (s *Session) run(ctx context.Context) {
 		if !st.retryAt.IsZero() {
 			wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
 		}
-		if !st.tokenWake.IsZero() {
-			wait = min(wait, max(time.Until(st.tokenWake), time.Millisecond))
+		for _, at := range []time.Time{st.tokenWake, st.claimWake} {
+			if !at.IsZero() {
+				wait = min(wait, max(time.Until(at), time.Millisecond))
+			}
 		}
 		timer.Reset(wait)
 		select {
@@ -343,6 +357,7 @@ type refused struct {
 // Secrets no later than the pod).
 func (st *state) pass() (ok, poll bool) {
 	st.tokenWake = time.Time{} // recomputed by podTokens
+	st.claimWake = time.Time{} // recomputed below
 	node := st.s.cfg.Node
 	initial := !st.initialSent
 	patience := st.s.cfg.RefSyncTimeout
@@ -375,6 +390,7 @@ func (st *state) pass() (ok, poll bool) {
 		wanted   = map[Ref]bool{}
 		liveUID  = map[types.UID]bool{}
 		finished []wire.Object
+		keep     []wire.Object
 	)
 	for _, p := range podList {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
@@ -383,18 +399,32 @@ func (st *state) pass() (ok, poll bool) {
 			// needs neither references nor tokens, and one the agent never
 			// held (or that could not be translated) is not sent at all.
 			if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}]; held {
-				if t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) }); t.err == nil {
+				if t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return st.podObject(p) }); t.err == nil {
 					finished = append(finished, t.obj)
 				}
 			}
 			continue
 		}
 		liveUID[p.UID] = true
-		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) })
+		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return st.podObject(p) })
 		if t.err != nil {
 			reason := ReasonUnsupported
-			if errors.Is(t.err, ErrObjectTooLarge) {
+			switch {
+			case errors.Is(t.err, ErrObjectTooLarge):
 				reason = ReasonTooLarge
+			case isClaimPending(t.err):
+				reason = ReasonClaimPending
+				if st.claimWake.IsZero() || t.retryAt.Before(st.claimWake) {
+					st.claimWake = t.retryAt
+				}
+				ref := wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}
+				if v, held := st.sent[ref]; held {
+					// A pod the agent runs (from before this connection)
+					// whose claim cannot be read now: it keeps what it
+					// holds, as a kubelet keeps a mounted volume.
+					keep = append(keep, wire.Object{Kind: wire.KindPod, UID: ref.UID, Namespace: p.Namespace, Name: p.Name, Version: v})
+					continue
+				}
 			}
 			refuse = append(refuse, refused{p, reason, t.err})
 			continue
@@ -487,12 +517,18 @@ func (st *state) pass() (ok, poll bool) {
 		liveUID[types.UID(o.UID)] = true // its translation stays cached
 		want = append(want, o)
 	}
+	want = append(want, keep...)
 	if st.s.cfg.Extra != nil {
 		want = append(want, st.s.cfg.Extra.Objects()...)
 	}
 	for uid := range st.cache {
 		if !liveUID[uid] {
 			delete(st.cache, uid)
+		}
+	}
+	for uid := range st.claims {
+		if !liveUID[uid] {
+			delete(st.claims, uid)
 		}
 	}
 
@@ -533,9 +569,10 @@ func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
 	return true
 }
 
-// translate returns the cached translation of uid at version, or makes it.
+// translate returns the cached translation of uid at version, or makes it
+// (again, once a translation waiting for a claim is due).
 func (st *state) translate(uid types.UID, version string, f func() (wire.Object, error)) *translated {
-	if t := st.cache[uid]; t != nil && t.version == version {
+	if t := st.cache[uid]; t != nil && t.version == version && (t.retryAt.IsZero() || time.Now().Before(t.retryAt)) {
 		return t
 	}
 	t := &translated{version: version}
@@ -543,8 +580,28 @@ func (st *state) translate(uid types.UID, version string, f func() (wire.Object,
 	if t.err == nil {
 		t.size, t.err = ObjectSize(&t.obj)
 	}
+	if isClaimPending(t.err) {
+		t.retryAt = time.Now().Add(claimRetry)
+	}
 	st.cache[uid] = t
 	return t
+}
+
+// podObject translates p, with its claims resolved as its node sees them
+// (a kubelet reads them once, when it mounts the pod's volumes; so does
+// this, once per pod and connection, every claimRetry until they resolve).
+func (st *state) podObject(p *corev1.Pod) (wire.Object, error) {
+	claims, ok := st.claims[p.UID]
+	if !ok && HasClaims(p) {
+		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+		defer cancel()
+		var err error
+		if claims, err = ResolveClaims(ctx, st.s.cfg.Client.CoreV1(), p); err != nil {
+			return wire.Object{}, err
+		}
+		st.claims[p.UID] = claims
+	}
+	return PodObject(p, claims)
 }
 
 // lookupRef returns the translated object r names, or nil if it does not

@@ -122,7 +122,7 @@ func TestSessionSync(t *testing.T) {
 		testPod("other", "edge-2", "12", withRefs("cfg", "other-sec")),
 		testPod("pvc", "edge-1", "13", func(p *corev1.Pod) {
 			p.Spec.Volumes = append([]corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}}}, p.Spec.Volumes...)
+				NFS: &corev1.NFSVolumeSource{Server: "nas", Path: "/data"}}}}, p.Spec.Volumes...)
 		}),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg", Namespace: "default", UID: "uid-cfg", ResourceVersion: "20"}, Data: map[string]string{"a": "1"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec", Namespace: "default", UID: "uid-sec", ResourceVersion: "21"}, Data: map[string][]byte{"pw": []byte("x")}},
@@ -151,8 +151,8 @@ func TestSessionSync(t *testing.T) {
 	// The refused pod's status says why, once.
 	waitFor(t, func() bool {
 		p, _ := client.CoreV1().Pods("default").Get(ctx, "pvc", metav1.GetOptions{})
-		return hasCondition(p, ReasonUnsupported, "spec.volumes[0].persistentVolumeClaim is not supported on edge nodes: "+
-			"edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+		return hasCondition(p, ReasonUnsupported, "spec.volumes[0].nfs is not supported on edge nodes: "+
+			"edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral volumes (local and hostPath PersistentVolumes)")
 	})
 	waitFor(t, func() bool {
 		evs, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
@@ -215,6 +215,59 @@ func TestSessionSync(t *testing.T) {
 
 	s.Stop()
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestSessionClaimPending: a pod whose claim is not bound waits with a
+// VolumeClaimPending condition and event; once the claim is bound to a
+// local PersistentVolume the pod is sent with its directory.
+func TestSessionClaimPending(t *testing.T) {
+	ctx := context.Background()
+	claim := boundClaim("data-0", "")
+	claim.Status.Phase = corev1.ClaimPending
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("data-0", false)})
+		}),
+		claim,
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	defer s.Stop()
+	if got := summary(rec.next(t)); len(got) != 0 {
+		t.Fatalf("initial sync %v, want nothing (the pod waits)", got)
+	}
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonClaimPending, "spec.volumes[1].persistentVolumeClaim: waiting for its PersistentVolumeClaim: "+
+			"PersistentVolumeClaim data-0 is Pending, not bound to a PersistentVolume")
+	})
+	waitFor(t, func() bool {
+		evs, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		return len(evs.Items) == 1 && evs.Items[0].Reason == ReasonClaimPending
+	})
+
+	// The claim binds (as the PV controller would): the next try sends it.
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "data-0",
+		corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/srv/db"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Update(ctx, boundClaim("data-0", "pv-1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f := rec.next(t)
+	if got := summary(f); !equal(got, "+pod/db@10", "+token/db") {
+		t.Fatalf("after the bind: %v", got)
+	}
+	for _, u := range f.Upserts {
+		if u.Pod == nil {
+			continue
+		}
+		v := u.Pod.Volumes[len(u.Pod.Volumes)-1]
+		if v.HostPath == nil || v.HostPath.Path != "/srv/db" || v.HostPath.Type != "Directory" || !v.FSGroupOwned {
+			t.Errorf("volume data = %+v", v)
+		}
+	}
 }
 
 func TestSessionIgnoresNonEdgeNode(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -267,6 +268,39 @@ func TestSessionClaimPending(t *testing.T) {
 		if v.HostPath == nil || v.HostPath.Path != "/srv/db" || v.HostPath.Type != "Directory" || !v.FSGroupOwned {
 			t.Errorf("volume data = %+v", v)
 		}
+	}
+}
+
+// TestSessionClaimUnreadableKeepsHeldPod: a pod the agent already runs
+// (from its hello) whose claim cannot be read on this connection is kept
+// as the agent holds it, not deleted, as a kubelet keeps a mounted volume,
+// until the claim can be read.
+func TestSessionClaimUnreadableKeepsHeldPod(t *testing.T) {
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("gone", false)})
+		}),
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(context.Background(), Config{Client: client, Node: "edge-1", Send: rec.send,
+		Held: []wire.ObjectVersion{{Kind: wire.KindPod, UID: "uid-db", Version: "9"}}})
+	defer s.Stop()
+	if f := rec.next(t); !f.Initial || len(f.Upserts)+len(f.Deletes) != 0 {
+		t.Fatalf("initial sync %v, want nothing (the held pod kept)", summary(f))
+	}
+	// Once the claim can be read, the next frame brings the pod's new
+	// version (a delete sent meanwhile would come first).
+	ctx := context.Background()
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "gone",
+		corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/srv/db"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Create(ctx, boundClaim("gone", "pv-1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if f := rec.next(t); len(f.Deletes) > 0 || !slices.Contains(summary(f), "+pod/db@10") {
+		t.Fatalf("after the claim appeared: %v", summary(f))
 	}
 }
 

@@ -162,18 +162,10 @@ spec:
 	waitRunning(t, ctx, ns, "late", 2*time.Minute)
 	waitLogs(t, ctx, ns, "late", "late-ok")
 
-	// A claim bound to a PersistentVolume an edge node cannot mount.
+	// A claim bound to a PersistentVolume an edge node cannot mount. The
+	// volume comes after its claim, so the PersistentVolume controller
+	// binds them on the volume's event (not on its next resync).
 	st.Apply(t, ctx, `apiVersion: v1
-kind: PersistentVolume
-metadata: {name: wl-pv-nfs}
-spec:
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteOnce]
-  storageClassName: ""
-  claimRef: {namespace: `+ns+`, name: nfs}
-  nfs: {server: 192.0.2.1, path: /export}
----
-apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: nfs, namespace: `+ns+`}
 spec:
@@ -184,8 +176,18 @@ spec:
 `+pod(ns, "nfs", image1, "exec sleep 3600",
 		"    volumeMounts:\n    - {name: data, mountPath: /data}\n",
 		"  nodeName: "+node+"\n  volumes:\n  - {name: data, persistentVolumeClaim: {claimName: nfs}}\n"))
+	st.Apply(t, ctx, `apiVersion: v1
+kind: PersistentVolume
+metadata: {name: wl-pv-nfs}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  claimRef: {namespace: `+ns+`, name: nfs}
+  nfs: {server: 192.0.2.1, path: /export}
+`)
 	const refusal = "spec.volumes[0].persistentVolumeClaim: PersistentVolume wl-pv-nfs is nfs is not supported on edge nodes"
-	stack.WaitFor(t, ctx, time.Minute, "pod nfs refused naming its volume", func() (bool, string) {
+	stack.WaitFor(t, ctx, 2*time.Minute, "pod nfs refused naming its volume", func() (bool, string) {
 		p, err := getPod(ctx, ns, "nfs")
 		if err != nil {
 			return false, err.Error()

@@ -175,9 +175,10 @@ type state struct {
 	refs  map[Ref]*watcher
 	cache map[types.UID]*translated
 	sent  Versions
-	// reported is the pod version whose refusal was written, so a pass
-	// does not read the condition again until the pod changes.
-	reported map[types.UID]string
+	// reported is the pod version and message of the refusal written, so
+	// a pass does not read the condition again until the pod or the
+	// refusal changes (a claim's may without the pod changing).
+	reported map[types.UID]reportedRefusal
 	retryAt  time.Time
 	// initialSent is set once the initial sync has been written.
 	initialSent bool
@@ -203,7 +204,7 @@ func (s *Session) run(ctx context.Context) {
 		refs:     map[Ref]*watcher{},
 		cache:    map[types.UID]*translated{},
 		sent:     HeldVersions(s.cfg.Held),
-		reported: map[types.UID]string{},
+		reported: map[types.UID]reportedRefusal{},
 		tokens:   map[types.UID]*podToken{},
 		claims:   map[types.UID]Claims{},
 		mintSem:  make(chan struct{}, tokenConcurrency),
@@ -640,12 +641,12 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 	st.retryAt = time.Time{}
 	for _, r := range refuse {
 		p := r.pod
-		if st.reported[p.UID] == p.ResourceVersion {
+		msg := r.err.Error()
+		if st.reported[p.UID] == (reportedRefusal{p.ResourceVersion, msg}) {
 			continue
 		}
-		msg := r.err.Error()
 		if hasCondition(p, r.reason, msg) {
-			st.reported[p.UID] = p.ResourceVersion
+			st.reported[p.UID] = reportedRefusal{p.ResourceVersion, msg}
 			continue
 		}
 		if err := st.writeRefusal(p, r.reason, msg); err != nil {
@@ -659,6 +660,9 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 		st.s.cfg.Log.Info("pod refused", "pod", p.Namespace+"/"+p.Name, "reason", r.reason, "message", msg)
 	}
 }
+
+// reportedRefusal is a refusal written to a pod's status.
+type reportedRefusal struct{ version, msg string }
 
 func hasCondition(p *corev1.Pod, reason, msg string) bool {
 	for _, c := range p.Status.Conditions {
@@ -693,7 +697,7 @@ func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
 	if err != nil {
 		return fmt.Errorf("patch status: %w", err)
 	}
-	st.reported[p.UID] = np.ResourceVersion
+	st.reported[p.UID] = reportedRefusal{np.ResourceVersion, msg}
 	_, err = st.s.cfg.Client.CoreV1().Events(p.Namespace).Create(ctx, &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: p.Name + ".", Namespace: p.Namespace},
 		InvolvedObject: corev1.ObjectReference{

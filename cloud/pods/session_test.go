@@ -271,6 +271,42 @@ func TestSessionClaimPending(t *testing.T) {
 	}
 }
 
+// TestSessionClaimBoundToNFS: a waiting pod whose claim then binds to a
+// PersistentVolume an edge node cannot mount is refused naming it; the
+// pod's condition changes though the pod did not.
+func TestSessionClaimBoundToNFS(t *testing.T) {
+	ctx := context.Background()
+	claim := boundClaim("data-0", "")
+	claim.Status.Phase = corev1.ClaimPending
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("data-0", false)})
+		}),
+		claim,
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send})
+	defer s.Stop()
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonClaimPending, "spec.volumes[1].persistentVolumeClaim: waiting for its PersistentVolumeClaim: "+
+			"PersistentVolumeClaim data-0 is Pending, not bound to a PersistentVolume")
+	})
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "data-0",
+		corev1.PersistentVolumeSource{NFS: &corev1.NFSVolumeSource{Server: "nas", Path: "/"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Update(ctx, boundClaim("data-0", "pv-1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonUnsupported, "spec.volumes[1].persistentVolumeClaim: PersistentVolume pv-1 is nfs is not supported on edge nodes: "+
+			"edge nodes mount local and hostPath PersistentVolumes")
+	})
+}
+
 // TestSessionClaimUnreadableKeepsHeldPod: a pod the agent already runs
 // (from its hello) whose claim cannot be read on this connection is kept
 // as the agent holds it, not deleted, as a kubelet keeps a mounted volume,

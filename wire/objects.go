@@ -930,6 +930,14 @@ type Volume struct {
 	ConfigMap *FilesVolume `cbor:"4,keyasint,omitempty"`
 	Secret    *FilesVolume `cbor:"5,keyasint,omitempty"`
 	Projected *Projected   `cbor:"6,keyasint,omitempty"`
+	// ReadOnly makes every mount of the volume read-only, whatever the
+	// mount says (a persistentVolumeClaim volume's readOnly).
+	ReadOnly bool `cbor:"7,keyasint,omitempty" json:",omitempty"`
+	// FSGroupOwned gives a hostPath volume the pod's fsGroup as an
+	// emptyDir gets it, unless ReadOnly: a kubelet does so for a local
+	// PersistentVolume (never for a hostPath volume or hostPath
+	// PersistentVolume).
+	FSGroupOwned bool `cbor:"8,keyasint,omitempty" json:",omitempty"`
 }
 
 // Validate reports a volume without exactly one source.
@@ -948,6 +956,9 @@ func (v *Volume) Validate() error {
 	}
 	if v.HostPath != nil && (v.HostPath.Path == "" || len(v.HostPath.Path) > 4096) {
 		return fmt.Errorf("volume %s: hostPath needs a path", v.Name)
+	}
+	if v.FSGroupOwned && v.HostPath == nil {
+		return fmt.Errorf("volume %s: only a hostPath volume is given the fsGroup by its owner flag", v.Name)
 	}
 	for _, f := range []*FilesVolume{v.ConfigMap, v.Secret} {
 		if f != nil {

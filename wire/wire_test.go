@@ -324,6 +324,7 @@ func TestSyncRejectsInconsistentObjects(t *testing.T) {
 		{"hook port out of range", func(s *Sync) { s.Upserts[0].Pod.Containers[0].PreStop.HTTPGet.Port = 70000 }},
 		{"regular container as sidecar", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Sidecar = true }},
 		{"volume without source", func(s *Sync) { s.Upserts[0].Pod.Volumes[0].ConfigMap = nil }},
+		{"fsGroup ownership of a configMap volume", func(s *Sync) { s.Upserts[0].Pod.Volumes[0].FSGroupOwned = true }},
 		{"seccomp of unknown type", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.Type = "Strict" }},
 		{"localhost seccomp without a name", func(s *Sync) { s.Upserts[0].Pod.Containers[0].Seccomp.LocalhostProfile = "" }},
 		{"localhost seccomp name too long", func(s *Sync) {

@@ -94,7 +94,14 @@ func (w *worker) setUp(ctx context.Context, o *wire.Object, rf *refs) (*podSetup
 				continue
 			}
 			f.Close()
-			s.volumes[v.Name] = volSource{path: v.HostPath.Path, host: v.HostPath}
+			if v.FSGroupOwned && !v.ReadOnly {
+				// A local PersistentVolume, owned as a kubelet owns it.
+				if err := w.fsGroup(o.Pod, v.Name, v.HostPath.Path, false); err != nil {
+					errs = append(errs, fmt.Errorf("volume %s: %w", v.Name, err))
+					continue
+				}
+			}
+			s.volumes[v.Name] = volSource{path: v.HostPath.Path, host: v.HostPath, readOnly: v.ReadOnly}
 		default:
 			files, err := w.volumeFiles(o, rf, v)
 			if err != nil {

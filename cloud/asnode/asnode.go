@@ -3,7 +3,8 @@
 // system:node:<name>, so the API server's Node authorizer and
 // NodeRestriction admission bound what the relay can do for a node exactly
 // as they bound a kubelet (its own Node, Lease and pods, the ConfigMaps,
-// Secrets and service-account tokens those pods use, events).
+// Secrets, service-account tokens, PersistentVolumeClaims and
+// PersistentVolumes those pods use, events).
 //
 // The relay's service account holds no such rights itself: only the
 // constrained impersonation verbs (impersonate:arbitrary-node on the

@@ -33,6 +33,15 @@
 // agent is connected (tokens.go). Only pods read bound to the node, with
 // the same UID, just before each request get a token.
 //
+// A pod's persistentVolumeClaim and ephemeral volumes are resolved before
+// it is translated (claims.go): the claim, then the PersistentVolume it is
+// bound to, each read by name as the node (a kubelet's reads), once per
+// pod and connection. A local or hostPath PersistentVolume travels as a
+// hostPath volume; any other is refused naming the volume. A claim that is
+// missing or not bound keeps the pod from the agent, waiting with Ready
+// reason VolumeClaimPending, and is read again every few seconds; a pod
+// the agent already holds is kept as it is meanwhile.
+//
 // A pod that finished (Succeeded or Failed) stays with an agent that holds
 // it, sent with Finished set and without tokens or references, so that its
 // logs stay readable until it is deleted, as on a kubelet; a finished pod

@@ -87,7 +87,7 @@ func TestSecretObjectPullAuths(t *testing.T) {
 func TestTranslateImagePullSecrets(t *testing.T) {
 	p := defaulted()
 	p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}, {Name: ""}, {Name: "other"}}
-	wp, err := Translate(p)
+	wp, err := Translate(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

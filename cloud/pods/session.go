@@ -38,6 +38,9 @@ const (
 	pollEvery             = 50 * time.Millisecond
 	nodeWaitMax           = 2 * time.Second
 	apiTimeout            = 10 * time.Second
+	// claimRetry is how often a pod waiting for its claim reads it again
+	// (a kubelet's volume manager retries as often).
+	claimRetry = 2 * time.Second
 )
 
 // Config configures the pod sync of one agent connection.
@@ -158,6 +161,9 @@ type translated struct {
 	obj     wire.Object
 	size    int
 	err     error
+	// retryAt is set when err may pass with time (a claim not bound
+	// yet): the translation is made again from then on.
+	retryAt time.Time
 }
 
 type state struct {
@@ -169,9 +175,10 @@ type state struct {
 	refs  map[Ref]*watcher
 	cache map[types.UID]*translated
 	sent  Versions
-	// reported is the pod version whose refusal was written, so a pass
-	// does not read the condition again until the pod changes.
-	reported map[types.UID]string
+	// reported is the pod version and message of the refusal written, so
+	// a pass does not read the condition again until the pod or the
+	// refusal changes (a claim's may without the pod changing).
+	reported map[types.UID]reportedRefusal
 	retryAt  time.Time
 	// initialSent is set once the initial sync has been written.
 	initialSent bool
@@ -180,6 +187,11 @@ type state struct {
 	// the next one is due.
 	tokens    map[types.UID]*podToken
 	tokenWake time.Time
+	// claimWake is when the next pod waiting for its claim is tried again;
+	// claims holds the resolved claims of pods by UID (a pod's volumes
+	// cannot change, nor can a bound claim's PersistentVolume).
+	claimWake time.Time
+	claims    map[types.UID]Claims
 	mintSem   chan struct{}
 	mintMu    sync.Mutex
 	minted    []mintResult
@@ -192,8 +204,9 @@ func (s *Session) run(ctx context.Context) {
 		refs:     map[Ref]*watcher{},
 		cache:    map[types.UID]*translated{},
 		sent:     HeldVersions(s.cfg.Held),
-		reported: map[types.UID]string{},
+		reported: map[types.UID]reportedRefusal{},
 		tokens:   map[types.UID]*podToken{},
+		claims:   map[types.UID]Claims{},
 		mintSem:  make(chan struct{}, tokenConcurrency),
 	}
 	defer close(s.done)
@@ -231,8 +244,10 @@ func (s *Session) run(ctx context.Context) {
 		if !st.retryAt.IsZero() {
 			wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
 		}
-		if !st.tokenWake.IsZero() {
-			wait = min(wait, max(time.Until(st.tokenWake), time.Millisecond))
+		for _, at := range []time.Time{st.tokenWake, st.claimWake} {
+			if !at.IsZero() {
+				wait = min(wait, max(time.Until(at), time.Millisecond))
+			}
 		}
 		timer.Reset(wait)
 		select {
@@ -343,6 +358,7 @@ type refused struct {
 // Secrets no later than the pod).
 func (st *state) pass() (ok, poll bool) {
 	st.tokenWake = time.Time{} // recomputed by podTokens
+	st.claimWake = time.Time{} // recomputed below
 	node := st.s.cfg.Node
 	initial := !st.initialSent
 	patience := st.s.cfg.RefSyncTimeout
@@ -375,6 +391,7 @@ func (st *state) pass() (ok, poll bool) {
 		wanted   = map[Ref]bool{}
 		liveUID  = map[types.UID]bool{}
 		finished []wire.Object
+		keep     []wire.Object
 	)
 	for _, p := range podList {
 		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
@@ -383,18 +400,32 @@ func (st *state) pass() (ok, poll bool) {
 			// needs neither references nor tokens, and one the agent never
 			// held (or that could not be translated) is not sent at all.
 			if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}]; held {
-				if t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) }); t.err == nil {
+				if t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return st.podObject(p) }); t.err == nil {
 					finished = append(finished, t.obj)
 				}
 			}
 			continue
 		}
 		liveUID[p.UID] = true
-		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return PodObject(p) })
+		t := st.translate(p.UID, p.ResourceVersion, func() (wire.Object, error) { return st.podObject(p) })
 		if t.err != nil {
 			reason := ReasonUnsupported
-			if errors.Is(t.err, ErrObjectTooLarge) {
+			switch {
+			case errors.Is(t.err, ErrObjectTooLarge):
 				reason = ReasonTooLarge
+			case isClaimPending(t.err):
+				reason = ReasonClaimPending
+				if st.claimWake.IsZero() || t.retryAt.Before(st.claimWake) {
+					st.claimWake = t.retryAt
+				}
+				ref := wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}
+				if v, held := st.sent[ref]; held {
+					// A pod the agent runs (from before this connection)
+					// whose claim cannot be read now: it keeps what it
+					// holds, as a kubelet keeps a mounted volume.
+					keep = append(keep, wire.Object{Kind: wire.KindPod, UID: ref.UID, Namespace: p.Namespace, Name: p.Name, Version: v})
+					continue
+				}
 			}
 			refuse = append(refuse, refused{p, reason, t.err})
 			continue
@@ -487,12 +518,18 @@ func (st *state) pass() (ok, poll bool) {
 		liveUID[types.UID(o.UID)] = true // its translation stays cached
 		want = append(want, o)
 	}
+	want = append(want, keep...)
 	if st.s.cfg.Extra != nil {
 		want = append(want, st.s.cfg.Extra.Objects()...)
 	}
 	for uid := range st.cache {
 		if !liveUID[uid] {
 			delete(st.cache, uid)
+		}
+	}
+	for uid := range st.claims {
+		if !liveUID[uid] {
+			delete(st.claims, uid)
 		}
 	}
 
@@ -533,9 +570,10 @@ func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
 	return true
 }
 
-// translate returns the cached translation of uid at version, or makes it.
+// translate returns the cached translation of uid at version, or makes it
+// (again, once a translation waiting for a claim is due).
 func (st *state) translate(uid types.UID, version string, f func() (wire.Object, error)) *translated {
-	if t := st.cache[uid]; t != nil && t.version == version {
+	if t := st.cache[uid]; t != nil && t.version == version && (t.retryAt.IsZero() || time.Now().Before(t.retryAt)) {
 		return t
 	}
 	t := &translated{version: version}
@@ -543,8 +581,28 @@ func (st *state) translate(uid types.UID, version string, f func() (wire.Object,
 	if t.err == nil {
 		t.size, t.err = ObjectSize(&t.obj)
 	}
+	if isClaimPending(t.err) {
+		t.retryAt = time.Now().Add(claimRetry)
+	}
 	st.cache[uid] = t
 	return t
+}
+
+// podObject translates p, with its claims resolved as its node sees them
+// (a kubelet reads them once, when it mounts the pod's volumes; so does
+// this, once per pod and connection, every claimRetry until they resolve).
+func (st *state) podObject(p *corev1.Pod) (wire.Object, error) {
+	claims, ok := st.claims[p.UID]
+	if !ok && HasClaims(p) {
+		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+		defer cancel()
+		var err error
+		if claims, err = ResolveClaims(ctx, st.s.cfg.Client.CoreV1(), p); err != nil {
+			return wire.Object{}, err
+		}
+		st.claims[p.UID] = claims
+	}
+	return PodObject(p, claims)
 }
 
 // lookupRef returns the translated object r names, or nil if it does not
@@ -583,12 +641,12 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 	st.retryAt = time.Time{}
 	for _, r := range refuse {
 		p := r.pod
-		if st.reported[p.UID] == p.ResourceVersion {
+		msg := r.err.Error()
+		if st.reported[p.UID] == (reportedRefusal{p.ResourceVersion, msg}) {
 			continue
 		}
-		msg := r.err.Error()
 		if hasCondition(p, r.reason, msg) {
-			st.reported[p.UID] = p.ResourceVersion
+			st.reported[p.UID] = reportedRefusal{p.ResourceVersion, msg}
 			continue
 		}
 		if err := st.writeRefusal(p, r.reason, msg); err != nil {
@@ -602,6 +660,9 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 		st.s.cfg.Log.Info("pod refused", "pod", p.Namespace+"/"+p.Name, "reason", r.reason, "message", msg)
 	}
 }
+
+// reportedRefusal is a refusal written to a pod's status.
+type reportedRefusal struct{ version, msg string }
 
 func hasCondition(p *corev1.Pod, reason, msg string) bool {
 	for _, c := range p.Status.Conditions {
@@ -636,7 +697,7 @@ func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
 	if err != nil {
 		return fmt.Errorf("patch status: %w", err)
 	}
-	st.reported[p.UID] = np.ResourceVersion
+	st.reported[p.UID] = reportedRefusal{np.ResourceVersion, msg}
 	_, err = st.s.cfg.Client.CoreV1().Events(p.Namespace).Create(ctx, &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: p.Name + ".", Namespace: p.Namespace},
 		InvolvedObject: corev1.ObjectReference{

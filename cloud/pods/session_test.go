@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -122,7 +123,7 @@ func TestSessionSync(t *testing.T) {
 		testPod("other", "edge-2", "12", withRefs("cfg", "other-sec")),
 		testPod("pvc", "edge-1", "13", func(p *corev1.Pod) {
 			p.Spec.Volumes = append([]corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "data"}}}}, p.Spec.Volumes...)
+				NFS: &corev1.NFSVolumeSource{Server: "nas", Path: "/data"}}}}, p.Spec.Volumes...)
 		}),
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cfg", Namespace: "default", UID: "uid-cfg", ResourceVersion: "20"}, Data: map[string]string{"a": "1"}},
 		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sec", Namespace: "default", UID: "uid-sec", ResourceVersion: "21"}, Data: map[string][]byte{"pw": []byte("x")}},
@@ -151,8 +152,8 @@ func TestSessionSync(t *testing.T) {
 	// The refused pod's status says why, once.
 	waitFor(t, func() bool {
 		p, _ := client.CoreV1().Pods("default").Get(ctx, "pvc", metav1.GetOptions{})
-		return hasCondition(p, ReasonUnsupported, "spec.volumes[0].persistentVolumeClaim is not supported on edge nodes: "+
-			"edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+		return hasCondition(p, ReasonUnsupported, "spec.volumes[0].nfs is not supported on edge nodes: "+
+			"edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral volumes (local and hostPath PersistentVolumes)")
 	})
 	waitFor(t, func() bool {
 		evs, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
@@ -215,6 +216,128 @@ func TestSessionSync(t *testing.T) {
 
 	s.Stop()
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestSessionClaimPending: a pod whose claim is not bound waits with a
+// VolumeClaimPending condition and event; once the claim is bound to a
+// local PersistentVolume the pod is sent with its directory.
+func TestSessionClaimPending(t *testing.T) {
+	ctx := context.Background()
+	claim := boundClaim("data-0", "")
+	claim.Status.Phase = corev1.ClaimPending
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("data-0", false)})
+		}),
+		claim,
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	defer s.Stop()
+	if got := summary(rec.next(t)); len(got) != 0 {
+		t.Fatalf("initial sync %v, want nothing (the pod waits)", got)
+	}
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonClaimPending, "spec.volumes[1].persistentVolumeClaim: waiting for its PersistentVolumeClaim: "+
+			"PersistentVolumeClaim data-0 is Pending, not bound to a PersistentVolume")
+	})
+	waitFor(t, func() bool {
+		evs, _ := client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		return len(evs.Items) == 1 && evs.Items[0].Reason == ReasonClaimPending
+	})
+
+	// The claim binds (as the PV controller would): the next try sends it.
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "data-0",
+		corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/srv/db"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Update(ctx, boundClaim("data-0", "pv-1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f := rec.next(t)
+	if got := summary(f); !equal(got, "+pod/db@10", "+token/db") {
+		t.Fatalf("after the bind: %v", got)
+	}
+	for _, u := range f.Upserts {
+		if u.Pod == nil {
+			continue
+		}
+		v := u.Pod.Volumes[len(u.Pod.Volumes)-1]
+		if v.HostPath == nil || v.HostPath.Path != "/srv/db" || v.HostPath.Type != "Directory" || !v.FSGroupOwned {
+			t.Errorf("volume data = %+v", v)
+		}
+	}
+}
+
+// TestSessionClaimBoundToNFS: a waiting pod whose claim then binds to a
+// PersistentVolume an edge node cannot mount is refused naming it; the
+// pod's condition changes though the pod did not.
+func TestSessionClaimBoundToNFS(t *testing.T) {
+	ctx := context.Background()
+	claim := boundClaim("data-0", "")
+	claim.Status.Phase = corev1.ClaimPending
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("data-0", false)})
+		}),
+		claim,
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send})
+	defer s.Stop()
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonClaimPending, "spec.volumes[1].persistentVolumeClaim: waiting for its PersistentVolumeClaim: "+
+			"PersistentVolumeClaim data-0 is Pending, not bound to a PersistentVolume")
+	})
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "data-0",
+		corev1.PersistentVolumeSource{NFS: &corev1.NFSVolumeSource{Server: "nas", Path: "/"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Update(ctx, boundClaim("data-0", "pv-1"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return hasCondition(p, ReasonUnsupported, "spec.volumes[1].persistentVolumeClaim: PersistentVolume pv-1 is nfs is not supported on edge nodes: "+
+			"edge nodes mount local and hostPath PersistentVolumes")
+	})
+}
+
+// TestSessionClaimUnreadableKeepsHeldPod: a pod the agent already runs
+// (from its hello) whose claim cannot be read on this connection is kept
+// as the agent holds it, not deleted, as a kubelet keeps a mounted volume,
+// until the claim can be read.
+func TestSessionClaimUnreadableKeepsHeldPod(t *testing.T) {
+	client, _ := withTokens(fake.NewClientset(
+		edgeNode("edge-1"),
+		testPod("db", "edge-1", "10", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: pvcSource("gone", false)})
+		}),
+	))
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(context.Background(), Config{Client: client, Node: "edge-1", Send: rec.send,
+		Held: []wire.ObjectVersion{{Kind: wire.KindPod, UID: "uid-db", Version: "9"}}})
+	defer s.Stop()
+	if f := rec.next(t); !f.Initial || len(f.Upserts)+len(f.Deletes) != 0 {
+		t.Fatalf("initial sync %v, want nothing (the held pod kept)", summary(f))
+	}
+	// Once the claim can be read, the next frame brings the pod's new
+	// version (a delete sent meanwhile would come first).
+	ctx := context.Background()
+	if _, err := client.CoreV1().PersistentVolumes().Create(ctx, volumeFor("pv-1", "gone",
+		corev1.PersistentVolumeSource{Local: &corev1.LocalVolumeSource{Path: "/srv/db"}}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().PersistentVolumeClaims("default").Create(ctx, boundClaim("gone", "pv-1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if f := rec.next(t); len(f.Deletes) > 0 || !slices.Contains(summary(f), "+pod/db@10") {
+		t.Fatalf("after the claim appeared: %v", summary(f))
+	}
 }
 
 func TestSessionIgnoresNonEdgeNode(t *testing.T) {

@@ -77,8 +77,10 @@ type podMeta struct{ labels, annotations bool }
 // *UnsupportedError naming it. Fields that only matter to the scheduler or
 // the API server (affinity, tolerations, priority, schedulerName,
 // nodeSelector, readiness gates...) and the defaults the API server sets on
-// every pod are accepted and not carried.
-func Translate(p *corev1.Pod) (*wire.Pod, error) {
+// every pod are accepted and not carried. claims are the pod's
+// persistentVolumeClaim and ephemeral volumes resolved by ResolveClaims;
+// such a volume missing from them is refused.
+func Translate(p *corev1.Pod, claims Claims) (*wire.Pod, error) {
 	s := &p.Spec
 	switch s.DNSPolicy {
 	case "", corev1.DNSClusterFirst, corev1.DNSClusterFirstWithHostNet, corev1.DNSDefault, corev1.DNSNone:
@@ -199,7 +201,7 @@ func Translate(p *corev1.Pod) (*wire.Pod, error) {
 		out.Volumes = make([]wire.Volume, 0, len(s.Volumes))
 	}
 	for i := range s.Volumes {
-		v, err := translateVolume(fmt.Sprintf("spec.volumes[%d]", i), &s.Volumes[i], &meta)
+		v, err := translateVolume(fmt.Sprintf("spec.volumes[%d]", i), &s.Volumes[i], claims, &meta)
 		if err != nil {
 			return nil, err
 		}
@@ -690,7 +692,7 @@ func resolvePort(path string, n int, name string, named bool, ports []corev1.Con
 	return 0, unsupported(path+": "+name, "no container port of that name")
 }
 
-func translateVolume(path string, v *corev1.Volume, meta *podMeta) (wire.Volume, error) {
+func translateVolume(path string, v *corev1.Volume, claims Claims, meta *podMeta) (wire.Volume, error) {
 	out := wire.Volume{Name: v.Name}
 	vs := &v.VolumeSource
 	switch {
@@ -712,6 +714,15 @@ func translateVolume(path string, v *corev1.Volume, meta *podMeta) (wire.Volume,
 		if e.SizeLimit != nil {
 			out.EmptyDir.SizeLimit = e.SizeLimit.Value()
 		}
+	case vs.PersistentVolumeClaim != nil || vs.Ephemeral != nil:
+		c, ok := claims[v.Name]
+		if !ok {
+			return out, unsupported(path+"."+volumeSourceName(vs), "its claim was not resolved to a PersistentVolume")
+		}
+		// The directory of a local or hostPath PersistentVolume, mounted
+		// as a hostPath volume, with its checks.
+		out.HostPath = &wire.HostPath{Path: c.Path, Type: c.Type}
+		out.ReadOnly, out.FSGroupOwned = c.ReadOnly, c.Local
 	case vs.HostPath != nil:
 		out.HostPath = &wire.HostPath{Path: vs.HostPath.Path}
 		if vs.HostPath.Type != nil {
@@ -779,7 +790,7 @@ func translateVolume(path string, v *corev1.Volume, meta *podMeta) (wire.Volume,
 			out.Projected.Sources = append(out.Projected.Sources, ws)
 		}
 	default:
-		return out, unsupported(path+"."+volumeSourceName(vs), "edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes")
+		return out, unsupported(path+"."+volumeSourceName(vs), "edge nodes support emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral volumes (local and hostPath PersistentVolumes)")
 	}
 	if err := out.Validate(); err != nil {
 		return out, unsupported(path, err.Error())
@@ -899,8 +910,8 @@ func SecretObject(s *corev1.Secret) wire.Object {
 }
 
 // PodObject translates a pod into a downstream object.
-func PodObject(p *corev1.Pod) (wire.Object, error) {
-	wp, err := Translate(p)
+func PodObject(p *corev1.Pod, claims Claims) (wire.Object, error) {
+	wp, err := Translate(p, claims)
 	if err != nil {
 		return wire.Object{}, err
 	}

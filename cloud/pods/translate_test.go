@@ -327,7 +327,7 @@ func TestTranslateSupported(t *testing.T) {
 			tt.mod(p)
 			want := defaultedWire()
 			tt.want(want)
-			got, err := Translate(p)
+			got, err := Translate(p, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -451,7 +451,7 @@ func TestTranslateUnsupported(t *testing.T) {
 		t.Run(tt.path, func(t *testing.T) {
 			p := defaulted()
 			tt.mod(p)
-			_, err := Translate(p)
+			_, err := Translate(p, nil)
 			var ue *UnsupportedError
 			if !errors.As(err, &ue) {
 				t.Fatalf("err = %v, want an UnsupportedError", err)
@@ -522,7 +522,7 @@ func TestTranslateEphemeral(t *testing.T) {
 		},
 		TargetContainerName: "app",
 	}}
-	got, err := Translate(p)
+	got, err := Translate(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,7 +543,7 @@ func TestTranslateEphemeral(t *testing.T) {
 	}
 	// Adding it leaves the pod's containers as they were: the agent's
 	// spec hash of each is unchanged, so none restarts.
-	before, err := Translate(defaulted())
+	before, err := Translate(defaulted(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -227,7 +227,7 @@ func TestPodsReachTheirNode(t *testing.T) {
 	// Pods as the API server returns them, with every default it sets
 	// (kube-api-access volume, tolerations, dnsPolicy...), translate.
 	for _, p := range []*corev1.Pod{web, plain, elsewhere} {
-		if _, err := pods.Translate(p); err != nil {
+		if _, err := pods.Translate(p, nil); err != nil {
 			t.Fatalf("defaulted pod %s: %v", p.Name, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -384,4 +385,76 @@ func TestNodeNotAllowedIsRefusedAtHello(t *testing.T) {
 	if _, err := admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("a Node was written for a node the relay may not act as: %v", err)
 	}
+}
+
+// TestClaimsReadAsTheNode: acting as a node, the relay reads the
+// PersistentVolumeClaims of that node's pods and the PersistentVolumes
+// they are bound to (get, as a kubelet reads them when it mounts a pod's
+// volumes), and nothing else: not another node's, and no list.
+func TestClaimsReadAsTheNode(t *testing.T) {
+	needStack(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	f := newRBACFixture(t, ctx)
+	admin := st.CP.Client()
+	asA := relayAs(t, asnode.UserPrefix+f.nodeA)
+	claimed := map[string]string{} // node → claim
+	for _, n := range []string{f.nodeA, f.nodeB} {
+		name := "claim-" + n
+		pv := &corev1.PersistentVolume{
+			ObjectMeta: metav1.ObjectMeta{Name: "pv-" + n},
+			Spec: corev1.PersistentVolumeSpec{
+				Capacity:               corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+				AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/srv/" + n}},
+				ClaimRef:               &corev1.ObjectReference{Namespace: f.ns, Name: name},
+			},
+		}
+		if _, err := admin.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = admin.CoreV1().PersistentVolumes().Delete(context.Background(), pv.Name, metav1.DeleteOptions{})
+		})
+		empty := ""
+		pvc := &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.ns},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				StorageClassName: &empty,
+				VolumeName:       pv.Name,
+				Resources:        corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+			},
+		}
+		if _, err := admin.CoreV1().PersistentVolumeClaims(f.ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "pvc-" + n, Namespace: f.ns},
+			Spec: corev1.PodSpec{
+				NodeName:   n,
+				Containers: []corev1.Container{{Name: "c", Image: "test/busybox:1"}},
+				Volumes: []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
+					PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: name}}}},
+			},
+		}
+		if _, err := admin.CoreV1().Pods(f.ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		claimed[n] = name
+	}
+	stack.WaitFor(t, ctx, 30*time.Second, "node A reading its pod's claim and its PersistentVolume", func() (bool, string) {
+		_, err := asA.CoreV1().PersistentVolumeClaims(f.ns).Get(ctx, claimed[f.nodeA], metav1.GetOptions{})
+		if err == nil {
+			_, err = asA.CoreV1().PersistentVolumes().Get(ctx, "pv-"+f.nodeA, metav1.GetOptions{})
+		}
+		return err == nil, fmt.Sprint(err)
+	})
+	_, err := asA.CoreV1().PersistentVolumeClaims(f.ns).Get(ctx, claimed[f.nodeB], metav1.GetOptions{})
+	forbidden(t, "node A reading node B's pod's claim", err)
+	_, err = asA.CoreV1().PersistentVolumes().Get(ctx, "pv-"+f.nodeB, metav1.GetOptions{})
+	forbidden(t, "node A reading node B's pod's PersistentVolume", err)
+	_, err = asA.CoreV1().PersistentVolumeClaims(f.ns).List(ctx, metav1.ListOptions{})
+	forbidden(t, "node A listing claims", err)
+	_, err = asA.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+	forbidden(t, "node A listing PersistentVolumes", err)
 }

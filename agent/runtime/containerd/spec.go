@@ -135,7 +135,8 @@ type specOpt func(*specs.Spec) error
 var defaultCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"}
 
-// allCaps is what a privileged container gets.
+// allCaps are the capabilities a privileged container may get, in the
+// order of their numbers (see currentCaps).
 var allCaps = []string{"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
 	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
 	"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
@@ -362,7 +363,7 @@ func withPrivileged(on bool) specOpt {
 		if !on {
 			return nil
 		}
-		caps := append([]string(nil), allCaps...)
+		caps := append([]string(nil), currentCaps()...)
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Permitted: caps, Effective: caps}
 		s.Linux.MaskedPaths, s.Linux.ReadonlyPaths = nil, nil
 		s.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
@@ -401,7 +402,7 @@ func withCapabilities(add, drop []string) specOpt {
 		for _, a := range add {
 			a = norm(a)
 			if a == "ALL" {
-				caps = append([]string(nil), allCaps...)
+				caps = append([]string(nil), currentCaps()...)
 				continue
 			}
 			if !slices.Contains(allCaps, a) {

@@ -767,6 +767,15 @@ func (c *Container) Validate() error {
 		if err := CheckSubPath("container "+c.Name+": volume mount "+m.Name+": subPath", m.SubPath); err != nil {
 			return err
 		}
+		switch m.Propagation {
+		case "", PropagationHostToContainer:
+		case PropagationBidirectional:
+			if !c.Privileged {
+				return fmt.Errorf("container %s: volume mount %s: Bidirectional propagation needs a privileged container", c.Name, m.Name)
+			}
+		default:
+			return fmt.Errorf("container %s: volume mount %s: unknown propagation %q", c.Name, m.Name, m.Propagation)
+		}
 	}
 	if c.CPUMillis < 0 || c.MemoryBytes < 0 || c.RequestCPUMillis < 0 || c.RequestMemoryBytes < 0 {
 		return fmt.Errorf("container %s: negative limit or request", c.Name)
@@ -920,7 +929,16 @@ type VolumeMount struct {
 	MountPath string `cbor:"2,keyasint"`
 	ReadOnly  bool   `cbor:"3,keyasint,omitempty"`
 	SubPath   string `cbor:"4,keyasint,omitempty"`
+	// Propagation is PropagationHostToContainer or
+	// PropagationBidirectional; empty is private (the API's None).
+	Propagation string `cbor:"5,keyasint,omitempty" json:",omitempty"`
 }
+
+// Mount propagation modes, as the API names them.
+const (
+	PropagationHostToContainer = "HostToContainer"
+	PropagationBidirectional   = "Bidirectional"
+)
 
 // Volume is a pod volume; exactly one source is set.
 type Volume struct {

@@ -476,6 +476,13 @@ func TestPathNamesRejected(t *testing.T) {
 		{"subPath ..", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "a/../../b" }, "subPath \"a/../../b\" must not contain '..'"},
 		{"subPath absolute", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "/etc" }, "must be a relative path"},
 		{"subPath with dots in a name", func(s *Sync) { pod(s).Containers[0].Mounts[0].SubPath = "a..b/c" }, ""},
+		{"propagation HostToContainer", func(s *Sync) { pod(s).Containers[0].Mounts[0].Propagation = PropagationHostToContainer }, ""},
+		{"propagation Bidirectional unprivileged", func(s *Sync) { pod(s).Containers[0].Mounts[0].Propagation = PropagationBidirectional }, "Bidirectional propagation needs a privileged container"},
+		{"propagation Bidirectional privileged", func(s *Sync) {
+			pod(s).Containers[0].Privileged = true
+			pod(s).Containers[0].Mounts[0].Propagation = PropagationBidirectional
+		}, ""},
+		{"propagation unknown", func(s *Sync) { pod(s).Containers[0].Mounts[0].Propagation = "Sideways" }, "unknown propagation"},
 		{"item path ..", func(s *Sync) {
 			pod(s).Volumes[0].ConfigMap.Items = []KeyToPath{{Key: "a", Path: "../a"}}
 		}, "must not start with '..'"},

@@ -116,7 +116,14 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 		if err != nil {
 			return sp, err
 		}
-		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: host, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly})
+		mount := containerd.Mount{HostPath: host, ContainerPath: m.MountPath, ReadOnly: m.ReadOnly || src.readOnly}
+		switch m.Propagation {
+		case wire.PropagationHostToContainer:
+			mount.Propagation = containerd.PropagationHostToContainer
+		case wire.PropagationBidirectional:
+			mount.Propagation = containerd.PropagationBidirectional
+		}
+		sp.Mounts = append(sp.Mounts, mount)
 	}
 	if setup.hosts != "" && !pod.HostNetwork {
 		sp.Mounts = append(sp.Mounts, containerd.Mount{HostPath: setup.hosts, ContainerPath: "/etc/hosts", ReadOnly: true})

@@ -476,8 +476,6 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 	for i, m := range c.VolumeMounts {
 		mp := fmt.Sprintf("%s.volumeMounts[%d]", path, i)
 		switch {
-		case m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone:
-			return out, unsupported(mp+".mountPropagation", "")
 		case m.SubPathExpr != "":
 			return out, unsupported(mp+".subPathExpr", "use subPath")
 		case m.RecursiveReadOnly != nil && *m.RecursiveReadOnly != corev1.RecursiveReadOnlyDisabled:
@@ -487,7 +485,19 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		case !volumes[m.Name]:
 			return out, unsupported(mp+".name: "+m.Name, "no volume of that name")
 		}
-		out.Mounts = append(out.Mounts, wire.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, SubPath: m.SubPath})
+		wm := wire.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly, SubPath: m.SubPath}
+		if m.MountPropagation != nil {
+			switch *m.MountPropagation {
+			case corev1.MountPropagationNone:
+			case corev1.MountPropagationHostToContainer:
+				wm.Propagation = wire.PropagationHostToContainer
+			case corev1.MountPropagationBidirectional:
+				wm.Propagation = wire.PropagationBidirectional
+			default:
+				return out, unsupported(mp+".mountPropagation", "unknown mode "+string(*m.MountPropagation))
+			}
+		}
+		out.Mounts = append(out.Mounts, wm)
 	}
 
 	var err error

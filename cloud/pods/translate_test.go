@@ -153,6 +153,27 @@ func TestTranslateSupported(t *testing.T) {
 			)
 			w.Containers[0].Mounts = append(w.Containers[0].Mounts, wire.VolumeMount{Name: "cfg", MountPath: "/etc/cfg", SubPath: "a"})
 		}},
+		{"mount propagation", func(p *corev1.Pod) {
+			p.Spec.Volumes = append(p.Spec.Volumes,
+				corev1.Volume{Name: "root", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/"}}},
+				corev1.Volume{Name: "plugins", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/plugins"}}})
+			c := &p.Spec.Containers[0]
+			c.SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
+			c.VolumeMounts = append(c.VolumeMounts,
+				corev1.VolumeMount{Name: "root", MountPath: "/host", ReadOnly: true, MountPropagation: ptr(corev1.MountPropagationHostToContainer)},
+				corev1.VolumeMount{Name: "plugins", MountPath: "/plugins", MountPropagation: ptr(corev1.MountPropagationBidirectional)},
+				corev1.VolumeMount{Name: "root", MountPath: "/none", MountPropagation: ptr(corev1.MountPropagationNone)})
+		}, func(w *wire.Pod) {
+			w.Volumes = append(w.Volumes,
+				wire.Volume{Name: "root", HostPath: &wire.HostPath{Path: "/"}},
+				wire.Volume{Name: "plugins", HostPath: &wire.HostPath{Path: "/var/lib/plugins"}})
+			c := &w.Containers[0]
+			c.Privileged = true
+			c.Mounts = append(c.Mounts,
+				wire.VolumeMount{Name: "root", MountPath: "/host", ReadOnly: true, Propagation: wire.PropagationHostToContainer},
+				wire.VolumeMount{Name: "plugins", MountPath: "/plugins", Propagation: wire.PropagationBidirectional},
+				wire.VolumeMount{Name: "root", MountPath: "/none"})
+		}},
 		{"probes with a named port", func(p *corev1.Pod) {
 			c := &p.Spec.Containers[0]
 			c.Ports[0].Name = "http"

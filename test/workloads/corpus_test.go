@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"golang.org/x/sys/unix"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 )
@@ -71,6 +72,13 @@ func TestCorpus(t *testing.T) {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// node-exporter's host root: a shared mount, as HostToContainer
+	// propagation needs of its source (this host's / is private).
+	hostRoot := filepath.Join(dir, "host-root")
+	sharedMount(t, hostRoot)
+	if err := os.WriteFile(filepath.Join(hostRoot, "marker"), []byte("host-root"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	var ports []string
 	for range 2 {
@@ -173,6 +181,27 @@ func TestCorpus(t *testing.T) {
 		}
 	}
 
+	// HostToContainer: a file system mounted on the host below
+	// node-exporter's root after the container started appears inside it.
+	late := filepath.Join(hostRoot, "late")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", late, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(late, unix.MNT_DETACH) })
+	if err := os.WriteFile(filepath.Join(late, "seen"), []byte("mounted after the container started"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exporter, err := listPods(ctx, ns, corpusShape+"=node-exporter")
+	if err != nil || len(exporter) != 1 {
+		t.Fatalf("node-exporter pods: %d (%v)", len(exporter), err)
+	}
+	if out := st.Kubectl(t, ctx, "exec", "-n", ns, exporter[0].Name, "--", "cat", "/host/root/late/seen"); !strings.Contains(out, "mounted after the container started") {
+		t.Errorf("node-exporter does not see a mount made on the host after it started (HostToContainer): %q", out)
+	}
+
 	jobs, err := st.CP.Client().BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -232,4 +261,20 @@ func shapeDone(ctx context.Context, ns string, pods []corev1.Pod) (bool, string)
 		}
 	}
 	return true, ""
+}
+
+// sharedMount makes dir a mount point of its own in a shared peer group
+// (mount --bind dir dir; mount --make-shared dir), undone at cleanup.
+func sharedMount(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind %s: %v", dir, err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatalf("make %s shared: %v", dir, err)
+	}
 }

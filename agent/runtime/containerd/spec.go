@@ -11,6 +11,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"outpost.dev/agent/mountinfo"
 	"outpost.dev/agent/runtime/seccomp"
 )
 
@@ -122,7 +123,20 @@ type User struct {
 type Mount struct {
 	HostPath, ContainerPath string
 	ReadOnly                bool
+	// Propagation is PropagationHostToContainer (rslave: mounts made
+	// on the host later appear inside), PropagationBidirectional
+	// (rshared: both ways; privileged containers only) or empty
+	// (rprivate). As containerd's CRI does, the source must already sit on
+	// a shared mount (or a slave one, for HostToContainer), and the
+	// container's root follows so the propagation reaches the mount.
+	Propagation string
 }
+
+// Mount propagation modes, named as the Kubernetes API names them.
+const (
+	PropagationHostToContainer = "HostToContainer"
+	PropagationBidirectional   = "Bidirectional"
+)
 
 // specOpt changes an OCI runtime spec; the spec is built by composing
 // them, in the spirit of containerd's oci.SpecOpts (which this package
@@ -303,6 +317,31 @@ func withMounts(ms []Mount) specOpt {
 				return fmt.Errorf("mount %s:%s: both paths must be absolute", m.HostPath, m.ContainerPath)
 			}
 			opts := []string{"rbind", "rprivate"}
+			switch m.Propagation {
+			case "":
+			case PropagationHostToContainer, PropagationBidirectional:
+				mp, shared, slave, err := mountinfo.Propagation(m.HostPath)
+				if err != nil {
+					return fmt.Errorf("mount %s: %w", m.ContainerPath, err)
+				}
+				if m.Propagation == PropagationBidirectional {
+					if !shared {
+						return fmt.Errorf("mount %s: Bidirectional propagation needs %s on a shared mount, but %s is not shared (make it so with mount --make-rshared %s)", m.ContainerPath, m.HostPath, mp, mp)
+					}
+					opts[1] = "rshared"
+					s.Linux.RootfsPropagation = "rshared"
+					break
+				}
+				if !shared && !slave {
+					return fmt.Errorf("mount %s: HostToContainer propagation needs %s on a shared or slave mount, but %s is private (make it shared with mount --make-rshared %s)", m.ContainerPath, m.HostPath, mp, mp)
+				}
+				opts[1] = "rslave"
+				if s.Linux.RootfsPropagation != "rshared" {
+					s.Linux.RootfsPropagation = "rslave"
+				}
+			default:
+				return fmt.Errorf("mount %s: unknown propagation %q", m.ContainerPath, m.Propagation)
+			}
 			if m.ReadOnly {
 				opts = append(opts, "ro")
 			}

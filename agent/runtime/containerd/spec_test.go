@@ -3,13 +3,17 @@ package containerd
 import (
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"outpost.dev/agent/runtime/seccomp"
+	"outpost.dev/test/harness"
 )
 
 // specFor builds the spec of sp over an image with a shell entrypoint.
@@ -225,6 +229,57 @@ func TestPodCgroupName(t *testing.T) {
 	for _, bad := range []string{"", "../x", "a/b", "UPPER", strings.Repeat("a", 64)} {
 		if _, err := r.podCgroup(bad); err == nil {
 			t.Errorf("podCgroup(%q) accepted", bad)
+		}
+	}
+}
+
+// TestSpecMountPropagation mounts real directories: a private bind mount
+// refuses HostToContainer and Bidirectional with what to do; once the
+// mount is shared, they become rslave and rshared binds and the root
+// follows.
+func TestSpecMountPropagation(t *testing.T) {
+	harness.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "src")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		t.Fatal(err)
+	}
+	mount := func(p string) Spec {
+		return Spec{Mounts: []Mount{{HostPath: dir, ContainerPath: "/host", ReadOnly: true, Propagation: p}}}
+	}
+	for _, p := range []string{PropagationHostToContainer, PropagationBidirectional} {
+		_, err := buildSpec("outpost", mount(p), ImageConfig{Entrypoint: []string{"sh"}})
+		if err == nil || !strings.Contains(err.Error(), "--make-rshared "+dir) {
+			t.Errorf("%s on a private mount: %v, want a refusal saying to make %s shared", p, err, dir)
+		}
+	}
+	if _, err := buildSpec("outpost", mount("Sideways"), ImageConfig{Entrypoint: []string{"sh"}}); err == nil {
+		t.Error("an unknown propagation mode was accepted")
+	}
+	if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ mode, opt, root string }{
+		{"", "rprivate", ""},
+		{PropagationHostToContainer, "rslave", "rslave"},
+		{PropagationBidirectional, "rshared", "rshared"},
+	} {
+		s := specFor(t, mount(tc.mode))
+		i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/host" })
+		if i < 0 {
+			t.Fatalf("%q: no /host mount", tc.mode)
+		}
+		if got := s.Mounts[i].Options; !slices.Equal(got, []string{"rbind", tc.opt, "ro"}) {
+			t.Errorf("%q: mount options %q, want rbind %s ro", tc.mode, got, tc.opt)
+		}
+		if s.Linux.RootfsPropagation != tc.root {
+			t.Errorf("%q: rootfs propagation %q, want %q", tc.mode, s.Linux.RootfsPropagation, tc.root)
 		}
 	}
 }

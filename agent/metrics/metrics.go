@@ -34,6 +34,9 @@ type Source struct {
 	OutboxMaxBytes int64
 	// PodsRunning counts the pods whose phase is Running.
 	PodsRunning func() int
+	// Goroutines counts the agent's goroutines (runtime.NumGoroutine):
+	// what a leak of streams or connections shows first.
+	Goroutines func() int
 }
 
 // Handler serves GET /metrics.
@@ -84,6 +87,9 @@ func Render(src Source) []byte {
 	}
 	if src.PodsRunning != nil {
 		metric("outpost_pods_running", "gauge", "Pods on this node whose phase is Running.", float64(src.PodsRunning()))
+	}
+	if src.Goroutines != nil {
+		metric("go_goroutines", "gauge", "Number of goroutines that currently exist.", float64(src.Goroutines()))
 	}
 	return b.Bytes()
 }

@@ -412,6 +412,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 				return s.Entries, s.Bytes, s.Dropped
 			},
 			OutboxMaxBytes: cfg.OutboxMaxBytes,
+			Goroutines:     runtime.NumGoroutine,
 		}
 		if addr, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(src), log); err != nil {
 			// Metrics are not worth a gateway that does not run.

@@ -30,11 +30,12 @@ func TestRender(t *testing.T) {
 				OutboxMaxBytes: 8 << 20,
 				PodsRunning:    func() int { return 2 },
 				Goroutines:     func() int { return 41 },
+				Allocs:         func() (uint64, uint64) { return 1 << 20, 300 },
 			},
 			want: []string{
 				"# TYPE outpost_link_connected gauge", "outpost_link_connected 1",
 				"outpost_last_sync_timestamp_seconds 1.80000000025e+09",
-				"outpost_outbox_reports 3", "# TYPE go_goroutines gauge", "go_goroutines 41", "outpost_outbox_bytes 4096",
+				"outpost_outbox_reports 3", "# TYPE go_goroutines gauge", "go_goroutines 41", "go_memstats_alloc_bytes_total 1.048576e+06", "go_memstats_mallocs_total 300", "outpost_outbox_bytes 4096",
 				"# TYPE outpost_outbox_dropped_total counter", "outpost_outbox_dropped_total 7",
 				"outpost_outbox_max_bytes 8.388608e+06", "outpost_pods_running 2",
 			},

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"strings"
 	"syscall"
 	"time"
@@ -413,6 +414,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 			},
 			OutboxMaxBytes: cfg.OutboxMaxBytes,
 			Goroutines:     runtime.NumGoroutine,
+			Allocs:         heapAllocs,
 		}
 		if addr, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(src), log); err != nil {
 			// Metrics are not worth a gateway that does not run.
@@ -514,3 +516,16 @@ func readSmall(path string) ([]byte, error) {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// heapAllocs reads the heap bytes and objects allocated since start.
+func heapAllocs() (bytes, objects uint64) {
+	s := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/allocs:objects"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() == rtmetrics.KindUint64 {
+		bytes = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == rtmetrics.KindUint64 {
+		objects = s[1].Value.Uint64()
+	}
+	return bytes, objects
+}

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
 	"outpost.dev/agent/desired"
 	"outpost.dev/agent/join"
@@ -430,7 +431,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) error {
 	defer tunsrv.Wait()
 	defer tunsrv.Disconnected()
 	statsrv = resusage.New(resusage.Config{Reader: &resusage.Reader{Root: "/sys/fs/cgroup", Proc: "/proc"},
-		Containers: podRec.StatsContainers, Send: lk.Send, Log: log.With("component", "usage")})
+		Containers: podRec.StatsContainers, NodeFs: cfg.StateDir, Interface: cni.IfName, Send: lk.Send, Log: log.With("component", "usage")})
 	defer statsrv.Wait()
 	if err := lk.Run(ctx); err != nil {
 		return err

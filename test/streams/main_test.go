@@ -117,15 +117,15 @@ func startPod(ctx context.Context) error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	// httpd answers once the big file is written.
+	// httpd starts once the big file is written.
 	for {
-		out, err := exec(ctx, nil, "cat", "/www/index.html")
+		out, err := exec(ctx, nil, "wget", "-q", "-O-", "http://127.0.0.1:8080/index.html")
 		if err == nil && out == "ok\n" {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("pod %s/%s: /www/index.html not there within 3m: %q %v", ns, pod, out, err)
+			return fmt.Errorf("pod %s/%s: httpd not answering within 3m: %q %v", ns, pod, out, err)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -156,7 +156,23 @@ func exec(ctx context.Context, stdin io.Reader, argv ...string) (string, error) 
 
 // execStream is exec with stdout going to out as it comes.
 func execStream(ctx context.Context, stdin io.Reader, out io.Writer, argv ...string) error {
-	q := url.Values{"command": argv, "output": {"1"}, "error": {"1"}}
+	var errb bytes.Buffer
+	err := execStreams(ctx, stdin, out, &errb, argv...)
+	if err == nil && errb.Len() > 0 {
+		err = errors.New("stderr: " + errb.String())
+	}
+	return err
+}
+
+// execStreams runs argv with the streams given (nil: not asked for).
+func execStreams(ctx context.Context, stdin io.Reader, out, errOut io.Writer, argv ...string) error {
+	q := url.Values{"command": argv}
+	if out != nil {
+		q.Set("output", "1")
+	}
+	if errOut != nil {
+		q.Set("error", "1")
+	}
 	if stdin != nil {
 		q.Set("input", "1")
 	}
@@ -168,12 +184,7 @@ func execStream(ctx context.Context, stdin io.Reader, out io.Writer, argv ...str
 	if err != nil {
 		return err
 	}
-	var errb bytes.Buffer
-	err = e.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: stdin, Stdout: out, Stderr: &errb})
-	if err == nil && errb.Len() > 0 {
-		err = errors.New("stderr: " + errb.String())
-	}
-	return err
+	return e.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: stdin, Stdout: out, Stderr: errOut})
 }
 
 // forward starts a port-forward session through the relay to the pod's

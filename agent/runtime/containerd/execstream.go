@@ -69,11 +69,21 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 			o.close()
 		}
 	}()
+	stdout, stderr := stdio.Stdout, stdio.Stderr
+	if !stdio.TTY && (stdout == nil) != (stderr == nil) {
+		// The shim wants both or neither (it opens a stream without a
+		// FIFO as the file ""): the one not asked for is dropped here.
+		if stdout == nil {
+			stdout = io.Discard
+		} else {
+			stderr = io.Discard
+		}
+	}
 	for _, o := range []struct {
 		name  string
 		field protowire.Number
 		w     io.Writer
-	}{{"stdout", execStdout, stdio.Stdout}, {"stderr", execStderr, stdio.Stderr}} {
+	}{{"stdout", execStdout, stdout}, {"stderr", execStderr, stderr}} {
 		if o.w == nil || (stdio.TTY && o.name == "stderr") {
 			continue
 		}

@@ -56,20 +56,39 @@ func (r *Reconciler) Exec(ctx context.Context, namespace, pod, container string,
 	if err != nil {
 		return 0, fmt.Errorf("containerd: %w", err)
 	}
-	found := false
+	found, unsure := false, ""
+	var statusErr error
 	for _, c := range cs {
 		if c.Labels[labelContainer] != container {
 			continue
 		}
 		found = true
 		st, err := rt.Status(ctx, c.ID)
-		if err != nil || st.State != containerd.StateRunning {
-			continue
+		switch {
+		case errors.Is(err, containerd.ErrNotFound):
+		case err != nil:
+			statusErr = err
+		case st.State == containerd.StateRunning:
+			return rt.ExecStream(ctx, c.ID, args, stdio)
+		case st.State == containerd.StateCreated && !st.StartedAt.IsZero():
+			// A started task that reads as created is one whose shim did
+			// not answer containerd in time (a busy node: containerd then
+			// says UNKNOWN).
+			unsure = c.ID
 		}
-		return rt.ExecStream(ctx, c.ID, args, stdio)
 	}
-	if !found {
+	switch {
+	case !found:
 		return 0, fmt.Errorf("pod %s/%s has no container %q", namespace, pod, container)
+	case unsure != "":
+		// The exec says whether it runs.
+		code, err := rt.ExecStream(ctx, unsure, args, stdio)
+		if err != nil {
+			return 0, fmt.Errorf("container %q of pod %s/%s: %w", container, namespace, pod, err)
+		}
+		return code, nil
+	case statusErr != nil:
+		return 0, fmt.Errorf("container %q of pod %s/%s: %w", container, namespace, pod, statusErr)
 	}
 	return 0, fmt.Errorf("container %q of pod %s/%s is not running", container, namespace, pod)
 }

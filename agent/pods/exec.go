@@ -70,10 +70,10 @@ func (r *Reconciler) Exec(ctx context.Context, namespace, pod, container string,
 			statusErr = err
 		case st.State == containerd.StateRunning:
 			return rt.ExecStream(ctx, c.ID, args, stdio)
-		case st.State == containerd.StateCreated && !st.StartedAt.IsZero():
-			// A started task that reads as created is one whose shim did
-			// not answer containerd in time (a busy node: containerd then
-			// says UNKNOWN).
+		case st.State != containerd.StateExited && st.State != containerd.StatePaused && !st.StartedAt.IsZero():
+			// A started task neither running nor exited is one whose shim
+			// did not answer containerd in time (a busy node: containerd
+			// then says UNKNOWN, which arrives as no state at all).
 			unsure = c.ID
 		}
 	}

@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent bench-pods bench-autonomy controlplane deps clean
+	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-autonomy controlplane deps clean
 
 all: build
 
@@ -119,7 +119,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each.
 		done; \
 	done
 
-bench: bench-wire bench-relay bench-agent bench-pods
+bench: bench-wire bench-relay bench-agent bench-pods bench-streams
 
 bench-wire: ## Frame encode/decode speed and sizes.
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./wire/
@@ -132,6 +132,9 @@ bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 
 bench-pods: controlplane ## 30 pods on real containerd: apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+bench-streams: controlplane ## exec and port-forward through the relay vs directly into the pod (medians, ratios), link bytes per exec and per idle stream, agent PSS with 8 streams, one /stats/summary scrape's cost.
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./test/streams/
 
 OUTPOST_OFFLINE ?= 10m
 

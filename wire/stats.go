@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Resource usage (kubectl top, through metrics-server). The relay asks a
@@ -57,6 +58,9 @@ type ContainerUsage struct {
 	// new one means the counter started again.
 	StartTime int64 `cbor:"4,keyasint,omitempty"`
 	Usage     Usage `cbor:"5,keyasint"`
+	// Logs is what the container's log files (the current one and its
+	// rotated ones) take, on the file system that holds them.
+	Logs *FsUsage `cbor:"6,keyasint,omitempty"`
 }
 
 // Validate implements Body's checks for one entry.
@@ -73,7 +77,94 @@ func (c *ContainerUsage) Validate() error {
 	if c.StartTime < 0 {
 		return fmt.Errorf("stats: container %s/%s/%s: start time %d is negative", c.Namespace, c.Pod, c.Container, c.StartTime)
 	}
-	return c.Usage.Validate()
+	if err := c.Usage.Validate(); err != nil {
+		return err
+	}
+	if c.Logs != nil {
+		if err := c.Logs.Validate(); err != nil {
+			return fmt.Errorf("stats: container %s/%s/%s: logs: %w", c.Namespace, c.Pod, c.Container, err)
+		}
+	}
+	return nil
+}
+
+// FsUsage is a file system's use at At (unix nanoseconds): its size,
+// what is free for unprivileged users and its inodes, from statfs; and
+// UsedBytes, what the files reported on take (for the node's file
+// system, capacity less free blocks).
+type FsUsage struct {
+	At             int64  `cbor:"1,keyasint"`
+	CapacityBytes  uint64 `cbor:"2,keyasint,omitempty"`
+	AvailableBytes uint64 `cbor:"3,keyasint,omitempty"`
+	UsedBytes      uint64 `cbor:"4,keyasint,omitempty"`
+	Inodes         uint64 `cbor:"5,keyasint,omitempty"`
+	InodesFree     uint64 `cbor:"6,keyasint,omitempty"`
+}
+
+// Validate reports figures that cannot be right.
+func (f *FsUsage) Validate() error {
+	if f.At <= 0 {
+		return fmt.Errorf("fs usage: time %d must be positive", f.At)
+	}
+	if f.AvailableBytes > f.CapacityBytes || f.InodesFree > f.Inodes {
+		return fmt.Errorf("fs usage: %d bytes free of %d, %d inodes free of %d", f.AvailableBytes, f.CapacityBytes, f.InodesFree, f.Inodes)
+	}
+	return nil
+}
+
+// NetworkUsage is one network interface's counters at At (unix
+// nanoseconds), as the pod sees them (received is what came into the pod).
+type NetworkUsage struct {
+	At        int64  `cbor:"1,keyasint"`
+	Interface string `cbor:"2,keyasint"`
+	RxBytes   uint64 `cbor:"3,keyasint,omitempty"`
+	RxErrors  uint64 `cbor:"4,keyasint,omitempty"`
+	TxBytes   uint64 `cbor:"5,keyasint,omitempty"`
+	TxErrors  uint64 `cbor:"6,keyasint,omitempty"`
+}
+
+// maxInterfaceName is IFNAMSIZ less its terminating NUL.
+const maxInterfaceName = 15
+
+// Validate reports a reading without a time or with a name no interface
+// has.
+func (n *NetworkUsage) Validate() error {
+	if n.At <= 0 {
+		return fmt.Errorf("network usage: time %d must be positive", n.At)
+	}
+	if n.Interface == "" || len(n.Interface) > maxInterfaceName || strings.ContainsAny(n.Interface, "/: ") {
+		return fmt.Errorf("network usage: interface name %q: want 1 to %d characters without '/', ':' or spaces", n.Interface, maxInterfaceName)
+	}
+	for _, r := range n.Interface {
+		if r < 0x21 || r > 0x7e {
+			return fmt.Errorf("network usage: interface name %q: printable ASCII only", n.Interface)
+		}
+	}
+	return nil
+}
+
+// PodUsage is what the agent reads of a pod as a whole: its network
+// namespace's interface (not for pods on the host's network).
+type PodUsage struct {
+	Namespace string        `cbor:"1,keyasint"`
+	Pod       string        `cbor:"2,keyasint"`
+	Network   *NetworkUsage `cbor:"3,keyasint,omitempty"`
+}
+
+// Validate implements Body's checks for one entry.
+func (p *PodUsage) Validate() error {
+	if err := CheckLabel("stats: namespace", p.Namespace); err != nil {
+		return err
+	}
+	if err := CheckSubdomain("stats: pod", p.Pod); err != nil {
+		return err
+	}
+	if p.Network != nil {
+		if err := p.Network.Validate(); err != nil {
+			return fmt.Errorf("stats: pod %s/%s: %w", p.Namespace, p.Pod, err)
+		}
+	}
+	return nil
 }
 
 // StatsResponse answers a StatsRequest. Error, if set, says why the agent
@@ -84,8 +175,15 @@ type StatsResponse struct {
 	Node  *Usage `cbor:"3,keyasint,omitempty"`
 	// Containers are the running containers the agent could read.
 	Containers []ContainerUsage `cbor:"4,keyasint,omitempty"`
-	// Truncated says more containers ran than MaxStatsContainers.
+	// Truncated says more containers ran than MaxStatsContainers (or
+	// more pods than that).
 	Truncated bool `cbor:"5,keyasint,omitempty"`
+	// NodeFs is the file system of the agent's state directory (where
+	// container logs and pod volumes live).
+	NodeFs *FsUsage `cbor:"6,keyasint,omitempty"`
+	// Pods are the pods of the running containers the agent could read,
+	// at most MaxStatsContainers.
+	Pods []PodUsage `cbor:"7,keyasint,omitempty"`
 }
 
 // Validate implements Body.
@@ -109,6 +207,19 @@ func (r *StatsResponse) Validate() error {
 	}
 	for i := range r.Containers {
 		if err := r.Containers[i].Validate(); err != nil {
+			return err
+		}
+	}
+	if r.NodeFs != nil {
+		if err := r.NodeFs.Validate(); err != nil {
+			return fmt.Errorf("stats-response: node fs: %w", err)
+		}
+	}
+	if len(r.Pods) > MaxStatsContainers {
+		return fmt.Errorf("stats-response: %d pods (limit %d)", len(r.Pods), MaxStatsContainers)
+	}
+	for i := range r.Pods {
+		if err := r.Pods[i].Validate(); err != nil {
 			return err
 		}
 	}

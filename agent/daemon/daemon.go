@@ -14,9 +14,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"time"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/config"
 	"outpost.dev/agent/desired"
 	"outpost.dev/agent/link"
@@ -145,7 +148,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	defer tunsrv.Wait()
 	defer tunsrv.Disconnected()
 	statsrv := resusage.New(resusage.Config{Reader: &resusage.Reader{Root: "/sys/fs/cgroup", Proc: "/proc"},
-		Containers: podRec.StatsContainers, Send: lk.Send, Log: log.With("component", "usage")})
+		Containers: podRec.StatsContainers, NodeFs: cfg.StateDir, Interface: cni.IfName, Send: lk.Send, Log: log.With("component", "usage")})
 	defer statsrv.Wait()
 
 	err = lk.Run(ctx, link.Handlers{
@@ -214,6 +217,8 @@ func serveMetrics(ctx context.Context, cfg config.Config, lk *link.Link, ob *out
 			return s.Entries, s.Bytes, s.Dropped
 		},
 		OutboxMaxBytes: cfg.OutboxMaxBytes,
+		Goroutines:     runtime.NumGoroutine,
+		Allocs:         heapAllocs,
 	}
 	if addr, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(src), log); err != nil {
 		// Metrics are not worth a gateway that does not run.
@@ -221,4 +226,17 @@ func serveMetrics(ctx context.Context, cfg config.Config, lk *link.Link, ob *out
 	} else {
 		log.Info("metrics endpoint", "url", "http://"+addr.String()+"/metrics")
 	}
+}
+
+// heapAllocs reads the heap bytes and objects allocated since start.
+func heapAllocs() (bytes, objects uint64) {
+	s := []rtmetrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/allocs:objects"}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() == rtmetrics.KindUint64 {
+		bytes = s[0].Value.Uint64()
+	}
+	if s[1].Value.Kind() == rtmetrics.KindUint64 {
+		objects = s[1].Value.Uint64()
+	}
+	return bytes, objects
 }

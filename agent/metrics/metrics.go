@@ -34,6 +34,12 @@ type Source struct {
 	OutboxMaxBytes int64
 	// PodsRunning counts the pods whose phase is Running.
 	PodsRunning func() int
+	// Goroutines counts the agent's goroutines (runtime.NumGoroutine):
+	// what a leak of streams or connections shows first.
+	Goroutines func() int
+	// Allocs returns the heap bytes and objects allocated since the
+	// agent started (runtime/metrics): what one request costs it.
+	Allocs func() (bytes, objects uint64)
 }
 
 // Handler serves GET /metrics.
@@ -84,6 +90,14 @@ func Render(src Source) []byte {
 	}
 	if src.PodsRunning != nil {
 		metric("outpost_pods_running", "gauge", "Pods on this node whose phase is Running.", float64(src.PodsRunning()))
+	}
+	if src.Goroutines != nil {
+		metric("go_goroutines", "gauge", "Number of goroutines that currently exist.", float64(src.Goroutines()))
+	}
+	if src.Allocs != nil {
+		bytes, objects := src.Allocs()
+		metric("go_memstats_alloc_bytes_total", "counter", "Total number of bytes allocated in heap until now, even if released already.", float64(bytes))
+		metric("go_memstats_mallocs_total", "counter", "Total number of heap objects allocated, both live and gc-ed.", float64(objects))
 	}
 	return b.Bytes()
 }

@@ -50,19 +50,11 @@ func (r *Reconciler) Attach(ctx context.Context, namespace, pod, container strin
 	// Output from here on: taken before stdin is connected, so what the
 	// input makes the container write is never before the start.
 	since := time.Now()
-	var id, fifo string
-	for _, c := range cs {
-		if c.Labels[labelContainer] != container {
-			continue
-		}
-		if st, err := rt.Status(ctx, c.ID); err == nil && st.State == containerd.StateRunning {
-			id, fifo = c.ID, c.Labels[containerd.LabelStdin]
-			break
-		}
+	c, err := runningContainer(ctx, rt, cs, namespace, pod, container)
+	if err != nil {
+		return err
 	}
-	if id == "" {
-		return fmt.Errorf("container %q of pod %s/%s is not running", container, namespace, pod)
-	}
+	id, fifo := c.ID, c.Labels[containerd.LabelStdin]
 	if stdio.Stdin != nil {
 		in, err := w.openStdin(fifo, container)
 		if err != nil {

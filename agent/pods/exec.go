@@ -56,22 +56,52 @@ func (r *Reconciler) Exec(ctx context.Context, namespace, pod, container string,
 	if err != nil {
 		return 0, fmt.Errorf("containerd: %w", err)
 	}
+	c, err := runningContainer(ctx, rt, cs, namespace, pod, container)
+	if err != nil {
+		return 0, err
+	}
+	code, err := rt.ExecStream(ctx, c.ID, args, stdio)
+	if err != nil {
+		return 0, fmt.Errorf("container %q of pod %s/%s: %w", container, namespace, pod, err)
+	}
+	return code, nil
+}
+
+// runningContainer picks the running instance of container among cs (the
+// pod's containers). A started one that is neither running nor exited is
+// one whose shim did not answer containerd in time (a busy node:
+// containerd then says UNKNOWN, which arrives as no state at all); it is
+// taken when none is known to run, and the caller's call into it says
+// whether it runs.
+func runningContainer(ctx context.Context, rt *containerd.Runtime, cs []containerd.Container, namespace, pod, container string) (containerd.Container, error) {
 	found := false
-	for _, c := range cs {
+	var unsure *containerd.Container
+	var statusErr error
+	for i, c := range cs {
 		if c.Labels[labelContainer] != container {
 			continue
 		}
 		found = true
 		st, err := rt.Status(ctx, c.ID)
-		if err != nil || st.State != containerd.StateRunning {
-			continue
+		switch {
+		case errors.Is(err, containerd.ErrNotFound):
+		case err != nil:
+			statusErr = err
+		case st.State == containerd.StateRunning:
+			return c, nil
+		case st.State != containerd.StateExited && st.State != containerd.StatePaused && !st.StartedAt.IsZero():
+			unsure = &cs[i]
 		}
-		return rt.ExecStream(ctx, c.ID, args, stdio)
 	}
-	if !found {
-		return 0, fmt.Errorf("pod %s/%s has no container %q", namespace, pod, container)
+	switch {
+	case !found:
+		return containerd.Container{}, fmt.Errorf("pod %s/%s has no container %q", namespace, pod, container)
+	case unsure != nil:
+		return *unsure, nil
+	case statusErr != nil:
+		return containerd.Container{}, fmt.Errorf("container %q of pod %s/%s: %w", container, namespace, pod, statusErr)
 	}
-	return 0, fmt.Errorf("container %q of pod %s/%s is not running", container, namespace, pod)
+	return containerd.Container{}, fmt.Errorf("container %q of pod %s/%s is not running", container, namespace, pod)
 }
 
 // DialPort connects to port on the loopback of pod namespace/name: in

@@ -39,7 +39,8 @@ func (r *Reconciler) StatsContainers(ctx context.Context) ([]usage.Container, er
 		if err != nil {
 			continue // deleted since the list
 		}
-		out = append(out, usage.Container{Namespace: ns, Pod: pod, Name: name, Created: c.CreatedAt, Cgroup: cg})
+		out = append(out, usage.Container{Namespace: ns, Pod: pod, Name: name, Created: c.CreatedAt, Cgroup: cg,
+			Pid: tasks[c.ID].Pid, LogPath: c.LogPath()})
 	}
 	return out, nil
 }

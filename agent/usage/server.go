@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -11,11 +12,15 @@ import (
 )
 
 // Container is a running container to read: its pod's names, its own,
-// when it was created and its cgroup (the OCI spec's cgroupsPath).
+// when it was created, its cgroup (the OCI spec's cgroupsPath), its
+// task's process (whose network namespace is the pod's; 0 if unknown) and
+// its log file ("" if none).
 type Container struct {
 	Namespace, Pod, Name string
 	Created              time.Time
 	Cgroup               string
+	Pid                  uint32
+	LogPath              string
 }
 
 // Containers lists the running containers (the pod reconciler).
@@ -25,6 +30,12 @@ type Containers func(ctx context.Context) ([]Container, error)
 type Config struct {
 	Reader     *Reader
 	Containers Containers // nil: the node's figures only
+	// NodeFs is a directory on the node's file system (the agent's state
+	// directory); "" leaves the node's file system out.
+	NodeFs string
+	// Interface is the pod's network interface (cni.IfName); "" leaves
+	// pod networks out.
+	Interface string
 	// Send queues one frame on the link (link.Link.Send).
 	Send func(t wire.Type, seq uint64, body wire.Body) error
 	Log  *slog.Logger
@@ -94,6 +105,13 @@ func (s *Server) Collect(ctx context.Context, id uint32) *wire.StatsResponse {
 		return &wire.StatsResponse{ID: id, Error: "reading the node's usage: " + truncate(err.Error())}
 	}
 	resp := &wire.StatsResponse{ID: id, Node: &node}
+	if s.cfg.NodeFs != "" {
+		if fs, err := s.cfg.Reader.Fs(s.cfg.NodeFs); err == nil {
+			resp.NodeFs = &fs
+		} else {
+			s.cfg.Log.Debug("stats: node file system not read", "err", err)
+		}
+	}
 	if s.cfg.Containers == nil {
 		return resp
 	}
@@ -116,12 +134,50 @@ func (s *Server) Collect(ctx context.Context, id uint32) *wire.StatsResponse {
 		if !c.Created.IsZero() {
 			cu.StartTime = c.Created.Unix()
 		}
+		if c.LogPath != "" {
+			if l, err := s.cfg.Reader.Logs(c.LogPath); err == nil {
+				cu.Logs = &l
+			}
+		}
 		if cu.Validate() != nil {
 			continue // names the relay would refuse; not this agent's to send
 		}
 		resp.Containers = append(resp.Containers, cu)
+		s.podNetwork(resp, c)
 	}
 	return resp
+}
+
+// podNetwork adds c's pod to resp.Pods, with its network read through c's
+// process, unless the pod is there already or would be one too many.
+func (s *Server) podNetwork(resp *wire.StatsResponse, c Container) {
+	if s.cfg.Interface == "" {
+		return
+	}
+	if n := len(resp.Pods); n > 0 && resp.Pods[n-1].Namespace == c.Namespace && resp.Pods[n-1].Pod == c.Pod {
+		return // most often the containers of a pod come together
+	}
+	for _, p := range resp.Pods {
+		if p.Namespace == c.Namespace && p.Pod == c.Pod {
+			return
+		}
+	}
+	if len(resp.Pods) == wire.MaxStatsContainers {
+		resp.Truncated = true
+		return
+	}
+	p := wire.PodUsage{Namespace: c.Namespace, Pod: c.Pod}
+	n, err := s.cfg.Reader.PodNetwork(c.Pid, s.cfg.Interface)
+	switch {
+	case err == nil:
+		p.Network = &n
+	case errors.Is(err, errHostNetwork):
+	default:
+		s.cfg.Log.Debug("stats: pod network not read", "pod", c.Namespace+"/"+c.Pod, "err", err)
+	}
+	if p.Validate() == nil {
+		resp.Pods = append(resp.Pods, p)
+	}
 }
 
 func truncate(s string) string {

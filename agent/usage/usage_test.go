@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,12 +115,29 @@ func TestServer(t *testing.T) {
 	write(t, filepath.Join(root, "cpuacct", "outpost", "c1", "cpuacct.usage"), "7\n")
 	write(t, filepath.Join(root, "memory", "outpost", "c1", "memory.usage_in_bytes"), "8\n")
 	write(t, filepath.Join(root, "memory", "outpost", "c1", "memory.stat"), "total_inactive_file 0\n")
+	// The pod's process in a network namespace of its own, another on
+	// the host's network (the agent's own namespace).
+	link(t, "net:[4026531840]", filepath.Join(proc, "self", "ns", "net"))
+	link(t, "net:[4026532999]", filepath.Join(proc, "42", "ns", "net"))
+	link(t, "net:[4026531840]", filepath.Join(proc, "43", "ns", "net"))
+	write(t, filepath.Join(proc, "42", "net", "dev"), netDevSample)
+	write(t, filepath.Join(proc, "43", "net", "dev"), netDevSample)
+	logs := t.TempDir()
+	write(t, filepath.Join(logs, "c.log"), "12345")
+	write(t, filepath.Join(logs, "c.log.1"), "1234567890")
+	for i := range 2 {
+		write(t, filepath.Join(root, "cpuacct", "outpost", "h"+fmt.Sprint(i), "cpuacct.usage"), "1\n")
+		write(t, filepath.Join(root, "memory", "outpost", "h"+fmt.Sprint(i), "memory.usage_in_bytes"), "1\n")
+		write(t, filepath.Join(root, "memory", "outpost", "h"+fmt.Sprint(i), "memory.stat"), "total_inactive_file 0\n")
+	}
 	sent := make(chan *wire.StatsResponse, 2)
 	s := New(Config{
-		Reader: &Reader{Root: root, Proc: proc},
+		Reader: &Reader{Root: root, Proc: proc}, NodeFs: logs, Interface: "eth0",
 		Containers: func(context.Context) ([]Container, error) {
 			return []Container{
-				{Namespace: "ns", Pod: "p", Name: "c", Cgroup: "/outpost/c1", Created: at},
+				{Namespace: "ns", Pod: "p", Name: "c", Cgroup: "/outpost/c1", Created: at, Pid: 42, LogPath: filepath.Join(logs, "c.log")},
+				{Namespace: "ns", Pod: "host", Name: "a", Cgroup: "/outpost/h0", Pid: 43},
+				{Namespace: "ns", Pod: "host", Name: "b", Cgroup: "/outpost/h1", Pid: 43},
 				{Namespace: "ns", Pod: "p", Name: "gone", Cgroup: "/outpost/c2"}, // stopped: left out
 				{Namespace: "ns", Pod: "p", Name: "evil", Cgroup: "/../../etc"},  // refused
 			}, nil
@@ -142,12 +160,29 @@ func TestServer(t *testing.T) {
 	}
 	s.Wait()
 	r := <-sent
-	if r.ID != 9 || r.Error != "" || r.Node == nil || r.Node.CPUNanos != 1e7 || len(r.Containers) != 1 {
+	if r.ID != 9 || r.Error != "" || r.Node == nil || r.Node.CPUNanos != 1e7 || len(r.Containers) != 3 {
 		t.Fatalf("response %+v", r)
 	}
 	c := r.Containers[0]
 	if c.Container != "c" || c.Usage.CPUNanos != 7 || c.Usage.MemoryWorkingSet != 8 || c.StartTime != at.Unix() {
 		t.Fatalf("container %+v", c)
+	}
+	// Its log: the file and the rotated one, on a file system with room.
+	if c.Logs == nil || c.Logs.UsedBytes != 15 || c.Logs.CapacityBytes == 0 || c.Logs.AvailableBytes > c.Logs.CapacityBytes {
+		t.Fatalf("container logs %+v", c.Logs)
+	}
+	if r.Containers[1].Logs != nil {
+		t.Fatalf("logs %+v for a container without a log", r.Containers[1].Logs)
+	}
+	if r.NodeFs == nil || r.NodeFs.CapacityBytes == 0 || r.NodeFs.UsedBytes > r.NodeFs.CapacityBytes || r.NodeFs.Inodes == 0 {
+		t.Fatalf("node fs %+v", r.NodeFs)
+	}
+	// One entry per pod; the host-network pod's traffic is not its own.
+	if len(r.Pods) != 2 || r.Pods[0].Pod != "p" || r.Pods[1].Pod != "host" || r.Pods[1].Network != nil {
+		t.Fatalf("pods %+v", r.Pods)
+	}
+	if n := r.Pods[0].Network; n == nil || *n != (wire.NetworkUsage{At: n.At, Interface: "eth0", RxBytes: 11817, RxErrors: 2, TxBytes: 4486, TxErrors: 1}) || n.At <= 0 {
+		t.Fatalf("pod network %+v", n)
 	}
 	if err := r.Validate(); err != nil {
 		t.Fatal(err)
@@ -194,5 +229,35 @@ func TestServerOneAtATime(t *testing.T) {
 	s.Wait()
 	if r := <-sent; r.ID != 1 || r.Error != "" || r.Node == nil {
 		t.Fatalf("first request: %+v", r)
+	}
+}
+
+func link(t *testing.T, target, name string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// netDevSample is /proc/PID/net/dev of a pod with loopback and eth0.
+const netDevSample = `Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     120       2    0    0    0     0          0         0      120       2    0    0    0     0       0          0
+  eth0:   11817      95    2    0    0     0          0         0     4486      44    1    0    0     0       0          0
+`
+
+func TestNetDevRefused(t *testing.T) {
+	for _, tc := range []struct{ name, in string }{
+		{"missing", "  lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"},
+		{"short", "  eth0: 1 2 3\n"},
+		{"not a number", "  eth0: x 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"},
+		{"negative", "  eth0: -1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"},
+	} {
+		if n, err := netDev([]byte(tc.in), "eth0"); err == nil {
+			t.Errorf("%s: %+v, want an error", tc.name, n)
+		}
 	}
 }

@@ -252,12 +252,14 @@ type (
 		NodeName string      `json:"nodeName"`
 		CPU      *summaryCPU `json:"cpu,omitempty"`
 		Memory   *summaryMem `json:"memory,omitempty"`
+		Fs       *summaryFs  `json:"fs,omitempty"`
 	}
 	summaryPod struct {
 		PodRef     summaryRef         `json:"podRef"`
 		Containers []summaryContainer `json:"containers"`
 		CPU        *summaryCPU        `json:"cpu,omitempty"`
 		Memory     *summaryMem        `json:"memory,omitempty"`
+		Network    *summaryNet        `json:"network,omitempty"`
 	}
 	summaryRef struct {
 		Name      string `json:"name"`
@@ -268,6 +270,7 @@ type (
 		StartTime *time.Time  `json:"startTime,omitempty"`
 		CPU       *summaryCPU `json:"cpu,omitempty"`
 		Memory    *summaryMem `json:"memory,omitempty"`
+		Logs      *summaryFs  `json:"logs,omitempty"`
 	}
 	summaryCPU struct {
 		Time                 time.Time `json:"time"`
@@ -277,7 +280,52 @@ type (
 		Time            time.Time `json:"time"`
 		WorkingSetBytes uint64    `json:"workingSetBytes"`
 	}
+	summaryFs struct {
+		Time           time.Time `json:"time"`
+		AvailableBytes uint64    `json:"availableBytes"`
+		CapacityBytes  uint64    `json:"capacityBytes"`
+		UsedBytes      uint64    `json:"usedBytes"`
+		InodesFree     *uint64   `json:"inodesFree,omitempty"`
+		Inodes         *uint64   `json:"inodes,omitempty"`
+		InodesUsed     *uint64   `json:"inodesUsed,omitempty"`
+	}
+	summaryIface struct {
+		Name     string `json:"name"`
+		RxBytes  uint64 `json:"rxBytes"`
+		RxErrors uint64 `json:"rxErrors"`
+		TxBytes  uint64 `json:"txBytes"`
+		TxErrors uint64 `json:"txErrors"`
+	}
+	summaryNet struct {
+		Time time.Time `json:"time"`
+		summaryIface
+		Interfaces []summaryIface `json:"interfaces"`
+	}
 )
+
+// fsPart is f as the summary's FsStats; inodes only where statfs gave
+// them.
+func fsPart(f *wire.FsUsage) *summaryFs {
+	if f == nil {
+		return nil
+	}
+	s := &summaryFs{Time: time.Unix(0, f.At).UTC(), AvailableBytes: f.AvailableBytes, CapacityBytes: f.CapacityBytes, UsedBytes: f.UsedBytes}
+	if f.Inodes > 0 {
+		free, total, used := f.InodesFree, f.Inodes, f.Inodes-f.InodesFree
+		s.InodesFree, s.Inodes, s.InodesUsed = &free, &total, &used
+	}
+	return s
+}
+
+// netPart is n as the summary's NetworkStats: the pod's interface, as the
+// default and as the only one.
+func netPart(n *wire.NetworkUsage) *summaryNet {
+	if n == nil {
+		return nil
+	}
+	i := summaryIface{Name: n.Interface, RxBytes: n.RxBytes, RxErrors: n.RxErrors, TxBytes: n.TxBytes, TxErrors: n.TxErrors}
+	return &summaryNet{Time: time.Unix(0, n.At).UTC(), summaryIface: i, Interfaces: []summaryIface{i}}
+}
 
 func usageParts(u wire.Usage) (*summaryCPU, *summaryMem) {
 	t := time.Unix(0, u.At).UTC()
@@ -299,14 +347,19 @@ func (s *Server) serveStatsSummary(w http.ResponseWriter, r *http.Request) {
 	if resp.Node != nil {
 		sum.Node.CPU, sum.Node.Memory = usageParts(*resp.Node)
 	}
+	sum.Node.Fs = fsPart(resp.NodeFs)
+	nets := map[[2]string]*wire.NetworkUsage{}
+	for _, p := range resp.Pods {
+		nets[[2]string{p.Namespace, p.Pod}] = p.Network
+	}
 	cs := sortedContainers(resp.Containers)
 	pods := podTotals(cs)
 	i := 0
 	for _, p := range pods {
-		sp := summaryPod{PodRef: summaryRef{Name: p.Pod, Namespace: p.Namespace}}
+		sp := summaryPod{PodRef: summaryRef{Name: p.Pod, Namespace: p.Namespace}, Network: netPart(nets[[2]string{p.Namespace, p.Pod}])}
 		sp.CPU, sp.Memory = usageParts(p.Usage)
 		for ; i < len(cs) && cs[i].Namespace == p.Namespace && cs[i].Pod == p.Pod; i++ {
-			c := summaryContainer{Name: cs[i].Container}
+			c := summaryContainer{Name: cs[i].Container, Logs: fsPart(cs[i].Logs)}
 			c.CPU, c.Memory = usageParts(cs[i].Usage)
 			if cs[i].StartTime > 0 {
 				st := time.Unix(cs[i].StartTime, 0).UTC()

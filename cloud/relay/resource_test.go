@@ -36,8 +36,13 @@ func sampleUsage() *wire.StatsResponse {
 	return &wire.StatsResponse{Node: &wire.Usage{At: statsAt.UnixNano(), CPUNanos: 12_500_000_000, MemoryWorkingSet: 300 << 20},
 		Containers: []wire.ContainerUsage{
 			{Namespace: "default", Pod: "web", Container: "sidecar", StartTime: 1_799_999_000, Usage: u(500_000_000, 2<<20)},
-			{Namespace: "default", Pod: "web", Container: "app", StartTime: 1_799_999_000, Usage: u(1_500_000_000, 8<<20)},
-		}}
+			{Namespace: "default", Pod: "web", Container: "app", StartTime: 1_799_999_000, Usage: u(1_500_000_000, 8<<20),
+				Logs: &wire.FsUsage{At: statsAt.UnixNano(), CapacityBytes: 8 << 30, AvailableBytes: 6 << 30, UsedBytes: 12345}},
+		},
+		NodeFs: &wire.FsUsage{At: statsAt.UnixNano(), CapacityBytes: 8 << 30, AvailableBytes: 6 << 30, UsedBytes: 2 << 30, Inodes: 1000, InodesFree: 700},
+		Pods: []wire.PodUsage{{Namespace: "default", Pod: "web",
+			Network: &wire.NetworkUsage{At: statsAt.UnixNano(), Interface: "eth0", RxBytes: 4096, RxErrors: 1, TxBytes: 2048}}},
+	}
 }
 
 // TestResourceMetricsFormat: what /metrics/resource renders parses as
@@ -151,12 +156,21 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("summary: %d %q", status, body)
 	}
+	type fs struct {
+		CapacityBytes, AvailableBytes, UsedBytes uint64
+		Inodes, InodesFree, InodesUsed           *uint64
+	}
+	type iface struct {
+		Name                                 string
+		RxBytes, RxErrors, TxBytes, TxErrors uint64
+	}
 	var sum struct {
 		Node struct {
 			NodeName string `json:"nodeName"`
 			CPU      struct {
 				UsageCoreNanoSeconds uint64 `json:"usageCoreNanoSeconds"`
 			} `json:"cpu"`
+			Fs *fs `json:"fs"`
 		} `json:"node"`
 		Pods []struct {
 			PodRef     struct{ Name, Namespace string } `json:"podRef"`
@@ -165,7 +179,12 @@ func TestKubeletResourceUsage(t *testing.T) {
 				Memory struct {
 					WorkingSetBytes uint64 `json:"workingSetBytes"`
 				} `json:"memory"`
+				Logs *fs `json:"logs"`
 			} `json:"containers"`
+			Network *struct {
+				iface
+				Interfaces []iface
+			} `json:"network"`
 		} `json:"pods"`
 	}
 	if err := json.Unmarshal([]byte(body), &sum); err != nil {
@@ -174,6 +193,19 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if sum.Node.NodeName != "gw-top" || sum.Node.CPU.UsageCoreNanoSeconds != 12_500_000_000 || len(sum.Pods) != 1 ||
 		sum.Pods[0].PodRef.Name != "web" || len(sum.Pods[0].Containers) != 2 || sum.Pods[0].Containers[0].Memory.WorkingSetBytes != 8<<20 {
 		t.Fatalf("summary %s", body)
+	}
+	// What a gateway knows besides: the node's file system, the
+	// containers' logs and the pods' network, in the kubelet's fields.
+	if f := sum.Node.Fs; f == nil || f.CapacityBytes != 8<<30 || f.AvailableBytes != 6<<30 || f.UsedBytes != 2<<30 ||
+		f.Inodes == nil || *f.Inodes != 1000 || *f.InodesFree != 700 || *f.InodesUsed != 300 {
+		t.Errorf("node fs in %s", body)
+	}
+	if l := sum.Pods[0].Containers[0].Logs; l == nil || l.UsedBytes != 12345 || l.CapacityBytes != 8<<30 || l.Inodes != nil || sum.Pods[0].Containers[1].Logs != nil {
+		t.Errorf("container logs in %s", body)
+	}
+	want := iface{Name: "eth0", RxBytes: 4096, RxErrors: 1, TxBytes: 2048}
+	if n := sum.Pods[0].Network; n == nil || n.iface != want || len(n.Interfaces) != 1 || n.Interfaces[0] != want {
+		t.Errorf("pod network in %s", body)
 	}
 	if n := reviews.Load(); n != 1 {
 		t.Errorf("%d token reviews for one token, want 1 (cached)", n)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,19 +55,13 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 	execID := "exec-" + randomID()
 	req := enc(nil).str(execContainerID, id)
 
-	var stdin *os.File
+	var stdinPath string
 	if stdio.Stdin != nil {
-		path := filepath.Join(dir, "stdin")
-		if err := syscall.Mkfifo(path, 0o600); err != nil {
+		stdinPath = filepath.Join(dir, "stdin")
+		if err := syscall.Mkfifo(stdinPath, 0o600); err != nil {
 			return 0, fmt.Errorf("container %s: exec stdin: %w", id, err)
 		}
-		// Read-write so the open never waits for the shim; the shim sees
-		// end of file once this and its own writer are closed (CloseIO).
-		if stdin, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
-			return 0, fmt.Errorf("container %s: exec stdin: %w", id, err)
-		}
-		defer stdin.Close()
-		req = req.str(execStdin, path)
+		req = req.str(execStdin, stdinPath)
 	}
 	var outs []*execPipe
 	defer func() {
@@ -74,11 +69,21 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 			o.close()
 		}
 	}()
+	stdout, stderr := stdio.Stdout, stdio.Stderr
+	if !stdio.TTY && (stdout == nil) != (stderr == nil) {
+		// The shim wants both or neither (it opens a stream without a
+		// FIFO as the file ""): the one not asked for is dropped here.
+		if stdout == nil {
+			stdout = io.Discard
+		} else {
+			stderr = io.Discard
+		}
+	}
 	for _, o := range []struct {
 		name  string
 		field protowire.Number
 		w     io.Writer
-	}{{"stdout", execStdout, stdio.Stdout}, {"stderr", execStderr, stdio.Stderr}} {
+	}{{"stdout", execStdout, stdout}, {"stderr", execStderr, stderr}} {
 		if o.w == nil || (stdio.TTY && o.name == "stderr") {
 			continue
 		}
@@ -114,15 +119,37 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer close(stop)
-	if stdin != nil {
-		// Not waited for: a reader that never ends (a terminal) is the
-		// caller's to end once ExecStream returned.
+	var stdin atomic.Pointer[os.File]
+	if stdinPath != "" {
+		// The shim opens its ends of the FIFO (a reader, and a writer
+		// that CloseIO closes) in goroutines of its own, after Start. Our
+		// end is opened write-only, which waits for the shim's reader:
+		// what is written then stays in the pipe until read, and its end
+		// is seen only once the reader is there. (A read-write end,
+		// written and closed before the shim's opens ran, lost the input,
+		// or left the shim's reader waiting for a writer for good, and the
+		// process for the end of its stdin.)
+		opened := make(chan struct{})
 		go func() {
-			_, _ = io.Copy(stdin, stdio.Stdin)
-			stdin.Close()
+			f, err := os.OpenFile(stdinPath, os.O_WRONLY, 0)
+			if err != nil {
+				close(opened)
+				return
+			}
+			stdin.Store(f)
+			close(opened)
 			select {
 			case <-stop: // the process is gone
+				f.Close()
+				return
+			default:
+			}
+			// Not waited for: a reader that never ends (a terminal) is the
+			// caller's to end once ExecStream returned.
+			_, _ = io.Copy(f, stdio.Stdin)
+			f.Close()
+			select {
+			case <-stop:
 				return
 			default:
 			}
@@ -130,7 +157,23 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 			defer cancel()
 			_, _ = r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/CloseIO", enc(nil).str(taskContainerID, id).str(taskExecID, execID).bool(closeIOStdin, true))
 		}()
+		defer func() {
+			// Before the FIFO goes: an open still waiting for a reader
+			// that never came (the process ended first) is let through.
+			select {
+			case <-opened:
+			default:
+				if u, err := os.OpenFile(stdinPath, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
+					<-opened
+					u.Close()
+				}
+			}
+			if f := stdin.Load(); f != nil {
+				f.Close()
+			}
+		}()
 	}
+	defer close(stop)
 	if stdio.Resize != nil && stdio.TTY {
 		wg.Go(func() {
 			for {
@@ -175,8 +218,8 @@ func (r *Runtime) ExecStream(ctx context.Context, id string, args []string, stdi
 		}
 		return 0, ctx.Err()
 	}
-	if stdin != nil {
-		stdin.Close() // the process is gone: unblock a write to a full pipe
+	if f := stdin.Load(); f != nil {
+		f.Close() // the process is gone: unblock a write to a full pipe
 	}
 	// The output is copied out before the exit is reported.
 	deadline := time.After(outputGrace)

@@ -236,3 +236,43 @@ func lineWith(out, word string) string {
 	}
 	return ""
 }
+
+// TestKilledRelayAgentsBackWithinSeconds kills the relay (SIGKILL: no
+// close frames), lets the agents' back-off grow over several failed
+// connects, and restarts the relay on the same address: both agents are
+// connected again within about a second of it listening (their TCP probe),
+// not after their back-off (up to 16 s by then).
+func TestKilledRelayAgentsBackWithinSeconds(t *testing.T) {
+	twoAgents(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	count := func(name, msg string) int { return strings.Count(agents[name].Proc.LogTail(400), msg) }
+	const failedMsg, connectedMsg = `msg="connect failed"`, "msg=connected "
+	failed0 := map[string]int{"edge-a": count("edge-a", failedMsg), "edge-b": count("edge-b", failedMsg)}
+	connected0 := map[string]int{"edge-a": count("edge-a", connectedMsg), "edge-b": count("edge-b", connectedMsg)}
+	if err := relay.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if relay.Proc.Exited() {
+			if err := relay.Start(context.Background()); err != nil {
+				t.Errorf("restart the relay: %v", err)
+			}
+		}
+	})
+	// Four failed connects: the next back-off is drawn from [0, 16 s].
+	wait.For(t, 90*time.Second, "both agents to fail four connects while the relay is down", func() bool {
+		return count("edge-a", failedMsg) >= failed0["edge-a"]+4 && count("edge-b", failedMsg) >= failed0["edge-b"]+4
+	})
+	if err := relay.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ready := time.Now()
+	// 3 s is the promise; the rest is slack for a loaded machine (the
+	// relay answered /readyz up to 200 ms after it listened, and an agent
+	// still needs its TLS handshake and hello).
+	const within = 3*time.Second + 4*time.Second
+	wait.For(t, within, "both agents connected again", func() bool {
+		return count("edge-a", connectedMsg) > connected0["edge-a"] && count("edge-b", connectedMsg) > connected0["edge-b"]
+	})
+	t.Logf("both agents connected %s after the restarted relay was ready", time.Since(ready).Round(10*time.Millisecond))
+}

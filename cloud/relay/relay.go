@@ -176,6 +176,9 @@ type Server struct {
 	nodes     *nodes.Writer
 	podStatus *podstatus.Writer
 	devices   *devices.Writer // nil without Config.Dynamic
+	// deviceHub is the one watch of all Devices, fanned out to the
+	// connections by node (nil without Config.Dynamic).
+	deviceHub *devices.Hub
 	metrics   *metrics
 	// ids are the node identity records; joinCache's edge Nodes tell a
 	// deleted node. Both close revoked links (watchRevocations).
@@ -325,6 +328,9 @@ func New(cfg Config) (*Server, error) {
 		cancel:     cancel,
 		conns:      map[string]*conn{},
 	}
+	if cfg.Dynamic != nil {
+		s.deviceHub = devices.NewHub(ctx, cfg.Dynamic)
+	}
 	s.watchRevocations()
 	jc.Run(ctx)
 	ids.Run(ctx)
@@ -387,6 +393,9 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if s.devices != nil {
 		s.devices.Close()
+	}
+	if s.deviceHub != nil {
+		s.deviceHub.Wait()
 	}
 	return nil
 }

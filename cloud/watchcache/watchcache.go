@@ -147,7 +147,9 @@ func (c *Cache) run(ctx context.Context) {
 			if progressed {
 				backoff = backoffMin
 			}
-			if err != nil && !fail() {
+			// A watch that failed, or ended without bringing anything
+			// (not even a bookmark), is resumed after the back-off.
+			if (err != nil || !progressed) && !fail() {
 				return
 			}
 		}

@@ -6,7 +6,11 @@
 // (dial, TLS, a malformed or unexpected frame, a dead link) ends the
 // connection and the next one is tried after an exponential backoff with
 // full jitter, so a fleet of gateways does not stampede a relay that just
-// came back.
+// came back. While nobody listens at the relay's address (a relay
+// restarting), the link also opens a bare TCP connection to it about
+// every second of the wait and dials as soon as one is accepted, so it is
+// back within about a second of the relay; a relay that answers but is
+// busy (503 with Retry-After) is waited out as it asks, with jitter.
 //
 // The link carries frames; it keeps nothing. Upstream, Send hands a frame
 // to the current connection through a small bounded queue and fails fast
@@ -26,6 +30,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -86,6 +91,9 @@ const (
 	writeTimeout = 10 * time.Second
 	backoffMin   = time.Second
 	backoffMax   = 30 * time.Second
+	// probeEvery is the period of the TCP probe while the relay is
+	// unreachable (each wait drawn in ±25 % of it).
+	probeEvery = time.Second
 	// stableAfter is how long a connection must live for the next failure
 	// to start the backoff from the beginning again.
 	stableAfter = time.Minute
@@ -136,8 +144,12 @@ type Link struct {
 	// Timing, shortened by tests.
 	helloTimeout, dialTimeout, writeTimeout time.Duration
 	backoffMin, backoffMax, stableAfter     time.Duration
-	heartbeatUnit                           time.Duration
-	retryRotation, renewRecheck             time.Duration
+	probeEvery                              time.Duration
+	// probe reports whether the relay's address accepts a TCP connection
+	// (nil: never probe, as behind an HTTP proxy). Set by Run.
+	probe                       func(ctx context.Context) bool
+	heartbeatUnit               time.Duration
+	retryRotation, renewRecheck time.Duration
 }
 
 // New returns a Link for cfg. Nothing happens until Run.
@@ -163,6 +175,7 @@ func New(cfg Config) *Link {
 		backoffMin:    backoffMin,
 		backoffMax:    backoffMax,
 		stableAfter:   stableAfter,
+		probeEvery:    probeEvery,
 		heartbeatUnit: time.Second,
 		retryRotation: retryRotation,
 		renewRecheck:  renewRecheck,
@@ -283,6 +296,9 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 		// One connection at a time; nothing to keep idle.
 		DisableKeepAlives: true,
 	}}
+	if l.probe == nil {
+		l.probe = tcpProbe(connectURL, l.probeEvery)
+	}
 	attempt := 0
 	for {
 		lived, err := l.session(ctx, client, connectURL)
@@ -294,8 +310,19 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 		}
 		delay := l.backoff(attempt)
 		attempt++
-		var rj *rejoinError
+		var (
+			rj     *rejoinError
+			busy   *busyError
+			unrch  *unreachableError
+			probes bool
+		)
 		switch {
+		case errors.As(err, &busy):
+			delay = busy.after + rand.N(busy.after/2+1)
+			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond))
+		case errors.As(err, &unrch):
+			probes = true
+			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond), "probing_every", l.probeEvery)
 		case errors.Is(err, errRotated):
 			l.log.Info("node certificate renewed; connecting with it")
 			attempt, delay = 0, 0
@@ -306,13 +333,64 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 		default:
 			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond))
 		}
-		t := time.NewTimer(delay)
+		if !l.pause(ctx, delay, probes) {
+			return nil
+		}
+	}
+}
+
+// pause waits delay; with probes, it also tries l.probe about every
+// probeEvery and returns as soon as one succeeds. It returns false when
+// ctx ended first.
+func (l *Link) pause(ctx context.Context, delay time.Duration, probes bool) bool {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	var probeC <-chan time.Time
+	next := func() time.Duration { return l.probeEvery*3/4 + rand.N(l.probeEvery/2+1) }
+	var pt *time.Timer
+	if probes && l.probe != nil && l.probeEvery > 0 && delay > l.probeEvery {
+		pt = time.NewTimer(next())
+		defer pt.Stop()
+		probeC = pt.C
+	}
+	for {
 		select {
 		case <-ctx.Done():
-			t.Stop()
-			return nil
+			return false
 		case <-t.C:
+			return true
+		case <-probeC:
+			if l.probe(ctx) {
+				return ctx.Err() == nil
+			}
+			pt.Reset(next())
 		}
+	}
+}
+
+// tcpProbe returns a probe that opens and closes a TCP connection to the
+// relay's address, or nil when an HTTP proxy stands between (the
+// relay's own port is then not what the dial reaches).
+func tcpProbe(connectURL string, timeout time.Duration) func(context.Context) bool {
+	u, err := url.Parse(connectURL)
+	if err != nil {
+		return nil
+	}
+	if p, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err != nil || p != nil {
+		return nil
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	d := net.Dialer{Timeout: timeout}
+	return func(ctx context.Context) bool {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
 	}
 }
 

@@ -46,6 +46,11 @@ type relay struct {
 	conns  atomic.Int32
 	events chan event
 	script func(p *peer)
+	// busy is how many more connect requests are answered 503 with
+	// Retry-After: 1; requests records when each connect request came.
+	busy     atomic.Int32
+	mu       sync.Mutex
+	requests []time.Time
 }
 
 type peer struct {
@@ -61,6 +66,14 @@ func newRelay(t *testing.T, ca *testpki.CA, script func(p *peer)) *relay {
 	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path != wire.PathConnect {
 			http.NotFound(w, req)
+			return
+		}
+		r.mu.Lock()
+		r.requests = append(r.requests, time.Now())
+		r.mu.Unlock()
+		if r.busy.Add(-1) >= 0 {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "busy", http.StatusServiceUnavailable)
 			return
 		}
 		c, err := websocket.Accept(w, req, nil)

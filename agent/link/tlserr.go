@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -87,8 +89,46 @@ func dialError(err error, resp *http.Response) error {
 			return &rejoinError{fmt.Sprintf("the relay refused this node (%s)", detail)}
 		case http.StatusNotFound:
 			return fmt.Errorf("no WebSocket endpoint at the relay URL (%s): check server in the config", detail)
+		case http.StatusServiceUnavailable, http.StatusTooManyRequests:
+			if after, ok := retryAfter(resp.Header.Get("Retry-After")); ok {
+				return &busyError{after: after, detail: detail}
+			}
 		}
 		return fmt.Errorf("relay refused the connection (%s)", detail)
 	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return &unreachableError{err}
+	}
 	return fmt.Errorf("cannot reach relay: %w", err)
 }
+
+// maxRetryAfter bounds a relay's Retry-After: the header is the peer's.
+const maxRetryAfter = 5 * time.Minute
+
+// busyError is a relay asking the agent to come back later (503 or 429
+// with Retry-After, whole seconds).
+type busyError struct {
+	after  time.Duration
+	detail string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("relay busy (%s): retrying after the %s it asked for", e.detail, e.after)
+}
+
+func retryAfter(v string) (time.Duration, bool) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return min(time.Duration(n)*time.Second, maxRetryAfter), true
+}
+
+// unreachableError is a dial that found nobody listening (refused,
+// unreachable, timed out): the relay is down or restarting, so the link
+// probes for it while it waits (Link.pause).
+type unreachableError struct{ err error }
+
+func (e *unreachableError) Error() string { return "cannot reach relay: " + e.err.Error() }
+func (e *unreachableError) Unwrap() error { return e.err }

@@ -160,7 +160,8 @@ func TestWatchAndWrite(t *testing.T) {
 	other.Name, other.UID = "elsewhere", "u2"
 	dyn := fakeDynamic(t, toUnstructured(t, mine), toUnstructured(t, other))
 	ctx := t.Context()
-	nd := Watch(ctx, dyn, "gw", nil)
+	hub := NewHub(ctx, dyn)
+	nd := hub.Watch("gw", nil)
 	defer nd.Stop()
 	if !nd.WaitSynced(ctx) {
 		t.Fatal("not synced")
@@ -217,5 +218,44 @@ func TestWatchAndWrite(t *testing.T) {
 	u, _ := dyn.Resource(GVR).Namespace("default").Get(context.Background(), "elsewhere", metav1.GetOptions{})
 	if _, found, _ := unstructured.NestedMap(u.Object, "status", "reported"); found {
 		t.Fatal("another node's Device was written")
+	}
+}
+
+// TestHubFansOutByNode: one watch serves every node's subscription; a
+// Device re-bound to another node leaves the first node's view, reaches
+// the second's, and wakes it.
+func TestHubFansOutByNode(t *testing.T) {
+	d := bme("gw")
+	dyn := fakeDynamic(t, toUnstructured(t, d))
+	ctx := t.Context()
+	hub := NewHub(ctx, dyn)
+	gw, other := hub.Watch("gw", nil), hub.Watch("other", nil)
+	defer gw.Stop()
+	defer other.Stop()
+	if !other.WaitSynced(ctx) {
+		t.Fatal("not synced")
+	}
+	if len(gw.Objects()) != 1 || len(other.Objects()) != 0 {
+		t.Fatalf("gw has %d Devices, other %d; want 1 and 0", len(gw.Objects()), len(other.Objects()))
+	}
+	moved := bme("other")
+	moved.Generation = 4
+	if _, err := dyn.Resource(GVR).Namespace("default").Update(ctx, toUnstructured(t, moved), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	woken := false
+	wait.For(t, 10*time.Second, "the Device moved to node other, which was woken", func() bool {
+		select {
+		case <-other.Changed():
+			woken = true
+		default:
+		}
+		return woken && len(other.Objects()) == 1 && len(gw.Objects()) == 0
+	})
+	if _, ok := gw.Get("default/bme"); ok {
+		t.Fatal("gw still finds a Device bound to another node")
+	}
+	if _, ok := other.Get("default/bme"); !ok {
+		t.Fatal("other does not find its Device")
 	}
 }

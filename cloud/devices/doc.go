@@ -1,7 +1,7 @@
 // Package devices is the relay's side of the Device API (outpost.dev/
 // v1alpha1, kind Device): the custom resource definition, which the relay
-// installs at start, the per-connection watch that gives each agent only
-// the Devices bound to its node, and the status writer that turns the
+// installs at start, the relay's one Device watch that gives each agent
+// only the Devices bound to its node, and the status writer that turns the
 // agent's twin reports into status.reported and conditions.
 //
 // Types are hand-written (no code generation): the relay reads Devices with
@@ -10,10 +10,12 @@
 //
 // # Which Devices an agent gets
 //
-// The CRD declares spec.nodeName a selectable field, so each connection
-// list+watches its node's Devices with fieldSelector spec.nodeName=<node>,
-// exactly as the pod sync watches pods; the relay never holds another
-// node's Devices, and checks the binding again on every object. A Device
+// The relay reads Devices as itself (not as a node: the Node authorizer
+// knows nothing of them), so one watch of all Devices per relay (Hub),
+// indexed by spec.nodeName, serves every connection: each subscribes to
+// its node's (NodeDevices) and is woken only by changes of those. The
+// binding is checked again on every object before it is sent or written
+// for a node. A Device
 // travels as wire.Object{Kind: KindDevice} whose Version is the Device's
 // metadata.generation, which only spec changes move: the relay's own status
 // writes never send the Device down again.

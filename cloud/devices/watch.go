@@ -16,17 +16,107 @@ import (
 	"outpost.dev/wire"
 )
 
-// NodeDevices watches the Devices bound to one node, for one agent
-// connection. It feeds the connection's downstream sync (it implements
-// cloud/pods.Extra) and answers the twin report handler's lookups.
-type NodeDevices struct {
-	node    string
-	log     *slog.Logger
-	store   cache.Store
+// Hub is the relay's one watch of every Device, fanned out by
+// spec.nodeName to the NodeDevices of the connections: a connected agent
+// costs a subscription and its translations, not a watch. The relay reads
+// Devices as itself (its own list and watch right on devices, which RBAC
+// cannot narrow to a node anyway), so one watch serves every node; each
+// object is checked against the node again before it is used.
+type Hub struct {
+	store   cache.Indexer
 	ctl     cache.Controller
 	started time.Time
-	cancel  context.CancelFunc
 	done    chan struct{}
+
+	mu   sync.Mutex
+	subs map[string]map[*NodeDevices]struct{} // by node
+}
+
+// byNode indexes Devices by spec.nodeName.
+const byNode = "node"
+
+// NewHub starts the watch of all Devices through dyn; it ends with ctx
+// (Wait for it).
+func NewHub(ctx context.Context, dyn dynamic.Interface) *Hub {
+	h := &Hub{started: time.Now(), done: make(chan struct{}), subs: map[string]map[*NodeDevices]struct{}{}}
+	lw := listwatch.Selected(dyn, dyn.Resource(GVR).Namespace(metav1.NamespaceAll), "", "")
+	store, ctl := cache.NewInformerWithOptions(cache.InformerOptions{
+		ListerWatcher: lw,
+		ObjectType:    &unstructured.Unstructured{},
+		Indexers: cache.Indexers{byNode: func(o any) ([]string, error) {
+			if n := nodeOf(o); n != "" {
+				return []string{n}, nil
+			}
+			return nil, nil
+		}},
+		Transform: func(o any) (any, error) {
+			if u, ok := o.(*unstructured.Unstructured); ok {
+				u.SetManagedFields(nil)
+			}
+			return o, nil
+		},
+		Handler: cache.ResourceEventHandlerFuncs{
+			AddFunc: func(o any) { h.notify(nodeOf(o)) },
+			UpdateFunc: func(old, cur any) {
+				// Status writes (the relay's own) move the resourceVersion
+				// but not the generation: nothing for the agent.
+				o, ok1 := old.(*unstructured.Unstructured)
+				c, ok2 := cur.(*unstructured.Unstructured)
+				if ok1 && ok2 && o.GetGeneration() == c.GetGeneration() && o.GetUID() == c.GetUID() && nodeOf(o) == nodeOf(c) {
+					return
+				}
+				h.notify(nodeOf(old))
+				h.notify(nodeOf(cur))
+			},
+			DeleteFunc: func(o any) {
+				if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+					o = t.Obj
+				}
+				h.notify(nodeOf(o))
+			},
+		},
+	})
+	h.store, h.ctl = store.(cache.Indexer), ctl
+	go func() {
+		defer close(h.done)
+		ctl.RunWithContext(ctx)
+	}()
+	return h
+}
+
+// Wait waits until the watch has ended (its context ended).
+func (h *Hub) Wait() { <-h.done }
+
+func nodeOf(o any) string {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return ""
+	}
+	n, _, _ := unstructured.NestedString(u.Object, "spec", "nodeName")
+	return n
+}
+
+func (h *Hub) notify(node string) {
+	if node == "" {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for n := range h.subs[node] {
+		select {
+		case n.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// NodeDevices is one connection's view of the Devices bound to its node.
+// It feeds the connection's downstream sync (it implements
+// cloud/pods.Extra) and answers the twin report handler's lookups.
+type NodeDevices struct {
+	hub     *Hub
+	node    string
+	log     *slog.Logger
 	changed chan struct{}
 
 	mu    sync.Mutex
@@ -39,76 +129,48 @@ type translated struct {
 	err     error
 }
 
-// Watch starts watching node's Devices. Stop it when the connection ends.
-func Watch(ctx context.Context, dyn dynamic.Interface, node string, log *slog.Logger) *NodeDevices {
+// Watch subscribes to node's Devices. Stop it when the connection ends.
+func (h *Hub) Watch(node string, log *slog.Logger) *NodeDevices {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	n := &NodeDevices{
-		node: node, log: log, cancel: cancel, started: time.Now(),
-		done: make(chan struct{}), changed: make(chan struct{}, 1), cache: map[string]translated{},
+	n := &NodeDevices{hub: h, node: node, log: log, changed: make(chan struct{}, 1), cache: map[string]translated{}}
+	h.mu.Lock()
+	if h.subs[node] == nil {
+		h.subs[node] = map[*NodeDevices]struct{}{}
 	}
-	lw := listwatch.Selected(dyn, dyn.Resource(GVR).Namespace(metav1.NamespaceAll), listwatch.OnNode(node), "")
-	n.store, n.ctl = cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: lw,
-		ObjectType:    &unstructured.Unstructured{},
-		Transform: func(o any) (any, error) {
-			if u, ok := o.(*unstructured.Unstructured); ok {
-				u.SetManagedFields(nil)
-			}
-			return o, nil
-		},
-		Handler: cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { n.notify() },
-			UpdateFunc: func(old, cur any) {
-				// Status writes (the relay's own) move the resourceVersion
-				// but not the generation: nothing for the agent.
-				o, ok1 := old.(*unstructured.Unstructured)
-				c, ok2 := cur.(*unstructured.Unstructured)
-				if ok1 && ok2 && o.GetGeneration() == c.GetGeneration() && o.GetUID() == c.GetUID() {
-					return
-				}
-				n.notify()
-			},
-			DeleteFunc: func(any) { n.notify() },
-		},
-	})
-	go func() {
-		defer close(n.done)
-		n.ctl.RunWithContext(ctx)
-	}()
+	h.subs[node][n] = struct{}{}
+	h.mu.Unlock()
 	return n
 }
 
-// Stop ends the watch and waits for it.
+// Stop ends the subscription.
 func (n *NodeDevices) Stop() {
-	n.cancel()
-	<-n.done
-}
-
-func (n *NodeDevices) notify() {
-	select {
-	case n.changed <- struct{}{}:
-	default:
+	h := n.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.subs[n.node], n)
+	if len(h.subs[n.node]) == 0 {
+		delete(h.subs, n.node)
 	}
 }
 
-// Changed receives a value when the set of Devices or a spec changed.
+// Changed receives a value when the set of the node's Devices or a spec
+// changed.
 func (n *NodeDevices) Changed() <-chan struct{} { return n.changed }
 
-// Synced reports whether the first list completed.
-func (n *NodeDevices) Synced() bool { return n.ctl.HasSynced() }
+// Synced reports whether the relay's Device watch has listed.
+func (n *NodeDevices) Synced() bool { return n.hub.ctl.HasSynced() }
 
 // WaitSynced waits until the first list completed or ctx ends.
 func (n *NodeDevices) WaitSynced(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), n.ctl.HasSynced)
+	return cache.WaitForCacheSync(ctx.Done(), n.hub.ctl.HasSynced)
 }
 
 // Get returns the cached Device namespace/name if it is bound to this
 // node.
 func (n *NodeDevices) Get(key string) (*Device, bool) {
-	o, ok, _ := n.store.GetByKey(key)
+	o, ok, _ := n.hub.store.GetByKey(key)
 	if !ok {
 		return nil, false
 	}
@@ -131,7 +193,8 @@ func (n *NodeDevices) Objects() []wire.Object {
 	defer n.mu.Unlock()
 	live := map[string]bool{}
 	var out []wire.Object
-	for _, o := range n.store.List() {
+	objs, _ := n.hub.store.ByIndex(byNode, n.node)
+	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
 			continue

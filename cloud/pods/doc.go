@@ -8,7 +8,11 @@
 // pods reference (by name, as the kubelet's watch-based managers do). A
 // reference is watched while some pod of the node uses it and dropped when
 // none does; the agent is never sent an object no pod of its node
-// references.
+// references. Each watch is a cloud/watchcache.Cache (one goroutine, no
+// informer), made as the node: the Node authorizer allows a node only its
+// own pods' field selector and its own pods' references, so no watch can
+// be shared between nodes without the relay reading as itself what no
+// node may.
 //
 // The sync is level-based. After the hello, whose object versions seed
 // what the agent holds, the session sends the objects that differ and

@@ -22,6 +22,7 @@ import (
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
+	"outpost.dev/cloud/watchcache"
 	"outpost.dev/wire"
 )
 
@@ -93,8 +94,8 @@ type Session struct {
 	cfg    Config
 	cancel context.CancelFunc
 	done   chan struct{}
-	// pods is the store of the node's pod watch, once it started.
-	pods atomic.Pointer[cache.Store]
+	// pods is the node's pod watch, once it started.
+	pods atomic.Pointer[watchcache.Cache]
 }
 
 // Start begins the sync for cfg.Node. Call it after the HelloAck was
@@ -129,7 +130,7 @@ func (s *Session) Bound(namespace, name string) bool {
 	if st == nil {
 		return false
 	}
-	o, ok, _ := (*st).GetByKey(namespace + "/" + name)
+	o, ok := st.Get(namespace + "/" + name)
 	if !ok {
 		return false
 	}
@@ -141,18 +142,10 @@ func (s *Session) Bound(namespace, name string) bool {
 // failed a write).
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// watcher is one informer of the session.
-type watcher struct {
-	store   cache.Store
-	ctl     cache.Controller
-	cancel  context.CancelFunc
-	started time.Time
-}
-
 // ready reports whether w has listed, or has tried for longer than
 // patience (a watch that cannot list must not hold pods back forever).
-func (w *watcher) ready(patience time.Duration) bool {
-	return w.ctl.HasSynced() || time.Since(w.started) > patience
+func ready(w *watchcache.Cache, patience time.Duration) bool {
+	return w.HasSynced() || time.Since(w.Started()) > patience
 }
 
 // translated caches the translation of one object version.
@@ -171,8 +164,8 @@ type state struct {
 	ctx   context.Context
 	wg    sync.WaitGroup
 	wake  chan struct{}
-	pods  *watcher
-	refs  map[Ref]*watcher
+	pods  *watchcache.Cache
+	refs  map[Ref]*watchcache.Cache
 	cache map[types.UID]*translated
 	sent  Versions
 	// reported is the pod version and message of the refusal written, so
@@ -201,7 +194,7 @@ func (s *Session) run(ctx context.Context) {
 	st := &state{
 		s: s, ctx: ctx,
 		wake:     make(chan struct{}, 1),
-		refs:     map[Ref]*watcher{},
+		refs:     map[Ref]*watchcache.Cache{},
 		cache:    map[types.UID]*translated{},
 		sent:     HeldVersions(s.cfg.Held),
 		reported: map[types.UID]reportedRefusal{},
@@ -211,6 +204,7 @@ func (s *Session) run(ctx context.Context) {
 	}
 	defer close(s.done)
 	defer st.wg.Wait()
+	defer st.stopWatches()
 	defer s.cancel()
 	defer func() {
 		if r := recover(); r != nil {
@@ -221,8 +215,8 @@ func (s *Session) run(ctx context.Context) {
 	if !st.waitEdgeNode() {
 		return
 	}
-	st.pods = st.watch(&corev1.Pod{}, listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node))
-	s.pods.Store(&st.pods.store)
+	st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node))
+	s.pods.Store(st.pods)
 	var extraChanged <-chan struct{}
 	if s.cfg.Extra != nil {
 		extraChanged = s.cfg.Extra.Changed()
@@ -231,7 +225,7 @@ func (s *Session) run(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		poll := true
-		if st.pods.ctl.HasSynced() {
+		if st.pods.HasSynced() {
 			var ok bool
 			if ok, poll = st.pass(); !ok {
 				return // the connection is gone
@@ -294,6 +288,16 @@ func (st *state) waitEdgeNode() bool {
 	}
 }
 
+// stopWatches stops the session's watches and waits for them.
+func (st *state) stopWatches() {
+	if st.pods != nil {
+		st.pods.Stop()
+	}
+	for _, w := range st.refs {
+		w.Stop()
+	}
+}
+
 func (st *state) notify() {
 	select {
 	case st.wake <- struct{}{}:
@@ -301,47 +305,33 @@ func (st *state) notify() {
 	}
 }
 
-// watch starts an informer whose events wake the session loop.
-func (st *state) watch(obj runtime.Object, lw cache.ListerWatcher) *watcher {
-	ctx, cancel := context.WithCancel(st.ctx)
-	store, ctl := cache.NewInformerWithOptions(cache.InformerOptions{
-		ListerWatcher: lw,
-		ObjectType:    obj,
-		Transform:     dropManagedFields,
-		Handler: cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { st.notify() },
-			UpdateFunc: func(any, any) { st.notify() },
-			DeleteFunc: func(any) { st.notify() },
-		},
-	})
-	st.wg.Go(func() { ctl.RunWithContext(ctx) })
-	return &watcher{store: store, ctl: ctl, cancel: cancel, started: time.Now()}
+// watch starts a watch (as the node) whose events wake the session loop.
+// Stopped by the session's end, or by Stop when a reference is dropped.
+func (st *state) watch(lw cache.ListerWatcher) *watchcache.Cache {
+	return watchcache.Start(st.ctx, lw, watchcache.Options{Transform: dropManagedFields, Notify: st.notify})
 }
 
 // dropManagedFields keeps the watch caches to what translation reads. It
-// strips a copy: an object handed to the informer may be shared with its
+// strips a copy: an object handed to the cache may be shared with its
 // source (client-go's fake clientset does), and must not change under it.
-func dropManagedFields(o any) (any, error) {
+func dropManagedFields(o runtime.Object) runtime.Object {
 	m, ok := o.(metav1.Object)
 	if !ok || len(m.GetManagedFields()) == 0 {
-		return o, nil
+		return o
 	}
-	if ro, ok := o.(runtime.Object); ok {
-		c := ro.DeepCopyObject()
-		c.(metav1.Object).SetManagedFields(nil)
-		return c, nil
-	}
-	return o, nil
+	c := o.DeepCopyObject()
+	c.(metav1.Object).SetManagedFields(nil)
+	return c
 }
 
 // refListWatch watches one ConfigMap or Secret by name, as the kubelet's
 // watch-based ConfigMap and Secret managers do.
-func refListWatch(c asnode.Client, r Ref) (runtime.Object, cache.ListerWatcher) {
+func refListWatch(c asnode.Client, r Ref) cache.ListerWatcher {
 	sel := fields.OneTermEqualSelector("metadata.name", r.Name).String()
 	if r.Kind == wire.KindConfigMap {
-		return &corev1.ConfigMap{}, listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, "")
+		return listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, "")
 	}
-	return &corev1.Secret{}, listwatch.Selected(c, c.CoreV1().Secrets(r.Namespace), sel, "")
+	return listwatch.Selected(c, c.CoreV1().Secrets(r.Namespace), sel, "")
 }
 
 // refused is a pod the agent does not get, and why.
@@ -363,7 +353,7 @@ func (st *state) pass() (ok, poll bool) {
 	initial := !st.initialSent
 	patience := st.s.cfg.RefSyncTimeout
 	var podList []*corev1.Pod
-	for _, o := range st.pods.store.List() {
+	for _, o := range st.pods.List() {
 		p := o.(*corev1.Pod)
 		// The field selector already says so; checked again because the
 		// relay must never send another node's pod.
@@ -440,7 +430,7 @@ func (st *state) pass() (ok, poll bool) {
 	// Watch what is referenced; stop watching what no longer is.
 	for r, w := range st.refs {
 		if !wanted[r] {
-			w.cancel()
+			w.Stop()
 			delete(st.refs, r)
 		}
 	}
@@ -448,15 +438,14 @@ func (st *state) pass() (ok, poll bool) {
 	for r := range wanted {
 		w := st.refs[r]
 		if w == nil {
-			obj, lw := refListWatch(st.s.cfg.Client, r)
-			w = st.watch(obj, lw)
+			w = st.watch(refListWatch(st.s.cfg.Client, r))
 			st.refs[r] = w
 		}
-		if !w.ready(patience) {
+		if !ready(w, patience) {
 			synced = false
 		}
 	}
-	if extra := st.s.cfg.Extra; extra != nil && !extra.Synced() && time.Since(st.pods.started) < patience {
+	if extra := st.s.cfg.Extra; extra != nil && !extra.Synced() && time.Since(st.pods.Started()) < patience {
 		synced = false
 	}
 	if initial && !synced {
@@ -563,7 +552,7 @@ func (st *state) pass() (ok, poll bool) {
 
 func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
 	for _, r := range refs {
-		if w := st.refs[r]; w == nil || !w.ready(patience) {
+		if w := st.refs[r]; w == nil || !ready(w, patience) {
 			return false
 		}
 	}
@@ -612,7 +601,7 @@ func (st *state) lookupRef(r Ref) *translated {
 	if w == nil {
 		return nil
 	}
-	o, ok, _ := w.store.GetByKey(r.Namespace + "/" + r.Name)
+	o, ok := w.Get(r.Namespace + "/" + r.Name)
 	if !ok {
 		return nil
 	}

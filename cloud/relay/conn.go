@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,7 +69,10 @@ type conn struct {
 	serial  string // of the node's certificate, as identity.Serial records it
 	// expired says the certificate expired within wire.CertGrace: the
 	// connection may only rotate it (serveExpired).
-	expired  bool
+	expired bool
+	// admitted releases the connection's handshake token
+	// (Config.MaxHandshakes); called once the hello is answered.
+	admitted func()
 	rot      rotation
 	log      *slog.Logger
 	lastSeen atomic.Int64 // unix nanoseconds of the last frame read
@@ -122,6 +126,20 @@ func (s *Server) nodeFromTLS(r *http.Request) (string, string, bool, int, string
 }
 
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
+	// Admission: a fleet reconnecting at once (after a relay restart)
+	// is spread out rather than let into the API server all together.
+	// Connected agents hold no token.
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.metrics.handshakesRefused.Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.HandshakeRetryAfter/time.Second)))
+		http.Error(w, "relay busy with other agents' handshakes; retry after the Retry-After seconds", http.StatusServiceUnavailable)
+		return
+	}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { <-s.handshakes }) }
+	defer release()
 	name, serial, expired, status, reason := s.nodeFromTLS(r)
 	if status == 0 {
 		status, reason = s.checkIdentity(r.Context(), name, serial, !expired)
@@ -151,7 +169,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	// The library refuses a message past this before buffering it; read
 	// below stops at the same bound so it can say why first.
 	ws.SetReadLimit(wire.MaxFrameSize)
-	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, expired: expired, log: log,
+	c := &conn{s: s, ws: ws, netConn: hj.conn, node: name, serial: serial, expired: expired, log: log, admitted: release,
 		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{})}
 	c.acks = newAcks(c.sendAck)
 	c.tunnels = tunnel.New(func(t wire.Type, body wire.Body) error {
@@ -203,6 +221,7 @@ func (c *conn) serve() {
 		return
 	}
 	if c.expired {
+		c.admitted()
 		c.serveExpired(version)
 		return
 	}
@@ -255,6 +274,7 @@ func (c *conn) serve() {
 	}) {
 		return
 	}
+	c.admitted()
 	// A change the Node informer saw before this point was not sent.
 	c.acked.Store(true)
 	c.s.podCIDRsChanged(c.node, c.s.podCIDRs(c.node))

@@ -11,13 +11,13 @@ import (
 	"outpost.dev/wire"
 )
 
-// deviceSyncWait bounds how long a twin report waits for the connection's
+// deviceSyncWait bounds how long a twin report waits for the relay's
 // Device watch to list before it is judged.
 const deviceSyncWait = 10 * time.Second
 
 // twins handles the twin reports of one connection: each is checked
-// against the Devices bound to the connection's node (from its own watch,
-// which also feeds the downstream sync) and handed to the relay's status
+// against the Devices bound to the connection's node (from the relay's
+// Device watch, which also feeds the downstream sync) and handed to the relay's status
 // writer, and acknowledged through the connection's acks once written.
 type twins struct {
 	c    *conn
@@ -28,14 +28,15 @@ type twins struct {
 	logged  time.Time         // last drop logged, to bound log lines
 }
 
-// startDevices starts the connection's Device watch. The returned Extra
-// goes into the pod sync (nil without a Device API); stop ends the watch.
+// startDevices subscribes the connection to its node's Devices in the
+// relay's Device watch. The returned Extra goes into the pod sync (nil
+// without a Device API); stop ends the subscription.
 func (c *conn) startDevices() (t *twins, extra pods.Extra, stop func()) {
 	t = &twins{c: c, pending: map[string]uint64{}}
-	if c.s.devices == nil {
+	if c.s.deviceHub == nil {
 		return t, nil, func() {}
 	}
-	t.devs = devices.Watch(c.s.ctx, c.s.cfg.Dynamic, c.node, c.log)
+	t.devs = c.s.deviceHub.Watch(c.node, c.log)
 	return t, t.devs, t.devs.Stop
 }
 

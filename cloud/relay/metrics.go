@@ -18,6 +18,9 @@ type metrics struct {
 	streams   prometheus.Gauge
 	tunnels   prometheus.Gauge
 	rotations prometheus.Counter
+	// handshakesRefused counts connections answered 503 by the
+	// admission limit (Config.MaxHandshakes).
+	handshakesRefused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -54,8 +57,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "outpost_relay_node_cert_rotations_total",
 			Help: "Node certificates issued on a live link (cert-request answered).",
 		}),
+		handshakesRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "outpost_relay_handshakes_refused_total",
+			Help: "Agent connections answered 503 with Retry-After because too many handshakes were in progress.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations} {
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations, m.handshakesRefused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -59,7 +59,11 @@ const (
 	// (certRotateAt) need longer ones: cloud/README.md has the rule.
 	MinNodeCertValidity = 2 * time.Minute
 	DefaultHelloTimeout = 10 * time.Second
-	DefaultNamespace    = "outpost-system"
+	// DefaultMaxHandshakes and DefaultHandshakeRetryAfter: see
+	// Config.MaxHandshakes.
+	DefaultMaxHandshakes       = 64
+	DefaultHandshakeRetryAfter = 2 * time.Second
+	DefaultNamespace           = "outpost-system"
 	// readyCacheFor is how long a /readyz answer is reused, so probes
 	// from many sources cost the API server one request per period.
 	readyCacheFor = 5 * time.Second
@@ -133,6 +137,14 @@ type Config struct {
 	// port-forward connections of one agent; zero means
 	// DefaultMaxTunnelsPerNode.
 	MaxTunnelsPerNode int
+	// MaxHandshakes bounds the agent connections between their upgrade
+	// request and their hello-ack (identity check, Node and pod sync
+	// setup); more are answered 503 with Retry-After: HandshakeRetryAfter
+	// (whole seconds), which agents honour with jitter. Connected agents
+	// are never affected. Zero means DefaultMaxHandshakes and
+	// DefaultHandshakeRetryAfter.
+	MaxHandshakes       int
+	HandshakeRetryAfter time.Duration
 
 	// Dynamic reads Devices and writes their status (cloud/devices); nil
 	// turns the Device API off (agents get no Devices, twin reports are
@@ -164,6 +176,9 @@ type Server struct {
 	nodes     *nodes.Writer
 	podStatus *podstatus.Writer
 	devices   *devices.Writer // nil without Config.Dynamic
+	// deviceHub is the one watch of all Devices, fanned out to the
+	// connections by node (nil without Config.Dynamic).
+	deviceHub *devices.Hub
 	metrics   *metrics
 	// ids are the node identity records; joinCache's edge Nodes tell a
 	// deleted node. Both close revoked links (watchRevocations).
@@ -173,6 +188,9 @@ type Server struct {
 	ctx    context.Context // ends when the relay closes; parent of every connection
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // connection goroutines
+	// handshakes holds a token per connection not yet past its
+	// hello-ack (Config.MaxHandshakes).
+	handshakes chan struct{}
 
 	mu     sync.Mutex
 	conns  map[string]*conn // by node name: one connection per node
@@ -226,6 +244,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxTunnelsPerNode <= 0 {
 		cfg.MaxTunnelsPerNode = DefaultMaxTunnelsPerNode
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.HandshakeRetryAfter < time.Second {
+		cfg.HandshakeRetryAfter = DefaultHandshakeRetryAfter
 	}
 	if cfg.APICheck == nil {
 		disc := cfg.Client.Discovery()
@@ -290,18 +314,22 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{
-		ids:       ids,
-		joinCache: jc,
-		cfg:       cfg,
-		log:       cfg.Log,
-		mux:       http.NewServeMux(),
-		nodes:     w,
-		podStatus: ps,
-		devices:   dw,
-		metrics:   m,
-		ctx:       ctx,
-		cancel:    cancel,
-		conns:     map[string]*conn{},
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		ids:        ids,
+		joinCache:  jc,
+		cfg:        cfg,
+		log:        cfg.Log,
+		mux:        http.NewServeMux(),
+		nodes:      w,
+		podStatus:  ps,
+		devices:    dw,
+		metrics:    m,
+		ctx:        ctx,
+		cancel:     cancel,
+		conns:      map[string]*conn{},
+	}
+	if cfg.Dynamic != nil {
+		s.deviceHub = devices.NewHub(ctx, cfg.Dynamic)
 	}
 	s.watchRevocations()
 	jc.Run(ctx)
@@ -365,6 +393,9 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if s.devices != nil {
 		s.devices.Close()
+	}
+	if s.deviceHub != nil {
+		s.deviceHub.Wait()
 	}
 	return nil
 }

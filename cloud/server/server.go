@@ -62,6 +62,7 @@ type Options struct {
 	KeepOfflinePods   bool
 	JoinRatePerIP     float64
 	JoinBurstPerIP    int
+	MaxHandshakes     int
 	TokenRefreshAfter time.Duration
 
 	KubeletListen    string
@@ -101,6 +102,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.KeepOfflinePods, "keep-offline-pods", true, "keep pods on edge nodes bound while their node is offline: make their not-ready/unreachable NoExecute tolerations last forever, unless the node has the label or the pod the annotation "+tolerations.OptOut+"=true (see cloud/README.md); false leaves eviction to Kubernetes' defaults")
 	fs.Float64Var(&o.JoinRatePerIP, "join-rate-per-ip", join.DefaultPerIPRate, "join requests per second allowed from one client address (token bucket); agents behind one NAT share it")
 	fs.IntVar(&o.JoinBurstPerIP, "join-burst-per-ip", join.DefaultPerIPBurst, "join request burst from one client address")
+	fs.IntVar(&o.MaxHandshakes, "max-handshakes", relay.DefaultMaxHandshakes, "agent connections admitted between their upgrade request and their hello-ack at once; more are answered 503 with Retry-After (agents retry with jitter), connected agents are never affected")
 	fs.DurationVar(&o.TokenRefreshAfter, "token-refresh-after", 0, "testing only: refresh pods' service-account tokens this long after issue instead of at 80% of their lifetime (0: as a kubelet does)")
 
 	fs.StringVar(&o.KubeletListen, "kubelet-listen", "", "address to serve the kubelet API for edge nodes on (kubectl logs), e.g. :10250; empty: off")
@@ -250,6 +252,7 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 		KubeletClientNames: SplitList(o.KubeletNames), KubeletClientGroups: SplitList(o.KubeletGroups),
 		TokenRefreshAfter: o.TokenRefreshAfter,
 		JoinPerIPRate:     o.JoinRatePerIP, JoinPerIPBurst: o.JoinBurstPerIP,
+		MaxHandshakes: o.MaxHandshakes,
 	}
 	var kcert tls.Certificate
 	if kl != nil {

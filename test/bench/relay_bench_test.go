@@ -197,8 +197,34 @@ func runAgents() error {
 	ids := identity.New(client, relay.DefaultNamespace)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// Each agent heartbeats from its hello-ack on: connecting 1,000 on a
+	// loaded machine can take longer than the relay waits for a silent
+	// connection (three heartbeat intervals).
+	hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
+	keep := func(c *websocket.Conn) {
+		go func() {
+			t := time.NewTicker(relay.DefaultHeartbeatInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if c.Write(ctx, websocket.MessageBinary, hb) != nil {
+						return
+					}
+				}
+			}
+		}()
+		go func() {
+			for {
+				if _, _, err := c.Read(ctx); err != nil {
+					return
+				}
+			}
+		}()
+	}
 	var wg sync.WaitGroup
-	conns := make([]*websocket.Conn, n)
 	sem := make(chan struct{}, 32)
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {
@@ -212,37 +238,13 @@ func runAgents() error {
 				errs <- err
 				return
 			}
-			conns[i] = c
+			keep(c)
 		}(i)
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		return err
-	}
-	hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
-	for _, c := range conns {
-		go func(c *websocket.Conn) {
-			t := time.NewTicker(relay.DefaultHeartbeatInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-						return
-					}
-				}
-			}
-		}(c)
-		go func(c *websocket.Conn) {
-			for {
-				if _, _, err := c.Read(ctx); err != nil {
-					return
-				}
-			}
-		}(c)
 	}
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -235,4 +236,71 @@ func lineWith(out, word string) string {
 		}
 	}
 	return ""
+}
+
+// TestKilledRelayAgentsBackWithinSeconds kills the relay (SIGKILL: no
+// close frames), lets the agents' back-off grow over five failed
+// connects, and restarts the relay on the same address: both agents are
+// connected again within about a second of it listening (their TCP
+// probe), not after their back-off (drawn from up to 30 s by then).
+func TestKilledRelayAgentsBackWithinSeconds(t *testing.T) {
+	twoAgents(t)
+	ctx := ctxFor(t, 4*time.Minute)
+	count := func(name, msg string) int { return strings.Count(agents[name].Proc.LogTail(400), msg) }
+	const failedMsg, connectedMsg = `msg="connect failed"`, "msg=connected "
+	failed0 := map[string]int{"edge-a": count("edge-a", failedMsg), "edge-b": count("edge-b", failedMsg)}
+	connected0 := map[string]int{"edge-a": count("edge-a", connectedMsg), "edge-b": count("edge-b", connectedMsg)}
+	if err := relay.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if relay.Proc.Exited() {
+			if err := relay.Start(context.Background()); err != nil {
+				t.Errorf("restart the relay: %v", err)
+			}
+		}
+	})
+	wait.For(t, 2*time.Minute, "both agents to fail five connects while the relay is down", func() bool {
+		return count("edge-a", failedMsg) >= failed0["edge-a"]+5 && count("edge-b", failedMsg) >= failed0["edge-b"]+5
+	})
+	// When the new relay process first accepts a connection, and when
+	// both agents are connected again: each polled (at most 250 ms apart)
+	// while the relay starts and answers /readyz.
+	at := func(cond func() (bool, string)) <-chan time.Time {
+		ch := make(chan time.Time, 1)
+		go func() {
+			defer close(ch)
+			if wait.Until(ctx, 2*time.Minute, cond) == nil {
+				ch <- time.Now()
+			}
+		}()
+		return ch
+	}
+	listening := at(func() (bool, string) {
+		c, err := net.DialTimeout("tcp", relay.Addr, time.Second)
+		if err != nil {
+			return false, err.Error()
+		}
+		c.Close()
+		return true, ""
+	})
+	connected := at(func() (bool, string) {
+		return count("edge-a", connectedMsg) > connected0["edge-a"] && count("edge-b", connectedMsg) > connected0["edge-b"], ""
+	})
+	if err := relay.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	listenAt, ok1 := <-listening
+	connectedAt, ok2 := <-connected
+	if !ok1 || !ok2 {
+		t.Fatalf("after the relay restart: seen listening %v, both agents connected %v", ok1, ok2)
+	}
+	// 3 s is the promise; the rest is slack for a loaded machine (the
+	// polling, and an agent's TLS handshake and hello).
+	const within = 3*time.Second + 3*time.Second
+	took := connectedAt.Sub(listenAt)
+	t.Logf("both agents connected %s after the restarted relay listened", took.Round(10*time.Millisecond))
+	if took > within {
+		t.Errorf("agents connected %s after the relay listened again; want within %s", took.Round(10*time.Millisecond), within)
+	}
 }

@@ -1,0 +1,158 @@
+package link
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"outpost.dev/agent/internal/testpki"
+	"outpost.dev/test/wait"
+)
+
+// TestPauseProbesUntilTheRelayListens: with a long back-off drawn, an
+// agent whose relay was unreachable probes about every second and stops
+// waiting at the first probe that finds it listening.
+func TestPauseProbesUntilTheRelayListens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := New(Config{})
+		start := time.Now()
+		back := 5 * time.Second // the relay listens again 5 s into the wait
+		probes := 0
+		l.probe = func(context.Context) bool {
+			probes++
+			return time.Since(start) >= back
+		}
+		if !l.pause(t.Context(), 20*time.Second, true) {
+			t.Fatal("pause ended as if cancelled")
+		}
+		waited := time.Since(start)
+		if waited < back || waited > back+l.probeEvery*5/4 {
+			t.Fatalf("waited %v; want between %v and one probe period (at most %v) later", waited, back, l.probeEvery*5/4)
+		}
+		if probes < 4 || probes > 7 {
+			t.Fatalf("%d probes in %v; want one about every %v", probes, waited, l.probeEvery)
+		}
+	})
+}
+
+// TestPauseWithoutProbes: a relay that answered (busy, or any error but
+// unreachable) is waited out in full; so is a back-off shorter than the
+// probe period.
+func TestPauseWithoutProbes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		delay  time.Duration
+		probes bool
+	}{
+		{"relay answered", 12 * time.Second, false},
+		{"short back-off", 800 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := New(Config{})
+				l.probe = func(context.Context) bool { t.Error("probed"); return true }
+				start := time.Now()
+				if !l.pause(t.Context(), tc.delay, tc.probes) {
+					t.Fatal("pause ended as if cancelled")
+				}
+				if got := time.Since(start); got != tc.delay {
+					t.Fatalf("waited %v, want %v", got, tc.delay)
+				}
+			})
+		})
+	}
+}
+
+func TestPauseEndsWithContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := New(Config{})
+		l.probe = func(context.Context) bool { return false }
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(3*time.Second, cancel)
+		start := time.Now()
+		if l.pause(ctx, time.Minute, true) {
+			t.Fatal("pause reported the wait over after its context ended")
+		}
+		if got := time.Since(start); got != 3*time.Second {
+			t.Fatalf("returned %v after start, want at the cancel (3s)", got)
+		}
+	})
+}
+
+// TestRetryAfterIsHonouredWithJitter: a relay answering 503 with
+// Retry-After is not asked again before that long, nor much later.
+func TestRetryAfterIsHonouredWithJitter(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := newRelay(t, ca, func(p *peer) { p.ack(2); p.serve(true) })
+	r.busy.Store(2)
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), nil)
+	wait.For(t, 30*time.Second, "connected after two busy answers", a.link.Connected)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.requests) != 3 {
+		t.Fatalf("%d connect requests, want 3 (two busy, one accepted)", len(r.requests))
+	}
+	for i := 1; i < 3; i++ {
+		// The agent's own back-off is 5-50 ms in these tests: only the
+		// relay's Retry-After explains a gap of a second.
+		if gap := r.requests[i].Sub(r.requests[i-1]); gap < time.Second || gap > 3*time.Second {
+			t.Errorf("request %d came %v after a busy answer; want 1-1.5 s (plus scheduling)", i+1, gap)
+		}
+	}
+	if !strings.Contains(a.log.String(), "relay busy") {
+		t.Errorf("no busy line in the agent's log:\n%s", a.log)
+	}
+}
+
+func TestDialErrorKinds(t *testing.T) {
+	busy := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"7"}}}
+	var be *busyError
+	if err := dialError(errors.New("failed to WebSocket dial"), busy); !errors.As(err, &be) || be.after != 7*time.Second {
+		t.Fatalf("503 with Retry-After: 7 gave %v", err)
+	}
+	huge := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"999999999"}}}
+	if err := dialError(errors.New("x"), huge); !errors.As(err, &be) || be.after != maxRetryAfter {
+		t.Fatalf("a huge Retry-After gave %v, want capped at %v", err, maxRetryAfter)
+	}
+	plain := &http.Response{StatusCode: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"soon"}}}
+	if err := dialError(errors.New("x"), plain); errors.As(err, &be) || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("503 without a usable Retry-After gave %v", err)
+	}
+	// Nobody listening: unreachable, so the wait probes.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, derr := net.Dial("tcp", addr)
+	var ue *unreachableError
+	if err := dialError(derr, nil); !errors.As(err, &ue) || !strings.Contains(err.Error(), "cannot reach relay") {
+		t.Fatalf("connection refused gave %v", err)
+	}
+}
+
+// TestTCPProbe finds a listener and misses a closed port.
+func TestTCPProbe(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("HTTPS_PROXY", "")
+	t.Setenv("https_proxy", "")
+	p := tcpProbe("https://"+ln.Addr().String()+"/v1/connect", time.Second)
+	if p == nil || !p(t.Context()) {
+		t.Fatal("probe missed a listening relay")
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	if p(t.Context()) {
+		t.Fatalf("probe found %s listening after it closed", addr)
+	}
+}

@@ -182,7 +182,7 @@ func Translate(p *corev1.Pod, claims Claims) (*wire.Pod, error) {
 		case sc.SELinuxChangePolicy != nil:
 			return nil, unsupported("spec.securityContext.seLinuxChangePolicy", "")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
-			return nil, unsupported("spec.securityContext.appArmorProfile", "")
+			return nil, unsupported("spec.securityContext.appArmorProfile", appArmorReason)
 		}
 		pod = podSecurity{user: sc.RunAsUser, group: sc.RunAsGroup, nonRoot: isTrue(sc.RunAsNonRoot), seccomp: sc.SeccompProfile}
 		out.SupplementalGroups, out.FSGroup = sc.SupplementalGroups, sc.FSGroup
@@ -537,7 +537,7 @@ func translateContainer(path string, c *corev1.Container, hostNetwork bool, volu
 		case sc.ProcMount != nil && *sc.ProcMount != corev1.DefaultProcMount && *sc.ProcMount != corev1.UnmaskedProcMount:
 			return out, unsupported(sp+".procMount: "+string(*sc.ProcMount), "use Default or Unmasked")
 		case sc.AppArmorProfile != nil && sc.AppArmorProfile.Type != corev1.AppArmorProfileTypeUnconfined:
-			return out, unsupported(sp+".appArmorProfile", "")
+			return out, unsupported(sp+".appArmorProfile", appArmorReason)
 		}
 		if sc.SeccompProfile != nil {
 			if out.Seccomp, err = translateSeccomp(sp+".seccompProfile", sc.SeccompProfile); err != nil {
@@ -807,6 +807,12 @@ func translateVolume(path string, v *corev1.Volume, claims Claims, meta *podMeta
 	}
 	return out, nil
 }
+
+// appArmorReason says why AppArmor profiles other than Unconfined are
+// refused: the agent loads no AppArmor profile (a kubelet node hands
+// them to containerd's CRI, which loads its default one), and on a
+// gateway whose kernel has no AppArmor a kubelet would reject the pod.
+const appArmorReason = "the edge agent does not load AppArmor profiles; use Unconfined or leave the field unset (seccomp's RuntimeDefault is supported)"
 
 // volumeSourceName names the source a volume uses, as its JSON field.
 func volumeSourceName(vs *corev1.VolumeSource) string {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
 
 // Resource usage (kubectl top, through metrics-server). The relay asks a
@@ -20,7 +21,13 @@ const MaxStatsContainers = 1024
 // StatsRequest asks the agent for a StatsResponse with the same ID.
 type StatsRequest struct {
 	ID uint32 `cbor:"1,keyasint"`
+	// Metrics asks for the agent's own metrics (what its local metrics
+	// endpoint serves) instead of usage: the node's kubelet /metrics.
+	Metrics bool `cbor:"2,keyasint,omitempty" json:",omitempty"`
 }
+
+// MaxMetricsBytes bounds StatsResponse.Metrics.
+const MaxMetricsBytes = 256 << 10
 
 // Validate implements Body.
 func (r *StatsRequest) Validate() error {
@@ -184,6 +191,9 @@ type StatsResponse struct {
 	// Pods are the pods of the running containers the agent could read,
 	// at most MaxStatsContainers.
 	Pods []PodUsage `cbor:"7,keyasint,omitempty"`
+	// Metrics answers a request for the agent's own metrics: the
+	// Prometheus text format, at most MaxMetricsBytes.
+	Metrics []byte `cbor:"8,keyasint,omitempty" json:",omitempty"`
 }
 
 // Validate implements Body.
@@ -194,8 +204,14 @@ func (r *StatsResponse) Validate() error {
 	if err := checkText("stats-response: error", r.Error, maxTextLen, false); err != nil {
 		return err
 	}
-	if r.Error == "" && r.Node == nil {
+	if r.Error == "" && r.Node == nil && r.Metrics == nil {
 		return errors.New("stats-response: neither figures nor an error")
+	}
+	if len(r.Metrics) > MaxMetricsBytes {
+		return fmt.Errorf("stats-response: %d bytes of metrics (limit %d)", len(r.Metrics), MaxMetricsBytes)
+	}
+	if !utf8.Valid(r.Metrics) {
+		return errors.New("stats-response: metrics are not UTF-8 text")
 	}
 	if r.Node != nil {
 		if err := r.Node.Validate(); err != nil {

@@ -138,8 +138,9 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		return ls
 	}
 	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Log: log})
+	msrc := metricsSource(cfg, lk, ob, podRec.Running)
 	if cfg.MetricsListen != "" {
-		serveMetrics(ctx, cfg, lk, ob, podRec.Running, log)
+		serveMetrics(ctx, cfg.MetricsListen, msrc, log)
 	}
 	logsrv := logs.New(logs.Config{Paths: podRec, SendWait: lk.SendWait, Log: log.With("component", "logs")})
 	defer logsrv.Wait()
@@ -148,7 +149,8 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	defer tunsrv.Wait()
 	defer tunsrv.Disconnected()
 	statsrv := resusage.New(resusage.Config{Reader: &resusage.Reader{Root: "/sys/fs/cgroup", Proc: "/proc"},
-		Containers: podRec.StatsContainers, NodeFs: cfg.StateDir, Interface: cni.IfName, Send: lk.Send, Log: log.With("component", "usage")})
+		Containers: podRec.StatsContainers, NodeFs: cfg.StateDir, Interface: cni.IfName,
+		Metrics: func() []byte { return metrics.Render(msrc) }, Send: lk.Send, Log: log.With("component", "usage")})
 	defer statsrv.Wait()
 
 	err = lk.Run(ctx, link.Handlers{
@@ -207,10 +209,10 @@ func board(cfg *config.Config, log *slog.Logger) (*boards.Board, error) {
 	return brd, nil
 }
 
-// serveMetrics serves the agent's Prometheus endpoint until ctx ends; a
-// listen failure is logged and the agent runs without it.
-func serveMetrics(ctx context.Context, cfg config.Config, lk *link.Link, ob *outbox.Outbox, podsRunning func() int, log *slog.Logger) {
-	src := metrics.Source{
+// metricsSource is what the agent's own metrics read: served on
+// metrics.listen, and as the node's /metrics through the relay.
+func metricsSource(cfg config.Config, lk *link.Link, ob *outbox.Outbox, podsRunning func() int) metrics.Source {
+	return metrics.Source{
 		Connected: lk.Connected, LastContact: lk.LastContact, PodsRunning: podsRunning,
 		Outbox: func() (int, int, uint64) {
 			s := ob.Stats()
@@ -220,7 +222,12 @@ func serveMetrics(ctx context.Context, cfg config.Config, lk *link.Link, ob *out
 		Goroutines:     runtime.NumGoroutine,
 		Allocs:         heapAllocs,
 	}
-	if addr, err := metrics.Serve(ctx, cfg.MetricsListen, metrics.Handler(src), log); err != nil {
+}
+
+// serveMetrics serves the agent's Prometheus endpoint on listen until ctx
+// ends; a listen failure is logged and the agent runs without it.
+func serveMetrics(ctx context.Context, listen string, src metrics.Source, log *slog.Logger) {
+	if addr, err := metrics.Serve(ctx, listen, metrics.Handler(src), log); err != nil {
 		// Metrics are not worth a gateway that does not run.
 		log.Error("metrics endpoint off for this run; set metrics.listen to a free HOST:PORT, or \"\" to turn it off", "err", err)
 	} else {

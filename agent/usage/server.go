@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -36,6 +37,10 @@ type Config struct {
 	// Interface is the pod's network interface (cni.IfName); "" leaves
 	// pod networks out.
 	Interface string
+	// Metrics renders the agent's own metrics (metrics.Render), for a
+	// request of the node's /metrics; nil answers such a request with an
+	// error.
+	Metrics func() []byte
 	// Send queues one frame on the link (link.Link.Send).
 	Send func(t wire.Type, seq uint64, body wire.Body) error
 	Log  *slog.Logger
@@ -75,6 +80,10 @@ func (s *Server) Handle(f wire.Frame) bool {
 		s.cfg.Log.Warn("stats request refused", "err", err)
 		return true
 	}
+	if req.Metrics {
+		s.reply(s.agentMetrics(req.ID))
+		return true
+	}
 	if !s.busy.CompareAndSwap(false, true) {
 		s.reply(&wire.StatsResponse{ID: req.ID, Error: errBusy.Error()})
 		return true
@@ -88,6 +97,23 @@ func (s *Server) Handle(f wire.Frame) bool {
 		s.reply(s.Collect(ctx, req.ID))
 	}()
 	return true
+}
+
+// agentMetrics answers a request for the agent's own metrics, cut at
+// the last whole line within wire.MaxMetricsBytes.
+func (s *Server) agentMetrics(id uint32) *wire.StatsResponse {
+	if s.cfg.Metrics == nil {
+		return &wire.StatsResponse{ID: id, Error: "this agent serves no metrics of its own"}
+	}
+	b := s.cfg.Metrics()
+	if len(b) > wire.MaxMetricsBytes {
+		b = b[:wire.MaxMetricsBytes]
+		b = b[:bytes.LastIndexByte(b, '\n')+1]
+	}
+	if len(b) == 0 {
+		return &wire.StatsResponse{ID: id, Error: "the agent's metrics are empty"}
+	}
+	return &wire.StatsResponse{ID: id, Metrics: b}
 }
 
 func (s *Server) reply(r *wire.StatsResponse) {

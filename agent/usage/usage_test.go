@@ -232,6 +232,48 @@ func TestServerOneAtATime(t *testing.T) {
 	}
 }
 
+// TestServerAgentMetrics: a request for the agent's own metrics is
+// answered with them (cut at a whole line within the wire's bound), or
+// with an error when the agent has none; it never reads cgroups.
+func TestServerAgentMetrics(t *testing.T) {
+	ask := func(render func() []byte) *wire.StatsResponse {
+		t.Helper()
+		var got *wire.StatsResponse
+		s := New(Config{
+			Reader:  &Reader{Root: "/nonexistent", Proc: "/nonexistent"},
+			Metrics: render,
+			Send:    func(_ wire.Type, _ uint64, b wire.Body) error { got = b.(*wire.StatsResponse); return nil },
+		})
+		b, err := wire.Encode(wire.TypeStatsRequest, 0, &wire.StatsRequest{ID: 7, Metrics: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, _ := wire.Decode(b)
+		if !s.Handle(f) {
+			t.Fatal("a metrics request was not handled")
+		}
+		s.Wait()
+		if got == nil {
+			t.Fatal("no answer")
+		}
+		if err := got.Validate(); err != nil {
+			t.Fatalf("answer does not validate: %v", err)
+		}
+		return got
+	}
+	if r := ask(func() []byte { return []byte("outpost_link_connected 1\n") }); r.ID != 7 || string(r.Metrics) != "outpost_link_connected 1\n" || r.Node != nil {
+		t.Errorf("metrics: %+v", r)
+	}
+	line := strings.Repeat("x", 99) + "\n"
+	big := []byte(strings.Repeat(line, wire.MaxMetricsBytes/len(line)+10))
+	if r := ask(func() []byte { return big }); len(r.Metrics) > wire.MaxMetricsBytes || len(r.Metrics)%len(line) != 0 || len(r.Metrics) == 0 {
+		t.Errorf("oversize metrics: %d bytes, want whole lines within %d", len(r.Metrics), wire.MaxMetricsBytes)
+	}
+	if r := ask(nil); r.Error == "" || r.Metrics != nil {
+		t.Errorf("no metrics: %+v, want an error", r)
+	}
+}
+
 func link(t *testing.T, target, name string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {

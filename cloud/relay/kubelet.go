@@ -104,7 +104,7 @@ func (s *Server) kubeletMux() http.Handler {
 	s.registerResource(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach, /portForward, /metrics/resource and /stats/summary of the kubelet API for edge nodes", http.StatusNotFound)
+		http.Error(w, "the Outpost relay serves only /containerLogs, /exec, /attach, /portForward, /metrics, /metrics/resource and /stats/summary of the kubelet API for edge nodes", http.StatusNotFound)
 	})
 	return s.kubeletAuth(mux)
 }

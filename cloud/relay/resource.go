@@ -37,6 +37,25 @@ const (
 func (s *Server) registerResource(mux *http.ServeMux) {
 	mux.HandleFunc("GET /metrics/resource", s.serveMetricsResource)
 	mux.HandleFunc("GET /stats/summary", s.serveStatsSummary)
+	mux.HandleFunc("GET /metrics", s.serveNodeMetrics)
+}
+
+// serveNodeMetrics is the node's /metrics: a kubelet serves its own
+// figures there; an edge node's are its agent's (link, outbox, pods,
+// Go runtime), asked for on demand like the usage figures.
+func (s *Server) serveNodeMetrics(w http.ResponseWriter, r *http.Request) {
+	node, err := requestNode(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, status, reason := s.statsOf(r, node, wire.StatsRequest{Metrics: true})
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	if status != 0 {
+		http.Error(w, reason, status)
+		return
+	}
+	_, _ = w.Write(resp.Metrics)
 }
 
 // requestNode is the node a kubelet request is for (see above): its
@@ -110,7 +129,7 @@ func (sw *statsWaiters) deliver(r *wire.StatsResponse) {
 
 // statsOf asks the agent of node for its usage. On failure it returns an
 // HTTP status and a reason.
-func (s *Server) statsOf(r *http.Request, node string) (*wire.StatsResponse, int, string) {
+func (s *Server) statsOf(r *http.Request, node string, req wire.StatsRequest) (*wire.StatsResponse, int, string) {
 	s.mu.Lock()
 	c := s.conns[node]
 	s.mu.Unlock()
@@ -122,7 +141,8 @@ func (s *Server) statsOf(r *http.Request, node string) (*wire.StatsResponse, int
 		return nil, http.StatusServiceUnavailable, fmt.Sprintf("edge node %q: %d stats requests are already waiting for it; try again later", node, maxStatsWaiting)
 	}
 	defer c.stats.remove(id)
-	if !c.send(wire.TypeStatsRequest, &wire.StatsRequest{ID: id}) {
+	req.ID = id
+	if !c.send(wire.TypeStatsRequest, &req) {
 		return nil, http.StatusServiceUnavailable, fmt.Sprintf("edge node %q: its connection failed", node)
 	}
 	t := time.NewTimer(statsTimeout)
@@ -131,6 +151,9 @@ func (s *Server) statsOf(r *http.Request, node string) (*wire.StatsResponse, int
 	case resp := <-ch:
 		if resp.Error != "" {
 			return nil, http.StatusServiceUnavailable, fmt.Sprintf("edge node %q: %s", node, resp.Error)
+		}
+		if req.Metrics && resp.Metrics == nil || !req.Metrics && resp.Node == nil {
+			return nil, http.StatusBadGateway, fmt.Sprintf("edge node %q answered with something other than what was asked", node)
 		}
 		return resp, 0, ""
 	case <-t.C:
@@ -148,7 +171,7 @@ func (s *Server) serveMetricsResource(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	resp, status, reason := s.statsOf(r, node)
+	resp, status, reason := s.statsOf(r, node, wire.StatsRequest{})
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	if status != 0 {
 		// The kubelet answers a failed collection with scrape_error 1;
@@ -338,7 +361,7 @@ func (s *Server) serveStatsSummary(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	resp, status, reason := s.statsOf(r, node)
+	resp, status, reason := s.statsOf(r, node, wire.StatsRequest{})
 	if status != 0 {
 		http.Error(w, reason, status)
 		return

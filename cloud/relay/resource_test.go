@@ -135,6 +135,9 @@ func TestKubeletResourceUsage(t *testing.T) {
 				return
 			}
 			r := sampleUsage()
+			if req.Metrics {
+				r = &wire.StatsResponse{Metrics: []byte("# TYPE outpost_link_connected gauge\noutpost_link_connected 1\n")}
+			}
 			r.ID = req.ID
 			b, _ := wire.Encode(wire.TypeStatsResponse, 0, r)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -216,6 +219,12 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if status, body := get(certClient, "gw-top", "/metrics/resource", ""); status != 200 {
 		t.Fatalf("client certificate: %d %q", status, body)
 	}
+
+	// The node's own /metrics are its agent's, asked for on demand.
+	if status, body := get(certClient, "gw-top", "/metrics", ""); status != 200 || !strings.Contains(body, "\noutpost_link_connected 1\n") {
+		t.Fatalf("node metrics: %d %q", status, body)
+	}
+	<-answered
 
 	// No credentials: 401. A bad token: 401. A token without
 	// nodes/metrics: 403. Another node's metrics: 403. None asked the

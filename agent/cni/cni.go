@@ -97,6 +97,10 @@ type Network struct {
 	mu     sync.Mutex
 	ips    map[string][]string // by sandbox ID, attachments known to be in place
 	masqed string              // the CIDR whose masquerade rule is in place
+
+	// masqMu makes masquerade's check-then-append one step: pods
+	// attached at once would each add the rule.
+	masqMu sync.Mutex
 }
 
 // New returns a Network; nothing runs until a method is called.
@@ -465,6 +469,8 @@ const masqComment = "outpost: pod traffic leaving the pod CIDR"
 // off it (egress through the node's address), as kubenet and Flannel do.
 // It is the node's rule, not a pod's: no pod's DEL has to remove it.
 func (n *Network) masquerade(cidr string) error {
+	n.masqMu.Lock()
+	defer n.masqMu.Unlock()
 	n.mu.Lock()
 	done := n.masqed == cidr
 	n.mu.Unlock()

@@ -341,7 +341,8 @@ func (n *Network) IPs(id string) []string {
 
 // Detach removes pod id from the network: a DEL with the configuration
 // the attachment was made with (libcni's cache), or with the current one
-// when nothing is cached. DEL is idempotent; netns may be gone.
+// (and delPorts) when nothing is cached. DEL is idempotent; netns may be
+// gone.
 func (n *Network) Detach(ctx context.Context, id, netns string) error {
 	n.mu.Lock()
 	delete(n.ips, id)
@@ -372,11 +373,18 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 	if err != nil {
 		return err
 	}
-	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, nil)); err != nil {
+	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, delPorts)); err != nil {
 		return fmt.Errorf("CNI DEL (network %s): %w", l.Name, err)
 	}
 	return nil
 }
+
+// delPorts stand for a pod's hostPorts in a DEL made without a cached
+// result (the agent was killed during the ADD, before libcni cached it):
+// portmap's DEL does nothing when given no port mappings, and given any it
+// removes the chains it made for the container ID whatever their ports, so
+// a half-made ADD's chains go too.
+var delPorts = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "tcp"}}
 
 // Reconcile removes the attachments of pods that are gone: those in the
 // result cache, and host-local leases of the default network held by IDs

@@ -324,7 +324,8 @@ func TestPodNetwork(t *testing.T) {
 // hostPort (portmap's per-pod chains): while a round runs there is a
 // veth, a namespace, a lease and a cached result per pod and its DNAT
 // chain; after each round's delete, and at the end, nothing is left of
-// any pod (test/podnet says what it looks at).
+// any pod (test/podnet says what it looks at), nor of a pod whose
+// attachment libcni never cached (the agent killed at the end of an ADD).
 func TestPodNetworkCycles(t *testing.T) {
 	harness.RequireCNI(t)
 	harness.RequireContainerd(t)
@@ -399,7 +400,39 @@ func TestPodNetworkCycles(t *testing.T) {
 		check(fmt.Sprintf("round %d: nothing left", r), podnet.Left.Empty)
 	}
 	took := time.Since(began)
-	l := check("nothing left after the cycles", podnet.Left.Empty)
+	check("nothing left after the cycles", podnet.Left.Empty)
+
+	// The agent killed after the plugins ran but before libcni cached the
+	// result: the pod's lease, veth and hostPort chain are there, no
+	// cached result names them, and the pod is deleted before the agent
+	// is back. Its teardown still removes all of it.
+	uid := "uid-uncached"
+	uids = append(uids, uid)
+	p := wire.Pod{TerminationGracePeriodSeconds: 1, Containers: []wire.Container{{Name: "app", Image: img,
+		Command: []string{"sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"},
+		Ports:   []wire.ContainerPort{{ContainerPort: 8080, HostPort: int32(ports[0])}}}}}
+	e.apply(&wire.Sync{Upserts: []wire.Object{podObj(uid, "uncached", "1", p)}})
+	e.waitStatus(uid, 2*time.Minute, "Running with a pod IP", hasIP)
+	e.stop()
+	cached, _ := filepath.Glob(filepath.Join(e.cfg.StateDir, "cni", "cache", "results", "*"+uid+"*"))
+	if len(cached) == 0 {
+		t.Fatal("no cached CNI result for the pod: is libcni's cache elsewhere?")
+	}
+	for _, f := range cached {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, err := podnet.Check(node, uids); err != nil || !strings.Contains(strings.Join(l.Rules, "\n"), podnet.ChainName("DN-", uid)) {
+		t.Fatalf("before the restart: no hostPort chain for the pod (%v):\n%v", err, l)
+	}
+	e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: uid}}})
+	e.run()
+	e.waitFor(2*time.Minute, "the uncached pod removed", func() bool {
+		_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", uid))
+		return os.IsNotExist(err)
+	})
+	l := check("nothing left of a pod whose result was never cached", podnet.Left.Empty)
 	if l.Masq != 1 {
 		t.Errorf("%d masquerade rules for the pod CIDR while the agent runs, want 1", l.Masq)
 	}

@@ -305,25 +305,62 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 		}
 	}
 	// Whatever an earlier ADD left (a lease, a veth, rules) goes first:
-	// plugins refuse an ADD over an existing eth0.
-	if err := n.Detach(ctx, id, netns); err != nil {
-		n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
+	// plugins refuse an ADD over an existing eth0. A pod never attached
+	// (no cached result, no ADD begun) has nothing to remove, and its DEL
+	// would cost as much as its ADD.
+	atts, err := n.cni.GetCachedAttachments(id)
+	if err != nil || len(atts) > 0 || n.adding(id) {
+		if err := n.Detach(ctx, id, netns); err != nil {
+			n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
+		}
+	}
+	if err := n.markAdding(id); err != nil {
+		return nil, err
 	}
 	res, err := n.cni.AddNetworkList(ctx, l, rt)
 	if err != nil {
 		// Undo the part that was made, so a retry starts clean.
-		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt)
+		if n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt) == nil {
+			n.doneAdding(id)
+		}
 		if strings.Contains(err.Error(), "failed to find plugin") {
 			return nil, fmt.Errorf("CNI ADD (network %s): %w: install Debian's containernetworking-plugins, or put the plugins in network.binDirs", l.Name, err)
 		}
 		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
 	}
+	n.doneAdding(id) // libcni cached the result: a DEL finds it there
 	ips, err = resultIPs(res)
 	if err != nil {
 		return nil, err
 	}
 	n.remember(id, ips)
 	return ips, nil
+}
+
+// addingDir holds a file per pod whose ADD has begun and is neither
+// cached nor undone: what an agent killed during an ADD left is found
+// there (libcni caches a result only once every plugin is done).
+func (n *Network) addingDir() string { return filepath.Join(n.cfg.StateDir, "adding") }
+
+func (n *Network) adding(id string) bool {
+	_, err := os.Lstat(filepath.Join(n.addingDir(), id))
+	return err == nil
+}
+
+func (n *Network) markAdding(id string) error {
+	if err := os.MkdirAll(n.addingDir(), 0o700); err != nil {
+		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
+	}
+	if err := os.WriteFile(filepath.Join(n.addingDir(), id), nil, 0o600); err != nil {
+		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (n *Network) doneAdding(id string) {
+	if err := os.Remove(filepath.Join(n.addingDir(), id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		n.log.Warn("cni: removing the record of an ADD", "id", id, "err", err)
+	}
 }
 
 func (n *Network) remember(id string, ips []string) {
@@ -364,6 +401,9 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 		}
 	}
 	if len(atts) > 0 || len(errs) > 0 {
+		if len(errs) == 0 {
+			n.doneAdding(id)
+		}
 		return errors.Join(errs...)
 	}
 	l, err := n.list()
@@ -376,6 +416,7 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, delPorts)); err != nil {
 		return fmt.Errorf("CNI DEL (network %s): %w", l.Name, err)
 	}
+	n.doneAdding(id)
 	return nil
 }
 
@@ -387,8 +428,9 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 var delPorts = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "tcp"}}
 
 // Reconcile removes the attachments of pods that are gone: those in the
-// result cache, and host-local leases of the default network held by IDs
-// with no cached result (an agent killed during an ADD). keep says which
+// result cache, host-local leases of the default network held by IDs
+// with no cached result, and ADDs begun and never finished (an agent
+// killed during an ADD). keep says which
 // sandbox IDs are still wanted; netns gives a kept-or-not pod's namespace
 // path (the DEL of a gone pod passes it when it still exists).
 func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netns func(id string) string) error {
@@ -412,7 +454,19 @@ func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netn
 		if seen[id] || keep(id) {
 			continue
 		}
+		seen[id] = true
 		n.log.Info("cni: releasing an address held by a pod that is gone", "id", id)
+		if err := n.Detach(ctx, id, netns(id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ents, _ := os.ReadDir(n.addingDir())
+	for _, e := range ents {
+		id := e.Name()
+		if seen[id] || keep(id) {
+			continue
+		}
+		n.log.Info("cni: undoing the ADD of a pod that is gone", "id", id)
 		if err := n.Detach(ctx, id, netns(id)); err != nil {
 			errs = append(errs, err)
 		}

@@ -257,10 +257,11 @@ func benchRestart(b *testing.B, st *stack.Stack, relay *stack.Relay, network boo
 	const n = 30
 	ctx := context.Background()
 	mode := strings.TrimPrefix(cniName(network), "cni=")
-	r := addAutoRig(b, st, relay, "bench-restart-"+mode, 0, network)
+	run := benchRuns.Add(1) // -count runs this again on the same stack
+	r := addAutoRig(b, st, relay, fmt.Sprintf("bench-restart-%s-%d", mode, run), 0, network)
 	var pods []*corev1.Pod
 	for i := range n {
-		pods = append(pods, r.pod(fmt.Sprintf("restart-%s-%02d", mode, i), nil))
+		pods = append(pods, r.pod(fmt.Sprintf("restart-%s-%d-%02d", mode, run, i), nil))
 	}
 	uids := r.create(b, ctx, pods...)
 	var all []string

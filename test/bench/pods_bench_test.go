@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -68,6 +69,9 @@ func BenchmarkPods(b *testing.B) {
 	}
 }
 
+// benchRuns numbers the nodes of sub-benchmarks run on one stack.
+var benchRuns atomic.Int32
+
 // cniName names the sub-benchmark of the pod network on or off.
 func cniName(on bool) string {
 	if on {
@@ -84,7 +88,8 @@ func benchPods(b *testing.B, st *stack.Stack, relay *stack.Relay, n int, network
 	if network {
 		mode = "on"
 	}
-	node := "bench-pods-" + mode
+	// -count runs this again on the same stack: a new node each time.
+	node := fmt.Sprintf("bench-pods-%s-%d", mode, benchRuns.Add(1))
 	agent, err := st.Join(ctx, relay, node)
 	if err != nil {
 		b.Fatal(err)

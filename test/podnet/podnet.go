@@ -29,7 +29,8 @@ const masqComment = "outpost: pod traffic leaving the pod CIDR"
 // Node names what is one node's.
 type Node struct {
 	// StateDir is the agent's state directory: pods/<uid>/netns mounts,
-	// cni/cache (libcni's results) and cni/networks (host-local's leases).
+	// cni/cache (libcni's results), cni/adding (ADDs under way) and
+	// cni/networks (host-local's leases).
 	StateDir string
 	// Bridge is the default network's bridge.
 	Bridge string
@@ -43,7 +44,7 @@ type Left struct {
 	Veths  []string // interfaces on the bridge
 	NetNS  []string // network namespace mounts under the state directory
 	Leases []string // host-local's lease files (named by address)
-	Cache  []string // libcni's cached results
+	Cache  []string // libcni's cached results, and the agent's records of unfinished ADDs
 	// Rules are iptables lines (every table) of pods: portmap's chains of
 	// the given pods and rules jumping to them or naming them in a
 	// comment, and any rule naming an address of the pod CIDR other than
@@ -116,6 +117,14 @@ func Check(n Node, uids []string) (Left, error) {
 	})
 	if err != nil {
 		return l, err
+	}
+	// The agent's record of ADDs begun and not finished (agent/cni).
+	ents, err = os.ReadDir(filepath.Join(n.StateDir, "cni", "adding"))
+	if err != nil && !os.IsNotExist(err) {
+		return l, err
+	}
+	for _, e := range ents {
+		l.Cache = append(l.Cache, "adding/"+e.Name())
 	}
 	save, err := exec.Command("iptables-save").Output()
 	if err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 // Defaults, as containerd and the kubelet use them; Debian's
@@ -122,7 +123,10 @@ func New(cfg Config) *Network {
 	}
 	return &Network{
 		cfg: cfg, log: cfg.Log, ips: map[string][]string{},
-		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), nil),
+		// The plugin runner libcni would make on first use, made here:
+		// libcni makes it without a lock, and pods attach at once.
+		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), &invoke.DefaultExec{
+			RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}),
 	}
 }
 

@@ -404,8 +404,9 @@ func TestPodNetworkCycles(t *testing.T) {
 
 	// The agent killed after the plugins ran but before libcni cached the
 	// result: the pod's lease, veth and hostPort chain are there, no
-	// cached result names them, and the pod is deleted before the agent
-	// is back. Its teardown still removes all of it.
+	// cached result names them (only the agent's record that the ADD
+	// began), and the pod is deleted before the agent is back. Its
+	// teardown still removes all of it.
 	uid := "uid-uncached"
 	uids = append(uids, uid)
 	p := wire.Pod{TerminationGracePeriodSeconds: 1, Containers: []wire.Container{{Name: "app", Image: img,
@@ -422,6 +423,9 @@ func TestPodNetworkCycles(t *testing.T) {
 		if err := os.Remove(f); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(e.cfg.StateDir, "cni", "adding", uid), nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	if l, err := podnet.Check(node, uids); err != nil || !strings.Contains(strings.Join(l.Rules, "\n"), podnet.ChainName("DN-", uid)) {
 		t.Fatalf("before the restart: no hostPort chain for the pod (%v):\n%v", err, l)

@@ -303,6 +303,7 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 	if !fresh {
 		if res, err := n.cni.GetNetworkListCachedResult(l, rt); err == nil && res != nil {
 			if ips, err := resultIPs(res); err == nil && len(ips) > 0 {
+				n.doneAdding(id) // killed after the result was cached
 				n.remember(id, ips)
 				return ips, nil
 			}

@@ -106,7 +106,7 @@ func TestKill9DuringPodCreate(t *testing.T) {
 	stack.WaitFor(t, ctx, time.Minute, "one veth, namespace, lease and cached result per pod", func() (bool, string) {
 		var err error
 		left, err = podnet.Check(node, all)
-		return err == nil && left.Pods(len(names)) && left.Masq == 1, fmt.Sprintf("%d pods: %v (%v)", len(names), left, err)
+		return err == nil && left.Pods(len(names)) && left.Masq == 1, fmt.Sprintf("%d pods %v: %v (%v)", len(names), uids, left, err)
 	})
 	rules := strings.Join(left.Rules, "\n")
 	for n, uid := range uids {
@@ -136,6 +136,6 @@ func TestKill9DuringPodCreate(t *testing.T) {
 			return false, fmt.Sprintf("tasks %v (%v)", ts, err)
 		}
 		left, err = podnet.Check(node, all)
-		return err == nil && left.Empty() && left.Masq == 1, fmt.Sprintf("%v (%v)", left, err)
+		return err == nil && left.Empty() && left.Masq == 1, fmt.Sprintf("pods %v: %v (%v)", uids, left, err)
 	})
 }

@@ -43,7 +43,7 @@ type Node struct {
 type Left struct {
 	Veths  []string // interfaces on the bridge
 	NetNS  []string // network namespace mounts under the state directory
-	Leases []string // host-local's lease files (named by address)
+	Leases []string // host-local's leases, address=holder
 	Cache  []string // libcni's cached results, and the agent's records of unfinished ADDs
 	// Rules are iptables lines (every table) of pods: portmap's chains of
 	// the given pods and rules jumping to them or naming them in a
@@ -103,7 +103,10 @@ func Check(n Node, uids []string) (Left, error) {
 	}
 	for _, e := range ents {
 		if net.ParseIP(e.Name()) != nil {
-			l.Leases = append(l.Leases, e.Name())
+			// host-local's lease file: the holder's ID, then its interface.
+			b, _ := os.ReadFile(filepath.Join(n.StateDir, "cni", "networks", Network, e.Name()))
+			holder, _, _ := strings.Cut(string(b[:min(len(b), 256)]), "\n")
+			l.Leases = append(l.Leases, e.Name()+"="+strings.TrimSpace(holder))
 		}
 	}
 	err = filepath.WalkDir(filepath.Join(n.StateDir, "cni", "cache"), func(p string, d os.DirEntry, err error) error {

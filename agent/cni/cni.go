@@ -299,6 +299,12 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 	if err != nil {
 		return nil, err
 	}
+	if len(ports) == 0 {
+		// portmap would be run for nothing, at every ADD and DEL.
+		if l, err = withoutPortmap(l); err != nil {
+			return nil, err
+		}
+	}
 	rt := rtConf(id, netns, ports)
 	if !fresh {
 		if res, err := n.cni.GetNetworkListCachedResult(l, rt); err == nil && res != nil {
@@ -340,6 +346,33 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 	}
 	n.remember(id, ips)
 	return ips, nil
+}
+
+// withoutPortmap is l without its portmap plugins, for a pod with no
+// hostPort: the attachment is cached with this list, so its DEL runs
+// without them too.
+func withoutPortmap(l *libcni.NetworkConfigList) (*libcni.NetworkConfigList, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(l.Bytes, &raw); err != nil {
+		return nil, fmt.Errorf("CNI configuration %s: %w", l.Name, err)
+	}
+	plugins, _ := raw["plugins"].([]any)
+	var kept []any
+	for _, p := range plugins {
+		if m, ok := p.(map[string]any); ok && m["type"] == "portmap" {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	if len(kept) == len(plugins) || len(kept) == 0 {
+		return l, nil
+	}
+	raw["plugins"] = kept
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.NetworkConfFromBytes(b)
 }
 
 // addingDir holds a file per pod whose ADD has begun and is neither

@@ -386,6 +386,10 @@ func (n *Network) adding(id string) bool {
 }
 
 func (n *Network) markAdding(id string) error {
+	// The ID names a file: one path element (pod UIDs are).
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 255 {
+		return fmt.Errorf("CNI: pod ID %q cannot name a file: refusing to attach it", id)
+	}
 	if err := os.MkdirAll(n.addingDir(), 0o700); err != nil {
 		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
 	}

@@ -235,6 +235,9 @@ func (a *Agent) Start(extra ...string) error {
 		if a.NoPodNetwork {
 			cfg += "  disabled: true\n"
 		}
+		// No clusterDNS: this control plane runs no DNS Service, so
+		// ClusterFirst pods resolve through the node's resolver.
+		cfg += "  # clusterDNS left out: the cluster runs no DNS Service (docs/network.md)\n"
 		mport, err := harness.FreePort()
 		if err != nil {
 			return err

@@ -130,15 +130,15 @@ bench-relay: controlplane ## Relay memory per connected agent (1,000 protocol-le
 bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdleRSS -benchtime 1x -count 1 -timeout 20m ./test/bench/
 
-bench-pods: controlplane ## 30 pods on real containerd: apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
-	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 20m ./test/bench/
+bench-pods: controlplane ## 30 pods on real containerd, pod network off and on (cni=off|on): apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 40m ./test/bench/
 
 bench-streams: controlplane ## exec and port-forward through the relay vs directly into the pod (medians, ratios), link bytes per exec and per idle stream, agent PSS with 8 streams, one /stats/summary scrape's cost.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./test/streams/
 
 OUTPOST_OFFLINE ?= 10m
 
-bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after an offline reboot; resync of 100 pods after OUTPOST_OFFLINE (10m) offline.
+bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after an offline reboot (pod network off and on); resync of 100 pods after OUTPOST_OFFLINE (10m) offline.
 	CGO_ENABLED=1 OUTPOST_OFFLINE=$(OUTPOST_OFFLINE) $(GO) test -run '^$$' -bench 'BenchmarkRestartFromStore|BenchmarkResyncAfterOffline' -benchtime 1x -count 1 -timeout 60m ./test/bench/
 	$(GO) test -run '^$$' -bench . ./agent/outbox/
 

@@ -31,6 +31,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 // Defaults, as containerd and the kubelet use them; Debian's
@@ -97,6 +98,10 @@ type Network struct {
 	mu     sync.Mutex
 	ips    map[string][]string // by sandbox ID, attachments known to be in place
 	masqed string              // the CIDR whose masquerade rule is in place
+
+	// masqMu makes masquerade's check-then-append one step: pods
+	// attached at once would each add the rule.
+	masqMu sync.Mutex
 }
 
 // New returns a Network; nothing runs until a method is called.
@@ -118,7 +123,10 @@ func New(cfg Config) *Network {
 	}
 	return &Network{
 		cfg: cfg, log: cfg.Log, ips: map[string][]string{},
-		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), nil),
+		// The plugin runner libcni would make on first use, made here:
+		// libcni makes it without a lock, and pods attach at once.
+		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), &invoke.DefaultExec{
+			RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}),
 	}
 }
 
@@ -291,35 +299,110 @@ func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapp
 	if err != nil {
 		return nil, err
 	}
+	if len(ports) == 0 {
+		// portmap would be run for nothing, at every ADD and DEL.
+		if l, err = withoutPortmap(l); err != nil {
+			return nil, err
+		}
+	}
 	rt := rtConf(id, netns, ports)
 	if !fresh {
 		if res, err := n.cni.GetNetworkListCachedResult(l, rt); err == nil && res != nil {
 			if ips, err := resultIPs(res); err == nil && len(ips) > 0 {
+				n.doneAdding(id) // killed after the result was cached
 				n.remember(id, ips)
 				return ips, nil
 			}
 		}
 	}
 	// Whatever an earlier ADD left (a lease, a veth, rules) goes first:
-	// plugins refuse an ADD over an existing eth0.
-	if err := n.Detach(ctx, id, netns); err != nil {
-		n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
+	// plugins refuse an ADD over an existing eth0. A pod never attached
+	// (no cached result, no ADD begun) has nothing to remove, and its DEL
+	// would cost as much as its ADD.
+	atts, err := n.cni.GetCachedAttachments(id)
+	if err != nil || len(atts) > 0 || n.adding(id) {
+		if err := n.Detach(ctx, id, netns); err != nil {
+			n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
+		}
+	}
+	if err := n.markAdding(id); err != nil {
+		return nil, err
 	}
 	res, err := n.cni.AddNetworkList(ctx, l, rt)
 	if err != nil {
 		// Undo the part that was made, so a retry starts clean.
-		_ = n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt)
+		if n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt) == nil {
+			n.doneAdding(id)
+		}
 		if strings.Contains(err.Error(), "failed to find plugin") {
 			return nil, fmt.Errorf("CNI ADD (network %s): %w: install Debian's containernetworking-plugins, or put the plugins in network.binDirs", l.Name, err)
 		}
 		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
 	}
+	n.doneAdding(id) // libcni cached the result: a DEL finds it there
 	ips, err = resultIPs(res)
 	if err != nil {
 		return nil, err
 	}
 	n.remember(id, ips)
 	return ips, nil
+}
+
+// withoutPortmap is l without its portmap plugins, for a pod with no
+// hostPort: the attachment is cached with this list, so its DEL runs
+// without them too.
+func withoutPortmap(l *libcni.NetworkConfigList) (*libcni.NetworkConfigList, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(l.Bytes, &raw); err != nil {
+		return nil, fmt.Errorf("CNI configuration %s: %w", l.Name, err)
+	}
+	plugins, _ := raw["plugins"].([]any)
+	var kept []any
+	for _, p := range plugins {
+		if m, ok := p.(map[string]any); ok && m["type"] == "portmap" {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	if len(kept) == len(plugins) || len(kept) == 0 {
+		return l, nil
+	}
+	raw["plugins"] = kept
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.NetworkConfFromBytes(b)
+}
+
+// addingDir holds a file per pod whose ADD has begun and is neither
+// cached nor undone: what an agent killed during an ADD left is found
+// there (libcni caches a result only once every plugin is done).
+func (n *Network) addingDir() string { return filepath.Join(n.cfg.StateDir, "adding") }
+
+func (n *Network) adding(id string) bool {
+	_, err := os.Lstat(filepath.Join(n.addingDir(), id))
+	return err == nil
+}
+
+func (n *Network) markAdding(id string) error {
+	// The ID names a file: one path element (pod UIDs are).
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 255 {
+		return fmt.Errorf("CNI: pod ID %q cannot name a file: refusing to attach it", id)
+	}
+	if err := os.MkdirAll(n.addingDir(), 0o700); err != nil {
+		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
+	}
+	if err := os.WriteFile(filepath.Join(n.addingDir(), id), nil, 0o600); err != nil {
+		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
+	}
+	return nil
+}
+
+func (n *Network) doneAdding(id string) {
+	if err := os.Remove(filepath.Join(n.addingDir(), id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		n.log.Warn("cni: removing the record of an ADD", "id", id, "err", err)
+	}
 }
 
 func (n *Network) remember(id string, ips []string) {
@@ -337,7 +420,8 @@ func (n *Network) IPs(id string) []string {
 
 // Detach removes pod id from the network: a DEL with the configuration
 // the attachment was made with (libcni's cache), or with the current one
-// when nothing is cached. DEL is idempotent; netns may be gone.
+// (and delPorts) when nothing is cached. DEL is idempotent; netns may be
+// gone.
 func (n *Network) Detach(ctx context.Context, id, netns string) error {
 	n.mu.Lock()
 	delete(n.ips, id)
@@ -359,6 +443,9 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 		}
 	}
 	if len(atts) > 0 || len(errs) > 0 {
+		if len(errs) == 0 {
+			n.doneAdding(id)
+		}
 		return errors.Join(errs...)
 	}
 	l, err := n.list()
@@ -368,15 +455,24 @@ func (n *Network) Detach(ctx context.Context, id, netns string) error {
 	if err != nil {
 		return err
 	}
-	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, nil)); err != nil {
+	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, delPorts)); err != nil {
 		return fmt.Errorf("CNI DEL (network %s): %w", l.Name, err)
 	}
+	n.doneAdding(id)
 	return nil
 }
 
+// delPorts stand for a pod's hostPorts in a DEL made without a cached
+// result (the agent was killed during the ADD, before libcni cached it):
+// portmap's DEL does nothing when given no port mappings, and given any it
+// removes the chains it made for the container ID whatever their ports, so
+// a half-made ADD's chains go too.
+var delPorts = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "tcp"}}
+
 // Reconcile removes the attachments of pods that are gone: those in the
-// result cache, and host-local leases of the default network held by IDs
-// with no cached result (an agent killed during an ADD). keep says which
+// result cache, host-local leases of the default network held by IDs
+// with no cached result, and ADDs begun and never finished (an agent
+// killed during an ADD). keep says which
 // sandbox IDs are still wanted; netns gives a kept-or-not pod's namespace
 // path (the DEL of a gone pod passes it when it still exists).
 func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netns func(id string) string) error {
@@ -400,7 +496,19 @@ func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netn
 		if seen[id] || keep(id) {
 			continue
 		}
+		seen[id] = true
 		n.log.Info("cni: releasing an address held by a pod that is gone", "id", id)
+		if err := n.Detach(ctx, id, netns(id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ents, _ := os.ReadDir(n.addingDir())
+	for _, e := range ents {
+		id := e.Name()
+		if seen[id] || keep(id) {
+			continue
+		}
+		n.log.Info("cni: undoing the ADD of a pod that is gone", "id", id)
 		if err := n.Detach(ctx, id, netns(id)); err != nil {
 			errs = append(errs, err)
 		}
@@ -465,6 +573,8 @@ const masqComment = "outpost: pod traffic leaving the pod CIDR"
 // off it (egress through the node's address), as kubenet and Flannel do.
 // It is the node's rule, not a pod's: no pod's DEL has to remove it.
 func (n *Network) masquerade(cidr string) error {
+	n.masqMu.Lock()
+	defer n.masqMu.Unlock()
 	n.mu.Lock()
 	done := n.masqed == cidr
 	n.mu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 // TestNetworkChoice: a user's conflist wins (the first by name); without
@@ -97,5 +99,33 @@ func TestDefaultNetworkWithoutPlugins(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "state", "net.d")); !os.IsNotExist(err) {
 		t.Errorf("a default conflist was written for plugins that are not there: %v", err)
+	}
+}
+
+// TestWithoutPortmap: a pod without hostPorts is attached with the list
+// minus portmap (and cached so); the rest of the list is kept as it was.
+func TestWithoutPortmap(t *testing.T) {
+	n := New(Config{StateDir: t.TempDir(), Bridge: "br-test"})
+	b, err := n.defaultConf("10.244.3.0/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := withoutPortmap(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Plugins) != 1 || w.Plugins[0].Network.Type != "bridge" || w.Name != l.Name || w.CNIVersion != l.CNIVersion {
+		t.Fatalf("without portmap: %s %s %d plugins", w.Name, w.CNIVersion, len(w.Plugins))
+	}
+	if !strings.Contains(string(w.Bytes), `"dataDir"`) || strings.Contains(string(w.Bytes), "portmap") {
+		t.Errorf("cached configuration: %s", w.Bytes)
+	}
+	only, _ := libcni.NetworkConfFromBytes([]byte(`{"cniVersion":"1.0.0","name":"p","plugins":[{"type":"portmap"}]}`))
+	if got, err := withoutPortmap(only); err != nil || got != only {
+		t.Errorf("a list of portmap alone: %v, %v; want it unchanged", got, err)
 	}
 }

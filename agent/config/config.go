@@ -112,6 +112,11 @@ type Config struct {
 // Network configures the pod network: the CNI plugins the agent runs for
 // each pod that is not hostNetwork, and the pods' DNS settings.
 type Network struct {
+	// Disabled runs no CNI plugin: pods that are not hostNetwork get a
+	// network namespace with loopback only (no address, no hostPort, no
+	// egress), as on a gateway without the plugins. For gateways whose
+	// pods talk only to their devices, and to measure what CNI costs.
+	Disabled bool `yaml:"disabled"`
 	// PodCIDR is this node's pod range for the agent's default conflist;
 	// set, it wins over the Node's spec.podCIDR from the cluster.
 	PodCIDR string `yaml:"podCIDR"`
@@ -418,6 +423,7 @@ func (cfg *Config) parse(b []byte) error {
 		}
 	}
 	if n := f.Network; n != nil {
+		cfg.Network.Disabled = n.Disabled
 		set(&cfg.Network.PodCIDR, n.PodCIDR)
 		set(&cfg.Network.ConfDir, n.ConfDir)
 		set(&cfg.Network.Bridge, n.Bridge)

@@ -223,4 +223,10 @@ func TestNetworkSection(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Error(err)
 	}
+	if n.Disabled {
+		t.Error("network.disabled by default")
+	}
+	if err := c.parse([]byte("network:\n  disabled: true\n")); err != nil || !c.Network.Disabled {
+		t.Errorf("network.disabled: true read as %v (%v)", c.Network.Disabled, err)
+	}
 }

@@ -38,10 +38,16 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 		self = l
 	}
 	// The pod network: a user's conflist in network.confDir, else the
-	// agent's own bridge on the pod CIDR (podCIDRSource).
-	network := cni.New(cni.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs,
-		StateDir: filepath.Join(cfg.StateDir, "cni"), PodCIDR: podCIDR, Bridge: cfg.Network.Bridge,
-		Log: log.With("component", "cni")})
+	// agent's own bridge on the pod CIDR (podCIDRSource); none (loopback
+	// only) with network.disabled.
+	var network *cni.Network
+	if cfg.Network.Disabled {
+		log.Info("pods: network.disabled: pods get loopback only, no CNI plugin runs")
+	} else {
+		network = cni.New(cni.Config{ConfDir: cfg.Network.ConfDir, BinDirs: cfg.Network.BinDirs,
+			StateDir: filepath.Join(cfg.StateDir, "cni"), PodCIDR: podCIDR, Bridge: cfg.Network.Bridge,
+			Log: log.With("component", "cni")})
+	}
 	rec = pods.New(pods.Config{
 		Network: network, ClusterDNS: cfg.Network.ClusterDNS, ClusterDomain: cfg.Network.ClusterDomain,
 		ResolvConf: cfg.Network.ResolvConf,

@@ -18,6 +18,8 @@ import (
 
 	"outpost.dev/agent/cni"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/podnet"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -315,4 +317,131 @@ func TestPodNetwork(t *testing.T) {
 			return os.IsNotExist(err) && e.leaks(t, bridge, subnet, net0.LeaseDir()) == base
 		})
 	})
+}
+
+// TestPodNetworkCycles runs 100 pod create/delete cycles on the default
+// CNI network in a real containerd, ten pods at a time, each publishing a
+// hostPort (portmap's per-pod chains): while a round runs there is a
+// veth, a namespace, a lease and a cached result per pod and its DNAT
+// chain; after each round's delete, and at the end, nothing is left of
+// any pod (test/podnet says what it looks at), nor of a pod whose
+// attachment libcni never cached (the agent killed at the end of an ADD).
+func TestPodNetworkCycles(t *testing.T) {
+	harness.RequireCNI(t)
+	harness.RequireContainerd(t)
+	e := start(t)
+	img := e.images[0].Ref
+	var rb [2]byte
+	_, _ = rand.Read(rb[:])
+	bridge := "op" + hex.EncodeToString(rb[:])
+	subnet := fmt.Sprintf("10.%d.%d.0/24", 200+int(rb[0])%50, rb[1])
+	e.cfg.Network = cni.New(cni.Config{ConfDir: filepath.Join(e.dir, "no-conflist"), StateDir: filepath.Join(e.dir, "state", "cni"),
+		PodCIDR: func() string { return subnet }, Bridge: bridge, Log: harnessLog(t)})
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "link", "del", bridge).Run()
+		_ = exec.Command("iptables", "-w", "-t", "nat", "-D", "POSTROUTING", "-s", subnet, "!", "-d", subnet,
+			"-m", "comment", "--comment", "outpost: pod traffic leaving the pod CIDR", "-j", "MASQUERADE").Run()
+	})
+	e.run()
+	node := podnet.Node{StateDir: e.cfg.StateDir, Bridge: bridge, CIDR: subnet}
+
+	const rounds, perRound = 10, 10
+	var ports [perRound]int
+	for i := range ports {
+		ports[i] = freePort(t, "0.0.0.0")
+	}
+	var uids []string
+	check := func(what string, ok func(podnet.Left) bool) podnet.Left {
+		t.Helper()
+		var l podnet.Left
+		var err error
+		wait.State(t, t.Context(), 30*time.Second, what, func() (bool, string) {
+			l, err = podnet.Check(node, uids)
+			return err == nil && ok(l), fmt.Sprintf("%v\n%v", err, l)
+		})
+		return l
+	}
+	hasIP := func(s wire.PodStatus) bool { return running(s) && s.PodIP != "" }
+	began := time.Now()
+	for r := range rounds {
+		var sy wire.Sync
+		var del wire.Sync
+		var round []string
+		for i := range perRound {
+			uid := fmt.Sprintf("uid-cyc-%d-%d", r, i)
+			round = append(round, uid)
+			p := wire.Pod{TerminationGracePeriodSeconds: 1, Containers: []wire.Container{{Name: "app", Image: img,
+				Command: []string{"sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"},
+				Ports:   []wire.ContainerPort{{ContainerPort: 8080, HostPort: int32(ports[i])}}}}}
+			sy.Upserts = append(sy.Upserts, podObj(uid, fmt.Sprintf("cyc-%d", i), "1", p))
+			del.Deletes = append(del.Deletes, wire.ObjectRef{Kind: wire.KindPod, UID: uid})
+		}
+		uids = append(uids, round...)
+		e.apply(&sy)
+		for _, uid := range round {
+			e.waitStatus(uid, 2*time.Minute, "Running with a pod IP", hasIP)
+		}
+		l := check(fmt.Sprintf("round %d: each pod's veth, namespace, lease and cached result", r), func(l podnet.Left) bool { return l.Pods(perRound) })
+		for _, uid := range round {
+			chain := podnet.ChainName("DN-", uid)
+			if !strings.Contains(strings.Join(l.Rules, "\n"), chain) {
+				t.Fatalf("round %d: no hostPort chain %s for %s among the pods' rules:\n%s", r, chain, uid, strings.Join(l.Rules, "\n"))
+			}
+		}
+		e.apply(&del)
+		e.waitFor(2*time.Minute, fmt.Sprintf("round %d's pods removed", r), func() bool {
+			for _, uid := range round {
+				if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", uid)); !os.IsNotExist(err) {
+					return false
+				}
+			}
+			return true
+		})
+		check(fmt.Sprintf("round %d: nothing left", r), podnet.Left.Empty)
+	}
+	took := time.Since(began)
+	check("nothing left after the cycles", podnet.Left.Empty)
+
+	// The agent killed after the plugins ran but before libcni cached the
+	// result: the pod's lease, veth and hostPort chain are there, no
+	// cached result names them (only the agent's record that the ADD
+	// began), and the pod is deleted before the agent is back. Its
+	// teardown still removes all of it.
+	uid := "uid-uncached"
+	uids = append(uids, uid)
+	p := wire.Pod{TerminationGracePeriodSeconds: 1, Containers: []wire.Container{{Name: "app", Image: img,
+		Command: []string{"sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"},
+		Ports:   []wire.ContainerPort{{ContainerPort: 8080, HostPort: int32(ports[0])}}}}}
+	e.apply(&wire.Sync{Upserts: []wire.Object{podObj(uid, "uncached", "1", p)}})
+	e.waitStatus(uid, 2*time.Minute, "Running with a pod IP", hasIP)
+	e.stop()
+	cached, _ := filepath.Glob(filepath.Join(e.cfg.StateDir, "cni", "cache", "results", "*"+uid+"*"))
+	if len(cached) == 0 {
+		t.Fatal("no cached CNI result for the pod: is libcni's cache elsewhere?")
+	}
+	for _, f := range cached {
+		if err := os.Remove(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(e.cfg.StateDir, "cni", "adding", uid), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := podnet.Check(node, uids); err != nil || !strings.Contains(strings.Join(l.Rules, "\n"), podnet.ChainName("DN-", uid)) {
+		t.Fatalf("before the restart: no hostPort chain for the pod (%v):\n%v", err, l)
+	}
+	e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: uid}}})
+	e.run()
+	e.waitFor(2*time.Minute, "the uncached pod removed", func() bool {
+		_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", uid))
+		return os.IsNotExist(err)
+	})
+	l := check("nothing left of a pod whose result was never cached", podnet.Left.Empty)
+	if l.Masq != 1 {
+		t.Errorf("%d masquerade rules for the pod CIDR while the agent runs, want 1", l.Masq)
+	}
+	if n := len(e.containers()); n != 0 {
+		t.Errorf("%d containers left in containerd", n)
+	}
+	t.Logf("%d create/delete cycles (%d rounds of %d pods) in %v", rounds*perRound, rounds, perRound, took.Round(100*time.Millisecond))
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +27,10 @@ import (
 )
 
 // BenchmarkPods runs OUTPOST_PODS (default 30) pods on one real agent with
-// real containerd, through a byte-counting proxy, and reports:
+// real containerd, through a byte-counting proxy, once with the pod
+// network off (cni=off: network.disabled, loopback only) and once on
+// (cni=on: the default CNI network, every pod with an address), each on
+// its own node of one stack, and reports for each:
 //
 //   - start latency, kubectl apply → phase Running in the API (image
 //     already present), p50 and p99: p50-ms and p99-ms with the pods
@@ -41,6 +45,7 @@ import (
 //     counted), idle heartbeat traffic subtracted.
 func BenchmarkPods(b *testing.B) {
 	harness.RequireContainerd(b)
+	harness.RequireCNI(b)
 	n := 30
 	if v := os.Getenv("OUTPOST_PODS"); v != "" {
 		var err error
@@ -59,11 +64,38 @@ func BenchmarkPods(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	const node = "bench-pods"
+	for _, on := range []bool{false, true} {
+		b.Run(cniName(on), func(b *testing.B) { benchPods(b, st, relay, n, on) })
+	}
+}
+
+// benchRuns numbers the nodes of sub-benchmarks run on one stack.
+var benchRuns atomic.Int32
+
+// cniName names the sub-benchmark of the pod network on or off.
+func cniName(on bool) string {
+	if on {
+		return "cni=on"
+	}
+	return "cni=off"
+}
+
+// benchPods is BenchmarkPods on a new node, with the pod network on or
+// off; the node's pods are deleted at the end.
+func benchPods(b *testing.B, st *stack.Stack, relay *stack.Relay, n int, network bool) {
+	ctx := context.Background()
+	mode := "off"
+	if network {
+		mode = "on"
+	}
+	// -count runs this again on the same stack: a new node each time.
+	node := fmt.Sprintf("bench-pods-%s-%d", mode, benchRuns.Add(1))
 	agent, err := st.Join(ctx, relay, node)
 	if err != nil {
 		b.Fatal(err)
 	}
+	agent.NoPodNetwork = !network
+	defer agent.Stop()
 	// As the .deb installs it: outpost-logger beside the agent, which the
 	// agent then runs as the containers' logger.
 	if err := buildLogger(ctx, st.BinDir); err != nil {
@@ -141,9 +173,10 @@ spec:
 
 	// Warm-up: the image is pulled once, so the figures are for an image
 	// already present.
-	kubectlApply(podYAML("warmup"))
-	waitRunning([]string{"warmup"}, 2*time.Minute)
-	if err := kc.CoreV1().Pods(ns).Delete(ctx, "warmup", *metav1.NewDeleteOptions(0)); err != nil {
+	warmup := "warmup-" + mode
+	kubectlApply(podYAML(warmup))
+	waitRunning([]string{warmup}, 2*time.Minute)
+	if err := kc.CoreV1().Pods(ns).Delete(ctx, warmup, *metav1.NewDeleteOptions(0)); err != nil {
 		b.Fatal(err)
 	}
 	if err := proxy.Quiet(ctx, time.Second, time.Minute); err != nil {
@@ -167,7 +200,7 @@ spec:
 	applied := map[string]time.Time{}
 	var names []string
 	for i := range n {
-		name := fmt.Sprintf("bench-%02d", i)
+		name := fmt.Sprintf("bench-%s-%02d", mode, i)
 		names = append(names, name)
 		applied[name] = time.Now()
 		kubectlApply(podYAML(name))
@@ -209,6 +242,16 @@ spec:
 	if got := strings.Count(running, "RUNNING"); got != n {
 		b.Fatalf("%d running tasks in containerd, want %d:\n%s", got, n, running)
 	}
+	// On the pod network each pod has its address; off it none has.
+	for _, nm := range names {
+		p, err := kc.CoreV1().Pods(ns).Get(ctx, nm, metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if (p.Status.PodIP != "") != network {
+			b.Fatalf("%s: podIP %q with the pod network %s", nm, p.Status.PodIP, cniName(network))
+		}
+	}
 
 	upNet := float64(up) - idleUp*win.Seconds()
 	downNet := float64(down) - idleDown*win.Seconds()
@@ -229,22 +272,27 @@ spec:
 
 	// The same pods one at a time (apply, wait for Running, next): start
 	// latency without a queue in front of it.
-	for _, nm := range names {
-		if err := kc.CoreV1().Pods(ns).Delete(ctx, nm, *metav1.NewDeleteOptions(0)); err != nil {
-			b.Fatal(err)
+	deleteAll := func(names []string, what string) {
+		for _, nm := range names {
+			if err := kc.CoreV1().Pods(ns).Delete(ctx, nm, *metav1.NewDeleteOptions(0)); err != nil {
+				b.Fatal(err)
+			}
 		}
+		wait.State(b, ctx, 3*time.Minute, what, func() (bool, string) {
+			l, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			tasks, terr := st.Containerd.Ctr(ctx, "-n", "outpost-"+node, "tasks", "ls", "-q")
+			if err != nil || terr != nil {
+				return false, fmt.Sprint(err, terr)
+			}
+			return len(l.Items) == 0 && strings.TrimSpace(tasks) == "", fmt.Sprintf("%d pods, tasks %q", len(l.Items), tasks)
+		})
 	}
-	wait.State(b, ctx, 3*time.Minute, "the burst pods gone", func() (bool, string) {
-		l, err := kc.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		tasks, terr := st.Containerd.Ctr(ctx, "-n", "outpost-"+node, "tasks", "ls", "-q")
-		if err != nil || terr != nil {
-			return false, fmt.Sprint(err, terr)
-		}
-		return len(l.Items) == 0 && strings.TrimSpace(tasks) == "", fmt.Sprintf("%d pods, tasks %q", len(l.Items), tasks)
-	})
+	deleteAll(names, "the burst pods gone")
 	var seq []time.Duration
+	var seqNames []string
 	for i := range n {
-		name := fmt.Sprintf("seq-%02d", i)
+		name := fmt.Sprintf("seq-%s-%02d", mode, i)
+		seqNames = append(seqNames, name)
 		t := time.Now()
 		kubectlApply(podYAML(name))
 		waitRunning([]string{name}, 2*time.Minute)
@@ -257,6 +305,7 @@ spec:
 	b.ReportMetric(float64(spct(0.5).Milliseconds()), "seq-p50-ms")
 	b.ReportMetric(float64(spct(0.99).Milliseconds()), "seq-p99-ms")
 	b.Logf("%d pods one at a time: start latency p50 %v p99 %v min %v max %v", n, spct(0.5), spct(0.99), seq[0], seq[len(seq)-1])
+	deleteAll(seqNames, "the pods gone")
 }
 
 // frameCounts are the relay's outpost_relay_frames_total (by label set)

@@ -143,10 +143,14 @@ type Agent struct {
 	// GET http://MetricsAddr/metrics).
 	MetricsAddr string
 	// Bridge is the agent's pod network bridge (its own, set by Start).
-	Bridge  string
-	Proc    *harness.Process
-	s       *Stack
-	runArgs []string
+	Bridge string
+	// NoPodNetwork, if set before the first Start, turns the pod network
+	// off (network.disabled): pods get loopback only and no CNI plugin
+	// runs.
+	NoPodNetwork bool
+	Proc         *harness.Process
+	s            *Stack
+	runArgs      []string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -228,6 +232,12 @@ func (a *Agent) Start(extra ...string) error {
 		_, _ = rand.Read(rb[:])
 		a.Bridge = "ob" + hex.EncodeToString(rb[:])
 		cfg += "network:\n  bridge: " + a.Bridge + "\n  confDir: " + filepath.Join(a.s.Dir, "agents", a.Name+"-net.d") + "\n"
+		if a.NoPodNetwork {
+			cfg += "  disabled: true\n"
+		}
+		// No clusterDNS: this control plane runs no DNS Service, so
+		// ClusterFirst pods resolve through the node's resolver.
+		cfg += "  # clusterDNS left out: the cluster runs no DNS Service (docs/network.md)\n"
 		mport, err := harness.FreePort()
 		if err != nil {
 			return err

@@ -144,16 +144,26 @@ func TestOfflineNodeKeepsItsPods(t *testing.T) {
 			return p.DeletionTimestamp != nil, "no deletionTimestamp"
 		})
 	}
-	// ... and the others stay, for well past their would-be timeout.
-	deadline := time.Now().Add(4 * tolerationSeconds * time.Second)
-	for time.Now().Before(deadline) {
-		for _, name := range []string{"kept", "late"} {
-			p := getPod(t, ctx, ns, name)
-			if p.DeletionTimestamp != nil || p.Spec.NodeName != keep.Name {
-				t.Fatalf("%s: deletionTimestamp %v, node %q: evicted from an offline edge node", name, p.DeletionTimestamp, p.Spec.NodeName)
-			}
+	// ... and the others stay, for well past their would-be timeout: a
+	// canary bound after them, opted out and tolerating the taints for
+	// three times that timeout, is evicted by the same controller, which
+	// by then would long have evicted them.
+	st.Apply(t, ctx, canaryPodYAML(ns, "canary", keep.Name, 3*tolerationSeconds))
+	stack.WaitFor(t, ctx, 2*time.Minute, "canary evicted", func() (bool, string) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, "canary", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, ""
 		}
-		time.Sleep(500 * time.Millisecond)
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.DeletionTimestamp != nil, "no deletionTimestamp"
+	})
+	for _, name := range []string{"kept", "late"} {
+		p := getPod(t, ctx, ns, name)
+		if p.DeletionTimestamp != nil || p.Spec.NodeName != keep.Name {
+			t.Fatalf("%s: deletionTimestamp %v, node %q: evicted from an offline edge node", name, p.DeletionTimestamp, p.Spec.NodeName)
+		}
 	}
 	if got := offlineSeconds(getPod(t, ctx, ns, "late")); got != "forever,forever" {
 		t.Errorf("late: offline toleration seconds %s", got)
@@ -260,6 +270,28 @@ spec:
     image: %s
     command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]
 `, name, ns, node, st.Images[0].Ref)
+}
+
+// canaryPodYAML is a pod bound by name that opts out of the relay's
+// offline tolerations and tolerates the offline taints for seconds.
+func canaryPodYAML(ns, name, node string, seconds int) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: %s
+  annotations: {%s: "true"}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 2
+  tolerations:
+  - {key: %s, operator: Exists, effect: NoExecute, tolerationSeconds: %d}
+  - {key: %s, operator: Exists, effect: NoExecute, tolerationSeconds: %d}
+  containers:
+  - name: app
+    image: %s
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]
+`, name, ns, tolerations.OptOut, node, corev1.TaintNodeNotReady, seconds, corev1.TaintNodeUnreachable, seconds, st.Images[0].Ref)
 }
 
 // offlineSeconds is "<not-ready>,<unreachable>": the seconds of the pod's

@@ -311,13 +311,13 @@ func TestPodsReachTheirNode(t *testing.T) {
 
 	// (d) A pod the agent cannot run: its status says why, it never reaches
 	// the agent, and other pods still do.
-	pvc := mkPod("pods-e2e-pvc", node, func(p *corev1.Pod) {
+	refused := mkPod("pods-e2e-nfs", node, func(p *corev1.Pod) {
 		p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{
-			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "pods-e2e-data"}}}}
+			NFS: &corev1.NFSVolumeSource{Server: "192.0.2.1", Path: "/exports/data"}}}}
 	})
 	var cond corev1.PodCondition
-	wait.For(t, 20*time.Second, "an UnsupportedField condition on the PVC pod", func() bool {
-		p, err := kc.CoreV1().Pods(ns).Get(ctx, pvc.Name, metav1.GetOptions{})
+	wait.For(t, 20*time.Second, "an UnsupportedField condition on the NFS pod", func() bool {
+		p, err := kc.CoreV1().Pods(ns).Get(ctx, refused.Name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -331,14 +331,14 @@ func TestPodsReachTheirNode(t *testing.T) {
 		}
 		return cond.Reason != ""
 	})
-	if cond.Status != corev1.ConditionFalse || !strings.HasPrefix(cond.Message, "spec.volumes[0].persistentVolumeClaim is not supported on edge nodes") {
+	if cond.Status != corev1.ConditionFalse || !strings.HasPrefix(cond.Message, "spec.volumes[0].nfs is not supported on edge nodes") {
 		t.Errorf("condition %+v", cond)
 	}
 	// The event is recorded apart from the status, soon after it.
 	var evs *corev1.EventList
 	wait.State(t, ctx, 20*time.Second, "an UnsupportedField event", func() (bool, string) {
 		var err error
-		if evs, err = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pvc.Name}); err != nil {
+		if evs, err = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + refused.Name}); err != nil {
 			return false, err.Error()
 		}
 		n := countReason(evs.Items, pods.ReasonUnsupported)
@@ -355,14 +355,14 @@ func TestPodsReachTheirNode(t *testing.T) {
 	// pod's update came before the later pod's creation, which has reached
 	// the agent: a second event would have been decided by now. (A repeat
 	// of an event raises its count rather than adding one.)
-	evs, _ = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pvc.Name})
+	evs, _ = kc.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + refused.Name})
 	if n := countReason(evs.Items, pods.ReasonUnsupported); n != 1 {
 		t.Errorf("%d UnsupportedField events once a later pod reached the node, want 1", n)
 	}
 	for _, s := range pp.seen {
 		for _, o := range s.Upserts {
 			switch {
-			case o.Name == pvc.Name, o.Name == elsewhere.Name, o.Name == unrelated.Name:
+			case o.Name == refused.Name, o.Name == elsewhere.Name, o.Name == unrelated.Name:
 				t.Errorf("node received %s %s", o.Kind, o.Name)
 			}
 		}

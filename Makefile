@@ -28,9 +28,16 @@ relay:
 install-deps: ## Install the Debian packages builds and tests need (only the missing ones).
 	@./build/install-deps.sh
 
+# The builds' cache, as build/controlplane/build.sh computes it. Builds take
+# its controlplane.lock, as the test harness does, so that two builds running
+# at once (two checkouts, or make beside go test) wait for one another
+# instead of writing the same files.
+CACHE_DIR := $(or $(OUTPOST_CACHE_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/outpost)
+
 controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control plane and metrics-server.
-	@./build/controlplane/build.sh >/dev/null
-	@./build/metricsserver/build.sh >/dev/null
+	@mkdir -p "$(CACHE_DIR)"
+	@flock "$(CACHE_DIR)/controlplane.lock" ./build/controlplane/build.sh >/dev/null
+	@flock "$(CACHE_DIR)/controlplane.lock" ./build/metricsserver/build.sh >/dev/null
 
 # The race detector needs cgo; everything we ship is built without it.
 test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,6 +32,18 @@ func relayImage(t *testing.T) v1.ImageIndex {
 		idx, err := ociimage.ReadLayout(dir)
 		if err != nil {
 			t.Fatalf("OUTPOST_RELAY_IMAGE: %v", err)
+		}
+		// What make relay-image ships: every architecture.
+		sizes, err := ociimage.Sizes(idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var arches []string
+		for _, s := range sizes {
+			arches = append(arches, s.Arch)
+		}
+		if !slices.Equal(arches, ociimage.Arches) {
+			t.Fatalf("OUTPOST_RELAY_IMAGE %s holds %v, want %v", dir, arches, ociimage.Arches)
 		}
 		return idx
 	}

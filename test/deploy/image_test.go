@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"outpost.dev/build/cross"
@@ -61,11 +63,11 @@ func relayImage(t *testing.T) v1.ImageIndex {
 
 // TestImageServesAgent pushes the relay's image to the test registry,
 // pulls it into containerd and runs it as Kubernetes would run relay.yaml's
-// container (the image's entrypoint and user, the manifest's args, a
-// read-only root, no new privileges, no capabilities, the default seccomp
-// profile), on the host's network against the test control plane with the
-// relay's own service account. A real agent joins through it and its Node
-// must become Ready.
+// container (the image's user, the manifest's arguments, the service
+// account's token and CA where a pod has them, a read-only root, no new
+// privileges, no capabilities, the default seccomp profile), on the host's
+// network against the test control plane. A real agent joins through it
+// and its Node must become Ready.
 func TestImageServesAgent(t *testing.T) {
 	need(t)
 	harness.RequireContainerd(t)
@@ -90,18 +92,25 @@ func TestImageServesAgent(t *testing.T) {
 	}
 	ctr("images", "pull", "--plain-http", ref)
 
-	// What Kubernetes mounts into the pod: the service account's token
-	// (here in a kubeconfig, the relay running outside a pod) and the
-	// cluster CA, readable by the image's user only.
-	secrets := filepath.Join(st.Dir, "relay-image-secrets")
+	// What Kubernetes gives the relay's pod: the service account's token
+	// and the cluster CA, mounted where client-go's in-cluster
+	// configuration reads them (readable by the image's user only), and
+	// the API server's address in the environment.
+	exp := int64(3600)
+	tok, err := st.CP.Client().CoreV1().ServiceAccounts(stack.RelayNamespace).CreateToken(ctx, stack.RelayServiceAccount,
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(st.CP.PKI.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := filepath.Join(st.Dir, "relay-image-serviceaccount")
 	if err := os.MkdirAll(secrets, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for name, src := range map[string]string{"kubeconfig": st.RelayKubeconfig, "ca.crt": st.CP.PKI.CACert} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for name, b := range map[string][]byte{"token": []byte(tok.Status.Token), "ca.crt": ca} {
 		p := filepath.Join(secrets, name)
 		if err := os.WriteFile(p, b, 0o400); err != nil {
 			t.Fatal(err)
@@ -113,6 +122,11 @@ func TestImageServesAgent(t *testing.T) {
 	if err := os.Chown(secrets, ociimage.UID, ociimage.GID); err != nil {
 		t.Fatal(err)
 	}
+	api, err := url.Parse(st.CP.APIServerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 	port, err := harness.FreePort()
 	if err != nil {
@@ -134,15 +148,19 @@ func TestImageServesAgent(t *testing.T) {
 		"SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE"} {
 		run = append(run, "--cap-drop", "CAP_"+c)
 	}
+	// ctr run replaces the whole command line with the arguments it is
+	// given (a kubelet keeps the image's entrypoint and replaces its Cmd
+	// with the container's args): so the entrypoint comes first here.
+	// TestImageConfig (build/relayimage/ociimage) checks the image's own.
 	ctr(append(run,
-		"--mount", "type=bind,src="+secrets+",dst=/var/run/outpost,options=rbind:ro",
-		ref, id,
-		// The arguments alone, as relay.yaml gives them: the image's
-		// entrypoint runs them.
-		"serve", "--kubeconfig", "/var/run/outpost/kubeconfig", "--namespace", stack.RelayNamespace,
-		"--listen", addr, "--advertise-address", "127.0.0.1,localhost",
-		"--kubelet-listen", "127.0.0.1:"+strconv.Itoa(kport), "--kubelet-advertise-address", "127.0.0.1",
-		"--kubelet-client-ca", "/var/run/outpost/ca.crt")...)
+		"--env", "KUBERNETES_SERVICE_HOST="+api.Hostname(), "--env", "KUBERNETES_SERVICE_PORT="+api.Port(),
+		"--mount", "type=bind,src="+secrets+",dst="+saDir+",options=rbind:ro",
+		ref, id, ociimage.Binary,
+		// relay.yaml's arguments, with this machine's addresses.
+		"serve", "--namespace="+stack.RelayNamespace,
+		"--listen="+addr, "--advertise-address=127.0.0.1,localhost",
+		"--kubelet-listen=127.0.0.1:"+strconv.Itoa(kport), "--kubelet-advertise-address=127.0.0.1",
+		"--kubelet-client-ca="+saDir+"/ca.crt")...)
 	t.Cleanup(func() {
 		// The stack's containerd kills the task when the tests end; a
 		// failure shows the relay's last words first.

@@ -1,8 +1,11 @@
 package deploy
 
 import (
+	"archive/tar"
+	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,6 +18,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -196,9 +200,13 @@ func TestImageServesAgent(t *testing.T) {
 			t.Errorf("relay process: no %q in /proc/%d/status:\n%s", want, pid, status)
 		}
 	}
-	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	if err != nil || filepath.Base(exe) != "outpost-relay" {
-		t.Errorf("the container runs %q (%v), not the image's /outpost-relay", exe, err)
+	// ... running the image's binary for this machine.
+	running, err := os.ReadFile(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := imageBinary(t, idx); !bytes.Equal(running, want) {
+		t.Errorf("the container runs a %d-byte program, not the image's %s (%d bytes)", len(running), ociimage.Binary, len(want))
 	}
 
 	// Ready as relay.yaml's readiness probe asks: /readyz over HTTPS.
@@ -239,4 +247,40 @@ func TestImageServesAgent(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// imageBinary returns the relay binary in idx's image for this machine.
+func imageBinary(t *testing.T, idx v1.ImageIndex) []byte {
+	t.Helper()
+	m, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range m.Manifests {
+		if d.Platform == nil || d.Platform.Architecture != runtime.GOARCH {
+			continue
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc := mutate.Extract(img)
+		defer rc.Close()
+		tr := tar.NewReader(rc)
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				t.Fatalf("no %s in the %s image: %v", ociimage.Binary, runtime.GOARCH, err)
+			}
+			if "/"+h.Name == ociimage.Binary {
+				b, err := io.ReadAll(tr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b
+			}
+		}
+	}
+	t.Fatalf("the image index has no %s image", runtime.GOARCH)
+	return nil
 }

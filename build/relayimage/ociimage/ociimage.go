@@ -164,10 +164,10 @@ type file struct {
 	data []byte
 }
 
-// Files returns the layer's entries by path (without the leading slash):
+// layerFiles returns the layer's entries by path (without the leading slash):
 // the relay, the passwd and group files naming its user, and their
 // directory.
-func Files(bin []byte) map[string]file {
+func layerFiles(bin []byte) map[string]file {
 	return map[string]file{
 		"etc/":          {mode: 0o755, dir: true},
 		"etc/passwd":    {mode: 0o644, data: fmt.Appendf(nil, "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", UID, GID)},
@@ -178,10 +178,10 @@ func Files(bin []byte) map[string]file {
 	}
 }
 
-// Layer is the gzip-compressed tar of Files, entries sorted by path,
+// Layer is the gzip-compressed tar of layerFiles, entries sorted by path,
 // owned by root but for the user's home directory, every time created.
 func Layer(bin []byte, created time.Time) (v1.Layer, error) {
-	files := Files(bin)
+	files := layerFiles(bin)
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)

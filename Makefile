@@ -12,7 +12,7 @@ TESTFLAGS  ?=
 
 export CGO_ENABLED := 0
 
-.PHONY: install-deps all build agent relay test test-unit test-e2e demo cross lint vet fmt fuzz \
+.PHONY: install-deps all build agent relay relay-image test test-unit test-e2e demo cross lint vet fmt fuzz \
 	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-autonomy controlplane deps clean
 
 all: build
@@ -24,6 +24,16 @@ agent:
 
 relay:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/outpost-relay ./cloud/cmd/outpost-relay
+
+# RELAY_IMAGE, when set, is where relay-image pushes the image index
+# (REGISTRY/REPOSITORY:TAG, credentials from docker login); RELAY_IMAGE_INSECURE=1
+# for a plain-HTTP registry.
+RELAY_IMAGE ?=
+RELAY_IMAGE_INSECURE ?=
+
+relay-image: ## The relay's container image without Docker (amd64 + arm64 OCI index) into bin/outpost-relay-image; pushed to RELAY_IMAGE when set.
+	$(GO) run ./build/relayimage -out $(BIN)/outpost-relay-image -version $(VERSION) \
+		$(if $(RELAY_IMAGE),-push '$(RELAY_IMAGE)') $(if $(RELAY_IMAGE_INSECURE),-insecure)
 
 install-deps: ## Install the Debian packages builds and tests need (only the missing ones).
 	@./build/install-deps.sh

@@ -226,7 +226,9 @@ func TestDamagedPointer(t *testing.T) {
 		current Slot
 	}{
 		{name: "garbage, known-good a", ops: []op{install(v1, "v1"), switchTo(A, time.Minute), healthy(A)},
-			damage: func(dir string) error { return os.WriteFile(filepath.Join(dir, pointerName), []byte("\x00\x00\x00"), 0o600) }, current: A},
+			damage: func(dir string) error {
+				return os.WriteFile(filepath.Join(dir, pointerName), []byte("\x00\x00\x00"), 0o600)
+			}, current: A},
 		{name: "bit flip during a trial: back to the good a, not the trial b",
 			ops: []op{install(v1, "v1"), switchTo(A, time.Minute), healthy(A), install(v2, "v2"), switchTo(B, time.Minute)},
 			damage: func(dir string) error {

@@ -45,6 +45,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -81,7 +82,8 @@ var ErrTrial = errors.New("an upgrade is on trial: wait until it is healthy or r
 // Slots is an open slots directory.
 type Slots struct {
 	dir  string
-	root *os.Root
+	mu   sync.Mutex
+	root *os.Root // opened by openRoot
 	// Now is the clock for deadlines and rollback times.
 	Now func() time.Time
 	// MaxSize bounds Install (MaxBinarySize unless set).
@@ -93,23 +95,44 @@ type Slots struct {
 	crash func(step string) error
 }
 
-// Open opens dir, creating it (0700) if needed.
+// Open returns the slots in dir. The directory is made (0700) by the
+// first write that needs it (an Install); until then the slots read as
+// a gateway that never upgraded: the packaged agent, no trial.
 func Open(dir string) (*Slots, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if fi, err := os.Lstat(dir); err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("slots: %s is not a directory", dir)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("slots: %w", err)
 	}
-	fi, err := os.Lstat(dir)
+	return &Slots{dir: dir, Now: time.Now, MaxSize: MaxBinarySize, Packaged: PackagedPath}, nil
+}
+
+// openRoot opens the directory, making it first when create is set; a
+// missing one is an error wrapping fs.ErrNotExist otherwise.
+func (s *Slots) openRoot(create bool) (*os.Root, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.root != nil {
+		return s.root, nil
+	}
+	if create {
+		if err := os.MkdirAll(s.dir, 0o700); err != nil {
+			return nil, fmt.Errorf("slots: %w", err)
+		}
+	}
+	fi, err := os.Lstat(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("slots: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("slots: %s is not a directory", dir)
+		return nil, fmt.Errorf("slots: %s is not a directory", s.dir)
 	}
-	root, err := os.OpenRoot(dir)
+	root, err := os.OpenRoot(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("slots: %w", err)
 	}
-	return &Slots{dir: dir, root: root, Now: time.Now, MaxSize: MaxBinarySize, Packaged: PackagedPath}, nil
+	s.root = root
+	return root, nil
 }
 
 // FromEnv opens the slots directory the launcher named in the
@@ -131,7 +154,14 @@ func FromEnv() (s *Slots, running Slot, ok bool, err error) {
 func (s *Slots) Dir() string { return s.dir }
 
 // Close releases the directory.
-func (s *Slots) Close() error { return s.root.Close() }
+func (s *Slots) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.root == nil {
+		return nil
+	}
+	return s.root.Close()
+}
 
 // Path is the agent binary of slot: under the directory for A and B,
 // PackagedPath for Packaged.
@@ -150,8 +180,12 @@ func (s *Slots) step(name string) error {
 }
 
 // lock takes the directory's lock until the returned func is called.
-func (s *Slots) lock() (func(), error) {
-	f, err := s.root.OpenFile(lockName, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+func (s *Slots) lock(create bool) (func(), error) {
+	root, err := s.openRoot(create)
+	if err != nil {
+		return nil, err
+	}
+	f, err := root.OpenFile(lockName, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("slots: lock: %w", err)
 	}
@@ -172,7 +206,15 @@ func (s *Slots) Update(fn func(p *Pointer) error) error {
 // it was damaged (p is then its known-good copy, or the packaged agent's,
 // with the reason, and is written back whatever fn does).
 func (s *Slots) UpdateLoaded(fn func(p *Pointer, damaged error) error) error {
-	unlock, err := s.lock()
+	unlock, err := s.lock(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Nothing written yet: make the directory only for a change.
+		p := fresh()
+		if err := fn(&p, nil); err != nil || p == fresh() {
+			return err
+		}
+		unlock, err = s.lock(true)
+	}
 	if err != nil {
 		return err
 	}
@@ -195,7 +237,10 @@ func (s *Slots) UpdateLoaded(fn func(p *Pointer, damaged error) error) error {
 // known-good copy's, else (none) the packaged agent's. damaged, when
 // set, says why the pointer file was not used.
 func (s *Slots) Load() (p Pointer, damaged error, err error) {
-	unlock, err := s.lock()
+	unlock, err := s.lock(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fresh(), nil, nil
+	}
 	if err != nil {
 		return Pointer{}, nil, err
 	}
@@ -318,7 +363,7 @@ func (s *Slots) Install(r io.Reader, version, digest string) (Slot, error) {
 	if err := checkDigest(digest, false); err != nil {
 		return "", fmt.Errorf("slots: install: %w", err)
 	}
-	unlock, err := s.lock()
+	unlock, err := s.lock(true)
 	if err != nil {
 		return "", err
 	}
@@ -491,9 +536,13 @@ func (s *Slots) CheckBinary(p Pointer, slot Slot) error {
 		}
 		return nil
 	}
+	root, err := s.openRoot(false)
+	if err != nil {
+		return fmt.Errorf("slot %s: %w", slot, err)
+	}
 	name := string(slot) + "/" + Binary
 	for _, n := range []string{string(slot), name} {
-		fi, err := s.root.Lstat(n)
+		fi, err := root.Lstat(n)
 		if err != nil {
 			return fmt.Errorf("slot %s: %w", slot, err)
 		}
@@ -501,7 +550,7 @@ func (s *Slots) CheckBinary(p Pointer, slot Slot) error {
 			return fmt.Errorf("slot %s: %s is a symlink", slot, n)
 		}
 	}
-	f, err := s.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("slot %s: %w", slot, err)
 	}

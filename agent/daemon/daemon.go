@@ -98,6 +98,12 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		return err
 	}
 
+	sl, running := openSlots(log)
+	if sl != nil {
+		defer sl.Close()
+	}
+	health := &healthGate{sl: sl, running: running, log: log}
+
 	log.Info("starting", "version", o.Version, "node", id.NodeName, "board", cfg.Board,
 		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
 	ob, err := outbox.Open(st.Bolt(), outbox.Limits{MaxBytes: int(cfg.OutboxMaxBytes)})
@@ -137,7 +143,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		}
 		return ls
 	}
-	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Log: log})
+	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Queued: health.queued, Log: log})
 	msrc := metricsSource(cfg, lk, ob, podRec.Running)
 	if cfg.MetricsListen != "" {
 		serveMetrics(ctx, cfg.MetricsListen, msrc, log)
@@ -168,6 +174,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 			switch {
 			case f.Type == wire.TypeAck:
 				sender.Acked(f.Ack)
+				health.acked(f.Ack)
 			case f.Type == wire.TypeNodeConfig:
 				var nc wire.NodeConfig
 				if err := f.DecodeBody(&nc); err != nil {

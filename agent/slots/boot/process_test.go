@@ -112,7 +112,7 @@ func (g *gateway) launch(t *testing.T) (int, []string) {
 	return code, runs
 }
 
-func (g *gateway) upgrade(t *testing.T, bin, version string, trial time.Duration) slots.Slot {
+func (g *gateway) upgrade(t testing.TB, bin, version string, trial time.Duration) slots.Slot {
 	t.Helper()
 	s, err := slots.Open(g.b.dir)
 	if err != nil {

@@ -71,6 +71,9 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		return err
 	}
 	defer st.Close()
+	if found, now := st.Schema(); found != 0 && found != now {
+		log.Info("store schema changed", "from", found, "to", now)
+	}
 	id, err := st.LoadIdentity()
 	if errors.Is(err, store.ErrNotJoined) {
 		return fmt.Errorf(`not joined: run "outpost-agent join --server URL --token TOKEN" first (state dir %s)`, cfg.StateDir)

@@ -24,10 +24,12 @@
 // Why the hybrid rather than a launcher that always stays (or one that
 // always execs): the deadline needs a process that does not depend on
 // the new binary working, since an agent that hangs never exits to be
-// counted; a resident Go parent costs about 1.3 MiB PSS (docs/
-// benchmarks.md, BenchmarkLauncherMemory), a tenth of the agent's own
-// budget, which the hybrid pays only from an upgrade to the next restart
-// of the agent, and never on a gateway that does not upgrade.
+// counted; but a resident Go parent costs about 2.9 MiB PSS, 0.9 MiB of
+// it anonymous (BenchmarkLauncherMemory, docs/benchmarks.md), a fifth of
+// the idle agent's own. The hybrid pays it only from an upgrade to the
+// next exit of the agent, and never on a gateway that does not upgrade.
+// An exec-only boot counter would cost nothing, but could not roll back
+// an agent that starts and then never becomes healthy.
 //
 // Nothing here runs a shell or a command from the pointer: the binaries
 // are the fixed paths of package slots, checked (regular file, no

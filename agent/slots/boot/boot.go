@@ -200,6 +200,14 @@ func decide(s *slots.Slots, p *slots.Pointer, damaged error, now time.Time) Plan
 // rolled back and the loop should launch what is current now.
 func (c *Config) supervise(s *slots.Slots, pl Plan) (code int, again bool) {
 	c.logf("slot %s on trial: launch, %s left to become healthy", pl.Slot, pl.Remaining.Round(time.Second))
+	if c.Signals == nil {
+		// Only now: until the exec outside a trial, a signal must have its
+		// default effect on the launcher.
+		sigs := make(chan os.Signal, 4)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
+		defer signal.Stop(sigs)
+		c.Signals = sigs
+	}
 	path := s.Path(pl.Slot)
 	ch, err := c.Start(path, append([]string{path}, c.Args...), env(c.Env, s.Dir(), pl.Slot))
 	if err != nil {
@@ -243,10 +251,10 @@ func (c *Config) supervise(s *slots.Slots, pl Plan) (code int, again bool) {
 			_ = ch.Signal(syscall.SIGKILL)
 		case e := <-ch.Done():
 			switch {
+			case stopping: // the service is being stopped: not a restart
+				return e.Code, false
 			case failed:
 				return 0, true
-			case stopping:
-				return e.Code, false
 			}
 			if c.record(s, pl.Slot, e.Desc) {
 				c.logf("slot %s on trial %s", pl.Slot, e.Desc)
@@ -318,11 +326,6 @@ func (c *Config) defaults() {
 	}
 	if c.Start == nil {
 		c.Start = startProcess
-	}
-	if c.Signals == nil {
-		sigs := make(chan os.Signal, 4)
-		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGUSR2)
-		c.Signals = sigs
 	}
 }
 

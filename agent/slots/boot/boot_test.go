@@ -252,6 +252,28 @@ func TestSupervise(t *testing.T) {
 			}
 		})
 	})
+	t.Run("stopped by the service manager during a rollback: no exec", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			f := newFixture(t)
+			f.s.Now = time.Now
+			upgraded(t, f)
+			child := &fakeChild{done: make(chan Exit, 1), exit: func(s os.Signal) (Exit, bool) {
+				return Exit{Desc: "signal: killed", Code: 137}, s == syscall.SIGKILL
+			}}
+			sigs := make(chan os.Signal)
+			go func() {
+				time.Sleep(5*time.Minute + time.Second) // in the grace after SIGTERM
+				sigs <- syscall.SIGTERM
+			}()
+			code, execd, _ := runBoot(f, sigs, child, nil)
+			if code != 137 || execd != "" {
+				t.Fatalf("code %d, exec'd %q; want the child's 137 and no exec while stopping", code, execd)
+			}
+			if st, _ := f.s.State(); st.Current != slots.A || st.Reason != "not Ready within 5m0s" {
+				t.Fatalf("State %+v: the rollback is written all the same", st)
+			}
+		})
+	})
 	t.Run("exit during the trial: recorded, non-zero for a restart", func(t *testing.T) {
 		for _, tc := range []struct {
 			exit Exit

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Slot names where an agent binary lives: "a" or "b" under the slots
@@ -80,6 +81,8 @@ const (
 	maxText = 256
 	// MaxBoots is how many launches a trial slot gets to become healthy.
 	MaxBoots = 3
+	// MaxTrial bounds a trial's length.
+	MaxTrial = 7 * 24 * time.Hour
 )
 
 // errPointer is wrapped by every decoding error.
@@ -105,7 +108,7 @@ func (p *Pointer) Validate() error {
 		if p.Current == Packaged {
 			return fmt.Errorf("%w: trial of the packaged agent", errPointer)
 		}
-		if p.Timeout <= 0 || p.Deadline <= 0 || p.Boots < 0 || p.Boots > MaxBoots {
+		if p.Timeout <= 0 || p.Timeout > int64(MaxTrial/time.Second) || p.Deadline <= 0 || p.Boots < 0 || p.Boots > MaxBoots {
 			return fmt.Errorf("%w: trial timeout %d, deadline %d, boots %d out of range", errPointer, p.Timeout, p.Deadline, p.Boots)
 		}
 	} else if p.Timeout != 0 || p.Deadline != 0 || p.Boots != 0 {

@@ -68,6 +68,7 @@ func TestPointerRefused(t *testing.T) {
 		{"unknown slot", resum(strings.Replace(body, "current a", "current ../../bin", 1)), "none of a, b, packaged"},
 		{"trial of itself", resum(strings.Replace(body, "previous packaged", "previous a", 1)), "with itself"},
 		{"too many boots", resum(strings.Replace(body, "trial 1 1800000300 300 2", "trial 1 1800000300 300 9", 1)), "trial line"},
+		{"trial too long", resum(strings.Replace(body, "trial 1 1800000300 300 2", "trial 1 1800000300 9223372036 2", 1)), "out of range"},
 		{"number with plus", resum(strings.Replace(body, "trial 1 1800000300 300 2", "trial 1 +1800000300 300 2", 1)), "number"},
 		{"bad digest", resum(strings.Replace(body, digestA, "sha256:xyz", 1)), "is not sha256"},
 		{"version with space", resum(strings.Replace(body, "v1.2.0 ", "v1 2.0 ", 1)), "fields"},

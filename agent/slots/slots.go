@@ -456,8 +456,8 @@ func (s *Slots) Switch(slot Slot, timeout time.Duration) error {
 	if slot != A && slot != B {
 		return fmt.Errorf("slots: switch to %q: only a or b", slot)
 	}
-	if timeout < time.Second {
-		return fmt.Errorf("slots: switch: trial of %s is too short", timeout)
+	if timeout < time.Second || timeout > MaxTrial {
+		return fmt.Errorf("slots: switch: a trial of %s: from 1s to %s", timeout, MaxTrial)
 	}
 	return s.Update(func(p *Pointer) error {
 		if p.Trial {

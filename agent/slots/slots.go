@@ -160,7 +160,9 @@ func (s *Slots) Close() error {
 	if s.root == nil {
 		return nil
 	}
-	return s.root.Close()
+	err := s.root.Close()
+	s.root = nil
+	return err
 }
 
 // Path is the agent binary of slot: under the directory for A and B,

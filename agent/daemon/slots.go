@@ -22,8 +22,9 @@ func openSlots(log *slog.Logger) (*slots.Slots, slots.Slot) {
 	}
 	if st, err := sl.State(); err != nil {
 		log.Warn("slots", "err", err)
-	} else {
-		log.Info("slots", "running", running, "trial", st.Trial, "previous", st.Previous, "rolled_back", st.RolledBack, "reason", st.Reason)
+	} else if running != slots.Packaged || st.Trial || st.Reason != "" {
+		log.Info("slots", "running", running, "version", st.CurrentVersion, "trial", st.Trial, "previous", st.Previous,
+			"rolled_back", st.RolledBack, "reason", st.Reason)
 	}
 	return sl, running
 }

@@ -211,3 +211,12 @@ func TestLauncherProcesses(t *testing.T) {
 		t.Fatalf("after the deadline: %+v", st)
 	}
 }
+
+// TestMain removes what buildAll built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builds.launcher != "" {
+		os.RemoveAll(filepath.Dir(builds.launcher))
+	}
+	os.Exit(code)
+}

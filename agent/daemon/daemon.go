@@ -71,6 +71,9 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		return err
 	}
 	defer st.Close()
+	if found, now := st.Schema(); found != 0 && found != now {
+		log.Info("store schema changed", "from", found, "to", now)
+	}
 	id, err := st.LoadIdentity()
 	if errors.Is(err, store.ErrNotJoined) {
 		return fmt.Errorf(`not joined: run "outpost-agent join --server URL --token TOKEN" first (state dir %s)`, cfg.StateDir)
@@ -97,6 +100,12 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	if _, err := readNode(); err != nil {
 		return err
 	}
+
+	sl, running := openSlots(log)
+	if sl != nil {
+		defer sl.Close()
+	}
+	health := &healthGate{sl: sl, running: running, log: log}
 
 	log.Info("starting", "version", o.Version, "node", id.NodeName, "board", cfg.Board,
 		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
@@ -137,7 +146,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		}
 		return ls
 	}
-	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Log: log})
+	go nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: readNode, Stats: linkStats, Connected: connected, Queued: health.queued, Log: log})
 	msrc := metricsSource(cfg, lk, ob, podRec.Running)
 	if cfg.MetricsListen != "" {
 		serveMetrics(ctx, cfg.MetricsListen, msrc, log)
@@ -168,6 +177,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 			switch {
 			case f.Type == wire.TypeAck:
 				sender.Acked(f.Ack)
+				health.acked(f.Ack)
 			case f.Type == wire.TypeNodeConfig:
 				var nc wire.NodeConfig
 				if err := f.DecodeBody(&nc); err != nil {

@@ -25,7 +25,10 @@ type Config struct {
 	Stats func() *wire.LinkStats
 	// Connected receives a value on every connect.
 	Connected <-chan struct{}
-	Log       *slog.Logger
+	// Queued, if set, is told each report's outbox sequence number, and
+	// whether it is the one queued after a connect.
+	Queued func(seq uint64, afterConnect bool)
+	Log    *slog.Logger
 }
 
 // Run queues a node status report through the outbox when the node's facts
@@ -59,9 +62,13 @@ func Run(ctx context.Context, cfg Config) {
 		if !force && reflect.DeepEqual(ni, last) && cmp == lastStats {
 			continue
 		}
-		if _, err := cfg.Outbox.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni, Link: ls}); err != nil {
+		seq, err := cfg.Outbox.Append("node", wire.TypeNodeStatus, &wire.NodeStatus{Node: ni, Link: ls})
+		if err != nil {
 			cfg.Log.Error("node status not queued", "err", err)
 			continue
+		}
+		if cfg.Queued != nil {
+			cfg.Queued(seq, force)
 		}
 		last, lastStats = ni, cmp
 	}

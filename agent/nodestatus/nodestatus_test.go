@@ -34,12 +34,18 @@ func TestNodeStatusOnConnectCarriesLinkStats(t *testing.T) {
 		return &wire.LinkStats{At: time.Now().Unix(), OutboxReports: uint64(s.Entries), OutboxBytes: uint64(s.Bytes), OutboxMaxBytes: 8 << 20, LastSync: 1234}
 	}
 	connected := make(chan struct{}, 1)
+	type queuedReport struct {
+		seq          uint64
+		afterConnect bool
+	}
+	queued := make(chan queuedReport, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		nodestatus.Run(ctx, nodestatus.Config{Outbox: ob, Read: func() (wire.NodeInfo, error) { return info, nil }, Stats: stats,
-			Connected: connected, Log: slog.New(slog.DiscardHandler)})
+			Connected: connected, Log: slog.New(slog.DiscardHandler),
+			Queued: func(seq uint64, afterConnect bool) { queued <- queuedReport{seq, afterConnect} }})
 	}()
 	defer func() { cancel(); <-done }()
 
@@ -67,4 +73,12 @@ func TestNodeStatusOnConnectCarriesLinkStats(t *testing.T) {
 		}
 		return len(es) == 1
 	})
+	// The report is announced with its sequence number, as the one after a connect.
+	es, err := ob.Pending(0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := <-queued; q.seq != es[0].Seq || !q.afterConnect {
+		t.Fatalf("Queued got %+v, want seq %d after a connect", q, es[0].Seq)
+	}
 }

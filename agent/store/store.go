@@ -5,7 +5,8 @@
 // Each kind of state owns one bucket and a small typed API in its own file
 // (identity.go now; pods, devices and the outbox later). Open creates every
 // bucket listed in buckets, so adding a kind of state is a new file plus a
-// line there.
+// line there. A change to what is stored is a schema migration
+// (migrate.go), which keeps the file readable one schema up and down.
 package store
 
 import (
@@ -31,7 +32,8 @@ const (
 	// that a second agent fails at once.
 	lockTimeout = time.Second
 	// schemaVersion is stored in the meta bucket so a later agent can
-	// migrate, and an older one can refuse a file it does not understand.
+	// migrate, and an older one can tell whether it can read the file
+	// (migrate.go says how).
 	schemaVersion = 1
 )
 
@@ -55,13 +57,23 @@ func (e *inUseError) Is(target error) bool { return target == ErrInUse }
 
 // Store is the open database. Its methods are safe for concurrent use.
 type Store struct {
-	db  *bolt.DB
-	dir string
+	db            *bolt.DB
+	dir           string
+	found, schema int
 }
 
-// Open opens or creates <stateDir>/agent.db. A second agent on the same
-// state dir gets an error wrapping ErrInUse that names the holder's pid.
+// Open opens or creates <stateDir>/agent.db, migrating it to this
+// agent's schema in the same transaction that creates its buckets. A
+// second agent on the same state dir gets an error wrapping ErrInUse that
+// names the holder's pid.
 func Open(stateDir string) (*Store, error) {
+	return open(stateDir, schemaVersion, migrations)
+}
+
+func open(stateDir string, schema int, ms []Migration) (*Store, error) {
+	if err := checkMigrations(schema, ms); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
@@ -79,19 +91,16 @@ func Open(stateDir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	var found int
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range buckets {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get(keySchema); v != nil {
-			if n, _ := strconv.Atoi(string(v)); n > schemaVersion {
-				return fmt.Errorf("written by a newer agent (schema %d, this agent knows %d): upgrade outpost-agent or use a fresh --state-dir", n, schemaVersion)
-			}
-		}
-		return meta.Put(keySchema, []byte(strconv.Itoa(schemaVersion)))
+		var err error
+		found, err = migrate(tx, schema, ms)
+		return err
 	})
 	if err != nil {
 		db.Close()
@@ -99,8 +108,12 @@ func Open(stateDir string) (*Store, error) {
 	}
 	// Best effort: only used to name the holder in ErrInUse.
 	_ = os.WriteFile(filepath.Join(stateDir, pidFileName), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
-	return &Store{db: db, dir: stateDir}, nil
+	return &Store{db: db, dir: stateDir, found: found, schema: schema}, nil
 }
+
+// Schema says which schema the file had when opened (0: new) and which
+// it has now.
+func (s *Store) Schema() (found, now int) { return s.found, s.schema }
 
 // Dir is the state directory the store lives in.
 func (s *Store) Dir() string { return s.dir }

@@ -114,8 +114,12 @@ func TestNewerSchemaRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Two schemas ahead: readable only from schemaVersion+1.
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keySchema, []byte(strconv.Itoa(schemaVersion+1)))
+		if err := tx.Bucket(bucketMeta).Put(keyReader, []byte(strconv.Itoa(schemaVersion+1))); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, []byte(strconv.Itoa(schemaVersion+2)))
 	})
 	if err != nil {
 		t.Fatal(err)

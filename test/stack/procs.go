@@ -151,6 +151,10 @@ type Agent struct {
 	Proc         *harness.Process
 	s            *Stack
 	runArgs      []string
+
+	// Launcher, if set, is an outpost-boot binary that Start runs with
+	// the agent's arguments instead of outpost-agent (agent/slots/boot).
+	Launcher string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -252,7 +256,11 @@ func (a *Agent) Start(extra ...string) error {
 		}
 	}
 	args := append([]string{"run", "--config", a.Config, "--state-dir", a.StateDir, "--board", "sim", "--log-level", "debug"}, a.runArgs...)
-	cmd := exec.Command(filepath.Join(a.s.BinDir, "outpost-agent"), args...)
+	bin := filepath.Join(a.s.BinDir, "outpost-agent")
+	if a.Launcher != "" {
+		bin = a.Launcher
+	}
+	cmd := exec.Command(bin, args...)
 	p, err := harness.StartProcess("agent-"+a.Name, cmd, filepath.Join(a.s.Dir, "logs", "agent-"+a.Name+".log"))
 	if err != nil {
 		return err

@@ -100,7 +100,9 @@ func Build(c Config) error {
 	}
 	// outpost-logger beside the agent writes the containers' logs at 0.7 MB
 	// PSS each; without it the agent would run itself in logger mode.
-	for _, cmd := range []string{"outpost-agent", "outpost-logger"} {
+	// outpost-boot is what agent.sh runs: the agent of the current
+	// upgrade slot, else this outpost-agent.
+	for _, cmd := range []string{"outpost-agent", "outpost-logger", "outpost-boot"} {
 		o.progress("agent: building %s for %s", cmd, tg.Name())
 		out := filepath.Join(rootDir, "usr/bin", cmd)
 		if err := cross.Build(context.Background(), tg, out, cross.Options{ModuleRoot: root, Version: o.Version, Package: "./agent/cmd/" + cmd}); err != nil {

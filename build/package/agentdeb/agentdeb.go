@@ -1,6 +1,7 @@
 // Package agentdeb makes the outpost-agent .deb of one gateway
-// architecture: the agent and its container logger cross-built from
-// build/cross, a systemd unit, a commented default /etc/outpost/agent.yaml
+// architecture: the agent, its container logger and its launcher
+// (outpost-boot, which runs the agent of the current upgrade slot)
+// cross-built from build/cross, a systemd unit, a commented default /etc/outpost/agent.yaml
 // (a conffile) and maintainer scripts that enable the unit but never start
 // an unjoined agent (files/). The same commit and SOURCE_DATE_EPOCH give
 // the same bytes.
@@ -25,8 +26,8 @@ import (
 //go:embed files
 var files embed.FS
 
-// Build cross-builds the agent and outpost-logger for t, stamped with
-// version, in the directory tmp, and returns their package.
+// Build cross-builds the agent, outpost-logger and outpost-boot for t,
+// stamped with version, in the directory tmp, and returns their package.
 func Build(root string, t cross.Target, version, tmp string, stamp time.Time) (*deb.Package, error) {
 	agent, err := buildBinary(t, filepath.Join(tmp, "outpost-agent-"+t.Name()), "./agent/cmd/outpost-agent", root, version)
 	if err != nil {
@@ -36,7 +37,11 @@ func Build(root string, t cross.Target, version, tmp string, stamp time.Time) (*
 	if err != nil {
 		return nil, err
 	}
-	return Package(agent, logger, version, t.Deb, stamp)
+	boot, err := buildBinary(t, filepath.Join(tmp, "outpost-boot-"+t.Name()), "./agent/cmd/outpost-boot", root, version)
+	if err != nil {
+		return nil, err
+	}
+	return Package(agent, logger, boot, version, t.Deb, stamp)
 }
 
 // buildBinary cross-builds one command for t and returns its bytes.
@@ -63,8 +68,10 @@ func WriteFile(path string, p *deb.Package) error {
 // Package is the outpost-agent package around one architecture's binaries:
 // the agent and outpost-logger, containerd's log writer for pods, which the
 // agent finds beside itself (0.7 MB PSS per container against 1.8 MB for the
-// agent's own logger mode).
-func Package(agent, logger []byte, version, debArch string, stamp time.Time) (*deb.Package, error) {
+// agent's own logger mode); and outpost-boot, which the unit runs: it
+// starts the agent of the current upgrade slot, or /usr/bin/outpost-agent
+// on a gateway that never upgraded (docs/upgrades.md).
+func Package(agent, logger, boot []byte, version, debArch string, stamp time.Time) (*deb.Package, error) {
 	if version == "" {
 		version = "dev"
 	}
@@ -95,6 +102,7 @@ systemctl start outpost-agent`
 		Files: []deb.File{
 			{Path: "/usr/bin/outpost-agent", Mode: 0o755, Data: agent},
 			{Path: "/usr/bin/outpost-logger", Mode: 0o755, Data: logger},
+			{Path: "/usr/bin/outpost-boot", Mode: 0o755, Data: boot},
 			{Path: "/lib/systemd/system/outpost-agent.service", Mode: 0o644, Data: read("outpost-agent.service")},
 			{Path: "/etc/outpost/agent.yaml", Mode: 0o644, Data: read("agent.yaml"), Conffile: true},
 		},

@@ -43,7 +43,15 @@ func TestAgentPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := Package(agent, logger, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
+	bootBin := filepath.Join(dir, "outpost-boot")
+	if err := cross.Build(context.Background(), tg, bootBin, cross.Options{ModuleRoot: root, Version: "v9.8.7-test+abc", Package: "./agent/cmd/outpost-boot"}); err != nil {
+		t.Fatal(err)
+	}
+	boot, err := os.ReadFile(bootBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Package(agent, logger, boot, "v9.8.7-test+abc", "amd64", time.Unix(1700000000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +100,7 @@ func TestAgentPackage(t *testing.T) {
 		"-rw-r--r-- root/root ./etc/outpost/agent.yaml",
 		"-rw-r--r-- root/root ./lib/systemd/system/outpost-agent.service",
 		"-rwxr-xr-x root/root ./usr/bin/outpost-agent",
+		"-rwxr-xr-x root/root ./usr/bin/outpost-boot",
 		"-rwxr-xr-x root/root ./usr/bin/outpost-logger",
 	}
 	if strings.Join(listed, "\n") != strings.Join(wantFiles, "\n") {
@@ -136,14 +145,14 @@ func TestAgentPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Restart=on-failure", "MemoryAccounting=yes", "MemoryMax=", "StateDirectory=outpost", "ConfigurationDirectory=outpost", "ConditionPathExists=/var/lib/outpost/agent.db"} {
+	for _, want := range []string{"ExecStart=/usr/bin/outpost-boot run", "Restart=on-failure", "MemoryAccounting=yes", "MemoryMax=", "StateDirectory=outpost", "ConfigurationDirectory=outpost", "ConditionPathExists=/var/lib/outpost/agent.db"} {
 		if !bytes.Contains(unit, []byte("\n"+want)) {
 			t.Errorf("unit lacks %s", want)
 		}
 	}
 	check := filepath.Join(dir, "unit", "outpost-agent.service")
 	os.MkdirAll(filepath.Dir(check), 0o755)
-	if err := os.WriteFile(check, bytes.ReplaceAll(unit, []byte("/usr/bin/outpost-agent"), []byte(installed)), 0o644); err != nil {
+	if err := os.WriteFile(check, bytes.ReplaceAll(unit, []byte("/usr/bin/outpost-boot"), []byte(filepath.Join(sysroot, "usr/bin/outpost-boot"))), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	run("systemd-analyze", "verify", check)
@@ -151,7 +160,7 @@ func TestAgentPackage(t *testing.T) {
 
 func TestVersionsAndArchitectures(t *testing.T) {
 	for _, tg := range cross.Targets {
-		p, err := Package([]byte("x"), []byte("y"), "v1.0.0", tg.Deb, time.Unix(0, 0))
+		p, err := Package([]byte("x"), []byte("y"), []byte("z"), "v1.0.0", tg.Deb, time.Unix(0, 0))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,9 @@
 #!/bin/sh
 # Run by init, restarted when it exits: join once with the first-boot
-# token, then run the agent. Its log goes to the console.
+# token, then run the agent through outpost-boot, which starts the agent
+# of the current upgrade slot (or /usr/bin/outpost-agent when the gateway
+# never upgraded) and rolls back an upgrade that does not come up. Its
+# log goes to the console.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 token=/etc/outpost/join-token
 # The relay CA's pin, when the image was built with one.
@@ -32,6 +35,6 @@ if [ -s "$token" ]; then
 		esac
 	fi
 fi
-outpost-agent run
+outpost-boot run
 # Do not spin when the agent fails at start.
 sleep 5

@@ -147,7 +147,10 @@ type Link struct {
 	probeEvery                              time.Duration
 	// probe reports whether the relay's address accepts a TCP connection
 	// (nil: never probe, as behind an HTTP proxy). Set by Run.
-	probe                       func(ctx context.Context) bool
+	probe func(ctx context.Context) bool
+	// dial opens every TCP connection the link makes: the WebSocket's
+	// (to the relay or an HTTP proxy) and the probe's.
+	dial                        func(ctx context.Context, network, addr string) (net.Conn, error)
 	heartbeatUnit               time.Duration
 	retryRotation, renewRecheck time.Duration
 }
@@ -177,6 +180,7 @@ func New(cfg Config) *Link {
 		stableAfter:   stableAfter,
 		probeEvery:    probeEvery,
 		heartbeatUnit: time.Second,
+		dial:          (&net.Dialer{}).DialContext,
 		retryRotation: retryRotation,
 		renewRecheck:  renewRecheck,
 	}
@@ -291,13 +295,14 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 	}
 	client := &http.Client{Transport: &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         l.dial,
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: l.dialTimeout,
 		// One connection at a time; nothing to keep idle.
 		DisableKeepAlives: true,
 	}}
 	if l.probe == nil {
-		l.probe = tcpProbe(connectURL, l.probeEvery)
+		l.probe = tcpProbe(connectURL, l.probeEvery, l.dial)
 	}
 	attempt := 0
 	for {
@@ -371,7 +376,7 @@ func (l *Link) pause(ctx context.Context, delay time.Duration, probes bool) bool
 // tcpProbe returns a probe that opens and closes a TCP connection to the
 // relay's address, or nil when an HTTP proxy stands between (the
 // relay's own port is then not what the dial reaches).
-func tcpProbe(connectURL string, timeout time.Duration) func(context.Context) bool {
+func tcpProbe(connectURL string, timeout time.Duration, dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(context.Context) bool {
 	u, err := url.Parse(connectURL)
 	if err != nil {
 		return nil
@@ -383,9 +388,10 @@ func tcpProbe(connectURL string, timeout time.Duration) func(context.Context) bo
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
 	}
-	d := net.Dialer{Timeout: timeout}
 	return func(ctx context.Context) bool {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		c, err := dial(ctx, "tcp", addr)
 		if err != nil {
 			return false
 		}

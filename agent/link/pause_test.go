@@ -6,12 +6,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"outpost.dev/agent/internal/testpki"
 	"outpost.dev/test/wait"
+	"outpost.dev/wire"
 )
 
 // TestPauseProbesUntilTheRelayListens: with a long back-off drawn, an
@@ -146,7 +148,7 @@ func TestTCPProbe(t *testing.T) {
 	defer ln.Close()
 	t.Setenv("HTTPS_PROXY", "")
 	t.Setenv("https_proxy", "")
-	p := tcpProbe("https://"+ln.Addr().String()+"/v1/connect", time.Second)
+	p := tcpProbe("https://"+ln.Addr().String()+"/v1/connect", time.Second, (&net.Dialer{}).DialContext)
 	if p == nil || !p(t.Context()) {
 		t.Fatal("probe missed a listening relay")
 	}
@@ -155,4 +157,77 @@ func TestTCPProbe(t *testing.T) {
 	if p(t.Context()) {
 		t.Fatalf("probe found %s listening after it closed", addr)
 	}
+}
+
+// TestBackWithinSecondsOfAnOutage: the relay's address refuses
+// connections for 30 s (a relay restarting, killed, rescheduled), then
+// listens again. Whatever back-off the agent drew meanwhile (full jitter,
+// capped at 30 s), its probe finds the relay and it dials within 3 s of
+// its return: in fake time, over many draws. The same holds after an
+// outage long enough for the back-off to reach its cap.
+func TestBackWithinSecondsOfAnOutage(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "")
+	t.Setenv("https_proxy", "")
+	ca := testpki.NewCA(t, "relay-ca")
+	const within, runs = 3 * time.Second, 40
+	for _, outage := range []time.Duration{30 * time.Second, 5 * time.Minute} {
+		t.Run(outage.String(), func(t *testing.T) {
+			var worst time.Duration
+			for range runs {
+				took, dials := outageRun(t, ca, outage)
+				if took > within {
+					t.Fatalf("the agent dialed %v after the relay returned from a %v outage (after %d refused dials); want within %v", took, outage, dials, within)
+				}
+				worst = max(worst, took)
+			}
+			t.Logf("after a %v outage: the agent dialed at most %v after the relay returned (%d runs)", outage, worst, runs)
+		})
+	}
+}
+
+// outageRun runs a link, in a synctest bubble, against a relay address
+// that refuses connections for outage and then accepts them. It returns
+// how long after the relay's return the link's first WebSocket dial came
+// (the probe's connections, which send nothing, do not count) and how
+// many dials were refused before.
+func outageRun(t *testing.T, ca *testpki.CA, outage time.Duration) (took time.Duration, refused int) {
+	synctest.Test(t, func(t *testing.T) {
+		key, cert := ca.NodeIdentity(t, "gw-1", time.Now().Add(24*time.Hour))
+		l := New(Config{Server: "https://relay.example:8443", NodeName: "gw-1", CertPEM: cert, KeyPEM: key, CAPEM: ca.PEM,
+			NodeInfo: func() (wire.NodeInfo, error) { return wire.NodeInfo{}, nil }})
+		ctx, cancel := context.WithCancel(t.Context())
+		back := time.Now().Add(outage)
+		var dialed time.Time
+		l.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr != "relay.example:8443" {
+				t.Errorf("dialed %s", addr)
+			}
+			if time.Now().Before(back) {
+				refused++
+				return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+			}
+			c, relay := net.Pipe()
+			go func() {
+				defer relay.Close()
+				// A WebSocket dial starts its TLS handshake at once; a
+				// probe closes without a byte.
+				var b [1]byte
+				if _, err := relay.Read(b[:]); err == nil && dialed.IsZero() {
+					dialed = time.Now()
+					cancel()
+				}
+			}()
+			return c, nil
+		}
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx, Handlers{}) }()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if dialed.IsZero() {
+			t.Fatal("the link never dialed the relay")
+		}
+		took = dialed.Sub(back)
+	})
+	return took, refused
 }

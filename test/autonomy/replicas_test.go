@@ -198,9 +198,21 @@ func TestReplicaKilledAgentsMove(t *testing.T) {
 		}
 		return m
 	}
-	const connectedMsg = "msg=connected "
-	connects := func(n string) int { return strings.Count(edges[n].agent.Proc.LogTail(1000), connectedMsg) }
-	survivorConnects := connects(survivor)
+	// EdgeLinkReady names the agent's connection (its relay session): a
+	// reconnect writes another.
+	session := func(n string) string {
+		nd, err := kc.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range nd.Status.Conditions {
+			if c.Type == "EdgeLinkReady" {
+				return string(c.Status) + " " + c.Message
+			}
+		}
+		return ""
+	}
+	survivorSession := session(survivor)
 	finish := func(pod string) {
 		t.Helper()
 		e := edges[nodeOf[pod]]
@@ -294,8 +306,8 @@ func TestReplicaKilledAgentsMove(t *testing.T) {
 			t.Errorf("%s: Ready %q (%v)", n, s, err)
 		}
 	}
-	if c := connects(survivor); c != survivorConnects {
-		t.Errorf("%s, on the surviving replica, connected %d times during the move", survivor, c-survivorConnects)
+	if s := session(survivor); s != survivorSession {
+		t.Errorf("%s, on the surviving replica, reconnected during the move: EdgeLinkReady %q, was %q", survivor, s, survivorSession)
 	}
 
 	// The running pods: same task, same PID; no restart in the API.

@@ -340,16 +340,19 @@ func TestReplicaKilledAgentsMove(t *testing.T) {
 				break
 			}
 		}
-		if len(ups) == 0 || ups[len(ups)-1].Phase != corev1.PodSucceeded {
-			t.Errorf("%s: the watch did not see it Succeeded: %v", p, phases)
+		// Nothing changes on the edge once the pod has finished: a second
+		// update as Succeeded is a report written again.
+		if n := slices.Index(phases, corev1.PodSucceeded); n < 0 || n != len(phases)-1 {
+			t.Errorf("%s: the watch saw it Succeeded in updates %v; want once, the last", p, phases)
 		}
 		t.Logf("%s: %d updates in the watch: %v", p, len(ups), phases)
 	}
 
 	// Devices, write by write: each property's report time only moves
 	// forward (a report written again after a newer one, or over a stale
-	// copy of the Device, would move one back), and the Device stays
-	// Connected.
+	// copy of the Device, would move one back), each write carries a
+	// newer reading (the Devices stay Connected, so nothing else changes
+	// their status), and the Device stays Connected.
 	for _, d := range devs {
 		ws := devRec.of(d)
 		for i := 1; i < len(ws); i++ {
@@ -358,6 +361,13 @@ func TestReplicaKilledAgentsMove(t *testing.T) {
 					t.Errorf("%s: %s reported at %s in write %d, at %s in the write before (resourceVersion %s → %s)",
 						d, prop, ws[i].at[prop].Format(time.RFC3339Nano), i, at.Format(time.RFC3339Nano), ws[i-1].rv, ws[i].rv)
 				}
+			}
+			newer := false
+			for prop, at := range ws[i].at {
+				newer = newer || at.After(ws[i-1].at[prop])
+			}
+			if !newer {
+				t.Errorf("%s: write %d (resourceVersion %s) carries no newer reading than the one before: a report written again", d, i, ws[i].rv)
 			}
 			if !ws[i].connected {
 				t.Errorf("%s: not Connected in write %d (resourceVersion %s)", d, i, ws[i].rv)

@@ -29,7 +29,7 @@ func TestPauseProbesUntilTheRelayListens(t *testing.T) {
 			probes++
 			return time.Since(start) >= back
 		}
-		if !l.pause(t.Context(), 20*time.Second, true) {
+		if !l.pause(t.Context(), 20*time.Second, probeUp) {
 			t.Fatal("pause ended as if cancelled")
 		}
 		waited := time.Since(start)
@@ -42,6 +42,45 @@ func TestPauseProbesUntilTheRelayListens(t *testing.T) {
 	})
 }
 
+// TestPauseAfterDisconnect: after a connection ended, a relay that went
+// away (its address refuses the probe) and comes back 5 s into a 20 s
+// back-off is dialed within a probe period of its return; one that is up
+// all along (it closed the connection itself) is probed once and waited
+// out in full.
+func TestPauseAfterDisconnect(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		downFor   time.Duration // the address refuses probes this long
+		min, max  time.Duration // when the pause may end
+		maxProbes int
+	}{
+		{"relay gone and back", 5 * time.Second, 5 * time.Second, 5*time.Second + time.Second*5/4, 7},
+		{"relay up all along", 0, 20 * time.Second, 20 * time.Second, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				l := New(Config{})
+				start := time.Now()
+				probes := 0
+				l.probe = func(context.Context) bool {
+					probes++
+					return time.Since(start) >= tc.downFor
+				}
+				if !l.pause(t.Context(), 20*time.Second, probeBack) {
+					t.Fatal("pause ended as if cancelled")
+				}
+				waited := time.Since(start)
+				if waited < tc.min || waited > tc.max {
+					t.Fatalf("waited %v; want between %v and %v", waited, tc.min, tc.max)
+				}
+				if probes > tc.maxProbes || probes == 0 {
+					t.Fatalf("%d probes in %v; want 1 to %d", probes, waited, tc.maxProbes)
+				}
+			})
+		})
+	}
+}
+
 // TestPauseWithoutProbes: a relay that answered (busy, or any error but
 // unreachable) is waited out in full; so is a back-off shorter than the
 // probe period.
@@ -49,10 +88,10 @@ func TestPauseWithoutProbes(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		delay  time.Duration
-		probes bool
+		probes probeMode
 	}{
-		{"relay answered", 12 * time.Second, false},
-		{"short back-off", 800 * time.Millisecond, true},
+		{"relay answered", 12 * time.Second, noProbe},
+		{"short back-off", 800 * time.Millisecond, probeUp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -77,7 +116,7 @@ func TestPauseEndsWithContext(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		time.AfterFunc(3*time.Second, cancel)
 		start := time.Now()
-		if l.pause(ctx, time.Minute, true) {
+		if l.pause(ctx, time.Minute, probeUp) {
 			t.Fatal("pause reported the wait over after its context ended")
 		}
 		if got := time.Since(start); got != 3*time.Second {

@@ -80,7 +80,11 @@ func (p *Proxy) accept() {
 			return
 		}
 		if p.refuse.Load() {
-			reset(c) // as from a host that is unreachable or down
+			// A reset, as from a host that is unreachable or down.
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			c.Close()
 			continue
 		}
 		u, err := p.dial()
@@ -93,14 +97,6 @@ func (p *Proxy) accept() {
 		go p.pipe(u, c, &p.Up)
 		go p.pipe(c, u, &p.Down)
 	}
-}
-
-// reset closes c with a TCP reset rather than a normal close.
-func reset(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
-	}
-	c.Close()
 }
 
 func (p *Proxy) track(cs ...net.Conn) {

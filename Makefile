@@ -155,8 +155,9 @@ bench-streams: controlplane ## exec and port-forward through the relay vs direct
 
 OUTPOST_OFFLINE ?= 10m
 
-bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after an offline reboot (pod network off and on); resync of 100 pods after OUTPOST_OFFLINE (10m) offline.
+bench-autonomy: controlplane ## Edge autonomy: 30 pods back from the store after an offline reboot (pod network off and on); resync of 100 pods after OUTPOST_OFFLINE (10m) offline; agents back after a 30 s relay outage.
 	CGO_ENABLED=1 OUTPOST_OFFLINE=$(OUTPOST_OFFLINE) $(GO) test -run '^$$' -bench 'BenchmarkRestartFromStore|BenchmarkResyncAfterOffline' -benchtime 1x -count 1 -timeout 60m ./test/bench/
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkReconnectAfterOutage$$' -benchtime 3x -count 1 -timeout 20m ./test/bench/
 	$(GO) test -run '^$$' -bench . ./agent/outbox/
 
 deps: ## Refresh agent/deps.txt (every package the agent links and who imports it) after a deliberate change to the agent's dependencies.

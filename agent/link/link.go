@@ -9,8 +9,11 @@
 // came back. While nobody listens at the relay's address (a relay
 // restarting), the link also opens a bare TCP connection to it about
 // every second of the wait and dials as soon as one is accepted, so it is
-// back within about a second of the relay; a relay that answers but is
-// busy (503 with Retry-After) is waited out as it asks, with jitter.
+// back within about a second of the relay; after a connection ended, it
+// probes the same way but dials early only once the address has refused
+// and then accepts again (a relay that stays up waits the back-off out). A
+// relay that answers but is busy (503 with Retry-After) is waited out as
+// it asks, with jitter.
 //
 // The link carries frames; it keeps nothing. Upstream, Send hands a frame
 // to the current connection through a small bounded queue and fails fast
@@ -147,7 +150,10 @@ type Link struct {
 	probeEvery                              time.Duration
 	// probe reports whether the relay's address accepts a TCP connection
 	// (nil: never probe, as behind an HTTP proxy). Set by Run.
-	probe                       func(ctx context.Context) bool
+	probe func(ctx context.Context) bool
+	// dial opens every TCP connection the link makes: the WebSocket's
+	// (to the relay or an HTTP proxy) and the probe's.
+	dial                        func(ctx context.Context, network, addr string) (net.Conn, error)
 	heartbeatUnit               time.Duration
 	retryRotation, renewRecheck time.Duration
 }
@@ -177,6 +183,7 @@ func New(cfg Config) *Link {
 		stableAfter:   stableAfter,
 		probeEvery:    probeEvery,
 		heartbeatUnit: time.Second,
+		dial:          (&net.Dialer{}).DialContext,
 		retryRotation: retryRotation,
 		renewRecheck:  renewRecheck,
 	}
@@ -291,13 +298,14 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 	}
 	client := &http.Client{Transport: &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         l.dial,
 		TLSClientConfig:     tc,
 		TLSHandshakeTimeout: l.dialTimeout,
 		// One connection at a time; nothing to keep idle.
 		DisableKeepAlives: true,
 	}}
 	if l.probe == nil {
-		l.probe = tcpProbe(connectURL, l.probeEvery)
+		l.probe = tcpProbe(connectURL, l.probeEvery, l.dial)
 	}
 	attempt := 0
 	for {
@@ -314,14 +322,14 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 			rj     *rejoinError
 			busy   *busyError
 			unrch  *unreachableError
-			probes bool
+			probes probeMode
 		)
 		switch {
 		case errors.As(err, &busy):
 			delay = busy.after + rand.N(busy.after/2+1)
 			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond))
 		case errors.As(err, &unrch):
-			probes = true
+			probes = probeUp
 			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond), "probing_every", l.probeEvery)
 		case errors.Is(err, errRotated):
 			l.log.Info("node certificate renewed; connecting with it")
@@ -329,6 +337,10 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 		case errors.As(err, &rj):
 			l.log.Error("cannot connect: this node must re-join", "reason", rj.reason, "fix", rj.fix(l.cfg.Server), "retry_in", delay.Round(time.Millisecond))
 		case lived > 0:
+			// The relay may have gone (killed, restarting) and be back
+			// before a long back-off ends (one drawn after a connection
+			// shorter than stableAfter).
+			probes = probeBack
 			l.log.Warn("disconnected", "reason", err, "connected_for", roundDur(lived), "retry_in", delay.Round(time.Millisecond))
 		default:
 			l.log.Warn("connect failed", "reason", err, "retry_in", delay.Round(time.Millisecond))
@@ -339,20 +351,38 @@ func (l *Link) Run(ctx context.Context, h Handlers) error {
 	}
 }
 
+// probeMode says whether a pause probes the relay's address, and which
+// probe ends it.
+type probeMode int
+
+const (
+	noProbe probeMode = iota
+	// probeUp: the address refused the dial; the first probe it accepts
+	// ends the wait.
+	probeUp
+	// probeBack: the connection ended; a probe accepted after one was
+	// refused ends the wait (the relay went away and is back). An address
+	// that accepts the first probe (the relay, or a balancer in front of
+	// it, is up and ended the connection itself) is not probed again: the
+	// back-off is waited out.
+	probeBack
+)
+
 // pause waits delay; with probes, it also tries l.probe about every
-// probeEvery and returns as soon as one succeeds. It returns false when
-// ctx ended first.
-func (l *Link) pause(ctx context.Context, delay time.Duration, probes bool) bool {
+// probeEvery and returns as soon as one ends the wait (see probeMode).
+// It returns false when ctx ended first.
+func (l *Link) pause(ctx context.Context, delay time.Duration, probes probeMode) bool {
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	var probeC <-chan time.Time
 	next := func() time.Duration { return l.probeEvery*3/4 + rand.N(l.probeEvery/2+1) }
 	var pt *time.Timer
-	if probes && l.probe != nil && l.probeEvery > 0 && delay > l.probeEvery {
+	if probes != noProbe && l.probe != nil && l.probeEvery > 0 && delay > l.probeEvery {
 		pt = time.NewTimer(next())
 		defer pt.Stop()
 		probeC = pt.C
 	}
+	down := probes == probeUp
 	for {
 		select {
 		case <-ctx.Done():
@@ -360,8 +390,14 @@ func (l *Link) pause(ctx context.Context, delay time.Duration, probes bool) bool
 		case <-t.C:
 			return true
 		case <-probeC:
-			if l.probe(ctx) {
+			switch up := l.probe(ctx); {
+			case up && down:
 				return ctx.Err() == nil
+			case up:
+				probeC = nil // up all along: wait the back-off out
+				continue
+			default:
+				down = true
 			}
 			pt.Reset(next())
 		}
@@ -371,7 +407,7 @@ func (l *Link) pause(ctx context.Context, delay time.Duration, probes bool) bool
 // tcpProbe returns a probe that opens and closes a TCP connection to the
 // relay's address, or nil when an HTTP proxy stands between (the
 // relay's own port is then not what the dial reaches).
-func tcpProbe(connectURL string, timeout time.Duration) func(context.Context) bool {
+func tcpProbe(connectURL string, timeout time.Duration, dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(context.Context) bool {
 	u, err := url.Parse(connectURL)
 	if err != nil {
 		return nil
@@ -383,9 +419,10 @@ func tcpProbe(connectURL string, timeout time.Duration) func(context.Context) bo
 	if u.Port() == "" {
 		addr = net.JoinHostPort(u.Hostname(), "443")
 	}
-	d := net.Dialer{Timeout: timeout}
 	return func(ctx context.Context) bool {
-		c, err := d.DialContext(ctx, "tcp", addr)
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		c, err := dial(ctx, "tcp", addr)
 		if err != nil {
 			return false
 		}

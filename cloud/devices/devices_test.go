@@ -138,6 +138,70 @@ func TestNewStatus(t *testing.T) {
 	if c := st3.Conditions[0]; c.Status != "False" || c.Reason != "NoAnswer" || !c.LastTransitionTime.Time.Equal(later) {
 		t.Fatalf("condition %+v", c)
 	}
+	// A reading older than the one written (a report another replica
+	// wrote the newer of) leaves it alone.
+	d.Status = st3
+	old := &wire.TwinReport{Device: "default/bme", Values: []wire.TwinValue{
+		{Name: "temperature", Num: 19, At: now.Add(-time.Second).UnixMilli()}, {Name: "on", Num: 0, At: later.UnixMilli()}}}
+	st4 := NewStatus(d, old, later)
+	if v := st4.Reported["temperature"]; v.Value != 21.53 || !v.At.Time.Equal(now) {
+		t.Fatalf("an older reading replaced a newer one: %+v", v)
+	}
+	if v := st4.Reported["on"]; v.Value != false {
+		t.Fatalf("a newer reading in the same report was left out: %+v", v)
+	}
+}
+
+// TestWriteFromAStaleCopy: the watch's copy of a Device is a write behind
+// the API server (another replica wrote "on" since). The write built on
+// it fails its resourceVersion test; it is made again from the watch's
+// newer copy and keeps that value, rather than putting the stale one
+// back.
+func TestWriteFromAStaleCopy(t *testing.T) {
+	at := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)
+	copyAt := func(rv string, on bool, at time.Time) *Device {
+		d := bme("gw")
+		d.ResourceVersion = rv
+		d.Status.Reported = map[string]Reported{"on": {Value: on, At: metav1.NewTime(at)}}
+		return d
+	}
+	stale := func() *Device { return copyAt("10", false, at) }
+	fresh := func() *Device { return copyAt("11", true, at.Add(time.Second)) }
+	dyn := fakeDynamic(t, toUnstructured(t, fresh()))
+	w, err := NewWriter(WriterConfig{Dynamic: dyn, QPS: 1000, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var lookups atomic.Int32
+	done := make(chan struct{})
+	w.Submit(t.Context(), Write{Node: "gw", Key: "default/bme", Owner: 1,
+		Report: &wire.TwinReport{Device: "default/bme", Values: []wire.TwinValue{{Name: "temperature", Num: 22, At: at.Add(2 * time.Second).UnixMilli()}}},
+		Lookup: func() (*Device, bool) {
+			if lookups.Add(1) == 1 {
+				return stale(), true // the watch has not seen the last write yet
+			}
+			return fresh(), true
+		},
+		Done: func() { close(done) },
+	})
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("report not done")
+	}
+	u, err := dyn.Resource(GVR).Namespace("default").Get(t.Context(), "bme", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, _, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "reported", "on", "value")
+	tv, _, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "reported", "temperature", "value")
+	if on != true || fmt.Sprint(tv) != "22" {
+		t.Fatalf("on %v, temperature %v; want true (the newer copy's) and 22 (the report's)", on, tv)
+	}
+	if n := lookups.Load(); n != 2 {
+		t.Fatalf("%d lookups; want 2 (the stale copy, then the newer one)", n)
+	}
 }
 
 func toUnstructured(t *testing.T, d *Device) *unstructured.Unstructured {

@@ -28,7 +28,11 @@
 // the API server at most that many writes per second; the rest coalesce.
 // Each write is one JSON patch of the status subresource that first tests
 // metadata.uid and spec.nodeName, so a Device deleted, replaced or re-bound
-// meanwhile is never written on behalf of the wrong node. A report is
+// meanwhile is never written on behalf of the wrong node, and the
+// resourceVersion of the watch's copy the new status is merged into, so a
+// copy behind the API server (another relay replica wrote since) is not
+// written over: the write is made again from a newer copy. A reading older
+// than the one in the status is left out. A report is
 // acknowledged to the agent only after its write (or a newer one of the same
 // Device) succeeded, or when it was dropped for good.
 package devices

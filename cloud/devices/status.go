@@ -19,7 +19,7 @@ const summaryMax = 120
 // NewStatus merges report r into d's current status: reported values are
 // replaced one by one (a property the report leaves out keeps its last
 // value and time; one the spec no longer lists is dropped when the spec
-// lists any), conditions keep their lastTransitionTime while their status
+// lists any; a value read before the one there is left out), conditions keep their lastTransitionTime while their status
 // holds.
 func NewStatus(d *Device, r *wire.TwinReport, now time.Time) Status {
 	props := map[string]Property{}
@@ -37,6 +37,11 @@ func NewStatus(d *Device, r *wire.TwinReport, now time.Time) Status {
 		at := now
 		if v.At > 0 {
 			at = time.UnixMilli(v.At)
+		}
+		if cur, ok := st.Reported[v.Name]; ok && cur.At.After(at) {
+			// A newer reading is written already (by another relay
+			// replica the agent moved to, or a later report).
+			continue
 		}
 		st.Reported[v.Name] = Reported{Value: value(p.Type, v.Num), Unit: p.Unit, At: metav1.NewTime(at.UTC())}
 	}

@@ -216,19 +216,54 @@ func (w *Writer) work() {
 var errDrop = errors.New("device gone or not bound to the reporting node")
 
 // write patches the status of one Device: one JSON patch that tests the
-// UID and node binding, then sets the whole status.
+// UID, the node binding and the resourceVersion of the copy the new
+// status is built from, then sets the whole status. The copy is the
+// watch's, which may be behind the API server by a write (this relay's
+// own a moment ago, or another replica's: an agent that moved): the
+// resourceVersion test then fails instead of putting older values of the
+// properties this report leaves out back. The write is made again from
+// the watch's newer copy once it has one (at once if it has, otherwise
+// after the retry backoff); a Device replaced or bound elsewhere is
+// dropped.
 func (w *Writer) write(wr Write) error {
 	d, ok := wr.Lookup()
 	if !ok {
 		return errDrop
 	}
+	uid := d.UID
 	ns, name, _ := strings.Cut(wr.Key, "/")
+	for try := 1; ; try++ {
+		err := w.patch(ns, name, d, wr)
+		if !isTestFailed(err) {
+			return err
+		}
+		cur, ok := wr.Lookup()
+		switch {
+		case !ok || cur.UID != uid:
+			return fmt.Errorf("%w: %v", errDrop, err)
+		case cur.ResourceVersion == d.ResourceVersion || try == staleTries:
+			return fmt.Errorf("device status write from resourceVersion %s, which the API server has moved past (the watch is behind): %w", d.ResourceVersion, err)
+		}
+		d = cur
+	}
+}
+
+// staleTries bounds the writes of one report made at once from ever newer
+// copies of its Device (each a write since the one before).
+const staleTries = 3
+
+// patch writes the status NewStatus makes of d and the report, testing
+// d's UID, binding and (when known) resourceVersion first.
+func (w *Writer) patch(ns, name string, d *Device, wr Write) error {
 	st := NewStatus(d, wr.Report, time.Now())
-	patch, err := json.Marshal([]map[string]any{
+	ops := []map[string]any{
 		{"op": "test", "path": "/metadata/uid", "value": string(d.UID)},
 		{"op": "test", "path": "/spec/nodeName", "value": wr.Node},
-		{"op": "add", "path": "/status", "value": st.toJSON()},
-	})
+	}
+	if d.ResourceVersion != "" {
+		ops = append(ops, map[string]any{"op": "test", "path": "/metadata/resourceVersion", "value": d.ResourceVersion})
+	}
+	patch, err := json.Marshal(append(ops, map[string]any{"op": "add", "path": "/status", "value": st.toJSON()}))
 	if err != nil {
 		return err
 	}
@@ -241,7 +276,7 @@ func (w *Writer) write(wr Write) error {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("%w: %v", errDrop, err)
 	case isTestFailed(err):
-		return fmt.Errorf("%w: %v", errDrop, err)
+		return err // write looks again
 	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err), apierrors.IsRequestEntityTooLargeError(err):
 		// Never going to succeed: retrying would hold every later ack of
 		// the connection back.
@@ -251,8 +286,11 @@ func (w *Writer) write(wr Write) error {
 }
 
 // isTestFailed recognizes a failed JSON patch test operation (the Device
-// was replaced or re-bound since the watch saw it).
+// was written, replaced or re-bound since the watch saw it).
 func isTestFailed(err error) bool {
+	if err == nil {
+		return false
+	}
 	s := err.Error()
 	return strings.Contains(s, "testing value") || strings.Contains(s, "test operation") || strings.Contains(s, "test failed")
 }

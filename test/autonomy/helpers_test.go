@@ -45,6 +45,13 @@ func newEdge(t *testing.T, ctx context.Context, name string, viaProxy bool) *edg
 // relay r.
 func newEdgeOn(t *testing.T, ctx context.Context, r *stack.Relay, name string, viaProxy bool) *edge {
 	t.Helper()
+	return newEdgeVia(t, ctx, r, name, viaProxy, "")
+}
+
+// newEdgeVia is newEdgeOn with the agent dialing server (https://HOST:PORT,
+// a balancer in front of several relays) instead, when it is not "".
+func newEdgeVia(t *testing.T, ctx context.Context, r *stack.Relay, name string, viaProxy bool, server string) *edge {
+	t.Helper()
 	a, err := st.Join(ctx, r, name)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +62,10 @@ func newEdgeOn(t *testing.T, ctx context.Context, r *stack.Relay, name string, v
 		if e.proxy, err = stack.NewProxy(r.Addr); err != nil {
 			t.Fatal(err)
 		}
-		args = []string{"--server", "https://" + e.proxy.Addr}
+		server = "https://" + e.proxy.Addr
+	}
+	if server != "" {
+		args = []string{"--server", server}
 	}
 	if err := a.Start(args...); err != nil {
 		t.Fatal(err)

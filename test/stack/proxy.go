@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -11,7 +12,8 @@ import (
 	"outpost.dev/test/wait"
 )
 
-// Proxy is a TCP proxy on loopback between agents and a relay. It counts
+// Proxy is a TCP proxy on loopback between agents and a relay (or, made
+// with NewBalancer, several relay replicas behind one address). It counts
 // the bytes that cross it each way (link traffic, TLS and WebSocket framing
 // included) and can cut every connection at once, as a lost uplink would:
 // between two reads (Cut) or in the middle of one (CutMidFrame), and refuse
@@ -21,26 +23,53 @@ type Proxy struct {
 	// Up counts agent→relay bytes, Down relay→agent bytes.
 	Up, Down atomic.Int64
 
-	target string
-	ln     net.Listener
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-	refuse atomic.Bool
+	// targets are the backends, tried round-robin from next.
+	targets []string
+	next    atomic.Uint64
+	ln      net.Listener
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup
+	refuse  atomic.Bool
 	// midCut, when set, is closed by the pipe that cut mid-chunk.
 	midCut atomic.Pointer[chan struct{}]
 }
 
 // NewProxy listens on a free loopback port and forwards to target.
-func NewProxy(target string) (*Proxy, error) {
+func NewProxy(target string) (*Proxy, error) { return NewBalancer(target) }
+
+// NewBalancer is a Proxy in front of several backends, as a TCP load
+// balancer in front of relay replicas: each new connection goes to the
+// next backend in turn (round-robin), skipping one that refuses it; a
+// connection is closed when none accepts. When a backend dies, the
+// connections through it are closed (its side closes or resets, and the
+// proxy closes the client's).
+func NewBalancer(targets ...string) (*Proxy, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("stack: a proxy needs a backend")
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{Addr: ln.Addr().String(), targets: targets, ln: ln, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
+}
+
+// dial connects to the next backend in turn that accepts.
+func (p *Proxy) dial() (net.Conn, error) {
+	var errs []error
+	for range p.targets {
+		t := p.targets[(p.next.Add(1)-1)%uint64(len(p.targets))]
+		u, err := net.DialTimeout("tcp", t, 5*time.Second)
+		if err == nil {
+			return u, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
 }
 
 func (p *Proxy) accept() {
@@ -58,7 +87,7 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
-		u, err := net.Dial("tcp", p.target)
+		u, err := p.dial()
 		if err != nil {
 			c.Close()
 			continue

@@ -138,9 +138,10 @@ const (
 	// MaxLinkID bounds a link id; a relay that would need a larger one
 	// sends none (the agent then names the Device).
 	MaxLinkID = 1<<24 - 1
-	// maxAgeMillis bounds a short value's age: about 34 years.
-	maxAgeMillis  = 1 << 40
-	maxTwinValues = 64
+	// MaxAgeMillis bounds a short value's age: about 34 years.
+	MaxAgeMillis = 1 << 40
+	// MaxTwinValues bounds the values of one report.
+	MaxTwinValues = 64
 )
 
 // ShortValue is a property's value by index into the Device's property
@@ -157,13 +158,13 @@ type ShortValue struct {
 // Validate reports a value that is not a finite number or an impossible
 // index or age.
 func (v *ShortValue) Validate() error {
-	if v.Index >= maxTwinValues {
+	if v.Index >= MaxTwinValues {
 		return fmt.Errorf("short value: property index %d out of range", v.Index)
 	}
 	if math.IsNaN(v.Num) || math.IsInf(v.Num, 0) {
 		return fmt.Errorf("short value %d: not a finite number", v.Index)
 	}
-	if v.Age > maxAgeMillis {
+	if v.Age > MaxAgeMillis {
 		return fmt.Errorf("short value %d: age %d ms out of range", v.Index, v.Age)
 	}
 	return nil
@@ -183,7 +184,7 @@ func (r *TwinReport) Validate() error {
 			return err
 		}
 	}
-	if len(r.Values)+len(r.Short) > maxTwinValues || len(r.Conditions) > maxConditions {
+	if len(r.Values)+len(r.Short) > MaxTwinValues || len(r.Conditions) > maxConditions {
 		return errors.New("twin report: too many values or conditions")
 	}
 	for i := range r.Values {

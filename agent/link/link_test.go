@@ -522,7 +522,7 @@ func TestSendWait(t *testing.T) {
 		end  func(l *Link, cancel context.CancelFunc)
 		want error
 	}{
-		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued(<-l.queue) }},
+		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued((<-l.queue).b) }},
 		{name: "context ended", end: func(_ *Link, cancel context.CancelFunc) { cancel() }, want: context.Canceled},
 		{name: "connection dropped", end: func(l *Link, _ context.CancelFunc) { l.connected.Store(false); l.drain() }, want: ErrNotConnected},
 	} {

@@ -147,3 +147,41 @@ func TestParseVersion(t *testing.T) {
 }
 
 func itoa(n uint32) string { return objectVersion("", n)[1:] }
+
+// TestLinkIDHistory: the last idHistory ids of a Device resolve; older
+// ones are refused, not given to anything else.
+func TestLinkIDHistory(t *testing.T) {
+	d := bme("gw")
+	dyn := fakeDynamic(t, toUnstructured(t, d))
+	ctx := t.Context()
+	hub := NewHub(ctx, dyn)
+	nd := hub.Watch("gw", nil)
+	defer nd.Stop()
+	if !nd.WaitSynced(ctx) {
+		t.Fatal("not synced")
+	}
+	var ids []uint32
+	for range idHistory + 2 {
+		o := nd.Objects()
+		ids = append(ids, o[0].LinkID)
+		d.Generation++
+		if _, err := dyn.Resource(GVR).Namespace("default").Update(ctx, toUnstructured(t, d), metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gen := d.Generation
+		wait.For(t, 10*time.Second, "the new generation synced", func() bool {
+			v, _, _ := parseVersion(nd.Objects()[0].Version)
+			return v == itoa(uint32(gen))
+		})
+	}
+	ids = append(ids, nd.Objects()[0].LinkID)
+	for i, id := range ids {
+		_, err := nd.Expand(&wire.TwinReport{ID: id}, time.Now())
+		if old := i < len(ids)-idHistory; old != errors.Is(err, ErrUnknownLinkID) {
+			t.Errorf("id %d (%d of %d): %v", id, i+1, len(ids), err)
+		}
+	}
+	if len(nd.ids) != idHistory {
+		t.Errorf("%d ids held, want %d", len(nd.ids), idHistory)
+	}
+}

@@ -112,24 +112,88 @@ func (v *TwinValue) Validate() error {
 // TwinReport reports a device's values and state (TypeTwinReport). It is
 // durable and keyed by device in the outbox, so during an outage only the
 // latest values of each device wait.
+//
+// A report names its Device either by Device (namespace/name, what the
+// outbox stores) or, on the link, by ID: the link id the relay gave the
+// Device object in this connection's sync (Object.LinkID). With an ID,
+// values of the Device's listed properties may travel as Short values
+// (property index instead of name, age instead of time), and Conditions
+// may be left out when they equal the last ones sent with the same ID on
+// the same connection: the relay fills them in from those.
 type TwinReport struct {
-	// Device is namespace/name of the Device.
-	Device string      `cbor:"1,keyasint"`
+	// Device is namespace/name of the Device; empty when ID is set.
+	Device string      `cbor:"1,keyasint,omitempty"`
 	Values []TwinValue `cbor:"2,keyasint,omitempty"`
 	// Conditions are Connected and Error, as the agent sees them.
 	Conditions []Condition `cbor:"3,keyasint,omitempty"`
+	// ID is the Device's link id on this connection (0: none).
+	ID uint32 `cbor:"4,keyasint,omitempty"`
+	// Short are values of the properties the Device lists, by index into
+	// its spec's property list as synced with ID.
+	Short []ShortValue `cbor:"5,keyasint,omitempty"`
+}
+
+// Bounds of the compact twin report fields.
+const (
+	// MaxLinkID bounds a link id; a relay that would need a larger one
+	// sends none (the agent then names the Device).
+	MaxLinkID = 1<<24 - 1
+	// MaxAgeMillis bounds a short value's age: about 34 years.
+	MaxAgeMillis = 1 << 40
+	// MaxTwinValues bounds the values of one report.
+	MaxTwinValues = 64
+)
+
+// ShortValue is a property's value by index into the Device's property
+// list. Age is how many milliseconds before the frame was sent the value
+// was read; the relay dates it from the frame's arrival, so the gateway's
+// clock does not matter.
+type ShortValue struct {
+	_     struct{} `cbor:",toarray"`
+	Index uint8
+	Num   float64
+	Age   uint64
+}
+
+// Validate reports a value that is not a finite number or an impossible
+// index or age.
+func (v *ShortValue) Validate() error {
+	if v.Index >= MaxTwinValues {
+		return fmt.Errorf("short value: property index %d out of range", v.Index)
+	}
+	if math.IsNaN(v.Num) || math.IsInf(v.Num, 0) {
+		return fmt.Errorf("short value %d: not a finite number", v.Index)
+	}
+	if v.Age > MaxAgeMillis {
+		return fmt.Errorf("short value %d: age %d ms out of range", v.Index, v.Age)
+	}
+	return nil
 }
 
 // Validate implements Body.
 func (r *TwinReport) Validate() error {
-	if err := checkText("twin report: device", r.Device, 2*maxNameLen, true); err != nil {
-		return err
+	switch {
+	case r.ID > MaxLinkID:
+		return fmt.Errorf("twin report: link id %d out of range", r.ID)
+	case r.ID != 0 && r.Device != "":
+		return errors.New("twin report: both a device name and a link id")
+	case r.ID == 0 && len(r.Short) > 0:
+		return errors.New("twin report: short values without a link id")
+	case r.ID == 0:
+		if err := checkText("twin report: device", r.Device, 2*maxNameLen, true); err != nil {
+			return err
+		}
 	}
-	if len(r.Values) > 64 || len(r.Conditions) > maxConditions {
+	if len(r.Values)+len(r.Short) > MaxTwinValues || len(r.Conditions) > maxConditions {
 		return errors.New("twin report: too many values or conditions")
 	}
 	for i := range r.Values {
 		if err := r.Values[i].Validate(); err != nil {
+			return err
+		}
+	}
+	for i := range r.Short {
+		if err := r.Short[i].Validate(); err != nil {
 			return err
 		}
 	}

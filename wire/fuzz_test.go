@@ -22,6 +22,8 @@ func FuzzDecode(f *testing.F) {
 		{TypeSync, sampleSync()},
 		{TypePodStatus, samplePodStatus()},
 		{TypeTwinReport, sampleTwin()},
+		{TypeTwinReport, sampleShortTwin()},
+		{TypeSync, &Sync{Upserts: []Object{sampleDeviceObject()}}},
 		{TypeStreamOpen, &StreamOpen{ID: 1, Namespace: "ns", Pod: "p", Follow: true, TailLines: 10}},
 		{TypeStreamData, &StreamData{ID: 1, Data: []byte("hello\n")}},
 		{TypeCertRequest, &CertRequest{CSR: []byte{0x30, 0x82, 0x01, 0x00}}},

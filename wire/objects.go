@@ -122,6 +122,10 @@ type Object struct {
 	Secret    *Secret    `cbor:"8,keyasint,omitempty"`
 	Device    *Device    `cbor:"9,keyasint,omitempty"`
 	Token     *PodTokens `cbor:"10,keyasint,omitempty"`
+	// LinkID is a Device's link id: the short name twin reports on this
+	// connection may use for it (TwinReport.ID). It names this object at
+	// this Version; 0 means none (the agent names the Device).
+	LinkID uint32 `cbor:"11,keyasint,omitempty"`
 }
 
 // Validate reports a missing or inconsistent field.
@@ -147,6 +151,9 @@ func (o *Object) Validate() error {
 	}
 	if err := checkName("object "+o.Namespace+"/…: name", o.Name); err != nil {
 		return err
+	}
+	if o.LinkID != 0 && (o.Kind != KindDevice || o.LinkID > MaxLinkID) {
+		return fmt.Errorf("object %s/%s: link id %d on a %s or out of range", o.Namespace, o.Name, o.LinkID, o.Kind)
 	}
 	bodies := 0
 	for _, set := range []bool{o.Pod != nil, o.ConfigMap != nil, o.Secret != nil, o.Device != nil, o.Token != nil} {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -39,6 +41,8 @@ func TestRoundTrip(t *testing.T) {
 		{"sync", TypeSync, 0, sampleSync(), &Sync{}},
 		{"sync with pod fields", TypeSync, 0, podFieldsSync(), &Sync{}},
 		{"twin-report", TypeTwinReport, 12, sampleTwin(), &TwinReport{}},
+		{"twin-report-short", TypeTwinReport, 13, sampleShortTwin(), &TwinReport{}},
+		{"sync-device", TypeSync, 0, &Sync{Upserts: []Object{sampleDeviceObject()}}, &Sync{}},
 		{"pod-status", TypePodStatus, 9, samplePodStatus(), &PodStatus{}},
 		{"stream-open", TypeStreamOpen, 0, &StreamOpen{ID: 3, Namespace: "ns", Pod: "p", Container: "c", Follow: true, TailLines: -1}, &StreamOpen{}},
 		{"stream-data", TypeStreamData, 0, &StreamData{ID: 3, Data: []byte("line\n"), EOF: true}, &StreamData{}},
@@ -416,6 +420,65 @@ func TestPodStatusRejects(t *testing.T) {
 func sampleTwin() *TwinReport {
 	return &TwinReport{Device: "default/bme", Values: []TwinValue{{Name: "temperature", Num: 21.5, At: 1764100000123}},
 		Conditions: []Condition{{Type: "Connected", Status: "True"}}}
+}
+
+func sampleShortTwin() *TwinReport {
+	return &TwinReport{ID: 3, Short: []ShortValue{{Index: 0, Num: 21.53, Age: 12}},
+		Values: []TwinValue{{Name: "humidity", Num: 40, At: 1764100000123}}}
+}
+
+func sampleDeviceObject() Object {
+	return Object{Kind: KindDevice, UID: "d1", Namespace: "default", Name: "bme", Version: "5.3", LinkID: 3, Device: &Device{
+		Driver: "bme280", Bus: "I2C1", Address: 0x76, Properties: []DeviceProperty{{Name: "temperature"}}}}
+}
+
+func TestTwinReportValidate(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		r    TwinReport
+		ok   bool
+	}{
+		{"by name", TwinReport{Device: "default/bme"}, true},
+		{"by link id", TwinReport{ID: 1, Short: []ShortValue{{Index: 63, Num: 1, Age: 1 << 40}}}, true},
+		{"by link id with names and conditions", TwinReport{ID: MaxLinkID, Values: []TwinValue{{Name: "x", Num: 1}},
+			Conditions: []Condition{{Type: "Connected", Status: "True"}}}, true},
+		{"no device", TwinReport{}, false},
+		{"name and link id", TwinReport{Device: "default/bme", ID: 1}, false},
+		{"link id too large", TwinReport{ID: MaxLinkID + 1}, false},
+		{"short values without link id", TwinReport{Device: "default/bme", Short: []ShortValue{{Num: 1}}}, false},
+		{"index out of range", TwinReport{ID: 1, Short: []ShortValue{{Index: 64, Num: 1}}}, false},
+		{"age out of range", TwinReport{ID: 1, Short: []ShortValue{{Num: 1, Age: 1<<40 + 1}}}, false},
+		{"not a number", TwinReport{ID: 1, Short: []ShortValue{{Num: math.NaN()}}}, false},
+		{"infinite", TwinReport{ID: 1, Short: []ShortValue{{Num: math.Inf(-1)}}}, false},
+		{"too many values", TwinReport{ID: 1, Short: make([]ShortValue, 33), Values: slices.Repeat([]TwinValue{{Name: "x"}}, 32)}, false},
+	} {
+		if err := tt.r.Validate(); (err == nil) != tt.ok {
+			t.Errorf("%s: Validate() = %v, want ok %v", tt.name, err, tt.ok)
+		}
+	}
+	o := sampleDeviceObject()
+	o.LinkID = MaxLinkID + 1
+	if o.Validate() == nil {
+		t.Error("object: link id out of range accepted")
+	}
+	o = sampleSync().Upserts[0]
+	o.LinkID = 1
+	if o.Validate() == nil {
+		t.Error("object: link id on a pod accepted")
+	}
+}
+
+// A twin update on the link by link id, conditions unchanged: the frame
+// the agent sends for one changed property.
+func TestShortTwinUpdateSize(t *testing.T) {
+	up, err := Encode(TypeTwinReport, 1234, &TwinReport{ID: 7, Short: []ShortValue{{Index: 0, Num: 21.53, Age: 250}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("short twin update: %d B up (CBOR only)", len(up))
+	if len(up) > 27 {
+		t.Fatalf("short twin update is %d B of CBOR", len(up))
+	}
 }
 
 // The peer's figure to beat is 883 B for one twin property update, round

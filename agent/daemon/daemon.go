@@ -30,6 +30,7 @@ import (
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/store"
 	"outpost.dev/agent/tunnels"
+	"outpost.dev/agent/twins"
 	resusage "outpost.dev/agent/usage"
 	"outpost.dev/boards"
 	"outpost.dev/wire"
@@ -134,7 +135,10 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		AgentVersion: o.Version, NodeInfo: readNode, Log: log,
 		Objects: st.ObjectVersions,
 	})
-	sender := outbox.NewSender(ob, lk, log)
+	// Twin reports leave the outbox by name and travel by link id.
+	compactor := twins.NewCompactor(lk, st, applier.Changes(), log.With("component", "twins"))
+	applier.OnResync(compactor.Synced)
+	sender := outbox.NewSender(ob, compactor, log)
 	go sender.Run(ctx)
 	connected := make(chan struct{}, 1) // wakes the node status reporter on each connect
 	linkStats := func() *wire.LinkStats {
@@ -172,7 +176,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 			default:
 			}
 		},
-		OnDisconnect: func(error) { logsrv.Disconnected(); tunsrv.Disconnected() },
+		OnDisconnect: func(error) { compactor.Disconnected(); logsrv.Disconnected(); tunsrv.Disconnected() },
 		Frame: func(f wire.Frame) {
 			switch {
 			case f.Type == wire.TypeAck:

@@ -21,8 +21,9 @@ type Applier struct {
 	store *store.Store
 	log   *slog.Logger
 
-	mu   sync.Mutex
-	subs []chan struct{}
+	mu       sync.Mutex
+	subs     []chan struct{}
+	onResync func()
 
 	lastSync atomic.Int64 // unix nanoseconds of the last complete resync
 	failures atomic.Int64
@@ -57,6 +58,14 @@ func (a *Applier) notify() {
 		default:
 		}
 	}
+}
+
+// OnResync sets fn to be called, on the frame handler's goroutine, each
+// time the initial sync of a connection has been stored completely.
+func (a *Applier) OnResync(fn func()) {
+	a.mu.Lock()
+	a.onResync = fn
+	a.mu.Unlock()
 }
 
 // LastSync is when the last resync after a hello completed (zero: never
@@ -103,6 +112,12 @@ func (a *Applier) Handle(f wire.Frame) bool {
 	}
 	if sy.Initial && sy.Complete {
 		a.log.Info("resynced with relay", "changed", len(changed))
+		a.mu.Lock()
+		fn := a.onResync
+		a.mu.Unlock()
+		if fn != nil {
+			fn()
+		}
 	}
 	return true
 }

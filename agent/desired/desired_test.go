@@ -66,3 +66,31 @@ func TestHandle(t *testing.T) {
 		t.Fatal("an ack was handled as a sync")
 	}
 }
+
+// TestOnResync: the callback runs once the initial sync of a connection is
+// stored completely (its last frame), not for its other frames or deltas.
+func TestOnResync(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a := New(st, nil)
+	var calls int
+	a.OnResync(func() {
+		if _, ok, _ := st.Object(wire.KindDevice, "d1"); !ok {
+			t.Error("called before the sync was stored")
+		}
+		calls++
+	})
+	d := wire.Object{Kind: wire.KindDevice, UID: "d1", Namespace: "ns", Name: "d", Version: "1.1", LinkID: 1, Device: &wire.Device{Driver: "sim"}}
+	a.Handle(frame(t, &wire.Sync{Initial: true}))
+	a.Handle(frame(t, &wire.Sync{Upserts: []wire.Object{d}}))
+	if calls != 0 {
+		t.Fatalf("called %d times before the initial sync completed", calls)
+	}
+	a.Handle(frame(t, &wire.Sync{Initial: true, Complete: true, Upserts: []wire.Object{d}}))
+	if calls != 1 {
+		t.Fatalf("called %d times after the initial sync, want 1", calls)
+	}
+}

@@ -136,7 +136,10 @@ type Link struct {
 	id    identity
 	roots *x509.CertPool
 
-	queue       chan []byte
+	queue chan queued
+	// conn numbers the connections; a frame queued for one that ended is
+	// not written on the next.
+	conn        atomic.Uint64
 	queuedBytes atomic.Int64
 	maxBytes    int64
 	// room is closed, and cleared, when a frame leaves the queue: the
@@ -173,7 +176,7 @@ func New(cfg Config) *Link {
 	return &Link{
 		cfg:           cfg,
 		log:           log.With("node", cfg.NodeName),
-		queue:         make(chan []byte, cfg.QueueFrames),
+		queue:         make(chan queued, cfg.QueueFrames),
 		maxBytes:      int64(cfg.QueueBytes),
 		helloTimeout:  helloTimeout,
 		dialTimeout:   dialTimeout,
@@ -208,6 +211,7 @@ func (l *Link) LastContact() time.Time {
 // drops are discarded, so anything that matters is resent from the
 // outbox after OnConnect.
 func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
+	conn := l.conn.Load()
 	if !l.connected.Load() {
 		return ErrNotConnected
 	}
@@ -215,7 +219,7 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 	if err != nil {
 		return err
 	}
-	return l.enqueue(b)
+	return l.enqueue(queued{b, conn})
 }
 
 // SendWait is Send that waits out a full queue: until the connection
@@ -223,6 +227,7 @@ func (l *Link) Send(t wire.Type, seq uint64, body wire.Body) error {
 // (ErrNotConnected). Called from a Handler, it holds up the frames after
 // it while it waits: answers there are for Send.
 func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.Body) error {
+	conn := l.conn.Load()
 	if !l.connected.Load() {
 		return ErrNotConnected
 	}
@@ -232,7 +237,7 @@ func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.
 	}
 	for {
 		room := l.roomSignal() // before trying, so no room made after it is missed
-		if err := l.enqueue(b); !errors.Is(err, ErrQueueFull) {
+		if err := l.enqueue(queued{b, conn}); !errors.Is(err, ErrQueueFull) {
 			return err
 		}
 		select {
@@ -243,17 +248,23 @@ func (l *Link) SendWait(ctx context.Context, t wire.Type, seq uint64, body wire.
 	}
 }
 
-func (l *Link) enqueue(b []byte) error {
+// queued is a frame for connection conn.
+type queued struct {
+	b    []byte
+	conn uint64
+}
+
+func (l *Link) enqueue(q queued) error {
 	if !l.connected.Load() {
 		return ErrNotConnected
 	}
-	n := int64(len(b))
+	n := int64(len(q.b))
 	if l.queuedBytes.Add(n) > l.maxBytes {
 		l.queuedBytes.Add(-n)
 		return ErrQueueFull
 	}
 	select {
-	case l.queue <- b:
+	case l.queue <- q:
 		return nil
 	default:
 		l.queuedBytes.Add(-n)
@@ -479,6 +490,7 @@ func (l *Link) session(ctx context.Context, client *http.Client, u string) (live
 	}
 	start := time.Now()
 	l.lastContact.Store(start.UnixNano())
+	l.conn.Add(1)
 	l.connected.Store(true)
 	if l.h.OnConnect != nil {
 		l.h.OnConnect(ack)
@@ -631,6 +643,7 @@ func (l *Link) readLoop(ctx context.Context, conn *websocket.Conn, lastRecv *ato
 // the connection under the reader.
 func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval time.Duration, lastRecv *atomic.Int64) error {
 	dead := deadAfter * interval
+	this := l.conn.Load()
 	hb, err := wire.Encode(wire.TypeHeartbeat, 0, nil)
 	if err != nil {
 		return err
@@ -686,9 +699,12 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 			if err := renew(); err != nil {
 				return err
 			}
-		case b := <-l.queue:
-			l.dequeued(b)
-			if err := write(b); err != nil {
+		case q := <-l.queue:
+			l.dequeued(q.b)
+			if q.conn != this {
+				continue // queued for a connection that ended
+			}
+			if err := write(q.b); err != nil {
 				return err
 			}
 		}
@@ -700,8 +716,8 @@ func (l *Link) writeLoop(ctx context.Context, conn *websocket.Conn, interval tim
 func (l *Link) drain() {
 	for {
 		select {
-		case b := <-l.queue:
-			l.dequeued(b)
+		case q := <-l.queue:
+			l.dequeued(q.b)
 		default:
 			l.dequeued(nil)
 			return

@@ -522,7 +522,7 @@ func TestSendWait(t *testing.T) {
 		end  func(l *Link, cancel context.CancelFunc)
 		want error
 	}{
-		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued(<-l.queue) }},
+		{name: "room made", end: func(l *Link, _ context.CancelFunc) { l.dequeued((<-l.queue).b) }},
 		{name: "context ended", end: func(_ *Link, cancel context.CancelFunc) { cancel() }, want: context.Canceled},
 		{name: "connection dropped", end: func(l *Link, _ context.CancelFunc) { l.connected.Store(false); l.drain() }, want: ErrNotConnected},
 	} {
@@ -628,5 +628,39 @@ func TestRunRefusesUnusableIdentity(t *testing.T) {
 	err := l.Run(context.Background(), Handlers{})
 	if err == nil || !strings.Contains(err.Error(), "re-join") {
 		t.Fatalf("Run = %v", err)
+	}
+}
+
+// TestStaleFrameNotWritten: a frame queued for a connection that ended (a
+// Send that raced with the drop) is not written on the next one; the
+// frames after it are.
+func TestStaleFrameNotWritten(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := newRelay(t, ca, func(p *peer) {
+		p.ack(50)
+		if p.n == 1 {
+			return
+		}
+		p.serve(true)
+	})
+	connects := make(chan struct{}, 2)
+	a := startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(_ *Config, h *Handlers) {
+		h.OnConnect = func(wire.HelloAck) { connects <- struct{}{} }
+	})
+	<-connects
+	<-connects
+	ni, _ := a.link.cfg.NodeInfo()
+	stale, err := wire.Encode(wire.TypeNodeStatus, 7, &wire.NodeStatus{Node: ni})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.link.enqueue(queued{stale, a.link.conn.Load() - 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.link.Send(wire.TypeNodeStatus, 8, &wire.NodeStatus{Node: ni}); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.waitFor(t, 2, "frame"); e.frame.Seq != 8 {
+		t.Fatalf("first frame on the second connection has seq %d, want 8 (7 was queued for the first)", e.frame.Seq)
 	}
 }

@@ -15,7 +15,9 @@
 // reports go through the outbox, coalesced per device (key
 // "device/<namespace>/<name>"), at most once per report interval and only
 // when a value moved beyond its deadband or a condition changed. Access to
-// one bus (I²C, SPI controller, 1-wire) is serialised across devices.
+// one bus (I²C, SPI controller, 1-wire) is serialised across devices. The
+// outbox keeps reports by name; the [Compactor] between the outbox and the
+// link sends them by the Devices' link ids where the connection allows.
 //
 // A device that cannot be opened or read (unknown driver, no such bus,
 // NACK, wrong chip id) is reported with conditions Connected=False and

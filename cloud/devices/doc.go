@@ -17,8 +17,8 @@
 // binding is checked again on every object before it is sent or written
 // for a node. A Device
 // travels as wire.Object{Kind: KindDevice} whose Version is the Device's
-// metadata.generation, which only spec changes move: the relay's own status
-// writes never send the Device down again.
+// metadata.generation and its link id (linkids.go), which only spec changes
+// move: the relay's own status writes never send the Device down again.
 //
 // # Status writes
 //

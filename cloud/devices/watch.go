@@ -121,6 +121,11 @@ type NodeDevices struct {
 
 	mu    sync.Mutex
 	cache map[string]translated // by UID
+	// Link ids (linkids.go).
+	ids    map[uint32]*linkEntry
+	byUID  map[string][]uint32 // oldest first
+	held   map[string]heldID   // from the hello, until adopted or refused
+	nextID uint32
 }
 
 type translated struct {
@@ -134,7 +139,8 @@ func (h *Hub) Watch(node string, log *slog.Logger) *NodeDevices {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &NodeDevices{hub: h, node: node, log: log, changed: make(chan struct{}, 1), cache: map[string]translated{}}
+	n := &NodeDevices{hub: h, node: node, log: log, changed: make(chan struct{}, 1), cache: map[string]translated{},
+		ids: map[uint32]*linkEntry{}, byUID: map[string][]uint32{}, held: map[string]heldID{}}
 	h.mu.Lock()
 	if h.subs[node] == nil {
 		h.subs[node] = map[*NodeDevices]struct{}{}
@@ -216,6 +222,10 @@ func (n *NodeDevices) Objects() []wire.Object {
 			default:
 				t.obj, t.err = Object(d)
 			}
+			if t.err == nil {
+				t.obj.LinkID = n.linkID(uid, version, &t.obj)
+				t.obj.Version = objectVersion(version, t.obj.LinkID)
+			}
 			if t.err != nil && t.err != errNotBound {
 				n.log.Warn("device not sent to the agent", "device", u.GetNamespace()+"/"+u.GetName(), "err", t.err)
 			}
@@ -228,6 +238,7 @@ func (n *NodeDevices) Objects() []wire.Object {
 	for uid := range n.cache {
 		if !live[uid] {
 			delete(n.cache, uid)
+			n.forget(uid)
 		}
 	}
 	return out

@@ -285,7 +285,7 @@ func (c *conn) serve() {
 	// holds. Its own goroutine writes the frames, so this loop keeps reading.
 	// The node's Devices travel in the same sync; twin reports about them
 	// are written back as their status.
-	twinReports, nodeDevices, stopDevices := c.startDevices()
+	twinReports, nodeDevices, stopDevices := c.startDevices(h.Objects)
 	defer stopDevices()
 	psync := pods.Start(c.s.ctx, pods.Config{
 		Client: as,

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,28 +30,38 @@ type twins struct {
 }
 
 // startDevices subscribes the connection to its node's Devices in the
-// relay's Device watch. The returned Extra goes into the pod sync (nil
-// without a Device API); stop ends the subscription.
-func (c *conn) startDevices() (t *twins, extra pods.Extra, stop func()) {
+// relay's Device watch, keeping the link ids the agent holds (held, from
+// its hello). The returned Extra goes into the pod sync (nil without a
+// Device API); stop ends the subscription.
+func (c *conn) startDevices(held []wire.ObjectVersion) (t *twins, extra pods.Extra, stop func()) {
 	t = &twins{c: c, pending: map[string]uint64{}}
 	if c.s.deviceHub == nil {
 		return t, nil, func() {}
 	}
 	t.devs = c.s.deviceHub.Watch(c.node, c.log)
+	t.devs.Adopt(held)
 	return t, t.devs, t.devs.Stop
 }
 
 // report handles one twin report numbered seq, already received by
 // c.acks. It may block while the relay's status queue is full
-// (back-pressure on this agent).
+// (back-pressure on this agent). A report by link id is first expanded to
+// the report by name it stands for, from the ids of this connection's
+// sync.
 func (t *twins) report(seq uint64, r *wire.TwinReport) {
+	if t.devs == nil {
+		t.drop(seq, r.Device, "this relay has no Device API (no dynamic client configured)")
+		return
+	}
+	id := r.ID
+	uid, err := t.devs.Expand(r, time.Now())
+	if err != nil {
+		t.drop(seq, "link id "+strconv.FormatUint(uint64(id), 10), err.Error())
+		return
+	}
 	key := r.Device
 	ns, name, ok := strings.Cut(key, "/")
-	switch {
-	case t.devs == nil:
-		t.drop(seq, key, "this relay has no Device API (no dynamic client configured)")
-		return
-	case !ok || ns == "" || name == "" || strings.Contains(name, "/"):
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		t.drop(seq, key, "device is not namespace/name")
 		return
 	}
@@ -59,7 +70,14 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 		t.devs.WaitSynced(ctx)
 		cancel()
 	}
-	if _, ok := t.devs.Get(key); !ok {
+	lookup := func() (*devices.Device, bool) {
+		d, ok := t.devs.Get(key)
+		if ok && uid != "" && string(d.UID) != uid {
+			return nil, false // replaced since the link id was given
+		}
+		return d, ok
+	}
+	if _, ok := lookup(); !ok {
 		t.drop(seq, key, "no such Device bound to this node")
 		return
 	}
@@ -76,7 +94,7 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 	// False only when the relay is closing; the agent sends it again.
 	t.c.s.devices.Submit(t.c.s.ctx, devices.Write{
 		Node: t.c.node, Key: key, Report: r, Owner: t,
-		Lookup: func() (*devices.Device, bool) { return t.devs.Get(key) },
+		Lookup: lookup,
 		Done: func() {
 			t.mu.Lock()
 			if t.pending[key] <= seq {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/coder/websocket"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -80,5 +82,71 @@ func TestDeviceSyncAndTwinReports(t *testing.T) {
 	u, _ = dyn.Resource(devices.GVR).Namespace("default").Get(ctx, "theirs", metav1.GetOptions{})
 	if _, found := u.Object["status"]; found {
 		t.Fatalf("another node's Device was written: %v", u.Object["status"])
+	}
+}
+
+// TestTwinReportsByLinkID: a report naming its Device by the link id of
+// the sync is written like one by name, with the conditions last sent with
+// the id when it leaves them out; an unknown id is dropped (acked, nothing
+// written) and the connection keeps serving; the next connection, holding
+// the Device at that version, gets no Device again and keeps the id.
+func TestTwinReportsByLinkID(t *testing.T) {
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{devices.GVR: "DeviceList"},
+		device("mine", "gw-ids"), device("theirs", "gw-else"))
+	tr := newTestRelay(t, func(c *relay.Config) { c.Dynamic = dyn })
+	c := tr.hello(t, "gw-ids")
+	var s wire.Sync
+	if f, err := recvAny(t, c); err != nil || f.Type != wire.TypeSync || f.DecodeBody(&s) != nil || len(s.Upserts) != 1 {
+		t.Fatalf("initial sync: %v %+v", err, s)
+	}
+	o := s.Upserts[0]
+	if o.LinkID == 0 {
+		t.Fatalf("Device synced without a link id: %+v", o)
+	}
+	short := func(v float64, conds ...wire.Condition) *wire.TwinReport {
+		return &wire.TwinReport{ID: o.LinkID, Short: []wire.ShortValue{{Index: 0, Num: v, Age: 5}}, Conditions: conds}
+	}
+	waitAck := func(c *websocket.Conn, seq uint64) {
+		t.Helper()
+		for f := mustRecv(t, c, wire.TypeAck); f.Ack < seq; f = mustRecv(t, c, wire.TypeAck) {
+		}
+	}
+	send(t, c, encode(t, wire.TypeTwinReport, 1, short(21.5, wire.Condition{Type: "Connected", Status: "True"})))
+	send(t, c, encode(t, wire.TypeTwinReport, 2, short(22.5)))
+	send(t, c, encode(t, wire.TypeTwinReport, 3, &wire.TwinReport{ID: o.LinkID + 100, Short: []wire.ShortValue{{Num: 99}}}))
+	send(t, c, encode(t, wire.TypeTwinReport, 4, short(23.5)))
+	waitAck(c, 4)
+	status := func() (any, []any) {
+		u, err := dyn.Resource(devices.GVR).Namespace("default").Get(context.Background(), "mine", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _, _ := unstructured.NestedFieldNoCopy(u.Object, "status", "reported", "temperature", "value")
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		return v, conds
+	}
+	if v, conds := status(); fmt.Sprint(v) != "23.5" || len(conds) != 1 {
+		t.Fatalf("reported temperature %v, conditions %v: want 23.5 and the Connected condition of the first report", v, conds)
+	}
+	u, _ := dyn.Resource(devices.GVR).Namespace("default").Get(context.Background(), "theirs", metav1.GetOptions{})
+	if _, found := u.Object["status"]; found {
+		t.Fatalf("an unknown id was written to another Device: %v", u.Object["status"])
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+
+	// The next connection holds the Device at the version it was sent.
+	c2 := tr.dial(t, "gw-ids")
+	send(t, c2, encode(t, wire.TypeHello, 0, &wire.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "v0.1.0", Node: info(),
+		Objects: []wire.ObjectVersion{{Kind: o.Kind, UID: o.UID, Version: o.Version}}}))
+	mustRecv(t, c2, wire.TypeHelloAck)
+	s = wire.Sync{}
+	if f, err := recvAny(t, c2); err != nil || f.Type != wire.TypeSync || f.DecodeBody(&s) != nil || !s.Complete || len(s.Upserts)+len(s.Deletes) != 0 {
+		t.Fatalf("second initial sync: %v %+v, want nothing sent again", err, s)
+	}
+	send(t, c2, encode(t, wire.TypeTwinReport, 5, short(24.5, wire.Condition{Type: "Connected", Status: "True"})))
+	waitAck(c2, 5)
+	if v, _ := status(); fmt.Sprint(v) != "24.5" {
+		t.Fatalf("reported temperature %v after reconnecting, want 24.5", v)
 	}
 }

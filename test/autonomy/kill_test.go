@@ -302,6 +302,23 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 		}
 		return true, ""
 	})
+	// The twins report through the last agent too, well after its
+	// connection's initial sync (by link id, conditions left out and
+	// filled in by the relay).
+	since := time.Now()
+	for i := range 8 {
+		name := fmt.Sprintf("kill-dev-%d", i)
+		stack.WaitFor(t, ctx, time.Minute, name+" reported again, Connected", func() (bool, string) {
+			out, err := st.CP.Kubectl(ctx, "get", "device", name, "-n", "default", "-o",
+				`jsonpath={.status.reported.temperature.at} {.status.conditions[?(@.type=="Connected")].status}`)
+			if err != nil {
+				return false, err.Error()
+			}
+			at, connected, _ := strings.Cut(strings.TrimSpace(out), " ")
+			ts, err := time.Parse(time.RFC3339Nano, at)
+			return err == nil && ts.After(since) && connected == "True", fmt.Sprintf("temperature at %q, Connected %q", at, connected)
+		})
+	}
 }
 
 // TestKill9WhileRestartingPods reboots the gateway with the relay down and

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"outpost.dev/agent/twins"
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
@@ -115,6 +116,41 @@ type twinAgent struct {
 	acked atomic.Uint64
 	acks  chan uint64
 	sync  chan int // upserts of the initial sync, once Complete
+
+	mu   sync.Mutex
+	objs []wire.Object // of the initial sync
+}
+
+// Objects implements twins.Source: the Devices of the initial sync.
+func (a *twinAgent) Objects(k wire.Kind) ([]wire.Object, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []wire.Object
+	for _, o := range a.objs {
+		if o.Kind == k {
+			out = append(out, o)
+		}
+	}
+	return out, nil
+}
+
+// wsLink is a twins.Link writing straight to the connection; last is the
+// size of the last frame it wrote.
+type wsLink struct {
+	ctx  context.Context
+	c    *websocket.Conn
+	last *atomic.Int64
+}
+
+func (l wsLink) Connected() bool { return true }
+
+func (l wsLink) Send(t wire.Type, seq uint64, body wire.Body) error {
+	msg, err := wire.Encode(t, seq, body)
+	if err != nil {
+		return err
+	}
+	l.last.Store(int64(len(msg)))
+	return l.c.Write(l.ctx, websocket.MessageBinary, msg)
 }
 
 func (r *twinRig) connect(b *testing.B, ctx context.Context, node string) *twinAgent {
@@ -145,6 +181,9 @@ func (r *twinRig) connect(b *testing.B, ctx context.Context, node string) *twinA
 				var s wire.Sync
 				if f.DecodeBody(&s) == nil {
 					upserts += len(s.Upserts)
+					a.mu.Lock()
+					a.objs = append(a.objs, s.Upserts...)
+					a.mu.Unlock()
 					if s.Complete {
 						a.sync <- upserts
 					}
@@ -267,6 +306,11 @@ func BenchmarkTwinUpdates(b *testing.B) {
 // BenchmarkTwinLinkBytes measures the link bytes of one twin update, round
 // trip (the report up, its ack down), TLS and WebSocket framing included,
 // through the counting proxy: one agent, one Device, one report at a time.
+// by-name sends the report as the outbox stores it (Device by
+// namespace/name, value by name and time, both conditions); by-link-id
+// sends it through the agent's twins.Compactor, as the agent does once its
+// connection's initial sync is stored (link id, property index and age,
+// conditions only when they changed on the connection).
 func BenchmarkTwinLinkBytes(b *testing.B) {
 	r := startTwinRig(b, 1000)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -278,6 +322,22 @@ func BenchmarkTwinLinkBytes(b *testing.B) {
 	case <-time.After(2 * time.Minute):
 		b.Fatal("no initial sync")
 	}
+	if objs, _ := a.Objects(wire.KindDevice); len(objs) != 1 || objs[0].LinkID == 0 {
+		b.Fatalf("initial sync %+v: want one Device with a link id", objs)
+	}
+	var last atomic.Int64
+	named := wsLink{ctx, a.c, &last}
+	compact := twins.NewCompactor(named, a, nil, nil)
+	compact.Synced()
+	for _, m := range []struct {
+		name string
+		link twins.Link
+	}{{"by-name", named}, {"by-link-id", compact}} {
+		b.Run(m.name, func(b *testing.B) { twinLinkBytes(b, ctx, r, a, m.link, &last) })
+	}
+}
+
+func twinLinkBytes(b *testing.B, ctx context.Context, r *twinRig, a *twinAgent, link twins.Link, sent *atomic.Int64) {
 	const n = 200
 	for b.Loop() {
 		if err := r.proxy.Quiet(ctx, 500*time.Millisecond, time.Minute); err != nil { // the connect traffic settled
@@ -287,8 +347,8 @@ func BenchmarkTwinLinkBytes(b *testing.B) {
 		seq := a.acked.Load()
 		for range n {
 			seq++
-			msg, _ := wire.Encode(wire.TypeTwinReport, seq, twinReport("default/twin-link-d0000", 21+float64(seq%100)/100))
-			if err := a.c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+			rep := twinReport("default/twin-link-d0000", 21+float64(seq%100)/100)
+			if err := link.Send(wire.TypeTwinReport, seq, rep); err != nil {
 				b.Fatal(err)
 			}
 			deadline := time.After(10 * time.Second)
@@ -301,11 +361,10 @@ func BenchmarkTwinLinkBytes(b *testing.B) {
 			}
 		}
 		up, down := float64(r.proxy.Up.Load()-up0)/n, float64(r.proxy.Down.Load()-down0)/n
-		msg, _ := wire.Encode(wire.TypeTwinReport, seq, twinReport("default/twin-link-d0000", 21.53))
 		ack, _ := wire.EncodeFrame(wire.Frame{Type: wire.TypeAck, Ack: seq})
 		b.ReportMetric(up+down, "B/update")
 		b.ReportMetric(up, "B-up/update")
 		b.ReportMetric(down, "B-down/update")
-		b.Logf("per update: %.1f B up + %.1f B down on the link; frames %d B report, %d B ack (CBOR)", up, down, len(msg), len(ack))
+		b.Logf("per update: %.1f B up + %.1f B down on the link; last frames %d B report, %d B ack (CBOR)", up, down, sent.Load(), len(ack))
 	}
 }

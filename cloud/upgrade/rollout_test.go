@@ -199,10 +199,10 @@ type gw struct {
 	got     atomic.Int64 // chunk bytes on the current connection
 	version string
 
-	mu      sync.Mutex
-	conn    *websocket.Conn
-	seq     uint64
-	pending map[string]outEntry // the outbox: by key, last wins
+	mu       sync.Mutex
+	conn     *websocket.Conn
+	seq      uint64
+	pending  map[string]outEntry // the outbox: by key, last wins
 	m        *agentupgrade.Manager
 	stop     context.CancelFunc // the agent process
 	connStop context.CancelFunc // the connection

@@ -57,6 +57,12 @@ func (a *artifacts) open(ctx context.Context, url string, size int64, digest []b
 	path := filepath.Join(a.dir, name)
 	for {
 		if f, err := os.Open(path); err == nil {
+			// Named by its digest, checked when fetched; a spec whose
+			// size differs cannot be the same artifact.
+			if fi, err := f.Stat(); err != nil || fi.Size() != size {
+				f.Close()
+				return nil, fmt.Errorf("the artifact with sha256 %s is not %d bytes as the AgentUpgrade says", name, size)
+			}
 			now := time.Now()
 			_ = os.Chtimes(path, now, now) // least recently used goes first
 			return f, nil

@@ -257,8 +257,11 @@ func (m *Manager) offer(o *wire.UpgradeOffer) {
 		m.report(o, wire.UpgradeFailed, fmt.Sprintf("artifact of %d bytes exceeds this agent's bound of %d", o.Size, m.cfg.MaxSize), 0)
 		return
 	}
-	if st := m.cfg.Installer.State(); st.Version == o.Version && !st.Trial {
-		m.report(o, wire.UpgradeHealthy, "running "+o.Version+" already", 0)
+	if st := m.cfg.Installer.State(); st.Version == o.Version {
+		// Running it already; on trial, Connected reports how it ends.
+		if !st.Trial {
+			m.report(o, wire.UpgradeHealthy, "running "+o.Version+" already", 0)
+		}
 		return
 	}
 	if m.cur != nil && sameOffer(&m.cur.offer, o) {

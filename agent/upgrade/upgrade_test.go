@@ -440,3 +440,18 @@ func TestNewRefusesWithoutPinnedKey(t *testing.T) {
 		t.Fatalf("New without a key: %v", err)
 	}
 }
+
+// TestUpgradeOfferOfTheVersionOnTrialIsIgnored: a relay that has not yet
+// seen the trial's report offers the version again; nothing is fetched.
+func TestUpgradeOfferOfTheVersionOnTrialIsIgnored(t *testing.T) {
+	inst := &installer{state: State{Version: "1.1.0", Trial: true}}
+	r := newRig(t, t.TempDir(), inst, key(t))
+	r.frame(wire.TypeUpgradeOffer, r.offer("1.1.0", artifact(10)))
+	r.frame(wire.TypeUpgradeOffer, r.offer("1.2.0", artifact(10))) // a marker behind it
+	if q := r.request(); q.Version != "1.2.0" {
+		t.Fatalf("fetching %s, the version on trial", q.Version)
+	}
+	if rep := r.until(wire.UpgradeDownloading); len(rep) != 1 || rep[0].Version != "1.2.0" {
+		t.Fatalf("reports %+v", rep)
+	}
+}

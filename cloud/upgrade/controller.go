@@ -409,7 +409,7 @@ func (c *Controller) reconcile() {
 				ch.set[s.node] = NodeStatus{Name: s.node, Phase: wire.UpgradeFailed, Reason: "no artifact for " + s.arch}
 			case !ok && busy[s.node] == "" && !a.Spec.Paused:
 				ch.admit[s.node] = true
-			case ok && (st.Phase == wire.UpgradePending || st.Phase == wire.UpgradeDownloading || st.Phase == wire.UpgradeVerifying):
+			case ok && s.version != a.Spec.Version && (st.Phase == wire.UpgradePending || st.Phase == wire.UpgradeDownloading || st.Phase == wire.UpgradeVerifying):
 				s.offer(p, a.Spec.Version)
 			}
 		}

@@ -444,15 +444,17 @@ func statusCounts(s *Status) counts {
 	return counts{s.Total, s.Updated, s.InFlight, s.Failed}
 }
 
-// countStatus counts the selected nodes by phase; in-flight nodes count
-// whether selected or not (they may still be mid-switch).
+// countStatus counts the selected nodes by phase. A node taken out of
+// the selector (or whose Node is gone) no longer counts, in flight or
+// not: that is how an administrator frees the slot of a gateway that
+// never comes back.
 func countStatus(nodes []NodeStatus, selected map[string]bool) counts {
 	k := counts{total: len(selected)}
 	for _, n := range nodes {
 		switch {
+		case !selected[n.Name]:
 		case inFlight(n.Phase):
 			k.inFlight++
-		case !selected[n.Name]:
 		case n.Phase == wire.UpgradeHealthy:
 			k.updated++
 		default:

@@ -92,9 +92,8 @@ func TestCountStatus(t *testing.T) {
 		{Name: "gone", Phase: wire.UpgradeSwitching}, {Name: "gone2", Phase: wire.UpgradeHealthy},
 	}
 	got := countStatus(nodes, map[string]bool{"a": true, "b": true, "c": true, "d": true, "e": true})
-	// An unselected node mid-switch still counts in flight; a finished
-	// one no longer counts at all.
-	if want := (counts{total: 5, updated: 1, inFlight: 2, failed: 2}); got != want {
+	// Nodes no longer selected do not count, in flight or not.
+	if want := (counts{total: 5, updated: 1, inFlight: 1, failed: 2}); got != want {
 		t.Fatalf("counts %+v, want %+v", got, want)
 	}
 }

@@ -253,11 +253,16 @@ func (s *Session) serve() {
 		case <-s.ctx.Done():
 			return
 		case r := <-s.requests:
-			if err := s.answer(&r); err != nil {
-				s.c.log.Info("upgrade chunk request refused", "node", s.node, "version", r.Version, "offset", r.Offset, "err", err)
-				s.agent.Send(wire.TypeUpgradeChunk, &wire.UpgradeChunk{Version: r.Version, Offset: r.Offset, Error: truncate(err.Error(), 1000)})
-			}
+			s.handle(&r)
 		}
+	}
+}
+
+// handle answers r with chunks, or with a chunk saying why not.
+func (s *Session) handle(r *wire.UpgradeChunkRequest) {
+	if err := s.answer(r); err != nil {
+		s.c.log.Info("upgrade chunk request refused", "node", s.node, "version", r.Version, "offset", r.Offset, "err", err)
+		s.agent.Send(wire.TypeUpgradeChunk, &wire.UpgradeChunk{Version: r.Version, Offset: r.Offset, Error: truncate(err.Error(), 1000)})
 	}
 }
 

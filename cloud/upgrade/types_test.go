@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/http"
+	"os"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
@@ -133,5 +134,15 @@ func TestArtifactCache(t *testing.T) {
 	}
 	if _, err := a.open(ctx, srv.URL+"/x", int64(len(good))+1, sum[:]); err == nil {
 		t.Fatal("fewer bytes than the spec says: served")
+	}
+}
+
+func TestDeployedCRDIsTheEmbeddedOne(t *testing.T) {
+	b, err := os.ReadFile("../deploy/agentupgrades-crd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != string(CRDManifest) {
+		t.Fatal("cloud/deploy/agentupgrades-crd.yaml differs from cloud/upgrade/crd.yaml: copy one over the other")
 	}
 }

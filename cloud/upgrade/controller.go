@@ -96,23 +96,34 @@ type Controller struct {
 
 // change is what waits to be written into one AgentUpgrade's status.
 type change struct {
+	// uid is the object the change was decided on ("" for agents'
+	// reports, which name the AgentUpgrade and its version instead).
 	uid   types.UID
 	set   map[string]NodeStatus // by node
+	about map[string]string     // by node: the version a report is about
 	admit map[string]bool
 	done  []func()
 	tries int
 }
 
 func (c *change) merge(n *change) *change {
-	if c.uid != n.uid {
+	if c.uid != "" && n.uid != "" && c.uid != n.uid {
 		// The object was replaced: what was meant for the old one goes.
 		for _, d := range c.done {
 			d()
 		}
 		return n
 	}
+	if c.uid == "" {
+		c.uid = n.uid
+	}
 	for k, v := range n.set {
 		c.set[k] = v
+		if n.about[k] != "" {
+			c.about[k] = n.about[k]
+		} else {
+			delete(c.about, k)
+		}
 	}
 	for k := range n.admit {
 		c.admit[k] = true
@@ -122,7 +133,7 @@ func (c *change) merge(n *change) *change {
 }
 
 func newChange(uid types.UID) *change {
-	return &change{uid: uid, set: map[string]NodeStatus{}, admit: map[string]bool{}}
+	return &change{uid: uid, set: map[string]NodeStatus{}, about: map[string]string{}, admit: map[string]bool{}}
 }
 
 // New starts a Controller; Close stops it.
@@ -301,26 +312,16 @@ func (s *Session) answer(r *wire.UpgradeChunkRequest) error {
 	return nil
 }
 
-// Report takes an agent's durable report; done is called once it is in
-// the AgentUpgrade's status, or dropped for good (no such AgentUpgrade,
-// another version).
+// Report takes an agent's durable report about this node; done is called
+// once it is in the AgentUpgrade's status, or dropped for good (no such
+// AgentUpgrade, or one of another version). It is checked against the
+// object as the API server has it when written, not against this
+// replica's watch, which may not have listed yet.
 func (s *Session) Report(r *wire.UpgradeReport, done func()) {
 	c := s.c
-	o, ok := c.cache.Get(r.Name)
-	if !ok {
-		c.log.Info("upgrade report for an AgentUpgrade that does not exist; dropped", "node", s.node, "name", r.Name)
-		done()
-		return
-	}
-	u := o.(*unstructured.Unstructured)
-	a, err := FromUnstructured(u)
-	if err != nil || a.Spec.Version != r.Version {
-		c.log.Info("upgrade report for another version; dropped", "node", s.node, "name", r.Name, "version", r.Version)
-		done()
-		return
-	}
-	ch := newChange(u.GetUID())
+	ch := newChange("")
 	ch.set[s.node] = NodeStatus{Name: s.node, Phase: r.Phase, Reason: r.Reason, Bytes: r.Bytes}
+	ch.about[s.node] = r.Version
 	ch.done = append(ch.done, done)
 	if r.Phase.Terminal() || r.Phase == wire.UpgradeSwitching {
 		s.mu.Lock()
@@ -482,7 +483,11 @@ func (c *Controller) writeLoop() {
 			for _, d := range ch.done {
 				d()
 			}
-		case apierrors.IsNotFound(err) || errors.Is(err, errReplaced):
+		case apierrors.IsNotFound(err) || errors.Is(err, errReplaced) || errors.Is(err, errSpec) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err):
+			// For good: later acks of the agents must not wait on it.
+			if !apierrors.IsNotFound(err) {
+				c.log.Warn("AgentUpgrade status not written; dropped", "name", name, "err", err)
+			}
 			c.q.Done(name)
 			for _, d := range ch.done {
 				d()
@@ -499,7 +504,10 @@ func (c *Controller) writeLoop() {
 	}
 }
 
-var errReplaced = errors.New("the AgentUpgrade was replaced")
+var (
+	errReplaced = errors.New("the AgentUpgrade was replaced")
+	errSpec     = errors.New("the AgentUpgrade's spec cannot be rolled out")
+)
 
 // write applies ch to the AgentUpgrade as the API server has it now and
 // updates its status with that resourceVersion: a replica that decided
@@ -520,7 +528,7 @@ func (c *Controller) write(name string, ch *change) error {
 	}
 	p, err := parse(a)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errSpec, err)
 	}
 	selected := map[string]bool{}
 	for _, n := range c.cfg.Nodes() {
@@ -536,6 +544,10 @@ func (c *Controller) write(name string, ch *change) error {
 	changed := false
 	for _, node := range slices.Sorted(maps.Keys(ch.set)) {
 		ns := ch.set[node]
+		if v := ch.about[node]; v != "" && v != a.Spec.Version {
+			c.log.Info("upgrade report about another version; dropped", "name", name, "node", node, "version", v)
+			continue
+		}
 		i, ok := idx[node]
 		if !ok {
 			ns.LastTransitionTime = now
@@ -561,7 +573,7 @@ func (c *Controller) write(name string, ch *change) error {
 	k := countStatus(a.Status.Nodes, selected)
 	limit, err := MaxUnavailable(a.Spec.MaxUnavailable, k.total)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errSpec, err)
 	}
 	if !a.Spec.Paused {
 		for _, node := range slices.Sorted(maps.Keys(ch.admit)) {

@@ -621,13 +621,15 @@ func (e *env) testRollout(t *testing.T) {
 	if h := e.hitsOf("/agent-1.1.0-arm64"); h > 2 {
 		t.Fatalf("artifact fetched %d times by 2 replicas", h)
 	}
-	out, err := kubectlGet(ctx, e)
+	out, err := tableGet(ctx, e)
 	if err != nil || !strings.Contains(out, "5/5") || !strings.Contains(out, to) {
-		t.Fatalf("kubectl get agentupgrades: %q %v", out, err)
+		t.Fatalf("the printer columns: %q %v", out, err)
 	}
 }
 
-func kubectlGet(ctx context.Context, e *env) (string, error) {
+// tableGet reads the AgentUpgrade as kubectl get does (a Table, with the
+// printer columns).
+func tableGet(ctx context.Context, e *env) (string, error) {
 	res, err := e.client.Discovery().RESTClient().Get().AbsPath("/apis/outpost.dev/v1alpha1/agentupgrades/rollout").
 		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(ctx)
 	return string(res), err

@@ -101,6 +101,11 @@ const (
 	// events bounds the frames waiting for the manager's goroutine: an
 	// honest relay sends at most window/chunk chunks per request.
 	events = 2*window/wire.MaxUpgradeChunk + 8
+	// recheck is how often a download that could not ask (the link's
+	// queue was full) asks again, and stallAfter how long a window may
+	// bring nothing before it is asked for again.
+	recheck    = 10 * time.Second
+	stallAfter = time.Minute
 )
 
 // Manager runs upgrades. Create it with New, call Run once, feed it the
@@ -128,6 +133,8 @@ type download struct {
 	offset  int64 // bytes in the partial file
 	asked   int64 // end of the window asked for; 0: nothing asked
 	lastRep int64 // offset of the last progress report
+	// moved is when the download last asked or got bytes.
+	moved time.Time
 }
 
 // New checks cfg and prepares Dir.
@@ -189,10 +196,20 @@ func (m *Manager) signal(e event) {
 // Run handles events until ctx ends.
 func (m *Manager) Run(ctx context.Context) {
 	defer m.drop(false)
+	tick := time.NewTicker(recheck)
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-tick.C:
+			// Offered on this connection, but not asking: ask again.
+			if d := m.cur; d != nil && m.offered && (d.asked == 0 || time.Since(d.moved) >= stallAfter) {
+				if d.asked != 0 {
+					m.log.Warn("upgrade download stalled; asking again", "offset", d.offset, "since", d.moved)
+				}
+				m.ask()
+			}
 		case e := <-m.events:
 			switch {
 			case e.connected:
@@ -350,6 +367,7 @@ func (m *Manager) ask() {
 		return
 	}
 	d.asked = d.offset + n
+	d.moved = time.Now()
 }
 
 // restartWindow asks again from the current offset (a bad or unexpected
@@ -389,6 +407,7 @@ func (m *Manager) chunk(c *wire.UpgradeChunk) {
 		return
 	}
 	d.offset = end
+	d.moved = time.Now()
 	if d.offset == d.offer.Size {
 		m.finish()
 		return

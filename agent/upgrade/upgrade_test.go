@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"outpost.dev/wire"
@@ -454,4 +455,30 @@ func TestUpgradeOfferOfTheVersionOnTrialIsIgnored(t *testing.T) {
 	if rep := r.until(wire.UpgradeDownloading); len(rep) != 1 || rep[0].Version != "1.2.0" {
 		t.Fatalf("reports %+v", rep)
 	}
+}
+
+// TestUpgradeAsksAgainWhenStalled: a request the link could not take,
+// or a window that brings nothing, is asked for again while the offer
+// stands.
+func TestUpgradeAsksAgainWhenStalled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		inst := &installer{state: State{Version: "1.0.0"}}
+		r := newRig(t, t.TempDir(), inst, key(t))
+		r.link.set(false) // the request does not go out
+		data := artifact(1000)
+		r.frame(wire.TypeUpgradeOffer, r.offer("1.1.0", data))
+		r.until(wire.UpgradeDownloading)
+		r.link.set(true)
+		time.Sleep(recheck)
+		synctest.Wait()
+		if q := r.request(); q.Offset != 0 {
+			t.Fatalf("asked from %d", q.Offset)
+		}
+		// The relay sends nothing: a minute later it is asked again.
+		time.Sleep(stallAfter + recheck)
+		synctest.Wait()
+		q := r.request()
+		r.serve(q, data)
+		r.until(wire.UpgradeSwitching)
+	})
 }

@@ -281,6 +281,12 @@ func (m *Manager) offer(o *wire.UpgradeOffer) {
 		}
 		return
 	}
+	if b, err := readBounded(filepath.Join(m.cfg.Dir, switchedFile), 4096); err == nil {
+		var sw wire.UpgradeOffer
+		if wire.Unmarshal(b, &sw) == nil && sw.Version == o.Version {
+			return // switched to it already: the launcher starts it next
+		}
+	}
 	if m.cur != nil && sameOffer(&m.cur.offer, o) {
 		m.cur.offer.Name, m.cur.offer.TrialSeconds = o.Name, o.TrialSeconds
 		if m.cur.asked == 0 {

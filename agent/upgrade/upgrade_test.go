@@ -262,7 +262,16 @@ func TestUpgradeDownloadsVerifiesInstallsAndSwitches(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(r.dir, partFile)); !os.IsNotExist(err) {
 		t.Fatalf("partial file left after install: %v", err)
 	}
+	// Offered again before the launcher restarted it (a relay that has
+	// not seen the Switching report yet): nothing is fetched again.
+	r.frame(wire.TypeUpgradeOffer, r.offer("1.1.0", data))
+	r.frame(wire.TypeUpgradeOffer, r.offer("1.2.0", artifact(10))) // a marker behind it
+	if q := r.request(); q.Version != "1.2.0" {
+		t.Fatalf("fetching %s again after switching to it", q.Version)
+	}
 	r.stop()
+	os.Remove(filepath.Join(r.dir, offerFile))
+	os.Remove(filepath.Join(r.dir, partFile))
 
 	// The launcher starts the new version on trial; once connected it
 	// declares itself healthy.

@@ -118,6 +118,9 @@ func (c *change) merge(n *change) *change {
 		c.uid = n.uid
 	}
 	for k, v := range n.set {
+		if old, ok := c.set[k]; ok && old.Phase.Terminal() && !v.Phase.Terminal() {
+			continue // a node's upgrade ended; a later step is stale
+		}
 		c.set[k] = v
 		if n.about[k] != "" {
 			c.about[k] = n.about[k]

@@ -146,3 +146,23 @@ func TestDeployedCRDIsTheEmbeddedOne(t *testing.T) {
 		t.Fatal("cloud/deploy/agentupgrades-crd.yaml differs from cloud/upgrade/crd.yaml: copy one over the other")
 	}
 }
+
+func TestChangeMerge(t *testing.T) {
+	a := newChange("")
+	a.set["gw"] = NodeStatus{Name: "gw", Phase: wire.UpgradeHealthy}
+	a.about["gw"] = "1.1.0"
+	b := newChange("uid-1")
+	b.set["gw"] = NodeStatus{Name: "gw", Phase: wire.UpgradeDownloading}
+	b.admit["gw-2"] = true
+	m := a.merge(b)
+	if m.set["gw"].Phase != wire.UpgradeHealthy || !m.admit["gw-2"] || m.uid != "uid-1" {
+		t.Fatalf("merged %+v", m)
+	}
+	// A change decided on a replaced object gives way, its waiters told.
+	told := false
+	c := newChange("uid-0")
+	c.done = append(c.done, func() { told = true })
+	if m := c.merge(b); m != b || !told {
+		t.Fatal("a change for a replaced object was kept")
+	}
+}

@@ -37,6 +37,11 @@ func FuzzDecode(f *testing.F) {
 		{TypeStatsRequest, &StatsRequest{ID: 1}},
 		{TypeStatsResponse, sampleStats()},
 		{TypeStatsResponse, &StatsResponse{ID: 2, Error: "containerd is not reachable"}},
+		{TypeUpgradeOffer, sampleOffer()},
+		{TypeUpgradeChunkRequest, &UpgradeChunkRequest{Version: "1.2.0", Offset: 65536, Length: MaxUpgradeWindow}},
+		{TypeUpgradeChunk, &UpgradeChunk{Version: "1.2.0", Offset: 32768, Data: []byte("ELF")}},
+		{TypeUpgradeChunk, &UpgradeChunk{Version: "1.2.0", Offset: 0, Error: "artifact unavailable"}},
+		{TypeUpgradeReport, &UpgradeReport{Name: "agent-1.2", Version: "1.2.0", Phase: UpgradeFailed, Reason: "signature"}},
 	} {
 		b, err := Encode(c.t, 7, c.b)
 		if err != nil {
@@ -62,7 +67,8 @@ func FuzzDecode(f *testing.F) {
 		}
 		bodies := []Body{&Hello{}, &HelloAck{}, &Heartbeat{}, &Error{}, &NodeStatus{}, &Ack{}, &Sync{}, &PodStatus{}, &StreamOpen{}, &StreamData{}, &StreamAck{}, &TwinReport{}, &CertRequest{}, &CertIssued{},
 			&TunnelOpen{}, &TunnelData{}, &TunnelAck{}, &TunnelResize{}, &TunnelClose{},
-			&StatsRequest{}, &StatsResponse{}, &NodeConfig{}}
+			&StatsRequest{}, &StatsResponse{}, &NodeConfig{},
+			&UpgradeOffer{}, &UpgradeChunkRequest{}, &UpgradeChunk{}, &UpgradeReport{}}
 		for _, b := range bodies {
 			if fr.DecodeBody(b) == nil {
 				if _, err := Encode(fr.Type, fr.Seq, b); err != nil {
@@ -121,6 +127,14 @@ func checkPathNames(t *testing.T, b Body) {
 		bad("namespace", b.Namespace)
 		bad("pod", b.Pod)
 		bad("container", b.Container)
+	case *UpgradeOffer:
+		bad("version", b.Version)
+	case *UpgradeChunkRequest:
+		bad("version", b.Version)
+	case *UpgradeChunk:
+		bad("version", b.Version)
+	case *UpgradeReport:
+		bad("version", b.Version)
 	case *TunnelOpen:
 		bad("namespace", b.Namespace)
 		bad("pod", b.Pod)

@@ -24,6 +24,10 @@ type Hello struct {
 	// Objects are the downstream objects the agent holds, with their
 	// versions: the relay answers with what differs.
 	Objects []ObjectVersion `cbor:"5,keyasint,omitempty"`
+	// Upgrades says the agent takes upgrade offers: it has an installer
+	// and an upgrade signing key pinned in its configuration. The relay
+	// offers no upgrade to an agent without it.
+	Upgrades bool `cbor:"6,keyasint,omitempty"`
 }
 
 // Validate implements Body.

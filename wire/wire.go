@@ -58,6 +58,11 @@ const (
 	// TypeNodeConfig (relay → agent) says what changed in the agent's
 	// Node that the agent acts on, after the hello-ack. See NodeConfig.
 	TypeNodeConfig Type = 22
+	// Agent upgrades: see UpgradeOffer.
+	TypeUpgradeOffer        Type = 23 // relay → agent
+	TypeUpgradeChunkRequest Type = 24 // agent → relay
+	TypeUpgradeChunk        Type = 25 // relay → agent
+	TypeUpgradeReport       Type = 26 // agent → relay, durable (carries Seq)
 )
 
 var typeNames = map[Type]string{
@@ -83,6 +88,11 @@ var typeNames = map[Type]string{
 	TypeStatsRequest:  "stats-request",
 	TypeStatsResponse: "stats-response",
 	TypeNodeConfig:    "node-config",
+
+	TypeUpgradeOffer:        "upgrade-offer",
+	TypeUpgradeChunkRequest: "upgrade-chunk-request",
+	TypeUpgradeChunk:        "upgrade-chunk",
+	TypeUpgradeReport:       "upgrade-report",
 }
 
 func (t Type) String() string {

@@ -8,6 +8,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -107,6 +109,10 @@ type Config struct {
 	CertRotateAt int
 	// Network is the pod network (CNI).
 	Network Network
+	// UpgradePublicKey is the ed25519 key agent upgrades must be signed
+	// with (agent/upgrade), pinned here and never taken from the cloud;
+	// nil refuses every upgrade.
+	UpgradePublicKey ed25519.PublicKey
 }
 
 // Network configures the pod network: the CNI plugins the agent runs for
@@ -283,6 +289,7 @@ type file struct {
 	SeccompProfileDir    string   `yaml:"seccompProfileDir"`
 	AllowedUnsafeSysctls []string `yaml:"allowedUnsafeSysctls"`
 	Network              *Network `yaml:"network"`
+	UpgradePublicKey     string   `yaml:"upgradePublicKey"`
 }
 
 type mqttFile struct {
@@ -308,7 +315,7 @@ type reserved struct {
 }
 
 // Fields lists the file's top-level fields, for error messages and docs.
-var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "certRotateAt", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls", "network"}
+var Fields = []string{"server", "nodeName", "stateDir", "board", "logLevel", "memoryLimit", "maxPods", "reserved", "outboxMaxBytes", "maxDevices", "certRotateAt", "mqtt", "containerd", "metrics", "seccompProfileDir", "allowedUnsafeSysctls", "network", "upgradePublicKey"}
 
 // Load reads the file at path over the defaults. A missing file is not an
 // error unless required, since the default path is tried on every start.
@@ -367,6 +374,13 @@ func (cfg *Config) parse(b []byte) error {
 	set(&cfg.Board, f.Board)
 	set(&cfg.LogLevel, f.LogLevel)
 	set(&cfg.SeccompProfileDir, f.SeccompProfileDir)
+	if f.UpgradePublicKey != "" {
+		k, err := ParseUpgradeKey(f.UpgradePublicKey)
+		if err != nil {
+			return err
+		}
+		cfg.UpgradePublicKey = k
+	}
 	if f.AllowedUnsafeSysctls != nil {
 		cfg.AllowedUnsafeSysctls = f.AllowedUnsafeSysctls
 	}
@@ -691,3 +705,13 @@ func ParseCPU(s string) (int64, error) {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// ParseUpgradeKey reads upgradePublicKey: a raw ed25519 public key in
+// standard base64 (what outpost-relay upgrade keygen prints).
+func ParseUpgradeKey(s string) (ed25519.PublicKey, error) {
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("upgradePublicKey: want the %d-byte ed25519 public key in base64 (outpost-relay upgrade keygen prints it)", ed25519.PublicKeySize)
+	}
+	return ed25519.PublicKey(b), nil
+}

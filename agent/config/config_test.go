@@ -1,6 +1,8 @@
 package config
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -228,5 +230,30 @@ func TestNetworkSection(t *testing.T) {
 	}
 	if err := c.parse([]byte("network:\n  disabled: true\n")); err != nil || !c.Network.Disabled {
 		t.Errorf("network.disabled: true read as %v (%v)", c.Network.Disabled, err)
+	}
+}
+
+func TestUpgradePublicKey(t *testing.T) {
+	dir := t.TempDir()
+	good := "upgradePublicKey: " + base64.StdEncoding.EncodeToString(make([]byte, ed25519.PublicKeySize)) + "\n"
+	for _, c := range []struct {
+		body string
+		ok   bool
+	}{
+		{good, true},
+		{"upgradePublicKey: notbase64!\n", false},
+		{"upgradePublicKey: " + base64.StdEncoding.EncodeToString(make([]byte, 31)) + "\n", false},
+	} {
+		p := filepath.Join(dir, "agent.yaml")
+		if err := os.WriteFile(p, []byte(c.body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load(p, true)
+		if c.ok != (err == nil) {
+			t.Fatalf("%q: err = %v", c.body, err)
+		}
+		if c.ok && len(cfg.UpgradePublicKey) != ed25519.PublicKeySize {
+			t.Fatalf("key not loaded: %v", cfg.UpgradePublicKey)
+		}
 	}
 }

@@ -68,6 +68,10 @@ type Config struct {
 	Objects func() ([]wire.ObjectVersion, error)
 	// Log receives connect and disconnect lines; nil discards them.
 	Log *slog.Logger
+	// Upgrades, if set, tells the relay in each hello that this agent
+	// takes upgrade offers (agent/upgrade: an installer and a pinned
+	// upgradePublicKey).
+	Upgrades bool
 
 	// Rotation, if set, renews the node certificate on the link (see
 	// Rotation). NextCertPEM and NextKeyPEM are a renewed pair that has
@@ -522,7 +526,7 @@ func (l *Link) hello(ctx context.Context, conn *websocket.Conn) (wire.HelloAck, 
 	}
 	b, err := wire.Encode(wire.TypeHello, 0, &wire.Hello{
 		MinVersion: wire.ProtocolMin, MaxVersion: wire.ProtocolMax,
-		AgentVersion: l.cfg.AgentVersion, Node: ni, Objects: held,
+		AgentVersion: l.cfg.AgentVersion, Node: ni, Objects: held, Upgrades: l.cfg.Upgrades,
 	})
 	if err != nil {
 		return ack, err

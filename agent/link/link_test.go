@@ -294,7 +294,7 @@ func TestHelloAndHeartbeats(t *testing.T) {
 	if h.cn != "system:node:gw-1" {
 		t.Errorf("client certificate CN = %q", h.cn)
 	}
-	if h.hello.MinVersion != wire.ProtocolMin || h.hello.MaxVersion != wire.ProtocolMax || h.hello.AgentVersion != "v0.0.0-test" || h.hello.Node.Board != "sim" {
+	if h.hello.MinVersion != wire.ProtocolMin || h.hello.MaxVersion != wire.ProtocolMax || h.hello.AgentVersion != "v0.0.0-test" || h.hello.Node.Board != "sim" || h.hello.Upgrades {
 		t.Errorf("hello = %+v", h.hello)
 	}
 	for range 3 {
@@ -662,5 +662,14 @@ func TestStaleFrameNotWritten(t *testing.T) {
 	}
 	if e := r.waitFor(t, 2, "frame"); e.frame.Seq != 8 {
 		t.Fatalf("first frame on the second connection has seq %d, want 8 (7 was queued for the first)", e.frame.Seq)
+	}
+}
+
+func TestHelloSaysTheAgentTakesUpgrades(t *testing.T) {
+	ca := testpki.NewCA(t, "relay-ca")
+	r := newRelay(t, ca, func(p *peer) { p.ack(2); p.serve(true) })
+	startAgent(t, r.srv.URL, ca, ca, time.Now().Add(time.Hour), func(c *Config, _ *Handlers) { c.Upgrades = true })
+	if h := r.waitFor(t, 1, "hello"); !h.hello.Upgrades {
+		t.Fatalf("hello = %+v", h.hello)
 	}
 }

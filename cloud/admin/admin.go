@@ -67,6 +67,22 @@ func TokenCreate(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+const nodeUsage = `usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME
+       outpost-relay node allow [--kubeconfig FILE] [--wait 1m] NAME...`
+
+// Node runs node revoke and node allow.
+func Node(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "revoke":
+			return NodeRevoke(args[1:], stdout, stderr)
+		case "allow":
+			return NodeAllow(args[1:], stdout, stderr)
+		}
+	}
+	return errors.New(nodeUsage)
+}
+
 // NodeRevoke marks a node's identity record revoked: every relay replica
 // refuses its certificates and closes its link.
 func NodeRevoke(args []string, stdout, stderr io.Writer) error {

@@ -25,6 +25,7 @@ import (
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pods"
 	"outpost.dev/cloud/podstatus"
+	"outpost.dev/cloud/upgrade"
 	"outpost.dev/wire"
 	"outpost.dev/wire/tunnel"
 )
@@ -301,6 +302,12 @@ func (c *conn) serve() {
 	c.pods.Store(psync)
 	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Client: as, Done: c.acks.done, Log: c.log})
 	defer pstatus.Stop()
+	// Agent upgrades in flight for this node are offered (again) now.
+	var up *upgrade.Session
+	if c.s.upgrades != nil {
+		up = c.s.upgrades.Connect(c.node, h.Node.Arch, h.AgentVersion, h.Upgrades, upgradeAgent{c})
+		defer up.Close()
+	}
 
 	for {
 		f, ok := c.read(silent, "frame")
@@ -363,6 +370,39 @@ func (c *conn) serve() {
 			// (no such Device on this node); waits while the queue is full.
 			c.acks.received(f.Type, f.Seq)
 			twinReports.report(f.Seq, &r)
+		case wire.TypeUpgradeReport:
+			var r wire.UpgradeReport
+			if err := f.DecodeBody(&r); err != nil {
+				c.fatalDecode(err)
+				return
+			}
+			if f.Seq == 0 {
+				c.fatal(wire.CodeInvalid, "upgrade-report without a seq: durable reports are numbered from 1", websocket.StatusPolicyViolation)
+				return
+			}
+			// Acked once in the AgentUpgrade's status, or dropped for good.
+			c.acks.received(f.Type, f.Seq)
+			seq := f.Seq
+			if up == nil {
+				c.acks.done(seq)
+				continue
+			}
+			up.Report(&r, func() { c.acks.done(seq) })
+		case wire.TypeUpgradeChunkRequest:
+			// A bad request fails the download (the agent asks again on
+			// the next offer), not the link.
+			var r wire.UpgradeChunkRequest
+			if err := f.DecodeBody(&r); err != nil {
+				c.sendError(wire.CodeInvalid, err.Error(), false)
+				continue
+			}
+			if up == nil {
+				c.sendError(wire.CodeProtocol, "this relay offers no agent upgrades", false)
+				continue
+			}
+			if err := up.ChunkRequest(&r); err != nil {
+				c.sendError(wire.CodeProtocol, err.Error(), false)
+			}
 		case wire.TypeStreamData:
 			var d wire.StreamData
 			if err := f.DecodeBody(&d); err != nil {
@@ -383,7 +423,7 @@ func (c *conn) serve() {
 				continue
 			}
 			c.stats.deliver(&r)
-		case wire.TypeTunnelOpen, wire.TypeTunnelResize, wire.TypeStatsRequest:
+		case wire.TypeTunnelOpen, wire.TypeTunnelResize, wire.TypeStatsRequest, wire.TypeUpgradeOffer, wire.TypeUpgradeChunk:
 			c.sendError(wire.CodeProtocol, fmt.Sprintf("%s is sent by the relay, not by agents; ignored", f.Type), false)
 		case wire.TypeCertRequest:
 			if !c.certRequest(f, false) {
@@ -594,3 +634,8 @@ func (s *Server) podCIDRsChanged(node string, cidrs []string) {
 	c.log.Info("node pod CIDRs changed; telling the agent", "pod_cidrs", strings.Join(cidrs, ","))
 	c.send(wire.TypeNodeConfig, &wire.NodeConfig{PodCIDRs: cidrs})
 }
+
+// upgradeAgent sends the upgrade controller's frames on c.
+type upgradeAgent struct{ c *conn }
+
+func (a upgradeAgent) Send(t wire.Type, body wire.Body) bool { return a.c.send(t, body) }

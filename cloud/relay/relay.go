@@ -33,6 +33,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -43,6 +44,7 @@ import (
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
+	"outpost.dev/cloud/upgrade"
 	"outpost.dev/wire"
 )
 
@@ -155,6 +157,12 @@ type Config struct {
 	// devices package's defaults.
 	DeviceStatus devices.WriterConfig
 
+	// Upgrades, if set (and Dynamic), rolls AgentUpgrades out to the
+	// agents connected to this replica (cloud/upgrade); the relay fills in
+	// Dynamic, Nodes (its edge Node informer) and Log. Install the CRD
+	// first (upgrade.EnsureCRD).
+	Upgrades *upgrade.Config
+
 	// JoinPerIPRate and JoinPerIPBurst limit the join requests of one
 	// client address; zero means join.DefaultPerIPRate and
 	// DefaultPerIPBurst.
@@ -179,7 +187,9 @@ type Server struct {
 	// deviceHub is the one watch of all Devices, fanned out to the
 	// connections by node (nil without Config.Dynamic).
 	deviceHub *devices.Hub
-	metrics   *metrics
+	// upgrades rolls AgentUpgrades out (nil without Config.Upgrades).
+	upgrades *upgrade.Controller
+	metrics  *metrics
 	// ids are the node identity records; joinCache's edge Nodes tell a
 	// deleted node. Both close revoked links (watchRevocations).
 	ids       *identity.Registry
@@ -331,6 +341,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Dynamic != nil {
 		s.deviceHub = devices.NewHub(ctx, cfg.Dynamic)
 	}
+	if cfg.Dynamic != nil && cfg.Upgrades != nil {
+		uc := *cfg.Upgrades
+		uc.Dynamic, uc.Nodes, uc.Log = cfg.Dynamic, s.edgeNodes, cfg.Log
+		if s.upgrades, err = upgrade.New(uc); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
 	s.watchRevocations()
 	jc.Run(ctx)
 	ids.Run(ctx)
@@ -397,6 +415,9 @@ func (s *Server) Close() error {
 	if s.deviceHub != nil {
 		s.deviceHub.Wait()
 	}
+	if s.upgrades != nil {
+		s.upgrades.Close()
+	}
 	return nil
 }
 
@@ -441,4 +462,17 @@ func (s *Server) unregister(c *conn) {
 		delete(s.conns, c.node)
 		s.metrics.connected.Dec()
 	}
+}
+
+// edgeNodes lists the edge Nodes as the join cache's informer has them,
+// for the upgrade controller's selectors.
+func (s *Server) edgeNodes() []upgrade.Node {
+	objs := s.joinCache.NodeInformer().GetStore().List()
+	out := make([]upgrade.Node, 0, len(objs))
+	for _, o := range objs {
+		if n, ok := o.(*corev1.Node); ok {
+			out = append(out, upgrade.Node{Name: n.Name, Labels: n.Labels})
+		}
+	}
+	return out
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/tolerations"
+	"outpost.dev/cloud/upgrade"
 )
 
 // servingCertValidity is the lifetime of a minted serving certificate.
@@ -57,6 +59,7 @@ type Options struct {
 	DeviceBurst       int
 	DeviceQueue       int
 	NoInstallCRD      bool
+	UpgradeCacheDir   string
 	PodStatusQPS      float64
 	PodStatusBurst    int
 	KeepOfflinePods   bool
@@ -96,7 +99,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&o.DeviceQPS, "device-status-qps", devices.DefaultQPS, "Device status writes per second, all agents together (reports coalesce per Device while they wait)")
 	fs.IntVar(&o.DeviceBurst, "device-status-burst", devices.DefaultBurst, "Device status write burst")
 	fs.IntVar(&o.DeviceQueue, "device-status-queue", devices.DefaultMaxQueue, "Devices whose report may wait for a status write; agents reporting beyond it are slowed down")
-	fs.BoolVar(&o.NoInstallCRD, "no-install-crd", false, "do not install or update the Device CRD at start (apply cloud/deploy/devices-crd.yaml yourself)")
+	fs.BoolVar(&o.NoInstallCRD, "no-install-crd", false, "do not install or update the Device and AgentUpgrade CRDs at start (apply cloud/deploy/devices-crd.yaml and agentupgrades-crd.yaml yourself)")
+	fs.StringVar(&o.UpgradeCacheDir, "upgrade-cache-dir", filepath.Join(os.TempDir(), "outpost-relay-upgrades"), "directory this replica caches agent upgrade artifacts in (a few, least recently used go first); empty turns AgentUpgrade rollouts off")
 	fs.Float64Var(&o.PodStatusQPS, "pod-status-qps", podstatus.DefaultQPS, "pod status reports written per second, all agents together (each is a read and a write)")
 	fs.IntVar(&o.PodStatusBurst, "pod-status-burst", podstatus.DefaultBurst, "pod status report burst")
 	fs.BoolVar(&o.KeepOfflinePods, "keep-offline-pods", true, "keep pods on edge nodes bound while their node is offline: make their not-ready/unreachable NoExecute tolerations last forever, unless the node has the label or the pod the annotation "+tolerations.OptOut+"=true (see cloud/README.md); false leaves eviction to Kubernetes' defaults")
@@ -224,6 +228,9 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 	if !o.NoInstallCRD {
 		crdCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := devices.EnsureCRD(crdCtx, dyn, log)
+		if err == nil && o.UpgradeCacheDir != "" {
+			err = upgrade.EnsureCRD(crdCtx, dyn, log)
+		}
 		cancel()
 		if err != nil {
 			return err
@@ -253,6 +260,9 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 		TokenRefreshAfter: o.TokenRefreshAfter,
 		JoinPerIPRate:     o.JoinRatePerIP, JoinPerIPBurst: o.JoinBurstPerIP,
 		MaxHandshakes: o.MaxHandshakes,
+	}
+	if o.UpgradeCacheDir != "" {
+		rc.Upgrades = &upgrade.Config{CacheDir: o.UpgradeCacheDir}
 	}
 	var kcert tls.Certificate
 	if kl != nil {

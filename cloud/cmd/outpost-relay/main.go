@@ -22,14 +22,12 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const nodeUsage = `usage: outpost-relay node revoke [--kubeconfig FILE] [--namespace outpost-system] [--reason TEXT] NAME
-       outpost-relay node allow [--kubeconfig FILE] [--wait 1m] NAME...`
-
 const usage = `usage:
   outpost-relay serve [flags]         run the relay
   outpost-relay token create [flags]  create a bootstrap token and print it (id.secret)
   outpost-relay node revoke NAME      revoke every certificate of an edge node; re-joining it needs a token made with --node NAME
   outpost-relay node allow NAME...    let the relay act as these edge nodes (an administrator's kubeconfig)
+  outpost-relay upgrade keygen|sign   make an agent upgrade signing key; sign an agent binary (docs/upgrades.md)
   outpost-relay version               print the version
 Run a subcommand with -h for its flags.`
 
@@ -56,16 +54,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		return admin.TokenCreate(args[2:], stdout, stderr)
 	case "node":
-		if len(args) < 2 {
-			return errors.New(nodeUsage)
-		}
-		switch args[1] {
-		case "revoke":
-			return admin.NodeRevoke(args[2:], stdout, stderr)
-		case "allow":
-			return admin.NodeAllow(args[2:], stdout, stderr)
-		}
-		return errors.New(nodeUsage)
+		return admin.Node(args[1:], stdout, stderr)
+	case "upgrade":
+		return admin.Upgrade(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version)
 		return nil

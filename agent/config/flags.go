@@ -54,6 +54,9 @@ type UsageError struct{ Err error }
 func (e UsageError) Error() string { return e.Err.Error() }
 func (e UsageError) Unwrap() error { return e.Err }
 
+// ExitCode is the exit status of a mistake on the command line.
+func (UsageError) ExitCode() int { return 2 }
+
 // Load parses args (printing the command's flags to help for -h, and
 // returning flag.ErrHelp), reads the config file (which must exist when
 // --config was given), applies the field flags that were given, and

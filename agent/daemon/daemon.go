@@ -31,6 +31,7 @@ import (
 	"outpost.dev/agent/store"
 	"outpost.dev/agent/tunnels"
 	"outpost.dev/agent/twins"
+	"outpost.dev/agent/upgrade"
 	resusage "outpost.dev/agent/usage"
 	"outpost.dev/boards"
 	"outpost.dev/wire"
@@ -107,6 +108,8 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 		defer sl.Close()
 	}
 	health := &healthGate{sl: sl, running: running, log: log}
+	ctx, restart := context.WithCancelCause(ctx)
+	defer restart(nil)
 
 	log.Info("starting", "version", o.Version, "node", id.NodeName, "board", cfg.Board,
 		"server", server, "state_dir", cfg.StateDir, "memory_limit", debug.SetMemoryLimit(-1))
@@ -127,14 +130,23 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	podRec, waitPods := startPods(ctx, cfg, id.NodeName, st, applier, ob, readNode, podCIDR.get, log)
 	defer waitPods()
 
+	takeUpgrades := upgradesOn(cfg, sl, log)
 	lk := link.New(link.Config{
 		Server: server, NodeName: id.NodeName,
 		CertPEM: id.CertPEM, KeyPEM: id.KeyPEM, CAPEM: id.CAPEM,
 		NextCertPEM: id.NextCertPEM, NextKeyPEM: id.NextKeyPEM,
 		Rotation:     &link.Rotation{At: cfg.CertRotateAt, Save: st.SaveNext, Connected: st.PromoteNext},
 		AgentVersion: o.Version, NodeInfo: readNode, Log: log,
-		Objects: st.ObjectVersions,
+		Objects: st.ObjectVersions, Upgrades: takeUpgrades,
 	})
+	var upg *upgrade.Manager
+	if takeUpgrades {
+		if upg, err = newUpgrades(cfg, sl, running, health, o.Version, lk, ob, func() { restart(Restart) }, log); err != nil {
+			return err
+		}
+		health.healthy = upg.Connected // reports Healthy once the trial has ended
+		go upg.Run(ctx)
+	}
 	// Twin reports leave the outbox by name and travel by link id.
 	compactor := twins.NewCompactor(lk, st, applier.Changes(), log.With("component", "twins"))
 	applier.OnResync(compactor.Synced)
@@ -171,12 +183,22 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 			podCIDR.learn(ack.PodCIDRs)
 			sender.Connected()
 			podRec.Resend() // Ready set False by the cloud while offline
+			if upg != nil {
+				upg.Connected()
+			}
 			select {
 			case connected <- struct{}{}:
 			default:
 			}
 		},
-		OnDisconnect: func(error) { compactor.Disconnected(); logsrv.Disconnected(); tunsrv.Disconnected() },
+		OnDisconnect: func(error) {
+			compactor.Disconnected()
+			logsrv.Disconnected()
+			tunsrv.Disconnected()
+			if upg != nil {
+				upg.Disconnected()
+			}
+		},
 		Frame: func(f wire.Frame) {
 			switch {
 			case f.Type == wire.TypeAck:
@@ -192,6 +214,7 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 			case logsrv.Handle(f):
 			case tunsrv.Handle(f):
 			case statsrv.Handle(f):
+			case upgradeFrame(upg, f):
 			case applier.Handle(f):
 			default:
 				log.Debug("frame from relay ignored", "type", f.Type)
@@ -200,6 +223,10 @@ func Run(ctx context.Context, cfg config.Config, o Options) error {
 	})
 	if err != nil {
 		return err
+	}
+	if context.Cause(ctx) == Restart {
+		log.Info("stopped for the upgrade's restart", "node", id.NodeName)
+		return Restart
 	}
 	log.Info("stopped", "node", id.NodeName)
 	return nil

@@ -38,6 +38,9 @@ type healthGate struct {
 	running slots.Slot
 	log     *slog.Logger
 
+	// healthy, if set, is called once the trial (if any) has ended.
+	healthy func()
+
 	mu   sync.Mutex
 	want uint64 // the last after-connect node status report's sequence number
 	busy bool
@@ -79,4 +82,14 @@ func (g *healthGate) mark() {
 	}
 	g.done = true
 	g.log.Info("connected and Ready: this slot is healthy", "slot", g.running)
+	if g.healthy != nil {
+		go g.healthy()
+	}
+}
+
+// isDone reports whether the running slot has been marked healthy.
+func (g *healthGate) isDone() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.done
 }

@@ -10,9 +10,10 @@
 // A tampered artifact (a signature that does not verify, bytes whose
 // digest differs, more bytes than offered) is refused before anything
 // touches a slot; the partial file is removed. After the switch the new
-// agent, once connected to a relay, declares itself healthy (Connected);
-// one that never does is rolled back by the gateway's launcher, which the
-// next agent reports.
+// agent, once connected to a relay, declares itself healthy (Connected),
+// as soon as the Installer lets it (ErrNotReady until the gateway's own
+// condition holds); one that never does is rolled back by the gateway's
+// launcher, which the next agent reports.
 //
 // Nothing here runs a shell or imports k8s.io.
 package upgrade
@@ -42,11 +43,18 @@ type Installer interface {
 	// Switch makes slot the one the launcher starts next, on trial: it
 	// rolls back by itself unless MarkHealthy is called within deadline.
 	Switch(slot string, deadline time.Duration) error
-	// MarkHealthy ends the trial of the running slot: it is kept.
+	// MarkHealthy ends the trial of the running slot: it is kept. It
+	// returns ErrNotReady while the agent has not yet shown it works as
+	// a node (the gateway's own condition, e.g. its Node written Ready);
+	// the caller then calls Connected again once it has.
 	MarkHealthy() error
 	// State says what runs now.
 	State() State
 }
+
+// ErrNotReady is MarkHealthy's answer before the running agent has met
+// the gateway's condition for keeping it: not a failure, the trial goes on.
+var ErrNotReady = errors.New("upgrade: the running agent is not Ready yet")
 
 // State is what the Installer says runs now.
 type State struct {
@@ -493,7 +501,9 @@ func (m *Manager) afterSwitch() {
 		}
 		m.report(&o, wire.UpgradeRolledBack, reason, 0)
 	case st.Trial:
-		if err := m.cfg.Installer.MarkHealthy(); err != nil {
+		if err := m.cfg.Installer.MarkHealthy(); errors.Is(err, ErrNotReady) {
+			return // Connected is called again once it is
+		} else if err != nil {
 			m.log.Warn("marking the new version healthy failed; trying again on the next connect", "err", err)
 			return
 		}

@@ -413,7 +413,7 @@ func (c *Controller) reconcile() {
 			case !ok && s.version == a.Spec.Version:
 				ch.set[s.node] = NodeStatus{Name: s.node, Phase: wire.UpgradeHealthy, Reason: "running " + a.Spec.Version + " already"}
 			case !ok && !s.capable:
-				ch.set[s.node] = NodeStatus{Name: s.node, Phase: wire.UpgradeFailed, Reason: "the agent does not take upgrades: it has no upgradePublicKey or no installer"}
+				ch.set[s.node] = NodeStatus{Name: s.node, Phase: wire.UpgradeFailed, Reason: "the agent does not take upgrades: no upgradePublicKey is pinned in its configuration, or it was not started by outpost-boot"}
 			case !ok && p.offers[s.arch] == nil:
 				ch.set[s.node] = NodeStatus{Name: s.node, Phase: wire.UpgradeFailed, Reason: "no artifact for " + s.arch}
 			case !ok && busy[s.node] == "" && !a.Spec.Paused:

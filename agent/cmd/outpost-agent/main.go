@@ -6,9 +6,8 @@
 //	outpost-agent run
 //	outpost-agent version
 //
-// Every failure is one line on stderr, starting "outpost-agent: " and
-// saying what to do, and a non-zero exit status: the agent is run by init
-// systems and by people at a serial console, and both read one line.
+// Every failure is one line on stderr, starting "outpost-agent: " and saying what to do, and a
+// non-zero exit status: init systems and people at a serial console both read one line.
 package main
 
 import (
@@ -35,18 +34,19 @@ import (
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
-const usage = "usage: outpost-agent <command> [flags]\n\ncommands:\n" +
-	"  join      join this gateway to a cluster (once)\n  run       run the agent\n  version   print the version\n\n" +
-	"\"outpost-agent <command> -h\" lists a command's flags.\n"
+const usage = "usage: outpost-agent <command> [flags]\n\ncommands:\n  join      join this gateway to a cluster (once)\n" +
+	"  run       run the agent\n  version   print the version\n\n\"outpost-agent <command> -h\" lists a command's flags.\n"
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-// run runs a command: exit status 2 for a mistake on the command line, 1 for another failure.
+// run runs a command: exit status 1 for a failure, or the error's own (2 for a mistake on the
+// command line, daemon.Restart's to be started again by the launcher after an upgrade).
 func run(args []string, stdout, stderr io.Writer) int {
+	var coded interface{ ExitCode() int }
 	if err := dispatch(args, stdout, stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stderr, "outpost-agent: %s\n", strings.Join(strings.Fields(err.Error()), " "))
-		if errors.As(err, new(config.UsageError)) {
-			return 2
+		if errors.As(err, &coded) {
+			return coded.ExitCode()
 		}
 		return 1
 	}

@@ -101,7 +101,8 @@ func checkPodNetwork(t *testing.T, g *gateway, h *podNetHost) {
 	_, hostPort, _ := net.SplitHostPort(h.addr)
 	// The pod retries its GET until one succeeds; if egress never works
 	// the wait below times out with the pod's state and the console.
-	script := fmt.Sprintf(`until wget -q -T 5 -O /tmp/reply http://%s:%s/from-pod; do sleep 2; done; cat /tmp/reply; `+
+	// (busybox-static 1.35's wget crashes with -T, so no timeout there.)
+	script := fmt.Sprintf(`until wget -q -O /tmp/reply http://%s:%s/from-pod; do sleep 2; done; cat /tmp/reply; `+
 		`mkdir -p /www && echo served-by-pod > /www/index.html && exec httpd -f -p %d -h /www`, hostFromGuest, hostPort, podNetGuestPort)
 	manifest := fmt.Sprintf(`apiVersion: v1
 kind: Pod

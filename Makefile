@@ -50,8 +50,11 @@ controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control p
 	@flock "$(CACHE_DIR)/controlplane.lock" ./build/metricsserver/build.sh >/dev/null
 
 # The race detector needs cgo; everything we ship is built without it.
-test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components.
+# ./... leaves out the qemu-tagged tests: make test boots the arm64 image
+# once more (image-join: join, Ready, and a pod on the image's pod network).
+test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components; then make image-join (the arm64 image in QEMU).
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m $(TESTFLAGS) ./...
+	$(MAKE) --no-print-directory image-join ARCH=arm64
 
 test-unit: ## Tests that need no control plane.
 	CGO_ENABLED=1 $(GO) test -race -count=1 -short $(TESTFLAGS) ./...
@@ -106,10 +109,10 @@ image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to 
 	@./build/install-deps.sh image
 	$(GO) test -tags qemu -count=1 -v -timeout 15m -run TestBootQEMU ./build/image/
 
-image-join: controlplane ## Boot the qemu-ARCH image (ARCH=arm64|riscv64); its agent joins a relay on the host and must be Ready in kubectl get nodes.
+image-join: controlplane ## Boot the qemu-ARCH image (ARCH=arm64|riscv64); its agent joins a relay on the host and must be Ready in kubectl get nodes; a pod without hostNetwork gets a pod IP, reaches the host and answers on its hostPort.
 	@./build/install-deps.sh image
 	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_QEMU_ARCH=$(ARCH) \
-		$(GO) test -tags qemu -count=1 -v -timeout 20m -run TestJoinQEMU ./test/qemu/
+		$(GO) test -tags qemu -count=1 -v -timeout 25m -run TestJoinQEMU ./test/qemu/
 
 bench-mem: controlplane ## Agent PSS/RSS inside the qemu-ARCH guest (ARCH=arm64|riscv64), idle, then with 100 sim devices and 10 pods: bin/bench-mem*.json, docs/benchmarks.md; fails over build/budget-mem.json.
 	@./build/install-deps.sh image

@@ -88,6 +88,11 @@ var (
 	defaultTools   = []string{"iptables"}
 )
 
+// DefaultPlugins are the plugins the default conflist runs: what a
+// gateway needs installed (with iptables) for its pods to get a network.
+// The gateway image (build/image) carries these and no other plugin.
+func DefaultPlugins() []string { return slices.Clone(defaultPlugins) }
+
 // Network attaches pods to the node's pod network. Its methods are safe
 // for concurrent use; each pod's calls come from that pod's worker.
 type Network struct {

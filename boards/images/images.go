@@ -38,6 +38,18 @@ type Image struct {
 	DTBs     []string
 }
 
+// podNetModules are what the pod network (docs/network.md) needs of the
+// kernel: veth pairs on a bridge, br_netfilter, and iptables' nf_tables
+// backend with the xtables matches and targets that nft_compat runs for
+// the agent's masquerade rule (comment, MASQUERADE) and portmap's hostPort
+// rules (addrtype, multiport, tcp/udp ports, mark and MARK, DNAT), and the
+// conntrack netlink portmap clears stale UDP entries with. The image has
+// no modules.alias, so the kernel's loads on demand (by alias, such as
+// nft-chain-2-nat) find nothing: the image's init loads these at boot.
+var podNetModules = []string{"veth", "bridge", "br_netfilter",
+	"nf_tables", "nft_compat", "nft_chain_nat", "nf_conntrack_netlink",
+	"xt_MASQUERADE", "xt_nat", "xt_comment", "xt_addrtype", "xt_multiport", "xt_tcpudp", "xt_mark"}
+
 var images = map[string]Image{
 	"rpi4": {
 		Name: "rpi4", About: "Raspberry Pi 4 Model B, Pi 400 and CM4: flash to an SD card",
@@ -45,9 +57,9 @@ var images = map[string]Image{
 		Console:     "console=ttyS1,115200 console=tty1",
 		Board:       "rpi4",
 		RootModules: []string{"sdhci_iproc", "ext4"},
-		RunModules: []string{"genet", "broadcom", "mdio_bcm_unimac", "iproc_rng200", "bcm2835_wdt",
+		RunModules: slices.Concat([]string{"genet", "broadcom", "mdio_bcm_unimac", "iproc_rng200", "bcm2835_wdt",
 			"i2c_bcm2835", "spi_bcm2835", "pcie_brcmstb", "reset_raspberrypi", "xhci_pci",
-			"overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
+			"overlay", "vfat", "nls_cp437", "nls_ascii"}, podNetModules),
 		Firmware: true,
 		DTBs:     []string{"broadcom/bcm2711-rpi-4-b.dtb", "broadcom/bcm2711-rpi-400.dtb", "broadcom/bcm2711-rpi-cm4-io.dtb"},
 	},
@@ -59,7 +71,7 @@ var images = map[string]Image{
 		// A QEMU virt machine has no sensor buses: its devices are simulated.
 		Board:       "sim",
 		RootModules: []string{"virtio_pci", "virtio_mmio", "virtio_blk", "ext4"},
-		RunModules:  []string{"virtio_net", "virtio_rng", "overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
+		RunModules:  slices.Concat([]string{"virtio_net", "virtio_rng", "overlay", "vfat", "nls_cp437", "nls_ascii"}, podNetModules),
 	},
 	"qemu-riscv64": {
 		Name: "qemu-riscv64", About: "qemu-system-riscv64 -M virt with OpenSBI, disk on virtio-blk: for tests and benchmarks",
@@ -73,7 +85,7 @@ var images = map[string]Image{
 		RootModules: []string{"virtio_pci", "virtio_mmio", "virtio_blk", "ext4"},
 		// The virt machine's RTC (goldfish) is built into Debian's
 		// riscv64 kernel, which sets the clock from it at boot.
-		RunModules: []string{"virtio_net", "virtio_rng", "overlay", "veth", "bridge", "br_netfilter", "vfat", "nls_cp437", "nls_ascii"},
+		RunModules: slices.Concat([]string{"virtio_net", "virtio_rng", "overlay", "vfat", "nls_cp437", "nls_ascii"}, podNetModules),
 	},
 }
 

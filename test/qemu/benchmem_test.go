@@ -397,7 +397,7 @@ func docSection(r benchResult, b memBudget) string {
 	fmt.Fprintf(&s, "booted in %s; its agent joins a relay on the host through QEMU's\n", r.Machine)
 	fmt.Fprintf(&s, "user network with the token baked into the image and stays connected and idle for %.0f s; then\n", r.IdleSeconds)
 	fmt.Fprintf(&s, "%d Devices on the sim board (BME280, SHT3x, GPIO outputs; polled every 5 s, reported every 10 s)\n", r.Devices)
-	fmt.Fprintf(&s, "and %d pods (busybox `sleep`, pulled from a registry on the host) are applied with kubectl and,\n", r.Pods)
+	fmt.Fprintf(&s, "and %d pods (busybox `sleep`, pulled from a registry on the host; not hostNetwork, so each on the image's pod network) are applied with kubectl and,\n", r.Pods)
 	fmt.Fprintf(&s, "%.0f s after every pod is Ready and every Device Connected, read again. The image's memory hook\n", r.SettleSeconds)
 	fmt.Fprintf(&s, "(kernel argument `outpost.memreport=5`) prints `/proc/PID/status` and `/proc/PID/smaps_rollup`\n")
 	fmt.Fprintf(&s, "on the serial console. Medians of %d readings 5 s apart per step", r.Runs*r.Samples)

@@ -6,7 +6,8 @@
 // Debian's packages for the image, so they run only with the qemu build
 // tag:
 //
-//	make image-join             # boots qemu-arm64, joins, and shows Ready in kubectl get nodes
+//	make image-join             # boots qemu-arm64, joins, shows Ready in kubectl get nodes, and
+//	                            # runs a pod on the image's pod network (make test runs this)
 //	make bench-mem              # the agent's memory inside the qemu-arm64 guest, idle and with
 //	                            # 100 sim devices and 10 pods, against build/budget-mem.json
 //	make bench-mem ARCH=riscv64 # the same in qemu-riscv64 (Debian trixie packages, OpenSBI)

@@ -84,6 +84,9 @@ type gatewayOptions struct {
 	// Registries are HOST:PORT registries on the host the agent pulls
 	// from over plain HTTP; the image names them as 10.0.2.2:PORT.
 	Registries []string
+	// HostForwards are QEMU user-network forwards from the host to the
+	// guest (hostfwd=, "tcp:127.0.0.1:HOSTPORT-:GUESTPORT").
+	HostForwards []string
 	// KernelArgs are appended to the kernel command line.
 	KernelArgs []string
 	// ReadyTimeout bounds boot, join and the first Ready.
@@ -164,13 +167,17 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 		t.Logf("image: %s", l)
 	}
 
+	netdev := "user,id=n0"
+	for _, f := range opts.HostForwards {
+		netdev += ",hostfwd=" + f
+	}
 	base := filepath.Join(out, "outpost-"+mach.Board)
 	cmdline := append([]string{mach.Console, "root=LABEL=outpost-root"}, opts.KernelArgs...)
 	qargs := append(append([]string{}, mach.Args...), "-m", "512", "-smp", "2",
 		"-nographic", "-no-reboot", "-rtc", "base=utc",
 		"-kernel", base+".vmlinuz", "-initrd", base+".initrd", "-append", strings.Join(cmdline, " "),
 		"-drive", "file="+base+".img,format=raw,if=virtio",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=")
+		"-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
 	g.qemu = exec.Command(qemuBin, qargs...)
 	stdout, err := g.qemu.StdoutPipe()
 	if err != nil {

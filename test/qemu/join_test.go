@@ -12,10 +12,12 @@ import (
 // qemu-riscv64 with OUTPOST_QEMU_ARCH=riscv64); its agent joins a relay on
 // the host with the token baked into the image and its node must show
 // Ready, with the guest's arch, in kubectl get nodes of the test control
-// plane.
+// plane. Then, on the same boot, a pod without hostNetwork must get the
+// image's pod network (checkPodNetwork).
 func TestJoinQEMU(t *testing.T) {
 	arch := testArch(t)
-	g := bootGateway(t, gatewayOptions{Arch: arch})
+	h := startPodNetHost(t)
+	g := bootGateway(t, gatewayOptions{Arch: arch, Registries: []string{h.Reg.Host}, HostForwards: []string{h.hostFwd()}})
 	ctx := context.Background()
 	out, err := g.St.CP.Kubectl(ctx, "get", "nodes", "-o", "wide", "-L", "kubernetes.io/arch")
 	if err != nil {
@@ -55,4 +57,8 @@ func TestJoinQEMU(t *testing.T) {
 	}
 	t.Logf("boot to Ready: %.1fs (emulated; join at %.1fs); image built in %.1fs",
 		g.Ready.Sub(g.Start).Seconds(), g.Joined.Sub(g.Start).Seconds(), g.ImageBuild.Seconds())
+	if t.Failed() {
+		return
+	}
+	checkPodNetwork(t, g, h)
 }

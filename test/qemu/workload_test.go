@@ -66,7 +66,7 @@ func pushGuestImage(t *testing.T, ctx context.Context, reg *harness.Registry, ar
 	}
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(busybox)), ModTime: mtime})
 	tw.Write(busybox)
-	for _, a := range []string{"sh", "sleep", "cat", "echo", "date", "true"} {
+	for _, a := range []string{"sh", "sleep", "cat", "echo", "date", "true", "mkdir", "wget", "httpd"} {
 		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: mtime})
 	}
 	if err := tw.Close(); err != nil {

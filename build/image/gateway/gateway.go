@@ -1,7 +1,7 @@
 // Package gateway builds a flashable disk image for a gateway board without
 // root, loop devices or mounts, in the manner of gokrazy: the agent from
-// build/cross, Debian's containerd, runc, busybox and kernel for the
-// board's architecture (fetched by build/image/apt and unpacked by
+// build/cross, Debian's containerd, runc, busybox, CNI plugins, iptables
+// and kernel for the board's architecture (fetched by build/image/apt and unpacked by
 // build/image/rootfs, never installed or run), the image's own files
 // (files/), the board's kernel modules (build/image/kmod) and an initramfs
 // (build/image/cpio), then a FAT boot and an ext4 root partition behind an
@@ -118,7 +118,7 @@ func Build(c Config) error {
 	if err := a.Update(); err != nil {
 		return err
 	}
-	userland, err := a.Resolve([]string{"containerd", "runc", "busybox-static"}, nil)
+	userland, err := a.Resolve(append([]string{"containerd", "runc", "busybox-static"}, podNetPackages...), nil)
 	if err != nil {
 		return err
 	}
@@ -170,6 +170,9 @@ func Build(c Config) error {
 		}
 	}
 	if err := rootfs.Prune(rootDir); err != nil {
+		return err
+	}
+	if err := podNetwork(rootDir); err != nil {
 		return err
 	}
 	if err := kmod.Decompress(kdir); err != nil {

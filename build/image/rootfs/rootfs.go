@@ -1,7 +1,8 @@
 // Package rootfs shapes the root file system tree unpacked from Debian
 // packages: Unpack runs dpkg-deb -x (no maintainer script runs), MergeUsr
 // makes Debian's merged /usr, Prune drops what a gateway never reads,
-// BusyboxApplets reads the applet names busybox links must carry, and Size
+// KeepOnly trims a directory to the files the image uses, Alternatives
+// makes the links update-alternatives would, BusyboxApplets reads the applet names busybox links must carry, and Size
 // is what the tree takes on a 4 KiB-block file system.
 package rootfs
 
@@ -36,8 +37,72 @@ func Prune(root string) error {
 		"usr/share/initramfs-tools", "etc/ld.so.conf.d", "sbin/ldconfig", "usr/bin/ldd",
 		"usr/bin/iconv", "usr/bin/getconf", "usr/bin/getent", "usr/bin/locale", "usr/bin/localedef",
 		"usr/bin/pldd", "usr/bin/tzselect", "usr/bin/zdump", "usr/bin/catchsegv", "usr/sbin/iconvconfig", "usr/sbin/zic",
+		// iptables: the image runs the nf_tables backend only (xtables-nft-multi).
+		"usr/sbin/xtables-legacy-multi", "usr/sbin/iptables-legacy", "usr/sbin/iptables-legacy-save", "usr/sbin/iptables-legacy-restore",
+		"usr/sbin/ip6tables-legacy", "usr/sbin/ip6tables-legacy-save", "usr/sbin/ip6tables-legacy-restore", "usr/bin/iptables-xml",
+		"usr/sbin/iptables-apply", "usr/sbin/ip6tables-apply", "usr/sbin/nfnl_osf", "usr/share/xtables",
 	} {
 		if err := os.RemoveAll(filepath.Join(root, p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// KeepOnly removes every entry of dir but the names in keep, each of which
+// must be there: a package that renamed or dropped one is an error, not
+// an image that lacks it.
+func KeepOnly(dir string, keep []string) error {
+	want := map[string]bool{}
+	for _, k := range keep {
+		if k == "" || k != filepath.Base(k) {
+			return fmt.Errorf("keep %q in %s: not a file name", k, dir)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, k)); err != nil {
+			return fmt.Errorf("%s has no %s: %w", dir, k, err)
+		}
+		want[k] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !want[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Alternatives writes what update-alternatives would at install time
+// (the image runs no maintainer script): each name in links becomes a
+// symbolic link, in its own directory, to the file it maps to in that
+// directory, which must exist. Debian goes through /etc/alternatives;
+// the image links straight to the choice.
+func Alternatives(root, dir string, links map[string]string) error {
+	names := make([]string, 0, len(links))
+	for n := range links {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		target := links[n]
+		for _, s := range []string{n, target} {
+			if s == "" || s != filepath.Base(s) {
+				return fmt.Errorf("alternative %s -> %s: not file names", n, target)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(root, dir, target)); err != nil {
+			return fmt.Errorf("alternative %s: %w", n, err)
+		}
+		link := filepath.Join(root, dir, n)
+		if _, err := os.Lstat(link); err == nil {
+			return fmt.Errorf("alternative %s: /%s/%s exists already", n, dir, n)
+		}
+		if err := os.Symlink(target, link); err != nil {
 			return err
 		}
 	}

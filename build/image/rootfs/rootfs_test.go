@@ -62,3 +62,55 @@ func TestMergeUsr(t *testing.T) {
 		t.Errorf("/bin/sh and /usr/bin/sh: %v, want an error naming both", err)
 	}
 }
+
+// TestKeepOnly: everything but the kept names goes; a kept name that is
+// not there is an error.
+func TestKeepOnly(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"bridge", "host-local", "portmap", "dhcp", "macvlan"} {
+		os.WriteFile(filepath.Join(dir, f), nil, 0o755)
+	}
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	if err := KeepOnly(dir, []string{"bridge", "host-local", "portmap"}); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	var got []string
+	for _, e := range ents {
+		got = append(got, e.Name())
+	}
+	if strings.Join(got, " ") != "bridge host-local portmap" {
+		t.Errorf("left %q", got)
+	}
+	for _, bad := range [][]string{{"tuning"}, {"../portmap"}, {""}} {
+		if err := KeepOnly(dir, bad); err == nil {
+			t.Errorf("KeepOnly %q: no error", bad)
+		}
+	}
+}
+
+// TestAlternatives: links in the same directory to existing targets; a
+// missing target, an existing name or a path is an error.
+func TestAlternatives(t *testing.T) {
+	root := t.TempDir()
+	sbin := filepath.Join(root, "usr/sbin")
+	os.MkdirAll(sbin, 0o755)
+	os.WriteFile(filepath.Join(sbin, "xtables-nft-multi"), nil, 0o755)
+	os.Symlink("xtables-nft-multi", filepath.Join(sbin, "iptables-nft"))
+	if err := Alternatives(root, "usr/sbin", map[string]string{"iptables": "iptables-nft"}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := os.Readlink(filepath.Join(sbin, "iptables")); err != nil || l != "iptables-nft" {
+		t.Errorf("iptables -> %q, %v", l, err)
+	}
+	for _, bad := range []map[string]string{
+		{"iptables": "iptables-nft"},         // exists already
+		{"ip6tables": "ip6tables-nft"},       // no target
+		{"ip6tables": "../../bin/busybox"},   // a path
+		{"../iptables-save": "iptables-nft"}, // a path
+	} {
+		if err := Alternatives(root, "usr/sbin", bad); err == nil {
+			t.Errorf("Alternatives %v: no error", bad)
+		}
+	}
+}

@@ -270,7 +270,11 @@ func (n *Network) reap() {
 func (n *Network) reapOne(id string) {
 	defer n.lockPod(podOf(id))()
 	if !n.recorded(staleDir, id) {
-		return // DELed meanwhile: the pod went, or its next ADD needed the ID
+		// DELed meanwhile: the pod went, or its next ADD needed the ID.
+		n.mu.Lock()
+		delete(n.backoff, id)
+		n.mu.Unlock()
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
 	defer cancel()

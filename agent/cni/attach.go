@@ -59,6 +59,7 @@ func (n *Network) Attach(ctx context.Context, uid, netns string, ports []PortMap
 		return ips, nil
 	}
 	defer n.lockPod(uid)()
+	began := time.Now()
 	l, err := n.list()
 	if err != nil {
 		return nil, err
@@ -127,6 +128,7 @@ func (n *Network) Attach(ctx context.Context, uid, netns string, ports []PortMap
 		return nil, err
 	}
 	rt := rtConf(id, netns, ports)
+	added := time.Now()
 	res, err := n.cni.AddNetworkList(ctx, l, rt)
 	if err != nil {
 		// Undo the part that was made, so a retry starts clean.
@@ -140,6 +142,7 @@ func (n *Network) Attach(ctx context.Context, uid, netns string, ports []PortMap
 		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
 	}
 	n.unrecord(addingDir, id) // libcni cached the result: a DEL finds it there
+	n.log.Debug("cni: attached", "id", id, "stale", stale, "took", time.Since(began), "add", time.Since(added))
 	n.reapLater(stale...)
 	ips, err = resultIPs(res)
 	if err != nil {
@@ -278,10 +281,12 @@ func (n *Network) reapOne(id string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), reapTimeout)
 	defer cancel()
+	began := time.Now()
 	err := n.detachID(ctx, id, "")
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err == nil {
+		n.log.Debug("cni: stale attachment removed", "id", id, "took", time.Since(began))
 		delete(n.backoff, id)
 		return
 	}

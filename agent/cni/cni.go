@@ -13,7 +13,6 @@ package cni
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -101,8 +101,14 @@ type Network struct {
 	log *slog.Logger
 
 	mu     sync.Mutex
-	ips    map[string][]string // by sandbox ID, attachments known to be in place
+	ips    map[string][]string // by pod UID, attachments known to be in place
 	masqed string              // the CIDR whose masquerade rule is in place
+	locks  map[string]*podLock // by pod UID: one pod's ADDs and DELs run one at a time
+	// stale attachments waiting for their DEL (see reap), by CNI
+	// container ID; at most one per pod at a time, two at worst.
+	pending map[string]bool
+	reaping bool                     // a goroutine works through pending
+	backoff map[string]time.Duration // by CNI container ID, after a failed DEL
 
 	// masqMu makes masquerade's check-then-append one step: pods
 	// attached at once would each add the rule.
@@ -127,7 +133,8 @@ func New(cfg Config) *Network {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Network{
-		cfg: cfg, log: cfg.Log, ips: map[string][]string{},
+		cfg: cfg, log: cfg.Log, ips: map[string][]string{}, locks: map[string]*podLock{},
+		pending: map[string]bool{}, backoff: map[string]time.Duration{},
 		// The plugin runner libcni would make on first use, made here:
 		// libcni makes it without a lock, and pods attach at once.
 		cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(cfg.StateDir, "cache"), &invoke.DefaultExec{
@@ -287,72 +294,6 @@ func rtConf(id, netns string, ports []PortMapping) *libcni.RuntimeConf {
 	return rt
 }
 
-// Attach makes sure pod id's network namespace netns is on the network
-// and returns its IPs. fresh says netns was just made: an attachment
-// recorded for id is then stale (the node rebooted) and is removed first.
-// An attachment in place (this process or a cached result) is kept; one
-// half made (the agent was killed during an ADD) is removed and made
-// again.
-func (n *Network) Attach(ctx context.Context, id, netns string, ports []PortMapping, fresh bool) ([]string, error) {
-	n.mu.Lock()
-	ips, ok := n.ips[id]
-	n.mu.Unlock()
-	if ok && !fresh {
-		return ips, nil
-	}
-	l, err := n.list()
-	if err != nil {
-		return nil, err
-	}
-	if len(ports) == 0 {
-		// portmap would be run for nothing, at every ADD and DEL.
-		if l, err = withoutPortmap(l); err != nil {
-			return nil, err
-		}
-	}
-	rt := rtConf(id, netns, ports)
-	if !fresh {
-		if res, err := n.cni.GetNetworkListCachedResult(l, rt); err == nil && res != nil {
-			if ips, err := resultIPs(res); err == nil && len(ips) > 0 {
-				n.doneAdding(id) // killed after the result was cached
-				n.remember(id, ips)
-				return ips, nil
-			}
-		}
-	}
-	// Whatever an earlier ADD left (a lease, a veth, rules) goes first:
-	// plugins refuse an ADD over an existing eth0. A pod never attached
-	// (no cached result, no ADD begun) has nothing to remove, and its DEL
-	// would cost as much as its ADD.
-	atts, err := n.cni.GetCachedAttachments(id)
-	if err != nil || len(atts) > 0 || n.adding(id) {
-		if err := n.Detach(ctx, id, netns); err != nil {
-			n.log.Warn("cni: removing an earlier attachment before ADD", "id", id, "err", err)
-		}
-	}
-	if err := n.markAdding(id); err != nil {
-		return nil, err
-	}
-	res, err := n.cni.AddNetworkList(ctx, l, rt)
-	if err != nil {
-		// Undo the part that was made, so a retry starts clean.
-		if n.cni.DelNetworkList(context.WithoutCancel(ctx), l, rt) == nil {
-			n.doneAdding(id)
-		}
-		if strings.Contains(err.Error(), "failed to find plugin") {
-			return nil, fmt.Errorf("CNI ADD (network %s): %w: install Debian's containernetworking-plugins, or put the plugins in network.binDirs", l.Name, err)
-		}
-		return nil, fmt.Errorf("CNI ADD (network %s): %w", l.Name, err)
-	}
-	n.doneAdding(id) // libcni cached the result: a DEL finds it there
-	ips, err = resultIPs(res)
-	if err != nil {
-		return nil, err
-	}
-	n.remember(id, ips)
-	return ips, nil
-}
-
 // withoutPortmap is l without its portmap plugins, for a pod with no
 // hostPort: the attachment is cached with this list, so its DEL runs
 // without them too.
@@ -378,147 +319,6 @@ func withoutPortmap(l *libcni.NetworkConfigList) (*libcni.NetworkConfigList, err
 		return nil, err
 	}
 	return libcni.NetworkConfFromBytes(b)
-}
-
-// addingDir holds a file per pod whose ADD has begun and is neither
-// cached nor undone: what an agent killed during an ADD left is found
-// there (libcni caches a result only once every plugin is done).
-func (n *Network) addingDir() string { return filepath.Join(n.cfg.StateDir, "adding") }
-
-func (n *Network) adding(id string) bool {
-	_, err := os.Lstat(filepath.Join(n.addingDir(), id))
-	return err == nil
-}
-
-func (n *Network) markAdding(id string) error {
-	// The ID names a file: one path element (pod UIDs are).
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") || len(id) > 255 {
-		return fmt.Errorf("CNI: pod ID %q cannot name a file: refusing to attach it", id)
-	}
-	if err := os.MkdirAll(n.addingDir(), 0o700); err != nil {
-		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
-	}
-	if err := os.WriteFile(filepath.Join(n.addingDir(), id), nil, 0o600); err != nil {
-		return fmt.Errorf("CNI: recording the ADD of %s: %w", id, err)
-	}
-	return nil
-}
-
-func (n *Network) doneAdding(id string) {
-	if err := os.Remove(filepath.Join(n.addingDir(), id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		n.log.Warn("cni: removing the record of an ADD", "id", id, "err", err)
-	}
-}
-
-func (n *Network) remember(id string, ips []string) {
-	n.mu.Lock()
-	n.ips[id] = ips
-	n.mu.Unlock()
-}
-
-// IPs returns what Attach returned for id in this process, if anything.
-func (n *Network) IPs(id string) []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ips[id]
-}
-
-// Detach removes pod id from the network: a DEL with the configuration
-// the attachment was made with (libcni's cache), or with the current one
-// (and delPorts) when nothing is cached. DEL is idempotent; netns may be
-// gone.
-func (n *Network) Detach(ctx context.Context, id, netns string) error {
-	n.mu.Lock()
-	delete(n.ips, id)
-	n.mu.Unlock()
-	atts, err := n.cni.GetCachedAttachments(id)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, a := range atts {
-		l, err := libcni.NetworkConfFromBytes(a.Config)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("cached CNI configuration of %s: %w", id, err))
-			continue
-		}
-		rt := &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: netns, IfName: a.IfName, Args: a.CniArgs, CapabilityArgs: a.CapabilityArgs}
-		if err := n.cni.DelNetworkList(ctx, l, rt); err != nil {
-			errs = append(errs, fmt.Errorf("CNI DEL (network %s): %w", l.Name, err))
-		}
-	}
-	if len(atts) > 0 || len(errs) > 0 {
-		if len(errs) == 0 {
-			n.doneAdding(id)
-		}
-		return errors.Join(errs...)
-	}
-	l, err := n.list()
-	if errors.Is(err, ErrNoNetwork) {
-		return nil // never attached
-	}
-	if err != nil {
-		return err
-	}
-	if err := n.cni.DelNetworkList(ctx, l, rtConf(id, netns, delPorts)); err != nil {
-		return fmt.Errorf("CNI DEL (network %s): %w", l.Name, err)
-	}
-	n.doneAdding(id)
-	return nil
-}
-
-// delPorts stand for a pod's hostPorts in a DEL made without a cached
-// result (the agent was killed during the ADD, before libcni cached it):
-// portmap's DEL does nothing when given no port mappings, and given any it
-// removes the chains it made for the container ID whatever their ports, so
-// a half-made ADD's chains go too.
-var delPorts = []PortMapping{{HostPort: 1, ContainerPort: 1, Protocol: "tcp"}}
-
-// Reconcile removes the attachments of pods that are gone: those in the
-// result cache, host-local leases of the default network held by IDs
-// with no cached result, and ADDs begun and never finished (an agent
-// killed during an ADD). keep says which
-// sandbox IDs are still wanted; netns gives a kept-or-not pod's namespace
-// path (the DEL of a gone pod passes it when it still exists).
-func (n *Network) Reconcile(ctx context.Context, keep func(id string) bool, netns func(id string) string) error {
-	atts, err := n.cni.GetCachedAttachments("")
-	if err != nil {
-		return err
-	}
-	var errs []error
-	seen := map[string]bool{}
-	for _, a := range atts {
-		seen[a.ContainerID] = true
-		if keep(a.ContainerID) {
-			continue
-		}
-		n.log.Info("cni: removing the attachment of a pod that is gone", "id", a.ContainerID, "network", a.Network)
-		if err := n.Detach(ctx, a.ContainerID, netns(a.ContainerID)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, id := range leaseHolders(filepath.Join(n.LeaseDir(), defaultName)) {
-		if seen[id] || keep(id) {
-			continue
-		}
-		seen[id] = true
-		n.log.Info("cni: releasing an address held by a pod that is gone", "id", id)
-		if err := n.Detach(ctx, id, netns(id)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	ents, _ := os.ReadDir(n.addingDir())
-	for _, e := range ents {
-		id := e.Name()
-		if seen[id] || keep(id) {
-			continue
-		}
-		n.log.Info("cni: undoing the ADD of a pod that is gone", "id", id)
-		if err := n.Detach(ctx, id, netns(id)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // leaseHolders reads host-local's lease files (an address per file, the

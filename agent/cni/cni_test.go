@@ -129,3 +129,25 @@ func TestWithoutPortmap(t *testing.T) {
 		t.Errorf("a list of portmap alone: %v, %v; want it unchanged", got, err)
 	}
 }
+
+// TestAttachmentIDs: a pod's two CNI container IDs map back to its UID,
+// the UID first (what a pod never rebooted is attached with); an ID
+// that cannot name a record file is refused.
+func TestAttachmentIDs(t *testing.T) {
+	for _, uid := range []string{"d77abe3d-da7a-4ec2-a801-3d22172a398b", "uid-boot", "a"} {
+		ids := AttachmentIDs(uid)
+		if len(ids) != 2 || ids[0] != uid || ids[0] == ids[1] {
+			t.Fatalf("AttachmentIDs(%q) = %q", uid, ids)
+		}
+		for _, id := range ids {
+			if podOf(id) != uid || !namesFile(id) {
+				t.Errorf("%q: pod %q, names a file %v", id, podOf(id), namesFile(id))
+			}
+		}
+	}
+	for _, id := range []string{"", ".", "..", "a/b", "a\x00", strings.Repeat("a", 256)} {
+		if namesFile(id) {
+			t.Errorf("namesFile(%q) = true", id)
+		}
+	}
+}

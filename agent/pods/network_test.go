@@ -285,36 +285,60 @@ func TestPodNetwork(t *testing.T) {
 
 	e.sub(t, "simulated reboot", func(t *testing.T) {
 		base := e.leaks(t, bridge, subnet, net0.LeaseDir())
-		e.apply(&wire.Sync{Upserts: []wire.Object{web("uid-boot", "boot")}})
+		// One pod with a hostPort (its stale attachment is DELed before
+		// the new ADD), one without (DELed after it, in the background).
+		sleeper := podObj("uid-boot2", "boot2", "1", wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, Command: []string{"sleep", "3600"}}}})
+		e.apply(&wire.Sync{Upserts: []wire.Object{web("uid-boot", "boot"), sleeper}})
 		before := e.waitStatus("uid-boot", 90*time.Second, "Running with a pod IP", hasIP)
+		before2 := e.waitStatus("uid-boot2", 90*time.Second, "Running with a pod IP", hasIP)
 		e.stop()
 		for id := range e.tasks() {
 			_, _ = e.ctrd.Ctr(t.Context(), "-n", "outpost", "tasks", "kill", "-a", "-s", "SIGKILL", id)
 			_, _ = e.ctrd.Ctr(t.Context(), "-n", "outpost", "tasks", "delete", "-f", id)
 		}
-		ns := filepath.Join(e.cfg.StateDir, "pods", "uid-boot", "netns")
-		if err := syscall.Unmount(ns, syscall.MNT_DETACH); err != nil {
-			t.Fatalf("unmounting the pod's namespace: %v", err)
+		for _, uid := range []string{"uid-boot", "uid-boot2"} {
+			ns := filepath.Join(e.cfg.StateDir, "pods", uid, "netns")
+			if err := syscall.Unmount(ns, syscall.MNT_DETACH); err != nil {
+				t.Fatalf("unmounting the pod's namespace: %v", err)
+			}
 		}
-		e.waitFor(30*time.Second, "the namespace's veth gone with it", func() bool {
-			return e.leaks(t, bridge, subnet, net0.LeaseDir()).veths == 0
+		e.waitFor(30*time.Second, "the namespaces' veths gone with them", func() bool {
+			return e.leaks(t, bridge, subnet, net0.LeaseDir()).veths == base.veths
 		})
 		e.run()
 		after := e.waitStatus("uid-boot", 90*time.Second, "Running again with a pod IP", func(s wire.PodStatus) bool {
 			return hasIP(s) && s.Containers[0].RestartCount > before.Containers[0].RestartCount
 		})
-		if got := e.leaks(t, bridge, subnet, net0.LeaseDir()); got.veths != 1 || got.leases != 1 {
-			t.Errorf("after the reboot (podIP %s, was %s): %+v, want one veth and one lease", after.PodIP, before.PodIP, got)
+		after2 := e.waitStatus("uid-boot2", 90*time.Second, "Running again with a pod IP", func(s wire.PodStatus) bool {
+			return hasIP(s) && s.Containers[0].RestartCount > before2.Containers[0].RestartCount
+		})
+		stale := filepath.Join(cniDir, "stale")
+		e.waitFor(30*time.Second, "one veth and one lease per pod, no stale attachment left", func() bool {
+			ents, _ := os.ReadDir(stale)
+			got := e.leaks(t, bridge, subnet, net0.LeaseDir())
+			return len(ents) == 0 && got.veths == base.veths+2 && got.leases == base.leases+2
+		})
+		t.Logf("pod IPs after the reboot: %s (was %s), %s (was %s)", after.PodIP, before.PodIP, after2.PodIP, before2.PodIP)
+		// The pod without hostPorts was attached under its other ID while
+		// the stale one waited; the other one's was DELed first.
+		for _, want := range []string{"outpost-uid-boot-eth0", "outpost-uid-boot2_1-eth0"} {
+			if _, err := os.Stat(filepath.Join(cniDir, "cache", "results", want)); err != nil {
+				t.Errorf("cached attachment after the reboot: %v", err)
+			}
 		}
 		// httpd may still be starting in the new container.
 		e.waitFor(30*time.Second, "the hostPort answering after the reboot", func() bool {
 			body, err := get(fmt.Sprintf("http://%s:%d/", hostIP, hostPort))
 			return err == nil && strings.Contains(body, "hello from boot")
 		})
-		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-boot"}}})
+		e.apply(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindPod, UID: "uid-boot"}, {Kind: wire.KindPod, UID: "uid-boot2"}}})
 		e.waitFor(60*time.Second, "nothing left after the reboot and delete", func() bool {
-			_, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", "uid-boot"))
-			return os.IsNotExist(err) && e.leaks(t, bridge, subnet, net0.LeaseDir()) == base
+			for _, uid := range []string{"uid-boot", "uid-boot2"} {
+				if _, err := os.Stat(filepath.Join(e.cfg.StateDir, "pods", uid)); !os.IsNotExist(err) {
+					return false
+				}
+			}
+			return e.leaks(t, bridge, subnet, net0.LeaseDir()) == base
 		})
 	})
 }

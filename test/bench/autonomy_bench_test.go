@@ -243,8 +243,10 @@ func median(xs []float64) float64 {
 // unmounted) and the link down: the time from starting the agent until
 // containerd runs all 30 again, with the pod network off (cni=off) and on
 // (cni=on: each pod back on its network, a veth and a lease each, checked
-// after the timing), each on its own node of one stack. OUTPOST_ROUNDS
-// rounds (default 3); the median is reported.
+// after the timing once the stale attachments of the namespaces the reboot
+// took are DELed; s-to-no-stale is when that was, from the same start),
+// each on its own node of one stack. OUTPOST_ROUNDS rounds (default 3);
+// the medians are reported.
 func BenchmarkRestartFromStore(b *testing.B) {
 	harness.RequireCNI(b)
 	st, relay := startAutoStack(b)
@@ -295,7 +297,7 @@ func benchRestart(b *testing.B, st *stack.Stack, relay *stack.Relay, network boo
 	// Offline from here on: the relay is unreachable.
 	r.proxy.Refuse(true)
 	r.proxy.Cut()
-	var secs []float64
+	var secs, clean []float64
 	for b.Loop() {
 		for round := range envInt("OUTPOST_ROUNDS", 3) {
 			r.reboot(b, ctx)
@@ -309,15 +311,24 @@ func benchRestart(b *testing.B, st *stack.Stack, relay *stack.Relay, network boo
 			b.Logf("round %d: 30 pods running %s after the agent started offline (%s)", round+1, d.Round(10*time.Millisecond), cniName(network))
 			if network {
 				// A pod's network is made before its container starts:
-				// running again means attached again.
-				l, err := podnet.Check(pnode, all)
-				if err != nil || !l.Pods(n) {
-					b.Fatalf("round %d: the pods' network after the reboot: %v (%v)", round+1, l, err)
-				}
+				// running again means attached again. The attachments
+				// of the namespaces the reboot took are DELed after, in
+				// the background (agent/cni): until then a pod holds two
+				// leases and two cached results.
+				r.wait(b, ctx, time.Minute, "each pod on its network, no stale attachment left", func() (bool, string) {
+					l, err := podnet.Check(pnode, all)
+					return err == nil && l.Pods(n), fmt.Sprintf("%v (%v)", l, err)
+				})
+				d := time.Since(start)
+				clean = append(clean, d.Seconds())
+				b.Logf("round %d: the stale attachments gone %s after the agent started", round+1, d.Round(10*time.Millisecond))
 			}
 		}
 	}
 	b.ReportMetric(median(secs), "s-to-30-running")
+	if network {
+		b.ReportMetric(median(clean), "s-to-no-stale")
+	}
 	// Leave the machine quiet for the next sub-benchmark.
 	r.reboot(b, ctx)
 	for name := range uids {

@@ -5,7 +5,7 @@
 // (portmap's per-pod chains and DNAT rules, rules naming a pod address,
 // masquerade rules for the pod CIDR). Tests share one machine, so it looks
 // only at what is this node's: its bridge, its state directory, its pod
-// CIDR and the pods' CNI container IDs (the pod UIDs).
+// CIDR and the pods' CNI container IDs (cni.AttachmentIDs).
 package podnet
 
 import (
@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"outpost.dev/agent/cni"
 	"outpost.dev/agent/mountinfo"
 )
 
@@ -44,7 +45,7 @@ type Left struct {
 	Veths  []string // interfaces on the bridge
 	NetNS  []string // network namespace mounts under the state directory
 	Leases []string // host-local's leases, address=holder
-	Cache  []string // libcni's cached results, and the agent's records of unfinished ADDs
+	Cache  []string // libcni's cached results, and the agent's records of unfinished ADDs and stale attachments
 	// Rules are iptables lines (every table) of pods: portmap's chains of
 	// the given pods and rules jumping to them or naming them in a
 	// comment, and any rule naming an address of the pod CIDR other than
@@ -121,13 +122,16 @@ func Check(n Node, uids []string) (Left, error) {
 	if err != nil {
 		return l, err
 	}
-	// The agent's record of ADDs begun and not finished (agent/cni).
-	ents, err = os.ReadDir(filepath.Join(n.StateDir, "cni", "adding"))
-	if err != nil && !os.IsNotExist(err) {
-		return l, err
-	}
-	for _, e := range ents {
-		l.Cache = append(l.Cache, "adding/"+e.Name())
+	// The agent's records of ADDs begun and not finished, and of stale
+	// attachments waiting for their DEL (agent/cni).
+	for _, dir := range []string{"adding", "stale"} {
+		ents, err = os.ReadDir(filepath.Join(n.StateDir, "cni", dir))
+		if err != nil && !os.IsNotExist(err) {
+			return l, err
+		}
+		for _, e := range ents {
+			l.Cache = append(l.Cache, dir+"/"+e.Name())
+		}
 	}
 	save, err := exec.Command("iptables-save").Output()
 	if err != nil {
@@ -136,8 +140,10 @@ func Check(n Node, uids []string) (Left, error) {
 	chains := map[string]bool{}
 	var ids []string
 	for _, u := range uids {
-		chains[ChainName("DN-", u)] = true
-		ids = append(ids, fmt.Sprintf("id: %q", u))
+		for _, id := range cni.AttachmentIDs(u) {
+			chains[ChainName("DN-", id)] = true
+			ids = append(ids, fmt.Sprintf("id: %q", id))
+		}
 	}
 	for _, line := range strings.Split(string(save), "\n") {
 		f := strings.Fields(line)

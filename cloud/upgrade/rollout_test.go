@@ -39,6 +39,7 @@ import (
 	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/cloud/upgrade"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/peer"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -372,21 +373,7 @@ func (g *gw) dial() error {
 		c.Write(ctx, websocket.MessageBinary, b)
 	}
 	m.Connected()
-	go func() {
-		hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
-		tick := time.NewTicker(2 * time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-					return
-				}
-			}
-		}
-	}()
+	go peer.Heartbeat(ctx, c, 2*time.Second)
 	go func() {
 		for {
 			_, b, err := c.Read(ctx)

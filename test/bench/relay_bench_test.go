@@ -38,6 +38,7 @@ import (
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/peer"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -200,22 +201,8 @@ func runAgents() error {
 	// Each agent heartbeats from its hello-ack on: connecting 1,000 on a
 	// loaded machine can take longer than the relay waits for a silent
 	// connection (three heartbeat intervals).
-	hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
 	keep := func(c *websocket.Conn) {
-		go func() {
-			t := time.NewTicker(relay.DefaultHeartbeatInterval)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-						return
-					}
-				}
-			}
-		}()
+		go peer.Heartbeat(ctx, c, relay.DefaultHeartbeatInterval)
 		go func() {
 			for {
 				if _, _, err := c.Read(ctx); err != nil {

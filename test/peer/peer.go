@@ -217,21 +217,7 @@ func (p *Peer) Connect(ctx context.Context, hello *wire.Hello, heartbeat time.Du
 			}
 		}
 	}()
-	go func() { // heartbeats, so the relay keeps the link
-		tick := time.NewTicker(heartbeat)
-		defer tick.Stop()
-		hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if c.Write(ctx, websocket.MessageBinary, hb) != nil {
-					return
-				}
-			}
-		}
-	}()
+	go Heartbeat(ctx, c, heartbeat) // so the relay keeps the link
 	select {
 	case err := <-acked:
 		if err != nil {
@@ -243,4 +229,22 @@ func (p *Peer) Connect(ctx context.Context, hello *wire.Hello, heartbeat time.Du
 		return nil, fmt.Errorf("hello as %s: no hello-ack within 15s", p.Name)
 	}
 	return &Session{Conn: c, Cancel: stop, Done: done}, nil
+}
+
+// Heartbeat sends a heartbeat on c every interval until ctx ends or a
+// write fails: what keeps a protocol-level agent's link open.
+func Heartbeat(ctx context.Context, c *websocket.Conn, every time.Duration) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	hb, _ := wire.Encode(wire.TypeHeartbeat, 0, nil)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if c.Write(ctx, websocket.MessageBinary, hb) != nil {
+				return
+			}
+		}
+	}
 }

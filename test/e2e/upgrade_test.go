@@ -1,0 +1,367 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/yaml"
+
+	"outpost.dev/agent/slots"
+	"outpost.dev/cloud/upgrade"
+	"outpost.dev/test/harness"
+	"outpost.dev/test/stack"
+	"outpost.dev/test/wait"
+	"outpost.dev/wire"
+)
+
+// TestAgentUpgradeAndRollback: a real agent under the real launcher,
+// running a real pod, is upgraded by an AgentUpgrade to a second build
+// of the agent (signed with outpost-relay upgrade sign, served over
+// HTTP, delivered by the relay over the agent's link) and reports
+// Healthy with the new version on its Node; an AgentUpgrade to a build
+// that exits at start is rolled back by the launcher after three exits
+// and reported RolledBack by the agent it went back to. The pod's
+// container runs through both.
+func TestAgentUpgradeAndRollback(t *testing.T) {
+	needStack(t)
+	harness.RequireContainerd(t)
+	ctx := ctxFor(t, 4*time.Minute)
+	rt := harness.StartTestRuntime(t, "oupg", harness.RegistryOptions{})
+	dir := t.TempDir()
+	const (
+		name      = "upgrade-e2e"
+		v2        = "v0.2.0-upgrade"
+		vBroken   = "v0.3.0-broken"
+		groupKey  = "outpost.test/upgrade"
+		podNS     = "default"
+		podName   = "upgrade-survivor"
+		agentNS   = "outpost-" + name
+		trialSecs = 120
+	)
+	packaged := filepath.Join(st.BinDir, "outpost-agent")
+
+	// The launcher, with its slots in dir; the second agent build; a
+	// build that exits 1 at start.
+	slotsDir := filepath.Join(dir, "slots")
+	launcher := filepath.Join(dir, "outpost-boot")
+	goBuild(t, ctx, "", launcher, "-X main.slotsDir="+slotsDir+" -X main.packaged="+packaged, "outpost.dev/agent/cmd/outpost-boot")
+	agent2 := filepath.Join(dir, "outpost-agent-"+v2)
+	goBuild(t, ctx, "", agent2, "-X main.version="+v2, "outpost.dev/agent/cmd/outpost-agent")
+	brokenSrc := filepath.Join(dir, "broken")
+	if err := os.MkdirAll(brokenSrc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(brokenSrc, "main.go"), []byte("package main\n\nimport \"os\"\n\nfunc main() { os.Exit(1) }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(brokenSrc, "go.mod"), []byte("module broken\n\ngo 1.21\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	broken := filepath.Join(dir, "outpost-agent-broken")
+	goBuild(t, ctx, brokenSrc, broken, "", ".")
+
+	// Served over HTTP, signed with a key made by outpost-relay upgrade
+	// keygen, whose public half is pinned in the agent's configuration.
+	files := http.NewServeMux()
+	files.HandleFunc("GET /"+v2, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, agent2) })
+	files.HandleFunc("GET /"+vBroken, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, broken) })
+	srv := httptest.NewServer(files)
+	defer srv.Close()
+	keyFile := filepath.Join(dir, "upgrade.key")
+	pub := ""
+	for l := range strings.Lines(relayCmd(t, ctx, "upgrade", "keygen", "--key", keyFile)) {
+		if k, ok := strings.CutPrefix(strings.TrimSpace(l), "upgradePublicKey: "); ok {
+			pub = k
+		}
+	}
+	if pub == "" {
+		t.Fatal("outpost-relay upgrade keygen printed no upgradePublicKey")
+	}
+	sign := func(version, bin string) []any {
+		out := relayCmd(t, ctx, "upgrade", "sign", "--key", keyFile, "--version", version,
+			"--arch", runtime.GOARCH, "--url", srv.URL+"/"+version, bin)
+		var arts []any
+		if err := yaml.Unmarshal([]byte(out), &arts); err != nil || len(arts) != 1 {
+			t.Fatalf("outpost-relay upgrade sign printed %q: %v", out, err)
+		}
+		return arts
+	}
+
+	// The agent, under the launcher, restarted when it exits as the
+	// service manager does; its own containerd namespace; one pod.
+	a, err := st.Join(ctx, relay, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Launcher = launcher
+	a.NoPodNetwork = true
+	a.ExtraConfig = "upgradePublicKey: " + pub + "\ncontainerd:\n  address: " + rt.Containerd.Address +
+		"\n  namespace: " + agentNS + "\n  registries:\n    \"" + rt.Registry.Host + "\": {plainHTTP: true}\n"
+	respawn(t, a)
+	if err := st.WaitNodeReady(ctx, name, true, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	st.Kubectl(t, ctx, "label", "node", name, groupKey+"=yes")
+	st.Apply(t, ctx, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s}
+spec:
+  nodeSelector: {kubernetes.io/hostname: %s}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: %s
+    command: [sh, -c, "exec sleep 3600"]
+`, podName, podNS, name, rt.Images[0].Ref))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = st.CP.Kubectl(ctx, "delete", "pod", "-n", podNS, podName, "--wait=false")
+	})
+	var before podRun
+	wait.State(t, ctx, 2*time.Minute, "the pod running", func() (bool, string) {
+		var desc string
+		before, desc = podRunning(ctx, rt.Containerd, podNS, podName, agentNS)
+		return before.pid != "", desc
+	})
+	nodeVersion := func(want string) {
+		t.Helper()
+		wait.State(t, ctx, time.Minute, "node "+name+" Ready at "+want, func() (bool, string) {
+			n, err := st.CP.Client().CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			ready := false
+			for _, c := range n.Status.Conditions {
+				ready = ready || c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
+			}
+			return ready && n.Status.NodeInfo.KubeletVersion == want, fmt.Sprintf("ready %v, kubeletVersion %q", ready, n.Status.NodeInfo.KubeletVersion)
+		})
+		if out := st.Kubectl(t, ctx, "get", "node", name, "-o", "wide", "--no-headers"); !strings.Contains(out, " "+want+" ") {
+			t.Fatalf("kubectl get node -o wide does not show %s: %s", want, out)
+		}
+	}
+	sameContainer := func() {
+		t.Helper()
+		now, desc := podRunning(ctx, rt.Containerd, podNS, podName, agentNS)
+		if now != before || now.restarts != 0 {
+			t.Fatalf("the pod's container changed: before %+v, now %+v (%s)", before, now, desc)
+		}
+	}
+	nodeVersion("v0.1.0-test")
+
+	// The upgrade to the second build.
+	createUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, sign(v2, agent2))
+	phase := waitPhase(t, ctx, "agent-v2", name, wire.UpgradeHealthy)
+	nodeVersion(v2)
+	sameContainer()
+	up := slotState(t, slotsDir)
+	if up.Current == slots.Packaged || up.CurrentVersion != v2 || up.Trial || up.Previous != slots.Packaged || up.RolledBack != "" {
+		t.Fatalf("the slots after the upgrade: %+v", up)
+	}
+	t.Logf("upgraded: %+v", phase)
+
+	// The upgrade to the build that exits at start: three exits, the
+	// launcher goes back to the second build, which reports it.
+	createUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, sign(vBroken, broken))
+	phase = waitPhase(t, ctx, "agent-broken", name, wire.UpgradeRolledBack)
+	if !strings.Contains(phase.Reason, "exited 3 times at start") || !strings.Contains(phase.Reason, "exit status 1") {
+		t.Fatalf("RolledBack with reason %q, want the launcher's count of exits", phase.Reason)
+	}
+	nodeVersion(v2)
+	sameContainer()
+	if s := slotState(t, slotsDir); s.Current != up.Current || s.CurrentVersion != v2 || s.Trial ||
+		s.RolledBack == "" || s.RolledBack == up.Current || s.RolledBackVersion != vBroken || s.Reason != phase.Reason {
+		t.Fatalf("the slots after the rollback: %+v (after the upgrade: %+v)", s, up)
+	}
+	t.Logf("rolled back: %+v", phase)
+}
+
+// slotState reads the launcher's pointer, as the agent reports it.
+func slotState(t *testing.T, dir string) slots.State {
+	t.Helper()
+	sl, err := slots.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	s, err := sl.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// goBuild builds pkg into out (in dir, if set) with ldflags.
+func goBuild(t *testing.T, ctx context.Context, dir, out, ldflags, pkg string) {
+	t.Helper()
+	args := []string{"build", "-o", out}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+	}
+}
+
+// relayCmd runs outpost-relay with args and returns its stdout.
+func relayCmd(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, filepath.Join(st.BinDir, "outpost-relay"), args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("outpost-relay %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out)
+}
+
+// respawn starts a and starts it again whenever it exits, as the service
+// manager does for the launcher (Restart=on-failure), until t ends.
+func respawn(t *testing.T, a *stack.Agent) {
+	t.Helper()
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-a.Proc.Done():
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond): // the service manager's RestartSec
+			}
+			if err := a.Start(); err != nil {
+				t.Errorf("restarting the launcher: %v", err)
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		once.Do(func() { close(stop) })
+		<-done
+		_ = a.Stop()
+	})
+}
+
+// createUpgrade creates AgentUpgrade name for the nodes labelled key=yes.
+func createUpgrade(t *testing.T, ctx context.Context, name, version, key string, trialSecs int64, artifacts []any) {
+	t.Helper()
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
+		"metadata": map[string]any{"name": name},
+		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs,
+			"nodeSelector": map[string]any{"matchLabels": map[string]any{key: "yes"}}}}}
+	dyn := dynClient(t)
+	if _, err := dyn.Resource(upgrade.GVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = dyn.Resource(upgrade.GVR).Delete(ctx, name, metav1.DeleteOptions{})
+	})
+}
+
+// waitPhase waits until AgentUpgrade name records node in phase want,
+// failing at once if it ends in another.
+func waitPhase(t *testing.T, ctx context.Context, name, node string, want wire.UpgradePhase) upgrade.NodeStatus {
+	t.Helper()
+	var got upgrade.NodeStatus
+	dyn := dynClient(t)
+	wait.State(t, ctx, 2*time.Minute, name+": "+node+" "+string(want), func() (bool, string) {
+		u, err := dyn.Resource(upgrade.GVR).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		a, err := upgrade.FromUnstructured(u)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range a.Status.Nodes {
+			if n.Name == node {
+				got = n
+				if n.Phase != want && n.Phase.Terminal() {
+					t.Fatalf("%s: node %s ended %s (%s), want %s", name, node, n.Phase, n.Reason, want)
+				}
+				return n.Phase == want, fmt.Sprintf("%+v", n)
+			}
+		}
+		return false, fmt.Sprintf("%+v", a.Status)
+	})
+	return got
+}
+
+func dynClient(t *testing.T) dynamic.Interface {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(st.CP.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dyn
+}
+
+// podRun is what tells one run of the pod's container from another.
+type podRun struct {
+	containerID string
+	restarts    int32
+	pid         string // containerd's task PID
+}
+
+// podRunning returns the run of the pod's container "app" when the pod
+// is Running with it, as the API server and containerd (ctr, not the
+// code under test) say.
+func podRunning(ctx context.Context, c *harness.Containerd, ns, name, ctrNS string) (podRun, string) {
+	p, err := st.CP.Client().CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return podRun{}, err.Error()
+	}
+	var r podRun
+	for _, s := range p.Status.ContainerStatuses {
+		if s.Name == "app" && s.State.Running != nil {
+			r.containerID, r.restarts = s.ContainerID, s.RestartCount
+		}
+	}
+	if p.Status.Phase != corev1.PodRunning || r.containerID == "" {
+		return podRun{}, fmt.Sprintf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
+	}
+	id := strings.TrimPrefix(r.containerID, "containerd://")
+	out, err := c.Ctr(ctx, "-n", ctrNS, "tasks", "ls")
+	if err != nil {
+		return podRun{}, err.Error()
+	}
+	for l := range strings.Lines(out) {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == id && f[2] == "RUNNING" {
+			r.pid = f[1]
+		}
+	}
+	if r.pid == "" {
+		return podRun{}, fmt.Sprintf("container %s not RUNNING in containerd: %s", id, out)
+	}
+	return r, fmt.Sprintf("%+v", r)
+}

@@ -69,13 +69,13 @@ type State struct {
 	Reason     string
 }
 
-// Link sends frames on the current connection (agent/link.Link.Send).
+// Link sends frames on the current connection (the Send method of agent/link.Link).
 type Link interface {
 	Send(t wire.Type, seq uint64, body wire.Body) error
 }
 
 // Outbox keeps durable reports until the relay acks them
-// (agent/outbox.Outbox.Append).
+// (the Append method of agent/outbox.Outbox).
 type Outbox interface {
 	Append(key string, t wire.Type, body wire.Body) (uint64, error)
 }

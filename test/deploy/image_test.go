@@ -146,6 +146,16 @@ func TestImageServesAgent(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// relay.yaml's emptyDir for upgrade artifacts: the only place the
+	// relay writes, owned by the image's user like a pod's emptyDir with
+	// its fsGroup.
+	cache := filepath.Join(st.Dir, "relay-image-cache")
+	if err := os.MkdirAll(cache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(cache, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
 	run := []string{"run", "--detach", "--net-host", "--read-only", "--seccomp", "--log-uri", "file://" + logFile}
 	// ctr has no "ALL": drop each capability its default set holds.
 	for _, c := range []string{"CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID",
@@ -159,12 +169,13 @@ func TestImageServesAgent(t *testing.T) {
 	ctr(append(run,
 		"--env", "KUBERNETES_SERVICE_HOST="+api.Hostname(), "--env", "KUBERNETES_SERVICE_PORT="+api.Port(),
 		"--mount", "type=bind,src="+secrets+",dst="+saDir+",options=rbind:ro",
+		"--mount", "type=bind,src="+cache+",dst=/var/cache/outpost-relay,options=rbind:rw",
 		ref, id, ociimage.Binary,
 		// relay.yaml's arguments, with this machine's addresses.
 		"serve", "--namespace="+stack.RelayNamespace,
 		"--listen="+addr, "--advertise-address=127.0.0.1,localhost",
 		"--kubelet-listen=127.0.0.1:"+strconv.Itoa(kport), "--kubelet-advertise-address=127.0.0.1",
-		"--kubelet-client-ca="+saDir+"/ca.crt")...)
+		"--kubelet-client-ca="+saDir+"/ca.crt", "--upgrade-cache-dir=/var/cache/outpost-relay/upgrades")...)
 	t.Cleanup(func() {
 		// The stack's containerd kills the task when the tests end; a
 		// failure shows the relay's last words first.

@@ -78,7 +78,7 @@ cross: ## Static, stripped, reproducible agents for every gateway architecture, 
 	done
 	@cd $(BIN)/cross && sha256sum outpost-agent-* > SHA256SUMS && echo "wrote $(BIN)/cross/SHA256SUMS"
 
-.PHONY: size size-report package image image-boot image-join bench-mem
+.PHONY: size size-report package image image-boot image-join image-upgrade bench-mem
 BOARD      ?=
 RELAY      ?=
 TOKEN      ?=
@@ -86,7 +86,7 @@ TOKEN      ?=
 CA_CERT_HASH ?=
 BENCH_IDLE ?= 120s
 BENCH_RUNS ?= 1
-# ARCH is the qemu image image-join and bench-mem boot: arm64 (CI) or riscv64;
+# ARCH is the qemu image image-join, image-upgrade and bench-mem boot: arm64 (CI) or riscv64;
 # BENCH_DOC the Markdown file whose marked section it rewrites.
 ARCH       ?= arm64
 BENCH_DOC  ?= docs/benchmarks.md
@@ -113,6 +113,11 @@ image-join: controlplane ## Boot the qemu-ARCH image (ARCH=arm64|riscv64); its a
 	@./build/install-deps.sh image
 	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_QEMU_ARCH=$(ARCH) \
 		$(GO) test -tags qemu -count=1 -v -timeout 25m -run TestJoinQEMU ./test/qemu/
+
+image-upgrade: controlplane ## Boot the qemu-ARCH image with an upgrade key pinned; an AgentUpgrade to a second agent build ends Healthy with its version in kubectl get nodes, one to a build that exits at start RolledBack; a pod runs through both.
+	@./build/install-deps.sh image
+	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_QEMU_ARCH=$(ARCH) \
+		$(GO) test -tags qemu -count=1 -v -timeout 40m -run TestUpgradeQEMU ./test/qemu/
 
 bench-mem: controlplane ## Agent PSS/RSS inside the qemu-ARCH guest (ARCH=arm64|riscv64), idle, then with 100 sim devices and 10 pods: bin/bench-mem*.json, docs/benchmarks.md; fails over build/budget-mem.json.
 	@./build/install-deps.sh image

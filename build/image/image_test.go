@@ -45,3 +45,12 @@ func TestCACertHashFlag(t *testing.T) {
 		t.Errorf("a malformed pin: %v", err)
 	}
 }
+
+func TestUpgradePublicKeyFlag(t *testing.T) {
+	for _, k := range []string{"not base64!", "c2hvcnQ="} {
+		err := run([]string{"-board", "qemu-arm64", "-upgrade-public-key", k})
+		if err == nil || !strings.Contains(err.Error(), "-upgrade-public-key") || !strings.Contains(err.Error(), "ed25519") {
+			t.Errorf("upgrade key %q: %v", k, err)
+		}
+	}
+}

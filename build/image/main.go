@@ -2,7 +2,7 @@
 // root, loop devices or mounts (package build/image/gateway does the
 // work; this command reads its flags).
 //
-//	go run ./build/image -board rpi4 -relay https://relay:8443 -token abcdef.0123456789abcdef [-ca-cert-hash sha256:HEX]
+//	go run ./build/image -board rpi4 -relay https://relay:8443 -token abcdef.0123456789abcdef [-ca-cert-hash sha256:HEX] [-upgrade-public-key BASE64]
 //
 // The same commit, Debian packages and SOURCE_DATE_EPOCH give the same
 // bytes.
@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"outpost.dev/agent/config"
 	"outpost.dev/agent/join"
 	"outpost.dev/boards/images"
 	"outpost.dev/build/image/gateway"
@@ -35,6 +36,7 @@ func run(args []string) error {
 	fset.StringVar(&c.Relay, "relay", "", "relay URL written to the first-boot config, https://HOST:PORT")
 	fset.StringVar(&c.Token, "token", "", "bootstrap token the gateway joins with on first boot (outpost-relay token create)")
 	fset.StringVar(&c.CACertHash, "ca-cert-hash", "", "pin the relay CA for the first-boot join: sha256:<hex>, as outpost-agent join --ca-cert-hash takes it (a leaked token then cannot point the gateway at another relay)")
+	fset.StringVar(&c.UpgradePublicKey, "upgrade-public-key", "", "pin the key agent upgrades must be signed with: the base64 ed25519 public key outpost-relay upgrade keygen prints (without it the gateway takes no AgentUpgrade)")
 	fset.StringVar(&c.Version, "version", "", "version stamped into the agent; default dev")
 	fset.StringVar(&c.Out, "out", "bin/images", "output directory")
 	cacheDefault, _ := os.UserCacheDir()
@@ -64,6 +66,11 @@ func run(args []string) error {
 	if c.CACertHash != "" {
 		if c.CACertHash, err = join.ParsePin(c.CACertHash); err != nil {
 			return fmt.Errorf("-ca-cert-hash: %w", err)
+		}
+	}
+	if c.UpgradePublicKey = strings.TrimSpace(c.UpgradePublicKey); c.UpgradePublicKey != "" {
+		if _, err := config.ParseUpgradeKey(c.UpgradePublicKey); err != nil {
+			return fmt.Errorf("-upgrade-public-key: %w", err)
 		}
 	}
 	if c.Relay == "" || c.Token == "" {

@@ -16,12 +16,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"outpost.dev/agent/slots"
-	"outpost.dev/cloud/upgrade"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
@@ -61,18 +57,8 @@ func TestAgentUpgradeAndRollback(t *testing.T) {
 	goBuild(t, ctx, "", launcher, "-X main.slotsDir="+slotsDir+" -X main.packaged="+packaged, "outpost.dev/agent/cmd/outpost-boot")
 	agent2 := filepath.Join(dir, "outpost-agent-"+v2)
 	goBuild(t, ctx, "", agent2, "-X main.version="+v2, "outpost.dev/agent/cmd/outpost-agent")
-	brokenSrc := filepath.Join(dir, "broken")
-	if err := os.MkdirAll(brokenSrc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(brokenSrc, "main.go"), []byte("package main\n\nimport \"os\"\n\nfunc main() { os.Exit(1) }\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(brokenSrc, "go.mod"), []byte("module broken\n\ngo 1.21\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	broken := filepath.Join(dir, "outpost-agent-broken")
-	goBuild(t, ctx, brokenSrc, broken, "", ".")
+	stack.BuildExitAtStart(t, ctx, runtime.GOARCH, broken)
 
 	// Served over HTTP, signed with a key made by outpost-relay upgrade
 	// keygen, whose public half is pinned in the agent's configuration.
@@ -81,24 +67,9 @@ func TestAgentUpgradeAndRollback(t *testing.T) {
 	files.HandleFunc("GET /"+vBroken, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, broken) })
 	srv := httptest.NewServer(files)
 	defer srv.Close()
-	keyFile := filepath.Join(dir, "upgrade.key")
-	pub := ""
-	for l := range strings.Lines(relayCmd(t, ctx, "upgrade", "keygen", "--key", keyFile)) {
-		if k, ok := strings.CutPrefix(strings.TrimSpace(l), "upgradePublicKey: "); ok {
-			pub = k
-		}
-	}
-	if pub == "" {
-		t.Fatal("outpost-relay upgrade keygen printed no upgradePublicKey")
-	}
+	key := st.UpgradeKeygen(t, ctx, dir)
 	sign := func(version, bin string) []any {
-		out := relayCmd(t, ctx, "upgrade", "sign", "--key", keyFile, "--version", version,
-			"--arch", runtime.GOARCH, "--url", srv.URL+"/"+version, bin)
-		var arts []any
-		if err := yaml.Unmarshal([]byte(out), &arts); err != nil || len(arts) != 1 {
-			t.Fatalf("outpost-relay upgrade sign printed %q: %v", out, err)
-		}
-		return arts
+		return key.Sign(t, ctx, version, runtime.GOARCH, srv.URL+"/"+version, bin)
 	}
 
 	// The agent, under the launcher, restarted when it exits as the
@@ -109,7 +80,7 @@ func TestAgentUpgradeAndRollback(t *testing.T) {
 	}
 	a.Launcher = launcher
 	a.NoPodNetwork = true
-	a.ExtraConfig = "upgradePublicKey: " + pub + "\ncontainerd:\n  address: " + rt.Containerd.Address +
+	a.ExtraConfig = "upgradePublicKey: " + key.Public + "\ncontainerd:\n  address: " + rt.Containerd.Address +
 		"\n  namespace: " + agentNS + "\n  registries:\n    \"" + rt.Registry.Host + "\": {plainHTTP: true}\n"
 	respawn(t, a)
 	if err := st.WaitNodeReady(ctx, name, true, time.Minute); err != nil {
@@ -165,8 +136,8 @@ spec:
 	nodeVersion("v0.1.0-test")
 
 	// The upgrade to the second build.
-	createUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, sign(v2, agent2))
-	phase := waitPhase(t, ctx, "agent-v2", name, wire.UpgradeHealthy)
+	st.CreateUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, sign(v2, agent2))
+	phase := st.WaitUpgradePhase(t, ctx, 2*time.Minute, "agent-v2", name, wire.UpgradeHealthy)
 	nodeVersion(v2)
 	sameContainer()
 	up := slotState(t, slotsDir)
@@ -177,8 +148,8 @@ spec:
 
 	// The upgrade to the build that exits at start: three exits, the
 	// launcher goes back to the second build, which reports it.
-	createUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, sign(vBroken, broken))
-	phase = waitPhase(t, ctx, "agent-broken", name, wire.UpgradeRolledBack)
+	st.CreateUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, sign(vBroken, broken))
+	phase = st.WaitUpgradePhase(t, ctx, 2*time.Minute, "agent-broken", name, wire.UpgradeRolledBack)
 	if !strings.Contains(phase.Reason, "exited 3 times at start") || !strings.Contains(phase.Reason, "exit status 1") {
 		t.Fatalf("RolledBack with reason %q, want the launcher's count of exits", phase.Reason)
 	}
@@ -221,19 +192,6 @@ func goBuild(t *testing.T, ctx context.Context, dir, out, ldflags, pkg string) {
 	}
 }
 
-// relayCmd runs outpost-relay with args and returns its stdout.
-func relayCmd(t *testing.T, ctx context.Context, args ...string) string {
-	t.Helper()
-	cmd := exec.CommandContext(ctx, filepath.Join(st.BinDir, "outpost-relay"), args...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("outpost-relay %s: %v: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out)
-}
-
 // respawn starts a and starts it again whenever it exits, as the service
 // manager does for the launcher (Restart=on-failure), until t ends.
 func respawn(t *testing.T, a *stack.Agent) {
@@ -267,63 +225,6 @@ func respawn(t *testing.T, a *stack.Agent) {
 		<-done
 		_ = a.Stop()
 	})
-}
-
-// createUpgrade creates AgentUpgrade name for the nodes labelled key=yes.
-func createUpgrade(t *testing.T, ctx context.Context, name, version, key string, trialSecs int64, artifacts []any) {
-	t.Helper()
-	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
-		"metadata": map[string]any{"name": name},
-		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs,
-			"nodeSelector": map[string]any{"matchLabels": map[string]any{key: "yes"}}}}}
-	dyn := dynClient(t)
-	if _, err := dyn.Resource(upgrade.GVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_ = dyn.Resource(upgrade.GVR).Delete(ctx, name, metav1.DeleteOptions{})
-	})
-}
-
-// waitPhase waits until AgentUpgrade name records node in phase want,
-// failing at once if it ends in another.
-func waitPhase(t *testing.T, ctx context.Context, name, node string, want wire.UpgradePhase) upgrade.NodeStatus {
-	t.Helper()
-	var got upgrade.NodeStatus
-	dyn := dynClient(t)
-	wait.State(t, ctx, 2*time.Minute, name+": "+node+" "+string(want), func() (bool, string) {
-		u, err := dyn.Resource(upgrade.GVR).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		a, err := upgrade.FromUnstructured(u)
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, n := range a.Status.Nodes {
-			if n.Name == node {
-				got = n
-				if n.Phase != want && n.Phase.Terminal() {
-					t.Fatalf("%s: node %s ended %s (%s), want %s", name, node, n.Phase, n.Reason, want)
-				}
-				return n.Phase == want, fmt.Sprintf("%+v", n)
-			}
-		}
-		return false, fmt.Sprintf("%+v", a.Status)
-	})
-	return got
-}
-
-func dynClient(t *testing.T) dynamic.Interface {
-	t.Helper()
-	dyn, err := dynamic.NewForConfig(st.CP.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dyn
 }
 
 // podRun is what tells one run of the pod's container from another.

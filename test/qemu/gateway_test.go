@@ -37,6 +37,9 @@ type gateway struct {
 	ReadyLine  int
 	ImageBuild time.Duration
 	Machine    machine
+	// UpgradeKey signs agent upgrades; its public half is pinned in the
+	// image (gatewayOptions.UpgradeKey).
+	UpgradeKey *stack.UpgradeKey
 	qemu       *exec.Cmd
 }
 
@@ -91,6 +94,11 @@ type gatewayOptions struct {
 	KernelArgs []string
 	// ReadyTimeout bounds boot, join and the first Ready.
 	ReadyTimeout time.Duration
+	// UpgradeKey makes a key with outpost-relay upgrade keygen and builds
+	// the image with its public half pinned (-upgrade-public-key).
+	UpgradeKey bool
+	// RootFreeMiB is the image's -root-free; 0 is 64.
+	RootFreeMiB int
 }
 
 // bootGateway starts a control plane and a relay the guest can reach,
@@ -141,7 +149,14 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 	g := &gateway{St: st, Relay: relay, Machine: mach}
 	out := t.TempDir()
 	relayURL := "https://" + hostFromGuest + ":" + port
-	args := []string{"run", "./build/image", "-board", mach.Board, "-out", out, "-relay", relayURL, "-token", token, "-root-free", "64"}
+	if opts.RootFreeMiB == 0 {
+		opts.RootFreeMiB = 64
+	}
+	args := []string{"run", "./build/image", "-board", mach.Board, "-out", out, "-relay", relayURL, "-token", token, "-root-free", fmt.Sprint(opts.RootFreeMiB)}
+	if opts.UpgradeKey {
+		g.UpgradeKey = st.UpgradeKeygen(t, ctx, t.TempDir())
+		args = append(args, "-upgrade-public-key", g.UpgradeKey.Public)
+	}
 	if len(opts.Registries) > 0 {
 		var guest []string
 		for _, r := range opts.Registries {

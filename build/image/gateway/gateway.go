@@ -38,6 +38,7 @@ type Config struct {
 	Image                 images.Image
 	Relay, Token, Version string
 	CACertHash            string   // pin of the relay CA, passed to the first-boot join
+	UpgradePublicKey      string   // upgradePublicKey in agent.yaml: the key agent upgrades are signed with
 	Registries            []string // host:port reached over plain HTTP
 	Out, Cache            string   // output directory; cache for Debian package lists and packages
 	Mirror                string

@@ -110,7 +110,8 @@ func (o *builder) layout(root string) error {
 }
 
 // agentConfig is the first-boot /etc/outpost/agent.yaml: the relay, the
-// agent's board and the registries reached over plain HTTP.
+// agent's board, the key agent upgrades must be signed with and the
+// registries reached over plain HTTP.
 func (o *builder) agentConfig() string {
 	cfg := "# First-boot configuration written by make image; see /etc/outpost/agent.yaml's fields in agent/README.md.\n"
 	if o.Relay != "" {
@@ -119,6 +120,9 @@ func (o *builder) agentConfig() string {
 		cfg += "# No relay URL was given to make image: set server here.\n#server: https://relay.example.com:8443\n"
 	}
 	cfg += "board: " + o.Image.Board + "\n"
+	if o.UpgradePublicKey != "" {
+		cfg += "upgradePublicKey: " + o.UpgradePublicKey + "\n"
+	}
 	if len(o.Registries) > 0 {
 		cfg += "containerd:\n  registries:\n"
 		for _, r := range o.Registries {

@@ -84,6 +84,9 @@ RELAY      ?=
 TOKEN      ?=
 # CA_CERT_HASH pins the relay CA for the image's first-boot join (sha256:HEX).
 CA_CERT_HASH ?=
+# UPGRADE_PUBLIC_KEY pins the key agent upgrades are signed with in the
+# image's agent.yaml (what outpost-relay upgrade keygen prints).
+UPGRADE_PUBLIC_KEY ?=
 BENCH_IDLE ?= 120s
 BENCH_RUNS ?= 1
 # ARCH is the qemu image image-join, image-upgrade and bench-mem boot: arm64 (CI) or riscv64;
@@ -101,9 +104,9 @@ size-report: ## Rewrite docs/agent-size.md, the arm64 agent's bytes by package.
 package: ## A .deb per gateway architecture into bin/packages, built without root, with SHA-256 sums.
 	$(GO) run ./build/package -out $(BIN)/packages -version $(VERSION)
 
-image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https://HOST:PORT TOKEN=ID.SECRET [CA_CERT_HASH=sha256:HEX]
+image: ## Flashable disk image without root: make image BOARD=rpi4 RELAY=https://HOST:PORT TOKEN=ID.SECRET [CA_CERT_HASH=sha256:HEX] [UPGRADE_PUBLIC_KEY=BASE64]
 	@./build/install-deps.sh image
-	$(GO) run ./build/image -board '$(BOARD)' -relay '$(RELAY)' -token '$(TOKEN)' -ca-cert-hash '$(CA_CERT_HASH)' -version $(VERSION) -out $(BIN)/images
+	$(GO) run ./build/image -board '$(BOARD)' -relay '$(RELAY)' -token '$(TOKEN)' -ca-cert-hash '$(CA_CERT_HASH)' -upgrade-public-key '$(UPGRADE_PUBLIC_KEY)' -version $(VERSION) -out $(BIN)/images
 
 image-boot: ## Build the qemu-arm64 image and boot it in qemu-system-aarch64 to the agent's first line.
 	@./build/install-deps.sh image

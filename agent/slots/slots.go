@@ -57,8 +57,11 @@ const (
 	PackagedPath = "/usr/bin/outpost-agent"
 	// Binary is an agent's file name inside its slot.
 	Binary = "outpost-agent"
-	// MaxBinarySize bounds an installed binary.
-	MaxBinarySize = 128 << 20
+	// MaxBinarySize bounds an installed binary: wire.MaxUpgradeSize, the
+	// bound the relay, the AgentUpgrade CRD and the agent's download hold
+	// an artifact to (TestMaxBinarySizeIsTheWireBound). It is spelled out
+	// here, not imported, so the launcher links nothing of the protocol.
+	MaxBinarySize = 256 << 20
 
 	pointerName = "pointer"
 	goodName    = "pointer.good"

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"outpost.dev/wire"
 )
 
 // binary is an install's content and digest.
@@ -357,5 +359,13 @@ func TestPowerLoss(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestMaxBinarySizeIsTheWireBound: a slot takes any artifact the relay
+// and the agent's download let through, and nothing larger.
+func TestMaxBinarySizeIsTheWireBound(t *testing.T) {
+	if MaxBinarySize != wire.MaxUpgradeSize {
+		t.Fatalf("slots.MaxBinarySize %d, wire.MaxUpgradeSize %d: make them one bound", MaxBinarySize, wire.MaxUpgradeSize)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
 
 	"outpost.dev/wire"
 )
@@ -144,6 +145,57 @@ func TestDeployedCRDIsTheEmbeddedOne(t *testing.T) {
 	}
 	if string(b) != string(CRDManifest) {
 		t.Fatal("cloud/deploy/agentupgrades-crd.yaml differs from cloud/upgrade/crd.yaml: copy one over the other")
+	}
+}
+
+// TestCRDSizeIsTheWireBound: the API server refuses an artifact over
+// the size the relay validates (wire.MaxUpgradeSize), which is also the
+// agent's slot bound, and takes one of that size; so does parse.
+func TestCRDSizeIsTheWireBound(t *testing.T) {
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Name   string
+				Schema struct {
+					OpenAPIV3Schema struct {
+						Properties struct {
+							Spec struct {
+								Properties struct {
+									Artifacts struct {
+										Items struct {
+											Properties struct {
+												Size struct {
+													Minimum, Maximum *int64
+												}
+											}
+										}
+									}
+								}
+							}
+						}
+					} `json:"openAPIV3Schema"`
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(CRDManifest, &crd); err != nil {
+		t.Fatal(err)
+	}
+	if len(crd.Spec.Versions) == 0 {
+		t.Fatal("the CRD has no versions")
+	}
+	for _, v := range crd.Spec.Versions {
+		size := v.Schema.OpenAPIV3Schema.Properties.Spec.Properties.Artifacts.Items.Properties.Size
+		if size.Minimum == nil || *size.Minimum != 1 || size.Maximum == nil || *size.Maximum != wire.MaxUpgradeSize {
+			t.Errorf("CRD %s: artifacts[].size minimum %v, maximum %v; want 1 and wire.MaxUpgradeSize (%d)", v.Name, size.Minimum, size.Maximum, wire.MaxUpgradeSize)
+		}
+	}
+	for size, ok := range map[int64]bool{wire.MaxUpgradeSize: true, wire.MaxUpgradeSize + 1: false, 0: false} {
+		a := validUpgrade()
+		a.Spec.Artifacts[0].Size = size
+		if _, err := parse(a); (err == nil) != ok {
+			t.Errorf("parse with an artifact of %d bytes: %v", size, err)
+		}
 	}
 }
 

@@ -137,7 +137,7 @@ spec:
 		if p.Status.Phase != corev1.PodRunning || r.containerID == "" || p.Status.PodIP == "" {
 			return survivor{}, fmt.Sprintf("phase %s, podIP %q, statuses %+v", p.Status.Phase, p.Status.PodIP, p.Status.ContainerStatuses)
 		}
-		return r, fmt.Sprintf("%+v", r)
+		return r, r.String()
 	}
 	var before survivor
 	if err := wait.Until(ctx, 8*time.Minute, func() (bool, string) {
@@ -147,13 +147,14 @@ spec:
 	}); err != nil {
 		fail("the pod did not run: %v", err)
 	}
-	t.Logf("pod running: %+v", before)
+	t.Logf("pod running: %s", before)
 	samePod := func(after string) {
 		t.Helper()
 		now, desc := run()
 		if now.containerID != before.containerID || !now.started.Equal(before.started) || now.restarts != 0 {
-			fail("after %s the pod's container is not the one that ran before: before %+v, now %s", after, before, desc)
+			fail("after %s the pod's container is not the one that ran before: before %s, now %s", after, before, desc)
 		}
+		t.Logf("after %s the pod still runs: %s", after, desc)
 	}
 	nodeVersion := func(want string) {
 		t.Helper()
@@ -206,4 +207,8 @@ type survivor struct {
 	containerID string
 	started     time.Time
 	restarts    int32
+}
+
+func (s survivor) String() string {
+	return fmt.Sprintf("container %s started %s, %d restarts", s.containerID, s.started.UTC().Format(time.RFC3339), s.restarts)
 }

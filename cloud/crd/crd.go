@@ -1,7 +1,8 @@
 // Package crd is what Outpost's custom resources share: their API group
-// and version (outpost.dev/v1alpha1), a kind's resource, the conversion of
-// what the dynamic client returns into a kind's hand-written type, and the
-// relay's one way to install a CRD (Ensure). The kinds themselves are in
+// and version (outpost.dev/v1alpha1), a kind's resource, its object (an
+// Object of its spec and status, hand-written: no code generation), the
+// conversion of what the dynamic client returns into it, and the relay's
+// one way to install a CRD (Ensure). The kinds themselves are in
 // cloud/devices (Device) and cloud/upgrade (AgentUpgrade).
 package crd
 
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -25,6 +27,15 @@ const (
 // ("devices").
 func GVR(resource string) schema.GroupVersionResource {
 	return schema.GroupVersionResource{Group: Group, Version: Version, Resource: resource}
+}
+
+// Object is an Outpost kind's object: its type, metadata, the spec its
+// user writes and the status the relay writes.
+type Object[Spec, Status any] struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              Spec   `json:"spec"`
+	Status            Status `json:"status,omitempty"`
 }
 
 // FromUnstructured converts u, as the dynamic client returns it, into the

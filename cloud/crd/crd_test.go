@@ -4,17 +4,12 @@ import (
 	"strings"
 	"testing"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
-type thing struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              struct {
-		Size int `json:"size"`
-	} `json:"spec"`
-}
+type thing = Object[struct {
+	Size int `json:"size"`
+}, struct{}]
 
 func TestFromUnstructured(t *testing.T) {
 	for _, tt := range []struct {

@@ -16,13 +16,10 @@ import (
 	"outpost.dev/wire"
 )
 
-// The Device API.
+// The Device API: kind Device of crd.APIVersion.
 const (
-	Group    = crd.Group
-	Version  = crd.Version
 	Kind     = "Device"
 	Resource = "devices"
-	CRDName  = Resource + "." + crd.Group
 )
 
 // GVR is the Devices' resource.
@@ -35,12 +32,7 @@ const (
 )
 
 // Device is a sensor or actuator wired to an edge node.
-type Device struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              Spec   `json:"spec"`
-	Status            Status `json:"status,omitempty"`
-}
+type Device = crd.Object[Spec, Status]
 
 // Spec is what the user asks for.
 type Spec struct {

@@ -32,6 +32,7 @@ import (
 
 	agentupgrade "outpost.dev/agent/upgrade"
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pki/mint"
@@ -158,7 +159,7 @@ func (e *env) create(name, version, group string, maxUnavailable any, artifacts 
 		spec["maxUnavailable"] = maxUnavailable
 	}
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
+		"apiVersion": crd.APIVersion, "kind": upgrade.Kind,
 		"metadata": map[string]any{"name": name}, "spec": spec}}
 	_, err := e.dyn.Resource(upgrade.GVR).Create(e.t.Context(), u, metav1.CreateOptions{})
 	return err

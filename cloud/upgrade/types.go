@@ -18,13 +18,10 @@ import (
 	"outpost.dev/wire"
 )
 
-// The AgentUpgrade API.
+// The AgentUpgrade API: kind AgentUpgrade of crd.APIVersion.
 const (
-	Group    = crd.Group
-	Version  = crd.Version
 	Kind     = "AgentUpgrade"
 	Resource = "agentupgrades"
-	CRDName  = Resource + "." + crd.Group
 )
 
 // GVR is the AgentUpgrades' resource.
@@ -37,12 +34,7 @@ var Arches = []string{"arm64", "arm", "riscv64", "amd64"}
 const DefaultTrialSeconds = 300
 
 // AgentUpgrade rolls a new agent version out to edge nodes.
-type AgentUpgrade struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              Spec   `json:"spec"`
-	Status            Status `json:"status,omitempty"`
-}
+type AgentUpgrade = crd.Object[Spec, Status]
 
 // Spec is what the administrator publishes.
 type Spec struct {

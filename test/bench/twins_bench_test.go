@@ -21,6 +21,7 @@ import (
 
 	"outpost.dev/agent/twins"
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
@@ -97,7 +98,7 @@ func (r *twinRig) createDevices(b *testing.B, node string, per int) {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			u := &unstructured.Unstructured{Object: map[string]any{
-				"apiVersion": devices.Group + "/" + devices.Version, "kind": devices.Kind,
+				"apiVersion": crd.APIVersion, "kind": devices.Kind,
 				"metadata": map[string]any{"name": fmt.Sprintf("%s-d%04d", node, i), "namespace": "default"},
 				"spec": map[string]any{"nodeName": node, "driver": "ds18b20", "connection": map[string]any{"bus": "W1"},
 					"properties": []any{map[string]any{"name": "temperature", "type": "float", "unit": "°C"}}},

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"outpost.dev/agent/slots"
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/upgrade"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
@@ -273,7 +274,7 @@ func respawn(t *testing.T, a *stack.Agent) {
 func createUpgrade(t *testing.T, ctx context.Context, name, version, key string, trialSecs int64, artifacts []any) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
+		"apiVersion": crd.APIVersion, "kind": upgrade.Kind,
 		"metadata": map[string]any{"name": name},
 		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs,
 			"nodeSelector": map[string]any{"matchLabels": map[string]any{key: "yes"}}}}}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 )
 
@@ -13,7 +14,7 @@ import (
 // leaves it connected and idle for OUTPOST_IDLE (default 60s), and reports
 // its memory from /proc. amd64, the host's kernel.
 func BenchmarkAgentIdleRSS(b *testing.B) {
-	idle := envDuration(b, "OUTPOST_IDLE", 60*time.Second)
+	idle := harness.EnvDuration(b, "OUTPOST_IDLE", 60*time.Second)
 	ctx := context.Background()
 	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
 	agent, err := st.Join(ctx, relay, "bench-idle")

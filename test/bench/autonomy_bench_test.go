@@ -331,7 +331,7 @@ func benchRestart(b *testing.B, st *stack.Stack, relay *stack.Relay, network boo
 // Running in the API and the changed ConfigMap is in a pod's volume; and
 // how much of that time was the agent's reconnect back-off.
 func BenchmarkResyncAfterOffline(b *testing.B) {
-	offline := envDuration(b, "OUTPOST_OFFLINE", time.Minute)
+	offline := harness.EnvDuration(b, "OUTPOST_OFFLINE", time.Minute)
 	const n = 100
 	ctx := context.Background()
 	// 100 pods plus the 50 deleted while offline, still on the node

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 )
@@ -20,7 +21,7 @@ import (
 // hello-ack): the agent's probe and back-off, its TLS handshake and the
 // relay's hello. Both logs are on this machine's clock.
 func BenchmarkReconnectAfterOutage(b *testing.B) {
-	outage := envDuration(b, "OUTPOST_OUTAGE", 30*time.Second)
+	outage := harness.EnvDuration(b, "OUTPOST_OUTAGE", 30*time.Second)
 	ctx := context.Background()
 	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
 	var agents []*stack.Agent

@@ -206,20 +206,6 @@ func envInt(name string, def int) int {
 	return def
 }
 
-// envDuration is the duration in the environment variable name ("90s"),
-// or def where it is unset; a value that is not a duration fails b.
-func envDuration(b *testing.B, name string, def time.Duration) time.Duration {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return d
-}
-
 // BenchmarkTwinUpdates measures the Device status writes per second one
 // in-process relay sustains into a real API server: OUTPOST_BENCH_DEVICES
 // Devices (default 1,000) spread over OUTPOST_BENCH_NODES protocol-level

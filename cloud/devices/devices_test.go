@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	dynfake "k8s.io/client-go/dynamic/fake"
 
+	"outpost.dev/cloud/crd"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -34,7 +35,7 @@ func TestManifestIsDeployed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.GetName() != CRDName {
+	if u.GetName() != Resource+"."+crd.Group {
 		t.Fatalf("CRD name %q", u.GetName())
 	}
 }
@@ -206,7 +207,7 @@ func TestWriteFromAStaleCopy(t *testing.T) {
 
 func toUnstructured(t *testing.T, d *Device) *unstructured.Unstructured {
 	t.Helper()
-	d.APIVersion, d.Kind = Group+"/"+Version, Kind
+	d.APIVersion, d.Kind = crd.APIVersion, Kind
 	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(d)
 	if err != nil {
 		t.Fatal(err)

@@ -5,8 +5,8 @@
 // agent's twin reports into status.reported and conditions.
 //
 // Types are hand-written (no code generation): the relay reads Devices with
-// the dynamic client and converts them with
-// runtime.DefaultUnstructuredConverter.
+// the dynamic client and converts them with crd.FromUnstructured
+// (cloud/crd, shared with the AgentUpgrade API).
 //
 // # Which Devices an agent gets
 //

@@ -10,24 +10,20 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"outpost.dev/cloud/crd"
 	"outpost.dev/wire"
 )
 
-// The Device API.
+// The Device API: kind Device of crd.APIVersion.
 const (
-	Group    = "outpost.dev"
-	Version  = "v1alpha1"
 	Kind     = "Device"
 	Resource = "devices"
-	CRDName  = Resource + "." + Group
 )
 
 // GVR is the Devices' resource.
-var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: Resource}
+var GVR = crd.GVR(Resource)
 
 // Condition types the relay writes.
 const (
@@ -36,12 +32,7 @@ const (
 )
 
 // Device is a sensor or actuator wired to an edge node.
-type Device struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              Spec   `json:"spec"`
-	Status            Status `json:"status,omitempty"`
-}
+type Device = crd.Object[Spec, Status]
 
 // Spec is what the user asks for.
 type Spec struct {
@@ -93,11 +84,7 @@ type Reported struct {
 
 // FromUnstructured converts a Device read with the dynamic client.
 func FromUnstructured(u *unstructured.Unstructured) (*Device, error) {
-	d := &Device{}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.UnstructuredContent(), d); err != nil {
-		return nil, fmt.Errorf("device %s/%s: %w", u.GetNamespace(), u.GetName(), err)
-	}
-	return d, nil
+	return crd.FromUnstructured[Device](Kind, u)
 }
 
 // ParseAddress reads spec.connection.address.

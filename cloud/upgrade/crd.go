@@ -7,7 +7,7 @@ import (
 
 	"k8s.io/client-go/dynamic"
 
-	"outpost.dev/cloud/devices"
+	"outpost.dev/cloud/crd"
 )
 
 // CRDManifest is the AgentUpgrade CustomResourceDefinition, the same file
@@ -17,7 +17,7 @@ import (
 var CRDManifest []byte
 
 // EnsureCRD creates or updates the AgentUpgrade CRD and waits until it is
-// established, as devices.EnsureCRD does for Devices.
+// established, as crd.Ensure does.
 func EnsureCRD(ctx context.Context, dyn dynamic.Interface, log *slog.Logger) error {
-	return devices.Ensure(ctx, dyn, log, CRDManifest, Kind, "cloud/deploy/agentupgrades-crd.yaml")
+	return crd.Ensure(ctx, dyn, log, CRDManifest, Kind, "cloud/deploy/agentupgrades-crd.yaml")
 }

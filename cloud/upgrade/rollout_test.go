@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -31,15 +30,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	agentupgrade "outpost.dev/agent/upgrade"
-	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pki/mint"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/cloud/upgrade"
-	"outpost.dev/test/harness"
 	"outpost.dev/test/peer"
+	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -66,37 +65,12 @@ type env struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	ctx := t.Context()
-	cp, err := harness.StartControlPlane(ctx, harness.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cp.Stop() })
-	cfg := cp.RESTConfig()
-	cfg.QPS, cfg.Burst = 100, 200
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := upgrade.EnsureCRD(ctx, dyn, slog.New(slog.DiscardHandler)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: relay.DefaultNamespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ca, err := pki.Generate(time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	asNode, err := asnode.New(cfg)
-	if err != nil {
+	ip := stack.StartInProcess(t, ctx, 100, 200)
+	if err := upgrade.EnsureCRD(ctx, ip.Dynamic, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}
 	_, priv, _ := ed25519.GenerateKey(nil)
-	e := &env{t: t, client: client, dyn: dyn, ca: ca, ids: identity.New(client, relay.DefaultNamespace),
+	e := &env{t: t, client: ip.Client, dyn: ip.Dynamic, ca: ip.CA, ids: identity.New(ip.Client, relay.DefaultNamespace),
 		priv: priv, pub: priv.Public().(ed25519.PublicKey), art: map[string][]byte{}, hits: map[string]int{}}
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.artMu.Lock()
@@ -113,8 +87,9 @@ func start(t *testing.T) *env {
 	// Two replicas: they share nothing but the API server.
 	for i := range 2 {
 		log := slog.New(slog.NewTextHandler(testWriter{t, fmt.Sprintf("relay-%d", i)}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-		_, hs := relaytest.Serve(t, relay.Config{Client: client, AsNode: asNode, CA: ca, Log: log, Dynamic: dyn,
-			Upgrades: &upgrade.Config{CacheDir: t.TempDir(), Resync: time.Second}})
+		cfg := ip.RelayConfig(log)
+		cfg.Dynamic, cfg.Upgrades = ip.Dynamic, &upgrade.Config{CacheDir: t.TempDir(), Resync: time.Second}
+		_, hs := relaytest.Serve(t, cfg)
 		e.relays = append(e.relays, "wss"+strings.TrimPrefix(hs.URL, "https"))
 	}
 	return e
@@ -158,7 +133,7 @@ func (e *env) create(name, version, group string, maxUnavailable any, artifacts 
 		spec["maxUnavailable"] = maxUnavailable
 	}
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
+		"apiVersion": crd.APIVersion, "kind": upgrade.Kind,
 		"metadata": map[string]any{"name": name}, "spec": spec}}
 	_, err := e.dyn.Resource(upgrade.GVR).Create(e.t.Context(), u, metav1.CreateOptions{})
 	return err

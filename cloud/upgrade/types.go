@@ -12,24 +12,20 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"outpost.dev/cloud/crd"
 	"outpost.dev/wire"
 )
 
-// The AgentUpgrade API.
+// The AgentUpgrade API: kind AgentUpgrade of crd.APIVersion.
 const (
-	Group    = "outpost.dev"
-	Version  = "v1alpha1"
 	Kind     = "AgentUpgrade"
 	Resource = "agentupgrades"
-	CRDName  = Resource + "." + Group
 )
 
 // GVR is the AgentUpgrades' resource.
-var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: Resource}
+var GVR = crd.GVR(Resource)
 
 // Arches are the architectures an artifact may be for (GOARCH).
 var Arches = []string{"arm64", "arm", "riscv64", "amd64"}
@@ -38,12 +34,7 @@ var Arches = []string{"arm64", "arm", "riscv64", "amd64"}
 const DefaultTrialSeconds = 300
 
 // AgentUpgrade rolls a new agent version out to edge nodes.
-type AgentUpgrade struct {
-	metav1.TypeMeta   `json:",inline"`
-	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              Spec   `json:"spec"`
-	Status            Status `json:"status,omitempty"`
-}
+type AgentUpgrade = crd.Object[Spec, Status]
 
 // Spec is what the administrator publishes.
 type Spec struct {
@@ -86,11 +77,7 @@ type NodeStatus struct {
 
 // FromUnstructured converts what the dynamic client returns.
 func FromUnstructured(u *unstructured.Unstructured) (*AgentUpgrade, error) {
-	var a AgentUpgrade
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &a); err != nil {
-		return nil, fmt.Errorf("agentupgrade %s: %w", u.GetName(), err)
-	}
-	return &a, nil
+	return crd.FromUnstructured[AgentUpgrade](Kind, u)
 }
 
 // parsed is a spec checked again by the relay (the API server validated

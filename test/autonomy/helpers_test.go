@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +25,50 @@ import (
 )
 
 const ns = "default"
+
+// bme280YAML is a sim BME280 Device on node whose temperature and
+// humidity are polled every 100 ms and reported every tempEvery and
+// humEvery ("200ms").
+func bme280YAML(name, node, tempEvery, humEvery string) string {
+	return fmt.Sprintf(`apiVersion: outpost.dev/v1alpha1
+kind: Device
+metadata: {name: %s, namespace: default}
+spec:
+  nodeName: %s
+  driver: bme280
+  connection: {bus: I2C1, address: 0x76}
+  properties:
+    - {name: temperature, type: float, unit: "°C", pollInterval: 100ms, reportInterval: %s}
+    - {name: humidity, type: float, unit: "%%RH", pollInterval: 100ms, reportInterval: %s}
+`, name, node, tempEvery, humEvery)
+}
+
+// createConfigMap creates ConfigMap name in ns with data, and deletes it
+// when t ends.
+func createConfigMap(t *testing.T, ctx context.Context, name string, data map[string]string) *corev1.ConfigMap {
+	t.Helper()
+	kc := st.CP.Client()
+	cm, err := kc.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: data}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kc.CoreV1().ConfigMaps(ns).Delete(context.Background(), cm.Name, metav1.DeleteOptions{}) })
+	return cm
+}
+
+// applyDevices applies the Devices in docs with kubectl, and deletes them
+// (without waiting) when t ends.
+func applyDevices(t *testing.T, ctx context.Context, docs []string) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(f, []byte(strings.Join(docs, "---\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := st.CP.Kubectl(ctx, "apply", "-f", f); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = st.CP.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+}
 
 // edge is one gateway: an agent with its own node, containerd namespace
 // and, optionally, a cuttable proxy between it and the relay.

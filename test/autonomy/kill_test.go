@@ -1,7 +1,6 @@
 package autonomy
 
 import (
-	"context"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -115,18 +114,6 @@ func readStore(path, cmUID string) (storeView, error) {
 	return v, err
 }
 
-const devicesYAML = `apiVersion: outpost.dev/v1alpha1
-kind: Device
-metadata: {name: %s, namespace: default}
-spec:
-  nodeName: %s
-  driver: bme280
-  connection: {bus: I2C1, address: 0x76}
-  properties:
-    - {name: temperature, type: float, unit: "°C", pollInterval: 100ms, reportInterval: 100ms}
-    - {name: humidity, type: float, unit: "%%RH", pollInterval: 100ms, reportInterval: 100ms}
-`
-
 // TestKill9DuringStoreWrites kills the agent with SIGKILL 100 times at a
 // random moment while its store is written from both sides: a ConfigMap
 // its pod mounts changes 20 times a second (downstream syncs), device
@@ -141,12 +128,7 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	e := newEdge(t, ctx, "auto-kill", false)
 	kc := st.CP.Client()
-	cm, err := kc.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kill-cfg"},
-		Data: map[string]string{"n": "0"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = kc.CoreV1().ConfigMaps(ns).Delete(context.Background(), cm.Name, metav1.DeleteOptions{}) })
+	cm := createConfigMap(t, ctx, "kill-cfg", map[string]string{"n": "0"})
 	names := []string{"kill-cm", "kill-a", "kill-b", "kill-c"}
 	for _, n := range names {
 		p := podSpec(n, e.name, "sleep", "3600")
@@ -159,16 +141,9 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	}
 	var docs []string
 	for i := range 8 {
-		docs = append(docs, fmt.Sprintf(devicesYAML, fmt.Sprintf("kill-dev-%d", i), e.name))
+		docs = append(docs, bme280YAML(fmt.Sprintf("kill-dev-%d", i), e.name, "100ms", "100ms"))
 	}
-	f := filepath.Join(t.TempDir(), "devices.yaml")
-	if err := os.WriteFile(f, []byte(strings.Join(docs, "---\n")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := st.CP.Kubectl(ctx, "apply", "-f", f); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = st.CP.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+	applyDevices(t, ctx, docs)
 	stack.WaitFor(t, ctx, 2*time.Minute, "pods Running in the API", func() (bool, string) { return runningInAPI(ctx, names...) })
 	s0, err := e.state(ctx)
 	if err != nil {

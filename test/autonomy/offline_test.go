@@ -42,13 +42,7 @@ func TestRebootWhileOffline(t *testing.T) {
 	needStack(t)
 	ctx := ctxFor(t, 5*time.Minute)
 	e := newEdge(t, ctx, "auto-boot", false)
-	kc := st.CP.Client()
-	cm, err := kc.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "boot-cfg"},
-		Data: map[string]string{"greeting": "hello from the store"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = kc.CoreV1().ConfigMaps(ns).Delete(context.Background(), cm.Name, metav1.DeleteOptions{}) })
+	cm := createConfigMap(t, ctx, "boot-cfg", map[string]string{"greeting": "hello from the store"})
 	plain := podSpec("boot-plain", e.name, "sleep", "3600")
 	withCM := podSpec("boot-cm", e.name, "sleep", "3600")
 	withCM.Spec.Volumes = []corev1.Volume{

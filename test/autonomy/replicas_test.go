@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,22 +19,6 @@ import (
 
 	"outpost.dev/test/stack"
 )
-
-// replicaDeviceYAML is a sim BME280 Device whose two properties are
-// reported at different rates, so most twin reports carry the temperature
-// alone: a relay that wrote a report over a stale copy of the Device
-// would put an older humidity back.
-const replicaDeviceYAML = `apiVersion: outpost.dev/v1alpha1
-kind: Device
-metadata: {name: %s, namespace: default}
-spec:
-  nodeName: %s
-  driver: bme280
-  connection: {bus: I2C1, address: 0x76}
-  properties:
-    - {name: temperature, type: float, unit: "°C", pollInterval: 100ms, reportInterval: 200ms}
-    - {name: humidity, type: float, unit: "%%RH", pollInterval: 100ms, reportInterval: 3s}
-`
 
 // TestReplicaKilledAgentsMove runs two relay replicas that share nothing
 // but the API server behind one address (a round-robin TCP balancer), two
@@ -137,18 +119,14 @@ func TestReplicaKilledAgentsMove(t *testing.T) {
 		}
 		devs = append(devs, n+"-climate")
 	}
+	// The two properties are reported at different rates, so most twin
+	// reports carry the temperature alone: a relay that wrote a report
+	// over a stale copy of the Device would put an older humidity back.
 	var docs []string
 	for _, n := range names {
-		docs = append(docs, fmt.Sprintf(replicaDeviceYAML, n+"-climate", n))
+		docs = append(docs, bme280YAML(n+"-climate", n, "200ms", "3s"))
 	}
-	f := filepath.Join(t.TempDir(), "devices.yaml")
-	if err := os.WriteFile(f, []byte(strings.Join(docs, "---\n")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := st.CP.Kubectl(ctx, "apply", "-f", f); err != nil {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Cleanup(func() { _, _ = st.CP.Kubectl(context.Background(), "delete", "-f", f, "--wait=false") })
+	applyDevices(t, ctx, docs)
 	stack.WaitFor(t, ctx, 2*time.Minute, "every pod Running in the API", func() (bool, string) {
 		return runningInAPI(ctx, append(slices.Clone(running), finishing...)...)
 	})

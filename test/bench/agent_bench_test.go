@@ -2,11 +2,11 @@ package bench
 
 import (
 	"context"
-	"os"
 	"strconv"
 	"testing"
 	"time"
 
+	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 )
 
@@ -14,24 +14,9 @@ import (
 // leaves it connected and idle for OUTPOST_IDLE (default 60s), and reports
 // its memory from /proc. amd64, the host's kernel.
 func BenchmarkAgentIdleRSS(b *testing.B) {
-	idle := 60 * time.Second
-	if v := os.Getenv("OUTPOST_IDLE"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
-		}
-		idle = d
-	}
+	idle := harness.EnvDuration(b, "OUTPOST_IDLE", 60*time.Second)
 	ctx := context.Background()
-	st, err := stack.Start(ctx, stack.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Stop()
-	relay, err := st.StartRelay(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
 	agent, err := st.Join(ctx, relay, "bench-idle")
 	if err != nil {
 		b.Fatal(err)

@@ -37,23 +37,8 @@ type autoRig struct {
 // proxy; maxPods > 0 sets the agent's maxPods.
 func startAutoRig(b *testing.B, node string, maxPods int) *autoRig {
 	b.Helper()
-	st, relay := startAutoStack(b)
+	st, relay := stack.StartWithRelay(b, context.Background(), stack.Options{Containerd: true})
 	return addAutoRig(b, st, relay, node, maxPods, true)
-}
-
-// startAutoStack starts a stack with containerd and its relay.
-func startAutoStack(b *testing.B) (*stack.Stack, *stack.Relay) {
-	b.Helper()
-	st, err := stack.Start(context.Background(), stack.Options{Containerd: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(st.Stop)
-	relay, err := st.StartRelay(context.Background())
-	if err != nil {
-		b.Fatal(err)
-	}
-	return st, relay
 }
 
 // addAutoRig joins node to the stack and starts its agent behind a proxy,
@@ -249,7 +234,7 @@ func median(xs []float64) float64 {
 // the medians are reported.
 func BenchmarkRestartFromStore(b *testing.B) {
 	harness.RequireCNI(b)
-	st, relay := startAutoStack(b)
+	st, relay := stack.StartWithRelay(b, context.Background(), stack.Options{Containerd: true})
 	for _, on := range []bool{false, true} {
 		b.Run(cniName(on), func(b *testing.B) { benchRestart(b, st, relay, on) })
 	}
@@ -346,14 +331,7 @@ func benchRestart(b *testing.B, st *stack.Stack, relay *stack.Relay, network boo
 // Running in the API and the changed ConfigMap is in a pod's volume; and
 // how much of that time was the agent's reconnect back-off.
 func BenchmarkResyncAfterOffline(b *testing.B) {
-	offline := time.Minute
-	if v := os.Getenv("OUTPOST_OFFLINE"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
-		}
-		offline = d
-	}
+	offline := harness.EnvDuration(b, "OUTPOST_OFFLINE", time.Minute)
 	const n = 100
 	ctx := context.Background()
 	// 100 pods plus the 50 deleted while offline, still on the node

@@ -55,15 +55,7 @@ func BenchmarkPods(b *testing.B) {
 	}
 	ctx := context.Background()
 	// OUTPOST_BENCH_DIR keeps the stack's logs there.
-	st, err := stack.Start(ctx, stack.Options{Containerd: true, Dir: os.Getenv("OUTPOST_BENCH_DIR")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Stop()
-	relay, err := st.StartRelay(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st, relay := stack.StartWithRelay(b, ctx, stack.Options{Containerd: true, Dir: os.Getenv("OUTPOST_BENCH_DIR")})
 	for _, on := range []bool{false, true} {
 		b.Run(cniName(on), func(b *testing.B) { benchPods(b, st, relay, n, on) })
 	}

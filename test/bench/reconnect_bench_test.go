@@ -3,12 +3,12 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 )
@@ -21,24 +21,9 @@ import (
 // hello-ack): the agent's probe and back-off, its TLS handshake and the
 // relay's hello. Both logs are on this machine's clock.
 func BenchmarkReconnectAfterOutage(b *testing.B) {
-	outage := 30 * time.Second
-	if v := os.Getenv("OUTPOST_OUTAGE"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			b.Fatal(err)
-		}
-		outage = d
-	}
+	outage := harness.EnvDuration(b, "OUTPOST_OUTAGE", 30*time.Second)
 	ctx := context.Background()
-	st, err := stack.Start(ctx, stack.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Stop()
-	relay, err := st.StartRelay(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
 	var agents []*stack.Agent
 	for _, n := range []string{"bench-back-a", "bench-back-b"} {
 		a, err := st.Join(ctx, relay, n)

@@ -26,19 +26,17 @@ import (
 
 	"github.com/coder/websocket"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
-	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
-	"outpost.dev/test/harness"
 	"outpost.dev/test/peer"
+	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -74,29 +72,9 @@ func BenchmarkRelayMemory(b *testing.B) {
 		}
 	}
 	ctx := context.Background()
-	cp, err := harness.StartControlPlane(ctx, harness.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cp.Stop()
-	cfg := cp.RESTConfig()
-	cfg.QPS, cfg.Burst = 200, 400
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	asNode, err := asnode.New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ca, err := pki.Generate(time.Now())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := relayNamespace(ctx, client); err != nil {
-		b.Fatal(err)
-	}
-	srv, hs := relaytest.Serve(b, relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler)})
+	ip := stack.StartInProcess(b, ctx, 200, 400)
+	cp, client, ca := ip.CP, ip.Client, ip.CA
+	srv, hs := relaytest.Serve(b, ip.RelayConfig(slog.New(slog.DiscardHandler)))
 
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.Key)
 	if err != nil {
@@ -236,16 +214,6 @@ func runAgents() error {
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 	return nil
-}
-
-// relayNamespace creates the relay's namespace, where its node identity
-// records live.
-func relayNamespace(ctx context.Context, client kubernetes.Interface) error {
-	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: relay.DefaultNamespace}}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
 }
 
 // connectAgent connects node name with a certificate signed by ca and

@@ -17,10 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"outpost.dev/agent/twins"
-	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
@@ -45,22 +44,8 @@ type twinRig struct {
 
 func startTwinRig(b *testing.B, qps float64) *twinRig {
 	ctx := context.Background()
-	cp, err := harness.StartControlPlane(ctx, harness.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cp.Stop() })
-	cfg := cp.RESTConfig()
-	cfg.QPS, cfg.Burst = 200, 400
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	asNode, err := asnode.New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	dcfg := cp.RESTConfig()
+	ip := stack.StartInProcess(b, ctx, 200, 400)
+	dcfg := ip.CP.RESTConfig()
 	dcfg.QPS, dcfg.Burst = -1, 0 // the relay's own bucket limits status writes
 	dyn, err := dynamic.NewForConfig(dcfg)
 	if err != nil {
@@ -69,22 +54,16 @@ func startTwinRig(b *testing.B, qps float64) *twinRig {
 	if err := devices.EnsureCRD(ctx, dyn, slog.New(slog.DiscardHandler)); err != nil {
 		b.Fatal(err)
 	}
-	ca, err := pki.Generate(time.Now())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := relayNamespace(ctx, client); err != nil {
-		b.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
-	srv, hs := relaytest.Serve(b, relay.Config{Client: client, AsNode: asNode, CA: ca, Log: slog.New(slog.DiscardHandler), Registry: reg,
-		Dynamic: dyn, DeviceStatus: devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}})
+	cfg := ip.RelayConfig(slog.New(slog.DiscardHandler))
+	cfg.Registry, cfg.Dynamic, cfg.DeviceStatus = reg, dyn, devices.WriterConfig{QPS: qps, Burst: int(qps), Workers: 16}
+	srv, hs := relaytest.Serve(b, cfg)
 	proxy, err := stack.NewProxy(strings.TrimPrefix(hs.URL, "https://"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(proxy.Close)
-	return &twinRig{cp: cp, dyn: dyn, srv: srv, reg: reg, ca: ca, ids: identity.New(client, relay.DefaultNamespace), proxy: proxy}
+	return &twinRig{cp: ip.CP, dyn: dyn, srv: srv, reg: reg, ca: ip.CA, ids: identity.New(ip.Client, relay.DefaultNamespace), proxy: proxy}
 }
 
 // createDevices creates per Devices (one float property each) on node.
@@ -97,7 +76,7 @@ func (r *twinRig) createDevices(b *testing.B, node string, per int) {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			u := &unstructured.Unstructured{Object: map[string]any{
-				"apiVersion": devices.Group + "/" + devices.Version, "kind": devices.Kind,
+				"apiVersion": crd.APIVersion, "kind": devices.Kind,
 				"metadata": map[string]any{"name": fmt.Sprintf("%s-d%04d", node, i), "namespace": "default"},
 				"spec": map[string]any{"nodeName": node, "driver": "ds18b20", "connection": map[string]any{"bus": "W1"},
 					"properties": []any{map[string]any{"name": "temperature", "type": "float", "unit": "°C"}}},

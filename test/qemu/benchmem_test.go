@@ -98,8 +98,8 @@ const (
 func TestBenchMem(t *testing.T) {
 	arch := testArch(t)
 	mach := machines[arch]
-	idle := envDuration(t, "OUTPOST_BENCH_IDLE", 3*time.Minute)
-	settle := envDuration(t, "OUTPOST_BENCH_SETTLE", 45*time.Second)
+	idle := harness.EnvDuration(t, "OUTPOST_BENCH_IDLE", 3*time.Minute)
+	settle := harness.EnvDuration(t, "OUTPOST_BENCH_SETTLE", 45*time.Second)
 	samples := envInt(t, "OUTPOST_BENCH_SAMPLES", 5)
 	runs := envInt(t, "OUTPOST_BENCH_RUNS", 1)
 	wl := workload{Devices: envInt(t, "OUTPOST_BENCH_DEVICES", 100), Pods: envInt(t, "OUTPOST_BENCH_PODS", 10)}
@@ -467,18 +467,6 @@ func gitCommit(root string) string {
 		c += "+dirty"
 	}
 	return c
-}
-
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		t.Fatalf("%s=%q: %v", name, v, err)
-	}
-	return d
 }
 
 func envInt(t *testing.T, name string, def int) int {

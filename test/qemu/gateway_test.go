@@ -128,17 +128,9 @@ func bootGateway(t *testing.T, opts gatewayOptions) *gateway {
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	t0 := time.Now()
-	st, err := stack.Start(ctx, stack.Options{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Stop)
 	// The relay listens on the host's loopback; its certificate names
 	// 10.0.2.2 too, the address the guest dials.
-	relay, err := st.StartRelay(ctx, "--advertise-address", "127.0.0.1,localhost,"+hostFromGuest)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, relay := stack.StartWithRelay(t, ctx, stack.Options{Log: log}, "--advertise-address", "127.0.0.1,localhost,"+hostFromGuest)
 	_, port, _ := strings.Cut(relay.Addr, ":")
 	token, err := st.CreateToken(ctx, time.Hour)
 	if err != nil {

@@ -114,6 +114,23 @@ func (s *Stack) dumpLogs() {
 	}
 }
 
+// StartWithRelay starts a stack with opts and one relay with relayFlags,
+// for a test or benchmark with a stack of its own; it fails tb if either
+// does not start, and the stack stops when tb ends.
+func StartWithRelay(tb testing.TB, ctx context.Context, opts Options, relayFlags ...string) (*Stack, *Relay) {
+	tb.Helper()
+	s, err := Start(ctx, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Stop)
+	r, err := s.StartRelay(ctx, relayFlags...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s, r
+}
+
 // Context is a context that ends after d or when t ends.
 func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)

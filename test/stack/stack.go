@@ -3,6 +3,8 @@
 // relay with the least-privilege RBAC and admission policies from
 // cloud/deploy, agents joined with
 // bootstrap tokens. End-to-end tests, benchmarks and `make demo` share it.
+// StartInProcess is the control plane and clients for a relay served in
+// the test's own process instead.
 package stack
 
 import (

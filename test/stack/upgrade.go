@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
+	"outpost.dev/cloud/crd"
 	"outpost.dev/cloud/upgrade"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
@@ -98,7 +99,7 @@ func BuildExitAtStart(t testing.TB, ctx context.Context, goarch, out string) {
 func (s *Stack) CreateUpgrade(t testing.TB, ctx context.Context, name, version, selector string, trialSecs int64, artifacts []any) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": upgrade.Group + "/" + upgrade.Version, "kind": upgrade.Kind,
+		"apiVersion": crd.APIVersion, "kind": upgrade.Kind,
 		"metadata": map[string]any{"name": name},
 		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs,
 			"nodeSelector": map[string]any{"matchLabels": map[string]any{selector: "yes"}}}}}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -190,47 +191,45 @@ func runBoot(f *fixture, sigs chan os.Signal, child *fakeChild, started func()) 
 	return code, execd, buf.String()
 }
 
+// supervised is what a trial's supervision is expected to leave.
+type supervised struct {
+	took    time.Duration // on synctest's clock
+	code    int
+	exec    slots.Slot // "" for none
+	signals []os.Signal
+	current slots.Slot // the state's Current, out of its trial in every case
+	rolled  slots.Slot // the state's RolledBack
+	reason  string
+	log     string // a text the log has ("" for any)
+}
+
 // TestSupervise runs the trial's supervision on synctest's clock.
 func TestSupervise(t *testing.T) {
-	t.Run("deadline passes: agent stopped, rolled back, previous exec'd", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			f := newFixture(t)
-			f.s.Now = time.Now
-			upgraded(t, f)
+	var (
+		onKill = func(s os.Signal) (Exit, bool) { return Exit{Desc: "signal: killed", Code: 137}, s == syscall.SIGKILL }
+		onTerm = func(s os.Signal) (Exit, bool) {
+			return Exit{Desc: "signal: terminated", Code: 143}, s == syscall.SIGTERM
+		}
+	)
+	tests := []struct {
+		name string
+		// exit says whether the child ends on a signal, and how.
+		exit func(os.Signal) (Exit, bool)
+		// events runs beside the launcher, sending the service manager's
+		// signals on sigs.
+		events func(t *testing.T, f *fixture, sigs chan<- os.Signal)
+		want   supervised
+	}{
+		{
 			// An agent that ignores SIGTERM: SIGKILL after the grace.
-			child := &fakeChild{done: make(chan Exit, 1), exit: func(s os.Signal) (Exit, bool) {
-				return Exit{Desc: "signal: killed", Code: 137}, s == syscall.SIGKILL
-			}}
-			start := time.Now()
-			code, execd, log := runBoot(f, make(chan os.Signal), child, nil)
-			if took := time.Since(start); took != 5*time.Minute+10*time.Second {
-				t.Errorf("rollback took %s, want the 5m trial and the 10s grace", took)
-			}
-			if execd != filepath.Join(f.dir, "a", slots.Binary) || code != 1 {
-				t.Fatalf("after the rollback exec'd %q (code %d), want slot a", execd, code)
-			}
-			if len(child.signals) != 2 || child.signals[0] != syscall.SIGTERM || child.signals[1] != syscall.SIGKILL {
-				t.Fatalf("child got %v, want SIGTERM then SIGKILL", child.signals)
-			}
-			st, _ := f.s.State()
-			if st.Current != slots.A || st.RolledBack != slots.B || st.Reason != "not Ready within 5m0s" {
-				t.Fatalf("State %+v", st)
-			}
-			if !strings.Contains(log, "not healthy by its deadline") {
-				t.Fatalf("log %q", log)
-			}
-		})
-	})
-	t.Run("healthy before the deadline: kept, signals forwarded", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			f := newFixture(t)
-			f.s.Now = time.Now
-			upgraded(t, f)
-			child := &fakeChild{done: make(chan Exit, 1), exit: func(s os.Signal) (Exit, bool) {
-				return Exit{Desc: "signal: terminated", Code: 143}, s == syscall.SIGTERM
-			}}
-			sigs := make(chan os.Signal)
-			go func() {
+			name: "deadline passes: agent stopped, rolled back, previous exec'd", exit: onKill,
+			want: supervised{took: 5*time.Minute + 10*time.Second, code: 1, exec: slots.A,
+				signals: []os.Signal{syscall.SIGTERM, syscall.SIGKILL},
+				current: slots.A, rolled: slots.B, reason: "not Ready within 5m0s", log: "not healthy by its deadline"},
+		},
+		{
+			name: "healthy before the deadline: kept, signals forwarded", exit: onTerm,
+			events: func(t *testing.T, f *fixture, sigs chan<- os.Signal) {
 				time.Sleep(time.Minute)
 				if err := f.s.MarkHealthy(slots.B); err != nil {
 					t.Error(err)
@@ -238,42 +237,62 @@ func TestSupervise(t *testing.T) {
 				time.Sleep(time.Hour) // well past the deadline
 				sigs <- syscall.SIGHUP
 				sigs <- syscall.SIGTERM
-			}()
-			code, execd, _ := runBoot(f, sigs, child, nil)
-			if code != 143 || execd != "" {
-				t.Fatalf("code %d, exec'd %q; want the child's 143 and no exec", code, execd)
-			}
-			if len(child.signals) != 2 || child.signals[0] != syscall.SIGHUP || child.signals[1] != syscall.SIGTERM {
-				t.Fatalf("child got %v, want SIGHUP, SIGTERM", child.signals)
-			}
-			st, _ := f.s.State()
-			if st.Current != slots.B || st.Trial || st.Reason != "" {
-				t.Fatalf("State %+v, want b healthy", st)
-			}
-		})
-	})
-	t.Run("stopped by the service manager during a rollback: no exec", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			f := newFixture(t)
-			f.s.Now = time.Now
-			upgraded(t, f)
-			child := &fakeChild{done: make(chan Exit, 1), exit: func(s os.Signal) (Exit, bool) {
-				return Exit{Desc: "signal: killed", Code: 137}, s == syscall.SIGKILL
-			}}
-			sigs := make(chan os.Signal)
-			go func() {
+			},
+			want: supervised{took: time.Hour + time.Minute, code: 143,
+				signals: []os.Signal{syscall.SIGHUP, syscall.SIGTERM}, current: slots.B},
+		},
+		{
+			// The rollback is written all the same; the child's 137 and no
+			// exec while stopping.
+			name: "stopped by the service manager during a rollback: no exec", exit: onKill,
+			events: func(t *testing.T, f *fixture, sigs chan<- os.Signal) {
 				time.Sleep(5*time.Minute + time.Second) // in the grace after SIGTERM
 				sigs <- syscall.SIGTERM
-			}()
-			code, execd, _ := runBoot(f, sigs, child, nil)
-			if code != 137 || execd != "" {
-				t.Fatalf("code %d, exec'd %q; want the child's 137 and no exec while stopping", code, execd)
-			}
-			if st, _ := f.s.State(); st.Current != slots.A || st.Reason != "not Ready within 5m0s" {
-				t.Fatalf("State %+v: the rollback is written all the same", st)
-			}
+			},
+			want: supervised{took: 5*time.Minute + 10*time.Second, code: 137,
+				signals: []os.Signal{syscall.SIGTERM, syscall.SIGTERM, syscall.SIGKILL},
+				current: slots.A, rolled: slots.B, reason: "not Ready within 5m0s", log: "not healthy by its deadline"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t)
+				f.s.Now = time.Now
+				upgraded(t, f)
+				child := &fakeChild{done: make(chan Exit, 1), exit: tt.exit}
+				sigs := make(chan os.Signal)
+				if tt.events != nil {
+					go tt.events(t, f, sigs)
+				}
+				start := time.Now()
+				code, execd, log := runBoot(f, sigs, child, nil)
+				if took := time.Since(start); took != tt.want.took {
+					t.Errorf("Run took %s, want %s", took, tt.want.took)
+				}
+				wantExec := ""
+				if tt.want.exec != "" {
+					wantExec = filepath.Join(f.dir, string(tt.want.exec), slots.Binary)
+				}
+				if code != tt.want.code || execd != wantExec {
+					t.Fatalf("code %d, exec'd %q; want %d, %q", code, execd, tt.want.code, wantExec)
+				}
+				if !slices.Equal(child.signals, tt.want.signals) {
+					t.Fatalf("child got %v, want %v", child.signals, tt.want.signals)
+				}
+				st, err := f.s.State()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Current != tt.want.current || st.Trial || st.RolledBack != tt.want.rolled || st.Reason != tt.want.reason {
+					t.Fatalf("State %+v, want current %s out of its trial, rolled back %q, reason %q", st, tt.want.current, tt.want.rolled, tt.want.reason)
+				}
+				if !strings.Contains(log, tt.want.log) {
+					t.Fatalf("log %q, want one with %q", log, tt.want.log)
+				}
+			})
 		})
-	})
+	}
 	t.Run("exit during the trial: recorded, non-zero for a restart", func(t *testing.T) {
 		for _, tc := range []struct {
 			exit Exit

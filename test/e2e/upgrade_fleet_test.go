@@ -56,9 +56,7 @@ func TestAgentUpgradeFleet(t *testing.T) {
 	agent2 := filepath.Join(dir, "outpost-agent-"+v2)
 	errs := make([]error, fleet+1)
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		errs[fleet] = goBuildErr(ctx, "", agent2, "-X main.version="+v2, "outpost.dev/agent/cmd/outpost-agent")
-	})
+	wg.Go(func() { errs[fleet] = buildAgentErr(ctx, agent2, v2) })
 	for i := range fleet {
 		names[i] = fmt.Sprintf("fleet-%d", i)
 		launchers[i] = filepath.Join(dir, names[i], "outpost-boot")
@@ -103,8 +101,8 @@ func TestAgentUpgradeFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &fleetRecord{max: maxUnavailable, from: v1, to: v2, start: time.Now(),
-		phase: map[string]wire.UpgradePhase{}, version: map[string]string{}}
+	rec := &fleetRecord{max: maxUnavailable, from: v1, to: v2, start: time.Now(), phase: map[string]wire.UpgradePhase{},
+		history: map[string][]wire.UpgradePhase{}, version: map[string]string{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -123,6 +121,9 @@ func TestAgentUpgradeFleet(t *testing.T) {
 		return n == fleet, fmt.Sprintf("%v", rec.version)
 	})
 
+	rec.mu.Lock()
+	rec.start = time.Now() // the timeline counts from the AgentUpgrade's creation
+	rec.mu.Unlock()
 	createUpgrade(t, ctx, upName, v2, groupKey, trialSecs, maxUnavailable, pub.sign(t, ctx, v2, agent2))
 	wait.State(t, ctx, 2*time.Minute, "all five Healthy at "+v2+" on their Nodes", func() (bool, string) {
 		rec.mu.Lock()
@@ -256,9 +257,6 @@ func (r *fleetRecord) upgradeEvent(ev watch.Event) {
 			r.errs = append(r.errs, fmt.Sprintf("node %s went back from %s to %s", n.Name, prev, n.Phase))
 		}
 		if r.phase[n.Name] != n.Phase {
-			if r.history == nil {
-				r.history = map[string][]wire.UpgradePhase{}
-			}
 			r.history[n.Name] = append(r.history[n.Name], n.Phase)
 			r.logf("%s %s", n.Name, n.Phase)
 		}
@@ -295,7 +293,9 @@ func (r *fleetRecord) nodeEvent(ev watch.Event) {
 	switch {
 	case prev == "" && v == r.from:
 	case prev == r.from && v == r.to:
-		// A Node at the new version was admitted by the rollout first.
+		// The node was admitted first. The two watches are separate
+		// streams, but between its admission and its new agent's
+		// Node status lie a download, a switch and a restart.
 		if _, admitted := r.phase[n.Name]; !admitted {
 			r.errs = append(r.errs, fmt.Sprintf("node %s reports %s before the rollout admitted it", n.Name, v))
 		}

@@ -165,8 +165,15 @@ func launcherFlags(slotsDir string) string {
 func buildAgent(t *testing.T, ctx context.Context, dir, version string) string {
 	t.Helper()
 	out := filepath.Join(dir, "outpost-agent-"+version)
-	goBuild(t, ctx, "", out, "-X main.version="+version, "outpost.dev/agent/cmd/outpost-agent")
+	if err := buildAgentErr(ctx, out, version); err != nil {
+		t.Fatal(err)
+	}
 	return out
+}
+
+// buildAgentErr is buildAgent into out, for builds run side by side.
+func buildAgentErr(ctx context.Context, out, version string) error {
+	return goBuildErr(ctx, "", out, "-X main.version="+version, "outpost.dev/agent/cmd/outpost-agent")
 }
 
 // goBuild builds pkg into out (in dir, if set) with ldflags.

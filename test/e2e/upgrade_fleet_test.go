@@ -49,6 +49,7 @@ func TestAgentUpgradeFleet(t *testing.T) {
 		trialSecs      = 120
 	)
 
+	began := time.Now()
 	// The second agent build and a launcher per node (its slots
 	// directory is linked in, as on a gateway), built side by side.
 	names := make([]string, fleet)
@@ -69,6 +70,7 @@ func TestAgentUpgradeFleet(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("built in %v", time.Since(began).Round(time.Millisecond))
 	pub := newPublisher(t, ctx, dir)
 	pub.serve(v2, agent2)
 
@@ -89,6 +91,7 @@ func TestAgentUpgradeFleet(t *testing.T) {
 	for _, name := range names {
 		before[name] = waitPod(t, ctx, rt, name, name+"-pod")
 	}
+	t.Logf("five nodes Ready with a pod running each in %v", time.Since(began).Round(time.Millisecond))
 
 	// Watch the AgentUpgrade and the Nodes from before the rollout.
 	watchCtx, stopWatch := context.WithCancel(ctx)

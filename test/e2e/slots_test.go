@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -22,15 +21,8 @@ func TestUpgradeTrialEndsWhenReady(t *testing.T) {
 	needStack(t)
 	ctx := ctxFor(t, 3*time.Minute)
 	dir := t.TempDir()
-	slotsDir := filepath.Join(dir, "slots")
-	launcher := filepath.Join(dir, "outpost-boot")
+	launcher, slotsDir := buildLauncher(t, ctx, dir)
 	agentBin := filepath.Join(st.BinDir, "outpost-agent")
-	build := exec.Command("go", "build", "-o", launcher,
-		"-ldflags", "-X main.slotsDir="+slotsDir+" -X main.packaged="+agentBin, "outpost.dev/agent/cmd/outpost-boot")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build outpost-boot: %v\n%s", err, out)
-	}
 
 	// An upgrade to the same agent, as agent/upgrade would install it.
 	sl, err := slots.Open(slotsDir)

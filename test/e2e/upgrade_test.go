@@ -43,72 +43,31 @@ func TestAgentUpgradeAndRollback(t *testing.T) {
 		v2        = "v0.2.0-upgrade"
 		vBroken   = "v0.3.0-broken"
 		groupKey  = "outpost.test/upgrade"
-		podNS     = "default"
 		podName   = "upgrade-survivor"
-		agentNS   = "outpost-" + name
 		trialSecs = 120
 	)
-	packaged := filepath.Join(st.BinDir, "outpost-agent")
-
 	// The launcher, with its slots in dir; the second agent build; a
 	// build that exits 1 at start.
-	slotsDir := filepath.Join(dir, "slots")
-	launcher := filepath.Join(dir, "outpost-boot")
-	goBuild(t, ctx, "", launcher, "-X main.slotsDir="+slotsDir+" -X main.packaged="+packaged, "outpost.dev/agent/cmd/outpost-boot")
-	agent2 := filepath.Join(dir, "outpost-agent-"+v2)
-	goBuild(t, ctx, "", agent2, "-X main.version="+v2, "outpost.dev/agent/cmd/outpost-agent")
+	launcher, slotsDir := buildLauncher(t, ctx, dir)
+	agent2 := buildAgent(t, ctx, dir, v2)
 	broken := filepath.Join(dir, "outpost-agent-broken")
 	stack.BuildExitAtStart(t, ctx, runtime.GOARCH, broken)
 
 	// Served over HTTP, signed with a key made by outpost-relay upgrade
 	// keygen, whose public half is pinned in the agent's configuration.
-	files := http.NewServeMux()
-	files.HandleFunc("GET /"+v2, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, agent2) })
-	files.HandleFunc("GET /"+vBroken, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, broken) })
-	srv := httptest.NewServer(files)
-	defer srv.Close()
-	key := st.UpgradeKeygen(t, ctx, dir)
-	sign := func(version, bin string) []any {
-		return key.Sign(t, ctx, version, runtime.GOARCH, srv.URL+"/"+version, bin)
-	}
+	pub := newPublisher(t, ctx, dir)
+	pub.serve(v2, agent2)
+	pub.serve(vBroken, broken)
 
 	// The agent, under the launcher, restarted when it exits as the
 	// service manager does; its own containerd namespace; one pod.
-	a, err := st.Join(ctx, relay, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Launcher = launcher
-	a.NoPodNetwork = true
-	a.ExtraConfig = "upgradePublicKey: " + key.Public + "\ncontainerd:\n  address: " + rt.Containerd.Address +
-		"\n  namespace: " + agentNS + "\n  registries:\n    \"" + rt.Registry.Host + "\": {plainHTTP: true}\n"
-	respawn(t, a)
+	startUpgradable(t, ctx, rt, pub, name, launcher)
 	if err := st.WaitNodeReady(ctx, name, true, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	st.Kubectl(t, ctx, "label", "node", name, groupKey+"=yes")
-	st.Apply(t, ctx, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: %s}
-spec:
-  nodeSelector: {kubernetes.io/hostname: %s}
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: app
-    image: %s
-    command: [sh, -c, "exec sleep 3600"]
-`, podName, podNS, name, rt.Images[0].Ref))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		_, _ = st.CP.Kubectl(ctx, "delete", "pod", "-n", podNS, podName, "--wait=false")
-	})
-	var before podRun
-	wait.State(t, ctx, 2*time.Minute, "the pod running", func() (bool, string) {
-		var desc string
-		before, desc = podRunning(ctx, rt.Containerd, podNS, podName, agentNS)
-		return before.pid != "", desc
-	})
+	applyPod(t, ctx, rt, name, podName)
+	before := waitPod(t, ctx, rt, name, podName)
 	nodeVersion := func(want string) {
 		t.Helper()
 		wait.State(t, ctx, time.Minute, "node "+name+" Ready at "+want, func() (bool, string) {
@@ -128,7 +87,7 @@ spec:
 	}
 	sameContainer := func() {
 		t.Helper()
-		now, desc := podRunning(ctx, rt.Containerd, podNS, podName, agentNS)
+		now, desc := podRunning(ctx, rt.Containerd, podNS, podName, ctrNamespace(name))
 		if now != before || now.restarts != 0 {
 			t.Fatalf("the pod's container changed: before %+v, now %+v (%s)", before, now, desc)
 		}
@@ -136,7 +95,7 @@ spec:
 	nodeVersion("v0.1.0-test")
 
 	// The upgrade to the second build.
-	st.CreateUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, sign(v2, agent2))
+	st.CreateUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, 1, pub.sign(t, ctx, v2, agent2))
 	phase := st.WaitUpgradePhase(t, ctx, 2*time.Minute, "agent-v2", name, wire.UpgradeHealthy)
 	nodeVersion(v2)
 	sameContainer()
@@ -148,7 +107,7 @@ spec:
 
 	// The upgrade to the build that exits at start: three exits, the
 	// launcher goes back to the second build, which reports it.
-	st.CreateUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, sign(vBroken, broken))
+	st.CreateUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, 1, pub.sign(t, ctx, vBroken, broken))
 	phase = st.WaitUpgradePhase(t, ctx, 2*time.Minute, "agent-broken", name, wire.UpgradeRolledBack)
 	if !strings.Contains(phase.Reason, "exited 3 times at start") || !strings.Contains(phase.Reason, "exit status 1") {
 		t.Fatalf("RolledBack with reason %q, want the launcher's count of exits", phase.Reason)
@@ -177,19 +136,142 @@ func slotState(t *testing.T, dir string) slots.State {
 	return s
 }
 
-// goBuild builds pkg into out (in dir, if set) with ldflags.
-func goBuild(t *testing.T, ctx context.Context, dir, out, ldflags, pkg string) {
+// buildLauncher builds outpost-boot into dir with its slots directory
+// dir/slots (a link-time path, as on a gateway) and the packaged agent
+// the stack's outpost-agent, and returns both paths.
+func buildLauncher(t *testing.T, ctx context.Context, dir string) (launcher, slotsDir string) {
 	t.Helper()
+	launcher, slotsDir = filepath.Join(dir, "outpost-boot"), filepath.Join(dir, "slots")
+	goBuild(t, ctx, launcher, launcherFlags(slotsDir), "outpost.dev/agent/cmd/outpost-boot")
+	return launcher, slotsDir
+}
+
+// launcherFlags links slotsDir and the stack's outpost-agent into
+// outpost-boot, for builds run side by side.
+func launcherFlags(slotsDir string) string {
+	return "-X main.slotsDir=" + slotsDir + " -X main.packaged=" + filepath.Join(st.BinDir, "outpost-agent")
+}
+
+// buildAgent builds outpost-agent into dir with version as its version
+// string, and returns its path.
+func buildAgent(t *testing.T, ctx context.Context, dir, version string) string {
+	t.Helper()
+	out := filepath.Join(dir, "outpost-agent-"+version)
+	if err := buildAgentErr(ctx, out, version); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// buildAgentErr is buildAgent into out, for builds run side by side.
+func buildAgentErr(ctx context.Context, out, version string) error {
+	return goBuildErr(ctx, out, "-X main.version="+version, "outpost.dev/agent/cmd/outpost-agent")
+}
+
+// goBuild builds pkg into out with ldflags.
+func goBuild(t *testing.T, ctx context.Context, out, ldflags, pkg string) {
+	t.Helper()
+	if err := goBuildErr(ctx, out, ldflags, pkg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// goBuildErr is goBuild for builds run side by side.
+func goBuildErr(ctx context.Context, out, ldflags, pkg string) error {
 	args := []string{"build", "-o", out}
 	if ldflags != "" {
 		args = append(args, "-ldflags", ldflags)
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
-	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 	}
+	return nil
+}
+
+// publisher is what publishes agent builds: a signing key made by
+// outpost-relay upgrade keygen, whose public half the agents pin, and an
+// HTTP server the relay fetches the builds from.
+type publisher struct {
+	key   *stack.UpgradeKey
+	files *http.ServeMux
+	srv   *httptest.Server
+}
+
+func newPublisher(t *testing.T, ctx context.Context, dir string) *publisher {
+	t.Helper()
+	p := &publisher{key: st.UpgradeKeygen(t, ctx, dir), files: http.NewServeMux()}
+	p.srv = httptest.NewServer(p.files)
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+// serve serves bin at /version.
+func (p *publisher) serve(version, bin string) {
+	p.files.HandleFunc("GET /"+version, func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bin) })
+}
+
+// sign returns the artifacts of an AgentUpgrade for bin as version, as
+// outpost-relay upgrade sign prints them.
+func (p *publisher) sign(t *testing.T, ctx context.Context, version, bin string) []any {
+	t.Helper()
+	return p.key.Sign(t, ctx, version, runtime.GOARCH, p.srv.URL+"/"+version, bin)
+}
+
+// ctrNamespace is the containerd namespace of node's agent.
+func ctrNamespace(node string) string { return "outpost-" + node }
+
+// startUpgradable joins node name and runs its agent under launcher,
+// restarted when it exits as the service manager does, with pub's key
+// pinned and rt's containerd in a namespace of its own.
+func startUpgradable(t *testing.T, ctx context.Context, rt *harness.TestRuntime, pub *publisher, name, launcher string) *stack.Agent {
+	t.Helper()
+	a, err := st.Join(ctx, relay, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Launcher = launcher
+	a.NoPodNetwork = true
+	a.ExtraConfig = "upgradePublicKey: " + pub.key.Public + "\ncontainerd:\n  address: " + rt.Containerd.Address +
+		"\n  namespace: " + ctrNamespace(name) + "\n  registries:\n    \"" + rt.Registry.Host + "\": {plainHTTP: true}\n"
+	respawn(t, a)
+	return a
+}
+
+const podNS = "default"
+
+// applyPod creates pod (one container "app", sleeping) on node; waitPod
+// returns its run once it is Running.
+func applyPod(t *testing.T, ctx context.Context, rt *harness.TestRuntime, node, pod string) {
+	t.Helper()
+	st.Apply(t, ctx, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s}
+spec:
+  nodeSelector: {kubernetes.io/hostname: %s}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: %s
+    command: [sh, -c, "exec sleep 3600"]
+`, pod, podNS, node, rt.Images[0].Ref))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = st.CP.Kubectl(ctx, "delete", "pod", "-n", podNS, pod, "--wait=false")
+	})
+}
+
+func waitPod(t *testing.T, ctx context.Context, rt *harness.TestRuntime, node, pod string) podRun {
+	t.Helper()
+	var r podRun
+	wait.State(t, ctx, 2*time.Minute, "pod "+pod+" running", func() (bool, string) {
+		var desc string
+		r, desc = podRunning(ctx, rt.Containerd, podNS, pod, ctrNamespace(node))
+		return r.pid != "", desc
+	})
+	return r
 }
 
 // respawn starts a and starts it again whenever it exits, as the service

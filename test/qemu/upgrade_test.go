@@ -181,7 +181,7 @@ spec:
 
 	// The upgrade to the second build.
 	t0 := time.Now()
-	st.CreateUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, sign(v2, agent2))
+	st.CreateUpgrade(t, ctx, "agent-v2", v2, groupKey, trialSecs, 1, sign(v2, agent2))
 	phase := st.WaitUpgradePhase(t, ctx, (trialSecs+120)*time.Second, "agent-v2", node, wire.UpgradeHealthy)
 	t.Logf("%.1fs after the AgentUpgrade: %s %s", time.Since(t0).Seconds(), phase.Phase, phase.Reason)
 	nodeVersion(v2)
@@ -191,7 +191,7 @@ spec:
 	// three exits and goes back to the second build, which reports it,
 	// long before the trial's deadline.
 	t0 = time.Now()
-	st.CreateUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, sign(vBroken, broken))
+	st.CreateUpgrade(t, ctx, "agent-broken", vBroken, groupKey, trialSecs, 1, sign(vBroken, broken))
 	phase = st.WaitUpgradePhase(t, ctx, trialSecs*time.Second, "agent-broken", node, wire.UpgradeRolledBack)
 	if !strings.Contains(phase.Reason, "exited 3 times at start") || !strings.Contains(phase.Reason, "exit status 1") {
 		fail("RolledBack with reason %q, want the launcher's count of exits", phase.Reason)

@@ -24,7 +24,8 @@ import (
 // What the agent-upgrade tests share (test/e2e on the host, test/qemu in
 // the gateway image): a signing key made and used with outpost-relay
 // upgrade keygen and sign, as an administrator does; a build that exits
-// at start; an AgentUpgrade created and its nodes' phases awaited.
+// at start; an AgentUpgrade created (with its maxUnavailable) and its
+// nodes' phases awaited.
 
 // RelayCmd runs outpost-relay with args and returns its standard output,
 // failing t on error.
@@ -95,15 +96,16 @@ func BuildExitAtStart(t testing.TB, ctx context.Context, goarch, out string) {
 }
 
 // CreateUpgrade creates AgentUpgrade name of version for the nodes
-// labelled selector=yes, and deletes it when t ends.
-func (s *Stack) CreateUpgrade(t testing.TB, ctx context.Context, name, version, selector string, trialSecs int64, artifacts []any) {
+// labelled selector=yes, at most maxUnavailable of them at a time, and
+// deletes it when t ends.
+func (s *Stack) CreateUpgrade(t testing.TB, ctx context.Context, name, version, selector string, trialSecs, maxUnavailable int64, artifacts []any) {
 	t.Helper()
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": crd.APIVersion, "kind": upgrade.Kind,
 		"metadata": map[string]any{"name": name},
-		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs,
+		"spec": map[string]any{"version": version, "artifacts": artifacts, "trialSeconds": trialSecs, "maxUnavailable": maxUnavailable,
 			"nodeSelector": map[string]any{"matchLabels": map[string]any{selector: "yes"}}}}}
-	dyn := s.dynamic(t)
+	dyn := s.Dynamic(t)
 	if _, err := dyn.Resource(upgrade.GVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +122,7 @@ func (s *Stack) CreateUpgrade(t testing.TB, ctx context.Context, name, version, 
 func (s *Stack) WaitUpgradePhase(t testing.TB, ctx context.Context, timeout time.Duration, name, node string, want wire.UpgradePhase) upgrade.NodeStatus {
 	t.Helper()
 	var got upgrade.NodeStatus
-	dyn := s.dynamic(t)
+	dyn := s.Dynamic(t)
 	wait.State(t, ctx, timeout, name+": "+node+" "+string(want), func() (bool, string) {
 		u, err := dyn.Resource(upgrade.GVR).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -144,7 +146,9 @@ func (s *Stack) WaitUpgradePhase(t testing.TB, ctx context.Context, timeout time
 	return got
 }
 
-func (s *Stack) dynamic(t testing.TB) dynamic.Interface {
+// Dynamic is a dynamic client of the stack's API server, for custom
+// resources such as AgentUpgrades.
+func (s *Stack) Dynamic(t testing.TB) dynamic.Interface {
 	t.Helper()
 	dyn, err := dynamic.NewForConfig(s.CP.RESTConfig())
 	if err != nil {

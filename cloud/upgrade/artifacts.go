@@ -37,9 +37,12 @@ type fetch struct {
 	err  error
 }
 
+// newArtifacts makes no directory: dir is made by the first fetch, so a
+// replica on a read-only root without a cache mount starts and serves its
+// agents, and only a rollout that needs an artifact fails, saying why.
 func newArtifacts(dir string, client *http.Client, maxFiles int) (*artifacts, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("upgrade: artifact cache: %w", err)
+	if dir == "" {
+		return nil, errors.New("upgrade: no artifact cache directory")
 	}
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Minute}
@@ -108,9 +111,12 @@ func (a *artifacts) fetch(ctx context.Context, url string, size int64, digest []
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("fetching the artifact %s: %s", url, resp.Status)
 	}
+	if err := os.MkdirAll(a.dir, 0o700); err != nil {
+		return fmt.Errorf("the artifact cache: %w", err)
+	}
 	tmp, err := os.CreateTemp(a.dir, ".fetch-*")
 	if err != nil {
-		return err
+		return fmt.Errorf("the artifact cache: %w", err)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()

@@ -5,9 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -110,9 +113,13 @@ func TestArtifactCache(t *testing.T) {
 		w.Write(good)
 	}))
 	defer srv.Close()
-	a, err := newArtifacts(t.TempDir(), nil, 2)
+	dir := filepath.Join(t.TempDir(), "made", "by-the-first-fetch")
+	a, err := newArtifacts(dir, nil, 2)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the cache directory exists before any fetch: %v", err)
 	}
 	ctx := context.Background()
 	sum := sha256.Sum256(good)
@@ -135,6 +142,21 @@ func TestArtifactCache(t *testing.T) {
 	}
 	if _, err := a.open(ctx, srv.URL+"/x", int64(len(good))+1, sum[:]); err == nil {
 		t.Fatal("fewer bytes than the spec says: served")
+	}
+
+	// A cache that cannot be made (here under a regular file, as a
+	// read-only root without a cache mount would refuse it) does not
+	// stop the replica; the fetch that needs it fails, saying why.
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := newArtifacts(filepath.Join(file, "cache"), nil, 2)
+	if err != nil {
+		t.Fatalf("a cache directory that cannot be made refused before it is needed: %v", err)
+	}
+	if _, err := b.open(ctx, srv.URL, int64(len(good)), sum[:]); err == nil || !strings.Contains(err.Error(), "artifact cache") {
+		t.Fatalf("fetch into a cache that cannot be made: %v", err)
 	}
 }
 

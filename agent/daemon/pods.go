@@ -54,7 +54,8 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 		Source:     st, Changes: applier.Changes(), Outbox: ob,
 		Runtime:  containerd.Config{Address: cfg.Containerd.Address, Namespace: cfg.Containerd.Namespace, Registries: regs},
 		NodeName: node, NodeInfo: readNode, StateDir: cfg.StateDir, SeccompDir: cfg.SeccompProfileDir, LogBinary: self, PauseBinary: self,
-		MaxPods: cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),
+		LogInAgent: cfg.Logging == config.LoggingAgent,
+		MaxPods:    cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),
 	})
 	done := make(chan struct{})
 	go func() {

@@ -33,7 +33,7 @@ const (
 	DefaultLogLevel = "info"
 	// DefaultLogging is how containers' output reaches their log files.
 	DefaultLogging = LoggingProcess
-	DefaultMaxPods  = 110
+	DefaultMaxPods = 110
 
 	// DefaultMemoryLimit keeps the agent well under its 30 MB budget with
 	// room for the garbage collector to work before the kernel steps in.

@@ -4,11 +4,14 @@
 //	2026-11-25T21:05:00.123456789Z stdout F a whole line
 //	2026-11-25T21:05:00.223456789Z stderr P the first part of a long line…
 //
-// Run is the writer: it is what "outpost-agent logger" runs as containerd's
-// binary logger, one small process per container, started and owned by the
-// container's shim, so a container's output never depends on the agent
-// being up (docs/containerd.md measures the choice). It rotates the file by
-// size and keeps a bounded number of rotated files.
+// Writer is the writer: it rotates the file by size and keeps a bounded
+// number of rotated files. Run drives it as containerd's binary logger
+// (what "outpost-agent logger" and outpost-logger run), one small process
+// per container, started and owned by the container's shim, so a
+// container's output never depends on the agent being up; or the agent
+// drives it itself with CopyStreams on the shim's FIFOs
+// (agent/runtime/containerd, Spec.LogInAgent). docs/containerd.md
+// measures the two.
 //
 // Stream is the reader: the current (or previous) log of a container with
 // kubectl's tail, since, limit and follow semantics, across rotations.

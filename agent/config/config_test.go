@@ -28,7 +28,7 @@ nodeName: gw-01
 stateDir: /data/outpost
 board: rpi4
 logLevel: debug
-logging: agent
+logging: process
 memoryLimit: 20MiB
 maxPods: 16
 reserved:
@@ -43,7 +43,7 @@ allowedUnsafeSysctls: [net.core.somaxconn, "kernel.msg*"]
 				c.StateDir = "/data/outpost"
 				c.Board = "rpi4"
 				c.LogLevel = "debug"
-				c.Logging = LoggingAgent
+				c.Logging = LoggingProcess
 				c.MemoryLimit = 20 << 20
 				c.MaxPods = 16
 				c.ReservedCPUMillis = 250

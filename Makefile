@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay relay-image test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-autonomy controlplane deps clean
+	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy controlplane deps clean
 
 all: build
 
@@ -147,7 +147,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each.
 		done; \
 	done
 
-bench: bench-wire bench-relay bench-agent bench-pods bench-streams
+bench: bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging
 
 bench-wire: ## Frame encode/decode speed and sizes.
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./wire/
@@ -163,6 +163,9 @@ bench-pods: controlplane ## 30 pods on real containerd, pod network off and on (
 
 bench-streams: controlplane ## exec and port-forward through the relay vs directly into the pod (medians, ratios), link bytes per exec and per idle stream, agent PSS with 8 streams, one /stats/summary scrape's cost.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./test/streams/
+
+bench-logging: ## Container logging, a logger process per container vs the agent copying the shims' FIFOs: agent PSS growth plus the loggers' PSS with 10 pods printing a line a second (real containerd).
+	$(GO) test -run '^$$' -bench '^BenchmarkLogging10$$' -benchtime 1x -count 3 -timeout 20m ./agent/pods/
 
 OUTPOST_OFFLINE ?= 10m
 

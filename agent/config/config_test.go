@@ -28,6 +28,7 @@ nodeName: gw-01
 stateDir: /data/outpost
 board: rpi4
 logLevel: debug
+logging: process
 memoryLimit: 20MiB
 maxPods: 16
 reserved:
@@ -42,6 +43,7 @@ allowedUnsafeSysctls: [net.core.somaxconn, "kernel.msg*"]
 				c.StateDir = "/data/outpost"
 				c.Board = "rpi4"
 				c.LogLevel = "debug"
+				c.Logging = LoggingProcess
 				c.MemoryLimit = 20 << 20
 				c.MaxPods = 16
 				c.ReservedCPUMillis = 250
@@ -121,6 +123,8 @@ func TestValidate(t *testing.T) {
 		{name: "node-wide sysctl allowed", mod: func(c *Config) { c.AllowedUnsafeSysctls = []string{"kernel.panic"} }, wantErr: "kernel.panic"},
 		{name: "sysctl pattern with an inner star", mod: func(c *Config) { c.AllowedUnsafeSysctls = []string{"net.*.x"} }, wantErr: "net.*.x"},
 		{name: "log level", mod: func(c *Config) { c.LogLevel = "verbose" }, wantErr: "logLevel"},
+		{name: "logging", mod: func(c *Config) { c.Logging = "shim" }, wantErr: "logging"},
+		{name: "logging process", mod: func(c *Config) { c.Logging = LoggingProcess }},
 		{name: "log level case", mod: func(c *Config) { c.LogLevel = "DEBUG" }},
 		{name: "memory too small", mod: func(c *Config) { c.MemoryLimit = 24 << 10 }, wantErr: "memoryLimit"},
 		{name: "max pods", mod: func(c *Config) { c.MaxPods = 5000 }, wantErr: "maxPods"},

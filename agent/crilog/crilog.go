@@ -4,11 +4,14 @@
 //	2026-11-25T21:05:00.123456789Z stdout F a whole line
 //	2026-11-25T21:05:00.223456789Z stderr P the first part of a long line…
 //
-// Run is the writer: it is what "outpost-agent logger" runs as containerd's
-// binary logger, one small process per container, started and owned by the
-// container's shim, so a container's output never depends on the agent
-// being up (docs/containerd.md measures the choice). It rotates the file by
-// size and keeps a bounded number of rotated files.
+// Writer is the writer: it rotates the file by size and keeps a bounded
+// number of rotated files. Run drives it as containerd's binary logger
+// (what "outpost-agent logger" and outpost-logger run), one small process
+// per container, started and owned by the container's shim, so a
+// container's output never depends on the agent being up; or the agent
+// drives it itself with CopyStreams on the shim's FIFOs
+// (agent/runtime/containerd, Spec.LogInAgent). docs/containerd.md
+// measures the two.
 //
 // Stream is the reader: the current (or previous) log of a container with
 // kubectl's tail, since, limit and follow semantics, across rotations.
@@ -129,7 +132,9 @@ func (w *Writer) Close() error {
 }
 
 // Copy reads r line by line and writes each as a record of stream until
-// r ends. A last line without a newline is written whole.
+// r ends. A last line without a newline is written whole at EOF; when
+// reading fails otherwise (the reader was closed under it) it is written
+// as a partial record, its rest following in the next.
 func (w *Writer) Copy(stream string, r io.Reader) error {
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
@@ -145,7 +150,7 @@ func (w *Writer) Copy(stream string, r io.Reader) error {
 			}
 		default:
 			if len(line) > 0 {
-				if werr := w.Record(stream, line, false); werr != nil {
+				if werr := w.Record(stream, line, err != io.EOF); werr != nil {
 					return werr
 				}
 			}
@@ -155,6 +160,32 @@ func (w *Writer) Copy(stream string, r io.Reader) error {
 			return err
 		}
 	}
+}
+
+// CopyStreams copies stdout and stderr (nil for a terminal's container,
+// whose output is all stdout) into w at once until both end. A stream
+// whose copy fails (a write error) is still read to its end and dropped,
+// so the container never blocks on its log.
+func (w *Writer) CopyStreams(stdout, stderr io.Reader) error {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, s := range []struct {
+		name string
+		r    io.Reader
+	}{{"stdout", stdout}, {"stderr", stderr}} {
+		if s.r == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i] = w.Copy(s.name, s.r); errs[i] != nil {
+				_, _ = io.Copy(io.Discard, s.r) // keep draining: never block the container
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Run is containerd's binary logger protocol: the container's stdout is
@@ -176,20 +207,5 @@ func Run(path string, maxSize int64, maxFiles int) error {
 		return fmt.Errorf("logger: %w", err)
 	}
 	defer w.Close()
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, s := range []struct {
-		name string
-		f    *os.File
-	}{{"stdout", stdout}, {"stderr", stderr}} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if errs[i] = w.Copy(s.name, s.f); errs[i] != nil {
-				_, _ = io.Copy(io.Discard, s.f) // keep draining: never block the container
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return w.CopyStreams(stdout, stderr)
 }

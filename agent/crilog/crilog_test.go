@@ -3,6 +3,8 @@ package crilog
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,5 +144,70 @@ func TestRawSince(t *testing.T) {
 	}
 	if out.String() != "out line\n" || errb.String() != "err line\n" {
 		t.Fatalf("stdout %q, stderr %q; want the records since, apart", out.String(), errb.String())
+	}
+}
+
+// errAfter reads s, then fails with err instead of io.EOF.
+type errAfter struct {
+	s   string
+	err error
+}
+
+func (r *errAfter) Read(p []byte) (int, error) {
+	if r.s == "" {
+		return 0, r.err
+	}
+	n := copy(p, r.s)
+	r.s = r.s[n:]
+	return n, nil
+}
+
+func TestCopyStreams(t *testing.T) {
+	closed := errors.New("file already closed")
+	for _, tc := range []struct {
+		name           string
+		stdout, stderr io.Reader
+		want           []string // stream, tag and line of each record, in order per stream
+		wantErr        bool
+	}{
+		{name: "both streams, last line without newline", stdout: strings.NewReader("a\nb"), stderr: strings.NewReader("e\n"),
+			want: []string{"stdout F a", "stdout F b", "stderr F e"}},
+		{name: "terminal: stdout only", stdout: strings.NewReader("t\n"), want: []string{"stdout F t"}},
+		{name: "reader closed mid-line: the part is a P record", stdout: &errAfter{"x\npart", closed}, stderr: strings.NewReader(""),
+			want: []string{"stdout F x", "stdout P part"}, wantErr: true},
+		{name: "empty", stdout: strings.NewReader(""), stderr: strings.NewReader("")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "0.log")
+			w, err := OpenWriter(path, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = w.CopyStreams(tc.stdout, tc.stderr)
+			w.Close()
+			if (err != nil) != tc.wantErr {
+				t.Errorf("CopyStreams: %v, want an error %v", err, tc.wantErr)
+			}
+			b, _ := os.ReadFile(path)
+			var got []string
+			for _, rec := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+				if _, rest, ok := strings.Cut(rec, " "); ok {
+					got = append(got, rest)
+				}
+			}
+			per := func(recs []string, stream string) (out []string) {
+				for _, r := range recs {
+					if strings.HasPrefix(r, stream+" ") {
+						out = append(out, r)
+					}
+				}
+				return out
+			}
+			for _, s := range []string{"stdout", "stderr"} {
+				if g, w := strings.Join(per(got, s), "|"), strings.Join(per(tc.want, s), "|"); g != w {
+					t.Errorf("%s records %q, want %q", s, g, w)
+				}
+			}
+		})
 	}
 }

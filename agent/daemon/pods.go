@@ -27,9 +27,10 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 	for host, r := range cfg.Containerd.Registries {
 		regs[host] = containerd.Registry{PlainHTTP: r.PlainHTTP, Username: r.Username, Password: r.Password, CA: r.CA}
 	}
-	// The containers' logger: outpost-logger next to the agent if it is
-	// installed (0.7 MB PSS per container), else the agent itself in its
-	// logger mode (1.8 MB); docs/containerd.md has the measurements.
+	// The containers' logger with logging: process: outpost-logger next to
+	// the agent if it is installed (0.7 MB PSS per container), else the
+	// agent itself in its logger mode (1.8 MB); docs/containerd.md has the
+	// measurements.
 	self, err := os.Executable()
 	if err != nil {
 		log.Warn("pods: cannot find the agent binary for the container logger; logs are raw files", "err", err)
@@ -54,7 +55,8 @@ func startPods(ctx context.Context, cfg config.Config, node string, st *store.St
 		Source:     st, Changes: applier.Changes(), Outbox: ob,
 		Runtime:  containerd.Config{Address: cfg.Containerd.Address, Namespace: cfg.Containerd.Namespace, Registries: regs},
 		NodeName: node, NodeInfo: readNode, StateDir: cfg.StateDir, SeccompDir: cfg.SeccompProfileDir, LogBinary: self, PauseBinary: self,
-		MaxPods: cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),
+		LogInAgent: cfg.Logging == config.LoggingAgent,
+		MaxPods:    cfg.MaxPods, AllowedUnsafeSysctls: cfg.AllowedUnsafeSysctls, Log: log.With("component", "pods"),
 	})
 	done := make(chan struct{})
 	go func() {

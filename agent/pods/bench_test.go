@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,17 +30,14 @@ func BenchmarkPodStart30(b *testing.B) {
 func benchOnce(b *testing.B) {
 	b.StopTimer()
 	e := start(b)
-	e.cfg.Log = nil // 30 pods' start lines would drown the figures
+	e.cfg.Log = nil          // 30 pods' start lines would drown the figures
+	e.cfg.LogInAgent = false // it measures the logger processes
 	img := e.images[0].Ref
 	if _, err := e.rt.Pull(context.Background(), img, nil); err != nil {
 		b.Fatal(err)
 	}
 	e.run()
-	e.waitFor(time.Minute, "the reconciler's first node status", func() bool {
-		e.rec.mu.Lock()
-		defer e.rec.mu.Unlock()
-		return len(e.rec.ns) > 0
-	})
+	time.Sleep(2 * time.Second) // connected and idle (no signal to wait for: the runtime starts as up)
 	const n = 30
 	var sy wire.Sync
 	for i := range n {
@@ -120,6 +119,11 @@ func loggers() []int {
 	if b := os.Getenv("OUTPOST_LOGGER_BIN"); b != "" {
 		self = b
 	}
+	return loggersOf(self)
+}
+
+// loggersOf are the processes running binary self, but this one.
+func loggersOf(self string) []int {
 	var out []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -137,4 +141,80 @@ func loggers() []int {
 		}
 	}
 	return out
+}
+
+// BenchmarkLogging10 compares the two ways container output reaches its
+// log, in one run: 10 pods each printing a line a second (stdout) for
+// 20 s, first with a logger process per container (outpost-logger, built
+// here unless OUTPOST_LOGGER_BIN names it), then with the agent copying
+// the shims' FIFOs (Config.LogInAgent). It reports this process's PSS
+// (the agent's side: reconciler, runtime, the copies) and its growth since
+// before the pods, the loggers' PSS summed, and their total: what logging
+// 10 containers costs the gateway.
+func BenchmarkLogging10(b *testing.B) {
+	bin := os.Getenv("OUTPOST_LOGGER_BIN")
+	if bin == "" {
+		bin = filepath.Join(b.TempDir(), "outpost-logger")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "outpost.dev/agent/cmd/outpost-logger")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("build outpost-logger: %v\n%s", err, out)
+		}
+	}
+	for _, mode := range []string{"process", "agent"} {
+		b.Run(mode, func(b *testing.B) {
+			for range b.N {
+				benchLogging(b, bin, mode == "agent")
+			}
+		})
+	}
+}
+
+func benchLogging(b *testing.B, bin string, inAgent bool) {
+	b.StopTimer()
+	e := start(b)
+	e.cfg.Log = nil // 10 pods' start lines would drown the figures
+	e.cfg.LogBinary, e.cfg.LogInAgent = bin, inAgent
+	img := e.images[0].Ref
+	if _, err := e.rt.Pull(context.Background(), img, nil); err != nil {
+		b.Fatal(err)
+	}
+	e.run()
+	time.Sleep(2 * time.Second) // connected and idle (no signal to wait for: the runtime starts as up)
+	debug.FreeOSMemory()
+	before := memOf(os.Getpid())
+	const n = 10
+	var sy wire.Sync
+	for i := range n {
+		p := wire.Pod{Containers: []wire.Container{{Name: "app", Image: img, ImagePullPolicy: "IfNotPresent",
+			Command: []string{"sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done"}}}}
+		sy.Upserts = append(sy.Upserts, podObj(fmt.Sprintf("log-%02d", i), fmt.Sprintf("log-%02d", i), "1", p))
+	}
+	e.apply(&sy)
+	for i := range n {
+		uid := fmt.Sprintf("log-%02d", i)
+		e.waitFor(2*time.Minute, uid+" running", func() bool { s, ok := e.rec.latest(uid); return ok && running(s) })
+	}
+	time.Sleep(20 * time.Second) // 20 lines from each
+	for i := range n {
+		name := fmt.Sprintf("log-%02d", i)
+		if l := e.log("default", name, "app", false); !strings.Contains(l, "tick 15\n") {
+			b.Fatalf("%s logged %q after 20 s", name, l)
+		}
+	}
+	debug.FreeOSMemory()
+	self := memOf(os.Getpid())
+	var lpss, cnt float64
+	for _, pid := range loggersOf(bin) {
+		lpss += float64(memOf(pid).pss)
+		cnt++
+	}
+	if want := map[bool]float64{false: n, true: 0}[inAgent]; cnt != want {
+		b.Fatalf("%v loggers running, want %v", cnt, want)
+	}
+	b.ReportMetric(float64(self.pss)/(1<<20), "agent-pss-MiB")
+	b.ReportMetric(float64(self.pss-before.pss)/(1<<20), "agent-growth-MiB")
+	b.ReportMetric(lpss/(1<<20), "loggers-pss-MiB")
+	b.ReportMetric((float64(self.pss-before.pss)+lpss)/(1<<20), "logging-cost-MiB")
+	b.ReportMetric(cnt, "loggers")
 }

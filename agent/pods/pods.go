@@ -73,6 +73,10 @@ type Config struct {
 	// shareProcessNamespace, started as "PauseBinary pod-pid-namespace
 	// UID" (normally the agent itself; see IsPauseCall).
 	PauseBinary string
+	// LogInAgent has the agent copy containers' output into their logs
+	// itself (containerd.Spec.LogInAgent, FIFOs in Runtime.LogFIFODir,
+	// default StateDir/logfifo) instead of a LogBinary process each.
+	LogInAgent bool
 	// LogMaxSize and LogMaxFiles bound each container's log files.
 	LogMaxSize  int64
 	LogMaxFiles int
@@ -137,6 +141,9 @@ func New(cfg Config) *Reconciler {
 	}
 	if cfg.LogDir == "" {
 		cfg.LogDir = filepath.Join(cfg.StateDir, "logs")
+	}
+	if cfg.Runtime.LogFIFODir == "" {
+		cfg.Runtime.LogFIFODir = filepath.Join(cfg.StateDir, "logfifo")
 	}
 	if cfg.SeccompDir == "" {
 		cfg.SeccompDir = filepath.Join(cfg.StateDir, "seccomp")
@@ -259,6 +266,11 @@ func (r *Reconciler) connect(ctx context.Context) bool {
 	for {
 		rt, err := containerd.New(ctx, r.cfg.Runtime)
 		if err == nil {
+			// Before any pass reaps an exited task whose shim still
+			// holds output for the agent.
+			if err := rt.AttachLogs(ctx); err != nil {
+				r.log.Warn("pods: copying containers' output into their logs again", "err", err)
+			}
 			r.rtMu.Lock()
 			r.rt = rt
 			r.rtMu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost.dev/agent/config"
 	"outpost.dev/agent/crilog"
 	"outpost.dev/agent/outbox"
 	"outpost.dev/agent/pods"
@@ -140,6 +141,9 @@ func start(t testing.TB) *env {
 				Allocatable: wire.Resources{CPUMillis: 2000, MemoryBytes: 1 << 30, Pods: 110}}, nil
 		},
 		StateDir: filepath.Join(dir, "state"), LogBinary: self, PauseBinary: self,
+		// As the agent's default (logging: agent); TestContainerLogs runs
+		// the logger process (LogBinary) too.
+		LogInAgent:  config.DefaultLogging == config.LoggingAgent,
 		BackoffBase: time.Second, BackoffMax: 4 * time.Second,
 		Log: harnessLog(t),
 	}

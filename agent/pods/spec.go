@@ -88,8 +88,9 @@ func (w *worker) spec(o *wire.Object, rf *refs, setup *podSetup, c *wire.Contain
 	if init {
 		sp.Labels[labelInit] = "true"
 	}
-	if w.r.cfg.LogBinary != "" {
+	if w.r.cfg.LogBinary != "" || w.r.cfg.LogInAgent {
 		sp.LogBinary = w.r.cfg.LogBinary
+		sp.LogInAgent = w.r.cfg.LogInAgent
 		sp.LogArgs = map[string]string{}
 		if w.r.cfg.LogMaxSize > 0 {
 			sp.LogArgs["max-size"] = strconv.FormatInt(w.r.cfg.LogMaxSize, 10)

@@ -58,7 +58,16 @@ func (r *Runtime) Create(ctx context.Context, sp Spec) error {
 	if sp.TTY {
 		labels[LabelTTY] = "true"
 	}
-	if sp.LogBinary != "" {
+	if sp.LogInAgent {
+		if _, _, err := r.logFIFOPaths(sp.ID); err != nil {
+			return err
+		}
+		rot, err := logRotation(sp)
+		if err != nil {
+			return err
+		}
+		labels[labelLogFIFO] = rot
+	} else if sp.LogBinary != "" {
 		u, err := logURI(sp)
 		if err != nil {
 			return err
@@ -111,6 +120,27 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 		req = req.msg(createTaskRootfs, m.enc())
 	}
 	tty := info.Labels[LabelTTY] == "true"
+	rotation, inAgent := info.Labels[labelLogFIFO]
+	var logFiles []*os.File
+	if inAgent {
+		if err := r.waitLogCopy(ctx, id); err != nil {
+			return err
+		}
+		paths, files, err := r.openLogFIFOs(id, tty, true)
+		if err != nil {
+			return fmt.Errorf("container %s: log FIFOs: %w", id, err)
+		}
+		logFiles = files
+		defer func() {
+			for _, f := range logFiles { // unless handed to copyLogs
+				f.Close()
+			}
+		}()
+		req = req.str(createTaskStdout, paths[0])
+		if len(paths) > 1 {
+			req = req.str(createTaskStderr, paths[1])
+		}
+	}
 	var fl *fifoLogger
 	if in := info.Labels[LabelStdin]; in != "" {
 		if err := makeFIFO(in); err != nil {
@@ -125,9 +155,11 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 			defer fl.close()
 		}
 	}
-	if fl != nil {
+	switch {
+	case inAgent:
+	case fl != nil:
 		req = req.str(createTaskStdout, fl.Stdout).str(createTaskStderr, fl.Stderr)
-	} else {
+	default:
 		req = req.str(createTaskStdout, logURI).str(createTaskStderr, logURI)
 	}
 	if tty {
@@ -135,6 +167,12 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	if _, err := r.c.unary(ctx, "containerd.services.tasks.v1.Tasks/Create", req); err != nil {
 		return fmt.Errorf("container %s: create task: %w", id, err)
+	}
+	if inAgent {
+		// The shim holds the write ends now: reads see EOF only when it
+		// closes them.
+		r.copyLogs(id, info.Labels[labelLogPath], rotation, logFiles)
+		logFiles = nil
 	}
 	if fl != nil {
 		if err := r.startFIFOLogger(fl, id, logURI); err != nil {
@@ -306,6 +344,18 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 		for _, p := range []string{in, in + ".out", in + ".err"} {
 			if err := removeFIFO(p); err != nil {
 				r.log.Warn("remove a container's stdio FIFO", "container", id, "err", err)
+			}
+		}
+	}
+	if st == nil {
+		return nil
+	}
+	if _, ok := st.Labels[labelLogFIFO]; ok {
+		if out, errp, err := r.logFIFOPaths(id); err == nil {
+			for _, p := range []string{out, errp} {
+				if err := removeFIFO(p); err != nil {
+					r.log.Warn("remove a container's log FIFO", "container", id, "err", err)
+				}
 			}
 		}
 	}

@@ -26,6 +26,7 @@ type env struct {
 	rt     *containerd.Runtime
 	logs   string
 	ns     string
+	dir    string
 }
 
 func start(t *testing.T) *env {
@@ -47,12 +48,13 @@ func startWith(t *testing.T, opts harness.RegistryOptions) *env {
 		Address:    c.Address,
 		Namespace:  ns,
 		Registries: map[string]containerd.Registry{reg.Host: {PlainHTTP: reg.CACert == ""}},
+		LogFIFODir: filepath.Join(dir, "logfifo"),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rt.Close() })
-	return &env{ctrd: c, reg: reg, images: imgs, rt: rt, logs: filepath.Join(dir, "logs"), ns: ns}
+	return &env{ctrd: c, reg: reg, images: imgs, rt: rt, logs: filepath.Join(dir, "logs"), ns: ns, dir: dir}
 }
 
 func (e *env) run(t *testing.T, ctx context.Context, sp containerd.Spec) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	// Registries holds per-registry settings, keyed by host[:port] as it
 	// appears in image references ("127.0.0.1:5000", "registry.local").
 	Registries map[string]Registry
+	// LogFIFODir holds the stdout and stderr FIFOs of containers logged by
+	// the agent (Spec.LogInAgent); an absolute path the agent alone writes.
+	LogFIFODir string
 	// Log receives progress; nil discards it.
 	Log *slog.Logger
 }
@@ -74,6 +78,9 @@ type Runtime struct {
 	http *http.Client // for registries
 	// tlsHTTP holds a client per registry with a CA of its own.
 	tlsHTTP map[string]*http.Client
+
+	logMu     sync.Mutex
+	logCopies map[string]*logCopy // by container ID (Spec.LogInAgent)
 }
 
 // New returns a Runtime for the containerd at cfg.Address and creates its
@@ -94,6 +101,8 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		cfg:  cfg,
 		log:  log,
 		http: &http.Client{Timeout: 0},
+
+		logCopies: map[string]*logCopy{},
 	}
 	if err := r.registryTLS(); err != nil {
 		return nil, err
@@ -111,8 +120,11 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	return r, nil
 }
 
-// Close releases idle connections.
+// Close stops copying containers' output into their logs (what they
+// write meanwhile waits in their FIFOs for AttachLogs) and releases idle
+// connections.
 func (r *Runtime) Close() error {
+	r.closeLogs()
 	r.c.http.CloseIdleConnections()
 	r.http.CloseIdleConnections()
 	for _, c := range r.tlsHTTP {

@@ -56,6 +56,11 @@ type Spec struct {
 	// the shim appends raw output to LogPath.
 	LogBinary string
 	LogArgs   map[string]string
+	// LogInAgent has this Runtime copy stdout and stderr into LogPath in
+	// the CRI format itself, through FIFOs in Config.LogFIFODir, with
+	// LogArgs' max-size and max-files, instead of a logger process
+	// (LogBinary is then unused); see AttachLogs.
+	LogInAgent bool
 	// CapAdd and CapDrop change the default capability set; names with or
 	// without the CAP_ prefix, "ALL" in CapDrop drops every default.
 	CapAdd, CapDrop []string

@@ -425,8 +425,13 @@ func docSection(r benchResult, b memBudget) string {
 	fmt.Fprintf(&s, "containerd, a separate process, measured alongside: PSS %s idle, %s with the workload (RSS %s, %s);\n",
 		mib(ci["Pss"]), mib(cw["Pss"]), mib(ci["Rss"]), mib(cw["Rss"]))
 	sh, lg := r.Workloads[stepWorkload].Shims, r.Workloads[stepWorkload].Loggers
-	fmt.Fprintf(&s, "with the pods, their %.0f runc shims take %s PSS together and their %.0f container loggers (outpost-logger,\n", sh["count"], mib(sh["Pss"]), lg["count"])
-	fmt.Fprintf(&s, "started by the shims) %s; neither is counted in the agent's figures.\n", mib(lg["Pss"]))
+	if lg["count"] > 0 {
+		fmt.Fprintf(&s, "with the pods, their %.0f runc shims take %s PSS together and their %.0f container loggers (outpost-logger,\n", sh["count"], mib(sh["Pss"]), lg["count"])
+		fmt.Fprintf(&s, "started by the shims, `logging: process`) %s; neither is counted in the agent's figures.\n", mib(lg["Pss"]))
+	} else {
+		fmt.Fprintf(&s, "with the pods, their %.0f runc shims take %s PSS together (not counted in the agent's figures); no logger\n", sh["count"], mib(sh["Pss"]))
+		fmt.Fprintf(&s, "process runs: the agent copies the containers' output into their log files itself (`logging: agent`).\n")
+	}
 	fmt.Fprintf(&s, "While idle the agent's anonymous PSS grew by %s KiB a minute (first reading after Ready to the last;\n", joinF(r.PssAnonGrowth))
 	fmt.Fprintf(&s, "informational: the Go heap grows to its first GC goal before it levels off, but a leak would show here).\n")
 	fmt.Fprintf(&s, "Emulated on 2 cores, informational: boot to Ready (QEMU start to the Node's Ready condition) %s,\n", secs(r.BootToReadySeconds))

@@ -99,8 +99,10 @@ func Build(c Config) error {
 	if err != nil {
 		return err
 	}
-	// outpost-logger beside the agent writes the containers' logs at 0.7 MB
-	// PSS each; without it the agent would run itself in logger mode.
+	// outpost-logger beside the agent is the logger process of
+	// `logging: process` (0.7 MB PSS per container; the default, `logging:
+	// agent`, copies the logs in the agent and runs none); without it that
+	// setting would run the agent itself in logger mode.
 	// outpost-boot is what agent.sh runs: the agent of the current
 	// upgrade slot, else this outpost-agent.
 	for _, cmd := range []string{"outpost-agent", "outpost-logger", "outpost-boot"} {

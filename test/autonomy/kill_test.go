@@ -3,6 +3,7 @@ package autonomy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -13,8 +14,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/fxamacker/cbor/v2"
 	bolt "go.etcd.io/bbolt"
@@ -115,6 +118,92 @@ func readStore(path, cmUID string) (storeView, error) {
 	return v, err
 }
 
+// storeWritesBeforeKill bounds the writes to its store that
+// TestKill9DuringStoreWrites lets the agent make before each kill.
+const storeWritesBeforeKill = 60
+
+// fileWrites reports the writes to one file (inotify IN_MODIFY). Writes
+// made while nobody reads may be reported as one.
+type fileWrites struct {
+	f   *os.File
+	buf []byte
+}
+
+// watchWrites watches path, which must exist, until the test ends.
+func watchWrites(t *testing.T, path string) *fileWrites {
+	t.Helper()
+	fd, err := syscall.InotifyInit1(syscall.IN_NONBLOCK | syscall.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	t.Cleanup(func() { f.Close() })
+	if _, err := syscall.InotifyAddWatch(fd, path, syscall.IN_MODIFY); err != nil {
+		t.Fatalf("watch %s: %v", path, err)
+	}
+	return &fileWrites{f: f, buf: make([]byte, 64<<10)}
+}
+
+// read returns the number of writes reported by one read, waiting until
+// deadline; 0 when the deadline passed.
+func (w *fileWrites) read(t *testing.T, deadline time.Time) int {
+	t.Helper()
+	if err := w.f.SetReadDeadline(deadline); err != nil {
+		t.Fatal(err)
+	}
+	k, err := w.f.Read(w.buf)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("inotify: %v", err)
+	}
+	n := 0
+	for b := w.buf[:k]; len(b) >= syscall.SizeofInotifyEvent; n++ {
+		ev := (*syscall.InotifyEvent)(unsafe.Pointer(&b[0]))
+		if ev.Mask&syscall.IN_Q_OVERFLOW != 0 {
+			t.Fatal("inotify queue overflowed")
+		}
+		b = b[min(len(b), syscall.SizeofInotifyEvent+int(ev.Len)):]
+	}
+	return n
+}
+
+// drain forgets the writes reported so far.
+func (w *fileWrites) drain(t *testing.T) {
+	t.Helper()
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			if _, err := syscall.Read(int(fd), w.buf); err != nil {
+				if err != syscall.EAGAIN {
+					rerr = err
+				}
+				return
+			}
+		}
+	}); err != nil || rerr != nil {
+		t.Fatalf("inotify: %v %v", err, rerr)
+	}
+}
+
+// await waits for n more writes, failing after timeout.
+func (w *fileWrites) await(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for seen := 0; seen < n; {
+		k := w.read(t, deadline)
+		if k == 0 {
+			t.Fatalf("%d of %d writes to the store within %v", seen, n, timeout)
+		}
+		seen += k
+	}
+}
+
 const devicesYAML = `apiVersion: outpost.dev/v1alpha1
 kind: Device
 metadata: {name: %s, namespace: default}
@@ -127,8 +216,10 @@ spec:
     - {name: humidity, type: float, unit: "%%RH", pollInterval: 100ms, reportInterval: 100ms}
 `
 
-// TestKill9DuringStoreWrites kills the agent with SIGKILL 100 times at a
-// random moment while its store is written from both sides: a ConfigMap
+// TestKill9DuringStoreWrites kills the agent with SIGKILL 100 times, each
+// after a random number of writes to its store (0 to 59, counted with
+// inotify once it opened the store), while the store is written from both
+// sides: a ConfigMap
 // its pod mounts changes 20 times a second (downstream syncs), device
 // twins report every 100 ms and pods report status at every start
 // (upstream outbox appends and acks). After every kill the bbolt file
@@ -216,8 +307,10 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	}()
 
 	db := filepath.Join(e.agent.StateDir, store.FileName)
+	writes := watchWrites(t, db)
 	var prev storeView
 	wrote := 0 // kills after which the store had changed
+	var untilKill time.Duration
 	start := time.Now()
 	const kills = 100
 	for i := range kills {
@@ -226,15 +319,19 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Kill at a random moment after the agent opened its store (it
-		// writes its pid next to it), however slow the machine is.
+		// Kill after a random number of writes to the store once the
+		// agent opened it (it writes its pid next to it): at a random
+		// point of its writing, however fast or slow the machine is.
 		pidFile := filepath.Join(e.agent.StateDir, "agent.pid")
 		want := strconv.Itoa(e.agent.Proc.Pid())
 		stack.WaitFor(t, ctx, 30*time.Second, "the agent opening its store", func() (bool, string) {
 			b, _ := os.ReadFile(pidFile)
 			return strings.TrimSpace(string(b)) == want, "pid file: " + string(b)
 		})
-		time.Sleep(time.Duration(rand.IntN(600)) * time.Millisecond)
+		opened := time.Now()
+		writes.drain(t)
+		writes.await(t, rand.IntN(storeWritesBeforeKill), 30*time.Second)
+		untilKill += time.Since(opened)
 		if e.agent.Proc.Exited() {
 			t.Fatalf("kill %d: the agent exited by itself:\n%s", i, e.agent.Proc.LogTail(20))
 		}
@@ -257,8 +354,8 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("%d kills in %s; the store changed between %d of them; last: ConfigMap version %d, outbox next seq %d, %d queued",
-		kills, time.Since(start).Round(100*time.Millisecond), wrote, prev.cmVersion, prev.nextSeq, prev.outbox)
+	t.Logf("%d kills in %s, on average %s after the store opened; the store changed between %d of them; last: ConfigMap version %d, outbox next seq %d, %d queued",
+		kills, time.Since(start).Round(100*time.Millisecond), (untilKill / kills).Round(time.Millisecond), wrote, prev.cmVersion, prev.nextSeq, prev.outbox)
 	if wrote < kills/2 {
 		t.Errorf("the store changed between only %d of %d kills: not the heavy writes the test is about", wrote, kills)
 	}

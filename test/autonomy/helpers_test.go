@@ -1,14 +1,17 @@
 package autonomy
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -399,4 +402,100 @@ func runningInAPI(ctx context.Context, names ...string) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// containerdEvents streams containerd's events in the edge's namespace
+// (ctr events) until the test ends: each one's topic ("/tasks/start")
+// arrives on the returned channel. It fails the test if it has to drop
+// one because nobody read.
+func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, "ctr", "--address", st.Containerd.Address, "events")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan string, 4096)
+	done := make(chan struct{})
+	var dropped atomic.Int64
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			// "<time> <namespace> <topic> <event>", the time in four
+			// fields ("2006-01-02 15:04:05.999 +0000 UTC").
+			f := strings.Fields(sc.Text())
+			if len(f) < 6 || f[4] != e.ctrNS {
+				continue
+			}
+			select {
+			case ch <- f[5]:
+			default:
+				dropped.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		<-done
+		if n := dropped.Load(); n > 0 {
+			t.Errorf("%d containerd events dropped", n)
+		}
+	})
+	// ctr subscribes as it starts: once it printed an event of this
+	// namespace made now (a label on it), it sees every later one.
+	_, _ = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "namespaces", "create", e.ctrNS) // fails if it exists
+	probe := 0
+	wait.For(t, 30*time.Second, "ctr events to print an event of "+e.ctrNS, func() bool {
+		probe++
+		if _, err := st.Containerd.Ctr(ctx, "-n", e.ctrNS, "namespaces", "label", e.ctrNS, "outpost.dev/events-probe="+strconv.Itoa(probe)); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			select {
+			case topic := <-ch:
+				if strings.HasPrefix(topic, "/namespaces/") {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	return ch
+}
+
+// awaitEvents waits for n events on ch (from containerdEvents), failing
+// after timeout.
+func awaitEvents(t *testing.T, ch <-chan string, n int, timeout time.Duration) []string {
+	t.Helper()
+	var got []string
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for len(got) < n {
+		select {
+		case topic := <-ch:
+			got = append(got, topic)
+		case <-deadline.C:
+			t.Fatalf("%d of %d containerd events within %v: %v", len(got), n, timeout, got)
+		}
+	}
+	return got
+}
+
+// drainEvents forgets the events on ch so far.
+func drainEvents(ch <-chan string) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
 }

@@ -489,6 +489,14 @@ func awaitEvents(t *testing.T, ch <-chan string, n int, timeout time.Duration) [
 	return got
 }
 
+// lastEvent names the last of events for a log line.
+func lastEvent(events []string) string {
+	if len(events) == 0 {
+		return ""
+	}
+	return ", the last " + events[len(events)-1]
+}
+
 // drainEvents forgets the events on ch so far.
 func drainEvents(ch <-chan string) {
 	for {

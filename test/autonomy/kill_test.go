@@ -420,7 +420,8 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 
 // TestKill9WhileRestartingPods reboots the gateway with the relay down and
 // kills the agent with SIGKILL again and again while it starts its pods
-// from the store: whatever it left half done (a container created but not
+// from the store (each time after a random number of the containerd
+// events of its work, up to the task creates and starts it must make): whatever it left half done (a container created but not
 // started, started but not yet seen), the agent that finally stays up runs
 // each pod exactly once, counts no restart beyond one per reboot, keeps at
 // most the current and the previous attempt of each container, leaves no
@@ -454,7 +455,34 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 	}
 	e.reboot(t, ctx)
 	pidFile := filepath.Join(e.agent.StateDir, "agent.pid")
+	events := e.containerdEvents(t, ctx)
 	for i := range 12 {
+		// The agent is killed once it opened its store and containerd
+		// saw a random number of events of its work since it started, at
+		// most as many as it must cause: a task start for each pod not
+		// running, after a task create where the pod has no task.
+		s, err := e.state(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		down, must := 0, 0
+		for _, n := range names {
+			h := podHash(uids[n])
+			if len(s.running[h]) > 0 {
+				continue
+			}
+			down++
+			must++
+			hasTask := false
+			for _, c := range s.byPod[h] {
+				_, ok := s.tasks[c.ID]
+				hasTask = hasTask || ok
+			}
+			if !hasTask {
+				must++
+			}
+		}
+		drainEvents(events)
 		if err := e.agent.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +491,8 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 			b, _ := os.ReadFile(pidFile)
 			return strings.TrimSpace(string(b)) == want, "pid file: " + string(b)
 		})
-		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
+		got := awaitEvents(t, events, rand.IntN(must+1), time.Minute)
+		t.Logf("kill %d (%d pods not running) after %d containerd events%s", i, down, len(got), lastEvent(got))
 		if err := e.agent.Kill(); err != nil {
 			t.Fatal(err)
 		}

@@ -74,7 +74,7 @@ func TestKill9DuringPodCreate(t *testing.T) {
 		// that work: at least eight come (each new pod's snapshot,
 		// container, task and start).
 		got := awaitEvents(t, events, 1+rand.IntN(8), time.Minute)
-		t.Logf("kill %d after containerd's %v", i, got)
+		t.Logf("kill %d after %d containerd events%s", i, len(got), lastEvent(got))
 		if e.agent.Proc.Exited() {
 			t.Fatalf("kill %d: the agent exited by itself:\n%s", i, e.agent.Proc.LogTail(20))
 		}

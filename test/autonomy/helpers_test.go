@@ -404,11 +404,16 @@ func runningInAPI(ctx context.Context, names ...string) (bool, string) {
 	return true, ""
 }
 
-// containerdEvents streams containerd's events in the edge's namespace
-// (ctr events) until the test ends: each one's topic ("/tasks/start")
-// arrives on the returned channel. It fails the test if it has to drop
-// one because nobody read.
-func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string {
+// containerdEvents are containerd's events in one edge's namespace, as
+// ctr events prints them, for the test's duration.
+type containerdEvents struct {
+	ch      chan string // topics ("/tasks/start")
+	dropped atomic.Int64
+}
+
+// containerdEvents starts following containerd's events in the edge's
+// namespace until the test ends.
+func (e *edge) containerdEvents(t *testing.T, ctx context.Context) *containerdEvents {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(ctx, "ctr", "--address", st.Containerd.Address, "events")
@@ -419,9 +424,8 @@ func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ch := make(chan string, 4096)
+	ev := &containerdEvents{ch: make(chan string, 4096)}
 	done := make(chan struct{})
-	var dropped atomic.Int64
 	go func() {
 		defer close(done)
 		sc := bufio.NewScanner(out)
@@ -434,9 +438,9 @@ func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string
 				continue
 			}
 			select {
-			case ch <- f[5]:
+			case ev.ch <- f[5]:
 			default:
-				dropped.Add(1)
+				ev.dropped.Add(1) // nobody read for a while
 			}
 		}
 	}()
@@ -444,9 +448,6 @@ func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string
 		cancel()
 		_ = cmd.Wait()
 		<-done
-		if n := dropped.Load(); n > 0 {
-			t.Errorf("%d containerd events dropped", n)
-		}
 	})
 	// ctr subscribes as it starts: once it printed an event of this
 	// namespace made now (a label on it), it sees every later one.
@@ -459,7 +460,7 @@ func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string
 		}
 		for {
 			select {
-			case topic := <-ch:
+			case topic := <-ev.ch:
 				if strings.HasPrefix(topic, "/namespaces/") {
 					return true
 				}
@@ -468,19 +469,34 @@ func (e *edge) containerdEvents(t *testing.T, ctx context.Context) <-chan string
 			}
 		}
 	})
-	return ch
+	return ev
 }
 
-// awaitEvents waits for n events on ch (from containerdEvents), failing
-// after timeout.
-func awaitEvents(t *testing.T, ch <-chan string, n int, timeout time.Duration) []string {
+// drain forgets the events so far.
+func (ev *containerdEvents) drain() {
+	for {
+		select {
+		case <-ev.ch:
+		default:
+			ev.dropped.Store(0)
+			return
+		}
+	}
+}
+
+// await waits for n events since the last drain, failing after timeout.
+// It returns their topics.
+func (ev *containerdEvents) await(t *testing.T, n int, timeout time.Duration) []string {
 	t.Helper()
 	var got []string
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for len(got) < n {
+		if d := ev.dropped.Load(); d > 0 {
+			t.Fatalf("%d containerd events dropped since the last drain", d)
+		}
 		select {
-		case topic := <-ch:
+		case topic := <-ev.ch:
 			got = append(got, topic)
 		case <-deadline.C:
 			t.Fatalf("%d of %d containerd events within %v: %v", len(got), n, timeout, got)
@@ -495,15 +511,4 @@ func lastEvent(events []string) string {
 		return ""
 	}
 	return ", the last " + events[len(events)-1]
-}
-
-// drainEvents forgets the events on ch so far.
-func drainEvents(ch <-chan string) {
-	for {
-		select {
-		case <-ch:
-		default:
-			return
-		}
-	}
 }

@@ -482,7 +482,7 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 				must++
 			}
 		}
-		drainEvents(events)
+		events.drain()
 		if err := e.agent.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -491,7 +491,7 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 			b, _ := os.ReadFile(pidFile)
 			return strings.TrimSpace(string(b)) == want, "pid file: " + string(b)
 		})
-		got := awaitEvents(t, events, rand.IntN(must+1), time.Minute)
+		got := events.await(t, rand.IntN(must+1), time.Minute)
 		t.Logf("kill %d (%d pods not running) after %d containerd events%s", i, down, len(got), lastEvent(got))
 		if err := e.agent.Kill(); err != nil {
 			t.Fatal(err)

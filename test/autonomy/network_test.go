@@ -60,7 +60,7 @@ func TestKill9DuringPodCreate(t *testing.T) {
 	for i := range kills {
 		// Two new pods, and from the third kill on one older pod
 		// deleted, then the agent killed while it works on them.
-		drainEvents(events)
+		events.drain()
 		mk(fmt.Sprintf("knet-%d-a", i))
 		mk(fmt.Sprintf("knet-%d-b", i))
 		if i >= 2 {
@@ -73,7 +73,7 @@ func TestKill9DuringPodCreate(t *testing.T) {
 		// The kill comes after a random number of containerd events of
 		// that work: at least eight come (each new pod's snapshot,
 		// container, task and start).
-		got := awaitEvents(t, events, 1+rand.IntN(8), time.Minute)
+		got := events.await(t, 1+rand.IntN(8), time.Minute)
 		t.Logf("kill %d after %d containerd events%s", i, len(got), lastEvent(got))
 		if e.agent.Proc.Exited() {
 			t.Fatalf("kill %d: the agent exited by itself:\n%s", i, e.agent.Proc.LogTail(20))

@@ -55,6 +55,8 @@ type recorder struct {
 	mu sync.Mutex
 	ps []wire.PodStatus
 	ns []wire.NodeStatus
+	// onPod, if set, sees every pod status as it is appended, under mu.
+	onPod func(wire.PodStatus)
 }
 
 func (r *recorder) Append(key string, t wire.Type, body wire.Body) (uint64, error) {
@@ -62,6 +64,9 @@ func (r *recorder) Append(key string, t wire.Type, body wire.Body) (uint64, erro
 	switch b := body.(type) {
 	case *wire.PodStatus:
 		r.ps = append(r.ps, *b)
+		if r.onPod != nil {
+			r.onPod(*b)
+		}
 	case *wire.NodeStatus:
 		r.ns = append(r.ns, *b)
 	}
@@ -557,7 +562,23 @@ func TestReconciler(t *testing.T) {
 		})
 		// A change while containerd is down is applied once it is back.
 		e.apply(&wire.Sync{Upserts: []wire.Object{podObj("uid-late", "late", "1", sleeper(img1))}})
-		time.Sleep(2 * time.Second)
+		// The reconciler takes the change signal (and reads the store
+		// next); its next retry of containerd after that is one with
+		// uid-late wanted, and fails.
+		e.waitFor(10*time.Second, "the reconciler to take the change", func() bool { return len(e.changes) == 0 })
+		e.rec.mu.Lock()
+		seen := len(e.rec.ns)
+		e.rec.mu.Unlock()
+		e.waitFor(30*time.Second, "a failed retry of containerd with uid-late wanted", func() bool {
+			e.rec.mu.Lock()
+			defer e.rec.mu.Unlock()
+			for _, ns := range e.rec.ns[seen:] {
+				if ns.Conditions[0].Status == "False" {
+					return true
+				}
+			}
+			return false
+		})
 		if err := e.ctrd.StartDaemon(t.Context()); err != nil {
 			t.Fatal(err)
 		}

@@ -1,16 +1,19 @@
 package autonomy
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -445,4 +448,113 @@ func runningInAPI(ctx context.Context, names ...string) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// containerdEvents are containerd's events in one edge's namespace, as
+// ctr events prints them, for the test's duration.
+type containerdEvents struct {
+	ch      chan string // topics ("/tasks/start")
+	dropped atomic.Int64
+}
+
+// containerdEvents starts following containerd's events in the edge's
+// namespace until the test ends.
+func (e *edge) containerdEvents(t *testing.T, ctx context.Context) *containerdEvents {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, "ctr", "--address", st.Containerd.Address, "events")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ev := &containerdEvents{ch: make(chan string, 4096)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			// "<time> <namespace> <topic> <event>", the time in four
+			// fields ("2006-01-02 15:04:05.999 +0000 UTC").
+			f := strings.Fields(sc.Text())
+			if len(f) < 6 || f[4] != e.ctrNS {
+				continue
+			}
+			select {
+			case ev.ch <- f[5]:
+			default:
+				ev.dropped.Add(1) // nobody read for a while
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		<-done
+	})
+	// ctr subscribes as it starts: once it printed an event of this
+	// namespace made now (a label on it), it sees every later one.
+	_, _ = st.Containerd.Ctr(ctx, "-n", e.ctrNS, "namespaces", "create", e.ctrNS) // fails if it exists
+	probe := 0
+	wait.For(t, 30*time.Second, "ctr events to print an event of "+e.ctrNS, func() bool {
+		probe++
+		if _, err := st.Containerd.Ctr(ctx, "-n", e.ctrNS, "namespaces", "label", e.ctrNS, "outpost.dev/events-probe="+strconv.Itoa(probe)); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			select {
+			case topic := <-ev.ch:
+				if strings.HasPrefix(topic, "/namespaces/") {
+					return true
+				}
+			default:
+				return false
+			}
+		}
+	})
+	return ev
+}
+
+// drain forgets the events so far.
+func (ev *containerdEvents) drain() {
+	for {
+		select {
+		case <-ev.ch:
+		default:
+			ev.dropped.Store(0)
+			return
+		}
+	}
+}
+
+// await waits for n events since the last drain, failing after timeout.
+// It returns their topics.
+func (ev *containerdEvents) await(t *testing.T, n int, timeout time.Duration) []string {
+	t.Helper()
+	var got []string
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for len(got) < n {
+		if d := ev.dropped.Load(); d > 0 {
+			t.Fatalf("%d containerd events dropped since the last drain", d)
+		}
+		select {
+		case topic := <-ev.ch:
+			got = append(got, topic)
+		case <-deadline.C:
+			t.Fatalf("%d of %d containerd events within %v: %v", len(got), n, timeout, got)
+		}
+	}
+	return got
+}
+
+// lastEvent names the last of events for a log line.
+func lastEvent(events []string) string {
+	if len(events) == 0 {
+		return ""
+	}
+	return ", the last " + events[len(events)-1]
 }

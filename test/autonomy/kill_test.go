@@ -2,6 +2,7 @@ package autonomy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,8 +13,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/fxamacker/cbor/v2"
 	bolt "go.etcd.io/bbolt"
@@ -114,9 +117,96 @@ func readStore(path, cmUID string) (storeView, error) {
 	return v, err
 }
 
-// TestKill9DuringStoreWrites kills the agent with SIGKILL 100 times at a
-// random moment while its store is written from both sides: a ConfigMap
-// its pod mounts changes 20 times a second (downstream syncs), device
+// storeWritesBeforeKill bounds the writes to its store that
+// TestKill9DuringStoreWrites lets the agent make before each kill.
+const storeWritesBeforeKill = 60
+
+// fileWrites reports the writes to one file (inotify IN_MODIFY). Writes
+// made while nobody reads may be reported as one.
+type fileWrites struct {
+	f   *os.File
+	buf []byte
+}
+
+// watchWrites watches path, which must exist, until the test ends.
+func watchWrites(t *testing.T, path string) *fileWrites {
+	t.Helper()
+	fd, err := syscall.InotifyInit1(syscall.IN_NONBLOCK | syscall.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	t.Cleanup(func() { f.Close() })
+	if _, err := syscall.InotifyAddWatch(fd, path, syscall.IN_MODIFY); err != nil {
+		t.Fatalf("watch %s: %v", path, err)
+	}
+	return &fileWrites{f: f, buf: make([]byte, 64<<10)}
+}
+
+// read returns the number of writes reported by one read, waiting until
+// deadline; 0 when the deadline passed.
+func (w *fileWrites) read(t *testing.T, deadline time.Time) int {
+	t.Helper()
+	if err := w.f.SetReadDeadline(deadline); err != nil {
+		t.Fatal(err)
+	}
+	k, err := w.f.Read(w.buf)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0
+	}
+	if err != nil {
+		t.Fatalf("inotify: %v", err)
+	}
+	n := 0
+	for b := w.buf[:k]; len(b) >= syscall.SizeofInotifyEvent; n++ {
+		ev := (*syscall.InotifyEvent)(unsafe.Pointer(&b[0]))
+		if ev.Mask&syscall.IN_Q_OVERFLOW != 0 {
+			t.Fatal("inotify queue overflowed")
+		}
+		b = b[min(len(b), syscall.SizeofInotifyEvent+int(ev.Len)):]
+	}
+	return n
+}
+
+// drain forgets the writes reported so far.
+func (w *fileWrites) drain(t *testing.T) {
+	t.Helper()
+	rc, err := w.f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			if _, err := syscall.Read(int(fd), w.buf); err != nil {
+				if err != syscall.EAGAIN {
+					rerr = err
+				}
+				return
+			}
+		}
+	}); err != nil || rerr != nil {
+		t.Fatalf("inotify: %v %v", err, rerr)
+	}
+}
+
+// await waits for n more writes, failing after timeout.
+func (w *fileWrites) await(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for seen := 0; seen < n; {
+		k := w.read(t, deadline)
+		if k == 0 {
+			t.Fatalf("%d of %d writes to the store within %v", seen, n, timeout)
+		}
+		seen += k
+	}
+}
+
+// TestKill9DuringStoreWrites kills the agent with SIGKILL 100 times, each
+// after a random number of writes to its store (0 to 59, counted with
+// inotify once it opened the store), while the store is written from both
+// sides: a ConfigMap its pod mounts changes 20 times a second (downstream syncs), device
 // twins report every 100 ms and pods report status at every start
 // (upstream outbox appends and acks). After every kill the bbolt file
 // opens and checks clean, the stored ConfigMap version never goes back,
@@ -191,8 +281,10 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	}()
 
 	db := filepath.Join(e.agent.StateDir, store.FileName)
+	writes := watchWrites(t, db)
 	var prev storeView
 	wrote := 0 // kills after which the store had changed
+	var untilKill time.Duration
 	start := time.Now()
 	const kills = 100
 	for i := range kills {
@@ -201,15 +293,19 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Kill at a random moment after the agent opened its store (it
-		// writes its pid next to it), however slow the machine is.
+		// Kill after a random number of writes to the store once the
+		// agent opened it (it writes its pid next to it): at a random
+		// point of its writing, however fast or slow the machine is.
 		pidFile := filepath.Join(e.agent.StateDir, "agent.pid")
 		want := strconv.Itoa(e.agent.Proc.Pid())
 		stack.WaitFor(t, ctx, 30*time.Second, "the agent opening its store", func() (bool, string) {
 			b, _ := os.ReadFile(pidFile)
 			return strings.TrimSpace(string(b)) == want, "pid file: " + string(b)
 		})
-		time.Sleep(time.Duration(rand.IntN(600)) * time.Millisecond)
+		opened := time.Now()
+		writes.drain(t)
+		writes.await(t, rand.IntN(storeWritesBeforeKill), 30*time.Second)
+		untilKill += time.Since(opened)
 		if e.agent.Proc.Exited() {
 			t.Fatalf("kill %d: the agent exited by itself:\n%s", i, e.agent.Proc.LogTail(20))
 		}
@@ -232,8 +328,8 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	t.Logf("%d kills in %s; the store changed between %d of them; last: ConfigMap version %d, outbox next seq %d, %d queued",
-		kills, time.Since(start).Round(100*time.Millisecond), wrote, prev.cmVersion, prev.nextSeq, prev.outbox)
+	t.Logf("%d kills in %s, on average %s after the store opened; the store changed between %d of them; last: ConfigMap version %d, outbox next seq %d, %d queued",
+		kills, time.Since(start).Round(100*time.Millisecond), (untilKill / kills).Round(time.Millisecond), wrote, prev.cmVersion, prev.nextSeq, prev.outbox)
 	if wrote < kills/2 {
 		t.Errorf("the store changed between only %d of %d kills: not the heavy writes the test is about", wrote, kills)
 	}
@@ -298,7 +394,8 @@ func TestKill9DuringStoreWrites(t *testing.T) {
 
 // TestKill9WhileRestartingPods reboots the gateway with the relay down and
 // kills the agent with SIGKILL again and again while it starts its pods
-// from the store: whatever it left half done (a container created but not
+// from the store (each time after a random number of the containerd
+// events of its work, up to the task creates and starts it must make): whatever it left half done (a container created but not
 // started, started but not yet seen), the agent that finally stays up runs
 // each pod exactly once, counts no restart beyond one per reboot, keeps at
 // most the current and the previous attempt of each container, leaves no
@@ -332,7 +429,34 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 	}
 	e.reboot(t, ctx)
 	pidFile := filepath.Join(e.agent.StateDir, "agent.pid")
+	events := e.containerdEvents(t, ctx)
 	for i := range 12 {
+		// The agent is killed once it opened its store and containerd
+		// saw a random number of events of its work since it started, at
+		// most as many as it must cause: a task start for each pod not
+		// running, after a task create where the pod has no task.
+		s, err := e.state(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		down, must := 0, 0
+		for _, n := range names {
+			h := podHash(uids[n])
+			if len(s.running[h]) > 0 {
+				continue
+			}
+			down++
+			must++
+			hasTask := false
+			for _, c := range s.byPod[h] {
+				_, ok := s.tasks[c.ID]
+				hasTask = hasTask || ok
+			}
+			if !hasTask {
+				must++
+			}
+		}
+		events.drain()
 		if err := e.agent.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -341,7 +465,8 @@ func TestKill9WhileRestartingPods(t *testing.T) {
 			b, _ := os.ReadFile(pidFile)
 			return strings.TrimSpace(string(b)) == want, "pid file: " + string(b)
 		})
-		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
+		got := events.await(t, rand.IntN(must+1), time.Minute)
+		t.Logf("kill %d (%d pods not running) after %d containerd events%s", i, down, len(got), lastEvent(got))
 		if err := e.agent.Kill(); err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 )
@@ -63,8 +67,20 @@ func TestLinkCutMidFrame(t *testing.T) {
 	cutAt := time.Now()
 	// Nothing reaches the API from now on, once the relay finished the
 	// API writes of what it read before the cut: what it has then is the
-	// base.
-	time.Sleep(2 * time.Second)
+	// base. The relay writes EdgeLinkReady=False as the connection's last
+	// write, after its pod status writes have stopped.
+	stack.WaitFor(t, ctx, time.Minute, "the relay to end the cut connection (EdgeLinkReady=False)", func() (bool, string) {
+		n, err := st.CP.Client().CoreV1().Nodes().Get(ctx, e.name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, c := range n.Status.Conditions {
+			if c.Type == nodes.ConditionLinkReady {
+				return c.Status == corev1.ConditionFalse, fmt.Sprintf("%s %s", c.Status, c.Message)
+			}
+		}
+		return false, "no EdgeLinkReady condition"
+	})
 	p, err := apiPod(ctx, crash.Name)
 	if err != nil {
 		t.Fatal(err)

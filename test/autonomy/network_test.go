@@ -21,7 +21,8 @@ import (
 // TestKill9DuringPodCreate kills the real agent with SIGKILL while it
 // creates pods on the pod network (every pod publishes a hostPort, so
 // portmap makes chains for it), again and again, with pods created and
-// deleted between the kills. The agent that finally stays up runs each
+// deleted between the kills, each kill after a random number (1 to 8) of
+// the containerd events of that work. The agent that finally stays up runs each
 // remaining pod once with an address, with exactly one veth, namespace,
 // lease, cached CNI result and hostPort chain per pod; once the pods are
 // deleted nothing is left of any of them, not even of the pods deleted
@@ -54,10 +55,12 @@ func TestKill9DuringPodCreate(t *testing.T) {
 		live[name] = true
 	}
 	pidFile := filepath.Join(e.agent.StateDir, "agent.pid")
+	events := e.containerdEvents(t, ctx)
 	const kills = 8
 	for i := range kills {
 		// Two new pods, and from the third kill on one older pod
 		// deleted, then the agent killed while it works on them.
+		events.drain()
 		mk(fmt.Sprintf("knet-%d-a", i))
 		mk(fmt.Sprintf("knet-%d-b", i))
 		if i >= 2 {
@@ -67,7 +70,11 @@ func TestKill9DuringPodCreate(t *testing.T) {
 			}
 			delete(live, old)
 		}
-		time.Sleep(time.Duration(200+rand.IntN(1300)) * time.Millisecond)
+		// The kill comes after a random number of containerd events of
+		// that work: at least eight come (each new pod's snapshot,
+		// container, task and start).
+		got := events.await(t, 1+rand.IntN(8), time.Minute)
+		t.Logf("kill %d after %d containerd events%s", i, len(got), lastEvent(got))
 		if e.agent.Proc.Exited() {
 			t.Fatalf("kill %d: the agent exited by itself:\n%s", i, e.agent.Proc.LogTail(20))
 		}

@@ -382,15 +382,14 @@ func BenchmarkResyncAfterOffline(b *testing.B) {
 		time.Sleep(time.Until(cutAt.Add(offline)))
 
 		up0, down0 := r.proxy.Up.Load(), r.proxy.Down.Load()
-		start := time.Now()
-		r.proxy.Refuse(false)
 		// The agent reconnects after its back-off (full jitter, up to
 		// 30 s): the first byte up marks the end of it.
+		firstUp := r.proxy.NextUp()
+		start := time.Now()
+		r.proxy.Refuse(false)
 		reconnected := make(chan time.Duration, 1)
 		go func() {
-			for r.proxy.Up.Load() == up0 {
-				time.Sleep(5 * time.Millisecond)
-			}
+			<-firstUp
 			reconnected <- time.Since(start)
 		}()
 		probe := uids["resync-001"]

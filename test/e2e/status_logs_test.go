@@ -286,13 +286,37 @@ func TestPodStatusAndLogs(t *testing.T) {
 	}
 
 	// (f) Ctrl-C on kubectl logs -f: the agent hears a cancel.
+	// kubectl is interrupted once it printed the first line: the stream
+	// is open end to end.
 	fctx, stop := context.WithCancel(ctx)
-	ch = kubectlAsync(fctx, "logs", "-f", pod.Name, "-n", ns)
+	cmd = exec.CommandContext(fctx, filepath.Join(st.CP.BinDir, "kubectl"), "--kubeconfig="+st.CP.Kubeconfig,
+		"logs", "-f", pod.Name, "-n", ns)
+	stdout, _ = cmd.StdoutPipe()
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	o = ap.open(t)
 	ap.data(t, ctx, o.ID, "first\n", false, "")
-	time.Sleep(300 * time.Millisecond)
+	first := make(chan string, 1)
+	go func() { l, _ := bufio.NewReader(stdout).ReadString('\n'); first <- l }()
+	select {
+	case l := <-first:
+		if l != "first\n" {
+			t.Fatalf("kubectl logs -f printed %q, want %q (stderr %s)", l, "first\n", stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("kubectl logs -f did not print %q while following", "first\n")
+	}
 	stop()
-	waitOut(t, ch)
+	done = make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("kubectl did not finish")
+	}
 	deadline := time.After(20 * time.Second)
 	for cancelled := false; !cancelled; {
 		select {

@@ -33,6 +33,9 @@ type Proxy struct {
 	refuse  atomic.Bool
 	// midCut, when set, is closed by the pipe that cut mid-chunk.
 	midCut atomic.Pointer[chan struct{}]
+	// upWaiters (under mu) are closed when bytes next cross up.
+	upWaiters []chan struct{}
+	upWaiting atomic.Bool
 }
 
 // NewProxy listens on a free loopback port and forwards to target.
@@ -107,6 +110,21 @@ func (p *Proxy) track(cs ...net.Conn) {
 	}
 }
 
+// crossed counts k bytes on n (Up or Down) and, for bytes up, wakes the
+// waiters of NextUp.
+func (p *Proxy) crossed(n *atomic.Int64, k int) {
+	n.Add(int64(k))
+	if n == &p.Up && p.upWaiting.Load() {
+		p.mu.Lock()
+		for _, ch := range p.upWaiters {
+			close(ch)
+		}
+		p.upWaiters = nil
+		p.upWaiting.Store(false)
+		p.mu.Unlock()
+	}
+}
+
 func (p *Proxy) pipe(dst, src net.Conn, n *atomic.Int64) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
@@ -116,7 +134,7 @@ func (p *Proxy) pipe(dst, src net.Conn, n *atomic.Int64) {
 			if ch := p.midCut.Load(); ch != nil && p.midCut.CompareAndSwap(ch, nil) {
 				// Half of what was read goes through, then the link dies:
 				// the other side sees a frame cut short.
-				n.Add(int64(k / 2))
+				p.crossed(n, k/2)
 				_, _ = dst.Write(buf[:k/2])
 				p.Cut()
 				close(*ch)
@@ -124,7 +142,7 @@ func (p *Proxy) pipe(dst, src net.Conn, n *atomic.Int64) {
 			}
 		}
 		if k > 0 {
-			n.Add(int64(k))
+			p.crossed(n, k)
 			if _, werr := dst.Write(buf[:k]); werr != nil {
 				break
 			}
@@ -168,6 +186,18 @@ func (p *Proxy) CutMidFrame(timeout time.Duration) bool {
 		<-ch // a pipe took it just now
 		return true
 	}
+}
+
+// NextUp returns a channel closed once bytes next cross the proxy up
+// (agent to relay) after the call: after Refuse(false), the first of the
+// agent's reconnect.
+func (p *Proxy) NextUp() <-chan struct{} {
+	ch := make(chan struct{})
+	p.mu.Lock()
+	p.upWaiters = append(p.upWaiters, ch)
+	p.upWaiting.Store(true)
+	p.mu.Unlock()
+	return ch
 }
 
 // Refuse makes the proxy reset every new connection at once while on is

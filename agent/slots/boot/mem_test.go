@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,14 +35,18 @@ func BenchmarkLauncherMemory(b *testing.B) {
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
-		// The agent runs once it wrote its line; then give the launcher's
-		// runtime a moment past its start-up to settle.
+		// The agent runs once it wrote its line; the launcher is past its
+		// start-up once it waits for that child: one of its threads is
+		// blocked in the kernel's wait (the supervising loop's select
+		// follows at once).
 		before, _ := os.ReadFile(g.log)
 		wait.For(b, 10*time.Second, "the agent on trial to start", func() bool {
 			now, _ := os.ReadFile(g.log)
 			return len(now) > len(before)
 		})
-		time.Sleep(time.Second)
+		wait.For(b, 10*time.Second, "the launcher to wait for the agent", func() bool {
+			return waitsForChild(cmd.Process.Pid)
+		})
 		fig := smaps(b, cmd.Process.Pid)
 		b.ReportMetric(float64(fig["Rss"]), "rss-KiB")
 		b.ReportMetric(float64(fig["Pss"]), "pss-KiB")
@@ -52,6 +57,18 @@ func BenchmarkLauncherMemory(b *testing.B) {
 		_ = cmd.Wait()
 		b.StartTimer()
 	}
+}
+
+// waitsForChild reports whether a thread of process pid is blocked waiting
+// for a child (its wchan is the kernel's do_wait).
+func waitsForChild(pid int) bool {
+	tasks, _ := filepath.Glob("/proc/" + strconv.Itoa(pid) + "/task/*/wchan")
+	for _, f := range tasks {
+		if b, err := os.ReadFile(f); err == nil && string(b) == "do_wait" {
+			return true
+		}
+	}
+	return false
 }
 
 // smaps reads /proc/PID/smaps_rollup's figures in KiB.

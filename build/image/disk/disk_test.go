@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -100,16 +101,24 @@ func TestAssemble(t *testing.T) {
 	}
 }
 
-// TestExt4Repeatable writes a small tree twice, a second apart, and wants
-// the same bytes: fixed UUID and seed, times and owners fixed by debugfs.
+// TestExt4Repeatable writes a small tree twice, the second time with
+// other times on its files, and wants the same bytes: fixed UUID and seed,
+// times and owners fixed by debugfs, e2fsprogs' clock fixed to the epoch.
+// Every inode time (to the nanosecond, which the build's clock could not
+// hit twice) and every superblock time must be the epoch, so no clock
+// reading reaches the image whichever second the builds run in.
 func TestExt4Repeatable(t *testing.T) {
-	for _, tool := range []string{"mkfs.ext4", "debugfs"} {
+	for _, tool := range []string{"mkfs.ext4", "debugfs", "dumpe2fs"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing: install Debian's e2fsprogs", tool)
 		}
 	}
 	epoch := time.Unix(1700000000, 0)
 	uuid := [16]byte{0x6c, 0x1d, 0x2a, 0x7e, 0x10, 0x3b, 0x4f, 0x5a, 0x8c, 0x9d, 0xae, 0xbf, 0xc0, 0xd1, 0xe2, 0xf3}
+	paths := []string{"/", "/etc", "/etc/outpost", "/etc/outpost/agent.yaml", "/etc/resolv.conf"}
+	// The tree's own times, as a checkout or an earlier build left them:
+	// the first tree's are now, the second's a day and a bit later.
+	other := time.Now().Add(24*time.Hour + 1234567891*time.Nanosecond)
 	var sums [2][]byte
 	for i := range sums {
 		dir := t.TempDir()
@@ -117,6 +126,16 @@ func TestExt4Repeatable(t *testing.T) {
 		os.MkdirAll(filepath.Join(root, "etc/outpost"), 0o755)
 		os.WriteFile(filepath.Join(root, "etc/outpost/agent.yaml"), []byte("server: https://r:1\n"), 0o644)
 		os.Symlink("/run/resolv.conf", filepath.Join(root, "etc/resolv.conf"))
+		if i == 1 {
+			for _, p := range paths {
+				if p == "/etc/resolv.conf" {
+					continue // os.Chtimes follows symlinks
+				}
+				if err := os.Chtimes(filepath.Join(root, p), other, other); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		img := filepath.Join(dir, "root.img")
 		if err := Ext4(root, img, "outpost-root", 8<<20, uuid, epoch); err != nil {
 			t.Fatal(err)
@@ -126,12 +145,31 @@ func TestExt4Repeatable(t *testing.T) {
 			t.Fatal(err)
 		}
 		sums[i] = b
-		if i == 0 {
-			out, _ := exec.Command("debugfs", "-R", "stat /etc/outpost/agent.yaml", img).CombinedOutput()
-			if !strings.Contains(string(out), "User:     0   Group:     0") || !strings.Contains(string(out), "ctime: 0x6553f100") {
-				t.Errorf("debugfs stat:\n%s", out)
+		for _, p := range paths {
+			out, _ := exec.Command("debugfs", "-R", "stat "+p, img).CombinedOutput()
+			if !strings.Contains(string(out), "User:     0   Group:     0") {
+				t.Errorf("build %d: debugfs stat %s: not owned by 0:0:\n%s", i, p, out)
 			}
-			time.Sleep(1100 * time.Millisecond)
+			for _, f := range []string{" ctime", " atime", " mtime", "crtime"} {
+				if want := f + ": 0x6553f100:00000000"; !strings.Contains(string(out), want) {
+					t.Errorf("build %d: debugfs stat %s lacks %q:\n%s", i, p, want, out)
+				}
+			}
+		}
+		dump := exec.Command("dumpe2fs", "-h", img)
+		dump.Env = append(os.Environ(), "TZ=UTC")
+		out, err := dump.CombinedOutput()
+		if err != nil {
+			t.Fatalf("dumpe2fs: %v\n%s", err, out)
+		}
+		at := epoch.UTC().Format(time.ANSIC)
+		for _, f := range []string{"Filesystem created:", "Last write time:", "Last checked:"} {
+			if !regexp.MustCompile(`(?m)^` + f + ` +` + at + `$`).Match(out) {
+				t.Errorf("build %d: dumpe2fs -h: %s is not %s:\n%s", i, f, at, out)
+			}
+		}
+		if !regexp.MustCompile(`(?m)^Last mount time: +n/a$`).Match(out) {
+			t.Errorf("build %d: dumpe2fs -h: the image was mounted:\n%s", i, out)
 		}
 	}
 	if !bytes.Equal(sums[0], sums[1]) {

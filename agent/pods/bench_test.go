@@ -195,7 +195,10 @@ func benchLogging(b *testing.B, bin string, inAgent bool) {
 		b.Fatal(err)
 	}
 	e.run()
-	time.Sleep(2 * time.Second) // connected and idle (no signal to wait for: the runtime starts as up)
+	e.waitFor(time.Minute, "the reconciler connected to containerd", func() bool {
+		_, err := e.recon.StatsContainers(context.Background())
+		return err == nil
+	})
 	debug.FreeOSMemory()
 	before := memOf(os.Getpid())
 	const n = 10
@@ -210,12 +213,11 @@ func benchLogging(b *testing.B, bin string, inAgent bool) {
 		uid := fmt.Sprintf("log-%02d", i)
 		e.waitFor(2*time.Minute, uid+" running", func() bool { s, ok := e.rec.latest(uid); return ok && running(s) })
 	}
-	time.Sleep(20 * time.Second) // 20 lines from each
-	for i := range n {
+	for i := range n { // 20 lines from each, a line a second
 		name := fmt.Sprintf("log-%02d", i)
-		if l := e.log("default", name, "app", false); !strings.Contains(l, "tick 15\n") {
-			b.Fatalf("%s logged %q after 20 s", name, l)
-		}
+		e.waitFor(time.Minute, name+" logged its 20th line", func() bool {
+			return strings.Contains(e.log("default", name, "app", false), "tick 20\n")
+		})
 	}
 	debug.FreeOSMemory()
 	self := memOf(os.Getpid())

@@ -159,6 +159,7 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("summary: %d %q", status, body)
 	}
+	<-answered
 	type fs struct {
 		CapacityBytes, AvailableBytes, UsedBytes uint64
 		Inodes, InodesFree, InodesUsed           *uint64
@@ -219,6 +220,7 @@ func TestKubeletResourceUsage(t *testing.T) {
 	if status, body := get(certClient, "gw-top", "/metrics/resource", ""); status != 200 {
 		t.Fatalf("client certificate: %d %q", status, body)
 	}
+	<-answered
 
 	// The node's own /metrics are its agent's, asked for on demand.
 	if status, body := get(certClient, "gw-top", "/metrics", ""); status != 200 || !strings.Contains(body, "\noutpost_link_connected 1\n") {
@@ -228,7 +230,8 @@ func TestKubeletResourceUsage(t *testing.T) {
 
 	// No credentials: 401. A bad token: 401. A token without
 	// nodes/metrics: 403. Another node's metrics: 403. None asked the
-	// agent.
+	// agent. (Each request above took its answer off answered, the last
+	// one's once the agent had sent it, so nothing is still on its way.)
 	before := len(answered)
 	for _, tc := range []struct {
 		cl          *http.Client

@@ -3,6 +3,7 @@ package pods_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,12 +59,16 @@ func TestContainerLogs(t *testing.T) {
 				t.Errorf("the container was restarted across the agent's restart: %+v, was %+v", c, first.Containers[0])
 			}
 			l := e.log("default", "talker", "talk", false)
+			// stdout and stderr are two pipes, copied each on its own (as
+			// a kubelet's runtime does): each stream keeps its order, the
+			// two interleave as they were read.
 			lines := strings.Split(l, "\n")
-			if lines[0] != "started" {
-				t.Fatalf("first line %q", lines[0])
+			i := slices.IndexFunc(lines, func(s string) bool { return !strings.HasPrefix(s, "err ") })
+			if i < 0 || lines[i] != "started" {
+				t.Fatalf("first stdout line is not \"started\": %q", lines[:min(len(lines), 5)])
 			}
 			want, errs := 1, 1
-			for _, line := range lines[1:] {
+			for _, line := range slices.Delete(lines, i, i+1) {
 				switch {
 				case strings.HasPrefix(line, "line "):
 					if line != "line "+strconv.Itoa(want) {

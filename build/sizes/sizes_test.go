@@ -1,9 +1,11 @@
 package sizes
 
 import (
+	"bufio"
 	"context"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -96,5 +98,85 @@ func TestStale(t *testing.T) {
 	want := []string{"big/new: 0 KiB in the report, 40 KiB now", "outpost.dev/wire: 60 KiB in the report, 0 KiB now", "runtime: 400 KiB in the report, 600 KiB now"}
 	if strings.Join(s, "\n") != strings.Join(want, "\n") {
 		t.Errorf("Stale = %q, want %q", s, want)
+	}
+}
+
+// TestReadResident builds a small program with its symbols, starts it
+// and reads its resident pages: the runtime's code is on pages it ran,
+// and every present byte belongs to one section and one package.
+func TestReadResident(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the present bits of /proc/PID/pagemap need root")
+	}
+	exe := filepath.Join(t.TempDir(), "idle")
+	if out, err := exec.Command("go", "build", "-o", exe, "./testdata/idle").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(exe)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer in.Close()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	if err := ClearRefs(pid); err != nil {
+		t.Fatal(err)
+	}
+	r, err := ReadResident(pid, exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text, sum, secs int64
+	for _, s := range r.Sections {
+		if s.Name == ".text" {
+			text = s.Resident
+		}
+		if s.Resident > s.Size+int64(2*r.PageSize) {
+			t.Errorf("section %s: %d bytes resident of %d", s.Name, s.Resident, s.Size)
+		}
+		secs += s.Resident
+	}
+	for _, p := range r.Packages {
+		sum += p.Resident
+	}
+	if text == 0 || sum != secs || sum != r.Total() {
+		t.Fatalf(".text resident %d, packages %d, sections %d\n%s", text, sum, secs, r.Markdown(20))
+	}
+	if r.Of("runtime") < 64<<10 || r.Of("fmt") == 0 || r.Of(lineTable) == 0 {
+		t.Errorf("runtime %d bytes, fmt %d, line table %d resident\n%s", r.Of("runtime"), r.Of("fmt"), r.Of(lineTable), r.Markdown(20))
+	}
+	if len(r.Mappings) < 3 {
+		t.Errorf("mappings: %+v", r.Mappings)
+	}
+	t.Logf("\n%s", r.Markdown(15))
+}
+
+func TestParseSmaps(t *testing.T) {
+	in := "00400000-00c3a000 r-xp 00000000 08:01 1234                       /usr/bin/outpost agent\n" +
+		"Size:               8424 kB\nRss:                5000 kB\nReferenced:         1200 kB\nVmFlags: rd ex mr mw me\n" +
+		"00c3a000-00c40000 rw-p 00000000 00:00 0 \nRss:  8 kB\n"
+	m, err := parseSmaps([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != 2 || m[0].start != 0x400000 || m[0].end != 0xc3a000 || m[0].inode != 1234 || m[0].path != "/usr/bin/outpost agent" ||
+		m[0].kv["Rss"] != 5000 || m[0].kv["Referenced"] != 1200 || m[1].path != "" || m[1].kv["Rss"] != 8 {
+		t.Fatalf("%+v", m)
+	}
+	for _, bad := range []string{"zz-1 r-xp 0 0 0\n", "1000-0 r-xp 0 08:01 1\n", "1000-2000 rw 0 08:01 1\n"} {
+		if _, err := parseSmaps([]byte(bad)); err == nil {
+			t.Errorf("parseSmaps(%q) accepted", bad)
+		}
 	}
 }

@@ -2,10 +2,13 @@ package bench
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
+	"outpost.dev/build/sizes"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 )
@@ -16,27 +19,7 @@ import (
 func BenchmarkAgentIdleRSS(b *testing.B) {
 	idle := harness.EnvDuration(b, "OUTPOST_IDLE", 60*time.Second)
 	ctx := context.Background()
-	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
-	agent, err := st.Join(ctx, relay, "bench-idle")
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Through a counting proxy, to measure what the idle link costs.
-	proxy, err := stack.NewProxy(relay.Addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer proxy.Close()
-	if err := agent.Start("--server", "https://"+proxy.Addr); err != nil {
-		b.Fatal(err)
-	}
-	if err := st.WaitNodeReady(ctx, "bench-idle", true, 2*time.Minute); err != nil {
-		b.Fatal(err)
-	}
-	// Past the hello and first status.
-	if err := proxy.Quiet(ctx, time.Second, time.Minute); err != nil {
-		b.Fatal(err)
-	}
+	st, agent, proxy := startIdleAgent(b, ctx, "bench-idle")
 	up0, down0 := proxy.Up.Load(), proxy.Down.Load()
 	b.ResetTimer()
 	for b.Loop() {
@@ -58,4 +41,86 @@ func BenchmarkAgentIdleRSS(b *testing.B) {
 	b.Logf("idle link: %d bytes up, %d down in %v (TLS and WebSocket framing included)", up, down, idle)
 	b.Logf("agent pid %s after %v connected and idle: VmRSS %d KiB, Pss %d KiB, RssAnon %d KiB, Pss_Anon %d KiB",
 		strconv.Itoa(agent.Proc.Pid()), idle, m.RSS, m.PSS, m.Anon, m.PSSAnon)
+}
+
+// startIdleAgent joins agent name to a real relay and control plane
+// through a byte-counting proxy and returns once its Node is Ready and
+// the link has been quiet for a second (past the hello and first status).
+func startIdleAgent(b *testing.B, ctx context.Context, name string) (*stack.Stack, *stack.Agent, *stack.Proxy) {
+	st, relay := stack.StartWithRelay(b, ctx, stack.Options{})
+	agent, err := st.Join(ctx, relay, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	proxy, err := stack.NewProxy(relay.Addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { proxy.Close() })
+	if err := agent.Start("--server", "https://"+proxy.Addr); err != nil {
+		b.Fatal(err)
+	}
+	if err := st.WaitNodeReady(ctx, name, true, 2*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	if err := proxy.Quiet(ctx, time.Second, time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	return st, agent, proxy
+}
+
+// BenchmarkAgentIdlePages starts the agent as BenchmarkAgentIdleRSS does,
+// clears its pages' referenced bits once it is connected and quiet, and
+// after OUTPOST_IDLE (default 60s) reports which pages of its binary
+// (the unstripped test build) are resident, by section and by package
+// (build/sizes.ReadResident), and how much of each mapping it referenced
+// while idle. Needs root for /proc/PID/pagemap. amd64, the host's kernel.
+func BenchmarkAgentIdlePages(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the present bits of /proc/PID/pagemap need root")
+	}
+	idle := harness.EnvDuration(b, "OUTPOST_IDLE", 60*time.Second)
+	ctx := context.Background()
+	st, agent, _ := startIdleAgent(b, ctx, "bench-pages")
+	pid := agent.Proc.Pid()
+	exe := filepath.Join(st.BinDir, "outpost-agent")
+	start, err := sizes.ReadResident(pid, exe)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sizes.ClearRefs(pid); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		time.Sleep(idle)
+	}
+	b.StopTimer()
+	r, err := sizes.ReadResident(pid, exe)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if s, _ := st.NodeReady(ctx, "bench-pages"); s != "True" {
+		b.Fatalf("node not Ready after %v idle: %q", idle, s)
+	}
+	m, err := ReadMem(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var file, ref, refText int64
+	for _, mp := range r.Mappings {
+		file += mp.Rss - mp.Anonymous
+		ref += mp.Referenced
+		if mp.Perms[2] == 'x' {
+			refText = mp.Referenced
+		}
+	}
+	b.ReportMetric(float64(r.Total())/(1<<20), "binary-resident-MiB")
+	b.ReportMetric(float64(ref)/(1<<20), "idle-referenced-MiB")
+	b.ReportMetric(float64(refText)/(1<<20), "idle-referenced-text-MiB")
+	b.ReportMetric(float64(m.PSS)/1024, "PSS-MiB")
+	b.Logf("agent pid %d: Pss %d KiB, RssAnon %d KiB; its binary's mappings: %d KiB file-backed resident; "+
+		"sections resident %d KiB when it went quiet, %d KiB after %v idle",
+		pid, m.PSS, m.Anon, file>>10, start.Total()>>10, r.Total()>>10, idle)
+	b.Logf("resident pages of %s after %v connected and idle:\n%s", exe, idle, r.Markdown(40))
 }

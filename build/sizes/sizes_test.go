@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,5 +179,30 @@ func TestParseSmaps(t *testing.T) {
 		if _, err := parseSmaps([]byte(bad)); err == nil {
 			t.Errorf("parseSmaps(%q) accepted", bad)
 		}
+	}
+}
+
+func TestParseInitTrace(t *testing.T) {
+	in := "init internal/bytealg @0.004 ms, 0 ms clock, 0 bytes, 0 allocs\n" +
+		"some log line\n" +
+		"init github.com/mochi-mqtt/server/v2/packets @3.1 ms, 0.60 ms clock, 368056 bytes, 587 allocs\n" +
+		"init outpost.dev/wire @3.9 ms, 0.14 ms clock, 62016 bytes, 868 allocs\n"
+	got, err := parseInitTrace([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Init{{"github.com/mochi-mqtt/server/v2/packets", 368056, 587, 0.60}, {"outpost.dev/wire", 62016, 868, 0.14}, {"internal/bytealg", 0, 0, 0}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("parseInitTrace = %v, want %v", got, want)
+	}
+	if _, err := parseInitTrace([]byte("init x @1 ms, zz ms clock, 1 bytes, 1 allocs\n")); err == nil {
+		t.Error("a bad clock accepted")
+	}
+	if _, err := parseInitTrace([]byte("hello\n")); err == nil {
+		t.Error("no init lines accepted")
+	}
+	md := InitMarkdown(got, 1)
+	if !strings.Contains(md, "| github.com/mochi-mqtt/server/v2/packets | 368056 | 587 | 0.600 |") || !strings.Contains(md, "| all 3 inits | 430072 | 1455 | 0.74 |") {
+		t.Errorf("rendered:\n%s", md)
 	}
 }

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -119,8 +120,20 @@ func BenchmarkAgentIdlePages(b *testing.B) {
 	b.ReportMetric(float64(ref)/(1<<20), "idle-referenced-MiB")
 	b.ReportMetric(float64(refText)/(1<<20), "idle-referenced-text-MiB")
 	b.ReportMetric(float64(m.PSS)/1024, "PSS-MiB")
+	b.ReportMetric(float64(m.Anon)/1024, "anon-MiB")
 	b.Logf("agent pid %d: Pss %d KiB, RssAnon %d KiB; its binary's mappings: %d KiB file-backed resident; "+
 		"sections resident %d KiB when it went quiet, %d KiB after %v idle",
 		pid, m.PSS, m.Anon, file>>10, start.Total()>>10, r.Total()>>10, idle)
-	b.Logf("resident pages of %s after %v connected and idle:\n%s", exe, idle, r.Markdown(40))
+	inits, err := sizes.InitTrace(ctx, exe, "--help")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var initBytes int64
+	for _, in := range inits {
+		initBytes += in.Bytes
+	}
+	b.ReportMetric(float64(initBytes)/1024, "init-alloc-KiB")
+	// Printed, not logged: a benchmark's log is cut to ten lines.
+	fmt.Printf("\nResident pages of %s after %v connected and idle (KiB):\n\n%s\n"+
+		"What its package inits allocate (GODEBUG=inittrace=1):\n\n%s\n", exe, idle, r.Markdown(40), sizes.InitMarkdown(inits, 15))
 }

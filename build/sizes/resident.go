@@ -76,9 +76,9 @@ func ClearRefs(pid int) error {
 }
 
 // ReadResident reads which pages of exe (an unstripped build: its symbol
-// table names what is on each page) process pid has resident. Reading
-// another process's pagemap needs root (CAP_SYS_ADMIN) for the present
-// bits.
+// table names what is on each page) process pid has resident. It needs
+// the right to trace pid (the same user will do): the present bits of
+// /proc/PID/pagemap need no privilege, only its frame numbers would.
 func ReadResident(pid int, exe string) (*Resident, error) {
 	ef, err := elf.Open(exe)
 	if err != nil {
@@ -199,7 +199,7 @@ func ReadResident(pid int, exe string) (*Resident, error) {
 // address keeps its bytes) and the sections themselves.
 func symbolSpans(ef *elf.File) (spans, secs []span, err error) {
 	for _, s := range ef.Sections {
-		if s.Flags&elf.SHF_ALLOC != 0 && s.Size > 0 && s.Addr != 0 {
+		if s.Flags&elf.SHF_ALLOC != 0 && s.Flags&elf.SHF_TLS == 0 && s.Size > 0 && s.Addr != 0 {
 			secs = append(secs, span{lo: s.Addr, hi: s.Addr + s.Size, sec: s.Name})
 		}
 	}

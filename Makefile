@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay relay-image test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy controlplane deps clean
+	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy bench-idle-pages controlplane deps clean
 
 all: build
 
@@ -157,6 +157,9 @@ bench-relay: controlplane ## Relay memory per connected agent (1,000 protocol-le
 
 bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdleRSS -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+bench-idle-pages: controlplane ## Which pages of the agent's binary are resident after 60 s connected and idle, by section and package, and how much it referenced while idle.
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdlePages -benchtime 1x -count 1 -timeout 20m ./test/bench/
 
 bench-pods: controlplane ## 30 pods on real containerd, pod network off and on (cni=off|on): apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 40m ./test/bench/

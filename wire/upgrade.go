@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"regexp"
 )
 
 // Agent upgrades. The relay offers the agent a new version of itself
@@ -43,15 +42,32 @@ func UpgradeSignedMessage(version string, digest [32]byte) []byte {
 	return append(m, digest[:]...)
 }
 
-// upgradeVersion is what a version may look like: it names files on the
-// agent, so no separators and no dots alone.
-var upgradeVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+// upgradeVersion reports whether v is what a version may look like,
+// ^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$: it names files on the agent, so no
+// separators and no dots alone. A loop, not that regexp: compiling its
+// {0,63} took 60 KB in 861 allocations at every agent's start, kept for
+// the process's life.
+func upgradeVersion(v string) bool {
+	if len(v) == 0 || len(v) > 64 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '+' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // CheckUpgradeVersion reports a version that is not a plain name of at
 // most 64 characters (letters, digits, ".", "_", "+", "-", not starting
 // with a dot).
 func CheckUpgradeVersion(v string) error {
-	if !upgradeVersion.MatchString(v) {
+	if !upgradeVersion(v) {
 		return fmt.Errorf("version %q: want 1-64 of [A-Za-z0-9._+-], starting with a letter or digit", v)
 	}
 	return nil

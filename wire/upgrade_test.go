@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -100,4 +101,48 @@ func TestUpgradeSignedMessageBindsVersionAndDigest(t *testing.T) {
 	if ed25519.Verify(pub, UpgradeSignedMessage("1.2.0", d), sig) {
 		t.Fatal("signature verifies for another digest")
 	}
+}
+
+// versionPattern is the rule upgradeVersion implements, as a regexp.
+var versionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+
+func TestCheckUpgradeVersion(t *testing.T) {
+	for v, ok := range map[string]bool{
+		"v1.2.3":                true,
+		"0":                     true,
+		"v0.1.0-rc.1+build_7":   true,
+		strings.Repeat("a", 64): true,
+		strings.Repeat("a", 65): false,
+		"":                      false,
+		".hidden":               false,
+		"-v1":                   false,
+		"_v1":                   false,
+		"+v1":                   false,
+		"v1/../x":               false,
+		"v1 2":                  false,
+		"v1\n":                  false,
+		"v1\x00":                false,
+		"vé":                    false,
+		"v1:2":                  false,
+	} {
+		if err := CheckUpgradeVersion(v); (err == nil) != ok {
+			t.Errorf("CheckUpgradeVersion(%q) = %v, want ok %v", v, err, ok)
+		}
+		if versionPattern.MatchString(v) != ok {
+			t.Errorf("the pattern disagrees on %q", v)
+		}
+	}
+}
+
+// FuzzUpgradeVersion checks upgradeVersion against the regexp it
+// replaces on any input.
+func FuzzUpgradeVersion(f *testing.F) {
+	for _, s := range []string{"v1.2.3", "", ".x", "a/b", strings.Repeat("z", 64), strings.Repeat("z", 65)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		if got, want := upgradeVersion(v), versionPattern.MatchString(v); got != want {
+			t.Fatalf("upgradeVersion(%q) = %v, the pattern says %v", v, got, want)
+		}
+	})
 }

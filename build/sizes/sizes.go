@@ -15,6 +15,9 @@
 // for type descriptors and string constants either (they are runs in
 // .rodata): they are listed as a whole, as "(type descriptors)" and
 // "(string data)"; the few other symbols of no package as "(linker)".
+//
+// ReadResident attributes the pages a running process has resident the
+// same way, and InitTrace reads what each package init allocated.
 package sizes
 
 import (

@@ -43,6 +43,16 @@ func (c *conn) startDevices(held []wire.ObjectVersion) (t *twins, extra pods.Ext
 	return t, t.devs, t.devs.Stop
 }
 
+// dropReason is the reason label of a dropped twin report's counter.
+type dropReason string
+
+const (
+	dropNoDeviceAPI   dropReason = "no-device-api"
+	dropUnknownLinkID dropReason = "unknown-link-id"
+	dropBadName       dropReason = "bad-name"
+	dropNoSuchDevice  dropReason = "no-such-device"
+)
+
 // report handles one twin report numbered seq, already received by
 // c.acks. It may block while the relay's status queue is full
 // (back-pressure on this agent). A report by link id is first expanded to
@@ -50,19 +60,19 @@ func (c *conn) startDevices(held []wire.ObjectVersion) (t *twins, extra pods.Ext
 // sync.
 func (t *twins) report(seq uint64, r *wire.TwinReport) {
 	if t.devs == nil {
-		t.drop(seq, r.Device, "this relay has no Device API (no dynamic client configured)")
+		t.drop(seq, dropNoDeviceAPI, r.Device, "this relay has no Device API (no dynamic client configured)")
 		return
 	}
 	id := r.ID
 	uid, err := t.devs.Expand(r, time.Now())
 	if err != nil {
-		t.drop(seq, "link id "+strconv.FormatUint(uint64(id), 10), err.Error())
+		t.drop(seq, dropUnknownLinkID, "link id "+strconv.FormatUint(uint64(id), 10), err.Error())
 		return
 	}
 	key := r.Device
 	ns, name, ok := strings.Cut(key, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		t.drop(seq, key, "device is not namespace/name")
+		t.drop(seq, dropBadName, key, "device is not namespace/name")
 		return
 	}
 	if !t.devs.Synced() {
@@ -78,7 +88,7 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 		return d, ok
 	}
 	if _, ok := lookup(); !ok {
-		t.drop(seq, key, "no such Device bound to this node")
+		t.drop(seq, dropNoSuchDevice, key, "no such Device bound to this node")
 		return
 	}
 	// A newer report of a Device supersedes the older ones (the agent's
@@ -108,7 +118,8 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 
 // drop acks a report that can never be written, logging why (at most a
 // line a second per connection).
-func (t *twins) drop(seq uint64, key, why string) {
+func (t *twins) drop(seq uint64, reason dropReason, key, why string) {
+	t.c.s.metrics.twinsDropped.WithLabelValues(string(reason)).Inc()
 	t.mu.Lock()
 	now := time.Now()
 	logIt := now.Sub(t.logged) >= time.Second

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -94,7 +95,8 @@ func TestTwinReportsByLinkID(t *testing.T) {
 	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{devices.GVR: "DeviceList"},
 		device("mine", "gw-ids"), device("theirs", "gw-else"))
-	tr := newTestRelay(t, func(c *relay.Config) { c.Dynamic = dyn })
+	reg := prometheus.NewRegistry()
+	tr := newTestRelay(t, func(c *relay.Config) { c.Dynamic, c.Registry = dyn, reg })
 	c := tr.hello(t, "gw-ids")
 	var s wire.Sync
 	if f, err := recvAny(t, c); err != nil || f.Type != wire.TypeSync || f.DecodeBody(&s) != nil || len(s.Upserts) != 1 {
@@ -133,6 +135,12 @@ func TestTwinReportsByLinkID(t *testing.T) {
 	if _, found := u.Object["status"]; found {
 		t.Fatalf("an unknown id was written to another Device: %v", u.Object["status"])
 	}
+	if n := droppedTwins(t, reg, "unknown-link-id"); n != 1 {
+		t.Errorf("outpost_relay_twin_reports_dropped_total{reason=unknown-link-id} = %v, want 1", n)
+	}
+	if n := droppedTwins(t, reg, "no-such-device"); n != 0 {
+		t.Errorf("outpost_relay_twin_reports_dropped_total{reason=no-such-device} = %v, want 0", n)
+	}
 	c.Close(websocket.StatusNormalClosure, "")
 
 	// The next connection holds the Device at the version it was sent.
@@ -149,4 +157,27 @@ func TestTwinReportsByLinkID(t *testing.T) {
 	if v, _ := status(); fmt.Sprint(v) != "24.5" {
 		t.Fatalf("reported temperature %v after reconnecting, want 24.5", v)
 	}
+}
+
+// droppedTwins reads the relay's dropped-twin-report counter for reason
+// from reg (0 when it has no such series).
+func droppedTwins(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "outpost_relay_twin_reports_dropped_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -21,6 +21,9 @@ type metrics struct {
 	// handshakesRefused counts connections answered 503 by the
 	// admission limit (Config.MaxHandshakes).
 	handshakesRefused prometheus.Counter
+	// twinsDropped counts twin reports acked without a write, by reason
+	// (one of the dropReason constants, so the label set stays bounded).
+	twinsDropped *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -62,7 +65,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Agent connections answered 503 with Retry-After because too many handshakes were in progress.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations, m.handshakesRefused} {
+	m.twinsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "outpost_relay_twin_reports_dropped_total",
+		Help: "Twin reports acked to their agent without a Device write, by reason (no-device-api, unknown-link-id, bad-name, no-such-device).",
+	}, []string{"reason"})
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations, m.handshakesRefused, m.twinsDropped} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -140,12 +140,7 @@ lint: vet ## gofmt and go vet.
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 fuzz: ## Run every fuzz target for FUZZTIME each.
-	@set -e; for pkg in $$($(GO) list ./...); do \
-		for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
-			echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-			CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-		done; \
-	done
+	GO=$(GO) ./build/fuzz.sh $(FUZZTIME)
 
 bench: bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging
 

@@ -5,6 +5,7 @@
 package relaytest
 
 import (
+	"log/slog"
 	"net"
 	"net/http/httptest"
 	"testing"
@@ -43,6 +44,9 @@ func ServeAt(tb testing.TB, cfg relay.Config, addr string) (*relay.Server, *http
 	hs.Listener.Close()
 	hs.Listener = ln
 	hs.TLS = srv.TLSConfig(cert)
+	if cfg.Log != nil { // TLS handshake noise (probes, scanners) at debug, as outpost-relay logs it
+		hs.Config.ErrorLog = slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug)
+	}
 	hs.StartTLS()
 	tb.Cleanup(func() {
 		srv.Close()

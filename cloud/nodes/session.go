@@ -22,6 +22,17 @@ import (
 // meaningful to people reading the Node.
 const statusRefresh = 5 * time.Minute
 
+// A session's steady-state writes, like a kubelet's: the Lease renewed
+// every LeaseDuration/4 (6 a minute with the default 40 s) and the Node's
+// status written when it changes, or every statusRefresh when it does not
+// (0.2 a minute). So that a fleet connected at once (a relay restart) does
+// not renew in lock-step bursts, the first renewal after the Lease is
+// taken, and the first refresh after the Node is written, come at a
+// random point within their period (phase); the later ones keep the
+// period. No interval is ever longer than the period, so the Lease
+// is as fresh as before for the node lifecycle controller; the cost is at
+// most one extra write of each per connection.
+
 // Retry backoff for failed writes.
 const (
 	backoffMin = 500 * time.Millisecond
@@ -187,8 +198,11 @@ func (s *Session) run(ctx context.Context) {
 			default:
 				first := node == nil
 				node, last, backoff = n, rep, backoffMin
-				s.written.Store(true)
-				refreshAt = now.Add(statusRefresh)
+				if s.written.Swap(true) {
+					refreshAt = now.Add(statusRefresh)
+				} else {
+					refreshAt = now.Add(phase(statusRefresh))
+				}
 				s.mu.Lock()
 				if s.gen == gen {
 					s.pending = nil // nothing newer arrived meanwhile
@@ -215,8 +229,12 @@ func (s *Session) run(ctx context.Context) {
 					leaseBack = min(2*leaseBack, backoffMax)
 					s.cfg.Log.Warn("lease renewal failed; will retry", "err", err)
 				} else {
+					if lease == nil { // just taken: start at a random phase
+						leaseAt = now.Add(phase(renewEvery))
+					} else {
+						leaseAt = now.Add(renewEvery)
+					}
 					lease, leaseBack = l, backoffMin
-					leaseAt = now.Add(renewEvery)
 				}
 			} else {
 				leaseAt = now.Add(renewEvery)
@@ -261,4 +279,10 @@ func earliest(t time.Time, more ...time.Time) time.Time {
 // jitter spreads retries of many sessions so they do not arrive together.
 func jitter(d time.Duration) time.Duration {
 	return d/2 + mrand.N(d/2+1)
+}
+
+// phase is a random point in (0, d]: where a periodic write of one
+// session starts, so those of many sessions started together spread out.
+func phase(d time.Duration) time.Duration {
+	return 1 + mrand.N(d)
 }

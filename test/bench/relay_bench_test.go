@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,12 +13,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
+	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +41,7 @@ import (
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
+	"outpost.dev/test/harness"
 	"outpost.dev/test/peer"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
@@ -62,7 +69,15 @@ func TestMain(m *testing.M) {
 // BenchmarkRelayMemory connects OUTPOST_BENCH_AGENTS (default 1,000)
 // protocol-level agents to one in-process relay backed by a real API
 // server, and reports the relay process's memory per connected agent:
-// Go heap and stacks, and resident memory.
+// Go heap and stacks, and resident memory. Then, from the API server's
+// own metrics, the requests per agent per minute while the fleet is
+// connected and idle (over OUTPOST_BENCH_API_WINDOW, default 2m; the
+// metric does not tell clients apart, so the control plane's own requests
+// are in it, and are logged as measured for a minute before the agents
+// came);
+// and, after the relay is closed and a new one started on its address,
+// the time until every agent has connected again by itself, with the
+// API server's p99 request latency over that time.
 func BenchmarkRelayMemory(b *testing.B) {
 	n := 1000
 	if v := os.Getenv("OUTPOST_BENCH_AGENTS"); v != "" {
@@ -74,7 +89,16 @@ func BenchmarkRelayMemory(b *testing.B) {
 	ctx := context.Background()
 	ip := stack.StartInProcess(b, ctx, 200, 400)
 	cp, client, ca := ip.CP, ip.Client, ip.CA
-	srv, hs := relaytest.Serve(b, ip.RelayConfig(slog.New(slog.DiscardHandler)))
+	cfg := ip.RelayConfig(slog.New(slog.DiscardHandler))
+	srv, hs := relaytest.Serve(b, cfg)
+	window := harness.EnvDuration(b, "OUTPOST_BENCH_API_WINDOW", 2*time.Minute)
+	// The control plane's own requests (controllers, the API server's
+	// own lease), with no agent and nothing else running against it.
+	baseWindow := min(window, time.Minute)
+	m0 := apiMetrics(b, ctx, client)
+	time.Sleep(baseWindow)
+	base := requests(m0, apiMetrics(b, ctx, client))
+	b.Logf("the control plane alone, its first %v: API requests per minute: %s", baseWindow, rates(base, baseWindow, 1))
 
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.Key)
 	if err != nil {
@@ -129,9 +153,155 @@ func BenchmarkRelayMemory(b *testing.B) {
 		b.ReportMetric(float64(runtime.NumGoroutine()-before.goroutines)/float64(n), "goroutines/agent")
 		b.Logf("%d agents connected in %v; relay heap %d→%d KiB, stacks %d→%d KiB, RSS %d→%d KiB",
 			n, connected.Round(time.Millisecond), before.heap>>10, after.heap>>10, before.stack>>10, after.stack>>10, before.rss>>10, after.rss>>10)
+
+		// Idle: every agent heartbeating, nothing else against the API
+		// server but the control plane itself. The window opens one Lease
+		// renewal period after the last Lease was created, past the
+		// first renewals.
+		time.Sleep(relay.DefaultLeaseDuration / 4)
+		m1 := apiMetrics(b, ctx, client)
+		time.Sleep(window)
+		m2 := apiMetrics(b, ctx, client)
+		idle := requests(m1, m2)
+		perAgent := map[string]float64{}
+		var total float64
+		for k, v := range idle {
+			r := v / float64(n) / window.Minutes()
+			perAgent[k] = r
+			total += r
+		}
+		b.ReportMetric(total, "apireq/agent/min")
+		b.ReportMetric(perAgent["PUT leases"]+perAgent["POST leases"], "lease-writes/agent/min")
+		b.ReportMetric(perAgent["PUT nodes/status"]+perAgent["PATCH nodes/status"], "status-writes/agent/min")
+		idleP99, idleCount := p99(m1, m2)
+		b.ReportMetric(idleP99*1000, "apiserver-p99-idle-ms")
+		b.Logf("idle %v, %d agents: API requests per agent per minute (the control plane's own included): %s; API server p99 %.0f ms over %.0f requests",
+			window, n, rates(perAgent, time.Minute, 3), idleP99*1000, idleCount)
+
+		// The relay closed and a new one started on its address: the
+		// agents reconnect by themselves, with the agent's back-off.
+		addr := hs.Listener.Addr().String()
+		m3 := apiMetrics(b, ctx, client)
+		stopping := time.Now()
+		srv.Close()
+		hs.Close()
+		stopped := time.Since(stopping)
+		srv, hs = relaytest.ServeAt(b, cfg, addr)
+		listening := time.Now()
+		wait.State(b, ctx, 15*time.Minute, "every agent connected again", func() (bool, string) {
+			return srv.Connected() == n, fmt.Sprintf("%d of %d connected", srv.Connected(), n)
+		})
+		back := time.Since(listening)
+		m4 := apiMetrics(b, ctx, client)
+		p, count := p99(m3, m4)
+		again := requests(m3, m4)
+		for k := range again {
+			again[k] /= float64(n)
+		}
+		b.ReportMetric(back.Seconds(), "s-all-reconnected")
+		b.ReportMetric(p*1000, "apiserver-p99-reconnect-ms")
+		b.Logf("relay closed in %v and started again on %s: all %d agents connected again %v after it listened; API server p99 %.0f ms over the %.0f requests from the close to the last connection; requests per agent meanwhile: %s",
+			stopped.Round(time.Millisecond), addr, n, back.Round(time.Millisecond), p*1000, count, rates(again, time.Minute, 3))
 		stdin.Close()
 		cmd.Wait()
 	}
+}
+
+// apiMetrics reads the request counts and latency histogram off the API
+// server's own /metrics.
+func apiMetrics(b *testing.B, ctx context.Context, client kubernetes.Interface) map[string]float64 {
+	b.Helper()
+	rc, err := client.CoreV1().RESTClient().Get().AbsPath("/metrics").Stream(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	m, err := stack.ParseMetrics(io.LimitReader(rc, 64<<20), "apiserver_request_total", "apiserver_request_duration_seconds_bucket")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
+}
+
+// requests is how many requests the API server counted from m0 to m1, by
+// "VERB resource[/subresource]".
+func requests(m0, m1 map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for series, v := range m1 {
+		l, ok := stack.Labels(series)
+		if !ok || !strings.HasPrefix(series, "apiserver_request_total{") {
+			continue
+		}
+		k := l["verb"] + " " + l["resource"]
+		if l["subresource"] != "" {
+			k += "/" + l["subresource"]
+		}
+		if d := v - m0[series]; d != 0 {
+			out[k] += d
+		}
+	}
+	return out
+}
+
+// rates writes counts over d as rates per minute, largest first.
+func rates(counts map[string]float64, d time.Duration, digits int) string {
+	keys := slices.SortedFunc(maps.Keys(counts), func(a, b string) int { return cmp.Compare(counts[b], counts[a]) })
+	var parts []string
+	for _, k := range keys {
+		if r := counts[k] / d.Minutes(); math.Abs(r) >= math.Pow10(-digits) {
+			parts = append(parts, fmt.Sprintf("%s %.*f", k, digits, r))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// p99 is the 99th percentile of the API server's request latency from m0
+// to m1, from its apiserver_request_duration_seconds histogram, leaving
+// out the long-running verbs as its latency SLO does (WATCH, WATCHLIST,
+// CONNECT), interpolated within a bucket as Prometheus's
+// histogram_quantile; and the number of requests it covers.
+func p99(m0, m1 map[string]float64) (seconds, count float64) {
+	buckets := map[float64]float64{} // le → requests at or under it
+	for series, v := range m1 {
+		l, ok := stack.Labels(series)
+		if !ok || !strings.HasPrefix(series, "apiserver_request_duration_seconds_bucket{") {
+			continue
+		}
+		if verb := l["verb"]; verb == "WATCH" || verb == "WATCHLIST" || verb == "CONNECT" {
+			continue
+		}
+		le, err := strconv.ParseFloat(l["le"], 64)
+		if err != nil {
+			continue
+		}
+		buckets[le] += v - m0[series]
+	}
+	return quantile(0.99, buckets), buckets[math.Inf(1)]
+}
+
+// quantile is histogram_quantile over cumulative buckets (le → count):
+// linear within the bucket the rank falls in, the highest finite bound
+// when it falls in +Inf, 0 when there is nothing.
+func quantile(q float64, buckets map[float64]float64) float64 {
+	les := slices.Sorted(maps.Keys(buckets))
+	if len(les) == 0 || buckets[les[len(les)-1]] <= 0 {
+		return 0
+	}
+	rank := q * buckets[les[len(les)-1]]
+	var lo, below float64
+	for _, le := range les {
+		if c := buckets[le]; c >= rank {
+			if math.IsInf(le, 1) {
+				return lo
+			}
+			if c == below {
+				return le
+			}
+			return lo + (le-lo)*(rank-below)/(c-below)
+		}
+		lo, below = le, buckets[le]
+	}
+	return lo
 }
 
 type mem struct {
@@ -152,7 +322,9 @@ func measure() mem {
 }
 
 // runAgents is the child: it connects N agents, each with its own
-// certificate, says hello, prints "ready" and heartbeats until stdin closes.
+// certificate, says hello, prints "ready" and heartbeats until stdin
+// closes. An agent whose link ends connects again by itself, backing off
+// as the agent's link does.
 func runAgents() error {
 	n, _ := strconv.Atoi(os.Getenv("OUTPOST_BENCH_N"))
 	addr := os.Getenv("OUTPOST_BENCH_RELAY")
@@ -176,19 +348,6 @@ func runAgents() error {
 	ids := identity.New(client, relay.DefaultNamespace)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// Each agent heartbeats from its hello-ack on: connecting 1,000 on a
-	// loaded machine can take longer than the relay waits for a silent
-	// connection (three heartbeat intervals).
-	keep := func(c *websocket.Conn) {
-		go peer.Heartbeat(ctx, c, relay.DefaultHeartbeatInterval)
-		go func() {
-			for {
-				if _, _, err := c.Read(ctx); err != nil {
-					return
-				}
-			}
-		}()
-	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	errs := make(chan error, n)
@@ -196,14 +355,19 @@ func runAgents() error {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func(i int) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c, err := connectAgent(ctx, addr, ca, ids, fmt.Sprintf("bench-%05d", i))
+			name := fmt.Sprintf("bench-%05d", i)
+			tc, err := credentials(ctx, ca, ids, name)
+			var c *websocket.Conn
+			if err == nil {
+				c, err = hello(ctx, addr, tc, name)
+			}
+			<-sem
+			wg.Done()
 			if err != nil {
 				errs <- err
 				return
 			}
-			keep(c)
+			stayConnected(ctx, addr, tc, name, c)
 		}(i)
 	}
 	wg.Wait()
@@ -216,9 +380,92 @@ func runAgents() error {
 	return nil
 }
 
+// The agent's link back-off (agent/link): full jitter from 1 s doubling
+// to 30 s, reset by a connection that lived a minute; while waiting, a
+// TCP probe about every second dials early once the relay's address has
+// refused and then accepts again (a relay restarted).
+const (
+	agentBackoffMin = time.Second
+	agentBackoffMax = 30 * time.Second
+	agentStable     = time.Minute
+	agentProbe      = time.Second
+)
+
+// stayConnected serves link c, heartbeating from its hello-ack on (on a
+// loaded machine connecting 1,000 can take longer than the relay waits
+// for a silent connection, three heartbeat intervals), and connects
+// again whenever it ends, until ctx ends.
+func stayConnected(ctx context.Context, addr string, tc *tls.Config, name string, c *websocket.Conn) {
+	attempt := 0
+	for {
+		up := time.Now()
+		lctx, cancel := context.WithCancel(ctx)
+		go peer.Heartbeat(lctx, c, relay.DefaultHeartbeatInterval)
+		for {
+			if _, _, err := c.Read(lctx); err != nil {
+				break
+			}
+		}
+		cancel()
+		c.CloseNow()
+		if time.Since(up) >= agentStable {
+			attempt = 0
+		}
+		for {
+			d := agentBackoffMax
+			if e := agentBackoffMin << min(attempt, 16); e < d {
+				d = e
+			}
+			attempt++
+			waitToDial(ctx, addr, mrand.N(d+1))
+			if ctx.Err() != nil {
+				return
+			}
+			var err error
+			if c, err = hello(ctx, addr, tc, name); err == nil {
+				break
+			}
+		}
+	}
+}
+
+// waitToDial waits d, or less once a TCP probe of addr was refused and
+// then accepted.
+func waitToDial(ctx context.Context, addr string, d time.Duration) {
+	end := time.Now().Add(d)
+	refused := false
+	for ctx.Err() == nil {
+		step := agentProbe*3/4 + mrand.N(agentProbe/2+1) // ±25 %
+		if left := time.Until(end); left <= step {
+			time.Sleep(left)
+			return
+		}
+		time.Sleep(step)
+		c, err := net.DialTimeout("tcp", addr, agentProbe)
+		if err != nil {
+			refused = true
+			continue
+		}
+		c.Close()
+		if refused {
+			return
+		}
+	}
+}
+
 // connectAgent connects node name with a certificate signed by ca and
 // recorded in ids, as a join would, and says hello.
 func connectAgent(ctx context.Context, addr string, ca *pki.CA, ids *identity.Registry, name string) (*websocket.Conn, error) {
+	tc, err := credentials(ctx, ca, ids, name)
+	if err != nil {
+		return nil, err
+	}
+	return hello(ctx, addr, tc, name)
+}
+
+// credentials makes node name a key and a certificate signed by ca,
+// recorded in ids as a join would.
+func credentials(ctx context.Context, ca *pki.CA, ids *identity.Registry, name string) (*tls.Config, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -230,9 +477,13 @@ func connectAgent(ctx context.Context, addr string, ca *pki.CA, ids *identity.Re
 	if err := ids.Issue(ctx, name, identity.Serial(cert), "", true); err != nil {
 		return nil, err
 	}
-	tc := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1",
-		Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key}}}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	return &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1",
+		Certificates: []tls.Certificate{{Certificate: [][]byte{cert.Raw}, PrivateKey: key}}}, nil
+}
+
+// hello connects node name with tc and says hello.
+func hello(ctx context.Context, addr string, tc *tls.Config, name string) (*websocket.Conn, error) {
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}}
 	c, _, err := websocket.Dial(ctx, "wss://"+addr+wire.PathConnect, &websocket.DialOptions{HTTPClient: hc})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -243,15 +494,18 @@ func connectAgent(ctx context.Context, addr string, ca *pki.CA, ids *identity.Re
 			Allocatable: wire.Resources{CPUMillis: 3900, MemoryBytes: 4<<30 - 64<<20, Pods: 110}}}
 	b, _ := wire.Encode(wire.TypeHello, 0, h)
 	if err := c.Write(ctx, websocket.MessageBinary, b); err != nil {
+		c.CloseNow()
 		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	_, msg, err := c.Read(rctx)
 	if err != nil {
+		c.CloseNow()
 		return nil, fmt.Errorf("%s: hello-ack: %w", name, err)
 	}
 	if f, err := wire.Decode(msg); err != nil || f.Type != wire.TypeHelloAck {
+		c.CloseNow()
 		return nil, fmt.Errorf("%s: want hello-ack, got %v %v", name, f.Type, err)
 	}
 	return c, nil

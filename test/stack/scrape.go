@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,8 +34,20 @@ func Scrape(ctx context.Context, url string) (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
+	out, err := ParseMetrics(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return out, nil
+}
+
+// ParseMetrics reads Prometheus text (a series and its value a line) into
+// series → value, keeping only the series of the metrics named in names
+// (every series when there are none). Lines longer than 1 MiB are refused;
+// the caller bounds the reader.
+func ParseMetrics(r io.Reader, names ...string) (map[string]float64, error) {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(io.LimitReader(resp.Body, 4<<20))
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
@@ -43,15 +56,78 @@ func Scrape(ctx context.Context, url string) (map[string]float64, error) {
 		}
 		i := strings.LastIndexByte(l, ' ')
 		if i < 0 {
-			return nil, fmt.Errorf("GET %s: bad line %q", url, l)
+			return nil, fmt.Errorf("bad line %q", l)
+		}
+		series := l[:i]
+		if len(names) > 0 && !slices.Contains(names, metricName(series)) {
+			continue
 		}
 		v, err := strconv.ParseFloat(l[i+1:], 64)
 		if err != nil {
-			return nil, fmt.Errorf("GET %s: bad line %q", url, l)
+			return nil, fmt.Errorf("bad line %q", l)
 		}
-		out[l[:i]] = v
+		out[series] = v
 	}
 	return out, sc.Err()
+}
+
+func metricName(series string) string {
+	if i := strings.IndexByte(series, '{'); i >= 0 {
+		return series[:i]
+	}
+	return series
+}
+
+// Labels are the labels of a series as ParseMetrics keys it
+// (`name{a="x",b="y"}` → a: x, b: y), with the text format's escapes
+// (\\, \", \n) undone; ok is false when they are not well formed.
+func Labels(series string) (labels map[string]string, ok bool) {
+	labels = map[string]string{}
+	i := strings.IndexByte(series, '{')
+	if i < 0 {
+		return labels, true
+	}
+	rest, found := strings.CutSuffix(series[i+1:], "}")
+	if !found {
+		return nil, false
+	}
+	for rest != "" {
+		k, v, found := strings.Cut(rest, "=\"")
+		if !found || k == "" || strings.ContainsAny(k, ",\"{}= ") {
+			return nil, false
+		}
+		var b strings.Builder
+		j := 0
+		for ; j < len(v) && v[j] != '"'; j++ {
+			if v[j] != '\\' {
+				b.WriteByte(v[j])
+				continue
+			}
+			if j++; j == len(v) {
+				return nil, false
+			}
+			switch v[j] {
+			case 'n':
+				b.WriteByte('\n')
+			case '\\', '"':
+				b.WriteByte(v[j])
+			default:
+				return nil, false
+			}
+		}
+		if j == len(v) {
+			return nil, false // no closing quote
+		}
+		labels[k] = b.String()
+		rest = v[j+1:]
+		if rest != "" {
+			if rest[0] != ',' {
+				return nil, false
+			}
+			rest = rest[1:]
+		}
+	}
+	return labels, true
 }
 
 // Sum adds the values of the series of metric name whose labels contain

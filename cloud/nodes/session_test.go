@@ -1,0 +1,92 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// A fleet of sessions started at one instant, as after a relay restart,
+// writes what a kubelet would: each Lease renewed every LeaseDuration/4
+// and each unchanged status written every statusRefresh, never less often;
+// the first renewal and the first refresh come at a random point within
+// their period, so the sessions do not renew in lock-step.
+func TestSessionSteadyWrites(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w, client := newWriter(t)
+		renewEvery := w.cfg.LeaseDuration / 4
+		var mu sync.Mutex
+		leases := map[string][]time.Time{} // renewals (updates) by node
+		status := map[string][]time.Time{} // status writes by node
+		client.PrependReactor("update", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			u := a.(k8stesting.UpdateAction)
+			name := u.GetObject().(interface{ GetName() string }).GetName()
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case u.GetResource().Resource == "leases":
+				leases[name] = append(leases[name], time.Now())
+			case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status":
+				status[name] = append(status[name], time.Now())
+			}
+			return false, nil, nil
+		})
+		const n = 20
+		start := time.Now()
+		var sessions []*Session
+		for i := range n {
+			s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: fmt.Sprintf("gw-%d", i)})
+			s.Report(0, *report())
+			sessions = append(sessions, s)
+		}
+		const span = 10 * time.Minute
+		time.Sleep(span - time.Nanosecond)
+		synctest.Wait()
+		mu.Lock()
+		defer func() {
+			mu.Unlock()
+			for _, s := range sessions {
+				s.Stop() // writes EdgeLinkReady=False: not counted above
+			}
+		}()
+		firsts := map[time.Duration]bool{}
+		for i := range n {
+			name := fmt.Sprintf("gw-%d", i)
+			got := leases[name]
+			// The Lease is created at once, then renewed span/renewEvery times.
+			if want := int(span / renewEvery); len(got) != want {
+				t.Fatalf("%s: %d renewals in %v, want %d", name, len(got), span, want)
+			}
+			first := got[0].Sub(start)
+			if first <= 0 || first > renewEvery {
+				t.Errorf("%s: first renewal after %v, want within (0, %v]", name, first, renewEvery)
+			}
+			firsts[first] = true
+			for j := 1; j < len(got); j++ {
+				if d := got[j].Sub(got[j-1]); d != renewEvery {
+					t.Fatalf("%s: renewal %d came %v after the one before, want %v", name, j, d, renewEvery)
+				}
+			}
+			// The Node is created with its status; refreshed twice in span.
+			st := status[name]
+			if len(st) != 2 {
+				t.Fatalf("%s: %d status writes in %v, want 2", name, len(st), span)
+			}
+			if d := st[0].Sub(start); d <= 0 || d > statusRefresh {
+				t.Errorf("%s: first refresh after %v, want within (0, %v]", name, d, statusRefresh)
+			}
+			if d := st[1].Sub(st[0]); d != statusRefresh {
+				t.Errorf("%s: second refresh %v after the first, want %v", name, d, statusRefresh)
+			}
+		}
+		if len(firsts) < n/2 {
+			t.Errorf("first renewals of %d sessions started together fell on only %d instants", n, len(firsts))
+		}
+	})
+}

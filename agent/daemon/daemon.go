@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
+	"slices"
+	"strings"
 	"time"
 
 	"outpost.dev/agent/cni"
@@ -262,6 +264,34 @@ func metricsSource(cfg config.Config, lk *link.Link, ob *outbox.Outbox, podsRunn
 		OutboxMaxBytes: cfg.OutboxMaxBytes,
 		Goroutines:     runtime.NumGoroutine,
 		Allocs:         heapAllocs,
+		Memory:         memoryClasses(),
+	}
+}
+
+// memoryClasses returns a reader of the Go runtime's memory classes
+// (/memory/classes/...:bytes, which add up to the memory the runtime
+// mapped), each named as the Prometheus Go collector names it.
+func memoryClasses() func() []metrics.Gauge {
+	var samples []rtmetrics.Sample
+	var gauges []metrics.Gauge
+	for _, d := range rtmetrics.All() {
+		name, ok := strings.CutPrefix(d.Name, "/memory/classes/")
+		if !ok || d.Kind != rtmetrics.KindUint64 || !strings.HasSuffix(name, ":bytes") {
+			continue
+		}
+		samples = append(samples, rtmetrics.Sample{Name: d.Name})
+		gauges = append(gauges, metrics.Gauge{
+			Name: "go_memory_classes_" + strings.NewReplacer("/", "_", "-", "_", ":", "_").Replace(name),
+			Help: d.Description,
+		})
+	}
+	return func() []metrics.Gauge {
+		rtmetrics.Read(samples)
+		out := slices.Clone(gauges)
+		for i, s := range samples {
+			out[i].Value = float64(s.Value.Uint64())
+		}
+		return out
 	}
 }
 

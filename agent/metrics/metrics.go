@@ -40,6 +40,17 @@ type Source struct {
 	// Allocs returns the heap bytes and objects allocated since the
 	// agent started (runtime/metrics): what one request costs it.
 	Allocs func() (bytes, objects uint64)
+	// Memory returns the Go runtime's memory by class (runtime/metrics
+	// /memory/classes/...), rendered as gauges named the way the
+	// Prometheus Go collector names them (go_memory_classes_..._bytes):
+	// where the agent's anonymous memory goes.
+	Memory func() []Gauge
+}
+
+// Gauge is one value of a Source's list.
+type Gauge struct {
+	Name, Help string
+	Value      float64
 }
 
 // Handler serves GET /metrics.
@@ -98,6 +109,11 @@ func Render(src Source) []byte {
 		bytes, objects := src.Allocs()
 		metric("go_memstats_alloc_bytes_total", "counter", "Total number of bytes allocated in heap until now, even if released already.", float64(bytes))
 		metric("go_memstats_mallocs_total", "counter", "Total number of heap objects allocated, both live and gc-ed.", float64(objects))
+	}
+	if src.Memory != nil {
+		for _, g := range src.Memory() {
+			metric(g.Name, "gauge", g.Help, g.Value)
+		}
 	}
 	return b.Bytes()
 }

@@ -31,6 +31,9 @@ func TestRender(t *testing.T) {
 				PodsRunning:    func() int { return 2 },
 				Goroutines:     func() int { return 41 },
 				Allocs:         func() (uint64, uint64) { return 1 << 20, 300 },
+				Memory: func() []Gauge {
+					return []Gauge{{Name: "go_memory_classes_heap_objects_bytes", Help: "Live and dead heap objects.", Value: 2 << 20}}
+				},
 			},
 			want: []string{
 				"# TYPE outpost_link_connected gauge", "outpost_link_connected 1",
@@ -38,6 +41,7 @@ func TestRender(t *testing.T) {
 				"outpost_outbox_reports 3", "# TYPE go_goroutines gauge", "go_goroutines 41", "go_memstats_alloc_bytes_total 1.048576e+06", "go_memstats_mallocs_total 300", "outpost_outbox_bytes 4096",
 				"# TYPE outpost_outbox_dropped_total counter", "outpost_outbox_dropped_total 7",
 				"outpost_outbox_max_bytes 8.388608e+06", "outpost_pods_running 2",
+				"# TYPE go_memory_classes_heap_objects_bytes gauge", "go_memory_classes_heap_objects_bytes 2.097152e+06",
 			},
 		},
 		{
@@ -47,7 +51,7 @@ func TestRender(t *testing.T) {
 				LastContact: func() time.Time { return time.Time{} },
 			},
 			want: []string{"outpost_link_connected 0", "outpost_last_sync_timestamp_seconds 0"},
-			not:  []string{"outpost_outbox_reports", "outpost_pods_running", "outpost_outbox_max_bytes"},
+			not:  []string{"outpost_outbox_reports", "outpost_pods_running", "outpost_outbox_max_bytes", "go_memory_classes"},
 		},
 	}
 	for _, tt := range tests {

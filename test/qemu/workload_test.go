@@ -6,7 +6,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"outpost.dev/test/harness"
+	"outpost.dev/test/stack"
 )
 
 // guestBusybox returns the static busybox of the guest's architecture:
@@ -116,28 +116,9 @@ type workload struct {
 // until every pod is Ready and every Device Connected.
 func (w workload) apply(t *testing.T, ctx context.Context, g *gateway) {
 	t.Helper()
-	var y strings.Builder
-	for i := range w.Devices {
-		// The sim board has a BME280 at I2C1 0x76 and an SHT3x at 0x44;
-		// every other device is a GPIO output on one of GPIO0…27.
-		switch i % 3 {
-		case 0:
-			fmt.Fprintf(&y, deviceDoc, i, g.Node, "bme280", `bus: I2C1, address: "0x76"`,
-				"    - {name: temperature, type: float, pollInterval: 5s, reportInterval: 10s}\n"+
-					"    - {name: humidity, type: float, pollInterval: 5s, reportInterval: 10s}\n")
-		case 1:
-			fmt.Fprintf(&y, deviceDoc, i, g.Node, "sht3x", `bus: I2C1, address: "0x44"`,
-				"    - {name: temperature, type: float, pollInterval: 5s, reportInterval: 10s}\n")
-		default:
-			fmt.Fprintf(&y, deviceDoc, i, g.Node, "gpio-out", fmt.Sprintf("pin: GPIO%d", i%28),
-				`    - {name: "on", type: bool, access: ReadWrite, pollInterval: 5s, reportInterval: 10s}`+"\n")
-		}
-	}
-	for i := range w.Pods {
-		fmt.Fprintf(&y, podDoc, i, g.Node, w.Image)
-	}
+	y := stack.MemWorkload{Node: g.Node, Devices: w.Devices, Pods: w.Pods, Image: w.Image}.YAML()
 	f := filepath.Join(t.TempDir(), "workload.yaml")
-	if err := os.WriteFile(f, []byte(y.String()), 0o644); err != nil {
+	if err := os.WriteFile(f, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
@@ -164,33 +145,3 @@ func deadline(ctx context.Context, def time.Duration) time.Time {
 	}
 	return time.Now().Add(def)
 }
-
-const deviceDoc = `apiVersion: outpost.dev/v1alpha1
-kind: Device
-metadata:
-  name: bench-dev-%03d
-  namespace: default
-  labels: {bench: mem}
-spec:
-  nodeName: %s
-  driver: %s
-  connection: {%s}
-  properties:
-%s---
-`
-
-const podDoc = `apiVersion: v1
-kind: Pod
-metadata:
-  name: bench-pod-%02d
-  namespace: default
-  labels: {bench: mem}
-spec:
-  nodeName: %s
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: %s
-    command: [sleep, "100000"]
----
-`

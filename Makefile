@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay relay-image test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy bench-idle-pages controlplane deps clean
+	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy bench-idle-pages bench-agent-workload controlplane deps clean
 
 all: build
 
@@ -155,6 +155,9 @@ bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 
 bench-idle-pages: controlplane ## Which pages of the agent's binary are resident after 60 s connected and idle, by section and package, and how much it referenced while idle.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdlePages -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+bench-agent-workload: controlplane ## bench-mem's idle and workload steps (100 sim devices, 10 pods) on amd64, with the Go runtime's memory classes beside the kernel's PSS.
+	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentWorkloadMemory -benchtime 1x -count 1 -timeout 20m ./test/bench/
 
 bench-pods: controlplane ## 30 pods on real containerd, pod network off and on (cni=off|on): apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 40m ./test/bench/

@@ -165,27 +165,30 @@ func (w *Writer) Copy(stream string, r io.Reader) error {
 // CopyStreams copies stdout and stderr (nil for a terminal's container,
 // whose output is all stdout) into w at once until both end. A stream
 // whose copy fails (a write error) is still read to its end and dropped,
-// so the container never blocks on its log.
+// so the container never blocks on its log. stdout is copied on the
+// caller's goroutine and stderr on one of its own: a running container
+// costs its caller one goroutine more, not two.
 func (w *Writer) CopyStreams(stdout, stderr io.Reader) error {
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, s := range []struct {
-		name string
-		r    io.Reader
-	}{{"stdout", stdout}, {"stderr", stderr}} {
-		if s.r == nil {
-			continue
+	copyStream := func(name string, r io.Reader) error {
+		err := w.Copy(name, r)
+		if err != nil {
+			_, _ = io.Copy(io.Discard, r) // keep draining: never block the container
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if errs[i] = w.Copy(s.name, s.r); errs[i] != nil {
-				_, _ = io.Copy(io.Discard, s.r) // keep draining: never block the container
-			}
-		}()
+		return err
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	var errErr error
+	done := make(chan struct{})
+	if stderr != nil {
+		go func() {
+			defer close(done)
+			errErr = copyStream("stderr", stderr)
+		}()
+	} else {
+		close(done)
+	}
+	outErr := copyStream("stdout", stdout)
+	<-done
+	return errors.Join(outErr, errErr)
 }
 
 // Run is containerd's binary logger protocol: the container's stdout is

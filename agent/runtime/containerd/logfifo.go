@@ -170,10 +170,10 @@ func (r *Runtime) copyLogs(id, path, rotation string, files []*os.File) {
 		if err != nil {
 			r.log.Warn("a container's log cannot be written; its output is dropped", "container", id, "err", err)
 			var wg sync.WaitGroup
-			for _, f := range files {
-				wg.Add(1)
-				go func() { defer wg.Done(); _, _ = io.Copy(io.Discard, f) }()
+			for _, f := range files[1:] {
+				wg.Go(func() { _, _ = io.Copy(io.Discard, f) })
 			}
+			_, _ = io.Copy(io.Discard, files[0])
 			wg.Wait()
 			return
 		}

@@ -225,28 +225,62 @@ func (w *worker) serve(now time.Time) error {
 	}
 	edge := w.edge
 	w.edge = false
-	if !edge && now.Before(w.next) {
-		return nil
-	}
-	if err := w.read(w.dev, false); err != nil {
-		return err
-	}
-	if now := time.Now(); !now.Before(w.next) {
-		period := w.period()
-		w.next = w.next.Add(period)
-		if w.next.Before(now) { // fell behind: skip, do not burst
-			w.next = now.Add(period)
+	if edge || !now.Before(w.next) {
+		if err := w.read(w.dev, false); err != nil {
+			return err
+		}
+		if now := time.Now(); !now.Before(w.next) {
+			period := w.period()
+			w.next = w.next.Add(period)
+			if w.next.Before(now) { // fell behind: skip, do not burst
+				w.next = now.Add(period)
+			}
 		}
 	}
+	w.flush(time.Now())
 	return nil
 }
 
+// flush reports the values that moved beyond their deadband but were held
+// back by their report interval, once it has passed: a device read only
+// on edges or polled less often than it reports still reports them.
+func (w *worker) flush(now time.Time) {
+	w.mu.Lock()
+	var r *wire.TwinReport
+	if at := w.heldLocked(); !at.IsZero() && !now.Before(at) {
+		r = w.reportLocked(now)
+	}
+	w.mu.Unlock()
+	if r != nil {
+		w.send(r)
+	}
+}
+
+// heldLocked returns when the values held back by their report interval
+// are due; zero when none is.
+func (w *worker) heldLocked() time.Time {
+	var at time.Time
+	for _, p := range w.props {
+		if t := p.lastReport.Add(p.reportEvery); p.dirty && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	return at
+}
+
 // schedule arranges the next step of an open device: a polled device's
-// timer is set for its next poll; a watching device is lent to its watch
+// timer is set for its next poll (or report of held-back values, when
+// sooner); a watching device is lent to its watch
 // goroutine, which waits for an edge until then (at most maxWatchWait at
 // a time, which bounds how long a stop or a Write waits for it).
 func (w *worker) schedule() {
-	wait := max(time.Until(w.next), 0)
+	next := w.next
+	w.mu.Lock()
+	if at := w.heldLocked(); !at.IsZero() && at.Before(next) {
+		next = at
+	}
+	w.mu.Unlock()
+	wait := max(time.Until(next), 0)
 	if w.lend == nil {
 		w.after(wait)
 		return

@@ -135,7 +135,9 @@ func (w *worker) step() {
 		if !w.open() {
 			return
 		}
-	} else if err := w.serve(now); err != nil {
+		now = time.Now() // serve a Write that waited for the open
+	}
+	if err := w.serve(now); err != nil {
 		w.broke(err)
 		return
 	}

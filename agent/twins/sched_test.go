@@ -11,6 +11,7 @@ import (
 
 	"outpost.dev/agent/twins"
 	"outpost.dev/hal"
+	"outpost.dev/hal/sim"
 	"outpost.dev/wire"
 )
 
@@ -245,6 +246,40 @@ func TestDevicesClosedOnce(t *testing.T) {
 		defer probes.Unlock()
 		if probes.afterClose != 0 || probes.overlaps != 0 {
 			t.Errorf("%d accesses after Close, %d overlapping on a bus", probes.afterClose, probes.overlaps)
+		}
+	})
+}
+
+// A value held back by the report interval is reported once the interval
+// has passed, though no read follows: a gpio-in edge within a second of
+// the last report, on a Device polled hourly and reported at most every
+// second.
+func TestHeldBackValueReportedWithoutRead(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src, ob, board := newSource(), &outbox{}, sim.New(time.Now)
+		pin := board.Pins["GPIO22"]
+		l := twins.New(twins.Config{Source: src, Changes: src.changes, Buses: board, Outbox: ob, Resync: time.Hour})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { defer close(done); l.Run(ctx) }()
+		defer func() { cancel(); <-done }()
+
+		props := []wire.DeviceProperty{{Name: "level", PollMillis: 3_600_000, ReportMillis: 1000}}
+		src.put("button", "1", &wire.Device{Driver: "gpio-in", Pin: "GPIO22", Properties: props})
+		connected(t, l, 1)
+		synctest.Wait()
+		if n := len(ob.of("button")); n != 1 {
+			t.Fatalf("%d reports after the open, want 1", n)
+		}
+		pin.Drive(true)
+		time.Sleep(500 * time.Millisecond)
+		if reads, n := l.Stats().Reads, len(ob.of("button")); reads != 2 || n != 1 {
+			t.Fatalf("half a second after the edge: %d reads and %d reports, want the edge read and the open's report", reads, n)
+		}
+		time.Sleep(600 * time.Millisecond)
+		r, _ := ob.last("button")
+		if v, _ := value(r, "level"); v != 1 || l.Stats().Reads != 2 {
+			t.Fatalf("a second after the last report: level %v reported after %d reads, want 1 after 2", v, l.Stats().Reads)
 		}
 	})
 }

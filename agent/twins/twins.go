@@ -30,9 +30,9 @@ const (
 	// minPollInterval bounds the CPU one Device can ask for.
 	minPollInterval = 10 * time.Millisecond
 	// maxWatchWait is the longest a watching device blocks in Wait, which
-	// bounds how long stopping it takes.
+	// bounds how long stopping it, or a Write to it, waits.
 	maxWatchWait = 250 * time.Millisecond
-	// writeTimeout bounds how long Write waits for the device's goroutine.
+	// writeTimeout bounds how long Write waits for the device's step.
 	writeTimeout = 5 * time.Second
 )
 
@@ -54,9 +54,9 @@ type Outbox interface {
 	Append(key string, t wire.Type, body wire.Body) (uint64, error)
 }
 
-// Publisher receives device states at full rate (the MQTT side). Its
-// methods are called from the devices' goroutines and must not block for
-// long.
+// Publisher receives device states at full rate (the MQTT side). Publish
+// is called from the devices' steps, which hold their bus, and Remove from
+// the loop; neither may block for long.
 type Publisher interface {
 	// Publish is called when a reading changed a value or a condition
 	// changed; the State is the publisher's to keep.
@@ -138,8 +138,8 @@ type Loop struct {
 
 	mu        sync.Mutex
 	workers   map[Ref]*worker
-	overLimit map[Ref]string // uid of devices refused for the limit
-	busLocks  map[string]*sync.Mutex
+	overLimit map[Ref]string  // uid of devices refused for the limit
+	buses     map[string]*bus // by busKey, while a worker uses it
 
 	reads, readErrors, openErrors, reports atomic.Int64
 	reportErrors, writes, writeErrors      atomic.Int64
@@ -166,7 +166,7 @@ func New(cfg Config) *Loop {
 		cfg: cfg, log: cfg.Log,
 		workers:   map[Ref]*worker{},
 		overLimit: map[Ref]string{},
-		busLocks:  map[string]*sync.Mutex{},
+		buses:     map[string]*bus{},
 	}
 }
 
@@ -213,7 +213,7 @@ func (l *Loop) Reconcile(ctx context.Context) {
 		if ok && o.UID == w.uid && (o.Version == w.version || sameWiring(&w.spec, o.Device)) {
 			continue
 		}
-		w.cancel()
+		w.stop()
 		stopped = append(stopped, w)
 		delete(l.workers, ref)
 		if !ok && l.cfg.Publisher != nil {
@@ -222,6 +222,7 @@ func (l *Loop) Reconcile(ctx context.Context) {
 	}
 	for _, w := range stopped {
 		<-w.done
+		l.release(w.bus)
 	}
 	for ref, uid := range l.overLimit {
 		if o, ok := want[ref]; !ok || o.UID != uid {
@@ -249,11 +250,28 @@ func (l *Loop) Reconcile(ctx context.Context) {
 			continue
 		}
 		delete(l.overLimit, ref)
-		w := l.newWorker(ref, o)
+		w := l.newWorker(ref, o, l.acquire(o.Device))
 		l.workers[ref] = w
-		wctx, cancel := context.WithCancel(ctx)
-		w.cancel = cancel
-		go w.run(wctx)
+		w.wake()
+	}
+}
+
+// acquire returns the bus d is wired to, counting its worker; l.mu held.
+func (l *Loop) acquire(d *wire.Device) *bus {
+	key := busKey(hal.Conn{Bus: d.Bus, Pin: d.Pin})
+	b := l.buses[key]
+	if b == nil {
+		b = &bus{key: key}
+		l.buses[key] = b
+	}
+	b.refs++
+	return b
+}
+
+// release forgets b once its last worker is done; l.mu held.
+func (l *Loop) release(b *bus) {
+	if b.refs--; b.refs == 0 {
+		delete(l.buses, b.key)
 	}
 }
 
@@ -271,10 +289,11 @@ func (l *Loop) stopAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, w := range l.workers {
-		w.cancel()
+		w.stop()
 	}
 	for ref, w := range l.workers {
 		<-w.done
+		l.release(w.bus)
 		delete(l.workers, ref)
 	}
 }
@@ -299,6 +318,7 @@ func (l *Loop) Write(ctx context.Context, ref Ref, name string, x any) error {
 	defer cancel()
 	select {
 	case w.writes <- req:
+		w.wake()
 	case <-ctx.Done():
 		return fmt.Errorf("write %s on %s: device busy: %w", name, ref, ctx.Err())
 	case <-w.done:
@@ -307,6 +327,13 @@ func (l *Loop) Write(ctx context.Context, ref Ref, name string, x any) error {
 	select {
 	case err := <-req.done:
 		return err
+	case <-w.done:
+		select {
+		case err := <-req.done:
+			return err
+		default:
+			return fmt.Errorf("%w: %s", ErrUnknownDevice, ref)
+		}
 	case <-ctx.Done():
 		return fmt.Errorf("write %s on %s: %w", name, ref, ctx.Err())
 	}
@@ -342,22 +369,6 @@ func (l *Loop) Stats() Stats {
 	s.Reports, s.ReportErrors = l.reports.Load(), l.reportErrors.Load()
 	s.Writes, s.WriteErrors = l.writes.Load(), l.writeErrors.Load()
 	return s
-}
-
-// busLock returns the lock serialising access to the bus c uses: one per
-// I²C bus, SPI controller or 1-wire bus, one per pin for GPIO devices.
-func (l *Loop) busLock(c hal.Conn) *sync.Mutex {
-	key := "pin:" + c.Pin
-	if c.Bus != "" {
-		ctrl, _, _ := strings.Cut(c.Bus, ".")
-		key = "bus:" + ctrl
-	}
-	if mu, ok := l.busLocks[key]; ok {
-		return mu
-	}
-	mu := new(sync.Mutex)
-	l.busLocks[key] = mu
-	return mu
 }
 
 // sameWiring says whether two Devices differ at most in desired values, so

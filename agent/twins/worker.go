@@ -1,7 +1,6 @@
 package twins
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -9,13 +8,19 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"outpost.dev/hal"
 	"outpost.dev/wire"
 )
 
-// worker serves one Device: it alone touches the hal device.
+// worker serves one Device. It has no goroutine of its own: its step runs
+// on its bus's goroutine (see bus) when its poll or retry is due (its
+// timer), when its desired values change (setDesired), when a Write comes
+// or when it is stopped. Only the step touches the hal device, and only
+// one step of a worker runs at a time, so the fields after "step's own"
+// need no lock.
 type worker struct {
 	l       *Loop
 	ref     Ref
@@ -23,12 +28,17 @@ type worker struct {
 	version string // guarded by l.mu
 	spec    wire.Device
 	conn    hal.Conn
-	bus     *sync.Mutex
+	bus     *bus
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	writes chan writeReq
-	poke   chan struct{} // desired values changed
+	done     chan struct{} // closed by the step that closed the device
+	writes   chan writeReq // bounded: one waiting request
+	poked    atomic.Bool   // desired values changed
+	stopping atomic.Bool
+
+	// Guarded by bus.mu.
+	queued bool // in bus.ready
+	lent   bool // the watch goroutine holds the device
+	gone   bool // stopped: wakes are ignored
 
 	mu         sync.Mutex
 	desired    []wire.TwinValue
@@ -38,6 +48,18 @@ type worker struct {
 	errMsg     string
 	desiredErr string
 	reported   bool // conditions reported at least once
+
+	// The step's own.
+	dev      hal.Device
+	lend     chan time.Duration // to the watch goroutine: wait up to this long for an edge
+	edge     bool               // the watch goroutine saw an edge; written before giveBack
+	applied  map[string]float64
+	next     time.Time // next poll
+	retryAt  time.Time // next open while dev is nil
+	backoff  time.Duration
+	served   bool // a read succeeded since the device was opened
+	timer    *time.Timer
+	finished bool
 }
 
 type writeReq struct {
@@ -61,94 +83,84 @@ type propState struct {
 	dirty       bool
 }
 
-func (l *Loop) newWorker(ref Ref, o *wire.Object) *worker {
+func (l *Loop) newWorker(ref Ref, o *wire.Object, b *bus) *worker {
 	d := o.Device
 	c := hal.Conn{Bus: d.Bus, Addr: d.Address, Pin: d.Pin, ChipSelect: int(d.ChipSelect), Options: d.Options}
-	w := &worker{
+	return &worker{
 		l: l, ref: ref, uid: o.UID, version: o.Version, spec: *d, conn: c,
-		bus:     l.busLock(c),
+		bus:     b,
 		done:    make(chan struct{}),
 		writes:  make(chan writeReq, 1),
-		poke:    make(chan struct{}, 1),
 		desired: d.Desired,
+		backoff: l.cfg.RetryMin,
 	}
-	return w
 }
+
+func (w *worker) wake() { w.bus.wake(w) }
 
 func (w *worker) setDesired(d []wire.TwinValue) {
 	w.mu.Lock()
 	w.desired = d
 	w.mu.Unlock()
-	select {
-	case w.poke <- struct{}{}:
-	default:
-	}
+	w.poked.Store(true)
+	w.wake()
 }
 
-func (w *worker) run(ctx context.Context) {
-	defer close(w.done)
-	backoff := w.l.cfg.RetryMin
-	for ctx.Err() == nil {
-		dev, err := w.open()
-		if err == nil {
-			var served bool
-			served, err = w.serve(ctx, dev)
-			w.bus.Lock()
-			dev.Close()
-			w.bus.Unlock()
-			if err == nil {
-				return // stopped
-			}
-			if served {
-				backoff = w.l.cfg.RetryMin
-			}
-			w.l.readErrors.Add(1)
-			w.fail(err, "ReadFailed")
-		} else {
-			w.l.openErrors.Add(1)
-			w.fail(err, "OpenFailed")
-		}
-		// Jitter of ±20% keeps devices on one broken bus from retrying in step.
-		d := time.Duration(float64(backoff) * (0.8 + 0.4*rand.Float64()))
-		if !w.sleep(ctx, d) {
+// stop asks the worker to close its device; done is closed once it has.
+func (w *worker) stop() {
+	w.stopping.Store(true)
+	w.wake()
+}
+
+// step does what is due: close the device when stopping; open it when
+// its retry is due; apply changed desired values, serve one Write, and
+// read when the poll is due or the watch goroutine saw an edge. It then
+// sets the timer for what comes next, or lends a watching device to its
+// watch goroutine.
+func (w *worker) step() {
+	if w.finished {
+		return // a wake that came as it stopped
+	}
+	if w.stopping.Load() {
+		w.finish()
+		return
+	}
+	now := time.Now()
+	if w.dev == nil {
+		if now.Before(w.retryAt) {
+			w.refuseWrites()
+			w.after(w.retryAt.Sub(now))
 			return
 		}
-		backoff = min(2*backoff, w.l.cfg.RetryMax)
-	}
-}
-
-// sleep waits d, refusing writes meanwhile; false when stopped.
-func (w *worker) sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		case req := <-w.writes:
-			w.mu.Lock()
-			msg := w.errMsg
-			w.mu.Unlock()
-			req.done <- fmt.Errorf("%w: %s: %s", ErrNotConnected, w.ref, msg)
+		if !w.open() {
+			return
 		}
+		now = time.Now() // serve a Write that waited for the open
 	}
+	if err := w.serve(now); err != nil {
+		w.broke(err)
+		return
+	}
+	w.schedule()
 }
 
-func (w *worker) open() (hal.Device, error) {
-	w.bus.Lock()
+// open opens the device, applies the desired values and reads it once;
+// on failure it closes what it opened and backs off.
+func (w *worker) open() bool {
 	dev, err := hal.Open(w.l.cfg.Buses, w.spec.Driver, w.conn)
-	w.bus.Unlock()
 	if err != nil {
-		return nil, err
+		w.l.openErrors.Add(1)
+		w.fail(err, "OpenFailed")
+		w.retry()
+		return false
 	}
 	props, err := w.properties(dev.Properties())
 	if err != nil {
-		w.bus.Lock()
 		dev.Close()
-		w.bus.Unlock()
-		return nil, err
+		w.l.openErrors.Add(1)
+		w.fail(err, "OpenFailed")
+		w.retry()
+		return false
 	}
 	w.mu.Lock()
 	// Keep the last readings of a device that comes back.
@@ -162,7 +174,207 @@ func (w *worker) open() (hal.Device, error) {
 	}
 	w.props = props
 	w.mu.Unlock()
-	return dev, nil
+	w.dev, w.served = dev, false
+	w.applied = map[string]float64{}
+	w.poked.Store(false) // applied now
+	if err := w.applyDesired(dev, w.applied); err != nil {
+		w.broke(err)
+		return false
+	}
+	if err := w.read(dev, false); err != nil {
+		w.broke(err)
+		return false
+	}
+	w.served = true
+	w.next = time.Now().Add(w.period())
+	if watcher, ok := dev.(hal.Watcher); ok {
+		w.lend = make(chan time.Duration, 1)
+		go w.watch(watcher, w.lend)
+	}
+	return true
+}
+
+// period is the shortest poll interval of the device's properties: the
+// device is read whole.
+func (w *worker) period() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	period := time.Hour
+	for _, p := range w.props {
+		period = min(period, p.poll)
+	}
+	return period
+}
+
+// serve does one step's work on an open device. An error from it is the
+// device's (a bus error, a failed read): the device is closed.
+func (w *worker) serve(now time.Time) error {
+	if w.poked.Swap(false) {
+		if err := w.applyDesired(w.dev, w.applied); err != nil {
+			return err
+		}
+	}
+	// One Write per step, so a stream of them cannot hold the bus.
+	select {
+	case req := <-w.writes:
+		if err := w.write(w.dev, req); err != nil {
+			return err
+		}
+		if len(w.writes) > 0 {
+			w.wake()
+		}
+	default:
+	}
+	edge := w.edge
+	w.edge = false
+	if edge || !now.Before(w.next) {
+		if err := w.read(w.dev, false); err != nil {
+			return err
+		}
+		if now := time.Now(); !now.Before(w.next) {
+			period := w.period()
+			w.next = w.next.Add(period)
+			if w.next.Before(now) { // fell behind: skip, do not burst
+				w.next = now.Add(period)
+			}
+		}
+	}
+	w.flush(time.Now())
+	return nil
+}
+
+// flush reports the values that moved beyond their deadband but were held
+// back by their report interval, once it has passed: a device read only
+// on edges or polled less often than it reports still reports them.
+func (w *worker) flush(now time.Time) {
+	w.mu.Lock()
+	var r *wire.TwinReport
+	if at := w.heldLocked(); !at.IsZero() && !now.Before(at) {
+		r = w.reportLocked(now)
+	}
+	w.mu.Unlock()
+	if r != nil {
+		w.send(r)
+	}
+}
+
+// heldLocked returns when the values held back by their report interval
+// are due; zero when none is.
+func (w *worker) heldLocked() time.Time {
+	var at time.Time
+	for _, p := range w.props {
+		if t := p.lastReport.Add(p.reportEvery); p.dirty && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	return at
+}
+
+// schedule arranges the next step of an open device: a polled device's
+// timer is set for its next poll (or report of held-back values, when
+// sooner); a watching device is lent to its watch
+// goroutine, which waits for an edge until then (at most maxWatchWait at
+// a time, which bounds how long a stop or a Write waits for it).
+func (w *worker) schedule() {
+	next := w.next
+	w.mu.Lock()
+	if at := w.heldLocked(); !at.IsZero() && at.Before(next) {
+		next = at
+	}
+	w.mu.Unlock()
+	wait := max(time.Until(next), 0)
+	if w.lend == nil {
+		w.after(wait)
+		return
+	}
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	if w.bus.lend(w) {
+		w.lend <- min(wait, maxWatchWait)
+	}
+}
+
+// watch waits for edges on a watching device while the device is lent to
+// it, then gives the device back for a step. It ends when lend is closed.
+func (w *worker) watch(watcher hal.Watcher, lend <-chan time.Duration) {
+	for d := range lend {
+		w.edge = d > 0 && watcher.Wait(d)
+		w.bus.giveBack(w)
+	}
+}
+
+// after sets the timer to wake the worker in d.
+func (w *worker) after(d time.Duration) {
+	if w.timer == nil {
+		w.timer = time.AfterFunc(d, w.wake)
+		return
+	}
+	w.timer.Reset(d)
+}
+
+// broke closes a device that failed, reports the error and backs off.
+func (w *worker) broke(err error) {
+	w.closeDev()
+	if w.served {
+		w.backoff = w.l.cfg.RetryMin
+	}
+	w.l.readErrors.Add(1)
+	w.fail(err, "ReadFailed")
+	w.retry()
+}
+
+// retry sets the next open after the backoff, jittered by ±20% so devices
+// on one broken bus do not retry in step, and doubles the backoff.
+func (w *worker) retry() {
+	d := time.Duration(float64(w.backoff) * (0.8 + 0.4*rand.Float64()))
+	w.retryAt = time.Now().Add(d)
+	w.backoff = min(2*w.backoff, w.l.cfg.RetryMax)
+	w.refuseWrites()
+	w.after(d)
+}
+
+// refuseWrites answers a waiting Write while the device is not open.
+func (w *worker) refuseWrites() {
+	select {
+	case req := <-w.writes:
+		w.mu.Lock()
+		msg := w.errMsg
+		w.mu.Unlock()
+		req.done <- fmt.Errorf("%w: %s: %s", ErrNotConnected, w.ref, msg)
+	default:
+	}
+}
+
+// closeDev closes the open device exactly once and ends its watch
+// goroutine, which does not hold it: the step runs only while it is not
+// lent.
+func (w *worker) closeDev() {
+	if w.dev == nil {
+		return
+	}
+	w.dev.Close()
+	w.dev = nil
+	if w.lend != nil {
+		close(w.lend)
+		w.lend = nil
+	}
+}
+
+// finish closes the device for good and answers a waiting Write.
+func (w *worker) finish() {
+	w.finished = true
+	w.bus.retire(w)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+	w.closeDev()
+	select {
+	case req := <-w.writes:
+		req.done <- fmt.Errorf("%w: %s", ErrUnknownDevice, w.ref)
+	default:
+	}
+	close(w.done)
 }
 
 // properties merges the driver's properties with the Device's settings.
@@ -211,84 +423,6 @@ func (w *worker) properties(have []hal.Property) ([]*propState, error) {
 	return out, nil
 }
 
-// serve polls and writes until stopped (nil) or a read fails. served says
-// whether at least one read succeeded.
-func (w *worker) serve(ctx context.Context, dev hal.Device) (served bool, err error) {
-	w.mu.Lock()
-	period := time.Hour
-	for _, p := range w.props {
-		period = min(period, p.poll)
-	}
-	w.mu.Unlock()
-
-	applied := map[string]float64{}
-	if err := w.applyDesired(dev, applied); err != nil {
-		return false, err
-	}
-	if err := w.read(dev, false); err != nil {
-		return false, err
-	}
-	next := time.Now().Add(period)
-	watcher, _ := dev.(hal.Watcher)
-	var timer *time.Timer
-	if watcher == nil {
-		timer = time.NewTimer(period)
-		defer timer.Stop()
-	}
-	for {
-		// One select serves requests and waits for the next poll. A
-		// watcher waits for its edge below, not here: unless a request is
-		// pending, its select does not block (fired).
-		var due <-chan time.Time
-		switch {
-		case watcher == nil:
-			timer.Reset(max(time.Until(next), 0))
-			due = timer.C
-		case ctx.Err() == nil && len(w.poke) == 0 && len(w.writes) == 0:
-			due = fired
-		}
-		select {
-		case <-ctx.Done():
-			return true, nil
-		case <-w.poke:
-			if err := w.applyDesired(dev, applied); err != nil {
-				return true, err
-			}
-			continue
-		case req := <-w.writes:
-			if err := w.write(dev, req); err != nil {
-				return true, err
-			}
-			continue
-		case <-due:
-		}
-		if watcher != nil {
-			wait := min(time.Until(next), maxWatchWait)
-			edge := wait > 0 && watcher.Wait(wait)
-			if !edge && time.Now().Before(next) {
-				continue
-			}
-		}
-		if err := w.read(dev, false); err != nil {
-			return true, err
-		}
-		if now := time.Now(); !now.Before(next) {
-			next = next.Add(period)
-			if next.Before(now) { // fell behind: skip, do not burst
-				next = now.Add(period)
-			}
-		}
-	}
-}
-
-// fired is a channel that is always ready: a select with it among its
-// cases does not block.
-var fired = func() <-chan time.Time {
-	c := make(chan time.Time)
-	close(c)
-	return c
-}()
-
 // applyDesired writes the store's desired values that changed since last
 // applied, then reads back. A value the device cannot take (unknown or
 // read-only property, bad value) is an Error condition, not a reconnect;
@@ -305,9 +439,7 @@ func (w *worker) applyDesired(dev hal.Device, applied map[string]float64) error 
 		}
 		v, err := w.value(tv.Name, tv.Num)
 		if err == nil {
-			w.bus.Lock()
 			err = dev.Write(v)
-			w.bus.Unlock()
 			w.l.writes.Add(1)
 			wrote = true
 			if err != nil && !errors.Is(err, hal.ErrReadOnly) && !errors.Is(err, hal.ErrUnknownProperty) {
@@ -334,12 +466,10 @@ func (w *worker) applyDesired(dev hal.Device, applied map[string]float64) error 
 }
 
 // write serves a Write request: write, read back, report at once. Only a
-// failed read back is returned (it ends serve); the write's own error goes
-// to the requester.
+// failed read back is returned (the device is closed); the write's own
+// error goes to the requester.
 func (w *worker) write(dev hal.Device, req writeReq) error {
-	w.bus.Lock()
 	err := dev.Write(req.v)
-	w.bus.Unlock()
 	w.l.writes.Add(1)
 	if err != nil {
 		w.l.writeErrors.Add(1)
@@ -381,9 +511,7 @@ func (w *worker) value(name string, x any) (hal.Value, error) {
 // read reads every property, publishes what changed and reports when due
 // (or at once with force).
 func (w *worker) read(dev hal.Device, force bool) error {
-	w.bus.Lock()
 	vals, err := dev.Read()
-	w.bus.Unlock()
 	if err != nil {
 		return err
 	}

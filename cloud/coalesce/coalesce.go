@@ -5,7 +5,7 @@
 // is tried again unless a newer value arrived meanwhile. The queue is
 // bounded: Put waits for room, which slows down whoever reports.
 //
-// A queue is drained either by goroutines of the caller's calling Take, or
+// A queue is drained either by the caller's own goroutines calling Take, or
 // by Serve, which runs a function for each key taken on a bounded number
 // of goroutines that exist only while keys are ready: a relay-wide queue
 // of sessions then needs no goroutine per session.

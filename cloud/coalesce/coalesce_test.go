@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -229,18 +230,17 @@ func TestServe(t *testing.T) {
 			mu.Unlock()
 			q.Done(key)
 		})
-		base := runtime.NumGoroutine()
 		for i := range 10 {
 			q.Put(ctx, fmt.Sprint("k", i), []int{i}, nil)
 		}
 		synctest.Wait()
-		if g := runtime.NumGoroutine() - base; g != n {
+		if g := workers(); g != n {
 			t.Fatalf("%d goroutines serving 10 ready keys, want %d", g, n)
 		}
 		q.Put(ctx, "k0", []int{100}, appendTo(100)) // k0 is running
 		close(release)
 		synctest.Wait()
-		if g := runtime.NumGoroutine() - base; g != 0 {
+		if g := workers(); g != 0 {
 			t.Fatalf("%d goroutines left serving an idle queue", g)
 		}
 		if peak != n {
@@ -318,4 +318,16 @@ func TestWaitIdle(t *testing.T) {
 		q.Retry("a", []int{1}, time.Hour, nil)
 		<-idle
 	})
+}
+
+// workers counts the goroutines Serve started that are running.
+func workers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "coalesce.(*Queue[...]).work(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }

@@ -5,8 +5,13 @@
 // is tried again unless a newer value arrived meanwhile. The queue is
 // bounded: Put waits for room, which slows down whoever reports.
 //
-// Device status (cloud/devices) and pod status (cloud/podstatus) writes
-// go through it.
+// A queue is drained either by the caller's own goroutines calling Take, or
+// by Serve, which runs a function for each key taken on a bounded number
+// of goroutines that exist only while keys are ready: a relay-wide queue
+// of sessions then needs no goroutine per session.
+//
+// Device status (cloud/devices), pod status (cloud/podstatus) and node
+// status and Lease (cloud/nodes) writes go through it.
 package coalesce
 
 import (
@@ -25,6 +30,11 @@ type Queue[K comparable, V any] struct {
 	inflight map[K]struct{}
 	changed  chan struct{} // closed and replaced on every change
 	closed   bool
+
+	onReady func()     // see OnReady
+	serve   func(K, V) // see Serve
+	workers int        // goroutines running serve
+	maxWork int
 }
 
 type entry[V any] struct {
@@ -48,6 +58,61 @@ func New[K comparable, V any](limit int) *Queue[K, V] {
 func (q *Queue[K, V]) broadcast() {
 	close(q.changed)
 	q.changed = make(chan struct{})
+}
+
+// readied makes key ready: it goes to the back of the line, and whoever
+// waits for one is told. Called with mu held.
+func (q *Queue[K, V]) readied(key K) {
+	q.ready = append(q.ready, key)
+	q.broadcast()
+	if q.onReady != nil {
+		q.onReady()
+	}
+	if q.serve != nil && q.workers < q.maxWork {
+		q.workers++
+		go q.work()
+	}
+}
+
+// OnReady sets f to be called whenever a key becomes ready: put while not
+// in flight, its flight ended with a newer value waiting, or its backoff
+// over. f runs under the queue's lock: it must not block or call this
+// queue. Set it before the queue is used.
+func (q *Queue[K, V]) OnReady(f func()) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.onReady = f
+}
+
+// Serve runs do(key, v) for each key taken from q, on at most n
+// goroutines (n below 1 means 1). A goroutine is started when a key
+// becomes ready and fewer than n run, and ends when no key is ready, so
+// an idle queue has none. do ends the key's flight with Done or Retry;
+// it must not panic. Call Serve once, before the queue is used; Take must
+// not be used with it.
+func (q *Queue[K, V]) Serve(n int, do func(key K, v V)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.serve, q.maxWork = do, max(n, 1)
+	for range min(len(q.ready), q.maxWork) {
+		q.workers++
+		go q.work()
+	}
+}
+
+// work takes ready keys for Serve until none is left.
+func (q *Queue[K, V]) work() {
+	for {
+		q.mu.Lock()
+		if q.closed || len(q.ready) == 0 {
+			q.workers--
+			q.mu.Unlock()
+			return
+		}
+		key, v := q.take()
+		q.mu.Unlock()
+		q.serve(key, v)
+	}
 }
 
 // Put queues v for key. When a value of key is waiting already, merge
@@ -75,8 +140,7 @@ func (q *Queue[K, V]) Put(ctx context.Context, key K, v V, merge func(waiting V)
 		if len(q.waiting) < q.max {
 			q.waiting[key] = &entry[V]{v: v}
 			if _, busy := q.inflight[key]; !busy {
-				q.ready = append(q.ready, key)
-				q.broadcast()
+				q.readied(key)
 			}
 			q.mu.Unlock()
 			return true
@@ -102,17 +166,7 @@ func (q *Queue[K, V]) Take(ctx context.Context) (key K, v V, ok bool) {
 			return key, v, false
 		}
 		if len(q.ready) > 0 {
-			key = q.ready[0]
-			var zero K
-			q.ready[0] = zero
-			q.ready = q.ready[1:]
-			if len(q.ready) == 0 {
-				q.ready = nil // let the backing array go
-			}
-			v = q.waiting[key].v
-			delete(q.waiting, key)
-			q.inflight[key] = struct{}{}
-			q.broadcast() // room for a Put
+			key, v = q.take()
 			q.mu.Unlock()
 			return key, v, true
 		}
@@ -126,14 +180,59 @@ func (q *Queue[K, V]) Take(ctx context.Context) (key K, v V, ok bool) {
 	}
 }
 
+// TryTake is Take without waiting: ok is false when no key is ready or
+// the queue is closed.
+func (q *Queue[K, V]) TryTake() (key K, v V, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed || len(q.ready) == 0 {
+		return key, v, false
+	}
+	key, v = q.take()
+	return key, v, true
+}
+
+// take takes the oldest ready key into flight. Called with mu held and a
+// key ready.
+func (q *Queue[K, V]) take() (key K, v V) {
+	key = q.ready[0]
+	var zero K
+	q.ready[0] = zero
+	q.ready = q.ready[1:]
+	if len(q.ready) == 0 {
+		q.ready = nil // let the backing array go
+	}
+	v = q.waiting[key].v
+	delete(q.waiting, key)
+	q.inflight[key] = struct{}{}
+	q.broadcast() // room for a Put
+	return key, v
+}
+
 // Done ends key's flight; a value put meanwhile becomes ready.
 func (q *Queue[K, V]) Done(key K) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	delete(q.inflight, key)
 	if e := q.waiting[key]; e != nil && !e.parked {
-		q.ready = append(q.ready, key)
-		q.broadcast()
+		q.readied(key)
+	} else {
+		q.broadcast() // for WaitIdle
+	}
+}
+
+// WaitIdle waits until key is not in flight. A key taken after it returns
+// is not waited for.
+func (q *Queue[K, V]) WaitIdle(key K) {
+	for {
+		q.mu.Lock()
+		_, busy := q.inflight[key]
+		changed := q.changed
+		q.mu.Unlock()
+		if !busy {
+			return
+		}
+		<-changed
 	}
 }
 
@@ -151,12 +250,12 @@ func (q *Queue[K, V]) Retry(key K, v V, after time.Duration, merge func(newer V)
 		if merge != nil {
 			e.v = merge(e.v)
 		}
-		q.ready = append(q.ready, key)
-		q.broadcast()
+		q.readied(key)
 		return
 	}
 	e := &entry[V]{v: v, parked: true}
 	q.waiting[key] = e
+	q.broadcast() // for WaitIdle
 	time.AfterFunc(after, func() {
 		q.mu.Lock()
 		defer q.mu.Unlock()
@@ -164,9 +263,15 @@ func (q *Queue[K, V]) Retry(key K, v V, after time.Duration, merge func(newer V)
 			return
 		}
 		e.parked = false
-		q.ready = append(q.ready, key)
-		q.broadcast()
+		q.readied(key)
 	})
+}
+
+// Ready is the number of keys that may be taken now.
+func (q *Queue[K, V]) Ready() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.ready)
 }
 
 // Len is the number of keys waiting (ready or backing off), not counting

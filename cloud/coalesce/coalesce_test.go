@@ -2,6 +2,11 @@ package coalesce
 
 import (
 	"context"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -191,4 +196,138 @@ func TestClose(t *testing.T) {
 		time.Sleep(2 * time.Second) // the backoff timer fires into a closed queue
 		synctest.Wait()
 	})
+}
+
+// Serve runs each key on at most n goroutines, never one key on two at
+// once, and has no goroutine left once nothing is ready; a value put
+// while its key runs is run again after it.
+func TestServe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 3
+		q := New[string, []int](100)
+		ctx := t.Context()
+		var (
+			mu            sync.Mutex
+			running, peak int
+			busy          = map[string]bool{}
+			got           = map[string][]int{}
+		)
+		release := make(chan struct{})
+		q.Serve(n, func(key string, v []int) {
+			mu.Lock()
+			if busy[key] {
+				t.Errorf("%s run on two goroutines at once", key)
+			}
+			busy[key] = true
+			running++
+			peak = max(peak, running)
+			got[key] = append(got[key], v...)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			busy[key] = false
+			running--
+			mu.Unlock()
+			q.Done(key)
+		})
+		for i := range 10 {
+			q.Put(ctx, fmt.Sprint("k", i), []int{i}, nil)
+		}
+		synctest.Wait()
+		if g := workers(); g != n {
+			t.Fatalf("%d goroutines serving 10 ready keys, want %d", g, n)
+		}
+		q.Put(ctx, "k0", []int{100}, appendTo(100)) // k0 is running
+		close(release)
+		synctest.Wait()
+		if g := workers(); g != 0 {
+			t.Fatalf("%d goroutines left serving an idle queue", g)
+		}
+		if peak != n {
+			t.Errorf("at most %d ran at once, want %d", peak, n)
+		}
+		for i := range 10 {
+			want := []int{i}
+			if i == 0 {
+				want = []int{0, 100}
+			}
+			if k := fmt.Sprint("k", i); !slices.Equal(got[k], want) {
+				t.Errorf("%s ran with %v, want %v", k, got[k], want)
+			}
+		}
+		// A key put into the idle queue starts a goroutine again.
+		q.Put(ctx, "late", []int{7}, nil)
+		synctest.Wait()
+		if !slices.Equal(got["late"], []int{7}) {
+			t.Errorf("late ran with %v", got["late"])
+		}
+	})
+}
+
+// OnReady is told of each key becoming ready, including after a backoff;
+// TryTake takes without waiting and Ready counts what it may take.
+func TestOnReadyTryTake(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New[string, []int](10)
+		ctx := t.Context()
+		told := 0
+		q.OnReady(func() { told++ })
+		if _, _, ok := q.TryTake(); ok {
+			t.Fatal("TryTake took from an empty queue")
+		}
+		q.Put(ctx, "a", []int{1}, nil)
+		q.Put(ctx, "a", []int{2}, nil) // merged: not ready again
+		q.Put(ctx, "b", []int{3}, nil)
+		if told != 2 || q.Ready() != 2 {
+			t.Fatalf("told %d, %d ready; want 2, 2", told, q.Ready())
+		}
+		k, v, ok := q.TryTake()
+		if !ok || k != "a" || !slices.Equal(v, []int{2}) {
+			t.Fatalf("TryTake %q %v %v", k, v, ok)
+		}
+		q.Retry("a", v, time.Second, nil)
+		if told != 2 || q.Ready() != 1 {
+			t.Fatalf("told %d, %d ready after a Retry; want 2, 1", told, q.Ready())
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if told != 3 || q.Ready() != 2 {
+			t.Fatalf("told %d, %d ready after the backoff; want 3, 2", told, q.Ready())
+		}
+	})
+}
+
+// WaitIdle returns once the key's flight ended, at once for a key not in
+// flight.
+func TestWaitIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New[string, []int](10)
+		ctx := t.Context()
+		q.WaitIdle("a")
+		q.Put(ctx, "a", []int{1}, nil)
+		mustTake(t, q, "a", 1)
+		idle := make(chan struct{})
+		go func() { q.WaitIdle("a"); close(idle) }()
+		if !pending(idle) {
+			t.Fatal("WaitIdle returned while the key was in flight")
+		}
+		q.Put(ctx, "b", []int{2}, nil) // other changes do not end the wait
+		if !pending(idle) {
+			t.Fatal("WaitIdle returned while the key was in flight")
+		}
+		q.Retry("a", []int{1}, time.Hour, nil)
+		<-idle
+	})
+}
+
+// workers counts the goroutines Serve started that are running.
+func workers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "coalesce.(*Queue[...]).work(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }

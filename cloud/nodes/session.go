@@ -45,13 +45,13 @@ type SessionConfig struct {
 	Name string
 	// Client acts as the node (package asnode); required.
 	Client asnode.Client
-	// OnAck is called, on the session's goroutine, after the report
-	// carrying seq was written. Reports coalesce (last wins), so an ack
-	// covers every earlier seq too.
+	// OnAck is called, on the goroutine running the session's step, after
+	// the report carrying seq was written. Reports coalesce (last wins), so
+	// an ack covers every earlier seq too. It must not call Stop.
 	OnAck func(seq uint64)
 	// OnFatal is called once when writes can never succeed (ErrNotEdge,
 	// ErrGone, or the relay may not act as the node: asnode.NotAllowed);
-	// the session has stopped writing.
+	// the session has stopped writing. It must not call Stop.
 	OnFatal func(err error)
 	// Alive reports whether the connection has been heard from recently;
 	// the Lease is renewed only while it says so. Nil means always.
@@ -62,24 +62,40 @@ type SessionConfig struct {
 	Log    *slog.Logger
 }
 
-// Session runs the API writes of one agent connection on its own goroutine.
+// Session makes the API writes of one agent connection. It has no
+// goroutine of its own: a timer, or a report, puts it in its Writer's
+// queue, whose workers run one step of it at a time (see Writer).
 // Report never blocks: the latest report replaces one not yet written.
 type Session struct {
 	w      *Writer
 	cfg    SessionConfig
 	parent context.Context
+	ctx    context.Context
 	stop   context.CancelFunc
-	done   chan struct{}
-	wake   chan struct{}
 	// id names this connection in the EdgeLinkReady condition; written
-	// is set once the Node was written, fatal when writes stopped for good.
-	id             string
-	written, fatal atomic.Bool
+	// is set once the Node was written, fatal when writes stopped for
+	// good, stopped once Stop was called.
+	id                      string
+	written, fatal, stopped atomic.Bool
 
 	mu      sync.Mutex
 	pending *Report
 	seq     uint64
 	gen     uint64 // bumped by every Report, to tell a newer one apart
+
+	// What the steps keep from one to the next. Only the step running
+	// touches it: the Writer's queue never runs a session on two workers
+	// at once.
+	timer     *time.Timer // wakes the session when the next write is due
+	node      *corev1.Node
+	lease     *coordinationv1.Lease
+	last      *Report // last report written, for the periodic refresh
+	retryAt   time.Time
+	backoff   time.Duration
+	leaseAt   time.Time
+	leaseBack time.Duration
+	refreshAt time.Time
+	acked     uint64
 }
 
 // Start begins a session for cfg.Name. Stop it when the connection ends.
@@ -100,15 +116,19 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	ctx, cancel := context.WithCancel(ctx)
 	var id [6]byte
 	_, _ = rand.Read(id[:])
-	s := &Session{w: w, cfg: cfg, parent: parent, stop: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1),
-		id: hex.EncodeToString(id[:])}
-	go s.run(ctx)
+	s := &Session{w: w, cfg: cfg, parent: parent, ctx: ctx, stop: cancel,
+		id: hex.EncodeToString(id[:]), backoff: backoffMin, leaseBack: backoffMin}
 	return s
 }
 
 // disconnectTimeout bounds the EdgeLinkReady=False write when a session
 // stops, relay shutdown included.
 const disconnectTimeout = 5 * time.Second
+
+// stepTimeout bounds one step's API requests, so that a request the API
+// server never answers holds a worker of the Writer for that long at
+// most; the step is then retried like any failed write.
+const stepTimeout = time.Minute
 
 // Report queues rep for writing; seq is the frame's sequence number, or 0
 // for a hello, which is not acked.
@@ -121,18 +141,25 @@ func (s *Session) Report(seq uint64, rep Report) {
 	}
 	s.gen++
 	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
+	s.wake()
 }
 
-// Stop ends the session and waits for its goroutine. The Lease simply
-// stops being renewed; the Node's EdgeLinkReady becomes False (since now)
-// unless a newer connection of the agent wrote it meanwhile.
+// wake queues a step of the session; one queued or running already
+// covers it (a step put while one runs runs after it).
+func (s *Session) wake() {
+	s.w.q.Put(context.Background(), s, struct{}{}, nil)
+}
+
+// Stop ends the session and waits until no step of it runs. The Lease
+// simply stops being renewed; the Node's EdgeLinkReady becomes False
+// (since now) unless a newer connection of the agent wrote it meanwhile.
 func (s *Session) Stop() {
+	s.stopped.Store(true)
 	s.stop()
-	<-s.done
+	s.w.q.WaitIdle(s)
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	if !s.written.Load() || s.fatal.Load() {
 		return
 	}
@@ -143,8 +170,13 @@ func (s *Session) Stop() {
 	}
 }
 
-func (s *Session) run(ctx context.Context) {
-	defer close(s.done)
+// step runs one step of s on a worker of the Writer's queue. A panic
+// ends the session's writes, not the relay.
+func (w *Writer) step(s *Session, _ struct{}) {
+	defer w.q.Done(s)
+	if s.stopped.Load() || s.fatal.Load() || s.ctx.Err() != nil {
+		return
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			s.fatal.Store(true)
@@ -152,118 +184,104 @@ func (s *Session) run(ctx context.Context) {
 			s.cfg.OnFatal(errors.New("internal error in the relay"))
 		}
 	}()
-	var (
-		node       *corev1.Node
-		lease      *coordinationv1.Lease
-		last       *Report // last report written, for the periodic refresh
-		retryAt    time.Time
-		backoff    = backoffMin
-		leaseAt    time.Time
-		leaseBack  = backoffMin
-		refreshAt  time.Time
-		renewEvery = s.w.cfg.LeaseDuration / 4
-		acked      uint64
-	)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		now := s.w.cfg.Now()
+	s.step()
+}
 
-		s.mu.Lock()
-		rep, seq, gen := s.pending, s.seq, s.gen
-		s.mu.Unlock()
-		if rep == nil && node != nil && last != nil && !now.Before(refreshAt) {
-			rep, seq = last, 0 // a refresh acks nothing
-		}
-		if rep != nil && !now.Before(retryAt) {
-			n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, node, s.cfg.Create)
-			switch {
-			case ctx.Err() != nil:
-				return
-			case errors.Is(err, ErrNotEdge), errors.Is(err, ErrGone):
-				s.cfg.Log.Error("refusing to write node", "err", err)
-				s.fatal.Store(true)
-				s.cfg.OnFatal(err)
-				return
-			case asnode.NotAllowed(err):
-				s.cfg.Log.Error("cannot act as the node", "err", err)
-				s.fatal.Store(true)
-				s.cfg.OnFatal(errors.New(asnode.NotAllowedHint(s.cfg.Name)))
-				return
-			case err != nil:
-				node = nil // re-read on the next try
-				retryAt = now.Add(jitter(backoff))
-				s.cfg.Log.Warn("node write failed; will retry", "err", err, "retry_in", backoff)
-				backoff = min(2*backoff, backoffMax)
-			default:
-				first := node == nil
-				node, last, backoff = n, rep, backoffMin
-				if s.written.Swap(true) {
-					refreshAt = now.Add(statusRefresh)
-				} else {
-					refreshAt = now.Add(phase(statusRefresh))
-				}
-				s.mu.Lock()
-				if s.gen == gen {
-					s.pending = nil // nothing newer arrived meanwhile
-				}
-				s.mu.Unlock()
-				if seq > acked {
-					acked = seq
-					s.cfg.OnAck(seq)
-				}
-				if first || lease == nil {
-					leaseAt = now // take the Lease at once
-				}
-			}
-		}
-		if node != nil && !now.Before(leaseAt) {
-			if s.cfg.Alive() {
-				l, err := s.w.RenewLease(ctx, s.cfg.Client, node, lease)
-				if ctx.Err() != nil {
-					return
-				}
-				if err != nil {
-					lease = nil
-					leaseAt = now.Add(jitter(min(leaseBack, renewEvery)))
-					leaseBack = min(2*leaseBack, backoffMax)
-					s.cfg.Log.Warn("lease renewal failed; will retry", "err", err)
-				} else {
-					if lease == nil { // just taken: start at a random phase
-						leaseAt = now.Add(phase(renewEvery))
-					} else {
-						leaseAt = now.Add(renewEvery)
-					}
-					lease, leaseBack = l, backoffMin
-				}
-			} else {
-				leaseAt = now.Add(renewEvery)
-			}
-		}
+// step writes what is due (the report waiting, a refresh, the Lease) and
+// sets the timer for when the next thing is due.
+func (s *Session) step() {
+	ctx, cancel := context.WithTimeout(s.ctx, stepTimeout)
+	defer cancel()
+	renewEvery := s.w.cfg.LeaseDuration / 4
+	now := s.w.cfg.Now()
 
-		// Sleep until the next thing is due or a report arrives.
-		next := now.Add(time.Hour)
-		s.mu.Lock()
-		if s.pending != nil && retryAt.Before(next) {
-			next = retryAt
-		}
-		s.mu.Unlock()
-		if node != nil {
-			next = earliest(next, leaseAt, refreshAt)
-		}
-		timer.Reset(max(next.Sub(s.w.cfg.Now()), time.Millisecond))
-		select {
-		case <-ctx.Done():
+	s.mu.Lock()
+	rep, seq, gen := s.pending, s.seq, s.gen
+	s.mu.Unlock()
+	if rep == nil && s.node != nil && s.last != nil && !now.Before(s.refreshAt) {
+		rep, seq = s.last, 0 // a refresh acks nothing
+	}
+	if rep != nil && !now.Before(s.retryAt) {
+		n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, s.node, s.cfg.Create)
+		switch {
+		case s.ctx.Err() != nil:
 			return
-		case <-s.wake:
-			if !timer.Stop() {
-				select {
-				case <-timer.C:
-				default:
-				}
+		case errors.Is(err, ErrNotEdge), errors.Is(err, ErrGone):
+			s.cfg.Log.Error("refusing to write node", "err", err)
+			s.fatal.Store(true)
+			s.cfg.OnFatal(err)
+			return
+		case asnode.NotAllowed(err):
+			s.cfg.Log.Error("cannot act as the node", "err", err)
+			s.fatal.Store(true)
+			s.cfg.OnFatal(errors.New(asnode.NotAllowedHint(s.cfg.Name)))
+			return
+		case err != nil:
+			s.node = nil // re-read on the next try
+			s.retryAt = now.Add(jitter(s.backoff))
+			s.cfg.Log.Warn("node write failed; will retry", "err", err, "retry_in", s.backoff)
+			s.backoff = min(2*s.backoff, backoffMax)
+		default:
+			first := s.node == nil
+			s.node, s.last, s.backoff = n, rep, backoffMin
+			if s.written.Swap(true) {
+				s.refreshAt = now.Add(statusRefresh)
+			} else {
+				s.refreshAt = now.Add(phase(statusRefresh))
 			}
-		case <-timer.C:
+			s.mu.Lock()
+			if s.gen == gen {
+				s.pending = nil // nothing newer arrived meanwhile
+			}
+			s.mu.Unlock()
+			if seq > s.acked {
+				s.acked = seq
+				s.cfg.OnAck(seq)
+			}
+			if first || s.lease == nil {
+				s.leaseAt = now // take the Lease at once
+			}
 		}
+	}
+	if s.node != nil && !now.Before(s.leaseAt) {
+		if s.cfg.Alive() {
+			l, err := s.w.RenewLease(ctx, s.cfg.Client, s.node, s.lease)
+			if s.ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				s.lease = nil
+				s.leaseAt = now.Add(jitter(min(s.leaseBack, renewEvery)))
+				s.leaseBack = min(2*s.leaseBack, backoffMax)
+				s.cfg.Log.Warn("lease renewal failed; will retry", "err", err)
+			} else {
+				if s.lease == nil { // just taken: start at a random phase
+					s.leaseAt = now.Add(phase(renewEvery))
+				} else {
+					s.leaseAt = now.Add(renewEvery)
+				}
+				s.lease, s.leaseBack = l, backoffMin
+			}
+		} else {
+			s.leaseAt = now.Add(renewEvery)
+		}
+	}
+
+	// Wake when the next thing is due; a report wakes it sooner.
+	next := now.Add(time.Hour)
+	s.mu.Lock()
+	if s.pending != nil && s.retryAt.Before(next) {
+		next = s.retryAt
+	}
+	s.mu.Unlock()
+	if s.node != nil {
+		next = earliest(next, s.leaseAt, s.refreshAt)
+	}
+	d := max(next.Sub(s.w.cfg.Now()), time.Millisecond)
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.wake)
+	} else {
+		s.timer.Reset(d)
 	}
 }
 

@@ -3,12 +3,18 @@ package nodes
 import (
 	"context"
 	"fmt"
+	goruntime "runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
 
@@ -89,4 +95,163 @@ func TestSessionSteadyWrites(t *testing.T) {
 			t.Errorf("first renewals of %d sessions started together fell on only %d instants", n, len(firsts))
 		}
 	})
+}
+
+// Connected sessions cost no goroutine: a fleet of them, written and
+// idle between renewals, leaves none running; steps run on at most
+// Workers goroutines at once, one session never on two.
+func TestSessionsShareWorkers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset()
+		const workers = 2
+		w, err := NewWriter(WriterConfig{Client: client, LeaseDuration: 40 * time.Second, Workers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Alive is asked on the worker, before each renewal.
+		var (
+			mu            sync.Mutex
+			running, peak int
+		)
+		release := make(chan struct{})
+		alive := func() bool {
+			mu.Lock()
+			running++
+			peak = max(peak, running)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			running--
+			mu.Unlock()
+			return true
+		}
+		const n = 10
+		var sessions []*Session
+		for i := range n {
+			s := w.Start(context.Background(), SessionConfig{Client: client, Name: fmt.Sprintf("gw-%d", i), Alive: alive})
+			s.Report(0, *report())
+			sessions = append(sessions, s)
+		}
+		synctest.Wait()
+		if g := queueWorkers(); g != workers {
+			t.Fatalf("%d goroutines for %d sessions with writes due, want %d", g, n, workers)
+		}
+		close(release)
+		time.Sleep(time.Minute) // past every first renewal
+		synctest.Wait()
+		if g := queueWorkers(); g != 0 {
+			t.Fatalf("%d goroutines for %d idle sessions, want 0", g, n)
+		}
+		if peak != workers {
+			t.Errorf("at most %d steps at once, want %d", peak, workers)
+		}
+		leases, err := client.CoordinationV1().Leases(LeaseNamespace).List(context.Background(), metav1.ListOptions{})
+		if err != nil || len(leases.Items) != n {
+			t.Fatalf("%d leases (%v), want %d", len(leases.Items), err, n)
+		}
+		for _, s := range sessions {
+			s.Stop()
+		}
+	})
+}
+
+// Stop waits for the step running, then marks the link down; no step
+// runs after it.
+func TestSessionStopWaitsForStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w, client := newWriter(t)
+		// Alive is asked on the worker, within the step, before a renewal.
+		var hold atomic.Bool
+		entered, release := make(chan struct{}, 1), make(chan struct{})
+		alive := func() bool {
+			if hold.Load() {
+				entered <- struct{}{}
+				<-release
+			}
+			return true
+		}
+		var after atomic.Int32
+		stopped := make(chan struct{})
+		client.PrependReactor("update", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			select {
+			case <-stopped:
+				after.Add(1)
+			default:
+			}
+			return false, nil, nil
+		})
+		s := w.Start(context.Background(), SessionConfig{Client: client, Name: "gw-1", Alive: alive})
+		s.Report(0, *report())
+		synctest.Wait()
+		hold.Store(true)
+		time.Sleep(w.cfg.LeaseDuration / 4) // the next renewal
+		<-entered
+		go func() { s.Stop(); close(stopped) }()
+		if !pendingChan(stopped) {
+			t.Fatal("Stop returned while a step ran")
+		}
+		hold.Store(false)
+		close(release)
+		<-stopped
+		n, err := client.CoreV1().Nodes().Get(context.Background(), "gw-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := n.Status.Conditions[condIndex(n.Status.Conditions, ConditionLinkReady)]; c.Status != corev1.ConditionFalse {
+			t.Fatalf("EdgeLinkReady %s after Stop, want False", c.Status)
+		}
+		s.Report(2, *report())
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if after.Load() != 0 {
+			t.Fatal("a step ran after Stop")
+		}
+	})
+}
+
+// A panic in one session's step ends that session's writes (OnFatal), not
+// the others'.
+func TestSessionPanicContained(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w, client := newWriter(t)
+		fatal := make(chan error, 1)
+		bad := w.Start(context.Background(), SessionConfig{Client: client, Name: "gw-bad",
+			OnAck: func(uint64) { panic("boom") }, OnFatal: func(err error) { fatal <- err }})
+		acks := make(chan uint64, 1)
+		good := w.Start(context.Background(), SessionConfig{Client: client, Name: "gw-good", OnAck: func(seq uint64) { acks <- seq }})
+		bad.Report(1, *report())
+		if err := <-fatal; err == nil {
+			t.Fatal("no error after a panic")
+		}
+		good.Report(1, *report())
+		if seq := <-acks; seq != 1 {
+			t.Fatalf("acked %d", seq)
+		}
+		bad.Stop()
+		good.Stop()
+	})
+}
+
+// pendingChan says whether c is still open once every goroutine of the
+// bubble is blocked.
+func pendingChan(c <-chan struct{}) bool {
+	synctest.Wait()
+	select {
+	case <-c:
+		return false
+	default:
+		return true
+	}
+}
+
+// queueWorkers counts the goroutines serving a coalesce queue.
+func queueWorkers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := goruntime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "cloud/coalesce.(*Queue[...]).work(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }

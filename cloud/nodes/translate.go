@@ -3,9 +3,11 @@
 // and its Lease in kube-node-lease.
 //
 // It translates what an agent reports into those objects and writes them
-// through client-go. A Session runs the writes for one agent connection on
-// its own goroutine, so a slow API server never stalls the connection's
-// read loop, and renews the Lease while the connection is alive. On
+// through client-go. A Session makes the writes for one agent connection
+// off the connection's read loop, so a slow API server never stalls it,
+// and renews the Lease while the connection is alive; it has no goroutine
+// of its own (a timer or a report queues it for the Writer's few workers,
+// see Writer). On
 // disconnect it sets the EdgeLinkReady condition False (unless a newer
 // connection wrote since) and stops renewing: the node lifecycle
 // controller marks the node Unknown after its grace period, and an agent

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/coalesce"
 )
 
 // WriterConfig configures a Writer.
@@ -42,13 +44,26 @@ type WriterConfig struct {
 	// InternalIP and KubeletPort as its kubelet endpoint port.
 	KubeletAddress string
 	KubeletPort    int32
+	// Workers bounds the sessions making writes at once, across all
+	// connections; 0 means DefaultWorkers.
+	Workers int
 }
 
-// Writer writes edge Nodes and their Leases. It holds no per-node state;
-// Sessions do.
+// DefaultWorkers is WriterConfig.Workers when it is zero: with the API
+// server answering in 10 ms, 16 workers make 1,600 writes a second,
+// against 10,000 sessions' steady 17 a second (Lease renewals and status
+// refreshes) and the first write of each (Node and Lease) after a relay
+// restart.
+const DefaultWorkers = 16
+
+// Writer writes edge Nodes and their Leases. Its Sessions keep the
+// per-node state; its queue (one key per session with a step due) is
+// served by at most Workers goroutines, which exist only while a step is
+// due, so a connected session costs no goroutine.
 type Writer struct {
 	cfg      WriterConfig
 	failures *prometheus.CounterVec
+	q        *coalesce.Queue[*Session, struct{}]
 }
 
 // NewWriter builds a Writer.
@@ -65,8 +80,13 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
+	}
 	w := &Writer{
 		cfg: cfg,
+		// One key per session: the bound is never reached.
+		q: coalesce.New[*Session, struct{}](math.MaxInt),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_relay_api_write_failures_total",
 			Help: "Failed writes to the Kubernetes API server, by object.",
@@ -77,6 +97,7 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 			return nil, fmt.Errorf("nodes: register metrics: %w", err)
 		}
 	}
+	w.q.Serve(cfg.Workers, w.step)
 	return w, nil
 }
 

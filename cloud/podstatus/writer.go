@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +42,8 @@ type WriterConfig struct {
 	// together (each costs a read and a write, like the kubelet's).
 	QPS   float32
 	Burst int
-	// MaxConcurrent bounds writes in flight across all connections.
+	// MaxConcurrent bounds writes in flight across all connections, and
+	// the goroutines making them.
 	MaxConcurrent int
 	Log           *slog.Logger
 	// Registerer receives the write counter; nil registers nothing.
@@ -49,12 +52,17 @@ type WriterConfig struct {
 	Now func() time.Time
 }
 
-// Writer is shared by every connection of a relay.
+// Writer is shared by every connection of a relay. Its sessions have no
+// goroutine of their own: one with a report ready is queued in the
+// Writer's queue, served by at most MaxConcurrent goroutines, which exist
+// only while some session has a report ready.
 type Writer struct {
 	cfg     WriterConfig
 	limiter flowcontrol.RateLimiter
 	sem     chan struct{}
 	results *prometheus.CounterVec
+	// sessions holds the sessions with a report ready, one key each.
+	sessions *coalesce.Queue[*Session, struct{}]
 }
 
 // NewWriter builds a Writer.
@@ -82,12 +90,15 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 			Name: "outpost_relay_pod_status_reports_total",
 			Help: "Pod status reports from agents, by outcome: written, unchanged, deleted, dropped (never writable), failed (retried).",
 		}, []string{"result"}),
+		// One key per session: the bound is never reached.
+		sessions: coalesce.New[*Session, struct{}](math.MaxInt),
 	}
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(w.results); err != nil {
 			return nil, fmt.Errorf("podstatus: register metrics: %w", err)
 		}
 	}
+	w.sessions.Serve(cfg.MaxConcurrent, w.step)
 	return w, nil
 }
 
@@ -229,8 +240,8 @@ type SessionConfig struct {
 	Client asnode.Client
 	// Done is called once per report seq when it no longer needs to be
 	// kept: written, dropped for good, or replaced by a newer report of
-	// the same pod. It may be called from Report's caller or from the
-	// session's goroutine.
+	// the same pod. It may be called from Report's caller, from a worker
+	// of the Writer or from a timer's goroutine.
 	Done func(seq uint64)
 	// MaxPending bounds the pods with a report waiting; Report blocks at
 	// it. Default DefaultMaxPending.
@@ -239,13 +250,16 @@ type SessionConfig struct {
 }
 
 // Session writes the pod status reports of one connection, one at a time,
-// oldest first, coalescing reports of the same pod.
+// oldest first, coalescing reports of the same pod. A worker of the
+// Writer writes one report of it at a time, then queues it again behind
+// the other sessions if more are ready.
 type Session struct {
 	w    *Writer
 	cfg  SessionConfig
 	ctx  context.Context
 	stop context.CancelFunc
-	done chan struct{}
+	// dead is set when a step panicked: nothing more is written.
+	dead atomic.Bool
 	// q holds the reports waiting, one per pod (by UID).
 	q *coalesce.Queue[string, *item]
 }
@@ -270,19 +284,25 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &Session{
 		w: w, cfg: cfg, ctx: ctx, stop: cancel,
-		done: make(chan struct{}),
-		q:    coalesce.New[string, *item](cfg.MaxPending),
+		q: coalesce.New[string, *item](cfg.MaxPending),
 	}
-	go s.run()
+	s.q.OnReady(s.wake)
 	return s
 }
 
-// Stop ends the session and waits for its goroutine. Reports not written
-// stay unacked: the agent sends them again on its next connection.
+// wake queues the session for a worker; one queued or running already
+// covers it.
+func (s *Session) wake() {
+	s.w.sessions.Put(context.Background(), s, struct{}{}, nil)
+}
+
+// Stop ends the session and waits until no report of it is being
+// written. Reports not written stay unacked: the agent sends them again
+// on its next connection.
 func (s *Session) Stop() {
 	s.stop()
 	s.q.Close()
-	<-s.done
+	s.w.sessions.WaitIdle(s)
 }
 
 // Report queues rep, carried by the frame numbered seq. A queued report of
@@ -311,36 +331,50 @@ func (s *Session) retry(it *item) {
 	}
 }
 
-func (s *Session) run() {
-	defer close(s.done)
+// step writes the oldest report ready of s, on a worker of the Writer's
+// queue, and queues s again if another is ready. A panic ends the
+// session's writes, not the relay.
+func (w *Writer) step(s *Session, _ struct{}) {
+	defer w.sessions.Done(s)
+	if s.dead.Load() || s.ctx.Err() != nil {
+		return
+	}
 	defer func() {
 		if r := recover(); r != nil {
+			s.dead.Store(true)
 			s.cfg.Log.Error("pod status session panicked; reports of this connection stay unacked", "panic", r)
 		}
 	}()
-	for {
-		uid, it, ok := s.q.Take(s.ctx)
-		if !ok {
-			return
-		}
-		out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
-		pod := it.rep.Namespace + "/" + it.rep.Name
-		switch {
-		case s.ctx.Err() != nil:
-			return
-		case out == Written:
-			s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)
-			s.cfg.Done(it.seq)
-		case out == Dropped:
-			s.cfg.Log.Warn("pod status report dropped", "pod", pod, "uid", it.rep.UID, "seq", it.seq, "why", err)
-			s.cfg.Done(it.seq)
-		default:
-			s.cfg.Log.Warn("pod status write failed; will retry", "pod", pod, "err", err)
-			s.retry(it)
-			continue
-		}
-		s.q.Done(uid)
+	if s.write() && s.q.Ready() > 0 {
+		s.wake() // runs once this step is done, behind the sessions queued
 	}
+}
+
+// write writes the oldest report ready, if any; it returns false once the
+// session ended.
+func (s *Session) write() bool {
+	uid, it, ok := s.q.TryTake()
+	if !ok {
+		return true
+	}
+	out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
+	pod := it.rep.Namespace + "/" + it.rep.Name
+	switch {
+	case s.ctx.Err() != nil:
+		return false
+	case out == Written:
+		s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)
+		s.cfg.Done(it.seq)
+	case out == Dropped:
+		s.cfg.Log.Warn("pod status report dropped", "pod", pod, "uid", it.rep.UID, "seq", it.seq, "why", err)
+		s.cfg.Done(it.seq)
+	default:
+		s.cfg.Log.Warn("pod status write failed; will retry", "pod", pod, "err", err)
+		s.retry(it)
+		return true
+	}
+	s.q.Done(uid)
+	return true
 }
 
 func timeFromMillis(ms int64) time.Time { return time.UnixMilli(ms) }

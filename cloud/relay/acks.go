@@ -18,6 +18,13 @@ import (
 // to its writer, and the writer calls done (or doneUpTo, for writers that
 // coalesce) once it is durable or dropped for good. Outstanding reports
 // are bounded by the writers' own queues (each coalesces per object).
+//
+// Writers mark reports done from shared worker goroutines (the relay's
+// API write pools), which must never wait on one connection: a peer that
+// stops reading holds a frame write for up to the write timeout. So the
+// ack goes out from a goroutine of its own that exists only while an ack
+// waits to be sent; acks are cumulative, so one not yet sent is replaced
+// by a newer one, and a slow connection delays only its own acks.
 type acks struct {
 	send func(seq uint64)
 
@@ -25,6 +32,8 @@ type acks struct {
 	pending []pendingSeq // received, not yet done; by seq
 	maxSeen uint64
 	acked   uint64
+	unsent  uint64 // the newest ack not yet handed to send; 0 if none
+	sending bool   // a goroutine is sending
 }
 
 type pendingSeq struct {
@@ -52,11 +61,7 @@ func (a *acks) received(t wire.Type, seq uint64) {
 func (a *acks) done(seq uint64) {
 	a.mu.Lock()
 	a.pending = slices.DeleteFunc(a.pending, func(p pendingSeq) bool { return p.seq == seq })
-	n := a.advance()
-	a.mu.Unlock()
-	if n > 0 {
-		a.send(n)
-	}
+	a.flushLocked()
 }
 
 // doneUpTo marks every report of type t numbered ≤ seq durable: for
@@ -64,9 +69,37 @@ func (a *acks) done(seq uint64) {
 func (a *acks) doneUpTo(t wire.Type, seq uint64) {
 	a.mu.Lock()
 	a.pending = slices.DeleteFunc(a.pending, func(p pendingSeq) bool { return p.t == t && p.seq <= seq })
+	a.flushLocked()
+}
+
+// flushLocked queues the new cumulative ack, if it moved, for the sending
+// goroutine, starting it if none runs, and unlocks a.mu.
+func (a *acks) flushLocked() {
 	n := a.advance()
-	a.mu.Unlock()
+	start := false
 	if n > 0 {
+		a.unsent = n
+		start = !a.sending
+		a.sending = a.sending || start
+	}
+	a.mu.Unlock()
+	if start {
+		go a.sendLoop()
+	}
+}
+
+// sendLoop sends the newest unsent ack until none is left.
+func (a *acks) sendLoop() {
+	for {
+		a.mu.Lock()
+		n := a.unsent
+		a.unsent = 0
+		if n == 0 {
+			a.sending = false
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
 		a.send(n)
 	}
 }

@@ -532,9 +532,13 @@ func (c *conn) sendError(code wire.ErrorCode, reason string, fatal bool) bool {
 
 // onWriteFatal is called by the node session when the Node can never be
 // written for this connection.
+// It runs on a shared API worker, so the frame and the close go out on a
+// goroutine of their own: the worker never waits on this connection.
 func (c *conn) onWriteFatal(err error) {
-	c.sendError(wire.CodeForbidden, err.Error(), true)
-	go c.close(CloseForbidden, "node cannot be written")
+	go func() {
+		c.sendError(wire.CodeForbidden, err.Error(), true)
+		c.close(CloseForbidden, "node cannot be written")
+	}()
 }
 
 // sendAck sends the cumulative ack seq. Writers do not call it: they

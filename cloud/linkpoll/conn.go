@@ -1,3 +1,5 @@
+//go:build linux
+
 package linkpoll
 
 import (
@@ -7,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -200,8 +203,7 @@ func (c *Conn) frame(f frame) bool {
 			return false
 		}
 		if f.fin {
-			c.h.Message(c, f.payload)
-			return true
+			return c.deliver(f.payload)
 		}
 		c.msgOp = true
 		c.msg = append([]byte(nil), f.payload...)
@@ -221,9 +223,21 @@ func (c *Conn) frame(f frame) bool {
 		}
 		msg := c.msg
 		c.msg, c.msgOp = nil, false
-		c.h.Message(c, msg)
-		return true
+		return c.deliver(msg)
 	}
+}
+
+// deliver hands msg to the handler. A handler that panics (a bug) closes
+// its connection, not the loop's others nor the process.
+func (c *Conn) deliver(msg []byte) (ok bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.fail(ws.StatusInternalServerError, fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack()))
+			ok = false
+		}
+	}()
+	c.h.Message(c, msg)
+	return !c.closed.Load()
 }
 
 // fail closes the connection for a protocol error: a close frame, then

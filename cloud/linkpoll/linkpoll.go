@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package linkpoll serves upgraded WebSocket connections from a few epoll
 // loops instead of a goroutine each: the relay's agent links, tens of
 // thousands of them idle but for a heartbeat every ten seconds.
@@ -47,6 +49,8 @@ var (
 	ErrSlowPeer = errors.New("linkpoll: peer not reading: write queue full")
 	// ErrClosed: the connection or the poller was closed.
 	ErrClosed = errors.New("linkpoll: closed")
+	// ErrPanic: the handler panicked on one of the connection's messages.
+	ErrPanic = errors.New("linkpoll: handler panicked")
 )
 
 // Config configures a Poller.

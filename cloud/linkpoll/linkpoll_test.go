@@ -1,3 +1,5 @@
+//go:build linux
+
 package linkpoll
 
 import (
@@ -369,5 +371,35 @@ func TestAdoptRefusesForeignConn(t *testing.T) {
 	defer b.Close()
 	if _, err := p.Adopt(tls.Server(a, &tls.Config{}), newHandler()); err == nil {
 		t.Fatal("adopted a connection that did not come from the poller's listener")
+	}
+}
+
+// A handler that panics closes its connection only.
+func TestHandlerPanic(t *testing.T) {
+	h := newHandler()
+	h.onMessage = func(c *Conn, msg []byte) {
+		if string(msg) == "boom" {
+			panic("handler bug")
+		}
+		c.WriteMessage(msg)
+	}
+	s := serve(t, Config{Loops: 1}, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bad, good := s.dial(t, ctx), s.dial(t, ctx)
+	if err := bad.Write(ctx, websocket.MessageBinary, []byte("boom")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := bad.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
+		t.Fatalf("client read %v, want close status %d", err, websocket.StatusInternalError)
+	}
+	if err := h.waitClosed(t); !errors.Is(err, ErrPanic) {
+		t.Fatalf("closed with %v, want ErrPanic", err)
+	}
+	if err := good.Write(ctx, websocket.MessageBinary, []byte("fine")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := good.Read(ctx); err != nil || string(msg) != "fine" {
+		t.Fatalf("the other connection: echo %q, %v", msg, err)
 	}
 }

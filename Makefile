@@ -150,7 +150,7 @@ bench-wire: ## Frame encode/decode speed and sizes.
 bench-relay: controlplane ## Relay memory per connected agent, API-server requests per agent per minute, reconnect after a relay restart (1,000 protocol-level agents).
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkRelayMemory -benchtime 1x -count 3 -timeout 60m ./test/bench/
 
-CONNS_DESIGNS ?= std nbio nbio-inline epoll
+CONNS_DESIGNS ?= std nbio nbio-inline linkpoll
 
 bench-conns: ## Relay-side cost of idle mutual-TLS WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000) heartbeating every 10 s, today's stack against event loops (CONNS_DESIGNS): heap + stacks, RSS and goroutines per connection, CPU per heartbeat; three rounds, each design in a fresh process.
 	for round in 1 2 3; do for d in $(CONNS_DESIGNS); do \

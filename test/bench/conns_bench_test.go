@@ -81,13 +81,16 @@ func (c *connCounters) stats() (int64, int64, int64) {
 
 // BenchmarkRelayConns measures what a server pays for N idle mutual-TLS
 // WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000), each
-// heartbeating every 10 s, in two designs: "std", the relay's own stack
+// heartbeating every 10 s, in these designs: "std", the relay's own stack
 // (net/http's TLS server, github.com/coder/websocket, a reader goroutine
-// per connection, as cloud/relay/conn.go), and "nbio", an epoll event
-// loop with non-blocking TLS and WebSocket framing
-// (github.com/lesismal/nbio's nbhttp and websocket over
-// github.com/lesismal/llib's crypto/tls fork) that runs no goroutine per
-// connection. The clients are coder/websocket over crypto/tls, TLS 1.3
+// per connection, as cloud/relay/conn.go); "nbio", an epoll event loop
+// with non-blocking TLS and WebSocket framing (github.com/lesismal/nbio's
+// nbhttp and websocket over github.com/lesismal/llib's crypto/tls fork)
+// that runs no goroutine per connection, its callbacks on a goroutine
+// pool, or on the poller ("nbio-inline"); and "linkpoll"
+// (cloud/linkpoll: net/http and crypto/tls for the handshake and the
+// upgrade, then an epoll loop over crypto/tls with github.com/gobwas/ws's
+// framing). The clients are coder/websocket over crypto/tls, TLS 1.3
 // only, in a child process. Per connection: Go heap in use and stacks
 // after GC, resident memory, goroutines; what connecting allocated (the
 // TLS handshakes' and upgrades' transient garbage); and then the CPU the
@@ -126,16 +129,7 @@ func BenchmarkRelayConns(b *testing.B) {
 		b.Fatal(err)
 	}
 	verify := func(certs []*x509.Certificate) error { return verifyConnCert(ca.Pool(), certs) }
-	designs := []struct {
-		name  string
-		start func(b *testing.B) connServer
-	}{
-		{"std", func(b *testing.B) connServer { return startStdConns(b, serving, verify) }},
-		{"nbio", func(b *testing.B) connServer { return startNbioConns(b, serving, verify, n, false) }},
-		{"nbio-inline", func(b *testing.B) connServer { return startNbioConns(b, serving, verify, n, true) }},
-		{"epoll", func(b *testing.B) connServer { return startEpollConns(b, serving, verify) }},
-	}
-	for _, d := range designs {
+	for _, d := range connDesigns(serving, verify, n) {
 		b.Run(d.name, func(b *testing.B) {
 			for b.Loop() {
 				benchConns(b, d.name, d.start, n, window, caFile)
@@ -144,7 +138,24 @@ func BenchmarkRelayConns(b *testing.B) {
 	}
 }
 
-func benchConns(b *testing.B, name string, start func(*testing.B) connServer, n int, window time.Duration, caFile string) {
+// connDesign is a server design under test; start starts one for n
+// connections with serving as its certificate, accepting client
+// certificates verify accepts.
+type connDesign struct {
+	name  string
+	start func(tb testing.TB) connServer
+}
+
+func connDesigns(serving tls.Certificate, verify func([]*x509.Certificate) error, n int) []connDesign {
+	return []connDesign{
+		{"std", func(tb testing.TB) connServer { return startStdConns(tb, serving, verify) }},
+		{"nbio", func(tb testing.TB) connServer { return startNbioConns(tb, serving, verify, n, false) }},
+		{"nbio-inline", func(tb testing.TB) connServer { return startNbioConns(tb, serving, verify, n, true) }},
+		{"linkpoll", func(tb testing.TB) connServer { return startLinkpollConns(tb, serving, verify) }},
+	}
+}
+
+func benchConns(b *testing.B, name string, start func(testing.TB) connServer, n int, window time.Duration, caFile string) {
 	debug.FreeOSMemory()
 	before := measure()
 	var ms0 runtime.MemStats
@@ -305,7 +316,7 @@ type stdConns struct {
 	wg     sync.WaitGroup
 }
 
-func startStdConns(b *testing.B, serving tls.Certificate, verify func([]*x509.Certificate) error) connServer {
+func startStdConns(b testing.TB, serving tls.Certificate, verify func([]*x509.Certificate) error) connServer {
 	s := &stdConns{}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var err error
@@ -407,7 +418,7 @@ type nbioConns struct {
 	engine *nbhttp.Engine
 }
 
-func startNbioConns(b *testing.B, serving tls.Certificate, verify func([]*x509.Certificate) error, n int, inline bool) connServer {
+func startNbioConns(b testing.TB, serving tls.Certificate, verify func([]*x509.Certificate) error, n int, inline bool) connServer {
 	logging.SetLevel(logging.LevelNone)
 	s := &nbioConns{}
 	var err error

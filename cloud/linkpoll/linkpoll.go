@@ -175,7 +175,10 @@ func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
 	l.mu.Lock()
 	l.conns[raw.fd] = c
 	l.mu.Unlock()
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, raw.fd, &unix.EpollEvent{Events: raw.events(), Fd: int32(raw.fd)}); err != nil {
+	raw.mu.Lock()
+	ev := raw.events()
+	raw.mu.Unlock()
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, raw.fd, &unix.EpollEvent{Events: ev, Fd: int32(raw.fd)}); err != nil {
 		c.shut(err)
 		return nil, err
 	}

@@ -150,7 +150,7 @@ func (l listener) Accept() (net.Conn, error) {
 // whose connection came from a Listener of this poller, and returns it as
 // a Conn served by h. Nothing may have been read past the upgrade
 // request outside tc (a hijacked bufio.Reader with bytes buffered: refuse
-// the connection instead). On an error tc is closed.
+// the connection instead). On an error tc is closed and h is not told.
 func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
 	raw, ok := tc.NetConn().(*rawConn)
 	if !ok {
@@ -179,7 +179,13 @@ func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
 	ev := raw.events()
 	raw.mu.Unlock()
 	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, raw.fd, &unix.EpollEvent{Events: ev, Fd: int32(raw.fd)}); err != nil {
-		c.shut(err)
+		c.once.Do(func() { // h never saw c: no Closed
+			c.closed.Store(true)
+			l.mu.Lock()
+			delete(l.conns, raw.fd)
+			l.mu.Unlock()
+			raw.shut()
+		})
 		return nil, err
 	}
 	// Bytes that arrived with the upgrade may wait in crypto/tls's

@@ -13,7 +13,7 @@ TESTFLAGS  ?=
 export CGO_ENABLED := 0
 
 .PHONY: install-deps all build agent relay relay-image test test-unit test-e2e demo cross lint vet fmt fuzz \
-	bench bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging bench-autonomy bench-idle-pages bench-agent-workload controlplane deps clean
+	bench bench-wire bench-relay bench-conns bench-agent bench-pods bench-streams bench-logging bench-autonomy bench-idle-pages bench-agent-workload controlplane deps clean
 
 all: build
 
@@ -142,13 +142,20 @@ lint: vet ## gofmt and go vet.
 fuzz: ## Run every fuzz target for FUZZTIME each.
 	GO=$(GO) ./build/fuzz.sh $(FUZZTIME)
 
-bench: bench-wire bench-relay bench-agent bench-pods bench-streams bench-logging
+bench: bench-wire bench-relay bench-conns bench-agent bench-pods bench-streams bench-logging
 
 bench-wire: ## Frame encode/decode speed and sizes.
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./wire/
 
 bench-relay: controlplane ## Relay memory per connected agent, API-server requests per agent per minute, reconnect after a relay restart (1,000 protocol-level agents).
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkRelayMemory -benchtime 1x -count 3 -timeout 60m ./test/bench/
+
+CONNS_DESIGNS ?= std nbio nbio-inline linkpoll
+
+bench-conns: ## Relay-side cost of idle mutual-TLS WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000) heartbeating every 10 s, today's stack against event loops (CONNS_DESIGNS): heap + stacks, RSS and goroutines per connection, CPU per heartbeat; three rounds, each design in a fresh process.
+	for round in 1 2 3; do for d in $(CONNS_DESIGNS); do \
+		$(GO) test -run '^$$' -bench "^BenchmarkRelayConns$$/^$$d$$" -benchtime 1x -count 1 -timeout 20m ./test/bench/ || exit 1; \
+	done; done
 
 bench-agent: controlplane ## Agent RSS after 60 s connected and idle.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentIdleRSS -benchtime 1x -count 1 -timeout 20m ./test/bench/

@@ -1,0 +1,236 @@
+//go:build linux
+
+// Package linkpoll serves upgraded WebSocket connections from a few epoll
+// loops instead of a goroutine each: the relay's agent links, tens of
+// thousands of them idle but for a heartbeat every ten seconds.
+//
+// The TLS is the standard library's crypto/tls, the handshake and the
+// WebSocket upgrade stay where they are (net/http, on the connection's
+// goroutine, which ends once the connection is adopted). For that, the
+// server's listener is wrapped by Poller.Listener, so that crypto/tls
+// sits on a connection the poller can later switch to non-blocking:
+// Read then returns what the socket has and, when it has nothing,
+// os.ErrDeadlineExceeded, the timeout crypto/tls does not hold against
+// the connection (a partial record waits in its buffer for the rest);
+// Write writes what the socket takes and queues the rest, bounded,
+// flushed on EPOLLOUT. A loop decrypts what arrived, parses the frames
+// (client frames must be masked; fragmented messages are reassembled up
+// to Config.MaxMessage, refused as soon as a header says more) and hands
+// each binary message to the Handler on the loop's goroutine. Linux only.
+//
+// Not wired into the relay: see docs/benchmarks.md, "Relay cost per
+// connection alone".
+package linkpoll
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxQueued  = 1 << 20
+	DefaultCloseGrace = 2 * time.Second
+)
+
+// Errors a connection ends with, as Handler.Closed is told.
+var (
+	// ErrSilent: nothing read for Config.Silent.
+	ErrSilent = errors.New("linkpoll: peer silent")
+	// ErrSlowPeer: more than Config.MaxQueued bytes waited to be written.
+	ErrSlowPeer = errors.New("linkpoll: peer not reading: write queue full")
+	// ErrClosed: the connection or the poller was closed.
+	ErrClosed = errors.New("linkpoll: closed")
+	// ErrPanic: the handler panicked on one of the connection's messages.
+	ErrPanic = errors.New("linkpoll: handler panicked")
+)
+
+// Config configures a Poller.
+type Config struct {
+	// Loops is the number of epoll loops (goroutines); 0 means
+	// runtime.NumCPU().
+	Loops int
+	// MaxMessage bounds a message, fragmented or not; required.
+	MaxMessage int
+	// MaxQueued bounds a connection's bytes waiting to be written; 0
+	// means DefaultMaxQueued.
+	MaxQueued int
+	// Silent closes a connection that sent nothing for this long (a
+	// paused one excepted); 0 never does.
+	Silent time.Duration
+	// CloseGrace bounds the wait for the peer's answer to Close; 0 means
+	// DefaultCloseGrace.
+	CloseGrace time.Duration
+}
+
+// Handler receives a connection's events. Message is called on the
+// connection's loop goroutine, one message at a time, and must not
+// block (every connection of the loop waits): work that may wait goes
+// elsewhere, and a handler that cannot take more calls Conn.PauseReading.
+// msg is valid only during the call. Closed is called once, from any
+// goroutine, when the connection ended; no Message follows it.
+type Handler interface {
+	Message(c *Conn, msg []byte)
+	Closed(c *Conn, err error)
+}
+
+// Poller owns the loops and the connections adopted by them.
+type Poller struct {
+	cfg   Config
+	loops []*loop
+	next  atomic.Uint32
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// New starts a poller's loops (and, with Config.Silent, its sweep).
+func New(cfg Config) (*Poller, error) {
+	if cfg.MaxMessage <= 0 {
+		return nil, errors.New("linkpoll: MaxMessage is required")
+	}
+	if cfg.Loops <= 0 {
+		cfg.Loops = runtime.NumCPU()
+	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = DefaultMaxQueued
+	}
+	if cfg.CloseGrace <= 0 {
+		cfg.CloseGrace = DefaultCloseGrace
+	}
+	p := &Poller{cfg: cfg, stop: make(chan struct{})}
+	for range cfg.Loops {
+		l, err := newLoop(p)
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.loops = append(p.loops, l)
+		p.wg.Go(l.run)
+	}
+	if cfg.Silent > 0 {
+		p.wg.Go(p.sweep)
+	}
+	return p, nil
+}
+
+// Listener wraps ln (a TCP listener) so its connections can be adopted
+// once upgraded. Put the TLS layer (http.Server.ServeTLS, tls.NewListener)
+// on top of it.
+func (p *Poller) Listener(ln net.Listener) net.Listener { return listener{ln} }
+
+type listener struct{ net.Listener }
+
+func (l listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return c, nil // not adoptable; Adopt says so
+	}
+	rc, err := newRawConn(tcp)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return rc, nil
+}
+
+// Adopt takes over tc, whose handshake and WebSocket upgrade are done and
+// whose connection came from a Listener of this poller, and returns it as
+// a Conn served by h. Nothing may have been read past the upgrade
+// request outside tc (a hijacked bufio.Reader with bytes buffered: refuse
+// the connection instead). On an error tc is closed and h is not told.
+func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
+	raw, ok := tc.NetConn().(*rawConn)
+	if !ok {
+		tc.Close()
+		return nil, fmt.Errorf("linkpoll: connection %T was not accepted through Poller.Listener", tc.NetConn())
+	}
+	select {
+	case <-p.stop:
+		tc.Close()
+		return nil, ErrClosed
+	default:
+	}
+	if err := raw.SetDeadline(time.Time{}); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	l := p.loops[int(p.next.Add(1))%len(p.loops)]
+	c := &Conn{loop: l, raw: raw, tls: tc, h: h}
+	c.lastRead.Store(time.Now().UnixNano())
+	raw.loop = l
+	raw.nonblocking.Store(true)
+	l.mu.Lock()
+	l.conns[raw.fd] = c
+	l.mu.Unlock()
+	raw.mu.Lock()
+	ev := raw.events()
+	raw.mu.Unlock()
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, raw.fd, &unix.EpollEvent{Events: ev, Fd: int32(raw.fd)}); err != nil {
+		c.once.Do(func() { // h never saw c: no Closed
+			c.closed.Store(true)
+			l.mu.Lock()
+			delete(l.conns, raw.fd)
+			l.mu.Unlock()
+			raw.shut()
+		})
+		return nil, err
+	}
+	// Bytes that arrived with the upgrade may wait in crypto/tls's
+	// buffer, where epoll does not see them: the loop reads them first.
+	l.post(c)
+	return c, nil
+}
+
+// Close closes every connection (ErrClosed, without a close frame) and
+// stops the loops.
+func (p *Poller) Close() error {
+	p.once.Do(func() {
+		close(p.stop)
+		for _, l := range p.loops {
+			l.wakeUp()
+		}
+		p.wg.Wait()
+		for _, l := range p.loops {
+			for _, c := range l.all() {
+				c.shut(ErrClosed)
+			}
+			unix.Close(l.epfd)
+			unix.Close(l.wake)
+		}
+	})
+	return nil
+}
+
+// sweep closes connections silent for Config.Silent.
+func (p *Poller) sweep() {
+	t := time.NewTicker(max(p.cfg.Silent/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		}
+		limit := time.Now().Add(-p.cfg.Silent).UnixNano()
+		for _, l := range p.loops {
+			for _, c := range l.all() {
+				if !c.paused.Load() && c.lastRead.Load() < limit {
+					c.shut(ErrSilent)
+				}
+			}
+		}
+	}
+}

@@ -192,6 +192,15 @@ func (s *Session) run(ctx context.Context) {
 				return
 			case err != nil:
 				node = nil // re-read on the next try
+				s.mu.Lock()
+				if s.pending == nil {
+					// A failed refresh is retried as a report is: with
+					// node nil the refresh is no longer due, and neither
+					// is the Lease, so the session would sleep until the
+					// agent's next report.
+					s.pending = rep
+				}
+				s.mu.Unlock()
 				retryAt = now.Add(jitter(backoff))
 				s.cfg.Log.Warn("node write failed; will retry", "err", err, "retry_in", backoff)
 				backoff = min(2*backoff, backoffMax)

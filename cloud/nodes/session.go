@@ -218,6 +218,15 @@ func (s *Session) step() {
 			return
 		case err != nil:
 			s.node = nil // re-read on the next try
+			s.mu.Lock()
+			if s.pending == nil {
+				// A failed refresh is retried as a report is: with
+				// node nil the refresh is no longer due, and neither
+				// is the Lease, so the session would wait for the
+				// agent's next report.
+				s.pending = rep
+			}
+			s.mu.Unlock()
 			s.retryAt = now.Add(jitter(s.backoff))
 			s.cfg.Log.Warn("node write failed; will retry", "err", err, "retry_in", s.backoff)
 			s.backoff = min(2*s.backoff, backoffMax)

@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	goruntime "runtime"
 	"strings"
@@ -12,8 +13,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -254,4 +257,67 @@ func queueWorkers() int {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+}
+
+// A periodic status refresh that fails is retried, and the Lease goes on
+// being renewed: after a failed write the session re-reads the Node, and
+// until then renews nothing, so a refresh that was not retried left the
+// Lease to expire and the node to go NotReady while its agent stayed
+// connected (a stale cached Node whose taints the node lifecycle
+// controller had since changed is refused that way by NodeRestriction).
+func TestSessionRetriesFailedRefresh(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w, client := newWriter(t)
+		renewEvery := w.cfg.LeaseDuration / 4
+		var mu sync.Mutex
+		var renewals []time.Time
+		statusWrites, refused := 0, 0
+		client.PrependReactor("update", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			u := a.(k8stesting.UpdateAction)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case u.GetResource().Resource == "leases":
+				renewals = append(renewals, time.Now())
+			case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status":
+				if statusWrites++; statusWrites == 1 { // the first refresh
+					refused++
+					return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "gw-1",
+						errors.New(`node "gw-1" is not allowed to modify taints`))
+				}
+			}
+			return false, nil, nil
+		})
+		start := time.Now()
+		s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: "gw-1"})
+		s.Report(0, *report())
+		const span = 2 * statusRefresh
+		time.Sleep(span - time.Nanosecond)
+		synctest.Wait()
+		mu.Lock()
+		got, writes, n := append([]time.Time(nil), renewals...), statusWrites, refused
+		mu.Unlock()
+		s.Stop()
+		if n != 1 {
+			t.Fatalf("%d status writes refused, want the first refresh's", n)
+		}
+		// The refresh within statusRefresh failed, its retry within a
+		// second succeeded, and the second refresh came statusRefresh later.
+		if writes != 3 {
+			t.Errorf("%d status writes in %v, want 3 (the refused refresh, its retry, the next refresh)", writes, span)
+		}
+		// Renewals go on past the failure: at most one period is lost to
+		// it (the retry takes the Lease at once, then at a random phase).
+		if want := int(span/renewEvery) - 1; len(got) < want {
+			t.Fatalf("%d Lease renewals in %v, want at least %d", len(got), span, want)
+		}
+		for i := 1; i < len(got); i++ {
+			if d := got[i].Sub(got[i-1]); d > renewEvery+time.Second {
+				t.Errorf("renewal %d came %v after the one before, want at most %v and a second's retry", i, d, renewEvery)
+			}
+		}
+		if last := got[len(got)-1].Sub(start); span-last > renewEvery {
+			t.Errorf("the last renewal came %v after the start, want within %v of %v", last, renewEvery, span)
+		}
+	})
 }

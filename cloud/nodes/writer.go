@@ -154,7 +154,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		}
 		return created, nil
 	}
-	update := func(cur *corev1.Node) (*corev1.Node, error) {
+	update := func(cur *corev1.Node, cached bool) (*corev1.Node, error) {
 		if !IsEdge(cur) {
 			return nil, ErrNotEdge
 		}
@@ -166,7 +166,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 			maps.Copy(upd.Labels, want)
 			res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 			if err != nil {
-				w.count("node", err)
+				w.countUpdate("node", err, cached)
 				return nil, err
 			}
 			cur = res
@@ -176,7 +176,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
 		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.count("node_status", err)
+			w.countUpdate("node_status", err, cached)
 		}
 		return res, err
 	}
@@ -194,11 +194,22 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 // cached object (or a fresh read of it), create it when it does not exist,
 // and start again from a fresh read on a conflict or when another relay
 // replica created it first.
-func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
+//
+// An update of the cached copy that the API server forbids is also tried
+// again from a fresh read: admission checks come before the
+// resourceVersion precondition, and NodeRestriction refuses a node's
+// write whose taints differ from the stored Node's ("not allowed to modify
+// taints"), so a copy the node lifecycle controller has since tainted or
+// untainted (the not-ready taint every new Node is created with and loses
+// once Ready) is refused as Forbidden, not as a conflict. update is told
+// whether cur is the cached copy, so it does not count that refusal as a
+// failed write.
+func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T, stale bool) (*T, error)) (*T, error) {
 	var out *T
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		cur := cached
 		cached = nil
+		fromCache := cur != nil
 		if cur == nil {
 			got, err := get()
 			if apierrors.IsNotFound(err) {
@@ -214,15 +225,16 @@ func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (
 			}
 			cur = got
 		}
-		res, err := update(cur)
+		res, err := update(cur, fromCache)
 		out = res
+		if fromCache && apierrors.IsForbidden(err) {
+			return apierrors.NewConflict(gr, name, err)
+		}
 		return err
 	})
 	return out, err
 }
 
-// count records a failed write of what, unless it is a conflict or a lost
-// create race, which the caller retries.
 // kubeletPort is the kubelet endpoint port written for rep's node.
 func (w *Writer) kubeletPort(rep *Report) int32 {
 	if rep.KubeletPort != 0 {
@@ -231,9 +243,19 @@ func (w *Writer) kubeletPort(rep *Report) int32 {
 	return w.cfg.KubeletPort
 }
 
+// count records a failed write of what, unless it is a conflict or a lost
+// create race, which the caller retries.
 func (w *Writer) count(what string, err error) {
 	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
 		w.failures.WithLabelValues(what).Inc()
+	}
+}
+
+// countUpdate is count for an update; one of the cached copy that was
+// forbidden is retried from a fresh read (upsert), like a conflict.
+func (w *Writer) countUpdate(what string, err error, cached bool) {
+	if !cached || !apierrors.IsForbidden(err) {
+		w.count(what, err)
 	}
 }
 
@@ -272,7 +294,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		return l, err
 	}
-	update := func(cur *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	update := func(cur *coordinationv1.Lease, cached bool) (*coordinationv1.Lease, error) {
 		now := metav1.NewMicroTime(w.cfg.Now())
 		upd := cur.DeepCopy()
 		upd.Spec.HolderIdentity = &node.Name
@@ -285,7 +307,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		l, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.count("lease", err)
+			w.countUpdate("lease", err, cached)
 		}
 		return l, err
 	}

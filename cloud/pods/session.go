@@ -67,11 +67,22 @@ type Config struct {
 	// Extra, if set, adds more objects of the node (its Devices) to the
 	// same sync: one initial sync, one Complete, one set of deltas.
 	Extra Extra
+	// Nodes, if set, is where the session reads its Node before the
+	// sync, to check it is an edge node: a cache of edge Nodes (the
+	// relay's informer) that reads the API server for one it does not
+	// hold, so a node reconnecting costs the API server no read. Nil
+	// means Client.
+	Nodes NodeGetter
 	// TokenRefreshAfter, if positive, refreshes service-account tokens at
 	// most this long after issue instead of at 80 % of their lifetime
 	// (tokens.go); for tests, as the API server issues none shorter than
 	// ten minutes.
 	TokenRefreshAfter time.Duration
+}
+
+// NodeGetter reads a Node by name.
+type NodeGetter interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
 }
 
 // Extra is another source of objects for the agent, watched by its owner.
@@ -265,9 +276,13 @@ func (s *Session) run(ctx context.Context) {
 // such a connection).
 func (st *state) waitEdgeNode() bool {
 	wait := 100 * time.Millisecond
+	var get NodeGetter = st.s.cfg.Client.CoreV1().Nodes()
+	if st.s.cfg.Nodes != nil {
+		get = st.s.cfg.Nodes
+	}
 	for {
 		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
-		n, err := st.s.cfg.Client.CoreV1().Nodes().Get(ctx, st.s.cfg.Node, metav1.GetOptions{})
+		n, err := get.Get(ctx, st.s.cfg.Node, metav1.GetOptions{})
 		cancel()
 		switch {
 		case st.ctx.Err() != nil:

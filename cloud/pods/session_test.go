@@ -432,3 +432,36 @@ func TestSessionFinishedPods(t *testing.T) {
 		t.Fatalf("delta %v", summary(d))
 	}
 }
+
+type nodeGetterFunc func(name string) (*corev1.Node, error)
+
+func (f nodeGetterFunc) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Node, error) {
+	return f(name)
+}
+
+// With Config.Nodes (the relay's edge Node cache), the session checks its
+// Node there, not with a read of the API server: a reconnecting node's
+// Node is in the cache.
+func TestSessionNodeFromCache(t *testing.T) {
+	ctx := context.Background()
+	client, _ := withTokens(fake.NewClientset(testPod("web", "edge-1", "4", nil))) // no Node in the API
+	var asked []string
+	cache := nodeGetterFunc(func(name string) (*corev1.Node, error) {
+		asked = append(asked, name)
+		return edgeNode(name), nil
+	})
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Nodes: cache})
+	defer s.Stop()
+	if got := summary(rec.next(t)); !slices.Contains(got, "+pod/web@4") {
+		t.Fatalf("initial sync %v, want pod web", got)
+	}
+	if !slices.Equal(asked, []string{"edge-1"}) {
+		t.Errorf("the cache was asked for %v, want edge-1 once", asked)
+	}
+	for _, a := range client.Actions() {
+		if a.GetResource().Resource == "nodes" {
+			t.Errorf("API server asked %s nodes", a.GetVerb())
+		}
+	}
+}

@@ -295,6 +295,7 @@ func (c *conn) serve() {
 		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
 		Log:    c.log,
 		Extra:  nodeDevices,
+		Nodes:  c.s.joinCache.Nodes(),
 
 		TokenRefreshAfter: c.s.cfg.TokenRefreshAfter,
 	})

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -74,8 +75,13 @@ func TestMain(m *testing.M) {
 // connected and idle (over OUTPOST_BENCH_API_WINDOW, default 2m; the
 // metric does not tell clients apart, so the control plane's own requests
 // are in it, and are logged as measured for a minute before the agents
-// came);
-// and, after the relay is closed and a new one started on its address,
+// came), beside what the relay itself logged (warnings counted by
+// message, with a few examples) and its own metrics over the same window,
+// and the API server's answers other than 2xx and API Priority and
+// Fairness rejections, so a figure off the design says why;
+// OUTPOST_BENCH_GOROUTINES=file writes the relay's goroutines halfway
+// through the window. Then, after the relay is closed and a new one
+// started on its address,
 // the time until every agent has connected again by itself, with the
 // API server's p99 request latency over that time.
 func BenchmarkRelayMemory(b *testing.B) {
@@ -89,7 +95,9 @@ func BenchmarkRelayMemory(b *testing.B) {
 	ctx := context.Background()
 	ip := stack.StartInProcess(b, ctx, 200, 400)
 	cp, client, ca := ip.CP, ip.Client, ip.CA
-	cfg := ip.RelayConfig(slog.New(slog.DiscardHandler))
+	logs := newLogCounts()
+	cfg := ip.RelayConfig(slog.New(logs))
+	cfg.Registry = prometheus.NewRegistry()
 	srv, hs := relaytest.Serve(b, cfg)
 	window := harness.EnvDuration(b, "OUTPOST_BENCH_API_WINDOW", 2*time.Minute)
 	// The control plane's own requests (controllers, the API server's
@@ -160,8 +168,23 @@ func BenchmarkRelayMemory(b *testing.B) {
 		// first renewals.
 		time.Sleep(relay.DefaultLeaseDuration / 4)
 		m1 := apiMetrics(b, ctx, client)
-		time.Sleep(window)
+		l1, r1 := logs.snapshot(), relayMetrics(b, cfg)
+		time.Sleep(window / 2)
+		if p := os.Getenv("OUTPOST_BENCH_GOROUTINES"); p != "" {
+			if f, err := os.Create(p); err == nil {
+				pprof.Lookup("goroutine").WriteTo(f, 1)
+				f.Close()
+			}
+		}
+		time.Sleep(window - window/2)
 		m2 := apiMetrics(b, ctx, client)
+		r2 := relayMetrics(b, cfg)
+		b.Logf("idle %v: the relay logged: %s", window, logs.since(l1))
+		b.Logf("idle %v: the relay's own metrics per agent per minute: %s", window, rates(perAgentMin(delta(r1, r2), n, window), time.Minute, 3))
+		b.Logf("idle %v: API server, requests answered other than 2xx, per minute: %s; API Priority and Fairness rejections and seconds queued, per minute: %s",
+			window, rates(failed(m1, m2), window, 1), rates(delta(filter(m1, "apiserver_flowcontrol_re", "apiserver_flowcontrol_request_wait_duration_seconds_sum"),
+				filter(m2, "apiserver_flowcontrol_re", "apiserver_flowcontrol_request_wait_duration_seconds_sum")), window, 1))
+		b.Logf("idle %v: at its end: %s", window, fleetState(b, ctx, client))
 		idle := requests(m1, m2)
 		perAgent := map[string]float64{}
 		var total float64
@@ -186,6 +209,8 @@ func BenchmarkRelayMemory(b *testing.B) {
 		srv.Close()
 		hs.Close()
 		stopped := time.Since(stopping)
+		cfg.Registry = prometheus.NewRegistry()
+		l3 := logs.snapshot()
 		srv, hs = relaytest.ServeAt(b, cfg, addr)
 		listening := time.Now()
 		wait.State(b, ctx, 15*time.Minute, "every agent connected again", func() (bool, string) {
@@ -202,9 +227,42 @@ func BenchmarkRelayMemory(b *testing.B) {
 		b.ReportMetric(p*1000, "apiserver-p99-reconnect-ms")
 		b.Logf("relay closed in %v and started again on %s: all %d agents connected again %v after it listened; API server p99 %.0f ms over the %.0f requests from the close to the last connection; requests per agent meanwhile: %s",
 			stopped.Round(time.Millisecond), addr, n, back.Round(time.Millisecond), p*1000, count, rates(again, time.Minute, 3))
+		b.Logf("reconnect: the relay logged: %s", logs.since(l3))
+		b.Logf("reconnect: API server, requests answered other than 2xx: %s", rates(failed(m3, m4), time.Minute, 0))
 		stdin.Close()
 		cmd.Wait()
 	}
+}
+
+// fleetState says how many Nodes are Ready and tainted, and which events
+// the cluster holds, by source, reason and object kind, with their counts
+// summed: what the node lifecycle controller did about the fleet.
+func fleetState(b *testing.B, ctx context.Context, client kubernetes.Interface) string {
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ready, tainted := 0, map[string]float64{}
+	for _, n := range nodes.Items {
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				ready++
+			}
+		}
+		for _, t := range n.Spec.Taints {
+			tainted[t.Key+":"+string(t.Effect)]++
+		}
+	}
+	events, err := client.CoreV1().Events("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	count := map[string]float64{}
+	for _, e := range events.Items {
+		count[fmt.Sprintf("%s%s %s", e.Source.Component, e.ReportingController, e.Reason)+" "+e.InvolvedObject.Kind] += float64(max(e.Count, 1))
+	}
+	return fmt.Sprintf("%d of %d Nodes Ready; taints: %s; events (occurrences): %s", ready, len(nodes.Items),
+		rates(tainted, time.Minute, 0), rates(count, time.Minute, 0))
 }
 
 // apiMetrics reads the request counts and latency histogram off the API
@@ -216,7 +274,8 @@ func apiMetrics(b *testing.B, ctx context.Context, client kubernetes.Interface) 
 		b.Fatal(err)
 	}
 	defer rc.Close()
-	m, err := stack.ParseMetrics(io.LimitReader(rc, 64<<20), "apiserver_request_total", "apiserver_request_duration_seconds_bucket")
+	m, err := stack.ParseMetrics(io.LimitReader(rc, 64<<20), "apiserver_request_total", "apiserver_request_duration_seconds_bucket",
+		"apiserver_flowcontrol_rejected_requests_total", "apiserver_flowcontrol_request_wait_duration_seconds_count", "apiserver_flowcontrol_request_wait_duration_seconds_sum")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -238,6 +297,69 @@ func requests(m0, m1 map[string]float64) map[string]float64 {
 		}
 		if d := v - m0[series]; d != 0 {
 			out[k] += d
+		}
+	}
+	return out
+}
+
+// relayMetrics are the counters and gauges of the relay's registry.
+func relayMetrics(b *testing.B, cfg relay.Config) map[string]float64 {
+	m, err := relayCounters(cfg.Registry)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return m
+}
+
+// delta is m1 - m0 by series, leaving out those that did not change.
+func delta(m0, m1 map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m1 {
+		if d := v - m0[k]; d != 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// filter is the series of m that start with one of prefixes.
+func filter(m map[string]float64, prefixes ...string) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				out[k] = v
+				break
+			}
+		}
+	}
+	return out
+}
+
+// perAgentMin is counts over d as rates per agent per minute.
+func perAgentMin(m map[string]float64, n int, d time.Duration) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		out[k] = v / float64(n) / d.Minutes()
+	}
+	return out
+}
+
+// failed is the requests the API server answered with other than 2xx,
+// by "VERB resource[/subresource] code".
+func failed(m0, m1 map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for series, v := range m1 {
+		l, ok := stack.Labels(series)
+		if !ok || !strings.HasPrefix(series, "apiserver_request_total{") || strings.HasPrefix(l["code"], "2") {
+			continue
+		}
+		k := l["verb"] + " " + l["resource"]
+		if l["subresource"] != "" {
+			k += "/" + l["subresource"]
+		}
+		if d := v - m0[series]; d != 0 {
+			out[k+" "+l["code"]] += d
 		}
 	}
 	return out

@@ -64,6 +64,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/transport"
+	"k8s.io/client-go/util/flowcontrol"
 )
 
 // Limits of what is read from and offered to the API server.
@@ -137,6 +138,7 @@ type Mux struct {
 	userAgent  string
 	maxEvent   int
 	maxStreams uint32
+	limiter    flowcontrol.RateLimiter
 
 	mu     sync.Mutex
 	conns  []*conn
@@ -174,6 +176,7 @@ func New(cfg *rest.Config, o Options) (*Mux, error) {
 		bearer:    cfg.BearerToken,
 		userAgent: cfg.UserAgent,
 		maxEvent:  o.MaxEventSize,
+		limiter:   cfg.RateLimiter,
 	}
 	if u.Port() == "" {
 		m.host = net.JoinHostPort(u.Hostname(), "443")
@@ -209,10 +212,15 @@ func (m *Mux) authorization() string {
 	return "Bearer " + tok
 }
 
-// Watch opens a watch; h receives its events until it ends. It dials a
-// connection when every one is full, so it may block for the dial; it
-// never calls h itself.
+// Watch opens a watch; h receives its events until it ends. It waits for
+// the configuration's rate limiter, if any, and dials a connection when
+// every one is full, so it may block; it never calls h itself.
 func (m *Mux) Watch(ctx context.Context, r Request, h Handler) (*Stream, error) {
+	if m.limiter != nil {
+		if err := m.limiter.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("watchmux: %w", err)
+		}
+	}
 	opts := r.Options
 	opts.Watch = true
 	q, err := scheme.ParameterCodec.EncodeParameters(&opts, schema.GroupVersion{Version: "v1"})
@@ -275,6 +283,18 @@ func (m *Mux) Conns() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.conns)
+}
+
+// Disconnect closes every connection as a network failure would: their
+// streams end with an error (their callers resume them), and the next
+// watch dials again.
+func (m *Mux) Disconnect() {
+	m.mu.Lock()
+	conns := append([]*conn(nil), m.conns...)
+	m.mu.Unlock()
+	for _, c := range conns {
+		c.close(errors.New("watchmux: disconnected"))
+	}
 }
 
 // Close closes every connection; their streams end with an error.

@@ -140,9 +140,10 @@ type Mux struct {
 	maxStreams uint32
 	limiter    flowcontrol.RateLimiter
 
-	mu     sync.Mutex
-	conns  []*conn
-	closed bool
+	mu      sync.Mutex
+	conns   []*conn
+	dialing chan struct{} // closed when the dial under way ends
+	closed  bool
 }
 
 // New builds a Mux for the API server and credentials of cfg. It refuses
@@ -248,34 +249,51 @@ func (m *Mux) Watch(ctx context.Context, r Request, h Handler) (*Stream, error) 
 var errConnFull = errors.New("connection full")
 
 // conn returns a connection with room for one more stream, dialling one if
-// none has.
+// none has. One dial at a time: watches opened together while it runs
+// wait for it, and share the connection it makes.
 func (m *Mux) conn(ctx context.Context) (*conn, error) {
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return nil, errors.New("watchmux: closed")
-	}
-	for _, c := range m.conns {
-		if c.hasRoom() {
+	for {
+		m.mu.Lock()
+		if m.closed {
 			m.mu.Unlock()
-			return c, nil
+			return nil, errors.New("watchmux: closed")
 		}
-	}
-	m.mu.Unlock()
-	c, err := m.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	if m.closed {
+		for _, c := range m.conns {
+			if c.hasRoom() {
+				m.mu.Unlock()
+				return c, nil
+			}
+		}
+		if wait := m.dialing; wait != nil {
+			m.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("watchmux: %w", ctx.Err())
+			}
+		}
+		done := make(chan struct{})
+		m.dialing = done
 		m.mu.Unlock()
-		c.close(errors.New("watchmux: closed"))
-		return nil, errors.New("watchmux: closed")
+		c, err := m.dial(ctx)
+		m.mu.Lock()
+		m.dialing = nil
+		close(done)
+		if err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
+		if m.closed {
+			m.mu.Unlock()
+			c.close(errors.New("watchmux: closed"))
+			return nil, errors.New("watchmux: closed")
+		}
+		m.conns = append(m.conns, c)
+		m.mu.Unlock()
+		go c.read()
+		return c, nil
 	}
-	m.conns = append(m.conns, c)
-	m.mu.Unlock()
-	go c.read()
-	return c, nil
 }
 
 // Conns is how many connections are open.

@@ -16,7 +16,9 @@
 // The frames and header compression are golang.org/x/net/http2's Framer
 // and hpack; this package only multiplexes: the connection preface and
 // SETTINGS (a connection holds at most the server's
-// MAX_CONCURRENT_STREAMS, another is dialled when all are full), flow
+// MAX_CONCURRENT_STREAMS, another is dialled when all are full, one dial
+// at a time, and a connection left with no stream is closed unless it is
+// the only one), flow
 // control (WINDOW_UPDATE as events are consumed, which is at once),
 // HEADERS and CONTINUATION out, status and body in, RST_STREAM to
 // cancel, PING (answered, and sent when a connection is quiet) and GOAWAY

@@ -103,7 +103,8 @@ func TestSplitAndDecode(t *testing.T) {
 }
 
 // FuzzDecoder feeds arbitrary watch bodies, cut at arbitrary points, to
-// both framings: no panic, no event over the limit held.
+// both framings, and as the body of an error answer: no panic, no event
+// over the limit held, always an error for an error answer.
 func FuzzDecoder(f *testing.F) {
 	f.Add(framed(f, watch.Added, pod("a")), uint8(3), true)
 	f.Add([]byte(`{"type":"ADDED","object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"}}}`+"\n"), uint8(5), false)
@@ -113,6 +114,9 @@ func FuzzDecoder(f *testing.F) {
 		c := jsonCodec
 		if proto {
 			c = protoCodec
+		}
+		if statusError(500, body[:min(len(body), maxErrorBody)]) == nil {
+			t.Fatal("an error answer decoded to no error")
 		}
 		const max = 4096
 		s := &splitter{proto: proto, max: max}

@@ -72,7 +72,8 @@ type Cache struct {
 	synced    atomic.Bool
 	// wg counts the list goroutines and the timers set to fire, so Stop
 	// can wait for them.
-	wg sync.WaitGroup
+	wg       sync.WaitGroup
+	haltOnce sync.Once
 
 	mu      sync.RWMutex
 	items   map[string]runtime.Object
@@ -114,7 +115,7 @@ func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
 	if c.watchFn == nil {
 		c.watchFn = goroutineWatch(c.lw)
 	}
-	context.AfterFunc(ctx, c.halt)
+	context.AfterFunc(ctx, func() { c.haltOnce.Do(c.halt) })
 	c.wg.Add(1)
 	go c.list()
 	return c
@@ -123,17 +124,14 @@ func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
 // Stop ends the watch and waits until nothing of the Cache runs.
 func (c *Cache) Stop() {
 	c.cancel()
-	c.halt()
+	c.haltOnce.Do(c.halt) // or waits for the one ctx's end started
 	c.wg.Wait()
 }
 
-// halt marks the Cache stopped, stops its timer and cancels its watch.
+// halt marks the Cache stopped, stops its timer and cancels its watch;
+// run once, by haltOnce.
 func (c *Cache) halt() {
 	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
-		return
-	}
 	c.stopped = true
 	c.gen++
 	s := c.stream

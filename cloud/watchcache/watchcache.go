@@ -96,7 +96,8 @@ type Options struct {
 	// (to drop what nobody reads); it must not change its argument.
 	Transform func(runtime.Object) runtime.Object
 	// Notify, if set, is called after each change of the contents and
-	// after the first list; it must not block.
+	// after the first list; it must not block, and may be called from
+	// different goroutines (a list's, a watch connection's).
 	Notify func()
 	// Watch, if set, opens the watches instead of the ListerWatcher.
 	Watch WatchFunc

@@ -13,22 +13,28 @@
 // server sets the group system:nodes.
 //
 // All nodes share one connection pool and one client-side rate limiter;
-// a node's client is a few small structs, built once per connection.
+// a node's client is a few small structs, built once per connection. Its
+// long-lived watches can go as HTTP/2 streams of one cloud/watchmux Mux
+// (Streams), which holds no goroutine per watch.
 package asnode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/transport"
 	"k8s.io/client-go/util/flowcontrol"
+
+	"outpost.dev/cloud/watchmux"
 )
 
 // UserPrefix is how the API server names a node: system:node:<name>.
@@ -58,6 +64,13 @@ type Client interface {
 	CoordinationV1() coordinationv1.CoordinationV1Interface
 }
 
+// Streams is a Client whose watches go as cloud/watchmux streams: path is
+// the resource's (e.g. /api/v1/pods), h gets the events on the
+// connection's reader goroutine.
+type Streams interface {
+	WatchStream(ctx context.Context, path string, opts metav1.ListOptions, h watchmux.Handler) (*watchmux.Stream, error)
+}
+
 // Provider hands out the client acting as node.
 type Provider interface {
 	For(node string) (Client, error)
@@ -68,6 +81,10 @@ type Provider interface {
 type Impersonating struct {
 	cfg *rest.Config
 	rt  http.RoundTripper
+	// mux carries the nodes' watches; nil when the configuration is one
+	// it does not support (muxErr says why), and client-go watches.
+	mux    *watchmux.Mux
+	muxErr error
 }
 
 // New builds an Impersonating provider from the relay's own client
@@ -86,7 +103,22 @@ func New(cfg *rest.Config) (*Impersonating, error) {
 	if err != nil {
 		return nil, fmt.Errorf("asnode: transport: %w", err)
 	}
-	return &Impersonating{cfg: cfg, rt: rt}, nil
+	p := &Impersonating{cfg: cfg, rt: rt}
+	p.mux, p.muxErr = watchmux.New(cfg, watchmux.Options{})
+	return p, nil
+}
+
+// StreamsUnavailable says why the nodes' watches are client-go's rather
+// than watchmux streams (an unsupported configuration: not https, or
+// authentication other than a client certificate or bearer token), nil
+// when they are streams.
+func (p *Impersonating) StreamsUnavailable() error { return p.muxErr }
+
+// Close closes the watch streams' connections.
+func (p *Impersonating) Close() {
+	if p.mux != nil {
+		p.mux.Close()
+	}
 }
 
 // For returns the client acting as node. It fails only for a
@@ -105,12 +137,26 @@ func (p *Impersonating) For(node string) (Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("asnode: client for node %q: %w", node, err)
 	}
+	if p.mux != nil {
+		return &streamClient{client{core: core, coord: coord}, p.mux, UserPrefix + node}, nil
+	}
 	return &client{core: core, coord: coord}, nil
 }
 
 type client struct {
 	core  *corev1.CoreV1Client
 	coord *coordinationv1.CoordinationV1Client
+}
+
+// streamClient is a client whose watches are watchmux streams.
+type streamClient struct {
+	client
+	mux  *watchmux.Mux
+	user string
+}
+
+func (c *streamClient) WatchStream(ctx context.Context, path string, opts metav1.ListOptions, h watchmux.Handler) (*watchmux.Stream, error) {
+	return c.mux.Watch(ctx, watchmux.Request{Path: path, Options: opts, User: c.user}, h)
 }
 
 func (c *client) CoreV1() corev1.CoreV1Interface                         { return c.core }

@@ -66,3 +66,34 @@ func TestNewRefusesAnImpersonatingConfig(t *testing.T) {
 		t.Fatal("New accepted a configuration that already impersonates someone")
 	}
 }
+
+// Over https with the relay's certificate or token the nodes' watches are
+// watchmux streams; a configuration watchmux does not support keeps
+// client-go's, and says why.
+func TestStreamsWhereSupported(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer srv.Close()
+	for _, tc := range []struct {
+		name    string
+		cfg     *rest.Config
+		streams bool
+	}{
+		{"https, token", &rest.Config{Host: srv.URL, BearerToken: "t", TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, true},
+		{"plain http", &rest.Config{Host: "http://127.0.0.1:1"}, false},
+		{"basic auth", &rest.Config{Host: srv.URL, Username: "u", Password: "p", TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, false},
+	} {
+		p, err := New(tc.cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		c, err := p.For("n")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		_, streams := c.(Streams)
+		if streams != tc.streams || (p.StreamsUnavailable() == nil) != tc.streams {
+			t.Errorf("%s: streams %v (unavailable: %v), want %v", tc.name, streams, p.StreamsUnavailable(), tc.streams)
+		}
+		p.Close()
+	}
+}

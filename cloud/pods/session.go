@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,7 @@ import (
 	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/watchcache"
+	"outpost.dev/cloud/watchmux"
 	"outpost.dev/wire"
 )
 
@@ -226,7 +228,7 @@ func (s *Session) run(ctx context.Context) {
 	if !st.waitEdgeNode() {
 		return
 	}
-	st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node))
+	st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node), "/api/v1/pods", listwatch.OnNode(s.cfg.Node))
 	s.pods.Store(st.pods)
 	var extraChanged <-chan struct{}
 	if s.cfg.Extra != nil {
@@ -322,8 +324,21 @@ func (st *state) notify() {
 
 // watch starts a watch (as the node) whose events wake the session loop.
 // Stopped by the session's end, or by Stop when a reference is dropped.
-func (st *state) watch(lw cache.ListerWatcher) *watchcache.Cache {
-	return watchcache.Start(st.ctx, lw, watchcache.Options{Transform: dropManagedFields, Notify: st.notify})
+// lw lists; the watch is a watchmux stream of path with fieldSelector
+// when the client has them (asnode.Streams), else lw's.
+func (st *state) watch(lw cache.ListerWatcher, path, fieldSelector string) *watchcache.Cache {
+	o := watchcache.Options{Transform: dropManagedFields, Notify: st.notify}
+	if sc, ok := st.s.cfg.Client.(asnode.Streams); ok {
+		o.Watch = func(ctx context.Context, opts metav1.ListOptions, h watchmux.Handler) (watchcache.Stream, error) {
+			opts.FieldSelector = fieldSelector
+			s, err := sc.WatchStream(ctx, path, opts, h)
+			if err != nil {
+				return nil, err
+			}
+			return s, nil
+		}
+	}
+	return watchcache.Start(st.ctx, lw, o)
 }
 
 // dropManagedFields keeps the watch caches to what translation reads. It
@@ -340,13 +355,15 @@ func dropManagedFields(o runtime.Object) runtime.Object {
 }
 
 // refListWatch watches one ConfigMap or Secret by name, as the kubelet's
-// watch-based ConfigMap and Secret managers do.
-func refListWatch(c asnode.Client, r Ref) cache.ListerWatcher {
+// watch-based ConfigMap and Secret managers do. It returns the list and
+// the watch's path and field selector.
+func refListWatch(c asnode.Client, r Ref) (lw cache.ListerWatcher, path, fieldSelector string) {
 	sel := fields.OneTermEqualSelector("metadata.name", r.Name).String()
+	ns := "/api/v1/namespaces/" + url.PathEscape(r.Namespace)
 	if r.Kind == wire.KindConfigMap {
-		return listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, "")
+		return listwatch.Selected(c, c.CoreV1().ConfigMaps(r.Namespace), sel, ""), ns + "/configmaps", sel
 	}
-	return listwatch.Selected(c, c.CoreV1().Secrets(r.Namespace), sel, "")
+	return listwatch.Selected(c, c.CoreV1().Secrets(r.Namespace), sel, ""), ns + "/secrets", sel
 }
 
 // refused is a pod the agent does not get, and why.

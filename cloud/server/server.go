@@ -216,6 +216,10 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 	if err != nil {
 		return err
 	}
+	defer asNode.Close()
+	if err := asNode.StreamsUnavailable(); err != nil {
+		log.Warn("the nodes' watches use client-go, three goroutines each", "reason", err)
+	}
 	// Device status writes have their own token bucket (--device-status-qps);
 	// this client's limiter only has to leave room for it.
 	dcfg := rest.CopyConfig(cfg)

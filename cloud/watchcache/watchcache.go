@@ -1,23 +1,31 @@
-// Package watchcache keeps the objects of one list+watch in memory on a
-// single goroutine: the per-connection watches the relay makes as a node
-// (a node's pods, each ConfigMap and Secret its pods reference).
+// Package watchcache keeps the objects of one list+watch in memory with
+// no goroutine of its own while it watches: the per-connection watches
+// the relay makes as a node (a node's pods, each ConfigMap and Secret its
+// pods reference).
 //
 // A client-go informer costs about six goroutines, a DeltaFIFO and an
 // indexed store per watch; the relay holds one such watch per connected
 // node (the Node authorizer lets a node list only its own pods, with its
 // own field selector, so one watch cannot serve several nodes), and that
-// was most of a connected agent's cost. A Cache lists, then watches from
-// the list's resourceVersion with bookmarks, applies each event to a map
-// and calls a notify function; a watch that ends is resumed from the last
+// was most of a connected agent's cost. A Cache lists (client-go, on a
+// goroutine that lasts as long as the list), then watches from the list's
+// resourceVersion with bookmarks, applies each event to a map and calls a
+// notify function; a watch that ends is resumed from the last
 // resourceVersion seen, one that expired (410 Gone) relists, and errors
 // are retried after a jittered, capped back-off. There is no resync and
 // no queue: the caller re-reads the whole map when notified, which is
 // what the relay's level-based sync does anyway.
+//
+// With Options.Watch (cloud/watchmux streams) the events arrive as
+// callbacks on the watch connection's reader goroutine, and waits between
+// attempts are time.AfterFunc timers, which hold no goroutine until they
+// fire; a Cache then holds no goroutine while it watches. Without it the
+// ListerWatcher's watch is read on a goroutine per watch (for client-go's
+// fake clientset in unit tests).
 package watchcache
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -29,6 +37,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
+
+	"outpost.dev/cloud/watchmux"
 )
 
 // Back-off between failed lists or watches, doubled up to the cap, each
@@ -41,18 +51,43 @@ const (
 	watchMin = 5 * time.Minute
 )
 
+// Stream is an open watch; Cancel ends it and returns once no callback
+// of its handler runs any more.
+type Stream interface{ Cancel() }
+
+// WatchFunc opens a watch whose events go to h, as watchmux.Mux.Watch
+// does: h's methods must not block, and are never called from WatchFunc
+// itself.
+type WatchFunc func(ctx context.Context, opts metav1.ListOptions, h watchmux.Handler) (Stream, error)
+
 // Cache holds the objects of one list+watch, keyed namespace/name.
 type Cache struct {
 	lw        cache.ListerWatcherWithContext
+	watchFn   WatchFunc
 	transform func(runtime.Object) runtime.Object
 	notify    func()
 	started   time.Time
+	ctx       context.Context
 	cancel    context.CancelFunc
-	done      chan struct{}
 	synced    atomic.Bool
+	// wg counts the list goroutines and the timers set to fire, so Stop
+	// can wait for them.
+	wg       sync.WaitGroup
+	haltOnce sync.Once
 
-	mu    sync.RWMutex
-	items map[string]runtime.Object
+	mu      sync.RWMutex
+	items   map[string]runtime.Object
+	stopped bool
+	stream  Stream
+	timer   *time.Timer
+	backoff time.Duration
+	rv      string
+	// progressed is set when the current watch brought an event (a
+	// bookmark too).
+	progressed bool
+	// gen tells the current watch's callbacks from those of one that
+	// ended or was given up.
+	gen uint64
 }
 
 // Options configures a Cache.
@@ -61,28 +96,55 @@ type Options struct {
 	// (to drop what nobody reads); it must not change its argument.
 	Transform func(runtime.Object) runtime.Object
 	// Notify, if set, is called after each change of the contents and
-	// after the first list, from the Cache's goroutine; it must not block.
+	// after the first list; it must not block, and may be called from
+	// different goroutines (a list's, a watch connection's).
 	Notify func()
+	// Watch, if set, opens the watches instead of the ListerWatcher.
+	Watch WatchFunc
 }
 
-// Start lists and watches through lw until ctx ends or Stop is called.
+// Start lists through lw and watches until ctx ends or Stop is called.
 func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
 	ctx, cancel := context.WithCancel(ctx)
 	c := &Cache{
-		lw: cache.ToListerWatcherWithContext(lw), transform: o.Transform, notify: o.Notify,
-		started: time.Now(), cancel: cancel, done: make(chan struct{}), items: map[string]runtime.Object{},
+		lw: cache.ToListerWatcherWithContext(lw), watchFn: o.Watch, transform: o.Transform, notify: o.Notify,
+		started: time.Now(), ctx: ctx, cancel: cancel, items: map[string]runtime.Object{}, backoff: backoffMin,
 	}
 	if c.notify == nil {
 		c.notify = func() {}
 	}
-	go c.run(ctx)
+	if c.watchFn == nil {
+		c.watchFn = goroutineWatch(c.lw)
+	}
+	context.AfterFunc(ctx, func() { c.haltOnce.Do(c.halt) })
+	c.wg.Add(1)
+	go c.list()
 	return c
 }
 
-// Stop ends the watch and waits for its goroutine.
+// Stop ends the watch and waits until nothing of the Cache runs.
 func (c *Cache) Stop() {
 	c.cancel()
-	<-c.done
+	c.haltOnce.Do(c.halt) // or waits for the one ctx's end started
+	c.wg.Wait()
+}
+
+// halt marks the Cache stopped, stops its timer and cancels its watch;
+// run once, by haltOnce.
+func (c *Cache) halt() {
+	c.mu.Lock()
+	c.stopped = true
+	c.gen++
+	s := c.stream
+	c.stream = nil
+	if c.timer != nil && c.timer.Stop() {
+		c.wg.Done() // it will not fire
+	}
+	c.timer = nil
+	c.mu.Unlock()
+	if s != nil {
+		s.Cancel()
+	}
 }
 
 // HasSynced reports whether the first list completed.
@@ -112,54 +174,59 @@ func (c *Cache) List() []runtime.Object {
 	return out
 }
 
-// errExpired is a watch whose resourceVersion is too old: relist.
-var errExpired = errors.New("watch expired")
-
-func (c *Cache) run(ctx context.Context) {
-	defer close(c.done)
-	backoff := backoffMin
-	fail := func() bool {
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
-		defer t.Stop()
-		backoff = min(2*backoff, backoffMax)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
+// later runs f after the back-off (now when immediate), and doubles the
+// back-off; c.mu is held.
+func (c *Cache) later(immediate bool, f func()) {
+	if c.stopped {
+		return
 	}
-	for ctx.Err() == nil {
-		rv, err := c.list(ctx)
-		if err != nil {
-			if ctx.Err() != nil || !fail() {
-				return
-			}
-			continue
-		}
-		backoff = backoffMin
-		for ctx.Err() == nil {
-			var progressed bool
-			rv, progressed, err = c.watch(ctx, rv)
-			if ctx.Err() != nil || errors.Is(err, errExpired) {
-				break
-			}
-			if progressed {
-				backoff = backoffMin
-			}
-			// A watch that failed, or ended without bringing anything
-			// (not even a bookmark), is resumed after the back-off.
-			if (err != nil || !progressed) && !fail() {
-				return
-			}
-		}
+	d := time.Duration(0)
+	if !immediate {
+		d = c.backoff/2 + rand.N(c.backoff/2+1)
+		c.backoff = min(2*c.backoff, backoffMax)
 	}
+	c.wg.Add(1)
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		defer c.wg.Done()
+		c.mu.Lock()
+		if c.timer == t {
+			c.timer = nil
+		}
+		stopped := c.stopped
+		c.mu.Unlock()
+		if !stopped {
+			f()
+		}
+	})
+	c.timer = t
 }
 
-// list replaces the contents with a fresh list and returns its
-// resourceVersion.
-func (c *Cache) list(ctx context.Context) (string, error) {
-	obj, err := c.lw.ListWithContext(ctx, metav1.ListOptions{})
+// list replaces the contents with a fresh list and watches from its
+// resourceVersion; it runs on a goroutine of its own, or a timer's.
+func (c *Cache) list() {
+	defer c.wg.Done()
+	rv, err := c.relist()
+	c.mu.Lock()
+	if err != nil {
+		c.later(false, c.goList)
+		c.mu.Unlock()
+		return
+	}
+	c.backoff = backoffMin
+	c.rv = rv
+	c.mu.Unlock()
+	c.watch()
+}
+
+// goList lists again on a new goroutine (from a timer's, which is one).
+func (c *Cache) goList() {
+	c.wg.Add(1)
+	c.list()
+}
+
+func (c *Cache) relist() (string, error) {
+	obj, err := c.lw.ListWithContext(c.ctx, metav1.ListOptions{})
 	if err != nil {
 		return "", err
 	}
@@ -194,60 +261,160 @@ func (c *Cache) stored(o runtime.Object) runtime.Object {
 	return o
 }
 
-// watch applies events from rv on until the watch ends; it returns the
-// last resourceVersion seen and whether any event arrived.
-func (c *Cache) watch(ctx context.Context, rv string) (string, bool, error) {
-	timeout := int64((watchMin + rand.N(watchMin)) / time.Second)
-	w, err := c.lw.WatchWithContext(ctx, metav1.ListOptions{
-		ResourceVersion: rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
-	})
-	if err != nil {
-		if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-			return rv, false, errExpired
-		}
-		return rv, false, err
+// watch opens the watch from c.rv.
+func (c *Cache) watch() {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
 	}
-	defer w.Stop()
-	progressed := false
+	c.gen++
+	h := &handler{c: c, gen: c.gen}
+	rv := c.rv
+	c.progressed = false
+	c.mu.Unlock()
+	timeout := int64((watchMin + rand.N(watchMin)) / time.Second)
+	s, err := c.watchFn(c.ctx, metav1.ListOptions{
+		ResourceVersion: rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
+	}, h)
+	c.mu.Lock()
+	if err != nil {
+		if h.gen == c.gen {
+			c.failed(err)
+		}
+		c.mu.Unlock()
+		return
+	}
+	if h.gen == c.gen {
+		c.stream = s
+		c.mu.Unlock()
+		return
+	}
+	// Stopped meanwhile, or it already ended: Cancel is a no-op then.
+	// Not under c.mu, which the stream's callbacks take.
+	c.mu.Unlock()
+	s.Cancel()
+}
+
+// failed schedules what follows a watch that failed; c.mu is held.
+func (c *Cache) failed(err error) {
+	if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+		c.later(true, c.goList)
+		return
+	}
+	c.later(false, c.watch)
+}
+
+// handler receives the events of one of the Cache's watches.
+type handler struct {
+	c   *Cache
+	gen uint64
+}
+
+func (h *handler) Event(ev watch.Event) bool {
+	c := h.c
+	c.mu.Lock()
+	if h.gen != c.gen {
+		c.mu.Unlock()
+		return false
+	}
+	if ev.Type == watch.Error {
+		c.gen++
+		c.stream = nil
+		c.failed(apierrors.FromObject(ev.Object))
+		c.mu.Unlock()
+		return false
+	}
+	m, err := meta.Accessor(ev.Object)
+	if err != nil {
+		c.mu.Unlock()
+		return true
+	}
+	if !c.progressed {
+		c.progressed = true
+		c.backoff = backoffMin
+	}
+	if v := m.GetResourceVersion(); v != "" {
+		c.rv = v
+	}
+	key, err := cache.MetaNamespaceKeyFunc(ev.Object)
+	if ev.Type == watch.Bookmark || err != nil {
+		c.mu.Unlock()
+		return true
+	}
+	switch ev.Type {
+	case watch.Added, watch.Modified:
+		c.items[key] = c.stored(ev.Object)
+	case watch.Deleted:
+		delete(c.items, key)
+	}
+	c.mu.Unlock()
+	c.notify()
+	return true
+}
+
+// End resumes a watch that ended: at once when the server closed one
+// that brought events, after the back-off otherwise.
+func (h *handler) End(err error) {
+	c := h.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h.gen != c.gen {
+		return
+	}
+	c.gen++
+	c.stream = nil
+	if err != nil {
+		c.failed(err)
+		return
+	}
+	c.later(c.progressed, c.watch)
+}
+
+// goroutineWatch reads a ListerWatcher's watches on a goroutine each.
+func goroutineWatch(lw cache.ListerWatcherWithContext) WatchFunc {
+	return func(ctx context.Context, opts metav1.ListOptions, h watchmux.Handler) (Stream, error) {
+		w, err := lw.WatchWithContext(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		g := &goWatch{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+		go g.run(h)
+		return g, nil
+	}
+}
+
+type goWatch struct {
+	w    watch.Interface
+	once sync.Once
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (g *goWatch) run(h watchmux.Handler) {
+	defer close(g.done)
+	defer g.w.Stop()
 	for {
 		select {
-		case <-ctx.Done():
-			return rv, progressed, ctx.Err()
-		case ev, ok := <-w.ResultChan():
+		case <-g.stop:
+			return
+		case ev, ok := <-g.w.ResultChan():
 			if !ok {
-				return rv, progressed, nil // closed by the server: resume
-			}
-			if ev.Type == watch.Error {
-				err := apierrors.FromObject(ev.Object)
-				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
-					return rv, progressed, errExpired
+				select {
+				case <-g.stop:
+				default:
+					h.End(nil)
 				}
-				return rv, progressed, err
+				return
 			}
-			m, err := meta.Accessor(ev.Object)
-			if err != nil {
-				continue
+			if !h.Event(ev) {
+				return
 			}
-			progressed = true
-			if v := m.GetResourceVersion(); v != "" {
-				rv = v
-			}
-			if ev.Type == watch.Bookmark {
-				continue
-			}
-			key, err := cache.MetaNamespaceKeyFunc(ev.Object)
-			if err != nil {
-				continue
-			}
-			c.mu.Lock()
-			switch ev.Type {
-			case watch.Added, watch.Modified:
-				c.items[key] = c.stored(ev.Object)
-			case watch.Deleted:
-				delete(c.items, key)
-			}
-			c.mu.Unlock()
-			c.notify()
 		}
 	}
+}
+
+func (g *goWatch) Cancel() {
+	g.once.Do(func() { close(g.stop) })
+	<-g.done
 }

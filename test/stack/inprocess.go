@@ -52,6 +52,7 @@ func StartInProcess(tb testing.TB, ctx context.Context, qps float32, burst int) 
 	if e.AsNode, err = asnode.New(cfg); err != nil {
 		tb.Fatal(err)
 	}
+	tb.Cleanup(e.AsNode.Close)
 	if e.CA, err = pki.Generate(time.Now()); err != nil {
 		tb.Fatal(err)
 	}

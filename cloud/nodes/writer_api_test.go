@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/stack"
@@ -46,13 +47,18 @@ func TestApplyAfterTaintsChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cur, err := ip.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// An administrator's taint, read and written again if the control
+	// plane's controllers changed the Node meanwhile.
 	maintenance := corev1.Taint{Key: "example.com/maintenance", Effect: corev1.TaintEffectNoSchedule}
-	cur.Spec.Taints = append(cur.Spec.Taints, maintenance)
-	if _, err := ip.Client.CoreV1().Nodes().Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := ip.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Spec.Taints = append(cur.Spec.Taints, maintenance)
+		_, err = ip.Client.CoreV1().Nodes().Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 

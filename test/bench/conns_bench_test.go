@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
@@ -120,14 +118,7 @@ func BenchmarkRelayConns(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	keyPEM, err := mint.KeyPEM(ca.Key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	caFile := filepath.Join(b.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, append(append([]byte{}, ca.CertPEM...), keyPEM...), 0o600); err != nil {
-		b.Fatal(err)
-	}
+	caFile := writeChildCA(b, ca)
 	verify := func(certs []*x509.Certificate) error { return verifyConnCert(ca.Pool(), certs) }
 	for _, d := range connDesigns(serving, verify, n) {
 		b.Run(d.name, func(b *testing.B) {
@@ -525,12 +516,7 @@ func runConnClients() error {
 		return err
 	}
 	addr := os.Getenv("OUTPOST_BENCH_CONNS_ADDR")
-	raw, err := os.ReadFile(os.Getenv("OUTPOST_BENCH_CONNS_CA"))
-	if err != nil {
-		return err
-	}
-	certBlock, rest := pem.Decode(raw)
-	ca, err := pki.Parse(pem.EncodeToMemory(certBlock), rest)
+	ca, err := readChildCA(os.Getenv("OUTPOST_BENCH_CONNS_CA"))
 	if err != nil {
 		return err
 	}

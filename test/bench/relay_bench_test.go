@@ -8,8 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +18,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -108,12 +105,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 	base := requests(m0, apiMetrics(b, ctx, client))
 	b.Logf("the control plane alone, its first %v: API requests per minute: %s", baseWindow, rates(base, baseWindow, 1))
 
-	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.Key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	caFile := filepath.Join(b.TempDir(), "ca.pem")
-	os.WriteFile(caFile, append(append([]byte{}, ca.CertPEM...), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})...), 0o600)
+	caFile := writeChildCA(b, ca)
 
 	for b.Loop() {
 		before := measure()
@@ -450,12 +442,7 @@ func measure() mem {
 func runAgents() error {
 	n, _ := strconv.Atoi(os.Getenv("OUTPOST_BENCH_N"))
 	addr := os.Getenv("OUTPOST_BENCH_RELAY")
-	raw, err := os.ReadFile(os.Getenv("OUTPOST_BENCH_CA"))
-	if err != nil {
-		return err
-	}
-	certBlock, rest := pem.Decode(raw)
-	ca, err := pki.Parse(pem.EncodeToMemory(certBlock), rest)
+	ca, err := readChildCA(os.Getenv("OUTPOST_BENCH_CA"))
 	if err != nil {
 		return err
 	}

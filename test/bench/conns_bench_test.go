@@ -32,6 +32,7 @@ import (
 
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/pki/mint"
+	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
 
@@ -185,17 +186,10 @@ func benchConns(b *testing.B, name string, start func(testing.TB) connServer, n 
 	took := time.Since(began)
 	// The child says ready once its side of every upgrade is done; the
 	// server counts a connection once its handler saw it upgraded.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if c, _, _ := srv.stats(); c == int64(n) {
-			break
-		}
-		if time.Now().After(deadline) {
-			c, _, _ := srv.stats()
-			b.Fatalf("%s: %d of %d connections counted by the server", name, c, n)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	wait.State(b, context.Background(), time.Minute, name+": every connection counted by the server", func() (bool, string) {
+		c, _, _ := srv.stats()
+		return c == int64(n), fmt.Sprintf("%d of %d", c, n)
+	})
 	// Before any GC: the live heap plus the connecting's garbage.
 	var ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms1)
@@ -307,6 +301,20 @@ type stdConns struct {
 	wg     sync.WaitGroup
 }
 
+// serverTLS is the standard library's server configuration of the
+// designs on crypto/tls, as relay.Server.TLSConfig: the certificate is
+// optional at the TLS layer (join serves nodes without one) and verified
+// when given.
+func serverTLS(serving tls.Certificate, verify func([]*x509.Certificate) error) *tls.Config {
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS12,
+		Certificates:     []tls.Certificate{serving},
+		ClientAuth:       tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error { return verifyIfGiven(verify, cs.PeerCertificates) },
+		NextProtos:       []string{"http/1.1"},
+	}
+}
+
 func startStdConns(b testing.TB, serving tls.Certificate, verify func([]*x509.Certificate) error) connServer {
 	s := &stdConns{}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -314,15 +322,7 @@ func startStdConns(b testing.TB, serving tls.Certificate, verify func([]*x509.Ce
 	if s.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		b.Fatal(err)
 	}
-	// As relay.Server.TLSConfig: the certificate is optional at the TLS
-	// layer (join serves nodes without one) and verified when given.
-	tc := &tls.Config{
-		MinVersion:       tls.VersionTLS12,
-		Certificates:     []tls.Certificate{serving},
-		ClientAuth:       tls.RequestClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error { return verifyIfGiven(verify, cs.PeerCertificates) },
-		NextProtos:       []string{"http/1.1"},
-	}
+	tc := serverTLS(serving, verify)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathConnect, s.serve)
 	s.hs = &http.Server{Handler: mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}

@@ -40,13 +40,7 @@ func startLinkpollConns(tb testing.TB, serving tls.Certificate, verify func([]*x
 	if s.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		tb.Fatal(err)
 	}
-	tc := &tls.Config{
-		MinVersion:       tls.VersionTLS12,
-		Certificates:     []tls.Certificate{serving},
-		ClientAuth:       tls.RequestClientCert,
-		VerifyConnection: func(cs tls.ConnectionState) error { return verifyIfGiven(verify, cs.PeerCertificates) },
-		NextProtos:       []string{"http/1.1"},
-	}
+	tc := serverTLS(serving, verify)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathConnect, func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"outpost.dev/cloud/nodes"
+	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/wire"
 )
@@ -25,7 +26,7 @@ import (
 // cure is the same, and it is not counted as a failed write.
 func TestApplyAfterTaintsChanged(t *testing.T) {
 	ctx := context.Background()
-	ip := stack.StartInProcess(t, ctx, 50, 100)
+	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
 	reg := prometheus.NewRegistry()
 	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: 40 * time.Second, Registerer: reg})
 	if err != nil {

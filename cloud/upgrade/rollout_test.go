@@ -37,6 +37,7 @@ import (
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
 	"outpost.dev/cloud/upgrade"
+	"outpost.dev/test/harness"
 	"outpost.dev/test/peer"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
@@ -65,7 +66,7 @@ type env struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	ctx := t.Context()
-	ip := stack.StartInProcess(t, ctx, 100, 200)
+	ip := stack.StartInProcess(t, ctx, harness.Options{}, 100, 200)
 	if err := upgrade.EnsureCRD(ctx, ip.Dynamic, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
 	}

@@ -90,7 +90,15 @@ func BenchmarkRelayMemory(b *testing.B) {
 		}
 	}
 	ctx := context.Background()
-	ip := stack.StartInProcess(b, ctx, 200, 400)
+	// Every Node gets a /24 pod range from the cluster range, as the
+	// controller-manager allocates them: the harness's default /16 has
+	// 256, so a larger fleet gets a range of its own (10.0.0.0/10:
+	// 16,384 Nodes), outside the harness's random defaults.
+	var opts harness.Options
+	if n > 250 {
+		opts.ClusterCIDR = "10.0.0.0/10"
+	}
+	ip := stack.StartInProcess(b, ctx, opts, 200, 400)
 	cp, client, ca := ip.CP, ip.Client, ip.CA
 	logs := newLogCounts()
 	cfg := ip.RelayConfig(slog.New(logs))

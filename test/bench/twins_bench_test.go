@@ -44,7 +44,7 @@ type twinRig struct {
 
 func startTwinRig(b *testing.B, qps float64) *twinRig {
 	ctx := context.Background()
-	ip := stack.StartInProcess(b, ctx, 200, 400)
+	ip := stack.StartInProcess(b, ctx, harness.Options{}, 200, 400)
 	dcfg := ip.CP.RESTConfig()
 	dcfg.QPS, dcfg.Burst = -1, 0 // the relay's own bucket limits status writes
 	dyn, err := dynamic.NewForConfig(dcfg)

@@ -31,11 +31,12 @@ type InProcess struct {
 	CA      *pki.CA
 }
 
-// StartInProcess starts the control plane, stopped when tb ends, and makes
-// the clients, each allowed qps requests a second (burst at once).
-func StartInProcess(tb testing.TB, ctx context.Context, qps float32, burst int) *InProcess {
+// StartInProcess starts the control plane with opts, stopped when tb
+// ends, and makes the clients, each allowed qps requests a second (burst
+// at once).
+func StartInProcess(tb testing.TB, ctx context.Context, opts harness.Options, qps float32, burst int) *InProcess {
 	tb.Helper()
-	cp, err := harness.StartControlPlane(ctx, harness.Options{})
+	cp, err := harness.StartControlPlane(ctx, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

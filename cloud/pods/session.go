@@ -60,7 +60,8 @@ type Config struct {
 	// Held are the object versions of the agent's hello.
 	Held []wire.ObjectVersion
 	// Send writes one encoded TypeSync frame to the agent, within a
-	// bounded time; false means the connection is gone.
+	// bounded time (it runs on a worker of the Syncer, which it holds
+	// meanwhile); false means the connection is gone.
 	Send func(frame []byte) bool
 	Log  *slog.Logger
 	// RefSyncTimeout bounds how long the initial sync waits for the

@@ -303,19 +303,15 @@ func TestHubFansOutByNode(t *testing.T) {
 	if len(gw.Objects()) != 1 || len(other.Objects()) != 0 {
 		t.Fatalf("gw has %d Devices, other %d; want 1 and 0", len(gw.Objects()), len(other.Objects()))
 	}
+	var woken atomic.Bool
+	other.OnChange(func() { woken.Store(true) })
 	moved := bme("other")
 	moved.Generation = 4
 	if _, err := dyn.Resource(GVR).Namespace("default").Update(ctx, toUnstructured(t, moved), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	woken := false
 	wait.For(t, 10*time.Second, "the Device moved to node other, which was woken", func() bool {
-		select {
-		case <-other.Changed():
-			woken = true
-		default:
-		}
-		return woken && len(other.Objects()) == 1 && len(gw.Objects()) == 0
+		return woken.Load() && len(other.Objects()) == 1 && len(gw.Objects()) == 0
 	})
 	if _, ok := gw.Get("default/bme"); ok {
 		t.Fatal("gw still finds a Device bound to another node")

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -103,9 +104,8 @@ func (h *Hub) notify(node string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for n := range h.subs[node] {
-		select {
-		case n.changed <- struct{}{}:
-		default:
+		if f := n.onChange.Load(); f != nil {
+			(*f)()
 		}
 	}
 }
@@ -114,10 +114,11 @@ func (h *Hub) notify(node string) {
 // It feeds the connection's downstream sync (it implements
 // cloud/pods.Extra) and answers the twin report handler's lookups.
 type NodeDevices struct {
-	hub     *Hub
-	node    string
-	log     *slog.Logger
-	changed chan struct{}
+	hub  *Hub
+	node string
+	log  *slog.Logger
+	// onChange is what OnChange set, called under hub.mu.
+	onChange atomic.Pointer[func()]
 
 	mu    sync.Mutex
 	cache map[string]translated // by UID
@@ -139,7 +140,7 @@ func (h *Hub) Watch(node string, log *slog.Logger) *NodeDevices {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &NodeDevices{hub: h, node: node, log: log, changed: make(chan struct{}, 1), cache: map[string]translated{},
+	n := &NodeDevices{hub: h, node: node, log: log, cache: map[string]translated{},
 		ids: map[uint32]*linkEntry{}, byUID: map[string][]uint32{}, held: map[string]heldID{}}
 	h.mu.Lock()
 	if h.subs[node] == nil {
@@ -161,9 +162,16 @@ func (n *NodeDevices) Stop() {
 	}
 }
 
-// Changed receives a value when the set of the node's Devices or a spec
-// changed.
-func (n *NodeDevices) Changed() <-chan struct{} { return n.changed }
+// OnChange sets f to be called when the set of the node's Devices or a
+// spec changed (nil: nothing is). f is called on the Device watch's
+// goroutine and must not block.
+func (n *NodeDevices) OnChange(f func()) {
+	if f == nil {
+		n.onChange.Store(nil)
+		return
+	}
+	n.onChange.Store(&f)
+}
 
 // Synced reports whether the relay's Device watch has listed.
 func (n *NodeDevices) Synced() bool { return n.hub.ctl.HasSynced() }

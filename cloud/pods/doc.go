@@ -8,11 +8,20 @@
 // pods reference (by name, as the kubelet's watch-based managers do). A
 // reference is watched while some pod of the node uses it and dropped when
 // none does; the agent is never sent an object no pod of its node
-// references. Each watch is a cloud/watchcache.Cache (one goroutine, no
-// informer), made as the node: the Node authorizer allows a node only its
-// own pods' field selector and its own pods' references, so no watch can
-// be shared between nodes without the relay reading as itself what no
-// node may.
+// references. Each watch is a cloud/watchcache.Cache (no informer, and no
+// goroutine while it watches over cloud/watchmux streams), made as the
+// node: the Node authorizer allows a node only its own pods' field
+// selector and its own pods' references, so no watch can be shared
+// between nodes without the relay reading as itself what no node may.
+//
+// A Session has no goroutine of its own. Its watches' changes, its Extra
+// source's, and one timer (the next poll while the initial sync waits, a
+// retried status write, a token refresh, a claim read again, the next
+// read of a Node that is not an edge node yet) queue it in a Syncer,
+// whose bounded pool of workers (cloud/coalesce.Queue.Serve) runs one
+// step of one session at a time and exists only while some step is due.
+// A step that waits on the API server holds one worker, never the
+// others; a step that panics ends its own session.
 //
 // The sync is level-based. After the hello, whose object versions seed
 // what the agent holds, the session sends the objects that differ and

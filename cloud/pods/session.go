@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"sort"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/coalesce"
 	"outpost.dev/cloud/listwatch"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/watchcache"
@@ -39,6 +41,7 @@ const (
 	DefaultRefSyncTimeout = 10 * time.Second
 	statusRetry           = 5 * time.Second
 	pollEvery             = 50 * time.Millisecond
+	nodeWaitMin           = 100 * time.Millisecond
 	nodeWaitMax           = 2 * time.Second
 	apiTimeout            = 10 * time.Second
 	// claimRetry is how often a pod waiting for its claim reads it again
@@ -57,7 +60,8 @@ type Config struct {
 	// Held are the object versions of the agent's hello.
 	Held []wire.ObjectVersion
 	// Send writes one encoded TypeSync frame to the agent, within a
-	// bounded time; false means the connection is gone.
+	// bounded time (it runs on a worker of the Syncer, which it holds
+	// meanwhile); false means the connection is gone.
 	Send func(frame []byte) bool
 	Log  *slog.Logger
 	// RefSyncTimeout bounds how long the initial sync waits for the
@@ -80,6 +84,9 @@ type Config struct {
 	// (tokens.go); for tests, as the API server issues none shorter than
 	// ten minutes.
 	TokenRefreshAfter time.Duration
+	// Syncer runs the session's passes; nil means one shared by the
+	// process, with DefaultWorkers.
+	Syncer *Syncer
 }
 
 // NodeGetter reads a Node by name.
@@ -92,23 +99,73 @@ type Extra interface {
 	// Synced reports whether the source has listed; the initial sync
 	// waits for it (at most RefSyncTimeout).
 	Synced() bool
-	// Changed receives a value when Objects may have changed.
-	Changed() <-chan struct{}
+	// OnChange sets f to be called when Objects may have changed. f does
+	// not block; the source must not call it while holding what Objects
+	// or Synced take.
+	OnChange(f func())
 	// Objects returns every object the agent should hold, translated and
 	// checked to be bound to the node.
 	Objects() []wire.Object
 }
 
+// DefaultWorkers is the number of goroutines the default Syncer runs
+// passes on at most: with passes that read only caches this is plenty,
+// and a pass waiting on the API server (a Node read, a claim read, a
+// refusal written) holds one for at most apiTimeout per request.
+const DefaultWorkers = 16
+
+// Syncer runs the passes of its Sessions on at most a fixed number of
+// goroutines, which exist only while some Session has a pass due: a
+// Session has no goroutine of its own. Its queue (cloud/coalesce) holds a
+// Session at most once and never runs two passes of one Session at once.
+type Syncer struct {
+	q *coalesce.Queue[*Session, struct{}]
+}
+
+// NewSyncer returns a Syncer running passes on at most workers goroutines
+// (below 1 means DefaultWorkers).
+func NewSyncer(workers int) *Syncer {
+	if workers < 1 {
+		workers = DefaultWorkers
+	}
+	y := &Syncer{q: coalesce.New[*Session, struct{}](math.MaxInt)}
+	y.q.Serve(workers, y.step)
+	return y
+}
+
+// defaultSyncer serves the Sessions whose Config names no Syncer: one per
+// process, so one per relay.
+var defaultSyncer = sync.OnceValue(func() *Syncer { return NewSyncer(DefaultWorkers) })
+
 // Session keeps one agent in step with the pods bound to its node and the
-// ConfigMaps and Secrets they reference. All its state lives on one
-// goroutine plus one watch per object kind and name, and is rebuilt from
-// the hello and the API server on every connection.
+// ConfigMaps and Secrets they reference. It has no goroutine of its own:
+// its watches' changes, its Extra source's, its context's end and one
+// timer (the next poll, retry, token refresh or claim read) queue it in
+// its Syncer, whose workers run one step of it at a time. Its state is
+// rebuilt from the hello and the API server on every connection.
 type Session struct {
 	cfg    Config
+	syncer *Syncer
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 	// pods is the node's pod watch, once it started.
 	pods atomic.Pointer[watchcache.Cache]
+	// over is set when the session ends (Stop, a failed Send, a panic,
+	// its context's end): a step queued later does nothing.
+	over    atomic.Bool
+	endOnce sync.Once
+	// unwake undoes the wake on the context's end.
+	unwake func() bool
+
+	// What the steps keep from one to the next. Only the step running
+	// touches it: the Syncer never runs a session on two workers at once.
+	st    *state
+	timer *time.Timer // wakes the session when the next step is due
+	// The wait for an edge Node, before the pod watch starts: the next
+	// read is due at nodeAt, and the one after nodeWait later.
+	nodeAt   time.Time
+	nodeWait time.Duration
 }
 
 // Start begins the sync for cfg.Node. Call it after the HelloAck was
@@ -123,17 +180,54 @@ func Start(ctx context.Context, cfg Config) *Session {
 	if cfg.Component == "" {
 		cfg.Component = "outpost-relay"
 	}
+	if cfg.Syncer == nil {
+		cfg.Syncer = defaultSyncer()
+	}
 	ctx, cancel := context.WithCancel(ctx)
-	s := &Session{cfg: cfg, cancel: cancel, done: make(chan struct{})}
-	go s.run(ctx)
+	s := &Session{cfg: cfg, syncer: cfg.Syncer, ctx: ctx, cancel: cancel, done: make(chan struct{}), nodeWait: nodeWaitMin}
+	s.st = &state{
+		s: s, ctx: ctx,
+		refs:     map[Ref]*watchcache.Cache{},
+		cache:    map[types.UID]*translated{},
+		sent:     HeldVersions(cfg.Held),
+		reported: map[types.UID]reportedRefusal{},
+		tokens:   map[types.UID]*podToken{},
+		claims:   map[types.UID]Claims{},
+		mintSem:  make(chan struct{}, tokenConcurrency),
+	}
+	s.timer = time.AfterFunc(time.Hour, s.wake) // reset by every step
+	s.unwake = context.AfterFunc(ctx, s.wake)
+	s.wake()
 	return s
 }
 
-// Stop ends the session and waits until every goroutine it started has
-// returned.
+// wake queues a step of s; one queued already covers it, and one put
+// while a step runs runs after it.
+func (s *Session) wake() {
+	s.syncer.q.Put(context.Background(), s, struct{}{}, nil)
+}
+
+// Stop ends the session and returns once no step of it runs, its
+// watches have stopped and its token requests have returned.
 func (s *Session) Stop() {
+	s.over.Store(true)
 	s.cancel()
-	<-s.done
+	s.syncer.q.WaitIdle(s)
+	s.end()
+}
+
+// end releases what the session holds and closes Done; once, by the step
+// that ended it or by Stop (after the last step).
+func (s *Session) end() {
+	s.endOnce.Do(func() {
+		s.over.Store(true)
+		s.cancel()
+		s.unwake()
+		s.timer.Stop()
+		s.st.stopWatches()
+		s.st.wg.Wait()
+		close(s.done)
+	})
 }
 
 // Bound reports whether the pod namespace/name is bound to the session's
@@ -151,9 +245,98 @@ func (s *Session) Bound(namespace, name string) bool {
 	return ok && p.Spec.NodeName == s.cfg.Node
 }
 
-// Done is closed when the session has ended (Stop, or the connection
-// failed a write).
+// Done is closed when the session has ended (Stop, the connection
+// failed a write, or its context ended).
 func (s *Session) Done() <-chan struct{} { return s.done }
+
+// step runs one step of s on a worker of the Syncer.
+func (y *Syncer) step(s *Session, _ struct{}) {
+	defer y.q.Done(s)
+	if s.over.Load() {
+		return
+	}
+	if !s.step() {
+		s.end()
+	}
+}
+
+// step waits for an edge Node, or runs a pass, and sets the timer for
+// when the next step is due. It returns false when the session is over.
+// A panic ends this session, not the relay.
+func (s *Session) step() (alive bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.cfg.Log.Error("pod sync panicked; this connection gets no more pod updates", "panic", r)
+			alive = false
+		}
+	}()
+	if s.ctx.Err() != nil {
+		return false
+	}
+	st := s.st
+	if st.pods == nil {
+		if time.Now().Before(s.nodeAt) {
+			return true // woken early: the timer brings the next read
+		}
+		if !s.edgeNode() {
+			return s.ctx.Err() == nil
+		}
+		st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node), "/api/v1/pods", listwatch.OnNode(s.cfg.Node))
+		s.pods.Store(st.pods)
+		if s.cfg.Extra != nil {
+			s.cfg.Extra.OnChange(s.wake)
+		}
+	}
+	poll := true
+	if st.pods.HasSynced() {
+		var ok bool
+		if ok, poll = st.pass(); !ok {
+			return false // the connection is gone
+		}
+	}
+	wait := time.Hour
+	if poll {
+		wait = pollEvery
+	}
+	if !st.retryAt.IsZero() {
+		wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
+	}
+	for _, at := range []time.Time{st.tokenWake, st.claimWake} {
+		if !at.IsZero() {
+			wait = min(wait, max(time.Until(at), time.Millisecond))
+		}
+	}
+	s.timer.Reset(wait)
+	return true
+}
+
+// edgeNode reads the Node once and reports whether it is an edge node,
+// so pods of a node the relay does not own are never sent (the node
+// session closes such a connection). Otherwise the timer brings the next
+// read, after a back-off.
+func (s *Session) edgeNode() bool {
+	var get NodeGetter = s.cfg.Client.CoreV1().Nodes()
+	if s.cfg.Nodes != nil {
+		get = s.cfg.Nodes
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
+	n, err := get.Get(ctx, s.cfg.Node, metav1.GetOptions{})
+	cancel()
+	switch {
+	case s.ctx.Err() != nil:
+		return false
+	case err == nil && nodes.IsEdge(n):
+		return true
+	case err == nil:
+		s.cfg.Log.Warn("node is not an edge node; sending it no pods")
+	case !apierrors.IsNotFound(err):
+		s.cfg.Log.Warn("reading node before the pod sync", "err", err)
+	}
+	s.nodeAt = time.Now().Add(s.nodeWait)
+	s.timer.Reset(s.nodeWait)
+	s.nodeWait = min(2*s.nodeWait, nodeWaitMax)
+	return false
+}
 
 // ready reports whether w has listed, or has tried for longer than
 // patience (a watch that cannot list must not hold pods back forever).
@@ -175,8 +358,7 @@ type translated struct {
 type state struct {
 	s     *Session
 	ctx   context.Context
-	wg    sync.WaitGroup
-	wake  chan struct{}
+	wg    sync.WaitGroup // token requests in flight
 	pods  *watchcache.Cache
 	refs  map[Ref]*watchcache.Cache
 	cache map[types.UID]*translated
@@ -203,108 +385,6 @@ type state struct {
 	minted    []mintResult
 }
 
-func (s *Session) run(ctx context.Context) {
-	st := &state{
-		s: s, ctx: ctx,
-		wake:     make(chan struct{}, 1),
-		refs:     map[Ref]*watchcache.Cache{},
-		cache:    map[types.UID]*translated{},
-		sent:     HeldVersions(s.cfg.Held),
-		reported: map[types.UID]reportedRefusal{},
-		tokens:   map[types.UID]*podToken{},
-		claims:   map[types.UID]Claims{},
-		mintSem:  make(chan struct{}, tokenConcurrency),
-	}
-	defer close(s.done)
-	defer st.wg.Wait()
-	defer st.stopWatches()
-	defer s.cancel()
-	defer func() {
-		if r := recover(); r != nil {
-			s.cfg.Log.Error("pod sync panicked; this connection gets no more pod updates", "panic", r)
-		}
-	}()
-
-	if !st.waitEdgeNode() {
-		return
-	}
-	st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node), "/api/v1/pods", listwatch.OnNode(s.cfg.Node))
-	s.pods.Store(st.pods)
-	var extraChanged <-chan struct{}
-	if s.cfg.Extra != nil {
-		extraChanged = s.cfg.Extra.Changed()
-	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		poll := true
-		if st.pods.HasSynced() {
-			var ok bool
-			if ok, poll = st.pass(); !ok {
-				return // the connection is gone
-			}
-		}
-		wait := time.Hour
-		if poll {
-			wait = pollEvery
-		}
-		if !st.retryAt.IsZero() {
-			wait = min(wait, max(time.Until(st.retryAt), time.Millisecond))
-		}
-		for _, at := range []time.Time{st.tokenWake, st.claimWake} {
-			if !at.IsZero() {
-				wait = min(wait, max(time.Until(at), time.Millisecond))
-			}
-		}
-		timer.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-st.wake:
-		case <-extraChanged:
-		case <-timer.C:
-		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
-		}
-	}
-}
-
-// waitEdgeNode waits until the node exists and is an edge node, so pods of
-// a node the relay does not own are never sent (the node session closes
-// such a connection).
-func (st *state) waitEdgeNode() bool {
-	wait := 100 * time.Millisecond
-	var get NodeGetter = st.s.cfg.Client.CoreV1().Nodes()
-	if st.s.cfg.Nodes != nil {
-		get = st.s.cfg.Nodes
-	}
-	for {
-		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
-		n, err := get.Get(ctx, st.s.cfg.Node, metav1.GetOptions{})
-		cancel()
-		switch {
-		case st.ctx.Err() != nil:
-			return false
-		case err == nil && nodes.IsEdge(n):
-			return true
-		case err == nil:
-			st.s.cfg.Log.Warn("node is not an edge node; sending it no pods")
-		case !apierrors.IsNotFound(err):
-			st.s.cfg.Log.Warn("reading node before the pod sync", "err", err)
-		}
-		select {
-		case <-st.ctx.Done():
-			return false
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, nodeWaitMax)
-	}
-}
-
 // stopWatches stops the session's watches and waits for them.
 func (st *state) stopWatches() {
 	if st.pods != nil {
@@ -315,14 +395,10 @@ func (st *state) stopWatches() {
 	}
 }
 
-func (st *state) notify() {
-	select {
-	case st.wake <- struct{}{}:
-	default:
-	}
-}
+func (st *state) notify() { st.s.wake() }
 
-// watch starts a watch (as the node) whose events wake the session loop.
+// watch starts a watch (as the node) whose events queue a step of the
+// session.
 // Stopped by the session's end, or by Stop when a reference is dropped.
 // lw lists; the watch is a watchmux stream of path with fieldSelector
 // when the client has them (asnode.Streams), else lw's.

@@ -233,7 +233,8 @@ type podToken struct {
 	lastErr   string
 }
 
-// mintResult is the outcome of one mint, handed back to the session loop.
+// mintResult is the outcome of one mint, handed back to the session's
+// next step.
 type mintResult struct {
 	uid       types.UID
 	obj       wire.Object
@@ -281,7 +282,7 @@ func (st *state) podTokens(p *corev1.Pod, podHeld bool) (obj *wire.Object, ready
 	}
 	switch {
 	case e.minting:
-		// Results wake the loop; so must the end of a new pod's wait.
+		// Results wake the session; so must the end of a new pod's wait.
 		if t := e.firstSeen.Add(st.s.cfg.RefSyncTimeout); e.obj == nil && t.After(now) {
 			st.wakeAt(t)
 		}
@@ -300,15 +301,16 @@ func (st *state) podTokens(p *corev1.Pod, podHeld bool) (obj *wire.Object, ready
 	return e.obj, ready, pending
 }
 
-// wakeAt makes the session loop run a pass no later than t.
+// wakeAt makes the session run a pass no later than t.
 func (st *state) wakeAt(t time.Time) {
 	if !t.IsZero() && (st.tokenWake.IsZero() || t.Before(st.tokenWake)) {
 		st.tokenWake = t
 	}
 }
 
-// startMint requests p's tokens on a goroutine of its own (at most
-// tokenConcurrency at once); the result comes back through mintResults.
+// startMint requests p's tokens on a goroutine of its own, which lasts
+// as long as the requests (at most tokenConcurrency run at once); the
+// result comes back through st.minted, and wakes the session.
 func (st *state) startMint(p *corev1.Pod, e *podToken) {
 	e.minting = true
 	node, after := st.s.cfg.Node, st.s.cfg.TokenRefreshAfter

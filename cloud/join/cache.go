@@ -85,6 +85,20 @@ func (c *Cache) Secrets() SecretUpdater { return budgetedSecrets{c} }
 // not shadow; join asks only after the token checked.
 func (c *Cache) Nodes() NodeGetter { return cachedNodes{c} }
 
+// EdgeNode reports whether the cache holds name as an edge Node, without
+// asking the API server; synced is false until the informer has listed.
+func (c *Cache) EdgeNode(name string) (edge, synced bool) {
+	if !c.nodes.HasSynced() {
+		return false, false
+	}
+	o, ok, _ := c.nodes.GetStore().GetByKey(name)
+	if !ok {
+		return false, true
+	}
+	n, ok := o.(*corev1.Node)
+	return ok && nodes.IsEdge(n), true
+}
+
 type budgetedSecrets struct{ c *Cache }
 
 func (s budgetedSecrets) Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Secret, error) {

@@ -43,6 +43,7 @@ const (
 	pollEvery             = 50 * time.Millisecond
 	nodeWaitMin           = 100 * time.Millisecond
 	nodeWaitMax           = 2 * time.Second
+	nodeWaitCached        = 30 * time.Second
 	apiTimeout            = 10 * time.Second
 	// claimRetry is how often a pod waiting for its claim reads it again
 	// (a kubelet's volume manager retries as often).
@@ -73,12 +74,19 @@ type Config struct {
 	// Extra, if set, adds more objects of the node (its Devices) to the
 	// same sync: one initial sync, one Complete, one set of deltas.
 	Extra Extra
-	// Nodes, if set, is where the session reads its Node before the
-	// sync, to check it is an edge node: a cache of edge Nodes (the
-	// relay's informer) that reads the API server for one it does not
-	// hold, so a node reconnecting costs the API server no read. Nil
-	// means Client.
-	Nodes NodeGetter
+	// Nodes, if set, is the relay's cache of edge Nodes, where the
+	// session checks that its Node is an edge node before the sync. Once
+	// the cache has listed, a Node it does not hold is waited for, never
+	// read from the API server: whoever owns the cache calls NodeChanged
+	// when it sees the node's Node (the relay's node session creates it
+	// after the hello; a kubelet's Node of that name is not an edge node,
+	// and the node session refuses that connection), and the session
+	// looks in the cache again every nodeWaitCached besides. So a fleet
+	// connecting faster than its Nodes can be written costs the API
+	// server nothing while it waits. Until the cache has listed, and
+	// with no cache, the session reads its Node from Client, backing off
+	// from nodeWaitMin to nodeWaitMax.
+	Nodes EdgeNodes
 	// TokenRefreshAfter, if positive, refreshes service-account tokens at
 	// most this long after issue instead of at 80 % of their lifetime
 	// (tokens.go); for tests, as the API server issues none shorter than
@@ -89,9 +97,11 @@ type Config struct {
 	Syncer *Syncer
 }
 
-// NodeGetter reads a Node by name.
-type NodeGetter interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*corev1.Node, error)
+// EdgeNodes is a cache of edge Nodes.
+type EdgeNodes interface {
+	// EdgeNode reports whether the cache holds name as an edge Node;
+	// synced is false until the cache has listed once.
+	EdgeNode(name string) (edge, synced bool)
 }
 
 // Extra is another source of objects for the agent, watched by its owner.
@@ -310,17 +320,25 @@ func (s *Session) step() (alive bool) {
 	return true
 }
 
-// edgeNode reads the Node once and reports whether it is an edge node,
-// so pods of a node the relay does not own are never sent (the node
-// session closes such a connection). Otherwise the timer brings the next
-// read, after a back-off.
+// edgeNode reports whether the session's Node is an edge node, so pods
+// of a node the relay does not own are never sent (the node session
+// closes such a connection): from the cache (Config.Nodes) once it has
+// listed, else read once from the API server. Otherwise the timer, or
+// NodeChanged, brings the next look, after a back-off for a read.
 func (s *Session) edgeNode() bool {
-	var get NodeGetter = s.cfg.Client.CoreV1().Nodes()
 	if s.cfg.Nodes != nil {
-		get = s.cfg.Nodes
+		edge, synced := s.cfg.Nodes.EdgeNode(s.cfg.Node)
+		if edge {
+			return true
+		}
+		if synced {
+			s.nodeAt = time.Time{} // a wake looks again at once
+			s.timer.Reset(nodeWaitCached)
+			return false
+		}
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
-	n, err := get.Get(ctx, s.cfg.Node, metav1.GetOptions{})
+	n, err := s.cfg.Client.CoreV1().Nodes().Get(ctx, s.cfg.Node, metav1.GetOptions{})
 	cancel()
 	switch {
 	case s.ctx.Err() != nil:
@@ -336,6 +354,14 @@ func (s *Session) edgeNode() bool {
 	s.timer.Reset(s.nodeWait)
 	s.nodeWait = min(2*s.nodeWait, nodeWaitMax)
 	return false
+}
+
+// NodeChanged tells a session waiting for its Node (Config.Nodes) that
+// the cache may hold it now.
+func (s *Session) NodeChanged() {
+	if s.pods.Load() == nil {
+		s.wake()
+	}
 }
 
 // ready reports whether w has listed, or has tried for longer than

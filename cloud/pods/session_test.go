@@ -7,7 +7,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -433,10 +435,36 @@ func TestSessionFinishedPods(t *testing.T) {
 	}
 }
 
-type nodeGetterFunc func(name string) (*corev1.Node, error)
+// edgeCache is a cache of edge Nodes for Config.Nodes.
+type edgeCache struct {
+	mu     sync.Mutex
+	synced bool
+	edge   map[string]bool
+	asked  []string
+}
 
-func (f nodeGetterFunc) Get(_ context.Context, name string, _ metav1.GetOptions) (*corev1.Node, error) {
-	return f(name)
+func (c *edgeCache) EdgeNode(name string) (edge, synced bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.asked = append(c.asked, name)
+	return c.edge[name], c.synced
+}
+
+func (c *edgeCache) add(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.edge[name] = true
+}
+
+// nodeReads counts the session's reads of Nodes from the API server.
+func nodeReads(client *fake.Clientset) int {
+	n := 0
+	for _, a := range client.Actions() {
+		if a.GetResource().Resource == "nodes" {
+			n++
+		}
+	}
+	return n
 }
 
 // With Config.Nodes (the relay's edge Node cache), the session checks its
@@ -445,23 +473,67 @@ func (f nodeGetterFunc) Get(_ context.Context, name string, _ metav1.GetOptions)
 func TestSessionNodeFromCache(t *testing.T) {
 	ctx := context.Background()
 	client, _ := withTokens(fake.NewClientset(testPod("web", "edge-1", "4", nil))) // no Node in the API
-	var asked []string
-	cache := nodeGetterFunc(func(name string) (*corev1.Node, error) {
-		asked = append(asked, name)
-		return edgeNode(name), nil
-	})
+	cache := &edgeCache{synced: true, edge: map[string]bool{"edge-1": true}}
 	rec := &recorder{frames: make(chan wire.Sync, 16)}
 	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Nodes: cache})
 	defer s.Stop()
 	if got := summary(rec.next(t)); !slices.Contains(got, "+pod/web@4") {
 		t.Fatalf("initial sync %v, want pod web", got)
 	}
+	cache.mu.Lock()
+	asked := slices.Clone(cache.asked)
+	cache.mu.Unlock()
 	if !slices.Equal(asked, []string{"edge-1"}) {
 		t.Errorf("the cache was asked for %v, want edge-1 once", asked)
 	}
-	for _, a := range client.Actions() {
-		if a.GetResource().Resource == "nodes" {
-			t.Errorf("API server asked %s nodes", a.GetVerb())
+	if n := nodeReads(client); n != 0 {
+		t.Errorf("API server asked for nodes %d times", n)
+	}
+}
+
+// A session whose Node the synced cache does not hold yet waits for
+// NodeChanged without reading the API server (a fleet connecting faster
+// than its Nodes are written must not poll for them), then syncs.
+func TestSessionWaitsForNodeInCache(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		client, _ := withTokens(fake.NewClientset(testPod("web", "edge-1", "4", nil), edgeNode("edge-1")))
+		cache := &edgeCache{synced: true, edge: map[string]bool{}}
+		rec := &recorder{frames: make(chan wire.Sync, 16)}
+		s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Nodes: cache, Syncer: NewSyncer(2)})
+		defer s.Stop()
+		time.Sleep(2 * nodeWaitCached) // the session looks in the cache again meanwhile
+		synctest.Wait()
+		if n := nodeReads(client); n != 0 {
+			t.Fatalf("API server asked for nodes %d times while the cache did not hold the Node", n)
 		}
+		if len(rec.frames) != 0 {
+			t.Fatal("pods sent before the Node was an edge node")
+		}
+		cache.add("edge-1")
+		s.NodeChanged()
+		if got := summary(rec.next(t)); !slices.Contains(got, "+pod/web@4") {
+			t.Fatalf("initial sync %v, want pod web", got)
+		}
+		if n := nodeReads(client); n != 0 {
+			t.Errorf("API server asked for nodes %d times", n)
+		}
+	})
+}
+
+// Until the cache has listed, the session reads its Node from the API
+// server.
+func TestSessionReadsNodeBeforeCacheSynced(t *testing.T) {
+	ctx := context.Background()
+	client, _ := withTokens(fake.NewClientset(testPod("web", "edge-1", "4", nil), edgeNode("edge-1")))
+	cache := &edgeCache{edge: map[string]bool{}}
+	rec := &recorder{frames: make(chan wire.Sync, 16)}
+	s := Start(ctx, Config{Client: client, Node: "edge-1", Send: rec.send, Nodes: cache})
+	defer s.Stop()
+	if got := summary(rec.next(t)); !slices.Contains(got, "+pod/web@4") {
+		t.Fatalf("initial sync %v, want pod web", got)
+	}
+	if n := nodeReads(client); n != 1 {
+		t.Errorf("API server asked for nodes %d times, want once", n)
 	}
 }

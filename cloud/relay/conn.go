@@ -295,12 +295,13 @@ func (c *conn) serve() {
 		Send:   func(b []byte) bool { return c.write(wire.TypeSync, b) },
 		Log:    c.log,
 		Extra:  nodeDevices,
-		Nodes:  c.s.joinCache.Nodes(),
+		Nodes:  c.s.joinCache,
 
 		TokenRefreshAfter: c.s.cfg.TokenRefreshAfter,
 	})
 	defer psync.Stop()
 	c.pods.Store(psync)
+	psync.NodeChanged() // the Node may have come between its first look and the Store
 	pstatus := c.s.podStatus.Start(c.s.ctx, podstatus.SessionConfig{Node: c.node, Client: as, Done: c.acks.done, Log: c.log})
 	defer pstatus.Stop()
 	// Agent upgrades in flight for this node are offered (again) now.

@@ -108,8 +108,14 @@ func (s *Server) watchRevocations() {
 		},
 	})
 	_, _ = s.joinCache.NodeInformer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) {
+			if n, ok := o.(*corev1.Node); ok {
+				s.edgeNodeSeen(n.Name)
+			}
+		},
 		UpdateFunc: func(_, o any) {
 			if n, ok := o.(*corev1.Node); ok {
+				s.edgeNodeSeen(n.Name)
 				s.podCIDRsChanged(n.Name, nodeCIDRs(n))
 			}
 		},
@@ -122,6 +128,20 @@ func (s *Server) watchRevocations() {
 			}
 		},
 	})
+}
+
+// edgeNodeSeen tells node's pod sync, if it waits for its edge Node in
+// the cache (pods.Config.Nodes), that the cache holds it now.
+func (s *Server) edgeNodeSeen(node string) {
+	s.mu.Lock()
+	c := s.conns[node]
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if p := c.pods.Load(); p != nil {
+		p.NodeChanged()
+	}
 }
 
 func (s *Server) recordChanged(rec *identity.Record) {

@@ -60,7 +60,7 @@ func startLinkpollConns(tb testing.TB, serving tls.Certificate, verify func([]*x
 			s.tls13.Add(1)
 		}
 		s.connected.Add(1)
-		if _, err := s.p.Adopt(tc, linkpollHandler{s}); err != nil {
+		if _, err := s.p.Adopt(tc, func(*linkpoll.Conn) linkpoll.Handler { return linkpollHandler{s} }); err != nil {
 			s.connected.Add(-1)
 		}
 	})

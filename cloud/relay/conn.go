@@ -365,13 +365,22 @@ func (c *conn) end() {
 // true; false leaves reading paused (work closed the connection).
 func (c *conn) offload(work func() bool) {
 	c.lc.PauseReading()
-	c.s.wg.Add(1) // the connection holds one: not zero here
-	go func() {
-		defer c.s.wg.Done()
+	c.spawn(func() {
 		if work() {
 			c.lc.ResumeReading()
 		}
-	}()
+	})
+}
+
+// spawn runs f on a goroutine of its own, counted in s.wg, unless the
+// connection ended (its count may be gone: Server.Close may be waiting).
+func (c *conn) spawn(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return
+	}
+	c.s.wg.Go(f) // the connection's own count is still held: not zero
 }
 
 // helloFrame handles the first frame: a hello, checked here; its work

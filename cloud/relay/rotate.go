@@ -128,7 +128,7 @@ func (c *conn) certRequest(f wire.Frame, renewThenClose bool) {
 		})
 		return
 	}
-	c.s.wg.Go(func() { c.rotate(c.s.ctx, req.CSR) })
+	c.spawn(func() { c.rotate(c.s.ctx, req.CSR) })
 }
 
 // rotate signs csr for the connection's node, records the new serial next

@@ -75,7 +75,8 @@ func (c *Conn) write(frame []byte) error {
 
 // Close sends a close frame with code and reason (cut to the 123 bytes a
 // close frame holds) and closes the connection when the peer answers,
-// or after Config.CloseGrace.
+// or after Config.CloseGrace. No message is handed to the handler after
+// it.
 func (c *Conn) Close(code ws.StatusCode, reason string) {
 	if c.closing.Swap(true) || c.closed.Load() {
 		return
@@ -281,11 +282,15 @@ func (c *Conn) frame(f frame) bool {
 	}
 }
 
-// deliver hands msg to the handler. A handler that panics (a bug) closes
-// its connection with 1011, not the loop's others nor the process; the
-// panic and its stack are in the error Closed is told, not in the close
-// frame.
+// deliver hands msg to the handler, unless a close frame went out (what
+// the peer sent before it read that is dropped). A handler that panics
+// (a bug) closes its connection with 1011, not the loop's others nor the
+// process; the panic and its stack are in the error Closed is told, not
+// in the close frame.
 func (c *Conn) deliver(msg []byte) (ok bool) {
+	if c.closing.Load() {
+		return true
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			c.end(ws.StatusInternalServerError, "internal error", fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack()))

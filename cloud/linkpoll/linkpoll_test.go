@@ -213,15 +213,23 @@ func TestRefused(t *testing.T) {
 	}
 }
 
+// Close says goodbye with its code and reason; what the peer sent after
+// the message that closed is not handed to the handler.
 func TestClose(t *testing.T) {
 	h := newHandler()
-	h.onMessage = func(c *Conn, msg []byte) { c.Close(ws.StatusGoingAway, "relay shutting down") }
+	got := make(chan string, 8)
+	h.onMessage = func(c *Conn, msg []byte) {
+		got <- string(msg)
+		c.Close(ws.StatusGoingAway, "relay shutting down")
+	}
 	s := serve(t, Config{}, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := s.dial(t, ctx)
-	if err := c.Write(ctx, websocket.MessageBinary, []byte("bye?")); err != nil {
-		t.Fatal(err)
+	for _, m := range []string{"bye?", "more", "and more"} {
+		if err := c.Write(ctx, websocket.MessageBinary, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, _, err := c.Read(ctx)
 	var ce websocket.CloseError
@@ -229,6 +237,14 @@ func TestClose(t *testing.T) {
 		t.Fatalf("client read %v, want going away with the reason", err)
 	}
 	h.waitClosed(t)
+	close(got)
+	var msgs []string
+	for m := range got {
+		msgs = append(msgs, m)
+	}
+	if fmt.Sprint(msgs) != "[bye?]" {
+		t.Fatalf("the handler got %q, want only the message before the close", msgs)
+	}
 }
 
 func TestSilent(t *testing.T) {

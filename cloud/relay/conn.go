@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -344,6 +345,8 @@ func (c *conn) onEnd(f func()) bool {
 
 // end undoes what the connection started, as serve's defers did.
 func (c *conn) end() {
+	defer c.s.wg.Done()
+	defer c.recoverPanic()
 	c.mu.Lock()
 	c.ended = true
 	stops := c.stops
@@ -356,7 +359,6 @@ func (c *conn) end() {
 	c.tunnels.Shutdown(fmt.Errorf("edge node %q disconnected", c.node))
 	close(c.streamsDone)
 	c.release()
-	c.s.wg.Done()
 }
 
 // offload runs work, which may wait, on a goroutine of its own with the
@@ -374,13 +376,28 @@ func (c *conn) offload(work func() bool) {
 
 // spawn runs f on a goroutine of its own, counted in s.wg, unless the
 // connection ended (its count may be gone: Server.Close may be waiting).
+// A panic in f (a relay bug) closes this connection only, as one on the
+// poller's loop does.
 func (c *conn) spawn(f func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
 		return
 	}
-	c.s.wg.Go(f) // the connection's own count is still held: not zero
+	c.s.wg.Go(func() { // the connection's own count is still held: not zero
+		defer c.recoverPanic()
+		f()
+	})
+}
+
+// recoverPanic, deferred, recovers a panic of the connection's work off
+// the loop: counted, logged, and the connection closed with 1011.
+func (c *conn) recoverPanic() {
+	if r := recover(); r != nil {
+		c.s.metrics.panics.Inc()
+		c.log.Error("connection handler panicked; closing this connection", "panic", r, "stack", string(debug.Stack()))
+		c.close(closeInternalError, "relay internal error")
+	}
 }
 
 // helloFrame handles the first frame: a hello, checked here; its work

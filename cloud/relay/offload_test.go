@@ -1,7 +1,12 @@
 package relay_test
 
 import (
+	"context"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/relay"
@@ -61,4 +66,54 @@ func TestHelloWorkWaitsOffTheLoop(t *testing.T) {
 		t.Fatalf("ack %d, want 1", f.Ack)
 	}
 	waitFor(t, "four agents connected", func() bool { return tr.srv.Connected() == 4 })
+}
+
+// panickingAsNode panics for node boom: a relay bug in the hello's work.
+type panickingAsNode struct{ asnode.Same }
+
+func (p panickingAsNode) For(node string) (asnode.Client, error) {
+	if node == "boom" {
+		panic("a bug in the hello's work")
+	}
+	return p.Same.For(node)
+}
+
+// A panic in a connection's work, off the poller's loop, closes that
+// connection with 1011 and is counted; the relay serves the others.
+func TestPanicClosesOnlyThatConnection(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	tr := newTestRelay(t, func(cfg *relay.Config) {
+		cfg.AsNode = panickingAsNode{asnode.Same{C: cfg.Client}}
+		cfg.Registry = reg
+	})
+	boom := tr.dial(t, "boom")
+	send(t, boom, helloFrame(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		_, _, err := boom.Read(ctx)
+		if err == nil {
+			continue
+		}
+		if websocket.CloseStatus(err) != websocket.StatusInternalError {
+			t.Fatalf("the panicking connection ended with %v, want close status %d", err, websocket.StatusInternalError)
+		}
+		break
+	}
+	c := tr.hello(t, "fine")
+	send(t, c, encode(t, wire.TypeHeartbeat, 0, nil))
+	mustRecv(t, c, wire.TypeHeartbeat)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var panics float64
+	for _, mf := range mfs {
+		if mf.GetName() == "outpost_relay_connection_panics_total" {
+			panics = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if panics != 1 {
+		t.Fatalf("outpost_relay_connection_panics_total = %v, want 1", panics)
+	}
 }

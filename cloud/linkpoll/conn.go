@@ -37,6 +37,11 @@ type Conn struct {
 	closing  atomic.Bool // a close frame went out
 	closed   atomic.Bool
 	once     sync.Once
+	// draining: the connection failed (end); what arrives is dropped
+	// until the peer closes, and Closed is told drainErr. Set and read
+	// on the loop goroutine.
+	draining atomic.Bool
+	drainErr error
 }
 
 // ConnectionState is the connection's TLS state (the peer's
@@ -70,7 +75,8 @@ func (c *Conn) write(frame []byte) error {
 
 // Close sends a close frame with code and reason (cut to the 123 bytes a
 // close frame holds) and closes the connection when the peer answers,
-// or after Config.CloseGrace.
+// or after Config.CloseGrace. No message is handed to the handler after
+// it.
 func (c *Conn) Close(code ws.StatusCode, reason string) {
 	if c.closing.Swap(true) || c.closed.Load() {
 		return
@@ -82,6 +88,48 @@ func (c *Conn) Close(code ws.StatusCode, reason string) {
 		return
 	}
 	time.AfterFunc(c.loop.p.cfg.CloseGrace, func() { c.shut(ErrClosed) })
+}
+
+// Queued is the number of bytes waiting to be written to the peer.
+func (c *Conn) Queued() int {
+	c.raw.mu.Lock()
+	defer c.raw.mu.Unlock()
+	return len(c.raw.out)
+}
+
+// WaitQueued waits, at most timeout, until at most n bytes wait to be
+// written (the peer took the rest): for a writer that has its own
+// goroutine and more to send than the queue should hold, such as a burst
+// of large messages. It returns ErrClosed once the connection is closed,
+// and ErrSlowPeer after the timeout (the connection stays open: the
+// caller decides).
+func (c *Conn) WaitQueued(n int, timeout time.Duration) error {
+	var timer *time.Timer
+	for {
+		c.raw.mu.Lock()
+		if c.raw.closed {
+			c.raw.mu.Unlock()
+			return ErrClosed
+		}
+		if len(c.raw.out) <= n {
+			c.raw.mu.Unlock()
+			return nil
+		}
+		if c.raw.progress == nil {
+			c.raw.progress = make(chan struct{})
+		}
+		progress := c.raw.progress
+		c.raw.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(timeout)
+			defer timer.Stop()
+		}
+		select {
+		case <-progress:
+		case <-timer.C:
+			return ErrSlowPeer
+		}
+	}
 }
 
 // PauseReading stops reading the connection: the peer's bytes wait in
@@ -124,6 +172,10 @@ func (c *Conn) readable(buf []byte) {
 	if c.closed.Load() {
 		return
 	}
+	if c.draining.Load() {
+		c.drain(buf)
+		return
+	}
 	if !c.frames() { // what a pause left
 		return
 	}
@@ -133,6 +185,9 @@ func (c *Conn) readable(buf []byte) {
 			c.lastRead.Store(time.Now().UnixNano())
 			c.in = append(c.in, buf[:n]...)
 			if !c.frames() {
+				if c.draining.Load() {
+					c.drain(buf)
+				}
 				return
 			}
 		}
@@ -150,11 +205,11 @@ func (c *Conn) readable(buf []byte) {
 // ended or paused.
 func (c *Conn) frames() bool {
 	max := c.loop.p.cfg.MaxMessage
-	for len(c.in) > 0 && !c.paused.Load() && !c.closed.Load() {
+	for len(c.in) > 0 && !c.paused.Load() && !c.closed.Load() && !c.draining.Load() {
 		f, n, err := parseFrame(c.in, max)
 		if err != nil {
 			code := ws.StatusProtocolError
-			if errors.Is(err, errTooLarge) {
+			if errors.Is(err, ErrTooLarge) {
 				code = ws.StatusMessageTooBig
 			}
 			c.fail(code, err)
@@ -174,7 +229,7 @@ func (c *Conn) frames() bool {
 	case cap(c.in) > 2*len(c.in)+4096:
 		c.in = append([]byte(nil), c.in...) // keep the partial frame only
 	}
-	return !c.paused.Load() && !c.closed.Load()
+	return !c.paused.Load() && !c.closed.Load() && !c.draining.Load()
 }
 
 // frame handles one frame; false when the connection ended.
@@ -195,7 +250,7 @@ func (c *Conn) frame(f frame) bool {
 		c.shut(io.EOF)
 		return false
 	case ws.OpText:
-		c.fail(ws.StatusUnsupportedData, errTextRefuse)
+		c.fail(ws.StatusUnsupportedData, ErrText)
 		return false
 	case ws.OpBinary:
 		if c.msgOp {
@@ -214,7 +269,7 @@ func (c *Conn) frame(f frame) bool {
 			return false
 		}
 		if len(c.msg)+len(f.payload) > c.loop.p.cfg.MaxMessage {
-			c.fail(ws.StatusMessageTooBig, fmt.Errorf("%w: over %d bytes in fragments", errTooLarge, c.loop.p.cfg.MaxMessage))
+			c.fail(ws.StatusMessageTooBig, fmt.Errorf("%w: over %d bytes in fragments", ErrTooLarge, c.loop.p.cfg.MaxMessage))
 			return false
 		}
 		c.msg = append(c.msg, f.payload...)
@@ -227,31 +282,86 @@ func (c *Conn) frame(f frame) bool {
 	}
 }
 
-// deliver hands msg to the handler. A handler that panics (a bug) closes
-// its connection, not the loop's others nor the process.
+// deliver hands msg to the handler, unless a close frame went out (what
+// the peer sent before it read that is dropped). A handler that panics
+// (a bug) closes its connection with 1011, not the loop's others nor the
+// process; the panic and its stack are in the error Closed is told, not
+// in the close frame.
 func (c *Conn) deliver(msg []byte) (ok bool) {
+	if c.closing.Load() {
+		return true
+	}
 	defer func() {
 		if r := recover(); r != nil {
-			c.fail(ws.StatusInternalServerError, fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack()))
+			c.end(ws.StatusInternalServerError, "internal error", fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack()))
 			ok = false
 		}
 	}()
 	c.h.Message(c, msg)
-	return !c.closed.Load()
+	return !c.closed.Load() && !c.draining.Load()
 }
 
-// fail closes the connection for a protocol error: a close frame, then
-// the socket at once.
+// Refuser is implemented by a Handler that wants to answer a message
+// refused at the WebSocket layer (ErrTooLarge, ErrText, a protocol
+// error) before the close frame goes out: Refused runs on the loop
+// goroutine and may write one last message (an error of the
+// application's protocol). It must not block.
+type Refuser interface {
+	Refused(c *Conn, err error)
+}
+
+// fail closes the connection for a protocol error of the peer: the
+// handler's last word (Refuser), a close frame saying why, then the
+// socket at once.
 func (c *Conn) fail(code ws.StatusCode, err error) {
+	if r, ok := c.h.(Refuser); ok && !c.closing.Load() {
+		func() {
+			defer func() { recover() }() // closing anyway
+			r.Refused(c, err)
+		}()
+	}
+	c.end(code, err.Error(), err)
+}
+
+// end sends a close frame with code and reason and stops handling the
+// connection's messages; what the peer still sends is read and dropped
+// until it closes, or for Config.CloseGrace, and then the socket is
+// closed, telling the handler err. (Closing a socket with unread bytes
+// resets it, and the peer may lose the close frame and what came
+// before.) On the loop goroutine.
+func (c *Conn) end(code ws.StatusCode, reason string, err error) {
 	if !c.closing.Swap(true) {
-		reason := err.Error()
 		if len(reason) > 123 {
 			reason = reason[:123]
 		}
 		c.tls.Write(serverFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason)))
 	}
 	c.raw.flushNow()
-	c.shut(err)
+	if c.draining.Swap(true) {
+		return
+	}
+	c.drainErr = err
+	c.in, c.msg, c.msgOp = nil, nil, false
+	time.AfterFunc(c.loop.p.cfg.CloseGrace, func() { c.shut(err) })
+	if c.paused.Swap(false) {
+		c.raw.rearm(true)
+	}
+	c.loop.post(c)
+}
+
+// drain reads and drops what the peer sends after end, on the loop
+// goroutine, and closes the connection at its end.
+func (c *Conn) drain(buf []byte) {
+	for {
+		_, err := c.raw.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		if err != nil {
+			c.shut(c.drainErr)
+			return
+		}
+	}
 }
 
 // rawConn is the connection under crypto/tls: the TCP connection itself
@@ -267,6 +377,17 @@ type rawConn struct {
 	out     []byte // queued writes, nil when none
 	reading bool   // EPOLLIN wanted (not paused)
 	closed  bool
+	// progress, when someone waits (WaitQueued), is closed and cleared
+	// when the queue shrank or the connection closed.
+	progress chan struct{}
+}
+
+// progressed wakes the WaitQueued callers; c.mu held.
+func (c *rawConn) progressed() {
+	if c.progress != nil {
+		close(c.progress)
+		c.progress = nil
+	}
 }
 
 func newRawConn(tcp *net.TCPConn) (*rawConn, error) {
@@ -369,6 +490,9 @@ func (c *rawConn) flush() error {
 	if err != nil {
 		return err
 	}
+	if n > 0 {
+		c.progressed()
+	}
 	if c.out = c.out[n:]; len(c.out) > 0 {
 		return nil
 	}
@@ -411,6 +535,7 @@ func (c *rawConn) shut() {
 	c.mu.Lock()
 	c.closed = true
 	c.out = nil
+	c.progressed()
 	c.mu.Unlock()
 	c.TCPConn.Close()
 }

@@ -9,15 +9,18 @@ import (
 )
 
 // Errors a client's frame can fail with; each closes the connection.
+// ErrTooLarge and ErrText are exported for a Refuser to tell them apart.
 var (
-	errUnmasked   = errors.New("client frame not masked")
-	errReserved   = errors.New("frame has reserved bits set (no extension was negotiated)")
-	errControl    = errors.New("control frame fragmented or over 125 bytes")
-	errLengthMSB  = errors.New("frame length has its most significant bit set")
-	errTooLarge   = errors.New("message too large")
-	errOpcode     = errors.New("unknown opcode")
-	errSequence   = errors.New("continuation frame outside a fragmented message, or a new message inside one")
-	errTextRefuse = errors.New("text messages are refused: messages are binary")
+	errUnmasked  = errors.New("client frame not masked")
+	errReserved  = errors.New("frame has reserved bits set (no extension was negotiated)")
+	errControl   = errors.New("control frame fragmented or over 125 bytes")
+	errLengthMSB = errors.New("frame length has its most significant bit set")
+	// ErrTooLarge: a message over Config.MaxMessage (close code 1009).
+	ErrTooLarge = errors.New("message too large")
+	errOpcode   = errors.New("unknown opcode")
+	errSequence = errors.New("continuation frame outside a fragmented message, or a new message inside one")
+	// ErrText: a text message (close code 1003).
+	ErrText = errors.New("text messages are refused: messages are binary")
 )
 
 // frame is one parsed client frame; payload is unmasked, in place in the
@@ -74,7 +77,7 @@ func parseFrame(in []byte, max int) (f frame, n int, err error) {
 		return f, 0, errControl
 	}
 	if length > uint64(max) {
-		return f, 0, fmt.Errorf("%w: a frame of %d bytes, the limit is %d", errTooLarge, length, max)
+		return f, 0, fmt.Errorf("%w: a frame of %d bytes, the limit is %d", ErrTooLarge, length, max)
 	}
 	var mask [4]byte
 	if len(in) < hdr+4 {

@@ -60,7 +60,7 @@ func TestParseFrame(t *testing.T) {
 		{"fragmented ping", clientFrame(false, ws.OpPing, nil), 0, nil, 0, false, errControl},
 		{"long close", clientFrame(true, ws.OpClose, long[:126]), 0, nil, 0, false, errControl},
 		// Refused on the header alone: the payload is never waited for.
-		{"too large, header only", []byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0}, 0, nil, 0, false, errTooLarge},
+		{"too large, header only", []byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0}, 0, nil, 0, false, ErrTooLarge},
 		{"length MSB", []byte{0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1}, 0, nil, 0, false, errLengthMSB},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -18,8 +18,16 @@
 // to Config.MaxMessage, refused as soon as a header says more) and hands
 // each binary message to the Handler on the loop's goroutine. Linux only.
 //
-// Not wired into the relay: see docs/benchmarks.md, "Relay cost per
-// connection alone".
+// A handler whose work may wait pauses the connection's reading
+// (Conn.PauseReading) and does the work on a goroutine of its own, which
+// resumes it: the peer is held back by TCP flow control meanwhile. A
+// connection that breaks the protocol gets its Refuser's last message and
+// a close frame, and what it still sends is dropped until it closes (or
+// Config.CloseGrace), so the close frame is not lost to a reset. A
+// handler that panics closes its connection only, with 1011.
+//
+// The relay serves its agent links with it (cloud/relay, conn.go); the
+// figures are in docs/benchmarks.md, "Relay cost per connection alone".
 package linkpoll
 
 import (
@@ -148,10 +156,12 @@ func (l listener) Accept() (net.Conn, error) {
 
 // Adopt takes over tc, whose handshake and WebSocket upgrade are done and
 // whose connection came from a Listener of this poller, and returns it as
-// a Conn served by h. Nothing may have been read past the upgrade
-// request outside tc (a hijacked bufio.Reader with bytes buffered: refuse
-// the connection instead). On an error tc is closed and h is not told.
-func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
+// a Conn served by the Handler newHandler returns for it (called once,
+// before any event, so the handler can keep the Conn). Nothing may have
+// been read past the upgrade request outside tc (a hijacked bufio.Reader
+// with bytes buffered: refuse the connection instead). On an error tc is
+// closed and the handler is not told.
+func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, error) {
 	raw, ok := tc.NetConn().(*rawConn)
 	if !ok {
 		tc.Close()
@@ -168,7 +178,8 @@ func (p *Poller) Adopt(tc *tls.Conn, h Handler) (*Conn, error) {
 		return nil, err
 	}
 	l := p.loops[int(p.next.Add(1))%len(p.loops)]
-	c := &Conn{loop: l, raw: raw, tls: tc, h: h}
+	c := &Conn{loop: l, raw: raw, tls: tc}
+	c.h = newHandler(c)
 	c.lastRead.Store(time.Now().UnixNano())
 	raw.loop = l
 	raw.nonblocking.Store(true)

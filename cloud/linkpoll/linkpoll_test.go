@@ -99,7 +99,7 @@ func serve(t *testing.T, cfg Config, h Handler) *server {
 			conn.Close()
 			return
 		}
-		if _, err := p.Adopt(tc, h); err != nil {
+		if _, err := p.Adopt(tc, func(*Conn) Handler { return h }); err != nil {
 			t.Errorf("adopt: %v", err)
 		}
 	})
@@ -178,7 +178,7 @@ func TestRefused(t *testing.T) {
 	}{
 		{"message over the limit", func(ctx context.Context, c *websocket.Conn) error {
 			return c.Write(ctx, websocket.MessageBinary, make([]byte, testMax+1))
-		}, websocket.StatusMessageTooBig, errTooLarge},
+		}, websocket.StatusMessageTooBig, ErrTooLarge},
 		{"fragments over the limit", func(ctx context.Context, c *websocket.Conn) error {
 			w, err := c.Writer(ctx, websocket.MessageBinary)
 			if err != nil {
@@ -190,10 +190,10 @@ func TestRefused(t *testing.T) {
 				}
 			}
 			return w.Close()
-		}, websocket.StatusMessageTooBig, errTooLarge},
+		}, websocket.StatusMessageTooBig, ErrTooLarge},
 		{"text message", func(ctx context.Context, c *websocket.Conn) error {
 			return c.Write(ctx, websocket.MessageText, []byte("hello"))
-		}, websocket.StatusUnsupportedData, errTextRefuse},
+		}, websocket.StatusUnsupportedData, ErrText},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHandler()
@@ -213,15 +213,23 @@ func TestRefused(t *testing.T) {
 	}
 }
 
+// Close says goodbye with its code and reason; what the peer sent after
+// the message that closed is not handed to the handler.
 func TestClose(t *testing.T) {
 	h := newHandler()
-	h.onMessage = func(c *Conn, msg []byte) { c.Close(ws.StatusGoingAway, "relay shutting down") }
+	got := make(chan string, 8)
+	h.onMessage = func(c *Conn, msg []byte) {
+		got <- string(msg)
+		c.Close(ws.StatusGoingAway, "relay shutting down")
+	}
 	s := serve(t, Config{}, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c := s.dial(t, ctx)
-	if err := c.Write(ctx, websocket.MessageBinary, []byte("bye?")); err != nil {
-		t.Fatal(err)
+	for _, m := range []string{"bye?", "more", "and more"} {
+		if err := c.Write(ctx, websocket.MessageBinary, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	_, _, err := c.Read(ctx)
 	var ce websocket.CloseError
@@ -229,6 +237,14 @@ func TestClose(t *testing.T) {
 		t.Fatalf("client read %v, want going away with the reason", err)
 	}
 	h.waitClosed(t)
+	close(got)
+	var msgs []string
+	for m := range got {
+		msgs = append(msgs, m)
+	}
+	if fmt.Sprint(msgs) != "[bye?]" {
+		t.Fatalf("the handler got %q, want only the message before the close", msgs)
+	}
 }
 
 func TestSilent(t *testing.T) {
@@ -369,7 +385,7 @@ func TestAdoptRefusesForeignConn(t *testing.T) {
 	defer p.Close()
 	a, b := net.Pipe()
 	defer b.Close()
-	if _, err := p.Adopt(tls.Server(a, &tls.Config{}), newHandler()); err == nil {
+	if _, err := p.Adopt(tls.Server(a, &tls.Config{}), func(*Conn) Handler { return newHandler() }); err == nil {
 		t.Fatal("adopted a connection that did not come from the poller's listener")
 	}
 }
@@ -390,8 +406,10 @@ func TestHandlerPanic(t *testing.T) {
 	if err := bad.Write(ctx, websocket.MessageBinary, []byte("boom")); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := bad.Read(ctx); websocket.CloseStatus(err) != websocket.StatusInternalError {
-		t.Fatalf("client read %v, want close status %d", err, websocket.StatusInternalError)
+	_, _, err := bad.Read(ctx)
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusInternalError || ce.Reason != "internal error" {
+		t.Fatalf("client read %v, want close status %d saying only \"internal error\"", err, websocket.StatusInternalError)
 	}
 	if err := h.waitClosed(t); !errors.Is(err, ErrPanic) {
 		t.Fatalf("closed with %v, want ErrPanic", err)
@@ -401,5 +419,202 @@ func TestHandlerPanic(t *testing.T) {
 	}
 	if _, msg, err := good.Read(ctx); err != nil || string(msg) != "fine" {
 		t.Fatalf("the other connection: echo %q, %v", msg, err)
+	}
+}
+
+// The relay's pattern for work that may wait: a handler that finds its
+// bounded queue full pauses reading and has a goroutine resume it once
+// there is room. Nothing is lost or reordered, the queue never holds more
+// than its bound, the handler never blocks, and another connection of
+// the same loop is served while this one is held back.
+func TestPauseWhileQueueFull(t *testing.T) {
+	const n = 500
+	queue := make(chan string, 4)
+	var pauses sync.WaitGroup
+	paused := make(chan struct{}, n)
+	h := newHandler()
+	h.onMessage = func(c *Conn, msg []byte) {
+		if string(msg) == "echo" {
+			c.WriteMessage(msg)
+			return
+		}
+		m := string(msg)
+		select {
+		case queue <- m:
+			return
+		default:
+		}
+		c.PauseReading()
+		paused <- struct{}{}
+		pauses.Go(func() {
+			queue <- m // waits here, off the loop, until there is room
+			c.ResumeReading()
+		})
+	}
+	s := serve(t, Config{Loops: 1}, h)
+	t.Cleanup(pauses.Wait)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, other := s.dial(t, ctx), s.dial(t, ctx)
+	sent := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if err := c.Write(ctx, websocket.MessageBinary, fmt.Appendf(bytes.Repeat([]byte{'x'}, 1000), "%d", i)); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	// Nothing is taken from the queue yet: the connection pauses.
+	select {
+	case <-paused:
+	case <-ctx.Done():
+		t.Fatal("the handler never paused")
+	}
+	if err := other.Write(ctx, websocket.MessageBinary, []byte("echo")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := other.Read(ctx); err != nil || string(msg) != "echo" {
+		t.Fatalf("the other connection while this one is paused: %q, %v", msg, err)
+	}
+	for i := range n {
+		select {
+		case m := <-queue:
+			if want := fmt.Sprintf("%s%d", bytes.Repeat([]byte{'x'}, 1000), i); m != want {
+				t.Fatalf("message %d out of order: got %q...", i, m[1000:])
+			}
+		case <-ctx.Done():
+			t.Fatalf("message %d never came", i)
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A peer that never reads is closed as slow while another connection of
+// the same loop keeps being served: the writer is never blocked.
+func TestNeverReadingPeerAlone(t *testing.T) {
+	h := newHandler()
+	flooded := make(chan error, 1)
+	h.onMessage = func(c *Conn, msg []byte) {
+		if string(msg) != "flood me" {
+			c.WriteMessage(msg)
+			return
+		}
+		big := make([]byte, 256<<10)
+		for range 4096 {
+			if err := c.WriteMessage(big); err != nil {
+				flooded <- err
+				return
+			}
+		}
+		flooded <- nil
+	}
+	s := serve(t, Config{Loops: 1, MaxQueued: 1 << 20}, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bad, good := s.dial(t, ctx), s.dial(t, ctx)
+	if err := bad.Write(ctx, websocket.MessageBinary, []byte("flood me")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-flooded; !errors.Is(err, ErrSlowPeer) {
+		t.Fatalf("writes to the peer that never reads ended with %v, want ErrSlowPeer", err)
+	}
+	if err := h.waitClosed(t); !errors.Is(err, ErrSlowPeer) {
+		t.Fatalf("closed with %v, want ErrSlowPeer", err)
+	}
+	for range 3 {
+		if err := good.Write(ctx, websocket.MessageBinary, []byte("fine")); err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := good.Read(ctx); err != nil || string(msg) != "fine" {
+			t.Fatalf("the other connection: echo %q, %v", msg, err)
+		}
+	}
+}
+
+// WaitQueued waits for the peer to take what is queued: it gives up
+// after its timeout while the peer reads nothing, and returns once the
+// peer read it.
+func TestWaitQueued(t *testing.T) {
+	h := newHandler()
+	conns := make(chan *Conn, 1)
+	h.onMessage = func(c *Conn, msg []byte) { conns <- c }
+	s := serve(t, Config{MaxQueued: 64 << 20}, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := s.dial(t, ctx)
+	c.SetReadLimit(1 << 20)
+	if err := c.Write(ctx, websocket.MessageBinary, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	sc := <-conns
+	big := make([]byte, 512<<10)
+	sent := 0
+	for sc.Queued() == 0 { // past the socket buffers
+		if err := sc.WriteMessage(big); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	if err := sc.WaitQueued(0, 50*time.Millisecond); !errors.Is(err, ErrSlowPeer) {
+		t.Fatalf("WaitQueued while the peer reads nothing: %v, want ErrSlowPeer", err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		for range sent {
+			if _, _, err := c.Read(ctx); err != nil {
+				read <- err
+				return
+			}
+		}
+		read <- nil
+	}()
+	if err := sc.WaitQueued(0, 30*time.Second); err != nil {
+		t.Fatalf("WaitQueued while the peer reads: %v", err)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	sc.Close(ws.StatusNormalClosure, "")
+	if err := sc.WaitQueued(0, time.Second); err != nil && !errors.Is(err, ErrClosed) {
+		t.Fatalf("WaitQueued after close: %v", err)
+	}
+}
+
+// refuser answers refused messages with a last message of its own.
+type refuser struct {
+	*handler
+	refused chan error
+}
+
+func (r refuser) Refused(c *Conn, err error) {
+	r.refused <- err
+	c.WriteMessage([]byte("refused: " + err.Error()))
+}
+
+// A Refuser's last message reaches the peer before the close frame, even
+// when the peer is still sending the message that was refused.
+func TestRefuserLastWord(t *testing.T) {
+	h := refuser{newHandler(), make(chan error, 1)}
+	s := serve(t, Config{}, h)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := s.dial(t, ctx)
+	go c.Write(ctx, websocket.MessageBinary, make([]byte, 4*testMax)) // refused from its header on
+	_, msg, err := c.Read(ctx)
+	if err != nil || !bytes.HasPrefix(msg, []byte("refused: message too large")) {
+		t.Fatalf("first read %q, %v; want the refusal", msg, err)
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+		t.Fatalf("then %v, want close status %d", err, websocket.StatusMessageTooBig)
+	}
+	if err := <-h.refused; !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Refused told %v, want ErrTooLarge", err)
+	}
+	if err := h.waitClosed(t); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("closed with %v, want ErrTooLarge", err)
 	}
 }

@@ -20,11 +20,12 @@ import (
 // are bounded by the writers' own queues (each coalesces per object).
 //
 // Writers mark reports done from shared worker goroutines (the relay's
-// API write pools), which must never wait on one connection: a peer that
-// stops reading holds a frame write for up to the write timeout. So the
-// ack goes out from a goroutine of its own that exists only while an ack
-// waits to be sent; acks are cumulative, so one not yet sent is replaced
-// by a newer one, and a slow connection delays only its own acks.
+// API write pools), which must never wait on one connection. Link writes
+// never wait (the poller queues them, and closes a peer that lets too
+// much wait), and send is still called from a goroutine of its own that
+// exists only while an ack waits to be sent, so a worker never runs the
+// connection's code; acks are cumulative, so one not yet sent is
+// replaced by a newer one.
 type acks struct {
 	send func(seq uint64)
 

@@ -29,6 +29,7 @@ func Example() {
 	}
 	cert, _ := ca.ServingCert([]string{"127.0.0.1"}, time.Hour)
 	hs := httptest.NewUnstartedServer(srv)
+	hs.Listener = srv.Listener(hs.Listener)
 	hs.TLS = srv.TLSConfig(cert)
 	hs.StartTLS()
 	defer hs.Close()

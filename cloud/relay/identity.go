@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/coder/websocket"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,7 +20,7 @@ import (
 // revoked or deleted, or re-joined with a new certificate. It also closes
 // a link whose certificate expired within the grace and that did not ask
 // for a new one in time (serveExpired).
-const CloseRevoked websocket.StatusCode = 4004
+const CloseRevoked = 4004
 
 // checkIdentity says why the certificate serial of node is refused, ""
 // when it is accepted (see cloud/identity). The cache answers first; a
@@ -166,8 +165,6 @@ func (s *Server) closeNode(node, serial, why string) {
 		return
 	}
 	c.log.Warn("certificate revoked; closing the link", "reason", why)
-	go func() {
-		c.sendError(wire.CodeForbidden, why, true)
-		c.close(CloseRevoked, "certificate revoked")
-	}()
+	c.sendError(wire.CodeForbidden, why, true) // writes never wait
+	c.close(CloseRevoked, "certificate revoked")
 }

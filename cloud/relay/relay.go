@@ -15,9 +15,15 @@
 //	asNode, _ := asnode.New(restConfig)
 //	srv, _ := relay.New(relay.Config{Client: client, AsNode: asNode, CA: ca, Log: log})
 //	hs := httptest.NewUnstartedServer(srv)
+//	hs.Listener = srv.Listener(hs.Listener) // agent links are served by the poller
 //	hs.TLS = srv.TLSConfig(servingCert)
 //	hs.StartTLS()
 //	defer srv.Close() // closes agent connections; then hs.Close()
+//
+// Agent links (wire.PathConnect) cost no goroutine while idle: once the
+// upgrade is answered, the connection is served by a few epoll loops
+// (cloud/linkpoll), so the listener the server is served on must be
+// wrapped by Server.Listener. Linux only, as linkpoll.
 package relay
 
 import (
@@ -41,6 +47,7 @@ import (
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/linkpoll"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
@@ -197,7 +204,11 @@ type Server struct {
 
 	ctx    context.Context // ends when the relay closes; parent of every connection
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // connection goroutines
+	// wg counts the agent connections until their end is undone, and
+	// the goroutines they run work on (offload, rotations).
+	wg sync.WaitGroup
+	// poller serves the agent links once upgraded.
+	poller *linkpoll.Poller
 	// handshakes holds a token per connection not yet past its
 	// hello-ack (Config.MaxHandshakes).
 	handshakes chan struct{}
@@ -296,6 +307,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	poller, err := linkpoll.New(linkpoll.Config{
+		MaxMessage: wire.MaxFrameSize,
+		MaxQueued:  maxQueued,
+		Silent:     3 * cfg.HeartbeatInterval,
+		CloseGrace: closeGrace,
+	})
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	jc := join.NewCache(cfg.Client)
 	ids := identity.New(cfg.Client, cfg.Namespace)
@@ -312,6 +332,7 @@ func New(cfg Config) (*Server, error) {
 	})
 	if err != nil {
 		cancel()
+		poller.Close()
 		return nil, err
 	}
 	var dw *devices.Writer
@@ -320,6 +341,7 @@ func New(cfg Config) (*Server, error) {
 		dc.Dynamic, dc.Log, dc.Registerer = cfg.Dynamic, cfg.Log, cfg.Registry
 		if dw, err = devices.NewWriter(dc); err != nil {
 			cancel()
+			poller.Close()
 			return nil, err
 		}
 	}
@@ -336,6 +358,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:    m,
 		ctx:        ctx,
 		cancel:     cancel,
+		poller:     poller,
 		conns:      map[string]*conn{},
 	}
 	if cfg.Dynamic != nil {
@@ -346,6 +369,7 @@ func New(cfg Config) (*Server, error) {
 		uc.Dynamic, uc.Nodes, uc.Log = cfg.Dynamic, s.edgeNodes, cfg.Log
 		if s.upgrades, err = upgrade.New(uc); err != nil {
 			cancel()
+			poller.Close()
 			return nil, err
 		}
 	}
@@ -381,6 +405,11 @@ func (s *Server) TLSConfig(cert tls.Certificate) *tls.Config {
 	}
 }
 
+// Listener wraps ln, the TCP listener the server is served on (under its
+// TLS), so that agent links can be handed to the relay's poller once
+// upgraded: every listener serving wire.PathConnect must be wrapped.
+func (s *Server) Listener(ln net.Listener) net.Listener { return s.poller.Listener(ln) }
+
 // Connected returns the number of agents connected now.
 func (s *Server) Connected() int {
 	s.mu.Lock()
@@ -389,11 +418,12 @@ func (s *Server) Connected() int {
 }
 
 // Close closes every agent connection with "going away", so agents
-// reconnect (to another replica), and waits for their goroutines. It writes
-// nothing to the API server: nodes stay Ready if their agents come back
-// before the node lifecycle controller's grace period ends. Close the
-// http.Server (or listener) too; hijacked WebSocket connections are not its
-// to close.
+// reconnect (to another replica), waits for their close handshakes (at
+// most closeGrace), closes the rest, and waits until everything the
+// connections started has stopped. It writes nothing to the API server:
+// nodes stay Ready if their agents come back before the node lifecycle
+// controller's grace period ends. Close the http.Server (or listener)
+// too; agent links are not its to close.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -402,12 +432,14 @@ func (s *Server) Close() error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	var closing sync.WaitGroup
 	for _, c := range conns {
-		closing.Go(func() { c.close(websocketGoingAway, "relay shutting down") })
+		c.close(closeGoingAway, "relay shutting down")
 	}
-	closing.Wait()
-	s.cancel() // connections still in their hello end here
+	for _, c := range conns {
+		<-c.closed // the close frame's grace bounds it
+	}
+	s.cancel()       // work on the connections still in their hello ends here
+	s.poller.Close() // and those connections with it
 	s.wg.Wait()
 	if s.devices != nil {
 		s.devices.Close()

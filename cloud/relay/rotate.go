@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"outpost.dev/cloud/identity"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/wire"
@@ -104,22 +102,33 @@ func (r *rotation) end() {
 }
 
 // certRequest answers a cert-request frame: refused at once (a non-fatal
-// error) or signed by rotate, on its own goroutine unless wait says so.
-func (c *conn) certRequest(f wire.Frame, wait bool) bool {
+// error) or signed by rotate on a goroutine of its own, which exists only
+// while it signs (one request at a time per connection: rotation.begin).
+// With renewThenClose (an expired certificate, serveExpired) reading is
+// paused meanwhile and the connection closes once the certificate is
+// sent.
+func (c *conn) certRequest(f wire.Frame, renewThenClose bool) {
 	var req wire.CertRequest
 	if err := f.DecodeBody(&req); err != nil {
 		c.fatalDecode(err)
-		return false
+		return
 	}
 	if why := c.rot.begin(time.Now()); why != "" {
 		c.log.Warn("cert-request refused", "reason", why)
-		return c.sendError(wire.CodeProtocol, why, false)
+		c.sendError(wire.CodeProtocol, why, false)
+		return
 	}
-	if wait {
-		return c.rotate(c.s.ctx, req.CSR)
+	if renewThenClose {
+		c.offload(func() bool {
+			if c.rotate(c.s.ctx, req.CSR) {
+				c.close(closeNormal, "certificate renewed: connect with it")
+				return false
+			}
+			return true
+		})
+		return
 	}
-	c.s.wg.Go(func() { c.rotate(c.s.ctx, req.CSR) })
-	return true
+	c.spawn(func() { c.rotate(c.s.ctx, req.CSR) })
 }
 
 // rotate signs csr for the connection's node, records the new serial next
@@ -167,45 +176,37 @@ func (s *Server) signRotation(ctx context.Context, node, current string, csrDER 
 	return cert, nil
 }
 
-// serveExpired runs a connection whose certificate expired within the
+// serveExpired serves a connection whose certificate expired within the
 // grace: after the hello-ack it answers heartbeats and one cert-request,
 // acts on nothing else (durable reports are not acked, so the agent keeps
 // them), and closes once the new certificate is sent, for the agent to
-// connect with it.
+// connect with it (expiredFrame).
 func (c *conn) serveExpired(version uint16) {
 	c.log.Warn("node certificate expired; this connection may only rotate it")
+	c.state.Store(stateExpired)
 	if !c.send(wire.TypeHelloAck, &wire.HelloAck{
 		Version: version, NodeName: c.node,
 		HeartbeatSeconds: uint32(c.s.cfg.HeartbeatInterval / time.Second), RelayVersion: c.s.cfg.Version,
 	}) {
 		return
 	}
-	deadline := time.Now().Add(max(expiredWithin, c.s.cfg.HelloTimeout))
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			c.fatal(wire.CodeForbidden, "node certificate expired and no cert-request came: an agent that rotates certificates connects again", CloseRevoked)
-			return
-		}
-		f, ok := c.read(left, "cert-request")
-		if !ok {
-			return
-		}
-		switch f.Type {
-		case wire.TypeCertRequest:
-			if c.certRequest(f, true) {
-				c.close(websocket.StatusNormalClosure, "certificate renewed: connect with it")
-				return
-			}
-		case wire.TypeHeartbeat:
-			if !c.send(wire.TypeHeartbeat, nil) {
-				return
-			}
-		case wire.TypeError:
-			return
-		default:
-			c.log.Debug("frame ignored: the certificate expired, only a cert-request is answered", "type", f.Type)
-		}
+	expiry := time.AfterFunc(max(expiredWithin, c.s.cfg.HelloTimeout), func() {
+		c.fatal(wire.CodeForbidden, "node certificate expired and no cert-request came: an agent that rotates certificates connects again", CloseRevoked)
+	})
+	c.onEnd(func() { expiry.Stop() })
+}
+
+// expiredFrame handles a frame of a connection whose certificate expired.
+func (c *conn) expiredFrame(f wire.Frame) {
+	switch f.Type {
+	case wire.TypeCertRequest:
+		c.certRequest(f, true)
+	case wire.TypeHeartbeat:
+		c.send(wire.TypeHeartbeat, nil)
+	case wire.TypeError:
+		c.close(closeNormal, "agent reported an error")
+	default:
+		c.log.Debug("frame ignored: the certificate expired, only a cert-request is answered", "type", f.Type)
 	}
 }
 

@@ -313,7 +313,7 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 		"heartbeat", o.Heartbeat, "lease_duration", o.LeaseDuration)
 
 	errc := make(chan error, 2)
-	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	go func() { errc <- hs.ServeTLS(srv.Listener(ln), "", "") }()
 	var ks *http.Server
 	if kl != nil {
 		ks = &http.Server{

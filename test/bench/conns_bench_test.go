@@ -289,9 +289,10 @@ func isHeartbeat(msg []byte) bool {
 	return err == nil && f.Type == wire.TypeHeartbeat && f.DecodeBody(&wire.Heartbeat{}) == nil
 }
 
-// stdConns is the relay's stack: net/http serving TLS, the connection
-// hijacked by coder/websocket, and the handler's goroutine reading it,
-// each read bounded by three heartbeat intervals, as conn.serve does.
+// stdConns is the relay's former stack (before cloud/linkpoll): net/http
+// serving TLS, the connection hijacked by coder/websocket, and the
+// handler's goroutine reading it, each read bounded by three heartbeat
+// intervals, as the relay's conn.serve did.
 type stdConns struct {
 	connCounters
 	ln     net.Listener

@@ -15,9 +15,10 @@ import (
 )
 
 // linkpollConns is the event-driven design that keeps the standard
-// library's crypto/tls (cloud/linkpoll): net/http serves the TLS
-// handshake and the upgrade request on its connection goroutine, as
-// today (the relay bounds those with Config.MaxHandshakes);
+// library's crypto/tls (cloud/linkpoll), as the relay serves its links:
+// net/http serves the TLS handshake and the upgrade request on its
+// connection goroutine (the relay bounds those with
+// Config.MaxHandshakes);
 // github.com/gobwas/ws answers the upgrade; then linkpoll adopts the
 // connection and that goroutine ends. An epoll loop per CPU
 // (golang.org/x/sys/unix) decrypts what arrives without blocking and
@@ -60,7 +61,7 @@ func startLinkpollConns(tb testing.TB, serving tls.Certificate, verify func([]*x
 			s.tls13.Add(1)
 		}
 		s.connected.Add(1)
-		if _, err := s.p.Adopt(tc, linkpollHandler{s}); err != nil {
+		if _, err := s.p.Adopt(tc, func(*linkpoll.Conn) linkpoll.Handler { return linkpollHandler{s} }); err != nil {
 			s.connected.Add(-1)
 		}
 	})

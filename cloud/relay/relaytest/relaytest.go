@@ -42,7 +42,7 @@ func ServeAt(tb testing.TB, cfg relay.Config, addr string) (*relay.Server, *http
 	}
 	hs := httptest.NewUnstartedServer(srv)
 	hs.Listener.Close()
-	hs.Listener = ln
+	hs.Listener = srv.Listener(ln)
 	hs.TLS = srv.TLSConfig(cert)
 	if cfg.Log != nil { // TLS handshake noise (probes, scanners) at debug, as outpost-relay logs it
 		hs.Config.ErrorLog = slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug)

@@ -133,8 +133,10 @@ func BenchmarkRelayMemory(b *testing.B) {
 			b.Fatalf("agents: %q %v", line, err)
 		}
 		connected := time.Since(start)
-		// Wait until every node has been written and the relay is quiet.
-		wait.State(b, ctx, 5*time.Minute, "every node and its lease written", func() (bool, string) {
+		// Wait until every node has been written and the relay is quiet:
+		// a new Node and its Lease take a few writes each, at about 20
+		// Nodes a second on this machine with a loaded control plane.
+		wait.State(b, ctx, 5*time.Minute+time.Duration(n)*100*time.Millisecond, "every node and its lease written", func() (bool, string) {
 			nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false, err.Error()

@@ -152,7 +152,7 @@ bench-relay: controlplane ## Relay memory per connected agent, API-server reques
 
 CONNS_DESIGNS ?= std nbio nbio-inline linkpoll
 
-bench-conns: ## Relay-side cost of idle mutual-TLS WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000) heartbeating every 10 s, today's stack against event loops (CONNS_DESIGNS): heap + stacks, RSS and goroutines per connection, CPU per heartbeat; three rounds, each design in a fresh process.
+bench-conns: ## Relay-side cost of idle mutual-TLS WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000) heartbeating every 10 s, the relay's former net/http + coder/websocket stack against event loops, the relay's linkpoll among them (CONNS_DESIGNS): heap + stacks, RSS and goroutines per connection, CPU per heartbeat; three rounds, each design in a fresh process.
 	for round in 1 2 3; do for d in $(CONNS_DESIGNS); do \
 		$(GO) test -run '^$$' -bench "^BenchmarkRelayConns$$/^$$d$$" -benchtime 1x -count 1 -timeout 20m ./test/bench/ || exit 1; \
 	done; done

@@ -80,9 +80,9 @@ func (c *connCounters) stats() (int64, int64, int64) {
 
 // BenchmarkRelayConns measures what a server pays for N idle mutual-TLS
 // WebSocket connections (OUTPOST_BENCH_CONNS, default 10,000), each
-// heartbeating every 10 s, in these designs: "std", the relay's own stack
-// (net/http's TLS server, github.com/coder/websocket, a reader goroutine
-// per connection, as cloud/relay/conn.go); "nbio", an epoll event loop
+// heartbeating every 10 s, in these designs: "std", the relay's stack before
+// it moved to cloud/linkpoll (net/http's TLS server,
+// github.com/coder/websocket, a reader goroutine per connection); "nbio", an epoll event loop
 // with non-blocking TLS and WebSocket framing (github.com/lesismal/nbio's
 // nbhttp and websocket over github.com/lesismal/llib's crypto/tls fork)
 // that runs no goroutine per connection, its callbacks on a goroutine

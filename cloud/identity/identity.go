@@ -73,7 +73,6 @@ type Record struct {
 	NodeUID string
 	Revoked time.Time // zero if not revoked
 	Reason  string
-	cm      *corev1.ConfigMap
 }
 
 // Accepts says whether the record accepts a certificate with serial.
@@ -82,7 +81,7 @@ func (r *Record) Accepts(serial string) bool {
 }
 
 func parse(cm *corev1.ConfigMap) *Record {
-	r := &Record{Node: cm.Data[keyNode], NodeUID: cm.Data[keyNodeUID], Reason: cm.Data[keyReason], cm: cm}
+	r := &Record{Node: cm.Data[keyNode], NodeUID: cm.Data[keyNodeUID], Reason: cm.Data[keyReason]}
 	for _, s := range strings.Split(cm.Data[keySerials], ",") {
 		if s = strings.TrimSpace(s); s != "" && len(r.Serials) < maxSerials {
 			r.Serials = append(r.Serials, s)
@@ -115,11 +114,34 @@ type Registry struct {
 // New builds a registry for the records in namespace. Run starts its
 // informer; a registry that is not run reads the API server.
 func New(client kubernetes.Interface, namespace string) *Registry {
-	return &Registry{
+	r := &Registry{
 		client: client, namespace: namespace, now: time.Now,
 		informer: cache.NewSharedIndexInformer(listwatch.Selected(client, client.CoreV1().ConfigMaps(namespace), "", Label),
 			&corev1.ConfigMap{}, 0, cache.Indexers{}),
 	}
+	// A replica holds a record per node: keep the parsed record alone.
+	_ = r.informer.SetTransform(cached)
+	return r
+}
+
+// cachedRecord is what the informer keeps of a record's ConfigMap: its
+// name, namespace and resourceVersion (the informer's key and
+// bookkeeping) and the parsed record, without the ConfigMap's maps and
+// managedFields.
+type cachedRecord struct {
+	metav1.ObjectMeta
+	rec Record
+}
+
+// cached is the informer's transform: a record's ConfigMap becomes a
+// cachedRecord, built anew, leaving o as it was; anything else stays.
+func cached(o any) (any, error) {
+	cm, ok := o.(*corev1.ConfigMap)
+	if !ok || cm.Labels[Label] == "" {
+		return o, nil
+	}
+	return &cachedRecord{ObjectMeta: metav1.ObjectMeta{Name: cm.Name, Namespace: cm.Namespace, ResourceVersion: cm.ResourceVersion},
+		rec: *parse(cm)}, nil
 }
 
 // Run runs the informer until ctx ends.
@@ -134,8 +156,15 @@ func FromObject(o any) *Record {
 	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o = d.Obj
 	}
-	if cm, ok := o.(*corev1.ConfigMap); ok && cm.Labels[Label] != "" {
-		return parse(cm)
+	switch o := o.(type) {
+	case *cachedRecord:
+		rec := o.rec
+		rec.Serials = slices.Clone(rec.Serials) // the cache's stays as it is
+		return &rec
+	case *corev1.ConfigMap:
+		if o.Labels[Label] != "" {
+			return parse(o)
+		}
 	}
 	return nil
 }
@@ -145,7 +174,9 @@ func FromObject(o any) *Record {
 func (r *Registry) Get(ctx context.Context, node string) (*Record, error) {
 	if r.informer.HasSynced() {
 		if o, ok, _ := r.informer.GetStore().GetByKey(r.namespace + "/" + RecordName(node)); ok {
-			return parse(o.(*corev1.ConfigMap)), nil
+			if rec := FromObject(o); rec != nil {
+				return rec, nil
+			}
 		}
 	}
 	return r.Fresh(ctx, node)

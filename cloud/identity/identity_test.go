@@ -7,8 +7,10 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 )
 
 func TestRecordLifecycle(t *testing.T) {
@@ -114,5 +116,66 @@ func TestRotationKeepsBothThenPrunes(t *testing.T) {
 	}
 	if err := r.AddSerial(ctx, "gw-1", "c3", "d4"); !errors.Is(err, ErrNotAccepted) {
 		t.Fatalf("rotation of a revoked node: %v", err)
+	}
+}
+
+// The informer keeps the parsed record alone, not the ConfigMap: Get and
+// FromObject answer from it as from the ConfigMap, and the transform
+// leaves the ConfigMap it is given as it was.
+func TestCacheKeepsParsedRecords(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	r := New(client, "outpost-system")
+	if err := r.Issue(ctx, "gw-1", "a1", "uid-1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Revoke(ctx, "gw-2", "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	r.Run(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), r.Informer().HasSynced) {
+		t.Fatal("informer never synced")
+	}
+	for _, o := range r.Informer().GetStore().List() {
+		if _, ok := o.(*cachedRecord); !ok {
+			t.Errorf("cache holds %T, want *cachedRecord", o)
+		}
+	}
+	rec, err := r.Get(ctx, "gw-1")
+	if err != nil || rec == nil || rec.Node != "gw-1" || rec.NodeUID != "uid-1" || !rec.Accepts("a1") || rec.Accepts("b2") {
+		t.Fatalf("gw-1 from the cache: %+v %v", rec, err)
+	}
+	rec.Serials[0] = "changed"
+	if again, _ := r.Get(ctx, "gw-1"); !again.Accepts("a1") {
+		t.Error("changing a record Get returned changed the cache")
+	}
+	rec, err = r.Get(ctx, "gw-2")
+	if err != nil || rec == nil || rec.Revoked.IsZero() || rec.Reason != "stolen" {
+		t.Fatalf("gw-2 from the cache: %+v %v", rec, err)
+	}
+
+	cm, err := client.CoreV1().ConfigMaps("outpost-system").Get(ctx, RecordName("gw-1"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "outpost-relay"}}
+	before := cm.DeepCopy()
+	o, err := cached(cm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !apiequality.Semantic.DeepEqual(cm, before) {
+		t.Error("the transform changed the ConfigMap it was given")
+	}
+	if got := FromObject(o); got == nil || got.Node != "gw-1" || !got.Accepts("a1") {
+		t.Errorf("record from the transformed object: %+v", got)
+	}
+	if got := FromObject(cache.DeletedFinalStateUnknown{Key: "x", Obj: o}); got == nil || got.Node != "gw-1" {
+		t.Errorf("record from a deletion's final state: %+v", got)
+	}
+	other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "unrelated"}}
+	if o, _ := cached(other); o != any(other) || FromObject(o) != nil {
+		t.Errorf("a ConfigMap that is no record became %#v", o)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -67,21 +68,23 @@ type SessionConfig struct {
 // queue, whose workers run one step of it at a time (see Writer).
 // Report never blocks: the latest report replaces one not yet written.
 type Session struct {
-	w      *Writer
-	cfg    SessionConfig
-	parent context.Context
-	ctx    context.Context
-	stop   context.CancelFunc
+	w   *Writer
+	cfg SessionConfig
+	// ctx is the context the session was started with; a step's requests
+	// run in a child of it, which Stop cancels (cancelStep), so a session
+	// between steps holds no context of its own.
+	ctx context.Context
 	// id names this connection in the EdgeLinkReady condition; written
 	// is set once the Node was written, fatal when writes stopped for
 	// good, stopped once Stop was called.
 	id                      string
 	written, fatal, stopped atomic.Bool
 
-	mu      sync.Mutex
-	pending *Report
-	seq     uint64
-	gen     uint64 // bumped by every Report, to tell a newer one apart
+	mu         sync.Mutex
+	cancelStep context.CancelFunc // the running step's, nil between steps
+	pending    *Report
+	seq        uint64
+	gen        uint64 // bumped by every Report, to tell a newer one apart
 
 	// What the steps keep from one to the next. Only the step running
 	// touches it: the Writer's queue never runs a session on two workers
@@ -112,11 +115,9 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	if cfg.Alive == nil {
 		cfg.Alive = func() bool { return true }
 	}
-	parent := ctx
-	ctx, cancel := context.WithCancel(ctx)
 	var id [6]byte
 	_, _ = rand.Read(id[:])
-	s := &Session{w: w, cfg: cfg, parent: parent, ctx: ctx, stop: cancel,
+	s := &Session{w: w, cfg: cfg, ctx: ctx,
 		id: hex.EncodeToString(id[:]), backoff: backoffMin, leaseBack: backoffMin}
 	return s
 }
@@ -155,7 +156,11 @@ func (s *Session) wake() {
 // (since now) unless a newer connection of the agent wrote it meanwhile.
 func (s *Session) Stop() {
 	s.stopped.Store(true)
-	s.stop()
+	s.mu.Lock()
+	if s.cancelStep != nil {
+		s.cancelStep()
+	}
+	s.mu.Unlock()
 	s.w.q.WaitIdle(s)
 	if s.timer != nil {
 		s.timer.Stop()
@@ -163,7 +168,7 @@ func (s *Session) Stop() {
 	if !s.written.Load() || s.fatal.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.parent), disconnectTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), disconnectTimeout)
 	defer cancel()
 	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Client, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
 		s.cfg.Log.Warn("node not marked disconnected", "err", err)
@@ -174,7 +179,7 @@ func (s *Session) Stop() {
 // ends the session's writes, not the relay.
 func (w *Writer) step(s *Session, _ struct{}) {
 	defer w.q.Done(s)
-	if s.stopped.Load() || s.fatal.Load() || s.ctx.Err() != nil {
+	if s.fatal.Load() || s.done() {
 		return
 	}
 	defer func() {
@@ -192,6 +197,18 @@ func (w *Writer) step(s *Session, _ struct{}) {
 func (s *Session) step() {
 	ctx, cancel := context.WithTimeout(s.ctx, stepTimeout)
 	defer cancel()
+	s.mu.Lock()
+	if s.stopped.Load() { // Stop came first: it cancels no step
+		s.mu.Unlock()
+		return
+	}
+	s.cancelStep = cancel
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.cancelStep = nil
+		s.mu.Unlock()
+	}()
 	renewEvery := s.w.cfg.LeaseDuration / 4
 	now := s.w.cfg.Now()
 
@@ -204,7 +221,7 @@ func (s *Session) step() {
 	if rep != nil && !now.Before(s.retryAt) {
 		n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, s.node, s.cfg.Create)
 		switch {
-		case s.ctx.Err() != nil:
+		case s.done():
 			return
 		case errors.Is(err, ErrNotEdge), errors.Is(err, ErrGone):
 			s.cfg.Log.Error("refusing to write node", "err", err)
@@ -232,7 +249,7 @@ func (s *Session) step() {
 			s.backoff = min(2*s.backoff, backoffMax)
 		default:
 			first := s.node == nil
-			s.node, s.last, s.backoff = n, rep, backoffMin
+			s.node, s.last, s.backoff = keptNode(n), rep, backoffMin
 			if s.written.Swap(true) {
 				s.refreshAt = now.Add(statusRefresh)
 			} else {
@@ -255,7 +272,7 @@ func (s *Session) step() {
 	if s.node != nil && !now.Before(s.leaseAt) {
 		if s.cfg.Alive() {
 			l, err := s.w.RenewLease(ctx, s.cfg.Client, s.node, s.lease)
-			if s.ctx.Err() != nil {
+			if s.done() {
 				return
 			}
 			if err != nil {
@@ -269,7 +286,7 @@ func (s *Session) step() {
 				} else {
 					s.leaseAt = now.Add(renewEvery)
 				}
-				s.lease, s.leaseBack = l, backoffMin
+				s.lease, s.leaseBack = keptLease(l), backoffMin
 			}
 		} else {
 			s.leaseAt = now.Add(renewEvery)
@@ -293,6 +310,49 @@ func (s *Session) step() {
 		s.timer.Reset(d)
 	}
 }
+
+// keptNode is the part of the Node n, as last written, that a session
+// keeps for its next write (Writer.apply's update): the whole of its
+// metadata but managedFields, which an update that carries none leaves
+// as the API server has them; its spec, which NodeRestriction compares
+// (taints); and of its status only what Status carries over from the
+// stored one: images, volumes, daemon endpoints, each condition's type,
+// status and transition time, and the OutboxHealthy condition whole.
+// Each status write replaces the rest, and an update of the Node itself
+// leaves the status as stored.
+func keptNode(n *corev1.Node) *corev1.Node {
+	k := &corev1.Node{ObjectMeta: n.ObjectMeta, Spec: n.Spec}
+	k.ManagedFields = nil
+	st := &n.Status
+	k.Status = corev1.NodeStatus{Images: st.Images, VolumesInUse: st.VolumesInUse,
+		VolumesAttached: st.VolumesAttached, DaemonEndpoints: st.DaemonEndpoints}
+	if len(st.Conditions) > 0 {
+		k.Status.Conditions = make([]corev1.NodeCondition, 0, len(st.Conditions))
+	}
+	for _, c := range st.Conditions {
+		if c.Type != ConditionOutboxHealthy {
+			c = corev1.NodeCondition{Type: intern(c.Type), Status: intern(c.Status), LastTransitionTime: c.LastTransitionTime}
+		}
+		k.Status.Conditions = append(k.Status.Conditions, c)
+	}
+	return k
+}
+
+// keptLease is the Lease l, as last written, without its managedFields,
+// which an update that carries none leaves as the API server has them.
+func keptLease(l *coordinationv1.Lease) *coordinationv1.Lease {
+	k := *l
+	k.ManagedFields = nil
+	return &k
+}
+
+// intern is s as one string shared by every session: condition types
+// and statuses are a handful of values.
+func intern[S ~string](s S) S { return S(unique.Make(string(s)).Value()) }
+
+// done reports whether the session was stopped or the context it was
+// started with ended: its writes are over.
+func (s *Session) done() bool { return s.stopped.Load() || s.ctx.Err() != nil }
 
 func earliest(t time.Time, more ...time.Time) time.Time {
 	for _, m := range more {

@@ -161,17 +161,30 @@ func New(cfg Config) (*Controller, error) {
 		ctx: ctx, cancel: cancel, sessions: map[string]*Session{},
 	}
 	c.cache = watchcache.Start(ctx, listwatch.Selected(cfg.Dynamic, c.api, "", ""), watchcache.Options{
-		Transform: func(o runtime.Object) runtime.Object {
-			if u, ok := o.(*unstructured.Unstructured); ok {
-				u.SetManagedFields(nil)
-			}
-			return o
-		},
-		Notify: c.poke,
+		Transform: withoutManagedFields,
+		Notify:    c.poke,
 	})
 	c.wg.Go(c.reconcileLoop)
 	c.wg.Go(c.writeLoop)
 	return c, nil
+}
+
+// withoutManagedFields is o without its managedFields, for the cache: a
+// new object sharing everything else with o, which is left as it was.
+func withoutManagedFields(o runtime.Object) runtime.Object {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return o
+	}
+	md, ok := u.Object["metadata"].(map[string]any)
+	if !ok || md["managedFields"] == nil {
+		return o
+	}
+	md = maps.Clone(md)
+	delete(md, "managedFields")
+	obj := maps.Clone(u.Object)
+	obj["metadata"] = md
+	return &unstructured.Unstructured{Object: obj}
 }
 
 // Close stops the controller and waits for it.

@@ -11,11 +11,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
@@ -238,5 +241,27 @@ func TestChangeMerge(t *testing.T) {
 	c.done = append(c.done, func() { told = true })
 	if m := c.merge(b); m != b || !told {
 		t.Fatal("a change for a replaced object was kept")
+	}
+}
+
+// The cache's transform drops managedFields from a copy, leaving the
+// object it is given as it was (watchcache.Options.Transform).
+func TestWithoutManagedFieldsLeavesItsArgument(t *testing.T) {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"kind":     "AgentUpgrade",
+		"metadata": map[string]any{"name": "u1", "managedFields": []any{map[string]any{"manager": "kubectl"}}},
+		"spec":     map[string]any{"version": "v1"},
+	}}
+	before := u.DeepCopy()
+	got := withoutManagedFields(u).(*unstructured.Unstructured)
+	if !reflect.DeepEqual(u.Object, before.Object) {
+		t.Errorf("argument changed: %v", u.Object)
+	}
+	if got.GetManagedFields() != nil || got.GetName() != "u1" || got.Object["spec"] == nil {
+		t.Errorf("transformed %v, want the object without managedFields", got.Object)
+	}
+	plain := &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "u2"}}}
+	if withoutManagedFields(plain) != runtime.Object(plain) {
+		t.Error("an object without managedFields was copied")
 	}
 }

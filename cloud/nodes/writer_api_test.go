@@ -91,7 +91,7 @@ func TestApplyAfterTaintsChanged(t *testing.T) {
 // conditions' transition times, and counts no failure.
 func TestWriteFromKeptCopies(t *testing.T) {
 	ctx := context.Background()
-	ip := stack.StartInProcess(t, ctx, 50, 100)
+	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
 	reg := prometheus.NewRegistry()
 	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: 40 * time.Second, Registerer: reg})
 	if err != nil {

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,6 +105,13 @@ func BenchmarkMemory100Devices(b *testing.B) { benchMemory(b, 100) }
 // broker on a gateway without devices.
 func BenchmarkMemoryNoDevices(b *testing.B) { benchMemory(b, 0) }
 
+// heapProfile names a file for the heap profile of benchMemory, written
+// after the devices ran and before they stop (-memprofile is written
+// once the benchmark has cleaned up): go test -run '^$' -bench
+// Memory100Devices -benchtime 1x ./agent/mqtt/ -args -heapprofile=FILE
+// -test.memprofilerate=1.
+var heapProfile = flag.String("heapprofile", "", "write benchMemory's heap profile to this file")
+
 func benchMemory(b *testing.B, n int) {
 	runtime.GC()
 	rss0, pss0 := procMem()
@@ -138,6 +147,19 @@ func benchMemory(b *testing.B, n int) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	rss, pss := procMem()
+	if *heapProfile != "" {
+		f, err := os.Create(*heapProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
 	s := a.loop.Stats()
 	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
 	b.ReportMetric(float64(ms.HeapInuse-min(ms.HeapInuse, ms0.HeapInuse))/(1<<20), "heap-delta-MiB")

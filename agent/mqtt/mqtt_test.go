@@ -224,7 +224,9 @@ func TestEmbeddedBrokerPublishesToPaho(t *testing.T) {
 	if b, ok := app.last("outpost/" + node + "/status"); !ok || string(b) != "online" {
 		t.Errorf("node status = %q %v", b, ok)
 	}
-	// The same readings went upstream through the outbox.
+	// The same readings went upstream through the outbox (queued just
+	// after they are published).
+	eventually(t, "a twin report in the outbox", func() bool { es, err := a.ob.Pending(0, 10); return err != nil || len(es) > 0 })
 	es, err := a.ob.Pending(0, 10)
 	if err != nil || len(es) == 0 || es[0].Key != "device/default/air" || es[0].Type != wire.TypeTwinReport {
 		t.Fatalf("outbox: %v %+v", err, es)
@@ -564,4 +566,89 @@ func (s *syncWriter) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.String()
+}
+
+// TestLateSubscriberGetsRetainedState: an app subscribing after the
+// devices reported gets every device's retained reported, per-property
+// and status messages, marked retained, through exact and wildcard
+// filters; a removed device's are gone, and live messages keep flowing
+// after the retained ones.
+func TestLateSubscriberGetsRetainedState(t *testing.T) {
+	conn, addr := embedded(t)
+	a := startAgent(t, conn, mqtt.BridgeConfig{})
+	a.put(t, "air", bme(0))
+	a.put(t, "gone", &wire.Device{Driver: "sht3x", Bus: "I2C1", Address: 0x44})
+	wait.For(t, 10*time.Second, "both devices connected", func() bool { return a.loop.Stats().Connected == 2 })
+	early := dial(t, addr)
+	early.sub(t, "outpost/"+node+"/devices/#")
+	eventually(t, "both devices' state", func() bool {
+		_, g := early.last(topic("gone", "status"))
+		_, a := early.last(topic("air", "reported/pressure"))
+		return g && a
+	})
+	if _, err := a.st.ApplySync(&wire.Sync{Deletes: []wire.ObjectRef{{Kind: wire.KindDevice, UID: "uid-gone"}}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "gone's status cleared", func() bool { b, ok := early.last(topic("gone", "status")); return ok && len(b) == 0 })
+
+	type msg struct {
+		payload  string
+		retained bool
+	}
+	for _, filter := range []string{"outpost/" + node + "/devices/#", "outpost/+/devices/default/+/reported/+", topic("air", "status"), "#"} {
+		t.Run(filter, func(t *testing.T) {
+			var mu sync.Mutex
+			got := map[string]msg{}
+			late := dial(t, addr)
+			tok := late.c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+				mu.Lock()
+				// Live messages may come too, without the flag.
+				got[m.Topic()] = msg{string(m.Payload()), got[m.Topic()].retained || m.Retained()}
+				mu.Unlock()
+			})
+			if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe %s: %v", filter, tok.Error())
+			}
+			want := map[string]bool{}
+			switch filter {
+			case topic("air", "status"):
+				want[topic("air", "status")] = true
+			case "outpost/+/devices/default/+/reported/+":
+				for _, p := range []string{"temperature", "humidity", "pressure"} {
+					want[topic("air", "reported/"+p)] = true
+				}
+			default:
+				want[topic("air", "status")], want[topic("air", "reported")] = true, true
+				for _, p := range []string{"temperature", "humidity", "pressure"} {
+					want[topic("air", "reported/"+p)] = true
+				}
+			}
+			wait.For(t, 10*time.Second, "the retained state", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				for tp := range want {
+					if m, ok := got[tp]; !ok || m.payload == "" {
+						return false
+					}
+				}
+				return true
+			})
+			mu.Lock()
+			defer mu.Unlock()
+			for tp, m := range got {
+				if strings.Contains(tp, "/gone/") {
+					t.Errorf("the removed device's %s was retained: %q", tp, m.payload)
+				}
+				if want[tp] && !m.retained {
+					t.Errorf("%s never arrived with the retain flag", tp)
+				}
+				if !want[tp] && filter != "#" && strings.HasPrefix(tp, "outpost/") {
+					t.Errorf("%s does not match %s", tp, filter)
+				}
+				if strings.HasPrefix(tp, "$") {
+					t.Errorf("%s matched %s", tp, filter)
+				}
+			}
+		})
+	}
 }

@@ -16,9 +16,12 @@
 // gateway rebooted), and removes the containers of pods no longer wanted.
 // Containers without Outpost's managed label are never touched.
 //
-// Each admitted pod has one worker goroutine (at most MaxPods), so a slow
-// image pull or a long grace period delays only its own pod; pulls are
-// limited to a few at a time.
+// Each admitted pod has a worker (at most MaxPods) that acts on its
+// containers in steps, each pod's on a goroutine of its own while one is
+// due, so a slow image pull or a long grace period delays only its own
+// pod; between steps (waiting for a restart's back-off or the next probe)
+// a pod holds a timer, not a goroutine. Pulls are limited to a few at a
+// time.
 //
 // Status goes like a kubelet's into the outbox (key "pod/<uid>", coalesced,
 // durable), only when it changed. When containerd cannot be reached the

@@ -130,8 +130,13 @@ type Reconciler struct {
 	noNetLog  bool // "no pod network" was logged
 	netSwept  bool // the start-up sweep of gone pods' attachments ran
 	swept     bool // the start-up sweep of gone pods' directories ran
-	wg        sync.WaitGroup
 	now       func() time.Time
+
+	// wg counts the pod workers' running steps; once stopped is set no
+	// more start, and Run waits for wg.
+	wgMu    sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
 }
 
 // New returns a Reconciler; it does nothing until Run.
@@ -192,7 +197,12 @@ func (r *Reconciler) runtime() *containerd.Runtime {
 // Containers keep running when it returns: stopping the agent does not
 // stop pods.
 func (r *Reconciler) Run(ctx context.Context) error {
-	defer r.wg.Wait()
+	defer func() {
+		r.wgMu.Lock()
+		r.stopped = true
+		r.wgMu.Unlock()
+		r.wg.Wait()
+	}()
 	if err := os.MkdirAll(filepath.Join(r.cfg.StateDir, "pods"), 0o700); err != nil {
 		return fmt.Errorf("pods: %w", err)
 	}
@@ -489,8 +499,7 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 			}
 			w = newWorker(r, o.UID)
 			r.workers[o.UID] = w
-			r.wg.Add(1)
-			go w.run(ctx)
+			w.begin(ctx)
 		}
 		slices.Sort(prints[o.UID])
 		fp := o.Version + "|" + strings.Join(prints[o.UID], ",")
@@ -507,8 +516,7 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 		if w == nil {
 			w = newWorker(r, uid)
 			r.workers[uid] = w
-			r.wg.Add(1)
-			go w.run(ctx)
+			w.begin(ctx)
 		}
 		if !w.orphan() {
 			w.set(nil, nil)
@@ -533,8 +541,7 @@ func (r *Reconciler) pass(ctx context.Context, desired []wire.Object, rf *refs, 
 			}
 			w := newWorker(r, uid)
 			r.workers[uid] = w
-			r.wg.Add(1)
-			go w.run(ctx)
+			w.begin(ctx)
 			w.set(nil, nil)
 		}
 	}
@@ -566,6 +573,18 @@ func (r *Reconciler) pokeAll() {
 	for _, w := range r.workers {
 		w.poke()
 	}
+}
+
+// spawn counts a worker's goroutine that is about to start, unless Run is
+// ending.
+func (r *Reconciler) spawn() bool {
+	r.wgMu.Lock()
+	defer r.wgMu.Unlock()
+	if r.stopped {
+		return false
+	}
+	r.wg.Add(1)
+	return true
 }
 
 func (r *Reconciler) removeWorker(w *worker) {

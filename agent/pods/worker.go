@@ -22,12 +22,24 @@ import (
 	"outpost.dev/wire"
 )
 
-// worker reconciles one pod. Its goroutine is the only one acting on the
-// pod's containers; the reconciler hands it the latest desired pod.
+// worker reconciles one pod, in steps: one goroutine at a time acts on
+// the pod's containers, and only while a step is due (poked, or at the
+// time the last step asked for), so a pod waiting for its next restart or
+// probe holds a timer, not a goroutine. The reconciler hands it the latest
+// desired pod.
 type worker struct {
-	r     *Reconciler
-	uid   string
-	pokeC chan struct{}
+	r   *Reconciler
+	uid string
+
+	// smu guards the stepping: ctx is the reconciler's, busy says a
+	// goroutine runs steps, again that it was poked meanwhile, timer is
+	// the next step's.
+	smu   sync.Mutex
+	ctx   context.Context
+	busy  bool
+	again bool
+	ended bool
+	timer *time.Timer
 
 	mu   sync.Mutex
 	pod  *wire.Object
@@ -36,7 +48,7 @@ type worker struct {
 	// abortHooks ends a running postStart hook (the pod is being deleted).
 	abortHooks context.CancelFunc
 
-	// Owned by the worker goroutine.
+	// Owned by the step running (one at a time).
 	crash     map[string]*backoff // by container name
 	pulls     map[string]*backoff // by image
 	waiting   map[string]wire.ContainerState
@@ -64,16 +76,40 @@ type backoff struct {
 }
 
 func newWorker(r *Reconciler, uid string) *worker {
-	return &worker{r: r, uid: uid, pokeC: make(chan struct{}, 1),
+	return &worker{r: r, uid: uid,
 		crash: map[string]*backoff{}, pulls: map[string]*backoff{}, waiting: map[string]wire.ContainerState{},
 		probes: map[string]*probeState{}, owned: map[string]bool{}, targetNS: map[string]string{}}
 }
 
-func (w *worker) poke() {
-	select {
-	case w.pokeC <- struct{}{}:
-	default:
+// begin lets the worker step, under ctx.
+func (w *worker) begin(ctx context.Context) {
+	w.smu.Lock()
+	w.ctx = ctx
+	w.smu.Unlock()
+}
+
+// poke runs a step now, or right after the one running.
+func (w *worker) poke() { w.wake(true) }
+
+// tick runs the step the last one asked for, unless a step is running
+// (which sets the next time itself).
+func (w *worker) tick() { w.wake(false) }
+
+func (w *worker) wake(poke bool) {
+	w.smu.Lock()
+	defer w.smu.Unlock()
+	if w.ctx == nil || w.ended {
+		return
 	}
+	if w.busy {
+		w.again = w.again || poke
+		return
+	}
+	if !w.r.spawn() {
+		return
+	}
+	w.busy = true
+	go w.steps()
 }
 
 // set hands the worker its pod (nil: the pod is gone, clean up and stop).
@@ -102,44 +138,64 @@ func (w *worker) deleting() bool {
 	return w.gone || (w.pod != nil && w.pod.Pod.Deleting)
 }
 
-func (w *worker) run(ctx context.Context) {
+// steps runs steps while they are due, then sets the timer for the next
+// and returns.
+func (w *worker) steps() {
 	defer w.r.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	ctx := w.ctx
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.pokeC:
-		case <-timer.C:
+		next, removed := time.Time{}, false
+		if ctx.Err() == nil {
+			next, removed = w.step(ctx)
 		}
-		w.mu.Lock()
-		o, rf, gone := w.pod, w.rf, w.gone
-		w.mu.Unlock()
-		var next time.Time
-		if gone {
-			if err := w.cleanup(ctx); err == nil {
-				w.r.removeWorker(w)
-				return
-			} else if ctx.Err() == nil {
-				w.r.log.Warn("pods: removing a deleted pod's containers; retrying", "uid", w.uid, "err", err)
+		w.smu.Lock()
+		if ctx.Err() != nil || removed {
+			w.busy, w.ended = false, true
+			if w.timer != nil {
+				w.timer.Stop()
 			}
-			next = w.r.now().Add(5 * time.Second)
-		} else if o != nil {
-			next = w.sync(ctx, o, rf)
+			w.smu.Unlock()
+			return
+		}
+		if w.again {
+			w.again = false
+			w.smu.Unlock()
+			continue
 		}
 		d := time.Hour
 		if !next.IsZero() {
 			d = max(time.Until(next), 10*time.Millisecond)
 		}
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		if w.timer == nil {
+			w.timer = time.AfterFunc(d, w.tick)
+		} else {
+			w.timer.Reset(d)
 		}
-		timer.Reset(d)
+		w.busy = false
+		w.smu.Unlock()
+		return
 	}
+}
+
+// step syncs the pod, or tears it down once it is gone; it returns when
+// to step again, and removed once the worker is done for good.
+func (w *worker) step(ctx context.Context) (next time.Time, removed bool) {
+	w.mu.Lock()
+	o, rf, gone := w.pod, w.rf, w.gone
+	w.mu.Unlock()
+	if gone {
+		if err := w.cleanup(ctx); err == nil {
+			w.r.removeWorker(w)
+			return time.Time{}, true
+		} else if ctx.Err() == nil {
+			w.r.log.Warn("pods: removing a deleted pod's containers; retrying", "uid", w.uid, "err", err)
+		}
+		return w.r.now().Add(5 * time.Second), false
+	}
+	if o != nil {
+		return w.sync(ctx, o, rf), false
+	}
+	return time.Time{}, false
 }
 
 // rec is one container of the pod as containerd holds it.

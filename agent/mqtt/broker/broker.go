@@ -49,6 +49,7 @@ type Conn struct {
 	node   string
 	subID  atomic.Int64
 	closed sync.Once
+	kept   *kept
 }
 
 // Start starts the broker on cfg.Listen and returns the agent's inline
@@ -80,7 +81,8 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 		Logger:                 slog.New(warnOnly{cfg.Log.Handler()}),
 		SysTopicResendInterval: 60,
 	})
-	g := &guard{s: s, user: cfg.Username, pass: cfg.Password, log: cfg.Log}
+	k := newKept()
+	g := &guard{s: s, user: cfg.Username, pass: cfg.Password, log: cfg.Log, kept: k}
 	if err := s.AddHook(g, nil); err != nil {
 		return nil, err
 	}
@@ -100,7 +102,7 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 		return nil, err
 	}
 	cfg.Log.Info("MQTT broker listening", "addr", l.Address(), "tls", lc.TLSConfig != nil, "auth", cfg.Username != "")
-	return &Conn{s: s, node: cfg.Node}, nil
+	return &Conn{s: s, node: cfg.Node, kept: k}, nil
 }
 
 // Addr returns the address the broker listens on (useful with port 0).
@@ -111,17 +113,26 @@ func (c *Conn) Addr() string {
 	return ""
 }
 
-// Publish implements mqtt.Conn.
+// Publish implements mqtt.Conn. The agent's retained messages are kept
+// by the Conn rather than by mochi (see kept).
 func (c *Conn) Publish(topic string, payload []byte, retain bool) error {
+	if retain {
+		c.kept.set(topic, payload)
+	}
 	return c.s.Publish(topic, payload, retain, 0)
 }
 
-// Subscribe implements mqtt.Conn.
+// Subscribe implements mqtt.Conn: h gets the retained messages matching
+// filter at once, then every message published on it.
 func (c *Conn) Subscribe(filter string, h mqtt.Handler) error {
 	id := int(c.subID.Add(1))
-	return c.s.Subscribe(filter, id, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+	err := c.s.Subscribe(filter, id, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
 		h(pk.TopicName, pk.Payload)
 	})
+	if err == nil {
+		c.kept.each(filter, func(topic, payload string) { h(topic, []byte(payload)) })
+	}
+	return err
 }
 
 // OnConnect implements mqtt.Conn: the inline client is always connected.
@@ -144,12 +155,14 @@ type guard struct {
 	user, pass string
 	log        *slog.Logger
 	warned     atomic.Bool
+	kept       *kept
 }
 
 func (g *guard) ID() string { return "outpost-guard" }
 
 func (g *guard) Provides(b byte) bool {
-	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish}, []byte{b})
+	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
+		mochi.OnRetainMessage, mochi.OnSubscribe, mochi.OnSubscribed, mochi.OnPacketSent, mochi.OnDisconnect}, []byte{b})
 }
 
 func (g *guard) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
@@ -182,6 +195,36 @@ func (g *guard) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, 
 	}
 	return pk, nil
 }
+
+// OnRetainMessage takes the agent's retained messages back out of mochi's
+// index as soon as mochi has put them there: the Conn keeps them.
+func (g *guard) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int64) {
+	if cl.Net.Inline && len(pk.Payload) > 0 {
+		g.s.Topics.RetainMessage(packets.Packet{TopicName: pk.TopicName})
+	}
+}
+
+func (g *guard) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	if !cl.Net.Inline {
+		g.kept.subscribing(cl, pk)
+	}
+	return pk
+}
+
+func (g *guard) OnSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
+	if !cl.Net.Inline {
+		g.kept.subscribed(cl, pk, codes)
+	}
+}
+
+// OnPacketSent sends the agent's retained messages after a SUBACK.
+func (g *guard) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Suback {
+		g.kept.acked(cl, pk)
+	}
+}
+
+func (g *guard) OnDisconnect(cl *mochi.Client, _ error, _ bool) { g.kept.gone(cl) }
 
 // warnOnly passes records at warning level and above.
 type warnOnly struct{ slog.Handler }

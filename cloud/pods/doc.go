@@ -15,11 +15,12 @@
 // between nodes without the relay reading as itself what no node may.
 //
 // A Session has no goroutine of its own. Its watches' changes, its Extra
-// source's, and one timer (the next poll while the initial sync waits, a
-// retried status write, a token refresh, a claim read again, the next
-// read of a Node that is not an edge node yet) queue it in a Syncer,
-// whose bounded pool of workers (cloud/coalesce.Queue.Serve) runs one
-// step of one session at a time and exists only while some step is due.
+// source's, NodeChanged (the relay's edge-Node cache saw its Node), and
+// one timer (the next poll while the initial sync waits, a retried status
+// write, a token refresh, a claim read again, the next look for a Node
+// that is not an edge node yet) queue it in a Syncer, whose bounded pool
+// of workers (Serve of the Queue in cloud/coalesce) runs one step of one
+// session at a time and exists only while some step is due.
 // A step that waits on the API server holds one worker, never the
 // others; a step that panics ends its own session.
 //

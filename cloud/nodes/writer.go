@@ -51,9 +51,10 @@ type WriterConfig struct {
 
 // DefaultWorkers is WriterConfig.Workers when it is zero: with the API
 // server answering in 10 ms, 16 workers make 1,600 writes a second,
-// against 10,000 sessions' steady 17 a second (Lease renewals and status
-// refreshes) and the first write of each (Node and Lease) after a relay
-// restart.
+// against 10,000 sessions' steady 1,000 Lease renewals a second (one per
+// node every 10 s) and their status refreshes, and the first writes of
+// each (Node and Lease) after a relay restart. The relay's API budget
+// (its client's QPS) must be sized to that too.
 const DefaultWorkers = 16
 
 // Writer writes edge Nodes and their Leases. Its Sessions keep the

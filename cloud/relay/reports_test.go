@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime/metrics"
 	"sync/atomic"
 	"testing"
@@ -164,4 +165,71 @@ func TestReportsWaitForAFullQueueInOrder(t *testing.T) {
 		t.Fatalf("pod %s phase %q, want Running (its last report)", last.Name, p.Status.Phase)
 	}
 	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// BenchmarkPodStatusReports sends bursts of 1,000 pod-status reports (of
+// 1,000 pods bound to the node, each status changed) from one agent and
+// waits for the ack of the last; it reports the goroutines the process
+// created per burst (the relay's writer workers and ack sender included,
+// and the test's client) and the reports that waited for room.
+//
+//	go test -run '^$' -bench BenchmarkPodStatusReports -count 3 ./cloud/relay/
+func BenchmarkPodStatusReports(b *testing.B) {
+	const burst = 1000
+	reg := prometheus.NewRegistry()
+	tr := newTestRelay(b, func(cfg *relay.Config) {
+		cfg.Registry = reg
+		cfg.Log = slog.New(slog.DiscardHandler) // a line per write would be the benchmark
+		cfg.PodStatusQPS, cfg.PodStatusBurst = 1e6, 1e6
+	})
+	const node = "gw-bench"
+	for i := range burst {
+		createPod(b, tr, fmt.Sprint("p", i), node)
+	}
+	c := tr.hello(b, node)
+	var acked atomic.Uint64
+	go func() {
+		for {
+			_, buf, err := c.Read(context.Background())
+			if err != nil {
+				return
+			}
+			if f, _ := wire.Decode(buf); f.Type == wire.TypeAck {
+				acked.Store(f.Ack)
+			}
+		}
+	}()
+	phases := []string{"Pending", "Running"}
+	frames := make([][][]byte, len(phases))
+	seq := uint64(0)
+	var created uint64
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		frames[i%2] = frames[i%2][:0]
+		for p := range burst {
+			r := podReport(p)
+			r.Phase = phases[i%2]
+			seq++
+			frames[i%2] = append(frames[i%2], encode(b, wire.TypePodStatus, seq, r))
+		}
+		b.StartTimer()
+		before := goroutinesCreated(b)
+		for _, f := range frames[i%2] {
+			send(b, c, f)
+		}
+		wait.For(b, 60*time.Second, fmt.Sprintf("ack %d", seq), func() bool { return acked.Load() == seq })
+		created += goroutinesCreated(b) - before
+	}
+	b.ReportMetric(float64(created)/float64(b.N), "goroutines/1000reports")
+	var waited float64
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "outpost_relay_reports_waited_total" {
+			for _, m := range mf.GetMetric() {
+				waited += m.GetCounter().GetValue()
+			}
+		}
+	}
+	b.ReportMetric(waited/float64(b.N), "waited/1000reports")
 }

@@ -10,6 +10,10 @@
 // of goroutines that exist only while keys are ready: a relay-wide queue
 // of sessions then needs no goroutine per session.
 //
+// TryPut and TryTake are Put and Take that never wait: a caller that must
+// not wait (a poller's loop) tries first, and waits elsewhere only when
+// the queue is full.
+//
 // Device status (cloud/devices), pod status (cloud/podstatus) and node
 // status and Lease (cloud/nodes) writes go through it.
 package coalesce
@@ -124,35 +128,52 @@ func (q *Queue[K, V]) work() {
 func (q *Queue[K, V]) Put(ctx context.Context, key K, v V, merge func(waiting V) V) bool {
 	for {
 		q.mu.Lock()
-		if q.closed {
-			q.mu.Unlock()
-			return false
-		}
-		if e := q.waiting[key]; e != nil {
-			if merge != nil {
-				e.v = merge(e.v)
-			} else {
-				e.v = v
-			}
-			q.mu.Unlock()
-			return true
-		}
-		if len(q.waiting) < q.max {
-			q.waiting[key] = &entry[V]{v: v}
-			if _, busy := q.inflight[key]; !busy {
-				q.readied(key)
-			}
-			q.mu.Unlock()
-			return true
-		}
+		put, full := q.put(key, v, merge)
 		changed := q.changed
 		q.mu.Unlock()
+		if !full {
+			return put
+		}
 		select {
 		case <-ctx.Done():
 			return false
 		case <-changed:
 		}
 	}
+}
+
+// TryPut is Put without waiting: it returns false, having done nothing,
+// when the queue is full or closed. A value merged into one of its key
+// already waiting needs no room: that is never refused for a full queue.
+func (q *Queue[K, V]) TryPut(key K, v V, merge func(waiting V) V) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	put, _ := q.put(key, v, merge)
+	return put
+}
+
+// put queues v for key as Put does, if it can without waiting: full says
+// it did not for want of room. Called with mu held.
+func (q *Queue[K, V]) put(key K, v V, merge func(waiting V) V) (put, full bool) {
+	if q.closed {
+		return false, false
+	}
+	if e := q.waiting[key]; e != nil {
+		if merge != nil {
+			e.v = merge(e.v)
+		} else {
+			e.v = v
+		}
+		return true, false
+	}
+	if len(q.waiting) >= q.max {
+		return false, true
+	}
+	q.waiting[key] = &entry[V]{v: v}
+	if _, busy := q.inflight[key]; !busy {
+		q.readied(key)
+	}
+	return true, false
 }
 
 // Take returns the oldest ready key and its value, and holds the key in

@@ -331,3 +331,125 @@ func workers() int {
 		buf = make([]byte, 2*len(buf))
 	}
 }
+
+// TryPut queues without waiting: false, with nothing changed, when the
+// queue is full or closed; merging into a waiting key needs no room, and
+// a key in flight does not count; a key put after room was made is
+// readied (OnReady) as Put's is, and keeps the order of its arrival.
+func TestTryPut(t *testing.T) {
+	tests := []struct {
+		name string
+		// setup runs on a queue bounded to 2 and returns the expected
+		// ready keys before the TryPut of key "k".
+		setup  func(q *Queue[string, []int])
+		merge  bool
+		wantOK bool
+		// want is what Take returns afterwards, key by key.
+		want []result
+	}{
+		{name: "empty", setup: func(q *Queue[string, []int]) {}, wantOK: true,
+			want: []result{{"k", []int{9}, true}}},
+		{name: "room", setup: func(q *Queue[string, []int]) { q.TryPut("a", []int{1}, nil) }, wantOK: true,
+			want: []result{{"a", []int{1}, true}, {"k", []int{9}, true}}},
+		{name: "full", setup: func(q *Queue[string, []int]) {
+			q.TryPut("a", []int{1}, nil)
+			q.TryPut("b", []int{2}, nil)
+		}, wantOK: false,
+			want: []result{{"a", []int{1}, true}, {"b", []int{2}, true}}},
+		{name: "full, key waiting: merged", setup: func(q *Queue[string, []int]) {
+			q.TryPut("k", []int{1}, nil)
+			q.TryPut("b", []int{2}, nil)
+		}, merge: true, wantOK: true,
+			want: []result{{"k", []int{1, 9}, true}, {"b", []int{2}, true}}},
+		{name: "full, key waiting: replaced", setup: func(q *Queue[string, []int]) {
+			q.TryPut("k", []int{1}, nil)
+			q.TryPut("b", []int{2}, nil)
+		}, wantOK: true,
+			want: []result{{"k", []int{9}, true}, {"b", []int{2}, true}}},
+		{name: "full, key backing off: merged", setup: func(q *Queue[string, []int]) {
+			q.TryPut("k", []int{1}, nil)
+			k, v, _ := q.TryTake()
+			q.Retry(k, v, time.Hour, nil)
+			q.TryPut("b", []int{2}, nil)
+		}, merge: true, wantOK: true,
+			want: []result{{"b", []int{2}, true}}}, // k waits its backoff
+		{name: "in flight does not count", setup: func(q *Queue[string, []int]) {
+			q.TryPut("a", []int{1}, nil)
+			q.TryPut("b", []int{2}, nil)
+			q.TryTake() // a in flight
+		}, wantOK: true,
+			want: []result{{"b", []int{2}, true}, {"k", []int{9}, true}}},
+		{name: "backing off counts", setup: func(q *Queue[string, []int]) {
+			q.TryPut("a", []int{1}, nil)
+			k, v, _ := q.TryTake()
+			q.Retry(k, v, time.Hour, nil)
+			q.TryPut("b", []int{2}, nil)
+		}, wantOK: false,
+			want: []result{{"b", []int{2}, true}}},
+		{name: "closed", setup: func(q *Queue[string, []int]) { q.Close() }, wantOK: false,
+			want: []result{{"", nil, false}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := New[string, []int](2)
+			tt.setup(q)
+			readied := 0
+			q.OnReady(func() { readied++ })
+			before := q.Len()
+			var merge func([]int) []int
+			if tt.merge {
+				merge = appendTo(9)
+			}
+			if ok := q.TryPut("k", []int{9}, merge); ok != tt.wantOK {
+				t.Fatalf("TryPut = %v, want %v", ok, tt.wantOK)
+			}
+			if !tt.wantOK && (q.Len() != before || readied != 0) {
+				t.Fatalf("a refused TryPut changed the queue: Len %d → %d, %d readied", before, q.Len(), readied)
+			}
+			for i, w := range tt.want {
+				k, v, ok := q.TryTake()
+				if ok != w.ok || k != w.key || !slices.Equal(v, w.v) {
+					t.Fatalf("take %d: %q %v %v, want %q %v %v", i, k, v, ok, w.key, w.v, w.ok)
+				}
+			}
+			if _, _, ok := q.TryTake(); ok {
+				t.Fatal("a key ready past the expected ones")
+			}
+		})
+	}
+}
+
+// A TryPut refused for a full queue succeeds once a Take makes room;
+// TryPut and a Put that waited for room are both held to the bound.
+func TestTryPutAfterRoom(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := New[string, []int](1)
+		ctx := t.Context()
+		if !q.TryPut("a", []int{1}, nil) {
+			t.Fatal("TryPut into an empty queue failed")
+		}
+		if q.TryPut("b", []int{2}, nil) {
+			t.Fatal("TryPut went past the bound")
+		}
+		put := make(chan bool, 1)
+		go func() { put <- q.Put(ctx, "c", []int{3}, nil) }()
+		if !pending(put) {
+			t.Fatal("Put went past the bound")
+		}
+		mustTake(t, q, "a", 1)
+		if !<-put {
+			t.Fatal("Put failed after room was made")
+		}
+		if q.TryPut("b", []int{2}, nil) {
+			t.Fatal("TryPut went past the bound after the waiting Put took the room")
+		}
+		q.Done("a")
+		mustTake(t, q, "c", 3)
+		if !q.TryPut("b", []int{2}, nil) {
+			t.Fatal("TryPut failed with room")
+		}
+		if q.Len() != 1 {
+			t.Fatalf("Len %d, want 1", q.Len())
+		}
+	})
+}

@@ -156,13 +156,28 @@ func (w *Writer) Close() {
 // Submit queues wr, replacing a queued report of the same Device (last
 // wins). It blocks while the queue is full, until ctx ends (false).
 func (w *Writer) Submit(ctx context.Context, wr Write) bool {
+	it, merge := w.item(wr)
+	return w.q.Put(ctx, wr.Key, it, merge)
+}
+
+// TrySubmit is Submit without waiting: false, with nothing queued, when
+// the queue is full (a report of a Device already queued replaces it all
+// the same) or the writer closed.
+func (w *Writer) TrySubmit(wr Write) bool {
+	it, merge := w.item(wr)
+	return w.q.TryPut(wr.Key, it, merge)
+}
+
+// item is wr as it waits in the queue, and how it merges into a report of
+// its Device already waiting.
+func (w *Writer) item(wr Write) (*item, func(*item) *item) {
 	it := &item{w: wr, dones: map[any]func(){wr.Owner: wr.Done}, first: time.Now()}
-	return w.q.Put(ctx, wr.Key, it, func(cur *item) *item {
+	return it, func(cur *item) *item {
 		cur.w.Report, cur.w.Lookup, cur.w.Node = wr.Report, wr.Lookup, wr.Node
 		cur.dones[wr.Owner] = wr.Done
 		cur.tries = 0
 		return cur
-	})
+	}
 }
 
 func (w *Writer) work() {

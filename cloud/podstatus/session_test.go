@@ -159,3 +159,67 @@ func TestSessionPanicContained(t *testing.T) {
 		}
 	})
 }
+
+// TryReport queues without waiting: refused, with nothing queued or done,
+// once MaxPending pods wait; a report of a pod already waiting replaces
+// it (its seq done) even then; refused once the session stopped. A
+// report refused is queued by Report after room was made, and nothing is
+// lost.
+func TestTryReport(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w, err := NewWriter(WriterConfig{MaxConcurrent: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			mu   sync.Mutex
+			done []uint64
+		)
+		release := make(chan struct{})
+		s := w.Start(context.Background(), SessionConfig{Node: "gw", Client: fake.NewClientset(), MaxPending: 2,
+			Done: func(seq uint64) {
+				if seq == 1 {
+					<-release // the write of 1 stays in flight meanwhile
+				}
+				mu.Lock()
+				done = append(done, seq)
+				mu.Unlock()
+			}})
+		defer s.Stop()
+		if !s.TryReport(1, gonePod(1)) {
+			t.Fatal("TryReport into an empty session refused")
+		}
+		synctest.Wait() // 1 in flight: not counted
+		if !s.TryReport(2, gonePod(2)) || !s.TryReport(3, gonePod(3)) {
+			t.Fatal("TryReport with room refused")
+		}
+		if s.TryReport(4, gonePod(4)) {
+			t.Fatal("TryReport went past MaxPending")
+		}
+		if !s.TryReport(5, gonePod(2)) {
+			t.Fatal("TryReport of a pod already waiting refused")
+		}
+		mu.Lock()
+		if !slices.Equal(done, []uint64{2}) {
+			t.Fatalf("done %v, want [2] (replaced by 5)", done)
+		}
+		mu.Unlock()
+		reported := make(chan bool, 1)
+		go func() { reported <- s.Report(4, gonePod(4)) }()
+		close(release)
+		if !<-reported {
+			t.Fatal("Report failed")
+		}
+		synctest.Wait()
+		mu.Lock()
+		slices.Sort(done)
+		if !slices.Equal(done, []uint64{1, 2, 3, 4, 5}) {
+			t.Fatalf("done %v, want 1 to 5", done)
+		}
+		mu.Unlock()
+		s.Stop()
+		if s.TryReport(6, gonePod(6)) {
+			t.Fatal("TryReport after Stop queued")
+		}
+	})
+}

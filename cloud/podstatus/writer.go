@@ -311,9 +311,27 @@ func (s *Session) Stop() {
 // pods waiting, Report waits for room: the connection's reads stall rather
 // than the relay's memory growing. It returns false if the session ended.
 func (s *Session) Report(seq uint64, rep *wire.PodStatus) bool {
+	return s.report(seq, rep, true)
+}
+
+// TryReport is Report without waiting: false, with nothing queued, when
+// MaxPending pods wait (a report of a pod already waiting replaces it
+// all the same) or the session ended. A caller that must not wait tries
+// first and calls Report elsewhere only then.
+func (s *Session) TryReport(seq uint64, rep *wire.PodStatus) bool {
+	return s.report(seq, rep, false)
+}
+
+func (s *Session) report(seq uint64, rep *wire.PodStatus, wait bool) bool {
 	it := &item{seq: seq, rep: rep}
 	var replaced *item
-	ok := s.q.Put(s.ctx, rep.UID, it, func(old *item) *item { replaced = old; return it })
+	merge := func(old *item) *item { replaced = old; return it }
+	var ok bool
+	if wait {
+		ok = s.q.Put(s.ctx, rep.UID, it, merge)
+	} else {
+		ok = s.q.TryPut(rep.UID, it, merge)
+	}
 	if replaced != nil {
 		s.cfg.Done(replaced.seq)
 	}

@@ -82,7 +82,7 @@ const (
 
 // conn is one agent connection, served by the relay's linkpoll.Poller:
 // Message runs on a poller loop for each frame and never blocks; work
-// that waits (the hello's API calls, a full status queue) runs on a
+// that waits (the hello's API calls, a report whose queue is full) runs on a
 // goroutine of its own while the connection's reading is paused
 // (offload), so TCP flow control holds the agent back and a connection
 // costs a goroutine only while it has such work.
@@ -374,6 +374,15 @@ func (c *conn) offload(work func() bool) {
 	})
 }
 
+// waitReport hands a durable report of type t whose queue is full to
+// offload: it waits there, and with reading paused no later frame of the
+// connection is handled before it, so reports stay in order whether they
+// were queued on the loop or waited.
+func (c *conn) waitReport(t wire.Type, work func() bool) {
+	c.s.metrics.reportsWaited.WithLabelValues(typeLabel(t)).Inc()
+	c.offload(work)
+}
+
 // spawn runs f on a goroutine of its own, counted in s.wg, unless the
 // connection ended (its count may be gone: Server.Close may be waiting).
 // A panic in f (a relay bug) closes this connection only, as one on the
@@ -576,11 +585,14 @@ func (c *conn) frame(f wire.Frame) {
 			return
 		}
 		// Acked once written, or dropped for good (another node's
-		// pod, a stale UID); waits while the queue is full, reading
-		// paused.
+		// pod, a stale UID). Queued on the loop; only a full queue
+		// waits, off the loop with reading paused (waitReport).
 		c.acks.received(f.Type, f.Seq)
+		if c.pstatus.TryReport(f.Seq, st) {
+			return
+		}
 		seq := f.Seq
-		c.offload(func() bool {
+		c.waitReport(f.Type, func() bool {
 			if !c.pstatus.Report(seq, st) {
 				c.close(closeGoingAway, "relay shutting down")
 				return false
@@ -598,11 +610,13 @@ func (c *conn) frame(f wire.Frame) {
 			return
 		}
 		// Acked once the Device status is written, or dropped for good
-		// (no such Device on this node); waits while the queue is full,
-		// reading paused.
+		// (no such Device on this node). Handled on the loop; only what
+		// waits (the Device watch's first list, a full queue) goes off
+		// it, reading paused.
 		c.acks.received(f.Type, f.Seq)
-		seq := f.Seq
-		c.offload(func() bool { c.twinReports.report(seq, r); return true })
+		if rest := c.twinReports.report(f.Seq, r); rest != nil {
+			c.waitReport(f.Type, func() bool { rest(); return true })
+		}
 	case wire.TypeUpgradeReport:
 		r := new(wire.UpgradeReport)
 		if err := f.DecodeBody(r); err != nil {
@@ -613,15 +627,20 @@ func (c *conn) frame(f wire.Frame) {
 			c.fatal(wire.CodeInvalid, "upgrade-report without a seq: durable reports are numbered from 1", closePolicy)
 			return
 		}
-		// Acked once in the AgentUpgrade's status, or dropped for good;
-		// the controller's queue may wait, reading paused.
+		// Acked once in the AgentUpgrade's status, or dropped for good.
+		// Queued on the loop; only a full controller queue waits, off
+		// the loop with reading paused.
 		c.acks.received(f.Type, f.Seq)
 		seq := f.Seq
 		if c.up == nil {
 			c.acks.done(seq)
 			return
 		}
-		c.offload(func() bool { c.up.Report(r, func() { c.acks.done(seq) }); return true })
+		done := func() { c.acks.done(seq) }
+		if c.up.TryReport(r, done) {
+			return
+		}
+		c.waitReport(f.Type, func() bool { c.up.Report(r, done); return true })
 	case wire.TypeUpgradeChunkRequest:
 		// A bad request fails the download (the agent asks again on
 		// the next offer), not the link.

@@ -54,32 +54,48 @@ const (
 )
 
 // report handles one twin report numbered seq, already received by
-// c.acks. It may block while the relay's status queue is full
-// (back-pressure on this agent). A report by link id is first expanded to
+// c.acks, on the poller's loop as far as it can without waiting: it
+// returns nil once the report is dropped or queued, or the rest, which
+// may wait, to run off the loop with reading paused (while the relay's
+// Device watch has not listed yet, or its status queue is full:
+// back-pressure on this agent). A report by link id is first expanded to
 // the report by name it stands for, from the ids of this connection's
 // sync.
-func (t *twins) report(seq uint64, r *wire.TwinReport) {
+func (t *twins) report(seq uint64, r *wire.TwinReport) (rest func()) {
 	if t.devs == nil {
 		t.drop(seq, dropNoDeviceAPI, r.Device, "this relay has no Device API (no dynamic client configured)")
-		return
+		return nil
 	}
 	id := r.ID
 	uid, err := t.devs.Expand(r, time.Now())
 	if err != nil {
 		t.drop(seq, dropUnknownLinkID, "link id "+strconv.FormatUint(uint64(id), 10), err.Error())
-		return
+		return nil
 	}
 	key := r.Device
 	ns, name, ok := strings.Cut(key, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		t.drop(seq, dropBadName, key, "device is not namespace/name")
-		return
+		return nil
 	}
 	if !t.devs.Synced() {
-		ctx, cancel := context.WithTimeout(t.c.s.ctx, deviceSyncWait)
-		t.devs.WaitSynced(ctx)
-		cancel()
+		return func() {
+			ctx, cancel := context.WithTimeout(t.c.s.ctx, deviceSyncWait)
+			t.devs.WaitSynced(ctx)
+			cancel()
+			if rest := t.submit(seq, key, uid, r); rest != nil {
+				rest()
+			}
+		}
 	}
+	return t.submit(seq, key, uid, r)
+}
+
+// submit hands the report of Device key (of UID uid when the report named
+// it by link id) to the relay's status writer if its queue has room; it
+// returns nil then, or when the Device is not this node's (dropped), or
+// else the rest, which waits for room.
+func (t *twins) submit(seq uint64, key, uid string, r *wire.TwinReport) (rest func()) {
 	lookup := func() (*devices.Device, bool) {
 		d, ok := t.devs.Get(key)
 		if ok && uid != "" && string(d.UID) != uid {
@@ -89,7 +105,7 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 	}
 	if _, ok := lookup(); !ok {
 		t.drop(seq, dropNoSuchDevice, key, "no such Device bound to this node")
-		return
+		return nil
 	}
 	// A newer report of a Device supersedes the older ones (the agent's
 	// outbox coalesces them too): the older seq is done, and the ack may
@@ -101,8 +117,7 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 	if had {
 		t.c.acks.done(prev)
 	}
-	// False only when the relay is closing; the agent sends it again.
-	t.c.s.devices.Submit(t.c.s.ctx, devices.Write{
+	w := devices.Write{
 		Node: t.c.node, Key: key, Report: r, Owner: t,
 		Lookup: lookup,
 		Done: func() {
@@ -113,7 +128,12 @@ func (t *twins) report(seq uint64, r *wire.TwinReport) {
 			t.mu.Unlock()
 			t.c.acks.done(seq)
 		},
-	})
+	}
+	if t.c.s.devices.TrySubmit(w) {
+		return nil
+	}
+	// False only when the relay is closing; the agent sends it again.
+	return func() { t.c.s.devices.Submit(t.c.s.ctx, w) }
 }
 
 // drop acks a report that can never be written, logging why (at most a

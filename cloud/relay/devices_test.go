@@ -163,17 +163,24 @@ func TestTwinReportsByLinkID(t *testing.T) {
 // from reg (0 when it has no such series).
 func droppedTwins(t *testing.T, reg *prometheus.Registry, reason string) float64 {
 	t.Helper()
+	return counter(t, reg, "outpost_relay_twin_reports_dropped_total", "reason", reason)
+}
+
+// counter reads the series of counter name whose label is value from reg
+// (0 when it has no such series).
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "outpost_relay_twin_reports_dropped_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
+				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()
 				}
 			}

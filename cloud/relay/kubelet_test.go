@@ -26,7 +26,7 @@ import (
 	"outpost.dev/wire"
 )
 
-func createPod(t *testing.T, tr *testRelay, name, node string) {
+func createPod(t testing.TB, tr *testRelay, name, node string) {
 	t.Helper()
 	_, err := tr.client.CoreV1().Pods("default").Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", UID: types.UID("uid-" + name), ResourceVersion: "1"},

@@ -24,6 +24,9 @@ type metrics struct {
 	// twinsDropped counts twin reports acked without a write, by reason
 	// (one of the dropReason constants, so the label set stays bounded).
 	twinsDropped *prometheus.CounterVec
+	// reportsWaited counts durable reports that found their queue full
+	// and waited off the loop, the connection's reading paused, by type.
+	reportsWaited *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -69,7 +72,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "outpost_relay_twin_reports_dropped_total",
 		Help: "Twin reports acked to their agent without a Device write, by reason (no-device-api, unknown-link-id, bad-name, no-such-device).",
 	}, []string{"reason"})
-	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations, m.handshakesRefused, m.twinsDropped} {
+	m.reportsWaited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "outpost_relay_reports_waited_total",
+		Help: "Durable reports from agents that found their queue full (or the Device watch not listed yet) and waited on a goroutine of their own, the agent's link paused meanwhile, by frame type.",
+	}, []string{"type"})
+	for _, c := range []prometheus.Collector{m.connected, m.frames, m.bytes, m.errors, m.panics, m.streams, m.tunnels, m.rotations, m.handshakesRefused, m.twinsDropped, m.reportsWaited} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

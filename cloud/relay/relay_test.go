@@ -45,7 +45,7 @@ type testRelay struct {
 	certs map[string]tls.Certificate // by node name, see nodeCert
 }
 
-func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
+func newTestRelay(t testing.TB, mod func(*relay.Config)) *testRelay {
 	t.Helper()
 	ca, err := pki.Generate(time.Now())
 	if err != nil {
@@ -70,7 +70,7 @@ func newTestRelay(t *testing.T, mod func(*relay.Config)) *testRelay {
 }
 
 // testWriter sends relay logs to the test log, so failures show them.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -78,7 +78,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // clientCert makes a client certificate signed by ca for name, with org.
-func clientCert(t *testing.T, ca *pki.CA, name string, orgs ...string) tls.Certificate {
+func clientCert(t testing.TB, ca *pki.CA, name string, orgs ...string) tls.Certificate {
 	t.Helper()
 	if len(orgs) == 0 {
 		key, _ := mint.NewKey()
@@ -106,7 +106,7 @@ func (tr *testRelay) httpClient(certs ...tls.Certificate) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: tr.tlsConfig(certs...)}}
 }
 
-func (tr *testRelay) dialCert(t *testing.T, cert *tls.Certificate) (*websocket.Conn, *http.Response, error) {
+func (tr *testRelay) dialCert(t testing.TB, cert *tls.Certificate) (*websocket.Conn, *http.Response, error) {
 	t.Helper()
 	var certs []tls.Certificate
 	if cert != nil {
@@ -126,7 +126,7 @@ func (tr *testRelay) dialCert(t *testing.T, cert *tls.Certificate) (*websocket.C
 
 // nodeCert is name's node certificate, recorded as a join records it
 // (cloud/identity), so the relay accepts it; the same one every time.
-func (tr *testRelay) nodeCert(t *testing.T, name string) tls.Certificate {
+func (tr *testRelay) nodeCert(t testing.TB, name string) tls.Certificate {
 	t.Helper()
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
@@ -141,7 +141,7 @@ func (tr *testRelay) nodeCert(t *testing.T, name string) tls.Certificate {
 	return cert
 }
 
-func (tr *testRelay) dial(t *testing.T, name string) *websocket.Conn {
+func (tr *testRelay) dial(t testing.TB, name string) *websocket.Conn {
 	t.Helper()
 	cert := tr.nodeCert(t, name)
 	c, _, err := tr.dialCert(t, &cert)
@@ -160,7 +160,7 @@ func info() wire.NodeInfo {
 	}
 }
 
-func encode(t *testing.T, typ wire.Type, seq uint64, body wire.Body) []byte {
+func encode(t testing.TB, typ wire.Type, seq uint64, body wire.Body) []byte {
 	t.Helper()
 	b, err := wire.Encode(typ, seq, body)
 	if err != nil {
@@ -169,11 +169,11 @@ func encode(t *testing.T, typ wire.Type, seq uint64, body wire.Body) []byte {
 	return b
 }
 
-func helloFrame(t *testing.T) []byte {
+func helloFrame(t testing.TB) []byte {
 	return encode(t, wire.TypeHello, 0, &wire.Hello{MinVersion: 1, MaxVersion: 1, AgentVersion: "v0.1.0", Node: info()})
 }
 
-func send(t *testing.T, c *websocket.Conn, b []byte) {
+func send(t testing.TB, c *websocket.Conn, b []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -184,7 +184,7 @@ func send(t *testing.T, c *websocket.Conn, b []byte) {
 
 // recv reads the next frame, skipping pod sync frames (the relay sends an
 // initial one after every hello; TestInitialPodSync checks it).
-func recv(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
+func recv(t testing.TB, c *websocket.Conn) (wire.Frame, error) {
 	t.Helper()
 	for {
 		f, err := recvAny(t, c)
@@ -194,7 +194,7 @@ func recv(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
 	}
 }
 
-func recvAny(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
+func recvAny(t testing.TB, c *websocket.Conn) (wire.Frame, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -212,7 +212,7 @@ func recvAny(t *testing.T, c *websocket.Conn) (wire.Frame, error) {
 	return f, nil
 }
 
-func mustRecv(t *testing.T, c *websocket.Conn, want wire.Type) wire.Frame {
+func mustRecv(t testing.TB, c *websocket.Conn, want wire.Type) wire.Frame {
 	t.Helper()
 	f, err := recv(t, c)
 	if err != nil {
@@ -225,7 +225,7 @@ func mustRecv(t *testing.T, c *websocket.Conn, want wire.Type) wire.Frame {
 }
 
 // hello connects name and completes the hello.
-func (tr *testRelay) hello(t *testing.T, name string) *websocket.Conn {
+func (tr *testRelay) hello(t testing.TB, name string) *websocket.Conn {
 	t.Helper()
 	c := tr.dial(t, name)
 	send(t, c, helloFrame(t))
@@ -267,7 +267,7 @@ func expectFatal(t *testing.T, c *websocket.Conn, code wire.ErrorCode, status we
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	wait.For(t, 10*time.Second, what, cond)
 }

@@ -332,19 +332,34 @@ func (s *Session) answer(r *wire.UpgradeChunkRequest) error {
 // once it is in the AgentUpgrade's status, or dropped for good (no such
 // AgentUpgrade, or one of another version). It is checked against the
 // object as the API server has it when written, not against this
-// replica's watch, which may not have listed yet.
+// replica's watch, which may not have listed yet. It waits while the
+// controller's queue is full.
 func (s *Session) Report(r *wire.UpgradeReport, done func()) {
-	c := s.c
+	s.c.put(s.report(r, done))
+}
+
+// TryReport is Report without waiting: false, with nothing queued and
+// done not called, when the controller's queue is full (a report merged
+// into a change of its AgentUpgrade already waiting needs no room) or
+// closed. A caller that must not wait tries first and calls Report
+// elsewhere only then.
+func (s *Session) TryReport(r *wire.UpgradeReport, done func()) bool {
+	name, ch := s.report(r, done)
+	return s.c.q.TryPut(name, ch, func(w *change) *change { return w.merge(ch) })
+}
+
+// report is the change r makes to its AgentUpgrade's status.
+func (s *Session) report(r *wire.UpgradeReport, done func()) (string, *change) {
 	ch := newChange("")
 	ch.set[s.node] = NodeStatus{Name: s.node, Phase: r.Phase, Reason: r.Reason, Bytes: r.Bytes}
 	ch.about[s.node] = r.Version
 	ch.done = append(ch.done, done)
 	if r.Phase.Terminal() || r.Phase == wire.UpgradeSwitching {
 		s.mu.Lock()
-		delete(s.offered, r.Name)
+		delete(s.offered, r.Name) // done again by a Report after a refused TryReport: no matter
 		s.mu.Unlock()
 	}
-	c.put(r.Name, ch)
+	return r.Name, ch
 }
 
 func (c *Controller) put(name string, ch *change) {

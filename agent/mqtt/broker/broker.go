@@ -16,9 +16,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -78,8 +80,13 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 		Capabilities: caps,
 		// mochi logs every connection at info; the agent's log keeps
 		// warnings and errors from it.
-		Logger:                 slog.New(warnOnly{cfg.Log.Handler()}),
-		SysTopicResendInterval: 60,
+		Logger: slog.New(warnOnly{cfg.Log.Handler()}),
+		// No $SYS topics: mochi has no switch for them, so their
+		// ticker is set beyond any uptime and the set it publishes
+		// when it starts is cleared below. They would cost a retained
+		// packet each, a heap scan (runtime.ReadMemStats) per update,
+		// and apps' retained slots.
+		SysTopicResendInterval: math.MaxInt64 / int64(time.Second),
 	})
 	k := newKept(s)
 	g := &guard{s: s, user: cfg.Username, pass: cfg.Password, log: cfg.Log, kept: k}
@@ -100,6 +107,11 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 	}
 	if err := s.Serve(); err != nil {
 		return nil, err
+	}
+	for topic := range s.Topics.Retained.GetAll() {
+		if strings.HasPrefix(topic, mochi.SysPrefix+"/") {
+			s.Topics.RetainMessage(packets.Packet{TopicName: topic})
+		}
 	}
 	cfg.Log.Info("MQTT broker listening", "addr", l.Address(), "tls", lc.TLSConfig != nil, "auth", cfg.Username != "")
 	return &Conn{s: s, node: cfg.Node, kept: k}, nil

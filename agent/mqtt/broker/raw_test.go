@@ -247,3 +247,25 @@ func TestSlowClientNeverHoldsThePublisher(t *testing.T) {
 		return last == "last"
 	})
 }
+
+// TestNoSysTopics: the broker keeps no $SYS messages (a SUBSCRIBE to
+// $SYS/# and the node status gets the status alone; a $SYS message would
+// be queued before it).
+func TestNoSysTopics(t *testing.T) {
+	c, err := broker.Start(mqtt.Config{Node: "gw", Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	conn := c.(*broker.Conn)
+	const mark = "outpost/gw/status"
+	if err := conn.Publish(mark, []byte("online"), true); err != nil {
+		t.Fatal(err)
+	}
+	r := dialRaw(t, conn.Addr(), "sys", 4)
+	r.read() // CONNACK
+	r.subscribe(1, packets.Subscription{Filter: "$SYS/#"}, packets.Subscription{Filter: mark})
+	if got := r.until(1, mark); !slices.Equal(got, []string{mark + " online true"}) {
+		t.Errorf("got %q, want the status alone", got)
+	}
+}

@@ -174,7 +174,7 @@ func (g *guard) ID() string { return "outpost-guard" }
 
 func (g *guard) Provides(b byte) bool {
 	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
-		mochi.OnRetainMessage, mochi.OnSubscribed, mochi.OnPacketSent, mochi.OnPacketProcessed, mochi.OnDisconnect}, []byte{b})
+		mochi.OnRetainMessage, mochi.OnSubscribe, mochi.OnSubscribed, mochi.OnPacketSent, mochi.OnPacketProcessed, mochi.OnDisconnect}, []byte{b})
 }
 
 func (g *guard) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
@@ -216,8 +216,16 @@ func (g *guard) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int64) {
 	}
 }
 
-// OnSubscribed, OnPacketSent (of the SUBACK) and OnPacketProcessed (of
-// the SUBSCRIBE) bracket mochi's retained pass for a client: see kept.
+// OnSubscribe and OnSubscribed bracket mochi's adding a client's filters,
+// OnPacketSent (of the SUBACK) and OnPacketProcessed (of the SUBSCRIBE)
+// its retained pass for the client: see kept.
+func (g *guard) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
+	if !cl.Net.Inline {
+		g.kept.subscribing()
+	}
+	return pk
+}
+
 func (g *guard) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
 	if !cl.Net.Inline {
 		g.kept.subscribed(cl, pk)

@@ -60,9 +60,10 @@ type keptMsg struct {
 type pass struct {
 	id      uint16
 	filters []packets.Subscription
-	// seq is kept.seq once the client's filters were added: the
+	// seq is kept.seq when the client's filters were added: the
 	// agent's publishes after it reach the client live, so their topics
-	// need no retained copy.
+	// need no retained copy, and those before it did not (unless the
+	// client held a matching filter already).
 	seq    uint64
 	locked bool     // the pass holds kept.mu
 	topics []string // the agent's topics put in mochi's index
@@ -99,9 +100,17 @@ func (k *kept) subscribeInline(filter string, subscribe func() error, h func(top
 	return nil
 }
 
+// subscribing runs before mochi adds a client's filters, subscribed
+// after (mochi calls both, with nothing between them that waits on the
+// client): mu is held between them, so each of the agent's publishes
+// either reached the client's subscription tree entries or comes after
+// them.
+func (k *kept) subscribing() { k.mu.Lock() }
+
 // subscribed notes a client's SUBSCRIBE once mochi has added its filters.
 func (k *kept) subscribed(cl *mochi.Client, pk packets.Packet) {
 	p := &pass{id: pk.PacketID, filters: pk.Filters, seq: k.seq.Load()}
+	k.mu.Unlock()
 	k.pmu.Lock()
 	k.passes[cl] = p
 	k.pmu.Unlock()

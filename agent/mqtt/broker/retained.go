@@ -149,7 +149,7 @@ func (k *kept) acked(cl *mochi.Client, pk packets.Packet) {
 				FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
 				TopicName:   topic,
 				Payload:     []byte(m.payload),
-				Created:     time.Now().Unix(),
+				Created:     time.Now().Unix(), // else mochi's expiry (1 h after Created) could take it mid-pass
 			})
 		})
 	}

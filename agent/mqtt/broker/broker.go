@@ -16,9 +16,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -78,10 +80,15 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 		Capabilities: caps,
 		// mochi logs every connection at info; the agent's log keeps
 		// warnings and errors from it.
-		Logger:                 slog.New(warnOnly{cfg.Log.Handler()}),
-		SysTopicResendInterval: 60,
+		Logger: slog.New(warnOnly{cfg.Log.Handler()}),
+		// No $SYS topics: mochi has no switch for them, so their
+		// ticker is set beyond any uptime and the set it publishes
+		// when it starts is cleared below. They would cost a retained
+		// packet each, a heap scan (runtime.ReadMemStats) per update,
+		// and apps' retained slots.
+		SysTopicResendInterval: math.MaxInt64 / int64(time.Second),
 	})
-	k := newKept()
+	k := newKept(s)
 	g := &guard{s: s, user: cfg.Username, pass: cfg.Password, log: cfg.Log, kept: k}
 	if err := s.AddHook(g, nil); err != nil {
 		return nil, err
@@ -101,6 +108,11 @@ func Start(cfg mqtt.Config) (mqtt.Conn, error) {
 	if err := s.Serve(); err != nil {
 		return nil, err
 	}
+	for topic := range s.Topics.Retained.GetAll() {
+		if strings.HasPrefix(topic, mochi.SysPrefix+"/") {
+			s.Topics.RetainMessage(packets.Packet{TopicName: topic})
+		}
+	}
 	cfg.Log.Info("MQTT broker listening", "addr", l.Address(), "tls", lc.TLSConfig != nil, "auth", cfg.Username != "")
 	return &Conn{s: s, node: cfg.Node, kept: k}, nil
 }
@@ -117,22 +129,22 @@ func (c *Conn) Addr() string {
 // by the Conn rather than by mochi (see kept).
 func (c *Conn) Publish(topic string, payload []byte, retain bool) error {
 	if retain {
-		c.kept.set(topic, payload)
+		return c.kept.publish(topic, payload)
 	}
-	return c.s.Publish(topic, payload, retain, 0)
+	return c.s.Publish(topic, payload, false, 0)
 }
 
 // Subscribe implements mqtt.Conn: h gets the retained messages matching
-// filter at once, then every message published on it.
+// filter at once, then every message published on it. h runs while the
+// agent's retained messages are delivered in order (see kept), so it must
+// not itself publish a retained message.
 func (c *Conn) Subscribe(filter string, h mqtt.Handler) error {
 	id := int(c.subID.Add(1))
-	err := c.s.Subscribe(filter, id, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
-		h(pk.TopicName, pk.Payload)
-	})
-	if err == nil {
-		c.kept.each(filter, func(topic, payload string) { h(topic, []byte(payload)) })
-	}
-	return err
+	return c.kept.subscribeInline(filter, func() error {
+		return c.s.Subscribe(filter, id, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+			h(pk.TopicName, pk.Payload)
+		})
+	}, h)
 }
 
 // OnConnect implements mqtt.Conn: the inline client is always connected.
@@ -142,7 +154,7 @@ func (c *Conn) OnConnect(fn func()) { go fn() }
 func (c *Conn) Close() error {
 	var err error
 	c.closed.Do(func() {
-		c.s.Publish(mqtt.StatusTopic(c.node), []byte("offline"), true, 0)
+		c.Publish(mqtt.StatusTopic(c.node), []byte("offline"), true)
 		err = c.s.Close()
 	})
 	return err
@@ -162,7 +174,7 @@ func (g *guard) ID() string { return "outpost-guard" }
 
 func (g *guard) Provides(b byte) bool {
 	return bytes.Contains([]byte{mochi.OnConnectAuthenticate, mochi.OnACLCheck, mochi.OnPublish,
-		mochi.OnRetainMessage, mochi.OnSubscribe, mochi.OnSubscribed, mochi.OnPacketSent, mochi.OnDisconnect}, []byte{b})
+		mochi.OnRetainMessage, mochi.OnSubscribe, mochi.OnSubscribed, mochi.OnPacketSent, mochi.OnPacketProcessed, mochi.OnDisconnect}, []byte{b})
 }
 
 func (g *guard) OnConnectAuthenticate(cl *mochi.Client, pk packets.Packet) bool {
@@ -186,7 +198,7 @@ func (g *guard) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 
 func (g *guard) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Retain && !cl.Net.Inline && len(pk.Payload) > 0 &&
-		(len(pk.Payload) > maxAppRetainedBytes || g.s.Topics.Retained.Len() >= MaxAppRetained) {
+		(len(pk.Payload) > maxAppRetainedBytes || int64(g.s.Topics.Retained.Len())-g.kept.inIndex.Load() >= MaxAppRetained) {
 		pk.FixedHeader.Retain = false
 		if g.warned.CompareAndSwap(false, true) {
 			g.log.Warn("MQTT broker holds the most retained messages it keeps, or this one is too large; retained messages from apps past the limits are delivered but not retained",
@@ -204,23 +216,31 @@ func (g *guard) OnRetainMessage(cl *mochi.Client, pk packets.Packet, r int64) {
 	}
 }
 
+// OnSubscribe and OnSubscribed bracket mochi's adding a client's filters,
+// OnPacketSent (of the SUBACK) and OnPacketProcessed (of the SUBSCRIBE)
+// its retained pass for the client: see kept.
 func (g *guard) OnSubscribe(cl *mochi.Client, pk packets.Packet) packets.Packet {
 	if !cl.Net.Inline {
-		g.kept.subscribing(cl, pk)
+		g.kept.subscribing()
 	}
 	return pk
 }
 
-func (g *guard) OnSubscribed(cl *mochi.Client, pk packets.Packet, codes []byte) {
+func (g *guard) OnSubscribed(cl *mochi.Client, pk packets.Packet, _ []byte) {
 	if !cl.Net.Inline {
-		g.kept.subscribed(cl, pk, codes)
+		g.kept.subscribed(cl, pk)
 	}
 }
 
-// OnPacketSent sends the agent's retained messages after a SUBACK.
 func (g *guard) OnPacketSent(cl *mochi.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Suback {
 		g.kept.acked(cl, pk)
+	}
+}
+
+func (g *guard) OnPacketProcessed(cl *mochi.Client, pk packets.Packet, _ error) {
+	if pk.FixedHeader.Type == packets.Subscribe && !cl.Net.Inline {
+		g.kept.processed(cl)
 	}
 }
 

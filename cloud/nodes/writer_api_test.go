@@ -11,11 +11,33 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
+	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/harness"
 	"outpost.dev/test/stack"
 	"outpost.dev/wire"
 )
+
+// startWriter starts a real control plane and a node writer on it
+// (counting into reg), and returns the client acting as node name and a
+// report of that node.
+func startWriter(t *testing.T, ctx context.Context, name string) (*stack.InProcess, *nodes.Writer, *prometheus.Registry, asnode.Client, *nodes.Report) {
+	t.Helper()
+	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
+	reg := prometheus.NewRegistry()
+	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: 40 * time.Second, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := ip.AsNode.For(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := wire.Resources{CPUMillis: 1000, MemoryBytes: 1 << 30, Pods: 10}
+	rep := &nodes.Report{AgentVersion: "v0.0.0-test", Info: wire.NodeInfo{Arch: "arm64", OS: "linux", Board: "sim", Hostname: name,
+		Capacity: res, Allocatable: res}}
+	return ip, w, reg, as, rep
+}
 
 // A Node whose taints changed since the relay last wrote it (the node
 // lifecycle controller takes off the not-ready taint every new Node is
@@ -26,20 +48,8 @@ import (
 // cure is the same, and it is not counted as a failed write.
 func TestApplyAfterTaintsChanged(t *testing.T) {
 	ctx := context.Background()
-	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
-	reg := prometheus.NewRegistry()
-	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: 40 * time.Second, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const name = "gw-taints"
-	as, err := ip.AsNode.For(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := wire.Resources{CPUMillis: 1000, MemoryBytes: 1 << 30, Pods: 10}
-	rep := &nodes.Report{AgentVersion: "v0.0.0-test", Info: wire.NodeInfo{Arch: "arm64", OS: "linux", Board: "sim", Hostname: name,
-		Capacity: res, Allocatable: res}}
+	ip, w, reg, as, rep := startWriter(t, ctx, name)
 	cached, err := w.Apply(ctx, as, name, rep, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -91,20 +101,9 @@ func TestApplyAfterTaintsChanged(t *testing.T) {
 // conditions' transition times, and counts no failure.
 func TestWriteFromKeptCopies(t *testing.T) {
 	ctx := context.Background()
-	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
-	reg := prometheus.NewRegistry()
-	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: 40 * time.Second, Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const name = "gw-kept"
-	as, err := ip.AsNode.For(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := wire.Resources{CPUMillis: 1000, MemoryBytes: 1 << 30, Pods: 10}
-	rep := &nodes.Report{AgentVersion: "v0.0.0-test", Info: wire.NodeInfo{Arch: "arm64", OS: "linux", Board: "sim", Hostname: name,
-		Capacity: res, Allocatable: res}, Link: &wire.LinkStats{OutboxReports: 3, At: 1}}
+	ip, w, reg, as, rep := startWriter(t, ctx, name)
+	rep.Link = &wire.LinkStats{OutboxReports: 3, At: 1}
 	if _, err := w.Apply(ctx, as, name, rep, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -56,18 +56,6 @@ func CheckUID(what, s string) error {
 	return nil
 }
 
-// CheckPathSegment reports whether s is a valid name of a custom
-// resource (a Device): one path segment, as the API server requires.
-func CheckPathSegment(what, s string) error {
-	if s == "" {
-		return fmt.Errorf("%s missing", what)
-	}
-	if s == "" || s == "." || s == ".." || strings.ContainsAny(s, "/%") || len(s) > maxNameLen {
-		return fmt.Errorf("%s %q is not a valid name (one path segment, not . or .., without / or %%)", what, truncText(s))
-	}
-	return nil
-}
-
 // CheckKey reports whether s is a valid ConfigMap or Secret key, which
 // becomes a file name in a volume: at most 253 letters, digits, '-', '_'
 // or '.', not "." and not starting with ".." (the kubelet's own names in

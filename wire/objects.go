@@ -145,11 +145,11 @@ func (o *Object) Validate() error {
 	if err := CheckLabel("object "+o.Name+": namespace", o.Namespace); err != nil {
 		return err
 	}
-	checkName := CheckSubdomain
-	if o.Kind == KindDevice {
-		checkName = CheckPathSegment // a custom resource
-	}
-	if err := checkName("object "+o.Namespace+"/…: name", o.Name); err != nil {
+	// A Device's name is a DNS subdomain too (the Device CRD says so),
+	// though Kubernetes would take any path segment for a custom
+	// resource: it becomes an MQTT topic level, where + and # are
+	// wildcards.
+	if err := CheckSubdomain("object "+o.Namespace+"/…: name", o.Name); err != nil {
 		return err
 	}
 	if o.LinkID != 0 && (o.Kind != KindDevice || o.LinkID > MaxLinkID) {

@@ -585,11 +585,19 @@ func TestPathNamesRejected(t *testing.T) {
 		{"device name with capitals", func(s *Sync) {
 			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "BME-1"
 			s.Upserts[1].Device = &Device{Driver: "bme280"}
-		}, ""},
+		}, "not a DNS-1123 subdomain"},
 		{"device name with /", func(s *Sync) {
 			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "a/b"
 			s.Upserts[1].Device = &Device{Driver: "bme280"}
-		}, "not a valid name"},
+		}, "not a DNS-1123 subdomain"},
+		{"device name with an MQTT wildcard", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "temp#1"
+			s.Upserts[1].Device = &Device{Driver: "bme280"}
+		}, "not a DNS-1123 subdomain"},
+		{"device name with a glob character", func(s *Sync) {
+			s.Upserts[1].ConfigMap, s.Upserts[1].Kind, s.Upserts[1].Name = nil, KindDevice, "*0"
+			s.Upserts[1].Device = &Device{Driver: "bme280"}
+		}, "not a DNS-1123 subdomain"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

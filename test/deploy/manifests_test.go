@@ -283,3 +283,52 @@ func metaSelector(pdb *policyv1.PodDisruptionBudget) (labels.Selector, error) {
 	}
 	return labels.SelectorFromSet(pdb.Spec.Selector.MatchLabels), nil
 }
+
+// TestDeviceNames: the API server refuses a Device whose name is not a
+// DNS subdomain (it would be an MQTT topic level on the gateway, where +
+// and # are wildcards), as the relay and the agent do (wire.Object's
+// Validate), and takes one that is.
+func TestDeviceNames(t *testing.T) {
+	need(t)
+	ctx := stack.Context(t, 2*time.Minute)
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crd := filepath.Join(root, "cloud", "deploy", "devices-crd.yaml")
+	if out, err := st.CP.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "--field-manager=outpost-test", "-f", crd); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := st.CP.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/devices.outpost.dev"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	dev := func(name string) string {
+		return `{"apiVersion":"outpost.dev/v1alpha1","kind":"Device","metadata":{"name":"` + name + `","namespace":"default"},` +
+			`"spec":{"nodeName":"gw","driver":"bme280","connection":{"bus":"I2C1","address":"0x76"}}}`
+	}
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"temp-1", true},
+		{"temp.kitchen", true},
+		{"temp#1", false},
+		{"temp+1", false},
+		{"*0", false},
+		{"Temp", false},
+	} {
+		f := filepath.Join(t.TempDir(), "device.json")
+		if err := os.WriteFile(f, []byte(dev(tc.name)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := st.CP.Kubectl(ctx, "create", "--dry-run=server", "-f", f)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("Device %q refused: %v: %s", tc.name, err, out)
+		case !tc.ok && err == nil:
+			t.Errorf("Device %q taken: %s", tc.name, out)
+		case !tc.ok && !strings.Contains(out+err.Error(), "metadata.name"):
+			t.Errorf("Device %q refused, but not for its name: %v: %s", tc.name, err, out)
+		}
+	}
+}

@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -154,13 +155,58 @@ func (l listener) Accept() (net.Conn, error) {
 	return rc, nil
 }
 
+// TLSConfig returns base for the server (http.Server.TLSConfig) with
+// what adoption needs: for each connection accepted through a Listener
+// of the poller, a GetConfigForClient that hands crypto/tls a clone of
+// base (or of what base's own GetConfigForClient returns) whose
+// KeyLogWriter is the connection's own, and with session tickets off
+// (crypto/tls would send them under the application keys; agents
+// reconnect with full handshakes anyway). The key log is the only API
+// of crypto/tls that yields the application traffic secrets, which the
+// record layer goes on with after adoption: the lines go to the
+// connection's memory, parsed and kept only until adoption, and are
+// written nowhere. Other connections get base's configuration.
+func (p *Poller) TLSConfig(base *tls.Config) *tls.Config {
+	base = base.Clone()
+	inner := base.GetConfigForClient
+	cfg := base.Clone()
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		var got *tls.Config
+		if inner != nil {
+			var err error
+			if got, err = inner(hello); err != nil {
+				return nil, err
+			}
+		}
+		raw, ok := hello.Conn.(*rawConn)
+		if !ok || raw.watch == nil {
+			return got, nil
+		}
+		if got == nil {
+			got = base
+		}
+		c := got.Clone()
+		c.GetConfigForClient = nil
+		c.KeyLogWriter = raw.watch
+		c.SessionTicketsDisabled = true
+		return c, nil
+	}
+	return cfg
+}
+
 // Adopt takes over tc, whose handshake and WebSocket upgrade are done and
-// whose connection came from a Listener of this poller, and returns it as
-// a Conn served by the Handler newHandler returns for it (called once,
-// before any event, so the handler can keep the Conn). Nothing may have
-// been read past the upgrade request outside tc (a hijacked bufio.Reader
-// with bytes buffered: refuse the connection instead). On an error tc is
-// closed and the handler is not told.
+// whose connection came from a Listener of this poller served with
+// TLSConfig, and returns it as a Conn served by the Handler newHandler
+// returns for it (called once, before any event, so the handler can keep
+// the Conn). From then on the poller runs the TLS 1.3 record layer
+// itself, with the connection's application traffic secrets, and keeps
+// no *tls.Conn: tc must not be used any more (not even closed: its
+// socket is the Conn's). The connection must have negotiated TLS 1.3
+// with TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 or
+// TLS_CHACHA20_POLY1305_SHA256, and nothing may have been read past the
+// upgrade request (a hijacked bufio.Reader with bytes buffered: refuse
+// the connection instead). On an error tc is closed and the handler is
+// not told.
 func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, error) {
 	raw, ok := tc.NetConn().(*rawConn)
 	if !ok {
@@ -173,15 +219,21 @@ func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, err
 		return nil, ErrClosed
 	default:
 	}
+	rd, wr, err := raw.takeKeys(tc)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		tc.Close()
 		return nil, err
 	}
 	l := p.loops[int(p.next.Add(1))%len(p.loops)]
-	c := &Conn{loop: l, raw: raw, tls: tc}
+	c := &Conn{loop: l, raw: raw, rd: recordReader{keys: rd}}
 	c.h = newHandler(c)
 	c.lastRead.Store(time.Now().UnixNano())
 	raw.loop = l
+	raw.wr = wr
 	raw.nonblocking.Store(true)
 	l.mu.Lock()
 	l.conns[raw.fd] = c
@@ -199,10 +251,35 @@ func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, err
 		})
 		return nil, err
 	}
-	// Bytes that arrived with the upgrade may wait in crypto/tls's
-	// buffer, where epoll does not see them: the loop reads them first.
-	l.post(c)
 	return c, nil
+}
+
+// takeKeys checks that tc can be adopted and returns its record layer's
+// keys, at the sequence numbers crypto/tls reached (capture).
+func (c *rawConn) takeKeys(tc *tls.Conn) (rd, wr trafficKeys, err error) {
+	w := c.watch
+	if w == nil {
+		return rd, wr, errNoSecrets
+	}
+	cs := tc.ConnectionState()
+	if cs.Version != tls.VersionTLS13 {
+		return rd, wr, fmt.Errorf("linkpoll: %s negotiated; adoption needs TLS 1.3", tls.VersionName(cs.Version))
+	}
+	// Plaintext crypto/tls opened but nobody read would be lost: with
+	// the deadline past, Read returns it, or times out without reading
+	// the socket.
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return rd, wr, err
+	}
+	var one [1]byte
+	if n, err := tc.Read(one[:]); n > 0 {
+		return rd, wr, errors.New("linkpoll: data sent before the upgrade was answered")
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return rd, wr, fmt.Errorf("linkpoll: connection unusable at adoption: %w", err)
+	}
+	rd, wr, err = w.adoptKeys(cs.CipherSuite)
+	c.watch = nil
+	return rd, wr, err
 }
 
 // Close closes every connection (ErrClosed, without a close frame) and

@@ -103,7 +103,7 @@ func serve(t *testing.T, cfg Config, h Handler) *server {
 			t.Errorf("adopt: %v", err)
 		}
 	})
-	hs := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}}
+	hs := &http.Server{Handler: mux, TLSConfig: p.TLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})}
 	go hs.ServeTLS(p.Listener(ln), "", "")
 	t.Cleanup(func() {
 		hs.Close()

@@ -106,7 +106,9 @@ func (c *rawClient) sealed(typ byte, pt []byte) []byte {
 
 func (c *rawClient) send(typ byte, pt []byte) { c.sendBytes(c.sealed(typ, pt)) }
 
-func (c *rawClient) sendMessage(msg string) { c.send(recordApplicationData, clientFrame(true, ws.OpBinary, []byte(msg))) }
+func (c *rawClient) sendMessage(msg string) {
+	c.send(recordApplicationData, clientFrame(true, ws.OpBinary, []byte(msg)))
+}
 
 // record reads and opens the server's next record.
 func (c *rawClient) record() (byte, []byte, error) {

@@ -4,19 +4,31 @@
 // loops instead of a goroutine each: the relay's agent links, tens of
 // thousands of them idle but for a heartbeat every ten seconds.
 //
-// The TLS is the standard library's crypto/tls, the handshake and the
-// WebSocket upgrade stay where they are (net/http, on the connection's
-// goroutine, which ends once the connection is adopted). For that, the
-// server's listener is wrapped by Poller.Listener, so that crypto/tls
-// sits on a connection the poller can later switch to non-blocking:
-// Read then returns what the socket has and, when it has nothing,
-// os.ErrDeadlineExceeded, the timeout crypto/tls does not hold against
-// the connection (a partial record waits in its buffer for the rest);
-// Write writes what the socket takes and queues the rest, bounded,
-// flushed on EPOLLOUT. A loop decrypts what arrived, parses the frames
-// (client frames must be masked; fragmented messages are reassembled up
-// to Config.MaxMessage, refused as soon as a header says more) and hands
-// each binary message to the Handler on the loop's goroutine. Linux only.
+// The handshake and the WebSocket upgrade stay where they are: the
+// standard library's crypto/tls and net/http, on the connection's
+// goroutine, which ends once the connection is adopted. For that, the
+// server's listener is wrapped by Poller.Listener and its tls.Config
+// comes from Poller.TLSConfig: until adoption the connection under
+// crypto/tls follows its records both ways, learns the TLS 1.3
+// application traffic secrets from crypto/tls's key log (kept in memory
+// only until adoption) and counts the records sealed under them. Adopt
+// then takes the connection without its *tls.Conn, which is let go with
+// its buffers, handshake leftovers and the peer's parsed certificates:
+// the poller runs the TLS 1.3 record layer itself (RFC 8446 §5, with
+// KeyUpdate both ways, §4.6.3) over the socket, switched to
+// non-blocking. An idle connection holds two AEADs, two sequence numbers,
+// the two traffic secrets and nothing else of TLS; a partial record
+// waits in a buffer of the connection's only while the rest is coming.
+// Links must negotiate TLS 1.3 (with AES-GCM or ChaCha20-Poly1305).
+//
+// A loop opens the records that arrived in place, in a buffer it shares
+// with its other connections, parses the frames (client frames must be
+// masked; fragmented messages are reassembled up to Config.MaxMessage,
+// refused as soon as a header says more) and hands each binary message
+// to the Handler on the loop's goroutine. Writes are sealed into records
+// and written without waiting: what the socket does not take is queued,
+// bounded, flushed on EPOLLOUT. A record that breaks TLS ends its
+// connection only, with the alert for it (ErrTLS). Linux only.
 //
 // A handler whose work may wait pauses the connection's reading
 // (Conn.PauseReading) and does the work on a goroutine of its own, which

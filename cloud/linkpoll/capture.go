@@ -46,10 +46,14 @@ const (
 
 // recordCount is one direction of a capture.
 type recordCount struct {
-	hdr     [recordHeaderLen]byte
-	hdrN    int
-	left    int    // body bytes of the current record still to come
-	rec     []byte // the current record, while it may need opening
+	hdr  [recordHeaderLen]byte
+	hdrN int
+	size int // the current record's body
+	left int // its bytes still to come
+	// open: the current record is to be opened; rec is its body when it
+	// comes in pieces (a copy, until the record's end).
+	open    bool
+	rec     []byte
 	records int
 	apps    uint64 // application records: the next sequence number
 	// cands are the keys of the suites the secret's length allows,
@@ -104,46 +108,50 @@ func (c *capture) feed(dir int, p []byte) {
 			if d.hdrN < recordHeaderLen {
 				return
 			}
-			d.left = int(binary.BigEndian.Uint16(d.hdr[3:]))
-			if d.left > maxCiphertext {
-				c.stop(fmt.Errorf("linkpoll: a record of %d bytes before adoption", d.left))
+			d.size = int(binary.BigEndian.Uint16(d.hdr[3:]))
+			d.left = d.size
+			if d.size > maxCiphertext {
+				c.stop(fmt.Errorf("linkpoll: a record of %d bytes before adoption", d.size))
 				return
 			}
-			if c.secrets[dir] != nil && d.hdr[0] == recordApplicationData {
-				d.rec = append(make([]byte, 0, recordHeaderLen+d.left), d.hdr[:]...)
-			}
-			if d.left == 0 {
-				c.record(d)
+			d.open = c.secrets[dir] != nil && d.hdr[0] == recordApplicationData
+			if d.size == 0 {
+				c.record(d, nil)
 				continue
 			}
 		}
 		n := min(len(p), d.left)
-		if d.rec != nil {
-			d.rec = append(d.rec, p[:n]...)
+		body := p[:n]
+		if d.open && (d.rec != nil || n < d.size) { // in pieces: copied
+			if d.rec == nil {
+				d.rec = make([]byte, 0, d.size)
+			}
+			d.rec = append(d.rec, body...)
+			body = d.rec
 		}
 		d.left -= n
 		p = p[n:]
 		if d.left == 0 {
-			c.record(d)
+			c.record(d, body)
 		}
 	}
 }
 
-// record ends d's current record; c.mu held.
-func (c *capture) record(d *recordCount) {
-	rec := d.rec
-	d.hdrN, d.rec = 0, nil
+// record ends d's current record, whose body is body; c.mu held.
+func (c *capture) record(d *recordCount, body []byte) {
+	open := d.open
+	d.hdrN, d.rec, d.open = 0, nil, false
 	if d.records++; d.records > maxWatched {
 		c.stop(errLongServed)
 		return
 	}
-	if rec == nil {
+	if !open {
 		return
 	}
 	for i := range d.cands {
 		k := &d.cands[i]
 		nonce := k.nonce()
-		pt, err := k.aead.Open(nil, nonce[:], rec[recordHeaderLen:], rec[:recordHeaderLen])
+		pt, err := k.aead.Open(nil, nonce[:], body, d.hdr[:])
 		if err != nil {
 			continue
 		}
@@ -269,11 +277,15 @@ func (c *capture) adoptKeys(suiteID uint16) (rd, wr trafficKeys, err error) {
 		if d.hdrN != 0 {
 			return rd, wr, errors.New("linkpoll: a record was in progress at adoption (data sent before the upgrade was answered)")
 		}
-		if d.apps > 0 && d.cands[0].suite != s {
+		switch {
+		case d.apps > 0 && d.cands[0].suite != s:
 			return rd, wr, fmt.Errorf("linkpoll: records opened under %s, but %s was negotiated", tls.CipherSuiteName(d.cands[0].suite.id), tls.CipherSuiteName(suiteID))
-		}
-		if keys[dir], err = newTrafficKeys(s, c.secrets[dir], d.apps); err != nil {
-			return rd, wr, err
+		case d.apps > 0:
+			keys[dir] = d.cands[0] // at sequence d.apps
+		default:
+			if keys[dir], err = newTrafficKeys(s, c.secrets[dir], 0); err != nil {
+				return rd, wr, err
+			}
 		}
 	}
 	return keys[dirIn], keys[dirOut], nil

@@ -413,3 +413,116 @@ func TestFeedReaderSplits(t *testing.T) {
 		}
 	}
 }
+
+// capture counts the records under the application keys however the
+// stream is cut, skips those under other keys, and refuses adoption on
+// anything it cannot vouch for.
+func TestCaptureCounts(t *testing.T) {
+	random := strings.Repeat("cd", 32)
+	clientSecret, serverSecret := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	line := func(label string, secret []byte) []byte {
+		return []byte(label + " " + random + " " + hex.EncodeToString(secret) + "\n")
+	}
+	s := suiteByID(tls.TLS_CHACHA20_POLY1305_SHA256)
+	seal := func(secret []byte, seq uint64, typ byte, pt string) []byte {
+		k, err := newTrafficKeys(s, secret, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := k.seal(nil, typ, []byte(pt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	handshakeKey := bytes.Repeat([]byte{3}, 32)
+	var in, out []byte
+	in = append(in, 22, 3, 3, 0, 2, 1, 2)                                         // a plaintext handshake record
+	in = append(in, seal(handshakeKey, 0, recordHandshake, "client finished")...) // under the handshake keys
+	for i := range 3 {
+		in = append(in, seal(clientSecret, uint64(i), recordApplicationData, strings.Repeat("r", 100*i))...)
+	}
+	out = append(out, seal(handshakeKey, 0, recordHandshake, "server flight")...)
+	out = append(out, seal(serverSecret, 0, recordApplicationData, "HTTP/1.1 101")...)
+	for _, chunk := range []int{1, 7, 5, 1 << 20} {
+		c := newCapture(true)
+		c.Write(line("CLIENT_HANDSHAKE_TRAFFIC_SECRET", handshakeKey))
+		c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+		c.Write(line("SERVER_TRAFFIC_SECRET_0", serverSecret))
+		for _, dir := range []struct {
+			d      int
+			stream []byte
+		}{{dirIn, in}, {dirOut, out}} {
+			for p := dir.stream; len(p) > 0; {
+				n := min(chunk, len(p))
+				if dir.d == dirIn {
+					if l := c.readLimit(); l > 0 {
+						n = min(n, l)
+					}
+				}
+				c.feed(dir.d, p[:n])
+				p = p[n:]
+			}
+		}
+		rd, wr, err := c.adoptKeys(s.id)
+		if err != nil || rd.seq != 3 || wr.seq != 1 {
+			t.Fatalf("chunks of %d: read sequence %d, write %d, %v", chunk, rd.seq, wr.seq, err)
+		}
+		if !bytes.Equal(rd.secret, clientSecret) || !bytes.Equal(wr.secret, serverSecret) {
+			t.Fatal("the keys are not the traffic secrets'")
+		}
+	}
+
+	for _, tc := range []struct {
+		name string
+		run  func(c *capture)
+		want string
+	}{
+		{"TLS 1.2", func(c *capture) { c.Write(line("CLIENT_RANDOM", bytes.Repeat([]byte{1}, 48))) }, "TLS 1.2 negotiated"},
+		{"no secrets", func(c *capture) {}, "were not captured"},
+		{"bad key log line", func(c *capture) { c.Write([]byte("CLIENT_TRAFFIC_SECRET_0 zz\n")) }, "three fields"},
+		{"secret twice", func(c *capture) {
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+		}, "logged twice"},
+		{"secret inside a record", func(c *capture) {
+			c.feed(dirIn, []byte{23, 3, 3, 0, 40, 1})
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+		}, "in the middle of a record"},
+		{"a record in progress at adoption", func(c *capture) {
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+			c.Write(line("SERVER_TRAFFIC_SECRET_0", serverSecret))
+			c.feed(dirIn, []byte{23, 3, 3})
+		}, "in progress at adoption"},
+		{"a KeyUpdate before adoption", func(c *capture) {
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+			c.feed(dirIn, seal(clientSecret, 0, recordHandshake, string(keyUpdateMsg(false))))
+		}, "other than application data"},
+		{"unknown keys after the application keys", func(c *capture) {
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+			c.feed(dirIn, seal(clientSecret, 0, recordApplicationData, "GET"))
+			c.feed(dirIn, seal(handshakeKey, 0, recordApplicationData, "?"))
+		}, "unknown keys"},
+		{"too many application records", func(c *capture) {
+			c.Write(line("CLIENT_TRAFFIC_SECRET_0", clientSecret))
+			for i := range maxCounted + 1 {
+				c.feed(dirIn, seal(clientSecret, uint64(i), recordApplicationData, "x"))
+			}
+		}, "over 64 application records"},
+		{"too many records", func(c *capture) {
+			for range maxWatched + 1 {
+				c.feed(dirOut, []byte{22, 3, 3, 0, 1, 0})
+			}
+		}, "over 128 records"},
+		{"oversized record", func(c *capture) { c.feed(dirIn, []byte{23, 3, 3, 0xff, 0xff}) }, "a record of 65535 bytes"},
+	} {
+		c := newCapture(true)
+		tc.run(c)
+		if _, _, err := c.adoptKeys(s.id); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: adoption %v, want an error saying %q", tc.name, err, tc.want)
+		}
+		if c.readLimit() != 0 {
+			t.Errorf("%s: reads still cut at records after the capture stopped", tc.name)
+		}
+	}
+}

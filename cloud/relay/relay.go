@@ -23,7 +23,9 @@
 // Agent links (wire.PathConnect) cost no goroutine while idle: once the
 // upgrade is answered, the connection is served by a few epoll loops
 // (cloud/linkpoll), so the listener the server is served on must be
-// wrapped by Server.Listener. Linux only, as linkpoll.
+// wrapped by Server.Listener and its TLS configuration come from
+// Server.TLSConfig (the poller runs the links' TLS 1.3 record layer once
+// they are adopted). Linux only, as linkpoll.
 package relay
 
 import (

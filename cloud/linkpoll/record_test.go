@@ -526,3 +526,35 @@ func TestCaptureCounts(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCapture: whatever a client sends before adoption (the capture
+// follows its records while crypto/tls reads them), the capture never
+// panics, keeps at most one record's body, and cuts reads at record
+// ends until it stops.
+func FuzzCapture(f *testing.F) {
+	secret := bytes.Repeat([]byte{1}, 32)
+	s := suiteByID(tls.TLS_AES_128_GCM_SHA256)
+	k, _ := newTrafficKeys(s, secret, 0)
+	app, _ := k.seal(nil, recordApplicationData, []byte("GET /connect"))
+	f.Add(append([]byte{22, 3, 3, 0, 1, 1}, app...), uint8(3))
+	f.Add([]byte{23, 3, 3, 0xff, 0xff}, uint8(1))
+	f.Add(bytes.Repeat([]byte{23, 3, 3, 0, 0}, 200), uint8(9))
+	f.Fuzz(func(t *testing.T, stream []byte, chunk uint8) {
+		c := newCapture(true)
+		c.Write([]byte("CLIENT_TRAFFIC_SECRET_0 " + strings.Repeat("00", 32) + " " + hex.EncodeToString(secret) + "\n"))
+		for p := stream; len(p) > 0; {
+			n := min(int(chunk)+1, len(p))
+			if l := c.readLimit(); l > 0 {
+				n = min(n, l)
+			}
+			c.feed(dirIn, p[:n])
+			p = p[n:]
+			c.mu.Lock()
+			if d := c.dirs[dirIn]; cap(d.rec) > maxCiphertext || d.left > maxCiphertext {
+				t.Fatalf("capture holds %d bytes for a record", cap(d.rec))
+			}
+			c.mu.Unlock()
+		}
+		c.adoptKeys(s.id)
+	})
+}

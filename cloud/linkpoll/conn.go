@@ -3,7 +3,6 @@
 package linkpoll
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,11 +22,13 @@ import (
 type Conn struct {
 	loop *loop
 	raw  *rawConn
-	tls  *tls.Conn
 	h    Handler
 
-	// Owned by the loop goroutine: in is plaintext not parsed yet (nil
-	// when idle), msg the fragments of a message being reassembled.
+	// Owned by the loop goroutine: rd the record layer's read side (its
+	// keys, a partial record: nil when idle), in plaintext not parsed
+	// yet (nil when idle), msg the fragments of a message being
+	// reassembled.
+	rd    recordReader
 	in    []byte
 	msg   []byte
 	msgOp bool
@@ -44,10 +45,6 @@ type Conn struct {
 	drainErr error
 }
 
-// ConnectionState is the connection's TLS state (the peer's
-// certificates among it).
-func (c *Conn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
-
 // RemoteAddr is the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.raw.RemoteAddr() }
 
@@ -62,7 +59,7 @@ func (c *Conn) write(frame []byte) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	if _, err := c.tls.Write(frame); err != nil {
+	if err := c.raw.writeRecords(recordApplicationData, frame); err != nil {
 		if errors.Is(err, ErrSlowPeer) {
 			c.shut(ErrSlowPeer)
 			return ErrSlowPeer
@@ -147,7 +144,7 @@ func (c *Conn) ResumeReading() {
 	if c.paused.Swap(false) {
 		c.lastRead.Store(time.Now().UnixNano())
 		c.raw.rearm(true)
-		c.loop.post(c) // what was read already, and what waits in crypto/tls
+		c.loop.post(c) // what was read already
 	}
 }
 
@@ -161,13 +158,16 @@ func (c *Conn) shut(err error) {
 		delete(l.conns, c.raw.fd)
 		l.mu.Unlock()
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.raw.fd, nil)
+		c.raw.sendAlert(alertCloseNotify)
 		c.raw.shut()
 		c.h.Closed(c, err)
 	})
 }
 
-// readable, on the loop goroutine, decrypts what arrived through buf and
-// hands over the complete messages.
+// readable, on the loop goroutine, reads what arrived into buf, opens
+// the whole records in place and hands over the complete messages. A
+// partial record is kept for the next time (copied out of buf), as are
+// the records a pause left unopened.
 func (c *Conn) readable(buf []byte) {
 	if c.closed.Load() {
 		return
@@ -180,25 +180,95 @@ func (c *Conn) readable(buf []byte) {
 		return
 	}
 	for !c.paused.Load() {
-		n, err := c.tls.Read(buf)
-		if n > 0 {
-			c.lastRead.Store(time.Now().UnixNano())
-			c.in = append(c.in, buf[:n]...)
-			if !c.frames() {
-				if c.draining.Load() {
-					c.drain(buf)
-				}
-				return
+		k := copy(buf, c.rd.partial) // at most a record, or what fit in buf
+		c.rd.partial = nil
+		var n int
+		var err error
+		if k < len(buf) {
+			n, err = c.raw.Read(buf[k:])
+			if n > 0 {
+				c.lastRead.Store(time.Now().UnixNano())
 			}
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		rest, more := c.records(buf[:k+n])
+		if c.closed.Load() {
 			return
 		}
-		if err != nil {
+		if c.draining.Load() {
+			c.drain(buf)
+			return
+		}
+		if len(rest) > 0 {
+			c.rd.partial = append([]byte(nil), rest...)
+		}
+		if !more {
+			return
+		}
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return
+		case err == io.EOF && c.rd.partial != nil:
+			c.shut(fmt.Errorf("%w: the connection ended inside a record", io.ErrUnexpectedEOF))
+			return
+		case err != nil:
 			c.shut(err)
 			return
 		}
 	}
+}
+
+// records opens the whole records at the front of data and handles what
+// they carry: the bytes it did not take (a partial record, or the records
+// after a pause), and false when the connection paused or ended.
+func (c *Conn) records(data []byte) (rest []byte, more bool) {
+	for {
+		n, app, update, err := c.rd.read(data)
+		if err != nil {
+			c.tlsFailed(err)
+			return nil, false
+		}
+		if n == 0 {
+			return data, true
+		}
+		data = data[n:]
+		if update { // RFC 8446 §4.6.3: answer before any more data
+			if err := c.raw.keyUpdate(false); err != nil {
+				c.shut(err)
+				return nil, false
+			}
+		}
+		if len(app) > 0 {
+			c.in = append(c.in, app...)
+			if !c.frames() {
+				return data, false
+			}
+		}
+	}
+}
+
+// tlsFailed ends the connection for a record-layer error: io.EOF is the
+// peer's close_notify; for an error of ours the peer is sent its alert
+// (best effort), for the peer's alert nothing more.
+func (c *Conn) tlsFailed(err error) {
+	var te *tlsError
+	if errors.As(err, &te) {
+		if te.remote {
+			c.raw.mute()
+		} else {
+			c.raw.sendAlert(te.alert)
+		}
+	}
+	c.shut(err)
+}
+
+// updateKeys sends a KeyUpdate (RFC 8446 §4.6.3), asking the peer to
+// update its keys too when requested, and moves to the next write key.
+func (c *Conn) updateKeys(requested bool) error {
+	if err := c.raw.keyUpdate(requested); err != nil {
+		c.shut(err)
+		return err
+	}
+	return nil
 }
 
 // frames handles the complete frames in c.in; false when the connection
@@ -245,7 +315,7 @@ func (c *Conn) frame(f frame) bool {
 			if code.Empty() {
 				code = ws.StatusNormalClosure
 			}
-			c.tls.Write(serverFrame(ws.OpClose, ws.NewCloseFrameBody(code, "")))
+			c.raw.writeRecords(recordApplicationData, serverFrame(ws.OpClose, ws.NewCloseFrameBody(code, "")))
 		}
 		c.shut(io.EOF)
 		return false
@@ -334,14 +404,14 @@ func (c *Conn) end(code ws.StatusCode, reason string, err error) {
 		if len(reason) > 123 {
 			reason = reason[:123]
 		}
-		c.tls.Write(serverFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason)))
+		c.raw.writeRecords(recordApplicationData, serverFrame(ws.OpClose, ws.NewCloseFrameBody(code, reason)))
 	}
 	c.raw.flushNow()
 	if c.draining.Swap(true) {
 		return
 	}
 	c.drainErr = err
-	c.in, c.msg, c.msgOp = nil, nil, false
+	c.in, c.msg, c.msgOp, c.rd.partial = nil, nil, false, nil
 	time.AfterFunc(c.loop.p.cfg.CloseGrace, func() { c.shut(err) })
 	if c.paused.Swap(false) {
 		c.raw.rearm(true)
@@ -364,18 +434,25 @@ func (c *Conn) drain(buf []byte) {
 	}
 }
 
-// rawConn is the connection under crypto/tls: the TCP connection itself
-// until nonblocking is set, then reads and writes that never wait.
+// rawConn is the TCP connection: under crypto/tls until adoption (which
+// capture follows), then, once nonblocking is set, read on the loop and
+// written through the record layer (writeRecords) without waiting.
 type rawConn struct {
 	*net.TCPConn
 	rc          syscall.RawConn
 	fd          int
 	nonblocking atomic.Bool
 	loop        *loop
+	// watch follows the TLS records until adoption; nil after.
+	watch *capture
 
-	mu      sync.Mutex
-	out     []byte // queued writes, nil when none
-	reading bool   // EPOLLIN wanted (not paused)
+	mu  sync.Mutex
+	wr  trafficKeys // the record layer's write side, from adoption
+	out []byte      // queued writes, nil when none
+	// muted: an alert that ends the connection went out, or came in:
+	// nothing more is written.
+	muted   bool
+	reading bool // EPOLLIN wanted (not paused)
 	closed  bool
 	// progress, when someone waits (WaitQueued), is closed and cleared
 	// when the queue shrank or the connection closed.
@@ -395,18 +472,28 @@ func newRawConn(tcp *net.TCPConn) (*rawConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &rawConn{TCPConn: tcp, rc: rc, fd: -1, reading: true}
+	c := &rawConn{TCPConn: tcp, rc: rc, fd: -1, reading: true, watch: newCapture(true)}
 	if err := rc.Control(func(fd uintptr) { c.fd = int(fd) }); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// Read, once non-blocking, returns os.ErrDeadlineExceeded when the socket
-// has nothing: crypto/tls keeps the connection usable after a timeout.
+// Read is crypto/tls's until adoption: it never reads past the end of
+// the current record while watch follows them. Once non-blocking, it
+// returns os.ErrDeadlineExceeded when the socket has nothing.
 func (c *rawConn) Read(p []byte) (int, error) {
 	if !c.nonblocking.Load() {
-		return c.TCPConn.Read(p)
+		w := c.watch
+		if w == nil {
+			return c.TCPConn.Read(p)
+		}
+		if limit := w.readLimit(); limit > 0 && len(p) > limit {
+			p = p[:limit]
+		}
+		n, err := c.TCPConn.Read(p)
+		w.feed(dirIn, p[:max(n, 0)])
+		return n, err
 	}
 	var n int
 	var err error
@@ -427,40 +514,118 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write, once non-blocking, writes what the socket takes and queues the
-// rest; it fails (and so does every later write: crypto/tls holds a
-// write error against the connection) when the queue would pass
-// Config.MaxQueued.
+var errWriteAdopted = errors.New("linkpoll: an adopted connection is written through its Conn")
+
+// Write is crypto/tls's, until adoption.
 func (c *rawConn) Write(p []byte) (int, error) {
-	if !c.nonblocking.Load() {
-		return c.TCPConn.Write(p)
+	if c.nonblocking.Load() {
+		return 0, errWriteAdopted
 	}
+	n, err := c.TCPConn.Write(p)
+	if w := c.watch; w != nil {
+		w.feed(dirOut, p[:max(n, 0)])
+	}
+	return n, err
+}
+
+// writeRecords seals p as records of type typ and writes what the socket
+// takes, queueing the rest; it fails with ErrSlowPeer when the queue
+// would pass Config.MaxQueued (sealing nothing then, when something was
+// queued already).
+func (c *rawConn) writeRecords(typ byte, p []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return 0, net.ErrClosed
+	return c.writeLocked(typ, p)
+}
+
+// writeLocked is writeRecords; c.mu held.
+func (c *rawConn) writeLocked(typ byte, p []byte) error {
+	if c.closed || c.muted {
+		return net.ErrClosed
 	}
-	rest := p
-	if len(c.out) == 0 {
-		n, err := c.writeSome(rest)
-		if err != nil {
-			return 0, err
+	size := c.wr.sealedLen(len(p)) + c.wr.sealedLen(len(keyUpdateMsg(false)))
+	if len(c.out) > 0 {
+		if len(c.out)+size > c.loop.p.cfg.MaxQueued {
+			return ErrSlowPeer
 		}
-		if rest = rest[n:]; len(rest) == 0 {
-			return len(p), nil
+		var err error
+		c.out, err = c.seal(c.out, typ, p)
+		return err
+	}
+	b, err := c.seal(make([]byte, 0, size), typ, p)
+	if err != nil {
+		return err
+	}
+	n, err := c.writeSome(b)
+	if err != nil {
+		return err
+	}
+	rest := b[n:]
+	if len(rest) == 0 {
+		return nil
+	}
+	if len(rest) > c.loop.p.cfg.MaxQueued {
+		return ErrSlowPeer
+	}
+	c.out = rest
+	return c.ctl()
+}
+
+// seal appends p as records of at most maxPlaintext bytes, updating the
+// write key after writeKeyLimit records under it; c.mu held.
+func (c *rawConn) seal(dst []byte, typ byte, p []byte) ([]byte, error) {
+	var err error
+	for first := true; first || len(p) > 0; first = false {
+		if c.wr.seq >= writeKeyLimit {
+			if dst, err = c.wr.seal(dst, recordHandshake, keyUpdateMsg(false)); err != nil {
+				return dst, err
+			}
+			if err = c.wr.update(); err != nil {
+				return dst, err
+			}
 		}
-	}
-	if len(c.out)+len(rest) > c.loop.p.cfg.MaxQueued {
-		return 0, ErrSlowPeer
-	}
-	wasEmpty := len(c.out) == 0
-	c.out = append(c.out, rest...)
-	if wasEmpty {
-		if err := c.ctl(); err != nil {
-			return 0, err
+		n := min(len(p), maxPlaintext)
+		if dst, err = c.wr.seal(dst, typ, p[:n]); err != nil {
+			return dst, err
 		}
+		p = p[n:]
 	}
-	return len(p), nil
+	return dst, nil
+}
+
+// keyUpdate sends a KeyUpdate under the current write key, then moves to
+// the next (RFC 8446 §4.6.3).
+func (c *rawConn) keyUpdate(requested bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.writeLocked(recordHandshake, keyUpdateMsg(requested)); err != nil {
+		return err
+	}
+	return c.wr.update()
+}
+
+// sendAlert sends an alert, best effort: close_notify where crypto/tls's
+// Close would, or the fatal alert of a record-layer error; nothing is
+// written after it.
+func (c *rawConn) sendAlert(a alert) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.muted || c.wr.aead == nil {
+		return
+	}
+	level := byte(2) // fatal
+	if a == alertCloseNotify {
+		level = 1
+	}
+	c.writeLocked(recordAlert, []byte{level, byte(a)})
+	c.muted = true
+}
+
+// mute stops writing: the peer ended the connection with an alert.
+func (c *rawConn) mute() {
+	c.mu.Lock()
+	c.muted = true
+	c.mu.Unlock()
 }
 
 // writeSome writes what the socket takes of p now.

@@ -4,19 +4,31 @@
 // loops instead of a goroutine each: the relay's agent links, tens of
 // thousands of them idle but for a heartbeat every ten seconds.
 //
-// The TLS is the standard library's crypto/tls, the handshake and the
-// WebSocket upgrade stay where they are (net/http, on the connection's
-// goroutine, which ends once the connection is adopted). For that, the
-// server's listener is wrapped by Poller.Listener, so that crypto/tls
-// sits on a connection the poller can later switch to non-blocking:
-// Read then returns what the socket has and, when it has nothing,
-// os.ErrDeadlineExceeded, the timeout crypto/tls does not hold against
-// the connection (a partial record waits in its buffer for the rest);
-// Write writes what the socket takes and queues the rest, bounded,
-// flushed on EPOLLOUT. A loop decrypts what arrived, parses the frames
-// (client frames must be masked; fragmented messages are reassembled up
-// to Config.MaxMessage, refused as soon as a header says more) and hands
-// each binary message to the Handler on the loop's goroutine. Linux only.
+// The handshake and the WebSocket upgrade stay where they are: the
+// standard library's crypto/tls and net/http, on the connection's
+// goroutine, which ends once the connection is adopted. For that, the
+// server's listener is wrapped by Poller.Listener and its tls.Config
+// comes from Poller.TLSConfig: until adoption the connection under
+// crypto/tls follows its records both ways, learns the TLS 1.3
+// application traffic secrets from crypto/tls's key log (kept in memory
+// only until adoption) and counts the records sealed under them. Adopt
+// then takes the connection without its *tls.Conn, which is let go with
+// its buffers, handshake leftovers and the peer's parsed certificates:
+// the poller runs the TLS 1.3 record layer itself (RFC 8446 §5, with
+// KeyUpdate both ways, §4.6.3) over the socket, switched to
+// non-blocking. An idle connection holds two AEADs, two sequence numbers,
+// the two traffic secrets and nothing else of TLS; a partial record
+// waits in a buffer of the connection's only while the rest is coming.
+// Links must negotiate TLS 1.3 (with AES-GCM or ChaCha20-Poly1305).
+//
+// A loop opens the records that arrived in place, in a buffer it shares
+// with its other connections, parses the frames (client frames must be
+// masked; fragmented messages are reassembled up to Config.MaxMessage,
+// refused as soon as a header says more) and hands each binary message
+// to the Handler on the loop's goroutine. Writes are sealed into records
+// and written without waiting: what the socket does not take is queued,
+// bounded, flushed on EPOLLOUT. A record that breaks TLS ends its
+// connection only, with the alert for it (ErrTLS). Linux only.
 //
 // A handler whose work may wait pauses the connection's reading
 // (Conn.PauseReading) and does the work on a goroutine of its own, which
@@ -35,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -154,13 +167,58 @@ func (l listener) Accept() (net.Conn, error) {
 	return rc, nil
 }
 
+// TLSConfig returns base for the server (http.Server.TLSConfig) with
+// what adoption needs: for each connection accepted through a Listener
+// of the poller, a GetConfigForClient that hands crypto/tls a clone of
+// base (or of what base's own GetConfigForClient returns) whose
+// KeyLogWriter is the connection's own, and with session tickets off
+// (crypto/tls would send them under the application keys; agents
+// reconnect with full handshakes anyway). The key log is the only API
+// of crypto/tls that yields the application traffic secrets, which the
+// record layer goes on with after adoption: the lines go to the
+// connection's memory, parsed and kept only until adoption, and are
+// written nowhere. Other connections get base's configuration.
+func (p *Poller) TLSConfig(base *tls.Config) *tls.Config {
+	base = base.Clone()
+	inner := base.GetConfigForClient
+	cfg := base.Clone()
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		var got *tls.Config
+		if inner != nil {
+			var err error
+			if got, err = inner(hello); err != nil {
+				return nil, err
+			}
+		}
+		raw, ok := hello.Conn.(*rawConn)
+		if !ok || raw.watch == nil {
+			return got, nil
+		}
+		if got == nil {
+			got = base
+		}
+		c := got.Clone()
+		c.GetConfigForClient = nil
+		c.KeyLogWriter = raw.watch
+		c.SessionTicketsDisabled = true
+		return c, nil
+	}
+	return cfg
+}
+
 // Adopt takes over tc, whose handshake and WebSocket upgrade are done and
-// whose connection came from a Listener of this poller, and returns it as
-// a Conn served by the Handler newHandler returns for it (called once,
-// before any event, so the handler can keep the Conn). Nothing may have
-// been read past the upgrade request outside tc (a hijacked bufio.Reader
-// with bytes buffered: refuse the connection instead). On an error tc is
-// closed and the handler is not told.
+// whose connection came from a Listener of this poller served with
+// TLSConfig, and returns it as a Conn served by the Handler newHandler
+// returns for it (called once, before any event, so the handler can keep
+// the Conn). From then on the poller runs the TLS 1.3 record layer
+// itself, with the connection's application traffic secrets, and keeps
+// no *tls.Conn: tc must not be used any more (not even closed: its
+// socket is the Conn's). The connection must have negotiated TLS 1.3
+// with TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 or
+// TLS_CHACHA20_POLY1305_SHA256, and nothing may have been read past the
+// upgrade request (a hijacked bufio.Reader with bytes buffered: refuse
+// the connection instead). On an error tc is closed and the handler is
+// not told.
 func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, error) {
 	raw, ok := tc.NetConn().(*rawConn)
 	if !ok {
@@ -173,15 +231,21 @@ func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, err
 		return nil, ErrClosed
 	default:
 	}
+	rd, wr, err := raw.takeKeys(tc)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
 	if err := raw.SetDeadline(time.Time{}); err != nil {
 		tc.Close()
 		return nil, err
 	}
 	l := p.loops[int(p.next.Add(1))%len(p.loops)]
-	c := &Conn{loop: l, raw: raw, tls: tc}
+	c := &Conn{loop: l, raw: raw, rd: recordReader{keys: rd}}
 	c.h = newHandler(c)
 	c.lastRead.Store(time.Now().UnixNano())
 	raw.loop = l
+	raw.wr = wr
 	raw.nonblocking.Store(true)
 	l.mu.Lock()
 	l.conns[raw.fd] = c
@@ -199,10 +263,35 @@ func (p *Poller) Adopt(tc *tls.Conn, newHandler func(*Conn) Handler) (*Conn, err
 		})
 		return nil, err
 	}
-	// Bytes that arrived with the upgrade may wait in crypto/tls's
-	// buffer, where epoll does not see them: the loop reads them first.
-	l.post(c)
 	return c, nil
+}
+
+// takeKeys checks that tc can be adopted and returns its record layer's
+// keys, at the sequence numbers crypto/tls reached (capture).
+func (c *rawConn) takeKeys(tc *tls.Conn) (rd, wr trafficKeys, err error) {
+	w := c.watch
+	if w == nil {
+		return rd, wr, errNoSecrets
+	}
+	cs := tc.ConnectionState()
+	if cs.Version != tls.VersionTLS13 {
+		return rd, wr, fmt.Errorf("linkpoll: %s negotiated; adoption needs TLS 1.3", tls.VersionName(cs.Version))
+	}
+	// Plaintext crypto/tls opened but nobody read would be lost: with
+	// the deadline past, Read returns it, or times out without reading
+	// the socket.
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return rd, wr, err
+	}
+	var one [1]byte
+	if n, err := tc.Read(one[:]); n > 0 {
+		return rd, wr, errors.New("linkpoll: data sent before the upgrade was answered")
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return rd, wr, fmt.Errorf("linkpoll: connection unusable at adoption: %w", err)
+	}
+	rd, wr, err = w.adoptKeys(cs.CipherSuite)
+	c.watch = nil
+	return rd, wr, err
 }
 
 // Close closes every connection (ErrClosed, without a close frame) and

@@ -61,9 +61,22 @@ type server struct {
 	addr string
 	tls  *tls.Config // for clients
 	p    *Poller
+	cert *tls.Certificate
+}
+
+// adoptHook, when given to serveHook, sees each connection before Adopt
+// and is told Adopt's error (which then fails no test).
+type adoptHook struct {
+	before func(*tls.Conn)
+	failed chan error
 }
 
 func serve(t *testing.T, cfg Config, h Handler) *server {
+	t.Helper()
+	return serveHook(t, cfg, h, nil)
+}
+
+func serveHook(t *testing.T, cfg Config, h Handler, hook *adoptHook) *server {
 	t.Helper()
 	if cfg.MaxMessage == 0 {
 		cfg.MaxMessage = testMax
@@ -99,17 +112,24 @@ func serve(t *testing.T, cfg Config, h Handler) *server {
 			conn.Close()
 			return
 		}
+		if hook != nil && hook.before != nil {
+			hook.before(tc)
+		}
 		if _, err := p.Adopt(tc, func(*Conn) Handler { return h }); err != nil {
+			if hook != nil && hook.failed != nil {
+				hook.failed <- err
+				return
+			}
 			t.Errorf("adopt: %v", err)
 		}
 	})
-	hs := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}}
+	hs := &http.Server{Handler: mux, TLSConfig: p.TLSConfig(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})}
 	go hs.ServeTLS(p.Listener(ln), "", "")
 	t.Cleanup(func() {
 		hs.Close()
 		p.Close()
 	})
-	return &server{addr: ln.Addr().String(), p: p,
+	return &server{addr: ln.Addr().String(), p: p, cert: &cert,
 		tls: &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}}
 }
 

@@ -156,6 +156,11 @@ func (s *Server) nodeFromTLS(r *http.Request) (string, string, bool, int, string
 	if r.TLS == nil {
 		return "", "", false, http.StatusBadRequest, "connect over TLS with a node certificate"
 	}
+	if r.TLS.Version != tls.VersionTLS13 {
+		// The poller runs the TLS 1.3 record layer of an adopted link
+		// itself (cloud/linkpoll); agents always negotiate 1.3.
+		return "", "", false, http.StatusBadRequest, "agent links need TLS 1.3; this connection negotiated " + tls.VersionName(r.TLS.Version)
+	}
 	chain, expired, err := s.verifyNode(r.TLS.PeerCertificates, time.Now())
 	if err != nil {
 		return "", "", false, http.StatusUnauthorized, "client certificate refused: " + err.Error()

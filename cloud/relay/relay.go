@@ -23,7 +23,9 @@
 // Agent links (wire.PathConnect) cost no goroutine while idle: once the
 // upgrade is answered, the connection is served by a few epoll loops
 // (cloud/linkpoll), so the listener the server is served on must be
-// wrapped by Server.Listener. Linux only, as linkpoll.
+// wrapped by Server.Listener and its TLS configuration come from
+// Server.TLSConfig (the poller runs the links' TLS 1.3 record layer once
+// they are adopted). Linux only, as linkpoll.
 package relay
 
 import (
@@ -395,14 +397,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // is the standard one (verifyNode) but for one rule: a node certificate
 // expired less than wire.CertGrace ago passes, and its connection may only
 // rotate it (serveExpired).
+//
+// It is the poller's (linkpoll.Poller.TLSConfig): agent links, which
+// must negotiate TLS 1.3 (serveConnect refuses others), are adopted with
+// their application traffic secrets; the join endpoints take TLS 1.2 too.
 func (s *Server) TLSConfig(cert tls.Certificate) *tls.Config {
-	return &tls.Config{
+	return s.poller.TLSConfig(&tls.Config{
 		MinVersion:       tls.VersionTLS12,
 		Certificates:     []tls.Certificate{cert},
 		ClientAuth:       tls.RequestClientCert,
 		VerifyConnection: s.tlsVerify,
 		NextProtos:       []string{"http/1.1"}, // WebSocket upgrades need HTTP/1.1
-	}
+	})
 }
 
 // Listener wraps ln, the TCP listener the server is served on (under its

@@ -527,6 +527,31 @@ func TestConnectNeedsNodeCertificate(t *testing.T) {
 	}
 }
 
+// Links run TLS 1.3 (the poller's record layer): a valid node over TLS
+// 1.2 is refused before the upgrade, saying why.
+func TestConnectNeedsTLS13(t *testing.T) {
+	tr := newTestRelay(t, nil)
+	cfg := tr.tlsConfig(tr.nodeCert(t, "gw-1"))
+	cfg.MaxVersion = tls.VersionTLS12
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, tr.url+wire.PathConnect, &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}},
+	})
+	if c != nil {
+		c.CloseNow()
+	}
+	if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("TLS 1.2: resp %v err %v, want 400", resp, err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if !strings.Contains(string(body), "agent links need TLS 1.3; this connection negotiated TLS 1.2") {
+		t.Fatalf("TLS 1.2 refused saying %q", body)
+	}
+	// The same node over TLS 1.3 is served.
+	tr.hello(t, "gw-1")
+}
+
 func TestSecondConnectionReplacesFirst(t *testing.T) {
 	tr := newTestRelay(t, nil)
 	first := tr.hello(t, "gw-1")

@@ -14,14 +14,15 @@ import (
 	"outpost.dev/wire"
 )
 
-// linkpollConns is the event-driven design that keeps the standard
-// library's crypto/tls (cloud/linkpoll), as the relay serves its links:
-// net/http serves the TLS handshake and the upgrade request on its
+// linkpollConns is the event-driven design of cloud/linkpoll, as the
+// relay serves its links: the standard library's crypto/tls and
+// net/http serve the TLS handshake and the upgrade request on its
 // connection goroutine (the relay bounds those with
 // Config.MaxHandshakes);
 // github.com/gobwas/ws answers the upgrade; then linkpoll adopts the
-// connection and that goroutine ends. An epoll loop per CPU
-// (golang.org/x/sys/unix) decrypts what arrives without blocking and
+// connection, with its TLS 1.3 traffic secrets, and that goroutine ends:
+// no *tls.Conn is kept. An epoll loop per CPU (golang.org/x/sys/unix)
+// runs the TLS 1.3 record layer, decrypts what arrives without blocking and
 // hands each message to OnMessage on the loop's goroutine; writes never
 // wait (queued, bounded, flushed on EPOLLOUT); one sweep closes silent
 // connections.
@@ -41,7 +42,7 @@ func startLinkpollConns(tb testing.TB, serving tls.Certificate, verify func([]*x
 	if s.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		tb.Fatal(err)
 	}
-	tc := serverTLS(serving, verify)
+	tc := s.p.TLSConfig(serverTLS(serving, verify))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathConnect, func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {

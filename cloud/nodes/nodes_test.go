@@ -117,7 +117,7 @@ func TestCheckNameAndInfo(t *testing.T) {
 	}
 }
 
-func newWriter(t *testing.T) (*Writer, *fake.Clientset) {
+func newWriter(t testing.TB) (*Writer, *fake.Clientset) {
 	client := fake.NewClientset()
 	w, err := NewWriter(WriterConfig{Client: client, LeaseDuration: 40 * time.Second})
 	if err != nil {

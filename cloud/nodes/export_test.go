@@ -1,8 +1,5 @@
 package nodes
 
-// KeptNode and KeptLease are what a session keeps of its writes, for the
-// tests against a real API server.
-var (
-	KeptNode  = keptNode
-	KeptLease = keptLease
-)
+// KeptLease is what a session keeps of the Lease it wrote, for the tests
+// against a real API server.
+var KeptLease = keptLease

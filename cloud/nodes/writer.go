@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
@@ -102,17 +103,26 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	return w, nil
 }
 
-// Apply creates or updates Node name from rep: the relay's labels, and the
-// whole status with Ready=True and a fresh heartbeat. The status is written
-// every time, since after the node lifecycle controller marked a node
-// Unknown only a status write with Ready=True makes it Ready again.
+// Apply creates Node name from rep, or writes its status and, if the
+// relay's labels are missing, its labels: the whole status the relay owns,
+// with Ready=True and a fresh heartbeat. The status is written every time,
+// since after the node lifecycle controller marked a node Unknown only a
+// status write with Ready=True makes it Ready again. It returns the Node as
+// stored after the write.
 //
-// cached, if not nil, is the Node as last written; using it saves a read,
-// and a conflict falls back to a fresh one. A Node of that name that is not
-// an edge node yields ErrNotEdge. as is the client acting as the node
-// (package asnode); only the create is made as the relay itself.
-func (w *Writer) Apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
-	return w.apply(ctx, as, name, rep, cached, CreateHooks{})
+// last, if not nil, is the Node as the relay last wrote it: only its UID
+// and its conditions' types and statuses are used, and the status is
+// patched without reading the Node first. A Node that is not the one last
+// written (deleted, or deleted and created again) is read afresh. A Node
+// of that name that is not an edge node yields ErrNotEdge. as is the client
+// acting as the node (package asnode); only the create is made as the
+// relay itself.
+func (w *Writer) Apply(ctx context.Context, as asnode.Client, name string, rep *Report, last *corev1.Node) (*corev1.Node, error) {
+	var kept *nodeState
+	if last != nil {
+		kept = stateOf(last)
+	}
+	return w.apply(ctx, as, name, rep, kept, CreateHooks{})
 }
 
 // CreateHooks guard the creation of a Node that does not exist.
@@ -129,8 +139,19 @@ type CreateHooks struct {
 // again: it was deleted, which revoked the node's certificates.
 var ErrGone = errors.New("node was deleted")
 
-func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
+func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, kept *nodeState, hooks CreateHooks) (*corev1.Node, error) {
 	api := as.CoreV1().Nodes()
+	if kept != nil {
+		n, err := w.patchStatus(ctx, as, name, rep, kept)
+		if err == nil {
+			return n, nil
+		}
+		if !apierrors.IsNotFound(err) && !uidChanged(err) {
+			w.count("node_status", err)
+			return nil, fmt.Errorf("write node %q: %w", name, err)
+		}
+		// Not the Node last written: read it afresh.
+	}
 	get := func() (*corev1.Node, error) { return api.Get(ctx, name, metav1.GetOptions{}) }
 	create := func() (*corev1.Node, error) {
 		if hooks.Before != nil {
@@ -155,40 +176,63 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		}
 		return created, nil
 	}
-	update := func(cur *corev1.Node, cached bool) (*corev1.Node, error) {
+	// The labels, when some of the relay's are missing (a new board, or
+	// someone removed one): an update of the Node read, from a fresh read
+	// again on a conflict. The status is patched after.
+	labels := func(cur *corev1.Node, _ bool) (*corev1.Node, error) {
 		if !IsEdge(cur) {
 			return nil, ErrNotEdge
 		}
-		if want := Labels(name, &rep.Info); !hasLabels(cur.Labels, want) {
-			upd := cur.DeepCopy()
-			if upd.Labels == nil {
-				upd.Labels = map[string]string{}
-			}
-			maps.Copy(upd.Labels, want)
-			res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
-			if err != nil {
-				w.countUpdate("node", err, cached)
-				return nil, err
-			}
-			cur = res
+		want := Labels(name, &rep.Info)
+		if hasLabels(cur.Labels, want) {
+			return cur, nil
 		}
 		upd := cur.DeepCopy()
-		upd.Status = Status(metav1.NewTime(w.cfg.Now()), name, rep, &cur.Status)
-		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
-		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		if upd.Labels == nil {
+			upd.Labels = map[string]string{}
+		}
+		maps.Copy(upd.Labels, want)
+		res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.countUpdate("node_status", err, cached)
+			w.count("node", err)
 		}
 		return res, err
 	}
-	out, err := upsert(schema.GroupResource{Resource: "nodes"}, name, cached, get, create, update)
+	created := false
+	cur, err := upsert(schema.GroupResource{Resource: "nodes"}, name, nil, get, func() (*corev1.Node, error) {
+		n, err := create()
+		created = err == nil
+		return n, err
+	}, labels)
+	if err == nil && !created {
+		// The status, onto the Node as read (or as its labels' update
+		// left it).
+		cur, err = w.patchStatus(ctx, as, name, rep, stateOf(cur))
+		if err != nil {
+			w.count("node_status", err)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotEdge) {
 			return nil, fmt.Errorf("node %q: %w (no %s label): the relay will not take it over", name, ErrNotEdge, EdgeRoleLabel)
 		}
 		return nil, fmt.Errorf("write node %q: %w", name, err)
 	}
-	return out, nil
+	return cur, nil
+}
+
+// patchStatus writes the status for rep onto the Node prev says is stored
+// (see statusPatch).
+func (w *Writer) patchStatus(ctx context.Context, as asnode.Client, name string, rep *Report, prev *nodeState) (*corev1.Node, error) {
+	now := metav1.NewTime(w.cfg.Now())
+	st := Status(now, name, rep, nil)
+	PointKubelet(&st, w.cfg.KubeletAddress, w.kubeletPort(rep))
+	body, err := statusPatchFor(now, prev, &st)
+	if err != nil {
+		return nil, err
+	}
+	return as.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, body,
+		metav1.PatchOptions{FieldManager: FieldManager}, "status")
 }
 
 // upsert is the node writer's one read-modify-write loop: update the
@@ -245,9 +289,10 @@ func (w *Writer) kubeletPort(rep *Report) int32 {
 }
 
 // count records a failed write of what, unless it is a conflict or a lost
-// create race, which the caller retries.
+// create race, which the caller retries, or was cancelled (Stop cancels
+// the step running).
 func (w *Writer) count(what string, err error) {
-	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !errors.Is(err, context.Canceled) {
 		w.failures.WithLabelValues(what).Inc()
 	}
 }

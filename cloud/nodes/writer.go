@@ -179,7 +179,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 	// The labels, when some of the relay's are missing (a new board, or
 	// someone removed one): an update of the Node read, from a fresh read
 	// again on a conflict. The status is patched after.
-	labels := func(cur *corev1.Node, _ bool) (*corev1.Node, error) {
+	labels := func(cur *corev1.Node) (*corev1.Node, error) {
 		if !IsEdge(cur) {
 			return nil, ErrNotEdge
 		}
@@ -239,22 +239,11 @@ func (w *Writer) patchStatus(ctx context.Context, as asnode.Client, name string,
 // cached object (or a fresh read of it), create it when it does not exist,
 // and start again from a fresh read on a conflict or when another relay
 // replica created it first.
-//
-// An update of the cached copy that the API server forbids is also tried
-// again from a fresh read: admission checks come before the
-// resourceVersion precondition, and NodeRestriction refuses a node's
-// write whose taints differ from the stored Node's ("not allowed to modify
-// taints"), so a copy the node lifecycle controller has since tainted or
-// untainted (the not-ready taint every new Node is created with and loses
-// once Ready) is refused as Forbidden, not as a conflict. update is told
-// whether cur is the cached copy, so it does not count that refusal as a
-// failed write.
-func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T, stale bool) (*T, error)) (*T, error) {
+func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
 	var out *T
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		cur := cached
 		cached = nil
-		fromCache := cur != nil
 		if cur == nil {
 			got, err := get()
 			if apierrors.IsNotFound(err) {
@@ -270,11 +259,8 @@ func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (
 			}
 			cur = got
 		}
-		res, err := update(cur, fromCache)
+		res, err := update(cur)
 		out = res
-		if fromCache && apierrors.IsForbidden(err) {
-			return apierrors.NewConflict(gr, name, err)
-		}
 		return err
 	})
 	return out, err
@@ -294,14 +280,6 @@ func (w *Writer) kubeletPort(rep *Report) int32 {
 func (w *Writer) count(what string, err error) {
 	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !errors.Is(err, context.Canceled) {
 		w.failures.WithLabelValues(what).Inc()
-	}
-}
-
-// countUpdate is count for an update; one of the cached copy that was
-// forbidden is retried from a fresh read (upsert), like a conflict.
-func (w *Writer) countUpdate(what string, err error, cached bool) {
-	if !cached || !apierrors.IsForbidden(err) {
-		w.count(what, err)
 	}
 }
 
@@ -340,7 +318,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		return l, err
 	}
-	update := func(cur *coordinationv1.Lease, cached bool) (*coordinationv1.Lease, error) {
+	update := func(cur *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 		now := metav1.NewMicroTime(w.cfg.Now())
 		upd := cur.DeepCopy()
 		upd.Spec.HolderIdentity = &node.Name
@@ -353,7 +331,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		l, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.countUpdate("lease", err, cached)
+			w.count("lease", err)
 		}
 		return l, err
 	}

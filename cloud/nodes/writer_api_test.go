@@ -71,6 +71,7 @@ func TestStatusPatch(t *testing.T) {
 	t.Run("Addresses", func(t *testing.T) { testAddresses(t, ctx, ip, w) })
 	t.Run("Recreated", func(t *testing.T) { testRecreated(t, ctx, ip, w) })
 	t.Run("NewNodeNoRefusals", func(t *testing.T) { testNewNodeNoRefusals(t, ctx, ip, w) })
+	t.Run("NewerConnection", func(t *testing.T) { testNewerConnection(t, ctx, ip, w) })
 	t.Run("UnknownBecomesReady", func(t *testing.T) { testUnknownBecomesReady(t, ctx, ip) })
 	noWriteFailures(t, reg)
 }
@@ -374,6 +375,52 @@ func testNewNodeNoRefusals(t *testing.T, ctx context.Context, ip *stack.InProces
 	}
 	t.Logf("node status requests refused during the session: 403 %v, 409 %v, 422 %v",
 		after["403"]-before["403"], after["409"]-before["409"], after["422"]-before["422"])
+}
+
+// A connection that ends after a newer one of the same agent wrote the
+// Node leaves EdgeLinkReady as the newer one wrote it: the disconnected
+// write's test of the condition fails (from what the old session kept,
+// and again after a read, which shows the condition is not its own), even
+// with a condition of another type added before it meanwhile.
+func testNewerConnection(t *testing.T, ctx context.Context, ip *stack.InProcess, w *nodes.Writer) {
+	const name = "gw-newer"
+	as := asNode(t, ip, name)
+	start := func() (*nodes.Session, *atomic.Uint64) {
+		var acked atomic.Uint64
+		s := w.Start(ctx, nodes.SessionConfig{Name: name, Client: as, OnAck: func(seq uint64) { acked.Store(seq) }})
+		s.Report(1, *report(name))
+		wait.For(t, time.Minute, "the report written", func() bool { return acked.Load() == 1 })
+		return s, &acked
+	}
+	old, _ := start()
+	oldMsg, _ := cond(getNode(t, ctx, ip.Client, name), nodes.ConditionLinkReady)
+	update(t, ctx, ip.Client, name, true, func(n *corev1.Node) {
+		n.Status.Conditions = append([]corev1.NodeCondition{{Type: "example.com/First", Status: corev1.ConditionTrue,
+			LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}, n.Status.Conditions...)
+	})
+	newer, _ := start()
+	defer newer.Stop()
+	newMsg, _ := cond(getNode(t, ctx, ip.Client, name), nodes.ConditionLinkReady)
+	if newMsg.Message == oldMsg.Message {
+		t.Fatalf("both connections wrote %q", newMsg.Message)
+	}
+	before := refusals(t, ctx, ip.Client)
+	old.Stop()
+	if c, _ := cond(getNode(t, ctx, ip.Client, name), nodes.ConditionLinkReady); c.Status != corev1.ConditionTrue || c.Message != newMsg.Message {
+		t.Fatalf("EdgeLinkReady %+v after the old connection ended, want the newer one's %q", c, newMsg.Message)
+	}
+	// The old session tried the write from what it kept, without a read.
+	if d := refusals(t, ctx, ip.Client)["422"] - before["422"]; d != 1 {
+		t.Errorf("%v disconnected writes refused by their test, want 1", d)
+	}
+	// The newer one's end is written, at the condition's new index.
+	newer.Stop()
+	if c, _ := cond(getNode(t, ctx, ip.Client, name), nodes.ConditionLinkReady); c.Status != corev1.ConditionFalse {
+		t.Fatalf("EdgeLinkReady %+v after the newer connection ended, want False", c)
+	}
+	if c, ok := cond(getNode(t, ctx, ip.Client, name), "example.com/First"); !ok || c.Status != corev1.ConditionTrue {
+		t.Errorf("the added condition %+v, %v after the disconnected write", c, ok)
+	}
 }
 
 // After the node lifecycle controller marked the Node Unknown (its Lease

@@ -1,5 +1,16 @@
 package nodes
 
-// KeptLease is what a session keeps of the Lease it wrote, for the tests
+// RenewLeaseByUID is how a session renews the Lease it took, for the tests
 // against a real API server.
-var KeptLease = keptLease
+var RenewLeaseByUID = (*Writer).renewLease
+
+// Quiesce keeps any more steps of s from running, and waits for the one
+// running, leaving what s keeps as it is: for heap measurements. Stop
+// s afterwards only if its disconnected write is wanted.
+func Quiesce(s *Session) {
+	s.stopped.Store(true)
+	s.w.q.WaitIdle(s)
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+}

@@ -12,9 +12,9 @@ import (
 	"time"
 	"unique"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/wire"
@@ -100,7 +100,8 @@ type Session struct {
 	// LeaseDuration).
 	node      *nodeState
 	reread    bool
-	lease     *coordinationv1.Lease
+	leased    bool      // the Lease was taken, and not failed since
+	lease     types.UID // its UID
 	leaseOK   time.Time // when the Lease was last renewed
 	last      *Report   // last report written, for the periodic refresh
 	retryAt   time.Time
@@ -278,7 +279,7 @@ func (s *Session) step() {
 				s.acked = seq
 				s.cfg.OnAck(seq)
 			}
-			if first || s.lease == nil {
+			if first || !s.leased {
 				s.leaseAt = now // take the Lease at once
 			}
 		}
@@ -286,17 +287,17 @@ func (s *Session) step() {
 	if s.node != nil && !now.Before(s.leaseAt) {
 		if s.cfg.Alive() {
 			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Name, UID: s.node.uid}}
-			l, err := s.w.RenewLease(ctx, s.cfg.Client, node, s.lease)
+			uid, err := s.w.renewLease(ctx, s.cfg.Client, node, s.leased, s.lease)
 			if s.done() {
 				return
 			}
 			if err != nil {
-				s.lease = nil
+				s.leased = false
 				s.leaseAt = now.Add(jitter(min(s.leaseBack, renewEvery)))
 				s.leaseBack = min(2*s.leaseBack, backoffMax)
 				s.cfg.Log.Warn("lease renewal failed; will retry", "err", err)
 			} else {
-				if s.lease == nil { // just taken: start at a random phase
+				if !s.leased { // just taken: start at a random phase
 					s.leaseAt = now.Add(phase(renewEvery))
 				} else {
 					s.leaseAt = now.Add(renewEvery)
@@ -308,7 +309,7 @@ func (s *Session) step() {
 					// is True again with a new transition time.
 					s.reread, s.refreshAt = true, now
 				}
-				s.lease, s.leaseBack, s.leaseOK = keptLease(l), backoffMin, now
+				s.leased, s.lease, s.leaseBack, s.leaseOK = true, uid, backoffMin, now
 			}
 		} else {
 			s.leaseAt = now.Add(renewEvery)
@@ -331,14 +332,6 @@ func (s *Session) step() {
 	} else {
 		s.timer.Reset(d)
 	}
-}
-
-// keptLease is the Lease l, as last written, without its managedFields,
-// which an update that carries none leaves as the API server has them.
-func keptLease(l *coordinationv1.Lease) *coordinationv1.Lease {
-	k := *l
-	k.ManagedFields = nil
-	return &k
 }
 
 // sameLabels reports whether reports of a and b give the Node the same

@@ -30,19 +30,17 @@ func TestSessionSteadyWrites(t *testing.T) {
 		w, client := newWriter(t)
 		renewEvery := w.cfg.LeaseDuration / 4
 		var mu sync.Mutex
-		leases := map[string][]time.Time{} // renewals (updates) by node
+		leases := map[string][]time.Time{} // renewals (patches) by node
 		status := map[string][]time.Time{} // status writes by node
 		client.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch u := a.(type) {
-			case k8stesting.UpdateAction:
-				if u.GetVerb() == "update" && u.GetResource().Resource == "leases" {
-					name := u.GetObject().(interface{ GetName() string }).GetName()
-					leases[name] = append(leases[name], time.Now())
-				}
-			case k8stesting.PatchAction:
-				if u.GetResource().Resource == "nodes" && u.GetSubresource() == "status" && u.GetPatchType() == types.StrategicMergePatchType {
+			case k8stesting.PatchAction: // a renewal or a status write
+				switch {
+				case u.GetResource().Resource == "leases":
+					leases[u.GetName()] = append(leases[u.GetName()], time.Now())
+				case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status" && u.GetPatchType() == types.StrategicMergePatchType:
 					status[u.GetName()] = append(status[u.GetName()], time.Now())
 				}
 			}
@@ -280,7 +278,7 @@ func TestSessionRetriesFailedRefresh(t *testing.T) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case a.GetVerb() == "update" && a.GetResource().Resource == "leases":
+			case a.GetVerb() == "patch" && a.GetResource().Resource == "leases":
 				renewals = append(renewals, time.Now())
 			case a.GetVerb() == "patch" && a.GetResource().Resource == "nodes" && a.GetSubresource() == "status":
 				if statusWrites++; statusWrites == 1 { // the first refresh

@@ -31,9 +31,9 @@ func sessionHeap(tb testing.TB, n int) float64 {
 	// Wait for the steps that take the Leases, then keep any more from
 	// running: the heap is read with no step allocating.
 	for _, s := range sessions {
-		for s.lease == nil {
+		for !s.leased {
 			w.q.WaitIdle(s)
-			if s.lease == nil {
+			if !s.leased {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}

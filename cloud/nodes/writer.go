@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -301,10 +302,7 @@ func hasLabels(have, want map[string]string) bool {
 // acting as the node.
 func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	api := as.CoordinationV1().Leases(LeaseNamespace)
-	secs := int32(w.cfg.LeaseDuration / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
+	secs := w.leaseSeconds()
 	owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
 	get := func() (*coordinationv1.Lease, error) { return api.Get(ctx, node.Name, metav1.GetOptions{}) }
 	create := func() (*coordinationv1.Lease, error) {
@@ -340,6 +338,43 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		return nil, fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
 	}
 	return out, nil
+}
+
+// renewLease renews the Lease of node. taken says the session took it,
+// and uid is its UID then: the renewal is a merge patch of its spec with
+// that UID, and no resourceVersion, so nothing more of the Lease need be
+// kept; a Lease that is gone, or is another one by now, is renewed (or
+// created) as RenewLease does. It returns the Lease's UID.
+func (w *Writer) renewLease(ctx context.Context, as asnode.Client, node *corev1.Node, taken bool, uid types.UID) (types.UID, error) {
+	if taken {
+		p := map[string]any{"spec": map[string]any{"holderIdentity": node.Name, "leaseDurationSeconds": w.leaseSeconds(),
+			"renewTime": metav1.NewMicroTime(w.cfg.Now())}}
+		if uid != "" { // the API server gives every Lease one; fakes may not
+			p["metadata"] = map[string]any{"uid": uid}
+		}
+		body, err := json.Marshal(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = as.CoordinationV1().Leases(LeaseNamespace).Patch(ctx, node.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
+		if err == nil {
+			return uid, nil
+		}
+		if !apierrors.IsNotFound(err) && !uidChanged(err) {
+			w.count("lease", err)
+			return "", fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
+		}
+	}
+	l, err := w.RenewLease(ctx, as, node, nil)
+	if err != nil {
+		return "", err
+	}
+	return l.UID, nil
+}
+
+// leaseSeconds is LeaseDuration in whole seconds, at least 1.
+func (w *Writer) leaseSeconds() int32 {
+	return max(int32(w.cfg.LeaseDuration/time.Second), 1)
 }
 
 func ownedBy(l *coordinationv1.Lease, node *corev1.Node) bool {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,7 +37,7 @@ func startWriter(t *testing.T, ctx context.Context, name string) (*stack.InProce
 	return ip, w, reg, asNode(t, ip, name), report(name)
 }
 
-func newWriter(t *testing.T, ip *stack.InProcess, lease time.Duration) (*nodes.Writer, *prometheus.Registry) {
+func newWriter(t testing.TB, ip *stack.InProcess, lease time.Duration) (*nodes.Writer, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: lease, Registerer: reg})
@@ -46,7 +47,7 @@ func newWriter(t *testing.T, ip *stack.InProcess, lease time.Duration) (*nodes.W
 	return w, reg
 }
 
-func asNode(t *testing.T, ip *stack.InProcess, name string) asnode.Client {
+func asNode(t testing.TB, ip *stack.InProcess, name string) asnode.Client {
 	t.Helper()
 	as, err := ip.AsNode.For(name)
 	if err != nil {
@@ -68,6 +69,7 @@ func TestStatusPatch(t *testing.T) {
 	ip, w, reg, _, _ := startWriter(t, ctx, "gw-unused")
 	t.Run("TaintsChanged", func(t *testing.T) { testApplyAfterTaintsChanged(t, ctx, ip, w) })
 	t.Run("KeepsOthers", func(t *testing.T) { testPatchKeepsOthers(t, ctx, ip, w) })
+	t.Run("LeasePatch", func(t *testing.T) { testLeasePatch(t, ctx, ip, w) })
 	t.Run("Addresses", func(t *testing.T) { testAddresses(t, ctx, ip, w) })
 	t.Run("Recreated", func(t *testing.T) { testRecreated(t, ctx, ip, w) })
 	t.Run("NewNodeNoRefusals", func(t *testing.T) { testNewNodeNoRefusals(t, ctx, ip, w) })
@@ -209,20 +211,86 @@ func testPatchKeepsOthers(t *testing.T, ctx context.Context, ip *stack.InProcess
 		}
 	}
 
+}
+
+// A session renews the Lease it took with a patch of its spec, tested by
+// the Lease's UID: what others set on it stays; a Lease deleted, or
+// deleted and created again, is taken anew.
+func testLeasePatch(t *testing.T, ctx context.Context, ip *stack.InProcess, w *nodes.Writer) {
+	const name = "gw-lease"
+	as, rep := asNode(t, ip, name), report(name)
+	n, err := w.Apply(ctx, as, name, rep, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	l, err := w.RenewLease(ctx, as, n, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kl := nodes.KeptLease(l)
-	if len(kl.ManagedFields) != 0 || len(l.ManagedFields) == 0 {
-		t.Fatalf("kept Lease managedFields %d, written Lease's %d", len(kl.ManagedFields), len(l.ManagedFields))
+	leases := ip.Client.CoordinationV1().Leases(nodes.LeaseNamespace)
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := leases.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Labels = map[string]string{"example.com/watched": "yes"}
+		_, err = leases.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
-	l2, err := w.RenewLease(ctx, as, n, kl)
+	was, err := leases.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		t.Fatalf("renew from the kept Lease: %v", err)
+		t.Fatal(err)
 	}
-	if got, was := managers(l2.ManagedFields), managers(l.ManagedFields); !allIn(was, got) {
-		t.Errorf("Lease managedFields managers after the renewal %v, before %v", got, was)
+	uid, err := nodes.RenewLeaseByUID(w, ctx, as, n, true, l.UID)
+	if err != nil || uid != l.UID {
+		t.Fatalf("renewal by UID: %v, %v, want %v", uid, err, l.UID)
+	}
+	got, err := leases.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Labels["example.com/watched"] != "yes" || !got.Spec.RenewTime.After(was.Spec.RenewTime.Time) ||
+		len(got.OwnerReferences) != 1 || got.OwnerReferences[0].UID != n.UID {
+		t.Errorf("Lease after the renewal: labels %v, renewed %v (was %v), owners %v", got.Labels, got.Spec.RenewTime, was.Spec.RenewTime, got.OwnerReferences)
+	}
+	managers := func(mf []metav1.ManagedFieldsEntry) (out []string) {
+		for _, e := range mf {
+			out = append(out, e.Manager+"/"+e.Subresource)
+		}
+		return out
+	}
+	if g, w := managers(got.ManagedFields), managers(was.ManagedFields); !allIn(w, g) {
+		t.Errorf("Lease managedFields managers after the renewal %v, before %v", g, w)
+	}
+
+	// Deleted: created again. Deleted and created by someone else: the
+	// patch, for another UID, is refused, and the Lease is renewed (and
+	// owned by the Node) from a fresh read.
+	if err := leases.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := nodes.RenewLeaseByUID(w, ctx, as, n, true, l.UID)
+	if err != nil || again == "" || again == l.UID {
+		t.Fatalf("renewal after the Lease was deleted: %v, %v", again, err)
+	}
+	if err := leases.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	holder := "someone-else"
+	other, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: nodes.LeaseNamespace},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	third, err := nodes.RenewLeaseByUID(w, ctx, as, n, true, again)
+	if err != nil || third != other.UID {
+		t.Fatalf("renewal after the Lease was created again: %v, %v, want %v", third, err, other.UID)
+	}
+	if got, err := leases.Get(ctx, name, metav1.GetOptions{}); err != nil || *got.Spec.HolderIdentity != name ||
+		len(got.OwnerReferences) != 1 || got.OwnerReferences[0].UID != n.UID {
+		t.Fatalf("Lease taken over: %+v, %v", got, err)
 	}
 }
 

@@ -2,14 +2,16 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"strings"
+	"slices"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
+	"k8s.io/apimachinery/pkg/types"
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/wire"
@@ -74,49 +76,108 @@ func outboxCondition(l *wire.LinkStats, prev *corev1.NodeStatus) (corev1.NodeCon
 // MarkDisconnected sets EdgeLinkReady=False on Node name, saying the agent
 // has been disconnected since at. It changes nothing unless the condition
 // still names session: a newer connection of the agent, to this replica
-// or another, wrote since, and its word stands. The write is a status
-// update with the read resourceVersion, so a concurrent write makes it
-// read again and check anew. as is the client acting as the node.
+// or another, wrote since, and its word stands. as is the client acting
+// as the node.
+//
+// The write is a JSON patch of the status subresource that tests, with
+// the replacement, that the condition at that index is still the one
+// session wrote (type, status True, message naming the session) and that
+// the Node's UID is still the one read: the API server applies it to the
+// Node as stored at the time of the write, so a newer connection's write
+// in between makes it fail (422) rather than be overwritten, and the Node
+// is read again and checked anew.
 func (w *Writer) MarkDisconnected(ctx context.Context, as asnode.Client, name, session string, at time.Time) (bool, error) {
+	return w.markDisconnected(ctx, as, name, session, at, nil)
+}
+
+// markDisconnectedTries bounds the reads of a Node whose EdgeLinkReady
+// condition keeps changing between the read and the write.
+const markDisconnectedTries = 5
+
+// markDisconnected is MarkDisconnected; last, if not nil, is the Node as
+// the session last wrote it, and the first write is tried from it,
+// without a read.
+func (w *Writer) markDisconnected(ctx context.Context, as asnode.Client, name, session string, at time.Time, last *nodeState) (bool, error) {
 	api := as.CoreV1().Nodes()
-	wrote := false
-	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		wrote = false
-		n, err := api.Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
+	write := func(uid types.UID, i int) error {
+		body, err := disconnectPatch(uid, i, session, at)
 		if err != nil {
 			return err
 		}
+		_, err = api.Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager}, "status")
+		return err
+	}
+	if last != nil {
+		if i := slices.IndexFunc(last.conds, func(c condState) bool { return c.Type == ConditionLinkReady }); i >= 0 {
+			err := write(last.uid, i)
+			switch {
+			case err == nil:
+				return true, nil
+			case apierrors.IsNotFound(err):
+				return false, nil
+			case !apierrors.IsInvalid(err): // Invalid: a test failed; read it
+				w.count("node_status", err)
+				return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
+			}
+		}
+	}
+	for range markDisconnectedTries {
+		n, err := api.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
+		}
 		if !IsEdge(n) {
-			return nil
+			return false, nil
 		}
 		i := condIndex(n.Status.Conditions, ConditionLinkReady)
 		if i < 0 || n.Status.Conditions[i].Status != corev1.ConditionTrue ||
-			!strings.Contains(n.Status.Conditions[i].Message, sessionMark+session+")") {
-			return nil
+			n.Status.Conditions[i].Message != linkReady(session).Message {
+			return false, nil
 		}
-		upd := n.DeepCopy()
-		t := metav1.NewTime(at)
-		upd.Status.Conditions[i] = corev1.NodeCondition{
+		err = write(n.UID, i)
+		switch {
+		case err == nil:
+			return true, nil
+		case apierrors.IsNotFound(err):
+			return false, nil
+		case !apierrors.IsInvalid(err):
+			w.count("node_status", err)
+			return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
+		}
+		// Changed between the read and the write: read it again.
+	}
+	w.failures.WithLabelValues("node_status").Inc()
+	return false, fmt.Errorf("mark node %q disconnected: its %s condition changed at every one of %d tries", name, ConditionLinkReady, markDisconnectedTries)
+}
+
+// disconnectPatch is the JSON patch that replaces condition i, if it is
+// still the EdgeLinkReady=True that session wrote on the Node of UID
+// uid, by EdgeLinkReady=False since at.
+func disconnectPatch(uid types.UID, i int, session string, at time.Time) ([]byte, error) {
+	t := metav1.NewTime(at)
+	path := "/status/conditions/" + strconv.Itoa(i)
+	type op struct {
+		Op    string `json:"op"`
+		Path  string `json:"path"`
+		Value any    `json:"value"`
+	}
+	var ops []op
+	if uid != "" { // the API server gives every Node one; fakes may not
+		ops = append(ops, op{"test", "/metadata/uid", uid})
+	}
+	return json.Marshal(append(ops, []op{
+		{"test", path + "/type", ConditionLinkReady},
+		{"test", path + "/status", corev1.ConditionTrue},
+		{"test", path + "/message", linkReady(session).Message},
+		{"replace", path, corev1.NodeCondition{
 			Type: ConditionLinkReady, Status: corev1.ConditionFalse, Reason: ReasonDisconnected,
 			Message:           "agent disconnected since " + at.UTC().Format(time.RFC3339),
 			LastHeartbeatTime: t, LastTransitionTime: t,
-		}
-		if _, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
-			if !apierrors.IsConflict(err) {
-				w.failures.WithLabelValues("node_status").Inc()
-			}
-			return err
-		}
-		wrote = true
-		return nil
-	})
-	if err != nil {
-		return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
-	}
-	return wrote, nil
+		}},
+	}...))
 }
 
 func condIndex(cs []corev1.NodeCondition, t corev1.NodeConditionType) int {

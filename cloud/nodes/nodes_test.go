@@ -117,7 +117,7 @@ func TestCheckNameAndInfo(t *testing.T) {
 	}
 }
 
-func newWriter(t *testing.T) (*Writer, *fake.Clientset) {
+func newWriter(t testing.TB) (*Writer, *fake.Clientset) {
 	client := fake.NewClientset()
 	w, err := NewWriter(WriterConfig{Client: client, LeaseDuration: 40 * time.Second})
 	if err != nil {
@@ -221,6 +221,10 @@ func FuzzReport(f *testing.F) {
 		rep := &Report{AgentVersion: "v", Info: st.Node, Conditions: st.Conditions, Link: st.Link}
 		s := Status(metav1.Now(), "gw", rep, nil)
 		Status(metav1.Now(), "gw", rep, &s)
+		PointKubelet(&s, "10.0.0.1", 10250)
+		if _, err := statusPatchFor(metav1.Now(), &nodeState{uid: "u"}, &s); err != nil {
+			t.Fatalf("status patch: %v", err)
+		}
 		Labels("gw", &st.Node)
 	})
 }

@@ -12,10 +12,12 @@ import (
 	"time"
 	"unique"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/wire"
 )
 
 // statusRefresh is how often an unchanged status is written again, like
@@ -89,10 +91,19 @@ type Session struct {
 	// What the steps keep from one to the next. Only the step running
 	// touches it: the Writer's queue never runs a session on two workers
 	// at once.
-	timer     *time.Timer // wakes the session when the next write is due
-	node      *corev1.Node
-	lease     *coordinationv1.Lease
-	last      *Report // last report written, for the periodic refresh
+	timer *time.Timer // wakes the session when the next write is due
+	// node is what the session keeps of the Node it last wrote (its UID
+	// and its conditions' types and statuses), nil until it was written
+	// and after a failed write; reread says the next status write reads
+	// the Node first, since the node lifecycle controller may have
+	// changed its conditions (the Lease was not renewed for a
+	// LeaseDuration).
+	node      *nodeState
+	reread    bool
+	leased    bool      // the Lease was taken, and not failed since
+	lease     types.UID // its UID
+	leaseOK   time.Time // when the Lease was last renewed
+	last      *Report   // last report written, for the periodic refresh
 	retryAt   time.Time
 	backoff   time.Duration
 	leaseAt   time.Time
@@ -170,7 +181,7 @@ func (s *Session) Stop() {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), disconnectTimeout)
 	defer cancel()
-	if _, err := s.w.MarkDisconnected(ctx, s.cfg.Client, s.cfg.Name, s.id, s.w.cfg.Now()); err != nil {
+	if _, err := s.w.markDisconnected(ctx, s.cfg.Client, s.cfg.Name, s.id, s.w.cfg.Now(), s.node); err != nil {
 		s.cfg.Log.Warn("node not marked disconnected", "err", err)
 	}
 }
@@ -219,7 +230,11 @@ func (s *Session) step() {
 		rep, seq = s.last, 0 // a refresh acks nothing
 	}
 	if rep != nil && !now.Before(s.retryAt) {
-		n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, s.node, s.cfg.Create)
+		kept := s.node
+		if s.reread || s.last == nil || !sameLabels(&s.last.Info, &rep.Info) {
+			kept = nil // read the Node: its conditions, or its labels to write
+		}
+		n, err := s.w.apply(ctx, s.cfg.Client, s.cfg.Name, rep, kept, s.cfg.Create)
 		switch {
 		case s.done():
 			return
@@ -249,7 +264,7 @@ func (s *Session) step() {
 			s.backoff = min(2*s.backoff, backoffMax)
 		default:
 			first := s.node == nil
-			s.node, s.last, s.backoff = keptNode(n), rep, backoffMin
+			s.node, s.last, s.backoff, s.reread = stateOf(n), rep, backoffMin, false
 			if s.written.Swap(true) {
 				s.refreshAt = now.Add(statusRefresh)
 			} else {
@@ -264,29 +279,37 @@ func (s *Session) step() {
 				s.acked = seq
 				s.cfg.OnAck(seq)
 			}
-			if first || s.lease == nil {
+			if first || !s.leased {
 				s.leaseAt = now // take the Lease at once
 			}
 		}
 	}
 	if s.node != nil && !now.Before(s.leaseAt) {
 		if s.cfg.Alive() {
-			l, err := s.w.RenewLease(ctx, s.cfg.Client, s.node, s.lease)
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Name, UID: s.node.uid}}
+			uid, err := s.w.renewLease(ctx, s.cfg.Client, node, s.leased, s.lease)
 			if s.done() {
 				return
 			}
 			if err != nil {
-				s.lease = nil
+				s.leased = false
 				s.leaseAt = now.Add(jitter(min(s.leaseBack, renewEvery)))
 				s.leaseBack = min(2*s.leaseBack, backoffMax)
 				s.cfg.Log.Warn("lease renewal failed; will retry", "err", err)
 			} else {
-				if s.lease == nil { // just taken: start at a random phase
+				if !s.leased { // just taken: start at a random phase
 					s.leaseAt = now.Add(phase(renewEvery))
 				} else {
 					s.leaseAt = now.Add(renewEvery)
 				}
-				s.lease, s.leaseBack = keptLease(l), backoffMin
+				if !s.leaseOK.IsZero() && now.Sub(s.leaseOK) >= s.w.cfg.LeaseDuration {
+					// The Lease may have expired meanwhile, and the node
+					// lifecycle controller marked the Node Unknown:
+					// write the status now, from a fresh read, so Ready
+					// is True again with a new transition time.
+					s.reread, s.refreshAt = true, now
+				}
+				s.leased, s.lease, s.leaseBack, s.leaseOK = true, uid, backoffMin, now
 			}
 		} else {
 			s.leaseAt = now.Add(renewEvery)
@@ -311,39 +334,10 @@ func (s *Session) step() {
 	}
 }
 
-// keptNode is the part of the Node n, as last written, that a session
-// keeps for its next write (Writer.apply's update): the whole of its
-// metadata but managedFields, which an update that carries none leaves
-// as the API server has them; its spec, which NodeRestriction compares
-// (taints); and of its status only what Status carries over from the
-// stored one: images, volumes, daemon endpoints, each condition's type,
-// status and transition time, and the OutboxHealthy condition whole.
-// Each status write replaces the rest, and an update of the Node itself
-// leaves the status as stored.
-func keptNode(n *corev1.Node) *corev1.Node {
-	k := &corev1.Node{ObjectMeta: n.ObjectMeta, Spec: n.Spec}
-	k.ManagedFields = nil
-	st := &n.Status
-	k.Status = corev1.NodeStatus{Images: st.Images, VolumesInUse: st.VolumesInUse,
-		VolumesAttached: st.VolumesAttached, DaemonEndpoints: st.DaemonEndpoints}
-	if len(st.Conditions) > 0 {
-		k.Status.Conditions = make([]corev1.NodeCondition, 0, len(st.Conditions))
-	}
-	for _, c := range st.Conditions {
-		if c.Type != ConditionOutboxHealthy {
-			c = corev1.NodeCondition{Type: intern(c.Type), Status: intern(c.Status), LastTransitionTime: c.LastTransitionTime}
-		}
-		k.Status.Conditions = append(k.Status.Conditions, c)
-	}
-	return k
-}
-
-// keptLease is the Lease l, as last written, without its managedFields,
-// which an update that carries none leaves as the API server has them.
-func keptLease(l *coordinationv1.Lease) *coordinationv1.Lease {
-	k := *l
-	k.ManagedFields = nil
-	return &k
+// sameLabels reports whether reports of a and b give the Node the same
+// labels (see Labels).
+func sameLabels(a, b *wire.NodeInfo) bool {
+	return a.Arch == b.Arch && a.OS == b.OS && a.Board == b.Board
 }
 
 // intern is s as one string shared by every session: condition types

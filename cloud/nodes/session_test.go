@@ -2,7 +2,6 @@ package nodes
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	goruntime "runtime"
 	"strings"
@@ -16,7 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -31,18 +30,19 @@ func TestSessionSteadyWrites(t *testing.T) {
 		w, client := newWriter(t)
 		renewEvery := w.cfg.LeaseDuration / 4
 		var mu sync.Mutex
-		leases := map[string][]time.Time{} // renewals (updates) by node
+		leases := map[string][]time.Time{} // renewals (patches) by node
 		status := map[string][]time.Time{} // status writes by node
-		client.PrependReactor("update", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-			u := a.(k8stesting.UpdateAction)
-			name := u.GetObject().(interface{ GetName() string }).GetName()
+		client.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			switch {
-			case u.GetResource().Resource == "leases":
-				leases[name] = append(leases[name], time.Now())
-			case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status":
-				status[name] = append(status[name], time.Now())
+			switch u := a.(type) {
+			case k8stesting.PatchAction: // a renewal or a status write
+				switch {
+				case u.GetResource().Resource == "leases":
+					leases[u.GetName()] = append(leases[u.GetName()], time.Now())
+				case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status" && u.GetPatchType() == types.StrategicMergePatchType:
+					status[u.GetName()] = append(status[u.GetName()], time.Now())
+				}
 			}
 			return false, nil, nil
 		})
@@ -175,7 +175,10 @@ func TestSessionStopWaitsForStep(t *testing.T) {
 		}
 		var after atomic.Int32
 		stopped := make(chan struct{})
-		client.PrependReactor("update", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		client.PrependReactor("*", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			if a.GetVerb() != "update" && a.GetVerb() != "patch" {
+				return false, nil, nil
+			}
 			select {
 			case <-stopped:
 				after.Add(1)
@@ -263,8 +266,7 @@ func queueWorkers() int {
 // being renewed: after a failed write the session re-reads the Node, and
 // until then renews nothing, so a refresh that was not retried left the
 // Lease to expire and the node to go NotReady while its agent stayed
-// connected (a stale cached Node whose taints the node lifecycle
-// controller had since changed is refused that way by NodeRestriction).
+// connected.
 func TestSessionRetriesFailedRefresh(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w, client := newWriter(t)
@@ -272,18 +274,16 @@ func TestSessionRetriesFailedRefresh(t *testing.T) {
 		var mu sync.Mutex
 		var renewals []time.Time
 		statusWrites, refused := 0, 0
-		client.PrependReactor("update", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
-			u := a.(k8stesting.UpdateAction)
+		client.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
-			case u.GetResource().Resource == "leases":
+			case a.GetVerb() == "patch" && a.GetResource().Resource == "leases":
 				renewals = append(renewals, time.Now())
-			case u.GetResource().Resource == "nodes" && u.GetSubresource() == "status":
+			case a.GetVerb() == "patch" && a.GetResource().Resource == "nodes" && a.GetSubresource() == "status":
 				if statusWrites++; statusWrites == 1 { // the first refresh
 					refused++
-					return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "gw-1",
-						errors.New(`node "gw-1" is not allowed to modify taints`))
+					return true, nil, apierrors.NewServiceUnavailable("etcd is restarting")
 				}
 			}
 			return false, nil, nil

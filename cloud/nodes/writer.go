@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
@@ -102,17 +104,26 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 	return w, nil
 }
 
-// Apply creates or updates Node name from rep: the relay's labels, and the
-// whole status with Ready=True and a fresh heartbeat. The status is written
-// every time, since after the node lifecycle controller marked a node
-// Unknown only a status write with Ready=True makes it Ready again.
+// Apply creates Node name from rep, or writes its status and, if the
+// relay's labels are missing, its labels: the whole status the relay owns,
+// with Ready=True and a fresh heartbeat. The status is written every time,
+// since after the node lifecycle controller marked a node Unknown only a
+// status write with Ready=True makes it Ready again. It returns the Node as
+// stored after the write.
 //
-// cached, if not nil, is the Node as last written; using it saves a read,
-// and a conflict falls back to a fresh one. A Node of that name that is not
-// an edge node yields ErrNotEdge. as is the client acting as the node
-// (package asnode); only the create is made as the relay itself.
-func (w *Writer) Apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node) (*corev1.Node, error) {
-	return w.apply(ctx, as, name, rep, cached, CreateHooks{})
+// last, if not nil, is the Node as the relay last wrote it: only its UID
+// and its conditions' types and statuses are used, and the status is
+// patched without reading the Node first. A Node that is not the one last
+// written (deleted, or deleted and created again) is read afresh. A Node
+// of that name that is not an edge node yields ErrNotEdge. as is the client
+// acting as the node (package asnode); only the create is made as the
+// relay itself.
+func (w *Writer) Apply(ctx context.Context, as asnode.Client, name string, rep *Report, last *corev1.Node) (*corev1.Node, error) {
+	var kept *nodeState
+	if last != nil {
+		kept = stateOf(last)
+	}
+	return w.apply(ctx, as, name, rep, kept, CreateHooks{})
 }
 
 // CreateHooks guard the creation of a Node that does not exist.
@@ -129,8 +140,19 @@ type CreateHooks struct {
 // again: it was deleted, which revoked the node's certificates.
 var ErrGone = errors.New("node was deleted")
 
-func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, cached *corev1.Node, hooks CreateHooks) (*corev1.Node, error) {
+func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *Report, kept *nodeState, hooks CreateHooks) (*corev1.Node, error) {
 	api := as.CoreV1().Nodes()
+	if kept != nil {
+		n, err := w.patchStatus(ctx, as, name, rep, kept)
+		if err == nil {
+			return n, nil
+		}
+		if !apierrors.IsNotFound(err) && !uidChanged(err) {
+			w.count("node_status", err)
+			return nil, fmt.Errorf("write node %q: %w", name, err)
+		}
+		// Not the Node last written: read it afresh.
+	}
 	get := func() (*corev1.Node, error) { return api.Get(ctx, name, metav1.GetOptions{}) }
 	create := func() (*corev1.Node, error) {
 		if hooks.Before != nil {
@@ -155,62 +177,74 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		}
 		return created, nil
 	}
-	update := func(cur *corev1.Node, cached bool) (*corev1.Node, error) {
+	// The labels, when some of the relay's are missing (a new board, or
+	// someone removed one): an update of the Node read, from a fresh read
+	// again on a conflict. The status is patched after.
+	labels := func(cur *corev1.Node) (*corev1.Node, error) {
 		if !IsEdge(cur) {
 			return nil, ErrNotEdge
 		}
-		if want := Labels(name, &rep.Info); !hasLabels(cur.Labels, want) {
-			upd := cur.DeepCopy()
-			if upd.Labels == nil {
-				upd.Labels = map[string]string{}
-			}
-			maps.Copy(upd.Labels, want)
-			res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
-			if err != nil {
-				w.countUpdate("node", err, cached)
-				return nil, err
-			}
-			cur = res
+		want := Labels(name, &rep.Info)
+		if hasLabels(cur.Labels, want) {
+			return cur, nil
 		}
 		upd := cur.DeepCopy()
-		upd.Status = Status(metav1.NewTime(w.cfg.Now()), name, rep, &cur.Status)
-		PointKubelet(&upd.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
-		res, err := api.UpdateStatus(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		if upd.Labels == nil {
+			upd.Labels = map[string]string{}
+		}
+		maps.Copy(upd.Labels, want)
+		res, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.countUpdate("node_status", err, cached)
+			w.count("node", err)
 		}
 		return res, err
 	}
-	out, err := upsert(schema.GroupResource{Resource: "nodes"}, name, cached, get, create, update)
+	created := false
+	cur, err := upsert(schema.GroupResource{Resource: "nodes"}, name, nil, get, func() (*corev1.Node, error) {
+		n, err := create()
+		created = err == nil
+		return n, err
+	}, labels)
+	if err == nil && !created {
+		// The status, onto the Node as read (or as its labels' update
+		// left it).
+		cur, err = w.patchStatus(ctx, as, name, rep, stateOf(cur))
+		if err != nil {
+			w.count("node_status", err)
+		}
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotEdge) {
 			return nil, fmt.Errorf("node %q: %w (no %s label): the relay will not take it over", name, ErrNotEdge, EdgeRoleLabel)
 		}
 		return nil, fmt.Errorf("write node %q: %w", name, err)
 	}
-	return out, nil
+	return cur, nil
+}
+
+// patchStatus writes the status for rep onto the Node prev says is stored
+// (see statusPatch).
+func (w *Writer) patchStatus(ctx context.Context, as asnode.Client, name string, rep *Report, prev *nodeState) (*corev1.Node, error) {
+	now := metav1.NewTime(w.cfg.Now())
+	st := Status(now, name, rep, nil)
+	PointKubelet(&st, w.cfg.KubeletAddress, w.kubeletPort(rep))
+	body, err := statusPatchFor(now, prev, &st)
+	if err != nil {
+		return nil, err
+	}
+	return as.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, body,
+		metav1.PatchOptions{FieldManager: FieldManager}, "status")
 }
 
 // upsert is the node writer's one read-modify-write loop: update the
 // cached object (or a fresh read of it), create it when it does not exist,
 // and start again from a fresh read on a conflict or when another relay
 // replica created it first.
-//
-// An update of the cached copy that the API server forbids is also tried
-// again from a fresh read: admission checks come before the
-// resourceVersion precondition, and NodeRestriction refuses a node's
-// write whose taints differ from the stored Node's ("not allowed to modify
-// taints"), so a copy the node lifecycle controller has since tainted or
-// untainted (the not-ready taint every new Node is created with and loses
-// once Ready) is refused as Forbidden, not as a conflict. update is told
-// whether cur is the cached copy, so it does not count that refusal as a
-// failed write.
-func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T, stale bool) (*T, error)) (*T, error) {
+func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
 	var out *T
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		cur := cached
 		cached = nil
-		fromCache := cur != nil
 		if cur == nil {
 			got, err := get()
 			if apierrors.IsNotFound(err) {
@@ -226,11 +260,8 @@ func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (
 			}
 			cur = got
 		}
-		res, err := update(cur, fromCache)
+		res, err := update(cur)
 		out = res
-		if fromCache && apierrors.IsForbidden(err) {
-			return apierrors.NewConflict(gr, name, err)
-		}
 		return err
 	})
 	return out, err
@@ -245,18 +276,11 @@ func (w *Writer) kubeletPort(rep *Report) int32 {
 }
 
 // count records a failed write of what, unless it is a conflict or a lost
-// create race, which the caller retries.
+// create race, which the caller retries, or was cancelled (Stop cancels
+// the step running).
 func (w *Writer) count(what string, err error) {
-	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) {
+	if !apierrors.IsConflict(err) && !apierrors.IsAlreadyExists(err) && !errors.Is(err, context.Canceled) {
 		w.failures.WithLabelValues(what).Inc()
-	}
-}
-
-// countUpdate is count for an update; one of the cached copy that was
-// forbidden is retried from a fresh read (upsert), like a conflict.
-func (w *Writer) countUpdate(what string, err error, cached bool) {
-	if !cached || !apierrors.IsForbidden(err) {
-		w.count(what, err)
 	}
 }
 
@@ -278,10 +302,7 @@ func hasLabels(have, want map[string]string) bool {
 // acting as the node.
 func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	api := as.CoordinationV1().Leases(LeaseNamespace)
-	secs := int32(w.cfg.LeaseDuration / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
+	secs := w.leaseSeconds()
 	owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
 	get := func() (*coordinationv1.Lease, error) { return api.Get(ctx, node.Name, metav1.GetOptions{}) }
 	create := func() (*coordinationv1.Lease, error) {
@@ -295,7 +316,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		return l, err
 	}
-	update := func(cur *coordinationv1.Lease, cached bool) (*coordinationv1.Lease, error) {
+	update := func(cur *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 		now := metav1.NewMicroTime(w.cfg.Now())
 		upd := cur.DeepCopy()
 		upd.Spec.HolderIdentity = &node.Name
@@ -308,7 +329,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		l, err := api.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err != nil {
-			w.countUpdate("lease", err, cached)
+			w.count("lease", err)
 		}
 		return l, err
 	}
@@ -317,6 +338,43 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		return nil, fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
 	}
 	return out, nil
+}
+
+// renewLease renews the Lease of node. taken says the session took it,
+// and uid is its UID then: the renewal is a merge patch of its spec with
+// that UID, and no resourceVersion, so nothing more of the Lease need be
+// kept; a Lease that is gone, or is another one by now, is renewed (or
+// created) as RenewLease does. It returns the Lease's UID.
+func (w *Writer) renewLease(ctx context.Context, as asnode.Client, node *corev1.Node, taken bool, uid types.UID) (types.UID, error) {
+	if taken {
+		p := map[string]any{"spec": map[string]any{"holderIdentity": node.Name, "leaseDurationSeconds": w.leaseSeconds(),
+			"renewTime": metav1.NewMicroTime(w.cfg.Now())}}
+		if uid != "" { // the API server gives every Lease one; fakes may not
+			p["metadata"] = map[string]any{"uid": uid}
+		}
+		body, err := json.Marshal(p)
+		if err != nil {
+			return "", err
+		}
+		_, err = as.CoordinationV1().Leases(LeaseNamespace).Patch(ctx, node.Name, types.MergePatchType, body, metav1.PatchOptions{FieldManager: FieldManager})
+		if err == nil {
+			return uid, nil
+		}
+		if !apierrors.IsNotFound(err) && !uidChanged(err) {
+			w.count("lease", err)
+			return "", fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
+		}
+	}
+	l, err := w.RenewLease(ctx, as, node, nil)
+	if err != nil {
+		return "", err
+	}
+	return l.UID, nil
+}
+
+// leaseSeconds is LeaseDuration in whole seconds, at least 1.
+func (w *Writer) leaseSeconds() int32 {
+	return max(int32(w.cfg.LeaseDuration/time.Second), 1)
 }
 
 func ownedBy(l *coordinationv1.Lease, node *corev1.Node) bool {

@@ -259,3 +259,19 @@ func TestCreateHooks(t *testing.T) {
 		t.Fatalf("allowed create: %v, After saw %v", err, created)
 	}
 }
+
+func TestWorkersFor(t *testing.T) {
+	for _, tc := range []struct {
+		qps  float64
+		want int
+	}{
+		{0, DefaultWorkers},
+		{200, 20},
+		{1500, 150},
+		{10.5, DefaultWorkers},
+	} {
+		if got := WorkersFor(tc.qps); got != tc.want {
+			t.Errorf("WorkersFor(%v) = %d, want %d", tc.qps, got, tc.want)
+		}
+	}
+}

@@ -51,13 +51,25 @@ type WriterConfig struct {
 	Workers int
 }
 
-// DefaultWorkers is WriterConfig.Workers when it is zero: with the API
-// server answering in 10 ms, 16 workers make 1,600 writes a second,
-// against 10,000 sessions' steady 1,000 Lease renewals a second (one per
-// node every 10 s) and their status refreshes, and the first writes of
-// each (Node and Lease) after a relay restart. The relay's API budget
-// (its client's QPS) must be sized to that too.
+// DefaultWorkers is WriterConfig.Workers when it is zero: enough for
+// the relay's default API budget (200 requests a second) with writes
+// taking up to 80 ms. A larger budget needs more (WorkersFor).
 const DefaultWorkers = 16
+
+// writeLatency is the API server's time for one write that WorkersFor
+// plans for; with 10,000 nodes on a loaded 2-core machine its p99 was
+// 136 ms (docs/benchmarks.md, "Relay memory per connected agent").
+const writeLatency = 100 * time.Millisecond
+
+// WorkersFor is the number of workers that can spend an API budget of qps
+// requests a second on node writes while each write takes writeLatency.
+// The workers bound the writes in flight, and each waits for its answer,
+// so too few of them cap the write rate below the budget whatever the
+// API server could take: 10,000 nodes renewing their Leases every 10 s
+// need 1,000 writes a second, 16 workers at 100 ms make 160.
+func WorkersFor(qps float64) int {
+	return max(DefaultWorkers, int(math.Ceil(qps*writeLatency.Seconds())))
+}
 
 // Writer writes edge Nodes and their Leases. Its Sessions keep the
 // per-node state; its queue (one key per session with a step due) is

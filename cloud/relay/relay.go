@@ -116,6 +116,11 @@ type Config struct {
 	// Nil means asking the API server for its version.
 	APICheck func(ctx context.Context) error
 
+	// NodeWriters bounds the Node status and Lease writes in flight at
+	// once, all agents together; zero means nodes.DefaultWorkers. Size it
+	// to the API budget with nodes.WorkersFor.
+	NodeWriters int
+
 	// PodStatusQPS and PodStatusBurst bound the pod status writes of all
 	// agents together; zero means podstatus.DefaultQPS and DefaultBurst.
 	PodStatusQPS   float32
@@ -298,6 +303,7 @@ func New(cfg Config) (*Server, error) {
 		Registerer:     cfg.Registry,
 		KubeletAddress: cfg.KubeletAddress,
 		KubeletPort:    cfg.KubeletPort,
+		Workers:        cfg.NodeWriters,
 	})
 	if err != nil {
 		return nil, err

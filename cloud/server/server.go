@@ -31,6 +31,7 @@ import (
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/devices"
 	"outpost.dev/cloud/join"
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/podstatus"
 	"outpost.dev/cloud/relay"
@@ -264,6 +265,7 @@ func Run(ctx context.Context, o Options, version string, logOut io.Writer) error
 		TokenRefreshAfter: o.TokenRefreshAfter,
 		JoinPerIPRate:     o.JoinRatePerIP, JoinPerIPBurst: o.JoinBurstPerIP,
 		MaxHandshakes: o.MaxHandshakes,
+		NodeWriters:   nodes.WorkersFor(o.QPS),
 	}
 	if o.UpgradeCacheDir != "" {
 		rc.Upgrades = &upgrade.Config{CacheDir: o.UpgradeCacheDir}

@@ -36,6 +36,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"outpost.dev/cloud/identity"
+	"outpost.dev/cloud/nodes"
 	"outpost.dev/cloud/pki"
 	"outpost.dev/cloud/relay"
 	"outpost.dev/cloud/relay/relaytest"
@@ -108,6 +109,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 	logs := newLogCounts()
 	cfg := ip.RelayConfig(slog.New(logs))
 	cfg.Registry = prometheus.NewRegistry()
+	cfg.NodeWriters = nodes.WorkersFor(float64(qps)) // as the relay's command sizes them
 	srv, hs := relaytest.Serve(b, cfg)
 	window := harness.EnvDuration(b, "OUTPOST_BENCH_API_WINDOW", 2*time.Minute)
 	// The control plane's own requests (controllers, the API server's

@@ -315,13 +315,14 @@ func (st *state) startMint(p *corev1.Pod, e *podToken) {
 	e.minting = true
 	node, after := st.s.cfg.Node, st.s.cfg.TokenRefreshAfter
 	ns, name, uid := p.Namespace, p.Name, p.UID
+	ctx := st.s.ctx()
 	st.wg.Go(func() {
 		select {
 		case st.mintSem <- struct{}{}:
-		case <-st.ctx.Done():
+		case <-ctx.Done():
 			return
 		}
-		obj, at, err := mintTokens(st.ctx, st.s.cfg.Client, node, ns, name, uid, after)
+		obj, at, err := mintTokens(ctx, st.s.cfg.Client, node, ns, name, uid, after)
 		<-st.mintSem
 		st.mintMu.Lock()
 		st.minted = append(st.minted, mintResult{uid: uid, obj: obj, refreshAt: at, err: err})
@@ -345,7 +346,7 @@ func (st *state) collectMints(live map[types.UID]bool) {
 		}
 		e.minting = false
 		if r.err != nil {
-			if st.ctx.Err() != nil {
+			if st.s.ended() {
 				return
 			}
 			e.backoff = min(max(2*e.backoff, tokenBackoffMin), tokenBackoffMax)

@@ -319,16 +319,9 @@ func Start(ctx context.Context, cfg Config) *Session {
 		cfg.Syncer = defaultSyncer()
 	}
 	s := &Session{cfg: cfg, syncer: cfg.Syncer, parent: ctx, done: make(chan struct{}), nodeWait: nodeWaitMin}
-	s.st = &state{
-		s:        s,
-		refs:     map[Ref]*watchcache.Cache{},
-		cache:    map[types.UID]*translated{},
-		sent:     HeldVersions(cfg.Held),
-		reported: map[types.UID]reportedRefusal{},
-		tokens:   map[types.UID]*podToken{},
-		claims:   map[types.UID]Claims{},
-		mintSem:  make(chan struct{}, tokenConcurrency),
-	}
+	// The state's other maps, and mintSem, are made on first use: most
+	// nodes run few pods, some none.
+	s.st = &state{s: s, sent: HeldVersions(cfg.Held)}
 	s.stepped.Store(time.Now().UnixNano())
 	s.syncer.add(s)
 	s.wake()
@@ -742,7 +735,7 @@ func (st *state) pass() (ok, poll bool) {
 		w := st.refs[r]
 		if w == nil {
 			w = st.watch(refListWatch(st.s.cfg.Client, r))
-			st.refs[r] = w
+			setKey(&st.refs, r, w)
 		}
 		if !ready(w, patience) {
 			synced = false
@@ -853,6 +846,14 @@ func (st *state) pass() (ok, poll bool) {
 	return true, poll
 }
 
+// setKey sets m[k] to v, making m if it is nil.
+func setKey[K comparable, V any](m *map[K]V, k K, v V) {
+	if *m == nil {
+		*m = map[K]V{}
+	}
+	(*m)[k] = v
+}
+
 func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
 	for _, r := range refs {
 		if w := st.refs[r]; w == nil || !ready(w, patience) {
@@ -876,7 +877,7 @@ func (st *state) translate(uid types.UID, version string, f func() (wire.Object,
 	if isClaimPending(t.err) {
 		t.retryAt = time.Now().Add(claimRetry)
 	}
-	st.cache[uid] = t
+	setKey(&st.cache, uid, t)
 	return t
 }
 
@@ -892,7 +893,7 @@ func (st *state) podObject(p *corev1.Pod) (wire.Object, error) {
 		if claims, err = ResolveClaims(ctx, st.s.cfg.Client.CoreV1(), p); err != nil {
 			return wire.Object{}, err
 		}
-		st.claims[p.UID] = claims
+		setKey(&st.claims, p.UID, claims)
 	}
 	return PodObject(p, claims)
 }
@@ -938,7 +939,7 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 			continue
 		}
 		if hasCondition(p, r.reason, msg) {
-			st.reported[p.UID] = reportedRefusal{p.ResourceVersion, msg}
+			setKey(&st.reported, p.UID, reportedRefusal{p.ResourceVersion, msg})
 			continue
 		}
 		if err := st.writeRefusal(p, r.reason, msg); err != nil {
@@ -989,7 +990,7 @@ func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
 	if err != nil {
 		return fmt.Errorf("patch status: %w", err)
 	}
-	st.reported[p.UID] = reportedRefusal{np.ResourceVersion, msg}
+	setKey(&st.reported, p.UID, reportedRefusal{np.ResourceVersion, msg})
 	_, err = st.s.cfg.Client.CoreV1().Events(p.Namespace).Create(ctx, &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: p.Name + ".", Namespace: p.Namespace},
 		InvolvedObject: corev1.ObjectReference{

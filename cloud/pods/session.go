@@ -322,6 +322,7 @@ func Start(ctx context.Context, cfg Config) *Session {
 	// The state's other maps, and mintSem, are made on first use: most
 	// nodes run few pods, some none.
 	s.st = &state{s: s, sent: HeldVersions(cfg.Held)}
+	s.cfg.Held = nil // kept as sent; the hello can go
 	s.stepped.Store(time.Now().UnixNano())
 	s.syncer.add(s)
 	s.wake()

@@ -534,7 +534,9 @@ func (c *conn) setup() bool {
 		return false
 	}
 	c.pods.Store(psync)
-	c.hello.Objects = nil // the sessions keep them in their own form (reading is paused)
+	// The sessions keep the held objects in their own form; reading is
+	// paused, so the loop does not read the hello meanwhile.
+	c.hello.Objects = nil
 	psync.NodeChanged() // the Node may have come between its first look and the Store
 	c.pstatus = s.podStatus.Start(s.ctx, podstatus.SessionConfig{Node: c.node, Client: as, Done: c.acks.done, Log: c.log})
 	if !c.onEnd(c.pstatus.Stop) {

@@ -12,10 +12,12 @@
 // see cloud/deploy/rbac.yaml). Nothing but the user name is sent; the API
 // server sets the group system:nodes.
 //
-// All nodes share one connection pool and one client-side rate limiter;
-// a node's client is a few small structs, built once per connection. Its
-// long-lived watches can go as HTTP/2 streams of one cloud/watchmux Mux
-// (Streams), which holds no goroutine per watch.
+// All nodes share one connection pool, one client-side rate limiter and
+// one REST client per API group; a node's client is its user name and a
+// few small structs, built once per connection, which set the
+// Impersonate-User header on each of its requests. Its long-lived watches
+// can go as HTTP/2 streams of one cloud/watchmux Mux (Streams), which
+// holds no goroutine per watch.
 package asnode
 
 import (
@@ -27,6 +29,8 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 
 	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	corev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -79,8 +83,11 @@ type Provider interface {
 // Impersonating is the Provider of a running relay: clients that
 // impersonate system:node:<name> over the relay's own credentials.
 type Impersonating struct {
-	cfg *rest.Config
-	rt  http.RoundTripper
+	// core and coord are the REST clients of all nodes, as the relay
+	// itself: every request of a node's client is given its
+	// Impersonate-User header (asUser).
+	core  rest.Interface
+	coord rest.Interface
 	// mux carries the nodes' watches; nil when the configuration is one
 	// it does not support (muxErr says why), and client-go watches.
 	mux    *watchmux.Mux
@@ -103,7 +110,16 @@ func New(cfg *rest.Config) (*Impersonating, error) {
 	if err != nil {
 		return nil, fmt.Errorf("asnode: transport: %w", err)
 	}
-	p := &Impersonating{cfg: cfg, rt: rt}
+	hc := &http.Client{Transport: rt, Timeout: cfg.Timeout}
+	core, err := corev1.NewForConfigAndClient(cfg, hc)
+	if err != nil {
+		return nil, fmt.Errorf("asnode: client: %w", err)
+	}
+	coord, err := coordinationv1.NewForConfigAndClient(cfg, hc)
+	if err != nil {
+		return nil, fmt.Errorf("asnode: client: %w", err)
+	}
+	p := &Impersonating{core: core.RESTClient(), coord: coord.RESTClient()}
 	p.mux, p.muxErr = watchmux.New(cfg, watchmux.Options{})
 	return p, nil
 }
@@ -121,27 +137,36 @@ func (p *Impersonating) Close() {
 	}
 }
 
-// For returns the client acting as node. It fails only for a
-// configuration client-go refuses, which New has already built a transport
-// from.
+// For returns the client acting as node. It does not fail: New built
+// what all nodes share.
 func (p *Impersonating) For(node string) (Client, error) {
-	hc := &http.Client{
-		Transport: transport.NewImpersonatingRoundTripper(transport.ImpersonationConfig{UserName: UserPrefix + node}, p.rt),
-		Timeout:   p.cfg.Timeout,
-	}
-	core, err := corev1.NewForConfigAndClient(p.cfg, hc)
-	if err != nil {
-		return nil, fmt.Errorf("asnode: client for node %q: %w", node, err)
-	}
-	coord, err := coordinationv1.NewForConfigAndClient(p.cfg, hc)
-	if err != nil {
-		return nil, fmt.Errorf("asnode: client for node %q: %w", node, err)
-	}
+	user := UserPrefix + node
+	c := client{core: corev1.New(&asUser{p.core, user}), coord: coordinationv1.New(&asUser{p.coord, user})}
 	if p.mux != nil {
-		return &streamClient{client{core: core, coord: coord}, p.mux, UserPrefix + node}, nil
+		return &streamClient{c, p.mux, user}, nil
 	}
-	return &client{core: core, coord: coord}, nil
+	return &c, nil
 }
+
+// asUser is a REST client whose requests impersonate user, and nothing
+// else: the API server sets the node's group itself.
+type asUser struct {
+	rest rest.Interface
+	user string
+}
+
+func (a *asUser) as(r *rest.Request) *rest.Request {
+	return r.SetHeader(transport.ImpersonateUserHeader, a.user)
+}
+
+func (a *asUser) GetRateLimiter() flowcontrol.RateLimiter { return a.rest.GetRateLimiter() }
+func (a *asUser) Verb(verb string) *rest.Request          { return a.as(a.rest.Verb(verb)) }
+func (a *asUser) Post() *rest.Request                     { return a.as(a.rest.Post()) }
+func (a *asUser) Put() *rest.Request                      { return a.as(a.rest.Put()) }
+func (a *asUser) Patch(pt types.PatchType) *rest.Request  { return a.as(a.rest.Patch(pt)) }
+func (a *asUser) Get() *rest.Request                      { return a.as(a.rest.Get()) }
+func (a *asUser) Delete() *rest.Request                   { return a.as(a.rest.Delete()) }
+func (a *asUser) APIVersion() schema.GroupVersion         { return a.rest.APIVersion() }
 
 type client struct {
 	core  *corev1.CoreV1Client

@@ -28,11 +28,14 @@ import (
 type Queue[K comparable, V any] struct {
 	max int
 
+	// The maps are made when a key is put and dropped when they are
+	// empty again, and changed only while someone waits: an idle queue
+	// holds nothing but itself.
 	mu       sync.Mutex
 	waiting  map[K]*entry[V] // not in flight: ready, or backing off
 	ready    []K             // waiting keys that may be taken, oldest first
 	inflight map[K]struct{}
-	changed  chan struct{} // closed and replaced on every change
+	changed  chan struct{} // closed on the next change; nil while nobody waits
 	closed   bool
 
 	onReady func()     // see OnReady
@@ -49,19 +52,49 @@ type entry[V any] struct {
 // New returns a queue holding at most limit waiting keys (keys in flight
 // do not count); a limit below 1 means 1.
 func New[K comparable, V any](limit int) *Queue[K, V] {
-	return &Queue[K, V]{
-		max:      max(limit, 1),
-		waiting:  map[K]*entry[V]{},
-		inflight: map[K]struct{}{},
-		changed:  make(chan struct{}),
+	return &Queue[K, V]{max: max(limit, 1)}
+}
+
+// broadcast wakes every goroutine waiting in Put, Take or WaitIdle.
+// Called with mu held.
+func (q *Queue[K, V]) broadcast() {
+	if q.changed != nil {
+		close(q.changed)
+		q.changed = nil
 	}
 }
 
-// broadcast wakes every goroutine waiting in Put or Take. Called with mu
-// held.
-func (q *Queue[K, V]) broadcast() {
-	close(q.changed)
-	q.changed = make(chan struct{})
+// wait returns the channel closed on the next change, for a goroutine
+// about to wait for one. Called with mu held.
+func (q *Queue[K, V]) wait() <-chan struct{} {
+	if q.changed == nil {
+		q.changed = make(chan struct{})
+	}
+	return q.changed
+}
+
+// setWaiting records e as key's waiting value. Called with mu held.
+func (q *Queue[K, V]) setWaiting(key K, e *entry[V]) {
+	if q.waiting == nil {
+		q.waiting = map[K]*entry[V]{}
+	}
+	q.waiting[key] = e
+}
+
+// unwait forgets key's waiting value. Called with mu held.
+func (q *Queue[K, V]) unwait(key K) {
+	delete(q.waiting, key)
+	if len(q.waiting) == 0 {
+		q.waiting = nil // let the map go
+	}
+}
+
+// land ends key's flight. Called with mu held.
+func (q *Queue[K, V]) land(key K) {
+	delete(q.inflight, key)
+	if len(q.inflight) == 0 {
+		q.inflight = nil // let the map go
+	}
 }
 
 // readied makes key ready: it goes to the back of the line, and whoever
@@ -129,11 +162,12 @@ func (q *Queue[K, V]) Put(ctx context.Context, key K, v V, merge func(waiting V)
 	for {
 		q.mu.Lock()
 		put, full := q.put(key, v, merge)
-		changed := q.changed
-		q.mu.Unlock()
 		if !full {
+			q.mu.Unlock()
 			return put
 		}
+		changed := q.wait()
+		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return false
@@ -169,7 +203,7 @@ func (q *Queue[K, V]) put(key K, v V, merge func(waiting V) V) (put, full bool) 
 	if len(q.waiting) >= q.max {
 		return false, true
 	}
-	q.waiting[key] = &entry[V]{v: v}
+	q.setWaiting(key, &entry[V]{v: v})
 	if _, busy := q.inflight[key]; !busy {
 		q.readied(key)
 	}
@@ -191,7 +225,7 @@ func (q *Queue[K, V]) Take(ctx context.Context) (key K, v V, ok bool) {
 			q.mu.Unlock()
 			return key, v, true
 		}
-		changed := q.changed
+		changed := q.wait()
 		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -224,7 +258,10 @@ func (q *Queue[K, V]) take() (key K, v V) {
 		q.ready = nil // let the backing array go
 	}
 	v = q.waiting[key].v
-	delete(q.waiting, key)
+	q.unwait(key)
+	if q.inflight == nil {
+		q.inflight = map[K]struct{}{}
+	}
 	q.inflight[key] = struct{}{}
 	q.broadcast() // room for a Put
 	return key, v
@@ -234,7 +271,7 @@ func (q *Queue[K, V]) take() (key K, v V) {
 func (q *Queue[K, V]) Done(key K) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	delete(q.inflight, key)
+	q.land(key)
 	if e := q.waiting[key]; e != nil && !e.parked {
 		q.readied(key)
 	} else {
@@ -248,11 +285,12 @@ func (q *Queue[K, V]) WaitIdle(key K) {
 	for {
 		q.mu.Lock()
 		_, busy := q.inflight[key]
-		changed := q.changed
-		q.mu.Unlock()
 		if !busy {
+			q.mu.Unlock()
 			return
 		}
+		changed := q.wait()
+		q.mu.Unlock()
 		<-changed
 	}
 }
@@ -266,7 +304,7 @@ func (q *Queue[K, V]) WaitIdle(key K) {
 func (q *Queue[K, V]) Retry(key K, v V, after time.Duration, merge func(newer V) V) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	delete(q.inflight, key)
+	q.land(key)
 	if e := q.waiting[key]; e != nil {
 		if merge != nil {
 			e.v = merge(e.v)
@@ -275,7 +313,7 @@ func (q *Queue[K, V]) Retry(key K, v V, after time.Duration, merge func(newer V)
 		return
 	}
 	e := &entry[V]{v: v, parked: true}
-	q.waiting[key] = e
+	q.setWaiting(key, e)
 	q.broadcast() // for WaitIdle
 	time.AfterFunc(after, func() {
 		q.mu.Lock()

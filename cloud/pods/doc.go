@@ -16,11 +16,15 @@
 //
 // A Session has no goroutine of its own. Its watches' changes, its Extra
 // source's, NodeChanged (the relay's edge-Node cache saw its Node), and
-// one timer (the next poll while the initial sync waits, a retried status
-// write, a token refresh, a claim read again, the next look for a Node
-// that is not an edge node yet) queue it in a Syncer, whose bounded pool
-// of workers (Serve of the Queue in cloud/coalesce) runs one step of one
-// session at a time and exists only while some step is due.
+// a timer while a step is due (the next poll while the initial sync
+// waits, a retried status write, a token refresh, a claim read again, the
+// next look for a Node that is not an edge node yet) queue it in a
+// Syncer, whose bounded pool of workers (Serve of the Queue in
+// cloud/coalesce) runs one step of one session at a time and exists only
+// while some step is due. The Syncer also ends the sessions of a context
+// that ended (one context.AfterFunc per context, not per session) and
+// wakes a session idle for an hour; a session makes a context of its own
+// only for its first request outside its watches.
 // A step that waits on the API server holds one worker, never the
 // others; a step that panics ends its own session.
 //

@@ -128,9 +128,37 @@ const DefaultWorkers = 16
 // goroutines, which exist only while some Session has a pass due: a
 // Session has no goroutine of its own. Its queue (cloud/coalesce) holds a
 // Session at most once and never runs two passes of one Session at once.
+//
+// The Syncer also keeps what would otherwise cost each Session a context
+// and timers of its own: the end of the contexts its Sessions were started
+// with is observed once per context (one context.AfterFunc for all the
+// Sessions started with it), and one sweep a minute wakes every Session
+// that has not stepped for idleWake.
 type Syncer struct {
 	q *coalesce.Queue[*Session, struct{}]
+
+	mu sync.Mutex
+	// first links the live Sessions (Session.prev and next).
+	first *Session
+	// parents counts the live Sessions by the Done channel of the
+	// context they were started with, and holds its AfterFunc.
+	parents map[<-chan struct{}]*parent
+	// sweep is set while there are Sessions.
+	sweep *time.Timer
 }
+
+// parent is a context whose Sessions a Syncer ends with it.
+type parent struct {
+	sessions int
+	stop     func() bool
+}
+
+// A Session with nothing due is woken again after idleWake, by the
+// Syncer's sweep, which looks every sweepEvery.
+const (
+	idleWake   = time.Hour
+	sweepEvery = time.Minute
+)
 
 // NewSyncer returns a Syncer running passes on at most workers goroutines
 // (below 1 means DefaultWorkers).
@@ -138,7 +166,7 @@ func NewSyncer(workers int) *Syncer {
 	if workers < 1 {
 		workers = DefaultWorkers
 	}
-	y := &Syncer{q: coalesce.New[*Session, struct{}](math.MaxInt)}
+	y := &Syncer{q: coalesce.New[*Session, struct{}](math.MaxInt), parents: map[<-chan struct{}]*parent{}}
 	y.q.Serve(workers, y.step)
 	return y
 }
@@ -147,17 +175,103 @@ func NewSyncer(workers int) *Syncer {
 // process, so one per relay.
 var defaultSyncer = sync.OnceValue(func() *Syncer { return NewSyncer(DefaultWorkers) })
 
+// add links s in, and watches its context's end unless another Session
+// of that context has it watched already.
+func (y *Syncer) add(s *Session) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	s.next = y.first
+	if y.first != nil {
+		y.first.prev = s
+	}
+	y.first = s
+	if y.sweep == nil {
+		y.sweep = time.AfterFunc(sweepEvery, y.sweepIdle)
+	}
+	done := s.parent.Done()
+	if done == nil {
+		return // never ends
+	}
+	p := y.parents[done]
+	if p == nil {
+		p = &parent{}
+		p.stop = context.AfterFunc(s.parent, func() { y.parentEnded(done) })
+		y.parents[done] = p
+	}
+	p.sessions++
+}
+
+// remove unlinks s, once it ended.
+func (y *Syncer) remove(s *Session) {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		y.first = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	}
+	s.prev, s.next = nil, nil
+	if y.first == nil && y.sweep != nil {
+		y.sweep.Stop()
+		y.sweep = nil
+	}
+	done := s.parent.Done()
+	if p := y.parents[done]; p != nil {
+		if p.sessions--; p.sessions == 0 {
+			p.stop()
+			delete(y.parents, done)
+		}
+	}
+}
+
+// wakeAll queues a step of every live Session for which f holds.
+func (y *Syncer) wakeAll(f func(*Session) bool) {
+	y.mu.Lock()
+	var due []*Session
+	for s := y.first; s != nil; s = s.next {
+		if f(s) {
+			due = append(due, s)
+		}
+	}
+	y.mu.Unlock()
+	for _, s := range due {
+		s.wake()
+	}
+}
+
+// parentEnded wakes the Sessions of the context whose Done channel is
+// done: their next step ends them.
+func (y *Syncer) parentEnded(done <-chan struct{}) {
+	y.wakeAll(func(s *Session) bool { return s.parent.Done() == done })
+}
+
+// sweepIdle wakes the Sessions that have not stepped for idleWake.
+func (y *Syncer) sweepIdle() {
+	idle := time.Now().Add(-idleWake).UnixNano()
+	y.wakeAll(func(s *Session) bool { return s.stepped.Load() <= idle })
+	y.mu.Lock()
+	if y.sweep != nil {
+		y.sweep.Reset(sweepEvery)
+	}
+	y.mu.Unlock()
+}
+
 // Session keeps one agent in step with the pods bound to its node and the
 // ConfigMaps and Secrets they reference. It has no goroutine of its own:
-// its watches' changes, its Extra source's, its context's end and one
-// timer (the next poll, retry, token refresh or claim read) queue it in
+// its watches' changes, its Extra source's, its context's end (seen by
+// its Syncer), its Syncer's hourly sweep and a timer while a step is due
+// sooner (the next poll, retry, token refresh or claim read) queue it in
 // its Syncer, whose workers run one step of it at a time. Its state is
 // rebuilt from the hello and the API server on every connection.
 type Session struct {
 	cfg    Config
 	syncer *Syncer
-	ctx    context.Context
-	cancel context.CancelFunc
+	// parent is the context Start was given: its end ends the session,
+	// and the session's requests are made under it.
+	parent context.Context
 	done   chan struct{}
 	// pods is the node's pod watch, once it started.
 	pods atomic.Pointer[watchcache.Cache]
@@ -165,13 +279,24 @@ type Session struct {
 	// its context's end): a step queued later does nothing.
 	over    atomic.Bool
 	endOnce sync.Once
-	// unwake undoes the wake on the context's end.
-	unwake func() bool
+	// stepped is when the last step ended (Unix nanoseconds).
+	stepped atomic.Int64
+	// prev and next link the Syncer's live Sessions; under its mu.
+	prev, next *Session
+
+	// reqCtx is the context of the session's own requests, made on the
+	// first (most sessions make none once their Node is known: their
+	// watches have their own), cancelled by the session's end; under mu.
+	mu        sync.Mutex
+	reqCtx    context.Context
+	reqCancel context.CancelFunc
 
 	// What the steps keep from one to the next. Only the step running
 	// touches it: the Syncer never runs a session on two workers at once.
-	st    *state
-	timer *time.Timer // wakes the session when the next step is due
+	st *state
+	// timer wakes the session when a step is due within idleWake; nil
+	// until one first is.
+	timer *time.Timer
 	// The wait for an edge Node, before the pod watch starts: the next
 	// read is due at nodeAt, and the one after nodeWait later.
 	nodeAt   time.Time
@@ -179,7 +304,7 @@ type Session struct {
 }
 
 // Start begins the sync for cfg.Node. Call it after the HelloAck was
-// written, and Stop when the connection ends.
+// written, and Stop when the connection ends; the end of ctx ends it too.
 func Start(ctx context.Context, cfg Config) *Session {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -193,22 +318,50 @@ func Start(ctx context.Context, cfg Config) *Session {
 	if cfg.Syncer == nil {
 		cfg.Syncer = defaultSyncer()
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	s := &Session{cfg: cfg, syncer: cfg.Syncer, ctx: ctx, cancel: cancel, done: make(chan struct{}), nodeWait: nodeWaitMin}
-	s.st = &state{
-		s: s, ctx: ctx,
-		refs:     map[Ref]*watchcache.Cache{},
-		cache:    map[types.UID]*translated{},
-		sent:     HeldVersions(cfg.Held),
-		reported: map[types.UID]reportedRefusal{},
-		tokens:   map[types.UID]*podToken{},
-		claims:   map[types.UID]Claims{},
-		mintSem:  make(chan struct{}, tokenConcurrency),
-	}
-	s.timer = time.AfterFunc(time.Hour, s.wake) // reset by every step
-	s.unwake = context.AfterFunc(ctx, s.wake)
+	s := &Session{cfg: cfg, syncer: cfg.Syncer, parent: ctx, done: make(chan struct{}), nodeWait: nodeWaitMin}
+	// The state's other maps, and mintSem, are made on first use: most
+	// nodes run few pods, some none.
+	s.st = &state{s: s, sent: HeldVersions(cfg.Held)}
+	s.cfg.Held = nil // kept as sent; the hello can go
+	s.stepped.Store(time.Now().UnixNano())
+	s.syncer.add(s)
 	s.wake()
 	return s
+}
+
+// ctx returns the context of the session's requests: made on first use,
+// under the parent's, and cancelled when the session ends.
+func (s *Session) ctx() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reqCtx == nil {
+		s.reqCtx, s.reqCancel = context.WithCancel(s.parent)
+		if s.over.Load() {
+			s.reqCancel()
+		}
+	}
+	return s.reqCtx
+}
+
+// cancelRequests cancels the session's requests in flight; s.over is set.
+func (s *Session) cancelRequests() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reqCancel != nil {
+		s.reqCancel()
+	}
+}
+
+// ended reports whether the session is over or its context ended.
+func (s *Session) ended() bool { return s.over.Load() || s.parent.Err() != nil }
+
+// after sets the session's timer to wake it after d.
+func (s *Session) after(d time.Duration) {
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.wake)
+		return
+	}
+	s.timer.Reset(d)
 }
 
 // wake queues a step of s; one queued already covers it, and one put
@@ -221,7 +374,7 @@ func (s *Session) wake() {
 // watches have stopped and its token requests have returned.
 func (s *Session) Stop() {
 	s.over.Store(true)
-	s.cancel()
+	s.cancelRequests()
 	s.syncer.q.WaitIdle(s)
 	s.end()
 }
@@ -231,9 +384,11 @@ func (s *Session) Stop() {
 func (s *Session) end() {
 	s.endOnce.Do(func() {
 		s.over.Store(true)
-		s.cancel()
-		s.unwake()
-		s.timer.Stop()
+		s.cancelRequests()
+		s.syncer.remove(s)
+		if s.timer != nil {
+			s.timer.Stop()
+		}
 		s.st.stopWatches()
 		s.st.wg.Wait()
 		close(s.done)
@@ -280,16 +435,17 @@ func (s *Session) step() (alive bool) {
 			alive = false
 		}
 	}()
-	if s.ctx.Err() != nil {
+	if s.ended() {
 		return false
 	}
+	defer func() { s.stepped.Store(time.Now().UnixNano()) }()
 	st := s.st
 	if st.pods == nil {
 		if time.Now().Before(s.nodeAt) {
 			return true // woken early: the timer brings the next read
 		}
 		if !s.edgeNode() {
-			return s.ctx.Err() == nil
+			return !s.ended()
 		}
 		st.pods = st.watch(listwatch.PodsOnNode(s.cfg.Client, s.cfg.Node), "/api/v1/pods", listwatch.OnNode(s.cfg.Node))
 		s.pods.Store(st.pods)
@@ -304,7 +460,7 @@ func (s *Session) step() (alive bool) {
 			return false // the connection is gone
 		}
 	}
-	wait := time.Hour
+	wait := idleWake
 	if poll {
 		wait = pollEvery
 	}
@@ -316,7 +472,15 @@ func (s *Session) step() (alive bool) {
 			wait = min(wait, max(time.Until(at), time.Millisecond))
 		}
 	}
-	s.timer.Reset(wait)
+	switch {
+	case wait < idleWake:
+		s.after(wait)
+	case s.timer != nil:
+		// Nothing due: the Syncer's sweep wakes the session after
+		// idleWake, and the timer goes.
+		s.timer.Stop()
+		s.timer = nil
+	}
 	return true
 }
 
@@ -333,15 +497,15 @@ func (s *Session) edgeNode() bool {
 		}
 		if synced {
 			s.nodeAt = time.Time{} // a wake looks again at once
-			s.timer.Reset(nodeWaitCached)
+			s.after(nodeWaitCached)
 			return false
 		}
 	}
-	ctx, cancel := context.WithTimeout(s.ctx, apiTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx(), apiTimeout)
 	n, err := s.cfg.Client.CoreV1().Nodes().Get(ctx, s.cfg.Node, metav1.GetOptions{})
 	cancel()
 	switch {
-	case s.ctx.Err() != nil:
+	case s.ended():
 		return false
 	case err == nil && nodes.IsEdge(n):
 		return true
@@ -351,7 +515,7 @@ func (s *Session) edgeNode() bool {
 		s.cfg.Log.Warn("reading node before the pod sync", "err", err)
 	}
 	s.nodeAt = time.Now().Add(s.nodeWait)
-	s.timer.Reset(s.nodeWait)
+	s.after(s.nodeWait)
 	s.nodeWait = min(2*s.nodeWait, nodeWaitMax)
 	return false
 }
@@ -383,7 +547,6 @@ type translated struct {
 
 type state struct {
 	s     *Session
-	ctx   context.Context
 	wg    sync.WaitGroup // token requests in flight
 	pods  *watchcache.Cache
 	refs  map[Ref]*watchcache.Cache
@@ -440,7 +603,7 @@ func (st *state) watch(lw cache.ListerWatcher, path, fieldSelector string) *watc
 			return s, nil
 		}
 	}
-	return watchcache.Start(st.ctx, lw, o)
+	return watchcache.Start(st.s.parent, lw, o)
 }
 
 // dropManagedFields keeps the watch caches to what translation reads. It
@@ -573,7 +736,7 @@ func (st *state) pass() (ok, poll bool) {
 		w := st.refs[r]
 		if w == nil {
 			w = st.watch(refListWatch(st.s.cfg.Client, r))
-			st.refs[r] = w
+			setKey(&st.refs, r, w)
 		}
 		if !ready(w, patience) {
 			synced = false
@@ -684,6 +847,14 @@ func (st *state) pass() (ok, poll bool) {
 	return true, poll
 }
 
+// setKey sets m[k] to v, making m if it is nil.
+func setKey[K comparable, V any](m *map[K]V, k K, v V) {
+	if *m == nil {
+		*m = map[K]V{}
+	}
+	(*m)[k] = v
+}
+
 func (st *state) refsReady(refs []Ref, patience time.Duration) bool {
 	for _, r := range refs {
 		if w := st.refs[r]; w == nil || !ready(w, patience) {
@@ -707,7 +878,7 @@ func (st *state) translate(uid types.UID, version string, f func() (wire.Object,
 	if isClaimPending(t.err) {
 		t.retryAt = time.Now().Add(claimRetry)
 	}
-	st.cache[uid] = t
+	setKey(&st.cache, uid, t)
 	return t
 }
 
@@ -717,13 +888,13 @@ func (st *state) translate(uid types.UID, version string, f func() (wire.Object,
 func (st *state) podObject(p *corev1.Pod) (wire.Object, error) {
 	claims, ok := st.claims[p.UID]
 	if !ok && HasClaims(p) {
-		ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+		ctx, cancel := context.WithTimeout(st.s.ctx(), apiTimeout)
 		defer cancel()
 		var err error
 		if claims, err = ResolveClaims(ctx, st.s.cfg.Client.CoreV1(), p); err != nil {
 			return wire.Object{}, err
 		}
-		st.claims[p.UID] = claims
+		setKey(&st.claims, p.UID, claims)
 	}
 	return PodObject(p, claims)
 }
@@ -769,11 +940,11 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 			continue
 		}
 		if hasCondition(p, r.reason, msg) {
-			st.reported[p.UID] = reportedRefusal{p.ResourceVersion, msg}
+			setKey(&st.reported, p.UID, reportedRefusal{p.ResourceVersion, msg})
 			continue
 		}
 		if err := st.writeRefusal(p, r.reason, msg); err != nil {
-			if st.ctx.Err() != nil {
+			if st.s.ended() {
 				return
 			}
 			st.s.cfg.Log.Warn("writing the status of a refused pod failed; will retry", "pod", p.Namespace+"/"+p.Name, "err", err)
@@ -799,7 +970,7 @@ func hasCondition(p *corev1.Pod, reason, msg string) bool {
 // writeRefusal patches the pod's Ready condition (the pod stays Pending) and
 // records an event.
 func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
-	ctx, cancel := context.WithTimeout(st.ctx, apiTimeout)
+	ctx, cancel := context.WithTimeout(st.s.ctx(), apiTimeout)
 	defer cancel()
 	now := metav1.Now()
 	patch, err := json.Marshal(map[string]any{
@@ -820,7 +991,7 @@ func (st *state) writeRefusal(p *corev1.Pod, reason, msg string) error {
 	if err != nil {
 		return fmt.Errorf("patch status: %w", err)
 	}
-	st.reported[p.UID] = reportedRefusal{np.ResourceVersion, msg}
+	setKey(&st.reported, p.UID, reportedRefusal{np.ResourceVersion, msg})
 	_, err = st.s.cfg.Client.CoreV1().Events(p.Namespace).Create(ctx, &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: p.Name + ".", Namespace: p.Namespace},
 		InvolvedObject: corev1.ObjectReference{

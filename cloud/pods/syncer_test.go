@@ -303,3 +303,88 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
+
+// countingExtra counts the passes of a session: each reads Objects.
+type countingExtra struct{ passes atomic.Int64 }
+
+func (e *countingExtra) Synced() bool           { return true }
+func (e *countingExtra) OnChange(func())        {}
+func (e *countingExtra) Objects() []wire.Object { e.passes.Add(1); return nil }
+
+// The end of the context a session was started with ends it, as Stop
+// does, and its Syncer then watches that context no more; sessions of
+// another context go on.
+func TestSessionEndsWithItsContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset(edgeNode("edge-1"), edgeNode("edge-2"))
+		y := NewSyncer(2)
+		ctx, cancel := context.WithCancel(context.Background())
+		recs := []*recorder{{frames: make(chan wire.Sync, 16)}, {frames: make(chan wire.Sync, 16)}, {frames: make(chan wire.Sync, 16)}}
+		a := Start(ctx, Config{Client: client, Node: "edge-1", Send: recs[0].send, Syncer: y})
+		defer a.Stop()
+		b := Start(ctx, Config{Client: client, Node: "edge-2", Send: recs[1].send, Syncer: y})
+		defer b.Stop()
+		other := Start(context.Background(), Config{Client: client, Node: "edge-1", Send: recs[2].send, Syncer: y})
+		defer other.Stop()
+		for _, r := range recs {
+			r.next(t) // the initial sync
+		}
+		y.mu.Lock()
+		if n := len(y.parents); n != 1 {
+			t.Errorf("the Syncer watches %d contexts, want 1 for two sessions", n)
+		}
+		y.mu.Unlock()
+		cancel()
+		synctest.Wait()
+		for _, s := range []*Session{a, b} {
+			select {
+			case <-s.Done():
+			default:
+				t.Fatal("a session goes on after its context ended")
+			}
+		}
+		select {
+		case <-other.Done():
+			t.Fatal("a session of another context ended")
+		default:
+		}
+		y.mu.Lock()
+		defer y.mu.Unlock()
+		if n := len(y.parents); n != 0 {
+			t.Errorf("the Syncer still watches %d contexts", n)
+		}
+		if y.first != other || other.next != nil {
+			t.Error("ended sessions still linked in the Syncer")
+		}
+	})
+}
+
+// A session with nothing due holds no timer, and the Syncer's sweep
+// runs a pass of it once it was idle for idleWake.
+func TestIdleSessionSweptHourly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset(edgeNode("edge-1"), testPod("web", "edge-1", "10", noTokens))
+		rec := &recorder{frames: make(chan wire.Sync, 16)}
+		extra := &countingExtra{}
+		y := NewSyncer(2)
+		s := Start(context.Background(), Config{Client: client, Node: "edge-1", Send: rec.send, Extra: extra, Syncer: y})
+		defer s.Stop()
+		rec.next(t) // the initial sync
+		synctest.Wait()
+		passes := extra.passes.Load()
+		y.q.WaitIdle(s)
+		if s.timer != nil {
+			t.Fatal("a timer kept with nothing due")
+		}
+		time.Sleep(idleWake - sweepEvery)
+		synctest.Wait()
+		if n := extra.passes.Load(); n != passes {
+			t.Fatalf("%d passes before the session was idle for idleWake", n-passes)
+		}
+		time.Sleep(2 * sweepEvery)
+		synctest.Wait()
+		if n := extra.passes.Load(); n != passes+1 {
+			t.Fatalf("%d passes after idleWake, want 1", n-passes)
+		}
+	})
+}

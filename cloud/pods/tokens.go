@@ -259,7 +259,7 @@ func (st *state) podTokens(p *corev1.Pod, podHeld bool) (obj *wire.Object, ready
 	e := st.tokens[p.UID]
 	if e == nil {
 		e = &podToken{firstSeen: now}
-		st.tokens[p.UID] = e
+		setKey(&st.tokens, p.UID, e)
 		if v, held := st.sent[ref]; held {
 			// Keep what the agent holds until a new token replaces it: a
 			// pod never loses its token because a refresh failed.
@@ -315,14 +315,19 @@ func (st *state) startMint(p *corev1.Pod, e *podToken) {
 	e.minting = true
 	node, after := st.s.cfg.Node, st.s.cfg.TokenRefreshAfter
 	ns, name, uid := p.Namespace, p.Name, p.UID
+	ctx := st.s.ctx()
+	if st.mintSem == nil {
+		st.mintSem = make(chan struct{}, tokenConcurrency)
+	}
+	sem := st.mintSem
 	st.wg.Go(func() {
 		select {
-		case st.mintSem <- struct{}{}:
-		case <-st.ctx.Done():
+		case sem <- struct{}{}:
+		case <-ctx.Done():
 			return
 		}
-		obj, at, err := mintTokens(st.ctx, st.s.cfg.Client, node, ns, name, uid, after)
-		<-st.mintSem
+		obj, at, err := mintTokens(ctx, st.s.cfg.Client, node, ns, name, uid, after)
+		<-sem
 		st.mintMu.Lock()
 		st.minted = append(st.minted, mintResult{uid: uid, obj: obj, refreshAt: at, err: err})
 		st.mintMu.Unlock()
@@ -345,7 +350,7 @@ func (st *state) collectMints(live map[types.UID]bool) {
 		}
 		e.minting = false
 		if r.err != nil {
-			if st.ctx.Err() != nil {
+			if st.s.ended() {
 				return
 			}
 			e.backoff = min(max(2*e.backoff, tokenBackoffMin), tokenBackoffMax)

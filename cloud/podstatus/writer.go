@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -254,10 +255,15 @@ type SessionConfig struct {
 // Writer writes one report of it at a time, then queues it again behind
 // the other sessions if more are ready.
 type Session struct {
-	w    *Writer
-	cfg  SessionConfig
-	ctx  context.Context
-	stop context.CancelFunc
+	w   *Writer
+	cfg SessionConfig
+	// ctx is Start's: Report waits under it, and each write is made
+	// under a context of its own below it, which Stop cancels too.
+	ctx     context.Context
+	stopped atomic.Bool
+	// cancel cancels the write in flight, if any; under mu.
+	mu     sync.Mutex
+	cancel context.CancelFunc
 	// dead is set when a step panicked: nothing more is written.
 	dead atomic.Bool
 	// q holds the reports waiting, one per pod (by UID).
@@ -281,9 +287,8 @@ func (w *Writer) Start(ctx context.Context, cfg SessionConfig) *Session {
 	if cfg.Done == nil {
 		cfg.Done = func(uint64) {}
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	s := &Session{
-		w: w, cfg: cfg, ctx: ctx, stop: cancel,
+		w: w, cfg: cfg, ctx: ctx,
 		q: coalesce.New[string, *item](cfg.MaxPending),
 	}
 	s.q.OnReady(s.wake)
@@ -300,9 +305,36 @@ func (s *Session) wake() {
 // written. Reports not written stay unacked: the agent sends them again
 // on its next connection.
 func (s *Session) Stop() {
-	s.stop()
+	s.stopped.Store(true)
+	s.mu.Lock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.mu.Unlock()
 	s.q.Close()
 	s.w.sessions.WaitIdle(s)
+}
+
+// ended reports whether the session was stopped or its context ended.
+func (s *Session) ended() bool { return s.stopped.Load() || s.ctx.Err() != nil }
+
+// begin returns the context of one write, which Stop cancels, and its
+// end; a context is made per write, so an idle session holds none. ok is
+// false once the session ended.
+func (s *Session) begin() (ctx context.Context, end func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended() {
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.cancel = cancel
+	return ctx, func() {
+		s.mu.Lock()
+		s.cancel = nil
+		s.mu.Unlock()
+		cancel()
+	}, true
 }
 
 // Report queues rep, carried by the frame numbered seq. A queued report of
@@ -354,7 +386,7 @@ func (s *Session) retry(it *item) {
 // session's writes, not the relay.
 func (w *Writer) step(s *Session, _ struct{}) {
 	defer w.sessions.Done(s)
-	if s.dead.Load() || s.ctx.Err() != nil {
+	if s.dead.Load() || s.ended() {
 		return
 	}
 	defer func() {
@@ -371,14 +403,19 @@ func (w *Writer) step(s *Session, _ struct{}) {
 // write writes the oldest report ready, if any; it returns false once the
 // session ended.
 func (s *Session) write() bool {
+	ctx, end, ok := s.begin()
+	if !ok {
+		return false
+	}
+	defer end()
 	uid, it, ok := s.q.TryTake()
 	if !ok {
 		return true
 	}
-	out, err := s.w.Write(s.ctx, s.cfg.Client, s.cfg.Node, it.rep)
+	out, err := s.w.Write(ctx, s.cfg.Client, s.cfg.Node, it.rep)
 	pod := it.rep.Namespace + "/" + it.rep.Name
 	switch {
-	case s.ctx.Err() != nil:
+	case ctx.Err() != nil:
 		return false
 	case out == Written:
 		s.cfg.Log.Debug("pod status written", "pod", pod, "phase", it.rep.Phase, "seq", it.seq)

@@ -22,10 +22,11 @@ import (
 // Writers mark reports done from shared worker goroutines (the relay's
 // API write pools), which must never wait on one connection. Link writes
 // never wait (the poller queues them, and closes a peer that lets too
-// much wait), and send is still called from a goroutine of its own that
-// exists only while an ack waits to be sent, so a worker never runs the
-// connection's code; acks are cumulative, so one not yet sent is
-// replaced by a newer one.
+// much wait), so the writer whose report moved the ack sends it itself:
+// no goroutine is started per ack. One writer sends at a time, in order;
+// a writer that moves the ack while another sends leaves it to that one
+// and returns, and acks are cumulative, so one not yet sent is replaced
+// by a newer one (one ack frame for many reports).
 type acks struct {
 	send func(seq uint64)
 
@@ -34,7 +35,7 @@ type acks struct {
 	maxSeen uint64
 	acked   uint64
 	unsent  uint64 // the newest ack not yet handed to send; 0 if none
-	sending bool   // a goroutine is sending
+	sending bool   // a writer is sending (sendLoop)
 }
 
 type pendingSeq struct {
@@ -73,8 +74,9 @@ func (a *acks) doneUpTo(t wire.Type, seq uint64) {
 	a.flushLocked()
 }
 
-// flushLocked queues the new cumulative ack, if it moved, for the sending
-// goroutine, starting it if none runs, and unlocks a.mu.
+// flushLocked queues the new cumulative ack, if it moved, and sends it
+// unless another writer is sending, which sends it after its own; it
+// unlocks a.mu.
 func (a *acks) flushLocked() {
 	n := a.advance()
 	start := false
@@ -85,7 +87,7 @@ func (a *acks) flushLocked() {
 	}
 	a.mu.Unlock()
 	if start {
-		go a.sendLoop()
+		a.sendLoop()
 	}
 }
 

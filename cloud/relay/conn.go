@@ -99,7 +99,10 @@ type conn struct {
 	// the connection ends before that.
 	release func()
 	rot     rotation
-	log     *slog.Logger
+	// remote is the agent's address; log adds it and node to what is
+	// logged of the connection (connLog).
+	remote string
+	log    *slog.Logger
 	// lastSeen is the unix nanoseconds of the last frame read.
 	lastSeen atomic.Int64
 	// state is one of the state constants; the loop and the setup
@@ -219,11 +222,10 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 	s.wg.Add(1) // until the connection's end is undone (conn.end)
 	s.mu.Unlock()
 
-	log := s.log.With("node", name, "remote", r.RemoteAddr)
 	nc, rw, _, err := ws.UpgradeHTTP(r, w)
 	if err != nil {
 		s.wg.Done()
-		log.Warn("websocket upgrade failed", "err", err) // UpgradeHTTP answered the request
+		s.log.Warn("websocket upgrade failed", "node", name, "remote", r.RemoteAddr, "err", err) // UpgradeHTTP answered the request
 		return
 	}
 	tc, ok := nc.(*tls.Conn)
@@ -232,11 +234,12 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		// request would be lost to the poller.
 		s.wg.Done()
 		nc.Close()
-		log.Warn("websocket connection refused: data sent before the upgrade was answered")
+		s.log.Warn("websocket connection refused: data sent before the upgrade was answered", "node", name, "remote", r.RemoteAddr)
 		return
 	}
-	c := &conn{s: s, node: name, serial: serial, expired: expired, log: log, release: release,
+	c := &conn{s: s, node: name, serial: serial, expired: expired, remote: r.RemoteAddr, release: release,
 		streams: streamSet{max: s.cfg.MaxStreamsPerNode}, streamsDone: make(chan struct{}), closed: make(chan struct{})}
+	c.log = c.logger()
 	c.acks = newAcks(c.sendAck)
 	c.tunnels = tunnel.New(func(t wire.Type, body wire.Body) error {
 		if !c.send(t, body) {
@@ -254,7 +257,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 			c.helloTimer.Stop()
 		}
 		s.wg.Done()
-		log.Error("connection not adopted by the poller", "err", err)
+		c.log.Error("connection not adopted by the poller", "err", err)
 		return
 	}
 	adopted = true
@@ -536,6 +539,9 @@ func (c *conn) setup() bool {
 		return false
 	}
 	c.pods.Store(psync)
+	// The sessions keep the held objects in their own form; reading is
+	// paused, so the loop does not read the hello meanwhile.
+	c.hello.Objects = nil
 	psync.NodeChanged() // the Node may have come between its first look and the Store
 	c.pstatus = s.podStatus.Start(s.ctx, podstatus.SessionConfig{Node: c.node, Client: as, Done: c.acks.done, Log: c.log})
 	if !c.onEnd(c.pstatus.Stop) {

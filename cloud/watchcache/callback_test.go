@@ -161,3 +161,31 @@ func TestCacheRetriesAListByTimer(t *testing.T) {
 		}
 	})
 }
+
+// Stop cancels a list in flight, and returns once it returned; once
+// Start's context ended a failed list is not tried again.
+func TestCacheStopCancelsListAndContextEndsRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		blocked := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			},
+		}
+		c := watchcache.Start(context.Background(), blocked, watchcache.Options{Watch: (&fakeStreams{}).watch})
+		synctest.Wait()
+		c.Stop() // would block for good were the list not cancelled
+
+		f := &fakeStreams{listErr: apierrors.NewServiceUnavailable("later")}
+		ctx, cancel := context.WithCancel(context.Background())
+		c = watchcache.Start(ctx, f.lw(), watchcache.Options{Watch: f.watch})
+		defer c.Stop()
+		synctest.Wait()
+		cancel()
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if l, w := f.count(); l != 1 || w != 0 {
+			t.Fatalf("after the context ended: %d lists, %d watches; want the first list only", l, w)
+		}
+	})
+}

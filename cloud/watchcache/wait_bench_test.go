@@ -1,10 +1,14 @@
 package watchcache_test
 
 import (
+	"context"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"outpost.dev/cloud/watchcache"
+	"outpost.dev/test/wait"
 )
 
 // BenchmarkWaiting is the memory of a Cache waiting out its back-off, as
@@ -13,13 +17,6 @@ import (
 // 10,000 waiters.
 func BenchmarkWaiting(b *testing.B) {
 	const n = 10000
-	measure := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc + ms.StackInuse
-	}
 	b.Run("AfterFunc", func(b *testing.B) {
 		for b.Loop() {
 			before := measure()
@@ -57,4 +54,57 @@ func BenchmarkWaiting(b *testing.B) {
 			b.ReportMetric(float64(after-before)/n, "B/waiter")
 		}
 	})
+}
+
+// BenchmarkCacheMemory is the memory of a Cache watching over a stream
+// (Options.Watch, as the relay's are over cloud/watchmux), past its first
+// list: 1,000 caches of one object under one cancellable context. B/cache
+// is heap per Cache (the test's stream and the object counted in); a
+// Cache holds no goroutine, and the stacks its lists' goroutines ended
+// with stay cached by the runtime, so they are not counted.
+func BenchmarkCacheMemory(b *testing.B) {
+	const n = 1000
+	f := &fakeStreams{}
+	for b.Loop() {
+		ctx, cancel := context.WithCancel(context.Background())
+		base := runtime.NumGoroutine()
+		before := heapAlloc()
+		caches := make([]*watchcache.Cache, n)
+		for i := range caches {
+			caches[i] = watchcache.Start(ctx, f.lw(), watchcache.Options{Watch: f.watch})
+		}
+		wait.For(b, 10*time.Second, "every cache watching", func() bool {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return len(f.opened) >= n
+		})
+		wait.For(b, 10*time.Second, "the lists' goroutines ended", func() bool { return runtime.NumGoroutine() <= base })
+		after := heapAlloc()
+		b.ReportMetric(float64(after-before)/n, "B/cache")
+		for _, c := range caches {
+			c.Stop()
+		}
+		cancel()
+		f.mu.Lock()
+		f.opened = nil
+		f.mu.Unlock()
+	}
+}
+
+// measure is the heap and stacks in use after a collection.
+func measure() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc + ms.StackInuse
+}
+
+// heapAlloc is the heap in use after a collection.
+func heapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }

@@ -26,6 +26,7 @@ package watchcache
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -51,13 +52,18 @@ const (
 	watchMin = 5 * time.Minute
 )
 
+// errStopped is a list not made: the Cache stopped, or Start's context
+// ended.
+var errStopped = errors.New("watchcache: stopped")
+
 // Stream is an open watch; Cancel ends it and returns once no callback
 // of its handler runs any more.
 type Stream interface{ Cancel() }
 
 // WatchFunc opens a watch whose events go to h, as watchmux.Mux.Watch
 // does: h's methods must not block, and are never called from WatchFunc
-// itself.
+// itself. ctx bounds the opening only: the stream lasts until it ends or
+// is cancelled.
 type WatchFunc func(ctx context.Context, opts metav1.ListOptions, h watchmux.Handler) (Stream, error)
 
 // Cache holds the objects of one list+watch, keyed namespace/name.
@@ -67,9 +73,10 @@ type Cache struct {
 	transform func(runtime.Object) runtime.Object
 	notify    func()
 	started   time.Time
-	ctx       context.Context
-	cancel    context.CancelFunc
-	synced    atomic.Bool
+	// ctx is Start's: the lists and the watches' openings are made under
+	// it, each cancelled by Stop too (attempt).
+	ctx    context.Context
+	synced atomic.Bool
 	// wg counts the list goroutines and the timers set to fire, so Stop
 	// can wait for them.
 	wg       sync.WaitGroup
@@ -78,6 +85,10 @@ type Cache struct {
 	mu      sync.RWMutex
 	items   map[string]runtime.Object
 	stopped bool
+	// cancel cancels the list or watch opening in flight, if any; its
+	// attempt numbers it.
+	cancel  context.CancelFunc
+	attempt uint64
 	stream  Stream
 	timer   *time.Timer
 	backoff time.Duration
@@ -103,12 +114,13 @@ type Options struct {
 	Watch WatchFunc
 }
 
-// Start lists through lw and watches until ctx ends or Stop is called.
+// Start lists through lw and watches until Stop is called. Its lists and
+// watch openings are made under ctx: once ctx ended, none is tried again
+// (an open watch goes on until Stop).
 func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
-	ctx, cancel := context.WithCancel(ctx)
 	c := &Cache{
 		lw: cache.ToListerWatcherWithContext(lw), watchFn: o.Watch, transform: o.Transform, notify: o.Notify,
-		started: time.Now(), ctx: ctx, cancel: cancel, items: map[string]runtime.Object{}, backoff: backoffMin,
+		started: time.Now(), ctx: ctx, items: map[string]runtime.Object{}, backoff: backoffMin,
 	}
 	if c.notify == nil {
 		c.notify = func() {}
@@ -116,7 +128,6 @@ func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
 	if c.watchFn == nil {
 		c.watchFn = goroutineWatch(c.lw)
 	}
-	context.AfterFunc(ctx, func() { c.haltOnce.Do(c.halt) })
 	c.wg.Add(1)
 	go c.list()
 	return c
@@ -124,17 +135,20 @@ func Start(ctx context.Context, lw cache.ListerWatcher, o Options) *Cache {
 
 // Stop ends the watch and waits until nothing of the Cache runs.
 func (c *Cache) Stop() {
-	c.cancel()
-	c.haltOnce.Do(c.halt) // or waits for the one ctx's end started
+	c.haltOnce.Do(c.halt)
 	c.wg.Wait()
 }
 
-// halt marks the Cache stopped, stops its timer and cancels its watch;
-// run once, by haltOnce.
+// halt marks the Cache stopped, cancels a list or watch opening in
+// flight, stops its timer and cancels its watch; run once, by haltOnce.
 func (c *Cache) halt() {
 	c.mu.Lock()
 	c.stopped = true
 	c.gen++
+	if c.cancel != nil {
+		c.cancel()
+		c.cancel = nil
+	}
 	s := c.stream
 	c.stream = nil
 	if c.timer != nil && c.timer.Stop() {
@@ -174,10 +188,35 @@ func (c *Cache) List() []runtime.Object {
 	return out
 }
 
+// begin returns the context of a list or a watch opening, which Stop
+// cancels, and end releases once it returned; ok is false once the Cache
+// is stopped or Start's context ended. A context is made per attempt, so
+// a Cache that watches holds none.
+func (c *Cache) begin() (ctx context.Context, end func(), ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped || c.ctx.Err() != nil {
+		return nil, nil, false
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.attempt++
+	n := c.attempt
+	c.cancel = cancel
+	return ctx, func() {
+		c.mu.Lock()
+		if c.attempt == n && c.cancel != nil {
+			c.cancel = nil
+		}
+		c.mu.Unlock()
+		cancel()
+	}, true
+}
+
 // later runs f after the back-off (now when immediate), and doubles the
-// back-off; c.mu is held.
+// back-off; c.mu is held. Nothing is tried again once Start's context
+// ended.
 func (c *Cache) later(immediate bool, f func()) {
-	if c.stopped {
+	if c.stopped || c.ctx.Err() != nil {
 		return
 	}
 	d := time.Duration(0)
@@ -226,7 +265,12 @@ func (c *Cache) goList() {
 }
 
 func (c *Cache) relist() (string, error) {
-	obj, err := c.lw.ListWithContext(c.ctx, metav1.ListOptions{})
+	ctx, end, ok := c.begin()
+	if !ok {
+		return "", errStopped
+	}
+	obj, err := c.lw.ListWithContext(ctx, metav1.ListOptions{})
+	end()
 	if err != nil {
 		return "", err
 	}
@@ -274,9 +318,14 @@ func (c *Cache) watch() {
 	c.progressed = false
 	c.mu.Unlock()
 	timeout := int64((watchMin + rand.N(watchMin)) / time.Second)
-	s, err := c.watchFn(c.ctx, metav1.ListOptions{
+	ctx, end, ok := c.begin()
+	if !ok {
+		return
+	}
+	s, err := c.watchFn(ctx, metav1.ListOptions{
 		ResourceVersion: rv, AllowWatchBookmarks: true, TimeoutSeconds: &timeout,
 	}, h)
+	end()
 	c.mu.Lock()
 	if err != nil {
 		if h.gen == c.gen {
@@ -371,28 +420,36 @@ func (h *handler) End(err error) {
 	c.later(c.progressed, c.watch)
 }
 
-// goroutineWatch reads a ListerWatcher's watches on a goroutine each.
+// goroutineWatch reads a ListerWatcher's watches on a goroutine each. A
+// client-go watch lasts as long as its request's context, so each gets
+// its own, which ctx cancels only while the watch is being opened.
 func goroutineWatch(lw cache.ListerWatcherWithContext) WatchFunc {
 	return func(ctx context.Context, opts metav1.ListOptions, h watchmux.Handler) (Stream, error) {
-		w, err := lw.WatchWithContext(ctx, opts)
+		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, cancel)
+		w, err := lw.WatchWithContext(wctx, opts)
+		stop()
 		if err != nil {
+			cancel()
 			return nil, err
 		}
-		g := &goWatch{w: w, stop: make(chan struct{}), done: make(chan struct{})}
+		g := &goWatch{w: w, cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
 		go g.run(h)
 		return g, nil
 	}
 }
 
 type goWatch struct {
-	w    watch.Interface
-	once sync.Once
-	stop chan struct{}
-	done chan struct{}
+	w      watch.Interface
+	cancel context.CancelFunc
+	once   sync.Once
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 func (g *goWatch) run(h watchmux.Handler) {
 	defer close(g.done)
+	defer g.cancel()
 	defer g.w.Stop()
 	for {
 		select {

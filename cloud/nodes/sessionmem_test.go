@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"outpost.dev/test/wait"
 )
 
 // sessionHeap is the Go heap a written, idle session holds, averaged over
@@ -30,14 +32,14 @@ func sessionHeap(tb testing.TB, n int) float64 {
 	}
 	// Wait for the steps that take the Leases, then keep any more from
 	// running: the heap is read with no step allocating.
-	for _, s := range sessions {
-		for !s.leased {
-			w.q.WaitIdle(s)
-			if !s.leased {
-				time.Sleep(10 * time.Millisecond)
+	wait.For(tb, time.Minute, "every session's Lease taken", func() bool {
+		for _, s := range sessions {
+			if w.q.WaitIdle(s); !s.leased {
+				return false
 			}
 		}
-	}
+		return true
+	})
 	for _, s := range sessions {
 		s.stopped.Store(true)
 		w.q.WaitIdle(s)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"k8s.io/client-go/rest"
+
+	"outpost.dev/test/heapstat"
 )
 
 // BenchmarkForMemory is the memory of the clients acting as 1,000 nodes,
@@ -18,26 +20,19 @@ func BenchmarkForMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("edge-%d", i)
 	}
 	for b.Loop() {
 		clients := make([]Client, n)
-		before := heap()
+		before := heapstat.Live()
 		for i := range clients {
 			if clients[i], err = p.For(names[i]); err != nil {
 				b.Fatal(err)
 			}
 		}
-		after := heap()
+		after := heapstat.Live()
 		b.ReportMetric(float64(after-before)/n, "B/client")
 		runtime.KeepAlive(clients)
 	}

@@ -3,6 +3,8 @@ package coalesce
 import (
 	"runtime"
 	"testing"
+
+	"outpost.dev/test/heapstat"
 )
 
 // BenchmarkIdleQueueMemory is the memory of 1,000 queues that were used
@@ -10,16 +12,9 @@ import (
 // (cloud/podstatus): B/queue is heap per queue.
 func BenchmarkIdleQueueMemory(b *testing.B) {
 	const n = 1000
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	for b.Loop() {
 		qs := make([]*Queue[string, int], n)
-		before := heap()
+		before := heapstat.Live()
 		for i := range qs {
 			q := New[string, int](16)
 			q.TryPut("uid", 1, nil)
@@ -27,7 +22,7 @@ func BenchmarkIdleQueueMemory(b *testing.B) {
 			q.Done(k)
 			qs[i] = q
 		}
-		after := heap()
+		after := heapstat.Live()
 		b.ReportMetric(float64(after-before)/n, "B/queue")
 		runtime.KeepAlive(qs)
 	}

@@ -15,6 +15,7 @@ import (
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/stack"
 	"outpost.dev/test/wait"
 )
@@ -51,21 +52,12 @@ func BenchmarkSessionHeapAPI(b *testing.B) {
 		for _, s := range sessions {
 			nodes.Quiesce(s)
 		}
-		held := heapAlloc()
+		held := heapstat.Live()
 		runtime.KeepAlive(sessions)
 		sessions = nil
-		after := heapAlloc()
+		after := heapstat.Live()
 		runtime.KeepAlive(clients)
 		runtime.KeepAlive(w)
 		b.ReportMetric((float64(held)-float64(after))/float64(n), "B/session")
 	}
-}
-
-func heapAlloc() uint64 {
-	var m runtime.MemStats
-	for range 3 {
-		runtime.GC()
-	}
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/wait"
 )
 
@@ -45,23 +46,14 @@ func sessionHeap(tb testing.TB, n int) float64 {
 		w.q.WaitIdle(s)
 		s.timer.Stop()
 	}
-	held := heapAlloc()
+	held := heapstat.Live()
 	runtime.KeepAlive(sessions)
 	sessions = nil
-	after := heapAlloc()
+	after := heapstat.Live()
 	// The Writer and the fake API server's objects stay in both.
 	runtime.KeepAlive(w)
 	runtime.KeepAlive(client)
 	return (float64(held) - float64(after)) / float64(n)
-}
-
-func heapAlloc() uint64 {
-	var m runtime.MemStats
-	for range 3 {
-		runtime.GC()
-	}
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
 }
 
 // BenchmarkSessionHeap reports the heap one written, idle session keeps

@@ -3,7 +3,6 @@ package pods
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -22,15 +22,6 @@ type waitingNodes struct{ asked atomic.Int64 }
 func (c *waitingNodes) EdgeNode(string) (edge, synced bool) {
 	c.asked.Add(1)
 	return false, true
-}
-
-// heapInUse is the heap and stacks in use after a collection.
-func heapInUse() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc + ms.StackInuse
 }
 
 // BenchmarkSessionMemory is the memory a Session holds of its own, past
@@ -59,14 +50,14 @@ func BenchmarkSessionMemory(b *testing.B) {
 				for i := range hs {
 					hs[i] = slices.Clone(hellos[i])
 				}
-				before := heapInUse()
+				before := heapstat.LiveWithStacks()
 				sessions := make([]*Session, n)
 				for i := range sessions {
 					sessions[i] = Start(ctx, Config{Client: client, Node: fmt.Sprintf("edge-%d", i), Held: hs[i], Send: func([]byte) bool { return true }, Nodes: cache, Syncer: y})
 					hs[i] = nil // the connection lets the hello go
 				}
 				wait.For(b, 10*time.Second, "every session's first step", func() bool { return cache.asked.Load() >= n })
-				after := heapInUse()
+				after := heapstat.LiveWithStacks()
 				b.ReportMetric(float64(after-before)/n, "B/session")
 				for _, s := range sessions {
 					s.Stop()

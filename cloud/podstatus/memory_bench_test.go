@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"testing"
 
 	"k8s.io/client-go/kubernetes/fake"
 
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/wait"
 )
 
@@ -24,25 +24,18 @@ func BenchmarkSessionMemory(b *testing.B) {
 	}
 	client := fake.NewClientset()
 	log := slog.New(slog.DiscardHandler)
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	for b.Loop() {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan uint64, n)
 		sessions := make([]*Session, n)
-		before := heap()
+		before := heapstat.Live()
 		for i := range sessions {
 			sessions[i] = w.Start(ctx, SessionConfig{Node: fmt.Sprint("edge-", i), Client: client, Log: log, Done: func(seq uint64) { done <- seq }})
 			sessions[i].Report(1, gonePod(i))
 		}
 		wait.For(b, 30e9, "every report done", func() bool { return len(done) == n })
 		client.ClearActions() // what the fake clientset records is not the sessions'
-		after := heap()
+		after := heapstat.Live()
 		b.ReportMetric(float64(after-before)/n, "B/session")
 		for _, s := range sessions {
 			s.Stop()

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"runtime"
 	"testing"
+
+	"outpost.dev/test/heapstat"
 )
 
 // A connection's logger writes what a logger made With its node and
@@ -44,13 +46,6 @@ func TestConnLogAsWith(t *testing.T) {
 // connLog). B/conn is heap per connection.
 func BenchmarkConnLogMemory(b *testing.B) {
 	const n = 1000
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
 	s := &Server{log: slog.New(slog.NewJSONHandler(&bytes.Buffer{}, nil))}
 	conns := make([]*conn, n)
 	for i := range conns {
@@ -66,11 +61,11 @@ func BenchmarkConnLogMemory(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			for b.Loop() {
 				logs := make([]*slog.Logger, n)
-				before := heap()
+				before := heapstat.Live()
 				for i, c := range conns {
 					logs[i] = tc.make(c)
 				}
-				after := heap()
+				after := heapstat.Live()
 				b.ReportMetric(float64(after-before)/n, "B/conn")
 				runtime.KeepAlive(logs)
 			}

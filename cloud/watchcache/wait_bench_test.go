@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"outpost.dev/cloud/watchcache"
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/wait"
 )
 
@@ -19,12 +20,12 @@ func BenchmarkWaiting(b *testing.B) {
 	const n = 10000
 	b.Run("AfterFunc", func(b *testing.B) {
 		for b.Loop() {
-			before := measure()
+			before := heapstat.LiveWithStacks()
 			timers := make([]*time.Timer, n)
 			for i := range timers {
 				timers[i] = time.AfterFunc(time.Hour, func() {})
 			}
-			after := measure()
+			after := heapstat.LiveWithStacks()
 			for _, t := range timers {
 				t.Stop()
 			}
@@ -33,7 +34,7 @@ func BenchmarkWaiting(b *testing.B) {
 	})
 	b.Run("goroutine", func(b *testing.B) {
 		for b.Loop() {
-			before := measure()
+			before := heapstat.LiveWithStacks()
 			stop := make(chan struct{})
 			var wg sync.WaitGroup
 			for range n {
@@ -48,7 +49,7 @@ func BenchmarkWaiting(b *testing.B) {
 					}
 				}()
 			}
-			after := measure()
+			after := heapstat.LiveWithStacks()
 			close(stop)
 			wg.Wait()
 			b.ReportMetric(float64(after-before)/n, "B/waiter")
@@ -68,7 +69,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 	for b.Loop() {
 		ctx, cancel := context.WithCancel(context.Background())
 		base := runtime.NumGoroutine()
-		before := heapAlloc()
+		before := heapstat.Live()
 		caches := make([]*watchcache.Cache, n)
 		for i := range caches {
 			caches[i] = watchcache.Start(ctx, f.lw(), watchcache.Options{Watch: f.watch})
@@ -79,7 +80,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 			return len(f.opened) >= n
 		})
 		wait.For(b, 10*time.Second, "the lists' goroutines ended", func() bool { return runtime.NumGoroutine() <= base })
-		after := heapAlloc()
+		after := heapstat.Live()
 		b.ReportMetric(float64(after-before)/n, "B/cache")
 		for _, c := range caches {
 			c.Stop()
@@ -89,22 +90,4 @@ func BenchmarkCacheMemory(b *testing.B) {
 		f.opened = nil
 		f.mu.Unlock()
 	}
-}
-
-// measure is the heap and stacks in use after a collection.
-func measure() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc + ms.StackInuse
-}
-
-// heapAlloc is the heap in use after a collection.
-func heapAlloc() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
 }

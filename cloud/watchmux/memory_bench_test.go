@@ -14,6 +14,7 @@ import (
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/heapstat"
 	"outpost.dev/test/wait"
 )
 
@@ -51,13 +52,7 @@ func BenchmarkWatchMemory(b *testing.B) {
 	}
 	cfg := cp.RESTConfig()
 	cfg.QPS = -1 // unthrottled, both ways alike
-	measure := func() (uint64, int) {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc + ms.StackInuse, runtime.NumGoroutine()
-	}
+	measure := func() (uint64, int) { return heapstat.LiveWithStacks(), runtime.NumGoroutine() }
 	opts := func(i int) metav1.ListOptions {
 		return metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node(i)).String(), AllowWatchBookmarks: true}
 	}

@@ -110,14 +110,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	for _, s := range suites {
 		t.Run(tls.CipherSuiteName(s.id), func(t *testing.T) {
 			secret := bytes.Repeat([]byte{7}, s.hash().Size())
-			w, err := newTrafficKeys(s, secret, 5)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := recordReader{}
-			if r.keys, err = newTrafficKeys(s, bytes.Clone(secret), 5); err != nil {
-				t.Fatal(err)
-			}
+			w, r := keyPair(t, s, secret, 5)
 			for round := range 3 {
 				for _, n := range []int{1, 100, maxPlaintext - 1, maxPlaintext} {
 					pt := bytes.Repeat([]byte{byte(n + round)}, n)
@@ -246,15 +239,8 @@ func TestRecordReaderRefuses(t *testing.T) {
 		{"unknown content type", sealed(99, []byte{1}), alertUnexpectedMessage, false, "content type 99"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, err := newTrafficKeys(s, secret, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r := recordReader{}
-			if r.keys, err = newTrafficKeys(s, bytes.Clone(secret), 0); err != nil {
-				t.Fatal(err)
-			}
-			_, _, _, err = r.read(tc.record(&w))
+			w, r := keyPair(t, s, secret, 0)
+			_, _, _, err := r.read(tc.record(&w))
 			var te *tlsError
 			if !errors.As(err, &te) || !errors.Is(err, ErrTLS) {
 				t.Fatalf("read: %v, want a TLS error", err)
@@ -265,9 +251,7 @@ func TestRecordReaderRefuses(t *testing.T) {
 		})
 	}
 	// Records without data, in a row, are bounded as crypto/tls bounds them.
-	w, _ := newTrafficKeys(s, secret, 0)
-	r := recordReader{}
-	r.keys, _ = newTrafficKeys(s, bytes.Clone(secret), 0)
+	w, r := keyPair(t, s, secret, 0)
 	var err error
 	for i := 0; err == nil && i <= maxUseless+1; i++ {
 		b, _ := w.seal(nil, recordApplicationData, nil)
@@ -355,14 +339,7 @@ func FuzzRecordReader(f *testing.F) {
 	f.Fuzz(func(t *testing.T, script []byte, chunk uint16) {
 		s := suiteByID(tls.TLS_CHACHA20_POLY1305_SHA256)
 		secret := bytes.Repeat([]byte{9}, 32)
-		w, err := newTrafficKeys(s, secret, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := recordReader{}
-		if r.keys, err = newTrafficKeys(s, bytes.Clone(secret), 0); err != nil {
-			t.Fatal(err)
-		}
+		w, r := keyPair(t, s, secret, 0)
 		// The script: op 0, n, n raw bytes; op 1, type, n, n bytes
 		// sealed as one record of that inner type (n scaled up to reach
 		// the limits).
@@ -384,6 +361,7 @@ func FuzzRecordReader(f *testing.F) {
 				if op&0x80 != 0 { // a big record
 					pt = bytes.Repeat(append(pt, 0xff), maxPlaintext/(n+1)+1)[:maxPlaintext]
 				}
+				var err error
 				if stream, err = w.seal(stream, typ, pt); err != nil {
 					t.Fatal(err)
 				}
@@ -557,4 +535,19 @@ func FuzzCapture(f *testing.F) {
 		}
 		c.adoptKeys(s.id)
 	})
+}
+
+// keyPair is the two ends of one direction at sequence seq: the writer's
+// keys and a reader with its own copy of them.
+func keyPair(t testing.TB, s *suite, secret []byte, seq uint64) (trafficKeys, recordReader) {
+	t.Helper()
+	w, err := newTrafficKeys(s, secret, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := recordReader{}
+	if r.keys, err = newTrafficKeys(s, bytes.Clone(secret), seq); err != nil {
+		t.Fatal(err)
+	}
+	return w, r
 }

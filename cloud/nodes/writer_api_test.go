@@ -187,12 +187,6 @@ func testPatchKeepsOthers(t *testing.T, ctx context.Context, ip *stack.InProcess
 	if _, ok := n.Status.Capacity[corev1.ResourceEphemeralStorage]; ok {
 		t.Errorf("capacity %v: ephemeral storage no longer reported, still there", n.Status.Capacity)
 	}
-	managers := func(mf []metav1.ManagedFieldsEntry) (out []string) {
-		for _, e := range mf {
-			out = append(out, e.Manager+"/"+e.Subresource)
-		}
-		return out
-	}
 	// Every manager stays (a controller's write meanwhile may add one).
 	if got, was := managers(n.ManagedFields), managers(full.ManagedFields); !allIn(was, got) {
 		t.Errorf("managedFields managers after the write %v, before %v", got, was)
@@ -254,12 +248,6 @@ func testLeasePatch(t *testing.T, ctx context.Context, ip *stack.InProcess, w *n
 	if got.Labels["example.com/watched"] != "yes" || !got.Spec.RenewTime.After(was.Spec.RenewTime.Time) ||
 		len(got.OwnerReferences) != 1 || got.OwnerReferences[0].UID != n.UID {
 		t.Errorf("Lease after the renewal: labels %v, renewed %v (was %v), owners %v", got.Labels, got.Spec.RenewTime, was.Spec.RenewTime, got.OwnerReferences)
-	}
-	managers := func(mf []metav1.ManagedFieldsEntry) (out []string) {
-		for _, e := range mf {
-			out = append(out, e.Manager+"/"+e.Subresource)
-		}
-		return out
 	}
 	if g, w := managers(got.ManagedFields), managers(was.ManagedFields); !allIn(w, g) {
 		t.Errorf("Lease managedFields managers after the renewal %v, before %v", g, w)
@@ -591,4 +579,12 @@ func noWriteFailures(t *testing.T, reg *prometheus.Registry) {
 			}
 		}
 	}
+}
+
+// managers names the managers of mf, each with its subresource.
+func managers(mf []metav1.ManagedFieldsEntry) (out []string) {
+	for _, e := range mf {
+		out = append(out, e.Manager+"/"+e.Subresource)
+	}
+	return out
 }

@@ -203,7 +203,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 			total += r
 		}
 		b.ReportMetric(total, "apireq/agent/min")
-		b.ReportMetric(perAgent["PUT leases"]+perAgent["POST leases"], "lease-writes/agent/min")
+		b.ReportMetric(perAgent["PUT leases"]+perAgent["PATCH leases"]+perAgent["POST leases"], "lease-writes/agent/min")
 		b.ReportMetric(perAgent["PUT nodes/status"]+perAgent["PATCH nodes/status"], "status-writes/agent/min")
 		idleP99, idleCount := p99(m1, m2)
 		b.ReportMetric(idleP99*1000, "apiserver-p99-idle-ms")

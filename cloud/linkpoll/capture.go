@@ -33,6 +33,10 @@ type capture struct {
 	stopped error // why the connection cannot be adopted
 	secrets [2][]byte
 	dirs    [2]recordCount
+	// suite is the cipher suite the server's hello named, when its first
+	// record held it whole: the only suite whose keys are made. Without
+	// it, the keys of every suite the secrets' length allows are tried.
+	suite *suite
 }
 
 const (
@@ -56,8 +60,8 @@ type recordCount struct {
 	rec     []byte
 	records int
 	apps    uint64 // application records: the next sequence number
-	// cands are the keys of the suites the secret's length allows,
-	// until a record opens under one of them.
+	// cands are the keys of the suites a record may be sealed under
+	// (capture.candidates), until a record opens under one of them.
 	cands []trafficKeys
 }
 
@@ -116,12 +120,15 @@ func (c *capture) feed(dir int, p []byte) {
 			}
 			d.open = c.secrets[dir] != nil && d.hdr[0] == recordApplicationData
 			if d.size == 0 {
-				c.record(d, nil)
+				c.record(dir, nil)
 				continue
 			}
 		}
 		n := min(len(p), d.left)
 		body := p[:n]
+		if n == d.size && d.records == 0 && d.hdr[0] == recordHandshake && dir == c.helloDir() {
+			c.suite = serverHelloSuite(body)
+		}
 		if d.open && (d.rec != nil || n < d.size) { // in pieces: copied
 			if d.rec == nil {
 				d.rec = make([]byte, 0, d.size)
@@ -132,13 +139,67 @@ func (c *capture) feed(dir int, p []byte) {
 		d.left -= n
 		p = p[n:]
 		if d.left == 0 {
-			c.record(d, body)
+			c.record(dir, body)
 		}
 	}
 }
 
+// candidates makes the keys a direction's records are tried with, once
+// the first record to try comes: by then the server's hello has gone by
+// (crypto/tls's server logs the secrets before it sends its first
+// flight), so only its suite's keys are made; false when the capture
+// stopped; c.mu held.
+func (c *capture) candidates(dir int) bool {
+	d := &c.dirs[dir]
+	for _, s := range suites {
+		if s.hash().Size() != len(c.secrets[dir]) || c.suite != nil && s != c.suite {
+			continue
+		}
+		k, err := newTrafficKeys(s, c.secrets[dir], 0)
+		if err != nil {
+			c.stop(err)
+			return false
+		}
+		d.cands = append(d.cands, k)
+	}
+	if len(d.cands) == 0 {
+		c.stop(errors.New("linkpoll: no cipher suite for the application traffic secret"))
+		return false
+	}
+	return true
+}
+
+// helloDir is the direction the server's hello comes: out from the
+// server, in to the client.
+func (c *capture) helloDir() int {
+	if c.server {
+		return dirOut
+	}
+	return dirIn
+}
+
+// serverHelloSuite is the cipher suite a ServerHello (or a
+// HelloRetryRequest, which names the same one; RFC 8446 §4.1.3-4) names
+// at the start of record body b, or nil when b does not start with one
+// or names a suite this package has no record layer for.
+func serverHelloSuite(b []byte) *suite {
+	const (
+		typeServerHello = 2
+		sessionIDAt     = 4 + 2 + 32 // type and length, version, random
+	)
+	if len(b) <= sessionIDAt || b[0] != typeServerHello {
+		return nil
+	}
+	at := sessionIDAt + 1 + int(b[sessionIDAt])
+	if len(b) < at+2 {
+		return nil
+	}
+	return suiteByID(binary.BigEndian.Uint16(b[at:]))
+}
+
 // record ends d's current record, whose body is body; c.mu held.
-func (c *capture) record(d *recordCount, body []byte) {
+func (c *capture) record(dir int, body []byte) {
+	d := &c.dirs[dir]
 	open := d.open
 	d.hdrN, d.rec, d.open = 0, nil, false
 	if d.records++; d.records > maxWatched {
@@ -146,6 +207,9 @@ func (c *capture) record(d *recordCount, body []byte) {
 		return
 	}
 	if !open {
+		return
+	}
+	if d.cands == nil && !c.candidates(dir) {
 		return
 	}
 	for i := range d.cands {
@@ -217,17 +281,6 @@ func (c *capture) Write(line []byte) (int, error) {
 		c.stop(fmt.Errorf("linkpoll: %s logged in the middle of a record", label))
 	default:
 		c.secrets[dir] = secret
-		for _, s := range suites {
-			if s.hash().Size() != len(secret) {
-				continue
-			}
-			k, err := newTrafficKeys(s, secret, 0)
-			if err != nil {
-				c.stop(err)
-				return len(line), nil
-			}
-			d.cands = append(d.cands, k)
-		}
 	}
 	return len(line), nil
 }
@@ -265,6 +318,9 @@ func (c *capture) adoptKeys(suiteID uint16) (rd, wr trafficKeys, err error) {
 		return rd, wr, c.stopped
 	}
 	s := suiteByID(suiteID)
+	if c.suite != nil && c.suite != s {
+		return rd, wr, fmt.Errorf("linkpoll: the server's hello named %s, but %s was negotiated", tls.CipherSuiteName(c.suite.id), tls.CipherSuiteName(suiteID))
+	}
 	if s == nil {
 		return rd, wr, fmt.Errorf("linkpoll: cipher suite %s negotiated; adoption takes TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 or TLS_CHACHA20_POLY1305_SHA256", tls.CipherSuiteName(suiteID))
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -550,4 +551,36 @@ func keyPair(t testing.TB, s *suite, secret []byte, seq uint64) (trafficKeys, re
 		t.Fatal(err)
 	}
 	return w, r
+}
+
+func TestServerHelloSuite(t *testing.T) {
+	hello := func(sessionID int, suite uint16) []byte {
+		b := []byte{2, 0, 0, 0, 3, 3}
+		b = append(b, bytes.Repeat([]byte{0xaa}, 32)...)
+		b = append(b, byte(sessionID))
+		b = append(b, bytes.Repeat([]byte{0xbb}, sessionID)...)
+		return binary.BigEndian.AppendUint16(b, suite)
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want uint16 // 0: none
+	}{
+		{"AES-128-GCM, no session id", hello(0, tls.TLS_AES_128_GCM_SHA256), tls.TLS_AES_128_GCM_SHA256},
+		{"ChaCha20, 32-byte session id", hello(32, tls.TLS_CHACHA20_POLY1305_SHA256), tls.TLS_CHACHA20_POLY1305_SHA256},
+		{"AES-256-GCM", hello(8, tls.TLS_AES_256_GCM_SHA384), tls.TLS_AES_256_GCM_SHA384},
+		{"a TLS 1.2 suite", hello(0, tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256), 0},
+		{"cut in the suite", hello(32, tls.TLS_AES_128_GCM_SHA256)[:4+2+32+1+32+1], 0},
+		{"cut in the session id", hello(32, tls.TLS_AES_128_GCM_SHA256)[:50], 0},
+		{"not a server hello", append([]byte{1}, hello(0, tls.TLS_AES_128_GCM_SHA256)[1:]...), 0},
+		{"empty", nil, 0},
+	} {
+		s := serverHelloSuite(tc.b)
+		switch {
+		case tc.want == 0 && s != nil:
+			t.Errorf("%s: suite %s, want none", tc.name, tls.CipherSuiteName(s.id))
+		case tc.want != 0 && (s == nil || s.id != tc.want):
+			t.Errorf("%s: suite %v, want %s", tc.name, s, tls.CipherSuiteName(tc.want))
+		}
+	}
 }

@@ -81,6 +81,9 @@ func (s *server) dialRaw(t *testing.T) *rawClient {
 		t.Fatal("bytes after the 101")
 	}
 	suite := tc.ConnectionState().CipherSuite
+	if w.suite == nil || w.suite.id != suite {
+		t.Fatalf("the capture read suite %v from the server's hello, negotiated %s", w.suite, tls.CipherSuiteName(suite))
+	}
 	rd, wr, err := w.adoptKeys(suite)
 	if err != nil {
 		t.Fatal(err)
@@ -186,12 +189,24 @@ func echoGood(t *testing.T, ctx context.Context, c *websocket.Conn, msg string) 
 // *tls.Conn is let go (nothing keeps it).
 func TestTLSInterop(t *testing.T) {
 	released := make(chan struct{}, 4)
+	hello := make(chan string, 4)
 	s := serveHook(t, Config{}, newHandler(), &adoptHook{before: func(tc *tls.Conn) {
 		runtime.AddCleanup(tc, func(ch chan struct{}) { ch <- struct{}{} }, released)
+		// The server's capture read the suite from its own hello, so it
+		// made only that suite's keys.
+		w := tc.NetConn().(*rawConn).watch
+		w.mu.Lock()
+		got := fmt.Sprintf("hello %v, %d and %d keys made", w.suite != nil && w.suite.id == tc.ConnectionState().CipherSuite,
+			len(w.dirs[dirIn].cands), len(w.dirs[dirOut].cands))
+		w.mu.Unlock()
+		hello <- got
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c := s.dial(t, ctx)
+	if got := <-hello; got != "hello true, 1 and 1 keys made" {
+		t.Errorf("server capture: %s", got)
+	}
 	for _, n := range []int{maxPlaintext - 20, maxPlaintext, 3*maxPlaintext + 1, testMax} {
 		msg := bytes.Repeat([]byte{byte(n)}, n)
 		msg[n-1] = 'x'

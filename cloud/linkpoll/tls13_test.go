@@ -24,6 +24,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"outpost.dev/test/harness"
 	"outpost.dev/test/wait"
 )
 
@@ -525,13 +526,7 @@ func TestChaCha20(t *testing.T) {
 // TLS_AES_256_GCM_SHA384, which a Go server never picks for a Go client:
 // OpenSSL's client, offering only it.
 func TestOpenSSLAES256(t *testing.T) {
-	openssl, err := exec.LookPath("openssl")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: %v", err)
-		}
-		t.Skip(err)
-	}
+	openssl := harness.RequireTool(t, "openssl", "openssl")
 	var suite atomic.Uint32
 	s := serveHook(t, Config{}, newHandler(), &adoptHook{before: func(tc *tls.Conn) {
 		suite.Store(uint32(tc.ConnectionState().CipherSuite))

@@ -38,6 +38,18 @@ func RequireCNI(t testing.TB) {
 	}
 }
 
+// RequireTool returns the path of the command name, from the Debian
+// package pkg; when it is missing it skips t, or fails it under CI=true
+// (build/install-deps.sh installs it).
+func RequireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, fmt.Errorf("%s not found: install the Debian package %s (build/install-deps.sh)", name, pkg))
+	}
+	return p
+}
+
 // missing skips t for err, or fails it under CI=true: .ci/run installs
 // what the tests need, so a machine without it must not pass by skipping.
 func missing(t testing.TB, err error) {

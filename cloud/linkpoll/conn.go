@@ -231,11 +231,8 @@ func (c *Conn) records(data []byte) (rest []byte, more bool) {
 			return data, true
 		}
 		data = data[n:]
-		if update { // RFC 8446 §4.6.3: answer before any more data
-			if err := c.raw.keyUpdate(false); err != nil {
-				c.shut(err)
-				return nil, false
-			}
+		if update && c.updateKeys(false) != nil { // RFC 8446 §4.6.3: answer before any more data
+			return nil, false
 		}
 		if len(app) > 0 {
 			c.in = append(c.in, app...)

@@ -99,25 +99,29 @@ const markDisconnectedTries = 5
 // without a read.
 func (w *Writer) markDisconnected(ctx context.Context, as asnode.Client, name, session string, at time.Time, last *nodeState) (bool, error) {
 	api := as.CoreV1().Nodes()
-	write := func(uid types.UID, i int) error {
+	// write patches condition i of the Node of UID uid; done says the
+	// outcome is final, and false with no error that a test op failed
+	// (the Node changed since it was read), so read it again.
+	write := func(uid types.UID, i int) (done, marked bool, err error) {
 		body, err := disconnectPatch(uid, i, session, at)
-		if err != nil {
-			return err
+		if err == nil {
+			_, err = api.Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager}, "status")
 		}
-		_, err = api.Patch(ctx, name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: FieldManager}, "status")
-		return err
+		switch {
+		case err == nil:
+			return true, true, nil
+		case apierrors.IsNotFound(err):
+			return true, false, nil
+		case apierrors.IsInvalid(err):
+			return false, false, nil
+		}
+		w.count("node_status", err)
+		return true, false, fmt.Errorf("mark node %q disconnected: %w", name, err)
 	}
 	if last != nil {
 		if i := slices.IndexFunc(last.conds, func(c condState) bool { return c.Type == ConditionLinkReady }); i >= 0 {
-			err := write(last.uid, i)
-			switch {
-			case err == nil:
-				return true, nil
-			case apierrors.IsNotFound(err):
-				return false, nil
-			case !apierrors.IsInvalid(err): // Invalid: a test failed; read it
-				w.count("node_status", err)
-				return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
+			if done, marked, err := write(last.uid, i); done {
+				return marked, err
 			}
 		}
 	}
@@ -137,15 +141,8 @@ func (w *Writer) markDisconnected(ctx context.Context, as asnode.Client, name, s
 			n.Status.Conditions[i].Message != linkReady(session).Message {
 			return false, nil
 		}
-		err = write(n.UID, i)
-		switch {
-		case err == nil:
-			return true, nil
-		case apierrors.IsNotFound(err):
-			return false, nil
-		case !apierrors.IsInvalid(err):
-			w.count("node_status", err)
-			return false, fmt.Errorf("mark node %q disconnected: %w", name, err)
+		if done, marked, err := write(n.UID, i); done {
+			return marked, err
 		}
 		// Changed between the read and the write: read it again.
 	}

@@ -158,7 +158,7 @@ func TestApplyAndLease(t *testing.T) {
 
 	clock := time.Now()
 	w.cfg.Now = func() time.Time { return clock }
-	l, err := w.RenewLease(ctx, w.cfg.Client, n2, nil)
+	l, err := w.RenewLease(ctx, w.cfg.Client, n2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestApplyAndLease(t *testing.T) {
 	}
 	first := l.Spec.RenewTime.Time
 	clock = clock.Add(time.Second)
-	l2, err := w.RenewLease(ctx, w.cfg.Client, n2, l)
+	l2, err := w.RenewLease(ctx, w.cfg.Client, n2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -212,7 +212,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		return res, err
 	}
 	created := false
-	cur, err := upsert(schema.GroupResource{Resource: "nodes"}, name, nil, get, func() (*corev1.Node, error) {
+	cur, err := upsert(schema.GroupResource{Resource: "nodes"}, name, get, func() (*corev1.Node, error) {
 		n, err := create()
 		created = err == nil
 		return n, err
@@ -248,29 +248,23 @@ func (w *Writer) patchStatus(ctx context.Context, as asnode.Client, name string,
 		metav1.PatchOptions{FieldManager: FieldManager}, "status")
 }
 
-// upsert is the node writer's one read-modify-write loop: update the
-// cached object (or a fresh read of it), create it when it does not exist,
-// and start again from a fresh read on a conflict or when another relay
-// replica created it first.
-func upsert[T any](gr schema.GroupResource, name string, cached *T, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
+// upsert is the node writer's one read-modify-write loop: update a fresh
+// read of the object, create it when it does not exist, and start again
+// on a conflict or when another relay replica created it first.
+func upsert[T any](gr schema.GroupResource, name string, get func() (*T, error), create func() (*T, error), update func(cur *T) (*T, error)) (*T, error) {
 	var out *T
 	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		cur := cached
-		cached = nil
-		if cur == nil {
-			got, err := get()
-			if apierrors.IsNotFound(err) {
-				created, err := create()
-				if apierrors.IsAlreadyExists(err) {
-					return apierrors.NewConflict(gr, name, err)
-				}
-				out = created
-				return err
+		cur, err := get()
+		if apierrors.IsNotFound(err) {
+			created, err := create()
+			if apierrors.IsAlreadyExists(err) {
+				return apierrors.NewConflict(gr, name, err)
 			}
-			if err != nil {
-				return err
-			}
-			cur = got
+			out = created
+			return err
+		}
+		if err != nil {
+			return err
 		}
 		res, err := update(cur)
 		out = res
@@ -308,11 +302,10 @@ func hasLabels(have, want map[string]string) bool {
 	return true
 }
 
-// RenewLease renews the Lease of node, creating it (owned by the Node, as
-// the kubelet does, so it goes when the Node goes) if it is missing.
-// cached, if not nil, is the Lease as last written. as is the client
-// acting as the node.
-func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.Node, cached *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+// RenewLease renews the Lease of node from a fresh read, creating it
+// (owned by the Node, as the kubelet does, so it goes when the Node goes)
+// if it is missing. as is the client acting as the node.
+func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.Node) (*coordinationv1.Lease, error) {
 	api := as.CoordinationV1().Leases(LeaseNamespace)
 	secs := w.leaseSeconds()
 	owner := metav1.OwnerReference{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}
@@ -345,7 +338,7 @@ func (w *Writer) RenewLease(ctx context.Context, as asnode.Client, node *corev1.
 		}
 		return l, err
 	}
-	out, err := upsert(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, node.Name, cached, get, create, update)
+	out, err := upsert(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, node.Name, get, create, update)
 	if err != nil {
 		return nil, fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
 	}
@@ -377,7 +370,7 @@ func (w *Writer) renewLease(ctx context.Context, as asnode.Client, node *corev1.
 			return "", fmt.Errorf("renew lease %s/%s: %w", LeaseNamespace, node.Name, err)
 		}
 	}
-	l, err := w.RenewLease(ctx, as, node, nil)
+	l, err := w.RenewLease(ctx, as, node)
 	if err != nil {
 		return "", err
 	}

@@ -129,7 +129,7 @@ func testApplyAfterTaintsChanged(t *testing.T, ctx context.Context, ip *stack.In
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.RenewLease(ctx, as, last, nil); err != nil {
+	if _, err := w.RenewLease(ctx, as, last); err != nil {
 		t.Fatal(err)
 	}
 	maintenance := corev1.Taint{Key: "example.com/maintenance", Effect: corev1.TaintEffectNoSchedule}
@@ -217,7 +217,7 @@ func testLeasePatch(t *testing.T, ctx context.Context, ip *stack.InProcess, w *n
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := w.RenewLease(ctx, as, n, nil)
+	l, err := w.RenewLease(ctx, as, n)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,18 +118,20 @@ func (e *apiEnv) pod(t *testing.T, node, name string) {
 	}
 }
 
-// asNode is the watch of node's pods made as node.
+// asNode is the watch of node's pods made as node. It is namespaced, so
+// that podWatches tells the test's watches from the control plane's own,
+// which are cluster-wide and start when their components get to them.
 func asNode(node, selectNode, rv string) Request {
 	return Request{
-		Path:    "/api/v1/pods",
+		Path:    "/api/v1/namespaces/default/pods",
 		Options: metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("spec.nodeName", selectNode).String(), ResourceVersion: rv, AllowWatchBookmarks: true},
 		User:    "system:node:" + node,
 	}
 }
 
-// podWatches is how many pod watches the API server is serving
-// (apiserver_longrunning_requests), so a test can see a stream end
-// server-side.
+// podWatches is how many namespaced pod watches the API server is
+// serving (apiserver_longrunning_requests), so a test can see a stream
+// end server-side.
 func (e *apiEnv) podWatches(t *testing.T) (int, error) {
 	raw, err := e.client.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(e.ctx)
 	if err != nil {
@@ -140,7 +142,7 @@ func (e *apiEnv) podWatches(t *testing.T) (int, error) {
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
-		if !strings.HasPrefix(l, "apiserver_longrunning_requests{") || !strings.Contains(l, `resource="pods"`) || !strings.Contains(l, `verb="WATCH"`) {
+		if !strings.HasPrefix(l, "apiserver_longrunning_requests{") || !strings.Contains(l, `resource="pods"`) || !strings.Contains(l, `verb="WATCH"`) || !strings.Contains(l, `scope="namespace"`) {
 			continue
 		}
 		f := strings.Fields(l)

@@ -42,7 +42,9 @@
 // UnsupportedField, or ObjectTooLarge when it or a referenced object
 // cannot fit in a frame) and an event is recorded, once per change of the
 // pod, judged from the pod's own condition so relay restarts do not write
-// again.
+// again. Such a pod being deleted, which the agent does not hold, is
+// deleted with grace 0 at once: none of its containers ever ran, as for a
+// pod a kubelet never started.
 //
 // Pods with serviceAccountToken projected sources (every pod the API
 // server gives a kube-api-access volume) get bound tokens from the

@@ -935,6 +935,22 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 	st.retryAt = time.Time{}
 	for _, r := range refuse {
 		p := r.pod
+		if p.DeletionTimestamp != nil {
+			if _, held := st.sent[wire.ObjectRef{Kind: wire.KindPod, UID: string(p.UID)}]; !held {
+				// No container of it ever ran on the node: finish the
+				// graceful delete, as the kubelet does for a pod it never
+				// started.
+				if err := st.finishDelete(p); err != nil {
+					if st.s.ended() {
+						return
+					}
+					st.s.cfg.Log.Warn("deleting a refused pod failed; will retry", "pod", p.Namespace+"/"+p.Name, "err", err)
+					st.retryAt = now.Add(statusRetry)
+					return
+				}
+				continue
+			}
+		}
 		msg := r.err.Error()
 		if st.reported[p.UID] == (reportedRefusal{p.ResourceVersion, msg}) {
 			continue
@@ -953,6 +969,23 @@ func (st *state) report(refuse []refused, live map[types.UID]bool) {
 		}
 		st.s.cfg.Log.Info("pod refused", "pod", p.Namespace+"/"+p.Name, "reason", r.reason, "message", msg)
 	}
+}
+
+// finishDelete deletes p, which is being deleted, at once. The UID
+// precondition never deletes a newer pod of the same name.
+func (st *state) finishDelete(p *corev1.Pod) error {
+	ctx, cancel := context.WithTimeout(st.s.ctx(), apiTimeout)
+	defer cancel()
+	uid := p.UID
+	err := st.s.cfg.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
+		GracePeriodSeconds: new(int64),
+		Preconditions:      &metav1.Preconditions{UID: &uid},
+	})
+	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
+		return fmt.Errorf("delete: %w", err)
+	}
+	st.s.cfg.Log.Info("refused pod deleted", "pod", p.Namespace+"/"+p.Name)
+	return nil
 }
 
 // reportedRefusal is a refusal written to a pod's status.

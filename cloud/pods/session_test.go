@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
@@ -306,6 +307,23 @@ func TestSessionClaimBoundToNFS(t *testing.T) {
 		p, _ := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
 		return hasCondition(p, ReasonUnsupported, "spec.volumes[1].persistentVolumeClaim: PersistentVolume pv-1 is nfs is not supported on edge nodes: "+
 			"edge nodes mount local and hostPath PersistentVolumes")
+	})
+
+	// Being deleted, the refused pod, which the agent never held, is
+	// deleted at once, as a kubelet finishes the delete of a pod it
+	// never started.
+	p, err := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	p.DeletionTimestamp = &now
+	if _, err := client.CoreV1().Pods("default").Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		_, err := client.CoreV1().Pods("default").Get(ctx, "db", metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
 	})
 }
 

@@ -64,10 +64,7 @@ func TestCorpus(t *testing.T) {
 	}
 	// Local PersistentVolumes' directories exist before their pods, as
 	// an administrator (or the local static provisioner) makes them.
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := nodeDir(t, ns, 0o755)
 	for _, d := range []string{"redis", "node-red", "postgresql", "scratch", "influxdb2"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)

@@ -123,10 +123,7 @@ func TestPreStopHook(t *testing.T) {
 	ctx := ctxFor(t, 3*time.Minute)
 	const ns = "wl-prestop"
 	newNamespace(t, ctx, ns)
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
+	dir := nodeDir(t, ns, 0o777)
 	st.Apply(t, ctx, fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: draining, namespace: %s}

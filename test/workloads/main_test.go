@@ -83,6 +83,38 @@ func newNamespace(t *testing.T, ctx context.Context, ns string) {
 	})
 }
 
+// nodeDir is a directory on the node for the pods of namespace ns to
+// use (a local PersistentVolume's or a hostPath's), made with mode. When
+// t ends it deletes ns and waits for its pods to be gone before removing
+// the directory, which would race with containers still writing into it.
+func nodeDir(t *testing.T, ns string, mode os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "outpost-"+ns+"-")
+	if err == nil {
+		err = os.Chmod(dir, mode)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, _ = st.CP.Kubectl(ctx, "delete", "namespace", ns, "--wait=false")
+		stack.WaitFor(t, ctx, 2*time.Minute, "the pods of "+ns+" gone before their directory is removed", func() (bool, string) {
+			pods, err := listPods(ctx, ns, "")
+			var left []string
+			for _, p := range pods {
+				left = append(left, fmt.Sprintf("%s (%s on %q, deleting %v)", p.Name, p.Status.Phase, p.Spec.NodeName, p.DeletionTimestamp != nil))
+			}
+			return err == nil && len(pods) == 0, fmt.Sprintf("pods %v, %v", left, err)
+		})
+		if err := os.RemoveAll(dir); err != nil {
+			t.Error(err)
+		}
+	})
+	return dir
+}
+
 // listPods lists the pods of ns, optionally by label selector.
 func listPods(ctx context.Context, ns, selector string) ([]corev1.Pod, error) {
 	l, err := st.CP.Client().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"outpost.dev/test/stack"
 )
@@ -52,10 +53,7 @@ func TestLocalPersistentVolume(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	const ns = "wl-pv"
 	newNamespace(t, ctx, ns)
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := nodeDir(t, ns, 0o755)
 	for _, d := range []string{"data", "late"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -196,6 +194,19 @@ spec:
 			if c.Type == corev1.PodReady && c.Reason == "UnsupportedField" {
 				return strings.HasPrefix(c.Message, refusal), c.Message
 			}
+		}
+		return false, podState(p)
+	})
+	// Deleted, the refused pod goes, as a pod a kubelet never started
+	// does: no container of it ran, so nothing waits for one to stop.
+	st.Kubectl(t, ctx, "delete", "pod", "-n", ns, "nfs", "--wait=false")
+	stack.WaitFor(t, ctx, time.Minute, "refused pod nfs gone once deleted", func() (bool, string) {
+		p, err := getPod(ctx, ns, "nfs")
+		if apierrors.IsNotFound(err) {
+			return true, ""
+		}
+		if err != nil {
+			return false, err.Error()
 		}
 		return false, podState(p)
 	})

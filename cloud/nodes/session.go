@@ -28,13 +28,15 @@ const statusRefresh = 5 * time.Minute
 // A session's steady-state writes, like a kubelet's: the Lease renewed
 // every LeaseDuration/4 (6 a minute with the default 40 s) and the Node's
 // status written when it changes, or every statusRefresh when it does not
-// (0.2 a minute). So that a fleet connected at once (a relay restart) does
-// not renew in lock-step bursts, the first renewal after the Lease is
-// taken, and the first refresh after the Node is written, come at a
-// random point within their period (phase); the later ones keep the
-// period. No interval is ever longer than the period, so the Lease
-// is as fresh as before for the node lifecycle controller; the cost is at
-// most one extra write of each per connection.
+// (0.2 a minute). While the API server takes the renewals more slowly
+// than they come, the Writer lengthens the renewal period, up to
+// 3/4 of LeaseDuration (leasePace). So that a fleet connected at once (a
+// relay restart) does not renew in lock-step bursts, the first renewal
+// after the Lease is taken, and the first refresh after the Node is
+// written, come at a random point within their period (phase); the later
+// ones keep the period. No interval is ever longer than the period, so
+// the Lease is as fresh as the period says for the node lifecycle
+// controller; the cost is at most one extra write of each per connection.
 
 // Retry backoff for failed writes.
 const (
@@ -220,7 +222,7 @@ func (s *Session) step() {
 		s.cancelStep = nil
 		s.mu.Unlock()
 	}()
-	renewEvery := s.w.cfg.LeaseDuration / 4
+	renewEvery := s.w.pace.period()
 	now := s.w.cfg.Now()
 
 	s.mu.Lock()
@@ -285,6 +287,9 @@ func (s *Session) step() {
 		}
 	}
 	if s.node != nil && !now.Before(s.leaseAt) {
+		if s.leased { // a renewal on schedule: how late did it start?
+			renewEvery = s.w.pace.observe(now, s.leaseAt)
+		}
 		if s.cfg.Alive() {
 			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Name, UID: s.node.uid}}
 			uid, err := s.w.renewLease(ctx, s.cfg.Client, node, s.leased, s.lease)

@@ -32,7 +32,9 @@ type WriterConfig struct {
 	// made as the node (SessionConfig.Client).
 	Client kubernetes.Interface
 	// LeaseDuration is written into each Lease; the Lease is renewed every
-	// quarter of it, as the kubelet does.
+	// quarter of it, as the kubelet does, or up to three quarters of it
+	// while the API server takes the renewals more slowly than they come
+	// (leasePace).
 	LeaseDuration time.Duration
 	Log           *slog.Logger
 	// Registerer receives the API write failure counter; nil registers
@@ -79,6 +81,7 @@ type Writer struct {
 	cfg      WriterConfig
 	failures *prometheus.CounterVec
 	q        *coalesce.Queue[*Session, struct{}]
+	pace     *leasePace
 }
 
 // NewWriter builds a Writer.
@@ -106,10 +109,17 @@ func NewWriter(cfg WriterConfig) (*Writer, error) {
 			Name: "outpost_relay_api_write_failures_total",
 			Help: "Failed writes to the Kubernetes API server, by object.",
 		}, []string{"object"}),
+		pace: newLeasePace(cfg.LeaseDuration),
 	}
 	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(w.failures); err != nil {
-			return nil, fmt.Errorf("nodes: register metrics: %w", err)
+		period := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "outpost_relay_lease_renew_period_seconds",
+			Help: "How often each node's Lease is renewed: a quarter of the Lease duration, longer while the API server falls behind.",
+		}, func() float64 { return w.pace.period().Seconds() })
+		for _, c := range []prometheus.Collector{w.failures, period} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("nodes: register metrics: %w", err)
+			}
 		}
 	}
 	w.q.Serve(cfg.Workers, w.step)

@@ -92,7 +92,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.CertFile, "tls-cert-file", "", "serving certificate (PEM); default: minted from the relay CA")
 	fs.StringVar(&o.KeyFile, "tls-key-file", "", "serving key (PEM), with --tls-cert-file")
 	fs.DurationVar(&o.Heartbeat, "heartbeat-interval", relay.DefaultHeartbeatInterval, "agent heartbeat interval, sent to agents; a connection silent for 3 intervals is closed")
-	fs.DurationVar(&o.LeaseDuration, "lease-duration", relay.DefaultLeaseDuration, "node Lease duration; renewed every quarter of it")
+	fs.DurationVar(&o.LeaseDuration, "lease-duration", relay.DefaultLeaseDuration, "node Lease duration; renewed every quarter of it, up to three quarters while the API server falls behind")
 	fs.DurationVar(&o.NodeCertValidity, "node-cert-validity", relay.DefaultNodeCertValidity, "lifetime of node certificates (at least 2m), issued at join and renewed by agents on their link past 3/4 of it")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.Float64Var(&o.QPS, "kube-api-qps", 200, "API server requests per second (every connected node renews its Lease every lease-duration/4)")

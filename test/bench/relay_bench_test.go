@@ -205,6 +205,9 @@ func BenchmarkRelayMemory(b *testing.B) {
 		b.ReportMetric(total, "apireq/agent/min")
 		b.ReportMetric(perAgent["PUT leases"]+perAgent["PATCH leases"]+perAgent["POST leases"], "lease-writes/agent/min")
 		b.ReportMetric(perAgent["PUT nodes/status"]+perAgent["PATCH nodes/status"], "status-writes/agent/min")
+		// The relay lengthens the renewal period while the API server
+		// falls behind (cloud/nodes leasePace).
+		b.ReportMetric(r2["outpost_relay_lease_renew_period_seconds"], "lease-period-s")
 		idleP99, idleCount := p99(m1, m2)
 		b.ReportMetric(idleP99*1000, "apiserver-p99-idle-ms")
 		b.Logf("idle %v, %d agents: API requests per agent per minute (the control plane's own included): %s; API server p99 %.0f ms over %.0f requests",

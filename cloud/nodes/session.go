@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"outpost.dev/cloud/asnode"
+	"outpost.dev/cloud/stepctx"
 	"outpost.dev/wire"
 )
 
@@ -75,20 +76,20 @@ type Session struct {
 	w   *Writer
 	cfg SessionConfig
 	// ctx is the context the session was started with; a step's requests
-	// run in a child of it, which Stop cancels (cancelStep), so a session
+	// run in a child of it, which Stop cancels (steps), so a session
 	// between steps holds no context of its own.
-	ctx context.Context
+	ctx   context.Context
+	steps stepctx.Steps
 	// id names this connection in the EdgeLinkReady condition; written
 	// is set once the Node was written, fatal when writes stopped for
 	// good, stopped once Stop was called.
 	id                      string
 	written, fatal, stopped atomic.Bool
 
-	mu         sync.Mutex
-	cancelStep context.CancelFunc // the running step's, nil between steps
-	pending    *Report
-	seq        uint64
-	gen        uint64 // bumped by every Report, to tell a newer one apart
+	mu      sync.Mutex
+	pending *Report
+	seq     uint64
+	gen     uint64 // bumped by every Report, to tell a newer one apart
 
 	// What the steps keep from one to the next. Only the step running
 	// touches it: the Writer's queue never runs a session on two workers
@@ -169,11 +170,7 @@ func (s *Session) wake() {
 // (since now) unless a newer connection of the agent wrote it meanwhile.
 func (s *Session) Stop() {
 	s.stopped.Store(true)
-	s.mu.Lock()
-	if s.cancelStep != nil {
-		s.cancelStep()
-	}
-	s.mu.Unlock()
+	s.steps.Stop()
 	s.w.q.WaitIdle(s)
 	if s.timer != nil {
 		s.timer.Stop()
@@ -208,20 +205,11 @@ func (w *Writer) step(s *Session, _ struct{}) {
 // step writes what is due (the report waiting, a refresh, the Lease) and
 // sets the timer for when the next thing is due.
 func (s *Session) step() {
-	ctx, cancel := context.WithTimeout(s.ctx, stepTimeout)
-	defer cancel()
-	s.mu.Lock()
-	if s.stopped.Load() { // Stop came first: it cancels no step
-		s.mu.Unlock()
+	ctx, end, ok := s.steps.Begin(s.ctx, stepTimeout)
+	if !ok { // Stop came first
 		return
 	}
-	s.cancelStep = cancel
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.cancelStep = nil
-		s.mu.Unlock()
-	}()
+	defer end()
 	renewEvery := s.w.pace.period()
 	now := s.w.cfg.Now()
 

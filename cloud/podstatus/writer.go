@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"outpost.dev/cloud/asnode"
 	"outpost.dev/cloud/coalesce"
+	"outpost.dev/cloud/stepctx"
 	"outpost.dev/wire"
 )
 
@@ -261,9 +261,7 @@ type Session struct {
 	// under a context of its own below it, which Stop cancels too.
 	ctx     context.Context
 	stopped atomic.Bool
-	// cancel cancels the write in flight, if any; under mu.
-	mu     sync.Mutex
-	cancel context.CancelFunc
+	steps   stepctx.Steps
 	// dead is set when a step panicked: nothing more is written.
 	dead atomic.Bool
 	// q holds the reports waiting, one per pod (by UID).
@@ -306,11 +304,7 @@ func (s *Session) wake() {
 // on its next connection.
 func (s *Session) Stop() {
 	s.stopped.Store(true)
-	s.mu.Lock()
-	if s.cancel != nil {
-		s.cancel()
-	}
-	s.mu.Unlock()
+	s.steps.Stop()
 	s.q.Close()
 	s.w.sessions.WaitIdle(s)
 }
@@ -322,19 +316,10 @@ func (s *Session) ended() bool { return s.stopped.Load() || s.ctx.Err() != nil }
 // end; a context is made per write, so an idle session holds none. ok is
 // false once the session ended.
 func (s *Session) begin() (ctx context.Context, end func(), ok bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ended() {
 		return nil, nil, false
 	}
-	ctx, cancel := context.WithCancel(s.ctx)
-	s.cancel = cancel
-	return ctx, func() {
-		s.mu.Lock()
-		s.cancel = nil
-		s.mu.Unlock()
-		cancel()
-	}, true
+	return s.steps.Begin(s.ctx, 0)
 }
 
 // Report queues rep, carried by the frame numbered seq. A queued report of

@@ -45,16 +45,10 @@ func linkReady(session string) corev1.NodeCondition {
 }
 
 // outboxCondition builds OutboxHealthy from the agent's figures; without
-// figures (a hello) it keeps the one in prev, if any.
-func outboxCondition(l *wire.LinkStats, prev *corev1.NodeStatus) (corev1.NodeCondition, bool) {
+// figures (a hello) there is none, and a status patch leaves the stored
+// one as it is.
+func outboxCondition(l *wire.LinkStats) (corev1.NodeCondition, bool) {
 	if l == nil {
-		if prev != nil {
-			for _, c := range prev.Conditions {
-				if c.Type == ConditionOutboxHealthy {
-					return c, true
-				}
-			}
-		}
 		return corev1.NodeCondition{}, false
 	}
 	c := corev1.NodeCondition{Type: ConditionOutboxHealthy, Status: corev1.ConditionTrue, Reason: ReasonOutboxOK}

@@ -17,20 +17,19 @@ import (
 
 func TestOutboxCondition(t *testing.T) {
 	at := time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC).Unix()
-	prev := &corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: ConditionOutboxHealthy, Status: corev1.ConditionTrue, Message: "earlier"}}}
 	tests := []struct {
 		name    string
 		link    *wire.LinkStats
-		prev    *corev1.NodeStatus
 		present bool
 		status  corev1.ConditionStatus
 		reason  string
 		msg     string
 	}{
-		{name: "hello, new node", present: false},
-		{name: "hello keeps the last figures", prev: prev, present: true, status: corev1.ConditionTrue, msg: "earlier"},
+		// A hello has no figures: the status patch leaves the stored
+		// condition as the last figures made it (TestStatusPatch/KeepsOthers).
+		{name: "hello", present: false},
 		{name: "draining", link: &wire.LinkStats{At: at, OutboxReports: 12, OutboxBytes: 3000, OutboxMaxBytes: 8 << 20, OutboxDropped: 4, LastSync: at - 60},
-			prev: prev, present: true, status: corev1.ConditionTrue, reason: ReasonOutboxOK,
+			present: true, status: corev1.ConditionTrue, reason: ReasonOutboxOK,
 			msg: "outbox: 12 reports, 3000 bytes of 8388608, 4 dropped; as of 2026-05-01T10:00:00Z; last sync 2026-05-01T09:59:00Z"},
 		{name: "nearly full", link: &wire.LinkStats{At: at, OutboxReports: 900, OutboxBytes: 950, OutboxMaxBytes: 1000},
 			present: true, status: corev1.ConditionFalse, reason: ReasonOutboxFull, msg: "outbox: 900 reports, 950 bytes of 1000, 0 dropped; as of 2026-05-01T10:00:00Z"},
@@ -39,7 +38,7 @@ func TestOutboxCondition(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, ok := outboxCondition(tt.link, tt.prev)
+			c, ok := outboxCondition(tt.link)
 			if ok != tt.present {
 				t.Fatalf("present %v", ok)
 			}

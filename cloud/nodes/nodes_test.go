@@ -2,6 +2,7 @@ package nodes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func report() *Report {
 
 func TestStatusTranslation(t *testing.T) {
 	now := metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	st := Status(now, "gw-1", report(), nil)
+	st := Status(now, "gw-1", report())
 	if q := st.Capacity[corev1.ResourceCPU]; q.MilliValue() != 1500 {
 		t.Errorf("cpu %s", q.String())
 	}
@@ -67,37 +68,33 @@ func TestStatusTranslation(t *testing.T) {
 		}
 	}
 
-	// An hour later, with the agent reporting disk pressure: Ready keeps its
-	// transition time, DiskPressure gets a new one.
+	// An hour later, with the agent reporting disk pressure, the status
+	// patch onto that Node: Ready keeps its stored transition time (the
+	// patch leaves it out), DiskPressure gets a new one.
 	later := metav1.NewTime(now.Add(time.Hour))
 	rep := report()
 	rep.Conditions = []wire.Condition{{Type: "DiskPressure", Status: "True", Reason: "Full"}, {Type: "SensorBus", Status: "False"}}
-	st2 := Status(later, "gw-1", rep, &st)
-	got = map[corev1.NodeConditionType]corev1.NodeCondition{}
-	for _, c := range st2.Conditions {
-		got[c.Type] = c
+	st2 := Status(later, "gw-1", rep)
+	body, err := statusPatchFor(later, stateOf(&corev1.Node{ObjectMeta: metav1.ObjectMeta{UID: "u1"}, Status: st}), &st2)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r := got[corev1.NodeReady]; !r.LastTransitionTime.Equal(&now) || !r.LastHeartbeatTime.Equal(&later) {
-		t.Errorf("Ready times %+v", r)
+	var patch statusPatch
+	if err := json.Unmarshal(body, &patch); err != nil {
+		t.Fatal(err)
 	}
-	if d := got[corev1.NodeDiskPressure]; d.Status != corev1.ConditionTrue || !d.LastTransitionTime.Equal(&later) {
-		t.Errorf("DiskPressure %+v", d)
+	pc := map[corev1.NodeConditionType]patchCondition{}
+	for _, c := range patch.Status.Conditions {
+		pc[c.Type] = c
 	}
-	if _, ok := got["SensorBus"]; !ok || len(st2.Conditions) != 6 || got[ConditionLinkReady].Status != corev1.ConditionTrue {
-		t.Errorf("conditions %v", st2.Conditions)
+	if r := pc[corev1.NodeReady]; r.LastTransitionTime != nil || !r.LastHeartbeatTime.Equal(&later) {
+		t.Errorf("Ready in the patch %+v, want no transition time and the heartbeat at %v", r, later)
 	}
-}
-
-func TestUnknownBecomesReady(t *testing.T) {
-	// What the node lifecycle controller leaves after the grace period.
-	prev := corev1.NodeStatus{Conditions: []corev1.NodeCondition{{
-		Type: corev1.NodeReady, Status: corev1.ConditionUnknown, Reason: "NodeStatusUnknown",
-		LastTransitionTime: metav1.NewTime(time.Unix(100, 0)),
-	}}}
-	now := metav1.NewTime(time.Unix(1000, 0))
-	st := Status(now, "gw", report(), &prev)
-	if st.Conditions[0].Status != corev1.ConditionTrue || !st.Conditions[0].LastTransitionTime.Equal(&now) {
-		t.Fatalf("Ready %+v", st.Conditions[0])
+	if d := pc[corev1.NodeDiskPressure]; d.Status != corev1.ConditionTrue || d.LastTransitionTime == nil || !d.LastTransitionTime.Equal(&later) {
+		t.Errorf("DiskPressure in the patch %+v", d)
+	}
+	if _, ok := pc["SensorBus"]; !ok || len(patch.Status.Conditions) != 6 || pc[ConditionLinkReady].Status != corev1.ConditionTrue || patch.Metadata.UID != "u1" {
+		t.Errorf("patch %s", body)
 	}
 }
 
@@ -219,8 +216,7 @@ func FuzzReport(f *testing.F) {
 			return
 		}
 		rep := &Report{AgentVersion: "v", Info: st.Node, Conditions: st.Conditions, Link: st.Link}
-		s := Status(metav1.Now(), "gw", rep, nil)
-		Status(metav1.Now(), "gw", rep, &s)
+		s := Status(metav1.Now(), "gw", rep)
 		PointKubelet(&s, "10.0.0.1", 10250)
 		if _, err := statusPatchFor(metav1.Now(), &nodeState{uid: "u"}, &s); err != nil {
 			t.Fatalf("status patch: %v", err)

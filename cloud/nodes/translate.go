@@ -122,14 +122,17 @@ var addressTypes = map[string]corev1.NodeAddressType{
 	string(corev1.NodeExternalDNS): corev1.NodeExternalDNS,
 }
 
-// Status builds the Node status for a report at now. prev is the status
-// currently stored (nil for a new Node): condition transition times carry
-// over from it when a condition's status did not change, as the kubelet
-// does, so `kubectl describe node` shows when things really changed.
+// Status builds the Node status the relay owns for a report at now, every
+// condition's heartbeat and transition time at now: as a new Node's
+// status, or as the body of a status patch, which keeps a condition's
+// stored transition time when its status did not change (statusPatchFor),
+// as the kubelet does, so `kubectl describe node` shows when things
+// really changed. The fields the relay does not own (images, volumes,
+// others' conditions) are not in it; a patch leaves them as they are.
 //
 // Ready is True and the pressure conditions False unless the agent reports
 // otherwise; conditions the agent reports replace those of the same type.
-func Status(now metav1.Time, name string, rep *Report, prev *corev1.NodeStatus) corev1.NodeStatus {
+func Status(now metav1.Time, name string, rep *Report) corev1.NodeStatus {
 	info := &rep.Info
 	st := corev1.NodeStatus{
 		Capacity:    resources(info.Capacity),
@@ -146,14 +149,6 @@ func Status(now metav1.Time, name string, rep *Report, prev *corev1.NodeStatus) 
 		},
 		Addresses: addresses(name, info),
 	}
-	if prev != nil {
-		// Fields the relay does not own survive a status write.
-		st.Images = prev.Images
-		st.VolumesInUse = prev.VolumesInUse
-		st.VolumesAttached = prev.VolumesAttached
-		st.DaemonEndpoints = prev.DaemonEndpoints
-	}
-
 	conds := []corev1.NodeCondition{
 		{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: ReasonReady, Message: MessageReady},
 		{Type: corev1.NodeMemoryPressure, Status: corev1.ConditionFalse, Reason: "OutpostNoMemoryPressure", Message: "agent reports no memory pressure"},
@@ -161,7 +156,7 @@ func Status(now metav1.Time, name string, rep *Report, prev *corev1.NodeStatus) 
 		{Type: corev1.NodePIDPressure, Status: corev1.ConditionFalse, Reason: "OutpostNoPIDPressure", Message: "agent reports no PID pressure"},
 		linkReady(rep.Session),
 	}
-	if c, ok := outboxCondition(rep.Link, prev); ok {
+	if c, ok := outboxCondition(rep.Link); ok {
 		conds = append(conds, c)
 	}
 	for _, c := range rep.Conditions {
@@ -186,14 +181,6 @@ func Status(now metav1.Time, name string, rep *Report, prev *corev1.NodeStatus) 
 		c := &conds[i]
 		c.LastHeartbeatTime = now
 		c.LastTransitionTime = now
-		if prev == nil {
-			continue
-		}
-		for _, p := range prev.Conditions {
-			if p.Type == c.Type && p.Status == c.Status && !p.LastTransitionTime.IsZero() {
-				c.LastTransitionTime = p.LastTransitionTime
-			}
-		}
 	}
 	st.Conditions = conds
 	return st

@@ -184,7 +184,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 		}
 		n := &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: Labels(name, &rep.Info)},
-			Status:     Status(metav1.NewTime(w.cfg.Now()), name, rep, nil),
+			Status:     Status(metav1.NewTime(w.cfg.Now()), name, rep),
 		}
 		PointKubelet(&n.Status, w.cfg.KubeletAddress, w.kubeletPort(rep))
 		// Created as the relay itself (a node may not create Nodes); the
@@ -248,7 +248,7 @@ func (w *Writer) apply(ctx context.Context, as asnode.Client, name string, rep *
 // (see statusPatch).
 func (w *Writer) patchStatus(ctx context.Context, as asnode.Client, name string, rep *Report, prev *nodeState) (*corev1.Node, error) {
 	now := metav1.NewTime(w.cfg.Now())
-	st := Status(now, name, rep, nil)
+	st := Status(now, name, rep)
 	PointKubelet(&st, w.cfg.KubeletAddress, w.kubeletPort(rep))
 	body, err := statusPatchFor(now, prev, &st)
 	if err != nil {

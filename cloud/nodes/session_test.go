@@ -100,6 +100,84 @@ func TestSessionSteadyWrites(t *testing.T) {
 	})
 }
 
+// An API server slower than the renewals come: one worker, each Lease
+// write taking 500 ms, 30 sessions, so renewals every 10 s would need
+// 15 s of writes in every 10. The renewals start late, the period grows
+// past a quarter of the Lease duration (never past three quarters), and
+// every Lease is still renewed well within its duration. (Renewed every
+// 10 s regardless, they would come as often, since the one worker
+// bounds them, but every one late, the queue never empty.)
+func TestSessionRenewalsSlowAPI(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset()
+		const ld = 40 * time.Second
+		w, err := NewWriter(WriterConfig{Client: client, LeaseDuration: ld, Workers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		leases := map[string][]time.Time{}
+		// The fake clientset holds its lock while a reactor runs: with
+		// the sleep on, no other request can be made, Stop's included.
+		var slow atomic.Bool
+		slow.Store(true)
+		client.PrependReactor("patch", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			if slow.Load() {
+				time.Sleep(500 * time.Millisecond)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			leases[a.(k8stesting.PatchAction).GetName()] = append(leases[a.(k8stesting.PatchAction).GetName()], time.Now())
+			return false, nil, nil
+		})
+		const n = 30
+		start := time.Now()
+		var sessions []*Session
+		for i := range n {
+			s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: fmt.Sprintf("gw-%d", i)})
+			s.Report(0, *report())
+			sessions = append(sessions, s)
+		}
+		// The period, sampled every second of the span: it moves both
+		// ways, growing while renewals start late and shrinking once
+		// they start on time.
+		const span = 10 * time.Minute
+		longest := time.Duration(0)
+		for range span / time.Second {
+			time.Sleep(time.Second)
+			longest = max(longest, w.pace.period())
+		}
+		synctest.Wait()
+		slow.Store(false)
+		time.Sleep(time.Second) // the write in flight, if any, ends
+		mu.Lock()
+		defer func() {
+			mu.Unlock()
+			for _, s := range sessions {
+				s.Stop()
+			}
+		}()
+		if longest <= ld/4 || longest > ld*3/4 {
+			t.Errorf("longest renewal period in %v of late renewals %v, want within (%v, %v]", span, longest, ld/4, ld*3/4)
+		}
+		for i := range n {
+			name := fmt.Sprintf("gw-%d", i)
+			got := leases[name]
+			if len(got) < int(span/(ld*3/4)) {
+				t.Fatalf("%s: %d renewals in %v", name, len(got), span)
+			}
+			for j := 1; j < len(got); j++ {
+				if got[j].Sub(start) < time.Minute {
+					continue // the fleet's start, all at once
+				}
+				if d := got[j].Sub(got[j-1]); d >= ld*7/8 {
+					t.Errorf("%s: renewal %d came %v after the one before, want well within the Lease duration %v", name, j, d, ld)
+				}
+			}
+		}
+	})
+}
+
 // Connected sessions cost no goroutine: a fleet of them, written and
 // idle between renewals, leaves none running; steps run on at most
 // Workers goroutines at once, one session never on two.

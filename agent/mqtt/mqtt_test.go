@@ -26,6 +26,7 @@ import (
 	"outpost.dev/agent/twins"
 	_ "outpost.dev/hal/all"
 	"outpost.dev/hal/sim"
+	"outpost.dev/test/harness"
 	"outpost.dev/test/wait"
 	"outpost.dev/wire"
 )
@@ -406,23 +407,8 @@ func TestKubeEdgeTopics(t *testing.T) {
 	eventually(t, "garbage rejected", func() bool { return a.bridge.Stats().Rejected == 1 })
 }
 
-// needTool finds a Debian tool; under CI=true a missing one fails the test
-// (build/install-deps.sh installs it), elsewhere it skips.
-func needTool(t testing.TB, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not found: install the Debian package %s (make install-deps)", name, pkg)
-	}
-	t.Skipf("%s not found: install the Debian package %s", name, pkg)
-	return ""
-}
-
 func TestMosquittoSubSeesRetainedReported(t *testing.T) {
-	sub := needTool(t, "mosquitto_sub", "mosquitto-clients")
+	sub := harness.RequireTool(t, "mosquitto_sub", "mosquitto-clients")
 	conn, addr := embedded(t)
 	a := startAgent(t, conn, mqtt.BridgeConfig{})
 	a.put(t, "air", bme(0))
@@ -457,7 +443,7 @@ func startMosquitto(t testing.TB) string {
 // startMosquittoOn runs Debian's mosquitto on addr until the test ends or
 // the returned function stops it; conf lines are added to its listener's.
 func startMosquittoOn(t testing.TB, addr string, conf ...string) (stop func()) {
-	bin := needTool(t, "mosquitto", "mosquitto")
+	bin := harness.RequireTool(t, "mosquitto", "mosquitto")
 	_, port, _ := net.SplitHostPort(addr)
 	file := filepath.Join(t.TempDir(), "mosquitto.conf")
 	os.WriteFile(file, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n%s", port,
@@ -514,7 +500,7 @@ func TestExternalMosquitto(t *testing.T) {
 // A broker that is down is one log line, not one per attempt; the agent
 // connects when it comes up and publishes the state it has.
 func TestExternalBrokerDownThenUp(t *testing.T) {
-	bin := needTool(t, "mosquitto", "mosquitto")
+	bin := harness.RequireTool(t, "mosquitto", "mosquitto")
 	port := freePort(t)
 	var logs syncWriter
 	var buf bytes.Buffer

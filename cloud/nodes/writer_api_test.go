@@ -30,9 +30,13 @@ import (
 // startWriter starts a real control plane and a node writer on it
 // (counting into reg), and returns the client acting as node name and a
 // report of that node.
+// startWriter starts a control plane and a Writer acting with the
+// relay's shipped RBAC (cloud/deploy), so a verb the relay lacks fails
+// these tests; ip.Client, the admin's, sets the scene.
 func startWriter(t *testing.T, ctx context.Context, name string) (*stack.InProcess, *nodes.Writer, *prometheus.Registry, asnode.Client, *nodes.Report) {
 	t.Helper()
 	ip := stack.StartInProcess(t, ctx, harness.Options{}, 50, 100)
+	ip.UseRelayRBAC(t, ctx)
 	w, reg := newWriter(t, ip, 40*time.Second)
 	return ip, w, reg, asNode(t, ip, name), report(name)
 }
@@ -40,15 +44,18 @@ func startWriter(t *testing.T, ctx context.Context, name string) (*stack.InProce
 func newWriter(t testing.TB, ip *stack.InProcess, lease time.Duration) (*nodes.Writer, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Client, LeaseDuration: lease, Registerer: reg})
+	w, err := nodes.NewWriter(nodes.WriterConfig{Client: ip.Relay, LeaseDuration: lease, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return w, reg
 }
 
+// asNode acts as node name the way the relay does (ip.AsNode), allowed
+// to as an administrator allows it.
 func asNode(t testing.TB, ip *stack.InProcess, name string) asnode.Client {
 	t.Helper()
+	ip.AllowNode(t, context.Background(), name)
 	as, err := ip.AsNode.For(name)
 	if err != nil {
 		t.Fatal(err)

@@ -23,9 +23,11 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	"outpost.dev/cloud/nodes"
 	"outpost.dev/test/harness"
+	"outpost.dev/test/wait"
 )
 
 // RelayNamespace and RelayServiceAccount are those of cloud/deploy/rbac.yaml.
@@ -168,29 +170,7 @@ func BuildBinaries(ctx context.Context, dir string, log *slog.Logger) (string, e
 // kubeconfig for the relay's ServiceAccount with a token from the
 // TokenRequest API.
 func (s *Stack) installRBAC(ctx context.Context) error {
-	root, err := harness.RepoRoot()
-	if err != nil {
-		return err
-	}
-	deploy := filepath.Join(root, "cloud", "deploy")
-	if out, err := s.CP.Kubectl(ctx, "apply", "-f", filepath.Join(deploy, "rbac.yaml"), "-f", filepath.Join(deploy, "policy.yaml")); err != nil {
-		return fmt.Errorf("apply relay RBAC and admission policies: %v\n%s", err, out)
-	}
-	var tok *authv1.TokenRequest
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		exp := int64(24 * 3600)
-		tok, err = s.CP.Client().CoreV1().ServiceAccounts(RelayNamespace).CreateToken(ctx, RelayServiceAccount,
-			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-		if err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("token for the relay's service account: %w", err)
-	}
-	ca, err := os.ReadFile(s.CP.PKI.CACert)
+	cfg, err := RelayRESTConfig(ctx, s.CP)
 	if err != nil {
 		return err
 	}
@@ -210,8 +190,40 @@ contexts:
 - name: relay
   context: {cluster: local, user: outpost-relay}
 current-context: relay
-`, s.CP.APIServerURL, base64.StdEncoding.EncodeToString(ca), tok.Status.Token)
+`, cfg.Host, base64.StdEncoding.EncodeToString(cfg.CAData), cfg.BearerToken)
 	return os.WriteFile(s.RelayKubeconfig, []byte(kc), 0o600)
+}
+
+// RelayRESTConfig applies cloud/deploy/rbac.yaml and policy.yaml to cp
+// and returns a client configuration that authenticates as the relay's
+// ServiceAccount, with a token from the TokenRequest API: what the relay
+// may do as users deploy it, no more.
+func RelayRESTConfig(ctx context.Context, cp *harness.ControlPlane) (*rest.Config, error) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	deploy := filepath.Join(root, "cloud", "deploy")
+	if out, err := cp.Kubectl(ctx, "apply", "-f", filepath.Join(deploy, "rbac.yaml"), "-f", filepath.Join(deploy, "policy.yaml")); err != nil {
+		return nil, fmt.Errorf("apply relay RBAC and admission policies: %v\n%s", err, out)
+	}
+	var tok *authv1.TokenRequest
+	exp := int64(24 * 3600)
+	// The ServiceAccount's token controller may not have caught up with
+	// the apply yet.
+	err = wait.Until(ctx, 30*time.Second, func() (bool, string) {
+		tok, err = cp.Client().CoreV1().ServiceAccounts(RelayNamespace).CreateToken(ctx, RelayServiceAccount,
+			&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+		return err == nil, fmt.Sprint(err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("token for the relay's service account: %w", err)
+	}
+	ca, err := os.ReadFile(cp.PKI.CACert)
+	if err != nil {
+		return nil, err
+	}
+	return &rest.Config{Host: cp.APIServerURL, BearerToken: tok.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: ca}}, nil
 }
 
 // CreateToken creates a bootstrap token with outpost-relay token create, as

@@ -56,8 +56,8 @@ func NewCache(client kubernetes.Interface) *Cache {
 		t := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels},
 			Spec: corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs}}
 		for _, c := range n.Status.Conditions {
-			if c.Type == nodes.ConditionLinkReady {
-				t.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
+			if c.Type == nodes.ConditionLinkReady || c.Type == corev1.NodeReady {
+				t.Status.Conditions = append(t.Status.Conditions, corev1.NodeCondition{Type: c.Type, Status: c.Status})
 			}
 		}
 		return t, nil
@@ -73,7 +73,8 @@ func (c *Cache) Synced() bool { return c.nodes.HasSynced() }
 
 // NodeInformer is the edge Node informer, for handlers that act when an
 // edge Node goes (revocation) or its pod CIDRs change. Its Nodes carry
-// only name, UID, labels, pod CIDRs and the EdgeLinkReady condition.
+// only name, UID, labels, pod CIDRs and the EdgeLinkReady and Ready
+// conditions' statuses.
 func (c *Cache) NodeInformer() cache.SharedIndexInformer { return c.nodes }
 
 // Secrets reads and writes token Secrets through the API, reads within the

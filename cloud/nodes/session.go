@@ -90,6 +90,7 @@ type Session struct {
 	pending *Report
 	seq     uint64
 	gen     uint64 // bumped by every Report, to tell a newer one apart
+	unknown bool   // NodeUnknown was called since the last step
 
 	// What the steps keep from one to the next. Only the step running
 	// touches it: the Writer's queue never runs a session on two workers
@@ -159,6 +160,19 @@ func (s *Session) Report(seq uint64, rep Report) {
 	s.wake()
 }
 
+// NodeUnknown tells the session that its Node's Ready condition was seen
+// Unknown, as the node lifecycle controller marks a Node whose Lease and
+// status it found stale. While the agent is heard from, the session then
+// writes the status again at once, from a fresh read, so the Node is
+// Ready again within a step instead of at the next refresh, as a kubelet,
+// which reads its Node every 10 s, would make it.
+func (s *Session) NodeUnknown() {
+	s.mu.Lock()
+	s.unknown = true
+	s.mu.Unlock()
+	s.wake()
+}
+
 // wake queues a step of the session; one queued or running already
 // covers it (a step put while one runs runs after it).
 func (s *Session) wake() {
@@ -214,8 +228,12 @@ func (s *Session) step() {
 	now := s.w.cfg.Now()
 
 	s.mu.Lock()
-	rep, seq, gen := s.pending, s.seq, s.gen
+	rep, seq, gen, unknown := s.pending, s.seq, s.gen, s.unknown
+	s.unknown = false
 	s.mu.Unlock()
+	if unknown && s.node != nil && s.cfg.Alive() {
+		s.reread, s.refreshAt = true, now
+	}
 	if rep == nil && s.node != nil && s.last != nil && !now.Before(s.refreshAt) {
 		rep, seq = s.last, 0 // a refresh acks nothing
 	}

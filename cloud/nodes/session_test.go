@@ -236,6 +236,54 @@ func TestSessionsShareWorkers(t *testing.T) {
 	})
 }
 
+// A Node marked Unknown (the node lifecycle controller's mark) while the
+// agent is heard from is written Ready again within a step, not at the
+// next refresh; while the agent is silent it is left as it is.
+func TestSessionNodeUnknown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		w, client := newWriter(t)
+		var alive atomic.Bool
+		alive.Store(true)
+		s := w.Start(ctx, SessionConfig{Client: client, Name: "gw-1", Alive: alive.Load})
+		defer s.Stop()
+		s.Report(0, *report())
+		synctest.Wait()
+		ready := func() corev1.NodeCondition {
+			t.Helper()
+			n, err := client.CoreV1().Nodes().Get(ctx, "gw-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n.Status.Conditions[condIndex(n.Status.Conditions, corev1.NodeReady)]
+		}
+		if c := ready(); c.Status != corev1.ConditionTrue {
+			t.Fatalf("Ready %s after the first write", c.Status)
+		}
+		for _, tc := range []struct {
+			alive bool
+			want  corev1.ConditionStatus
+		}{{false, corev1.ConditionUnknown}, {true, corev1.ConditionTrue}} {
+			alive.Store(tc.alive)
+			n, err := client.CoreV1().Nodes().Get(ctx, "gw-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := condIndex(n.Status.Conditions, corev1.NodeReady)
+			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = corev1.ConditionUnknown, "NodeStatusUnknown"
+			if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			s.NodeUnknown()
+			time.Sleep(time.Second)
+			synctest.Wait()
+			if c := ready(); c.Status != tc.want {
+				t.Fatalf("agent heard from %v: Ready %s (%s) a second after the Node was marked Unknown, want %s", tc.alive, c.Status, c.Reason, tc.want)
+			}
+		}
+	})
+}
+
 // Stop waits for the step running, then marks the link down; no step
 // runs after it.
 func TestSessionStopWaitsForStep(t *testing.T) {

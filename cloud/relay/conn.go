@@ -127,6 +127,9 @@ type conn struct {
 	// pods is the pod sync, once started: the kubelet API finds a pod's
 	// node among the connections' pod watches.
 	pods atomic.Pointer[pods.Session]
+	// sess is the node session, once started: the edge-Node informer
+	// tells it of a Node marked Unknown (nodeMarkedUnknown).
+	sess atomic.Pointer[nodes.Session]
 	// stats are the stats requests waiting for the agent (resource.go).
 	stats statsWaiters
 	// kubelet is the node's own kubelet API server, if any (serveKubelet).
@@ -136,7 +139,6 @@ type conn struct {
 	version     uint16
 	hello       wire.Hello
 	kport       int32
-	sess        *nodes.Session
 	pstatus     *podstatus.Session
 	twinReports *twins
 	up          *upgrade.Session
@@ -482,7 +484,7 @@ func (c *conn) setup() bool {
 	if !c.onEnd(c.stopKubelet) {
 		return false
 	}
-	c.sess = s.nodes.Start(s.ctx, nodes.SessionConfig{
+	sess := s.nodes.Start(s.ctx, nodes.SessionConfig{
 		Name:    c.node,
 		Client:  as,
 		OnAck:   func(seq uint64) { c.acks.doneUpTo(wire.TypeNodeStatus, seq) },
@@ -491,7 +493,8 @@ func (c *conn) setup() bool {
 		Create:  s.createHooks(c.node, c.serial),
 		Log:     c.log,
 	})
-	if !c.onEnd(c.sess.Stop) {
+	c.sess.Store(sess)
+	if !c.onEnd(sess.Stop) {
 		return false
 	}
 
@@ -512,7 +515,7 @@ func (c *conn) setup() bool {
 	// A change the Node informer saw before this point was not sent.
 	c.acked.Store(true)
 	s.podCIDRsChanged(c.node, s.podCIDRs(c.node))
-	c.sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node, KubeletPort: c.kport})
+	sess.Report(0, nodes.Report{AgentVersion: h.AgentVersion, Info: h.Node, KubeletPort: c.kport})
 	c.log.Info("agent connected", "agent_version", h.AgentVersion, "protocol", c.version, "board", h.Node.Board, "arch", h.Node.Arch)
 
 	// Downstream: the pods bound to this node, from the versions the agent
@@ -584,7 +587,7 @@ func (c *conn) frame(f wire.Frame) {
 		// Acked by the session once the API write succeeded; Report
 		// never waits (the session keeps the latest).
 		c.acks.received(f.Type, f.Seq)
-		c.sess.Report(f.Seq, nodes.Report{AgentVersion: c.hello.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link, KubeletPort: c.kport})
+		c.sess.Load().Report(f.Seq, nodes.Report{AgentVersion: c.hello.AgentVersion, Info: st.Node, Conditions: st.Conditions, Link: st.Link, KubeletPort: c.kport})
 	case wire.TypePodStatus:
 		st := new(wire.PodStatus)
 		if err := f.DecodeBody(st); err != nil {

@@ -116,6 +116,9 @@ func (s *Server) watchRevocations() {
 			if n, ok := o.(*corev1.Node); ok {
 				s.edgeNodeSeen(n.Name)
 				s.podCIDRsChanged(n.Name, nodeCIDRs(n))
+				if readyUnknown(n) {
+					s.nodeMarkedUnknown(n.Name)
+				}
 			}
 		},
 		DeleteFunc: func(o any) {
@@ -140,6 +143,34 @@ func (s *Server) edgeNodeSeen(node string) {
 	}
 	if p := c.pods.Load(); p != nil {
 		p.NodeChanged()
+	}
+}
+
+// readyUnknown reports whether n's Ready condition is Unknown: the node
+// lifecycle controller's mark of a Node whose Lease and status it found
+// stale. The relay itself never writes Unknown.
+func readyUnknown(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionUnknown
+		}
+	}
+	return false
+}
+
+// nodeMarkedUnknown tells the session of node's connection, if this
+// replica holds one, that the Node was marked Unknown: it writes the
+// status again, so a connected node does not stay NotReady until its
+// next refresh.
+func (s *Server) nodeMarkedUnknown(node string) {
+	s.mu.Lock()
+	c := s.conns[node]
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if ns := c.sess.Load(); ns != nil {
+		ns.NodeUnknown()
 	}
 }
 

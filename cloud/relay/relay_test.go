@@ -319,6 +319,41 @@ func TestHelloHeartbeatStatus(t *testing.T) {
 	}
 }
 
+// A connected node's Node marked Unknown, as the node lifecycle
+// controller marks one it found stale, is Ready again within seconds: the
+// edge-Node informer tells the connection's node session, which writes
+// the status at once instead of at its next refresh, minutes later.
+func TestNodeMarkedUnknownWrittenReady(t *testing.T) {
+	tr := newTestRelay(t, nil)
+	c := tr.hello(t, "gw-unk")
+	ready := func() corev1.ConditionStatus {
+		n := getNode(tr, "gw-unk")
+		if n == nil {
+			return ""
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				return cond.Status
+			}
+		}
+		return ""
+	}
+	waitFor(t, "node gw-unk Ready", func() bool { return ready() == corev1.ConditionTrue })
+	send(t, c, encode(t, wire.TypeHeartbeat, 0, nil)) // the agent is heard from
+	mustRecv(t, c, wire.TypeHeartbeat)
+
+	n := getNode(tr, "gw-unk")
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == corev1.NodeReady {
+			n.Status.Conditions[i].Status, n.Status.Conditions[i].Reason = corev1.ConditionUnknown, "NodeStatusUnknown"
+		}
+	}
+	if _, err := tr.client.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node gw-unk Ready again after it was marked Unknown", func() bool { return ready() == corev1.ConditionTrue })
+}
+
 func TestUnknownTypeIsNotFatal(t *testing.T) {
 	tr := newTestRelay(t, nil)
 	c := tr.hello(t, "gw-1")

@@ -20,6 +20,17 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 )
 
+// startFleet starts n sessions, gw-0 to gw-<n-1>, each with its first
+// report, at one instant.
+func startFleet(w *Writer, n int) []*Session {
+	sessions := make([]*Session, n)
+	for i := range sessions {
+		sessions[i] = w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: fmt.Sprintf("gw-%d", i)})
+		sessions[i].Report(0, *report())
+	}
+	return sessions
+}
+
 // A fleet of sessions started at one instant, as after a relay restart,
 // writes what a kubelet would: each Lease renewed every LeaseDuration/4
 // and each unchanged status written every statusRefresh, never less often;
@@ -48,12 +59,7 @@ func TestSessionSteadyWrites(t *testing.T) {
 		})
 		const n = 20
 		start := time.Now()
-		var sessions []*Session
-		for i := range n {
-			s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: fmt.Sprintf("gw-%d", i)})
-			s.Report(0, *report())
-			sessions = append(sessions, s)
-		}
+		sessions := startFleet(w, n)
 		const span = 10 * time.Minute
 		time.Sleep(span - time.Nanosecond)
 		synctest.Wait()
@@ -132,12 +138,7 @@ func TestSessionRenewalsSlowAPI(t *testing.T) {
 		})
 		const n = 30
 		start := time.Now()
-		var sessions []*Session
-		for i := range n {
-			s := w.Start(context.Background(), SessionConfig{Client: w.cfg.Client, Name: fmt.Sprintf("gw-%d", i)})
-			s.Report(0, *report())
-			sessions = append(sessions, s)
-		}
+		sessions := startFleet(w, n)
 		// The period, sampled every second of the span: it moves both
 		// ways, growing while renewals start late and shrinking once
 		// they start on time.

@@ -845,9 +845,7 @@ func (s *Server) podCIDRs(node string) []string {
 // podCIDRsChanged tells node's agent, once its hello-ack went out, of pod
 // CIDRs that differ from what it was last told.
 func (s *Server) podCIDRsChanged(node string, cidrs []string) {
-	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
+	c := s.connOf(node)
 	if c == nil || !c.acked.Load() || len(cidrs) == 0 {
 		return
 	}

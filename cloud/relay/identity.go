@@ -135,15 +135,18 @@ func (s *Server) watchRevocations() {
 // edgeNodeSeen tells node's pod sync, if it waits for its edge Node in
 // the cache (pods.Config.Nodes), that the cache holds it now.
 func (s *Server) edgeNodeSeen(node string) {
+	if c := s.connOf(node); c != nil {
+		if p := c.pods.Load(); p != nil {
+			p.NodeChanged()
+		}
+	}
+}
+
+// connOf is node's connection to this replica, nil if it has none.
+func (s *Server) connOf(node string) *conn {
 	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
-	if c == nil {
-		return
-	}
-	if p := c.pods.Load(); p != nil {
-		p.NodeChanged()
-	}
+	defer s.mu.Unlock()
+	return s.conns[node]
 }
 
 // readyUnknown reports whether n's Ready condition is Unknown: the node
@@ -163,14 +166,10 @@ func readyUnknown(n *corev1.Node) bool {
 // status again, so a connected node does not stay NotReady until its
 // next refresh.
 func (s *Server) nodeMarkedUnknown(node string) {
-	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
-	if c == nil {
-		return
-	}
-	if ns := c.sess.Load(); ns != nil {
-		ns.NodeUnknown()
+	if c := s.connOf(node); c != nil {
+		if ns := c.sess.Load(); ns != nil {
+			ns.NodeUnknown()
+		}
 	}
 }
 
@@ -178,9 +177,7 @@ func (s *Server) recordChanged(rec *identity.Record) {
 	if rec == nil {
 		return
 	}
-	s.mu.Lock()
-	c := s.conns[rec.Node]
-	s.mu.Unlock()
+	c := s.connOf(rec.Node)
 	if c != nil && !rec.Accepts(c.serial) {
 		s.closeNode(rec.Node, c.serial, rec.Refusal(rec.Node, c.serial))
 	}
@@ -189,9 +186,7 @@ func (s *Server) recordChanged(rec *identity.Record) {
 // closeNode closes node's link (if serial is not "", only a link with that
 // certificate) with CloseRevoked, telling the agent why.
 func (s *Server) closeNode(node, serial, why string) {
-	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
+	c := s.connOf(node)
 	if c == nil || (serial != "" && c.serial != serial) {
 		return
 	}

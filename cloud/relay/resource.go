@@ -130,9 +130,7 @@ func (sw *statsWaiters) deliver(r *wire.StatsResponse) {
 // statsOf asks the agent of node for its usage. On failure it returns an
 // HTTP status and a reason.
 func (s *Server) statsOf(r *http.Request, node string, req wire.StatsRequest) (*wire.StatsResponse, int, string) {
-	s.mu.Lock()
-	c := s.conns[node]
-	s.mu.Unlock()
+	c := s.connOf(node)
 	if c == nil {
 		return nil, http.StatusServiceUnavailable, fmt.Sprintf("edge node %q is not connected to this relay replica (%s): it is offline, or connected to another replica", node, s.cfg.KubeletAddress)
 	}

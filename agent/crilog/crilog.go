@@ -18,7 +18,6 @@
 package crilog
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -131,33 +130,23 @@ func (w *Writer) Close() error {
 	return w.f.Close()
 }
 
-// Copy reads r line by line and writes each as a record of stream until
-// r ends. A last line without a newline is written whole at EOF; when
-// reading fails otherwise (the reader was closed under it) it is written
-// as a partial record, its rest following in the next.
+// Copy reads r line by line (lineReader: lines of at most maxLine bytes,
+// in a buffer no bigger than the stream needs) and writes each as a
+// record of stream until r ends. A last line without a newline is written
+// whole at EOF; when reading fails otherwise (the reader was closed under
+// it) it is written as a partial record, its rest following in the next.
 func (w *Writer) Copy(stream string, r io.Reader) error {
-	br := bufio.NewReaderSize(r, maxLine)
+	lr := newLineReader(r)
 	for {
-		line, err := br.ReadSlice('\n')
-		switch {
-		case err == nil:
-			if werr := w.Record(stream, line[:len(line)-1], false); werr != nil {
-				return werr
-			}
-		case errors.Is(err, bufio.ErrBufferFull):
-			if werr := w.Record(stream, line, true); werr != nil {
-				return werr
-			}
-		default:
-			if len(line) > 0 {
-				if werr := w.Record(stream, line, err != io.EOF); werr != nil {
-					return werr
-				}
-			}
-			if err == io.EOF {
-				return nil
-			}
+		line, partial, err := lr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
 			return err
+		}
+		if werr := w.Record(stream, line, partial); werr != nil {
+			return werr
 		}
 	}
 }

@@ -9,9 +9,9 @@
 // (what "outpost-agent logger" and outpost-logger run), one small process
 // per container, started and owned by the container's shim, so a
 // container's output never depends on the agent being up; or the agent
-// drives it itself with CopyStreams on the shim's FIFOs
-// (agent/runtime/containerd, Spec.LogInAgent). docs/containerd.md
-// measures the two.
+// drives it itself on the shim's FIFOs with a Pump, every container's
+// streams on one goroutine (agent/runtime/containerd, Spec.LogInAgent).
+// docs/containerd.md measures the two.
 //
 // Stream is the reader: the current (or previous) log of a container with
 // kubectl's tail, since, limit and follow semantics, across rotations.

@@ -2,7 +2,9 @@ package crilog
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"syscall"
 )
 
 // minLineBuf is what a stream's line reader holds while its container's
@@ -16,9 +18,9 @@ const minLineBuf = 1 << 10
 // minLineBuf; it grows (×4, up to maxLine) when a line does not fit in
 // it, or when a read filled it (output arriving faster than the buffer
 // drains); it goes back to minLineBuf once it is empty and the last read
-// did not fill it. So a copy blocked in a read on a quiet container holds
-// minLineBuf bytes, and one that keeps up with a busy container reads in
-// big chunks.
+// did not fill it, or a non-blocking read found the stream drained. So a
+// copy waiting on a quiet container holds minLineBuf bytes, and one that
+// keeps up with a busy container reads in big chunks.
 type lineReader struct {
 	r          io.Reader
 	buf        []byte
@@ -26,6 +28,7 @@ type lineReader struct {
 	scanned    int   // buf[start:start+scanned] holds no newline
 	err        error // the read error after buf[start:end]
 	lastFull   bool  // the last read filled the buffer
+	total      int64 // bytes read
 }
 
 func newLineReader(r io.Reader) *lineReader { return &lineReader{r: r} }
@@ -33,8 +36,10 @@ func newLineReader(r io.Reader) *lineReader { return &lineReader{r: r} }
 // next returns the next record: a line without its newline (whole), the
 // first maxLine bytes of a longer line (partial), or, when the stream
 // ends, what is left of an unterminated line: whole at io.EOF, partial on
-// any other error, which the following call returns. The line is valid
-// until the next call.
+// any other error, which the following call returns. A reader of a
+// non-blocking descriptor that has nothing now returns syscall.EAGAIN: next
+// returns it once, keeping what it holds of an unfinished line, and reads
+// again on the following call. The line is valid until the next call.
 func (l *lineReader) next() (line []byte, partial bool, err error) {
 	for empty := 0; ; {
 		if i := bytes.IndexByte(l.buf[l.start+l.scanned:l.end], '\n'); i >= 0 {
@@ -52,6 +57,14 @@ func (l *lineReader) next() (line []byte, partial bool, err error) {
 			return line, true, nil
 		}
 		if l.err != nil {
+			if errors.Is(l.err, syscall.EAGAIN) {
+				l.err = nil
+				if l.start == l.end && len(l.buf) > minLineBuf {
+					// drained: a quiet stream holds minLineBuf
+					l.buf, l.start, l.end, l.scanned = make([]byte, minLineBuf), 0, 0, 0
+				}
+				return nil, false, syscall.EAGAIN
+			}
 			if l.start < l.end {
 				line = l.buf[l.start:l.end]
 				l.start = l.end
@@ -94,6 +107,7 @@ func (l *lineReader) fill() int {
 	}
 	l.lastFull = l.end+n == len(l.buf)
 	l.end += n
+	l.total += int64(n)
 	l.err = err
 	return n
 }

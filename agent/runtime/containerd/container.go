@@ -121,19 +121,19 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	}
 	tty := info.Labels[LabelTTY] == "true"
 	rotation, inAgent := info.Labels[labelLogFIFO]
-	var logFiles []*os.File
+	var logFDs []int
 	if inAgent {
 		if err := r.waitLogCopy(ctx, id); err != nil {
 			return err
 		}
-		paths, files, err := r.openLogFIFOs(id, tty, true)
+		paths, fds, err := r.openLogFIFOs(id, tty, true)
 		if err != nil {
 			return fmt.Errorf("container %s: log FIFOs: %w", id, err)
 		}
-		logFiles = files
+		logFDs = fds
 		defer func() {
-			for _, f := range logFiles { // unless handed to copyLogs
-				f.Close()
+			for _, fd := range logFDs { // unless handed to copyLogs
+				unix.Close(fd)
 			}
 		}()
 		req = req.str(createTaskStdout, paths[0])
@@ -171,8 +171,8 @@ func (r *Runtime) Start(ctx context.Context, id string) error {
 	if inAgent {
 		// The shim holds the write ends now: reads see EOF only when it
 		// closes them.
-		r.copyLogs(id, info.Labels[labelLogPath], rotation, logFiles)
-		logFiles = nil
+		r.copyLogs(id, info.Labels[labelLogPath], rotation, logFDs)
+		logFDs = nil
 	}
 	if fl != nil {
 		if err := r.startFIFOLogger(fl, id, logURI); err != nil {

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -18,10 +15,10 @@ import (
 
 // Logging in the agent (Spec.LogInAgent). The task's stdout and stderr are
 // FIFOs, Config.LogFIFODir/<container ID>.out and .err; the shim copies
-// the container's output into them and this package copies them, one
-// goroutine per stream, into the CRI log file with crilog's Writer (the
-// same format, rotation and bounds as the binary logger), with no process
-// per container.
+// the container's output into them and this package copies them into the
+// CRI log file with crilog's Writer (the same format, rotation and bounds
+// as the binary logger), with no process per container: every container's
+// streams on the one goroutine of the Runtime's crilog.Pump.
 //
 // The shim holds a read end of each FIFO itself, so the FIFOs, and what is
 // in them, outlive the agent: after a restart AttachLogs opens them again
@@ -45,8 +42,8 @@ const logPipeSize = 1 << 20
 
 // logCopy is the copy of one container's output into its log.
 type logCopy struct {
-	files []*os.File
-	done  chan struct{}
+	pc   *crilog.PumpCopy
+	done chan struct{} // closed once pc is done and logCopies forgot it
 }
 
 // logFIFOPaths are container id's stdout and stderr FIFOs. The ID becomes
@@ -97,9 +94,9 @@ func logRotation(sp Spec) (string, error) {
 
 // openLogFIFOs makes (unless make is false) and opens the read ends of
 // container id's log FIFOs, non-blocking: the shim's opens of the write
-// ends then do not wait, and the reads go through Go's poller. Without
+// ends then do not wait, and the Runtime's crilog.Pump reads them. Without
 // terminal, stderr is a FIFO of its own; a terminal's output is all stdout.
-func (r *Runtime) openLogFIFOs(id string, tty, create bool) (paths []string, files []*os.File, err error) {
+func (r *Runtime) openLogFIFOs(id string, tty, create bool) (paths []string, fds []int, err error) {
 	out, errp, err := r.logFIFOPaths(id)
 	if err != nil {
 		return nil, nil, err
@@ -109,8 +106,8 @@ func (r *Runtime) openLogFIFOs(id string, tty, create bool) (paths []string, fil
 		paths = append(paths, errp)
 	}
 	closeAll := func() {
-		for _, f := range files {
-			f.Close()
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
 	}
 	for _, p := range paths {
@@ -134,53 +131,47 @@ func (r *Runtime) openLogFIFOs(id string, tty, create bool) (paths []string, fil
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETPIPE_SZ, logPipeSize); err != nil {
 			r.log.Debug("a log FIFO keeps the kernel's pipe size", "path", p, "err", err)
 		}
-		files = append(files, os.NewFile(uintptr(fd), p))
+		fds = append(fds, fd)
 	}
-	return paths, files, nil
+	return paths, fds, nil
 }
 
-// copyLogs copies files (stdout, and stderr unless a terminal) into the
-// log at path until the shim closes them (the task is deleted) or Close
-// closes them. The caller has checked no copy of id runs.
-func (r *Runtime) copyLogs(id, path, rotation string, files []*os.File) {
+// copyLogs copies the FIFOs' read ends fds (stdout, and stderr unless a
+// terminal), which it takes over, into the log at path until the shim
+// closes them (the task is deleted) or Close stops the copy. The caller
+// has checked no copy of id runs.
+func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 	q, _ := url.ParseQuery(rotation)
 	maxSize, _ := strconv.ParseInt(q.Get("max-size"), 10, 64)
 	maxFiles, _ := strconv.Atoi(q.Get("max-files"))
-	lc := &logCopy{files: files, done: make(chan struct{})}
+	w, err := crilog.OpenWriter(path, maxSize, maxFiles)
+	if err != nil {
+		r.log.Warn("a container's log cannot be written; its output is dropped", "container", id, "err", err)
+		w = nil // the pump still reads the FIFOs: the container never blocks on them
+	}
+	pc, err := r.logPump.Start(w, fds...)
+	if err != nil {
+		r.log.Warn("a container's output cannot be copied; it blocks once its pipes are full", "container", id, "err", err)
+		if w != nil {
+			w.Close()
+		}
+		return
+	}
+	lc := &logCopy{pc: pc, done: make(chan struct{})}
 	r.logMu.Lock()
 	r.logCopies[id] = lc
 	r.logMu.Unlock()
-	var stderr io.Reader
-	if len(files) > 1 {
-		stderr = files[1]
-	}
 	go func() {
-		defer func() {
-			for _, f := range files {
-				f.Close()
-			}
-			r.logMu.Lock()
-			if r.logCopies[id] == lc {
-				delete(r.logCopies, id)
-			}
-			r.logMu.Unlock()
-			close(lc.done)
-		}()
-		w, err := crilog.OpenWriter(path, maxSize, maxFiles)
-		if err != nil {
-			r.log.Warn("a container's log cannot be written; its output is dropped", "container", id, "err", err)
-			var wg sync.WaitGroup
-			for _, f := range files[1:] {
-				wg.Go(func() { _, _ = io.Copy(io.Discard, f) })
-			}
-			_, _ = io.Copy(io.Discard, files[0])
-			wg.Wait()
-			return
-		}
-		if err := w.CopyStreams(files[0], stderr); err != nil && !errors.Is(err, os.ErrClosed) {
+		<-pc.Done()
+		if err := pc.Err(); err != nil {
 			r.log.Warn("copying a container's output into its log", "container", id, "err", err)
 		}
-		w.Close()
+		r.logMu.Lock()
+		if r.logCopies[id] == lc {
+			delete(r.logCopies, id)
+		}
+		r.logMu.Unlock()
+		close(lc.done)
 	}()
 }
 
@@ -226,12 +217,12 @@ func (r *Runtime) AttachLogs(ctx context.Context) error {
 		if running {
 			continue
 		}
-		_, files, err := r.openLogFIFOs(c.ID, c.Labels[LabelTTY] == "true", false)
+		_, fds, err := r.openLogFIFOs(c.ID, c.Labels[LabelTTY] == "true", false)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("container %s: attach to its log FIFOs: %w", c.ID, err))
 			continue
 		}
-		r.copyLogs(c.ID, c.Labels[labelLogPath], rot, files)
+		r.copyLogs(c.ID, c.Labels[labelLogPath], rot, fds)
 	}
 	return errors.Join(errs...)
 }
@@ -247,9 +238,7 @@ func (r *Runtime) closeLogs() {
 	}
 	r.logMu.Unlock()
 	for _, lc := range all {
-		for _, f := range lc.files {
-			f.Close()
-		}
+		r.logPump.Stop(lc.pc)
 	}
 	for _, lc := range all {
 		<-lc.done

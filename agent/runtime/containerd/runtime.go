@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"outpost.dev/agent/crilog"
 )
 
 // DefaultNamespace is the containerd namespace Outpost's containers live in.
@@ -79,8 +81,9 @@ type Runtime struct {
 	// tlsHTTP holds a client per registry with a CA of its own.
 	tlsHTTP map[string]*http.Client
 
+	logPump   *crilog.Pump // copies the containers logged by the agent (Spec.LogInAgent)
 	logMu     sync.Mutex
-	logCopies map[string]*logCopy // by container ID (Spec.LogInAgent)
+	logCopies map[string]*logCopy // by container ID
 }
 
 // New returns a Runtime for the containerd at cfg.Address and creates its
@@ -102,6 +105,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		log:  log,
 		http: &http.Client{Timeout: 0},
 
+		logPump:   crilog.NewPump(),
 		logCopies: map[string]*logCopy{},
 	}
 	if err := r.registryTLS(); err != nil {

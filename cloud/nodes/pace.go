@@ -16,8 +16,11 @@ import (
 // renewal of a period started on time again
 // (within onTime), it shrinks back by a sixteenth of the Lease duration
 // per period, down to the quarter. A renewal then still comes within the
-// Lease duration, and within the node lifecycle controller's grace
-// period, which is no shorter.
+// Lease duration (--lease-duration, 40 s by default), so within the node
+// lifecycle controller's grace period whenever that is at least as long
+// (kube-controller-manager --node-monitor-grace-period, whose default is).
+// A cluster with a shorter grace period needs a Lease duration no longer
+// than it, or at the slowest pace its Nodes go NotReady between renewals.
 //
 // The decision is made once per period, because a new period reaches
 // the arrival rate of renewals only after one period: each session takes

@@ -25,8 +25,8 @@ import (
 // output.
 type Pump struct {
 	mu      sync.Mutex
-	epfd    int // -1 until the first Start
-	wakefd  int // eventfd: Stop asks the loop to look
+	epfd    int // -1 while no copy runs
+	wakefd  int // eventfd: Stop asks the loop to look; -1 with epfd
 	streams map[int32]*pumpStream
 	running bool
 }
@@ -62,7 +62,8 @@ type pumpStream struct {
 	finished bool // its descriptor is closed (the number may be reused)
 }
 
-// NewPump returns a Pump; it opens its epoll instance on the first Start.
+// NewPump returns a Pump; it opens its epoll instance when a copy starts
+// and closes it when the last copy has ended.
 func NewPump() *Pump {
 	return &Pump{epfd: -1, wakefd: -1, streams: map[int32]*pumpStream{}}
 }
@@ -98,6 +99,9 @@ func (p *Pump) Start(w *Writer, fds ...int) (*PumpCopy, error) {
 				delete(p.streams, int32(added))
 			}
 			closeAll()
+			if len(p.streams) == 0 && !p.running {
+				p.closeLocked()
+			}
 			return nil, fmt.Errorf("watch a log stream: %w", err)
 		}
 		p.streams[int32(fd)] = s
@@ -115,9 +119,11 @@ func (p *Pump) Start(w *Writer, fds ...int) (*PumpCopy, error) {
 // short as a partial record. It does not wait: see Done.
 func (p *Pump) Stop(c *PumpCopy) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	c.stop = true
-	p.mu.Unlock()
-	p.wake()
+	if p.wakefd >= 0 {
+		_, _ = unix.Write(p.wakefd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}
 }
 
 func (p *Pump) openLocked() error {
@@ -143,15 +149,6 @@ func (p *Pump) openLocked() error {
 	return nil
 }
 
-func (p *Pump) wake() {
-	p.mu.Lock()
-	fd := p.wakefd
-	p.mu.Unlock()
-	if fd >= 0 {
-		_, _ = unix.Write(fd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-	}
-}
-
 // run is the loop: it ends when no stream is left.
 func (p *Pump) run() {
 	events := make([]unix.EpollEvent, 16)
@@ -164,12 +161,13 @@ func (p *Pump) run() {
 			}
 		}
 		if len(p.streams) == 0 {
-			p.running = false
+			p.closeLocked()
 			p.mu.Unlock()
 			return
 		}
+		epfd := p.epfd
 		p.mu.Unlock()
-		n, err := unix.EpollWait(p.epfd, events, -1)
+		n, err := unix.EpollWait(epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -273,6 +271,15 @@ func (p *Pump) failAll(err error) {
 	for _, s := range p.streams {
 		p.finishLocked(s, err)
 	}
+	p.closeLocked()
+}
+
+// closeLocked ends the loop: an idle Pump holds no descriptor; the next
+// Start opens them again.
+func (p *Pump) closeLocked() {
+	unix.Close(p.epfd)
+	unix.Close(p.wakefd)
+	p.epfd, p.wakefd = -1, -1
 	p.running = false
 }
 

@@ -58,12 +58,13 @@ func waitDone(t *testing.T, c *PumpCopy) {
 func pumpIdle(p *Pump) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.running && len(p.streams) == 0
+	return !p.running && len(p.streams) == 0 && p.epfd < 0 && p.wakefd < 0
 }
 
 // TestPumpCopies: several containers' streams, written at once, each
 // lands whole and in order in its own log; once the writers are gone the
-// copies end, their descriptors are closed and the loop's goroutine ends.
+// copies end, their descriptors are closed, the loop's goroutine ends and
+// the pump holds no descriptor.
 func TestPumpCopies(t *testing.T) {
 	p := NewPump()
 	dir := t.TempDir()
@@ -121,6 +122,24 @@ func TestPumpCopies(t *testing.T) {
 		}
 	}
 	wait.For(t, time.Minute, "the pump's goroutine to end", func() bool { return pumpIdle(p) })
+
+	// An idle pump starts again.
+	path := filepath.Join(dir, "again")
+	w, err := OpenWriter(path, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, wr := pipe(t)
+	c, err := p.Start(w, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(wr, "again\n")
+	wr.Close()
+	waitDone(t, c)
+	if got := strings.Join(records(t, path)["stdout"], "|"); got != "F again" {
+		t.Errorf("after idle: records %q", got)
+	}
 }
 
 func firstDiff(a, b []string) int {
@@ -302,7 +321,7 @@ func TestPumpStartErrors(t *testing.T) {
 		t.Error("the refused descriptor was left open")
 	}
 	if !pumpIdle(p) {
-		t.Error("a refused copy left the pump running")
+		t.Error("a refused copy left the pump running or its descriptors open")
 	}
 }
 

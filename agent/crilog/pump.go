@@ -29,6 +29,7 @@ type Pump struct {
 	wakefd  int // eventfd: Stop asks the loop to look; -1 with epfd
 	streams map[int32]*pumpStream
 	running bool
+	ended   []*PumpCopy // copies whose then is still to be called
 }
 
 // pumpTurnBytes is the most a stream's turn reads before the next stream's.
@@ -37,6 +38,7 @@ const pumpTurnBytes = 64 << 10
 // PumpCopy is one container's copy: its streams into one Writer.
 type PumpCopy struct {
 	w    *Writer // nil: the output is read and dropped
+	then func(error)
 	done chan struct{}
 	stop bool // guarded by Pump.mu
 
@@ -71,8 +73,11 @@ func NewPump() *Pump {
 // Start copies fds into w: fds[0] as "stdout" and fds[1], if given, as
 // "stderr". Each must be the read end of a FIFO or pipe and non-blocking;
 // the Pump owns them from now on, on error too. A nil w drops the
-// output (it is still read, so the container never blocks on it).
-func (p *Pump) Start(w *Writer, fds ...int) (*PumpCopy, error) {
+// output (it is still read, so the container never blocks on it). then,
+// if not nil, is called with Err once the copy has ended, before Done is
+// closed, on the Pump's goroutine with no lock of the Pump's held: it
+// must not wait for another copy.
+func (p *Pump) Start(w *Writer, then func(error), fds ...int) (*PumpCopy, error) {
 	closeAll := func() {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -88,7 +93,7 @@ func (p *Pump) Start(w *Writer, fds ...int) (*PumpCopy, error) {
 		closeAll()
 		return nil, err
 	}
-	c := &PumpCopy{w: w, done: make(chan struct{}), writeOK: w != nil}
+	c := &PumpCopy{w: w, then: then, done: make(chan struct{}), writeOK: w != nil}
 	names := []string{"stdout", "stderr"}
 	for i, fd := range fds {
 		s := &pumpStream{fd: fd, name: names[i], lr: newLineReader(fdReader(fd)), c: c}
@@ -163,10 +168,12 @@ func (p *Pump) run() {
 		if len(p.streams) == 0 {
 			p.closeLocked()
 			p.mu.Unlock()
+			p.endCopies()
 			return
 		}
 		epfd := p.epfd
 		p.mu.Unlock()
+		p.endCopies()
 		n, err := unix.EpollWait(epfd, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -214,6 +221,7 @@ func (p *Pump) turn(s *pumpStream) {
 			p.mu.Lock()
 			p.finishLocked(s, err)
 			p.mu.Unlock()
+			p.endCopies()
 			return
 		}
 		s.c.write(s.name, line, partial)
@@ -260,18 +268,34 @@ func (p *Pump) finishLocked(s *pumpStream, err error) {
 				s.c.err = cerr
 			}
 		}
-		close(s.c.done)
+		p.ended = append(p.ended, s.c)
+	}
+}
+
+// endCopies calls the then of each copy that ended and closes its Done,
+// without the lock.
+func (p *Pump) endCopies() {
+	p.mu.Lock()
+	ended := p.ended
+	p.ended = nil
+	p.mu.Unlock()
+	for _, c := range ended {
+		if c.then != nil {
+			c.then(c.err)
+		}
+		close(c.done)
 	}
 }
 
 // failAll ends every copy when the loop itself cannot go on.
 func (p *Pump) failAll(err error) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for _, s := range p.streams {
 		p.finishLocked(s, err)
 	}
 	p.closeLocked()
+	p.mu.Unlock()
+	p.endCopies()
 }
 
 // closeLocked ends the loop: an idle Pump holds no descriptor; the next

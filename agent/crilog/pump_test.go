@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,8 @@ func TestPumpCopies(t *testing.T) {
 	const containers, lines = 6, 3000
 	var wg sync.WaitGroup
 	var copies []*PumpCopy
+	var writers []*os.File
+	thenCalled := make([]bool, containers)
 	for i := range containers {
 		w, err := OpenWriter(filepath.Join(dir, fmt.Sprint(i)), 64<<20, 1)
 		if err != nil {
@@ -78,31 +81,40 @@ func TestPumpCopies(t *testing.T) {
 		}
 		outR, outW := pipe(t)
 		errR, errW := pipe(t)
-		c, err := p.Start(w, outR, errR)
+		c, err := p.Start(w, func(err error) { thenCalled[i] = err == nil }, outR, errR)
 		if err != nil {
 			t.Fatal(err)
 		}
 		copies = append(copies, c)
-		for j, f := range []*os.File{outW, errW} {
-			wg.Go(func() {
-				defer f.Close()
-				for n := range lines {
-					// some long lines: over maxLine, split into P records
-					if n%1000 == 999 {
-						fmt.Fprintf(f, "%d-%d %s\n", j, n, strings.Repeat("x", maxLine+100))
-						continue
-					}
-					fmt.Fprintf(f, "%d-%d\n", j, n)
+		writers = append(writers, outW, errW)
+	}
+	// Every copy runs (no writer has closed its end yet) on one goroutine.
+	if n := pumpGoroutines(); n != 1 {
+		t.Errorf("%d copies running on %d pump goroutines, want 1", containers, n)
+	}
+	for i, f := range writers {
+		j := i % 2 // 0 stdout, 1 stderr
+		wg.Go(func() {
+			defer f.Close()
+			for n := range lines {
+				// some long lines: over maxLine, split into P records
+				if n%1000 == 999 {
+					fmt.Fprintf(f, "%d-%d %s\n", j, n, strings.Repeat("x", maxLine+100))
+					continue
 				}
-				fmt.Fprint(f, "unterminated")
-			})
-		}
+				fmt.Fprintf(f, "%d-%d\n", j, n)
+			}
+			fmt.Fprint(f, "unterminated")
+		})
 	}
 	wg.Wait()
 	for i, c := range copies {
 		waitDone(t, c)
 		if err := c.Err(); err != nil {
 			t.Fatalf("copy %d: %v", i, err)
+		}
+		if !thenCalled[i] {
+			t.Errorf("copy %d: its then was not called (with no error) before Done", i)
 		}
 		got := records(t, filepath.Join(dir, fmt.Sprint(i)))
 		for j, stream := range []string{"stdout", "stderr"} {
@@ -130,7 +142,7 @@ func TestPumpCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	rd, wr := pipe(t)
-	c, err := p.Start(w, rd)
+	c, err := p.Start(w, nil, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +152,19 @@ func TestPumpCopies(t *testing.T) {
 	if got := strings.Join(records(t, path)["stdout"], "|"); got != "F again" {
 		t.Errorf("after idle: records %q", got)
 	}
+}
+
+// pumpGoroutines counts the goroutines running a Pump's loop.
+func pumpGoroutines() int {
+	var b strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
+	n := 0
+	for _, g := range strings.Split(b.String(), "\n\n") {
+		if strings.Contains(g, "crilog.(*Pump).run") {
+			n++
+		}
+	}
+	return n
 }
 
 func firstDiff(a, b []string) int {
@@ -181,7 +206,7 @@ func TestPumpStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := NewPump()
-	c, err := p.Start(w, rd)
+	c, err := p.Start(w, nil, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +260,7 @@ func TestPumpDrainsWithoutLog(t *testing.T) {
 	broken.f.Close() // every write fails
 	for _, w := range []*Writer{nil, broken} {
 		rd, wr := pipe(t)
-		c, err := p.Start(w, rd)
+		c, err := p.Start(w, nil, rd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,11 +287,11 @@ func TestPumpTurns(t *testing.T) {
 	quietR, quietW := pipe(t)
 	wb, _ := OpenWriter(filepath.Join(dir, "busy"), 1<<20, 1)
 	wq, _ := OpenWriter(filepath.Join(dir, "quiet"), 0, 0)
-	cb, err := p.Start(wb, busyR)
+	cb, err := p.Start(wb, nil, busyR)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cq, err := p.Start(wq, quietR)
+	cq, err := p.Start(wq, nil, quietR)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +327,7 @@ func TestPumpTurns(t *testing.T) {
 // cannot watch, is refused and its descriptors closed.
 func TestPumpStartErrors(t *testing.T) {
 	p := NewPump()
-	if _, err := p.Start(nil); err == nil {
+	if _, err := p.Start(nil, nil); err == nil {
 		t.Error("a copy of no stream was started")
 	}
 	f, err := os.CreateTemp(t.TempDir(), "regular")
@@ -314,7 +339,7 @@ func TestPumpStartErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if _, err := p.Start(nil, fd); err == nil {
+	if _, err := p.Start(nil, nil, fd); err == nil {
 		t.Error("a regular file was taken as a stream")
 	}
 	if err := unix.Fstat(fd, new(unix.Stat_t)); err == nil {

@@ -43,7 +43,7 @@ const logPipeSize = 1 << 20
 // logCopy is the copy of one container's output into its log.
 type logCopy struct {
 	pc   *crilog.PumpCopy
-	done chan struct{} // closed once pc is done and logCopies forgot it
+	done chan struct{} // closed once the copy ended and logCopies forgot it
 }
 
 // logFIFOPaths are container id's stdout and stderr FIFOs. The ID becomes
@@ -149,21 +149,13 @@ func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 		r.log.Warn("a container's log cannot be written; its output is dropped", "container", id, "err", err)
 		w = nil // the pump still reads the FIFOs: the container never blocks on them
 	}
-	pc, err := r.logPump.Start(w, fds...)
-	if err != nil {
-		r.log.Warn("a container's output cannot be copied; it blocks once its pipes are full", "container", id, "err", err)
-		if w != nil {
-			w.Close()
-		}
-		return
-	}
-	lc := &logCopy{pc: pc, done: make(chan struct{})}
+	// Registered before the copy can end: its end, on the pump's
+	// goroutine, waits for logMu.
+	lc := &logCopy{done: make(chan struct{})}
 	r.logMu.Lock()
-	r.logCopies[id] = lc
-	r.logMu.Unlock()
-	go func() {
-		<-pc.Done()
-		if err := pc.Err(); err != nil {
+	defer r.logMu.Unlock()
+	pc, err := r.logPump.Start(w, func(err error) {
+		if err != nil {
 			r.log.Warn("copying a container's output into its log", "container", id, "err", err)
 		}
 		r.logMu.Lock()
@@ -172,7 +164,16 @@ func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 		}
 		r.logMu.Unlock()
 		close(lc.done)
-	}()
+	}, fds...)
+	if err != nil {
+		r.log.Warn("a container's output cannot be copied; it blocks once its pipes are full", "container", id, "err", err)
+		if w != nil {
+			w.Close()
+		}
+		return
+	}
+	lc.pc = pc
+	r.logCopies[id] = lc
 }
 
 // waitLogCopy waits until no copy of container id's output runs (an

@@ -71,8 +71,8 @@ func NewPump() *Pump {
 }
 
 // Start copies fds into w: fds[0] as "stdout" and fds[1], if given, as
-// "stderr". Each must be the read end of a FIFO or pipe and non-blocking;
-// the Pump owns them from now on, on error too. A nil w drops the
+// "stderr". Each must be the read end of a FIFO or pipe; the Pump makes it
+// non-blocking and owns it from now on, on error too. A nil w drops the
 // output (it is still read, so the container never blocks on it). then,
 // if not nil, is called with Err once the copy has ended, before Done is
 // closed, on the Pump's goroutine with no lock of the Pump's held: it
@@ -98,7 +98,11 @@ func (p *Pump) Start(w *Writer, then func(error), fds ...int) (*PumpCopy, error)
 	for i, fd := range fds {
 		s := &pumpStream{fd: fd, name: names[i], lr: newLineReader(fdReader(fd)), c: c}
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
-		if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		err := unix.SetNonblock(fd, true)
+		if err == nil {
+			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+		}
+		if err != nil {
 			for _, added := range fds[:i] {
 				_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, added, nil)
 				delete(p.streams, int32(added))

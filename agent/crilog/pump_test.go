@@ -16,14 +16,12 @@ import (
 	"outpost.dev/test/wait"
 )
 
-// pipe returns a pipe's non-blocking read end and its write end.
+// pipe returns a pipe's read end, blocking (Start makes it non-blocking),
+// and its write end.
 func pipe(t *testing.T) (int, *os.File) {
 	t.Helper()
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.SetNonblock(p[0], true); err != nil {
 		t.Fatal(err)
 	}
 	return p[0], os.NewFile(uintptr(p[1]), "pipe")
@@ -356,6 +354,9 @@ func TestLineReaderDrained(t *testing.T) {
 	rd, wr := pipe(t)
 	defer unix.Close(rd)
 	defer wr.Close()
+	if err := unix.SetNonblock(rd, true); err != nil {
+		t.Fatal(err)
+	}
 	lr := newLineReader(fdReader(rd))
 	fmt.Fprintf(wr, "%s\n", strings.Repeat("z", 10000))
 	line, partial, err := lr.next()

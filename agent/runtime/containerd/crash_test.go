@@ -135,8 +135,9 @@ func TestLogInAgentCrash(t *testing.T) {
 			lost += len(strconv.Itoa(k)) + 1
 		}
 		if resume > i {
-			// Part of a line counted lost above was written: got[i].
-			lost -= len(got[i])
+			// The tail of a line counted lost above was written, with
+			// the line's newline: got[i].
+			lost -= len(got[i]) + 1
 		}
 		next, i = v+1, resume
 	}

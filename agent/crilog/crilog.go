@@ -20,11 +20,12 @@ package crilog
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for rotation.
@@ -130,74 +131,31 @@ func (w *Writer) Close() error {
 	return w.f.Close()
 }
 
-// Copy reads r line by line (lineReader: lines of at most maxLine bytes,
-// in a buffer no bigger than the stream needs) and writes each as a
-// record of stream until r ends. A last line without a newline is written
-// whole at EOF; when reading fails otherwise (the reader was closed under
-// it) it is written as a partial record, its rest following in the next.
-func (w *Writer) Copy(stream string, r io.Reader) error {
-	lr := newLineReader(r)
-	for {
-		line, partial, err := lr.next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if werr := w.Record(stream, line, partial); werr != nil {
-			return werr
-		}
-	}
-}
-
-// CopyStreams copies stdout and stderr (nil for a terminal's container,
-// whose output is all stdout) into w at once until both end. A stream
-// whose copy fails (a write error) is still read to its end and dropped,
-// so the container never blocks on its log. stdout is copied on the
-// caller's goroutine and stderr on one of its own: a running container
-// costs its caller one goroutine more, not two.
-func (w *Writer) CopyStreams(stdout, stderr io.Reader) error {
-	copyStream := func(name string, r io.Reader) error {
-		err := w.Copy(name, r)
-		if err != nil {
-			_, _ = io.Copy(io.Discard, r) // keep draining: never block the container
-		}
-		return err
-	}
-	var errErr error
-	done := make(chan struct{})
-	if stderr != nil {
-		go func() {
-			defer close(done)
-			errErr = copyStream("stderr", stderr)
-		}()
-	} else {
-		close(done)
-	}
-	outErr := copyStream("stdout", stdout)
-	<-done
-	return errors.Join(outErr, errErr)
-}
-
 // Run is containerd's binary logger protocol: the container's stdout is
 // fd 3, its stderr fd 4, and closing fd 5 tells the shim the logger is
-// ready. It copies both streams into the rotated file at path until both
-// end (the container exited), which is also how it finishes after the
-// shim's SIGTERM.
+// ready. It copies both streams into the rotated file at path with a Pump
+// until both end (the container exited), which is also how it finishes
+// after the shim's SIGTERM. When the file cannot be opened the streams
+// are still read, and dropped, so the container never blocks on them.
 func Run(path string, maxSize int64, maxFiles int) error {
-	stdout, stderr, ready := os.NewFile(3, "stdout"), os.NewFile(4, "stderr"), os.NewFile(5, "ready")
-	if stdout == nil || stderr == nil || ready == nil {
-		return errors.New("logger: fds 3, 4 and 5 are not open: containerd's shim starts this (binary:// log URI), not a person")
+	// Pipes, each: without the shim's, the Go runtime's own descriptors
+	// (its epoll instance, its eventfd) may be 3 and 4.
+	for _, fd := range []int{3, 4, 5} {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			return fmt.Errorf("logger: fd %d is not a pipe: containerd's shim starts this (binary:// log URI), not a person", fd)
+		}
 	}
-	w, err := OpenWriter(path, maxSize, maxFiles)
-	ready.Close() // even on error: the shim must not wait for us
+	w, openErr := OpenWriter(path, maxSize, maxFiles)
+	unix.Close(5) // even on error: the shim must not wait for us
+	if openErr != nil {
+		w = nil
+		openErr = fmt.Errorf("logger: %w", openErr)
+	}
+	c, err := NewPump().Start(w, nil, 3, 4)
 	if err != nil {
-		// Drain so the container never blocks on a full pipe.
-		go io.Copy(io.Discard, stdout)
-		_, _ = io.Copy(io.Discard, stderr)
-		return fmt.Errorf("logger: %w", err)
+		return errors.Join(openErr, fmt.Errorf("logger: %w", err))
 	}
-	defer w.Close()
-	return w.CopyStreams(stdout, stderr)
+	<-c.Done()
+	return errors.Join(openErr, c.Err())
 }

@@ -3,9 +3,10 @@ package crilog
 import (
 	"bytes"
 	"context"
-	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -30,10 +31,19 @@ func TestWriteRotateRead(t *testing.T) {
 	}
 	long := strings.Repeat("L", maxLine+10)
 	in.WriteString(long + "\nno newline")
-	if err := w.Copy("stdout", strings.NewReader(in.String())); err != nil {
+	rd, wr := pipe(t)
+	c, err := NewPump().Start(w, nil, rd) // closes w when wr is closed and drained
+	if err != nil {
 		t.Fatal(err)
 	}
-	w.Close()
+	go func() {
+		defer wr.Close()
+		_, _ = io.WriteString(wr, in.String())
+	}()
+	waitDone(t, c)
+	if err := c.Err(); err != nil {
+		t.Fatal(err)
+	}
 	files := Files(path)
 	if len(files) != 3 {
 		t.Fatalf("files %v, want 3 (rotation keeps max-files)", files)
@@ -147,67 +157,113 @@ func TestRawSince(t *testing.T) {
 	}
 }
 
-// errAfter reads s, then fails with err instead of io.EOF.
-type errAfter struct {
-	s   string
-	err error
-}
-
-func (r *errAfter) Read(p []byte) (int, error) {
-	if r.s == "" {
-		return 0, r.err
+// TestMain lets the test binary be containerd's binary logger
+// (OUTPOST_TEST_LOGGER=path): Run on fds 3, 4 and 5 as the shim passes them.
+func TestMain(m *testing.M) {
+	if path := os.Getenv("OUTPOST_TEST_LOGGER"); path != "" {
+		if err := Run(path, 0, 0); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
-	n := copy(p, r.s)
-	r.s = r.s[n:]
-	return n, nil
+	os.Exit(m.Run())
 }
 
-func TestCopyStreams(t *testing.T) {
-	closed := errors.New("file already closed")
+// TestRun runs the logger as a shim does: it says it is ready by closing
+// fd 5 before the container writes, copies stdout (fd 3) and stderr (fd 4)
+// until both end, and reads, and drops, the output of a log it cannot open.
+func TestRun(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
 	for _, tc := range []struct {
 		name           string
-		stdout, stderr io.Reader
-		want           []string // stream, tag and line of each record, in order per stream
-		wantErr        bool
+		path           string
+		stdout, stderr string
+		want           map[string][]string
+		wantErr        string
 	}{
-		{name: "both streams, last line without newline", stdout: strings.NewReader("a\nb"), stderr: strings.NewReader("e\n"),
-			want: []string{"stdout F a", "stdout F b", "stderr F e"}},
-		{name: "terminal: stdout only", stdout: strings.NewReader("t\n"), want: []string{"stdout F t"}},
-		{name: "reader closed mid-line: the part is a P record", stdout: &errAfter{"x\npart", closed}, stderr: strings.NewReader(""),
-			want: []string{"stdout F x", "stdout P part"}, wantErr: true},
-		{name: "empty", stdout: strings.NewReader(""), stderr: strings.NewReader("")},
+		{name: "both streams, last line without newline", path: filepath.Join(dir, "both.log"),
+			stdout: "a\nb", stderr: "e\n",
+			want: map[string][]string{"stdout": {"F a", "F b"}, "stderr": {"F e"}}},
+		{name: "terminal: stdout only", path: filepath.Join(dir, "tty.log"), stdout: "t\n",
+			want: map[string][]string{"stdout": {"F t"}}},
+		{name: "long line", path: filepath.Join(dir, "long.log"), stdout: strings.Repeat("L", maxLine+1) + "\n",
+			want: map[string][]string{"stdout": {"P " + strings.Repeat("L", maxLine), "F L"}}},
+		{name: "log cannot be opened: drained", path: filepath.Join(dir, "missing", "x.log"),
+			stdout: strings.Repeat("x\n", 200000), stderr: "e\n", wantErr: "logger: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "0.log")
-			w, err := OpenWriter(path, 0, 0)
-			if err != nil {
+			var parent, child []*os.File
+			for range 3 {
+				r, w, err := os.Pipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				parent, child = append(parent, w), append(child, r) // fds 3, 4: the logger reads
+			}
+			// fd 5 is the ready pipe's write end, which the logger closes.
+			child[2], parent[2] = parent[2], child[2]
+			cmd := exec.Command(self, "-test.run=^$")
+			cmd.Env = append(os.Environ(), "OUTPOST_TEST_LOGGER="+tc.path)
+			cmd.ExtraFiles = child
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			err = w.CopyStreams(tc.stdout, tc.stderr)
-			w.Close()
-			if (err != nil) != tc.wantErr {
-				t.Errorf("CopyStreams: %v, want an error %v", err, tc.wantErr)
+			// A logger that stops reading would block the writes below.
+			stuck := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
+			defer stuck.Stop()
+			for _, f := range child {
+				f.Close()
 			}
-			b, _ := os.ReadFile(path)
-			var got []string
-			for _, rec := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-				if _, rest, ok := strings.Cut(rec, " "); ok {
-					got = append(got, rest)
+			// Ready: every write end of fd 5 is closed, so the read sees EOF.
+			if n, err := parent[2].Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Fatalf("ready pipe read %d, %v; want EOF", n, err)
+			}
+			var wg sync.WaitGroup
+			for i, data := range []string{tc.stdout, tc.stderr} {
+				wg.Go(func() {
+					defer parent[i].Close()
+					_, _ = io.WriteString(parent[i], data) // blocks if the logger stops reading
+				})
+			}
+			wg.Wait()
+			err := cmd.Wait()
+			parent[2].Close()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(out.String(), tc.wantErr) {
+					t.Fatalf("exit %v, output %q; want a failure saying %q", err, out.String(), tc.wantErr)
 				}
+				return
 			}
-			per := func(recs []string, stream string) (out []string) {
-				for _, r := range recs {
-					if strings.HasPrefix(r, stream+" ") {
-						out = append(out, r)
-					}
-				}
-				return out
+			if err != nil {
+				t.Fatalf("logger: %v: %s", err, out.String())
 			}
-			for _, s := range []string{"stdout", "stderr"} {
-				if g, w := strings.Join(per(got, s), "|"), strings.Join(per(tc.want, s), "|"); g != w {
-					t.Errorf("%s records %q, want %q", s, g, w)
+			got := records(t, tc.path)
+			for _, stream := range []string{"stdout", "stderr"} {
+				if g, w := strings.Join(got[stream], "|"), strings.Join(tc.want[stream], "|"); g != w {
+					t.Errorf("%s records %q, want %q", stream, g, w)
 				}
 			}
 		})
+	}
+}
+
+// TestRunByHand: started with no shim's descriptors, Run says so.
+func TestRunByHand(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "OUTPOST_TEST_LOGGER="+filepath.Join(t.TempDir(), "x.log"))
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "fd 3 is not a pipe") {
+		t.Fatalf("exit %v, output %q; want a refusal naming fd 3", err, out)
 	}
 }

@@ -40,12 +40,6 @@ const labelLogFIFO = "dev.outpost.log-fifo"
 // can write while the agent is down before its writes block.
 const logPipeSize = 1 << 20
 
-// logCopy is the copy of one container's output into its log.
-type logCopy struct {
-	pc   *crilog.PumpCopy
-	done chan struct{} // closed once the copy ended and logCopies forgot it
-}
-
 // logFIFOPaths are container id's stdout and stderr FIFOs. The ID becomes
 // a file name, so it must be one: containerd's identifier syntax, no
 // separators, no dot files.
@@ -150,20 +144,19 @@ func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 		w = nil // the pump still reads the FIFOs: the container never blocks on them
 	}
 	// Registered before the copy can end: its end, on the pump's
-	// goroutine, waits for logMu.
-	lc := &logCopy{done: make(chan struct{})}
+	// goroutine, waits for logMu, and comes before its Done is closed.
 	r.logMu.Lock()
 	defer r.logMu.Unlock()
-	pc, err := r.logPump.Start(w, func(err error) {
+	var pc *crilog.PumpCopy
+	pc, err = r.logPump.Start(w, func(err error) {
 		if err != nil {
 			r.log.Warn("copying a container's output into its log", "container", id, "err", err)
 		}
 		r.logMu.Lock()
-		if r.logCopies[id] == lc {
+		if r.logCopies[id] == pc {
 			delete(r.logCopies, id)
 		}
 		r.logMu.Unlock()
-		close(lc.done)
 	}, fds...)
 	if err != nil {
 		r.log.Warn("a container's output cannot be copied; it blocks once its pipes are full", "container", id, "err", err)
@@ -172,21 +165,20 @@ func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 		}
 		return
 	}
-	lc.pc = pc
-	r.logCopies[id] = lc
+	r.logCopies[id] = pc
 }
 
 // waitLogCopy waits until no copy of container id's output runs (an
 // earlier task's ends when the shim closes its FIFOs).
 func (r *Runtime) waitLogCopy(ctx context.Context, id string) error {
 	r.logMu.Lock()
-	lc := r.logCopies[id]
+	pc := r.logCopies[id]
 	r.logMu.Unlock()
-	if lc == nil {
+	if pc == nil {
 		return nil
 	}
 	select {
-	case <-lc.done:
+	case <-pc.Done():
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("container %s: the previous task's log copy still runs: %w", id, ctx.Err())
@@ -233,15 +225,15 @@ func (r *Runtime) AttachLogs(ctx context.Context) error {
 // them to write what they had read.
 func (r *Runtime) closeLogs() {
 	r.logMu.Lock()
-	var all []*logCopy
-	for _, lc := range r.logCopies {
-		all = append(all, lc)
+	var all []*crilog.PumpCopy
+	for _, pc := range r.logCopies {
+		all = append(all, pc)
 	}
 	r.logMu.Unlock()
-	for _, lc := range all {
-		r.logPump.Stop(lc.pc)
+	for _, pc := range all {
+		r.logPump.Stop(pc)
 	}
-	for _, lc := range all {
-		<-lc.done
+	for _, pc := range all {
+		<-pc.Done()
 	}
 }

@@ -83,7 +83,7 @@ type Runtime struct {
 
 	logPump   *crilog.Pump // copies the containers logged by the agent (Spec.LogInAgent)
 	logMu     sync.Mutex
-	logCopies map[string]*logCopy // by container ID
+	logCopies map[string]*crilog.PumpCopy // by container ID; a copy forgets itself before its Done
 }
 
 // New returns a Runtime for the containerd at cfg.Address and creates its
@@ -106,7 +106,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		http: &http.Client{Timeout: 0},
 
 		logPump:   crilog.NewPump(),
-		logCopies: map[string]*logCopy{},
+		logCopies: map[string]*crilog.PumpCopy{},
 	}
 	if err := r.registryTLS(); err != nil {
 		return nil, err

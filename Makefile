@@ -54,6 +54,7 @@ controlplane: ## Build (or reuse from the cache) the pinned Kubernetes control p
 # once more (image-join: join, Ready, and a pod on the image's pod network).
 test: install-deps controlplane lint ## Every test, end-to-end ones included, against real components; then make image-join (the arm64 image in QEMU).
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 25m $(TESTFLAGS) ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -tags outpost_heapprofile -run '^TestHandler$$' ./agent/metrics/
 	$(MAKE) --no-print-directory image-join ARCH=arm64
 
 test-unit: ## Tests that need no control plane.
@@ -131,6 +132,7 @@ bench-mem: controlplane ## Agent PSS/RSS inside the qemu-ARCH guest (ARCH=arm64|
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags outpost_heapprofile ./agent/metrics/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
@@ -165,6 +167,15 @@ bench-idle-pages: controlplane ## Which pages of the agent's binary are resident
 
 bench-agent-workload: controlplane ## bench-mem's idle and workload steps (100 sim devices, 10 pods) on amd64, with the Go runtime's memory classes beside the kernel's PSS.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench BenchmarkAgentWorkloadMemory -benchtime 1x -count 1 -timeout 20m ./test/bench/
+
+bench-heap: controlplane ## Where the agent's heap goes: bench-agent-workload with an agent built with the tag outpost_heapprofile, its live heap profiles idle and at the workload into bin/heap/, and the top allocation sites of each.
+	@mkdir -p $(BIN)/heap
+	CGO_ENABLED=0 $(GO) build -tags outpost_heapprofile -ldflags '-X main.version=v0.1.0-test' -o $(BIN)/heap/outpost-agent ./agent/cmd/outpost-agent
+	CGO_ENABLED=0 $(GO) build -ldflags '-X main.version=v0.1.0-test' -o $(BIN)/heap/outpost-relay ./cloud/cmd/outpost-relay
+	OUTPOST_BIN_DIR=$(abspath $(BIN)/heap) OUTPOST_BENCH_HEAPPROFILE=$(abspath $(BIN)/heap) CGO_ENABLED=1 \
+		$(GO) test -run '^$$' -bench BenchmarkAgentWorkloadMemory -benchtime 1x -count 1 -timeout 20m ./test/bench/
+	@for p in idle workload; do echo "== $$p: live heap by allocation site"; \
+		$(GO) tool pprof -top -sample_index=inuse_space -nodecount 25 $(BIN)/heap/$$p.pprof 2>/dev/null; done
 
 bench-pods: controlplane ## 30 pods on real containerd, pod network off and on (cni=off|on): apply→Running p50/p99, agent RSS/PSS, link bytes per pod create and status.
 	CGO_ENABLED=1 $(GO) test -run '^$$' -bench '^BenchmarkPods$$' -benchtime 1x -count 1 -timeout 40m ./test/bench/

@@ -53,16 +53,22 @@ type Gauge struct {
 	Value      float64
 }
 
-// Handler serves GET /metrics.
+// Handler serves GET /metrics (and /debug/heap in a build with the tag
+// outpost_heapprofile).
 func Handler(src Source) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/metrics" {
+		profile := r.URL.Path == "/debug/heap" && heapProfile != nil
+		if r.URL.Path != "/metrics" && !profile {
 			http.NotFound(w, r)
 			return
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
 			http.Error(w, "use GET", http.StatusMethodNotAllowed)
+			return
+		}
+		if profile {
+			heapProfile(w)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

@@ -86,6 +86,12 @@ func TestRender(t *testing.T) {
 }
 
 func TestHandler(t *testing.T) {
+	// The heap profile is served only by a build with the tag
+	// outpost_heapprofile; make test runs this test in one too.
+	heapStatus := 404
+	if heapProfile != nil {
+		heapStatus = 200
+	}
 	var up bool
 	h := Handler(Source{Connected: func() bool { return up }})
 	for _, tt := range []struct {
@@ -97,13 +103,14 @@ func TestHandler(t *testing.T) {
 		{"HEAD", "/metrics", 200, ""},
 		{"POST", "/metrics", 405, ""},
 		{"GET", "/", 404, ""},
+		{"GET", "/debug/heap", heapStatus, ""},
 	} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
 		if rec.Code != tt.status || (tt.body != "" && !strings.HasSuffix(rec.Body.String(), tt.body)) {
 			t.Errorf("%s %s: %d %q", tt.method, tt.path, rec.Code, rec.Body.String())
 		}
-		if tt.status == 200 && !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain; version=0.0.4") {
+		if tt.status == 200 && tt.path == "/metrics" && !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain; version=0.0.4") {
 			t.Errorf("content type %q", rec.Header().Get("Content-Type"))
 		}
 	}

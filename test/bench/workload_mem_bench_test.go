@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +27,13 @@ import (
 // reading is /proc/PID/smaps_rollup and the agent's metrics endpoint
 // (go_memory_classes_*: where its anonymous memory goes, by the
 // runtime's classes). It prints both readings and their difference.
+//
+// With OUTPOST_BENCH_HEAPPROFILE=DIR (make bench-heap) it also fetches
+// the agent's live heap profile after each reading, into DIR/idle.pprof
+// and DIR/workload.pprof, every allocation sampled
+// (GODEBUG=memprofilerate=1, which inflates the readings by the profile's
+// own memory); the agent must be built with the tag outpost_heapprofile
+// (OUTPOST_BIN_DIR), or the benchmark fails.
 func BenchmarkAgentWorkloadMemory(b *testing.B) {
 	harness.RequireContainerd(b)
 	harness.RequireCNI(b)
@@ -37,6 +46,12 @@ func BenchmarkAgentWorkloadMemory(b *testing.B) {
 	agent, err := st.Join(ctx, relay, w.Node)
 	if err != nil {
 		b.Fatal(err)
+	}
+	profileDir := os.Getenv("OUTPOST_BENCH_HEAPPROFILE")
+	if profileDir != "" {
+		// Every allocation sampled, from the runtime's start: the
+		// readings then include the profiler's own memory.
+		agent.Env = []string{"GODEBUG=memprofilerate=1"}
 	}
 	if err := agent.Start(); err != nil {
 		b.Fatal(err)
@@ -62,7 +77,17 @@ func BenchmarkAgentWorkloadMemory(b *testing.B) {
 		time.Sleep(idle) // the idle step: connected, nothing to do
 	}
 	b.StopTimer()
+	profile := func(name string) {
+		b.Helper()
+		if profileDir == "" {
+			return
+		}
+		if err := fetchHeapProfile(ctx, "http://"+agent.MetricsAddr+"/debug/heap", filepath.Join(profileDir, name)); err != nil {
+			b.Fatal(err)
+		}
+	}
 	before := read()
+	profile("idle.pprof") // after the reading: it runs a collection
 
 	f := filepath.Join(b.TempDir(), "workload.yaml")
 	if err := os.WriteFile(f, []byte(w.YAML()), 0o644); err != nil {
@@ -76,6 +101,7 @@ func BenchmarkAgentWorkloadMemory(b *testing.B) {
 	up := time.Since(t0)
 	time.Sleep(settle) // the workload step's settling time, as bench-mem's
 	after := read()
+	profile("workload.pprof")
 	if s, _ := st.NodeReady(ctx, w.Node); s != "True" {
 		b.Fatalf("node not Ready after the workload: %q", s)
 	}
@@ -88,6 +114,32 @@ func BenchmarkAgentWorkloadMemory(b *testing.B) {
 	// Printed, not logged: a benchmark's log is cut to ten lines.
 	fmt.Printf("\nThe agent idle for %v, then with %d Devices and %d pods (all up %v after kubectl apply, read %v later), KiB:\n\n%s\n",
 		idle, w.Devices, w.Pods, up.Round(time.Second), settle, workloadMemTable(before, after))
+}
+
+// fetchHeapProfile writes the heap profile at url (an agent built with
+// the tag outpost_heapprofile) to path.
+func fetchHeapProfile(ctx context.Context, url, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	c := &http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("GET %s: not found: build the agent with -tags outpost_heapprofile (make bench-heap)", url)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 // workloadMem is one reading of the agent: the kernel's and the runtime's.

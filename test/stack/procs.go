@@ -155,6 +155,9 @@ type Agent struct {
 	// Launcher, if set, is an outpost-boot binary that Start runs with
 	// the agent's arguments instead of outpost-agent (agent/slots/boot).
 	Launcher string
+	// Env is more environment for the agent process, after this one's
+	// (GODEBUG=memprofilerate=1).
+	Env []string
 }
 
 // JoinResult is what outpost-agent join said.
@@ -261,6 +264,9 @@ func (a *Agent) Start(extra ...string) error {
 		bin = a.Launcher
 	}
 	cmd := exec.Command(bin, args...)
+	if len(a.Env) > 0 {
+		cmd.Env = append(os.Environ(), a.Env...)
+	}
 	p, err := harness.StartProcess("agent-"+a.Name, cmd, filepath.Join(a.s.Dir, "logs", "agent-"+a.Name+".log"))
 	if err != nil {
 		return err

@@ -152,13 +152,14 @@ func TestPumpCopies(t *testing.T) {
 	}
 }
 
-// pumpGoroutines counts the goroutines running a Pump's loop.
+// pumpGoroutines counts the goroutines a Pump started, by their creator:
+// one not yet scheduled shows the go statement's wrapper, not the loop.
 func pumpGoroutines() int {
 	var b strings.Builder
 	_ = pprof.Lookup("goroutine").WriteTo(&b, 2)
 	n := 0
 	for _, g := range strings.Split(b.String(), "\n\n") {
-		if strings.Contains(g, "crilog.(*Pump).run") {
+		if strings.Contains(g, "created by outpost.dev/agent/crilog.(*Pump).Start ") {
 			n++
 		}
 	}

@@ -5,13 +5,14 @@
 //	2026-11-25T21:05:00.223456789Z stderr P the first part of a long line…
 //
 // Writer is the writer: it rotates the file by size and keeps a bounded
-// number of rotated files. Run drives it as containerd's binary logger
-// (what "outpost-agent logger" and outpost-logger run), one small process
-// per container, started and owned by the container's shim, so a
-// container's output never depends on the agent being up; or the agent
-// drives it itself on the shim's FIFOs with a Pump, every container's
-// streams on one goroutine (agent/runtime/containerd, Spec.LogInAgent).
-// docs/containerd.md measures the two.
+// number of rotated files. A Pump copies a container's streams into it,
+// line by line. Run does that as containerd's binary logger (what
+// "outpost-agent logger" and outpost-logger run), one small process per
+// container, started and owned by the container's shim, so a container's
+// output never depends on the agent being up; or the agent runs one Pump
+// itself on the shim's FIFOs, every container's streams on one goroutine
+// (agent/runtime/containerd, Spec.LogInAgent). docs/containerd.md
+// measures the two.
 //
 // Stream is the reader: the current (or previous) log of a container with
 // kubectl's tail, since, limit and follow semantics, across rotations.
@@ -39,8 +40,7 @@ const (
 
 // Writer appends CRI log records to a file and rotates it: when the file
 // would exceed MaxSize it becomes path.1 (path.1 becomes path.2, …) and
-// at most MaxFiles files are kept. Safe for concurrent use by the stdout
-// and stderr copiers.
+// at most MaxFiles files are kept. Safe for concurrent use.
 type Writer struct {
 	Path     string
 	MaxSize  int64

@@ -83,9 +83,13 @@ func TestSessionSteadyWrites(t *testing.T) {
 				t.Errorf("%s: first renewal after %v, want within (0, %v]", name, first, renewEvery)
 			}
 			firsts[first] = true
+			// A session wakes at least 1 ms after its step (the timer's
+			// floor): a renewal due less than 1 ms after the session's
+			// status write comes up to 1 ms late, and the next is
+			// renewEvery after it.
 			for j := 1; j < len(got); j++ {
-				if d := got[j].Sub(got[j-1]); d != renewEvery {
-					t.Fatalf("%s: renewal %d came %v after the one before, want %v", name, j, d, renewEvery)
+				if d := got[j].Sub(got[j-1]); d < renewEvery || d > renewEvery+time.Millisecond {
+					t.Fatalf("%s: renewal %d came %v after the one before, want %v (up to 1 ms late)", name, j, d, renewEvery)
 				}
 			}
 			// The Node is created with its status; refreshed twice in span.
@@ -96,8 +100,8 @@ func TestSessionSteadyWrites(t *testing.T) {
 			if d := st[0].Sub(start); d <= 0 || d > statusRefresh {
 				t.Errorf("%s: first refresh after %v, want within (0, %v]", name, d, statusRefresh)
 			}
-			if d := st[1].Sub(st[0]); d != statusRefresh {
-				t.Errorf("%s: second refresh %v after the first, want %v", name, d, statusRefresh)
+			if d := st[1].Sub(st[0]); d < statusRefresh || d > statusRefresh+time.Millisecond {
+				t.Errorf("%s: second refresh %v after the first, want %v (up to 1 ms late)", name, d, statusRefresh)
 			}
 		}
 		if len(firsts) < n/2 {

@@ -22,8 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -134,10 +136,16 @@ func (w *Writer) Close() error {
 // Run is containerd's binary logger protocol: the container's stdout is
 // fd 3, its stderr fd 4, and closing fd 5 tells the shim the logger is
 // ready. It copies both streams into the rotated file at path with a Pump
-// until both end (the container exited), which is also how it finishes
-// after the shim's SIGTERM. When the file cannot be opened the streams
-// are still read, and dropped, so the container never blocks on them.
+// until both end. When the file cannot be opened the streams are still
+// read, and dropped, so the container never blocks on them.
+//
+// When the task is deleted the shim closes its ends of the pipes and at
+// once sends SIGTERM, for the logger to flush and exit, and SIGKILL a
+// while later. Run ignores SIGTERM: what the container wrote last
+// may still be in the pipes, and the streams' end, which follows, is
+// what ends the copy.
 func Run(path string, maxSize int64, maxFiles int) error {
+	signal.Ignore(syscall.SIGTERM) // before fd 5 is closed: the shim's SIGTERM comes after that
 	// Pipes, each: without the shim's, the Go runtime's own descriptors
 	// (its epoll instance, its eventfd) may be 3 and 4.
 	for _, fd := range []int{3, 4, 5} {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -185,6 +186,7 @@ func TestRun(t *testing.T) {
 		stdout, stderr string
 		want           map[string][]string
 		wantErr        string
+		term           bool // SIGTERM once the writers closed, as the shim does at task delete
 	}{
 		{name: "both streams, last line without newline", path: filepath.Join(dir, "both.log"),
 			stdout: "a\nb", stderr: "e\n",
@@ -193,6 +195,8 @@ func TestRun(t *testing.T) {
 			want: map[string][]string{"stdout": {"F t"}}},
 		{name: "long line", path: filepath.Join(dir, "long.log"), stdout: strings.Repeat("L", maxLine+1) + "\n",
 			want: map[string][]string{"stdout": {"P " + strings.Repeat("L", maxLine), "F L"}}},
+		{name: "the shim's SIGTERM: what is left in the pipes is still written", path: filepath.Join(dir, "term.log"),
+			stdout: numbered(10000), want: map[string][]string{"stdout": numberedRecords(10000)}, term: true},
 		{name: "log cannot be opened: drained", path: filepath.Join(dir, "missing", "x.log"),
 			stdout: strings.Repeat("x\n", 200000), stderr: "e\n", wantErr: "logger: "},
 	} {
@@ -233,6 +237,13 @@ func TestRun(t *testing.T) {
 				})
 			}
 			wg.Wait()
+			if tc.term {
+				// About 49 KB, which the pipe holds: the writes may end
+				// before the logger read much of it.
+				if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			}
 			err := cmd.Wait()
 			parent[2].Close()
 			if tc.wantErr != "" {
@@ -252,6 +263,23 @@ func TestRun(t *testing.T) {
 			}
 		})
 	}
+}
+
+// numbered is the lines 0 to n-1; numberedRecords their CRI records.
+func numbered(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "%d\n", i)
+	}
+	return b.String()
+}
+
+func numberedRecords(n int) []string {
+	r := make([]string, n)
+	for i := range r {
+		r[i] = fmt.Sprintf("F %d", i)
+	}
+	return r
 }
 
 // TestRunByHand: started with no shim's descriptors, Run says so.

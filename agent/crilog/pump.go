@@ -38,7 +38,7 @@ const pumpTurnBytes = 64 << 10
 // PumpCopy is one container's copy: its streams into one Writer.
 type PumpCopy struct {
 	w    *Writer // nil: the output is read and dropped
-	then func(error)
+	then func()
 	done chan struct{}
 	stop bool // guarded by Pump.mu
 
@@ -74,10 +74,10 @@ func NewPump() *Pump {
 // "stderr". Each must be the read end of a FIFO or pipe; the Pump makes it
 // non-blocking and owns it from now on, on error too. A nil w drops the
 // output (it is still read, so the container never blocks on it). then,
-// if not nil, is called with Err once the copy has ended, before Done is
-// closed, on the Pump's goroutine with no lock of the Pump's held: it
+// if not nil, is called once the copy has ended (Err is set), before Done
+// is closed, on the Pump's goroutine with no lock of the Pump's held: it
 // must not wait for another copy.
-func (p *Pump) Start(w *Writer, then func(error), fds ...int) (*PumpCopy, error) {
+func (p *Pump) Start(w *Writer, then func(), fds ...int) (*PumpCopy, error) {
 	closeAll := func() {
 		for _, fd := range fds {
 			unix.Close(fd)
@@ -285,7 +285,7 @@ func (p *Pump) endCopies() {
 	p.mu.Unlock()
 	for _, c := range ended {
 		if c.then != nil {
-			c.then(c.err)
+			c.then()
 		}
 		close(c.done)
 	}

@@ -148,15 +148,16 @@ func (r *Runtime) copyLogs(id, path, rotation string, fds []int) {
 	r.logMu.Lock()
 	defer r.logMu.Unlock()
 	var pc *crilog.PumpCopy
-	pc, err = r.logPump.Start(w, func(err error) {
-		if err != nil {
-			r.log.Warn("copying a container's output into its log", "container", id, "err", err)
-		}
-		r.logMu.Lock()
+	pc, err = r.logPump.Start(w, func() {
+		r.logMu.Lock() // pc is set once this is held
 		if r.logCopies[id] == pc {
 			delete(r.logCopies, id)
 		}
+		err := pc.Err()
 		r.logMu.Unlock()
+		if err != nil {
+			r.log.Warn("copying a container's output into its log", "container", id, "err", err)
+		}
 	}, fds...)
 	if err != nil {
 		r.log.Warn("a container's output cannot be copied; it blocks once its pipes are full", "container", id, "err", err)

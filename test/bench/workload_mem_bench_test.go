@@ -3,8 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -119,25 +117,9 @@ func BenchmarkAgentWorkloadMemory(b *testing.B) {
 // fetchHeapProfile writes the heap profile at url (an agent built with
 // the tag outpost_heapprofile) to path.
 func fetchHeapProfile(ctx context.Context, url, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	b, err := stack.Get(ctx, url, 64<<20)
 	if err != nil {
-		return err
-	}
-	c := &http.Client{Timeout: 30 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("GET %s: not found: build the agent with -tags outpost_heapprofile (make bench-heap)", url)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
+		return fmt.Errorf("%w (an agent built with -tags outpost_heapprofile serves it: make bench-heap)", err)
 	}
 	return os.WriteFile(path, b, 0o644)
 }

@@ -1,10 +1,8 @@
 package eviction
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -378,50 +376,17 @@ func taskRunning(t *testing.T, ctx context.Context, node, id string) bool {
 // scrape reads the agent's metrics endpoint into name → value.
 func scrape(t *testing.T, ctx context.Context, a *stack.Agent) map[string]float64 {
 	t.Helper()
-	m, err := tryScrape(ctx, a)
+	m, err := stack.Scrape(ctx, "http://"+a.MetricsAddr+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	return m
 }
 
-func tryScrape(ctx context.Context, a *stack.Agent) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.MetricsAddr+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET /metrics: %s", resp.Status)
-	}
-	m := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		l := sc.Text()
-		if strings.HasPrefix(l, "#") || l == "" {
-			continue
-		}
-		f := strings.Fields(l)
-		if len(f) != 2 {
-			return nil, fmt.Errorf("bad metrics line %q", l)
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			return nil, fmt.Errorf("bad metrics line %q: %v", l, err)
-		}
-		m[f[0]] = v
-	}
-	return m, sc.Err()
-}
-
 func waitMetric(t *testing.T, ctx context.Context, a *stack.Agent, name string, ok func(float64) bool) {
 	t.Helper()
 	stack.WaitFor(t, ctx, time.Minute, a.Name+" metric "+name, func() (bool, string) {
-		m, err := tryScrape(ctx, a)
+		m, err := stack.Scrape(ctx, "http://"+a.MetricsAddr+"/metrics")
 		if err != nil {
 			return false, err.Error()
 		}

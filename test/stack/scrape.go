@@ -2,6 +2,7 @@ package stack
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -16,11 +17,26 @@ import (
 // Scrape reads a Prometheus text endpoint (the relay's https://ADDR/metrics
 // or an agent's http://ADDR/metrics) into series → value, a series being
 // the metric's name with its labels as written ("go_goroutines",
-// `outpost_relay_frames_total{direction="in",type="tunnel-data"}`). The
-// relay's serving certificate is not verified: it is on loopback. At most
-// 4 MiB are read.
+// `outpost_relay_frames_total{direction="in",type="tunnel-data"}`). At
+// most 4 MiB are read.
 func Scrape(ctx context.Context, url string) (map[string]float64, error) {
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	b, err := Get(ctx, url, 4<<20)
+	if err != nil {
+		return nil, err
+	}
+	out, err := ParseMetrics(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", url, err)
+	}
+	return out, nil
+}
+
+// Get fetches url's body on a connection of its own, within 30 s: an
+// error unless the answer is 200 OK, or the body is longer than limit
+// bytes. An https server's certificate is not verified: the servers the
+// tests read (the relay, an agent's metrics endpoint) are on loopback.
+func Get(ctx context.Context, url string, limit int64) ([]byte, error) {
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -34,11 +50,14 @@ func Scrape(ctx context.Context, url string) (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	out, err := ParseMetrics(io.LimitReader(resp.Body, 4<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", url, err)
 	}
-	return out, nil
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("GET %s: the body is longer than %d bytes", url, limit)
+	}
+	return b, nil
 }
 
 // ParseMetrics reads Prometheus text (a series and its value a line) into

@@ -1,7 +1,10 @@
 package stack
 
 import (
+	"fmt"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -80,4 +83,39 @@ func FuzzLabels(f *testing.F) {
 			t.Fatalf("%q read as %v, written back as %q, read again as %v %v", series, l, b.String(), again, ok)
 		}
 	})
+}
+
+// TestGet: the body of a 200 within the limit; an error naming the status
+// otherwise, or when the body is longer than the limit.
+func TestGet(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprint(w, "0123456789")
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		path    string
+		limit   int64
+		want    string
+		wantErr string
+	}{
+		{"/", 10, "0123456789", ""},
+		{"/", 100, "0123456789", ""},
+		{"/", 9, "", "longer than 9 bytes"},
+		{"/missing", 100, "", "404 Not Found"},
+	} {
+		b, err := Get(t.Context(), srv.URL+tc.path, tc.limit)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Get(%s, %d): %q, %v; want an error with %q", tc.path, tc.limit, b, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || string(b) != tc.want {
+			t.Errorf("Get(%s, %d): %q, %v; want %q", tc.path, tc.limit, b, err, tc.want)
+		}
+	}
 }

@@ -42,6 +42,9 @@ type benchResult struct {
 	Machine     string  `json:"machine"`
 	Kernel      string  `json:"kernel"`
 	IdleSeconds float64 `json:"idleSeconds"`
+	// FaultAroundBytes is the guest kernel's fault_around_bytes when the
+	// bench set it (OUTPOST_BENCH_FAULT_AROUND); 0: the kernel's default.
+	FaultAroundBytes int `json:"faultAroundBytes,omitempty"`
 	// Devices and Pods are the "workload" step's: sim Devices and pods
 	// running on the gateway, measured SettleSeconds after all are up.
 	Devices       int                `json:"devices"`
@@ -94,7 +97,9 @@ const (
 // OUTPOST_BENCH_PODS pods pulled from a registry on the host) and reads
 // again once all are up. It writes OUTPOST_BENCH_JSON and the arch's
 // section of OUTPOST_BENCH_DOC, and fails only when a figure is over
-// build/budget-mem.json.
+// build/budget-mem.json. OUTPOST_BENCH_FAULT_AROUND=BYTES boots the guest
+// with that fault_around_bytes (outpost.faultaround), to see which pages
+// of the binaries the processes touch; it writes no doc section then.
 func TestBenchMem(t *testing.T) {
 	arch := testArch(t)
 	mach := machines[arch]
@@ -103,6 +108,7 @@ func TestBenchMem(t *testing.T) {
 	samples := envInt(t, "OUTPOST_BENCH_SAMPLES", 5)
 	runs := envInt(t, "OUTPOST_BENCH_RUNS", 1)
 	wl := workload{Devices: envInt(t, "OUTPOST_BENCH_DEVICES", 100), Pods: envInt(t, "OUTPOST_BENCH_PODS", 10)}
+	faultAround := envInt(t, "OUTPOST_BENCH_FAULT_AROUND", 0)
 	const every = 5 // seconds between readings in the guest
 	root, err := harness.RepoRoot()
 	if err != nil {
@@ -120,7 +126,11 @@ func TestBenchMem(t *testing.T) {
 		Date: time.Now().UTC().Format("2006-01-02"), Commit: gitCommit(root), Arch: arch, Board: mach.Board,
 		Machine:     mach.Description() + " on " + runtime.GOARCH,
 		IdleSeconds: idle.Seconds(), SettleSeconds: settle.Seconds(), Devices: wl.Devices, Pods: wl.Pods,
-		Runs: runs, Samples: samples, Workloads: map[string]figures{},
+		Runs: runs, Samples: samples, Workloads: map[string]figures{}, FaultAroundBytes: faultAround,
+	}
+	kernelArgs := []string{"outpost.memreport=" + strconv.Itoa(every)}
+	if faultAround > 0 {
+		kernelArgs = append(kernelArgs, "outpost.faultaround="+strconv.Itoa(faultAround))
 	}
 	// step → agent, containerd, shims, loggers readings
 	all := map[string][4][]map[string]float64{}
@@ -165,13 +175,19 @@ func TestBenchMem(t *testing.T) {
 			}
 			t.Cleanup(func() { reg.Stop() })
 			g := bootGateway(t, gatewayOptions{Arch: arch, Registries: []string{reg.Host},
-				KernelArgs: []string{"outpost.memreport=" + strconv.Itoa(every)}, ReadyTimeout: 15 * time.Minute})
+				KernelArgs: kernelArgs, ReadyTimeout: 15 * time.Minute})
 			res.BootToReadySeconds = append(res.BootToReadySeconds, round1(g.Ready.Sub(g.Start).Seconds()))
 			res.BootToJoinSeconds = append(res.BootToJoinSeconds, round1(g.Joined.Sub(g.Start).Seconds()))
 			res.ImageBuildSeconds = append(res.ImageBuildSeconds, round1(g.ImageBuild.Seconds()))
 			if l, err := g.Con.WaitFor(context.Background(), "outpost: up: "); err == nil {
 				if f := strings.Fields(l); len(f) > 0 {
 					res.Kernel = f[len(f)-1]
+				}
+			}
+			if faultAround > 0 {
+				want := "outpost: fault_around_bytes " + strconv.Itoa(faultAround)
+				if l, err := g.Con.WaitFor(context.Background(), "outpost: fault_around_bytes "); err != nil || strings.TrimSpace(l) != want {
+					t.Fatalf("the guest did not set fault_around_bytes: %q %v, want %q", l, err, want)
 				}
 			}
 			t.Logf("connected; idle for %v, then %d readings %ds apart", idle, samples, every)
@@ -239,7 +255,9 @@ func TestBenchMem(t *testing.T) {
 		}
 		t.Logf("wrote %s", p)
 	}
-	if p := os.Getenv("OUTPOST_BENCH_DOC"); p != "" {
+	if p := os.Getenv("OUTPOST_BENCH_DOC"); p != "" && faultAround > 0 {
+		t.Logf("not writing %s: the figures with fault_around_bytes %d are not the image's", p, faultAround)
+	} else if p != "" {
 		if err := writeDocSection(p, arch, docSection(res, budget)); err != nil {
 			t.Error(err)
 		}
@@ -340,6 +358,9 @@ func budgetFor(b memBudget, arch, step, fig string) string {
 func summary(r benchResult, b memBudget) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "bench-mem %s %s, %s, commit %s: median of %d readings per step\n", r.Arch, r.Board, r.Date, r.Commit, r.Runs*r.Samples)
+	if r.FaultAroundBytes > 0 {
+		fmt.Fprintf(&s, "  guest kernel fault_around_bytes %d (not the image's default)\n", r.FaultAroundBytes)
+	}
 	for _, step := range []string{stepIdle, stepWorkload} {
 		a, c := r.Workloads[step].Agent, r.Workloads[step].Containerd
 		fmt.Fprintf(&s, "  %s\n", stepTitle(r, step))

@@ -95,8 +95,8 @@ BENCH_RUNS ?= 1
 ARCH       ?= arm64
 BENCH_DOC  ?= docs/benchmarks.md
 # FAULT_AROUND=BYTES boots bench-mem's guest with that fault_around_bytes
-# (4096: the kernel maps only the page a process faults on) and writes
-# bin/bench-mem-ARCH-faultaround.json instead of the doc section.
+# (4096: the kernel maps only the page a process faults on); its figures
+# go to bin/bench-mem-ARCH-faultaround.json, and the test writes no doc section.
 FAULT_AROUND ?=
 
 size: ## Agent size per architecture against build/cross/budget.json; two builds must be byte-identical; docs/agent-size.md must be current.
@@ -130,7 +130,7 @@ image-upgrade: controlplane ## Boot the qemu-ARCH image with an upgrade key pinn
 bench-mem: controlplane ## Agent PSS/RSS inside the qemu-ARCH guest (ARCH=arm64|riscv64), idle, then with 100 sim devices and 10 pods: bin/bench-mem*.json, docs/benchmarks.md; fails over build/budget-mem.json.
 	@./build/install-deps.sh image
 	OUTPOST_VERSION=$(VERSION) OUTPOST_CONSOLE_DIR=$(CURDIR)/$(BIN)/qemu OUTPOST_BENCH_IDLE=$(BENCH_IDLE) OUTPOST_BENCH_RUNS=$(BENCH_RUNS) \
-		OUTPOST_QEMU_ARCH=$(ARCH) OUTPOST_BENCH_DOC=$(if $(FAULT_AROUND),,$(abspath $(BENCH_DOC))) OUTPOST_BENCH_FAULT_AROUND=$(FAULT_AROUND) \
+		OUTPOST_QEMU_ARCH=$(ARCH) OUTPOST_BENCH_DOC=$(abspath $(BENCH_DOC)) OUTPOST_BENCH_FAULT_AROUND=$(FAULT_AROUND) \
 		OUTPOST_BENCH_JSON=$(CURDIR)/$(BIN)/bench-mem$(if $(FAULT_AROUND),-$(ARCH)-faultaround,$(if $(filter-out arm64,$(ARCH)),-$(ARCH))).json \
 		$(GO) test -tags qemu -count=1 -v -timeout 45m -run TestBenchMem ./test/qemu/
 
